@@ -1,0 +1,220 @@
+//! The state store: a Moray-shaped store of buckets of JSON objects.
+//!
+//! Every object lives under `(bucket, key)` with a JSON value, a *generation* that
+//! starts at 1 and grows by one on each write, and the time of its last write. Writes
+//! can be conditional ([`Cond`]): a write whose expected generation is stale fails with
+//! [`StoreError::Conflict`] and changes nothing. [`Store::batch`] applies several
+//! conditional writes (and pure checks) in one transaction: all land or none do.
+//! Listing takes a [`Filter`] over fields of the JSON value, a sort, and a page.
+//!
+//! Two backends implement [`Store`], chosen by URL in [`open`]:
+//! - `sqlite:PATH`: the embedded default, one file in WAL mode with `synchronous=FULL`
+//!   (an acknowledged write survives a crash of the process or the machine). Writes are
+//!   serialised in-process; one headnode process owns the file.
+//! - `postgres://…[?schema=NAME]`: for several headnodes and the engine's own HA.
+//!
+//! Schema changes are versioned migrations ([`migrations`]) applied at open. Buckets
+//! declare the fields they query by ([`BucketDef`]); [`Store::ensure_bucket`] creates
+//! expression indexes for them. Filters may name any field; indexed ones are fast.
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+pub mod filter;
+pub mod migrations;
+mod ops;
+mod postgres;
+mod sql;
+mod sqlite;
+pub mod testing;
+
+pub use filter::{Filter, Path};
+
+/// One stored object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object {
+    pub key: String,
+    pub value: Value,
+    /// 1 after the first write, +1 on each later one.
+    pub generation: i64,
+    /// Time of the last write, ms since the epoch.
+    pub mtime: i64,
+}
+
+/// The condition a write or check needs to hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cond {
+    /// Always holds (blind upsert / idempotent delete).
+    Any,
+    /// The object must not exist (create).
+    Absent,
+    /// The object must exist.
+    Exists,
+    /// The object must exist at exactly this generation.
+    Generation(i64),
+}
+
+impl std::fmt::Display for Cond {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cond::Any => write!(f, "any"),
+            Cond::Absent => write!(f, "absent"),
+            Cond::Exists => write!(f, "present"),
+            Cond::Generation(g) => write!(f, "at generation {g}"),
+        }
+    }
+}
+
+/// One step of a [`Store::batch`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Put { bucket: String, key: String, value: Value, cond: Cond },
+    Delete { bucket: String, key: String, cond: Cond },
+    /// Writes nothing; fails the batch unless `cond` holds when it commits.
+    Check { bucket: String, key: String, cond: Cond },
+}
+
+impl Op {
+    pub fn put(bucket: &str, key: impl Into<String>, value: Value, cond: Cond) -> Self {
+        Op::Put { bucket: bucket.into(), key: key.into(), value, cond }
+    }
+    pub fn delete(bucket: &str, key: impl Into<String>, cond: Cond) -> Self {
+        Op::Delete { bucket: bucket.into(), key: key.into(), cond }
+    }
+    pub fn check(bucket: &str, key: impl Into<String>, cond: Cond) -> Self {
+        Op::Check { bucket: bucket.into(), key: key.into(), cond }
+    }
+    fn target(&self) -> (&str, &str, Cond) {
+        match self {
+            Op::Put { bucket, key, cond, .. } | Op::Delete { bucket, key, cond } | Op::Check { bucket, key, cond } => (bucket, key, *cond),
+        }
+    }
+}
+
+/// How a sort or index treats a field's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Strings, compared byte-wise.
+    Text,
+    /// Numbers (and booleans), compared numerically.
+    Number,
+}
+
+/// One sort key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sort {
+    pub path: Path,
+    pub kind: Kind,
+    pub desc: bool,
+}
+
+/// What [`Store::list`] returns: filter, order, page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListQuery {
+    pub filter: Filter,
+    /// Applied in order, then by key (ascending) so pages are stable.
+    pub sort: Vec<Sort>,
+    pub limit: Option<i64>,
+    pub offset: i64,
+}
+
+impl ListQuery {
+    /// Everything matching `filter`, by key.
+    pub fn filter(filter: Filter) -> Self {
+        Self { filter, sort: Vec::new(), limit: None, offset: 0 }
+    }
+    pub fn all() -> Self {
+        Self::filter(Filter::True)
+    }
+    pub fn sort(mut self, path: Path, kind: Kind, desc: bool) -> Self {
+        self.sort.push(Sort { path, kind, desc });
+        self
+    }
+    pub fn page(mut self, limit: i64, offset: i64) -> Self {
+        self.limit = Some(limit);
+        self.offset = offset;
+        self
+    }
+}
+
+/// A field a bucket is queried by.
+#[derive(Debug, Clone, Copy)]
+pub struct Index {
+    pub path: &'static [&'static str],
+    pub kind: Kind,
+}
+
+/// A bucket and the fields it is indexed on.
+#[derive(Debug, Clone, Copy)]
+pub struct BucketDef {
+    pub name: &'static str,
+    pub indexes: &'static [Index],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A condition did not hold; nothing in the batch was written.
+    #[error("{bucket}/{key} changed: expected it {expected}, found {}", found.map(|g| format!("at generation {g}")).unwrap_or_else(|| "absent".into()))]
+    Conflict { bucket: String, key: String, expected: Cond, found: Option<i64>, op_index: usize },
+    #[error("invalid filter: {0}")]
+    InvalidFilter(String),
+    #[error("invalid store URL: {0}")]
+    Config(String),
+    #[error("stored value of {bucket}/{key} is not JSON: {source}")]
+    Corrupt { bucket: String, key: String, source: serde_json::Error },
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration { version: i64, name: &'static str, source: sqlx::Error },
+    #[error("database error: {0}")]
+    Backend(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. })
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The store. Both backends pass the same conformance suite (`tests/conformance.rs`).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+    /// Creates the indexes a bucket declares (idempotent).
+    async fn ensure_bucket(&self, def: &BucketDef) -> Result<()>;
+    async fn get(&self, bucket: &str, key: &str) -> Result<Option<Object>>;
+    /// Applies all ops in one transaction; returns the new generation of each put (0 for others).
+    async fn batch(&self, ops: Vec<Op>) -> Result<Vec<i64>>;
+    async fn list(&self, bucket: &str, query: &ListQuery) -> Result<Vec<Object>>;
+    async fn count(&self, bucket: &str, filter: &Filter) -> Result<i64>;
+
+    /// Writes one object; returns its new generation.
+    async fn put(&self, bucket: &str, key: &str, value: Value, cond: Cond) -> Result<i64> {
+        let gens = self.batch(vec![Op::put(bucket, key, value, cond)]).await?;
+        Ok(gens.first().copied().unwrap_or(0))
+    }
+    /// Deletes one object (with `Cond::Any`, deleting a missing object is not an error).
+    async fn delete(&self, bucket: &str, key: &str, cond: Cond) -> Result<()> {
+        self.batch(vec![Op::delete(bucket, key, cond)]).await.map(|_| ())
+    }
+}
+
+/// Opens the store a URL names and applies pending migrations.
+///
+/// `sqlite:PATH` / `sqlite://PATH` (created if missing) or `postgres://…` / `postgresql://…`
+/// with an optional `schema=NAME` query parameter (created if missing).
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        Ok(std::sync::Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path)).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(postgres::PgStore::open(url).await?))
+    } else {
+        Err(StoreError::Config(format!("{url:?}: expected sqlite:PATH or postgres://USER@HOST/DB")))
+    }
+}
+
+/// Milliseconds since the epoch, the `mtime` of writes.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

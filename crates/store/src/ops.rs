@@ -1,0 +1,195 @@
+//! The store operations, written once for both backends.
+//!
+//! A backend only knows how to run a [`Sql`] statement on one of its connections
+//! ([`Exec`]); everything else — the statements for conditional puts and deletes, batch
+//! semantics, conflict reporting, listing — lives here, so SQLite and PostgreSQL cannot
+//! drift apart.
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::sql::{Dialect, Param, Sql, bucket_literal};
+use crate::{Cond, Filter, ListQuery, Object, Op, Result, StoreError};
+
+/// A raw object row: key, JSON text, generation, mtime.
+pub(crate) type Row = (String, String, i64, i64);
+
+/// Runs statements on one backend connection (or transaction).
+#[async_trait]
+pub(crate) trait Exec: Send {
+    /// Rows of (key, value, generation, mtime).
+    async fn rows(&mut self, sql: &Sql) -> Result<Vec<Row>, sqlx::Error>;
+    /// The first column of the first row, if any, as an integer.
+    async fn scalar(&mut self, sql: &Sql) -> Result<Option<i64>, sqlx::Error>;
+    /// Rows affected.
+    async fn exec(&mut self, sql: &Sql) -> Result<u64, sqlx::Error>;
+}
+
+fn select(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Sqlite => "SELECT key, value, generation, mtime FROM objects",
+        Dialect::Postgres => "SELECT key, value::text, generation, mtime FROM objects",
+    }
+}
+
+fn to_object(bucket: &str, row: Row) -> Result<Object> {
+    let (key, text, generation, mtime) = row;
+    let value = serde_json::from_str(&text).map_err(|source| StoreError::Corrupt { bucket: bucket.to_string(), key: key.clone(), source })?;
+    Ok(Object { key, value, generation, mtime })
+}
+
+fn where_key(s: &mut Sql, bucket: &str, key: &str) -> Result<()> {
+    s.push(&format!(" WHERE bucket = {} AND key = ", bucket_literal(bucket)?));
+    s.bind(Param::Text(key.to_string()));
+    Ok(())
+}
+
+pub(crate) async fn get(c: &mut dyn Exec, d: Dialect, bucket: &str, key: &str) -> Result<Option<Object>> {
+    let mut s = Sql::new(d, select(d));
+    where_key(&mut s, bucket, key)?;
+    let row = c.rows(&s).await?.into_iter().next();
+    row.map(|r| to_object(bucket, r)).transpose()
+}
+
+async fn generation_of(c: &mut dyn Exec, d: Dialect, bucket: &str, key: &str, lock: bool) -> Result<Option<i64>> {
+    let mut s = Sql::new(d, "SELECT generation FROM objects");
+    where_key(&mut s, bucket, key)?;
+    if lock && d == Dialect::Postgres {
+        // Holds the row until commit, so the check stays true for the whole batch.
+        s.push(" FOR UPDATE");
+    }
+    Ok(c.scalar(&s).await?)
+}
+
+fn bind_value(s: &mut Sql, v: &Value) {
+    s.bind(Param::Text(v.to_string()));
+    if s.dialect == Dialect::Postgres {
+        s.push("::jsonb");
+    }
+}
+
+/// Applies ops in order inside the caller's transaction; the caller commits on `Ok`.
+pub(crate) async fn batch(c: &mut dyn Exec, d: Dialect, ops: &[Op], now: i64) -> Result<Vec<i64>> {
+    let mut out = Vec::with_capacity(ops.len());
+    for (i, op) in ops.iter().enumerate() {
+        let (bucket, key, cond) = op.target();
+        let lit = bucket_literal(bucket)?;
+        let done: Option<i64> = match op {
+            Op::Put { value, .. } => {
+                let mut s = Sql::new(d, "");
+                match cond {
+                    Cond::Any | Cond::Absent => {
+                        s.push(&format!("INSERT INTO objects (bucket, key, value, generation, mtime) VALUES ({lit}, "));
+                        s.bind(Param::Text(key.to_string())).push(", ");
+                        bind_value(&mut s, value);
+                        s.push(", 1, ").bind(Param::Int(now)).push(")");
+                        if cond == Cond::Any {
+                            s.push(" ON CONFLICT (bucket, key) DO UPDATE SET value = excluded.value, generation = objects.generation + 1, mtime = excluded.mtime");
+                        } else {
+                            s.push(" ON CONFLICT (bucket, key) DO NOTHING");
+                        }
+                    }
+                    Cond::Exists | Cond::Generation(_) => {
+                        s.push("UPDATE objects SET value = ");
+                        bind_value(&mut s, value);
+                        s.push(", generation = generation + 1, mtime = ").bind(Param::Int(now));
+                        where_key(&mut s, bucket, key)?;
+                        if let Cond::Generation(g) = cond {
+                            s.push(" AND generation = ").bind(Param::Int(g));
+                        }
+                    }
+                }
+                s.push(" RETURNING generation");
+                c.scalar(&s).await?
+            }
+            Op::Delete { .. } => {
+                let mut s = Sql::new(d, "DELETE FROM objects");
+                where_key(&mut s, bucket, key)?;
+                if let Cond::Generation(g) = cond {
+                    s.push(" AND generation = ").bind(Param::Int(g));
+                }
+                let n = c.exec(&s).await?;
+                match cond {
+                    Cond::Any => Some(0),
+                    Cond::Absent => {
+                        if n == 0 {
+                            Some(0)
+                        } else {
+                            None
+                        }
+                    }
+                    _ => (n > 0).then_some(0),
+                }
+            }
+            Op::Check { .. } => {
+                let found = generation_of(c, d, bucket, key, true).await?;
+                let holds = match cond {
+                    Cond::Any => true,
+                    Cond::Absent => found.is_none(),
+                    Cond::Exists => found.is_some(),
+                    Cond::Generation(g) => found == Some(g),
+                };
+                holds.then_some(0)
+            }
+        };
+        match done {
+            Some(g) => out.push(g),
+            None => {
+                let found = generation_of(c, d, bucket, key, false).await?;
+                return Err(StoreError::Conflict { bucket: bucket.to_string(), key: key.to_string(), expected: cond, found, op_index: i });
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) async fn list(c: &mut dyn Exec, d: Dialect, bucket: &str, q: &ListQuery) -> Result<Vec<Object>> {
+    let mut s = Sql::new(d, select(d));
+    s.push(&format!(" WHERE bucket = {}", bucket_literal(bucket)?));
+    s.filter(&q.filter)?;
+    s.order(&q.sort)?;
+    s.page(q.limit, q.offset);
+    c.rows(&s).await?.into_iter().map(|r| to_object(bucket, r)).collect()
+}
+
+pub(crate) async fn count(c: &mut dyn Exec, d: Dialect, bucket: &str, f: &Filter) -> Result<i64> {
+    let mut s = Sql::new(d, "SELECT COUNT(*) FROM objects");
+    s.push(&format!(" WHERE bucket = {}", bucket_literal(bucket)?));
+    s.filter(f)?;
+    Ok(c.scalar(&s).await?.unwrap_or(0))
+}
+
+/// Binds a statement's parameters on any sqlx query.
+macro_rules! bind_all {
+    ($q:expr, $sql:expr) => {{
+        let mut q = $q;
+        for p in &$sql.params {
+            q = match p {
+                crate::sql::Param::Text(t) => q.bind(t.clone()),
+                crate::sql::Param::Int(i) => q.bind(*i),
+                crate::sql::Param::Float(f) => q.bind(*f),
+            };
+        }
+        q
+    }};
+}
+pub(crate) use bind_all;
+
+/// Implements [`Exec`] for a sqlx connection type.
+macro_rules! impl_exec {
+    ($conn:ty) => {
+        #[async_trait::async_trait]
+        impl crate::ops::Exec for $conn {
+            async fn rows(&mut self, sql: &crate::sql::Sql) -> Result<Vec<crate::ops::Row>, sqlx::Error> {
+                crate::ops::bind_all!(sqlx::query_as::<_, crate::ops::Row>(&sql.text), sql).fetch_all(&mut *self).await
+            }
+            async fn scalar(&mut self, sql: &crate::sql::Sql) -> Result<Option<i64>, sqlx::Error> {
+                crate::ops::bind_all!(sqlx::query_scalar::<_, i64>(&sql.text), sql).fetch_optional(&mut *self).await
+            }
+            async fn exec(&mut self, sql: &crate::sql::Sql) -> Result<u64, sqlx::Error> {
+                Ok(crate::ops::bind_all!(sqlx::query(&sql.text), sql).execute(&mut *self).await?.rows_affected())
+            }
+        }
+    };
+}
+pub(crate) use impl_exec;

@@ -1,0 +1,338 @@
+//! SQL text shared by the backends: JSON field expressions, filters, ordering, indexes.
+//!
+//! Both backends keep every object in one `objects` table (`bucket, key, value,
+//! generation, mtime`). A field is read with `json_extract(value, '$."a"."b"')` on
+//! SQLite and `value #>> '{"a","b"}'` (text) / `value #> '{"a","b"}'` (typed jsonb) on
+//! PostgreSQL. Index and query use the same expression text, so the planners match them.
+//! Paths are validated ([`Path::validate`]) before being quoted into SQL; values are
+//! always bound as parameters.
+
+use serde_json::Value;
+
+use crate::filter::{Filter, Path, Seg};
+use crate::{Index, Kind, Sort, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A bound parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Param {
+    Text(String),
+    Int(i64),
+    Float(f64),
+}
+
+/// SQL text with its parameters, built left to right.
+pub(crate) struct Sql {
+    pub dialect: Dialect,
+    pub text: String,
+    pub params: Vec<Param>,
+}
+
+impl Sql {
+    pub fn new(dialect: Dialect, text: &str) -> Self {
+        Self { dialect, text: text.to_string(), params: Vec::new() }
+    }
+
+    pub fn push(&mut self, s: &str) -> &mut Self {
+        self.text.push_str(s);
+        self
+    }
+
+    /// Appends a placeholder for `p`.
+    pub fn bind(&mut self, p: Param) -> &mut Self {
+        self.params.push(p);
+        match self.dialect {
+            Dialect::Sqlite => self.text.push('?'),
+            Dialect::Postgres => {
+                let n = self.params.len();
+                self.text.push_str(&format!("${n}"));
+            }
+        }
+        self
+    }
+
+    /// Appends a placeholder for a JSON value compared as jsonb (PostgreSQL).
+    fn bind_jsonb(&mut self, v: &Value) -> &mut Self {
+        self.bind(Param::Text(v.to_string()));
+        self.text.push_str("::jsonb");
+        self
+    }
+
+    /// Appends ` AND (<filter>)`.
+    pub fn filter(&mut self, f: &Filter) -> Result<(), StoreError> {
+        self.push(" AND ");
+        self.compile(f)
+    }
+
+    fn compile(&mut self, f: &Filter) -> Result<(), StoreError> {
+        match f {
+            Filter::True => {
+                self.push("1=1");
+            }
+            Filter::Eq(p, Value::Null) => return self.compile(&Filter::Absent(p.clone())),
+            Filter::Ne(p, Value::Null) => return self.compile(&Filter::Present(p.clone())),
+            Filter::Eq(p, v) => self.compare(p, "=", v)?,
+            Filter::Ne(p, v) => {
+                let op = if self.dialect == Dialect::Sqlite { "IS NOT" } else { "IS DISTINCT FROM" };
+                self.compare(p, op, v)?
+            }
+            Filter::Lt(p, v) => self.compare(p, "<", v)?,
+            Filter::Le(p, v) => self.compare(p, "<=", v)?,
+            Filter::Gt(p, v) => self.compare(p, ">", v)?,
+            Filter::Ge(p, v) => self.compare(p, ">=", v)?,
+            Filter::Glob(p, parts) => {
+                p.validate()?;
+                match self.dialect {
+                    Dialect::Sqlite => {
+                        let pattern: Vec<String> = parts.iter().map(|s| glob_escape(s)).collect();
+                        self.push(&format!("({} GLOB ", expr(self.dialect, p, Kind::Text)));
+                        self.bind(Param::Text(pattern.join("*")));
+                    }
+                    Dialect::Postgres => {
+                        let pattern: Vec<String> = parts.iter().map(|s| like_escape(s)).collect();
+                        self.push(&format!("({} LIKE ", expr(self.dialect, p, Kind::Text)));
+                        self.bind(Param::Text(pattern.join("%")));
+                    }
+                }
+                self.push(")");
+            }
+            Filter::Has(p, v) => {
+                p.validate()?;
+                match self.dialect {
+                    Dialect::Sqlite => {
+                        self.push(&format!("EXISTS (SELECT 1 FROM json_each(objects.value, {}) AS j WHERE j.value = ", sqlite_path(p)));
+                        self.bind(scalar(v)?);
+                        self.push(")");
+                    }
+                    Dialect::Postgres => {
+                        scalar(v)?;
+                        self.push(&format!("({} @> ", expr(self.dialect, p, Kind::Number)));
+                        self.bind_jsonb(&Value::Array(vec![v.clone()]));
+                        self.push(")");
+                    }
+                }
+            }
+            Filter::Present(p) | Filter::Absent(p) => {
+                p.validate()?;
+                let ty = match self.dialect {
+                    Dialect::Sqlite => format!("json_type(value, {})", sqlite_path(p)),
+                    Dialect::Postgres => format!("jsonb_typeof(value #> {})", pg_path(p)),
+                };
+                let op = if matches!(f, Filter::Present(_)) { "<>" } else { "=" };
+                self.push(&format!("(COALESCE({ty}, 'null') {op} 'null')"));
+            }
+            Filter::And(fs) | Filter::Or(fs) => {
+                if fs.is_empty() {
+                    self.push(if matches!(f, Filter::And(_)) { "1=1" } else { "1=0" });
+                    return Ok(());
+                }
+                let join = if matches!(f, Filter::And(_)) { " AND " } else { " OR " };
+                self.push("(");
+                for (i, sub) in fs.iter().enumerate() {
+                    if i > 0 {
+                        self.push(join);
+                    }
+                    self.compile(sub)?;
+                }
+                self.push(")");
+            }
+            Filter::Not(inner) => {
+                self.push("(NOT ");
+                self.compile(inner)?;
+                self.push(")");
+            }
+        }
+        Ok(())
+    }
+
+    fn compare(&mut self, p: &Path, op: &str, v: &Value) -> Result<(), StoreError> {
+        p.validate()?;
+        match (self.dialect, v) {
+            (_, Value::String(s)) => {
+                self.push(&format!("({} {op} ", expr(self.dialect, p, Kind::Text)));
+                self.bind(Param::Text(s.clone()));
+            }
+            (Dialect::Sqlite, _) => {
+                self.push(&format!("({} {op} ", expr(self.dialect, p, Kind::Number)));
+                self.bind(scalar(v)?);
+            }
+            (Dialect::Postgres, _) => {
+                scalar(v)?;
+                self.push(&format!("({} {op} ", expr(self.dialect, p, Kind::Number)));
+                self.bind_jsonb(v);
+            }
+        }
+        self.push(")");
+        Ok(())
+    }
+
+    /// Appends ` ORDER BY …, key`.
+    pub fn order(&mut self, sort: &[Sort]) -> Result<(), StoreError> {
+        self.push(" ORDER BY ");
+        for s in sort {
+            s.path.validate()?;
+            let dir = if s.desc { "DESC NULLS LAST" } else { "ASC NULLS FIRST" };
+            self.push(&format!("{} {dir}, ", expr(self.dialect, &s.path, s.kind)));
+        }
+        self.push("key ASC");
+        Ok(())
+    }
+
+    /// Appends ` LIMIT … OFFSET …`.
+    pub fn page(&mut self, limit: Option<i64>, offset: i64) {
+        match (limit, self.dialect) {
+            (Some(l), _) => {
+                self.push(" LIMIT ");
+                self.bind(Param::Int(l));
+            }
+            (None, Dialect::Sqlite) if offset > 0 => {
+                self.push(" LIMIT -1");
+            }
+            (None, _) => {}
+        }
+        if offset > 0 {
+            self.push(" OFFSET ");
+            self.bind(Param::Int(offset));
+        }
+    }
+}
+
+/// A JSON scalar as a parameter (booleans as 0/1, as SQLite's json_extract returns them).
+fn scalar(v: &Value) -> Result<Param, StoreError> {
+    match v {
+        Value::String(s) => Ok(Param::Text(s.clone())),
+        Value::Bool(b) => Ok(Param::Int(i64::from(*b))),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Ok(Param::Int(i)),
+            None => Ok(Param::Float(n.as_f64().unwrap_or(0.0))),
+        },
+        other => Err(StoreError::InvalidFilter(format!("cannot compare a field with {other}: only strings, numbers and booleans"))),
+    }
+}
+
+/// `'$."a"."b"[0]'` (a quoted SQL literal).
+fn sqlite_path(p: &Path) -> String {
+    let mut s = String::from("'$");
+    for seg in &p.0 {
+        match seg {
+            Seg::Key(k) => s.push_str(&format!(".\"{k}\"")),
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s.push('\'');
+    s
+}
+
+/// `'{"a","b","0"}'` (a quoted SQL literal of a text array).
+fn pg_path(p: &Path) -> String {
+    let parts: Vec<String> = p
+        .0
+        .iter()
+        .map(|seg| match seg {
+            Seg::Key(k) => format!("\"{k}\""),
+            Seg::Index(i) => i.to_string(),
+        })
+        .collect();
+    format!("'{{{}}}'", parts.join(","))
+}
+
+/// The expression reading a field, as both queries and indexes spell it.
+pub(crate) fn expr(d: Dialect, p: &Path, kind: Kind) -> String {
+    match (d, kind) {
+        (Dialect::Sqlite, _) => format!("json_extract(value, {})", sqlite_path(p)),
+        (Dialect::Postgres, Kind::Text) => format!("((value #>> {}) COLLATE \"C\")", pg_path(p)),
+        (Dialect::Postgres, Kind::Number) => format!("(value #> {})", pg_path(p)),
+    }
+}
+
+/// `CREATE INDEX IF NOT EXISTS` for one declared field of a bucket.
+pub(crate) fn create_index(d: Dialect, bucket: &str, index: &Index) -> Result<String, StoreError> {
+    let path = Path::keys(index.path);
+    path.validate()?;
+    let lit = bucket_literal(bucket)?;
+    let e = expr(d, &path, index.kind);
+    let mut name: String = format!("ix_{bucket}_{}", index.path.join("_")).chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    name.truncate(48);
+    let name = format!("{name}_{:08x}", fnv(&format!("{bucket}|{e}")));
+    Ok(format!("CREATE INDEX IF NOT EXISTS {name} ON objects ({e}) WHERE bucket = {lit}"))
+}
+
+/// A bucket name as a SQL literal. Buckets are inlined (not bound) so that the planners
+/// can match the per-bucket partial indexes; the name is checked to make that safe.
+pub(crate) fn bucket_literal(bucket: &str) -> Result<String, StoreError> {
+    if bucket.is_empty() || bucket.len() > 48 || !bucket.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_') {
+        return Err(StoreError::InvalidFilter(format!("bucket name {bucket:?} must be 1-48 lowercase letters, digits and _")));
+    }
+    Ok(format!("'{bucket}'"))
+}
+
+fn fnv(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+/// Escapes SQLite GLOB metacharacters.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        match c {
+            '*' => out.push_str("[*]"),
+            '?' => out.push_str("[?]"),
+            '[' => out.push_str("[[]"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Escapes LIKE metacharacters (backslash is PostgreSQL's default escape).
+fn like_escape(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn compiles_typed_comparisons() {
+        let f = Filter::and(vec![Filter::eq("name", "a"), Filter::Ge(Path::field("ram"), json!(5)), Filter::has("owners", "u")]);
+        let mut s = Sql::new(Dialect::Postgres, "SELECT 1 FROM objects WHERE bucket = 'b'");
+        s.filter(&f).unwrap();
+        assert_eq!(
+            s.text,
+            "SELECT 1 FROM objects WHERE bucket = 'b' AND ((((value #>> '{\"name\"}') COLLATE \"C\") = $1) AND ((value #> '{\"ram\"}') >= $2::jsonb) AND ((value #> '{\"owners\"}') @> $3::jsonb))"
+        );
+        assert_eq!(s.params[2], Param::Text("[\"u\"]".into()));
+        let mut s = Sql::new(Dialect::Sqlite, "");
+        s.filter(&Filter::Glob(Path::field("n"), vec!["a*b".into(), String::new()])).unwrap();
+        assert_eq!(s.text, " AND (json_extract(value, '$.\"n\"') GLOB ?)");
+        assert_eq!(s.params[0], Param::Text("a[*]b*".into()));
+    }
+
+    #[test]
+    fn refuses_structured_comparisons() {
+        let mut s = Sql::new(Dialect::Sqlite, "");
+        assert!(s.filter(&Filter::eq("a", json!([1]))).is_err());
+    }
+
+    #[test]
+    fn index_matches_query_expression() {
+        let idx = Index { path: &["owner"], kind: Kind::Text };
+        let ddl = create_index(Dialect::Postgres, "images", &idx).unwrap();
+        assert!(ddl.contains(&expr(Dialect::Postgres, &Path::field("owner"), Kind::Text)), "{ddl}");
+        assert!(create_index(Dialect::Sqlite, "Bad-Name", &idx).is_err());
+    }
+}

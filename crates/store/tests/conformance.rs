@@ -1,0 +1,319 @@
+//! The store conformance suite: every test runs on SQLite and on PostgreSQL.
+
+use std::sync::Arc;
+
+use nereid_store::{BucketDef, Cond, Filter, Index, Kind, ListQuery, Op, Path, Store, StoreError};
+use serde_json::{Value, json};
+
+struct Backend {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let store = nereid_store::open(&format!("sqlite:{}", dir.path().join("s.db").display())).await.unwrap();
+    Backend { store, _dir: Some(dir) }
+}
+
+async fn postgres() -> Backend {
+    let url = nereid_store::testing::fresh_pg_url().await.unwrap();
+    Backend { store: nereid_store::open(&url).await.unwrap(), _dir: None }
+}
+
+/// Declares `sqlite::name` and `postgres::name` running `body(store)`.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_backend { $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { let b = super::sqlite().await; super::$name(b.store.clone()).await; } )* }
+        mod postgres_backend { $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { let b = super::postgres().await; super::$name(b.store.clone()).await; } )* }
+    };
+}
+
+conformance!(
+    put_get_and_generations,
+    conditional_writes,
+    conditional_deletes,
+    batch_is_all_or_nothing,
+    checks_guard_a_batch,
+    filters_match_in_memory_semantics,
+    sort_and_pagination,
+    concurrent_read_modify_write_never_loses_an_update,
+    concurrent_creates_have_one_winner,
+    bad_filters_are_errors,
+    buckets_are_separate_and_indexes_idempotent,
+);
+
+const B: &str = "things";
+
+async fn put_get_and_generations(s: Arc<dyn Store>) {
+    assert!(s.get(B, "a").await.unwrap().is_none());
+    let before = now_ms();
+    assert_eq!(s.put(B, "a", json!({"n": 1, "name": "ünïcode ✓"}), Cond::Any).await.unwrap(), 1);
+    assert_eq!(s.put(B, "a", json!({"n": 2, "name": "x"}), Cond::Any).await.unwrap(), 2);
+    let o = s.get(B, "a").await.unwrap().unwrap();
+    assert_eq!((o.key.as_str(), o.value["n"].clone(), o.generation), ("a", json!(2), 2));
+    assert!(o.mtime >= before && o.mtime <= now_ms() + 1);
+    let big = "x".repeat(1 << 20);
+    s.put(B, "big/key with spaces", json!({"big": big}), Cond::Any).await.unwrap();
+    assert_eq!(s.get(B, "big/key with spaces").await.unwrap().unwrap().value["big"].as_str().unwrap().len(), 1 << 20);
+}
+
+async fn conditional_writes(s: Arc<dyn Store>) {
+    assert_eq!(s.put(B, "k", json!({"v": 1}), Cond::Absent).await.unwrap(), 1);
+    let e = s.put(B, "k", json!({"v": 9}), Cond::Absent).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict { found: Some(1), expected: Cond::Absent, .. }), "{e}");
+    assert_eq!(s.put(B, "k", json!({"v": 2}), Cond::Generation(1)).await.unwrap(), 2);
+    let e = s.put(B, "k", json!({"v": 9}), Cond::Generation(1)).await.unwrap_err();
+    assert_eq!(e.to_string(), "things/k changed: expected it at generation 1, found at generation 2");
+    assert!(s.put(B, "nope", json!({}), Cond::Exists).await.unwrap_err().is_conflict());
+    assert!(s.put(B, "nope", json!({}), Cond::Generation(1)).await.unwrap_err().is_conflict());
+    assert!(s.get(B, "nope").await.unwrap().is_none());
+    assert_eq!(s.put(B, "k", json!({"v": 3}), Cond::Exists).await.unwrap(), 3);
+    assert_eq!(s.get(B, "k").await.unwrap().unwrap().value, json!({"v": 3}));
+}
+
+async fn conditional_deletes(s: Arc<dyn Store>) {
+    s.put(B, "d", json!({}), Cond::Any).await.unwrap();
+    assert!(s.delete(B, "d", Cond::Generation(7)).await.unwrap_err().is_conflict());
+    assert!(s.get(B, "d").await.unwrap().is_some());
+    s.delete(B, "d", Cond::Generation(1)).await.unwrap();
+    assert!(s.get(B, "d").await.unwrap().is_none());
+    s.delete(B, "d", Cond::Any).await.unwrap();
+    assert!(s.delete(B, "d", Cond::Exists).await.unwrap_err().is_conflict());
+    // A re-created object starts again at generation 1.
+    assert_eq!(s.put(B, "d", json!({}), Cond::Absent).await.unwrap(), 1);
+}
+
+async fn batch_is_all_or_nothing(s: Arc<dyn Store>) {
+    s.put(B, "taken", json!({}), Cond::Any).await.unwrap();
+    let e = s
+        .batch(vec![
+            Op::put(B, "x1", json!({"a": 1}), Cond::Absent),
+            Op::put(B, "taken", json!({"a": 1}), Cond::Absent),
+            Op::put(B, "x2", json!({"a": 1}), Cond::Any),
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict { op_index: 1, .. }));
+    assert!(s.get(B, "x1").await.unwrap().is_none());
+    assert!(s.get(B, "x2").await.unwrap().is_none());
+    let gens = s.batch(vec![Op::put(B, "x1", json!({}), Cond::Absent), Op::put(B, "taken", json!({"b": 2}), Cond::Generation(1)), Op::delete(B, "x9", Cond::Any)]).await.unwrap();
+    assert_eq!(gens, vec![1, 2, 0]);
+}
+
+async fn checks_guard_a_batch(s: Arc<dyn Store>) {
+    s.put(B, "guard", json!({}), Cond::Any).await.unwrap();
+    s.batch(vec![Op::check(B, "guard", Cond::Generation(1)), Op::put(B, "w", json!({}), Cond::Any)]).await.unwrap();
+    s.put(B, "guard", json!({}), Cond::Any).await.unwrap();
+    let e = s.batch(vec![Op::check(B, "guard", Cond::Generation(1)), Op::put(B, "w", json!({"x": 1}), Cond::Any)]).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict { found: Some(2), .. }));
+    assert_eq!(s.get(B, "w").await.unwrap().unwrap().generation, 1);
+    assert!(s.batch(vec![Op::check(B, "missing", Cond::Absent)]).await.is_ok());
+    assert!(s.batch(vec![Op::check(B, "guard", Cond::Absent)]).await.is_err());
+}
+
+fn dataset() -> Vec<Value> {
+    let mut out = Vec::new();
+    for i in 0..40 {
+        let mut v = json!({
+            "name": format!("{}-{i:02}", ["alpha", "beta", "gam*ma", "del_ta%"][i % 4]),
+            "ram": (i % 7) * 256,
+            "ratio": (i as f64) / 3.0,
+            "active": i % 3 == 0,
+            "owners": [format!("o{}", i % 5), format!("o{}", (i + 1) % 5)],
+            "tags": {"role": if i % 2 == 0 { "os" } else { "db" }, "triton.cns.services": format!("s{}", i % 3)},
+            "files": [{"sha1": format!("{:040x}", i % 6)}],
+        });
+        if i % 4 == 0 {
+            v.as_object_mut().unwrap().remove("ram");
+        }
+        if i % 5 == 0 {
+            v["nothing"] = Value::Null;
+        }
+        out.push(v);
+    }
+    out
+}
+
+fn filters() -> Vec<Filter> {
+    let p = Path::field;
+    vec![
+        Filter::True,
+        Filter::eq("ram", 512),
+        Filter::eq("active", true),
+        Filter::eq("active", false),
+        Filter::Ne(p("ram"), json!(512)),
+        Filter::Lt(p("ram"), json!(512)),
+        Filter::Le(p("ram"), json!(512)),
+        Filter::Gt(p("ratio"), json!(4.5)),
+        Filter::Ge(p("name"), json!("beta")),
+        Filter::Lt(p("name"), json!("beta-05")),
+        Filter::prefix("name", "gam*"),
+        Filter::prefix("name", "gam"),
+        Filter::contains("name", "_ta%"),
+        Filter::contains("name", "a-1"),
+        Filter::Glob(p("name"), vec!["a".into(), "-".into(), "2".into()]),
+        Filter::has("owners", "o3"),
+        Filter::Present(p("ram")),
+        Filter::Absent(p("ram")),
+        Filter::Absent(p("nothing")),
+        Filter::eq("nothing", Value::Null),
+        Filter::Eq(Path::keys(&["tags", "triton.cns.services"]), json!("s1")),
+        Filter::Eq(Path::field("files").index(0).key("sha1"), json!(format!("{:040x}", 3))),
+        Filter::Or(vec![Filter::eq("ram", 0), Filter::has("owners", "o0")]),
+        Filter::Not(Box::new(Filter::And(vec![Filter::eq("active", true), Filter::Present(p("ram"))]))),
+        Filter::And(vec![]),
+        Filter::Or(vec![]),
+        Filter::any_of("name", vec![json!("alpha-00"), json!("beta-01"), json!("nobody")]),
+    ]
+}
+
+async fn filters_match_in_memory_semantics(s: Arc<dyn Store>) {
+    let data = dataset();
+    for (i, v) in data.iter().enumerate() {
+        s.put(B, &format!("k{i:03}"), v.clone(), Cond::Any).await.unwrap();
+    }
+    s.put("other", "k000", json!({"ram": 512}), Cond::Any).await.unwrap();
+    for f in filters() {
+        let want: Vec<String> = data.iter().enumerate().filter(|(_, v)| f.matches(v)).map(|(i, _)| format!("k{i:03}")).collect();
+        let got: Vec<String> = s.list(B, &ListQuery::filter(f.clone())).await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(got, want, "filter {f:?}");
+        assert_eq!(s.count(B, &f).await.unwrap(), want.len() as i64, "count {f:?}");
+    }
+    // Sanity: the cross-check is not vacuous.
+    assert_eq!(s.count(B, &Filter::eq("ram", 512)).await.unwrap(), 5);
+    assert_eq!(s.count(B, &Filter::prefix("name", "gam*")).await.unwrap(), 10);
+}
+
+async fn sort_and_pagination(s: Arc<dyn Store>) {
+    let data = dataset();
+    for (i, v) in data.iter().enumerate() {
+        s.put(B, &format!("k{i:03}"), v.clone(), Cond::Any).await.unwrap();
+    }
+    let keys = |objs: Vec<nereid_store::Object>| objs.into_iter().map(|o| o.key).collect::<Vec<_>>();
+    // Numbers sort numerically, absent fields first when ascending, key breaks ties.
+    let by_ram = keys(s.list(B, &ListQuery::all().sort(Path::field("ram"), Kind::Number, false)).await.unwrap());
+    let mut want: Vec<(Option<i64>, String)> = data.iter().enumerate().map(|(i, v)| (v["ram"].as_i64(), format!("k{i:03}"))).collect();
+    want.sort();
+    assert_eq!(by_ram, want.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>());
+    let desc = keys(s.list(B, &ListQuery::all().sort(Path::field("ratio"), Kind::Number, true)).await.unwrap());
+    assert_eq!(desc.first().unwrap(), "k039");
+    // Text sorts byte-wise ("B" < "a"), not by locale.
+    s.put("words", "1", json!({"w": "a"}), Cond::Any).await.unwrap();
+    s.put("words", "2", json!({"w": "B"}), Cond::Any).await.unwrap();
+    s.put("words", "3", json!({"w": "_"}), Cond::Any).await.unwrap();
+    assert_eq!(keys(s.list("words", &ListQuery::all().sort(Path::field("w"), Kind::Text, false)).await.unwrap()), ["2", "3", "1"]);
+    // Pages tile the whole ordered list.
+    let all = keys(s.list(B, &ListQuery::all().sort(Path::field("name"), Kind::Text, false)).await.unwrap());
+    let mut paged = Vec::new();
+    for page in 0..5 {
+        paged.extend(keys(s.list(B, &ListQuery::all().sort(Path::field("name"), Kind::Text, false).page(9, page * 9)).await.unwrap()));
+    }
+    assert_eq!(paged, all);
+    let mut offset_only = ListQuery::all();
+    offset_only.offset = 35;
+    assert_eq!(s.list(B, &offset_only).await.unwrap().len(), 5);
+}
+
+async fn concurrent_read_modify_write_never_loses_an_update(s: Arc<dyn Store>) {
+    s.put(B, "counter", json!({"n": 0}), Cond::Any).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conflicts = 0;
+            for _ in 0..15 {
+                loop {
+                    let o = s.get(B, "counter").await.unwrap().unwrap();
+                    let n = o.value["n"].as_i64().unwrap();
+                    match s.put(B, "counter", json!({"n": n + 1}), Cond::Generation(o.generation)).await {
+                        Ok(_) => break,
+                        Err(e) if e.is_conflict() => conflicts += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+            conflicts
+        }));
+    }
+    let mut conflicts = 0;
+    for t in tasks {
+        conflicts += t.await.unwrap();
+    }
+    let o = s.get(B, "counter").await.unwrap().unwrap();
+    assert_eq!(o.value["n"], json!(120));
+    assert_eq!(o.generation, 121);
+    println!("{} conflicts detected and retried", conflicts);
+}
+
+async fn concurrent_creates_have_one_winner(s: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move { s.put(B, "only-one", json!({"by": i}), Cond::Absent).await.is_ok() }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        winners += usize::from(t.await.unwrap());
+    }
+    assert_eq!(winners, 1);
+}
+
+async fn bad_filters_are_errors(s: Arc<dyn Store>) {
+    let bad = [
+        Filter::eq("a'; DROP TABLE objects; --", 1),
+        Filter::eq("x", json!({"a": 1})),
+        Filter::Eq(Path(vec![]), json!(1)),
+        Filter::has("x", json!([1])),
+    ];
+    for f in bad {
+        assert!(matches!(s.list(B, &ListQuery::filter(f.clone())).await, Err(StoreError::InvalidFilter(_))), "{f:?}");
+    }
+    assert!(matches!(s.get("Bad Bucket", "k").await, Err(StoreError::InvalidFilter(_))));
+    s.put(B, "still-here", json!({}), Cond::Any).await.unwrap();
+    assert!(s.get(B, "still-here").await.unwrap().is_some());
+}
+
+async fn buckets_are_separate_and_indexes_idempotent(s: Arc<dyn Store>) {
+    const DEF: BucketDef = BucketDef { name: "idx", indexes: &[Index { path: &["owner"], kind: Kind::Text }, Index { path: &["tags", "a.b"], kind: Kind::Number }] };
+    s.ensure_bucket(&DEF).await.unwrap();
+    s.ensure_bucket(&DEF).await.unwrap();
+    s.put("idx", "1", json!({"owner": "o"}), Cond::Any).await.unwrap();
+    s.put("idy", "1", json!({"owner": "p"}), Cond::Any).await.unwrap();
+    assert_eq!(s.list("idx", &ListQuery::filter(Filter::eq("owner", "o"))).await.unwrap().len(), 1);
+    assert_eq!(s.list("idx", &ListQuery::filter(Filter::eq("owner", "p"))).await.unwrap().len(), 0);
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+#[tokio::test]
+async fn sqlite_survives_reopen_and_migrations_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("s.db").display());
+    {
+        let s = nereid_store::open(&url).await.unwrap();
+        s.put(B, "kept", json!({"v": 1}), Cond::Any).await.unwrap();
+    }
+    let s = nereid_store::open(&url).await.unwrap();
+    assert_eq!(s.get(B, "kept").await.unwrap().unwrap().value, json!({"v": 1}));
+}
+
+#[tokio::test]
+async fn postgres_schemas_isolate_and_reopen() {
+    let url = nereid_store::testing::fresh_pg_url().await.unwrap();
+    let a = nereid_store::open(&url).await.unwrap();
+    a.put(B, "kept", json!({"v": 1}), Cond::Any).await.unwrap();
+    let again = nereid_store::open(&url).await.unwrap();
+    assert!(again.get(B, "kept").await.unwrap().is_some());
+    let other = nereid_store::open(&nereid_store::testing::fresh_pg_url().await.unwrap()).await.unwrap();
+    assert!(other.get(B, "kept").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn unknown_urls_are_refused() {
+    for url in ["mysql://x", "", "postgres://x/y?schema=Robert'); DROP"] {
+        assert!(matches!(nereid_store::open(url).await, Err(StoreError::Config(_))), "{url}");
+    }
+}

@@ -1,0 +1,534 @@
+//! IMGAPI image manifests (v2): the field table, validation and the lifecycle.
+//!
+//! ```text
+//!   CreateImage / AdminImportImage
+//!              │
+//!              ▼
+//!        unactivated ──AddImageFile (repeatable)──┐
+//!              │  ◄─────────────────────────────────┘
+//!      ActivateImage (needs a file; sets published_at, freezes files)
+//!              ▼
+//!           active ◄──── EnableImage ────┐
+//!              └────── DisableImage ────► disabled
+//! ```
+//!
+//! `files[0].sha1` hashes the bytes exactly as stored (compressed). `image_size` is the
+//! boot disk's size in MiB and is required for `type: zvol` (the hardware-VM disk
+//! image every Nereid VM boots from); provisioning compares it with the package quota
+//! through [`crate::package::boot_disk_mib`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::error::{ApiError, FieldError};
+use crate::spec::{self, Field, Kind, Mode};
+
+pub const TYPES: &[&str] = &["zone-dataset", "lx-dataset", "zvol", "docker", "lxd", "other"];
+pub const OSES: &[&str] = &["smartos", "linux", "windows", "bsd", "illumos", "other"];
+pub const STATES: &[&str] = &["active", "unactivated", "disabled", "creating", "failed"];
+/// File compressions IMGAPI accepts; `zstd` is Nereid's addition.
+pub const COMPRESSIONS: &[&str] = &["gzip", "bzip2", "xz", "zstd", "none"];
+/// IMGAPI's `MAX_IMAGE_SIZE`: 20 GiB per file.
+pub const MAX_FILE_SIZE: u64 = 20 << 30;
+/// The owner meaning "unset" on public image servers.
+pub const NIL_OWNER: Uuid = Uuid::nil();
+/// Fields only a zvol (hardware-VM disk) image has.
+const ZVOL_FIELDS: &[&str] = &["nic_driver", "disk_driver", "cpu_type", "image_size"];
+/// Keys a manifest fetched from another IMGAPI carries and that create/import ignore.
+const TOLERATED: &[&str] = &["v", "files", "state", "disabled", "icon", "error"];
+
+fn check_name(s: &str) -> Result<(), String> {
+    if s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'/' | b' ' | b'-')) {
+        Ok(())
+    } else {
+        Err(format!("may only contain letters, digits and . _ / - and spaces (got {:?})", spec::truncate(s, 60)))
+    }
+}
+
+fn check_version(s: &str) -> Result<(), String> {
+    if s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'/' | b'+' | b'-')) {
+        Ok(())
+    } else {
+        Err(format!("may only contain letters, digits and . _ / + - (got {:?})", spec::truncate(s, 60)))
+    }
+}
+
+fn check_url(s: &str) -> Result<(), String> {
+    if (s.starts_with("https://") || s.starts_with("http://")) && !s.contains(char::is_whitespace) {
+        Ok(())
+    } else {
+        Err(format!("must be an http(s) URL (got {:?})", spec::truncate(s, 60)))
+    }
+}
+
+fn check_requirements(v: &Value) -> Result<(), String> {
+    let obj = v.as_object().ok_or("must be an object")?;
+    for (k, val) in obj {
+        match k.as_str() {
+            "networks" => {
+                let nets = val.as_array().ok_or("networks must be an array of {name, description}")?;
+                for n in nets {
+                    let n = n.as_object().ok_or("networks items must be objects")?;
+                    if !n.get("name").is_some_and(Value::is_string) || n.keys().any(|k| k != "name" && k != "description") {
+                        return Err("networks items must be {name, description}".into());
+                    }
+                }
+            }
+            "brand" => {
+                let b = val.as_str().ok_or("brand must be a string")?;
+                if !crate::package::BRANDS.contains(&b) {
+                    return Err(format!("brand must be one of {}", crate::package::BRANDS.join(", ")));
+                }
+            }
+            "ssh_key" => {
+                val.as_bool().ok_or("ssh_key must be a boolean")?;
+            }
+            "min_ram" | "max_ram" => {
+                val.as_u64().filter(|n| *n >= 1).ok_or_else(|| format!("{k} must be a positive integer (MiB)"))?;
+            }
+            "min_platform" | "max_platform" => {
+                let m = val.as_object().ok_or_else(|| format!("{k} must be an object like {{\"7.0\": \"20141030T081701Z\"}}"))?;
+                if m.values().any(|p| !p.is_string()) {
+                    return Err(format!("{k} values must be platform stamps (strings)"));
+                }
+            }
+            "bootrom" => {
+                let b = val.as_str().ok_or("bootrom must be a string")?;
+                if b != "bios" && b != "uefi" {
+                    return Err("bootrom must be bios or uefi".into());
+                }
+                if obj.get("brand").and_then(Value::as_str) != Some("bhyve") {
+                    return Err("bootrom is only allowed with brand bhyve".into());
+                }
+            }
+            other => return Err(format!("unknown requirement {other:?} (networks, brand, ssh_key, min_ram, max_ram, min_platform, max_platform, bootrom)")),
+        }
+    }
+    if let (Some(min), Some(max)) = (obj.get("min_ram").and_then(Value::as_u64), obj.get("max_ram").and_then(Value::as_u64))
+        && min > max
+    {
+        return Err(format!("min_ram ({min} MiB) is larger than max_ram ({max} MiB)"));
+    }
+    Ok(())
+}
+
+fn requirements_schema() -> Value {
+    json!({"type": "object", "additionalProperties": false, "properties": {
+        "networks": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "description": {"type": "string"}}}},
+        "brand": {"type": "string", "enum": crate::package::BRANDS},
+        "ssh_key": {"type": "boolean"},
+        "min_ram": {"type": "integer", "minimum": 1, "description": "MiB"},
+        "max_ram": {"type": "integer", "minimum": 1, "description": "MiB"},
+        "min_platform": {"type": "object", "additionalProperties": {"type": "string"}},
+        "max_platform": {"type": "object", "additionalProperties": {"type": "string"}},
+        "bootrom": {"type": "string", "enum": ["bios", "uefi"], "description": "only with brand bhyve"}}})
+}
+
+fn check_users(v: &Value) -> Result<(), String> {
+    let users = v.as_array().ok_or("must be an array of {name}")?;
+    for u in users {
+        let u = u.as_object().ok_or("items must be {name} objects")?;
+        if !u.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) || u.len() != 1 {
+            return Err("items must be {name} objects".into());
+        }
+    }
+    Ok(())
+}
+
+fn users_schema() -> Value {
+    json!({"type": "array", "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}})
+}
+
+fn check_tags(v: &Value) -> Result<(), String> {
+    let tags = v.as_object().ok_or("must be an object of string, number or boolean values")?;
+    if let Some((k, _)) = tags.iter().find(|(_, v)| !(v.is_string() || v.is_number() || v.is_boolean())) {
+        return Err(format!("tag {k:?} must be a string, number or boolean"));
+    }
+    if v.to_string().len() > 100 * 1024 {
+        return Err("must be at most 100 KiB in total".into());
+    }
+    Ok(())
+}
+
+fn tags_schema() -> Value {
+    json!({"type": "object", "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}})
+}
+
+fn check_traits(v: &Value) -> Result<(), String> {
+    let traits = v.as_object().ok_or("must be an object")?;
+    for (k, t) in traits {
+        let ok = t.is_string() || t.is_boolean() || t.as_array().is_some_and(|a| a.iter().all(Value::is_string));
+        if !ok {
+            return Err(format!("trait {k:?} must be a string, boolean or array of strings"));
+        }
+    }
+    Ok(())
+}
+
+fn traits_schema() -> Value {
+    json!({"type": "object"})
+}
+
+/// IMGAPI's manifest field table (v2).
+pub const FIELDS: &[Field] = &[
+    Field::new("uuid", Kind::Uuid, "Image UUID; set by the server (kept only by AdminImportImage).").read_only(),
+    Field::new("owner", Kind::Uuid, "Owning account; 00000000-0000-0000-0000-000000000000 means unset.").required(),
+    Field::new("name", Kind::Str { max: 512, check: Some(check_name) }, "Name (not unique), e.g. `ubuntu-24.04`.").required().immutable(),
+    Field::new("version", Kind::Str { max: 128, check: Some(check_version) }, "Version, e.g. `20261125`.").required().immutable(),
+    Field::new("description", Kind::Str { max: 10 * 1024, check: None }, "Free text."),
+    Field::new("homepage", Kind::Str { max: 1024, check: Some(check_url) }, "URL with more about the image."),
+    Field::new("eula", Kind::Str { max: 1024, check: Some(check_url) }, "URL of the end-user licence."),
+    Field::new("public", Kind::Bool, "Visible to every account (default false)."),
+    Field::new("type", Kind::Enum(TYPES), "zvol (hardware-VM disk), zone-dataset, lx-dataset, docker, lxd or other.").required(),
+    Field::new("os", Kind::Enum(OSES), "smartos, linux, windows, bsd, illumos or other.").required(),
+    Field::new("origin", Kind::Uuid, "Origin image of an incremental image; must exist and be active.").immutable(),
+    Field::new("acl", Kind::UuidList, "Accounts that may see this private image."),
+    Field::new("requirements", Kind::Custom { check: check_requirements, schema: requirements_schema }, "Provisioning requirements (networks, brand, ssh_key, min_ram, max_ram, min_platform, max_platform, bootrom)."),
+    Field::new("users", Kind::Custom { check: check_users, schema: users_schema }, "Users the image has, `[{\"name\": \"root\"}]`."),
+    Field::new("generate_passwords", Kind::Bool, "Generate `<user>_pw` passwords at provision (default true)."),
+    Field::new("billing_tags", Kind::StrList { max_item: 128 }, "Billing tags."),
+    Field::new("traits", Kind::Custom { check: check_traits, schema: traits_schema }, "Placement traits (string, boolean or string array values)."),
+    Field::new("tags", Kind::Custom { check: check_tags, schema: tags_schema }, "Tags (string, number or boolean values; at most 100 KiB)."),
+    Field::new("inherited_directories", Kind::StrList { max_item: 1024 }, "zone-dataset only: directories inherited from the global zone."),
+    Field::new("nic_driver", Kind::Str { max: 64, check: None }, "zvol only (required): NIC model, e.g. virtio."),
+    Field::new("disk_driver", Kind::Str { max: 64, check: None }, "zvol only (required): disk model, e.g. virtio."),
+    Field::new("cpu_type", Kind::Str { max: 64, check: None }, "zvol only (required): qemu64 or host."),
+    Field::new("image_size", Kind::Int { min: 1, max: 64 << 20, multiple_of: None, unit: Some("MiB") }, "zvol only (required): boot-disk size in MiB."),
+    Field::new("channels", Kind::StrList { max_item: 128 }, "Update channels the image is in.").immutable(),
+    Field::new("urn", Kind::Str { max: 1024, check: None }, "Legacy URN, kept on import.").immutable(),
+    Field::new("published_at", Kind::Str { max: 40, check: Some(crate::time::check_iso) }, "Activation time (ISO 8601); kept by AdminImportImage.").read_only(),
+    Field::new("state", Kind::Enum(STATES), "unactivated, active or disabled.").read_only(),
+    Field::new("disabled", Kind::Bool, "Set by DisableImage/EnableImage.").read_only(),
+    Field::new("files", Kind::Custom { check: |_| Ok(()), schema: files_schema }, "The image file: [{sha1, size, compression}].").read_only(),
+    Field::new("v", Kind::Int { min: 2, max: 2, multiple_of: None, unit: None }, "Manifest version (2).").read_only(),
+    Field::new("icon", Kind::Bool, "Whether the image has an icon.").read_only(),
+    Field::new("error", Kind::Object, "Why a creating image failed.").read_only(),
+];
+
+fn files_schema() -> Value {
+    json!({"type": "array", "items": {"type": "object", "properties": {
+        "sha1": {"type": "string"}, "size": {"type": "integer"}, "compression": {"type": "string", "enum": COMPRESSIONS},
+        "dataset_guid": {"type": "string"}, "stor": {"type": "string"}}}})
+}
+
+/// The one file of an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageFile {
+    pub sha1: String,
+    pub size: u64,
+    pub compression: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_guid: Option<String>,
+    /// Where the bytes live (`local`); shown only with `inclAdminFields`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stor: Option<String>,
+    /// Base64 MD5 of the file, served as `Content-MD5`; never rendered in manifests.
+    #[serde(default, rename = "contentMD5", skip_serializing_if = "Option::is_none")]
+    pub content_md5: Option<String>,
+}
+
+/// An image as IMGAPI stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Image {
+    pub v: u32,
+    pub uuid: Uuid,
+    pub owner: Uuid,
+    pub name: String,
+    pub version: String,
+    pub state: String,
+    pub disabled: bool,
+    pub public: bool,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub os: String,
+    pub files: Vec<ImageFile>,
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
+}
+
+impl Image {
+    /// `name@version`.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+    pub fn published_at(&self) -> Option<&str> {
+        self.rest.get("published_at").and_then(Value::as_str)
+    }
+    pub fn image_size(&self) -> Option<u64> {
+        self.rest.get("image_size").and_then(Value::as_u64)
+    }
+    pub fn origin(&self) -> Option<&str> {
+        self.rest.get("origin").and_then(Value::as_str)
+    }
+
+    /// The manifest as clients see it: internal file fields removed, `stor` only for admins.
+    pub fn render(&self, incl_admin_fields: bool) -> Value {
+        let mut img = self.clone();
+        for f in &mut img.files {
+            f.content_md5 = None;
+            if !incl_admin_fields {
+                f.stor = None;
+            }
+        }
+        serde_json::to_value(img).unwrap_or(Value::Null)
+    }
+}
+
+/// Whether the manifest is being created fresh or imported with its UUID.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Origin {
+    /// CreateImage: the server picks the UUID.
+    Create,
+    /// AdminImportImage: the UUID (and `published_at`) come from the manifest.
+    Import(Uuid),
+}
+
+/// Validates a CreateImage/AdminImportImage body and returns the unactivated image.
+///
+/// Errors are IMGAPI's 422s: unknown keys → `InvalidParameter`, bad values → `ValidationFailed`.
+pub fn check_create(input: &Map<String, Value>, origin: Origin) -> Result<Image, ApiError> {
+    let mut obj = input.clone();
+    for key in TOLERATED {
+        obj.remove(*key);
+    }
+    let unknown: Vec<FieldError> = obj.keys().filter(|k| !FIELDS.iter().any(|f| f.name == k.as_str())).map(|k| FieldError::unknown(k.clone())).collect();
+    if !unknown.is_empty() {
+        let mut err = ApiError::invalid_parameter(unknown);
+        err.message = format!("invalid extra parameters: {}", err.errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>().join(", "));
+        return Err(err);
+    }
+    let allowed: &[&str] = match origin {
+        Origin::Create => &[],
+        Origin::Import(_) => &["uuid", "published_at"],
+    };
+    let mut errors = spec::check(FIELDS, &obj, Mode::Create, allowed);
+    if let Origin::Create = origin
+        && obj.contains_key("uuid")
+    {
+        errors.retain(|e| e.field != "uuid");
+        errors.push(FieldError::invalid("uuid", "is chosen by the server on CreateImage; use AdminImportImage to keep a UUID"));
+    }
+    if let Origin::Import(uuid) = origin {
+        match obj.get("uuid").and_then(Value::as_str) {
+            None => errors.push(FieldError::missing("uuid")),
+            Some(u) if !u.eq_ignore_ascii_case(&uuid.to_string()) => errors.push(FieldError::invalid("uuid", format!("must equal the UUID in the path ({uuid})"))),
+            Some(_) => {}
+        }
+    }
+    errors.extend(check_type_rules(&obj));
+    if !errors.is_empty() {
+        return Err(ApiError::validation_422(errors));
+    }
+    let uuid = match origin {
+        Origin::Create => Uuid::new_v4(),
+        Origin::Import(u) => u,
+    };
+    obj.insert("uuid".into(), json!(uuid));
+    obj.insert("v".into(), json!(2));
+    obj.insert("state".into(), json!("unactivated"));
+    obj.insert("disabled".into(), json!(false));
+    obj.entry("public").or_insert(json!(false));
+    obj.insert("files".into(), json!([]));
+    serde_json::from_value(Value::Object(obj)).map_err(|e| ApiError::internal(format!("image record: {e}")))
+}
+
+/// zvol images need the four HVM fields; other types may not have them.
+fn check_type_rules(obj: &Map<String, Value>) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let kind = obj.get("type").and_then(Value::as_str).unwrap_or("");
+    for f in ZVOL_FIELDS {
+        match (kind == "zvol", obj.get(*f).is_some_and(|v| !v.is_null())) {
+            (true, false) => errors.push(FieldError { field: (*f).into(), code: "MissingParameter".into(), message: "is required for type zvol".into() }),
+            (false, true) if !kind.is_empty() => errors.push(FieldError::invalid(*f, format!("is only allowed for type zvol (this image is {kind})"))),
+            _ => {}
+        }
+    }
+    if kind != "zone-dataset" && !kind.is_empty() && obj.contains_key("inherited_directories") {
+        errors.push(FieldError::invalid("inherited_directories", "is only allowed for type zone-dataset"));
+    }
+    errors
+}
+
+/// Validates an UpdateImage body against the stored image and returns the new one.
+pub fn check_update(current: &Image, input: &Map<String, Value>) -> Result<Image, ApiError> {
+    let mut errors = spec::check(FIELDS, input, Mode::Update, &[]);
+    let Value::Object(mut obj) = serde_json::to_value(current).map_err(|e| ApiError::internal(e.to_string()))? else {
+        return Err(ApiError::internal("image did not serialize to an object"));
+    };
+    errors.extend(spec::immutable_changes(FIELDS, &obj, input).into_iter().map(|mut e| {
+        e.message = "cannot be changed on an existing image".into();
+        e
+    }));
+    if !errors.is_empty() {
+        return Err(ApiError::validation_422(errors));
+    }
+    spec::merge(&mut obj, input);
+    let type_errors = check_type_rules(&obj);
+    if !type_errors.is_empty() {
+        return Err(ApiError::validation_422(type_errors));
+    }
+    serde_json::from_value(Value::Object(obj)).map_err(|e| ApiError::internal(format!("image record: {e}")))
+}
+
+/// AddImageFile is allowed only before activation.
+pub fn check_can_add_file(img: &Image) -> Result<(), ApiError> {
+    if img.state != "unactivated" {
+        return Err(ApiError::new(422, "ImageFilesImmutable", format!("image {} is {}: its file cannot change after activation", img.uuid, img.state)));
+    }
+    Ok(())
+}
+
+/// ActivateImage: needs a file; keeps an imported `published_at`.
+pub fn activate(img: &Image, now: &str) -> Result<Image, ApiError> {
+    if img.state != "unactivated" {
+        return Err(ApiError::new(422, "ImageAlreadyActivated", format!("image {} is already activated", img.uuid)));
+    }
+    if img.files.is_empty() {
+        return Err(ApiError::new(422, "NoActivationNoFile", format!("image {} has no file: add one with AddImageFile before activating", img.uuid)));
+    }
+    let mut out = img.clone();
+    out.state = if img.disabled { "disabled".into() } else { "active".into() };
+    out.rest.entry("published_at").or_insert_with(|| json!(now));
+    Ok(out)
+}
+
+/// DisableImage / EnableImage.
+pub fn set_disabled(img: &Image, disabled: bool) -> Image {
+    let mut out = img.clone();
+    out.disabled = disabled;
+    if out.state == "active" || out.state == "disabled" {
+        out.state = if disabled { "disabled".into() } else { "active".into() };
+    }
+    out
+}
+
+/// The compression implied by a file name's extension, as `sdc-imgadm` guesses it.
+pub fn compression_from_extension(path: &str) -> &'static str {
+    let lower = path.to_ascii_lowercase();
+    if lower.ends_with(".gz") || lower.ends_with(".tgz") {
+        "gzip"
+    } else if lower.ends_with(".bz2") {
+        "bzip2"
+    } else if lower.ends_with(".xz") {
+        "xz"
+    } else if lower.ends_with(".zst") || lower.ends_with(".zstd") {
+        "zstd"
+    } else {
+        "none"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn zvol() -> Value {
+        json!({"owner": "00000000-0000-0000-0000-000000000000", "name": "debian-12", "version": "20261125", "type": "zvol", "os": "linux",
+            "nic_driver": "virtio", "disk_driver": "virtio", "cpu_type": "host", "image_size": 10240})
+    }
+
+    #[test]
+    fn creates_unactivated_zvol() {
+        let img = check_create(&obj(zvol()), Origin::Create).unwrap();
+        assert_eq!((img.state.as_str(), img.v, img.public, img.disabled), ("unactivated", 2, false, false));
+        assert_eq!(img.image_size(), Some(10240));
+        let rendered = img.render(false);
+        assert_eq!(rendered["files"], json!([]));
+        assert_eq!(rendered["type"], "zvol");
+    }
+
+    #[test]
+    fn zvol_fields_are_required_and_exclusive() {
+        let mut m = obj(zvol());
+        m.remove("image_size");
+        let err = check_create(&m, Origin::Create).unwrap_err();
+        assert_eq!((err.status, err.errors[0].field.as_str()), (422, "image_size"));
+        let mut m = obj(zvol());
+        m.insert("type".into(), json!("zone-dataset"));
+        let err = check_create(&m, Origin::Create).unwrap_err();
+        assert_eq!(err.errors.len(), 4);
+    }
+
+    #[test]
+    fn unknown_keys_are_invalid_parameters_but_fetched_manifests_are_tolerated() {
+        let mut m = obj(zvol());
+        m.insert("colour".into(), json!("red"));
+        let err = check_create(&m, Origin::Create).unwrap_err();
+        assert_eq!((err.code.as_str(), err.message.as_str()), ("InvalidParameter", "invalid extra parameters: colour"));
+        let mut m = obj(zvol());
+        m.insert("v".into(), json!(2));
+        m.insert("state".into(), json!("active"));
+        m.insert("files".into(), json!([{"sha1": "x"}]));
+        assert!(check_create(&m, Origin::Create).is_ok());
+    }
+
+    #[test]
+    fn import_keeps_uuid_and_published_at() {
+        let id = Uuid::new_v4();
+        let mut m = obj(zvol());
+        m.insert("uuid".into(), json!(id));
+        m.insert("published_at".into(), json!("2020-01-01T00:00:00.000Z"));
+        assert!(check_create(&m, Origin::Create).is_err());
+        let img = check_create(&m, Origin::Import(id)).unwrap();
+        assert_eq!(img.uuid, id);
+        let err = check_create(&m, Origin::Import(Uuid::new_v4())).unwrap_err();
+        assert!(err.errors[0].message.contains("must equal the UUID in the path"));
+        let mut img = img;
+        img.files.push(ImageFile { sha1: "a".into(), size: 1, compression: "none".into(), dataset_guid: None, stor: Some("local".into()), content_md5: Some("x".into()) });
+        let active = activate(&img, "2026-01-01T00:00:00.000Z").unwrap();
+        assert_eq!(active.published_at(), Some("2020-01-01T00:00:00.000Z"));
+        let r = active.render(false);
+        assert!(r["files"][0].get("contentMD5").is_none() && r["files"][0].get("stor").is_none());
+        assert_eq!(active.render(true)["files"][0]["stor"], "local");
+    }
+
+    #[test]
+    fn lifecycle() {
+        let img = check_create(&obj(zvol()), Origin::Create).unwrap();
+        assert_eq!(activate(&img, "t").unwrap_err().code, "NoActivationNoFile");
+        let mut img = img;
+        img.files.push(ImageFile { sha1: "a".into(), size: 1, compression: "none".into(), dataset_guid: None, stor: None, content_md5: None });
+        let active = activate(&img, "t").unwrap();
+        assert_eq!(active.state, "active");
+        assert_eq!(check_can_add_file(&active).unwrap_err().code, "ImageFilesImmutable");
+        assert_eq!(activate(&active, "t").unwrap_err().code, "ImageAlreadyActivated");
+        let disabled = set_disabled(&active, true);
+        assert_eq!(disabled.state, "disabled");
+        assert_eq!(set_disabled(&disabled, false).state, "active");
+        assert_eq!(set_disabled(&img, true).state, "unactivated");
+    }
+
+    #[test]
+    fn requirements_are_checked() {
+        let mut m = obj(zvol());
+        m.insert("requirements".into(), json!({"bootrom": "uefi"}));
+        assert!(check_create(&m, Origin::Create).unwrap_err().errors[0].message.contains("only allowed with brand bhyve"));
+        m.insert("requirements".into(), json!({"bootrom": "uefi", "brand": "bhyve", "min_ram": 512, "max_ram": 256}));
+        assert!(check_create(&m, Origin::Create).unwrap_err().errors[0].message.contains("larger than max_ram"));
+        m.insert("requirements".into(), json!({"cpu": 1}));
+        assert!(check_create(&m, Origin::Create).is_err());
+    }
+
+    #[test]
+    fn update_refuses_immutables() {
+        let img = check_create(&obj(zvol()), Origin::Create).unwrap();
+        let err = check_update(&img, &obj(json!({"name": "other"}))).unwrap_err();
+        assert_eq!(err.errors[0].field, "name");
+        let up = check_update(&img, &obj(json!({"description": "hi", "public": true, "image_size": 20480}))).unwrap();
+        assert!(up.public);
+        assert_eq!(up.image_size(), Some(20480));
+        assert!(check_update(&img, &obj(json!({"state": "active"}))).is_err());
+    }
+
+    #[test]
+    fn extension_compression() {
+        assert_eq!(compression_from_extension("disk.qcow2.ZST"), "zstd");
+        assert_eq!(compression_from_extension("disk.raw.gz"), "gzip");
+        assert_eq!(compression_from_extension("disk.raw"), "none");
+    }
+}

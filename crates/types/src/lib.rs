@@ -1,0 +1,22 @@
+//! Wire and domain types shared by every part of Nereid.
+//!
+//! Each resource an operator knows from Triton (package, image, nic tag, network,
+//! network pool, NIC, IP) has one module holding its typed record, its field table
+//! (the [`spec`] that both validates input and documents the API), and the pure rules
+//! that go with it (immutability, unit conversions, quota-versus-image checks).
+//! Nothing here does I/O: the headnode's `app` layer calls these functions and the
+//! store persists what they return.
+
+pub mod error;
+pub mod image;
+pub mod ipv4;
+pub mod mac;
+pub mod network;
+pub mod nic;
+pub mod nic_tag;
+pub mod package;
+pub mod query;
+pub mod spec;
+pub mod time;
+
+pub use error::{ApiError, FieldError};
