@@ -44,9 +44,13 @@ impl Path {
         }
         for s in &self.0 {
             if let Seg::Key(k) = s
-                && (k.is_empty() || k.len() > 200 || k.chars().any(|c| c == '"' || c == '\\' || c == '\'' || c.is_control() || c == '{' || c == '}' || c == ','))
+                && (k.is_empty()
+                    || k.len() > 200
+                    || k.chars().any(|c| c == '"' || c == '\\' || c == '\'' || c.is_control() || c == '{' || c == '}' || c == ','))
             {
-                return Err(StoreError::InvalidFilter(format!("field name {k:?} is empty, too long, or contains quotes, braces, commas or control characters")));
+                return Err(StoreError::InvalidFilter(format!(
+                    "field name {k:?} is empty, too long, or contains quotes, braces, commas or control characters"
+                )));
             }
         }
         Ok(())
@@ -137,7 +141,9 @@ impl Filter {
             Filter::Gt(p, x) => cmp(p, x) == Some(Greater),
             Filter::Ge(p, x) => matches!(cmp(p, x), Some(Greater | Equal)),
             Filter::Glob(p, parts) => get(p).and_then(Value::as_str).is_some_and(|s| glob_match(parts, s)),
-            Filter::Has(p, x) => get(p).and_then(Value::as_array).is_some_and(|a| a.iter().any(|e| e == x || (num(e).is_some() && num(e) == num(x)))),
+            Filter::Has(p, x) => {
+                get(p).and_then(Value::as_array).is_some_and(|a| a.iter().any(|e| e == x || (num(e).is_some() && num(e) == num(x))))
+            }
             Filter::Present(p) => get(p).is_some(),
             Filter::Absent(p) => get(p).is_none(),
             Filter::And(fs) => fs.iter().all(|f| f.matches(v)),

@@ -68,10 +68,23 @@ impl std::fmt::Display for Cond {
 /// One step of a [`Store::batch`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    Put { bucket: String, key: String, value: Value, cond: Cond },
-    Delete { bucket: String, key: String, cond: Cond },
+    Put {
+        bucket: String,
+        key: String,
+        value: Value,
+        cond: Cond,
+    },
+    Delete {
+        bucket: String,
+        key: String,
+        cond: Cond,
+    },
     /// Writes nothing; fails the batch unless `cond` holds when it commits.
-    Check { bucket: String, key: String, cond: Cond },
+    Check {
+        bucket: String,
+        key: String,
+        cond: Cond,
+    },
 }
 
 impl Op {

@@ -9,8 +9,10 @@
 pub type Migration = (i64, &'static str, &'static str);
 
 /// The table that records applied versions (created before any migration runs).
-pub const LEDGER_SQLITE: &str = "CREATE TABLE IF NOT EXISTS nereid_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)";
-pub const LEDGER_POSTGRES: &str = "CREATE TABLE IF NOT EXISTS nereid_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)";
+pub const LEDGER_SQLITE: &str =
+    "CREATE TABLE IF NOT EXISTS nereid_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)";
+pub const LEDGER_POSTGRES: &str =
+    "CREATE TABLE IF NOT EXISTS nereid_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)";
 
 pub const SQLITE: &[Migration] = &[(
     1,

@@ -34,7 +34,8 @@ fn select(d: Dialect) -> &'static str {
 
 fn to_object(bucket: &str, row: Row) -> Result<Object> {
     let (key, text, generation, mtime) = row;
-    let value = serde_json::from_str(&text).map_err(|source| StoreError::Corrupt { bucket: bucket.to_string(), key: key.clone(), source })?;
+    let value =
+        serde_json::from_str(&text).map_err(|source| StoreError::Corrupt { bucket: bucket.to_string(), key: key.clone(), source })?;
     Ok(Object { key, value, generation, mtime })
 }
 

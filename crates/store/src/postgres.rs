@@ -77,7 +77,10 @@ impl PgStore {
         for (version, name, sql) in POSTGRES {
             let mut tx = self.pool.begin().await?;
             sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DDL_LOCK).execute(&mut *tx).await?;
-            let done: Option<i64> = sqlx::query_scalar("SELECT version FROM nereid_migrations WHERE version = $1").bind(version).fetch_optional(&mut *tx).await?;
+            let done: Option<i64> = sqlx::query_scalar("SELECT version FROM nereid_migrations WHERE version = $1")
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await?;
             if done.is_some() {
                 continue;
             }

@@ -230,14 +230,13 @@ fn sqlite_path(p: &Path) -> String {
 
 /// `'{"a","b","0"}'` (a quoted SQL literal of a text array).
 fn pg_path(p: &Path) -> String {
-    let parts: Vec<String> = p
-        .0
-        .iter()
-        .map(|seg| match seg {
-            Seg::Key(k) => format!("\"{k}\""),
-            Seg::Index(i) => i.to_string(),
-        })
-        .collect();
+    let parts: Vec<String> =
+        p.0.iter()
+            .map(|seg| match seg {
+                Seg::Key(k) => format!("\"{k}\""),
+                Seg::Index(i) => i.to_string(),
+            })
+            .collect();
     format!("'{{{}}}'", parts.join(","))
 }
 
@@ -256,7 +255,10 @@ pub(crate) fn create_index(d: Dialect, bucket: &str, index: &Index) -> Result<St
     path.validate()?;
     let lit = bucket_literal(bucket)?;
     let e = expr(d, &path, index.kind);
-    let mut name: String = format!("ix_{bucket}_{}", index.path.join("_")).chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    let mut name: String = format!("ix_{bucket}_{}", index.path.join("_"))
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect();
     name.truncate(48);
     let name = format!("{name}_{:08x}", fnv(&format!("{bucket}|{e}")));
     Ok(format!("CREATE INDEX IF NOT EXISTS {name} ON objects ({e}) WHERE bucket = {lit}"))

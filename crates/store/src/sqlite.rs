@@ -50,7 +50,10 @@ impl SqliteStore {
         sqlx::raw_sql(LEDGER_SQLITE).execute(&mut *conn).await?;
         for (version, name, sql) in SQLITE {
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-            let done: Option<i64> = sqlx::query_scalar("SELECT version FROM nereid_migrations WHERE version = ?").bind(version).fetch_optional(&mut *tx).await?;
+            let done: Option<i64> = sqlx::query_scalar("SELECT version FROM nereid_migrations WHERE version = ?")
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await?;
             if done.is_some() {
                 continue;
             }

@@ -1,4 +1,5 @@
 //! The store conformance suite: every test runs on SQLite and on PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 
@@ -97,7 +98,14 @@ async fn batch_is_all_or_nothing(s: Arc<dyn Store>) {
     assert!(matches!(e, StoreError::Conflict { op_index: 1, .. }));
     assert!(s.get(B, "x1").await.unwrap().is_none());
     assert!(s.get(B, "x2").await.unwrap().is_none());
-    let gens = s.batch(vec![Op::put(B, "x1", json!({}), Cond::Absent), Op::put(B, "taken", json!({"b": 2}), Cond::Generation(1)), Op::delete(B, "x9", Cond::Any)]).await.unwrap();
+    let gens = s
+        .batch(vec![
+            Op::put(B, "x1", json!({}), Cond::Absent),
+            Op::put(B, "taken", json!({"b": 2}), Cond::Generation(1)),
+            Op::delete(B, "x9", Cond::Any),
+        ])
+        .await
+        .unwrap();
     assert_eq!(gens, vec![1, 2, 0]);
 }
 
@@ -275,7 +283,10 @@ async fn bad_filters_are_errors(s: Arc<dyn Store>) {
 }
 
 async fn buckets_are_separate_and_indexes_idempotent(s: Arc<dyn Store>) {
-    const DEF: BucketDef = BucketDef { name: "idx", indexes: &[Index { path: &["owner"], kind: Kind::Text }, Index { path: &["tags", "a.b"], kind: Kind::Number }] };
+    const DEF: BucketDef = BucketDef {
+        name: "idx",
+        indexes: &[Index { path: &["owner"], kind: Kind::Text }, Index { path: &["tags", "a.b"], kind: Kind::Number }],
+    };
     s.ensure_bucket(&DEF).await.unwrap();
     s.ensure_bucket(&DEF).await.unwrap();
     s.put("idx", "1", json!({"owner": "o"}), Cond::Any).await.unwrap();

@@ -7,6 +7,7 @@
 //! handler never picks a status by hand.
 
 use serde::Serialize;
+use serde_json::{Map, Value};
 
 /// One problem with one input field, as Triton lists them in `errors[]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -47,6 +48,8 @@ pub struct ApiError {
     pub code: String,
     pub message: String,
     pub errors: Vec<FieldError>,
+    /// Extra top-level body fields some errors carry (NAPI's `SubnetFull` names its `network_uuid`).
+    pub extra: Option<Box<Map<String, Value>>>,
 }
 
 /// Triton's error body.
@@ -56,11 +59,19 @@ pub struct ErrorBody<'a> {
     pub message: &'a str,
     #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
     pub errors: &'a [FieldError],
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<&'a Map<String, Value>>,
 }
 
 impl ApiError {
     pub fn new(status: u16, code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { status, code: code.into(), message: message.into(), errors: Vec::new() }
+        Self { status, code: code.into(), message: message.into(), errors: Vec::new(), extra: None }
+    }
+
+    /// Adds a top-level field to the body.
+    pub fn with_extra(mut self, key: &str, value: Value) -> Self {
+        self.extra.get_or_insert_with(Default::default).insert(key.to_string(), value);
+        self
     }
 
     pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
@@ -70,7 +81,7 @@ impl ApiError {
 
     /// The JSON body Triton clients parse.
     pub fn body(&self) -> ErrorBody<'_> {
-        ErrorBody { code: &self.code, message: &self.message, errors: &self.errors }
+        ErrorBody { code: &self.code, message: &self.message, errors: &self.errors, extra: self.extra.as_deref() }
     }
 
     /// PAPI/VMAPI validation failure: 409 `ValidationFailed`.
@@ -88,8 +99,13 @@ impl ApiError {
         let message = summarize("Invalid parameters", &errors);
         Self::new(422, "InvalidParameter", message).with_errors(errors)
     }
-    /// NAPI validation failure: 422 `InvalidParameters`.
-    pub fn invalid_parameters(errors: Vec<FieldError>) -> Self {
+    /// NAPI validation failure: 422 `InvalidParameters` (NAPI spells the field code `InvalidParameter`).
+    pub fn invalid_parameters(mut errors: Vec<FieldError>) -> Self {
+        for e in &mut errors {
+            if e.code == "Invalid" {
+                e.code = "InvalidParameter".into();
+            }
+        }
         let message = summarize("Invalid parameters", &errors);
         Self::new(422, "InvalidParameters", message).with_errors(errors)
     }
@@ -142,7 +158,8 @@ mod tests {
 
     #[test]
     fn body_lists_field_errors_and_message_names_them() {
-        let err = ApiError::validation_409(vec![FieldError::missing("name"), FieldError::invalid("quota", "must be a multiple of 1024 (MiB)")]);
+        let err =
+            ApiError::validation_409(vec![FieldError::missing("name"), FieldError::invalid("quota", "must be a multiple of 1024 (MiB)")]);
         assert_eq!(err.status, 409);
         let body = serde_json::to_value(err.body()).unwrap();
         assert_eq!(body["code"], "ValidationFailed");

@@ -102,7 +102,11 @@ fn check_requirements(v: &Value) -> Result<(), String> {
                     return Err("bootrom is only allowed with brand bhyve".into());
                 }
             }
-            other => return Err(format!("unknown requirement {other:?} (networks, brand, ssh_key, min_ram, max_ram, min_platform, max_platform, bootrom)")),
+            other => {
+                return Err(format!(
+                    "unknown requirement {other:?} (networks, brand, ssh_key, min_ram, max_ram, min_platform, max_platform, bootrom)"
+                ));
+            }
         }
     }
     if let (Some(min), Some(max)) = (obj.get("min_ram").and_then(Value::as_u64), obj.get("max_ram").and_then(Value::as_u64))
@@ -129,7 +133,7 @@ fn check_users(v: &Value) -> Result<(), String> {
     let users = v.as_array().ok_or("must be an array of {name}")?;
     for u in users {
         let u = u.as_object().ok_or("items must be {name} objects")?;
-        if !u.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) || u.len() != 1 {
+        if u.get("name").and_then(Value::as_str).is_none_or(str::is_empty) || u.len() != 1 {
             return Err("items must be {name} objects".into());
         }
     }
@@ -184,23 +188,45 @@ pub const FIELDS: &[Field] = &[
     Field::new("os", Kind::Enum(OSES), "smartos, linux, windows, bsd, illumos or other.").required(),
     Field::new("origin", Kind::Uuid, "Origin image of an incremental image; must exist and be active.").immutable(),
     Field::new("acl", Kind::UuidList, "Accounts that may see this private image."),
-    Field::new("requirements", Kind::Custom { check: check_requirements, schema: requirements_schema }, "Provisioning requirements (networks, brand, ssh_key, min_ram, max_ram, min_platform, max_platform, bootrom)."),
+    Field::new(
+        "requirements",
+        Kind::Custom { check: check_requirements, schema: requirements_schema },
+        "Provisioning requirements (networks, brand, ssh_key, min_ram, max_ram, min_platform, max_platform, bootrom).",
+    ),
     Field::new("users", Kind::Custom { check: check_users, schema: users_schema }, "Users the image has, `[{\"name\": \"root\"}]`."),
     Field::new("generate_passwords", Kind::Bool, "Generate `<user>_pw` passwords at provision (default true)."),
     Field::new("billing_tags", Kind::StrList { max_item: 128 }, "Billing tags."),
-    Field::new("traits", Kind::Custom { check: check_traits, schema: traits_schema }, "Placement traits (string, boolean or string array values)."),
-    Field::new("tags", Kind::Custom { check: check_tags, schema: tags_schema }, "Tags (string, number or boolean values; at most 100 KiB)."),
+    Field::new(
+        "traits",
+        Kind::Custom { check: check_traits, schema: traits_schema },
+        "Placement traits (string, boolean or string array values).",
+    ),
+    Field::new(
+        "tags",
+        Kind::Custom { check: check_tags, schema: tags_schema },
+        "Tags (string, number or boolean values; at most 100 KiB).",
+    ),
     Field::new("inherited_directories", Kind::StrList { max_item: 1024 }, "zone-dataset only: directories inherited from the global zone."),
     Field::new("nic_driver", Kind::Str { max: 64, check: None }, "zvol only (required): NIC model, e.g. virtio."),
     Field::new("disk_driver", Kind::Str { max: 64, check: None }, "zvol only (required): disk model, e.g. virtio."),
     Field::new("cpu_type", Kind::Str { max: 64, check: None }, "zvol only (required): qemu64 or host."),
-    Field::new("image_size", Kind::Int { min: 1, max: 64 << 20, multiple_of: None, unit: Some("MiB") }, "zvol only (required): boot-disk size in MiB."),
+    Field::new(
+        "image_size",
+        Kind::Int { min: 1, max: 64 << 20, multiple_of: None, unit: Some("MiB") },
+        "zvol only (required): boot-disk size in MiB.",
+    ),
     Field::new("channels", Kind::StrList { max_item: 128 }, "Update channels the image is in.").immutable(),
     Field::new("urn", Kind::Str { max: 1024, check: None }, "Legacy URN, kept on import.").immutable(),
-    Field::new("published_at", Kind::Str { max: 40, check: Some(crate::time::check_iso) }, "Activation time (ISO 8601); kept by AdminImportImage.").read_only(),
+    Field::new(
+        "published_at",
+        Kind::Str { max: 40, check: Some(crate::time::check_iso) },
+        "Activation time (ISO 8601); kept by AdminImportImage.",
+    )
+    .read_only(),
     Field::new("state", Kind::Enum(STATES), "unactivated, active or disabled.").read_only(),
     Field::new("disabled", Kind::Bool, "Set by DisableImage/EnableImage.").read_only(),
-    Field::new("files", Kind::Custom { check: |_| Ok(()), schema: files_schema }, "The image file: [{sha1, size, compression}].").read_only(),
+    Field::new("files", Kind::Custom { check: |_| Ok(()), schema: files_schema }, "The image file: [{sha1, size, compression}].")
+        .read_only(),
     Field::new("v", Kind::Int { min: 2, max: 2, multiple_of: None, unit: None }, "Manifest version (2).").read_only(),
     Field::new("icon", Kind::Bool, "Whether the image has an icon.").read_only(),
     Field::new("error", Kind::Object, "Why a creating image failed.").read_only(),
@@ -292,7 +318,8 @@ pub fn check_create(input: &Map<String, Value>, origin: Origin) -> Result<Image,
     for key in TOLERATED {
         obj.remove(*key);
     }
-    let unknown: Vec<FieldError> = obj.keys().filter(|k| !FIELDS.iter().any(|f| f.name == k.as_str())).map(|k| FieldError::unknown(k.clone())).collect();
+    let unknown: Vec<FieldError> =
+        obj.keys().filter(|k| !FIELDS.iter().any(|f| f.name == k.as_str())).map(|k| FieldError::unknown(k.clone())).collect();
     if !unknown.is_empty() {
         let mut err = ApiError::invalid_parameter(unknown);
         err.message = format!("invalid extra parameters: {}", err.errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>().join(", "));
@@ -312,7 +339,9 @@ pub fn check_create(input: &Map<String, Value>, origin: Origin) -> Result<Image,
     if let Origin::Import(uuid) = origin {
         match obj.get("uuid").and_then(Value::as_str) {
             None => errors.push(FieldError::missing("uuid")),
-            Some(u) if !u.eq_ignore_ascii_case(&uuid.to_string()) => errors.push(FieldError::invalid("uuid", format!("must equal the UUID in the path ({uuid})"))),
+            Some(u) if !u.eq_ignore_ascii_case(&uuid.to_string()) => {
+                errors.push(FieldError::invalid("uuid", format!("must equal the UUID in the path ({uuid})")))
+            }
             Some(_) => {}
         }
     }
@@ -339,8 +368,12 @@ fn check_type_rules(obj: &Map<String, Value>) -> Vec<FieldError> {
     let kind = obj.get("type").and_then(Value::as_str).unwrap_or("");
     for f in ZVOL_FIELDS {
         match (kind == "zvol", obj.get(*f).is_some_and(|v| !v.is_null())) {
-            (true, false) => errors.push(FieldError { field: (*f).into(), code: "MissingParameter".into(), message: "is required for type zvol".into() }),
-            (false, true) if !kind.is_empty() => errors.push(FieldError::invalid(*f, format!("is only allowed for type zvol (this image is {kind})"))),
+            (true, false) => {
+                errors.push(FieldError { field: (*f).into(), code: "MissingParameter".into(), message: "is required for type zvol".into() })
+            }
+            (false, true) if !kind.is_empty() => {
+                errors.push(FieldError::invalid(*f, format!("is only allowed for type zvol (this image is {kind})")))
+            }
             _ => {}
         }
     }
@@ -374,7 +407,11 @@ pub fn check_update(current: &Image, input: &Map<String, Value>) -> Result<Image
 /// AddImageFile is allowed only before activation.
 pub fn check_can_add_file(img: &Image) -> Result<(), ApiError> {
     if img.state != "unactivated" {
-        return Err(ApiError::new(422, "ImageFilesImmutable", format!("image {} is {}: its file cannot change after activation", img.uuid, img.state)));
+        return Err(ApiError::new(
+            422,
+            "ImageFilesImmutable",
+            format!("image {} is {}: its file cannot change after activation", img.uuid, img.state),
+        ));
     }
     Ok(())
 }
@@ -385,7 +422,11 @@ pub fn activate(img: &Image, now: &str) -> Result<Image, ApiError> {
         return Err(ApiError::new(422, "ImageAlreadyActivated", format!("image {} is already activated", img.uuid)));
     }
     if img.files.is_empty() {
-        return Err(ApiError::new(422, "NoActivationNoFile", format!("image {} has no file: add one with AddImageFile before activating", img.uuid)));
+        return Err(ApiError::new(
+            422,
+            "NoActivationNoFile",
+            format!("image {} has no file: add one with AddImageFile before activating", img.uuid),
+        ));
     }
     let mut out = img.clone();
     out.state = if img.disabled { "disabled".into() } else { "active".into() };
@@ -401,6 +442,33 @@ pub fn set_disabled(img: &Image, disabled: bool) -> Image {
         out.state = if disabled { "disabled".into() } else { "active".into() };
     }
     out
+}
+
+/// The compression a file's first bytes show: `gzip`, `bzip2`, `xz`, `zstd`, or `none`.
+pub fn sniff_compression(head: &[u8]) -> &'static str {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        "gzip"
+    } else if head.starts_with(b"BZh") {
+        "bzip2"
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+        "xz"
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        "zstd"
+    } else {
+        "none"
+    }
+}
+
+/// Refuses a declared compression the bytes contradict (a gzip file declared `none` would
+/// be handed to guests as a corrupt disk). `none` is only refused when the bytes are clearly
+/// compressed.
+pub fn check_compression(declared: &str, head: &[u8]) -> Result<(), FieldError> {
+    let seen = sniff_compression(head);
+    if declared == seen || head.is_empty() {
+        return Ok(());
+    }
+    let what = if seen == "none" { "not compressed".to_string() } else { format!("{seen}-compressed") };
+    Err(FieldError::invalid("compression", format!("is {declared}, but the file's first bytes show it is {what}")))
 }
 
 /// The compression implied by a file name's extension, as `sdc-imgadm` guesses it.
@@ -479,7 +547,14 @@ mod tests {
         let err = check_create(&m, Origin::Import(Uuid::new_v4())).unwrap_err();
         assert!(err.errors[0].message.contains("must equal the UUID in the path"));
         let mut img = img;
-        img.files.push(ImageFile { sha1: "a".into(), size: 1, compression: "none".into(), dataset_guid: None, stor: Some("local".into()), content_md5: Some("x".into()) });
+        img.files.push(ImageFile {
+            sha1: "a".into(),
+            size: 1,
+            compression: "none".into(),
+            dataset_guid: None,
+            stor: Some("local".into()),
+            content_md5: Some("x".into()),
+        });
         let active = activate(&img, "2026-01-01T00:00:00.000Z").unwrap();
         assert_eq!(active.published_at(), Some("2020-01-01T00:00:00.000Z"));
         let r = active.render(false);
@@ -492,7 +567,14 @@ mod tests {
         let img = check_create(&obj(zvol()), Origin::Create).unwrap();
         assert_eq!(activate(&img, "t").unwrap_err().code, "NoActivationNoFile");
         let mut img = img;
-        img.files.push(ImageFile { sha1: "a".into(), size: 1, compression: "none".into(), dataset_guid: None, stor: None, content_md5: None });
+        img.files.push(ImageFile {
+            sha1: "a".into(),
+            size: 1,
+            compression: "none".into(),
+            dataset_guid: None,
+            stor: None,
+            content_md5: None,
+        });
         let active = activate(&img, "t").unwrap();
         assert_eq!(active.state, "active");
         assert_eq!(check_can_add_file(&active).unwrap_err().code, "ImageFilesImmutable");
@@ -523,6 +605,19 @@ mod tests {
         assert!(up.public);
         assert_eq!(up.image_size(), Some(20480));
         assert!(check_update(&img, &obj(json!({"state": "active"}))).is_err());
+    }
+
+    #[test]
+    fn sniffs_compression() {
+        assert_eq!(sniff_compression(&[0x1f, 0x8b, 8]), "gzip");
+        assert_eq!(sniff_compression(b"BZh91AY"), "bzip2");
+        assert_eq!(sniff_compression(&[0xfd, b'7', b'z', b'X', b'Z', 0, 0]), "xz");
+        assert_eq!(sniff_compression(&[0x28, 0xb5, 0x2f, 0xfd, 0]), "zstd");
+        assert_eq!(sniff_compression(b"QFI\xfb"), "none");
+        assert!(check_compression("gzip", &[0x1f, 0x8b]).is_ok());
+        let e = check_compression("none", &[0x28, 0xb5, 0x2f, 0xfd]).unwrap_err();
+        assert_eq!(e.message, "is none, but the file's first bytes show it is zstd-compressed");
+        assert!(check_compression("gzip", b"plain").unwrap_err().message.contains("not compressed"));
     }
 
     #[test]

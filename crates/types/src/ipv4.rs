@@ -17,7 +17,8 @@ pub struct Subnet {
 impl Subnet {
     /// Parses `10.0.0.0/24`; refuses host bits and prefixes outside 8..=30.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (addr, prefix) = s.split_once('/').ok_or_else(|| format!("must be a CIDR block like 10.0.0.0/24 (got {:?})", crate::spec::truncate(s, 60)))?;
+        let (addr, prefix) =
+            s.split_once('/').ok_or_else(|| format!("must be a CIDR block like 10.0.0.0/24 (got {:?})", crate::spec::truncate(s, 60)))?;
         let base = u32::from(parse_addr(addr)?);
         let prefix: u8 = prefix.parse().map_err(|_| format!("prefix length must be a number (got {prefix:?})"))?;
         if !(8..=30).contains(&prefix) {

@@ -57,7 +57,11 @@ pub const FIELDS: &[Field] = &[
     Field::new("resolvers", Kind::Ipv4List, "DNS resolvers, in order."),
     Field::new("routes", Kind::Custom { check: check_routes, schema: routes_schema }, "Static routes {destination: gateway}."),
     Field::new("owner_uuids", Kind::UuidList, "Accounts that may provision on it; absent = everyone."),
-    Field::new("mtu", Kind::Int { min: 576, max: 9000, multiple_of: None, unit: Some("bytes") }, "MTU (576-9000, at most the nic tag's; default 1500)."),
+    Field::new(
+        "mtu",
+        Kind::Int { min: 576, max: 9000, multiple_of: None, unit: Some("bytes") },
+        "MTU (576-9000, at most the nic tag's; default 1500).",
+    ),
     Field::new("netmask", Kind::Ipv4, "Netmask of the subnet.").read_only(),
     Field::new("fabric", Kind::Bool, "Whether this is a fabric (overlay) network.").read_only(),
 ];
@@ -214,7 +218,11 @@ pub struct NetworkPool {
 
 /// Validates a pool body (create or update), given the networks it names in order
 /// (`None` where a UUID names no network).
-pub fn check_pool(current: Option<&NetworkPool>, input: &Map<String, Value>, members: &[(Uuid, Option<Network>)]) -> Result<NetworkPool, ApiError> {
+pub fn check_pool(
+    current: Option<&NetworkPool>,
+    input: &Map<String, Value>,
+    members: &[(Uuid, Option<Network>)],
+) -> Result<NetworkPool, ApiError> {
     let mode = if current.is_some() { Mode::Update } else { Mode::Create };
     let mut errors = spec::check(POOL_FIELDS, input, mode, &[]);
     if !errors.is_empty() {

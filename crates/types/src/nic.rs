@@ -19,7 +19,8 @@ use crate::spec::{Field, Kind};
 pub const BELONGS_TO_TYPES: &[&str] = &["zone", "server", "other"];
 pub const STATES: &[&str] = &["provisioning", "stopped", "running"];
 /// Spoofing and filtering flags; rendered only when true.
-pub const FLAGS: &[&str] = &["allow_dhcp_spoofing", "allow_ip_spoofing", "allow_mac_spoofing", "allow_restricted_traffic", "allow_unfiltered_promisc", "underlay"];
+pub const FLAGS: &[&str] =
+    &["allow_dhcp_spoofing", "allow_ip_spoofing", "allow_mac_spoofing", "allow_restricted_traffic", "allow_unfiltered_promisc", "underlay"];
 
 /// Fields a NIC create body may carry (`POST /nics`, `POST /networks/:uuid/nics`).
 pub const FIELDS: &[Field] = &[
@@ -280,7 +281,15 @@ mod tests {
     #[test]
     fn released_reserved_ip_keeps_owner() {
         let owner = Uuid::new_v4();
-        let ip = IpRecord { ip: "10.0.0.5".into(), network_uuid: Uuid::nil(), reserved: true, belongs_to_uuid: Some(owner), belongs_to_type: Some("zone".into()), owner_uuid: Some(owner), nic: Some("x".into()) };
+        let ip = IpRecord {
+            ip: "10.0.0.5".into(),
+            network_uuid: Uuid::nil(),
+            reserved: true,
+            belongs_to_uuid: Some(owner),
+            belongs_to_type: Some("zone".into()),
+            owner_uuid: Some(owner),
+            nic: Some("x".into()),
+        };
         let r = ip.released();
         assert_eq!((r.owner_uuid, r.belongs_to_uuid, r.reserved), (Some(owner), None, true));
         assert!(!r.is_free());

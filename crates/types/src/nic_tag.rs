@@ -25,7 +25,11 @@ fn check_name(s: &str) -> Result<(), String> {
 pub const FIELDS: &[Field] = &[
     Field::new("uuid", Kind::Uuid, "Tag UUID.").read_only(),
     Field::new("name", Kind::Str { max: 31, check: Some(check_name) }, "Tag name: letters, digits and underscores, at most 31.").required(),
-    Field::new("mtu", Kind::Int { min: 1500, max: 9000, multiple_of: None, unit: Some("bytes") }, "MTU of the physical network (1500-9000, default 1500)."),
+    Field::new(
+        "mtu",
+        Kind::Int { min: 1500, max: 9000, multiple_of: None, unit: Some("bytes") },
+        "MTU of the physical network (1500-9000, default 1500).",
+    ),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

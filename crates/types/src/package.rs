@@ -161,7 +161,10 @@ fn check_name(s: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("must start and end with a letter or digit and use only letters, digits and single _ . - (got {:?})", spec::truncate(s, 60)))
+        Err(format!(
+            "must start and end with a letter or digit and use only letters, digits and single _ . - (got {:?})",
+            spec::truncate(s, 60)
+        ))
     }
 }
 
@@ -264,7 +267,8 @@ pub fn check_update(current: &Package, input: &Map<String, Value>, force: bool, 
 
 /// Cross-field rules on a complete package object.
 fn finish(obj: Map<String, Value>) -> Result<Package, ApiError> {
-    let pkg: Package = serde_json::from_value(Value::Object(obj)).map_err(|e| ApiError::validation_409(vec![FieldError::invalid("package", e.to_string())]))?;
+    let pkg: Package = serde_json::from_value(Value::Object(obj))
+        .map_err(|e| ApiError::validation_409(vec![FieldError::invalid("package", e.to_string())]))?;
     let mut errors = Vec::new();
     if pkg.max_swap < pkg.max_physical_memory {
         errors.push(FieldError::invalid(
@@ -274,7 +278,10 @@ fn finish(obj: Map<String, Value>) -> Result<Package, ApiError> {
     }
     let brand = pkg.brand.as_deref();
     if (pkg.flexible_disk == Some(true) || pkg.disks.is_some()) && brand.is_some_and(|b| b != "bhyve") {
-        errors.push(FieldError::invalid("flexible_disk", format!("flexible disks are a bhyve feature, but brand is {}", brand.unwrap_or(""))));
+        errors.push(FieldError::invalid(
+            "flexible_disk",
+            format!("flexible disks are a bhyve feature, but brand is {}", brand.unwrap_or("")),
+        ));
     }
     if pkg.disks.is_some() && pkg.flexible_disk != Some(true) {
         errors.push(FieldError::invalid("disks", "needs flexible_disk: true"));
@@ -304,7 +311,11 @@ fn check_disks_fit(pkg: &Package) -> Result<(), FieldError> {
     if need > pkg.quota {
         return Err(FieldError::invalid(
             "quota",
-            format!("quota {} MiB is smaller than the {need} MiB its disks need ({}); bhyve flexible disks must all fit in the quota", pkg.quota, describe_disks(disks)),
+            format!(
+                "quota {} MiB is smaller than the {need} MiB its disks need ({}); bhyve flexible disks must all fit in the quota",
+                pkg.quota,
+                describe_disks(disks)
+            ),
         ));
     }
     Ok(())
@@ -371,7 +382,11 @@ mod tests {
     }
 
     fn small() -> Package {
-        check_create(&obj(json!({"name": "g1.small", "version": "1.0.0", "max_physical_memory": 1024, "quota": 10240})), "2026-01-01T00:00:00.000Z").unwrap()
+        check_create(
+            &obj(json!({"name": "g1.small", "version": "1.0.0", "max_physical_memory": 1024, "quota": 10240})),
+            "2026-01-01T00:00:00.000Z",
+        )
+        .unwrap()
     }
 
     #[test]
@@ -384,7 +399,11 @@ mod tests {
 
     #[test]
     fn create_rejects_bad_fields_with_units() {
-        let err = check_create(&obj(json!({"name": "-bad", "version": "1", "max_physical_memory": 32, "quota": 1000, "cpu_cap": 5, "colour": "red"})), "t").unwrap_err();
+        let err = check_create(
+            &obj(json!({"name": "-bad", "version": "1", "max_physical_memory": 32, "quota": 1000, "cpu_cap": 5, "colour": "red"})),
+            "t",
+        )
+        .unwrap_err();
         assert_eq!(err.status, 409);
         let msgs: Vec<String> = err.errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
         assert!(msgs.contains(&"colour: is not a known parameter".to_string()), "{msgs:?}");
@@ -397,7 +416,11 @@ mod tests {
 
     #[test]
     fn swap_below_ram_is_refused() {
-        let err = check_create(&obj(json!({"name": "ab", "version": "1.0.0", "max_physical_memory": 2048, "max_swap": 1024, "quota": 10240})), "t").unwrap_err();
+        let err = check_create(
+            &obj(json!({"name": "ab", "version": "1.0.0", "max_physical_memory": 2048, "max_swap": 1024, "quota": 10240})),
+            "t",
+        )
+        .unwrap_err();
         assert_eq!(err.errors[0].field, "max_swap");
     }
 
@@ -446,7 +469,10 @@ mod tests {
         p.flexible_disk = Some(true);
         p.disks = Some(vec![PackageDisk { size: None }, PackageDisk { size: Some(DiskSize::Mib(2048)) }]);
         assert_eq!(boot_disk_mib(&p, "i", 4096), Ok(4096));
-        p.disks = Some(vec![PackageDisk { size: Some(DiskSize::Remaining(Remaining::Remaining)) }, PackageDisk { size: Some(DiskSize::Mib(2048)) }]);
+        p.disks = Some(vec![
+            PackageDisk { size: Some(DiskSize::Remaining(Remaining::Remaining)) },
+            PackageDisk { size: Some(DiskSize::Mib(2048)) },
+        ]);
         assert_eq!(boot_disk_mib(&p, "i", 4096), Ok(8192));
         assert!(boot_disk_mib(&p, "i", 9000).is_err());
         p.disks = Some(vec![PackageDisk { size: None }, PackageDisk { size: Some(DiskSize::Mib(8192)) }]);

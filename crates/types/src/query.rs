@@ -15,11 +15,16 @@ use crate::spec::truncate;
 #[derive(Clone, Copy)]
 pub enum QKind {
     /// Any non-empty string up to `max` bytes.
-    Str { max: usize },
+    Str {
+        max: usize,
+    },
     /// `true` or `false`.
     Bool,
     /// An integer in `[min, max]`.
-    Int { min: i64, max: i64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
     Uuid,
     Enum(&'static [&'static str]),
 }
@@ -159,12 +164,8 @@ pub fn openapi_params(params: &[Param]) -> Vec<Value> {
 mod tests {
     use super::*;
 
-    const P: &[Param] = &[
-        Param::new("name", QKind::Str { max: 10 }, ""),
-        Param::new("active", QKind::Bool, ""),
-        LIMIT,
-        Param::prefix("tag.", ""),
-    ];
+    const P: &[Param] =
+        &[Param::new("name", QKind::Str { max: 10 }, ""), Param::new("active", QKind::Bool, ""), LIMIT, Param::prefix("tag.", "")];
 
     fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
         v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
@@ -181,7 +182,8 @@ mod tests {
 
     #[test]
     fn refuses_unknown_duplicate_and_bad_values() {
-        let errs = parse(P, &pairs(&[("nmae", "a"), ("active", "yes"), ("limit", "0"), ("name", "a"), ("name", "b"), ("tag.", "x")])).unwrap_err();
+        let errs =
+            parse(P, &pairs(&[("nmae", "a"), ("active", "yes"), ("limit", "0"), ("name", "a"), ("name", "b"), ("tag.", "x")])).unwrap_err();
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["nmae", "active", "limit", "name", "tag."]);
         assert_eq!(errs[2].message, "must be at least 1");

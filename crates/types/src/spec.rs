@@ -14,22 +14,35 @@ use serde_json::{Map, Value, json};
 
 use crate::error::FieldError;
 
+/// A further check on a string value; the error says what was expected.
+pub type StrCheck = fn(&str) -> Result<(), String>;
+
 /// What a field holds and which values are acceptable.
 #[derive(Clone, Copy)]
 pub enum Kind {
     /// A string of at most `max` bytes (at least 1), optionally checked further.
-    Str { max: usize, check: Option<fn(&str) -> Result<(), String>> },
+    Str {
+        max: usize,
+        check: Option<StrCheck>,
+    },
     /// A UUID in its canonical hyphenated form.
     Uuid,
     Bool,
     /// An integer in `[min, max]`, optionally a multiple of something, with a unit for messages.
-    Int { min: i64, max: i64, multiple_of: Option<i64>, unit: Option<&'static str> },
+    Int {
+        min: i64,
+        max: i64,
+        multiple_of: Option<i64>,
+        unit: Option<&'static str>,
+    },
     /// One of a fixed set of strings.
     Enum(&'static [&'static str]),
     /// An array of UUIDs.
     UuidList,
     /// An array of strings, each at most `max_item` bytes.
-    StrList { max_item: usize },
+    StrList {
+        max_item: usize,
+    },
     /// A dotted-quad IPv4 address.
     Ipv4,
     /// An array of IPv4 addresses.
@@ -39,7 +52,10 @@ pub enum Kind {
     /// Any JSON object.
     Object,
     /// Anything else: a checker and the schema that documents it.
-    Custom { check: fn(&Value) -> Result<(), String>, schema: fn() -> Value },
+    Custom {
+        check: fn(&Value) -> Result<(), String>,
+        schema: fn() -> Value,
+    },
 }
 
 /// One field of a resource.
@@ -232,9 +248,7 @@ pub fn truncate(s: &str, max: usize) -> String {
 pub fn immutable_changes(fields: &[Field], current: &Map<String, Value>, input: &Map<String, Value>) -> Vec<FieldError> {
     input
         .iter()
-        .filter(|(k, v)| {
-            fields.iter().any(|f| f.name == k.as_str() && !f.mutable && !f.read_only) && current.get(k.as_str()) != Some(v)
-        })
+        .filter(|(k, v)| fields.iter().any(|f| f.name == k.as_str() && !f.mutable && !f.read_only) && current.get(k.as_str()) != Some(v))
         .map(|(k, _)| FieldError::immutable(k.clone()))
         .collect()
 }

@@ -33,9 +33,7 @@ pub fn check_iso(s: &str) -> Result<(), String> {
 
 /// An HTTP date (RFC 7231 IMF-fixdate), for `Last-Modified`.
 pub fn http_date(t: OffsetDateTime) -> String {
-    let fmt = format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
+    let fmt = format_description!("[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT");
     t.to_offset(UtcOffset::UTC).format(&fmt).unwrap_or_default()
 }
 

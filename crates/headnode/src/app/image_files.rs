@@ -1,0 +1,166 @@
+//! Image files on disk, content-addressed by SHA-1.
+//!
+//! ```text
+//! DIR/images/tmp/<random>            an upload in progress (removed on failure or restart)
+//! DIR/images/sha1/<ab>/<abcdef…>     a received file, named by the SHA-1 of its bytes
+//! ```
+//!
+//! An upload streams to a temporary file while SHA-1, MD5 and the size are computed, so
+//! a file of any size costs one buffer of memory. Only a complete, verified upload is
+//! renamed into place (after fsync), so a crash never leaves a half file under a hash
+//! name. Images sharing bytes share one file; it is removed when no image refers to it.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use md5::Md5;
+use sha1::{Digest, Sha1};
+use tokio::io::AsyncWriteExt;
+
+/// A finished upload waiting to be committed or discarded.
+#[derive(Debug)]
+pub struct Received {
+    pub tmp: PathBuf,
+    pub sha1: String,
+    /// Base64 MD5, as `Content-MD5` carries it.
+    pub md5: String,
+    pub size: u64,
+    /// The first bytes, to check the declared compression.
+    pub head: Vec<u8>,
+}
+
+/// Why an upload stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("the file is larger than the {0}-byte limit")]
+    TooLarge(u64),
+    #[error("the upload was interrupted: {0}")]
+    Body(String),
+    #[error("writing the file failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+pub struct ImageFiles {
+    root: PathBuf,
+    /// Serialises "link a file + point a record at it" against "drop a record + remove
+    /// an unreferenced file", so a shared file is never removed under a new reference.
+    pub refs: tokio::sync::Mutex<()>,
+}
+
+impl ImageFiles {
+    /// Opens (creating) the file area and removes uploads a crash left behind.
+    pub fn open(root: PathBuf) -> io::Result<Self> {
+        let tmp = root.join("tmp");
+        std::fs::create_dir_all(&tmp)?;
+        std::fs::create_dir_all(root.join("sha1"))?;
+        for entry in std::fs::read_dir(&tmp)? {
+            let _ = std::fs::remove_file(entry?.path());
+        }
+        Ok(Self { root, refs: tokio::sync::Mutex::new(()) })
+    }
+
+    /// Where the file with this SHA-1 lives.
+    pub fn path_of(&self, sha1: &str) -> PathBuf {
+        let prefix = sha1.get(..2).unwrap_or("00");
+        self.root.join("sha1").join(prefix).join(sha1)
+    }
+
+    /// Streams `body` to a temporary file, hashing as it goes; at most `max` bytes.
+    pub async fn receive<S, E>(&self, mut body: S, max: u64) -> Result<Received, ReceiveError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let tmp = self.root.join("tmp").join(format!("{}", uuid::Uuid::new_v4()));
+        let result = async {
+            let mut file = tokio::fs::File::create(&tmp).await?;
+            let (mut sha1, mut md5, mut size, mut head) = (Sha1::new(), Md5::new(), 0u64, Vec::new());
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| ReceiveError::Body(e.to_string()))?;
+                size += chunk.len() as u64;
+                if size > max {
+                    return Err(ReceiveError::TooLarge(max));
+                }
+                if head.len() < 64 {
+                    head.extend_from_slice(&chunk[..chunk.len().min(64 - head.len())]);
+                }
+                sha1.update(&chunk);
+                md5.update(&chunk);
+                file.write_all(&chunk).await?;
+            }
+            file.flush().await?;
+            file.sync_all().await?;
+            Ok(Received {
+                tmp: tmp.clone(),
+                sha1: hex::encode(sha1.finalize()),
+                md5: base64::engine::general_purpose::STANDARD.encode(md5.finalize()),
+                size,
+                head,
+            })
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    /// Moves a verified upload to its content address. Call with `refs` held.
+    pub async fn commit(&self, r: &Received) -> io::Result<PathBuf> {
+        let dest = self.path_of(&r.sha1);
+        let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        tokio::fs::create_dir_all(&dir).await?;
+        tokio::fs::rename(&r.tmp, &dest).await?;
+        tokio::fs::File::open(&dir).await?.sync_all().await?;
+        Ok(dest)
+    }
+
+    /// Drops an upload that will not be used.
+    pub async fn discard(&self, r: &Received) {
+        let _ = tokio::fs::remove_file(&r.tmp).await;
+    }
+
+    /// Removes a file no image refers to any more. Call with `refs` held.
+    pub async fn remove(&self, sha1: &str) {
+        match tokio::fs::remove_file(self.path_of(sha1)).await {
+            Ok(()) => tracing::info!(sha1, "removed unreferenced image file"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(sha1, error = %e, "could not remove unreferenced image file"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn streams_hashes_and_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = ImageFiles::open(dir.path().to_path_buf()).unwrap();
+        let chunks: Vec<Result<Bytes, String>> = vec![Ok(Bytes::from_static(b"hello ")), Ok(Bytes::from_static(b"world"))];
+        let r = files.receive(futures_util::stream::iter(chunks), 100).await.unwrap();
+        assert_eq!(r.sha1, "2aae6c35c94fcfb415dbe95f408b9ce91ee846ed");
+        assert_eq!(r.md5, "XrY7u+Ae7tCTyyK7j1rNww==");
+        assert_eq!((r.size, r.head.as_slice()), (11, &b"hello world"[..]));
+        let path = files.commit(&r).await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello world");
+        assert!(path.ends_with("sha1/2a/2aae6c35c94fcfb415dbe95f408b9ce91ee846ed"));
+        files.remove(&r.sha1).await;
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn oversize_and_broken_uploads_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = ImageFiles::open(dir.path().to_path_buf()).unwrap();
+        let big: Vec<Result<Bytes, String>> = vec![Ok(Bytes::from(vec![0u8; 64])), Ok(Bytes::from(vec![0u8; 64]))];
+        assert!(matches!(files.receive(futures_util::stream::iter(big), 100).await, Err(ReceiveError::TooLarge(100))));
+        let broken: Vec<Result<Bytes, String>> = vec![Ok(Bytes::from_static(b"x")), Err("connection reset".into())];
+        assert!(matches!(files.receive(futures_util::stream::iter(broken), 100).await, Err(ReceiveError::Body(_))));
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}

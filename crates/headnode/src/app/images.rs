@@ -1,0 +1,409 @@
+//! IMGAPI: image manifests and their files.
+
+use bytes::Bytes;
+use futures_util::Stream;
+use nereid_store::{Cond, Filter, Kind, ListQuery, Path};
+use nereid_types::image::{self, Image, ImageFile, Origin};
+use nereid_types::query::Query;
+use nereid_types::{ApiError, FieldError};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::image_files::{ReceiveError, Received};
+use super::{App, RETRIES, encode, store_error};
+use crate::buckets::IMAGES;
+
+/// What `AddImageFile` was told about the file.
+#[derive(Debug, Clone, Default)]
+pub struct AddFile {
+    pub compression: String,
+    pub sha1: Option<String>,
+    pub dataset_guid: Option<String>,
+    /// `Content-Length` of the upload, if the client sent one.
+    pub content_length: Option<u64>,
+}
+
+/// Where `ListImages` starts (inclusive).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Marker {
+    /// Images published at or after this image (ties broken by UUID).
+    Image { published_at: Option<String>, uuid: Uuid },
+    /// Images published at or after this time.
+    Date(String),
+}
+
+/// The store filter for `ListImages`, from validated query parameters.
+pub fn list_filter(q: &Query, marker: Option<&Marker>, desc: bool) -> Result<Filter, Vec<FieldError>> {
+    let mut parts = Vec::new();
+    let mut errors = Vec::new();
+    match q.str("state").unwrap_or("active") {
+        "all" => {}
+        s => parts.push(Filter::eq("state", s)),
+    }
+    for field in ["owner", "os"] {
+        if let Some(v) = q.str(field) {
+            parts.push(Filter::eq(field, v));
+        }
+    }
+    for field in ["name", "version"] {
+        match q.str(field) {
+            Some(v) if v.starts_with('~') => parts.push(Filter::contains(field, &v[1..])),
+            Some(v) => parts.push(Filter::eq(field, v)),
+            None => {}
+        }
+    }
+    if let Some(t) = q.str("type") {
+        match t.strip_prefix('!') {
+            Some(not) => parts.push(Filter::Ne(Path::field("type"), json!(not))),
+            None => parts.push(Filter::eq("type", t)),
+        }
+    }
+    if let Some(p) = q.bool("public") {
+        parts.push(Filter::eq("public", p));
+    }
+    if let Some(account) = q.str("account") {
+        parts.push(Filter::Or(vec![Filter::eq("public", true), Filter::eq("owner", account), Filter::has("acl", account)]));
+    }
+    if let Some(b) = q.str("billing_tag") {
+        parts.push(Filter::has("billing_tags", b));
+    }
+    for (name, value) in &q.prefixed {
+        let Some(key) = name.strip_prefix("tag.") else { continue };
+        let path = Path::keys(&["tags", key]);
+        if key.contains(['"', '\'', '\\', '{', '}', ',']) {
+            errors.push(FieldError::invalid(name.clone(), "tag names may not contain quotes, braces, commas or backslashes"));
+            continue;
+        }
+        let mut alts = vec![Filter::Eq(path.clone(), json!(value))];
+        if let Ok(n) = value.parse::<i64>() {
+            alts.push(Filter::Eq(path.clone(), json!(n)));
+        }
+        if let Ok(b) = value.parse::<bool>() {
+            alts.push(Filter::Eq(path.clone(), json!(b)));
+        }
+        parts.push(Filter::Or(alts));
+    }
+    if let Some(m) = marker {
+        let pa = Path::field("published_at");
+        let after: fn(Path, Value) -> Filter = if desc { Filter::Lt } else { Filter::Gt };
+        match m {
+            Marker::Date(d) => parts.push(if desc { Filter::Le(pa, json!(d)) } else { Filter::Ge(pa, json!(d)) }),
+            Marker::Image { published_at: Some(p), uuid } => parts.push(Filter::Or(vec![
+                after(pa.clone(), json!(p)),
+                Filter::And(vec![Filter::eq("published_at", p.as_str()), Filter::Ge(Path::field("uuid"), json!(uuid))]),
+            ])),
+            Marker::Image { published_at: None, uuid } => {
+                // Unpublished images sort first (ascending) / last (descending).
+                let same = Filter::And(vec![Filter::Absent(pa.clone()), Filter::Ge(Path::field("uuid"), json!(uuid))]);
+                parts.push(if desc { same } else { Filter::Or(vec![same, Filter::Present(pa)]) });
+            }
+        }
+    }
+    if errors.is_empty() { Ok(Filter::and(parts)) } else { Err(errors) }
+}
+
+/// `sort=published_at[.asc|.desc]`: true when descending.
+pub fn sort_desc(q: &Query) -> bool {
+    q.str("sort").is_some_and(|s| s.ends_with(".desc"))
+}
+
+fn not_found(uuid: Uuid) -> ApiError {
+    ApiError::not_found(format!("image {uuid} does not exist"))
+}
+
+/// Whether `account` may see `img` (public, owned, or on its ACL).
+pub fn visible_to(img: &Image, account: Uuid) -> bool {
+    img.public
+        || img.owner == account
+        || img.rest.get("acl").and_then(Value::as_array).is_some_and(|acl| acl.iter().any(|a| a.as_str() == Some(&account.to_string())))
+}
+
+impl App {
+    pub async fn list_images(&self, q: &Query) -> Result<Vec<Image>, ApiError> {
+        let desc = sort_desc(q);
+        let marker = match q.str("marker") {
+            None => None,
+            Some(m) => Some(match Uuid::parse_str(m) {
+                Ok(u) => {
+                    let (img, _) = self.read::<Image>(IMAGES.name, &u.to_string()).await?.ok_or_else(|| {
+                        ApiError::invalid_parameter(vec![FieldError::invalid("marker", format!("image {u} does not exist"))])
+                    })?;
+                    Marker::Image { published_at: img.published_at().map(str::to_string), uuid: u }
+                }
+                Err(_) => {
+                    nereid_types::time::parse_iso(m).map_err(|e| {
+                        ApiError::invalid_parameter(vec![FieldError::invalid(
+                            "marker",
+                            format!("is neither an image UUID nor a date: {e}"),
+                        )])
+                    })?;
+                    Marker::Date(m.to_string())
+                }
+            }),
+        };
+        let filter = list_filter(q, marker.as_ref(), desc).map_err(ApiError::invalid_parameter)?;
+        let lq = ListQuery::filter(filter).sort(Path::field("published_at"), Kind::Text, desc).page(q.limit(1000), 0);
+        self.list(IMAGES.name, &lq).await
+    }
+
+    /// An image; with `account`, 404 unless that account may see it.
+    pub async fn get_image(&self, uuid: Uuid, account: Option<Uuid>) -> Result<(Image, i64), ApiError> {
+        let (img, generation) = self.read::<Image>(IMAGES.name, &uuid.to_string()).await?.ok_or_else(|| not_found(uuid))?;
+        if let Some(a) = account
+            && !visible_to(&img, a)
+        {
+            return Err(not_found(uuid));
+        }
+        Ok((img, generation))
+    }
+
+    async fn check_origin(&self, img: &Image) -> Result<(), ApiError> {
+        let Some(origin) = img.origin() else { return Ok(()) };
+        let id = Uuid::parse_str(origin).map_err(|_| ApiError::validation_422(vec![FieldError::invalid("origin", "must be a UUID")]))?;
+        match self.read::<Image>(IMAGES.name, &id.to_string()).await? {
+            None => Err(ApiError::new(422, "OriginDoesNotExist", format!("origin image {id} does not exist"))),
+            Some((o, _)) if o.state != "active" => {
+                Err(ApiError::new(422, "OriginIsNotActive", format!("origin image {id} is {}, not active", o.state)))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// CreateImage: a new unactivated image; `account` creates it on behalf of that account.
+    pub async fn create_image(&self, input: &Map<String, Value>, account: Option<Uuid>) -> Result<Image, ApiError> {
+        let mut input = input.clone();
+        if let Some(a) = account {
+            match input.get("owner").and_then(Value::as_str) {
+                None => {
+                    input.insert("owner".into(), json!(a));
+                }
+                Some(o) if !o.eq_ignore_ascii_case(&a.to_string()) => {
+                    return Err(ApiError::invalid_parameter(vec![FieldError::invalid(
+                        "owner",
+                        format!("must be the account creating the image ({a})"),
+                    )]));
+                }
+                Some(_) => {}
+            }
+        }
+        let img = image::check_create(&input, Origin::Create)?;
+        self.check_origin(&img).await?;
+        self.write(IMAGES.name, &img.uuid.to_string(), &img, Cond::Absent).await.map_err(store_error)?;
+        Ok(img)
+    }
+
+    /// AdminImportImage: the manifest keeps its UUID (and `published_at`).
+    pub async fn import_image(&self, uuid: Uuid, input: &Map<String, Value>) -> Result<Image, ApiError> {
+        let img = image::check_create(input, Origin::Import(uuid))?;
+        self.check_origin(&img).await?;
+        match self.write(IMAGES.name, &uuid.to_string(), &img, Cond::Absent).await {
+            Ok(_) => Ok(img),
+            Err(e) if e.is_conflict() => Err(ApiError::conflict("ImageUuidAlreadyExists", format!("image {uuid} already exists"))),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    /// AddImageFile: streams the body to disk, verifies it, and attaches it.
+    pub async fn add_image_file<S, E>(&self, uuid: Uuid, add: AddFile, body: S) -> Result<Image, ApiError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let (img, _) = self.get_image(uuid, None).await?;
+        image::check_can_add_file(&img)?;
+        let received = self.files.receive(body, image::MAX_FILE_SIZE).await.map_err(|e| match e {
+            ReceiveError::TooLarge(n) => {
+                ApiError::new(413, "RequestEntityTooLarge", format!("image files may be at most {n} bytes (20 GiB)"))
+            }
+            ReceiveError::Body(m) => ApiError::new(400, "Upload", format!("the upload was interrupted: {m}")),
+            ReceiveError::Io(e) => {
+                tracing::error!(error = %e, "writing image file");
+                ApiError::new(503, "StorageIsDown", format!("could not store the file: {e}"))
+            }
+        })?;
+        let result = self.attach_file(uuid, &add, &received).await;
+        if result.is_err() {
+            self.files.discard(&received).await;
+        }
+        result
+    }
+
+    async fn attach_file(&self, uuid: Uuid, add: &AddFile, r: &Received) -> Result<Image, ApiError> {
+        if r.size == 0 {
+            return Err(ApiError::new(400, "Upload", "the file is empty"));
+        }
+        if let Some(len) = add.content_length
+            && len != r.size
+        {
+            return Err(ApiError::new(
+                400,
+                "Upload",
+                format!("received {} bytes but Content-Length said {len}: the upload is incomplete", r.size),
+            ));
+        }
+        if let Some(want) = &add.sha1
+            && !want.eq_ignore_ascii_case(&r.sha1)
+        {
+            return Err(ApiError::new(
+                400,
+                "Upload",
+                format!("sha1 mismatch: the request says {want}, the uploaded bytes hash to {}", r.sha1),
+            ));
+        }
+        image::check_compression(&add.compression, &r.head).map_err(|e| ApiError::invalid_parameter(vec![e]))?;
+        let file = ImageFile {
+            sha1: r.sha1.clone(),
+            size: r.size,
+            compression: add.compression.clone(),
+            dataset_guid: add.dataset_guid.clone(),
+            stor: Some("local".into()),
+            content_md5: Some(r.md5.clone()),
+        };
+        let _refs = self.files.refs.lock().await;
+        self.files.commit(r).await.map_err(|e| ApiError::new(503, "StorageIsDown", format!("could not store the file: {e}")))?;
+        for _ in 0..RETRIES {
+            let (mut img, generation) = self.get_image(uuid, None).await?;
+            image::check_can_add_file(&img)?;
+            let old = img.files.first().map(|f| f.sha1.clone());
+            img.files = vec![file.clone()];
+            match self.store.put(IMAGES.name, &uuid.to_string(), encode(&img), Cond::Generation(generation)).await {
+                Ok(_) => {
+                    if let Some(old) = old.filter(|o| *o != file.sha1) {
+                        self.gc_file(&old).await?;
+                    }
+                    return Ok(img);
+                }
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        Err(ApiError::conflict("ConcurrentModification", format!("image {uuid} kept changing; retry")))
+    }
+
+    /// Removes a file once no image refers to it. Call with `files.refs` held.
+    async fn gc_file(&self, sha1: &str) -> Result<(), ApiError> {
+        let users = self
+            .store
+            .count(IMAGES.name, &Filter::Eq(Path::field("files").index(0).key("sha1"), json!(sha1)))
+            .await
+            .map_err(store_error)?;
+        if users == 0 {
+            self.files.remove(sha1).await;
+        }
+        Ok(())
+    }
+
+    /// Applies `f` to the image, retrying on concurrent change.
+    async fn modify_image(&self, uuid: Uuid, f: impl Fn(&Image) -> Result<Image, ApiError>) -> Result<Image, ApiError> {
+        for _ in 0..RETRIES {
+            let (img, generation) = self.get_image(uuid, None).await?;
+            let next = f(&img)?;
+            match self.store.put(IMAGES.name, &uuid.to_string(), encode(&next), Cond::Generation(generation)).await {
+                Ok(_) => return Ok(next),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        Err(ApiError::conflict("ConcurrentModification", format!("image {uuid} kept changing; retry")))
+    }
+
+    pub async fn activate_image(&self, uuid: Uuid) -> Result<Image, ApiError> {
+        let now = nereid_types::time::now_iso();
+        self.modify_image(uuid, |img| image::activate(img, &now)).await
+    }
+
+    pub async fn update_image(&self, uuid: Uuid, input: &Map<String, Value>) -> Result<Image, ApiError> {
+        self.modify_image(uuid, |img| image::check_update(img, input)).await
+    }
+
+    pub async fn set_image_disabled(&self, uuid: Uuid, disabled: bool) -> Result<Image, ApiError> {
+        self.modify_image(uuid, |img| Ok(image::set_disabled(img, disabled))).await
+    }
+
+    /// DeleteImage: refused while incremental images build on it.
+    pub async fn delete_image(&self, uuid: Uuid) -> Result<(), ApiError> {
+        let (img, generation) = self.get_image(uuid, None).await?;
+        let children = self.list::<Image>(IMAGES.name, &ListQuery::filter(Filter::eq("origin", uuid.to_string())).page(10, 0)).await?;
+        if !children.is_empty() {
+            let ids: Vec<String> = children.iter().map(|c| c.uuid.to_string()).collect();
+            return Err(ApiError::new(
+                422,
+                "ImageHasDependentImages",
+                format!("image {uuid} is the origin of {}; delete those first", ids.join(", ")),
+            ));
+        }
+        let _refs = self.files.refs.lock().await;
+        match self.store.delete(IMAGES.name, &uuid.to_string(), Cond::Generation(generation)).await {
+            Ok(()) => {}
+            Err(e) if e.is_conflict() => {
+                return Err(ApiError::conflict("ConcurrentModification", format!("image {uuid} changed while being deleted; retry")));
+            }
+            Err(e) => return Err(store_error(e)),
+        }
+        if let Some(f) = img.files.first() {
+            self.gc_file(&f.sha1).await?;
+        }
+        Ok(())
+    }
+
+    /// The file of an image, for download.
+    pub async fn image_file(&self, uuid: Uuid, account: Option<Uuid>) -> Result<(Image, ImageFile, std::path::PathBuf), ApiError> {
+        let (img, _) = self.get_image(uuid, account).await?;
+        let file = img.files.first().cloned().ok_or_else(|| ApiError::not_found(format!("image {uuid} has no file yet")))?;
+        let path = self.files.path_of(&file.sha1);
+        Ok((img, file, path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nereid_types::query::{Param, QKind, parse};
+
+    fn q(pairs: &[(&str, &str)]) -> Query {
+        let params = [
+            Param::new("state", QKind::Str { max: 20 }, ""),
+            Param::new("name", QKind::Str { max: 99 }, ""),
+            Param::new("type", QKind::Str { max: 99 }, ""),
+            Param::new("account", QKind::Str { max: 99 }, ""),
+            Param::prefix("tag.", ""),
+        ];
+        parse(&params, &pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn default_lists_active_images() {
+        let f = list_filter(&q(&[]), None, false).unwrap();
+        assert!(f.matches(&json!({"state": "active"})));
+        assert!(!f.matches(&json!({"state": "disabled"})));
+        assert!(list_filter(&q(&[("state", "all")]), None, false).unwrap().matches(&json!({"state": "unactivated"})));
+    }
+
+    #[test]
+    fn name_substring_type_exclusion_and_tags() {
+        let f = list_filter(
+            &q(&[("state", "all"), ("name", "~bun"), ("type", "!zone-dataset"), ("tag.role", "os"), ("tag.n", "5")]),
+            None,
+            false,
+        )
+        .unwrap();
+        assert!(f.matches(&json!({"name": "ubuntu", "type": "zvol", "tags": {"role": "os", "n": 5}})));
+        assert!(!f.matches(&json!({"name": "ubuntu", "type": "zone-dataset", "tags": {"role": "os", "n": 5}})));
+        assert!(!f.matches(&json!({"name": "debian", "type": "zvol", "tags": {"role": "os", "n": 5}})));
+        assert!(list_filter(&q(&[("tag.a'b", "x")]), None, false).is_err());
+    }
+
+    #[test]
+    fn marker_is_inclusive_and_breaks_ties_by_uuid() {
+        let m = Marker::Image { published_at: Some("2026-01-02T00:00:00.000Z".into()), uuid: Uuid::from_u128(5) };
+        let f = list_filter(&q(&[]), Some(&m), false).unwrap();
+        let img = |pa: &str, u: u128| json!({"state": "active", "published_at": pa, "uuid": Uuid::from_u128(u)});
+        assert!(f.matches(&img("2026-01-02T00:00:00.000Z", 5)));
+        assert!(f.matches(&img("2026-01-02T00:00:00.000Z", 6)));
+        assert!(!f.matches(&img("2026-01-02T00:00:00.000Z", 4)));
+        assert!(f.matches(&img("2026-01-03T00:00:00.000Z", 1)));
+        assert!(!f.matches(&img("2026-01-01T00:00:00.000Z", 9)));
+        let d = list_filter(&q(&[]), Some(&Marker::Date("2026-01-02T00:00:00.000Z".into())), false).unwrap();
+        assert!(d.matches(&img("2026-01-02T00:00:00.000Z", 1)));
+    }
+}

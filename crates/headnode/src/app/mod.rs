@@ -1,0 +1,111 @@
+//! The headnode's logic, callable without HTTP.
+//!
+//! One file per resource. Functions take validated input, read what they need from the
+//! store, decide with the pure rules in `nereid_types`, and write with conditional
+//! batches. A read-modify-write that loses a race (a generation conflict) is retried
+//! from the read a few times before the caller is told to retry.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use nereid_store::{Cond, ListQuery, Store, StoreError};
+use nereid_types::ApiError;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub mod image_files;
+pub mod images;
+pub mod network_pools;
+pub mod networks;
+pub mod nic_tags;
+pub mod nics;
+pub mod packages;
+
+/// How many times a read-modify-write is retried after losing a race.
+pub const RETRIES: usize = 8;
+
+/// Everything the operator APIs work on.
+pub struct App {
+    pub store: Arc<dyn Store>,
+    pub files: image_files::ImageFiles,
+    /// Serialises IP allocation per network inside this process (the store's conditional
+    /// writes keep several headnodes correct; the lock keeps one from fighting itself).
+    pub network_locks: KeyedLocks,
+}
+
+impl App {
+    /// Sets up buckets and the image file area under `data_dir`.
+    pub async fn new(store: Arc<dyn Store>, data_dir: PathBuf) -> anyhow::Result<Self> {
+        for b in crate::buckets::ALL {
+            store.ensure_bucket(b).await?;
+        }
+        let files = image_files::ImageFiles::open(data_dir.join("images"))?;
+        Ok(Self { store, files, network_locks: KeyedLocks::default() })
+    }
+
+    /// Reads and decodes one object.
+    pub async fn read<T: DeserializeOwned>(&self, bucket: &str, key: &str) -> Result<Option<(T, i64)>, ApiError> {
+        match self.store.get(bucket, key).await.map_err(store_error)? {
+            None => Ok(None),
+            Some(o) => Ok(Some((decode(bucket, &o.key, o.value)?, o.generation))),
+        }
+    }
+
+    /// Lists and decodes objects.
+    pub async fn list<T: DeserializeOwned>(&self, bucket: &str, q: &ListQuery) -> Result<Vec<T>, ApiError> {
+        let objs = self.store.list(bucket, q).await.map_err(store_error)?;
+        objs.into_iter().map(|o| decode(bucket, &o.key, o.value)).collect()
+    }
+
+    /// Writes one object.
+    pub async fn write<T: Serialize>(&self, bucket: &str, key: &str, value: &T, cond: Cond) -> Result<i64, StoreError> {
+        self.store.put(bucket, key, encode(value), cond).await
+    }
+}
+
+/// Serializes a record for the store.
+pub fn encode<T: Serialize>(value: &T) -> serde_json::Value {
+    // Records are plain data structs; serializing them cannot fail.
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
+fn decode<T: DeserializeOwned>(bucket: &str, key: &str, v: serde_json::Value) -> Result<T, ApiError> {
+    serde_json::from_value(v).map_err(|e| {
+        tracing::error!(bucket, key, error = %e, "stored object does not decode");
+        ApiError::internal(format!("stored {bucket} object {key} is damaged; see the headnode log"))
+    })
+}
+
+/// Maps a store failure that the caller did not handle itself.
+pub fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Conflict { .. } => {
+            ApiError::conflict("ConcurrentModification", format!("{e}; another request changed it first, retry"))
+        }
+        StoreError::InvalidFilter(m) => ApiError::bad_request(format!("invalid filter: {m}")),
+        other => {
+            tracing::error!(error = %other, "store failure");
+            ApiError::unavailable("the state store is unavailable; see the headnode log")
+        }
+    }
+}
+
+/// Per-key async mutexes, created on demand.
+#[derive(Default)]
+pub struct KeyedLocks {
+    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyedLocks {
+    pub async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() > 1024 {
+                map.retain(|_, m| Arc::strong_count(m) > 1);
+            }
+            map.entry(key.to_string()).or_default().clone()
+        };
+        m.lock_owned().await
+    }
+}

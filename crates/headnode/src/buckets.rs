@@ -1,0 +1,35 @@
+//! The store buckets the headnode uses and the fields each is queried by.
+
+use nereid_store::{BucketDef, Index, Kind};
+
+const fn text(path: &'static [&'static str]) -> Index {
+    Index { path, kind: Kind::Text }
+}
+const fn num(path: &'static [&'static str]) -> Index {
+    Index { path, kind: Kind::Number }
+}
+
+/// PAPI packages, keyed by UUID.
+pub const PACKAGES: BucketDef =
+    BucketDef { name: "packages", indexes: &[text(&["name"]), text(&["version"]), num(&["active"]), num(&["max_physical_memory"])] };
+/// IMGAPI images, keyed by UUID.
+pub const IMAGES: BucketDef = BucketDef {
+    name: "images",
+    indexes: &[text(&["owner"]), text(&["state"]), text(&["name"]), text(&["published_at"]), text(&["origin"])],
+};
+/// NAPI nic tags, keyed by name.
+pub const NIC_TAGS: BucketDef = BucketDef { name: "nic_tags", indexes: &[] };
+/// NAPI networks, keyed by UUID.
+pub const NETWORKS: BucketDef = BucketDef { name: "networks", indexes: &[text(&["name"]), text(&["nic_tag"])] };
+/// NAPI network pools, keyed by UUID.
+pub const NETWORK_POOLS: BucketDef = BucketDef { name: "network_pools", indexes: &[text(&["name"])] };
+/// Names shared by networks and pools (a VM's `networks: [{name}]` may name either), keyed by name.
+pub const NETWORK_NAMES: BucketDef = BucketDef { name: "network_names", indexes: &[] };
+/// NAPI NICs, keyed by MAC as 12 hex digits.
+pub const NICS: BucketDef =
+    BucketDef { name: "nics", indexes: &[text(&["belongs_to_uuid"]), text(&["network_uuid"]), text(&["owner_uuid"])] };
+/// NAPI IP records, keyed by `<network uuid>/<address as a 10-digit number>` so a
+/// network's addresses list in numeric order.
+pub const IPS: BucketDef = BucketDef { name: "ips", indexes: &[text(&["network_uuid"]), text(&["belongs_to_uuid"])] };
+
+pub const ALL: &[BucketDef] = &[PACKAGES, IMAGES, NIC_TAGS, NETWORKS, NETWORK_POOLS, NETWORK_NAMES, NICS, IPS];

@@ -1,0 +1,157 @@
+//! The headnode's data directory: the admin token, the published endpoints, the lock.
+//!
+//! ```text
+//! DIR/
+//!   admin.token      operator API bearer token (mode 0600), made at first start
+//!   endpoints.json   where this headnode listens, for `nereid admin …` to find it
+//!   headnode.lock    held while a headnode runs, so two never share one data dir
+//!   nereid.db        the SQLite store, unless --store names another
+//!   images/          image files, content-addressed by SHA-1
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+pub const TOKEN_FILE: &str = "admin.token";
+pub const ENDPOINTS_FILE: &str = "endpoints.json";
+pub const LOCK_FILE: &str = "headnode.lock";
+
+/// What `endpoints.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Base URL of the operator APIs, e.g. `http://127.0.0.1:8080`.
+    pub admin: String,
+    pub pid: u32,
+}
+
+/// Creates `dir` (mode 0700) if needed.
+pub fn ensure_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+    let meta = fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o077 != 0 && is_fresh(dir)? {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+fn is_fresh(dir: &Path) -> Result<bool> {
+    Ok(fs::read_dir(dir)?.next().is_none())
+}
+
+/// Takes the data directory's lock for the life of the returned file.
+pub fn lock(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let file =
+        OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(_) => bail!("another headnode is already running with data directory {} (it holds {})", dir.display(), path.display()),
+    }
+}
+
+/// Reads the admin token, making a new random one (mode 0600) on first start.
+pub fn admin_token(dir: &Path) -> Result<String> {
+    let path = dir.join(TOKEN_FILE);
+    match fs::read_to_string(&path) {
+        Ok(t) => {
+            let mode = fs::metadata(&path)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "admin token is readable by others; setting mode 0600");
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+            }
+            let t = t.trim().to_string();
+            if t.len() < 16 {
+                bail!("{} holds a token shorter than 16 characters; delete it to have a new one generated", path.display());
+            }
+            Ok(t)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let bytes: [u8; 32] = rand::random();
+            let token = hex::encode(bytes);
+            write_private(&path, format!("{token}\n").as_bytes())?;
+            tracing::info!(path = %path.display(), "generated admin token");
+            Ok(token)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Writes a file only its owner can read, atomically (temp file + rename).
+pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".tmp{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Publishes where this headnode listens.
+pub fn write_endpoints(dir: &Path, e: &Endpoints) -> Result<()> {
+    let json = serde_json::to_vec_pretty(e)?;
+    write_private(&dir.join(ENDPOINTS_FILE), &json)
+}
+
+/// Reads `endpoints.json`.
+pub fn read_endpoints(dir: &Path) -> Result<Endpoints> {
+    let path = dir.join(ENDPOINTS_FILE);
+    let text = fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (is a headnode running with --data-dir {}?)", path.display(), dir.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_private_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let t1 = admin_token(dir.path()).unwrap();
+        assert_eq!(t1.len(), 64);
+        let mode = fs::metadata(dir.path().join(TOKEN_FILE)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(admin_token(dir.path()).unwrap(), t1);
+        fs::set_permissions(dir.path().join(TOKEN_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+        admin_token(dir.path()).unwrap();
+        let mode = fs::metadata(dir.path().join(TOKEN_FILE)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock(dir.path()).unwrap();
+        let err = lock(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("another headnode is already running"), "{err}");
+        drop(held);
+        lock(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn endpoints_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Endpoints { admin: "http://127.0.0.1:8080".into(), pid: 1 };
+        write_endpoints(dir.path(), &e).unwrap();
+        assert_eq!(read_endpoints(dir.path()).unwrap(), e);
+    }
+}

@@ -1,0 +1,317 @@
+//! The operator API's HTTP layer: the route table, authentication, errors, input parsing.
+//!
+//! Every endpoint is a [`Route`]: method, path, the handler, and a [`Doc`] that the
+//! OpenAPI generator ([`crate::openapi`]) renders, so an endpoint cannot exist without
+//! being documented. Handlers are thin: parse and validate input with the helpers
+//! here, call `app`, render the result. Errors are [`HttpError`], rendered as Triton's
+//! `{code, message, errors}` body in one place ([`IntoResponse for HttpError`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::handler::Handler;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+use nereid_types::query::{self, Param, Query};
+use nereid_types::spec::{Field, Usage};
+use nereid_types::{ApiError, FieldError};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::app::App;
+
+pub mod images;
+pub mod ips;
+pub mod network_pools;
+pub mod networks;
+pub mod nic_tags;
+pub mod nics;
+pub mod packages;
+pub mod ping;
+
+/// Largest JSON body accepted (manifests with big tag sets stay well below it).
+pub const JSON_BODY_LIMIT: usize = 1 << 20;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    pub app: Arc<App>,
+    pub token: Arc<str>,
+}
+
+/// A handler error, rendered as Triton's error body.
+#[derive(Debug)]
+pub struct HttpError(pub ApiError);
+
+impl From<ApiError> for HttpError {
+    fn from(e: ApiError) -> Self {
+        HttpError(e)
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = json(status, &e.body());
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"nereid\""));
+        }
+        resp
+    }
+}
+
+pub type HttpResult = Result<Response, HttpError>;
+
+/// A JSON response.
+pub fn json<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "response did not serialize");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(header::CONTENT_TYPE, "application/json")],
+                r#"{"code":"InternalError","message":"response did not serialize"}"#,
+            )
+                .into_response()
+        }
+    }
+}
+
+/// 200 with a JSON body.
+pub fn ok<T: Serialize + ?Sized>(body: &T) -> HttpResult {
+    Ok(json(StatusCode::OK, body))
+}
+
+/// Which Triton service an endpoint belongs to; decides how validation errors look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// 409 `ValidationFailed`.
+    Papi,
+    /// 422 `InvalidParameter`.
+    Imgapi,
+    /// 422 `InvalidParameters`.
+    Napi,
+}
+
+impl Api {
+    pub fn invalid(self, errors: Vec<FieldError>) -> ApiError {
+        match self {
+            Api::Papi => ApiError::validation_409(errors),
+            Api::Imgapi => ApiError::invalid_parameter(errors),
+            Api::Napi => ApiError::invalid_parameters(errors),
+        }
+    }
+}
+
+/// Reads a JSON object body (at most [`JSON_BODY_LIMIT`] bytes; empty means `{}`).
+pub async fn read_object(body: Body) -> Result<Map<String, Value>, HttpError> {
+    let bytes = axum::body::to_bytes(body, JSON_BODY_LIMIT).await.map_err(|e| {
+        if error_chain(&e).contains("length limit exceeded") {
+            HttpError(ApiError::too_large(JSON_BODY_LIMIT))
+        } else {
+            HttpError(ApiError::bad_request(format!("could not read the request body: {e}")))
+        }
+    })?;
+    parse_object(&bytes)
+}
+
+/// An error and its sources, joined.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+/// Parses a JSON object; names what is wrong when it is not one.
+pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, HttpError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => Err(HttpError(ApiError::new(
+            400,
+            "InvalidContent",
+            format!("the request body must be a JSON object, not {}", nereid_types::spec::type_name(&other)),
+        ))),
+        Err(e) => Err(HttpError(ApiError::new(400, "InvalidContent", format!("the request body is not valid JSON: {e}")))),
+    }
+}
+
+/// Parses the query string against an endpoint's parameter table.
+pub fn parse_query(api: Api, params: &[Param], raw: Option<&str>) -> Result<Query, HttpError> {
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    query::parse(params, &pairs).map_err(|errs| HttpError(api.invalid(errs)))
+}
+
+/// A UUID from the path.
+pub fn path_uuid(api: Api, field: &str, s: &str) -> Result<Uuid, HttpError> {
+    nereid_types::spec::check_uuid(s).map_err(|m| HttpError(api.invalid(vec![FieldError::invalid(field, m)])))?;
+    Uuid::parse_str(s).map_err(|e| HttpError(ApiError::bad_request(e.to_string())))
+}
+
+/// What an endpoint takes as its body, for the API document.
+#[derive(Clone, Copy)]
+pub enum BodyDoc {
+    None,
+    Fields(&'static [Field], Usage),
+    /// Raw bytes (image files).
+    Binary,
+    Schema(fn() -> Value),
+}
+
+/// What an endpoint answers, for the API document.
+#[derive(Clone, Copy)]
+pub enum RespDoc {
+    Empty(u16),
+    Object(u16, &'static [Field]),
+    List(&'static [Field]),
+    Binary,
+    Schema(u16, fn() -> Value),
+}
+
+/// An endpoint's documentation.
+#[derive(Clone, Copy)]
+pub struct Doc {
+    /// Triton's operation name, e.g. `CreatePackage`.
+    pub id: &'static str,
+    /// Service: PAPI, IMGAPI, NAPI, …
+    pub tag: &'static str,
+    pub summary: &'static str,
+    pub query: &'static [Param],
+    pub body: BodyDoc,
+    pub response: RespDoc,
+}
+
+/// One endpoint.
+pub struct Route {
+    pub method: Method,
+    /// Path in axum/OpenAPI syntax: `/packages/{uuid}`.
+    pub path: &'static str,
+    pub doc: Doc,
+    pub handler: MethodRouter<AppState>,
+}
+
+impl Route {
+    pub fn new<H, T>(method: Method, path: &'static str, doc: Doc, handler: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let filter = axum::routing::MethodFilter::try_from(method.clone()).unwrap_or(axum::routing::MethodFilter::GET);
+        Route { method, path, doc, handler: axum::routing::on(filter, handler) }
+    }
+}
+
+/// Every operator API endpoint.
+pub fn routes() -> Vec<Route> {
+    let mut all = Vec::new();
+    all.extend(ping::routes());
+    all.extend(packages::routes());
+    all.extend(images::routes());
+    all.extend(nic_tags::routes());
+    all.extend(networks::routes());
+    all.extend(network_pools::routes());
+    all.extend(nics::routes());
+    all.extend(ips::routes());
+    all
+}
+
+/// The operator API router: routes, authentication, JSON 404/405, panic safety net.
+pub fn router(state: AppState) -> Router {
+    let mut r: Router<AppState> = Router::new();
+    for route in routes() {
+        r = r.route(route.path, route.handler);
+    }
+    r.fallback(not_found)
+        .method_not_allowed_fallback(bad_method)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(axum::middleware::from_fn(log_request))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> HttpError {
+    HttpError(ApiError::not_found(format!("{} {} is not an endpoint of this API", req.method(), req.uri().path())))
+}
+
+async fn bad_method(req: Request) -> HttpError {
+    HttpError(ApiError::bad_method(format!("{} is not allowed on {}", req.method(), req.uri().path())))
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    HttpError(ApiError::internal("internal error (logged on the headnode)")).into_response()
+}
+
+/// Checks `Authorization: Bearer <token>` on every request.
+async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => HttpError(ApiError::unauthorized(
+            "this API needs an Authorization: Bearer <token> header; the token is in admin.token in the headnode's data directory",
+        ))
+        .into_response(),
+        Some(t) if !constant_time_eq(t.trim().as_bytes(), state.token.as_bytes()) => {
+            HttpError(ApiError::unauthorized("the bearer token is not valid")).into_response()
+        }
+        Some(_) => next.run(req).await,
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn log_request(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    if status >= 500 {
+        tracing::warn!(%method, %path, status, ms, "request");
+    } else {
+        tracing::debug!(%method, %path, status, ms, "request");
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_must_be_json_objects() {
+        assert!(parse_object(b"  ").unwrap().is_empty());
+        let e = parse_object(b"[1]").unwrap_err().0;
+        assert_eq!((e.status, e.message.as_str()), (400, "the request body must be a JSON object, not an array"));
+        let e = parse_object(b"{\"a\":").unwrap_err().0;
+        assert!(e.message.starts_with("the request body is not valid JSON: EOF"), "{}", e.message);
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

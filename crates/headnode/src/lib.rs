@@ -1,0 +1,26 @@
+//! The headnode: Triton's operator APIs over the store.
+//!
+//! ```text
+//!   request ──► http/<resource>.rs  parse + validate input, call app, render
+//!                     │
+//!                     ▼
+//!               app/<resource>.rs   the rules: read, decide, write (conditional batches)
+//!                     │
+//!                     ▼
+//!               nereid_store::Store (SQLite or PostgreSQL)
+//! ```
+//!
+//! A headnode process holds no state of its own beyond caches and in-process locks:
+//! everything lives in the store, so restarting it (or running several on one
+//! PostgreSQL) loses nothing. A new endpoint is a [`http::Route`] in its resource's
+//! `http/` file (which also documents it in the OpenAPI document) calling a function
+//! in the matching `app/` file.
+
+pub mod app;
+pub mod buckets;
+pub mod datadir;
+pub mod http;
+pub mod openapi;
+pub mod server;
+
+pub use server::{Config, Running, start};
