@@ -1,0 +1,310 @@
+//! The command line: every subcommand and flag, with the help texts operators read.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nereid",
+    version,
+    about = "Nereid: a Triton-compatible private cloud on ordinary Linux hosts with QEMU",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run a headnode: Triton's operator APIs (PAPI, IMGAPI, NAPI) over the store.
+    Headnode(HeadnodeArgs),
+    /// Operator commands against a running headnode's admin API.
+    Admin(AdminArgs),
+    /// Turn disk files into images, or import image files with their manifests.
+    Image(ImageArgs),
+    /// Print a generated API document (OpenAPI 3).
+    Openapi {
+        #[arg(value_enum, default_value = "admin")]
+        which: ApiDoc,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum ApiDoc {
+    /// The operator APIs on --admin-listen.
+    Admin,
+}
+
+#[derive(Args, Debug)]
+pub struct HeadnodeArgs {
+    /// Directory for the store, image files, the admin token and endpoints.json [default: $NEREID_DATA_DIR or ./nereid-data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// State store: sqlite:PATH or postgres://USER@HOST/DB[?schema=NAME] [default: SQLite in the data directory]
+    #[arg(long, value_name = "URL", env = "NEREID_STORE")]
+    pub store: Option<String>,
+    /// Address of the operator API listener (port 0 picks a free port)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub admin_listen: SocketAddr,
+}
+
+/// How client commands find the headnode.
+#[derive(Args, Debug, Clone)]
+pub struct ClientOpts {
+    /// Data directory of the headnode to talk to (used unless NEREID_URL and NEREID_TOKEN are set) [default: $NEREID_DATA_DIR or ./nereid-data]
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Print JSON instead of tables
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "The headnode is found from NEREID_URL and NEREID_TOKEN, else --data-dir (endpoints.json, admin.token), else the default data directory."
+)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    pub client: ClientOpts,
+    #[command(subcommand)]
+    pub noun: Noun,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Noun {
+    /// PAPI packages: the sizes VMs are provisioned with
+    Package {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+    /// IMGAPI images
+    Image {
+        #[command(subcommand)]
+        verb: ImageVerb,
+    },
+    /// NAPI networks
+    Network {
+        #[command(subcommand)]
+        verb: NetworkVerb,
+    },
+    /// NAPI network pools
+    NetworkPool {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+    /// NAPI nic tags
+    NicTag {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+    /// NAPI NICs (by MAC, with or without colons)
+    Nic {
+        #[command(subcommand)]
+        verb: Verb,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Verb {
+    /// List, optionally filtered: FIELD=VALUE query parameters
+    List(ListArgs),
+    /// Show one
+    Get(IdArg),
+    /// Create one from FIELD=VALUE pairs and/or a JSON file
+    Create(CreateArgs),
+    /// Change one: FIELD=VALUE pairs (VALUE null removes the field) and/or a JSON file
+    Update(UpdateArgs),
+    /// Delete one
+    Delete(DeleteArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageVerb {
+    #[command(flatten)]
+    Common(Verb),
+    /// Activate an unactivated image that has its file
+    Activate(IdArg),
+    /// Hide an image from provisioning
+    Disable(IdArg),
+    /// Make a disabled image provisionable again
+    Enable(IdArg),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkVerb {
+    #[command(flatten)]
+    Common(Verb),
+    /// List the IP records of a network
+    Ips(IdArg),
+    /// Show or change one address of a network: reserved=true, free=true, owner_uuid=…
+    Ip {
+        /// Network UUID
+        network: String,
+        /// Address
+        ip: String,
+        /// FIELD=VALUE changes (none: just show it)
+        #[arg(value_name = "FIELD=VALUE")]
+        fields: Vec<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Filters, e.g. name=g1.small active=true (see `nereid openapi`)
+    #[arg(value_name = "FIELD=VALUE")]
+    pub filters: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct IdArg {
+    /// UUID (name for nic tags, MAC for NICs)
+    pub id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Fields, e.g. name=g1.small version=1.0.0 max_physical_memory=1024 quota=10240
+    #[arg(value_name = "FIELD=VALUE")]
+    pub fields: Vec<String>,
+    /// A JSON object with the fields ("-" reads standard input); FIELD=VALUE pairs override it
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// UUID (name for nic tags, MAC for NICs)
+    pub id: String,
+    /// Fields to change; VALUE null removes a field
+    #[arg(value_name = "FIELD=VALUE")]
+    pub fields: Vec<String>,
+    /// A JSON object with the changes ("-" reads standard input)
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Packages: allow changing immutable fields
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// UUID (name for nic tags, MAC for NICs)
+    pub id: String,
+    /// Packages: delete even though Triton keeps packages forever
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ImageArgs {
+    #[command(flatten)]
+    pub client: ClientOpts,
+    #[command(subcommand)]
+    pub cmd: ImageCmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Make an image from a raw or qcow2 disk (optionally .gz/.bz2/.xz/.zst): detect, size, hash, upload, activate
+    #[command(disable_version_flag = true, long_about = "Make an image from a disk file in one step.\n\n\
+        Replaces Triton's manual recipe (create a VM, dd the disk into its zvol, snapshot, zfs send, gzip, \
+        hand-write a manifest, import). The file may be a raw or qcow2 disk, compressed with gzip, bzip2, xz or \
+        zstd or not at all; the format and compression are detected from its bytes. image_size is the disk's \
+        virtual size in MiB. The file is uploaded as it is, then the image is activated; on any failure the \
+        half-created image is deleted. Prints the new image's UUID.")]
+    CreateFromDisk(CreateFromDiskArgs),
+    /// Import an image file with its manifest, as `sdc-imgadm import -m MANIFEST -f FILE` does
+    Import(ImportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CreateFromDiskArgs {
+    /// The disk file
+    pub file: PathBuf,
+    /// Image name, e.g. debian-12
+    #[arg(long)]
+    pub name: String,
+    /// Image version, e.g. 20261125
+    #[arg(long)]
+    pub version: String,
+    /// Guest OS
+    #[arg(long, default_value = "linux", value_parser = ["linux", "bsd", "windows", "illumos", "smartos", "other"])]
+    pub os: String,
+    /// Firmware the image boots with (sets requirements.brand bhyve and requirements.bootrom)
+    #[arg(long, value_parser = ["bios", "uefi"])]
+    pub bootrom: Option<String>,
+    /// Description shown in image lists
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Owning account [default: 00000000-0000-0000-0000-000000000000, i.e. the operator]
+    #[arg(long, value_name = "UUID")]
+    pub owner: Option<uuid::Uuid>,
+    /// Make the image visible only to its owner (default: public)
+    #[arg(long)]
+    pub private: bool,
+    /// NIC model the image expects
+    #[arg(long, default_value = "virtio")]
+    pub nic_driver: String,
+    /// Disk model the image expects
+    #[arg(long, default_value = "virtio")]
+    pub disk_driver: String,
+    /// CPU type: host or qemu64
+    #[arg(long, default_value = "host", value_parser = ["host", "qemu64"])]
+    pub cpu_type: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// The image manifest (JSON, with uuid)
+    #[arg(short = 'm', long, value_name = "MANIFEST")]
+    pub manifest: PathBuf,
+    /// The image file
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// The command with field lists added to the create/update help of each resource.
+pub fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    cmd = cmd.mut_subcommand("admin", |admin| {
+        let mut admin = admin;
+        for r in crate::cmd::admin::RESOURCES {
+            admin = admin.mut_subcommand(r.noun, |noun| {
+                noun.mut_subcommand("create", |c| c.after_help(format!("Fields:\n{}", nereid_types::spec::describe(r.fields))))
+                    .mut_subcommand("update", |c| c.after_help(format!("Fields:\n{}", nereid_types::spec::describe(r.update_fields))))
+            });
+        }
+        admin
+    });
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    fn paths(cmd: &clap::Command, prefix: Vec<String>, out: &mut Vec<Vec<String>>) {
+        out.push(prefix.clone());
+        for sub in cmd.get_subcommands() {
+            let mut p = prefix.clone();
+            p.push(sub.get_name().to_string());
+            paths(sub, p, out);
+        }
+    }
+
+    #[test]
+    fn every_subcommand_builds_and_has_help() {
+        super::command().debug_assert();
+        let mut all = Vec::new();
+        paths(&super::command(), vec![], &mut all);
+        assert!(all.len() > 40, "{}", all.len());
+        for p in all {
+            let mut argv = vec!["nereid".to_string()];
+            argv.extend(p.clone());
+            argv.push("--help".into());
+            let err = super::command().try_get_matches_from(argv).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp, "{p:?}");
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! `nereid headnode`: runs until SIGINT/SIGTERM.
+
+use anyhow::Result;
+use nereid_headnode::{Config, start};
+
+use crate::cli::HeadnodeArgs;
+
+pub async fn run(a: HeadnodeArgs) -> Result<()> {
+    let data_dir = a.data_dir.unwrap_or_else(nereid_client::default_data_dir);
+    let cfg = Config { data_dir: data_dir.clone(), store_url: a.store, admin_listen: a.admin_listen };
+    let store = nereid_headnode::server::redact(&nereid_headnode::server::store_url(&cfg));
+    let running = start(cfg).await?;
+    let abs = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
+    println!("nereid headnode {} is running", env!("CARGO_PKG_VERSION"));
+    println!("  data directory  {}", abs.display());
+    println!("  store           {store}");
+    println!("  operator API    {}  (bearer token in {})", running.admin_url, abs.join("admin.token").display());
+    println!("  endpoints       {}", abs.join("endpoints.json").display());
+    println!("Try: nereid admin --data-dir {} package list", abs.display());
+    wait_for_signal().await;
+    println!("shutting down");
+    running.shutdown().await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! Subcommand implementations.
+
+pub mod admin;
+pub mod headnode;
+pub mod image;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Cmd};
+
+pub async fn run(args: Cli) -> Result<()> {
+    match args.cmd {
+        Cmd::Headnode(a) => headnode::run(a).await,
+        Cmd::Admin(a) => admin::run(a).await,
+        Cmd::Image(a) => image::run(a).await,
+        Cmd::Openapi { which: crate::cli::ApiDoc::Admin } => {
+            print!("{}", nereid_headnode::openapi::admin_document_text());
+            Ok(())
+        }
+    }
+}
+
+/// A client for the headnode the options point at.
+pub fn client(opts: &crate::cli::ClientOpts) -> Result<nereid_client::Client> {
+    let target = nereid_client::Target::resolve(opts.data_dir.as_deref())?;
+    Ok(nereid_client::Client::new(target))
+}
