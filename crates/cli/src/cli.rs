@@ -209,12 +209,15 @@ pub struct ImageArgs {
 #[derive(Subcommand, Debug)]
 pub enum ImageCmd {
     /// Make an image from a raw or qcow2 disk (optionally .gz/.bz2/.xz/.zst): detect, size, hash, upload, activate
-    #[command(disable_version_flag = true, long_about = "Make an image from a disk file in one step.\n\n\
+    #[command(
+        disable_version_flag = true,
+        long_about = "Make an image from a disk file in one step.\n\n\
         Replaces Triton's manual recipe (create a VM, dd the disk into its zvol, snapshot, zfs send, gzip, \
         hand-write a manifest, import). The file may be a raw or qcow2 disk, compressed with gzip, bzip2, xz or \
         zstd or not at all; the format and compression are detected from its bytes. image_size is the disk's \
         virtual size in MiB. The file is uploaded as it is, then the image is activated; on any failure the \
-        half-created image is deleted. Prints the new image's UUID.")]
+        half-created image is deleted. Prints the new image's UUID."
+    )]
     CreateFromDisk(CreateFromDiskArgs),
     /// Import an image file with its manifest, as `sdc-imgadm import -m MANIFEST -f FILE` does
     Import(ImportArgs),

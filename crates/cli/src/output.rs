@@ -62,17 +62,26 @@ pub fn object(v: &Value, json: bool) {
     }
 }
 
-/// Prints an error and, for API errors, each field problem on its own line.
+/// Prints an error with its causes; API errors show their code and each field problem.
 pub fn print_error(e: &anyhow::Error) {
     let mut err = std::io::stderr().lock();
-    if let Some(nereid_client::Error::Api { code, message, errors, .. }) = e.downcast_ref::<nereid_client::Error>() {
-        // Field problems get a line each; the summary would repeat them.
-        let head = if !errors.is_empty() && message.starts_with("Invalid parameters:") { "Invalid parameters" } else { message.as_str() };
-        let _ = writeln!(err, "error: {head} ({code})");
-        for fe in errors {
-            let _ = writeln!(err, "  {}: {} ({})", fe.field, fe.message, fe.code);
+    for (i, cause) in e.chain().enumerate() {
+        let lead = if i == 0 { "error: " } else { "  caused by: " };
+        match cause.downcast_ref::<nereid_client::Error>() {
+            Some(nereid_client::Error::Api { code, message, errors, .. }) => {
+                // Field problems get a line each; the summary would repeat them.
+                let head =
+                    if !errors.is_empty() && message.starts_with("Invalid parameters:") { "Invalid parameters" } else { message.as_str() };
+                let _ = writeln!(err, "{lead}{head} ({code})");
+                for fe in errors {
+                    let _ = writeln!(err, "    {}: {} ({})", fe.field, fe.message, fe.code);
+                }
+                // Its own sources are not more useful than the API's message.
+                return;
+            }
+            _ => {
+                let _ = writeln!(err, "{lead}{cause}");
+            }
         }
-        return;
     }
-    let _ = writeln!(err, "error: {e:#}");
 }

@@ -87,6 +87,9 @@ impl Sql {
             Filter::Ge(p, v) => self.compare(p, ">=", v)?,
             Filter::Glob(p, parts) => {
                 p.validate()?;
+                if parts.iter().any(|s| s.contains('\0')) {
+                    return Err(StoreError::InvalidFilter("values may not contain NUL characters".into()));
+                }
                 match self.dialect {
                     Dialect::Sqlite => {
                         let pattern: Vec<String> = parts.iter().map(|s| glob_escape(s)).collect();
@@ -154,6 +157,7 @@ impl Sql {
         p.validate()?;
         match (self.dialect, v) {
             (_, Value::String(s)) => {
+                scalar(v)?;
                 self.push(&format!("({} {op} ", expr(self.dialect, p, Kind::Text)));
                 self.bind(Param::Text(s.clone()));
             }
@@ -205,6 +209,7 @@ impl Sql {
 /// A JSON scalar as a parameter (booleans as 0/1, as SQLite's json_extract returns them).
 fn scalar(v: &Value) -> Result<Param, StoreError> {
     match v {
+        Value::String(s) if s.contains('\0') => Err(StoreError::InvalidFilter("values may not contain NUL characters".into())),
         Value::String(s) => Ok(Param::Text(s.clone())),
         Value::Bool(b) => Ok(Param::Int(i64::from(*b))),
         Value::Number(n) => match n.as_i64() {

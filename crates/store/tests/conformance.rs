@@ -273,6 +273,8 @@ async fn bad_filters_are_errors(s: Arc<dyn Store>) {
         Filter::eq("x", json!({"a": 1})),
         Filter::Eq(Path(vec![]), json!(1)),
         Filter::has("x", json!([1])),
+        Filter::eq("x", "nul\0byte"),
+        Filter::prefix("x", "nul\0"),
     ];
     for f in bad {
         assert!(matches!(s.list(B, &ListQuery::filter(f.clone())).await, Err(StoreError::InvalidFilter(_))), "{f:?}");

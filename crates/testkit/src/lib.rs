@@ -59,6 +59,20 @@ impl Cloud {
         Ok(Cloud { headnode, client, store_url, data_dir, _dir: dir })
     }
 
+    /// Starts another headnode on an existing store (several headnodes, one PostgreSQL).
+    pub async fn start_on(store_url: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let data_dir = dir.path().join("data");
+        let headnode = nereid_headnode::start(Config {
+            data_dir: data_dir.clone(),
+            store_url: Some(store_url.to_string()),
+            admin_listen: "127.0.0.1:0".parse()?,
+        })
+        .await?;
+        let client = Client::new(Target { url: headnode.admin_url.clone(), token: headnode.token.clone(), source: "testkit".into() });
+        Ok(Cloud { headnode, client, store_url: store_url.to_string(), data_dir, _dir: dir })
+    }
+
     /// A client with another token (for authentication tests).
     pub fn client_with_token(&self, token: &str) -> Client {
         Client::new(Target { url: self.headnode.admin_url.clone(), token: token.into(), source: "testkit".into() })

@@ -87,6 +87,10 @@ pub fn parse(params: &[Param], pairs: &[(String, String)]) -> Result<Query, Vec<
     let mut q = Query::default();
     let mut errors = Vec::new();
     for (name, value) in pairs {
+        if name.contains('\0') || value.contains('\0') {
+            errors.push(FieldError::invalid(truncate(&name.replace('\0', "\\0"), 60), "may not contain NUL characters"));
+            continue;
+        }
         if let Some(p) = params.iter().find(|p| p.prefix && name.starts_with(p.name) && name.len() > p.name.len()) {
             q.prefixed.push((name.clone(), value.clone()));
             let _ = p;

@@ -102,6 +102,15 @@ pub enum Api {
 }
 
 impl Api {
+    /// The API a documented tag belongs to (shared endpoints answer like IMGAPI).
+    pub fn of(tag: &str) -> Api {
+        match tag {
+            "PAPI" => Api::Papi,
+            "NAPI" => Api::Napi,
+            _ => Api::Imgapi,
+        }
+    }
+
     pub fn invalid(self, errors: Vec<FieldError>) -> ApiError {
         match self {
             Api::Papi => ApiError::validation_409(errors),
@@ -141,6 +150,9 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, HttpError> {
         return Ok(Map::new());
     }
     match serde_json::from_slice::<Value>(bytes) {
+        Ok(v) if has_nul(&v) => {
+            Err(HttpError(ApiError::new(400, "InvalidContent", "strings in the request body may not contain NUL (\\u0000) characters")))
+        }
         Ok(Value::Object(m)) => Ok(m),
         Ok(other) => Err(HttpError(ApiError::new(
             400,
@@ -148,6 +160,16 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, HttpError> {
             format!("the request body must be a JSON object, not {}", nereid_types::spec::type_name(&other)),
         ))),
         Err(e) => Err(HttpError(ApiError::new(400, "InvalidContent", format!("the request body is not valid JSON: {e}")))),
+    }
+}
+
+/// Whether any string (or key) in a JSON value holds a NUL character, which no store can keep.
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
     }
 }
 
@@ -235,7 +257,11 @@ pub fn routes() -> Vec<Route> {
 pub fn router(state: AppState) -> Router {
     let mut r: Router<AppState> = Router::new();
     for route in routes() {
-        r = r.route(route.path, route.handler);
+        // Every endpoint refuses query parameters its table does not list, whether or not
+        // its handler reads any.
+        let (params, api) = (route.doc.query, Api::of(route.doc.tag));
+        let handler = route.handler.layer(axum::middleware::from_fn(move |req: Request, next: Next| check_query(params, api, req, next)));
+        r = r.route(route.path, handler);
     }
     r.fallback(not_found)
         .method_not_allowed_fallback(bad_method)
@@ -244,6 +270,13 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+async fn check_query(params: &'static [Param], api: Api, req: Request, next: Next) -> Response {
+    match parse_query(api, params, req.uri().query()) {
+        Ok(_) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn not_found(req: Request) -> HttpError {
