@@ -1,0 +1,44 @@
+# Shared helpers for scripts/up and scripts/test. Sourced, not run.
+# Installs only what is missing, idempotently, on Debian/Ubuntu.
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root (or sudo) to run: $*"; fi
+}
+
+# apt_install PKG...: installs the Debian packages that are not installed yet.
+apt_install() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    command -v apt-get >/dev/null || die "apt-get not found: install ${missing[*]} by hand (Nereid's scripts target Debian/Ubuntu)"
+    log "installing ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# need CMD=PKG...: installs PKG for each CMD that is not on the PATH.
+need() {
+    local pkgs=()
+    for pair in "$@"; do
+        command -v "${pair%%=*}" >/dev/null || pkgs+=("${pair#*=}")
+    done
+    [ ${#pkgs[@]} -eq 0 ] || apt_install "${pkgs[@]}"
+}
+
+# ensure_rust: cargo from rustup, installed if absent.
+ensure_rust() {
+    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+    command -v cargo >/dev/null && return 0
+    apt_install curl ca-certificates
+    log "installing the Rust toolchain (rustup)"
+    curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt >/dev/null
+    export PATH="$HOME/.cargo/bin:$PATH"
+}
+
+# Commands building Nereid needs, and the packages that bring them.
+BUILD_NEEDS=(cc=gcc pkg-config=pkg-config)
