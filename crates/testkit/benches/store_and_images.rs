@@ -30,7 +30,9 @@ async fn writes(store: Arc<dyn Store>, n: usize, tasks: usize) -> f64 {
         let s = store.clone();
         handles.push(tokio::spawn(async move {
             for i in (t..n).step_by(tasks) {
-                s.put("bench", &format!("w{tasks}-{i}"), json!({"i": i, "name": format!("object {i}"), "tags": {"a": "b"}}), Cond::Absent).await.unwrap();
+                s.put("bench", &format!("w{tasks}-{i}"), json!({"i": i, "name": format!("object {i}"), "tags": {"a": "b"}}), Cond::Absent)
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -83,7 +85,11 @@ async fn main() {
             store.batch(ops.collect()).await.unwrap();
         }
         let seeded = t.elapsed();
-        println!("{name:<10} seed {n_images} images in batches of 500 ({:.0} writes/s)  {:>8.1} s", n_images as f64 / seeded.as_secs_f64(), seeded.as_secs_f64());
+        println!(
+            "{name:<10} seed {n_images} images in batches of 500 ({:.0} writes/s)  {:>8.1} s",
+            n_images as f64 / seeded.as_secs_f64(),
+            seeded.as_secs_f64()
+        );
         for (label, path) in [
             ("GET /images (active, first 1000)", "/images".to_string()),
             ("GET /images?limit=100", "/images?limit=100".to_string()),
