@@ -3,6 +3,7 @@
 //!
 //! `cargo bench -p nereid-testkit --bench store_and_images`
 //! (`NEREID_BENCH_IMAGES` and `NEREID_BENCH_WRITES` change the sizes.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,7 +45,7 @@ async fn writes(store: Arc<dyn Store>, n: usize, tasks: usize) -> f64 {
 
 fn image(i: usize) -> serde_json::Value {
     json!({"v": 2, "uuid": uuid::Uuid::new_v4(), "owner": "00000000-0000-0000-0000-000000000000", "name": format!("image-{}", i % 50), "version": format!("{i}"),
-        "state": if i % 10 == 0 { "disabled" } else { "active" }, "disabled": i % 10 == 0, "public": true, "type": "zvol", "os": "linux",
+        "state": if i.is_multiple_of(10) { "disabled" } else { "active" }, "disabled": i.is_multiple_of(10), "public": true, "type": "zvol", "os": "linux",
         "published_at": format!("2026-{:02}-{:02}T{:02}:{:02}:{:02}.000Z", 1 + i % 12, 1 + i % 28, i % 24, i % 60, (i / 60) % 60),
         "nic_driver": "virtio", "disk_driver": "virtio", "cpu_type": "host", "image_size": 10240, "description": "a benchmark image with a typical description",
         "tags": {"role": "os"}, "files": [{"sha1": format!("{i:040x}"), "size": 1 << 30, "compression": "gzip", "stor": "local"}]})
