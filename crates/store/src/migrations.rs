@@ -4,6 +4,7 @@
 //! `nereid_migrations`, so a crash mid-migration leaves the schema at the previous
 //! version. Concurrent openers serialise (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: an
 //! advisory transaction lock). Never edit a released migration: append a new one.
+//! Statements within a migration end with `;` at the end of a line.
 
 /// `(version, name, SQL)`.
 pub type Migration = (i64, &'static str, &'static str);

@@ -23,6 +23,26 @@ pub(crate) trait Exec: Send {
     async fn scalar(&mut self, sql: &Sql) -> Result<Option<i64>, sqlx::Error>;
     /// Rows affected.
     async fn exec(&mut self, sql: &Sql) -> Result<u64, sqlx::Error>;
+    /// Runs `;`-separated statements without parameters (migrations).
+    async fn script(&mut self, sql: &str) -> Result<(), sqlx::Error>;
+}
+
+/// Applies one migration inside the caller's (locked) transaction unless the ledger has it;
+/// returns whether it ran. The caller commits.
+pub(crate) async fn migrate_one(c: &mut dyn Exec, d: Dialect, m: &crate::migrations::Migration) -> Result<bool> {
+    let (version, name, sql) = *m;
+    let mut q = Sql::new(d, "SELECT version FROM nereid_migrations WHERE version = ");
+    q.bind(Param::Int(version));
+    if c.scalar(&q).await?.is_some() {
+        return Ok(false);
+    }
+    let wrap = |source| StoreError::Migration { version, name, source };
+    c.script(sql).await.map_err(wrap)?;
+    let mut ins = Sql::new(d, "INSERT INTO nereid_migrations (version, name, applied_at) VALUES (");
+    ins.bind(Param::Int(version)).push(", ").bind(Param::Text(name.to_string())).push(", ").bind(Param::Int(crate::now_ms())).push(")");
+    c.exec(&ins).await.map_err(wrap)?;
+    tracing::info!(version, name, backend = ?d, "applied migration");
+    Ok(true)
 }
 
 fn select(d: Dialect) -> &'static str {
@@ -189,6 +209,13 @@ macro_rules! impl_exec {
             }
             async fn exec(&mut self, sql: &crate::sql::Sql) -> Result<u64, sqlx::Error> {
                 Ok(crate::ops::bind_all!(sqlx::query(&sql.text), sql).execute(&mut *self).await?.rows_affected())
+            }
+            async fn script(&mut self, sql: &str) -> Result<(), sqlx::Error> {
+                // Migrations separate their statements with `;` at the end of a line.
+                for stmt in sql.split(";\n").map(str::trim).filter(|s| !s.trim_end_matches(';').trim().is_empty()) {
+                    sqlx::query(stmt.trim_end_matches(';')).execute(&mut *self).await?;
+                }
+                Ok(())
             }
         }
     };

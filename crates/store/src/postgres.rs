@@ -74,27 +74,12 @@ impl PgStore {
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DDL_LOCK).execute(&mut *tx).await?;
         sqlx::raw_sql(LEDGER_POSTGRES).execute(&mut *tx).await?;
         tx.commit().await?;
-        for (version, name, sql) in POSTGRES {
+        for m in POSTGRES {
             let mut tx = self.pool.begin().await?;
             sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DDL_LOCK).execute(&mut *tx).await?;
-            let done: Option<i64> = sqlx::query_scalar("SELECT version FROM nereid_migrations WHERE version = $1")
-                .bind(version)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if done.is_some() {
-                continue;
+            if ops::migrate_one(&mut *tx, Dialect::Postgres, m).await? {
+                tx.commit().await?;
             }
-            let wrap = |source| StoreError::Migration { version: *version, name, source };
-            sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(wrap)?;
-            sqlx::query("INSERT INTO nereid_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
-                .bind(version)
-                .bind(*name)
-                .bind(crate::now_ms())
-                .execute(&mut *tx)
-                .await
-                .map_err(wrap)?;
-            tx.commit().await.map_err(wrap)?;
-            tracing::info!(version, name, "applied postgres migration");
         }
         Ok(())
     }

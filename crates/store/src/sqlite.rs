@@ -48,26 +48,11 @@ impl SqliteStore {
         let _w = self.writer.lock().await;
         let mut conn = self.pool.acquire().await?;
         sqlx::raw_sql(LEDGER_SQLITE).execute(&mut *conn).await?;
-        for (version, name, sql) in SQLITE {
+        for m in SQLITE {
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-            let done: Option<i64> = sqlx::query_scalar("SELECT version FROM nereid_migrations WHERE version = ?")
-                .bind(version)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if done.is_some() {
-                continue;
+            if ops::migrate_one(&mut *tx, Dialect::Sqlite, m).await? {
+                tx.commit().await?;
             }
-            let wrap = |source| StoreError::Migration { version: *version, name, source };
-            sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(wrap)?;
-            sqlx::query("INSERT INTO nereid_migrations (version, name, applied_at) VALUES (?, ?, ?)")
-                .bind(version)
-                .bind(*name)
-                .bind(crate::now_ms())
-                .execute(&mut *tx)
-                .await
-                .map_err(wrap)?;
-            tx.commit().await.map_err(wrap)?;
-            tracing::info!(version, name, "applied sqlite migration");
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use nereid_types::{ApiError, FieldError};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::networks::name_claim;
+use super::networks::{name_claim, name_taken, rename_ops};
 use super::{App, RETRIES, encode, store_error};
 use crate::buckets::{NETWORK_NAMES, NETWORK_POOLS, NETWORKS};
 
@@ -69,10 +69,7 @@ impl App {
         ];
         match self.store.batch(ops).await {
             Ok(_) => Ok(pool),
-            Err(StoreError::Conflict { op_index: 0, .. }) => Err(ApiError::invalid_parameters(vec![FieldError::duplicate(
-                "name",
-                format!("a network or pool named {} already exists", pool.name),
-            )])),
+            Err(StoreError::Conflict { op_index: 0, .. }) => Err(name_taken(&pool.name)),
             Err(e) => Err(store_error(e)),
         }
     }
@@ -83,19 +80,11 @@ impl App {
             let members = self.pool_members(input, Some(&cur)).await?;
             let next = network::check_pool(Some(&cur), input, &members)?;
             let mut ops = vec![Op::put(NETWORK_POOLS.name, uuid.to_string(), encode(&next), Cond::Generation(generation))];
-            if next.name != cur.name {
-                ops.push(Op::delete(NETWORK_NAMES.name, &cur.name, Cond::Any));
-                ops.push(Op::put(NETWORK_NAMES.name, &next.name, name_claim("network_pool", uuid), Cond::Absent));
-            }
+            ops.extend(rename_ops("network_pool", uuid, &cur.name, &next.name));
             match self.store.batch(ops).await {
                 Ok(_) => return Ok(next),
                 Err(StoreError::Conflict { op_index: 0, .. }) => continue,
-                Err(StoreError::Conflict { .. }) => {
-                    return Err(ApiError::invalid_parameters(vec![FieldError::duplicate(
-                        "name",
-                        format!("a network or pool named {} already exists", next.name),
-                    )]));
-                }
+                Err(StoreError::Conflict { .. }) => return Err(name_taken(&next.name)),
                 Err(e) => return Err(store_error(e)),
             }
         }

@@ -25,6 +25,19 @@ pub fn name_claim(kind: &str, uuid: Uuid) -> Value {
     json!({"kind": kind, "uuid": uuid})
 }
 
+/// Ops moving a network's or pool's name claim from `old` to `new` (none when unchanged).
+pub fn rename_ops(kind: &str, uuid: Uuid, old: &str, new: &str) -> Vec<Op> {
+    if old == new {
+        return Vec::new();
+    }
+    vec![Op::delete(NETWORK_NAMES.name, old, Cond::Any), Op::put(NETWORK_NAMES.name, new, name_claim(kind, uuid), Cond::Absent)]
+}
+
+/// The error for a name another network or pool already has.
+pub fn name_taken(name: &str) -> ApiError {
+    ApiError::invalid_parameters(vec![FieldError::duplicate("name", format!("a network or pool named {name} already exists"))])
+}
+
 /// The reserved record that keeps a gateway out of allocation.
 fn gateway_record(net: &Network, gw: Ipv4Addr) -> IpRecord {
     IpRecord {
@@ -142,10 +155,7 @@ impl App {
         }
         match self.store.batch(ops).await {
             Ok(_) => Ok(net),
-            Err(StoreError::Conflict { op_index: 0, .. }) => Err(ApiError::invalid_parameters(vec![FieldError::duplicate(
-                "name",
-                format!("a network or pool named {} already exists", net.name),
-            )])),
+            Err(StoreError::Conflict { op_index: 0, .. }) => Err(name_taken(&net.name)),
             Err(e) => Err(store_error(e)),
         }
     }
@@ -156,10 +166,7 @@ impl App {
             let mtu = self.tag_mtu(&cur.nic_tag).await?;
             let next = network::check_update(&cur, input, Some(mtu))?;
             let mut ops = vec![Op::put(NETWORKS.name, uuid.to_string(), encode(&next), Cond::Generation(generation))];
-            if next.name != cur.name {
-                ops.push(Op::delete(NETWORK_NAMES.name, &cur.name, Cond::Any));
-                ops.push(Op::put(NETWORK_NAMES.name, &next.name, name_claim("network", uuid), Cond::Absent));
-            }
+            ops.extend(rename_ops("network", uuid, &cur.name, &next.name));
             if next.gateway != cur.gateway {
                 if let Some(old) = cur.gateway.as_deref().and_then(|g| g.parse::<Ipv4Addr>().ok()) {
                     ops.push(Op::delete(IPS.name, ip_key(uuid, old), Cond::Any));
@@ -179,12 +186,7 @@ impl App {
             match self.store.batch(ops).await {
                 Ok(_) => return Ok(next),
                 Err(StoreError::Conflict { op_index: 0, .. }) => continue,
-                Err(StoreError::Conflict { .. }) => {
-                    return Err(ApiError::invalid_parameters(vec![FieldError::duplicate(
-                        "name",
-                        format!("a network or pool named {} already exists", next.name),
-                    )]));
-                }
+                Err(StoreError::Conflict { .. }) => return Err(name_taken(&next.name)),
                 Err(e) => return Err(store_error(e)),
             }
         }

@@ -1,0 +1,217 @@
+//! The pipeline's filters. Hard filters drop a server with a reason; soft filters say which
+//! servers to prefer and are ignored when they would leave none.
+
+use serde_json::Value;
+
+use crate::{Cap, Config, Request, Server, Source, Status, unreserved, vm_locations};
+
+/// A hard filter: `Err(reason)` drops the server.
+pub type Hard = fn(&Server, &Request, &Config, &[Server]) -> Result<(), String>;
+/// A soft filter: `true` keeps the server when at least one is kept.
+pub type Soft = fn(&Server, &Request, &Config, &[&Server], &[Server]) -> bool;
+
+pub const HARD: &[(&str, Hard)] = &[
+    ("setup", setup),
+    ("running", running),
+    ("reserved", reserved),
+    ("headnode", headnode),
+    ("pinned", pinned),
+    ("nic tags", nic_tags),
+    ("traits", traits),
+    ("vcpus", vcpus),
+    ("capness", capness),
+    ("vm count", vm_count),
+    ("ram", ram),
+    ("cpu", cpu),
+    ("disk", disk),
+    ("locality", strict_locality),
+];
+
+pub const SOFT: &[(&str, Soft)] = &[("reservoir", not_reservoir), ("large servers", not_largest), ("spread", soft_locality)];
+
+fn setup(s: &Server, _: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
+    if s.setup { Ok(()) } else { Err("server is not set up".into()) }
+}
+
+fn running(s: &Server, _: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
+    match s.status {
+        Status::Running => Ok(()),
+        Status::Unknown { silent_secs } => Err(format!("server status is unknown: no heartbeat for {silent_secs} s")),
+    }
+}
+
+fn reserved(s: &Server, _: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
+    if s.reserved { Err("server is reserved (set reserved=false with ServerUpdate to use it)".into()) } else { Ok(()) }
+}
+
+fn headnode(s: &Server, _: &Request, c: &Config, _: &[Server]) -> Result<(), String> {
+    if c.filter_headnode && s.headnode { Err("headnodes are excluded from placement".into()) } else { Ok(()) }
+}
+
+fn pinned(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
+    match r.server {
+        Some(u) if u != s.uuid => Err(format!("the request is pinned to server {u}")),
+        _ => Ok(()),
+    }
+}
+
+fn nic_tags(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
+    for group in &r.nic_tags {
+        if !group.iter().any(|t| s.nic_tags.contains(t)) {
+            let has = if s.nic_tags.is_empty() { "none".to_string() } else { s.nic_tags.join(", ") };
+            return Err(format!("has no NIC with nic tag {} (it has: {has})", group.join(" or ")));
+        }
+    }
+    Ok(())
+}
+
+/// §5.7: no requested traits ⇒ only traitless servers; otherwise exactly the same keys,
+/// and every value matching.
+fn traits(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
+    let want = &r.traits;
+    let has = &s.traits;
+    if want.is_empty() {
+        return if has.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("server has traits {} but the request asks for none", Value::Object(has.clone())))
+        };
+    }
+    let wk: Vec<&String> = want.keys().collect();
+    let hk: Vec<&String> = has.keys().collect();
+    let (mut wk_sorted, mut hk_sorted) = (wk.clone(), hk.clone());
+    wk_sorted.sort();
+    hk_sorted.sort();
+    if wk_sorted != hk_sorted {
+        return Err(format!("the request requires traits {} but server has {}", Value::Object(want.clone()), Value::Object(has.clone())));
+    }
+    for (k, w) in want {
+        let h = &has[k];
+        let ok = match (w, h) {
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::String(a), Value::String(b)) => a == b,
+            (Value::String(a), Value::Array(b)) => b.iter().any(|x| x.as_str() == Some(a)),
+            (Value::Array(a), Value::Array(b)) => a.iter().any(|x| b.contains(x)),
+            (Value::Array(a), Value::String(b)) => a.iter().any(|x| x.as_str() == Some(b)),
+            _ => false,
+        };
+        if !ok {
+            return Err(format!("{k} comparison failed: the request wants {w}, server has {h}"));
+        }
+    }
+    Ok(())
+}
+
+fn vcpus(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
+    if r.vcpus > s.cpus { Err(format!("needs {} vCPUs, server has {} CPUs", r.vcpus, s.cpus)) } else { Ok(()) }
+}
+
+/// Capped and uncapped VMs never share a server; VMs whose cap is unknown never decide it.
+fn capness(s: &Server, r: &Request, c: &Config, _: &[Server]) -> Result<(), String> {
+    if !c.filter_capness {
+        return Ok(());
+    }
+    for v in &s.vms {
+        match (r.cpu_cap.is_some(), v.cap) {
+            (true, Cap::Uncapped) => return Err(format!("VM {} has no cpu_cap, while the request is capped", v.uuid)),
+            (false, Cap::Capped(_)) => return Err(format!("VM {} has a cpu_cap, while the request is not capped", v.uuid)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn vm_count(s: &Server, _: &Request, c: &Config, _: &[Server]) -> Result<(), String> {
+    let n = s
+        .vms
+        .iter()
+        .filter(|v| v.source != Source::Reservation || !s.vms.iter().any(|o| o.uuid == v.uuid && o.source != Source::Reservation))
+        .count();
+    if n >= c.vm_limit { Err(format!("has {n} VMs, the limit is {}", c.vm_limit)) } else { Ok(()) }
+}
+
+fn ram(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
+    let u = unreserved(s);
+    if u.ram_mib < r.ram_mib as f64 {
+        Err(format!("not enough RAM: needs {} MiB, {:.0} MiB unreserved of {} MiB", r.ram_mib, u.ram_mib.max(0.0), s.ram_mib))
+    } else {
+        Ok(())
+    }
+}
+
+fn cpu(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
+    let Some(cap) = r.cpu_cap else { return Ok(()) };
+    let u = unreserved(s);
+    let need = f64::from(cap) / s.ratios.cpu;
+    if u.cpu < need {
+        Err(format!(
+            "not enough CPU: needs {need:.0} centi-CPUs (cpu_cap {cap} at ratio {}), {:.0} unreserved",
+            s.ratios.cpu,
+            u.cpu.max(0.0)
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn disk(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
+    let u = unreserved(s);
+    if u.disk_mib < r.disk_mib as f64 {
+        Err(format!("not enough disk: needs {} MiB, {:.0} MiB unreserved of {} MiB", r.disk_mib, u.disk_mib.max(0.0), s.disk_mib))
+    } else {
+        Ok(())
+    }
+}
+
+fn strict_locality(s: &Server, r: &Request, _: &Config, all: &[Server]) -> Result<(), String> {
+    if !r.locality.strict {
+        return Ok(());
+    }
+    let here: Vec<uuid::Uuid> = s.vms.iter().filter(|v| v.owner == Some(r.owner)).map(|v| v.uuid).collect();
+    if let Some(v) = r.locality.far.iter().find(|v| here.contains(v)) {
+        return Err(format!("hosts VM {v}, which the request must be far from"));
+    }
+    if let Some(first) = r.locality.near.first() {
+        let locations = vm_locations(all);
+        match locations.get(first) {
+            Some(host) if *host == s.uuid => {
+                if let Some(missing) = r.locality.near.iter().find(|v| !here.contains(v)) {
+                    return Err(format!("does not host VM {missing}, which the request must be near"));
+                }
+            }
+            _ => return Err(format!("does not host VM {first}, which the request must be near")),
+        }
+    }
+    Ok(())
+}
+
+fn not_reservoir(s: &Server, _: &Request, _: &Config, _: &[&Server], _: &[Server]) -> bool {
+    !s.reservoir
+}
+
+/// Sets aside the emptiest 15 % (by unreserved RAM) when there are at least 7 servers.
+fn not_largest(s: &Server, _: &Request, c: &Config, set: &[&Server], _: &[Server]) -> bool {
+    if !c.filter_large_servers || set.len() < 7 {
+        return true;
+    }
+    let drop = set.len() * 15 / 100;
+    let mut free: Vec<f64> = set.iter().map(|x| unreserved(x).ram_mib).collect();
+    free.sort_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
+    let threshold = free[drop.saturating_sub(1).min(free.len() - 1)];
+    drop == 0 || unreserved(s).ram_mib < threshold
+}
+
+/// Non-strict near/far, or (without hints) servers without this owner's VMs.
+fn soft_locality(s: &Server, r: &Request, _: &Config, _: &[&Server], _: &[Server]) -> bool {
+    let mine: Vec<uuid::Uuid> = s.vms.iter().filter(|v| v.owner == Some(r.owner)).map(|v| v.uuid).collect();
+    let l = &r.locality;
+    if l.strict {
+        return true;
+    }
+    if l.near.is_empty() && l.far.is_empty() {
+        return mine.is_empty();
+    }
+    let far_ok = !l.far.iter().any(|v| mine.contains(v));
+    let near_ok = l.near.is_empty() || l.near.iter().any(|v| mine.contains(v));
+    far_ok && near_ok
+}
