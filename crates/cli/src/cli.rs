@@ -19,8 +19,12 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
-    /// Run a headnode: Triton's operator APIs (PAPI, IMGAPI, NAPI) over the store.
+    /// Run a whole cloud on this machine: a headnode plus a local agent, seeded on first start.
+    Up(UpArgs),
+    /// Run a headnode: Triton's operator APIs (PAPI, IMGAPI, NAPI, CNAPI, VMAPI) over the store.
     Headnode(HeadnodeArgs),
+    /// Run a compute node's agent (joins a headnode, runs VMs).
+    Agent(AgentArgs),
     /// Operator commands against a running headnode's admin API.
     Admin(AdminArgs),
     /// Turn disk files into images, or import image files with their manifests.
@@ -49,6 +53,92 @@ pub struct HeadnodeArgs {
     /// Address of the operator API listener (port 0 picks a free port)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub admin_listen: SocketAddr,
+}
+
+/// Hypervisor backends.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendArg {
+    /// Simulated servers (for trying Nereid out, tests and scale runs).
+    Sim,
+    /// Real VMs with QEMU.
+    Qemu,
+}
+
+/// Options of the simulated backend.
+#[derive(Args, Debug, Clone)]
+pub struct SimArgs {
+    /// Simulated servers to run in this process
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub sim_servers: usize,
+    /// CPUs of each simulated server
+    #[arg(long, default_value_t = 16)]
+    pub sim_cpus: u32,
+    /// RAM of each simulated server (MiB)
+    #[arg(long, default_value_t = 65_536)]
+    pub sim_ram_mib: u64,
+    /// Disk of each simulated server (GiB)
+    #[arg(long, default_value_t = 2_000)]
+    pub sim_disk_gib: u64,
+    /// How long a simulated create takes (ms)
+    #[arg(long, default_value_t = 300)]
+    pub sim_create_ms: u64,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "On an empty store `nereid up` creates the nic tag `external`, a network `external` (10.88.0.0/24), a few packages and, with the sim backend, a placeholder image, then prints how to provision a VM."
+)]
+pub struct UpArgs {
+    /// Directory for the store, image files, tokens and the agent [default: $NEREID_DATA_DIR or ./nereid-data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// State store: sqlite:PATH or postgres://USER@HOST/DB[?schema=NAME] [default: SQLite in the data directory]
+    #[arg(long, value_name = "URL", env = "NEREID_STORE")]
+    pub store: Option<String>,
+    /// Address of the operator API listener
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub admin_listen: SocketAddr,
+    /// Hypervisor backend of the local agent
+    #[arg(long, value_enum, default_value = "sim")]
+    pub backend: BackendArg,
+    #[command(flatten)]
+    pub sim: SimArgs,
+    /// Do not create the default nic tag, network, packages and image
+    #[arg(long)]
+    pub no_seed: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// The headnode's operator API, e.g. http://10.0.0.1:8080
+    #[arg(long, value_name = "URL", env = "NEREID_HEADNODE")]
+    pub headnode: String,
+    /// The headnode's join token (join.token in its data directory)
+    #[arg(long, value_name = "TOKEN", env = "NEREID_JOIN_TOKEN", conflicts_with = "join_token_file")]
+    pub join_token: Option<String>,
+    /// A file holding the join token
+    #[arg(long, value_name = "FILE")]
+    pub join_token_file: Option<PathBuf>,
+    /// The agent's data directory (server identity, secret, VM state)
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/nereid-agent")]
+    pub data_dir: PathBuf,
+    /// Hypervisor backend
+    #[arg(long, value_enum, default_value = "qemu")]
+    pub backend: BackendArg,
+    #[command(flatten)]
+    pub sim: SimArgs,
+    /// Address of the agent API (the headnode calls it)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5309")]
+    pub listen: SocketAddr,
+    /// URL the headnode uses to reach this agent [default: http://<listen address>]
+    #[arg(long, value_name = "URL")]
+    pub advertise_url: Option<String>,
+    /// Seconds between heartbeats
+    #[arg(long, default_value_t = 5)]
+    pub heartbeat_secs: u64,
+    /// Nic tags this host provides, as TAG=INTERFACE (repeatable), e.g. external=br0
+    #[arg(long = "nic-tag", value_name = "TAG=IFACE")]
+    pub nic_tags: Vec<String>,
 }
 
 /// How client commands find the headnode.
@@ -105,6 +195,104 @@ pub enum Noun {
         #[command(subcommand)]
         verb: Verb,
     },
+    /// CNAPI servers (compute nodes)
+    Server {
+        #[command(subcommand)]
+        verb: ServerVerb,
+    },
+    /// VMAPI VMs
+    Vm {
+        #[command(subcommand)]
+        verb: VmVerb,
+    },
+    /// Jobs (VM operations)
+    Job {
+        #[command(subcommand)]
+        verb: JobVerb,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServerVerb {
+    /// List servers with their status
+    List(ListArgs),
+    /// Show one server (with sysinfo)
+    Get(IdArg),
+    /// ServerUpdate: reserved=true, traits='{"ssd":true}', overprovision_ratios='{"ram":1.5}', …
+    Update(UpdateArgs),
+    /// Forget a server (refused while VMs are counted on it)
+    Delete(DeleteArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VmVerb {
+    /// List VMs, optionally filtered (owner_uuid=…, state=running, tag.role=db, …)
+    List(ListArgs),
+    /// Show one VM (sync=true asks its server)
+    Get(VmGetArgs),
+    /// Create a VM: owner_uuid=… brand=bhyve billing_id=… image_uuid=… networks='["…"]'
+    Create(VmCreateArgs),
+    /// Start a stopped VM
+    Start(VmActionArgs),
+    /// Stop a running VM
+    Stop(VmActionArgs),
+    /// Reboot a running VM
+    Reboot(VmActionArgs),
+    /// Change a VM: ram=2048, quota=20, billing_id=…, alias=…, set_tags='{"a":"b"}'
+    Update(VmUpdateArgs),
+    /// Destroy a VM
+    Delete(VmActionArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct VmGetArgs {
+    pub id: String,
+    /// Ask the VM's server first (a VM it does not have is marked destroyed)
+    #[arg(long)]
+    pub sync: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VmCreateArgs {
+    #[arg(value_name = "FIELD=VALUE")]
+    pub fields: Vec<String>,
+    /// A JSON object with the fields ("-" reads standard input)
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Wait for the provision job and show its outcome
+    #[arg(short = 'w', long)]
+    pub wait: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VmActionArgs {
+    pub id: String,
+    /// Wait for the job and show its outcome
+    #[arg(short = 'w', long)]
+    pub wait: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VmUpdateArgs {
+    pub id: String,
+    #[arg(value_name = "FIELD=VALUE")]
+    pub fields: Vec<String>,
+    /// Skip the capacity check of a resize
+    #[arg(long)]
+    pub force: bool,
+    /// Wait for the job and show its outcome
+    #[arg(short = 'w', long)]
+    pub wait: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobVerb {
+    /// List jobs (vm_uuid=…, execution=failed, task=provision)
+    List(ListArgs),
+    /// Show one job with each step's result
+    Get(IdArg),
+    /// Wait for a job to finish
+    Wait(IdArg),
 }
 
 #[derive(Subcommand, Debug)]
@@ -274,7 +462,7 @@ pub fn command() -> clap::Command {
     let mut cmd = Cli::command();
     cmd = cmd.mut_subcommand("admin", |admin| {
         let mut admin = admin;
-        for r in crate::cmd::admin::RESOURCES {
+        for r in crate::cmd::admin::RESOURCES.iter().filter(|r| r.noun != "vm" && r.noun != "server") {
             admin = admin.mut_subcommand(r.noun, |noun| {
                 noun.mut_subcommand("create", |c| c.after_help(format!("Fields:\n{}", nereid_types::spec::describe(r.fields))))
                     .mut_subcommand("update", |c| c.after_help(format!("Fields:\n{}", nereid_types::spec::describe(r.update_fields))))

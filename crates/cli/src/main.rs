@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => e.exit(),
     };
-    init_logging(if matches!(args.cmd, cli::Cmd::Headnode(_)) { "info" } else { "warn" });
+    init_logging(if matches!(args.cmd, cli::Cmd::Headnode(_) | cli::Cmd::Agent(_)) { "info" } else { "warn" });
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -32,4 +32,42 @@ pub const NICS: BucketDef =
 /// network's addresses list in numeric order.
 pub const IPS: BucketDef = BucketDef { name: "ips", indexes: &[text(&["network_uuid"]), text(&["belongs_to_uuid"])] };
 
-pub const ALL: &[BucketDef] = &[PACKAGES, IMAGES, NIC_TAGS, NETWORKS, NETWORK_POOLS, NETWORK_NAMES, NICS, IPS];
+/// CNAPI servers, keyed by UUID.
+pub const SERVERS: BucketDef = BucketDef { name: "servers", indexes: &[text(&["hostname"])] };
+/// Each server's agent secret, keyed by server UUID (never rendered).
+pub const SERVER_SECRETS: BucketDef = BucketDef { name: "server_secrets", indexes: &[] };
+/// The last heartbeat of each server (time, usage, VM inventory), keyed by server UUID.
+pub const HEARTBEATS: BucketDef = BucketDef { name: "heartbeats", indexes: &[] };
+/// Capacity claims: bumped in the same transaction as every placement on a server, so two
+/// placements decided from the same view of it cannot both commit. Keyed by server UUID.
+pub const SERVER_CLAIMS: BucketDef = BucketDef { name: "server_claims", indexes: &[] };
+/// Capacity held for in-flight provisions and resizes, keyed by job UUID.
+pub const RESERVATIONS: BucketDef = BucketDef { name: "reservations", indexes: &[text(&["server_uuid"]), text(&["vm_uuid"])] };
+/// VMAPI VMs, keyed by UUID.
+pub const VMS: BucketDef = BucketDef {
+    name: "vms",
+    indexes: &[text(&["owner_uuid"]), text(&["server_uuid"]), text(&["state"]), text(&["alias"]), text(&["create_timestamp"])],
+};
+/// Jobs, keyed by UUID.
+pub const JOBS: BucketDef = BucketDef { name: "jobs", indexes: &[text(&["vm_uuid"]), text(&["execution"]), num(&["created_ms"])] };
+/// Who runs a job, until when; keyed by job UUID.
+pub const JOB_LEASES: BucketDef = BucketDef { name: "job_leases", indexes: &[] };
+
+pub const ALL: &[BucketDef] = &[
+    PACKAGES,
+    IMAGES,
+    NIC_TAGS,
+    NETWORKS,
+    NETWORK_POOLS,
+    NETWORK_NAMES,
+    NICS,
+    IPS,
+    SERVERS,
+    SERVER_SECRETS,
+    HEARTBEATS,
+    SERVER_CLAIMS,
+    RESERVATIONS,
+    VMS,
+    JOBS,
+    JOB_LEASES,
+];

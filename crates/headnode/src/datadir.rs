@@ -3,6 +3,8 @@
 //! ```text
 //! DIR/
 //!   admin.token      operator API bearer token (mode 0600), made at first start
+//!   join.token       what a new compute node's agent presents to join (mode 0600)
+//!   headnode.id      this headnode's identity, for job leases
 //!   endpoints.json   where this headnode listens, for `nereid admin …` to find it
 //!   headnode.lock    held while a headnode runs, so two never share one data dir
 //!   nereid.db        the SQLite store, unless --store names another
@@ -18,6 +20,8 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 pub const TOKEN_FILE: &str = "admin.token";
+pub const JOIN_TOKEN_FILE: &str = "join.token";
+pub const ID_FILE: &str = "headnode.id";
 pub const ENDPOINTS_FILE: &str = "endpoints.json";
 pub const LOCK_FILE: &str = "headnode.lock";
 
@@ -56,12 +60,40 @@ pub fn lock(dir: &Path) -> Result<File> {
 
 /// Reads the admin token, making a new random one (mode 0600) on first start.
 pub fn admin_token(dir: &Path) -> Result<String> {
-    let path = dir.join(TOKEN_FILE);
+    secret_file(dir, TOKEN_FILE)
+}
+
+/// Reads the join token agents present, making one on first start.
+pub fn join_token(dir: &Path) -> Result<String> {
+    secret_file(dir, JOIN_TOKEN_FILE)
+}
+
+/// This headnode's stable identity (job leases name it).
+pub fn headnode_id(dir: &Path) -> Result<String> {
+    let path = dir.join(ID_FILE);
+    match fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        _ => {
+            let id = uuid_like();
+            write_private(&path, format!("{id}\n").as_bytes())?;
+            Ok(id)
+        }
+    }
+}
+
+fn uuid_like() -> String {
+    let b: [u8; 16] = rand::random();
+    hex::encode(b)
+}
+
+/// A random secret kept in a 0600 file, made on first use.
+fn secret_file(dir: &Path, name: &str) -> Result<String> {
+    let path = dir.join(name);
     match fs::read_to_string(&path) {
         Ok(t) => {
             let mode = fs::metadata(&path)?.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
-                tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "admin token is readable by others; setting mode 0600");
+                tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "a token file is readable by others; setting mode 0600");
                 fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
             }
             let t = t.trim().to_string();
@@ -74,7 +106,7 @@ pub fn admin_token(dir: &Path) -> Result<String> {
             let bytes: [u8; 32] = rand::random();
             let token = hex::encode(bytes);
             write_private(&path, format!("{token}\n").as_bytes())?;
-            tracing::info!(path = %path.display(), "generated admin token");
+            tracing::info!(path = %path.display(), "generated a token");
             Ok(token)
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),

@@ -20,6 +20,8 @@ pub mod app;
 pub mod buckets;
 pub mod datadir;
 pub mod http;
+pub mod jobs;
+pub mod metrics;
 pub mod openapi;
 pub mod server;
 

@@ -10,7 +10,7 @@ use nereid_types::query::openapi_params;
 use nereid_types::spec::{Usage, object_schema};
 use serde_json::{Map, Value, json};
 
-use crate::http::{BodyDoc, RespDoc, routes};
+use crate::http::{Auth, BodyDoc, RespDoc, routes};
 
 fn error_schema() -> Value {
     json!({"type": "object", "required": ["code", "message"], "properties": {
@@ -25,6 +25,11 @@ pub fn admin_document() -> Value {
     for r in routes() {
         let d = r.doc;
         let mut op = json!({"operationId": d.id, "tags": [d.tag], "summary": d.summary});
+        match r.auth {
+            Auth::Admin => {}
+            Auth::Server => op["security"] = json!([{"serverSecret": []}, {"bearer": []}]),
+            Auth::Join => op["security"] = json!([{"joinToken": []}]),
+        }
         let mut params: Vec<Value> = path_params(r.path);
         params.extend(openapi_params(d.query));
         if !params.is_empty() {
@@ -62,12 +67,16 @@ pub fn admin_document() -> Value {
     }
     json!({
         "openapi": "3.0.3",
-        "info": {"title": "Nereid operator APIs (PAPI, IMGAPI, NAPI)", "version": env!("CARGO_PKG_VERSION"),
+        "info": {"title": "Nereid operator APIs (PAPI, IMGAPI, NAPI, CNAPI, VMAPI)", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Triton-compatible operator APIs. Every request needs Authorization: Bearer <token> (DATA_DIR/admin.token)."},
         "servers": [{"url": "http://127.0.0.1:8080"}],
         "security": [{"bearer": []}],
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "The operator token (DATA_DIR/admin.token)."},
+                "serverSecret": {"type": "http", "scheme": "bearer", "description": "The secret a compute node received when it joined."},
+                "joinToken": {"type": "http", "scheme": "bearer", "description": "The join token (DATA_DIR/join.token)."}
+            },
             "schemas": {"Error": error_schema()}
         },
         "paths": paths,

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::app::App;
+use crate::app::{App, AppConfig};
 use crate::datadir::{self, Endpoints};
 use crate::http::{self, AppState};
 
@@ -21,6 +21,15 @@ pub struct Config {
     pub store_url: Option<String>,
     /// The operator API listener (default 127.0.0.1:8080; port 0 picks a free one).
     pub admin_listen: SocketAddr,
+    /// Timeouts and knobs (the headnode id is filled in from the data directory).
+    pub app: AppConfig,
+}
+
+impl Config {
+    /// A config with default knobs.
+    pub fn new(data_dir: PathBuf, store_url: Option<String>, admin_listen: SocketAddr) -> Self {
+        Config { data_dir, store_url, admin_listen, app: AppConfig::default() }
+    }
 }
 
 /// A running headnode.
@@ -29,8 +38,11 @@ pub struct Running {
     /// `http://<admin_addr>`.
     pub admin_url: String,
     pub token: String,
+    /// What compute nodes present to join.
+    pub join_token: String,
     pub app: Arc<App>,
     server: JoinHandle<std::io::Result<()>>,
+    runner: JoinHandle<()>,
     stop: oneshot::Sender<()>,
     _lock: std::fs::File,
 }
@@ -46,9 +58,12 @@ pub async fn start(cfg: Config) -> Result<Running> {
     datadir::ensure_dir(&cfg.data_dir)?;
     let lock = datadir::lock(&cfg.data_dir)?;
     let token = datadir::admin_token(&cfg.data_dir)?;
+    let join_token = datadir::join_token(&cfg.data_dir)?;
+    let mut app_cfg = cfg.app.clone();
+    app_cfg.headnode_id = datadir::headnode_id(&cfg.data_dir)?;
     let url = store_url(&cfg);
     let store = nereid_store::open(&url).await.with_context(|| format!("opening the store at {}", redact(&url)))?;
-    let app = Arc::new(App::new(store, cfg.data_dir.clone()).await.context("preparing the store buckets")?);
+    let app = Arc::new(App::new(store, cfg.data_dir.clone(), app_cfg).await.context("preparing the store buckets")?);
     let listener = TcpListener::bind(cfg.admin_listen).await.with_context(|| format!("listening on {}", cfg.admin_listen))?;
     let admin_addr = listener.local_addr()?;
     if !admin_addr.ip().is_loopback() {
@@ -56,8 +71,9 @@ pub async fn start(cfg: Config) -> Result<Running> {
     }
     let admin_url = format!("http://{admin_addr}");
     datadir::write_endpoints(&cfg.data_dir, &Endpoints { admin: admin_url.clone(), pid: std::process::id() })?;
-    let state = AppState { app: app.clone(), token: Arc::from(token.as_str()) };
+    let state = AppState { app: app.clone(), token: Arc::from(token.as_str()), join_token: Arc::from(join_token.as_str()) };
     let router = http::router(state);
+    let runner = tokio::spawn(crate::jobs::Runner::new(app.clone()).run());
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         axum::serve(listener, router)
@@ -67,12 +83,13 @@ pub async fn start(cfg: Config) -> Result<Running> {
             .await
     });
     tracing::info!(%admin_url, store = app.store.backend(), "headnode started");
-    Ok(Running { admin_addr, admin_url, token, app, server, stop, _lock: lock })
+    Ok(Running { admin_addr, admin_url, token, join_token, app, server, runner, stop, _lock: lock })
 }
 
 impl Running {
     /// Stops accepting requests and waits for in-flight ones.
     pub async fn shutdown(self) -> Result<()> {
+        self.runner.abort();
         let _ = self.stop.send(());
         self.server.await??;
         Ok(())

@@ -7,16 +7,21 @@
 //! Nothing here does I/O: the headnode's `app` layer calls these functions and the
 //! store persists what they return.
 
+pub mod agent;
 pub mod error;
 pub mod image;
 pub mod ipv4;
+pub mod job;
 pub mod mac;
 pub mod network;
 pub mod nic;
 pub mod nic_tag;
 pub mod package;
 pub mod query;
+pub mod server;
 pub mod spec;
+pub mod sysinfo;
 pub mod time;
+pub mod vm;
 
 pub use error::{ApiError, FieldError};

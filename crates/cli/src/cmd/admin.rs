@@ -11,7 +11,7 @@ use nereid_client::{Client, enc};
 use nereid_types::spec::{Field, Kind};
 use serde_json::{Map, Value};
 
-use crate::cli::{AdminArgs, ImageVerb, NetworkVerb, Noun, Verb};
+use crate::cli::{AdminArgs, ImageVerb, JobVerb, NetworkVerb, Noun, ServerVerb, Verb, VmVerb};
 use crate::output::{self, Column, text};
 
 /// How a resource is changed.
@@ -19,8 +19,10 @@ use crate::output::{self, Column, text};
 pub enum UpdateStyle {
     /// `PUT <path>/<id>`.
     Put,
-    /// `POST <path>/<id>?action=update` (IMGAPI).
+    /// `POST <path>/<id>?action=update` (IMGAPI, VMAPI).
     PostAction,
+    /// `POST <path>/<id>` (CNAPI ServerUpdate).
+    Post,
 }
 
 pub struct Resource {
@@ -140,7 +142,49 @@ const IP_COLUMNS: &[Column] = &[
     Column { header: "OWNER", get: |v| text(v, "owner_uuid") },
 ];
 
-pub const RESOURCES: &[&Resource] = &[&PACKAGE, &IMAGE, &NETWORK, &NETWORK_POOL, &NIC_TAG, &NIC];
+pub const SERVER: Resource = Resource {
+    noun: "server",
+    path: "/servers",
+    fields: nereid_types::server::UPDATE_FIELDS,
+    update_fields: nereid_types::server::UPDATE_FIELDS,
+    update: UpdateStyle::Post,
+    columns: &[
+        Column { header: "UUID", get: |v| text(v, "uuid") },
+        Column { header: "HOSTNAME", get: |v| text(v, "hostname") },
+        Column { header: "STATUS", get: |v| text(v, "status") },
+        Column { header: "RAM(MiB)", get: |v| text(v, "ram") },
+        Column { header: "RESERVED", get: |v| text(v, "reserved") },
+        Column { header: "LAST_HEARTBEAT", get: |v| text(v, "last_heartbeat") },
+    ],
+};
+
+pub const VM: Resource = Resource {
+    noun: "vm",
+    path: "/vms",
+    fields: nereid_types::vm::CREATE_FIELDS,
+    update_fields: nereid_types::vm::UPDATE_FIELDS,
+    update: UpdateStyle::PostAction,
+    columns: &[
+        Column { header: "UUID", get: |v| text(v, "uuid") },
+        Column { header: "ALIAS", get: |v| text(v, "alias") },
+        Column { header: "STATE", get: |v| text(v, "state") },
+        Column { header: "RAM(MiB)", get: |v| text(v, "ram") },
+        Column { header: "IP", get: |v| v.pointer("/nics/0/ip").and_then(Value::as_str).unwrap_or("-").to_string() },
+        Column { header: "SERVER", get: |v| text(v, "server_uuid") },
+        Column { header: "OWNER", get: |v| text(v, "owner_uuid") },
+    ],
+};
+
+const JOB_COLUMNS: &[Column] = &[
+    Column { header: "UUID", get: |v| text(v, "uuid") },
+    Column { header: "TASK", get: |v| text(v, "task") },
+    Column { header: "EXECUTION", get: |v| text(v, "execution") },
+    Column { header: "VM", get: |v| text(v, "vm_uuid") },
+    Column { header: "CREATED", get: |v| text(v, "created_at") },
+    Column { header: "ERROR", get: |v| text(v, "error") },
+];
+
+pub const RESOURCES: &[&Resource] = &[&PACKAGE, &IMAGE, &NETWORK, &NETWORK_POOL, &NIC_TAG, &NIC, &SERVER, &VM];
 
 /// Turns `FIELD=VALUE` into a typed JSON value using the field's kind.
 pub fn coerce(fields: &[Field], key: &str, raw: &str) -> Result<Value, String> {
@@ -233,6 +277,10 @@ async fn verb(c: &Client, r: &Resource, v: Verb, json: bool) -> Result<()> {
                 UpdateStyle::Put if a.force => c.put(&format!("{}/{id}?force=true", r.path), &b).await?,
                 UpdateStyle::Put => c.put(&format!("{}/{id}", r.path), &b).await?,
                 UpdateStyle::PostAction => c.post(&format!("{}/{id}?action=update", r.path), &b).await?,
+                UpdateStyle::Post => {
+                    c.post(&format!("{}/{id}", r.path), &b).await?;
+                    c.get(&format!("{}/{id}", r.path)).await?
+                }
             };
             output::object(&out, json);
         }
@@ -260,6 +308,21 @@ pub async fn run(a: AdminArgs) -> Result<()> {
         Noun::Image { verb: ImageVerb::Disable(id) } => image_action(&c, &id.id, "disable", json).await,
         Noun::Image { verb: ImageVerb::Enable(id) } => image_action(&c, &id.id, "enable", json).await,
         Noun::Network { verb: NetworkVerb::Common(v) } => verb(&c, &NETWORK, v, json).await,
+        Noun::Server { verb: ServerVerb::List(a) } => verb(&c, &SERVER, Verb::List(a), json).await,
+        Noun::Server { verb: ServerVerb::Get(a) } => verb(&c, &SERVER, Verb::Get(a), json).await,
+        Noun::Server { verb: ServerVerb::Update(a) } => verb(&c, &SERVER, Verb::Update(a), json).await,
+        Noun::Server { verb: ServerVerb::Delete(a) } => verb(&c, &SERVER, Verb::Delete(a), json).await,
+        Noun::Vm { verb: v } => vm(&c, v, json).await,
+        Noun::Job { verb: JobVerb::List(a) } => {
+            let out = c.get(&format!("/jobs{}", query(&a.filters)?)).await?;
+            show_list(JOB_COLUMNS, &out, json);
+            Ok(())
+        }
+        Noun::Job { verb: JobVerb::Get(id) } => {
+            output::object(&c.get(&format!("/jobs/{}", enc(&id.id))).await?, json);
+            Ok(())
+        }
+        Noun::Job { verb: JobVerb::Wait(id) } => report_job(&c, &id.id, json).await,
         Noun::Network { verb: NetworkVerb::Ips(id) } => {
             let out = c.get(&format!("/networks/{}/ips", enc(&id.id))).await?;
             show_list(IP_COLUMNS, &out, json);
@@ -275,6 +338,83 @@ pub async fn run(a: AdminArgs) -> Result<()> {
             output::object(&out, json);
             Ok(())
         }
+    }
+}
+
+/// Waits for a job and says how it ended; a failed job is an error.
+async fn report_job(c: &Client, job: &str, json: bool) -> Result<()> {
+    let j = loop {
+        let j = c.get(&format!("/jobs/{}/wait?timeout=60", enc(job))).await?;
+        if matches!(j["execution"].as_str(), Some("succeeded" | "failed" | "canceled")) {
+            break j;
+        }
+    };
+    if json {
+        output::object(&j, true);
+    } else {
+        for r in j["chain_results"].as_array().into_iter().flatten() {
+            let (res, err) = (text(r, "result"), r["error"].as_str().unwrap_or(""));
+            println!("  {:<14} {}", text(r, "name"), if err.is_empty() { res } else { format!("FAILED: {err}") });
+        }
+        for r in j["onerror_results"].as_array().into_iter().flatten() {
+            println!(
+                "  {:<14} {}",
+                text(r, "name"),
+                if r["error"].as_str().unwrap_or("").is_empty() { text(r, "result") } else { format!("FAILED: {}", text(r, "error")) }
+            );
+        }
+        println!("job {} ({}) {}", text(&j, "uuid"), text(&j, "task"), text(&j, "execution"));
+    }
+    if j["execution"] != "succeeded" {
+        bail!("job {} {}: {}", text(&j, "uuid"), text(&j, "execution"), text(&j, "error"));
+    }
+    Ok(())
+}
+
+async fn vm(c: &Client, v: VmVerb, json: bool) -> Result<()> {
+    let accepted = |out: &Value| -> Result<String> {
+        let job =
+            out["job_uuid"].as_str().map(str::to_string).ok_or_else(|| anyhow::anyhow!("the headnode answered without a job: {out}"))?;
+        Ok(job)
+    };
+    let (out, wait) = match v {
+        VmVerb::List(a) => {
+            let out = c.get(&format!("/vms{}", query(&a.filters)?)).await?;
+            show_list(VM.columns, &out, json);
+            return Ok(());
+        }
+        VmVerb::Get(a) => {
+            let sync = if a.sync { "?sync=true" } else { "" };
+            output::object(&c.get(&format!("/vms/{}{sync}", enc(&a.id))).await?, json);
+            return Ok(());
+        }
+        VmVerb::Create(a) => (c.post("/vms", &Value::Object(body(VM.fields, a.file.as_deref(), &a.fields)?)).await?, a.wait),
+        VmVerb::Start(a) => (c.post(&format!("/vms/{}?action=start", enc(&a.id)), &Value::Object(Map::new())).await?, a.wait),
+        VmVerb::Stop(a) => (c.post(&format!("/vms/{}?action=stop", enc(&a.id)), &Value::Object(Map::new())).await?, a.wait),
+        VmVerb::Reboot(a) => (c.post(&format!("/vms/{}?action=reboot", enc(&a.id)), &Value::Object(Map::new())).await?, a.wait),
+        VmVerb::Update(a) => {
+            let mut b = body(VM.update_fields, None, &a.fields)?;
+            if a.force {
+                b.insert("force".into(), Value::Bool(true));
+            }
+            (c.post(&format!("/vms/{}?action=update", enc(&a.id)), &Value::Object(b)).await?, a.wait)
+        }
+        VmVerb::Delete(a) => (c.delete(&format!("/vms/{}", enc(&a.id))).await?, a.wait),
+    };
+    let job = accepted(&out)?;
+    if !json {
+        println!("VM {} job {job}", text(&out, "vm_uuid"));
+        for w in out.pointer("/placement/warnings").and_then(Value::as_array).into_iter().flatten() {
+            println!("warning: {}", w.as_str().unwrap_or_default());
+        }
+    }
+    if wait {
+        report_job(c, &job, json).await
+    } else {
+        if json {
+            output::object(&out, true);
+        }
+        Ok(())
     }
 }
 

@@ -7,7 +7,7 @@ use crate::cli::HeadnodeArgs;
 
 pub async fn run(a: HeadnodeArgs) -> Result<()> {
     let data_dir = a.data_dir.unwrap_or_else(nereid_client::default_data_dir);
-    let cfg = Config { data_dir: data_dir.clone(), store_url: a.store, admin_listen: a.admin_listen };
+    let cfg = Config::new(data_dir.clone(), a.store, a.admin_listen);
     let store = nereid_headnode::server::redact(&nereid_headnode::server::store_url(&cfg));
     let running = start(cfg).await?;
     let abs = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
@@ -22,7 +22,7 @@ pub async fn run(a: HeadnodeArgs) -> Result<()> {
     running.shutdown().await
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

@@ -1,8 +1,10 @@
 //! Subcommand implementations.
 
 pub mod admin;
+pub mod agent;
 pub mod headnode;
 pub mod image;
+pub mod up;
 
 use anyhow::Result;
 
@@ -10,7 +12,9 @@ use crate::cli::{Cli, Cmd};
 
 pub async fn run(args: Cli) -> Result<()> {
     match args.cmd {
+        Cmd::Up(a) => up::run(a).await,
         Cmd::Headnode(a) => headnode::run(a).await,
+        Cmd::Agent(a) => agent::run(a).await,
         Cmd::Admin(a) => admin::run(a).await,
         Cmd::Image(a) => image::run(a).await,
         Cmd::Openapi { which: crate::cli::ApiDoc::Admin } => {

@@ -8,12 +8,15 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use nereid_store::{Cond, ListQuery, Store, StoreError};
 use nereid_types::ApiError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub mod agents;
+pub mod allocation;
 pub mod image_files;
 pub mod images;
 pub mod network_pools;
@@ -21,9 +24,41 @@ pub mod networks;
 pub mod nic_tags;
 pub mod nics;
 pub mod packages;
+pub mod servers;
+pub mod vms;
 
 /// How many times a read-modify-write is retried after losing a race.
 pub const RETRIES: usize = 8;
+
+/// Timeouts and knobs of the headnode's logic.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// Identity of this headnode (job leases name it).
+    pub headnode_id: String,
+    /// Silence after which a server's status is `unknown` (Triton: 11 s).
+    pub server_timeout: Duration,
+    /// How long a job lease lasts without renewal.
+    pub job_lease: Duration,
+    /// Deadline of waits for a VM to start, stop or be deleted.
+    pub step_deadline: Duration,
+    /// Deadline of the wait for a new VM to run.
+    pub provision_deadline: Duration,
+    /// Placement tunables.
+    pub alloc: nereid_alloc::Config,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            headnode_id: "headnode".into(),
+            server_timeout: Duration::from_secs(11),
+            job_lease: Duration::from_secs(30),
+            step_deadline: Duration::from_secs(300),
+            provision_deadline: Duration::from_secs(1800),
+            alloc: nereid_alloc::Config { filter_headnode: false, ..Default::default() },
+        }
+    }
+}
 
 /// Everything the operator APIs work on.
 pub struct App {
@@ -32,16 +67,35 @@ pub struct App {
     /// Serialises IP allocation per network inside this process (the store's conditional
     /// writes keep several headnodes correct; the lock keeps one from fighting itself).
     pub network_locks: KeyedLocks,
+    pub cfg: AppConfig,
+    pub agents: agents::Agents,
+    /// Serialises placement in this process (conditional claims keep several headnodes correct).
+    pub alloc_lock: tokio::sync::Mutex<()>,
+    /// Wakes the job runner when a job is queued.
+    pub jobs_notify: tokio::sync::Notify,
+    pub hooks: crate::jobs::Hooks,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl App {
     /// Sets up buckets and the image file area under `data_dir`.
-    pub async fn new(store: Arc<dyn Store>, data_dir: PathBuf) -> anyhow::Result<Self> {
+    pub async fn new(store: Arc<dyn Store>, data_dir: PathBuf, cfg: AppConfig) -> anyhow::Result<Self> {
         for b in crate::buckets::ALL {
             store.ensure_bucket(b).await?;
         }
         let files = image_files::ImageFiles::open(data_dir.join("images"))?;
-        Ok(Self { store, files, network_locks: KeyedLocks::default() })
+        let hooks = crate::jobs::Hooks::from_env(&data_dir);
+        Ok(Self {
+            store,
+            files,
+            network_locks: KeyedLocks::default(),
+            cfg,
+            agents: agents::Agents::default(),
+            alloc_lock: tokio::sync::Mutex::new(()),
+            jobs_notify: tokio::sync::Notify::new(),
+            hooks,
+            metrics: crate::metrics::Metrics::default(),
+        })
     }
 
     /// Reads and decodes one object.

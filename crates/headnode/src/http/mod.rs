@@ -26,14 +26,19 @@ use uuid::Uuid;
 
 use crate::app::App;
 
+pub mod agent;
 pub mod images;
 pub mod ips;
+pub mod jobs;
+pub mod metrics;
 pub mod network_pools;
 pub mod networks;
 pub mod nic_tags;
 pub mod nics;
 pub mod packages;
 pub mod ping;
+pub mod servers;
+pub mod vms;
 
 /// Largest JSON body accepted (manifests with big tag sets stay well below it).
 pub const JSON_BODY_LIMIT: usize = 1 << 20;
@@ -42,7 +47,21 @@ pub const JSON_BODY_LIMIT: usize = 1 << 20;
 #[derive(Clone)]
 pub struct AppState {
     pub app: Arc<App>,
+    /// Operators' bearer token.
     pub token: Arc<str>,
+    /// What new compute nodes present to join.
+    pub join_token: Arc<str>,
+}
+
+/// Who may call an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// The operator token (admin.token).
+    Admin,
+    /// The secret of the server named by `{uuid}` in the path (or the operator token).
+    Server,
+    /// The join token (join.token).
+    Join,
 }
 
 /// A handler error, rendered as Triton's error body.
@@ -225,6 +244,7 @@ pub struct Route {
     /// Path in axum/OpenAPI syntax: `/packages/{uuid}`.
     pub path: &'static str,
     pub doc: Doc,
+    pub auth: Auth,
     pub handler: MethodRouter<AppState>,
 }
 
@@ -235,7 +255,13 @@ impl Route {
         T: 'static,
     {
         let filter = axum::routing::MethodFilter::try_from(method.clone()).unwrap_or(axum::routing::MethodFilter::GET);
-        Route { method, path, doc, handler: axum::routing::on(filter, handler) }
+        Route { method, path, doc, auth: Auth::Admin, handler: axum::routing::on(filter, handler) }
+    }
+
+    /// Changes who may call the endpoint.
+    pub fn auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
+        self
     }
 }
 
@@ -250,6 +276,11 @@ pub fn routes() -> Vec<Route> {
     all.extend(network_pools::routes());
     all.extend(nics::routes());
     all.extend(ips::routes());
+    all.extend(servers::routes());
+    all.extend(agent::routes());
+    all.extend(vms::routes());
+    all.extend(jobs::routes());
+    all.extend(metrics::routes());
     all
 }
 
@@ -259,14 +290,18 @@ pub fn router(state: AppState) -> Router {
     for route in routes() {
         // Every endpoint refuses query parameters its table does not list, whether or not
         // its handler reads any.
-        let (params, api) = (route.doc.query, Api::of(route.doc.tag));
-        let handler = route.handler.layer(axum::middleware::from_fn(move |req: Request, next: Next| check_query(params, api, req, next)));
+        let (params, api, auth) = (route.doc.query, Api::of(route.doc.tag), route.auth);
+        let handler = route
+            .handler
+            .layer(axum::middleware::from_fn(move |req: Request, next: Next| check_query(params, api, req, next)))
+            .layer(axum::middleware::from_fn_with_state(state.clone(), move |st: State<AppState>, req: Request, next: Next| {
+                authenticate(auth, st, req, next)
+            }));
         r = r.route(route.path, handler);
     }
     r.fallback(not_found)
         .method_not_allowed_fallback(bad_method)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
-        .layer(axum::middleware::from_fn(log_request))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), log_request))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
@@ -279,11 +314,25 @@ async fn check_query(params: &'static [Param], api: Api, req: Request, next: Nex
     }
 }
 
-async fn not_found(req: Request) -> HttpError {
+fn bearer(req: &Request) -> Option<&str> {
+    req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim)
+}
+
+async fn not_found(State(s): State<AppState>, req: Request) -> HttpError {
+    if !bearer(&req).is_some_and(|t| constant_time_eq(t.as_bytes(), s.token.as_bytes())) {
+        return HttpError(ApiError::unauthorized(
+            "this API needs an Authorization: Bearer <token> header; the token is in admin.token in the headnode's data directory",
+        ));
+    }
     HttpError(ApiError::not_found(format!("{} {} is not an endpoint of this API", req.method(), req.uri().path())))
 }
 
-async fn bad_method(req: Request) -> HttpError {
+async fn bad_method(State(s): State<AppState>, req: Request) -> HttpError {
+    if !bearer(&req).is_some_and(|t| constant_time_eq(t.as_bytes(), s.token.as_bytes())) {
+        return HttpError(ApiError::unauthorized(
+            "this API needs an Authorization: Bearer <token> header; the token is in admin.token in the headnode's data directory",
+        ));
+    }
     HttpError(ApiError::bad_method(format!("{} is not allowed on {}", req.method(), req.uri().path())))
 }
 
@@ -292,18 +341,32 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     HttpError(ApiError::internal("internal error (logged on the headnode)")).into_response()
 }
 
-/// Checks `Authorization: Bearer <token>` on every request.
-async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        None => HttpError(ApiError::unauthorized(
-            "this API needs an Authorization: Bearer <token> header; the token is in admin.token in the headnode's data directory",
-        ))
-        .into_response(),
-        Some(t) if !constant_time_eq(t.trim().as_bytes(), state.token.as_bytes()) => {
-            HttpError(ApiError::unauthorized("the bearer token is not valid")).into_response()
+/// Checks the bearer token an endpoint needs.
+async fn authenticate(auth: Auth, State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(given) = bearer(&req).map(str::to_string) else {
+        let hint = match auth {
+            Auth::Join => "a compute node joins with Authorization: Bearer <join token> (join.token in the headnode's data directory)",
+            _ => "this API needs an Authorization: Bearer <token> header; the token is in admin.token in the headnode's data directory",
+        };
+        return HttpError(ApiError::unauthorized(hint)).into_response();
+    };
+    let admin = constant_time_eq(given.as_bytes(), state.token.as_bytes());
+    let ok = match auth {
+        Auth::Admin => admin,
+        Auth::Join => constant_time_eq(given.as_bytes(), state.join_token.as_bytes()),
+        Auth::Server => {
+            let server = req.uri().path().strip_prefix("/servers/").and_then(|r| r.split('/').next()).and_then(|u| Uuid::parse_str(u).ok());
+            admin
+                || match server {
+                    Some(u) => state.app.server_secret_matches(u, &given).await,
+                    None => false,
+                }
         }
-        Some(_) => next.run(req).await,
+    };
+    if ok {
+        next.run(req).await
+    } else {
+        HttpError(ApiError::unauthorized("the bearer token is not valid for this endpoint")).into_response()
     }
 }
 
@@ -314,11 +377,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn log_request(req: Request, next: Next) -> Response {
+async fn log_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let route =
+        req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "(unmatched)".into());
     let start = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
+    state.app.metrics.observe_request(method.as_str(), &route, status, start.elapsed().as_secs_f64());
     let ms = start.elapsed().as_secs_f64() * 1000.0;
     if status >= 500 {
         tracing::warn!(%method, %path, status, ms, "request");

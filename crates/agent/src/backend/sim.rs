@@ -1,0 +1,173 @@
+//! A simulated hypervisor: VMs with realistic state transitions and delays, kept on disk so
+//! they "outlive" the agent like real ones, and faults on demand.
+//!
+//! Faults come from the VM's `internal_metadata["nereid:sim_fault"]`:
+//! `fail-create`, `hang-create` (never finishes), `fail-start`, `fail-stop`,
+//! `crash` (stops by itself shortly after booting), `fail-delete`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nereid_types::agent::{Definition, SIM_FAULT_KEY};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Backend, BackendError};
+
+/// How long simulated operations take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delays {
+    pub create: Duration,
+    pub start: Duration,
+    pub stop: Duration,
+    pub crash_after: Duration,
+}
+
+impl Default for Delays {
+    fn default() -> Self {
+        Delays {
+            create: Duration::from_millis(300),
+            start: Duration::from_millis(100),
+            stop: Duration::from_millis(100),
+            crash_after: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct SimVm {
+    running: bool,
+    fault: Option<String>,
+    /// When a crashing VM stops by itself (ms since the epoch).
+    crash_at_ms: Option<i64>,
+}
+
+pub struct Sim {
+    delays: Delays,
+    file: PathBuf,
+    vms: Mutex<HashMap<Uuid, SimVm>>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn fault(def: &Definition) -> Option<String> {
+    def.internal_metadata.get(SIM_FAULT_KEY).and_then(|v| v.as_str()).map(str::to_string)
+}
+
+impl Sim {
+    /// A simulated hypervisor whose VMs live in `file`.
+    pub fn open(file: PathBuf, delays: Delays) -> Self {
+        let vms = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        Sim { delays, file, vms: Mutex::new(vms) }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<Uuid, SimVm>) -> R) -> R {
+        let mut vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
+        let r = f(&mut vms);
+        if let Ok(bytes) = serde_json::to_vec(&*vms) {
+            let tmp = self.file.with_extension("tmp");
+            if std::fs::write(&tmp, bytes).is_ok() {
+                let _ = std::fs::rename(&tmp, &self.file);
+            }
+        }
+        r
+    }
+
+    fn has_fault(&self, uuid: Uuid, f: &str) -> bool {
+        self.with(|v| v.get(&uuid).and_then(|x| x.fault.as_deref()) == Some(f))
+    }
+}
+
+#[async_trait]
+impl Backend for Sim {
+    fn name(&self) -> &'static str {
+        "sim"
+    }
+
+    async fn create(&self, def: &Definition) -> Result<(), BackendError> {
+        let fault = fault(def);
+        tokio::time::sleep(self.delays.create).await;
+        match fault.as_deref() {
+            Some("fail-create") => return Err(BackendError("simulated failure creating the VM (nereid:sim_fault=fail-create)".into())),
+            Some("hang-create") => std::future::pending::<()>().await,
+            _ => {}
+        }
+        self.with(|v| v.insert(def.uuid, SimVm { running: false, fault, crash_at_ms: None }));
+        Ok(())
+    }
+
+    async fn start(&self, def: &Definition) -> Result<(), BackendError> {
+        tokio::time::sleep(self.delays.start).await;
+        let fault = fault(def);
+        if fault.as_deref() == Some("fail-start") {
+            return Err(BackendError("simulated failure starting the VM (nereid:sim_fault=fail-start)".into()));
+        }
+        let crash = (fault.as_deref() == Some("crash")).then(|| now_ms() + self.delays.crash_after.as_millis() as i64);
+        self.with(|v| match v.get_mut(&def.uuid) {
+            Some(vm) => {
+                vm.running = true;
+                vm.fault = fault;
+                vm.crash_at_ms = crash;
+                Ok(())
+            }
+            None => Err(BackendError(format!("VM {} does not exist", def.uuid))),
+        })
+    }
+
+    async fn stop(&self, uuid: Uuid) -> Result<(), BackendError> {
+        tokio::time::sleep(self.delays.stop).await;
+        if self.has_fault(uuid, "fail-stop") {
+            return Err(BackendError("simulated failure stopping the VM (nereid:sim_fault=fail-stop)".into()));
+        }
+        self.with(|v| {
+            if let Some(vm) = v.get_mut(&uuid) {
+                vm.running = false;
+                vm.crash_at_ms = None;
+            }
+        });
+        Ok(())
+    }
+
+    async fn reboot(&self, def: &Definition) -> Result<(), BackendError> {
+        self.stop(def.uuid).await?;
+        self.start(def).await
+    }
+
+    async fn update(&self, _old: &Definition, new: &Definition) -> Result<(), BackendError> {
+        self.with(|v| {
+            if let Some(vm) = v.get_mut(&new.uuid) {
+                vm.fault = fault(new);
+            }
+        });
+        Ok(())
+    }
+
+    async fn delete(&self, uuid: Uuid) -> Result<(), BackendError> {
+        if self.has_fault(uuid, "fail-delete") {
+            return Err(BackendError("simulated failure deleting the VM (nereid:sim_fault=fail-delete)".into()));
+        }
+        self.with(|v| v.remove(&uuid));
+        Ok(())
+    }
+
+    async fn is_running(&self, uuid: Uuid) -> bool {
+        self.with(|v| match v.get_mut(&uuid) {
+            Some(vm) if vm.crash_at_ms.is_some_and(|t| now_ms() >= t) => {
+                vm.running = false;
+                vm.crash_at_ms = None;
+                false
+            }
+            Some(vm) => vm.running,
+            None => false,
+        })
+    }
+
+    async fn exists(&self, uuid: Uuid) -> bool {
+        self.with(|v| v.contains_key(&uuid))
+    }
+}

@@ -1,0 +1,279 @@
+//! The compute-node agent: it owns reality on one host (or, with the `sim` backend, on
+//! many simulated hosts in one process).
+//!
+//! ```text
+//!   start: identity (pinned UUID) → sysinfo → join (join token → secret) → register
+//!   then:  heartbeat every few seconds (usage + VM inventory)
+//!          per-VM supervisors converge what the headnode asks (`PUT/DELETE …/vms/{vm}`)
+//!          every state change is pushed, with its generation, until acknowledged
+//! ```
+//!
+//! A new backend goes in `backend/` and is chosen in [`BackendKind`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nereid_types::agent::{Heartbeat, Register, Usage};
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+pub mod api;
+pub mod backend;
+pub mod headnode;
+pub mod identity;
+pub mod metrics;
+pub mod supervisor;
+pub mod sysinfo;
+
+use backend::Backend;
+use headnode::{CallError, Headnode};
+use supervisor::Node;
+
+/// Which hypervisor runs the VMs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendKind {
+    /// Simulated servers, `servers` of them, each with these sizes.
+    Sim { servers: usize, cpus: u32, ram_mib: u64, disk_gib: u64, delays: backend::sim::Delays },
+}
+
+/// What `nereid agent` is started with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub headnode_url: String,
+    pub join_token: String,
+    pub data_dir: PathBuf,
+    pub backend: BackendKind,
+    /// The agent API listener (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Base URL the headnode uses to reach this agent (default: `http://<listen address>`).
+    pub advertise_url: Option<String>,
+    pub heartbeat: Duration,
+    /// `(nic tag, interface)` pairs this host provides.
+    pub nic_tags: Vec<(String, String)>,
+}
+
+/// One server this process runs.
+pub struct NodeRuntime {
+    pub uuid: Uuid,
+    /// Where the server's UUID came from, for the operator.
+    pub identity: String,
+    pub node: Arc<Node>,
+    pub sysinfo: Map<String, Value>,
+    secret: RwLock<String>,
+    paused: AtomicBool,
+    ram_mib: u64,
+    disk_mib: u64,
+}
+
+impl NodeRuntime {
+    fn secret(&self) -> String {
+        self.secret.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Constant-time comparison with the server's secret.
+    pub fn secret_matches(&self, given: &str) -> bool {
+        let s = self.secret();
+        s.len() == given.len() && s.bytes().zip(given.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0 && !s.is_empty()
+    }
+}
+
+/// A running agent.
+pub struct Agent {
+    pub addr: SocketAddr,
+    pub nodes: Arc<Vec<Arc<NodeRuntime>>>,
+    stop: oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Agent {
+    pub fn servers(&self) -> Vec<Uuid> {
+        self.nodes.iter().map(|n| n.uuid).collect()
+    }
+
+    /// Stops (or resumes) heartbeats, as if the network to the headnode went quiet.
+    pub fn pause_heartbeats(&self, paused: bool) {
+        for n in self.nodes.iter() {
+            n.paused.store(paused, Ordering::SeqCst);
+        }
+    }
+
+    /// Stops the agent; VMs keep running, as real ones would.
+    pub async fn shutdown(self) {
+        for n in self.nodes.iter() {
+            n.node.shutdown();
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+    }
+}
+
+/// Starts the agent: identities, join, API, heartbeats.
+pub async fn start(cfg: Config) -> Result<Agent> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let agent_url = cfg.advertise_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let hn = Headnode::new(&cfg.headnode_url);
+    let mut nodes = Vec::new();
+    let mut tasks = Vec::new();
+    let BackendKind::Sim { servers, cpus, ram_mib, disk_gib, delays } = cfg.backend.clone();
+    for i in 0..servers.max(1) {
+        let dir = cfg.data_dir.join("sim").join(i.to_string());
+        std::fs::create_dir_all(&dir)?;
+        // Simulated servers have no hardware: their identity is a random UUID, pinned.
+        let (id, line) =
+            identity::load_or_pin(&dir, &identity::Probe { dmi_dir: &dir.join("no-dmi"), machine_id: &dir.join("no-machine-id") })?;
+        tracing::info!("{line}");
+        let host = sysinfo::hostname();
+        let facts = sysinfo::Facts {
+            uuid: id.uuid,
+            hostname: format!("{host}-sim{i}"),
+            serial: Some(format!("SIM-{}", &id.uuid.to_string()[..8])),
+            cpus,
+            ram_mib,
+            disk_gib,
+            nics: vec![sysinfo::NicFact {
+                name: "sim0".into(),
+                mac: format!("02:00:00:00:{:02x}:{:02x}", (i >> 8) & 0xff, i & 0xff),
+                ip: Some(addr.ip().to_string()),
+                up: true,
+                tags: if cfg.nic_tags.is_empty() {
+                    vec!["admin".into(), "external".into()]
+                } else {
+                    cfg.nic_tags.iter().map(|(t, _)| t.clone()).collect()
+                },
+            }],
+            boot_time: sysinfo::boot_time(),
+            agent_port: addr.port(),
+            backend: "sim".into(),
+        };
+        let backend: Arc<dyn Backend> = Arc::new(backend::sim::Sim::open(dir.join("sim-vms.json"), delays));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let node = Node::open(id.uuid, backend, dir.clone(), tx).await?;
+        let rt = Arc::new(NodeRuntime {
+            uuid: id.uuid,
+            identity: line,
+            node,
+            sysinfo: sysinfo::sysinfo(&facts),
+            secret: RwLock::new(String::new()),
+            paused: AtomicBool::new(false),
+            ram_mib,
+            disk_mib: disk_gib * 1024,
+        });
+        join(&hn, &cfg.join_token, &dir, &rt, &agent_url).await?;
+        let (hn2, rt2) = (hn.clone(), rt.clone());
+        tasks.push(tokio::spawn(async move { headnode::pusher(hn2, rt2.uuid, move || rt2.secret(), rx).await }));
+        let (hn3, rt3, every, token, dir3, url3) =
+            (hn.clone(), rt.clone(), cfg.heartbeat, cfg.join_token.clone(), dir.clone(), agent_url.clone());
+        tasks.push(tokio::spawn(async move { heartbeats(hn3, rt3, every, token, dir3, url3).await }));
+        nodes.push(rt);
+    }
+    let nodes = Arc::new(nodes);
+    let router = api::router(api::ApiState { nodes: nodes.clone(), hwmon: PathBuf::from("/sys/class/hwmon") });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tracing::info!(%agent_url, servers = nodes.len(), "agent started");
+    Ok(Agent { addr, nodes, stop, server, tasks })
+}
+
+/// Registers the server, joining first (or again) when it has no accepted secret.
+async fn join(hn: &Headnode, token: &str, dir: &std::path::Path, rt: &NodeRuntime, agent_url: &str) -> Result<()> {
+    let reg = Register { sysinfo: rt.sysinfo.clone(), agent_url: agent_url.to_string() };
+    let secret_file = dir.join("secret");
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let saved = std::fs::read_to_string(&secret_file).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        let result = match &saved {
+            Some(secret) => hn.register(rt.uuid, secret, &reg).await.map(|()| secret.clone()),
+            None => Err(CallError::Unauthorized("no secret yet".into())),
+        };
+        match result {
+            Ok(secret) => {
+                *rt.secret.write().unwrap_or_else(|p| p.into_inner()) = secret;
+                return Ok(());
+            }
+            Err(CallError::Unauthorized(_)) => match hn.join(token, &reg).await {
+                Ok(j) => {
+                    if j.server_uuid != rt.uuid {
+                        anyhow::bail!("the headnode answered the join for {} with server UUID {}", rt.uuid, j.server_uuid);
+                    }
+                    write_secret(&secret_file, &j.secret)?;
+                    tracing::info!(server = %rt.uuid, "joined the headnode");
+                }
+                Err(CallError::Unauthorized(m)) => {
+                    anyhow::bail!("the headnode refused the join token: {m} (it is in join.token in the headnode's data directory)")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "joining failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "registering failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+fn write_secret(path: &std::path::Path, secret: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+    f.write_all(secret.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+async fn heartbeats(hn: Headnode, rt: Arc<NodeRuntime>, every: Duration, token: String, dir: PathBuf, agent_url: String) {
+    loop {
+        if !rt.paused.load(Ordering::SeqCst) {
+            let vms = rt.node.list();
+            let ram_used = vms.iter().filter(|v| v.state != "destroyed").filter_map(|v| v.ram).sum();
+            let disk_used = vms.iter().filter_map(|v| v.disk_mib).sum();
+            let load1 =
+                std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(0.0);
+            let hb = Heartbeat {
+                usage: Usage {
+                    ram_total_mib: rt.ram_mib,
+                    ram_used_mib: ram_used,
+                    disk_total_mib: rt.disk_mib,
+                    disk_used_mib: disk_used,
+                    load1,
+                },
+                vms,
+            };
+            match hn.heartbeat(rt.uuid, &rt.secret(), &hb).await {
+                Ok(()) => {}
+                Err(CallError::Unauthorized(_)) => {
+                    tracing::warn!(server = %rt.uuid, "the headnode no longer knows this server's secret; joining again");
+                    let _ = std::fs::remove_file(dir.join("secret"));
+                    if let Err(e) = join(&hn, &token, &dir, &rt, &agent_url).await {
+                        tracing::error!(error = %e, "re-joining failed");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}

@@ -1,0 +1,501 @@
+//! Per-VM supervisors: one task per VM converges what the headnode asked for ("ensure")
+//! with what the backend has, one operation at a time.
+//!
+//! ```text
+//!                ensure / delete (HTTP)            backend ops, one at a time
+//!   headnode ───────────────────────► slot ──wake──► task: decide → act → record
+//!                                        │                         │
+//!                                        └──── status (+generation) ──► pusher ──► headnode
+//! ```
+//!
+//! `decide` is pure: from the wanted state and the applied one it picks the next action
+//! (create, update, start, stop, reboot, delete, or nothing). Every status change takes a
+//! new generation from the node's counter, which only grows (it is persisted), so the
+//! headnode can drop reports that arrive out of order. A slot's state is written to disk
+//! after each change; a restarted agent reloads it and re-adopts its VMs.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nereid_types::agent::{Definition, Desired, Ensure, VmStatus};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc};
+use uuid::Uuid;
+
+use crate::backend::Backend;
+
+/// What a slot remembers (persisted as `vms/<uuid>.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SlotState {
+    pub ensure: Option<Ensure>,
+    pub delete: bool,
+    pub created: bool,
+    pub applied: Option<Definition>,
+    pub applied_definition_generation: i64,
+    pub applied_reboot_generation: i64,
+    /// A definition generation whose operation failed: not retried until the next ensure.
+    pub failed_definition_generation: Option<i64>,
+    pub status: VmStatus,
+}
+
+/// The next thing a VM's task does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Idle,
+    Create(Box<Definition>),
+    Update(Box<Definition>, Box<Definition>),
+    Start(Box<Definition>),
+    Stop,
+    Reboot(Box<Definition>),
+    /// A reboot asked of a stopped VM: nothing to do but remember it.
+    SkipReboot(i64),
+    Delete,
+}
+
+/// Picks the next action (pure).
+pub fn decide(s: &SlotState) -> Action {
+    if s.delete {
+        return Action::Delete;
+    }
+    let Some(e) = &s.ensure else { return Action::Idle };
+    if s.failed_definition_generation == Some(e.definition_generation) {
+        return Action::Idle;
+    }
+    if !s.created {
+        return Action::Create(Box::new(e.definition.clone()));
+    }
+    if e.definition_generation > s.applied_definition_generation {
+        let old = s.applied.clone().unwrap_or_else(|| e.definition.clone());
+        return Action::Update(Box::new(old), Box::new(e.definition.clone()));
+    }
+    let running = s.status.state == "running";
+    match (e.state, running) {
+        (Desired::Running, false) => Action::Start(Box::new(e.definition.clone())),
+        (Desired::Stopped, true) => Action::Stop,
+        (_, true) if e.reboot_generation > s.applied_reboot_generation => Action::Reboot(Box::new(e.definition.clone())),
+        (_, false) if e.reboot_generation > s.applied_reboot_generation => Action::SkipReboot(e.reboot_generation),
+        _ => Action::Idle,
+    }
+}
+
+struct Slot {
+    state: Mutex<SlotState>,
+    wake: Notify,
+    /// Interrupts a long backend operation when the VM is to be deleted.
+    cancel: Notify,
+}
+
+/// One compute node's VMs.
+pub struct Node {
+    pub uuid: Uuid,
+    backend: Arc<dyn Backend>,
+    dir: PathBuf,
+    slots: Mutex<HashMap<Uuid, Arc<Slot>>>,
+    generation: AtomicI64,
+    events: mpsc::UnboundedSender<VmStatus>,
+    /// How often a running VM is checked for having died.
+    pub check_every: Duration,
+    stopping: AtomicBool,
+}
+
+fn now_iso() -> String {
+    nereid_types::time::now_iso()
+}
+
+impl Node {
+    /// Loads the node's VMs from `dir` and starts their tasks.
+    pub async fn open(
+        uuid: Uuid,
+        backend: Arc<dyn Backend>,
+        dir: PathBuf,
+        events: mpsc::UnboundedSender<VmStatus>,
+    ) -> anyhow::Result<Arc<Node>> {
+        std::fs::create_dir_all(dir.join("vms"))?;
+        let hw: i64 = std::fs::read_to_string(dir.join("generation")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        let node = Arc::new(Node {
+            uuid,
+            backend,
+            dir: dir.clone(),
+            slots: Mutex::new(HashMap::new()),
+            generation: AtomicI64::new(hw),
+            events,
+            check_every: Duration::from_secs(1),
+            stopping: AtomicBool::new(false),
+        });
+        let mut loaded = Vec::new();
+        for entry in std::fs::read_dir(dir.join("vms"))?.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            match std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<SlotState>(&b).ok()) {
+                Some(s) => loaded.push(s),
+                None => tracing::warn!(path = %path.display(), "ignoring a damaged VM state file"),
+            }
+        }
+        for mut s in loaded {
+            node.generation.fetch_max(s.status.generation, Ordering::SeqCst);
+            // Re-adopt: what runs now is what the backend says.
+            if s.created && s.status.state == "running" && !node.backend.is_running(s.status.uuid).await {
+                s.status.state = "stopped".into();
+                s.status.error = Some("the VM stopped while the agent was down".into());
+                s.status.generation = node.next_generation();
+            }
+            let uuid = s.status.uuid;
+            tracing::info!(vm = %uuid, state = %s.status.state, "re-adopted VM");
+            node.spawn_slot(uuid, s);
+        }
+        Ok(node)
+    }
+
+    fn next_generation(&self) -> i64 {
+        let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let _ = std::fs::write(self.dir.join("generation"), g.to_string());
+        g
+    }
+
+    fn spawn_slot(self: &Arc<Self>, uuid: Uuid, s: SlotState) -> Arc<Slot> {
+        let slot = Arc::new(Slot { state: Mutex::new(s), wake: Notify::new(), cancel: Notify::new() });
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).insert(uuid, slot.clone());
+        let (node, s2) = (self.clone(), slot.clone());
+        tokio::spawn(async move { node.run(uuid, s2).await });
+        slot
+    }
+
+    fn slot(&self, uuid: Uuid) -> Option<Arc<Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(&uuid).cloned()
+    }
+
+    /// Makes the VM converge to `e`; returns its status now.
+    pub fn ensure(self: &Arc<Self>, e: Ensure) -> VmStatus {
+        let uuid = e.definition.uuid;
+        if let Some(slot) = self.slot(uuid) {
+            let status = {
+                let mut s = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+                let newer = s.ensure.as_ref().is_none_or(|cur| e.definition_generation >= cur.definition_generation);
+                if newer && !s.delete {
+                    s.ensure = Some(e);
+                    // Each ensure is a fresh request: a failed operation may be tried again.
+                    s.failed_definition_generation = None;
+                }
+                s.status.clone()
+            };
+            slot.wake.notify_one();
+            return status;
+        }
+        let status = VmStatus {
+            uuid,
+            state: "provisioning".into(),
+            generation: self.next_generation(),
+            definition_generation: e.definition_generation,
+            reboot_generation: e.reboot_generation,
+            boot_timestamp: None,
+            error: None,
+            ram: Some(e.definition.ram),
+            vcpus: Some(e.definition.vcpus),
+            cpu_cap: e.definition.cpu_cap,
+            disk_mib: Some(e.definition.disk_mib()),
+            owner_uuid: Some(e.definition.owner_uuid),
+        };
+        let s = SlotState {
+            ensure: Some(e.clone()),
+            delete: false,
+            created: false,
+            applied: None,
+            applied_definition_generation: 0,
+            applied_reboot_generation: e.reboot_generation,
+            failed_definition_generation: None,
+            status: status.clone(),
+        };
+        self.persist(&s);
+        let _ = self.events.send(status.clone());
+        self.spawn_slot(uuid, s);
+        status
+    }
+
+    /// Makes the VM not exist; returns its status now (`destroyed` once it is gone).
+    pub fn delete(&self, uuid: Uuid) -> VmStatus {
+        match self.slot(uuid) {
+            Some(slot) => {
+                let status = {
+                    let mut s = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+                    s.delete = true;
+                    s.status.clone()
+                };
+                slot.cancel.notify_one();
+                slot.wake.notify_one();
+                status
+            }
+            None => VmStatus {
+                uuid,
+                state: "destroyed".into(),
+                generation: self.generation.load(Ordering::SeqCst),
+                definition_generation: 0,
+                reboot_generation: 0,
+                boot_timestamp: None,
+                error: None,
+                ram: None,
+                vcpus: None,
+                cpu_cap: None,
+                disk_mib: None,
+                owner_uuid: None,
+            },
+        }
+    }
+
+    pub fn get(&self, uuid: Uuid) -> Option<VmStatus> {
+        self.slot(uuid).map(|s| s.state.lock().unwrap_or_else(|p| p.into_inner()).status.clone())
+    }
+
+    pub fn list(&self) -> Vec<VmStatus> {
+        let slots: Vec<Arc<Slot>> = self.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut out: Vec<VmStatus> = slots.iter().map(|s| s.state.lock().unwrap_or_else(|p| p.into_inner()).status.clone()).collect();
+        out.sort_by_key(|s| s.uuid);
+        out
+    }
+
+    /// Stops the VM tasks (the VMs themselves keep running, as real ones would).
+    pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for s in self.slots.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            s.wake.notify_one();
+        }
+    }
+
+    fn persist(&self, s: &SlotState) {
+        let path = self.dir.join("vms").join(format!("{}.json", s.status.uuid));
+        let tmp = path.with_extension("tmp");
+        let ok = serde_json::to_vec(s).ok().is_some_and(|b| std::fs::write(&tmp, b).is_ok()) && std::fs::rename(&tmp, &path).is_ok();
+        if !ok {
+            tracing::error!(path = %path.display(), "could not persist VM state");
+        }
+    }
+
+    /// Records a new status (new generation), persists and reports it.
+    fn set_status(&self, slot: &Slot, f: impl FnOnce(&mut SlotState)) {
+        let snapshot = {
+            let mut s = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut s);
+            s.status.generation = self.next_generation();
+            s.clone()
+        };
+        self.persist(&snapshot);
+        let _ = self.events.send(snapshot.status);
+    }
+
+    async fn run(self: Arc<Self>, uuid: Uuid, slot: Arc<Slot>) {
+        loop {
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let action = decide(&slot.state.lock().unwrap_or_else(|p| p.into_inner()));
+            match action {
+                Action::Idle => {
+                    let running = slot.state.lock().unwrap_or_else(|p| p.into_inner()).status.state == "running";
+                    tokio::select! {
+                        _ = slot.wake.notified() => {}
+                        _ = tokio::time::sleep(self.check_every) => {
+                            if running && !self.backend.is_running(uuid).await {
+                                tracing::warn!(vm = %uuid, "VM stopped unexpectedly");
+                                self.set_status(&slot, |s| {
+                                    s.status.state = "stopped".into();
+                                    s.status.error = Some("the VM stopped unexpectedly".into());
+                                });
+                            }
+                        }
+                    }
+                }
+                Action::Delete => match self.backend.delete(uuid).await {
+                    Ok(()) => {
+                        self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(&uuid);
+                        let _ = std::fs::remove_file(self.dir.join("vms").join(format!("{uuid}.json")));
+                        let mut s = slot.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        s.status.state = "destroyed".into();
+                        s.status.error = None;
+                        s.status.generation = self.next_generation();
+                        let _ = self.events.send(s.status);
+                        tracing::info!(vm = %uuid, "VM deleted");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(vm = %uuid, error = %e, "deleting the VM failed; retrying");
+                        self.set_status(&slot, |s| s.status.error = Some(format!("delete failed: {e}")));
+                        tokio::select! { _ = slot.wake.notified() => {} _ = tokio::time::sleep(Duration::from_secs(2)) => {} }
+                    }
+                },
+                Action::Create(def) => {
+                    let generation =
+                        slot.state.lock().unwrap_or_else(|p| p.into_inner()).ensure.as_ref().map(|e| e.definition_generation).unwrap_or(0);
+                    let result = tokio::select! {
+                        r = self.backend.create(&def) => Some(r),
+                        _ = slot.cancel.notified() => None,
+                    };
+                    match result {
+                        None => continue,
+                        Some(Ok(())) => self.set_status(&slot, |s| {
+                            s.created = true;
+                            s.applied = Some((*def).clone());
+                            s.applied_definition_generation = generation;
+                            s.status.state = "stopped".into();
+                            s.status.definition_generation = generation;
+                            s.status.error = None;
+                        }),
+                        Some(Err(e)) => {
+                            tracing::warn!(vm = %uuid, error = %e, "creating the VM failed");
+                            self.set_status(&slot, |s| {
+                                s.failed_definition_generation = Some(generation);
+                                s.status.state = "failed".into();
+                                s.status.error = Some(e.0.clone());
+                            });
+                        }
+                    }
+                }
+                Action::Update(old, new) => {
+                    let generation =
+                        slot.state.lock().unwrap_or_else(|p| p.into_inner()).ensure.as_ref().map(|e| e.definition_generation).unwrap_or(0);
+                    match self.backend.update(&old, &new).await {
+                        Ok(()) => self.set_status(&slot, |s| {
+                            s.applied = Some((*new).clone());
+                            s.applied_definition_generation = generation;
+                            s.status.definition_generation = generation;
+                            s.status.ram = Some(new.ram);
+                            s.status.vcpus = Some(new.vcpus);
+                            s.status.cpu_cap = new.cpu_cap;
+                            s.status.disk_mib = Some(new.disk_mib());
+                            s.status.error = None;
+                        }),
+                        Err(e) => {
+                            self.set_status(&slot, |s| s.status.error = Some(format!("update failed: {e}")));
+                            tokio::select! { _ = slot.wake.notified() => {} _ = tokio::time::sleep(Duration::from_secs(2)) => {} }
+                        }
+                    }
+                }
+                Action::Start(def) => {
+                    let result = tokio::select! { r = self.backend.start(&def) => Some(r), _ = slot.cancel.notified() => None };
+                    match result {
+                        None => continue,
+                        Some(Ok(())) => self.set_status(&slot, |s| {
+                            s.status.state = "running".into();
+                            s.status.boot_timestamp = Some(now_iso());
+                            s.status.error = None;
+                        }),
+                        Some(Err(e)) => {
+                            tracing::warn!(vm = %uuid, error = %e, "starting the VM failed");
+                            self.set_status(&slot, |s| {
+                                let first_boot = s.status.boot_timestamp.is_none();
+                                s.status.state = if first_boot { "failed".into() } else { "stopped".into() };
+                                s.status.error = Some(e.0.clone());
+                                // Do not retry on its own; a new ensure asks again.
+                                if let Some(en) = &s.ensure {
+                                    s.failed_definition_generation = Some(en.definition_generation);
+                                }
+                            });
+                        }
+                    }
+                }
+                Action::Stop => {
+                    self.set_status(&slot, |s| s.status.state = "stopping".into());
+                    match self.backend.stop(uuid).await {
+                        Ok(()) => self.set_status(&slot, |s| {
+                            s.status.state = "stopped".into();
+                            s.status.error = None;
+                        }),
+                        Err(e) => {
+                            self.set_status(&slot, |s| {
+                                s.status.state = "running".into();
+                                s.status.error = Some(format!("stop failed: {e}"));
+                                if let Some(en) = &s.ensure {
+                                    s.failed_definition_generation = Some(en.definition_generation);
+                                }
+                            });
+                        }
+                    }
+                }
+                Action::Reboot(def) => {
+                    let target =
+                        slot.state.lock().unwrap_or_else(|p| p.into_inner()).ensure.as_ref().map(|e| e.reboot_generation).unwrap_or(0);
+                    match self.backend.reboot(&def).await {
+                        Ok(()) => self.set_status(&slot, |s| {
+                            s.applied_reboot_generation = target;
+                            s.status.reboot_generation = target;
+                            s.status.state = "running".into();
+                            s.status.boot_timestamp = Some(now_iso());
+                            s.status.error = None;
+                        }),
+                        Err(e) => self.set_status(&slot, |s| {
+                            s.applied_reboot_generation = target;
+                            s.status.reboot_generation = target;
+                            s.status.state = if self.stopping.load(Ordering::SeqCst) { s.status.state.clone() } else { "stopped".into() };
+                            s.status.error = Some(format!("reboot failed: {e}"));
+                        }),
+                    }
+                }
+                Action::SkipReboot(g) => self.set_status(&slot, |s| {
+                    s.applied_reboot_generation = g;
+                    s.status.reboot_generation = g;
+                }),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nereid_types::agent::Definition;
+
+    fn def() -> Definition {
+        serde_json::from_value(serde_json::json!({"uuid": Uuid::nil(), "brand": "bhyve", "owner_uuid": Uuid::nil(), "ram": 512, "vcpus": 1, "disks": [], "nics": []})).unwrap()
+    }
+
+    fn state(desired: Desired, created: bool, running: bool) -> SlotState {
+        SlotState {
+            ensure: Some(Ensure { state: desired, definition: def(), definition_generation: 1, reboot_generation: 0 }),
+            delete: false,
+            created,
+            applied: created.then(def),
+            applied_definition_generation: if created { 1 } else { 0 },
+            applied_reboot_generation: 0,
+            failed_definition_generation: None,
+            status: VmStatus {
+                uuid: Uuid::nil(),
+                state: if running { "running".into() } else { "stopped".into() },
+                generation: 1,
+                definition_generation: 1,
+                reboot_generation: 0,
+                boot_timestamp: None,
+                error: None,
+                ram: None,
+                vcpus: None,
+                cpu_cap: None,
+                disk_mib: None,
+                owner_uuid: None,
+            },
+        }
+    }
+
+    #[test]
+    fn decides_one_step_at_a_time() {
+        assert!(matches!(decide(&state(Desired::Running, false, false)), Action::Create(_)));
+        assert!(matches!(decide(&state(Desired::Running, true, false)), Action::Start(_)));
+        assert_eq!(decide(&state(Desired::Running, true, true)), Action::Idle);
+        assert_eq!(decide(&state(Desired::Stopped, true, true)), Action::Stop);
+        let mut s = state(Desired::Running, true, true);
+        s.ensure.as_mut().unwrap().reboot_generation = 1;
+        assert!(matches!(decide(&s), Action::Reboot(_)));
+        s.status.state = "stopped".into();
+        s.ensure.as_mut().unwrap().state = Desired::Stopped;
+        assert_eq!(decide(&s), Action::SkipReboot(1));
+        let mut s = state(Desired::Stopped, true, false);
+        s.ensure.as_mut().unwrap().definition_generation = 2;
+        assert!(matches!(decide(&s), Action::Update(_, _)));
+        s.delete = true;
+        assert_eq!(decide(&s), Action::Delete);
+        let mut s = state(Desired::Running, false, false);
+        s.failed_definition_generation = Some(1);
+        assert_eq!(decide(&s), Action::Idle, "a failed operation is not retried until asked again");
+    }
+}

@@ -1,0 +1,87 @@
+//! Calling compute nodes' agents: idempotent "ensure" requests, deletes, lookups.
+
+use std::time::Duration;
+
+use nereid_types::agent::{Ensure, VmStatus};
+use uuid::Uuid;
+
+use super::App;
+
+/// Why an agent call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AgentError {
+    #[error("server {server} ({url}) is unreachable: {message}")]
+    Unreachable { server: Uuid, url: String, message: String },
+    #[error("server {server} answered {status}: {message}")]
+    Status { server: Uuid, status: u16, message: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The HTTP client for agents.
+pub struct Agents {
+    http: reqwest::Client,
+}
+
+impl Default for Agents {
+    fn default() -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("nereid-headnode/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        Agents { http }
+    }
+}
+
+impl App {
+    async fn agent_request(
+        &self,
+        server: Uuid,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Ensure>,
+    ) -> Result<Option<VmStatus>, AgentError> {
+        let (s, _) = self.get_server_record(server).await.map_err(|e| AgentError::Other(e.message))?;
+        let secret = self.server_secret(server).await.map_err(|e| AgentError::Other(e.message))?;
+        let url = format!("{}/servers/{server}{path}", s.agent_url.trim_end_matches('/'));
+        let mut req = self.agents.http.request(method, &url).bearer_auth(secret);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| AgentError::Unreachable { server, url: s.agent_url.clone(), message: e.to_string() })?;
+        let status = resp.status().as_u16();
+        if status == 404 {
+            return Ok(None);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        if status >= 400 {
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+                .unwrap_or(text);
+            return Err(AgentError::Status { server, status, message });
+        }
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| AgentError::Other(format!("server {server} answered something that is not a VM status: {e}")))
+    }
+
+    /// Asks the server to make the VM match `e`; returns the VM's status now.
+    pub async fn agent_ensure(&self, server: Uuid, e: &Ensure) -> Result<VmStatus, AgentError> {
+        self.agent_request(server, reqwest::Method::PUT, &format!("/vms/{}", e.definition.uuid), Some(e))
+            .await?
+            .ok_or_else(|| AgentError::Other(format!("server {server} does not run this agent API")))
+    }
+
+    /// Asks the server to remove the VM; returns its status now (`destroyed` once gone).
+    pub async fn agent_delete(&self, server: Uuid, vm: Uuid) -> Result<Option<VmStatus>, AgentError> {
+        self.agent_request(server, reqwest::Method::DELETE, &format!("/vms/{vm}"), None).await
+    }
+
+    /// The server's view of a VM; `None` when it does not have it.
+    pub async fn agent_get(&self, server: Uuid, vm: Uuid) -> Result<Option<VmStatus>, AgentError> {
+        self.agent_request(server, reqwest::Method::GET, &format!("/vms/{vm}"), None).await
+    }
+}

@@ -1,0 +1,203 @@
+//! Placement: building the allocator's view from the store, and claiming capacity.
+//!
+//! The view is *reconciled*: VM records, what each server reports it runs (its last
+//! heartbeat), and open reservations. A record the server does not report is counted as
+//! the record says — unless the record is incomplete (a "ghost"), which then counts as
+//! nothing and is named in a warning. A VM the server runs without a record counts as the
+//! server reports it.
+//!
+//! Claiming: the decision is written in one transaction with a bump of the chosen
+//! server's claim object, conditional on the generation the decision read. Two placements
+//! decided from the same view of a server cannot both commit; the loser decides again.
+
+use std::collections::{HashMap, HashSet};
+
+use nereid_alloc::{Cap, Ratios, Server as AServer, Source, Status, VmUsage};
+use nereid_store::{Cond, Filter, ListQuery, Op, Path};
+use nereid_types::ApiError;
+use nereid_types::server::Server;
+use nereid_types::vm::{CapState, Vm};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::servers::HeartbeatRecord;
+use super::{App, encode, store_error};
+use crate::buckets::{RESERVATIONS, SERVER_CLAIMS, SERVERS, VMS};
+
+/// Capacity held for an in-flight provision or resize (keyed by its job).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub job_uuid: Uuid,
+    pub vm_uuid: Uuid,
+    pub server_uuid: Uuid,
+    pub owner_uuid: Uuid,
+    pub ram_mib: u64,
+    pub disk_mib: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_cap: Option<u32>,
+    /// `provision` or `resize` (a resize holds only the growth).
+    pub kind: String,
+}
+
+/// The allocator's view of every server, and each server's claim generation.
+pub struct View {
+    pub servers: Vec<AServer>,
+    pub claims: HashMap<Uuid, i64>,
+}
+
+/// Active VM records (an absent state counts, as in Moray).
+pub fn active_filter() -> Filter {
+    Filter::Not(Box::new(Filter::Or(vec![Filter::eq("state", "destroyed"), Filter::eq("state", "failed")])))
+}
+
+fn cap_of(vm: &Vm, reported: Option<&nereid_types::agent::VmStatus>) -> Cap {
+    match vm.cap() {
+        CapState::Capped(c) => Cap::Capped(c),
+        CapState::Uncapped => Cap::Uncapped,
+        CapState::Unknown => match reported {
+            Some(r) => r.cpu_cap.map(Cap::Capped).unwrap_or(Cap::Uncapped),
+            None => Cap::Unknown,
+        },
+    }
+}
+
+/// Builds one server's view (pure).
+pub fn server_view(s: &Server, hb: Option<&HeartbeatRecord>, status: Status, records: &[&Vm], reservations: &[&Reservation]) -> AServer {
+    let reported: HashMap<Uuid, &nereid_types::agent::VmStatus> =
+        hb.map(|h| h.vms.iter().filter(|v| v.state != "destroyed").map(|v| (v.uuid, v)).collect()).unwrap_or_default();
+    let reserved_vms: HashSet<Uuid> = reservations.iter().filter(|r| r.kind == "provision").map(|r| r.vm_uuid).collect();
+    let mut vms = Vec::new();
+    let mut seen = HashSet::new();
+    for vm in records {
+        seen.insert(vm.uuid);
+        if reserved_vms.contains(&vm.uuid) {
+            continue;
+        }
+        let rep = reported.get(&vm.uuid).copied();
+        let complete = vm.is_complete();
+        vms.push(VmUsage {
+            uuid: vm.uuid,
+            owner: vm.owner_uuid,
+            ram_mib: if complete { vm.ram_mib() } else { rep.and_then(|r| r.ram) },
+            disk_mib: if complete { vm.disk_mib() } else { rep.and_then(|r| r.disk_mib) },
+            cap: cap_of(vm, rep),
+            source: Source::Record,
+            on_server: rep.is_some(),
+        });
+    }
+    for r in reservations {
+        seen.insert(r.vm_uuid);
+        vms.push(VmUsage {
+            uuid: r.vm_uuid,
+            owner: Some(r.owner_uuid),
+            ram_mib: Some(r.ram_mib),
+            disk_mib: Some(r.disk_mib),
+            cap: r.cpu_cap.map(Cap::Capped).unwrap_or(Cap::Uncapped),
+            source: Source::Reservation,
+            on_server: reported.contains_key(&r.vm_uuid),
+        });
+    }
+    for (id, rep) in &reported {
+        if !seen.contains(id) {
+            vms.push(VmUsage {
+                uuid: *id,
+                owner: rep.owner_uuid,
+                ram_mib: rep.ram,
+                disk_mib: rep.disk_mib,
+                cap: rep.cpu_cap.map(Cap::Capped).unwrap_or(Cap::Uncapped),
+                source: Source::ServerOnly,
+                on_server: true,
+            });
+        }
+    }
+    vms.sort_by_key(|v| v.uuid);
+    let si = &s.sysinfo;
+    AServer {
+        uuid: s.uuid,
+        hostname: s.hostname.clone(),
+        setup: s.setup,
+        status,
+        reserved: s.reserved,
+        reservoir: s.reservoir,
+        headnode: s.headnode,
+        traits: s.traits.clone(),
+        nic_tags: nereid_types::sysinfo::nic_tags(si),
+        cpus: nereid_types::sysinfo::cpus(si).unwrap_or(1),
+        ram_mib: s.ram,
+        disk_mib: nereid_types::sysinfo::disk_mib(si).unwrap_or(0),
+        reservation_ratio: s.reservation_ratio,
+        ratios: Ratios { cpu: s.overprovision_ratios.cpu, ram: s.overprovision_ratios.ram, disk: s.overprovision_ratios.disk },
+        vms,
+    }
+}
+
+impl App {
+    /// Every server as placement sees it now.
+    pub async fn placement_view(&self) -> Result<View, ApiError> {
+        let servers: Vec<Server> = self.list(SERVERS.name, &ListQuery::all()).await?;
+        let hbs = self.heartbeats().await?;
+        let records: Vec<Vm> = self
+            .list(VMS.name, &ListQuery::filter(Filter::and(vec![active_filter(), Filter::Present(Path::field("server_uuid"))])))
+            .await?;
+        let reservations: Vec<Reservation> = self.list(RESERVATIONS.name, &ListQuery::all()).await?;
+        let claims = self.store.list(SERVER_CLAIMS.name, &ListQuery::all()).await.map_err(store_error)?;
+        let claims: HashMap<Uuid, i64> = claims.into_iter().filter_map(|o| Some((Uuid::parse_str(&o.key).ok()?, o.generation))).collect();
+        let mut out = Vec::new();
+        for s in &servers {
+            let hb = hbs.get(&s.uuid);
+            let (st, silent) = self.server_status(hb);
+            let status = if st == "running" { Status::Running } else { Status::Unknown { silent_secs: silent } };
+            let recs: Vec<&Vm> = records.iter().filter(|v| v.server_uuid == Some(s.uuid)).collect();
+            let res: Vec<&Reservation> = reservations.iter().filter(|r| r.server_uuid == s.uuid).collect();
+            out.push(server_view(s, hb, status, &recs, &res));
+        }
+        Ok(View { servers: out, claims })
+    }
+
+    /// VM records counted on a server.
+    pub async fn vms_on(&self, server: Uuid) -> Result<Vec<Vm>, ApiError> {
+        self.list(VMS.name, &ListQuery::filter(Filter::and(vec![active_filter(), Filter::eq("server_uuid", server.to_string())]))).await
+    }
+}
+
+/// The op that claims capacity on `server`, conditional on the generation the decision saw.
+pub fn claim_op(server: Uuid, seen: Option<i64>) -> Op {
+    let cond = match seen {
+        Some(g) => Cond::Generation(g),
+        None => Cond::Absent,
+    };
+    Op::put(SERVER_CLAIMS.name, server.to_string(), json!({"server_uuid": server}), cond)
+}
+
+/// The op that records a reservation.
+pub fn reservation_op(r: &Reservation) -> Op {
+    Op::put(RESERVATIONS.name, r.job_uuid.to_string(), encode(r), Cond::Absent)
+}
+
+/// Triton's 409 with every server's reason (Nereid's addition: `errors` and `servers`).
+pub fn no_fit_error(nf: &nereid_alloc::NoFit) -> ApiError {
+    let errors = nf
+        .rejected
+        .iter()
+        .map(|r| nereid_types::FieldError {
+            field: r.server.to_string(),
+            code: r.step.to_string(),
+            message: format!("{}: {}", r.hostname, r.reason),
+        })
+        .collect();
+    ApiError::conflict("NoAllocatableServersError", nf.message())
+        .with_errors(errors)
+        .with_extra("servers", json!(nf.rejected))
+        .with_extra("warnings", json!(nf.warnings.iter().map(|w| w.message.clone()).collect::<Vec<_>>()))
+}
+
+/// A placement's explanation, for the job record and the CreateVm answer.
+pub fn explain(p: &nereid_alloc::Placement) -> Value {
+    json!({
+        "server_uuid": p.server,
+        "steps": p.steps,
+        "rejected": p.rejected,
+        "warnings": p.warnings.iter().map(|w| w.message.clone()).collect::<Vec<_>>(),
+    })
+}

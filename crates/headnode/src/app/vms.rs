@@ -1,0 +1,1047 @@
+//! VMAPI: creating VMs (validation, sizes from the package and image, placement and the
+//! capacity claim in one transaction), listing and reading them (with `sync=true`),
+//! actions as jobs, operator repair (PutVm as a checked patch), and the state reports
+//! servers push.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use nereid_alloc::{Locality, Request, Spread};
+use nereid_store::{Cond, Filter, Kind, ListQuery, Op, Path, StoreError};
+use nereid_types::agent::{DiskDef, VmStatus};
+use nereid_types::image::Image;
+use nereid_types::job::Job;
+use nereid_types::network::{Network, NetworkPool};
+use nereid_types::package::{self, Package};
+use nereid_types::query::Query;
+use nereid_types::spec::{self, Mode};
+use nereid_types::vm::{self, Vm};
+use nereid_types::{ApiError, FieldError};
+use rand::SeedableRng;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::allocation::{Reservation, claim_op, explain, no_fit_error, reservation_op};
+use super::{App, RETRIES, encode, store_error};
+use crate::buckets::{IMAGES, NETWORK_NAMES, NETWORK_POOLS, NETWORKS, NICS, PACKAGES, RESERVATIONS, VMS};
+use crate::jobs::provision::NetRequest;
+use crate::jobs::{job_op, new_job};
+
+/// What CreateVm did.
+pub struct Created {
+    pub vm: Vm,
+    pub job: Job,
+    pub placement: Value,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::validation_409(vec![FieldError::invalid(field, message)])
+}
+
+fn uuid_of(input: &Map<String, Value>, k: &str) -> Option<Uuid> {
+    input.get(k).and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok())
+}
+
+/// Applies prepared field values to a record (update jobs, and their undo).
+pub fn apply_fields(vm: &mut Vm, fields: &Map<String, Value>) -> Result<(), String> {
+    for (k, v) in fields {
+        let bad = |e: serde_json::Error| format!("{k}: {e}");
+        match k.as_str() {
+            "ram" => {
+                vm.ram = serde_json::from_value(v.clone()).map_err(bad)?;
+                vm.max_physical_memory = vm.ram;
+            }
+            "vcpus" => vm.vcpus = serde_json::from_value(v.clone()).map_err(bad)?,
+            "quota" => vm.quota = serde_json::from_value(v.clone()).map_err(bad)?,
+            "cpu_cap" => vm.cpu_cap = serde_json::from_value::<Option<u32>>(v.clone()).map_err(bad)?.filter(|c| *c > 0),
+            "billing_id" => vm.billing_id = serde_json::from_value(v.clone()).map_err(bad)?,
+            "package_name" => vm.package_name = serde_json::from_value(v.clone()).map_err(bad)?,
+            "package_version" => vm.package_version = serde_json::from_value(v.clone()).map_err(bad)?,
+            "disks" => vm.disks = serde_json::from_value(v.clone()).map_err(bad)?,
+            "alias" => vm.alias = serde_json::from_value(v.clone()).map_err(bad)?,
+            "hostname" => vm.hostname = serde_json::from_value(v.clone()).map_err(bad)?,
+            "firewall_enabled" => vm.firewall_enabled = serde_json::from_value(v.clone()).map_err(bad)?,
+            "autoboot" => vm.autoboot = serde_json::from_value(v.clone()).map_err(bad)?,
+            "resolvers" => vm.resolvers = serde_json::from_value(v.clone()).map_err(bad)?,
+            "customer_metadata" => vm.customer_metadata = serde_json::from_value(v.clone()).map_err(bad)?,
+            "internal_metadata" => vm.internal_metadata = serde_json::from_value(v.clone()).map_err(bad)?,
+            "tags" => vm.tags = serde_json::from_value(v.clone()).map_err(bad)?,
+            other => return Err(format!("{other} cannot be changed by an update")),
+        }
+    }
+    Ok(())
+}
+
+/// The record's value of each key in `keys`, for undo.
+fn current_values(vm: &Vm, keys: &[&String]) -> Map<String, Value> {
+    let all = encode(vm);
+    keys.iter().map(|k| ((*k).clone(), all.get(k.as_str()).cloned().unwrap_or(Value::Null))).collect()
+}
+
+/// A map after `set_*` / `remove_*` (or a full replacement).
+fn merged_map(
+    current: Option<&Map<String, Value>>,
+    replace: Option<&Value>,
+    set: Option<&Value>,
+    remove: Option<&Value>,
+) -> Option<Map<String, Value>> {
+    if replace.is_none() && set.is_none() && remove.is_none() {
+        return None;
+    }
+    let mut m = match replace {
+        Some(Value::Object(r)) => r.clone(),
+        _ => current.cloned().unwrap_or_default(),
+    };
+    if let Some(Value::Object(s)) = set {
+        for (k, v) in s {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    if let Some(Value::Array(r)) = remove {
+        for k in r.iter().filter_map(Value::as_str) {
+            m.remove(k);
+        }
+    }
+    Some(m)
+}
+
+/// The filter of `GET /vms`.
+pub fn list_filter(q: &Query) -> Result<Filter, Vec<FieldError>> {
+    let mut parts = Vec::new();
+    let mut errors = Vec::new();
+    for f in ["owner_uuid", "server_uuid", "brand", "billing_id", "image_uuid"] {
+        if let Some(v) = q.str(f) {
+            parts.push(Filter::any_of(f, v.split(',').map(|s| json!(s.trim())).collect()));
+        }
+    }
+    if let Some(a) = q.str("alias") {
+        parts.push(Filter::prefix("alias", a));
+    }
+    if let Some(u) = q.str("uuids").or(q.str("uuid")) {
+        parts.push(Filter::any_of("uuid", u.split(',').map(|s| json!(s.trim())).collect()));
+    }
+    match q.str("state") {
+        None => {}
+        Some("active") => parts.push(super::allocation::active_filter()),
+        Some(s) => parts.push(Filter::eq("state", s)),
+    }
+    for (name, value) in &q.prefixed {
+        let Some(key) = name.strip_prefix("tag.") else { continue };
+        if key.contains(['"', '\'', '\\', '{', '}', ',']) {
+            errors.push(FieldError::invalid(name.clone(), "tag names may not contain quotes, braces, commas or backslashes"));
+            continue;
+        }
+        let path = Path::keys(&["tags", key]);
+        if value == "*" {
+            parts.push(Filter::Present(path));
+            continue;
+        }
+        let mut alts = vec![Filter::Eq(path.clone(), json!(value))];
+        if let Ok(n) = value.parse::<i64>() {
+            alts.push(Filter::Eq(path.clone(), json!(n)));
+        }
+        if let Ok(b) = value.parse::<bool>() {
+            alts.push(Filter::Eq(path.clone(), json!(b)));
+        }
+        parts.push(Filter::Or(alts));
+    }
+    if errors.is_empty() { Ok(Filter::and(parts)) } else { Err(errors) }
+}
+
+impl App {
+    /// Reads a record; with `owner`, 404 unless it is that owner's.
+    pub async fn get_vm(&self, uuid: Uuid, owner: Option<Uuid>) -> Result<(Vm, i64), ApiError> {
+        let not_found = || ApiError::not_found(format!("VM {uuid} does not exist"));
+        let (vm, g) = self.read::<Vm>(VMS.name, &uuid.to_string()).await?.ok_or_else(not_found)?;
+        if owner.is_some_and(|o| vm.owner_uuid != Some(o)) {
+            return Err(not_found());
+        }
+        Ok((vm, g))
+    }
+
+    pub async fn list_vms(&self, q: &Query) -> Result<(Vec<Vm>, i64), ApiError> {
+        let filter = list_filter(q).map_err(ApiError::validation_409)?;
+        let lq = ListQuery::filter(filter.clone()).sort(Path::field("create_timestamp"), Kind::Text, false).page(q.limit(1000), q.offset());
+        let vms = self.list(VMS.name, &lq).await?;
+        let total = self.store.count(VMS.name, &filter).await.map_err(store_error)?;
+        Ok((vms, total))
+    }
+
+    /// Changes a record, retrying on concurrent change.
+    pub async fn modify_vm(&self, uuid: Uuid, mut f: impl FnMut(&mut Vm) -> Result<(), String>) -> Result<Vm, ApiError> {
+        for _ in 0..RETRIES * 2 {
+            let (mut vm, g) = self.get_vm(uuid, None).await?;
+            f(&mut vm).map_err(|m| invalid("vm", m))?;
+            match self.store.put(VMS.name, &uuid.to_string(), encode(&vm), Cond::Generation(g)).await {
+                Ok(_) => return Ok(vm),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        Err(ApiError::conflict("ConcurrentModification", format!("VM {uuid} kept changing; retry")))
+    }
+
+    /// Releases a job's reservation, or every reservation of the VM.
+    pub async fn release_reservations(&self, vm: Uuid, job: Option<Uuid>) -> Result<(), ApiError> {
+        match job {
+            Some(j) => self.store.delete(RESERVATIONS.name, &j.to_string(), Cond::Any).await.map_err(store_error),
+            None => {
+                let rs = self
+                    .store
+                    .list(RESERVATIONS.name, &ListQuery::filter(Filter::eq("vm_uuid", vm.to_string())))
+                    .await
+                    .map_err(store_error)?;
+                for r in rs {
+                    self.store.delete(RESERVATIONS.name, &r.key, Cond::Any).await.map_err(store_error)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Deletes every NIC of the VM (freeing their addresses); returns how many.
+    pub async fn free_vm_nics(&self, vm: Uuid) -> Result<usize, ApiError> {
+        let nics: Vec<nereid_types::nic::Nic> =
+            self.list(NICS.name, &ListQuery::filter(Filter::eq("belongs_to_uuid", vm.to_string()))).await?;
+        for n in &nics {
+            match self.delete_nic(&n.mac).await {
+                Ok(()) => {}
+                Err(e) if e.status == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(nics.len())
+    }
+
+    pub async fn set_vm_nics_state(&self, vm: Uuid, state: &str) -> Result<(), ApiError> {
+        let nics: Vec<nereid_types::nic::Nic> =
+            self.list(NICS.name, &ListQuery::filter(Filter::eq("belongs_to_uuid", vm.to_string()))).await?;
+        for n in nics.iter().filter(|n| n.state != state) {
+            let body = json!({"state": state});
+            let Value::Object(m) = body else { continue };
+            self.update_nic(&n.mac, &m).await?;
+        }
+        Ok(())
+    }
+
+    /// Asks the server to delete the VM and waits until it is gone.
+    pub async fn agent_delete_and_wait(&self, server: Uuid, vm: Uuid, deadline: Duration) -> Result<(), super::agents::AgentError> {
+        let end = Instant::now() + deadline;
+        if self.agent_delete(server, vm).await?.is_none_or(|s| s.state == "destroyed") {
+            return Ok(());
+        }
+        loop {
+            match self.agent_get(server, vm).await? {
+                None => return Ok(()),
+                Some(s) if s.state == "destroyed" => return Ok(()),
+                Some(s) if Instant::now() > end => {
+                    return Err(super::agents::AgentError::Other(format!(
+                        "the server did not delete VM {vm} in time (it is {}{})",
+                        s.state,
+                        s.error.map(|e| format!(": {e}")).unwrap_or_default()
+                    )));
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// A state a server reports; ignored when older than what the record has.
+    pub async fn apply_vm_status(&self, server: Uuid, st: &VmStatus) -> Result<(), ApiError> {
+        let Some((current, _)) = self.read::<Vm>(VMS.name, &st.uuid.to_string()).await? else { return Ok(()) };
+        if current.server_uuid != Some(server) {
+            tracing::debug!(vm = %st.uuid, %server, "ignoring a report from a server the VM is not on");
+            return Ok(());
+        }
+        if st.generation <= current.agent_generation {
+            return Ok(());
+        }
+        let now = nereid_types::time::now_iso();
+        let mut gone = false;
+        self.modify_vm(st.uuid, |vm| {
+            if st.generation <= vm.agent_generation {
+                return Ok(());
+            }
+            vm.agent_generation = st.generation;
+            vm.zone_state = Some(st.state.clone());
+            vm.last_modified = Some(now.clone());
+            if st.boot_timestamp.is_some() {
+                vm.boot_timestamp = st.boot_timestamp.clone();
+            }
+            match (vm.state.as_deref(), st.state.as_str()) {
+                (Some("destroyed"), _) => {}
+                // Provisioning outcomes are the provision job's to record.
+                (Some("provisioning"), _) => {}
+                (_, "destroyed") => {
+                    vm.mark_destroyed(&now);
+                    gone = true;
+                }
+                (_, "provisioning") => {}
+                (_, s) => {
+                    vm.state = Some(s.to_string());
+                    vm.error = st.error.clone();
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        if gone {
+            self.free_vm_nics(st.uuid).await?;
+            self.release_reservations(st.uuid, None).await?;
+        }
+        Ok(())
+    }
+
+    /// `GET /vms/{uuid}?sync=true`: the server says what is true; a VM it does not have is
+    /// marked destroyed (failed, if it never finished provisioning) and its NICs freed.
+    pub async fn sync_vm(&self, uuid: Uuid) -> Result<Vm, ApiError> {
+        let (vm, _) = self.get_vm(uuid, None).await?;
+        let Some(server) = vm.server_uuid else { return Ok(vm) };
+        if vm.state.as_deref() == Some("destroyed") {
+            return Ok(vm);
+        }
+        match self.agent_get(server, uuid).await {
+            Ok(Some(st)) => {
+                self.apply_vm_status(server, &st).await?;
+            }
+            Ok(None) => {
+                let now = nereid_types::time::now_iso();
+                self.modify_vm(uuid, |v| {
+                    v.mark_destroyed(&now);
+                    Ok(())
+                })
+                .await?;
+                self.free_vm_nics(uuid).await?;
+                self.release_reservations(uuid, None).await?;
+                tracing::info!(vm = %uuid, %server, "server does not have the VM: marked destroyed");
+            }
+            Err(e) => return Err(ApiError::unavailable(format!("cannot sync VM {uuid}: {e}"))),
+        }
+        Ok(self.get_vm(uuid, None).await?.0)
+    }
+
+    async fn resolve_networks(&self, owner: Uuid, raw: &Value) -> Result<(Vec<NetRequest>, Vec<Vec<String>>), ApiError> {
+        let items = raw.as_array().cloned().unwrap_or_default();
+        let mut out = Vec::new();
+        let mut tags = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("networks[{i}]");
+            let (id, ip, primary, flags) = match item {
+                Value::String(s) => (Uuid::parse_str(s).ok(), None, false, Map::new()),
+                Value::Object(o) => {
+                    let id = match o.get("name").and_then(Value::as_str) {
+                        Some(name) => match self.store.get(NETWORK_NAMES.name, name).await.map_err(store_error)? {
+                            Some(obj) => obj.value.get("uuid").and_then(Value::as_str).and_then(|u| Uuid::parse_str(u).ok()),
+                            None => return Err(invalid(&field, format!("no network or pool is named {name:?}"))),
+                        },
+                        None => uuid_of(o, "uuid").or(uuid_of(o, "ipv4_uuid")),
+                    };
+                    let ip = o
+                        .get("ip")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                        .or_else(|| o.get("ipv4_ips").and_then(|a| a.get(0)).and_then(Value::as_str).map(str::to_string));
+                    let flags: Map<String, Value> =
+                        o.iter().filter(|(k, _)| k.starts_with("allow_")).map(|(k, v)| (k.clone(), v.clone())).collect();
+                    (id, ip, o.get("primary").and_then(Value::as_bool).unwrap_or(false), flags)
+                }
+                _ => (None, None, false, Map::new()),
+            };
+            let id = id.ok_or_else(|| invalid(&field, "names no network"))?;
+            if let Some((net, _)) = self.read::<Network>(NETWORKS.name, &id.to_string()).await? {
+                if !net.provisionable_by(&owner) {
+                    return Err(invalid(&field, format!("owner {owner} may not use network {} ({id})", net.name)));
+                }
+                if let Some(ip) = &ip {
+                    nereid_types::network::parse_ip_in(&net, &field, ip).map_err(|e| ApiError::validation_409(vec![e]))?;
+                }
+                tags.push(vec![net.nic_tag.clone()]);
+            } else if let Some((pool, _)) = self.read::<NetworkPool>(NETWORK_POOLS.name, &id.to_string()).await? {
+                if pool.owner_uuids.as_ref().is_some_and(|o| !o.contains(&owner)) {
+                    return Err(invalid(&field, format!("owner {owner} may not use network pool {} ({id})", pool.name)));
+                }
+                if ip.is_some() {
+                    return Err(invalid(&field, "an ip needs a network, not a pool"));
+                }
+                tags.push(pool.nic_tags_present.clone());
+            } else {
+                return Err(invalid(&field, format!("network or pool {id} does not exist")));
+            }
+            out.push(NetRequest { target: id, ip, primary, flags });
+        }
+        if !out.iter().any(|n| n.primary)
+            && let Some(first) = out.first_mut()
+        {
+            first.primary = true;
+        }
+        Ok((out, tags))
+    }
+
+    /// CreateVm: validates, sizes, places, and writes the record, the reservation and the
+    /// provision job in one transaction (nothing is written when placement fails).
+    pub async fn create_vm(&self, input: &Map<String, Value>) -> Result<Created, ApiError> {
+        let errors = spec::check(vm::CREATE_FIELDS, input, Mode::Create, &[]);
+        if !errors.is_empty() {
+            return Err(ApiError::validation_409(errors));
+        }
+        let brand = input.get("brand").and_then(Value::as_str).unwrap_or_default().to_string();
+        if !vm::SUPPORTED_BRANDS.contains(&brand.as_str()) {
+            return Err(ApiError::conflict(
+                "BrandNotSupported",
+                format!("brand {brand} is not supported: Nereid runs hardware VMs (bhyve, kvm)"),
+            ));
+        }
+        let owner = uuid_of(input, "owner_uuid").unwrap_or_default();
+        // The package.
+        let pkg: Option<Package> = match uuid_of(input, "billing_id") {
+            Some(id) => {
+                let (p, _) = self
+                    .read::<Package>(PACKAGES.name, &id.to_string())
+                    .await?
+                    .ok_or_else(|| invalid("billing_id", format!("package {id} does not exist")))?;
+                if !p.active {
+                    return Err(invalid("billing_id", format!("package {} is not active", p.label())));
+                }
+                if p.brand.as_ref().is_some_and(|b| *b != brand) {
+                    return Err(invalid("brand", format!("package {} is for brand {}", p.label(), p.brand.clone().unwrap_or_default())));
+                }
+                if p.owner_uuids.as_ref().is_some_and(|o| !o.contains(&owner)) {
+                    return Err(invalid("billing_id", format!("owner {owner} may not use package {}", p.label())));
+                }
+                Some(p)
+            }
+            None => None,
+        };
+        // The image.
+        let disks_in: Vec<Map<String, Value>> = input
+            .get("disks")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|d| d.as_object().cloned()).collect())
+            .unwrap_or_default();
+        let image_id = uuid_of(input, "image_uuid").or_else(|| disks_in.first().and_then(|d| uuid_of(d, "image_uuid")));
+        if let (Some(a), Some(b)) = (uuid_of(input, "image_uuid"), disks_in.first().and_then(|d| uuid_of(d, "image_uuid")))
+            && a != b
+        {
+            return Err(invalid("image_uuid", "differs from disks[0].image_uuid"));
+        }
+        let image: Option<Image> = match image_id {
+            Some(id) => {
+                let (img, _) = self
+                    .read::<Image>(IMAGES.name, &id.to_string())
+                    .await?
+                    .ok_or_else(|| invalid("image_uuid", format!("image {id} does not exist")))?;
+                if img.state != "active" {
+                    return Err(invalid("image_uuid", format!("image {} is {}, not active", img.label(), img.state)));
+                }
+                if img.kind != "zvol" {
+                    return Err(invalid(
+                        "image_uuid",
+                        format!("image {} is a {} image; bhyve and kvm VMs boot zvol images", img.label(), img.kind),
+                    ));
+                }
+                if !super::images::visible_to(&img, owner) {
+                    return Err(invalid("image_uuid", format!("owner {owner} may not use image {id}")));
+                }
+                Some(img)
+            }
+            None => None,
+        };
+        let req = image.as_ref().and_then(|i| i.rest.get("requirements")).cloned().unwrap_or(Value::Null);
+        if let Some(b) = req.get("brand").and_then(Value::as_str)
+            && b != brand
+        {
+            return Err(invalid("brand", format!("image requires brand {b}")));
+        }
+        if let (Some(p), Some(img)) = (&pkg, &image)
+            && p.os.as_ref().is_some_and(|o| *o != img.os)
+        {
+            return Err(invalid(
+                "billing_id",
+                format!("package {} is for os {}, image {} is {}", p.label(), p.os.clone().unwrap_or_default(), img.label(), img.os),
+            ));
+        }
+        // Sizes: the request wins, then the package.
+        let ram = input.get("ram").and_then(Value::as_u64).or(pkg.as_ref().map(|p| p.max_physical_memory));
+        let Some(ram) = ram else {
+            return Err(ApiError::validation_409(vec![
+                FieldError::missing("ram"),
+                FieldError::invalid("billing_id", "either billing_id or ram is required"),
+            ]));
+        };
+        for (k, cmp) in [("min_ram", true), ("max_ram", false)] {
+            if let Some(limit) = req.get(k).and_then(Value::as_u64)
+                && ((cmp && ram < limit) || (!cmp && ram > limit))
+            {
+                return Err(invalid("ram", format!("{ram} MiB is outside the image's requirements ({k} {limit} MiB)")));
+            }
+        }
+        let vcpus = input.get("vcpus").and_then(Value::as_u64).map(|v| v as u32).or(pkg.as_ref().and_then(|p| p.vcpus)).unwrap_or(1);
+        let cpu_cap =
+            input.get("cpu_cap").and_then(Value::as_u64).map(|c| c as u32).or(pkg.as_ref().and_then(|p| p.cpu_cap)).filter(|c| *c > 0);
+        let bootrom = match (input.get("bootrom").and_then(Value::as_str), req.get("bootrom").and_then(Value::as_str)) {
+            (Some(a), Some(b)) if a != b => return Err(invalid("bootrom", format!("the image requires bootrom {b}"))),
+            (a, b) => a.or(b).map(str::to_string),
+        };
+        let disk_model = input
+            .get("disk_driver")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| image.as_ref().and_then(|i| i.rest.get("disk_driver")).and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| "virtio".into());
+        let nic_model = input
+            .get("nic_driver")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| image.as_ref().and_then(|i| i.rest.get("nic_driver")).and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| "virtio".into());
+        // Disks: the boot disk must hold the image (Triton never checks; pitfall #1).
+        let image_size = image.as_ref().and_then(Image::image_size);
+        let image_label = image.as_ref().map(Image::label).unwrap_or_default();
+        let boot_size = match (disks_in.first().and_then(|d| d.get("size")).and_then(Value::as_u64), &pkg, image_size) {
+            (Some(s), _, Some(is)) if s < is => {
+                return Err(ApiError::validation_409(vec![FieldError {
+                    field: "disks".into(),
+                    code: "InsufficientCapacity".into(),
+                    message: format!("disks[0].size {s} MiB is smaller than image {image_label}'s image_size {is} MiB"),
+                }]));
+            }
+            (Some(s), _, _) => s,
+            (None, Some(p), _) => {
+                package::boot_disk_mib(p, &image_label, image_size.unwrap_or(0)).map_err(|e| ApiError::validation_409(vec![e]))?
+            }
+            (None, None, Some(is)) => input.get("quota").and_then(Value::as_u64).map(|q| (q * 1024).max(is)).unwrap_or(is),
+            (None, None, None) => return Err(invalid("disks", "disks[0].size is required without an image or a package")),
+        };
+        let mut disks = vec![DiskDef {
+            image_uuid: image_id,
+            image_size,
+            size: boot_size,
+            boot: true,
+            model: disk_model.clone(),
+            media: "disk".into(),
+            path: None,
+        }];
+        for d in disks_in.iter().skip(1) {
+            disks.push(DiskDef {
+                image_uuid: None,
+                image_size: None,
+                size: d.get("size").and_then(Value::as_u64).unwrap_or(0),
+                boot: d.get("boot").and_then(Value::as_bool).unwrap_or(false),
+                model: d.get("model").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| disk_model.clone()),
+                media: d.get("media").and_then(Value::as_str).unwrap_or("disk").to_string(),
+                path: d.get("path").and_then(Value::as_str).map(str::to_string),
+            });
+        }
+        if disks_in.len() <= 1
+            && let Some(p) = &pkg
+            && let Some(pd) = &p.disks
+        {
+            let others: u64 =
+                pd.iter().skip(1).filter_map(|d| if let Some(package::DiskSize::Mib(n)) = d.size { Some(n) } else { None }).sum();
+            for d in pd.iter().skip(1) {
+                let size = match d.size {
+                    Some(package::DiskSize::Mib(n)) => n,
+                    _ => p.quota.saturating_sub(boot_size + others),
+                };
+                disks.push(DiskDef {
+                    image_uuid: None,
+                    image_size: None,
+                    size,
+                    boot: false,
+                    model: disk_model.clone(),
+                    media: "disk".into(),
+                    path: None,
+                });
+            }
+        }
+        let disk_mib: u64 = disks.iter().filter(|d| d.media != "cdrom").map(|d| d.size).sum();
+        // Networks.
+        let (nets, nic_tags) = self.resolve_networks(owner, input.get("networks").unwrap_or(&Value::Null)).await?;
+        // Placement.
+        let uuid = uuid_of(input, "uuid").unwrap_or_else(Uuid::new_v4);
+        let mut traits = pkg.as_ref().and_then(|p| p.traits.clone()).unwrap_or_default();
+        if let Some(Value::Object(it)) = image.as_ref().and_then(|i| i.rest.get("traits")) {
+            for (k, v) in it {
+                traits.insert(k.clone(), v.clone());
+            }
+        }
+        let loc = input.get("locality").and_then(Value::as_object);
+        let ids = |k: &str| -> Vec<Uuid> {
+            match loc.and_then(|l| l.get(k)) {
+                Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().and_then(|s| Uuid::parse_str(s).ok())).collect(),
+                Some(Value::String(s)) => Uuid::parse_str(s).ok().into_iter().collect(),
+                _ => Vec::new(),
+            }
+        };
+        let request = Request {
+            vm_uuid: uuid,
+            owner,
+            ram_mib: ram,
+            disk_mib,
+            vcpus,
+            cpu_cap,
+            traits,
+            nic_tags,
+            locality: Locality {
+                strict: loc.and_then(|l| l.get("strict")).and_then(Value::as_bool).unwrap_or(false),
+                near: ids("near"),
+                far: ids("far"),
+            },
+            server: uuid_of(input, "server_uuid"),
+            spread: match pkg.as_ref().and_then(|p| p.alloc_server_spread.as_deref()) {
+                Some("min-ram") => Some(Spread::MinRam),
+                Some("random") => Some(Spread::Random),
+                Some("min-owner") => Some(Spread::MinOwner),
+                _ => None,
+            },
+        };
+        let now = nereid_types::time::now_iso();
+        let autoboot = input.get("autoboot").and_then(Value::as_bool).unwrap_or(true);
+        let obj_field = |k: &str| input.get(k).and_then(Value::as_object).cloned();
+        let base = Vm {
+            uuid,
+            alias: input.get("alias").and_then(Value::as_str).map(str::to_string),
+            brand: Some(brand.clone()),
+            owner_uuid: Some(owner),
+            billing_id: pkg.as_ref().map(|p| p.uuid),
+            package_name: pkg.as_ref().map(|p| p.name.clone()),
+            package_version: pkg.as_ref().map(|p| p.version.clone()),
+            image_uuid: image_id,
+            state: Some("provisioning".into()),
+            zone_state: Some("provisioning".into()),
+            server_uuid: None,
+            ram: Some(ram),
+            max_physical_memory: Some(ram),
+            max_swap: input.get("max_swap").and_then(Value::as_u64).or(pkg.as_ref().map(|p| p.max_swap)),
+            max_lwps: input.get("max_lwps").and_then(Value::as_u64).or(pkg.as_ref().map(|p| u64::from(p.max_lwps))),
+            quota: Some(disk_mib.div_ceil(1024)),
+            cpu_cap,
+            cpu_shares: input.get("cpu_shares").and_then(Value::as_u64).map(|c| c as u32).or(pkg.as_ref().and_then(|p| p.fss)),
+            vcpus: Some(vcpus),
+            zfs_io_priority: input
+                .get("zfs_io_priority")
+                .and_then(Value::as_u64)
+                .map(|c| c as u32)
+                .or(pkg.as_ref().map(|p| p.zfs_io_priority)),
+            autoboot: Some(autoboot),
+            firewall_enabled: Some(input.get("firewall_enabled").and_then(Value::as_bool).unwrap_or(false)),
+            customer_metadata: Some(obj_field("customer_metadata").unwrap_or_default()),
+            internal_metadata: Some(obj_field("internal_metadata").unwrap_or_default()),
+            tags: Some(obj_field("tags").unwrap_or_default()),
+            nics: Some(Vec::new()),
+            disks: Some(disks),
+            resolvers: input.get("resolvers").and_then(|r| serde_json::from_value(r.clone()).ok()),
+            routes: None,
+            bootrom,
+            cpu_type: input
+                .get("cpu_type")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .or_else(|| image.as_ref().and_then(|i| i.rest.get("cpu_type")).and_then(Value::as_str).map(str::to_string)),
+            hostname: input.get("hostname").and_then(Value::as_str).map(str::to_string),
+            create_timestamp: Some(now.clone()),
+            last_modified: Some(now),
+            destroyed: None,
+            boot_timestamp: None,
+            snapshots: Some(Vec::new()),
+            desired_state: Some(if autoboot { "running".into() } else { "stopped".into() }),
+            agent_generation: 0,
+            definition_generation: 1,
+            reboot_generation: 0,
+            error: None,
+            rest: Map::new(),
+        };
+        let _serial = self.alloc_lock.lock().await;
+        let mut rng = rand::rngs::StdRng::from_os_rng();
+        for _ in 0..RETRIES * 4 {
+            let started = Instant::now();
+            let view = self.placement_view().await?;
+            let placed = nereid_alloc::allocate(&view.servers, &request, &self.cfg.alloc, &mut rng);
+            self.metrics.observe_allocation(started.elapsed().as_secs_f64());
+            let placement = match placed {
+                Ok(p) => p,
+                Err(nf) => {
+                    for w in &nf.warnings {
+                        tracing::warn!("{}", w.message);
+                    }
+                    return Err(no_fit_error(&nf));
+                }
+            };
+            for w in &placement.warnings {
+                tracing::warn!("{}", w.message);
+            }
+            let server = placement.server;
+            let mut record = base.clone();
+            record.server_uuid = Some(server);
+            let mut params = Map::new();
+            params.insert("networks".into(), json!(nets));
+            params.insert("nic_model".into(), json!(nic_model));
+            params.insert("placement".into(), explain(&placement));
+            let job = new_job("provision", uuid, Some(server), Some(owner), params);
+            let res = Reservation {
+                job_uuid: job.uuid,
+                vm_uuid: uuid,
+                server_uuid: server,
+                owner_uuid: owner,
+                ram_mib: ram,
+                disk_mib,
+                cpu_cap,
+                kind: "provision".into(),
+            };
+            let ops = vec![
+                claim_op(server, view.claims.get(&server).copied()),
+                reservation_op(&res),
+                Op::put(VMS.name, uuid.to_string(), encode(&record), Cond::Absent),
+                job_op(&job),
+            ];
+            match self.store.batch(ops).await {
+                Ok(_) => {
+                    self.jobs_notify.notify_one();
+                    return Ok(Created { vm: record, job, placement: explain(&placement) });
+                }
+                Err(StoreError::Conflict { op_index: 0, .. }) => continue,
+                Err(StoreError::Conflict { op_index: 2, .. }) => {
+                    return Err(ApiError::validation_409(vec![FieldError::duplicate("uuid", format!("VM {uuid} already exists"))]));
+                }
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        Err(ApiError::unavailable("placement kept racing with other provisions; retry"))
+    }
+
+    /// Queues a job on a VM (and whatever must land with it).
+    async fn queue(&self, job: Job, mut ops: Vec<Op>) -> Result<Job, ApiError> {
+        ops.push(job_op(&job));
+        self.store.batch(ops).await.map_err(store_error)?;
+        self.jobs_notify.notify_one();
+        Ok(job)
+    }
+
+    fn check_actionable(vm: &Vm) -> Result<Uuid, ApiError> {
+        match vm.state.as_deref() {
+            Some("destroyed") => Err(ApiError::conflict("VmDestroyed", format!("VM {} is destroyed", vm.uuid))),
+            Some("failed") => Err(ApiError::conflict(
+                "VmFailed",
+                format!("VM {} failed to provision ({}); delete it", vm.uuid, vm.error.clone().unwrap_or_default()),
+            )),
+            Some("provisioning") => Err(ApiError::conflict("UnallocatedVM", format!("VM {} is still provisioning", vm.uuid))),
+            _ => vm.server_uuid.ok_or_else(|| ApiError::conflict("UnallocatedVM", format!("VM {} has no server", vm.uuid))),
+        }
+    }
+
+    /// start, stop or reboot.
+    pub async fn power_vm(&self, uuid: Uuid, action: &str) -> Result<Job, ApiError> {
+        let (vm, _) = self.get_vm(uuid, None).await?;
+        let server = Self::check_actionable(&vm)?;
+        let state = vm.state.as_deref().unwrap_or("");
+        match (action, state) {
+            ("start", "running") => return Err(ApiError::conflict("VmNotStopped", format!("VM {uuid} is already running"))),
+            ("stop" | "reboot", s) if s != "running" => {
+                return Err(ApiError::conflict("VmNotRunning", format!("VM {uuid} is {s}, not running")));
+            }
+            _ => {}
+        }
+        self.queue(new_job(action, uuid, Some(server), vm.owner_uuid, Map::new()), Vec::new()).await
+    }
+
+    /// `?action=update`: metadata, tags, names live; a resize with its capacity checked
+    /// and reserved on the VM's server (unless `force`).
+    pub async fn update_vm(&self, uuid: Uuid, input: &Map<String, Value>) -> Result<Job, ApiError> {
+        let errors = spec::check(vm::UPDATE_FIELDS, input, Mode::Update, &[]);
+        if !errors.is_empty() {
+            return Err(ApiError::validation_409(errors));
+        }
+        let (vm, _) = self.get_vm(uuid, None).await?;
+        let server = Self::check_actionable(&vm)?;
+        let force = input.get("force").and_then(Value::as_bool).unwrap_or(false);
+        let mut after = Map::new();
+        let mut pkg: Option<Package> = None;
+        if let Some(id) = uuid_of(input, "billing_id") {
+            let (p, _) = self
+                .read::<Package>(PACKAGES.name, &id.to_string())
+                .await?
+                .ok_or_else(|| invalid("billing_id", format!("package {id} does not exist")))?;
+            if !p.active {
+                return Err(invalid("billing_id", format!("package {} is not active", p.label())));
+            }
+            if p.brand.as_ref().is_some_and(|b| Some(b) != vm.brand.as_ref()) {
+                return Err(invalid("billing_id", format!("package {} is for brand {}", p.label(), p.brand.clone().unwrap_or_default())));
+            }
+            after.insert("billing_id".into(), json!(p.uuid));
+            after.insert("package_name".into(), json!(p.name));
+            after.insert("package_version".into(), json!(p.version));
+            after.insert("ram".into(), json!(p.max_physical_memory));
+            after.insert("vcpus".into(), json!(p.vcpus.unwrap_or(1)));
+            after.insert("cpu_cap".into(), json!(p.cpu_cap.unwrap_or(0)));
+            pkg = Some(p);
+        }
+        for k in ["ram", "vcpus", "cpu_cap", "alias", "hostname", "firewall_enabled", "autoboot", "resolvers"] {
+            if let Some(v) = input.get(k) {
+                after.insert(k.into(), v.clone());
+            }
+        }
+        for (name, current) in [
+            ("customer_metadata", vm.customer_metadata.as_ref()),
+            ("internal_metadata", vm.internal_metadata.as_ref()),
+            ("tags", vm.tags.as_ref()),
+        ] {
+            let replace = if name == "internal_metadata" { None } else { input.get(name) };
+            if let Some(m) = merged_map(current, replace, input.get(&format!("set_{name}")), input.get(&format!("remove_{name}"))) {
+                after.insert(name.into(), Value::Object(m));
+            }
+        }
+        // Disk: the boot disk follows the quota (or the new package) and only grows.
+        let mut disks = vm.disks.clone().unwrap_or_default();
+        let image_size = disks.first().and_then(|d| d.image_size).unwrap_or(0);
+        let image_label = vm.image_uuid.map(|u| u.to_string()).unwrap_or_else(|| "(none)".into());
+        let new_boot = match (&pkg, input.get("quota").and_then(Value::as_u64)) {
+            (_, Some(q)) => {
+                let others: u64 = disks.iter().skip(1).filter(|d| d.media != "cdrom").map(|d| d.size).sum();
+                Some((q * 1024).saturating_sub(others))
+            }
+            (Some(p), None) => Some(package::boot_disk_mib(p, &image_label, image_size).map_err(|e| ApiError::validation_409(vec![e]))?),
+            (None, None) => None,
+        };
+        if let (Some(nb), Some(boot)) = (new_boot, disks.first_mut()) {
+            if nb < boot.size {
+                return Err(ApiError::validation_409(vec![FieldError::invalid(
+                    "quota",
+                    format!("disks can only grow: the boot disk has {} MiB, the new size would be {nb} MiB", boot.size),
+                )]));
+            }
+            if nb < image_size {
+                return Err(ApiError::validation_409(vec![FieldError {
+                    field: "quota".into(),
+                    code: "InsufficientCapacity".into(),
+                    message: format!("the boot disk would be {nb} MiB, smaller than the image's image_size {image_size} MiB"),
+                }]));
+            }
+            if nb != boot.size {
+                boot.size = nb;
+                let total: u64 = disks.iter().filter(|d| d.media != "cdrom").map(|d| d.size).sum();
+                after.insert("disks".into(), json!(disks));
+                after.insert("quota".into(), json!(total.div_ceil(1024)));
+            }
+        }
+        // Only what changes.
+        let current = encode(&vm);
+        after.retain(|k, v| current.get(k) != Some(v) && !(k == "cpu_cap" && v == &json!(0) && current.get(k).is_none()));
+        if after.is_empty() {
+            return Err(ApiError::validation_409(vec![FieldError::invalid("update", "changes nothing")]));
+        }
+        let before = current_values(&vm, &after.keys().collect::<Vec<_>>());
+        let resize = ["ram", "vcpus", "disks"].iter().any(|k| after.contains_key(*k));
+        let mut params = Map::new();
+        params.insert("after".into(), Value::Object(after.clone()));
+        params.insert("before".into(), Value::Object(before));
+        params.insert("resize".into(), json!(resize));
+        let job = new_job("update", uuid, Some(server), vm.owner_uuid, params);
+        // Growth needs capacity on the VM's own server.
+        let new_ram = after.get("ram").and_then(Value::as_u64).unwrap_or(vm.ram_mib().unwrap_or(0));
+        let new_disk: u64 = after
+            .get("disks")
+            .and_then(|d| serde_json::from_value::<Vec<DiskDef>>(d.clone()).ok())
+            .map(|d| d.iter().filter(|x| x.media != "cdrom").map(|x| x.size).sum())
+            .unwrap_or(vm.disk_mib().unwrap_or(0));
+        let new_cap = match after.get("cpu_cap") {
+            Some(v) => v.as_u64().map(|c| c as u32).filter(|c| *c > 0),
+            None => vm.cpu_cap,
+        };
+        let new_vcpus = after.get("vcpus").and_then(Value::as_u64).map(|v| v as u32).unwrap_or(vm.vcpus.unwrap_or(1));
+        let grow_ram = new_ram.saturating_sub(vm.ram_mib().unwrap_or(0));
+        let grow_disk = new_disk.saturating_sub(vm.disk_mib().unwrap_or(0));
+        let grow_cap = new_cap.unwrap_or(0).saturating_sub(vm.cpu_cap.unwrap_or(0));
+        if grow_ram == 0 && grow_disk == 0 && grow_cap == 0 {
+            return self.queue(job, Vec::new()).await;
+        }
+        let _serial = self.alloc_lock.lock().await;
+        for _ in 0..RETRIES * 4 {
+            let mut view = self.placement_view().await?;
+            let mut ops = Vec::new();
+            if !force {
+                let mut servers: Vec<nereid_alloc::Server> = view.servers.iter().filter(|s| s.uuid == server).cloned().collect();
+                for s in &mut servers {
+                    // The VM itself is asked about at its new size.
+                    s.vms.retain(|v| v.uuid != uuid);
+                }
+                let traits = servers.first().map(|s| s.traits.clone()).unwrap_or_default();
+                let request = Request {
+                    vm_uuid: uuid,
+                    owner: vm.owner_uuid.unwrap_or_default(),
+                    ram_mib: new_ram,
+                    disk_mib: new_disk,
+                    vcpus: new_vcpus,
+                    cpu_cap: new_cap,
+                    traits,
+                    nic_tags: Vec::new(),
+                    locality: Locality::default(),
+                    server: Some(server),
+                    spread: None,
+                };
+                let cfg = nereid_alloc::Config { filter_headnode: false, ..self.cfg.alloc.clone() };
+                if let Err(nf) = nereid_alloc::allocate(&servers, &request, &cfg, &mut rand::rngs::StdRng::from_os_rng()) {
+                    let mut e = no_fit_error(&nf);
+                    e.code = "InsufficientCapacity".into();
+                    e.message = format!(
+                        "the VM's server cannot hold the new size: {}",
+                        nf.message().trim_start_matches("No compute resources available: ")
+                    );
+                    return Err(e);
+                }
+            }
+            ops.push(claim_op(server, view.claims.remove(&server)));
+            let res = Reservation {
+                job_uuid: job.uuid,
+                vm_uuid: uuid,
+                server_uuid: server,
+                owner_uuid: vm.owner_uuid.unwrap_or_default(),
+                ram_mib: grow_ram,
+                disk_mib: grow_disk,
+                cpu_cap: (grow_cap > 0).then_some(grow_cap),
+                kind: "resize".into(),
+            };
+            ops.push(reservation_op(&res));
+            ops.push(job_op(&job));
+            match self.store.batch(ops).await {
+                Ok(_) => {
+                    self.jobs_notify.notify_one();
+                    return Ok(job);
+                }
+                Err(StoreError::Conflict { op_index: 0, .. }) => continue,
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        Err(ApiError::unavailable("placement kept racing with other provisions; retry"))
+    }
+
+    /// DeleteVm: a destroy job.
+    pub async fn delete_vm(&self, uuid: Uuid) -> Result<Job, ApiError> {
+        let (vm, _) = self.get_vm(uuid, None).await?;
+        if vm.state.as_deref() == Some("destroyed") {
+            return Err(ApiError::conflict("VmDestroyed", format!("VM {uuid} is already destroyed")));
+        }
+        let Some(server) = vm.server_uuid else {
+            return Err(ApiError::conflict("UnallocatedVM", "Cannot delete a VM with no server_uuid"));
+        };
+        self.queue(new_job("destroy", uuid, Some(server), vm.owner_uuid, Map::new()), Vec::new()).await
+    }
+
+    /// PutVm for operator repair: a patch, checked against the generation the operator
+    /// read (`If-Match`), that refuses to erase what every VM must have.
+    pub async fn put_vm(&self, uuid: Uuid, input: &Map<String, Value>, if_match: i64) -> Result<(Vm, i64), ApiError> {
+        let (vm, g) = self.get_vm(uuid, None).await?;
+        if g != if_match {
+            return Err(ApiError::new(
+                412,
+                "PreconditionFailed",
+                format!("VM {uuid} changed since it was read (it is at generation {g}, the request is for {if_match}); read it again"),
+            ));
+        }
+        if input.get("uuid").is_some_and(|u| u.as_str() != Some(&uuid.to_string())) {
+            return Err(invalid("uuid", "must equal the VM in the path"));
+        }
+        let mut errors = Vec::new();
+        for k in ["owner_uuid", "billing_id", "brand", "ram", "cpu_cap"] {
+            if input.get(k).is_some_and(Value::is_null) {
+                errors.push(FieldError::invalid(k, "PutVm applies a patch and will not erase this field"));
+            }
+        }
+        if let Some(s) = input.get("state").and_then(Value::as_str)
+            && !["running", "stopped", "destroyed", "failed"].contains(&s)
+        {
+            errors.push(FieldError::invalid("state", "may be set to running, stopped, destroyed or failed"));
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::validation_409(errors));
+        }
+        let mut obj = match encode(&vm) {
+            Value::Object(o) => o,
+            _ => Map::new(),
+        };
+        spec::merge(&mut obj, input);
+        let mut next: Vm =
+            serde_json::from_value(Value::Object(obj)).map_err(|e| invalid("vm", format!("the patched record is not a VM: {e}")))?;
+        let destroying = next.state.as_deref() == Some("destroyed") && vm.state.as_deref() != Some("destroyed");
+        if destroying {
+            next.state = vm.state.clone();
+            next.mark_destroyed(&nereid_types::time::now_iso());
+        }
+        next.last_modified = Some(nereid_types::time::now_iso());
+        let ng = self.store.put(VMS.name, &uuid.to_string(), encode(&next), Cond::Generation(g)).await.map_err(|e| {
+            if e.is_conflict() {
+                ApiError::new(412, "PreconditionFailed", format!("VM {uuid} changed while being written; read it again"))
+            } else {
+                store_error(e)
+            }
+        })?;
+        if destroying {
+            self.free_vm_nics(uuid).await?;
+            self.release_reservations(uuid, None).await?;
+        }
+        Ok((next, ng))
+    }
+
+    /// Jobs, newest first, filtered.
+    pub async fn list_jobs(&self, q: &Query, vm: Option<Uuid>) -> Result<Vec<Job>, ApiError> {
+        let mut parts = Vec::new();
+        if let Some(v) = vm.map(|u| u.to_string()).or(q.str("vm_uuid").map(str::to_string)) {
+            parts.push(Filter::eq("vm_uuid", v));
+        }
+        if let Some(e) = q.str("execution") {
+            parts.push(Filter::eq("execution", e));
+        }
+        if let Some(t) = q.str("task") {
+            parts.push(Filter::eq("task", t));
+        }
+        self.list(
+            crate::buckets::JOBS.name,
+            &ListQuery::filter(Filter::and(parts)).sort(Path::field("created_ms"), Kind::Number, true).page(q.limit(1000), q.offset()),
+        )
+        .await
+    }
+
+    pub async fn get_job(&self, uuid: Uuid) -> Result<Job, ApiError> {
+        self.read::<Job>(crate::buckets::JOBS.name, &uuid.to_string())
+            .await?
+            .map(|(j, _)| j)
+            .ok_or_else(|| ApiError::not_found(format!("job {uuid} does not exist")))
+    }
+
+    /// Waits (at most `timeout`) for a job to finish; returns it as it is then.
+    pub async fn wait_job(&self, uuid: Uuid, timeout: Duration) -> Result<Job, ApiError> {
+        let end = Instant::now() + timeout;
+        loop {
+            let j = self.get_job(uuid).await?;
+            if j.is_done() || Instant::now() >= end {
+                return Ok(j);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Counts for `/metrics`: VMs by state.
+    pub async fn vm_state_counts(&self) -> Result<HashMap<String, i64>, ApiError> {
+        let mut out = HashMap::new();
+        for s in ["provisioning", "running", "stopped", "stopping", "failed", "destroyed"] {
+            out.insert(s.to_string(), self.store.count(VMS.name, &Filter::eq("state", s)).await.map_err(store_error)?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_field_application_and_maps() {
+        let mut vm: Vm = serde_json::from_value(json!({"uuid": Uuid::nil(), "ram": 1024, "tags": {"a": 1}})).unwrap();
+        let fields = json!({"ram": 2048, "cpu_cap": 0, "alias": "x"});
+        apply_fields(&mut vm, fields.as_object().unwrap()).unwrap();
+        assert_eq!((vm.ram, vm.max_physical_memory, vm.cpu_cap, vm.alias.as_deref()), (Some(2048), Some(2048), None, Some("x")));
+        assert!(apply_fields(&mut vm, json!({"uuid": "x"}).as_object().unwrap()).is_err());
+        let m = merged_map(vm.tags.as_ref(), None, Some(&json!({"b": 2})), Some(&json!(["a"]))).unwrap();
+        assert_eq!(Value::Object(m), json!({"b": 2}));
+        assert!(merged_map(None, None, None, None).is_none());
+    }
+}

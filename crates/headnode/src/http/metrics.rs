@@ -1,0 +1,60 @@
+//! `GET /metrics`: Prometheus text.
+
+use axum::extract::State;
+use axum::http::{Method, StatusCode, header};
+use axum::response::IntoResponse;
+use nereid_store::{Filter, ListQuery};
+use serde_json::{Value, json};
+
+use super::{AppState, BodyDoc, Doc, HttpResult, RespDoc, Route};
+use crate::app::store_error;
+
+fn text_schema() -> Value {
+    json!({"type": "string", "description": "Prometheus text exposition format 0.0.4"})
+}
+
+pub fn routes() -> Vec<Route> {
+    vec![Route::new(
+        Method::GET,
+        "/metrics",
+        Doc {
+            id: "Metrics",
+            tag: "Common",
+            summary: "Prometheus metrics: requests, latencies, jobs by state, servers by status, VMs by state, allocation time.",
+            query: &[],
+            body: BodyDoc::None,
+            response: RespDoc::Schema(200, text_schema),
+        },
+        metrics,
+    )]
+}
+
+async fn metrics(State(s): State<AppState>) -> HttpResult {
+    let app = &s.app;
+    let mut jobs = Vec::new();
+    for e in nereid_types::job::EXECUTIONS {
+        let n = app.store.count(crate::buckets::JOBS.name, &Filter::eq("execution", *e)).await.map_err(store_error)?;
+        jobs.push((format!("execution=\"{e}\""), n as f64));
+    }
+    let servers: Vec<nereid_types::server::Server> = app.list(crate::buckets::SERVERS.name, &ListQuery::all()).await?;
+    let hbs = app.heartbeats().await?;
+    let (mut running, mut unknown) = (0.0, 0.0);
+    for srv in &servers {
+        if app.server_status(hbs.get(&srv.uuid)).0 == "running" {
+            running += 1.0;
+        } else {
+            unknown += 1.0;
+        }
+    }
+    let vms: Vec<(String, f64)> = app.vm_state_counts().await?.into_iter().map(|(k, v)| (format!("state=\"{k}\""), v as f64)).collect();
+    let text = app.metrics.render(&[
+        ("nereid_jobs", "Jobs by execution state.", jobs),
+        (
+            "nereid_servers",
+            "Compute nodes by status.",
+            vec![("status=\"running\"".into(), running), ("status=\"unknown\"".into(), unknown)],
+        ),
+        ("nereid_vms", "VM records by state.", vms),
+    ]);
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}

@@ -1,0 +1,136 @@
+//! CNAPI endpoints: `/servers`.
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{Method, StatusCode};
+use axum::response::IntoResponse;
+use nereid_types::query::{LIMIT, OFFSET, Param, QKind};
+use nereid_types::server::{FIELDS, UPDATE_FIELDS};
+use nereid_types::spec::Usage;
+use serde_json::{Value, json};
+
+use super::{Api, AppState, BodyDoc, Doc, HttpResult, RespDoc, Route, ok, parse_query, path_uuid, read_object};
+
+const LIST_PARAMS: &[Param] = &[
+    Param::new("uuids", QKind::Str { max: 40_000 }, "Comma-separated server UUIDs."),
+    Param::new("setup", QKind::Bool, "Set-up servers only (or not)."),
+    Param::new("headnode", QKind::Bool, "Headnodes only (or not)."),
+    Param::new("reserved", QKind::Bool, "Reserved servers only (or not)."),
+    Param::new("reservoir", QKind::Bool, "Reservoir servers only (or not)."),
+    Param::new("hostname", QKind::Str { max: 256 }, "Servers with this host name."),
+    Param::new("extras", QKind::Str { max: 256 }, "Comma-separated: vms, sysinfo, all."),
+    LIMIT,
+    OFFSET,
+];
+const GET_PARAMS: &[Param] =
+    &[Param::new("extras", QKind::Str { max: 256 }, "Comma-separated: vms, sysinfo, all (sysinfo is included by default).")];
+
+fn vms_schema() -> Value {
+    json!({"type": "array", "items": {"type": "object", "description": "VM status as the server reports it"}})
+}
+
+pub fn routes() -> Vec<Route> {
+    let doc = |id, summary, query, body, response| Doc { id, tag: "CNAPI", summary, query, body, response };
+    vec![
+        Route::new(
+            Method::GET,
+            "/servers",
+            doc(
+                "ListServers",
+                "List compute nodes with their status (running while heartbeats arrive, else unknown).",
+                LIST_PARAMS,
+                BodyDoc::None,
+                RespDoc::List(FIELDS),
+            ),
+            list,
+        ),
+        Route::new(
+            Method::GET,
+            "/servers/{uuid}",
+            doc("GetServer", "Get a compute node, with its sysinfo.", GET_PARAMS, BodyDoc::None, RespDoc::Object(200, FIELDS)),
+            get,
+        ),
+        Route::new(
+            Method::POST,
+            "/servers/{uuid}",
+            doc(
+                "ServerUpdate",
+                "Change reserved, reservoir, traits, overprovision ratios (persisted), reservation ratio, notes.",
+                &[],
+                BodyDoc::Fields(UPDATE_FIELDS, Usage::Update),
+                RespDoc::Empty(204),
+            ),
+            update,
+        ),
+        Route::new(
+            Method::DELETE,
+            "/servers/{uuid}",
+            doc("DeleteServer", "Forget a compute node (refused while VMs are counted on it).", &[], BodyDoc::None, RespDoc::Empty(204)),
+            delete,
+        ),
+        Route::new(
+            Method::GET,
+            "/servers/{uuid}/vms",
+            doc(
+                "ListServerVms",
+                "The VMs the server reports running (its last heartbeat).",
+                &[],
+                BodyDoc::None,
+                RespDoc::Schema(200, vms_schema),
+            ),
+            vms,
+        ),
+        Route::new(
+            Method::GET,
+            "/servers/{uuid}/vms/{vm}",
+            doc("VmLoad", "One VM as the server sees it now (asks the server).", &[], BodyDoc::None, RespDoc::Schema(200, vms_schema)),
+            vm_load,
+        ),
+    ]
+}
+
+async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> HttpResult {
+    let q = parse_query(Api::Napi, LIST_PARAMS, raw.as_deref())?;
+    let extras: Vec<&str> = q.str("extras").map(|e| e.split(',').collect()).unwrap_or_default();
+    let servers = s.app.list_servers(&q).await?;
+    ok(&servers.iter().map(|(srv, hb)| s.app.render_server(srv, hb.as_ref(), &extras)).collect::<Vec<_>>())
+}
+
+async fn get(State(s): State<AppState>, Path(uuid): Path<String>, RawQuery(raw): RawQuery) -> HttpResult {
+    let q = parse_query(Api::Napi, GET_PARAMS, raw.as_deref())?;
+    let uuid = path_uuid(Api::Napi, "uuid", &uuid)?;
+    let mut extras: Vec<&str> = q.str("extras").map(|e| e.split(',').collect()).unwrap_or_default();
+    extras.push("sysinfo");
+    let (srv, hb) = s.app.get_server(uuid).await?;
+    ok(&s.app.render_server(&srv, hb.as_ref(), &extras))
+}
+
+async fn update(State(s): State<AppState>, Path(uuid): Path<String>, body: Body) -> HttpResult {
+    let uuid = path_uuid(Api::Napi, "uuid", &uuid)?;
+    let input = read_object(body).await?;
+    s.app.update_server(uuid, &input).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn delete(State(s): State<AppState>, Path(uuid): Path<String>) -> HttpResult {
+    let uuid = path_uuid(Api::Napi, "uuid", &uuid)?;
+    s.app.delete_server(uuid).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn vms(State(s): State<AppState>, Path(uuid): Path<String>) -> HttpResult {
+    let uuid = path_uuid(Api::Napi, "uuid", &uuid)?;
+    let (_, hb) = s.app.get_server(uuid).await?;
+    ok(&hb.map(|h| h.vms).unwrap_or_default())
+}
+
+async fn vm_load(State(s): State<AppState>, Path((uuid, vm)): Path<(String, String)>) -> HttpResult {
+    let uuid = path_uuid(Api::Napi, "uuid", &uuid)?;
+    let vm = path_uuid(Api::Napi, "vm", &vm)?;
+    s.app.get_server_record(uuid).await?;
+    match s.app.agent_get(uuid, vm).await {
+        Ok(Some(st)) => ok(&st),
+        Ok(None) => Err(nereid_types::ApiError::not_found(format!("server {uuid} does not have VM {vm}")).into()),
+        Err(e) => Err(nereid_types::ApiError::unavailable(e.to_string()).into()),
+    }
+}

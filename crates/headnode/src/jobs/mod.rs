@@ -1,0 +1,440 @@
+//! Durable jobs (sagas): each VM operation is a chain of named steps, each idempotent and
+//! with an undo, run by whichever headnode holds the job's lease.
+//!
+//! ```text
+//!            claim lease                    step ok: cursor+1, persist
+//!   queued ───────────────► running ──┬──────────────────────────────► … ──► succeeded
+//!                               ▲     │ step fails / misses its deadline
+//!      lease expired or         │     ▼
+//!      headnode restarted ──────┘   unwinding: undo steps cursor-1 … 0, persist each ──► failed
+//! ```
+//!
+//! Theory of operation:
+//! - The job record (types::job::Job) is rewritten after every step, in the same
+//!   transaction as a check that this headnode still holds the lease; a headnode that lost
+//!   its lease stops at once. A crash leaves the record at the last finished step.
+//! - A lease (`job_leases`) names the headnode and an expiry; the holder renews it. Another
+//!   headnode takes over an expired lease; a restarted headnode takes back its own at once.
+//! - The step under the cursor is simply run again after a takeover, so every step must be
+//!   idempotent (and every undo harmless when there is nothing to undo).
+//! - Jobs of one VM run in the order they were created.
+//!
+//! A new job type is a chain in [`chain`] and its steps in a file beside this one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nereid_store::{Cond, Filter, Kind, ListQuery, Op, Path};
+use nereid_types::job::{Job, Phase, StepResult};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::Mutex as AsyncMutex;
+use uuid::Uuid;
+
+use crate::app::{App, encode};
+use crate::buckets::{JOB_LEASES, JOBS};
+
+pub mod destroy;
+pub mod power;
+pub mod provision;
+pub mod update;
+
+/// What a step returns: a line for `chain_results`, or why it failed.
+pub type StepResultT = Result<String, String>;
+
+/// One step of a job.
+#[async_trait]
+pub trait Step: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// How long the step may take before the job gives up on it and unwinds.
+    fn deadline(&self, _app: &App) -> Duration {
+        Duration::from_secs(120)
+    }
+    /// Does the step. Must be idempotent: it may run again after a crash.
+    async fn run(&self, app: &App, job: &mut Job) -> StepResultT;
+    /// Undoes the step. Must be harmless when the step did nothing or was undone already.
+    async fn undo(&self, _app: &App, _job: &mut Job) -> StepResultT {
+        Ok("nothing to undo".into())
+    }
+}
+
+/// The steps of a job type.
+pub fn chain(task: &str) -> Vec<Box<dyn Step>> {
+    match task {
+        "provision" => provision::chain(),
+        "destroy" => destroy::chain(),
+        "start" | "stop" | "reboot" => power::chain(),
+        "update" => update::chain(),
+        _ => Vec::new(),
+    }
+}
+
+/// A fresh job record.
+pub fn new_job(task: &str, vm: Uuid, server: Option<Uuid>, owner: Option<Uuid>, params: Map<String, Value>) -> Job {
+    let now = nereid_types::time::now_iso();
+    Job {
+        uuid: Uuid::new_v4(),
+        name: format!("{task}-nereid-1"),
+        task: task.into(),
+        vm_uuid: vm,
+        server_uuid: server,
+        owner_uuid: owner,
+        execution: "queued".into(),
+        phase: Phase::Forward,
+        cursor: 0,
+        chain: chain(task).iter().map(|s| s.name().to_string()).collect(),
+        chain_results: Vec::new(),
+        onerror_results: Vec::new(),
+        params,
+        data: Map::new(),
+        created_at: now,
+        created_ms: nereid_types::time::now_ms(),
+        started: None,
+        finished: None,
+        error: None,
+        timeout: 3600,
+    }
+}
+
+/// The op writing a new job (put it in the same batch as what the job is for).
+pub fn job_op(j: &Job) -> Op {
+    Op::put(JOBS.name, j.uuid.to_string(), encode(j), Cond::Absent)
+}
+
+/// When a pause hook fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Before,
+    After,
+}
+
+/// Test hooks: run every step twice, fail at a step, undo twice, or stop the job at a
+/// step so a test can kill the process there.
+#[derive(Default)]
+pub struct Hooks {
+    pub double_run: AtomicBool,
+    pub double_undo: AtomicBool,
+    pub fail_at: std::sync::Mutex<Option<(String, String)>>,
+    /// `(task, step, when, marker file)`: write the marker and hang.
+    pub pause_at: std::sync::Mutex<Option<(String, String, When, std::path::PathBuf)>>,
+}
+
+impl Hooks {
+    /// `NEREID_TEST_PAUSE_AT=task:step:before|after` and `NEREID_TEST_FAIL_AT=task:step`
+    /// (used by the crash tests; an undo is named `undo <step>`).
+    pub fn from_env(data_dir: &std::path::Path) -> Hooks {
+        let h = Hooks::default();
+        if let Ok(v) = std::env::var("NEREID_TEST_FAIL_AT")
+            && let Some((t, s)) = v.split_once(':')
+        {
+            *h.fail_at.lock().unwrap_or_else(|p| p.into_inner()) = Some((t.into(), s.into()));
+        }
+        if let Ok(v) = std::env::var("NEREID_TEST_PAUSE_AT") {
+            let parts: Vec<&str> = v.split(':').collect();
+            if parts.len() == 3 {
+                let when = if parts[2] == "before" { When::Before } else { When::After };
+                *h.pause_at.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((parts[0].into(), parts[1].into(), when, data_dir.join("paused-at")));
+            }
+        }
+        h
+    }
+
+    fn fails(&self, task: &str, step: &str) -> bool {
+        self.fail_at.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|(t, s)| t == task && s == step)
+    }
+
+    async fn maybe_pause(&self, task: &str, step: &str, when: When) {
+        let hit = self
+            .pause_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|(t, s, w, f)| (t == task && s == step && *w == when).then(|| f.clone()));
+        if let Some(marker) = hit {
+            let _ = std::fs::write(&marker, format!("{task}:{step}:{when:?}"));
+            tracing::warn!(task, step, ?when, "paused by NEREID_TEST_PAUSE_AT");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Lease {
+    owner: String,
+    until_ms: i64,
+}
+
+/// Runs queued jobs and takes over abandoned ones.
+pub struct Runner {
+    app: Arc<App>,
+    running: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+    /// Leases this headnode held before it restarted may be taken back at once.
+    started_ms: i64,
+}
+
+impl Runner {
+    pub fn new(app: Arc<App>) -> Arc<Runner> {
+        Arc::new(Runner { app, running: Default::default(), started_ms: nereid_types::time::now_ms() })
+    }
+
+    /// The runner's loop; wakes on new jobs and every half second.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::warn!(error = %e, "job runner could not scan jobs");
+            }
+            tokio::select! {
+                _ = self.app.jobs_notify.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    async fn tick(self: &Arc<Self>) -> Result<(), nereid_types::ApiError> {
+        let open: Vec<Job> = self
+            .app
+            .list(
+                JOBS.name,
+                &ListQuery::filter(Filter::any_of("execution", vec!["queued".into(), "running".into()])).sort(
+                    Path::field("created_ms"),
+                    Kind::Number,
+                    false,
+                ),
+            )
+            .await?;
+        let mut first_per_vm = std::collections::HashSet::new();
+        for job in open {
+            // Jobs of one VM run in order: only the oldest open one may go.
+            if !first_per_vm.insert(job.vm_uuid) {
+                continue;
+            }
+            if self.running.lock().unwrap_or_else(|p| p.into_inner()).contains(&job.uuid) {
+                continue;
+            }
+            if let Some(lease_gen) = self.claim(job.uuid).await {
+                self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(job.uuid);
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let id = job.uuid;
+                    me.drive(id, lease_gen).await;
+                    me.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    me.app.jobs_notify.notify_one();
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the job's lease if it is free, expired, or ours from before a restart.
+    async fn claim(&self, job: Uuid) -> Option<i64> {
+        let now = nereid_types::time::now_ms();
+        let lease = Lease { owner: self.app.cfg.headnode_id.clone(), until_ms: now + self.app.cfg.job_lease.as_millis() as i64 };
+        let cond = match self.app.store.get(JOB_LEASES.name, &job.to_string()).await.ok()? {
+            None => Cond::Absent,
+            Some(o) => {
+                let cur: Lease = serde_json::from_value(o.value).ok()?;
+                let ours_from_before = cur.owner == self.app.cfg.headnode_id && o.mtime < self.started_ms;
+                if cur.until_ms > now && !ours_from_before {
+                    return None;
+                }
+                Cond::Generation(o.generation)
+            }
+        };
+        self.app.store.put(JOB_LEASES.name, &job.to_string(), encode(&lease), cond).await.ok()
+    }
+
+    async fn drive(self: &Arc<Self>, id: Uuid, lease_gen: i64) {
+        let lease = Arc::new(AsyncMutex::new(Some(lease_gen)));
+        let keeper = {
+            let (app, lease) = (self.app.clone(), lease.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(app.cfg.job_lease / 3).await;
+                    let mut g = lease.lock().await;
+                    let Some(cur) = *g else { return };
+                    let l = Lease {
+                        owner: app.cfg.headnode_id.clone(),
+                        until_ms: nereid_types::time::now_ms() + app.cfg.job_lease.as_millis() as i64,
+                    };
+                    match app.store.put(JOB_LEASES.name, &id.to_string(), encode(&l), Cond::Generation(cur)).await {
+                        Ok(next) => *g = Some(next),
+                        Err(e) => {
+                            tracing::warn!(job = %id, error = %e, "lost the job lease");
+                            *g = None;
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        if let Err(e) = self.steps(id, &lease).await {
+            tracing::warn!(job = %id, error = %e, "job driver stopped");
+        }
+        keeper.abort();
+        let g = lease.lock().await.take();
+        if let Some(g) = g {
+            let _ = self.app.store.delete(JOB_LEASES.name, &id.to_string(), Cond::Generation(g)).await;
+        }
+    }
+
+    /// Writes the job if we still hold the lease.
+    async fn persist(&self, job: &Job, job_gen: &mut i64, lease: &AsyncMutex<Option<i64>>) -> Result<(), String> {
+        let g = lease.lock().await;
+        let Some(lg) = *g else { return Err("the lease was lost".into()) };
+        let ops = vec![
+            Op::check(JOB_LEASES.name, job.uuid.to_string(), Cond::Generation(lg)),
+            Op::put(JOBS.name, job.uuid.to_string(), encode(job), Cond::Generation(*job_gen)),
+        ];
+        match self.app.store.batch(ops).await {
+            Ok(gens) => {
+                *job_gen = gens[1];
+                Ok(())
+            }
+            Err(e) => Err(format!("could not record progress: {e}")),
+        }
+    }
+
+    async fn steps(&self, id: Uuid, lease: &AsyncMutex<Option<i64>>) -> Result<(), String> {
+        let app = &self.app;
+        let Some((mut job, mut job_gen)) = app.read::<Job>(JOBS.name, &id.to_string()).await.map_err(|e| e.message)? else { return Ok(()) };
+        let steps = chain(&job.task);
+        if job.is_done() {
+            return Ok(());
+        }
+        if job.execution == "queued" {
+            job.execution = "running".into();
+            job.started = Some(nereid_types::time::now_iso());
+            self.persist(&job, &mut job_gen, lease).await?;
+            app.metrics.job_event(&job.task, "running");
+        }
+        let hooks = &app.hooks;
+        loop {
+            match job.phase {
+                Phase::Forward => {
+                    if job.cursor >= steps.len() {
+                        job.execution = "succeeded".into();
+                        job.finished = Some(nereid_types::time::now_iso());
+                        self.persist(&job, &mut job_gen, lease).await?;
+                        app.metrics.job_event(&job.task, "succeeded");
+                        tracing::info!(job = %id, task = %job.task, vm = %job.vm_uuid, "job succeeded");
+                        return Ok(());
+                    }
+                    let step = &steps[job.cursor];
+                    let name = step.name();
+                    let started = nereid_types::time::now_iso();
+                    if job.chain_results.len() <= job.cursor {
+                        job.chain_results.push(StepResult { name: name.into(), started_at: Some(started), ..Default::default() });
+                        self.persist(&job, &mut job_gen, lease).await?;
+                    }
+                    hooks.maybe_pause(&job.task, name, When::Before).await;
+                    let deadline = step.deadline(app);
+                    let mut outcome = run_with_deadline(step.as_ref(), app, &mut job, deadline).await;
+                    if outcome.is_ok() && hooks.double_run.load(Ordering::SeqCst) {
+                        outcome = run_with_deadline(step.as_ref(), app, &mut job, deadline).await;
+                    }
+                    if outcome.is_ok() && hooks.fails(&job.task, name) {
+                        outcome = Err(format!("injected failure at step {name}"));
+                    }
+                    hooks.maybe_pause(&job.task, name, When::After).await;
+                    let r = &mut job.chain_results[job.cursor];
+                    r.finished_at = Some(nereid_types::time::now_iso());
+                    match outcome {
+                        Ok(msg) => {
+                            r.result = msg;
+                            job.cursor += 1;
+                        }
+                        Err(e) => {
+                            r.error = e.clone();
+                            job.error = Some(format!("{name}: {e}"));
+                            job.phase = Phase::Unwinding;
+                            job.cursor += 1;
+                            tracing::warn!(job = %id, task = %job.task, step = name, error = %e, "job step failed; unwinding");
+                        }
+                    }
+                    self.persist(&job, &mut job_gen, lease).await?;
+                }
+                Phase::Unwinding => {
+                    if job.cursor == 0 {
+                        job.execution = "failed".into();
+                        job.finished = Some(nereid_types::time::now_iso());
+                        self.persist(&job, &mut job_gen, lease).await?;
+                        app.metrics.job_event(&job.task, "failed");
+                        return Ok(());
+                    }
+                    let step = &steps[job.cursor - 1];
+                    let started = nereid_types::time::now_iso();
+                    let undo_name = format!("undo {}", step.name());
+                    hooks.maybe_pause(&job.task, &undo_name, When::Before).await;
+                    let mut outcome = undo_with_retries(step.as_ref(), app, &mut job).await;
+                    if outcome.is_ok() && hooks.double_undo.load(Ordering::SeqCst) {
+                        outcome = undo_with_retries(step.as_ref(), app, &mut job).await;
+                    }
+                    hooks.maybe_pause(&job.task, &undo_name, When::After).await;
+                    let (result, error) = match outcome {
+                        Ok(m) => (m, String::new()),
+                        Err(e) => {
+                            tracing::error!(job = %id, step = step.name(), error = %e, "undo failed; the operator may need to clean up");
+                            (String::new(), e)
+                        }
+                    };
+                    job.onerror_results.push(StepResult {
+                        name: format!("undo {}", step.name()),
+                        result,
+                        error,
+                        started_at: Some(started),
+                        finished_at: Some(nereid_types::time::now_iso()),
+                    });
+                    job.cursor -= 1;
+                    self.persist(&job, &mut job_gen, lease).await?;
+                }
+            }
+        }
+    }
+}
+
+async fn run_with_deadline(step: &dyn Step, app: &App, job: &mut Job, deadline: Duration) -> StepResultT {
+    match tokio::time::timeout(deadline, step.run(app, job)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("did not finish within its deadline of {} s", deadline.as_secs_f64())),
+    }
+}
+
+async fn undo_with_retries(step: &dyn Step, app: &App, job: &mut Job) -> StepResultT {
+    let mut last = String::new();
+    for attempt in 0..3 {
+        match tokio::time::timeout(step.deadline(app), step.undo(app, job)).await {
+            Ok(Ok(m)) => return Ok(m),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = "undo did not finish within the step's deadline".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+    }
+    Err(last)
+}
+
+/// Reads a typed value a step left in `job.data`.
+pub fn data<T: serde::de::DeserializeOwned>(job: &Job, key: &str) -> Option<T> {
+    job.data.get(key).and_then(|v| serde_json::from_value(v.clone()).ok())
+}
+
+/// Reads a job parameter.
+pub fn param<T: serde::de::DeserializeOwned>(job: &Job, key: &str) -> Option<T> {
+    job.params.get(key).and_then(|v| serde_json::from_value(v.clone()).ok())
+}
+
+/// Polls `f` until it answers `Some`, every `every`.
+pub async fn poll<T, F, Fut>(every: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(every).await;
+    }
+}

@@ -1,0 +1,282 @@
+//! The provision job: NICs from NAPI, the VM on its server, wait for it to run.
+//!
+//! ```text
+//!   reserve ─► nics ─► definition ─► create ─► wait ─► finish
+//!   undo:  mark failed,   free NICs,        delete the VM
+//!          release the    and addresses     on the server
+//!          reservation
+//! ```
+//!
+//! CreateVm has already placed the VM and written its record (`provisioning`), its
+//! reservation and this job in one transaction.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nereid_types::agent::{Desired, Ensure, NicDef};
+use nereid_types::job::Job;
+use nereid_types::network::Network;
+use nereid_types::nic::Nic;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::{Step, StepResultT, data, param, poll};
+use crate::app::App;
+
+/// One network a new VM asked for, resolved at CreateVm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetRequest {
+    /// A network or a pool.
+    pub target: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    pub primary: bool,
+    #[serde(default)]
+    pub flags: Map<String, Value>,
+}
+
+pub fn chain() -> Vec<Box<dyn Step>> {
+    vec![Box::new(Reserve), Box::new(Nics), Box::new(Define), Box::new(Create), Box::new(Wait), Box::new(Finish)]
+}
+
+fn server(job: &Job) -> Result<Uuid, String> {
+    job.server_uuid.ok_or_else(|| "the job has no server".to_string())
+}
+
+/// The MAC a VM's NIC number `i` gets: derived from the VM, so re-running the step
+/// finds the NIC it made before instead of making another.
+pub fn nic_mac(vm: Uuid, i: usize) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (vm, i, "nereid-nic").hash(&mut h);
+    let x = h.finish().to_le_bytes();
+    nereid_types::mac::Mac([0x90, 0xb8, 0xd0, x[0], x[1], x[2]]).to_string()
+}
+
+/// The vmadm NIC a VM gets from a NAPI NIC.
+pub fn nic_def(n: &Nic, net: Option<&Network>, index: usize, model: &str) -> NicDef {
+    NicDef {
+        mac: n.mac.clone(),
+        interface: format!("net{index}"),
+        ip: n.ip.clone(),
+        netmask: net.map(|x| x.netmask.clone()),
+        gateway: net.and_then(|x| x.gateway.clone()),
+        vlan_id: net.map(|x| x.vlan_id).or(n.vlan_id).unwrap_or(0),
+        nic_tag: net.map(|x| x.nic_tag.clone()).or(n.nic_tag.clone()).unwrap_or_default(),
+        mtu: net.map(|x| x.mtu).unwrap_or(1500),
+        primary: n.primary,
+        model: model.to_string(),
+        network_uuid: n.network_uuid,
+    }
+}
+
+/// The capacity claimed at CreateVm; undone by releasing it and marking the VM failed.
+struct Reserve;
+
+#[async_trait]
+impl Step for Reserve {
+    fn name(&self) -> &'static str {
+        "reserve"
+    }
+    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
+        let explanation = job.params.get("placement").cloned().unwrap_or(Value::Null);
+        let warnings = explanation.get("warnings").and_then(Value::as_array).map(|w| w.len()).unwrap_or(0);
+        let host = app.get_server_record(server(job)?).await.map(|(s, _)| s.hostname).unwrap_or_default();
+        Ok(format!("placed on {host} ({}); {warnings} warning(s) about other records", server(job)?))
+    }
+    async fn undo(&self, app: &App, job: &mut Job) -> StepResultT {
+        app.release_reservations(job.vm_uuid, Some(job.uuid)).await.map_err(|e| e.message)?;
+        let why = job.error.clone().unwrap_or_else(|| "the provision failed".into());
+        app.modify_vm(job.vm_uuid, |vm| {
+            if vm.state.as_deref() != Some("destroyed") {
+                vm.state = Some("failed".into());
+                vm.zone_state = Some("failed".into());
+                vm.error = Some(why.clone());
+                vm.last_modified = Some(nereid_types::time::now_iso());
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.message)?;
+        Ok("reservation released; VM marked failed".into())
+    }
+}
+
+/// NICs on the requested networks, from NAPI.
+struct Nics;
+
+#[async_trait]
+impl Step for Nics {
+    fn name(&self) -> &'static str {
+        "nics"
+    }
+    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
+        let nets: Vec<NetRequest> = param(job, "networks").unwrap_or_default();
+        let owner = job.owner_uuid.ok_or("the job has no owner")?;
+        let cn = server(job)?;
+        let mut macs: Vec<String> = data(job, "macs").unwrap_or_default();
+        for (i, req) in nets.iter().enumerate() {
+            if macs.len() > i {
+                continue;
+            }
+            let mac = nic_mac(job.vm_uuid, i);
+            // Made before a crash? Then it is ours already.
+            let existing = app.get_nic(&mac).await.ok().map(|(n, _)| n);
+            let nic = match existing {
+                Some(n) if n.belongs_to_uuid == job.vm_uuid => n,
+                other => {
+                    let mut body = json!({"owner_uuid": owner, "belongs_to_uuid": job.vm_uuid, "belongs_to_type": "zone", "cn_uuid": cn,
+                        "state": "provisioning", "primary": req.primary, "network_uuid": req.target});
+                    if other.is_none() {
+                        body["mac"] = json!(mac);
+                    }
+                    if let Some(ip) = &req.ip {
+                        body["ip"] = json!(ip);
+                    }
+                    for (k, v) in &req.flags {
+                        body[k] = v.clone();
+                    }
+                    let Value::Object(m) = body else { return Err("bad NIC body".into()) };
+                    app.create_nic(&m).await.map_err(|e| format!("network {}: {}", req.target, e.message))?
+                }
+            };
+            macs.push(nic.mac.clone());
+            job.data.insert("macs".into(), json!(macs));
+        }
+        Ok(format!("{} NIC(s): {}", macs.len(), macs.join(", ")))
+    }
+    async fn undo(&self, app: &App, job: &mut Job) -> StepResultT {
+        let n = app.free_vm_nics(job.vm_uuid).await.map_err(|e| e.message)?;
+        Ok(format!("{n} NIC(s) deleted and their addresses freed"))
+    }
+}
+
+/// The VM record gets its NICs and resolvers: the definition the server will run.
+struct Define;
+
+#[async_trait]
+impl Step for Define {
+    fn name(&self) -> &'static str {
+        "definition"
+    }
+    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
+        let macs: Vec<String> = data(job, "macs").unwrap_or_default();
+        let mut nics = Vec::new();
+        for mac in &macs {
+            nics.push(app.get_nic(mac).await.map_err(|e| e.message)?.0);
+        }
+        let nets = app.networks_of(&nics.iter().collect::<Vec<_>>()).await.map_err(|e| e.message)?;
+        let model: String = param(job, "nic_model").unwrap_or_else(|| "virtio".into());
+        let defs: Vec<NicDef> =
+            nics.iter().enumerate().map(|(i, n)| nic_def(n, n.network_uuid.and_then(|u| nets.get(&u)), i, &model)).collect();
+        let mut resolvers: Vec<String> = Vec::new();
+        for n in &nics {
+            if let Some(net) = n.network_uuid.and_then(|u| nets.get(&u)) {
+                for r in &net.resolvers {
+                    if !resolvers.contains(r) {
+                        resolvers.push(r.clone());
+                    }
+                }
+            }
+        }
+        let primary_ip = defs.iter().find(|d| d.primary).or(defs.first()).and_then(|d| d.ip.clone());
+        app.modify_vm(job.vm_uuid, |vm| {
+            vm.nics = Some(defs.clone());
+            if vm.resolvers.as_ref().is_none_or(|r| r.is_empty()) {
+                vm.resolvers = Some(resolvers.clone());
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.message)?;
+        Ok(format!("definition has {} NIC(s), primary IP {}", defs.len(), primary_ip.unwrap_or_else(|| "none".into())))
+    }
+}
+
+/// The server is asked to create (and, with autoboot, start) the VM.
+struct Create;
+
+#[async_trait]
+impl Step for Create {
+    fn name(&self) -> &'static str {
+        "create"
+    }
+    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
+        let (vm, _) = app.get_vm(job.vm_uuid, None).await.map_err(|e| e.message)?;
+        let def = vm.definition()?;
+        let state = if vm.autoboot == Some(false) { Desired::Stopped } else { Desired::Running };
+        let e = Ensure {
+            state,
+            definition: def,
+            definition_generation: vm.definition_generation.max(1),
+            reboot_generation: vm.reboot_generation,
+        };
+        let st = app.agent_ensure(server(job)?, &e).await.map_err(|e| e.to_string())?;
+        Ok(format!("server accepted the VM ({})", st.state))
+    }
+    async fn undo(&self, app: &App, job: &mut Job) -> StepResultT {
+        app.agent_delete_and_wait(server(job)?, job.vm_uuid, app.cfg.step_deadline).await.map_err(|e| e.to_string())?;
+        Ok("VM deleted from its server".into())
+    }
+}
+
+/// Until the server reports the VM running (or stopped, without autoboot).
+struct Wait;
+
+#[async_trait]
+impl Step for Wait {
+    fn name(&self) -> &'static str {
+        "wait"
+    }
+    fn deadline(&self, app: &App) -> Duration {
+        app.cfg.provision_deadline
+    }
+    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
+        let cn = server(job)?;
+        let (vm, _) = app.get_vm(job.vm_uuid, None).await.map_err(|e| e.message)?;
+        let want = if vm.autoboot == Some(false) { "stopped" } else { "running" };
+        let vm_uuid = job.vm_uuid;
+        let st = poll(Duration::from_millis(200), || async move {
+            match app.agent_get(cn, vm_uuid).await {
+                Ok(Some(st)) if st.state == want || st.state == "failed" => Some(Ok(st)),
+                Ok(None) => Some(Err("the server does not have the VM".to_string())),
+                _ => None,
+            }
+        })
+        .await?;
+        if st.state == "failed" {
+            return Err(format!("the server could not run the VM: {}", st.error.unwrap_or_else(|| "no reason given".into())));
+        }
+        app.apply_vm_status(cn, &st).await.map_err(|e| e.message)?;
+        Ok(format!("VM is {want}"))
+    }
+}
+
+/// The record says what the server runs; the reservation is released.
+struct Finish;
+
+#[async_trait]
+impl Step for Finish {
+    fn name(&self) -> &'static str {
+        "finish"
+    }
+    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
+        let cn = server(job)?;
+        let st = app.agent_get(cn, job.vm_uuid).await.map_err(|e| e.to_string())?.ok_or("the server no longer has the VM")?;
+        let state = if st.state == "running" { "running" } else { "stopped" };
+        app.modify_vm(job.vm_uuid, |vm| {
+            vm.state = Some(state.into());
+            vm.zone_state = Some(state.into());
+            vm.boot_timestamp = st.boot_timestamp.clone().or(vm.boot_timestamp.clone());
+            vm.error = None;
+            vm.last_modified = Some(nereid_types::time::now_iso());
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.message)?;
+        app.set_vm_nics_state(job.vm_uuid, state).await.map_err(|e| e.message)?;
+        app.release_reservations(job.vm_uuid, Some(job.uuid)).await.map_err(|e| e.message)?;
+        Ok(format!("VM {state}; reservation released"))
+    }
+}

@@ -1,0 +1,195 @@
+//! The agent protocol: what the headnode and a compute node's agent say to each other.
+//!
+//! ```text
+//!   agent ── POST /servers/join (join token) ──────────────► headnode   → {server_uuid, secret}
+//!   agent ── POST /servers/{uuid}/sysinfo ──────────────────► headnode   (at start and on change)
+//!   agent ── POST /servers/{uuid}/events/heartbeat ─────────► headnode   (every few seconds: usage + inventory)
+//!   agent ── POST /servers/{uuid}/vms/{vm}/status ──────────► headnode   (each state change, retried until acknowledged)
+//!   headnode ── PUT /servers/{uuid}/vms/{vm} (Ensure) ──────► agent      ("make this VM be in this state with this definition")
+//!   headnode ── DELETE /servers/{uuid}/vms/{vm} ────────────► agent      ("make this VM not exist")
+//! ```
+//!
+//! Every request after the join carries `Authorization: Bearer <secret>`, the per-server
+//! secret the join issued. "Ensure" requests are idempotent: sending one twice changes
+//! nothing. The agent owns reality and numbers each VM's states with a generation only it
+//! increments; the headnode ignores a report older than the last one it accepted.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// The state the headnode wants a VM in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+/// One disk of a VM (vmadm `disks[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskDef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_uuid: Option<Uuid>,
+    /// MiB of the image's disk, when cloned from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<u64>,
+    /// MiB.
+    pub size: u64,
+    #[serde(default)]
+    pub boot: bool,
+    pub model: String,
+    /// `disk` or `cdrom`.
+    #[serde(default = "disk_media")]
+    pub media: String,
+    /// For cdroms: a path on the compute node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+fn disk_media() -> String {
+    "disk".into()
+}
+
+/// One NIC of a VM (vmadm `nics[]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NicDef {
+    pub mac: String,
+    pub interface: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netmask: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    pub vlan_id: u16,
+    pub nic_tag: String,
+    pub mtu: u32,
+    pub primary: bool,
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_uuid: Option<Uuid>,
+}
+
+/// A VM as a hypervisor runs it: the part of the vmadm payload Nereid's backends use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Definition {
+    pub uuid: Uuid,
+    pub brand: String,
+    pub owner_uuid: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Guest RAM, MiB.
+    pub ram: u64,
+    pub vcpus: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_cap: Option<u32>,
+    pub disks: Vec<DiskDef>,
+    pub nics: Vec<NicDef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootrom: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_type: Option<String>,
+    #[serde(default)]
+    pub customer_metadata: Map<String, Value>,
+    #[serde(default)]
+    pub internal_metadata: Map<String, Value>,
+    #[serde(default)]
+    pub tags: Map<String, Value>,
+    #[serde(default)]
+    pub resolvers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Map<String, Value>>,
+}
+
+impl Definition {
+    /// Total disk the VM uses (MiB).
+    pub fn disk_mib(&self) -> u64 {
+        self.disks.iter().filter(|d| d.media != "cdrom").map(|d| d.size).sum()
+    }
+}
+
+/// `PUT /servers/{uuid}/vms/{vm}`: make the VM exist with this definition, in this state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ensure {
+    pub state: Desired,
+    pub definition: Definition,
+    /// Increases each time the definition changes; an older one than the agent has is ignored.
+    pub definition_generation: i64,
+    /// Increases once per requested reboot; the agent reboots once per increase.
+    #[serde(default)]
+    pub reboot_generation: i64,
+}
+
+/// What a server says about one VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmStatus {
+    pub uuid: Uuid,
+    /// `provisioning`, `running`, `stopping`, `stopped`, `failed` or `destroyed`.
+    pub state: String,
+    /// Increases with every change the agent sees; only the agent increments it.
+    pub generation: i64,
+    #[serde(default)]
+    pub definition_generation: i64,
+    #[serde(default)]
+    pub reboot_generation: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_timestamp: Option<String>,
+    /// Why the VM failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_cap: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_uuid: Option<Uuid>,
+}
+
+/// Host usage in a heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub ram_total_mib: u64,
+    #[serde(default)]
+    pub ram_used_mib: u64,
+    #[serde(default)]
+    pub disk_total_mib: u64,
+    #[serde(default)]
+    pub disk_used_mib: u64,
+    /// One-minute load average.
+    #[serde(default)]
+    pub load1: f64,
+}
+
+/// `POST /servers/{uuid}/events/heartbeat`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub usage: Usage,
+    /// Every VM the server has.
+    pub vms: Vec<VmStatus>,
+}
+
+/// `POST /servers/join` and `POST /servers/{uuid}/sysinfo`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Register {
+    pub sysinfo: Map<String, Value>,
+    /// Where the headnode reaches this agent, e.g. `http://10.0.0.5:5309`.
+    pub agent_url: String,
+}
+
+/// The join's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Joined {
+    pub server_uuid: Uuid,
+    pub secret: String,
+}
+
+/// The metadata key that asks the simulated hypervisor to misbehave (tests, demos).
+pub const SIM_FAULT_KEY: &str = "nereid:sim_fault";

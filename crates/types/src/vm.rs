@@ -1,0 +1,583 @@
+//! VMAPI VMs: the record, the CreateVm and update field tables, and how a VM renders.
+//!
+//! The record tolerates anything a store may hold — including Triton's infamous
+//! half-empty "ghost" `{uuid, server_uuid}` — so every field but `uuid` is optional and
+//! unknown keys are kept. Rendering follows VMAPI's `translateVm`: a fixed field set with
+//! gaps filled (`null`, `{}` for metadata and tags, `[]` for nics, snapshots and datasets,
+//! `false` for firewall_enabled).
+//!
+//! Units: `ram`/`max_physical_memory` MiB, `quota` **GiB** (VMAPI's), disk sizes MiB,
+//! `cpu_cap` percent of one CPU.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::agent::{Definition, DiskDef, NicDef};
+use crate::spec::{Field, Kind};
+
+/// Brands Nereid runs (hardware VMs on QEMU).
+pub const SUPPORTED_BRANDS: &[&str] = &["bhyve", "kvm"];
+/// States VMAPI's `state` filter accepts.
+pub const STATE_FILTERS: &[&str] = &["running", "stopped", "active", "destroyed", "provisioning", "failed"];
+/// Jobs that act on a VM.
+pub const ACTIONS: &[&str] = &["start", "stop", "reboot", "update"];
+
+/// A VM record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Vm {
+    pub uuid: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brand: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_uuid: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_uuid: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_uuid: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_physical_memory: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_swap: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lwps: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_cap: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_io_priority: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoboot: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_metadata: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_metadata: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nics: Option<Vec<NicDef>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<Vec<DiskDef>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolvers: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootrom: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroyed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<Vec<Value>>,
+    /// What the headnode wants (`running`/`stopped`); the agent converges to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_state: Option<String>,
+    /// The newest agent report accepted (only the agent increments it).
+    #[serde(default)]
+    pub agent_generation: i64,
+    /// Increases whenever the definition sent to the agent changes.
+    #[serde(default)]
+    pub definition_generation: i64,
+    /// Increases once per requested reboot.
+    #[serde(default)]
+    pub reboot_generation: i64,
+    /// Why the VM failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Keys Nereid does not model, kept as they are.
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
+}
+
+/// A VM's CPU cap as far as the record knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapState {
+    Capped(u32),
+    Uncapped,
+    /// The record is incomplete: its cap is not known.
+    Unknown,
+}
+
+impl Vm {
+    /// Whether the record has what every real VM has (owner, brand, RAM).
+    pub fn is_complete(&self) -> bool {
+        self.owner_uuid.is_some() && self.brand.is_some() && (self.ram.is_some() || self.max_physical_memory.is_some())
+    }
+
+    /// Guest RAM (MiB).
+    pub fn ram_mib(&self) -> Option<u64> {
+        self.ram.or(self.max_physical_memory)
+    }
+
+    /// Disk in MiB: the disks' sizes, else the quota.
+    pub fn disk_mib(&self) -> Option<u64> {
+        match &self.disks {
+            Some(d) if !d.is_empty() => Some(d.iter().filter(|d| d.media != "cdrom").map(|d| d.size).sum()),
+            _ => self.quota.map(|q| q * 1024),
+        }
+    }
+
+    pub fn cap(&self) -> CapState {
+        match (self.is_complete(), self.cpu_cap) {
+            (_, Some(c)) if c > 0 => CapState::Capped(c),
+            (true, _) => CapState::Uncapped,
+            (false, _) => CapState::Unknown,
+        }
+    }
+
+    /// Counts against capacity: not destroyed and not failed (an absent state counts).
+    pub fn is_active(&self) -> bool {
+        !matches!(self.state.as_deref(), Some("destroyed") | Some("failed"))
+    }
+
+    /// What the agent needs to run it.
+    pub fn definition(&self) -> Result<Definition, String> {
+        let owner = self.owner_uuid.ok_or("the VM record has no owner_uuid")?;
+        let brand = self.brand.clone().ok_or("the VM record has no brand")?;
+        let ram = self.ram_mib().ok_or("the VM record has no ram")?;
+        Ok(Definition {
+            uuid: self.uuid,
+            brand,
+            owner_uuid: owner,
+            alias: self.alias.clone(),
+            hostname: self.hostname.clone(),
+            ram,
+            vcpus: self.vcpus.unwrap_or(1),
+            cpu_cap: self.cpu_cap.filter(|c| *c > 0),
+            disks: self.disks.clone().unwrap_or_default(),
+            nics: self.nics.clone().unwrap_or_default(),
+            bootrom: self.bootrom.clone(),
+            cpu_type: self.cpu_type.clone(),
+            customer_metadata: self.customer_metadata.clone().unwrap_or_default(),
+            internal_metadata: self.internal_metadata.clone().unwrap_or_default(),
+            tags: self.tags.clone().unwrap_or_default(),
+            resolvers: self.resolvers.clone().unwrap_or_default(),
+            routes: self.routes.clone(),
+        })
+    }
+
+    /// Marks the record destroyed (or failed, if it never finished provisioning), as
+    /// VMAPI's markAsDestroyed does — on this record, never on a partial copy of it.
+    pub fn mark_destroyed(&mut self, now: &str) {
+        let state = if self.state.as_deref() == Some("provisioning") { "failed" } else { "destroyed" };
+        self.state = Some(state.into());
+        self.zone_state = Some(state.into());
+        self.destroyed = Some(now.into());
+        self.last_modified = Some(now.into());
+    }
+}
+
+/// The VM as VMAPI renders it (translateVm).
+pub fn render(vm: &Vm) -> Value {
+    let hvm = vm.brand.as_deref().is_some_and(|b| SUPPORTED_BRANDS.contains(&b));
+    let mut out = json!({
+        "uuid": vm.uuid,
+        "alias": vm.alias,
+        "autoboot": vm.autoboot,
+        "brand": vm.brand,
+        "billing_id": vm.billing_id,
+        "cpu_cap": vm.cpu_cap,
+        "cpu_shares": vm.cpu_shares,
+        "create_timestamp": vm.create_timestamp,
+        "customer_metadata": vm.customer_metadata.clone().unwrap_or_default(),
+        "datasets": [],
+        "destroyed": vm.destroyed,
+        "firewall_enabled": vm.firewall_enabled.unwrap_or(false),
+        "image_uuid": vm.image_uuid,
+        "internal_metadata": vm.internal_metadata.clone().unwrap_or_default(),
+        "last_modified": vm.last_modified,
+        "limit_priv": null,
+        "max_locked_memory": null,
+        "max_lwps": vm.max_lwps,
+        "max_physical_memory": vm.max_physical_memory,
+        "max_swap": vm.max_swap,
+        "nics": vm.nics.clone().unwrap_or_default(),
+        "owner_uuid": vm.owner_uuid,
+        "platform_buildstamp": null,
+        "quota": vm.quota,
+        "ram": vm.ram,
+        "resolvers": vm.resolvers,
+        "server_uuid": vm.server_uuid,
+        "snapshots": vm.snapshots.clone().unwrap_or_default(),
+        "state": vm.state,
+        "tags": vm.tags.clone().unwrap_or_default(),
+        "zfs_filesystem": null,
+        "zfs_io_priority": vm.zfs_io_priority,
+        "zone_state": vm.zone_state,
+        "zonepath": null,
+        "zpool": null,
+    });
+    if hvm {
+        out["vcpus"] = json!(vm.vcpus);
+        out["cpu_type"] = json!(vm.cpu_type);
+        out["disks"] = json!(vm.disks.clone().unwrap_or_default());
+        out["bootrom"] = json!(vm.bootrom);
+    }
+    for (k, v) in [
+        ("boot_timestamp", &vm.boot_timestamp),
+        ("hostname", &vm.hostname),
+        ("package_name", &vm.package_name),
+        ("package_version", &vm.package_version),
+    ] {
+        if let Some(v) = v {
+            out[k] = json!(v);
+        }
+    }
+    if let Some(r) = &vm.routes {
+        out["routes"] = json!(r);
+    }
+    if let Some(e) = &vm.error {
+        out["error"] = json!(e);
+    }
+    out
+}
+
+fn check_alias(s: &str) -> Result<(), String> {
+    let ok = s.len() <= 189
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "must start with a letter or digit and use only letters, digits, _ . - (at most 189; got {:?})",
+            crate::spec::truncate(s, 60)
+        ))
+    }
+}
+
+fn check_hostname(s: &str) -> Result<(), String> {
+    let ok = s.len() <= 63 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !s.starts_with('-') && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("must be a host name of letters, digits and inner hyphens, at most 63 (got {:?})", crate::spec::truncate(s, 60)))
+    }
+}
+
+/// Metadata and tags: an object of string, number or boolean values.
+pub fn check_scalar_map(v: &Value) -> Result<(), String> {
+    let o = v.as_object().ok_or("must be an object of string, number or boolean values")?;
+    for (k, x) in o {
+        if k.is_empty() || k.len() > 128 {
+            return Err(format!("key {:?} must be 1 to 128 characters", crate::spec::truncate(k, 40)));
+        }
+        if !(x.is_string() || x.is_number() || x.is_boolean()) {
+            return Err(format!("{k:?} must be a string, number or boolean, not {}", crate::spec::type_name(x)));
+        }
+    }
+    if v.to_string().len() > 256 * 1024 {
+        return Err("must be at most 256 KiB in total".into());
+    }
+    Ok(())
+}
+
+fn scalar_map_schema() -> Value {
+    json!({"type": "object", "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}})
+}
+
+fn check_networks(v: &Value) -> Result<(), String> {
+    let nets = v.as_array().ok_or("must be an array of network UUIDs or {uuid|name|ipv4_uuid, ip, primary} objects")?;
+    if nets.is_empty() || nets.len() > 32 {
+        return Err("must list 1 to 32 networks".into());
+    }
+    let mut primaries = 0;
+    for (i, n) in nets.iter().enumerate() {
+        match n {
+            Value::String(s) => crate::spec::check_uuid(s).map_err(|e| format!("networks[{i}]: {e}"))?,
+            Value::Object(o) => {
+                for (k, x) in o {
+                    match k.as_str() {
+                        "uuid" | "ipv4_uuid" => {
+                            crate::spec::check_uuid(x.as_str().unwrap_or("")).map_err(|e| format!("networks[{i}].{k}: {e}"))?
+                        }
+                        "name" => {
+                            if !x.is_string() {
+                                return Err(format!("networks[{i}].name must be a string"));
+                            }
+                        }
+                        "ip" => {
+                            crate::ipv4::parse_addr(x.as_str().unwrap_or("")).map(|_| ()).map_err(|e| format!("networks[{i}].ip: {e}"))?
+                        }
+                        "ipv4_ips" => {
+                            let a = x.as_array().filter(|a| a.len() == 1).ok_or(format!("networks[{i}].ipv4_ips must hold one address"))?;
+                            crate::ipv4::parse_addr(a[0].as_str().unwrap_or("")).map_err(|e| format!("networks[{i}].ipv4_ips: {e}"))?;
+                        }
+                        "ipv4_count" => {
+                            if x.as_u64() != Some(1) {
+                                return Err(format!("networks[{i}].ipv4_count must be 1"));
+                            }
+                        }
+                        "primary" => {
+                            if x.as_bool().ok_or(format!("networks[{i}].primary must be a boolean"))? {
+                                primaries += 1;
+                            }
+                        }
+                        f if f.starts_with("allow_") => {
+                            x.as_bool().ok_or(format!("networks[{i}].{f} must be a boolean"))?;
+                        }
+                        other => return Err(format!("networks[{i}] has unknown key {other:?}")),
+                    }
+                }
+                if ["uuid", "ipv4_uuid", "name"].iter().filter(|k| o.contains_key(**k)).count() != 1 {
+                    return Err(format!("networks[{i}] needs exactly one of uuid, ipv4_uuid or name"));
+                }
+            }
+            other => return Err(format!("networks[{i}] must be a UUID string or an object, not {}", crate::spec::type_name(other))),
+        }
+    }
+    if primaries > 1 {
+        return Err("only one network may be primary".into());
+    }
+    Ok(())
+}
+
+fn networks_schema() -> Value {
+    json!({"type": "array", "minItems": 1, "items": {"oneOf": [{"type": "string", "format": "uuid"}, {"type": "object", "properties": {
+        "uuid": {"type": "string", "format": "uuid"}, "ipv4_uuid": {"type": "string", "format": "uuid"}, "name": {"type": "string"},
+        "ip": {"type": "string", "format": "ipv4"}, "ipv4_ips": {"type": "array", "items": {"type": "string"}}, "ipv4_count": {"type": "integer"},
+        "primary": {"type": "boolean"}}}]}})
+}
+
+fn check_disks(v: &Value) -> Result<(), String> {
+    let disks = v.as_array().ok_or("must be an array of disks")?;
+    if disks.is_empty() || disks.len() > 16 {
+        return Err("must list 1 to 16 disks".into());
+    }
+    for (i, d) in disks.iter().enumerate() {
+        let o = d.as_object().ok_or(format!("disks[{i}] must be an object"))?;
+        for (k, x) in o {
+            match k.as_str() {
+                "image_uuid" => crate::spec::check_uuid(x.as_str().unwrap_or("")).map_err(|e| format!("disks[{i}].image_uuid: {e}"))?,
+                "size" => {
+                    if x.as_u64().filter(|s| *s >= 1).is_none() {
+                        return Err(format!("disks[{i}].size must be a positive integer (MiB)"));
+                    }
+                }
+                "boot" => {
+                    x.as_bool().ok_or(format!("disks[{i}].boot must be a boolean"))?;
+                }
+                "model" => {
+                    if !matches!(x.as_str(), Some("virtio" | "ahci" | "nvme" | "ide" | "scsi")) {
+                        return Err(format!("disks[{i}].model must be virtio, ahci, nvme, ide or scsi"));
+                    }
+                }
+                "media" => {
+                    if !matches!(x.as_str(), Some("disk" | "cdrom")) {
+                        return Err(format!("disks[{i}].media must be disk or cdrom"));
+                    }
+                }
+                "path" => {
+                    x.as_str().ok_or(format!("disks[{i}].path must be a string"))?;
+                }
+                other => return Err(format!("disks[{i}] has unknown key {other:?} (image_uuid, size, boot, model, media, path)")),
+            }
+        }
+        if i > 0 && o.contains_key("image_uuid") {
+            return Err(format!("disks[{i}]: only the first disk may come from an image"));
+        }
+        if i > 0 && !o.contains_key("size") && o.get("media").and_then(Value::as_str) != Some("cdrom") {
+            return Err(format!("disks[{i}].size is required"));
+        }
+    }
+    Ok(())
+}
+
+fn disks_schema() -> Value {
+    json!({"type": "array", "items": {"type": "object", "properties": {
+        "image_uuid": {"type": "string", "format": "uuid"}, "size": {"type": "integer", "description": "MiB"}, "boot": {"type": "boolean"},
+        "model": {"type": "string", "enum": ["virtio", "ahci", "nvme", "ide", "scsi"]}, "media": {"type": "string", "enum": ["disk", "cdrom"]}, "path": {"type": "string"}}}})
+}
+
+fn check_locality(v: &Value) -> Result<(), String> {
+    let o = v.as_object().ok_or("must be an object {strict, near, far}")?;
+    for (k, x) in o {
+        match k.as_str() {
+            "strict" => {
+                x.as_bool().ok_or("strict must be a boolean")?;
+            }
+            "near" | "far" => {
+                let list: Vec<&Value> = match x {
+                    Value::Array(a) => a.iter().collect(),
+                    other => vec![other],
+                };
+                for u in list {
+                    crate::spec::check_uuid(u.as_str().unwrap_or("")).map_err(|e| format!("{k}: {e}"))?;
+                }
+            }
+            other => return Err(format!("unknown key {other:?} (strict, near, far)")),
+        }
+    }
+    Ok(())
+}
+
+fn locality_schema() -> Value {
+    json!({"type": "object", "properties": {"strict": {"type": "boolean"}, "near": {}, "far": {}}})
+}
+
+const fn int(min: i64, max: i64, unit: &'static str) -> Kind {
+    Kind::Int { min, max, multiple_of: None, unit: Some(unit) }
+}
+
+/// CreateVm (`POST /vms`).
+pub const CREATE_FIELDS: &[Field] = &[
+    Field::new("uuid", Kind::Uuid, "VM UUID; generated when absent."),
+    Field::new("owner_uuid", Kind::Uuid, "Owning account.").required(),
+    Field::new("brand", Kind::Enum(crate::package::BRANDS), "bhyve or kvm (hardware VMs; other Triton brands are refused).").required(),
+    Field::new("billing_id", Kind::Uuid, "Package UUID; its sizes fill what the request leaves unset."),
+    Field::new("image_uuid", Kind::Uuid, "Image to boot from (same as disks[0].image_uuid)."),
+    Field::new(
+        "networks",
+        Kind::Custom { check: check_networks, schema: networks_schema },
+        "Networks: UUIDs, or {uuid|name|ipv4_uuid, ip|ipv4_ips, primary}.",
+    )
+    .required(),
+    Field::new("ram", int(64, 4 << 20, "MiB"), "Guest RAM in MiB (default: the package's)."),
+    Field::new("vcpus", int(1, 64, "vCPUs"), "Virtual CPUs (default: the package's, else 1)."),
+    Field::new("quota", int(1, 1 << 20, "GiB"), "Disk quota in GiB (VMAPI's unit)."),
+    Field::new("cpu_cap", int(0, 102_400, "% of one CPU"), "CPU cap (100 = one core, 0 = uncapped)."),
+    Field::new("max_swap", int(128, 8 << 20, "MiB"), "Swap in MiB."),
+    Field::new("max_lwps", int(250, 1 << 30, "threads"), "Maximum threads."),
+    Field::new("zfs_io_priority", int(0, 16383, "shares"), "I/O priority."),
+    Field::new("cpu_shares", int(1, 65_535, "shares"), "CPU shares."),
+    Field::new("alias", Kind::Str { max: 189, check: Some(check_alias) }, "Display name."),
+    Field::new("hostname", Kind::Str { max: 63, check: Some(check_hostname) }, "Guest host name."),
+    Field::new(
+        "customer_metadata",
+        Kind::Custom { check: check_scalar_map, schema: scalar_map_schema },
+        "Metadata the guest reads (string, number or boolean values).",
+    ),
+    Field::new(
+        "internal_metadata",
+        Kind::Custom { check: check_scalar_map, schema: scalar_map_schema },
+        "Operator metadata (read-only to the guest).",
+    ),
+    Field::new("tags", Kind::Custom { check: check_scalar_map, schema: scalar_map_schema }, "Tags (string, number or boolean values)."),
+    Field::new("bootrom", Kind::Enum(&["bios", "uefi"]), "Firmware (bhyve): bios or uefi."),
+    Field::new(
+        "disks",
+        Kind::Custom { check: check_disks, schema: disks_schema },
+        "Disks: the first may come from image_uuid; the others need size (MiB).",
+    ),
+    Field::new("server_uuid", Kind::Uuid, "Pin to this server (hard filters still apply)."),
+    Field::new("autoboot", Kind::Bool, "Start after provisioning (default true)."),
+    Field::new("firewall_enabled", Kind::Bool, "Enable the firewall."),
+    Field::new("resolvers", Kind::Ipv4List, "DNS resolvers (default: the networks')."),
+    Field::new(
+        "locality",
+        Kind::Custom { check: check_locality, schema: locality_schema },
+        "Placement hints {strict, near, far} (VM UUIDs of the same owner).",
+    ),
+    Field::new("cpu_type", Kind::Enum(&["host", "qemu64"]), "CPU model presented to the guest."),
+    Field::new("disk_driver", Kind::Enum(&["virtio", "ahci", "nvme", "ide", "scsi"]), "Default disk model."),
+    Field::new("nic_driver", Kind::Enum(&["virtio", "e1000", "rtl8139"]), "Default NIC model."),
+    Field::new("sync", Kind::Bool, "Wait for the provision job to finish before answering."),
+];
+
+/// `POST /vms/{uuid}?action=update`.
+pub const UPDATE_FIELDS: &[Field] = &[
+    Field::new("billing_id", Kind::Uuid, "Resize to this package."),
+    Field::new("ram", int(64, 4 << 20, "MiB"), "New guest RAM (MiB)."),
+    Field::new("vcpus", int(1, 64, "vCPUs"), "New vCPU count."),
+    Field::new("quota", int(1, 1 << 20, "GiB"), "New disk quota (GiB); the boot disk grows, never shrinks."),
+    Field::new("cpu_cap", int(0, 102_400, "% of one CPU"), "New CPU cap (0 = uncapped)."),
+    Field::new("alias", Kind::Str { max: 189, check: Some(check_alias) }, "New display name."),
+    Field::new("hostname", Kind::Str { max: 63, check: Some(check_hostname) }, "New guest host name."),
+    Field::new("firewall_enabled", Kind::Bool, "Enable or disable the firewall."),
+    Field::new("autoboot", Kind::Bool, "Start with the server."),
+    Field::new("resolvers", Kind::Ipv4List, "DNS resolvers."),
+    Field::new("customer_metadata", Kind::Custom { check: check_scalar_map, schema: scalar_map_schema }, "Replace customer metadata."),
+    Field::new(
+        "set_customer_metadata",
+        Kind::Custom { check: check_scalar_map, schema: scalar_map_schema },
+        "Add or change customer metadata keys.",
+    ),
+    Field::new("remove_customer_metadata", Kind::StrList { max_item: 128 }, "Remove customer metadata keys."),
+    Field::new(
+        "set_internal_metadata",
+        Kind::Custom { check: check_scalar_map, schema: scalar_map_schema },
+        "Add or change internal metadata keys.",
+    ),
+    Field::new("remove_internal_metadata", Kind::StrList { max_item: 128 }, "Remove internal metadata keys."),
+    Field::new("tags", Kind::Custom { check: check_scalar_map, schema: scalar_map_schema }, "Replace tags."),
+    Field::new("set_tags", Kind::Custom { check: check_scalar_map, schema: scalar_map_schema }, "Add or change tags."),
+    Field::new("remove_tags", Kind::StrList { max_item: 128 }, "Remove tags."),
+    Field::new("force", Kind::Bool, "Skip the capacity check."),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ghost_records_decode_and_render_with_gaps_filled() {
+        let ghost: Vm = serde_json::from_value(
+            json!({"uuid": "2b4c5a9e-8f0d-4a43-9d8f-6c1e0a7f3b21", "server_uuid": "3b4c5a9e-8f0d-4a43-9d8f-6c1e0a7f3b21"}),
+        )
+        .unwrap();
+        assert!(!ghost.is_complete());
+        assert_eq!(ghost.cap(), CapState::Unknown);
+        assert!(ghost.is_active(), "a NULL state counts, as in Moray");
+        assert!(ghost.definition().unwrap_err().contains("owner_uuid"));
+        let r = render(&ghost);
+        assert_eq!(
+            (r["customer_metadata"].clone(), r["nics"].clone(), r["firewall_enabled"].clone(), r["state"].clone()),
+            (json!({}), json!([]), json!(false), Value::Null)
+        );
+    }
+
+    #[test]
+    fn caps_and_disk() {
+        let mut vm: Vm =
+            serde_json::from_value(json!({"uuid": Uuid::nil(), "owner_uuid": Uuid::nil(), "brand": "bhyve", "ram": 1024, "quota": 10}))
+                .unwrap();
+        assert_eq!(vm.cap(), CapState::Uncapped);
+        assert_eq!(vm.disk_mib(), Some(10240));
+        vm.cpu_cap = Some(200);
+        assert_eq!(vm.cap(), CapState::Capped(200));
+        vm.state = Some("provisioning".into());
+        vm.mark_destroyed("t");
+        assert_eq!(vm.state.as_deref(), Some("failed"));
+        assert_eq!(vm.ram, Some(1024), "markAsDestroyed keeps the record whole");
+    }
+
+    #[test]
+    fn create_fields_check_networks_and_disks() {
+        let body = json!({"owner_uuid": Uuid::nil(), "brand": "bhyve", "networks": [{"uuid": Uuid::nil(), "primary": true}, {"name": "x", "primary": true}], "disks": [{"size": 5, "colour": 1}]});
+        let errs = crate::spec::check(CREATE_FIELDS, body.as_object().unwrap(), crate::spec::Mode::Create, &[]);
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["networks", "disks"]);
+        assert!(errs[0].message.contains("only one network may be primary"));
+        assert!(check_alias("web-1.prod").is_ok() && check_alias("-x").is_err());
+    }
+}
