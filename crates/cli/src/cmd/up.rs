@@ -84,8 +84,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
     let agent = nereid_agent::start(agent_cfg).await?;
     let end = Instant::now() + Duration::from_secs(30);
     loop {
-        let (servers, hbs) = (running.app.list_servers(&nereid_types::query::Query::default()).await?, ());
-        let _ = hbs;
+        let servers = running.app.list_servers(&nereid_types::query::Query::default()).await?;
         let up = servers
             .iter()
             .filter(|(s, hb)| agent.servers().contains(&s.uuid) && running.app.server_status(hb.as_ref()).0 == "running")
