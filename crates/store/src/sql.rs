@@ -90,6 +90,7 @@ impl Sql {
                 if parts.iter().any(|s| s.contains('\0')) {
                     return Err(StoreError::InvalidFilter("values may not contain NUL characters".into()));
                 }
+                self.falsy_open();
                 match self.dialect {
                     Dialect::Sqlite => {
                         let pattern: Vec<String> = parts.iter().map(|s| glob_escape(s)).collect();
@@ -103,6 +104,7 @@ impl Sql {
                     }
                 }
                 self.push(")");
+                self.falsy_close();
             }
             Filter::Has(p, v) => {
                 p.validate()?;
@@ -114,9 +116,11 @@ impl Sql {
                     }
                     Dialect::Postgres => {
                         scalar(v)?;
+                        self.falsy_open();
                         self.push(&format!("({} @> ", expr(self.dialect, p, Kind::Number)));
                         self.bind_jsonb(&Value::Array(vec![v.clone()]));
                         self.push(")");
+                        self.falsy_close();
                     }
                 }
             }
@@ -153,8 +157,25 @@ impl Sql {
         Ok(())
     }
 
+    /// `COALESCE((…), FALSE)`: a comparison with an absent field is false, never NULL, so
+    /// that `NOT` of it is true (SQL's three-valued logic would otherwise drop the row).
+    fn falsy_open(&mut self) {
+        self.push("COALESCE(");
+    }
+
+    fn falsy_close(&mut self) {
+        self.push(match self.dialect {
+            Dialect::Sqlite => ", 0)",
+            Dialect::Postgres => ", FALSE)",
+        });
+    }
+
     fn compare(&mut self, p: &Path, op: &str, v: &Value) -> Result<(), StoreError> {
         p.validate()?;
+        let null_safe = op.starts_with("IS");
+        if !null_safe {
+            self.falsy_open();
+        }
         match (self.dialect, v) {
             (_, Value::String(s)) => {
                 scalar(v)?;
@@ -172,6 +193,9 @@ impl Sql {
             }
         }
         self.push(")");
+        if !null_safe {
+            self.falsy_close();
+        }
         Ok(())
     }
 
@@ -320,12 +344,12 @@ mod tests {
         s.filter(&f).unwrap();
         assert_eq!(
             s.text,
-            "SELECT 1 FROM objects WHERE bucket = 'b' AND ((((value #>> '{\"name\"}') COLLATE \"C\") = $1) AND ((value #> '{\"ram\"}') >= $2::jsonb) AND ((value #> '{\"owners\"}') @> $3::jsonb))"
+            "SELECT 1 FROM objects WHERE bucket = 'b' AND (COALESCE((((value #>> '{\"name\"}') COLLATE \"C\") = $1), FALSE) AND COALESCE(((value #> '{\"ram\"}') >= $2::jsonb), FALSE) AND COALESCE(((value #> '{\"owners\"}') @> $3::jsonb), FALSE))"
         );
         assert_eq!(s.params[2], Param::Text("[\"u\"]".into()));
         let mut s = Sql::new(Dialect::Sqlite, "");
         s.filter(&Filter::Glob(Path::field("n"), vec!["a*b".into(), String::new()])).unwrap();
-        assert_eq!(s.text, " AND (json_extract(value, '$.\"n\"') GLOB ?)");
+        assert_eq!(s.text, " AND COALESCE((json_extract(value, '$.\"n\"') GLOB ?), 0)");
         assert_eq!(s.params[0], Param::Text("a[*]b*".into()));
     }
 

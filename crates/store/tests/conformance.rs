@@ -172,6 +172,11 @@ fn filters() -> Vec<Filter> {
         Filter::Not(Box::new(Filter::And(vec![Filter::eq("active", true), Filter::Present(p("ram"))]))),
         Filter::And(vec![]),
         Filter::Or(vec![]),
+        // Negations of comparisons with absent fields: true, not NULL (Moray's NULL trap).
+        Filter::Not(Box::new(Filter::eq("ram", 512))),
+        Filter::Not(Box::new(Filter::Or(vec![Filter::eq("nothing", "x"), Filter::Gt(p("ram"), json!(700))]))),
+        Filter::Not(Box::new(Filter::prefix("missing", "a"))),
+        Filter::Not(Box::new(Filter::has("missing", "a"))),
         Filter::any_of("name", vec![json!("alpha-00"), json!("beta-01"), json!("nobody")]),
     ]
 }
