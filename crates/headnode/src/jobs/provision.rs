@@ -89,12 +89,10 @@ impl Step for Reserve {
         app.release_reservations(job.vm_uuid, Some(job.uuid)).await.map_err(|e| e.message)?;
         let why = job.error.clone().unwrap_or_else(|| "the provision failed".into());
         app.modify_vm(job.vm_uuid, |vm| {
-            if vm.state.as_deref() != Some("destroyed") {
-                vm.state = Some("failed".into());
-                vm.zone_state = Some("failed".into());
-                vm.error = Some(why.clone());
-                vm.last_modified = Some(nereid_types::time::now_iso());
-            }
+            vm.state = Some("failed".into());
+            vm.zone_state = Some("failed".into());
+            vm.error = Some(why.clone());
+            vm.last_modified = Some(nereid_types::time::now_iso());
             Ok(())
         })
         .await
@@ -216,6 +214,16 @@ impl Step for Create {
         Ok(format!("server accepted the VM ({})", st.state))
     }
     async fn undo(&self, app: &App, job: &mut Job) -> StepResultT {
+        // The record is the job's again while it unwinds (reports of the deletion must
+        // not turn it into a destroyed VM: the provision failed).
+        app.modify_vm(job.vm_uuid, |vm| {
+            if vm.state.as_deref() != Some("failed") {
+                vm.state = Some("provisioning".into());
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.message)?;
         app.agent_delete_and_wait(server(job)?, job.vm_uuid, app.cfg.step_deadline).await.map_err(|e| e.to_string())?;
         Ok("VM deleted from its server".into())
     }
