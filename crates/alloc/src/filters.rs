@@ -3,12 +3,12 @@
 
 use serde_json::Value;
 
-use crate::{Cap, Config, Request, Server, Source, Status, unreserved, vm_locations};
+use crate::{Cap, Config, Request, Server, Source, Status, unreserved};
 
 /// A hard filter: `Err(reason)` drops the server.
 pub type Hard = fn(&Server, &Request, &Config, &[Server]) -> Result<(), String>;
-/// A soft filter: `true` keeps the server when at least one is kept.
-pub type Soft = fn(&Server, &Request, &Config, &[&Server], &[Server]) -> bool;
+/// A soft filter: the servers it prefers (ignored when it prefers none).
+pub type Soft = for<'a> fn(&[&'a Server], &Request, &Config) -> Vec<&'a Server>;
 
 pub const HARD: &[(&str, Hard)] = &[
     ("setup", setup),
@@ -163,7 +163,7 @@ fn disk(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String>
     }
 }
 
-fn strict_locality(s: &Server, r: &Request, _: &Config, all: &[Server]) -> Result<(), String> {
+fn strict_locality(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
     if !r.locality.strict {
         return Ok(());
     }
@@ -171,47 +171,46 @@ fn strict_locality(s: &Server, r: &Request, _: &Config, all: &[Server]) -> Resul
     if let Some(v) = r.locality.far.iter().find(|v| here.contains(v)) {
         return Err(format!("hosts VM {v}, which the request must be far from"));
     }
-    if let Some(first) = r.locality.near.first() {
-        let locations = vm_locations(all);
-        match locations.get(first) {
-            Some(host) if *host == s.uuid => {
-                if let Some(missing) = r.locality.near.iter().find(|v| !here.contains(v)) {
-                    return Err(format!("does not host VM {missing}, which the request must be near"));
-                }
-            }
-            _ => return Err(format!("does not host VM {first}, which the request must be near")),
-        }
+    // Only the server hosting the first `near` VM can qualify, and it must host them all.
+    if let Some(missing) = r.locality.near.iter().find(|v| !here.contains(v)) {
+        return Err(format!("does not host VM {missing}, which the request must be near"));
     }
     Ok(())
 }
 
-fn not_reservoir(s: &Server, _: &Request, _: &Config, _: &[&Server], _: &[Server]) -> bool {
-    !s.reservoir
+fn not_reservoir<'a>(set: &[&'a Server], _: &Request, _: &Config) -> Vec<&'a Server> {
+    set.iter().copied().filter(|s| !s.reservoir).collect()
 }
 
 /// Sets aside the emptiest 15 % (by unreserved RAM) when there are at least 7 servers.
-fn not_largest(s: &Server, _: &Request, c: &Config, set: &[&Server], _: &[Server]) -> bool {
-    if !c.filter_large_servers || set.len() < 7 {
-        return true;
-    }
+fn not_largest<'a>(set: &[&'a Server], _: &Request, c: &Config) -> Vec<&'a Server> {
     let drop = set.len() * 15 / 100;
-    let mut free: Vec<f64> = set.iter().map(|x| unreserved(x).ram_mib).collect();
-    free.sort_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
-    let threshold = free[drop.saturating_sub(1).min(free.len() - 1)];
-    drop == 0 || unreserved(s).ram_mib < threshold
+    if !c.filter_large_servers || set.len() < 7 || drop == 0 {
+        return set.to_vec();
+    }
+    let mut by_free: Vec<(f64, &'a Server)> = set.iter().map(|s| (unreserved(s).ram_mib, *s)).collect();
+    by_free.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    by_free.truncate(set.len() - drop);
+    let keep: std::collections::HashSet<uuid::Uuid> = by_free.iter().map(|(_, s)| s.uuid).collect();
+    set.iter().copied().filter(|s| keep.contains(&s.uuid)).collect()
 }
 
 /// Non-strict near/far, or (without hints) servers without this owner's VMs.
-fn soft_locality(s: &Server, r: &Request, _: &Config, _: &[&Server], _: &[Server]) -> bool {
-    let mine: Vec<uuid::Uuid> = s.vms.iter().filter(|v| v.owner == Some(r.owner)).map(|v| v.uuid).collect();
+fn soft_locality<'a>(set: &[&'a Server], r: &Request, _: &Config) -> Vec<&'a Server> {
     let l = &r.locality;
     if l.strict {
-        return true;
+        return set.to_vec();
     }
-    if l.near.is_empty() && l.far.is_empty() {
-        return mine.is_empty();
-    }
-    let far_ok = !l.far.iter().any(|v| mine.contains(v));
-    let near_ok = l.near.is_empty() || l.near.iter().any(|v| mine.contains(v));
-    far_ok && near_ok
+    set.iter()
+        .copied()
+        .filter(|s| {
+            let mine: Vec<uuid::Uuid> = s.vms.iter().filter(|v| v.owner == Some(r.owner)).map(|v| v.uuid).collect();
+            if l.near.is_empty() && l.far.is_empty() {
+                return mine.is_empty();
+            }
+            let far_ok = !l.far.iter().any(|v| mine.contains(v));
+            let near_ok = l.near.is_empty() || l.near.iter().any(|v| mine.contains(v));
+            far_ok && near_ok
+        })
+        .collect()
 }

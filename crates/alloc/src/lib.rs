@@ -25,7 +25,7 @@
 //! Capacity is *claimed* by the caller writing a reservation in the same transaction as
 //! its decision (see the headnode's `app::allocation`); this crate only decides.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use rand::Rng;
 use serde::Serialize;
@@ -320,7 +320,7 @@ pub fn allocate(servers: &[Server], req: &Request, cfg: &Config, rng: &mut impl 
         }
     }
     for (name, prefer) in filters::SOFT {
-        let kept: Vec<&Server> = set.iter().copied().filter(|s| prefer(s, req, cfg, &set, servers)).collect();
+        let kept = prefer(&set, req, cfg);
         if !kept.is_empty() {
             set = kept;
         }
@@ -329,11 +329,6 @@ pub fn allocate(servers: &[Server], req: &Request, cfg: &Config, rng: &mut impl 
     let chosen = if req.server.is_some() || set.len() == 1 { set[0].uuid } else { score::pick(&set, req, cfg, rng) };
     steps.push(Step { step: "pick", remaining: 1 });
     Ok(Placement { server: chosen, steps, rejected, warnings })
-}
-
-/// Which servers host which VMs (for locality).
-pub fn vm_locations(servers: &[Server]) -> BTreeMap<Uuid, Uuid> {
-    servers.iter().flat_map(|s| s.vms.iter().map(move |v| (v.uuid, s.uuid))).collect()
 }
 
 /// Owners with VMs on a server.

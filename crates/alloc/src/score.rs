@@ -31,8 +31,9 @@ pub fn pick(set: &[&Server], req: &Request, cfg: &Config, rng: &mut impl Rng) ->
         if weight == 0.0 {
             return;
         }
+        let keys: Vec<f64> = set.iter().map(|s| key(s)).collect();
         let mut order = shuffled.clone();
-        order.sort_by(|&a, &b| key(set[a]).partial_cmp(&key(set[b])).unwrap_or(std::cmp::Ordering::Equal));
+        order.sort_by(|&a, &b| keys[a].partial_cmp(&keys[b]).unwrap_or(std::cmp::Ordering::Equal));
         for (rank, &i) in order.iter().enumerate() {
             scores[i] += linear(rank, n, weight);
         }

@@ -150,7 +150,8 @@ async fn power_failures_unwind_to_the_previous_state() {
     let e = env().await;
     for (task, start_running) in [("start", false), ("stop", true), ("reboot", true)] {
         for (i, step) in POWER.iter().enumerate() {
-            let uuid = if start_running { e.running_vm(&format!("{task}-{step}")).await } else { e.stopped_vm(&format!("{task}-{step}")).await };
+            let uuid =
+                if start_running { e.running_vm(&format!("{task}-{step}")).await } else { e.stopped_vm(&format!("{task}-{step}")).await };
             e.fail_at(task, Some(step));
             e.hooks().double_undo.store(i == POWER.len() - 1, Ordering::SeqCst);
             let j = e.action(&uuid, task, json!({})).await;

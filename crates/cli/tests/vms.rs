@@ -183,7 +183,14 @@ async fn a_ghost_record_never_blocks_placement_and_sync_clears_it() {
     let ghost = "6a7e59f5-4ddc-4b39-9b1c-2d5d3e0d9a01";
     cloud.headnode.app.store.put("vms", ghost, json!({"uuid": ghost, "server_uuid": server}), nereid_store::Cond::Absent).await.unwrap();
     // A capped package: in Triton the ghost's null cpu_cap zeroes the server's CPU and fails capness.
-    let capped = cloud.client.post("/packages", &json!({"name": "capped", "version": "1.0.0", "max_physical_memory": 1024, "quota": 10240, "cpu_cap": 100, "brand": "bhyve"})).await.unwrap();
+    let capped = cloud
+        .client
+        .post(
+            "/packages",
+            &json!({"name": "capped", "version": "1.0.0", "max_physical_memory": 1024, "quota": 10240, "cpu_cap": 100, "brand": "bhyve"}),
+        )
+        .await
+        .unwrap();
     let mut body = seed.vm_body("capped-1");
     body["billing_id"] = capped["uuid"].clone();
     let r = cloud.client.post("/vms", &body).await.unwrap();
@@ -243,7 +250,11 @@ async fn simulated_faults_fail_jobs_cleanly() {
     o.app.provision_deadline = Duration::from_secs(2);
     let cloud = Cloud::start_with(o).await.unwrap();
     let seed = cloud.seed().await.unwrap();
-    for (fault, why) in [("fail-create", "simulated failure creating the VM"), ("hang-create", "did not finish within its deadline"), ("fail-start", "simulated failure starting")] {
+    for (fault, why) in [
+        ("fail-create", "simulated failure creating the VM"),
+        ("hang-create", "did not finish within its deadline"),
+        ("fail-start", "simulated failure starting"),
+    ] {
         let mut body = seed.vm_body(fault);
         body["internal_metadata"] = json!({"nereid:sim_fault": fault});
         let (uuid, job) = cloud.create_vm(&body).await.unwrap();
@@ -282,7 +293,11 @@ async fn put_vm_is_a_checked_patch() {
     let body = api_err(put(Some(etag.clone()), json!({"owner_uuid": null, "ram": null})).await, 409, "ValidationFailed");
     assert_eq!(body["errors"].as_array().unwrap().len(), 2);
     let fixed = put(Some(etag.clone()), json!({"alias": "fixed", "tags": {"repaired": true}})).await.unwrap();
-    assert_eq!((fixed["alias"].as_str(), fixed["owner_uuid"].as_str(), fixed["ram"].as_u64()), (Some("fixed"), Some(seed.owner.as_str()), Some(1024)), "a patch keeps the rest");
+    assert_eq!(
+        (fixed["alias"].as_str(), fixed["owner_uuid"].as_str(), fixed["ram"].as_u64()),
+        (Some("fixed"), Some(seed.owner.as_str()), Some(1024)),
+        "a patch keeps the rest"
+    );
     // The old ETag is stale now.
     api_err(put(Some(etag), json!({"alias": "again"})).await, 412, "PreconditionFailed");
 }
@@ -293,15 +308,24 @@ async fn cnapi_servers_and_server_update() {
     let seed = cloud.seed().await.unwrap();
     let servers = cloud.client.get("/servers?extras=sysinfo").await.unwrap();
     let s0 = &servers[0];
-    for k in ["UUID", "Hostname", "CPU Total Cores", "MiB of Memory", "Network Interfaces", "Boot Time", "Serial Number", "Zpool Size in GiB"] {
+    for k in
+        ["UUID", "Hostname", "CPU Total Cores", "MiB of Memory", "Network Interfaces", "Boot Time", "Serial Number", "Zpool Size in GiB"]
+    {
         assert!(s0["sysinfo"].get(k).is_some(), "sysinfo lacks {k}: {}", s0["sysinfo"]);
     }
     assert_eq!((s0["status"].as_str(), s0["setup"].as_bool(), s0["system_type"].as_str()), (Some("running"), Some(true), Some("Linux")));
     let (a, b) = (s0["uuid"].as_str().unwrap().to_string(), servers[1]["uuid"].as_str().unwrap().to_string());
     // ServerUpdate persists what Triton drops, and placement obeys it.
-    cloud.client.post(&format!("/servers/{a}"), &json!({"reserved": true, "overprovision_ratios": {"ram": 2.0}, "traits": {}})).await.unwrap();
+    cloud
+        .client
+        .post(&format!("/servers/{a}"), &json!({"reserved": true, "overprovision_ratios": {"ram": 2.0}, "traits": {}}))
+        .await
+        .unwrap();
     let got = cloud.client.get(&format!("/servers/{a}")).await.unwrap();
-    assert_eq!((got["reserved"].as_bool(), got["overprovision_ratios"]["ram"].as_f64(), got["overprovision_ratios"]["cpu"].as_f64()), (Some(true), Some(2.0), Some(4.0)));
+    assert_eq!(
+        (got["reserved"].as_bool(), got["overprovision_ratios"]["ram"].as_f64(), got["overprovision_ratios"]["cpu"].as_f64()),
+        (Some(true), Some(2.0), Some(4.0))
+    );
     for i in 0..3 {
         let r = cloud.client.post("/vms", &seed.vm_body(&format!("r{i}"))).await.unwrap();
         assert_eq!(r["placement"]["server_uuid"], b.as_str(), "reserved servers are skipped");
@@ -320,7 +344,11 @@ async fn cnapi_servers_and_server_update() {
     // Agent endpoints refuse the operator token where a server secret is needed only for other servers' data.
     let e = cloud.client_with_token("nope").get("/servers").await.unwrap_err();
     assert_eq!(e.status(), Some(401));
-    let e = cloud.client_with_token("nope").post(&format!("/servers/{b}/events/heartbeat"), &json!({"usage": {}, "vms": []})).await.unwrap_err();
+    let e = cloud
+        .client_with_token("nope")
+        .post(&format!("/servers/{b}/events/heartbeat"), &json!({"usage": {}, "vms": []}))
+        .await
+        .unwrap_err();
     assert_eq!(e.status(), Some(401));
     let e = cloud.client.post("/servers/join", &json!({"sysinfo": {}, "agent_url": "http://x"})).await.unwrap_err();
     assert_eq!(e.status(), Some(401), "the admin token is not the join token");
@@ -350,7 +378,11 @@ async fn metrics_in_prometheus_format() {
     let secret = std::fs::read_to_string(cloud.data_dir.parent().unwrap().join("agent/sim/0/secret")).unwrap();
     let resp = reqwest::Client::new().get(format!("http://{}/metrics", agent.addr)).bearer_auth(secret.trim()).send().await.unwrap();
     let t = resp.text().await.unwrap();
-    assert!(t.contains("nereid_host_memory_bytes{kind=\"total\"}") && t.contains(&format!("nereid_vms{{server=\"{}\",state=\"running\"}} 1", node.uuid)), "{t}");
+    assert!(
+        t.contains("nereid_host_memory_bytes{kind=\"total\"}")
+            && t.contains(&format!("nereid_vms{{server=\"{}\",state=\"running\"}} 1", node.uuid)),
+        "{t}"
+    );
     assert!(t.contains("# TYPE nereid_hardware_temperature_celsius gauge"));
     let unauth = reqwest::Client::new().get(format!("http://{}/metrics", agent.addr)).send().await.unwrap();
     assert_eq!(unauth.status(), 401);

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::Output;
 
+#[allow(unused_imports)]
 pub use nereid_testkit::{Backend, Cloud};
 use serde_json::Value;
 
