@@ -132,7 +132,10 @@ async fn fifty_concurrent_provisions_against_room_for_ten(b: Backend) {
     let second = if b == Backend::Postgres { Some(Cloud::start_on(&cloud.store_url).await.unwrap()) } else { None };
     let mut tasks = Vec::new();
     for i in 0..50 {
-        let c = if i % 2 == 1 && second.is_some() { second.as_ref().unwrap().client.clone() } else { cloud.client.clone() };
+        let c = match &second {
+            Some(s) if i % 2 == 1 => s.client.clone(),
+            _ => cloud.client.clone(),
+        };
         let body = seed.vm_body(&format!("race-{i}"));
         tasks.push(tokio::spawn(async move { c.post("/vms", &body).await }));
     }
