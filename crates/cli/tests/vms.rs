@@ -146,6 +146,13 @@ async fn fifty_concurrent_provisions_against_room_for_ten(b: Backend) {
             Err(e) => refused.push(e),
         }
     }
+    if jobs.len() != 10 {
+        for j in &jobs {
+            let job = cloud.wait_job(j).await.unwrap();
+            eprintln!("job {} vm {} server {} exec {}", j, job["vm_uuid"], job["server_uuid"], job["execution"]);
+        }
+        eprintln!("servers: {}", cloud.client.get("/servers").await.unwrap());
+    }
     assert_eq!((jobs.len(), refused.len()), (10, 40));
     for e in &refused {
         let nereid_client::Error::Api { status, code, errors, message, .. } = e else { panic!("{e}") };

@@ -135,14 +135,16 @@ pub fn server_view(s: &Server, hb: Option<&HeartbeatRecord>, status: Status, rec
 impl App {
     /// Every server as placement sees it now.
     pub async fn placement_view(&self) -> Result<View, ApiError> {
+        // Claims first: a placement that commits after this read bumps a claim, so a
+        // decision made from records read afterwards can never commit on stale data.
+        let claims = self.store.list(SERVER_CLAIMS.name, &ListQuery::all()).await.map_err(store_error)?;
+        let claims: HashMap<Uuid, i64> = claims.into_iter().filter_map(|o| Some((Uuid::parse_str(&o.key).ok()?, o.generation))).collect();
         let servers: Vec<Server> = self.list(SERVERS.name, &ListQuery::all()).await?;
         let hbs = self.heartbeats().await?;
         let records: Vec<Vm> = self
             .list(VMS.name, &ListQuery::filter(Filter::and(vec![active_filter(), Filter::Present(Path::field("server_uuid"))])))
             .await?;
         let reservations: Vec<Reservation> = self.list(RESERVATIONS.name, &ListQuery::all()).await?;
-        let claims = self.store.list(SERVER_CLAIMS.name, &ListQuery::all()).await.map_err(store_error)?;
-        let claims: HashMap<Uuid, i64> = claims.into_iter().filter_map(|o| Some((Uuid::parse_str(&o.key).ok()?, o.generation))).collect();
         let mut out = Vec::new();
         for s in &servers {
             let hb = hbs.get(&s.uuid);

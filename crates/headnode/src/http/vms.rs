@@ -175,9 +175,9 @@ async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> HttpResult 
 
 async fn create(State(s): State<AppState>, RawQuery(raw): RawQuery, body: Body) -> HttpResult {
     let q = parse_query(Api::Papi, SYNC, raw.as_deref())?;
-    let mut input = read_object(body).await?;
+    let input = read_object(body).await?;
+    // `sync` may come either way; CreateVm validates the body's like any field.
     let sync = q.flag("sync") || input.get("sync").and_then(Value::as_bool).unwrap_or(false);
-    input.remove("sync");
     let c = s.app.create_vm(&input).await?;
     finish(&s, c.vm.uuid, c.job.uuid, sync, Some(c.placement)).await
 }
