@@ -53,6 +53,27 @@ pub struct HeadnodeArgs {
     /// Address of the operator API listener (port 0 picks a free port)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub admin_listen: SocketAddr,
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+/// Timeouts of the headnode's logic.
+#[derive(Args, Debug, Clone)]
+pub struct Tuning {
+    /// Seconds without a heartbeat after which a server's status is `unknown` (and placement skips it)
+    #[arg(long, default_value_t = 11, value_name = "SECS")]
+    pub server_timeout_secs: u64,
+    /// Seconds a job lease lasts; another headnode takes over a job whose lease ran out
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub job_lease_secs: u64,
+}
+
+impl Tuning {
+    /// Applies the flags to the headnode's knobs.
+    pub fn apply(&self, cfg: &mut nereid_headnode::app::AppConfig) {
+        cfg.server_timeout = std::time::Duration::from_secs(self.server_timeout_secs.max(1));
+        cfg.job_lease = std::time::Duration::from_secs(self.job_lease_secs.max(3));
+    }
 }
 
 /// Hypervisor backends.
@@ -106,6 +127,8 @@ pub struct UpArgs {
     /// Do not create the default nic tag, network, packages and image
     #[arg(long)]
     pub no_seed: bool,
+    #[command(flatten)]
+    pub tuning: Tuning,
 }
 
 #[derive(Args, Debug)]

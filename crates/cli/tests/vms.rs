@@ -397,3 +397,109 @@ async fn metrics_in_prometheus_format() {
     let unauth = reqwest::Client::new().get(format!("http://{}/metrics", agent.addr)).send().await.unwrap();
     assert_eq!(unauth.status(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn create_vm_refuses_what_cannot_work_and_lists_filter() {
+    let cloud = sim(Backend::Sqlite, 1).await;
+    let seed = cloud.seed().await.unwrap();
+    // A package quota smaller than the image: Triton accepts it and fails much later.
+    let big = cloud
+        .client
+        .post("/images", &json!({"owner": "00000000-0000-0000-0000-000000000000", "name": "big", "version": "1", "type": "zvol", "os": "linux", "public": true, "nic_driver": "virtio", "disk_driver": "virtio", "cpu_type": "host", "image_size": 20480}))
+        .await
+        .unwrap()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cloud
+        .client
+        .send(cloud.client.request(reqwest::Method::PUT, &format!("/images/{big}/file?compression=none")).body(vec![1u8; 64]))
+        .await
+        .unwrap();
+    cloud.client.post(&format!("/images/{big}?action=activate"), &json!({})).await.unwrap();
+    let mut body = seed.vm_body("too-small");
+    body["image_uuid"] = json!(big);
+    let e = api_err(cloud.client.post("/vms", &body).await, 409, "ValidationFailed");
+    let msg = e["errors"][0]["message"].as_str().unwrap();
+    assert_eq!((e["errors"][0]["field"].as_str(), e["errors"][0]["code"].as_str()), (Some("quota"), Some("InsufficientCapacity")));
+    assert!(msg.contains("needs image_size 20480 MiB") && msg.contains("at least 20480 MiB"), "{msg}");
+    // Other brands, unknown packages, bad networks: refused, nothing written.
+    let mut b = seed.vm_body("x");
+    b["brand"] = json!("joyent");
+    api_err(cloud.client.post("/vms", &b).await, 409, "BrandNotSupported");
+    let mut b = seed.vm_body("x");
+    b["billing_id"] = json!("11111111-1111-4111-8111-111111111111");
+    assert_eq!(api_err(cloud.client.post("/vms", &b).await, 409, "ValidationFailed")["errors"][0]["field"], "billing_id");
+    let mut b = seed.vm_body("x");
+    b["networks"] = json!([{"name": "nope"}]);
+    assert!(
+        api_err(cloud.client.post("/vms", &b).await, 409, "ValidationFailed")["message"]
+            .as_str()
+            .unwrap()
+            .contains("no network or pool is named")
+    );
+    let mut b = seed.vm_body("x");
+    b["ram"] = json!(32);
+    api_err(cloud.client.post("/vms", &b).await, 409, "ValidationFailed");
+    assert_eq!(cloud.client.get("/vms").await.unwrap(), json!([]));
+    // Listing filters.
+    for (alias, tag) in [("web-1", "web"), ("web-2", "web"), ("db-1", "db")] {
+        let mut b = seed.vm_body(alias);
+        b["tags"] = json!({"role": tag});
+        let (_, job) = cloud.create_vm(&b).await.unwrap();
+        cloud.wait_job(&job).await.unwrap();
+    }
+    let aliases = |v: Value| {
+        let mut a: Vec<String> = v.as_array().unwrap().iter().map(|x| x["alias"].as_str().unwrap().to_string()).collect();
+        a.sort();
+        a
+    };
+    assert_eq!(aliases(cloud.client.get("/vms?tag.role=web").await.unwrap()), ["web-1", "web-2"]);
+    assert_eq!(aliases(cloud.client.get("/vms?alias=db").await.unwrap()), ["db-1"]);
+    assert_eq!(aliases(cloud.client.get(&format!("/vms?owner_uuid={}&state=running", seed.owner)).await.unwrap()).len(), 3);
+    let resp = cloud.client.request(reqwest::Method::GET, "/vms?limit=2").send().await.unwrap();
+    assert_eq!(resp.headers()["x-joyent-resource-count"], "3");
+    assert_eq!(resp.json::<Value>().await.unwrap().as_array().unwrap().len(), 2);
+    let jobs = cloud.client.get("/jobs?task=provision&execution=succeeded").await.unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 3);
+    api_err(cloud.client.get("/vms?state=sleeping").await, 409, "ValidationFailed");
+}
+
+#[test]
+fn nereid_up_starts_a_cloud_and_says_how_to_provision() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut up = Command::new(env!("CARGO_BIN_EXE_nereid"))
+        .args(["up", "--data-dir", data.to_str().unwrap(), "--admin-listen", "127.0.0.1:0", "--sim-servers", "2", "--sim-create-ms", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    let mut create = None;
+    let mut text = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        text.push_str(&line);
+        text.push('\n');
+        if line.trim_start().starts_with("nereid admin") && line.contains("vm create") {
+            create = Some(line.trim().to_string());
+        }
+        if line.contains("Ctrl-C") {
+            break;
+        }
+    }
+    assert!(text.contains("servers       2 simulated"), "{text}");
+    assert!(text.contains("packages sample-512M, sample-1G, sample-2G, sample-4G"), "{text}");
+    // Run the printed command as a user would (the shell quoting included).
+    let cmd = create.expect("a vm create example").replacen("nereid", env!("CARGO_BIN_EXE_nereid"), 1);
+    let out = Command::new("sh").arg("-c").arg(&cmd).env_remove("NEREID_URL").env_remove("NEREID_TOKEN").output().unwrap();
+    let _ = up.kill();
+    let _ = up.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{cmd}\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("(provision) succeeded"), "{stdout}");
+    assert!(stdout.contains("wait           VM is running"), "{stdout}");
+}

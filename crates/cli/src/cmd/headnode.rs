@@ -7,7 +7,8 @@ use crate::cli::HeadnodeArgs;
 
 pub async fn run(a: HeadnodeArgs) -> Result<()> {
     let data_dir = a.data_dir.unwrap_or_else(nereid_client::default_data_dir);
-    let cfg = Config::new(data_dir.clone(), a.store, a.admin_listen);
+    let mut cfg = Config::new(data_dir.clone(), a.store, a.admin_listen);
+    a.tuning.apply(&mut cfg.app);
     let store = nereid_headnode::server::redact(&nereid_headnode::server::store_url(&cfg));
     let running = start(cfg).await?;
     let abs = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);

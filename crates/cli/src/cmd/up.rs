@@ -69,7 +69,9 @@ pub async fn run(a: UpArgs) -> Result<()> {
         bail!("the qemu backend is not part of this build yet; run `nereid up --backend sim`");
     }
     let data_dir = a.data_dir.clone().unwrap_or_else(nereid_client::default_data_dir);
-    let running = start(Config::new(data_dir.clone(), a.store.clone(), a.admin_listen)).await?;
+    let mut cfg = Config::new(data_dir.clone(), a.store.clone(), a.admin_listen);
+    a.tuning.apply(&mut cfg.app);
+    let running = start(cfg).await?;
     let seeded = if a.no_seed { None } else { seed(&running.app, true).await.context("seeding the store")? };
     let agent_cfg = nereid_agent::Config {
         headnode_url: running.admin_url.clone(),

@@ -121,11 +121,12 @@ pub enum Api {
 }
 
 impl Api {
-    /// The API a documented tag belongs to (shared endpoints answer like IMGAPI).
+    /// How a documented tag's service answers bad input (shared endpoints answer like IMGAPI).
     pub fn of(tag: &str) -> Api {
         match tag {
-            "PAPI" => Api::Papi,
-            "NAPI" => Api::Napi,
+            "PAPI" | "VMAPI" => Api::Papi,
+            // CNAPI answers 500 for bad input in Triton; Nereid answers NAPI's 422.
+            "NAPI" | "CNAPI" | "Agent" => Api::Napi,
             _ => Api::Imgapi,
         }
     }
