@@ -187,18 +187,14 @@ impl Node {
             return status;
         }
         let status = VmStatus {
-            uuid,
-            state: "provisioning".into(),
-            generation: self.next_generation(),
             definition_generation: e.definition_generation,
             reboot_generation: e.reboot_generation,
-            boot_timestamp: None,
-            error: None,
             ram: Some(e.definition.ram),
             vcpus: Some(e.definition.vcpus),
             cpu_cap: e.definition.cpu_cap,
             disk_mib: Some(e.definition.disk_mib()),
             owner_uuid: Some(e.definition.owner_uuid),
+            ..VmStatus::new(uuid, "provisioning", self.next_generation())
         };
         let s = SlotState {
             ensure: Some(e.clone()),
@@ -229,20 +225,7 @@ impl Node {
                 slot.wake.notify_one();
                 status
             }
-            None => VmStatus {
-                uuid,
-                state: "destroyed".into(),
-                generation: self.generation.load(Ordering::SeqCst),
-                definition_generation: 0,
-                reboot_generation: 0,
-                boot_timestamp: None,
-                error: None,
-                ram: None,
-                vcpus: None,
-                cpu_cap: None,
-                disk_mib: None,
-                owner_uuid: None,
-            },
+            None => VmStatus::new(uuid, "destroyed", self.generation.load(Ordering::SeqCst)),
         }
     }
 
@@ -460,20 +443,7 @@ mod tests {
             applied_definition_generation: if created { 1 } else { 0 },
             applied_reboot_generation: 0,
             failed_definition_generation: None,
-            status: VmStatus {
-                uuid: Uuid::nil(),
-                state: if running { "running".into() } else { "stopped".into() },
-                generation: 1,
-                definition_generation: 1,
-                reboot_generation: 0,
-                boot_timestamp: None,
-                error: None,
-                ram: None,
-                vcpus: None,
-                cpu_cap: None,
-                disk_mib: None,
-                owner_uuid: None,
-            },
+            status: VmStatus::new(Uuid::nil(), if running { "running" } else { "stopped" }, 1),
         }
     }
 

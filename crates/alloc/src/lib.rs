@@ -50,18 +50,7 @@ pub enum Cap {
 }
 
 /// Overprovision ratios (Triton forces cpu 4, ram 1, disk 1; Nereid persists per server).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Ratios {
-    pub cpu: f64,
-    pub ram: f64,
-    pub disk: f64,
-}
-
-impl Default for Ratios {
-    fn default() -> Self {
-        Ratios { cpu: 4.0, ram: 1.0, disk: 1.0 }
-    }
-}
+pub use nereid_types::server::Ratios;
 
 /// Where a server's liveness stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -152,6 +152,26 @@ pub struct VmStatus {
     pub owner_uuid: Option<Uuid>,
 }
 
+impl VmStatus {
+    /// A report with nothing but the essentials.
+    pub fn new(uuid: Uuid, state: &str, generation: i64) -> Self {
+        VmStatus {
+            uuid,
+            state: state.into(),
+            generation,
+            definition_generation: 0,
+            reboot_generation: 0,
+            boot_timestamp: None,
+            error: None,
+            ram: None,
+            vcpus: None,
+            cpu_cap: None,
+            disk_mib: None,
+            owner_uuid: None,
+        }
+    }
+}
+
 /// Host usage in a heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {

@@ -55,6 +55,33 @@ pub struct Server {
     pub comments: Option<String>,
 }
 
+impl Server {
+    /// A new record with Triton's defaults (not reserved, no traits, ratios cpu 4 ram 1
+    /// disk 1, 15 % of RAM held back), filled in from sysinfo by the caller.
+    pub fn new(uuid: Uuid, now: &str) -> Self {
+        Server {
+            uuid,
+            hostname: String::new(),
+            sysinfo: Map::new(),
+            setup: true,
+            headnode: false,
+            reserved: false,
+            reservoir: false,
+            traits: Map::new(),
+            overprovision_ratios: Ratios::default(),
+            reservation_ratio: 0.15,
+            agent_url: String::new(),
+            created: now.to_string(),
+            last_boot: None,
+            current_platform: String::new(),
+            system_type: "Linux".into(),
+            ram: 0,
+            rack_identifier: None,
+            comments: None,
+        }
+    }
+}
+
 /// Fields ServerUpdate (`POST /servers/{uuid}`) may change.
 pub const UPDATE_FIELDS: &[Field] = &[
     Field::new("reserved", Kind::Bool, "Keep the server out of placement."),
@@ -165,26 +192,7 @@ mod tests {
     use super::*;
 
     fn server() -> Server {
-        Server {
-            uuid: Uuid::nil(),
-            hostname: "cn".into(),
-            sysinfo: Map::new(),
-            setup: true,
-            headnode: false,
-            reserved: false,
-            reservoir: false,
-            traits: Map::new(),
-            overprovision_ratios: Ratios::default(),
-            reservation_ratio: 0.15,
-            agent_url: "http://x".into(),
-            created: "t".into(),
-            last_boot: None,
-            current_platform: "p".into(),
-            system_type: "Linux".into(),
-            ram: 1024,
-            rack_identifier: None,
-            comments: None,
-        }
+        Server { hostname: "cn".into(), agent_url: "http://x".into(), ram: 1024, ..Server::new(Uuid::nil(), "t") }
     }
 
     #[test]

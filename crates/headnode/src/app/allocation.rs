@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use nereid_alloc::{Cap, Ratios, Server as AServer, Source, Status, VmUsage};
+use nereid_alloc::{Cap, Server as AServer, Source, Status, VmUsage};
 use nereid_store::{Cond, Filter, ListQuery, Op, Path};
 use nereid_types::ApiError;
 use nereid_types::server::Server;
@@ -127,7 +127,7 @@ pub fn server_view(s: &Server, hb: Option<&HeartbeatRecord>, status: Status, rec
         ram_mib: s.ram,
         disk_mib: nereid_types::sysinfo::disk_mib(si).unwrap_or(0),
         reservation_ratio: s.reservation_ratio,
-        ratios: Ratios { cpu: s.overprovision_ratios.cpu, ram: s.overprovision_ratios.ram, disk: s.overprovision_ratios.disk },
+        ratios: s.overprovision_ratios,
         vms,
     }
 }

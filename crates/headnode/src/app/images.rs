@@ -67,21 +67,11 @@ pub fn list_filter(q: &Query, marker: Option<&Marker>, desc: bool) -> Result<Fil
     if let Some(b) = q.str("billing_tag") {
         parts.push(Filter::has("billing_tags", b));
     }
-    for (name, value) in &q.prefixed {
-        let Some(key) = name.strip_prefix("tag.") else { continue };
-        let path = Path::keys(&["tags", key]);
-        if key.contains(['"', '\'', '\\', '{', '}', ',']) {
-            errors.push(FieldError::invalid(name.clone(), "tag names may not contain quotes, braces, commas or backslashes"));
-            continue;
+    for (name, value) in q.prefixed.iter().filter(|(n, _)| n.starts_with("tag.")) {
+        match super::tag_filter(name, value) {
+            Ok(f) => parts.push(f),
+            Err(e) => errors.push(e),
         }
-        let mut alts = vec![Filter::Eq(path.clone(), json!(value))];
-        if let Ok(n) = value.parse::<i64>() {
-            alts.push(Filter::Eq(path.clone(), json!(n)));
-        }
-        if let Ok(b) = value.parse::<bool>() {
-            alts.push(Filter::Eq(path.clone(), json!(b)));
-        }
-        parts.push(Filter::Or(alts));
     }
     if let Some(m) = marker {
         let pa = Path::field("published_at");

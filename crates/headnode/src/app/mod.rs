@@ -145,6 +145,29 @@ pub fn store_error(e: StoreError) -> ApiError {
     }
 }
 
+/// The filter for a `tag.<key>=<value>` query parameter: the value as a string, or as the
+/// number or boolean it spells (tags keep their JSON types); `*` matches any value.
+pub fn tag_filter(param: &str, value: &str) -> Result<nereid_store::Filter, nereid_types::FieldError> {
+    use nereid_store::{Filter, Path};
+    use serde_json::json;
+    let key = param.strip_prefix("tag.").unwrap_or(param);
+    if key.contains(['"', '\'', '\\', '{', '}', ',']) {
+        return Err(nereid_types::FieldError::invalid(param, "tag names may not contain quotes, braces, commas or backslashes"));
+    }
+    let path = Path::keys(&["tags", key]);
+    if value == "*" {
+        return Ok(Filter::Present(path));
+    }
+    let mut alts = vec![Filter::Eq(path.clone(), json!(value))];
+    if let Ok(n) = value.parse::<i64>() {
+        alts.push(Filter::Eq(path.clone(), json!(n)));
+    }
+    if let Ok(b) = value.parse::<bool>() {
+        alts.push(Filter::Eq(path, json!(b)));
+    }
+    Ok(Filter::Or(alts))
+}
+
 /// Per-key async mutexes, created on demand.
 #[derive(Default)]
 pub struct KeyedLocks {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use nereid_store::{Cond, ListQuery, Op};
 use nereid_types::agent::{Heartbeat, Joined, Register, VmStatus};
 use nereid_types::query::Query;
-use nereid_types::server::{self, Ratios, Server};
+use nereid_types::server::{self, Server};
 use nereid_types::{ApiError, FieldError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -46,26 +46,7 @@ pub fn from_sysinfo(existing: Option<Server>, reg: &Register, now: &str) -> Resu
         .and_then(|v| v.as_str().and_then(|t| t.parse::<i64>().ok()).or(v.as_i64()))
         .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
         .map(nereid_types::time::iso);
-    let base = existing.unwrap_or(Server {
-        uuid,
-        hostname: String::new(),
-        sysinfo: Map::new(),
-        setup: true,
-        headnode: false,
-        reserved: false,
-        reservoir: false,
-        traits: Map::new(),
-        overprovision_ratios: Ratios::default(),
-        reservation_ratio: 0.15,
-        agent_url: String::new(),
-        created: now.to_string(),
-        last_boot: None,
-        current_platform: String::new(),
-        system_type: "Linux".into(),
-        ram: 0,
-        rack_identifier: None,
-        comments: None,
-    });
+    let base = existing.unwrap_or_else(|| Server::new(uuid, now));
     Ok(Server {
         hostname: text("Hostname").unwrap_or_default(),
         sysinfo: s.clone(),

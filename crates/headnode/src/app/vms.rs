@@ -125,25 +125,11 @@ pub fn list_filter(q: &Query) -> Result<Filter, Vec<FieldError>> {
         Some("active") => parts.push(super::allocation::active_filter()),
         Some(s) => parts.push(Filter::eq("state", s)),
     }
-    for (name, value) in &q.prefixed {
-        let Some(key) = name.strip_prefix("tag.") else { continue };
-        if key.contains(['"', '\'', '\\', '{', '}', ',']) {
-            errors.push(FieldError::invalid(name.clone(), "tag names may not contain quotes, braces, commas or backslashes"));
-            continue;
+    for (name, value) in q.prefixed.iter().filter(|(n, _)| n.starts_with("tag.")) {
+        match super::tag_filter(name, value) {
+            Ok(f) => parts.push(f),
+            Err(e) => errors.push(e),
         }
-        let path = Path::keys(&["tags", key]);
-        if value == "*" {
-            parts.push(Filter::Present(path));
-            continue;
-        }
-        let mut alts = vec![Filter::Eq(path.clone(), json!(value))];
-        if let Ok(n) = value.parse::<i64>() {
-            alts.push(Filter::Eq(path.clone(), json!(n)));
-        }
-        if let Ok(b) = value.parse::<bool>() {
-            alts.push(Filter::Eq(path.clone(), json!(b)));
-        }
-        parts.push(Filter::Or(alts));
     }
     if errors.is_empty() { Ok(Filter::and(parts)) } else { Err(errors) }
 }

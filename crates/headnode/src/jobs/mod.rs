@@ -425,6 +425,46 @@ pub fn param<T: serde::de::DeserializeOwned>(job: &Job, key: &str) -> Option<T> 
     job.params.get(key).and_then(|v| serde_json::from_value(v.clone()).ok())
 }
 
+/// What a wait makes of one report from the VM's server.
+pub enum Seen {
+    /// Not yet: ask again.
+    Pending,
+    /// What the step waits for.
+    Done,
+    /// The server says it will not happen.
+    Failed(String),
+}
+
+/// Asks the VM's server every 200 ms until `judge` says done (or failed), then records
+/// the report on the VM. The step's deadline bounds the wait; an unreachable server is
+/// asked again; a server that does not have the VM fails the wait.
+pub async fn wait_for_server(
+    app: &App,
+    job: &Job,
+    judge: impl Fn(&nereid_types::agent::VmStatus) -> Seen,
+) -> Result<nereid_types::agent::VmStatus, String> {
+    let server = job.server_uuid.ok_or("the job has no server")?;
+    let vm = job.vm_uuid;
+    let judge = &judge;
+    let st = poll(Duration::from_millis(200), || async move {
+        match app.agent_get(server, vm).await {
+            Ok(Some(st)) => match judge(&st) {
+                Seen::Pending => None,
+                Seen::Done => Some(Ok(st)),
+                Seen::Failed(e) => Some(Err(e)),
+            },
+            Ok(None) => Some(Err("the server does not have the VM".to_string())),
+            Err(e) => {
+                tracing::debug!(job = %job.uuid, error = %e, "server not answering; asking again");
+                None
+            }
+        }
+    })
+    .await?;
+    app.apply_vm_status(server, &st).await.map_err(|e| e.message)?;
+    Ok(st)
+}
+
 /// Polls `f` until it answers `Some`, every `every`.
 pub async fn poll<T, F, Fut>(every: Duration, mut f: F) -> T
 where

@@ -11,7 +11,7 @@ use nereid_types::agent::{Desired, Ensure};
 use nereid_types::job::Job;
 use serde_json::json;
 
-use super::{Step, StepResultT, data, poll};
+use super::{Seen, Step, StepResultT, data, wait_for_server};
 use crate::app::App;
 
 pub fn chain() -> Vec<Box<dyn Step>> {
@@ -99,20 +99,18 @@ impl Step for WaitState {
         app.cfg.step_deadline
     }
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
-        let server = job.server_uuid.ok_or("the job has no server")?;
         let want = target(job);
         let reboot: Option<i64> = data(job, "reboot_target");
-        let vm = job.vm_uuid;
-        let st = poll(Duration::from_millis(200), || async move {
-            match app.agent_get(server, vm).await {
-                Ok(Some(st)) if st.state == want && reboot.is_none_or(|t| st.reboot_generation >= t) => Some(Ok(st)),
-                Ok(Some(st)) if st.error.is_some() && st.state != "stopping" && st.state != want => Some(Err(st.error.unwrap_or_default())),
-                Ok(None) => Some(Err("the server does not have the VM".to_string())),
-                _ => None,
+        wait_for_server(app, job, |st| {
+            if st.state == want && reboot.is_none_or(|t| st.reboot_generation >= t) {
+                Seen::Done
+            } else if st.error.is_some() && st.state != "stopping" && st.state != want {
+                Seen::Failed(st.error.clone().unwrap_or_default())
+            } else {
+                Seen::Pending
             }
         })
         .await?;
-        app.apply_vm_status(server, &st).await.map_err(|e| e.message)?;
         Ok(format!("VM is {want}"))
     }
 }

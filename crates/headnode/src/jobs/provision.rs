@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::{Step, StepResultT, data, param, poll};
+use super::{Seen, Step, StepResultT, data, param, wait_for_server};
 use crate::app::App;
 
 /// One network a new VM asked for, resolved at CreateVm.
@@ -241,22 +241,16 @@ impl Step for Wait {
         app.cfg.provision_deadline
     }
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
-        let cn = server(job)?;
         let (vm, _) = app.get_vm(job.vm_uuid, None).await.map_err(|e| e.message)?;
         let want = if vm.autoboot == Some(false) { "stopped" } else { "running" };
-        let vm_uuid = job.vm_uuid;
-        let st = poll(Duration::from_millis(200), || async move {
-            match app.agent_get(cn, vm_uuid).await {
-                Ok(Some(st)) if st.state == want || st.state == "failed" => Some(Ok(st)),
-                Ok(None) => Some(Err("the server does not have the VM".to_string())),
-                _ => None,
+        wait_for_server(app, job, |st| match st.state.as_str() {
+            s if s == want => Seen::Done,
+            "failed" => {
+                Seen::Failed(format!("the server could not run the VM: {}", st.error.clone().unwrap_or_else(|| "no reason given".into())))
             }
+            _ => Seen::Pending,
         })
         .await?;
-        if st.state == "failed" {
-            return Err(format!("the server could not run the VM: {}", st.error.unwrap_or_else(|| "no reason given".into())));
-        }
-        app.apply_vm_status(cn, &st).await.map_err(|e| e.message)?;
         Ok(format!("VM is {want}"))
     }
 }

@@ -18,7 +18,7 @@ use nereid_types::job::Job;
 use serde_json::{Map, Value, json};
 
 use super::power::send;
-use super::{Step, StepResultT, data, param, poll};
+use super::{Seen, Step, StepResultT, data, param, wait_for_server};
 use crate::app::App;
 use crate::app::vms::apply_fields;
 
@@ -33,20 +33,9 @@ fn resize(job: &Job) -> bool {
 async fn wait_for(
     app: &App,
     job: &Job,
-    pred: impl Fn(&nereid_types::agent::VmStatus) -> bool + Copy,
+    pred: impl Fn(&nereid_types::agent::VmStatus) -> bool,
 ) -> Result<nereid_types::agent::VmStatus, String> {
-    let server = job.server_uuid.ok_or("the job has no server")?;
-    let vm = job.vm_uuid;
-    let st = poll(Duration::from_millis(200), || async move {
-        match app.agent_get(server, vm).await {
-            Ok(Some(st)) if pred(&st) => Some(Ok(st)),
-            Ok(None) => Some(Err("the server does not have the VM".to_string())),
-            _ => None,
-        }
-    })
-    .await?;
-    app.apply_vm_status(server, &st).await.map_err(|e| e.message)?;
-    Ok(st)
+    wait_for_server(app, job, |st| if pred(st) { Seen::Done } else { Seen::Pending }).await
 }
 
 struct Reserve;
