@@ -382,9 +382,16 @@ async fn log_request(State(state): State<AppState>, req: Request, next: Next) ->
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let route =
         req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "(unmatched)".into());
+    let has_body = req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
     let start = Instant::now();
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
     let status = resp.status().as_u16();
+    // A refused request's body may be left unread (a 20 GiB upload is not drained to say
+    // no); closing the connection keeps a client from reusing it mid-body.
+    if status >= 400 && has_body {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     state.app.metrics.observe_request(method.as_str(), &route, status, start.elapsed().as_secs_f64());
     let ms = start.elapsed().as_secs_f64() * 1000.0;
     if status >= 500 {
