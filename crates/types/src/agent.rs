@@ -102,9 +102,24 @@ pub struct Definition {
     pub resolvers: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routes: Option<Map<String, Value>>,
+    /// The image the VM was provisioned from (guests read it as `sdc:image_uuid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_uuid: Option<Uuid>,
+    /// The package (`sdc:billing_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_name: Option<String>,
+    /// Namespaces of `internal_metadata` the guest may read (`<ns>:key`), never write.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub internal_metadata_namespaces: Vec<String>,
+    /// Start the VM again if it dies on its own, and when its host restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoboot: Option<bool>,
 }
 
 impl Definition {
+
     /// Total disk the VM uses (MiB).
     pub fn disk_mib(&self) -> u64 {
         self.disks.iter().filter(|d| d.media != "cdrom").map(|d| d.size).sum()

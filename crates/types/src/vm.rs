@@ -183,7 +183,17 @@ impl Vm {
             tags: self.tags.clone().unwrap_or_default(),
             resolvers: self.resolvers.clone().unwrap_or_default(),
             routes: self.routes.clone(),
+            image_uuid: self.image_uuid.or_else(|| self.disks.as_ref()?.iter().find_map(|d| d.image_uuid)),
+            billing_id: self.billing_id,
+            package_name: self.package_name.clone(),
+            internal_metadata_namespaces: self
+                .rest
+                .get("internal_metadata_namespaces")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default(),
+            autoboot: self.autoboot,
         })
+
     }
 
     /// Marks the record destroyed (or failed, if it never finished provisioning), as
@@ -482,8 +492,14 @@ pub const CREATE_FIELDS: &[Field] = &[
         Kind::Custom { check: check_scalar_map, schema: scalar_map_schema },
         "Operator metadata (read-only to the guest).",
     ),
+    Field::new(
+        "internal_metadata_namespaces",
+        Kind::StrList { max_item: 64 },
+        "Namespaces of internal_metadata the guest may read as <ns>:<key> (never write).",
+    ),
     Field::new("tags", Kind::Custom { check: check_scalar_map, schema: scalar_map_schema }, "Tags (string, number or boolean values)."),
-    Field::new("bootrom", Kind::Enum(&["bios", "uefi"]), "Firmware (bhyve): bios or uefi."),
+    Field::new("bootrom"
+, Kind::Enum(&["bios", "uefi"]), "Firmware (bhyve): bios or uefi."),
     Field::new(
         "disks",
         Kind::Custom { check: check_disks, schema: disks_schema },

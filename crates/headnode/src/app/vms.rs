@@ -635,9 +635,13 @@ impl App {
             definition_generation: 1,
             reboot_generation: 0,
             error: None,
-            rest: Map::new(),
+            rest: input
+                .get("internal_metadata_namespaces")
+                .map(|ns| Map::from_iter([("internal_metadata_namespaces".to_string(), ns.clone())]))
+                .unwrap_or_default(),
         };
         let _serial = self.alloc_lock.lock().await;
+
         let mut rng = rand::rngs::StdRng::from_os_rng();
         for _ in 0..RETRIES * 4 {
             let started = Instant::now();
