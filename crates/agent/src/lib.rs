@@ -26,6 +26,7 @@ pub mod api;
 pub mod backend;
 pub mod headnode;
 pub mod identity;
+pub mod images;
 pub mod metadata;
 pub mod metrics;
 pub mod supervisor;

@@ -1,10 +1,14 @@
 //! Hypervisor backends: what actually runs VMs. The supervisor decides *what* to do;
-//! a backend does it. `sim` simulates a hypervisor; `qemu` (next) runs real guests.
+//! a backend does it. `qemu` runs real guests; `sim` simulates a hypervisor (tests,
+//! scale runs). A new backend implements [`Backend`] and is chosen in `crate::BackendKind`.
+
+use std::path::PathBuf;
 
 use async_trait::async_trait;
 use nereid_types::agent::Definition;
 use uuid::Uuid;
 
+pub mod qemu;
 pub mod sim;
 
 /// A backend operation that failed; the message reaches the job that asked for it.
@@ -12,10 +16,19 @@ pub mod sim;
 #[error("{0}")]
 pub struct BackendError(pub String);
 
+/// What to do with a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotOp {
+    Create,
+    Rollback,
+    Delete,
+}
+
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
-    /// Creates everything the VM needs (disks, …); it exists stopped afterwards.
+    /// Creates everything the VM needs (disks, …); it exists stopped afterwards. A failed
+    /// create leaves nothing behind.
     async fn create(&self, def: &Definition) -> Result<(), BackendError>;
     async fn start(&self, def: &Definition) -> Result<(), BackendError>;
     async fn stop(&self, uuid: Uuid) -> Result<(), BackendError>;
@@ -28,4 +41,18 @@ pub trait Backend: Send + Sync + 'static {
     async fn is_running(&self, uuid: Uuid) -> bool;
     /// Whether the VM exists.
     async fn exists(&self, uuid: Uuid) -> bool;
+    /// Creates, rolls back to (VM stopped) or deletes a snapshot of every disk.
+    async fn snapshot(&self, def: &Definition, op: SnapshotOp, name: &str) -> Result<(), BackendError>;
+    /// The UNIX socket of the VM's metadata port (com2), for backends with guests.
+    fn metadata_socket(&self, _uuid: Uuid) -> Option<PathBuf> {
+        None
+    }
+    /// The VM's serial console socket (com1) and the ring log the agent keeps of it.
+    fn console_paths(&self, _uuid: Uuid) -> Option<(PathBuf, PathBuf)> {
+        None
+    }
+    /// The VM's VNC socket.
+    fn vnc_socket(&self, _uuid: Uuid) -> Option<PathBuf> {
+        None
+    }
 }

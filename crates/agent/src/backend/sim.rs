@@ -15,7 +15,7 @@ use nereid_types::agent::{Definition, SIM_FAULT_KEY};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Backend, BackendError};
+use super::{Backend, BackendError, SnapshotOp};
 
 /// How long simulated operations take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,8 @@ struct SimVm {
     fault: Option<String>,
     /// When a crashing VM stops by itself (ms since the epoch).
     crash_at_ms: Option<i64>,
+    #[serde(default)]
+    snapshots: Vec<String>,
 }
 
 pub struct Sim {
@@ -97,7 +99,7 @@ impl Backend for Sim {
             Some("hang-create") => std::future::pending::<()>().await,
             _ => {}
         }
-        self.with(|v| v.insert(def.uuid, SimVm { running: false, fault, crash_at_ms: None }));
+        self.with(|v| v.insert(def.uuid, SimVm { running: false, fault, crash_at_ms: None, snapshots: Vec::new() }));
         Ok(())
     }
 
@@ -169,5 +171,21 @@ impl Backend for Sim {
 
     async fn exists(&self, uuid: Uuid) -> bool {
         self.with(|v| v.contains_key(&uuid))
+    }
+
+    async fn snapshot(&self, def: &Definition, op: SnapshotOp, name: &str) -> Result<(), BackendError> {
+        self.with(|v| {
+            let vm = v.get_mut(&def.uuid).ok_or_else(|| BackendError(format!("VM {} does not exist", def.uuid)))?;
+            let has = vm.snapshots.iter().any(|s| s == name);
+            match op {
+                SnapshotOp::Create if !has => vm.snapshots.push(name.to_string()),
+                SnapshotOp::Create => {}
+                SnapshotOp::Rollback if vm.running => return Err(BackendError("the VM must be stopped to roll back".into())),
+                SnapshotOp::Rollback if !has => return Err(BackendError(format!("no snapshot named {name:?}"))),
+                SnapshotOp::Rollback => {}
+                SnapshotOp::Delete => vm.snapshots.retain(|s| s != name),
+            }
+            Ok(())
+        })
     }
 }

@@ -1,0 +1,125 @@
+//! A VM's disks as qcow2 files, through `qemu-img`: copy-on-write overlays on a cached
+//! image base (O(1) whatever the image's size), empty disks, growth, and snapshots.
+//!
+//! ```text
+//!   images/<image>/base.raw|qcow2   (read-only, shared)  ◄── backing file ── qemu/<vm>/disk0.qcow2
+//!                                                                         qemu/<vm>/disk1.qcow2 (empty)
+//! ```
+//! Snapshots are qcow2 internal snapshots, taken on every disk under one name: with
+//! `qemu-img` while the VM is stopped, through QMP while it runs.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+pub use crate::backend::SnapshotOp;
+
+const MIB: u64 = 1 << 20;
+
+/// Runs `qemu-img args…`; the error carries qemu-img's own message.
+async fn qemu_img(bin: &Path, args: &[&str]) -> Result<String, String> {
+    let out = tokio::process::Command::new(bin)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("could not run {}: {e}", bin.display()))?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let err = err.trim().trim_start_matches("qemu-img: ");
+    Err(if err.is_empty() { format!("qemu-img {} failed ({})", args.first().unwrap_or(&""), out.status) } else { err.to_string() })
+}
+
+/// A copy-on-write disk of `size_mib` on `base` (whose format is `base_format`).
+pub async fn create_overlay(bin: &Path, disk: &Path, base: &Path, base_format: &str, size_mib: u64) -> Result<(), String> {
+    let size = format!("{}", size_mib * MIB);
+    let backing = format!("backing_file={},backing_fmt={base_format}", base.display().to_string().replace(',', ",,"));
+    let disk_s = disk.to_string_lossy();
+    qemu_img(bin, &["create", "-q", "-f", "qcow2", "-o", &backing, &disk_s, &size]).await.map(drop)
+}
+
+/// An empty disk of `size_mib`.
+pub async fn create_empty(bin: &Path, disk: &Path, size_mib: u64) -> Result<(), String> {
+    let size = format!("{}", size_mib * MIB);
+    qemu_img(bin, &["create", "-q", "-f", "qcow2", &disk.to_string_lossy(), &size]).await.map(drop)
+}
+
+/// The disk's virtual size in bytes.
+pub async fn virtual_size(bin: &Path, disk: &Path) -> Result<u64, String> {
+    let out = qemu_img(bin, &["info", "-U", "--output=json", &disk.to_string_lossy()]).await?;
+    let v: Value = serde_json::from_str(&out).map_err(|e| format!("qemu-img info: {e}"))?;
+    v.get("virtual-size").and_then(Value::as_u64).ok_or_else(|| "qemu-img info gave no virtual-size".to_string())
+}
+
+/// Grows the disk to `size_mib` (never shrinks: the caller refuses that first).
+pub async fn grow(bin: &Path, disk: &Path, size_mib: u64) -> Result<(), String> {
+    let size = format!("{}", size_mib * MIB);
+    qemu_img(bin, &["resize", "-q", "-f", "qcow2", &disk.to_string_lossy(), &size]).await.map(drop)
+}
+
+/// Snapshot names a disk has.
+pub async fn snapshots(bin: &Path, disk: &Path) -> Result<Vec<String>, String> {
+    let out = qemu_img(bin, &["info", "-U", "--output=json", &disk.to_string_lossy()]).await?;
+    let v: Value = serde_json::from_str(&out).map_err(|e| format!("qemu-img info: {e}"))?;
+    Ok(v.get("snapshots")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|s| s.get("name").and_then(Value::as_str).map(str::to_string)).collect())
+        .unwrap_or_default())
+}
+
+/// A snapshot operation on a stopped VM's disk.
+pub async fn snapshot_offline(bin: &Path, disk: &Path, op: SnapshotOp, name: &str) -> Result<(), String> {
+    let flag = match op {
+        SnapshotOp::Create => "-c",
+        SnapshotOp::Rollback => "-a",
+        SnapshotOp::Delete => "-d",
+    };
+    qemu_img(bin, &["snapshot", "-q", flag, name, &disk.to_string_lossy()]).await.map(drop)
+}
+
+/// The QMP command and arguments for a snapshot of a running VM's drive `disk<i>`.
+pub fn snapshot_online(op: SnapshotOp, device: &str, name: &str) -> Option<(&'static str, Value)> {
+    match op {
+        SnapshotOp::Create => Some(("blockdev-snapshot-internal-sync", json!({"device": device, "name": name}))),
+        SnapshotOp::Delete => Some(("blockdev-snapshot-delete-internal-sync", json!({"device": device, "name": name}))),
+        // Rolling back under a running guest would corrupt it.
+        SnapshotOp::Rollback => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qemu_img_bin() -> std::path::PathBuf {
+        "qemu-img".into()
+    }
+
+    #[tokio::test]
+    async fn overlays_grow_and_snapshot() {
+        let d = tempfile::tempdir().unwrap();
+        let bin = qemu_img_bin();
+        let base = d.path().join("base.raw");
+        std::fs::write(&base, vec![7u8; 3 * MIB as usize]).unwrap();
+        let disk = d.path().join("disk0.qcow2");
+        create_overlay(&bin, &disk, &base, "raw", 8).await.unwrap();
+        assert_eq!(virtual_size(&bin, &disk).await.unwrap(), 8 * MIB);
+        assert!(std::fs::metadata(&disk).unwrap().len() < MIB, "an overlay copies nothing");
+        grow(&bin, &disk, 16).await.unwrap();
+        assert_eq!(virtual_size(&bin, &disk).await.unwrap(), 16 * MIB);
+        snapshot_offline(&bin, &disk, SnapshotOp::Create, "before").await.unwrap();
+        assert_eq!(snapshots(&bin, &disk).await.unwrap(), ["before"]);
+        snapshot_offline(&bin, &disk, SnapshotOp::Rollback, "before").await.unwrap();
+        snapshot_offline(&bin, &disk, SnapshotOp::Delete, "before").await.unwrap();
+        assert!(snapshots(&bin, &disk).await.unwrap().is_empty());
+        let e = snapshot_offline(&bin, &disk, SnapshotOp::Rollback, "nope").await.unwrap_err();
+        assert!(e.contains("nope"), "qemu-img's message names the snapshot: {e}");
+        let empty = d.path().join("disk1.qcow2");
+        create_empty(&bin, &empty, 4).await.unwrap();
+        assert_eq!(virtual_size(&bin, &empty).await.unwrap(), 4 * MIB);
+        let e = create_overlay(&bin, &d.path().join("x.qcow2"), &d.path().join("missing.raw"), "raw", 8).await.unwrap_err();
+        assert!(e.contains("missing.raw"), "{e}");
+    }
+}

@@ -1,0 +1,339 @@
+//! The `qemu` backend: real hardware VMs (Triton's `bhyve` and `kvm` brands) as QEMU
+//! processes on a Linux host.
+//!
+//! ```text
+//!   <data>/qemu/<vm>/            one directory per VM, mode 0700
+//!       disk0.qcow2 …            copy-on-write overlays on <data>/images/<image>/base.*
+//!       ovmf-vars.fd             the VM's own UEFI variable store (bootrom uefi)
+//!       qemu.pid  qmp.sock       the daemonised QEMU and its monitor
+//!       console.sock console.log com1, and the agent's ring log of it (console.rs)
+//!       metadata.sock            com2: the agent serves the metadata protocol on it
+//!       vnc.sock                 the graphical console
+//!       running.json             the definition QEMU was last started with
+//! ```
+//! QEMU runs daemonised, so VMs outlive the agent; a restarted agent finds them again
+//! by pidfile (see `process`). Every operation is idempotent: the supervisor may repeat
+//! one after a crash. Create undoes itself when it fails, so a failed provision leaves
+//! nothing behind.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nereid_types::agent::Definition;
+use uuid::Uuid;
+
+use super::{Backend, BackendError, SnapshotOp};
+use crate::images::ImageCache;
+
+pub mod accel;
+pub mod argv;
+pub mod disks;
+pub mod net;
+pub mod process;
+pub mod qmp;
+
+pub use argv::{Accel, Layout};
+
+/// How the backend runs QEMU.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The agent's data directory (VMs under `qemu/`).
+    pub dir: PathBuf,
+    pub qemu: PathBuf,
+    pub qemu_img: PathBuf,
+    pub accel: Accel,
+    /// OVMF's code and variable-store template (`bootrom: uefi`).
+    pub ovmf_code: PathBuf,
+    pub ovmf_vars: PathBuf,
+    /// How long a guest has to power off after the ACPI button before it is killed.
+    pub stop_timeout: Duration,
+    /// SMBIOS version (`7.<platform buildstamp>`).
+    pub smbios_version: String,
+}
+
+impl Config {
+    /// Defaults for a Debian/Ubuntu host (qemu-system-x86, qemu-utils and ovmf installed).
+    pub fn debian(dir: PathBuf, accel: Accel) -> Self {
+        Config {
+            dir,
+            qemu: "qemu-system-x86_64".into(),
+            qemu_img: "qemu-img".into(),
+            accel,
+            ovmf_code: first_existing(&["/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd"]),
+            ovmf_vars: first_existing(&["/usr/share/OVMF/OVMF_VARS_4M.fd", "/usr/share/OVMF/OVMF_VARS.fd"]),
+            stop_timeout: Duration::from_secs(60),
+            smbios_version: format!("7.{}", platform_stamp()),
+        }
+    }
+}
+
+fn first_existing(paths: &[&str]) -> PathBuf {
+    paths.iter().map(PathBuf::from).find(|p| p.exists()).unwrap_or_else(|| PathBuf::from(paths[0]))
+}
+
+/// The platform buildstamp SmartOS would report: this build's version, as a timestamp-like tag.
+fn platform_stamp() -> String {
+    format!("nereid-{}", env!("CARGO_PKG_VERSION"))
+}
+
+pub struct Qemu {
+    cfg: Config,
+    images: Arc<ImageCache>,
+}
+
+fn err(msg: impl Into<String>) -> BackendError {
+    BackendError(msg.into())
+}
+
+impl Qemu {
+    pub fn new(cfg: Config, images: Arc<ImageCache>) -> Self {
+        Qemu { cfg, images }
+    }
+
+    pub fn layout(&self, uuid: Uuid) -> Layout {
+        Layout::new(self.cfg.dir.join("qemu").join(uuid.to_string()))
+    }
+
+    fn host(&self) -> argv::Host {
+        argv::Host { accel: self.cfg.accel, ovmf_code: self.cfg.ovmf_code.clone(), smbios_version: self.cfg.smbios_version.clone() }
+    }
+
+    fn pid(&self, uuid: Uuid) -> Option<u32> {
+        process::find(&self.layout(uuid).pidfile(), uuid)
+    }
+
+    /// Checks what can be checked before anything is made.
+    fn preflight(&self, def: &Definition, layout: &Layout) -> Result<(), BackendError> {
+        let nets = vec![argv::NetAttach::Isolated; def.nics.len()];
+        argv::command(def, &self.host(), layout, &nets).map_err(|e| err(e.0))?;
+        for s in layout.sockets() {
+            // sun_path holds 108 bytes, the last a NUL.
+            if s.as_os_str().len() > 107 {
+                return Err(err(format!(
+                    "the socket path {} is longer than 107 bytes: use a shorter --data-dir for the agent",
+                    s.display()
+                )));
+            }
+        }
+        if def.bootrom.as_deref() == Some("uefi") {
+            for f in [&self.cfg.ovmf_code, &self.cfg.ovmf_vars] {
+                if !f.exists() {
+                    return Err(err(format!("bootrom uefi needs OVMF, but {} does not exist (install the ovmf package)", f.display())));
+                }
+            }
+        }
+        for (i, d) in def.disks.iter().enumerate() {
+            if d.media == "cdrom" {
+                let p = d.path.as_deref().unwrap_or_default();
+                std::fs::File::open(p).map_err(|e| err(format!("disks[{i}] (cdrom): cannot open {p}: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn make_disks(&self, def: &Definition, layout: &Layout) -> Result<(), BackendError> {
+        for (i, d) in def.disks.iter().enumerate() {
+            if d.media == "cdrom" {
+                continue;
+            }
+            let path = layout.disk(i);
+            match d.image_uuid {
+                Some(image) => {
+                    let base = self.images.get(image).await.map_err(err)?;
+                    let want = d.size << 20;
+                    if want < base.virtual_size {
+                        return Err(err(format!(
+                            "disks[{i}] has {} MiB but image {image} needs {} MiB: the disk must be at least as large as the image",
+                            d.size,
+                            base.virtual_size.div_ceil(1 << 20)
+                        )));
+                    }
+                    disks::create_overlay(&self.cfg.qemu_img, &path, &base.path, &base.format, d.size)
+                        .await
+                        .map_err(|e| err(format!("creating disk {i} on image {image}: {e}")))?;
+                }
+                None => disks::create_empty(&self.cfg.qemu_img, &path, d.size)
+                    .await
+                    .map_err(|e| err(format!("creating disk {i} ({} MiB): {e}", d.size)))?,
+            }
+        }
+        if def.bootrom.as_deref() == Some("uefi") && !layout.ovmf_vars().exists() {
+            std::fs::copy(&self.cfg.ovmf_vars, layout.ovmf_vars())
+                .map_err(|e| err(format!("copying the UEFI variable store {}: {e}", self.cfg.ovmf_vars.display())))?;
+        }
+        Ok(())
+    }
+
+    fn remove_dir(&self, layout: &Layout) -> Result<(), BackendError> {
+        match std::fs::remove_dir_all(&layout.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(err(format!("removing {}: {e}", layout.dir.display()))),
+        }
+    }
+
+    async fn snapshot_disks(&self, uuid: Uuid, def: &Definition, op: SnapshotOp, name: &str) -> Result<(), BackendError> {
+        let layout = self.layout(uuid);
+        let running = self.pid(uuid).is_some();
+        let disks: Vec<usize> = def.disks.iter().enumerate().filter(|(_, d)| d.media != "cdrom").map(|(i, _)| i).collect();
+        let mut done = Vec::new();
+        for i in disks {
+            let result = if running {
+                match disks::snapshot_online(op, &format!("disk{i}"), name) {
+                    Some((cmd, args)) => qmp::execute(&layout.qmp(), cmd, Some(args)).await.map(drop),
+                    None => Err("the VM must be stopped to roll back to a snapshot".into()),
+                }
+            } else {
+                disks::snapshot_offline(&self.cfg.qemu_img, &layout.disk(i), op, name).await
+            };
+            match result {
+                Ok(()) => done.push(i),
+                Err(e) => {
+                    // All disks or none: undo a half-made snapshot.
+                    if op == SnapshotOp::Create {
+                        for j in done {
+                            let _ = match disks::snapshot_online(SnapshotOp::Delete, &format!("disk{j}"), name) {
+                                Some((cmd, args)) if running => qmp::execute(&layout.qmp(), cmd, Some(args)).await.map(drop),
+                                _ => disks::snapshot_offline(&self.cfg.qemu_img, &layout.disk(j), SnapshotOp::Delete, name).await,
+                            };
+                        }
+                    }
+                    return Err(err(format!("snapshot {name:?} on disk {i}: {e}")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Backend for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    async fn create(&self, def: &Definition) -> Result<(), BackendError> {
+        let layout = self.layout(def.uuid);
+        self.preflight(def, &layout)?;
+        std::fs::create_dir_all(&layout.dir).map_err(|e| err(format!("creating {}: {e}", layout.dir.display())))?;
+        let _ = std::fs::set_permissions(&layout.dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        if let Err(e) = self.make_disks(def, &layout).await {
+            // Unwind: a failed create leaves nothing behind.
+            let _ = self.remove_dir(&layout);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn start(&self, def: &Definition) -> Result<(), BackendError> {
+        if self.pid(def.uuid).is_some() {
+            return Ok(());
+        }
+        let layout = self.layout(def.uuid);
+        if !layout.dir.exists() {
+            return Err(err(format!("VM {} has no disks on this server (was it created here?)", def.uuid)));
+        }
+        self.preflight(def, &layout)?;
+        for s in layout.sockets() {
+            let _ = std::fs::remove_file(s);
+        }
+        let nets = net::attach(def).await.map_err(err)?;
+        let args = argv::command(def, &self.host(), &layout, &nets).map_err(|e| err(e.0))?;
+        let _ = std::fs::write(layout.running_definition(), serde_json::to_vec_pretty(def).unwrap_or_default());
+        match process::spawn(&self.cfg.qemu, &args, &layout.pidfile(), def.uuid).await {
+            Ok(pid) => {
+                tracing::info!(vm = %def.uuid, pid, accel = self.cfg.accel.as_str(), "QEMU started");
+                Ok(())
+            }
+            Err(e) => {
+                net::detach(def).await;
+                Err(err(e))
+            }
+        }
+    }
+
+    async fn stop(&self, uuid: Uuid) -> Result<(), BackendError> {
+        let Some(pid) = self.pid(uuid) else { return Ok(()) };
+        let how = process::stop(pid, &self.layout(uuid).qmp(), self.cfg.stop_timeout).await.map_err(err)?;
+        tracing::info!(vm = %uuid, ?how, "VM stopped");
+        if let Some(def) = self.running_definition(uuid) {
+            net::detach(&def).await;
+        }
+        Ok(())
+    }
+
+    async fn reboot(&self, def: &Definition) -> Result<(), BackendError> {
+        self.stop(def.uuid).await?;
+        self.start(def).await
+    }
+
+    async fn update(&self, old: &Definition, new: &Definition) -> Result<(), BackendError> {
+        let layout = self.layout(new.uuid);
+        let hardware = old.ram != new.ram || old.vcpus != new.vcpus || old.disks != new.disks || old.nics != new.nics;
+        if hardware && self.pid(new.uuid).is_some() {
+            return Err(err("ram, vcpus, disks and NICs change only while the VM is stopped"));
+        }
+        for (i, (o, n)) in old.disks.iter().zip(&new.disks).enumerate() {
+            if n.media == "cdrom" || o.media == "cdrom" || n.size == o.size {
+                continue;
+            }
+            if n.size < o.size {
+                return Err(err(format!("disk {i} cannot shrink from {} MiB to {} MiB: disks only grow", o.size, n.size)));
+            }
+            disks::grow(&self.cfg.qemu_img, &layout.disk(i), n.size).await.map_err(|e| err(format!("growing disk {i}: {e}")))?;
+            tracing::info!(vm = %new.uuid, disk = i, from = o.size, to = n.size, "disk grown");
+        }
+        for (i, d) in new.disks.iter().enumerate().skip(old.disks.len()) {
+            if d.media != "cdrom" && !layout.disk(i).exists() {
+                disks::create_empty(&self.cfg.qemu_img, &layout.disk(i), d.size).await.map_err(|e| err(format!("adding disk {i}: {e}")))?;
+            }
+        }
+        for i in new.disks.len()..old.disks.len() {
+            let _ = std::fs::remove_file(layout.disk(i));
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, uuid: Uuid) -> Result<(), BackendError> {
+        if let Some(pid) = self.pid(uuid) {
+            process::kill(pid).await.map_err(err)?;
+        }
+        if let Some(def) = self.running_definition(uuid) {
+            net::detach(&def).await;
+        }
+        self.remove_dir(&self.layout(uuid))
+    }
+
+    async fn is_running(&self, uuid: Uuid) -> bool {
+        self.pid(uuid).is_some()
+    }
+
+    async fn exists(&self, uuid: Uuid) -> bool {
+        self.layout(uuid).dir.exists()
+    }
+
+    async fn snapshot(&self, def: &Definition, op: SnapshotOp, name: &str) -> Result<(), BackendError> {
+        self.snapshot_disks(def.uuid, def, op, name).await
+    }
+
+    fn metadata_socket(&self, uuid: Uuid) -> Option<PathBuf> {
+        Some(self.layout(uuid).metadata())
+    }
+
+    fn console_paths(&self, uuid: Uuid) -> Option<(PathBuf, PathBuf)> {
+        let l = self.layout(uuid);
+        Some((l.console(), l.console_log()))
+    }
+
+    fn vnc_socket(&self, uuid: Uuid) -> Option<PathBuf> {
+        Some(self.layout(uuid).vnc())
+    }
+}
+
+impl Qemu {
+    fn running_definition(&self, uuid: Uuid) -> Option<Definition> {
+        serde_json::from_slice(&std::fs::read(self.layout(uuid).running_definition()).ok()?).ok()
+    }
+}

@@ -1,0 +1,171 @@
+//! QEMU processes that outlive the agent: started daemonised with a pidfile, found again
+//! by pidfile + `/proc/<pid>/cmdline` (so a recycled pid is never mistaken for the VM),
+//! stopped by ACPI powerdown with a hard kill after a timeout.
+//!
+//! ```text
+//!   spawn: qemu … -daemonize -pidfile P   (the parent exits once the VM is set up;
+//!                                          its exit status and stderr say why it failed)
+//!   find:  P → pid → /proc/pid/cmdline has "-uuid <uuid>" and the process is not a zombie
+//!   stop:  QMP system_powerdown → wait ≤ timeout → SIGKILL → wait
+//! ```
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::qmp;
+
+/// The pid of the VM's QEMU, if it runs.
+pub fn find(pidfile: &Path, uuid: Uuid) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+    is_vm(pid, uuid).then_some(pid)
+}
+
+/// Whether `pid` is a live QEMU running VM `uuid`.
+pub fn is_vm(pid: u32, uuid: Uuid) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let want = uuid.to_string();
+    let mut args = cmdline.split(|b| *b == 0);
+    let has_uuid = args.by_ref().any(|a| a == b"-uuid") && args.next() == Some(want.as_bytes());
+    has_uuid && !is_zombie(pid)
+}
+
+fn is_zombie(pid: u32) -> bool {
+    // /proc/<pid>/stat: "pid (comm) S …"; comm may contain spaces and parentheses.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])))
+        .unwrap_or(true)
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid)
+}
+
+/// Runs `qemu args…` (which daemonises) and returns the VM's pid.
+pub async fn spawn(qemu: &Path, args: &[String], pidfile: &Path, uuid: Uuid) -> Result<u32, String> {
+    let _ = std::fs::remove_file(pidfile);
+    let mut cmd = tokio::process::Command::new(qemu);
+    cmd.args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .map_err(|_| "QEMU did not finish starting within 120 s".to_string())?
+        .map_err(|e| format!("could not run {}: {e}", qemu.display()))?;
+    if !out.status.success() {
+        let text = String::from_utf8_lossy(&out.stderr);
+        let text = text.trim();
+        let why = if text.is_empty() { format!("exit status {}", out.status) } else { last_lines(text, 5) };
+        return Err(format!("QEMU failed to start: {why}"));
+    }
+    // The pidfile is written before the parent exits; allow a moment all the same.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(pid) = find(pidfile, uuid) {
+            return Ok(pid);
+        }
+        if Instant::now() > deadline {
+            return Err("QEMU started but exited at once (no live process behind its pidfile)".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("; ")
+}
+
+/// Waits until `pid` is gone; false on timeout.
+pub async fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while alive(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+/// Kills `pid` at once (SIGKILL) and waits for it to go.
+pub async fn kill(pid: u32) -> Result<(), String> {
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        match rustix::process::kill_process(p, rustix::process::Signal::KILL) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+            Err(e) => return Err(format!("could not kill QEMU (pid {pid}): {e}")),
+        }
+    }
+    if wait_gone(pid, Duration::from_secs(10)).await { Ok(()) } else { Err(format!("QEMU (pid {pid}) survived SIGKILL")) }
+}
+
+/// How a stop went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The guest shut down after the ACPI power button.
+    Clean,
+    /// The guest ignored it; QEMU was killed after the timeout.
+    Forced,
+}
+
+/// ACPI powerdown, then SIGKILL after `timeout`.
+pub async fn stop(pid: u32, qmp_socket: &Path, timeout: Duration) -> Result<Stopped, String> {
+    match qmp::execute(qmp_socket, "system_powerdown", None).await {
+        Ok(_) => {
+            if wait_gone(pid, timeout).await {
+                return Ok(Stopped::Clean);
+            }
+            tracing::warn!(pid, "the guest did not power off within {} s; stopping it hard", timeout.as_secs());
+        }
+        Err(e) => tracing::warn!(pid, error = %e, "could not ask the guest to power off; stopping it hard"),
+    }
+    kill(pid).await?;
+    Ok(Stopped::Forced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_that_is_not_the_vm_is_not_found() {
+        let d = tempfile::tempdir().unwrap();
+        let pidfile = d.path().join("qemu.pid");
+        // Our own pid is alive but its command line has no "-uuid <uuid>".
+        std::fs::write(&pidfile, std::process::id().to_string()).unwrap();
+        assert_eq!(find(&pidfile, Uuid::new_v4()), None);
+        std::fs::write(&pidfile, "not a pid").unwrap();
+        assert_eq!(find(&pidfile, Uuid::new_v4()), None);
+        assert_eq!(find(&d.path().join("missing"), Uuid::new_v4()), None);
+    }
+
+    #[tokio::test]
+    async fn finds_a_process_by_its_uuid_argument_and_kills_it() {
+        let uuid = Uuid::new_v4();
+        // A shell keeps its extra arguments in its command line, as QEMU keeps "-uuid <uuid>".
+        let mut child = std::process::Command::new("sh").args(["-c", "sleep 5; true", "-uuid", &uuid.to_string()]).spawn().unwrap();
+        let pid = child.id();
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("p"), pid.to_string()).unwrap();
+        // Right after exec, /proc/<pid>/cmdline can read empty for a moment.
+        let mut found = None;
+        for _ in 0..100 {
+            found = find(&d.path().join("p"), uuid);
+            if found.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(found, Some(pid));
+        assert_eq!(find(&d.path().join("p"), Uuid::new_v4()), None, "another VM's uuid");
+        let reaper = std::thread::spawn(move || child.wait());
+        kill(pid).await.unwrap();
+        reaper.join().unwrap().unwrap();
+        assert!(!is_vm(pid, uuid));
+    }
+
+    #[test]
+    fn last_lines_keeps_the_end() {
+        assert_eq!(last_lines("a\nb\nc", 2), "b; c");
+    }
+}
