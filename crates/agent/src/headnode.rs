@@ -1,7 +1,12 @@
 //! The agent's side of the protocol: join, sysinfo, heartbeats, state pushes.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 
 use nereid_types::agent::{Heartbeat, Joined, Register, VmStatus};
 use tokio::sync::mpsc;
@@ -24,6 +29,8 @@ pub enum CallError {
 pub struct Headnode {
     base: String,
     http: reqwest::Client,
+    /// For image files: no overall deadline, only for connecting and between reads.
+    download: reqwest::Client,
 }
 
 impl Headnode {
@@ -33,7 +40,13 @@ impl Headnode {
             .user_agent(concat!("nereid-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
-        Headnode { base: base.trim_end_matches('/').to_string(), http }
+        let download = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(Duration::from_secs(60))
+            .user_agent(concat!("nereid-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        Headnode { base: base.trim_end_matches('/').to_string(), http, download }
     }
 
     async fn post<T: serde::Serialize>(&self, path: &str, bearer: &str, body: &T) -> Result<reqwest::Response, CallError> {
@@ -122,5 +135,67 @@ pub async fn pusher(hn: Headnode, server: Uuid, secret: impl Fn() -> String + Se
         } else {
             backoff = Duration::from_millis(200);
         }
+    }
+}
+
+/// One server's credentials at the headnode, for the calls its VMs cause: guests'
+/// metadata writes and image downloads.
+pub struct Upstream {
+    pub hn: Headnode,
+    pub server: Uuid,
+    pub secret: Arc<RwLock<String>>,
+}
+
+impl Upstream {
+    fn secret(&self) -> String {
+        self.secret.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    async fn get(&self, path: &str) -> Result<reqwest::Response, String> {
+        let resp = self
+            .hn
+            .download
+            .get(format!("{}{path}", self.hn.base))
+            .bearer_auth(self.secret())
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the headnode: {e}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            let msg = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+                .unwrap_or(body);
+            return Err(format!("the headnode answered {}: {msg}", status.as_u16()));
+        }
+        Ok(resp)
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::supervisor::Upstream for Upstream {
+    async fn metadata_write(&self, vm: Uuid, w: &nereid_types::agent::MetadataWrite) -> Result<(), String> {
+        let path = format!("/servers/{}/vms/{vm}/metadata", self.server);
+        self.hn.post(&path, &self.secret(), w).await.map(drop).map_err(|e| match e {
+            CallError::Status { body, .. } => serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+                .unwrap_or(body),
+            other => other.to_string(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::images::Fetch for Upstream {
+    async fn manifest(&self, image: Uuid) -> Result<serde_json::Value, String> {
+        let resp = self.get(&format!("/servers/{}/images/{image}", self.server)).await?;
+        resp.json().await.map_err(|e| format!("image {image}: the manifest does not parse: {e}"))
+    }
+
+    async fn file(&self, image: Uuid) -> Result<BoxStream<'static, Result<Bytes, String>>, String> {
+        let resp = self.get(&format!("/servers/{}/images/{image}/file", self.server)).await?;
+        Ok(resp.bytes_stream().map(|c| c.map_err(|e| e.to_string())).boxed())
     }
 }

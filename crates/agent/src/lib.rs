@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 pub mod api;
 pub mod backend;
+pub mod console;
 pub mod headnode;
 pub mod identity;
 pub mod images;
@@ -32,7 +33,6 @@ pub mod metrics;
 pub mod supervisor;
 pub mod sysinfo;
 
-use backend::Backend;
 use headnode::{CallError, Headnode};
 use supervisor::Node;
 
@@ -41,6 +41,34 @@ use supervisor::Node;
 pub enum BackendKind {
     /// Simulated servers, `servers` of them, each with these sizes.
     Sim { servers: usize, cpus: u32, ram_mib: u64, disk_gib: u64, delays: backend::sim::Delays },
+    /// Real VMs under QEMU on this host.
+    Qemu(QemuOptions),
+}
+
+/// How the qemu backend runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QemuOptions {
+    pub accel: backend::qemu::accel::Choice,
+    pub qemu: PathBuf,
+    pub qemu_img: PathBuf,
+    /// OVMF code and variable store; the distribution's when unset.
+    pub ovmf_code: Option<PathBuf>,
+    pub ovmf_vars: Option<PathBuf>,
+    /// Seconds a guest has to power off after the ACPI button.
+    pub stop_timeout: Duration,
+}
+
+impl Default for QemuOptions {
+    fn default() -> Self {
+        QemuOptions {
+            accel: backend::qemu::accel::Choice::Auto,
+            qemu: "qemu-system-x86_64".into(),
+            qemu_img: "qemu-img".into(),
+            ovmf_code: None,
+            ovmf_vars: None,
+            stop_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// What `nereid agent` is started with.
@@ -66,7 +94,7 @@ pub struct NodeRuntime {
     pub identity: String,
     pub node: Arc<Node>,
     pub sysinfo: Map<String, Value>,
-    secret: RwLock<String>,
+    secret: Arc<RwLock<String>>,
     paused: AtomicBool,
     ram_mib: u64,
     disk_mib: u64,
@@ -118,23 +146,37 @@ impl Agent {
     }
 }
 
-/// Starts the agent: identities, join, API, heartbeats.
-pub async fn start(cfg: Config) -> Result<Agent> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
-    let addr = listener.local_addr()?;
-    let agent_url = cfg.advertise_url.clone().unwrap_or_else(|| format!("http://{addr}"));
-    let hn = Headnode::new(&cfg.headnode_url);
-    let mut nodes = Vec::new();
-    let mut tasks = Vec::new();
-    let BackendKind::Sim { servers, cpus, ram_mib, disk_gib, delays } = cfg.backend.clone();
+/// One server this process is about to run.
+struct NodeSpec {
+    dir: PathBuf,
+    identity: identity::Identity,
+    identity_line: String,
+    facts: sysinfo::Facts,
+    backend: BackendPlan,
+}
+
+/// A backend still to be built (the qemu one needs the server's credentials).
+enum BackendPlan {
+    Sim(backend::sim::Delays),
+    Qemu(backend::qemu::Config),
+}
+
+fn sim_specs(
+    cfg: &Config,
+    addr: SocketAddr,
+    servers: usize,
+    cpus: u32,
+    ram_mib: u64,
+    disk_gib: u64,
+    delays: backend::sim::Delays,
+) -> Result<Vec<NodeSpec>> {
+    let mut out = Vec::new();
     for i in 0..servers.max(1) {
         let dir = cfg.data_dir.join("sim").join(i.to_string());
         std::fs::create_dir_all(&dir)?;
         // Simulated servers have no hardware: their identity is a random UUID, pinned.
         let (id, line) =
             identity::load_or_pin(&dir, &identity::Probe { dmi_dir: &dir.join("no-dmi"), machine_id: &dir.join("no-machine-id") })?;
-        tracing::info!("{line}");
         let host = sysinfo::hostname();
         let facts = sysinfo::Facts {
             uuid: id.uuid,
@@ -158,24 +200,93 @@ pub async fn start(cfg: Config) -> Result<Agent> {
             agent_port: addr.port(),
             backend: "sim".into(),
         };
-        let backend: Arc<dyn Backend> = Arc::new(backend::sim::Sim::open(dir.join("sim-vms.json"), delays));
+        out.push(NodeSpec { dir, identity: id, identity_line: line, facts, backend: BackendPlan::Sim(delays) });
+    }
+    Ok(out)
+}
+
+async fn qemu_spec(cfg: &Config, addr: SocketAddr, o: &QemuOptions) -> Result<NodeSpec> {
+    let dir = cfg.data_dir.clone();
+    let (id, line) = identity::load_or_pin(
+        &dir,
+        &identity::Probe { dmi_dir: std::path::Path::new("/sys/class/dmi/id"), machine_id: std::path::Path::new("/etc/machine-id") },
+    )?;
+    let accel = backend::qemu::accel::resolve(o.accel, &o.qemu, &dir.join("tmp")).await.map_err(anyhow::Error::msg)?;
+    let mut q = backend::qemu::Config::debian(dir.clone(), accel);
+    q.qemu = o.qemu.clone();
+    q.qemu_img = o.qemu_img.clone();
+    q.stop_timeout = o.stop_timeout;
+    if let Some(c) = &o.ovmf_code {
+        q.ovmf_code = c.clone();
+    }
+    if let Some(v) = &o.ovmf_vars {
+        q.ovmf_vars = v.clone();
+    }
+    let mut nics = sysinfo::host_nics(&cfg.nic_tags);
+    if let Some(n) = nics.iter_mut().find(|n| n.name == "lo") {
+        n.ip = Some(addr.ip().to_string());
+    }
+    let facts = sysinfo::Facts {
+        uuid: id.uuid,
+        hostname: sysinfo::hostname(),
+        serial: id.serial.clone(),
+        cpus: sysinfo::host_cpus(),
+        ram_mib: sysinfo::host_ram_mib(),
+        disk_gib: sysinfo::disk_gib(&dir),
+        nics,
+        boot_time: sysinfo::boot_time(),
+        agent_port: addr.port(),
+        backend: format!("qemu ({})", accel.as_str()),
+    };
+    Ok(NodeSpec { dir, identity: id, identity_line: line, facts, backend: BackendPlan::Qemu(q) })
+}
+
+/// Starts the agent: identities, join, API, heartbeats.
+pub async fn start(cfg: Config) -> Result<Agent> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let agent_url = cfg.advertise_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let hn = Headnode::new(&cfg.headnode_url);
+    let specs = match &cfg.backend {
+        BackendKind::Sim { servers, cpus, ram_mib, disk_gib, delays } => {
+            sim_specs(&cfg, addr, *servers, *cpus, *ram_mib, *disk_gib, *delays)?
+        }
+        BackendKind::Qemu(o) => vec![qemu_spec(&cfg, addr, o).await?],
+    };
+    let mut nodes = Vec::new();
+    let mut tasks = Vec::new();
+    for spec in specs {
+        tracing::info!("{}", spec.identity_line);
+        let uuid = spec.identity.uuid;
+        let secret = Arc::new(RwLock::new(String::new()));
+        let upstream = Arc::new(headnode::Upstream { hn: hn.clone(), server: uuid, secret: secret.clone() });
+        let (backend, ram_mib, disk_mib): (Arc<dyn backend::Backend>, u64, u64) = match spec.backend {
+            BackendPlan::Sim(delays) => {
+                (Arc::new(backend::sim::Sim::open(spec.dir.join("sim-vms.json"), delays)), spec.facts.ram_mib, spec.facts.disk_gib * 1024)
+            }
+            BackendPlan::Qemu(q) => {
+                let images = Arc::new(images::ImageCache::new(spec.dir.join("images"), upstream.clone()));
+                (Arc::new(backend::qemu::Qemu::new(q, images)), spec.facts.ram_mib, spec.facts.disk_gib * 1024)
+            }
+        };
         let (tx, rx) = mpsc::unbounded_channel();
-        let node = Node::open(id.uuid, backend, dir.clone(), tx).await?;
+        let node = Node::open(uuid, backend, upstream, spec.dir.clone(), tx).await?;
         let rt = Arc::new(NodeRuntime {
-            uuid: id.uuid,
-            identity: line,
+            uuid,
+            identity: spec.identity_line,
             node,
-            sysinfo: sysinfo::sysinfo(&facts),
-            secret: RwLock::new(String::new()),
+            sysinfo: sysinfo::sysinfo(&spec.facts),
+            secret,
             paused: AtomicBool::new(false),
             ram_mib,
-            disk_mib: disk_gib * 1024,
+            disk_mib,
         });
-        join(&hn, &cfg.join_token, &dir, &rt, &agent_url).await?;
+        join(&hn, &cfg.join_token, &spec.dir, &rt, &agent_url).await?;
         let (hn2, rt2) = (hn.clone(), rt.clone());
         tasks.push(tokio::spawn(async move { headnode::pusher(hn2, rt2.uuid, move || rt2.secret(), rx).await }));
         let (hn3, rt3, every, token, dir3, url3) =
-            (hn.clone(), rt.clone(), cfg.heartbeat, cfg.join_token.clone(), dir.clone(), agent_url.clone());
+            (hn.clone(), rt.clone(), cfg.heartbeat, cfg.join_token.clone(), spec.dir.clone(), agent_url.clone());
         tasks.push(tokio::spawn(async move { heartbeats(hn3, rt3, every, token, dir3, url3).await }));
         nodes.push(rt);
     }

@@ -20,12 +20,22 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use nereid_types::agent::{Definition, Desired, Ensure, VmStatus};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, SnapshotOp};
+use crate::console::Console;
+use crate::metadata::{MetadataWrite, Source, VmView};
+
+/// Where guests' metadata writes are persisted (VMAPI, through the headnode).
+#[async_trait]
+pub trait Upstream: Send + Sync + 'static {
+    /// Ok once the write is in the VM's record.
+    async fn metadata_write(&self, vm: Uuid, w: &MetadataWrite) -> Result<(), String>;
+}
 
 /// What a slot remembers (persisted as `vms/<uuid>.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -38,6 +48,8 @@ pub struct SlotState {
     pub applied_reboot_generation: i64,
     /// A definition generation whose operation failed: not retried until the next ensure.
     pub failed_definition_generation: Option<i64>,
+    #[serde(default)]
+    pub applied_rollback_generation: i64,
     pub status: VmStatus,
 }
 
@@ -52,6 +64,9 @@ pub enum Action {
     Reboot(Box<Definition>),
     /// A reboot asked of a stopped VM: nothing to do but remember it.
     SkipReboot(i64),
+    Snapshot(SnapshotOp, String, Box<Definition>),
+    /// Roll back to the snapshot (the VM is stopped), for this rollback generation.
+    Rollback(String, i64, Box<Definition>),
     Delete,
 }
 
@@ -72,6 +87,18 @@ pub fn decide(s: &SlotState) -> Action {
         return Action::Update(Box::new(old), Box::new(e.definition.clone()));
     }
     let running = s.status.state == "running";
+    if let Some(n) = e.snapshots.iter().find(|n| !s.status.snapshots.contains(n)) {
+        return Action::Snapshot(SnapshotOp::Create, n.clone(), Box::new(e.definition.clone()));
+    }
+    if let Some(n) = s.status.snapshots.iter().find(|n| !e.snapshots.contains(n)) {
+        return Action::Snapshot(SnapshotOp::Delete, n.clone(), Box::new(e.definition.clone()));
+    }
+    if e.rollback_generation > s.applied_rollback_generation
+        && let Some(to) = &e.rollback_to
+    {
+        // A rollback needs the VM stopped; it is brought back to `state` afterwards.
+        return if running { Action::Stop } else { Action::Rollback(to.clone(), e.rollback_generation, Box::new(e.definition.clone())) };
+    }
     match (e.state, running) {
         (Desired::Running, false) => Action::Start(Box::new(e.definition.clone())),
         (Desired::Stopped, true) => Action::Stop,
@@ -86,12 +113,37 @@ struct Slot {
     wake: Notify,
     /// Interrupts a long backend operation when the VM is to be deleted.
     cancel: Notify,
+    /// Deaths in a row soon after booting (autoboot restarts back off, then give up).
+    crashes: Mutex<Crashes>,
+    /// The metadata server and console keeper (backends with real guests).
+    metadata: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    console: Option<Arc<Console>>,
+}
+
+#[derive(Default)]
+struct Crashes {
+    in_a_row: u32,
+    last_start: Option<std::time::Instant>,
+}
+
+/// A VM that dies within this long of booting counts as crashing in a loop.
+const CRASH_WINDOW: Duration = Duration::from_secs(60);
+/// After this many crashes in a row, autoboot stops restarting the VM.
+const MAX_CRASHES: u32 = 5;
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(t) = self.metadata.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            t.abort();
+        }
+    }
 }
 
 /// One compute node's VMs.
 pub struct Node {
     pub uuid: Uuid,
     backend: Arc<dyn Backend>,
+    upstream: Arc<dyn Upstream>,
     dir: PathBuf,
     slots: Mutex<HashMap<Uuid, Arc<Slot>>>,
     generation: AtomicI64,
@@ -110,6 +162,7 @@ impl Node {
     pub async fn open(
         uuid: Uuid,
         backend: Arc<dyn Backend>,
+        upstream: Arc<dyn Upstream>,
         dir: PathBuf,
         events: mpsc::UnboundedSender<VmStatus>,
     ) -> anyhow::Result<Arc<Node>> {
@@ -118,6 +171,7 @@ impl Node {
         let node = Arc::new(Node {
             uuid,
             backend,
+            upstream,
             dir: dir.clone(),
             slots: Mutex::new(HashMap::new()),
             generation: AtomicI64::new(hw),
@@ -139,10 +193,30 @@ impl Node {
         for mut s in loaded {
             node.generation.fetch_max(s.status.generation, Ordering::SeqCst);
             // Re-adopt: what runs now is what the backend says.
-            if s.created && s.status.state == "running" && !node.backend.is_running(s.status.uuid).await {
-                s.status.state = "stopped".into();
-                s.status.error = Some("the VM stopped while the agent was down".into());
-                s.status.generation = node.next_generation();
+            if s.created && !s.delete {
+                let runs = node.backend.is_running(s.status.uuid).await;
+                let was = s.status.state.clone();
+                match (was.as_str(), runs) {
+                    ("running", false) | ("stopping", false) => {
+                        s.status.state = "stopped".into();
+                        if was == "running" {
+                            s.status.error = Some("the VM stopped while the agent was down".into());
+                            if !autoboot(&s) {
+                                stay_stopped(&mut s);
+                            }
+                        }
+                        s.status.generation = node.next_generation();
+                    }
+                    (w, true) if w != "running" => {
+                        s.status.state = "running".into();
+                        s.status.generation = node.next_generation();
+                    }
+                    _ => {}
+                }
+                if s.status.state != was {
+                    node.persist(&s);
+                    let _ = node.events.send(s.status.clone());
+                }
             }
             let uuid = s.status.uuid;
             tracing::info!(vm = %uuid, state = %s.status.state, "re-adopted VM");
@@ -158,7 +232,19 @@ impl Node {
     }
 
     fn spawn_slot(self: &Arc<Self>, uuid: Uuid, s: SlotState) -> Arc<Slot> {
-        let slot = Arc::new(Slot { state: Mutex::new(s), wake: Notify::new(), cancel: Notify::new() });
+        let console = self.backend.console_paths(uuid).map(|(sock, log)| Arc::new(Console::spawn(sock, log)));
+        let slot = Arc::new(Slot {
+            state: Mutex::new(s),
+            wake: Notify::new(),
+            cancel: Notify::new(),
+            crashes: Mutex::new(Crashes::default()),
+            metadata: Mutex::new(None),
+            console,
+        });
+        if let Some(sock) = self.backend.metadata_socket(uuid) {
+            let source = Arc::new(SlotSource { node: Arc::downgrade(self), uuid });
+            *slot.metadata.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::metadata::spawn(sock, source));
+        }
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).insert(uuid, slot.clone());
         let (node, s2) = (self.clone(), slot.clone());
         tokio::spawn(async move { node.run(uuid, s2).await });
@@ -178,8 +264,11 @@ impl Node {
                 let newer = s.ensure.as_ref().is_none_or(|cur| e.definition_generation >= cur.definition_generation);
                 if newer && !s.delete {
                     s.ensure = Some(e);
-                    // Each ensure is a fresh request: a failed operation may be tried again.
+                    // Each ensure is a fresh request: a failed operation may be tried again,
+                    // and an old failure no longer describes the VM.
                     s.failed_definition_generation = None;
+                    s.status.error = None;
+                    s.status.agent_decided = None;
                 }
                 s.status.clone()
             };
@@ -204,6 +293,7 @@ impl Node {
             applied_definition_generation: 0,
             applied_reboot_generation: e.reboot_generation,
             failed_definition_generation: None,
+            applied_rollback_generation: e.rollback_generation,
             status: status.clone(),
         };
         self.persist(&s);
@@ -243,9 +333,42 @@ impl Node {
     /// Stops the VM tasks (the VMs themselves keep running, as real ones would).
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        for s in self.slots.lock().unwrap_or_else(|p| p.into_inner()).values() {
+        let slots: Vec<Arc<Slot>> = self.slots.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, s)| s).collect();
+        for s in slots {
+            if let Some(t) = s.metadata.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                t.abort();
+            }
             s.wake.notify_one();
         }
+    }
+
+    /// The VM's serial console, for backends with real guests.
+    pub fn console(&self, uuid: Uuid) -> Option<Arc<Console>> {
+        self.slot(uuid)?.console.clone()
+    }
+
+    /// The VM's VNC socket, for backends with real guests.
+    pub fn vnc_socket(&self, uuid: Uuid) -> Option<PathBuf> {
+        self.slot(uuid)?;
+        self.backend.vnc_socket(uuid)
+    }
+
+    /// Persists a guest's metadata write upstream, then into the VM's definition here.
+    async fn guest_write(&self, uuid: Uuid, w: MetadataWrite) -> Result<(), String> {
+        self.upstream.metadata_write(uuid, &w).await?;
+        let Some(slot) = self.slot(uuid) else { return Err("the VM is gone".into()) };
+        let snapshot = {
+            let mut s = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = s.ensure.as_mut() {
+                w.apply(&mut e.definition);
+            }
+            if let Some(a) = s.applied.as_mut() {
+                w.apply(a);
+            }
+            s.clone()
+        };
+        self.persist(&snapshot);
+        Ok(())
     }
 
     fn persist(&self, s: &SlotState) {
@@ -269,6 +392,39 @@ impl Node {
         let _ = self.events.send(snapshot.status);
     }
 
+    /// The VM died on its own: restart it (autoboot, backing off if it keeps dying), or
+    /// record it stopped and leave it so.
+    async fn died(&self, uuid: Uuid, slot: &Slot) {
+        let delay = {
+            let mut c = slot.crashes.lock().unwrap_or_else(|p| p.into_inner());
+            let quick = c.last_start.is_some_and(|t| t.elapsed() < CRASH_WINDOW);
+            c.in_a_row = if quick { c.in_a_row + 1 } else { 1 };
+            c.in_a_row
+        };
+        let restart = autoboot(&slot.state.lock().unwrap_or_else(|p| p.into_inner())) && delay <= MAX_CRASHES;
+        if restart {
+            let wait = Duration::from_secs(1 << (delay - 1).min(6));
+            tracing::warn!(vm = %uuid, "the VM stopped on its own; restarting it in {} s (autoboot)", wait.as_secs());
+            self.set_status(slot, |s| {
+                s.status.state = "stopped".into();
+                s.status.error = Some(format!("the VM stopped on its own; autoboot restarts it (crash {delay} in a row)"));
+            });
+            tokio::select! { _ = slot.wake.notified() => {} _ = tokio::time::sleep(wait) => {} }
+        } else {
+            let why = if delay > MAX_CRASHES {
+                format!("the VM stopped on its own {delay} times in a row soon after booting; it stays stopped")
+            } else {
+                "the VM stopped on its own".to_string()
+            };
+            tracing::warn!(vm = %uuid, "{why}");
+            self.set_status(slot, |s| {
+                s.status.state = "stopped".into();
+                s.status.error = Some(why.clone());
+                stay_stopped(s);
+            });
+        }
+    }
+
     async fn run(self: Arc<Self>, uuid: Uuid, slot: Arc<Slot>) {
         loop {
             if self.stopping.load(Ordering::SeqCst) {
@@ -282,17 +438,16 @@ impl Node {
                         _ = slot.wake.notified() => {}
                         _ = tokio::time::sleep(self.check_every) => {
                             if running && !self.backend.is_running(uuid).await {
-                                tracing::warn!(vm = %uuid, "VM stopped unexpectedly");
-                                self.set_status(&slot, |s| {
-                                    s.status.state = "stopped".into();
-                                    s.status.error = Some("the VM stopped unexpectedly".into());
-                                });
+                                self.died(uuid, &slot).await;
                             }
                         }
                     }
                 }
                 Action::Delete => match self.backend.delete(uuid).await {
                     Ok(()) => {
+                        if let Some(t) = slot.metadata.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                            t.abort();
+                        }
                         self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(&uuid);
                         let _ = std::fs::remove_file(self.dir.join("vms").join(format!("{uuid}.json")));
                         let mut s = slot.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -351,8 +506,12 @@ impl Node {
                             s.status.error = None;
                         }),
                         Err(e) => {
-                            self.set_status(&slot, |s| s.status.error = Some(format!("update failed: {e}")));
-                            tokio::select! { _ = slot.wake.notified() => {} _ = tokio::time::sleep(Duration::from_secs(2)) => {} }
+                            tracing::warn!(vm = %uuid, error = %e, "updating the VM failed");
+                            // Not retried until asked again: the job that asked reports it.
+                            self.set_status(&slot, |s| {
+                                s.status.error = Some(format!("update failed: {e}"));
+                                s.failed_definition_generation = Some(generation);
+                            });
                         }
                     }
                 }
@@ -360,11 +519,14 @@ impl Node {
                     let result = tokio::select! { r = self.backend.start(&def) => Some(r), _ = slot.cancel.notified() => None };
                     match result {
                         None => continue,
-                        Some(Ok(())) => self.set_status(&slot, |s| {
-                            s.status.state = "running".into();
-                            s.status.boot_timestamp = Some(now_iso());
-                            s.status.error = None;
-                        }),
+                        Some(Ok(())) => {
+                            slot.crashes.lock().unwrap_or_else(|p| p.into_inner()).last_start = Some(std::time::Instant::now());
+                            self.set_status(&slot, |s| {
+                                s.status.state = "running".into();
+                                s.status.boot_timestamp = Some(now_iso());
+                                s.status.error = None;
+                            })
+                        }
                         Some(Err(e)) => {
                             tracing::warn!(vm = %uuid, error = %e, "starting the VM failed");
                             self.set_status(&slot, |s| {
@@ -420,8 +582,76 @@ impl Node {
                     s.applied_reboot_generation = g;
                     s.status.reboot_generation = g;
                 }),
+                Action::Snapshot(op, name, def) => match self.backend.snapshot(&def, op, &name).await {
+                    Ok(()) => self.set_status(&slot, |s| {
+                        match op {
+                            SnapshotOp::Create => s.status.snapshots.push(name.clone()),
+                            _ => s.status.snapshots.retain(|n| n != &name),
+                        }
+                        s.status.error = None;
+                    }),
+                    Err(e) => {
+                        tracing::warn!(vm = %uuid, snapshot = %name, error = %e, "snapshot failed");
+                        self.set_status(&slot, |s| {
+                            s.status.error = Some(format!("snapshot {name:?}: {e}"));
+                            if let Some(en) = &s.ensure {
+                                s.failed_definition_generation = Some(en.definition_generation);
+                            }
+                        });
+                    }
+                },
+                Action::Rollback(name, generation, def) => {
+                    let result = self.backend.snapshot(&def, SnapshotOp::Rollback, &name).await;
+                    if let Err(e) = &result {
+                        tracing::warn!(vm = %uuid, snapshot = %name, error = %e, "rollback failed");
+                    }
+                    self.set_status(&slot, |s| {
+                        s.applied_rollback_generation = generation;
+                        s.status.rollback_generation = generation;
+                        s.status.error = result.as_ref().err().map(|e| format!("rollback to {name:?}: {e}"));
+                        if result.is_err()
+                            && let Some(en) = &s.ensure
+                        {
+                            s.failed_definition_generation = Some(en.definition_generation);
+                        }
+                    });
+                }
             }
         }
+    }
+}
+
+/// Whether the VM restarts by itself when it dies (vmadm's `autoboot`).
+fn autoboot(s: &SlotState) -> bool {
+    s.ensure.as_ref().is_some_and(|e| e.state == Desired::Running && e.definition.autoboot == Some(true))
+}
+
+/// The VM is to stay stopped until asked again (a new ensure from the headnode).
+fn stay_stopped(s: &mut SlotState) {
+    if let Some(e) = s.ensure.as_mut() {
+        e.state = Desired::Stopped;
+    }
+    s.status.agent_decided = Some(Desired::Stopped);
+}
+
+/// The metadata server's view of one VM: its slot's definition; writes go upstream.
+struct SlotSource {
+    node: std::sync::Weak<Node>,
+    uuid: Uuid,
+}
+
+#[async_trait]
+impl Source for SlotSource {
+    fn view(&self) -> Option<VmView> {
+        let node = self.node.upgrade()?;
+        let slot = node.slot(self.uuid)?;
+        let def = slot.state.lock().unwrap_or_else(|p| p.into_inner()).ensure.as_ref()?.definition.clone();
+        Some(VmView { def, server_uuid: node.uuid, datacenter_name: None, dns_domain: None })
+    }
+
+    async fn write(&self, w: MetadataWrite) -> Result<(), String> {
+        let node = self.node.upgrade().ok_or("the agent is shutting down")?;
+        node.guest_write(self.uuid, w).await
     }
 }
 
@@ -436,13 +666,22 @@ mod tests {
 
     fn state(desired: Desired, created: bool, running: bool) -> SlotState {
         SlotState {
-            ensure: Some(Ensure { state: desired, definition: def(), definition_generation: 1, reboot_generation: 0 }),
+            ensure: Some(Ensure {
+                state: desired,
+                definition: def(),
+                definition_generation: 1,
+                reboot_generation: 0,
+                snapshots: vec![],
+                rollback_to: None,
+                rollback_generation: 0,
+            }),
             delete: false,
             created,
             applied: created.then(def),
             applied_definition_generation: if created { 1 } else { 0 },
             applied_reboot_generation: 0,
             failed_definition_generation: None,
+            applied_rollback_generation: 0,
             status: VmStatus::new(Uuid::nil(), if running { "running" } else { "stopped" }, 1),
         }
     }
@@ -467,5 +706,36 @@ mod tests {
         let mut s = state(Desired::Running, false, false);
         s.failed_definition_generation = Some(1);
         assert_eq!(decide(&s), Action::Idle, "a failed operation is not retried until asked again");
+    }
+
+    #[test]
+    fn snapshots_converge_and_rollbacks_stop_the_vm_first() {
+        let mut s = state(Desired::Running, true, true);
+        s.ensure.as_mut().unwrap().snapshots = vec!["a".into(), "b".into()];
+        s.status.snapshots = vec!["a".into(), "old".into()];
+        assert!(matches!(decide(&s), Action::Snapshot(SnapshotOp::Create, ref n, _) if n == "b"));
+        s.status.snapshots.push("b".into());
+        assert!(matches!(decide(&s), Action::Snapshot(SnapshotOp::Delete, ref n, _) if n == "old"));
+        s.status.snapshots.retain(|n| n != "old");
+        assert_eq!(decide(&s), Action::Idle);
+        let e = s.ensure.as_mut().unwrap();
+        e.rollback_to = Some("a".into());
+        e.rollback_generation = 1;
+        assert_eq!(decide(&s), Action::Stop, "rollback needs the VM stopped");
+        s.status.state = "stopped".into();
+        assert!(matches!(decide(&s), Action::Rollback(ref n, 1, _) if n == "a"));
+        s.applied_rollback_generation = 1;
+        assert!(matches!(decide(&s), Action::Start(_)), "and then it runs again");
+    }
+
+    #[test]
+    fn autoboot_decides_whether_a_dead_vm_restarts() {
+        let mut s = state(Desired::Running, true, false);
+        assert!(!autoboot(&s));
+        s.ensure.as_mut().unwrap().definition.autoboot = Some(true);
+        assert!(autoboot(&s));
+        stay_stopped(&mut s);
+        assert!(!autoboot(&s));
+        assert_eq!(decide(&s), Action::Idle, "a VM that stays stopped is not started again");
     }
 }

@@ -119,7 +119,6 @@ pub struct Definition {
 }
 
 impl Definition {
-
     /// Total disk the VM uses (MiB).
     pub fn disk_mib(&self) -> u64 {
         self.disks.iter().filter(|d| d.media != "cdrom").map(|d| d.size).sum()
@@ -136,6 +135,15 @@ pub struct Ensure {
     /// Increases once per requested reboot; the agent reboots once per increase.
     #[serde(default)]
     pub reboot_generation: i64,
+    /// The snapshots the VM should have (created or deleted to match).
+    #[serde(default)]
+    pub snapshots: Vec<String>,
+    /// The snapshot to roll back to, once per increase of `rollback_generation` (the
+    /// agent stops the VM for it, then brings it to `state` again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_to: Option<String>,
+    #[serde(default)]
+    pub rollback_generation: i64,
 }
 
 /// What a server says about one VM.
@@ -165,6 +173,16 @@ pub struct VmStatus {
     pub disk_mib: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_uuid: Option<Uuid>,
+    /// The snapshots the VM has.
+    #[serde(default)]
+    pub snapshots: Vec<String>,
+    /// The last rollback done.
+    #[serde(default)]
+    pub rollback_generation: i64,
+    /// Set when the agent itself changed the state it keeps the VM in (a VM that died
+    /// without autoboot stays stopped); cleared by the headnode's next request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_decided: Option<Desired>,
 }
 
 impl VmStatus {
@@ -183,7 +201,54 @@ impl VmStatus {
             cpu_cap: None,
             disk_mib: None,
             owner_uuid: None,
+            snapshots: Vec::new(),
+            rollback_generation: 0,
+            agent_decided: None,
         }
+    }
+}
+
+/// `POST /servers/{uuid}/vms/{vm}/metadata`: a guest wrote its metadata (`mdata-put`,
+/// `mdata-delete`); VMAPI records it as an update would (`set_*` / `remove_*`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetadataWrite {
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub set_customer_metadata: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_customer_metadata: Vec<String>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub set_internal_metadata: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_internal_metadata: Vec<String>,
+}
+
+impl MetadataWrite {
+    /// Applies the write to two metadata maps (customer, internal).
+    pub fn apply_to(&self, customer: &mut Map<String, Value>, internal: &mut Map<String, Value>) {
+        for (k, v) in &self.set_customer_metadata {
+            customer.insert(k.clone(), v.clone());
+        }
+        for k in &self.remove_customer_metadata {
+            customer.remove(k);
+        }
+        for (k, v) in &self.set_internal_metadata {
+            internal.insert(k.clone(), v.clone());
+        }
+        for k in &self.remove_internal_metadata {
+            internal.remove(k);
+        }
+    }
+
+    /// Applies the write to a definition.
+    pub fn apply(&self, def: &mut Definition) {
+        self.apply_to(&mut def.customer_metadata, &mut def.internal_metadata);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set_customer_metadata.is_empty()
+            && self.remove_customer_metadata.is_empty()
+            && self.set_internal_metadata.is_empty()
+            && self.remove_internal_metadata.is_empty()
     }
 }
 

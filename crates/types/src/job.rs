@@ -15,7 +15,7 @@ use crate::spec::{Field, Kind};
 /// `queued`, `running`, `succeeded`, `failed`, `canceled`.
 pub const EXECUTIONS: &[&str] = &["queued", "running", "succeeded", "failed", "canceled"];
 /// Job kinds (`task`).
-pub const TASKS: &[&str] = &["provision", "start", "stop", "reboot", "update", "destroy"];
+pub const TASKS: &[&str] = &["provision", "start", "stop", "reboot", "update", "snapshot", "destroy"];
 
 /// One step's outcome, as `chain_results` lists it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -21,7 +21,7 @@ pub const SUPPORTED_BRANDS: &[&str] = &["bhyve", "kvm"];
 /// States VMAPI's `state` filter accepts.
 pub const STATE_FILTERS: &[&str] = &["running", "stopped", "active", "destroyed", "provisioning", "failed"];
 /// Jobs that act on a VM.
-pub const ACTIONS: &[&str] = &["start", "stop", "reboot", "update"];
+pub const ACTIONS: &[&str] = &["start", "stop", "reboot", "update", "create_snapshot", "rollback_snapshot", "delete_snapshot"];
 
 /// A VM record.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -111,6 +111,11 @@ pub struct Vm {
     /// Increases once per requested reboot.
     #[serde(default)]
     pub reboot_generation: i64,
+    /// Increases once per requested rollback (to `rollback_to`).
+    #[serde(default)]
+    pub rollback_generation: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_to: Option<String>,
     /// Why the VM failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -193,7 +198,29 @@ impl Vm {
                 .unwrap_or_default(),
             autoboot: self.autoboot,
         })
+    }
 
+    /// Names of the snapshots the VM should have (those being deleted excluded).
+    pub fn snapshot_names(&self) -> Vec<String> {
+        self.snapshots
+            .iter()
+            .flatten()
+            .filter(|s| s.get("state").and_then(Value::as_str) != Some("deleting"))
+            .filter_map(|s| s.get("name").and_then(Value::as_str).map(str::to_string))
+            .collect()
+    }
+
+    /// What the VM's server is asked to make true: this definition, in `state`.
+    pub fn ensure(&self, state: crate::agent::Desired, reboot_generation: Option<i64>) -> Result<crate::agent::Ensure, String> {
+        Ok(crate::agent::Ensure {
+            state,
+            definition: self.definition()?,
+            definition_generation: self.definition_generation.max(1),
+            reboot_generation: reboot_generation.unwrap_or(self.reboot_generation),
+            snapshots: self.snapshot_names(),
+            rollback_to: self.rollback_to.clone(),
+            rollback_generation: self.rollback_generation,
+        })
     }
 
     /// Marks the record destroyed (or failed, if it never finished provisioning), as
@@ -498,8 +525,7 @@ pub const CREATE_FIELDS: &[Field] = &[
         "Namespaces of internal_metadata the guest may read as <ns>:<key> (never write).",
     ),
     Field::new("tags", Kind::Custom { check: check_scalar_map, schema: scalar_map_schema }, "Tags (string, number or boolean values)."),
-    Field::new("bootrom"
-, Kind::Enum(&["bios", "uefi"]), "Firmware (bhyve): bios or uefi."),
+    Field::new("bootrom", Kind::Enum(&["bios", "uefi"]), "Firmware (bhyve): bios or uefi."),
     Field::new(
         "disks",
         Kind::Custom { check: check_disks, schema: disks_schema },

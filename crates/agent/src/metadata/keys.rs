@@ -42,13 +42,7 @@ pub enum Lookup {
 }
 
 /// A guest's write, persisted to VMAPI as an update (set_*/remove_*).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct MetadataWrite {
-    pub set_customer_metadata: Map<String, Value>,
-    pub remove_customer_metadata: Vec<String>,
-    pub set_internal_metadata: Map<String, Value>,
-    pub remove_internal_metadata: Vec<String>,
-}
+pub use nereid_types::agent::MetadataWrite;
 
 /// The value `key` names for this VM.
 pub fn get(view: &VmView, key: &str) -> Lookup {

@@ -147,6 +147,20 @@ impl App {
         Ok((img, generation))
     }
 
+    /// An image a compute node installs for a VM: it must have its file (active, or
+    /// disabled since the VM was provisioned).
+    pub async fn image_for_server(&self, uuid: Uuid) -> Result<Image, ApiError> {
+        let (img, _) = self.get_image(uuid, None).await?;
+        if img.state != "active" && img.state != "disabled" {
+            return Err(ApiError::new(
+                422,
+                "ImageNotActive",
+                format!("image {uuid} is {}: only an activated image can be installed on a server", img.state),
+            ));
+        }
+        Ok(img)
+    }
+
     async fn check_origin(&self, img: &Image) -> Result<(), ApiError> {
         let Some(origin) = img.origin() else { return Ok(()) };
         let id = Uuid::parse_str(origin).map_err(|_| ApiError::validation_422(vec![FieldError::invalid("origin", "must be a UUID")]))?;

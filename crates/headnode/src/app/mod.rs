@@ -25,6 +25,8 @@ pub mod nic_tags;
 pub mod nics;
 pub mod packages;
 pub mod servers;
+pub mod snapshots;
+pub mod vm_metadata;
 pub mod vms;
 
 /// How many times a read-modify-write is retried after losing a race.

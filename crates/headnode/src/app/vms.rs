@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nereid_alloc::{Locality, Request, Spread};
 use nereid_store::{Cond, Filter, Kind, ListQuery, Op, Path, StoreError};
-use nereid_types::agent::{DiskDef, VmStatus};
+use nereid_types::agent::{Desired, DiskDef, VmStatus};
 use nereid_types::image::Image;
 use nereid_types::job::Job;
 use nereid_types::network::{Network, NetworkPool};
@@ -266,6 +266,10 @@ impl App {
                 (_, s) => {
                     vm.state = Some(s.to_string());
                     vm.error = st.error.clone();
+                    // The agent keeps a VM that died on its own stopped: so does the record.
+                    if s == "stopped" && st.agent_decided == Some(Desired::Stopped) && vm.desired_state.as_deref() == Some("running") {
+                        vm.desired_state = Some("stopped".into());
+                    }
                 }
             }
             Ok(())
@@ -634,6 +638,8 @@ impl App {
             agent_generation: 0,
             definition_generation: 1,
             reboot_generation: 0,
+            rollback_generation: 0,
+            rollback_to: None,
             error: None,
             rest: input
                 .get("internal_metadata_namespaces")
@@ -700,14 +706,14 @@ impl App {
     }
 
     /// Queues a job on a VM (and whatever must land with it).
-    async fn queue(&self, job: Job, mut ops: Vec<Op>) -> Result<Job, ApiError> {
+    pub(crate) async fn queue(&self, job: Job, mut ops: Vec<Op>) -> Result<Job, ApiError> {
         ops.push(job_op(&job));
         self.store.batch(ops).await.map_err(store_error)?;
         self.jobs_notify.notify_one();
         Ok(job)
     }
 
-    fn check_actionable(vm: &Vm) -> Result<Uuid, ApiError> {
+    pub(crate) fn check_actionable(vm: &Vm) -> Result<Uuid, ApiError> {
         match vm.state.as_deref() {
             Some("destroyed") => Err(ApiError::conflict("VmDestroyed", format!("VM {} is destroyed", vm.uuid))),
             Some("failed") => Err(ApiError::conflict(

@@ -3,10 +3,10 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::IntoResponse;
 use nereid_types::ApiError;
-use nereid_types::agent::{Heartbeat, Register, VmStatus};
+use nereid_types::agent::{Heartbeat, MetadataWrite, Register, VmStatus};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -71,7 +71,68 @@ pub fn routes() -> Vec<Route> {
             status,
         )
         .auth(Auth::Server),
+        Route::new(
+            Method::POST,
+            "/servers/{uuid}/vms/{vm}/metadata",
+            doc(
+                "VmGuestMetadata",
+                "A guest wrote its metadata (mdata-put, mdata-delete): recorded on the VM as set_*/remove_* updates are.",
+                BodyDoc::Schema(metadata_schema),
+                RespDoc::Empty(204),
+            ),
+            metadata,
+        )
+        .auth(Auth::Server),
+        Route::new(
+            Method::GET,
+            "/servers/{uuid}/images/{image}",
+            doc(
+                "ServerGetImage",
+                "The manifest of an active image a compute node installs.",
+                BodyDoc::None,
+                RespDoc::Schema(200, manifest_schema),
+            ),
+            image,
+        )
+        .auth(Auth::Server),
+        Route::new(
+            Method::GET,
+            "/servers/{uuid}/images/{image}/file",
+            doc("ServerGetImageFile", "The file of an active image (as GetImageFile serves it).", BodyDoc::None, RespDoc::Binary),
+            image_file,
+        )
+        .auth(Auth::Server),
     ]
+}
+
+fn metadata_schema() -> Value {
+    let map = json!({"type": "object", "additionalProperties": {"type": "string"}});
+    let keys = json!({"type": "array", "items": {"type": "string"}});
+    json!({"type": "object", "properties": {
+        "set_customer_metadata": map, "remove_customer_metadata": keys,
+        "set_internal_metadata": map, "remove_internal_metadata": keys}})
+}
+fn manifest_schema() -> Value {
+    json!({"type": "object", "description": "An IMGAPI image manifest."})
+}
+
+async fn metadata(State(s): State<AppState>, Path((uuid, vm)): Path<(String, String)>, body: Body) -> HttpResult {
+    let uuid = path_uuid(Api::Napi, "uuid", &uuid)?;
+    let vm = path_uuid(Api::Napi, "vm", &vm)?;
+    let w: MetadataWrite = parse(body).await?;
+    s.app.guest_metadata_write(uuid, vm, &w).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn image(State(s): State<AppState>, Path((_, image)): Path<(String, String)>) -> HttpResult {
+    let image = path_uuid(Api::Napi, "image", &image)?;
+    ok(&s.app.image_for_server(image).await?.render(false))
+}
+
+async fn image_file(State(s): State<AppState>, Path((_, image)): Path<(String, String)>, headers: HeaderMap) -> HttpResult {
+    let image = path_uuid(Api::Napi, "image", &image)?;
+    s.app.image_for_server(image).await?;
+    super::images::serve_file(&s, image, None, &headers).await
 }
 
 async fn parse<T: DeserializeOwned>(body: Body) -> Result<T, HttpError> {

@@ -292,7 +292,12 @@ pub fn parse_range(header: Option<&str>, size: u64) -> Range {
 async fn get_file(State(s): State<AppState>, Path(uuid): Path<String>, RawQuery(raw): RawQuery, headers: HeaderMap) -> HttpResult {
     let q = parse_query(Api::Imgapi, FILE_PARAMS, raw.as_deref())?;
     let uuid = path_uuid(Api::Imgapi, "uuid", &uuid)?;
-    let (_, file, path) = s.app.image_file(uuid, account(&q)).await?;
+    serve_file(&s, uuid, account(&q), &headers).await
+}
+
+/// An image's file as GetImageFile serves it (also to compute nodes).
+pub(super) async fn serve_file(s: &AppState, uuid: Uuid, account: Option<Uuid>, headers: &HeaderMap) -> HttpResult {
+    let (_, file, path) = s.app.image_file(uuid, account).await?;
     let mut f = tokio::fs::File::open(&path).await.map_err(|e| {
         tracing::error!(path = %path.display(), error = %e, "image file missing on disk");
         ApiError::new(503, "StorageIsDown", format!("the file of image {uuid} is missing from storage"))

@@ -52,7 +52,12 @@ const GET_PARAMS: &[Param] = &[
     Param::new("owner_uuid", QKind::Uuid, "404 unless the VM is this owner's."),
 ];
 const ACTION_PARAMS: &[Param] = &[
-    Param::new("action", QKind::Enum(vm::ACTIONS), "start, stop, reboot or update (required)."),
+    Param::new(
+        "action",
+        QKind::Enum(vm::ACTIONS),
+        "start, stop, reboot, update, create_snapshot, rollback_snapshot or delete_snapshot (required).",
+    ),
+    Param::new("snapshot_name", QKind::Str { max: 64 }, "The snapshot (snapshot actions)."),
     Param::new("sync", QKind::Bool, "Wait for the job before answering."),
 ];
 const SYNC: &[Param] = &[Param::new("sync", QKind::Bool, "Wait for the job before answering.")];
@@ -105,7 +110,7 @@ pub fn routes() -> Vec<Route> {
             "/vms/{uuid}",
             doc(
                 "VmAction",
-                "start, stop, reboot or update (resize included) as a job.",
+                "start, stop, reboot, update (resize included) or a snapshot action, as a job.",
                 ACTION_PARAMS,
                 BodyDoc::Fields(UPDATE_FIELDS, Usage::Update),
                 RespDoc::Schema(202, accepted_schema),
@@ -203,8 +208,21 @@ async fn action(State(s): State<AppState>, Path(uuid): Path<String>, RawQuery(ra
     let uuid = path_uuid(Api::Papi, "uuid", &uuid)?;
     let input = read_object(body).await?;
     let Some(action) = q.str("action") else { return Err(ApiError::validation_409(vec![FieldError::missing("action")]).into()) };
+    if q.str("snapshot_name").is_some() && !action.ends_with("_snapshot") {
+        return Err(ApiError::validation_409(vec![FieldError::invalid(
+            "snapshot_name",
+            format!("action={action} takes no snapshot_name"),
+        )])
+        .into());
+    }
     let job = match action {
         "update" => s.app.update_vm(uuid, &input).await?,
+        snap @ ("create_snapshot" | "rollback_snapshot" | "delete_snapshot") => {
+            if !input.is_empty() {
+                return Err(ApiError::validation_409(vec![FieldError::invalid("body", format!("action={snap} takes no body"))]).into());
+            }
+            s.app.snapshot_vm(uuid, snap, q.str("snapshot_name")).await?
+        }
         other => {
             if !input.is_empty() {
                 return Err(ApiError::validation_409(vec![FieldError::invalid("body", format!("action={other} takes no body"))]).into());

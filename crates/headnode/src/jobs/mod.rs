@@ -39,6 +39,7 @@ use crate::buckets::{JOB_LEASES, JOBS};
 pub mod destroy;
 pub mod power;
 pub mod provision;
+pub mod snapshot;
 pub mod update;
 
 /// What a step returns: a line for `chain_results`, or why it failed.
@@ -67,6 +68,7 @@ pub fn chain(task: &str) -> Vec<Box<dyn Step>> {
         "destroy" => destroy::chain(),
         "start" | "stop" | "reboot" => power::chain(),
         "update" => update::chain(),
+        "snapshot" => snapshot::chain(),
         _ => Vec::new(),
     }
 }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nereid_types::agent::{Desired, Ensure};
+use nereid_types::agent::Desired;
 use nereid_types::job::Job;
 use serde_json::json;
 
@@ -29,12 +29,7 @@ fn target(job: &Job) -> &'static str {
 pub async fn send(app: &App, job: &Job, desired: Desired, reboot_generation: Option<i64>) -> Result<(), String> {
     let server = job.server_uuid.ok_or("the job has no server")?;
     let (vm, _) = app.get_vm(job.vm_uuid, None).await.map_err(|e| e.message)?;
-    let e = Ensure {
-        state: desired,
-        definition: vm.definition()?,
-        definition_generation: vm.definition_generation.max(1),
-        reboot_generation: reboot_generation.unwrap_or(vm.reboot_generation),
-    };
+    let e = vm.ensure(desired, reboot_generation)?;
     app.agent_ensure(server, &e).await.map_err(|e| e.to_string())?;
     Ok(())
 }

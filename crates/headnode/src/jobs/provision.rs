@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nereid_types::agent::{Desired, Ensure, NicDef};
+use nereid_types::agent::{Desired, NicDef};
 use nereid_types::job::Job;
 use nereid_types::network::Network;
 use nereid_types::nic::Nic;
@@ -202,14 +202,9 @@ impl Step for Create {
     }
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
         let (vm, _) = app.get_vm(job.vm_uuid, None).await.map_err(|e| e.message)?;
-        let def = vm.definition()?;
         let state = if vm.autoboot == Some(false) { Desired::Stopped } else { Desired::Running };
-        let e = Ensure {
-            state,
-            definition: def,
-            definition_generation: vm.definition_generation.max(1),
-            reboot_generation: vm.reboot_generation,
-        };
+        let e = vm.ensure(state, None)?;
+
         let st = app.agent_ensure(server(job)?, &e).await.map_err(|e| e.to_string())?;
         Ok(format!("server accepted the VM ({})", st.state))
     }

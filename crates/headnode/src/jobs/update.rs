@@ -112,7 +112,12 @@ async fn apply(app: &App, job: &mut Job, fields: &Map<String, Value>, gen_key: &
     let held_stopped = resize(job) && data::<bool>(job, "was_running") == Some(true);
     let desired = if !held_stopped && vm.desired_state.as_deref() == Some("running") { Desired::Running } else { Desired::Stopped };
     send(app, job, desired, None).await?;
-    wait_for(app, job, move |s| s.definition_generation >= target).await?;
+    wait_for_server(app, job, move |s| match &s.error {
+        _ if s.definition_generation >= target => Seen::Done,
+        Some(e) if e.starts_with("update failed") => Seen::Failed(e.clone()),
+        _ => Seen::Pending,
+    })
+    .await?;
     Ok(target)
 }
 
