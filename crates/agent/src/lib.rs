@@ -216,6 +216,7 @@ async fn qemu_spec(cfg: &Config, addr: SocketAddr, o: &QemuOptions) -> Result<No
     q.qemu = o.qemu.clone();
     q.qemu_img = o.qemu_img.clone();
     q.stop_timeout = o.stop_timeout;
+    q.nic_tags = cfg.nic_tags.clone();
     if let Some(c) = &o.ovmf_code {
         q.ovmf_code = c.clone();
     }

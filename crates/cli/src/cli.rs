@@ -105,9 +105,45 @@ pub struct SimArgs {
     pub sim_create_ms: u64,
 }
 
+/// Options of the qemu backend.
+#[derive(Args, Debug, Clone)]
+pub struct QemuArgs {
+    /// How guests execute: kvm, tcg (software emulation, slow) or auto (KVM if a probe guest boots under it, else TCG)
+    #[arg(long, default_value = "auto", value_name = "auto|kvm|tcg")]
+    pub accel: nereid_agent::backend::qemu::accel::Choice,
+    /// The QEMU system emulator
+    #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
+    /// qemu-img, for VM disks
+    #[arg(long, value_name = "PATH", default_value = "qemu-img")]
+    pub qemu_img: PathBuf,
+    /// OVMF firmware code for UEFI guests [default: the distribution's, /usr/share/OVMF/OVMF_CODE_4M.fd]
+    #[arg(long, value_name = "FILE")]
+    pub ovmf_code: Option<PathBuf>,
+    /// OVMF variable store template [default: the distribution's, /usr/share/OVMF/OVMF_VARS_4M.fd]
+    #[arg(long, value_name = "FILE")]
+    pub ovmf_vars: Option<PathBuf>,
+    /// Seconds a guest has to power off after the ACPI power button before it is stopped hard
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub stop_timeout_secs: u64,
+}
+
+impl QemuArgs {
+    pub fn options(&self) -> nereid_agent::QemuOptions {
+        nereid_agent::QemuOptions {
+            accel: self.accel,
+            qemu: self.qemu.clone(),
+            qemu_img: self.qemu_img.clone(),
+            ovmf_code: self.ovmf_code.clone(),
+            ovmf_vars: self.ovmf_vars.clone(),
+            stop_timeout: std::time::Duration::from_secs(self.stop_timeout_secs.max(1)),
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 #[command(
-    after_help = "On an empty store `nereid up` creates the nic tag `external`, a network `external` (10.88.0.0/24), a few packages and, with the sim backend, a placeholder image, then prints how to provision a VM."
+    after_help = "On an empty store `nereid up` creates the nic tag `external`, a network `external` (10.88.0.0/24), a few packages and, with the sim backend, a placeholder image (with --backend qemu --demo, the bootable test image), then prints how to provision a VM."
 )]
 pub struct UpArgs {
     /// Directory for the store, image files, tokens and the agent [default: $NEREID_DATA_DIR or ./nereid-data]
@@ -124,9 +160,20 @@ pub struct UpArgs {
     pub backend: BackendArg,
     #[command(flatten)]
     pub sim: SimArgs,
+    #[command(flatten)]
+    pub qemu: QemuArgs,
     /// Do not create the default nic tag, network, packages and image
     #[arg(long)]
     pub no_seed: bool,
+    /// With --backend qemu: import the test image (scripts/build-test-image) as a ready image, so a first VM boots in a minute
+    #[arg(long)]
+    pub demo: bool,
+    /// The disk --demo imports [default: target/test-image/nereid-test.img]
+    #[arg(long, value_name = "FILE", requires = "demo")]
+    pub demo_image: Option<PathBuf>,
+    /// With --backend qemu: the bridge each nic tag's VM NICs plug into, as TAG=BRIDGE (repeatable), e.g. external=br0 [default: none, NICs are isolated]
+    #[arg(long = "nic-tag", value_name = "TAG=IFACE")]
+    pub nic_tags: Vec<String>,
     #[command(flatten)]
     pub tuning: Tuning,
 }
@@ -150,6 +197,8 @@ pub struct AgentArgs {
     pub backend: BackendArg,
     #[command(flatten)]
     pub sim: SimArgs,
+    #[command(flatten)]
+    pub qemu: QemuArgs,
     /// Address of the agent API (the headnode calls it)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5309")]
     pub listen: SocketAddr,

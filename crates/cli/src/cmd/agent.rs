@@ -40,7 +40,7 @@ pub async fn run(a: AgentArgs) -> Result<()> {
     };
     let backend = match a.backend {
         BackendArg::Sim => sim_backend(&a.sim),
-        BackendArg::Qemu => bail!("the qemu backend is not part of this build yet; run with --backend sim"),
+        BackendArg::Qemu => BackendKind::Qemu(a.qemu.options()),
     };
     let cfg = Config {
         headnode_url: a.headnode.clone(),

@@ -1,5 +1,6 @@
 //! `nereid up`: a headnode and a local agent in one process, seeded on first start.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -64,24 +65,78 @@ async fn seed(app: &App, sim: bool) -> Result<Option<Seeded>> {
     Ok(Some(Seeded { network: net.uuid.to_string(), packages, image }))
 }
 
+/// The demo image: the test image from `scripts/build-test-image`, imported once.
+async fn demo_image(app: &App, file: &Path) -> Result<String> {
+    let existing = app.list_images(&nereid_types::query::Query::default()).await?;
+    if let Some(img) = existing.iter().find(|i| i.name == DEMO_IMAGE && i.state == "active") {
+        return Ok(img.uuid.to_string());
+    }
+    let path = file.to_path_buf();
+    let found = tokio::task::spawn_blocking(move || nereid_diskimage::inspect(&path, &mut |_| {}))
+        .await?
+        .with_context(|| format!("{} cannot be used as an image", file.display()))?;
+    let img = app
+        .create_image(
+            &obj(json!({"owner": "00000000-0000-0000-0000-000000000000", "name": DEMO_IMAGE, "version": env!("CARGO_PKG_VERSION"),
+                "type": "zvol", "os": "linux", "public": true, "nic_driver": "virtio", "disk_driver": "virtio", "cpu_type": "host",
+                "image_size": found.image_size_mib(),
+                "description": "Nereid's test image: a Debian kernel and busybox that print their metadata on the console (UEFI or BIOS)"})),
+            None,
+        )
+        .await?;
+    let f = tokio::fs::File::open(file).await.with_context(|| format!("opening {}", file.display()))?;
+    let add = nereid_headnode::app::images::AddFile {
+        compression: found.compression.as_str().into(),
+        sha1: Some(found.sha1.clone()),
+        content_length: Some(found.file_size),
+        ..Default::default()
+    };
+    app.add_image_file(img.uuid, add, tokio_util::io::ReaderStream::new(f)).await?;
+    app.activate_image(img.uuid).await?;
+    Ok(img.uuid.to_string())
+}
+
+const DEMO_IMAGE: &str = "nereid-test";
+
 pub async fn run(a: UpArgs) -> Result<()> {
-    if a.backend == BackendArg::Qemu {
-        bail!("the qemu backend is not part of this build yet; run `nereid up --backend sim`");
+    if a.demo && a.backend != BackendArg::Qemu {
+        bail!("--demo boots a real VM image: use it with --backend qemu");
+    }
+    let demo_file = a.demo_image.clone().unwrap_or_else(|| PathBuf::from("target/test-image/nereid-test.img"));
+    if a.demo && !demo_file.exists() {
+        bail!("{} does not exist: build it with scripts/build-test-image (or pass --demo-image FILE)", demo_file.display());
     }
     let data_dir = a.data_dir.clone().unwrap_or_else(nereid_client::default_data_dir);
     let mut cfg = Config::new(data_dir.clone(), a.store.clone(), a.admin_listen);
     a.tuning.apply(&mut cfg.app);
     let running = start(cfg).await?;
-    let seeded = if a.no_seed { None } else { seed(&running.app, true).await.context("seeding the store")? };
+    let sim = a.backend == BackendArg::Sim;
+    let mut seeded = if a.no_seed { None } else { seed(&running.app, sim).await.context("seeding the store")? };
+    if a.demo {
+        let image = demo_image(&running.app, &demo_file).await.context("importing the demo image")?;
+        match seeded.as_mut() {
+            Some(s) => s.image = Some(image),
+            None => println!("demo image {DEMO_IMAGE}: {image}"),
+        }
+    }
+    let backend = match a.backend {
+        BackendArg::Sim => super::agent::sim_backend(&a.sim),
+        BackendArg::Qemu => nereid_agent::BackendKind::Qemu(a.qemu.options()),
+    };
     let agent_cfg = nereid_agent::Config {
         headnode_url: running.admin_url.clone(),
         join_token: running.join_token.clone(),
         data_dir: data_dir.join("agent"),
-        backend: super::agent::sim_backend(&a.sim),
+        backend,
         listen: "127.0.0.1:0".parse()?,
         advertise_url: None,
         heartbeat: Duration::from_secs(2),
-        nic_tags: Vec::new(),
+        // The seeded network's tag. Without a bridge for it, VMs' NICs are isolated.
+        nic_tags: match (sim, a.nic_tags.is_empty()) {
+            (true, _) => Vec::new(),
+            (false, true) => vec![("external".into(), "lo".into())],
+            (false, false) => super::agent::nic_tags(&a.nic_tags)?,
+        },
     };
     let agent = nereid_agent::start(agent_cfg).await?;
     let end = Instant::now() + Duration::from_secs(30);
@@ -104,7 +159,13 @@ pub async fn run(a: UpArgs) -> Result<()> {
     println!("Nereid {} is up.", env!("CARGO_PKG_VERSION"));
     println!("  operator API  {}  (bearer token in {dd}/admin.token)", running.admin_url);
     println!("  join token    {dd}/join.token  (for `nereid agent` on other machines)");
-    println!("  servers       {} simulated (sim backend)", agent.nodes.len());
+    match a.backend {
+        BackendArg::Sim => println!("  servers       {} simulated (sim backend)", agent.nodes.len()),
+        BackendArg::Qemu => {
+            let how = agent.nodes.first().and_then(|n| n.sysinfo.get("Nereid Backend")).and_then(Value::as_str).unwrap_or("qemu");
+            println!("  server        this host, VMs run with {how}");
+        }
+    }
     if let Some(s) = &seeded {
         println!(
             "  seeded        nic tag external, network external 10.88.0.0/24, packages {}",
@@ -112,13 +173,26 @@ pub async fn run(a: UpArgs) -> Result<()> {
         );
         let pkg = s.packages.iter().find(|p| p.0 == "sample-1G").map(|p| p.1.clone()).unwrap_or_default();
         let owner = uuid::Uuid::new_v4();
-        println!("\nProvision a VM:");
-        println!(
-            "  nereid admin --data-dir {dd} vm create owner_uuid={owner} brand=bhyve billing_id={pkg} image_uuid={} networks='[\"{}\"]' alias=web-1 -w",
-            s.image.clone().unwrap_or_default(),
-            s.network
-        );
-        println!("  nereid admin --data-dir {dd} vm list");
+        match &s.image {
+            Some(image) => {
+                let pkg = if a.demo { s.packages.iter().find(|p| p.0 == "sample-512M").map(|p| p.1.clone()).unwrap_or(pkg) } else { pkg };
+                let meta = if a.demo { " customer_metadata='{\"test-message\":\"hello\"}'" } else { "" };
+                println!("\nProvision a VM:");
+                println!(
+                    "  nereid admin --data-dir {dd} vm create owner_uuid={owner} brand=bhyve billing_id={pkg} image_uuid={image} networks='[\"{}\"]' alias=web-1{meta} -w",
+                    s.network
+                );
+                println!("  nereid admin --data-dir {dd} vm list");
+                if a.demo {
+                    println!("  nereid admin --data-dir {dd} vm console <vm uuid>    (the guest prints its uuid and the metadata it read)");
+                }
+            }
+            None => {
+                println!("\nImport an image, then provision a VM:");
+                println!("  nereid image --data-dir {dd} create-from-disk DISK.qcow2 --name NAME --version 1.0");
+                println!("  (or restart with --demo to import Nereid's small test image)");
+            }
+        }
     } else {
         println!("\nTry: nereid admin --data-dir {dd} server list");
     }

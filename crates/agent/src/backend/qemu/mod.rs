@@ -51,6 +51,8 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// SMBIOS version (`7.<platform buildstamp>`).
     pub smbios_version: String,
+    /// `(nic tag, interface)` pairs: the bridge each tag's NICs are plugged into.
+    pub nic_tags: Vec<(String, String)>,
 }
 
 impl Config {
@@ -65,6 +67,7 @@ impl Config {
             ovmf_vars: first_existing(&["/usr/share/OVMF/OVMF_VARS_4M.fd", "/usr/share/OVMF/OVMF_VARS.fd"]),
             stop_timeout: Duration::from_secs(60),
             smbios_version: format!("7.{}", platform_stamp()),
+            nic_tags: Vec::new(),
         }
     }
 }
@@ -239,7 +242,7 @@ impl Backend for Qemu {
         for s in layout.sockets() {
             let _ = std::fs::remove_file(s);
         }
-        let nets = net::attach(def).await.map_err(err)?;
+        let nets = net::attach(def, &self.cfg.nic_tags).await.map_err(err)?;
         let args = argv::command(def, &self.host(), &layout, &nets).map_err(|e| err(e.0))?;
         let _ = std::fs::write(layout.running_definition(), serde_json::to_vec_pretty(def).unwrap_or_default());
         match process::spawn(&self.cfg.qemu, &args, &layout.pidfile(), def.uuid).await {

@@ -1,8 +1,9 @@
-//! A VM's NICs on the host: each NIC whose `nic_tag` names a Linux bridge on this host
-//! gets a tap device plugged into that bridge (`nt<vm uuid prefix><index>`); a NIC whose
-//! tag has no bridge here gets an isolated NIC (the guest sees a link with nothing behind
-//! it), and the agent says so in its log. DHCP and anti-spoofing filters come with the
-//! networking work; this module only wires the link.
+//! A VM's NICs on the host. The agent's `--nic-tag TAG=IFACE` says which interface
+//! carries each nic tag (default: an interface named like the tag). A NIC whose tag's
+//! interface is a Linux bridge gets a tap device plugged into it (`nt<vm uuid
+//! prefix><index>`); otherwise the NIC is isolated (the guest sees a link with nothing
+//! behind it), and the agent says so in its log. DHCP and anti-spoofing filters come with
+//! the networking work; this module only wires the link.
 
 use std::path::Path;
 
@@ -15,8 +16,13 @@ pub fn tap_name(def: &Definition, i: usize) -> String {
     format!("nt{}{i:x}", &def.uuid.simple().to_string()[..8])
 }
 
-fn has_bridge(tag: &str) -> bool {
-    !tag.contains('/') && Path::new("/sys/class/net").join(tag).join("bridge").is_dir()
+fn is_bridge(iface: &str) -> bool {
+    !iface.contains('/') && !iface.is_empty() && Path::new("/sys/class/net").join(iface).join("bridge").is_dir()
+}
+
+/// The interface carrying `tag` on this host.
+fn interface<'a>(tags: &'a [(String, String)], tag: &'a str) -> &'a str {
+    tags.iter().find(|(t, _)| t == tag).map(|(_, i)| i.as_str()).unwrap_or(tag)
 }
 
 async fn ip(args: &[&str]) -> Result<(), String> {
@@ -25,11 +31,12 @@ async fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 /// Makes the host side of every NIC; returns how each attaches, in `def.nics` order.
-pub async fn attach(def: &Definition) -> Result<Vec<NetAttach>, String> {
+pub async fn attach(def: &Definition, tags: &[(String, String)]) -> Result<Vec<NetAttach>, String> {
     let mut out = Vec::new();
     for (i, n) in def.nics.iter().enumerate() {
-        if !has_bridge(&n.nic_tag) {
-            tracing::warn!(vm = %def.uuid, nic = %n.mac, tag = %n.nic_tag, "no bridge named {:?} on this host: the NIC is isolated", n.nic_tag);
+        let bridge = interface(tags, &n.nic_tag);
+        if !is_bridge(bridge) {
+            tracing::warn!(vm = %def.uuid, nic = %n.mac, tag = %n.nic_tag, "nic tag {:?} is not on a bridge here ({bridge:?}): the NIC is isolated", n.nic_tag);
             out.push(NetAttach::Isolated);
             continue;
         }
@@ -37,7 +44,7 @@ pub async fn attach(def: &Definition) -> Result<Vec<NetAttach>, String> {
         let _ = ip(&["link", "del", &tap]).await;
         ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]).await?;
         let mtu = n.mtu.to_string();
-        ip(&["link", "set", &tap, "master", &n.nic_tag, "mtu", &mtu, "up"]).await?;
+        ip(&["link", "set", &tap, "master", bridge, "mtu", &mtu, "up"]).await?;
         out.push(NetAttach::Tap(tap));
     }
     Ok(out)
@@ -65,6 +72,8 @@ mod tests {
         .unwrap();
         assert_eq!(tap_name(&def, 11), "nt6f3d3f1cb");
         assert!(tap_name(&def, 15).len() <= 15);
-        assert!(!has_bridge("no-such-bridge-here"));
+        assert!(!is_bridge("no-such-bridge-here") && !is_bridge("lo"));
+        let tags = vec![("external".to_string(), "br0".to_string())];
+        assert_eq!((interface(&tags, "external"), interface(&tags, "admin")), ("br0", "admin"));
     }
 }
