@@ -1,4 +1,6 @@
 //! The agent's HTTP API, called by the headnode. Every request carries the server's secret.
+//!
+//! VMs' consoles (serial and VNC, as WebSockets) are in [`consoles`].
 
 use std::sync::Arc;
 
@@ -14,6 +16,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::NodeRuntime;
+
+mod consoles;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -40,6 +44,8 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/servers/{server}/vms", get(list))
         .route("/servers/{server}/vms/{vm}", get(get_vm).put(ensure).delete(delete))
+        .route("/servers/{server}/vms/{vm}/console", get(consoles::console))
+        .route("/servers/{server}/vms/{vm}/vnc", get(consoles::vnc))
         .route("/servers/{server}/sysinfo", get(sysinfo))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "ResourceNotFound", "no such agent endpoint") })

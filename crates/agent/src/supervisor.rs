@@ -241,11 +241,13 @@ impl Node {
             metadata: Mutex::new(None),
             console,
         });
+        // In the map before the metadata server starts: it looks the VM up there, and
+        // ends when the VM is not found.
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).insert(uuid, slot.clone());
         if let Some(sock) = self.backend.metadata_socket(uuid) {
             let source = Arc::new(SlotSource { node: Arc::downgrade(self), uuid });
             *slot.metadata.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::metadata::spawn(sock, source));
         }
-        self.slots.lock().unwrap_or_else(|p| p.into_inner()).insert(uuid, slot.clone());
         let (node, s2) = (self.clone(), slot.clone());
         tokio::spawn(async move { node.run(uuid, s2).await });
         slot

@@ -314,6 +314,25 @@ pub enum VmVerb {
     Update(VmUpdateArgs),
     /// Destroy a VM
     Delete(VmActionArgs),
+    /// Attach to a VM's serial console (Ctrl-] detaches), or print its log with --log
+    Console(VmConsoleArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Interactive on a terminal: keystrokes go to the guest (Ctrl-C included) until Ctrl-] detaches. With standard input from a pipe or file, its bytes are sent as they come, and the command ends once they have all been sent and the console has then been quiet for --idle seconds."
+)]
+pub struct VmConsoleArgs {
+    pub id: String,
+    /// Print the console log (the last 1 MiB of output) and exit
+    #[arg(long)]
+    pub log: bool,
+    /// Without a terminal: after standard input ends, exit once no output came for this long
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub idle: f64,
+    /// Give up after this long in any case (detaching)
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
 }
 
 #[derive(Args, Debug)]

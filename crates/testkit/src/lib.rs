@@ -22,6 +22,8 @@ use nereid_headnode::app::AppConfig;
 use nereid_headnode::{Config, Running};
 use serde_json::{Value, json};
 
+pub mod qemu;
+
 /// Which store a test cloud uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -400,6 +400,7 @@ async fn vm(c: &Client, v: VmVerb, json: bool) -> Result<()> {
             (c.post(&format!("/vms/{}?action=update", enc(&a.id)), &Value::Object(b)).await?, a.wait)
         }
         VmVerb::Delete(a) => (c.delete(&format!("/vms/{}", enc(&a.id))).await?, a.wait),
+        VmVerb::Console(a) => return super::console::run(c, &a).await,
     };
     let job = accepted(&out)?;
     if !json {

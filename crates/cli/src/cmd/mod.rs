@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod console;
 pub mod headnode;
 pub mod image;
 pub mod up;

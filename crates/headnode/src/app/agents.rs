@@ -35,6 +35,13 @@ impl Default for Agents {
     }
 }
 
+impl Agents {
+    /// The client itself, for calls that are not JSON (console logs).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
 impl App {
     async fn agent_request(
         &self,

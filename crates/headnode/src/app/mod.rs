@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 
 pub mod agents;
 pub mod allocation;
+pub mod consoles;
 pub mod image_files;
 pub mod images;
 pub mod network_pools;

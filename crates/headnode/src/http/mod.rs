@@ -27,6 +27,7 @@ use uuid::Uuid;
 use crate::app::App;
 
 pub mod agent;
+pub mod consoles;
 pub mod images;
 pub mod ips;
 pub mod jobs;
@@ -280,6 +281,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(servers::routes());
     all.extend(agent::routes());
     all.extend(vms::routes());
+    all.extend(consoles::routes());
     all.extend(jobs::routes());
     all.extend(metrics::routes());
     all

@@ -1,0 +1,445 @@
+//! Real VMs end to end: a headnode, `nereid agent --backend qemu` as its own process
+//! (TCG: /dev/kvm may exist here without working), and guests booted from the in-repo
+//! test image, whose init prints what it sees (`nereid-test: key=value`) on the serial
+//! console, reads and writes its metadata over the metadata port, and counts its boots
+//! on its disk.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Cloud;
+use nereid_testkit::Backend;
+use nereid_testkit::qemu::{Reaper, boots, console_log, import_image, qemus_under, test_image, values, vm_dir, wait_boots};
+use serde_json::{Value, json};
+
+const BOOT: Duration = Duration::from_secs(240);
+
+struct Env {
+    cloud: Cloud,
+    agent: Option<Child>,
+    agent_dir: PathBuf,
+    agent_args: Vec<String>,
+    image: String,
+    package: String,
+    network: String,
+    owner: String,
+    _reaper: Reaper,
+    tmp: tempfile::TempDir,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Env {
+    /// A cloud with the test image, a 256 MiB / 1 GiB package, and a qemu agent
+    /// (`extra` agent flags; its data directory may be given).
+    async fn new(extra: &[&str], agent_dir: Option<PathBuf>) -> Env {
+        let image_file = tokio::task::spawn_blocking(test_image).await.unwrap().unwrap();
+        let cloud = Cloud::start(Backend::Sqlite).await.unwrap();
+        let seed = cloud.seed_sized(256, 1024).await.unwrap();
+        let image = import_image(&cloud.client, &image_file, "nereid-test").await.unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let agent_dir = agent_dir.unwrap_or_else(|| tmp.path().join("agent"));
+        let mut agent_args: Vec<String> = [
+            "agent",
+            "--headnode",
+            &cloud.headnode.admin_url,
+            "--join-token",
+            &cloud.headnode.join_token,
+            "--data-dir",
+            agent_dir.to_str().unwrap(),
+            "--backend",
+            "qemu",
+            "--accel",
+            "tcg",
+            "--listen",
+            "127.0.0.1:0",
+            "--heartbeat-secs",
+            "1",
+            "--nic-tag",
+            "external=lo",
+            "--stop-timeout-secs",
+            "30",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        agent_args.extend(extra.iter().map(|s| s.to_string()));
+        let mut env = Env {
+            cloud,
+            agent: None,
+            agent_dir: agent_dir.clone(),
+            agent_args,
+            image,
+            package: seed.package,
+            network: seed.network,
+            owner: seed.owner,
+            _reaper: Reaper(agent_dir),
+            tmp,
+        };
+        env.start_agent().await;
+        env
+    }
+
+    fn agent_log(&self) -> PathBuf {
+        self.tmp.path().join("agent.log")
+    }
+
+    async fn start_agent(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.agent_log()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_nereid"))
+            .args(&self.agent_args)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+        self.cloud.wait_servers(1).await.unwrap();
+    }
+
+    /// Kills the agent process (SIGKILL), as a crash would.
+    fn kill_agent(&mut self) {
+        let mut c = self.agent.take().expect("an agent runs");
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    fn body(&self, extra: Value) -> Value {
+        let mut b = json!({"owner_uuid": self.owner, "brand": "bhyve", "billing_id": self.package, "image_uuid": self.image,
+            "networks": [self.network]});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    }
+
+    /// CreateVm and its job, finished.
+    async fn create(&self, extra: Value) -> (String, Value) {
+        let (vm, job) = self.cloud.create_vm(&self.body(extra)).await.unwrap();
+        let j = self.cloud.wait_job(&job).await.unwrap();
+        (vm, j)
+    }
+
+    /// A VM action (or DELETE for "destroy"), its job finished.
+    async fn act(&self, vm: &str, action: &str, body: Value) -> Value {
+        let r = if action == "destroy" {
+            self.cloud.client.delete(&format!("/vms/{vm}")).await.unwrap()
+        } else {
+            self.cloud.client.post(&format!("/vms/{vm}?action={action}"), &body).await.unwrap()
+        };
+        self.cloud.wait_job(r["job_uuid"].as_str().unwrap()).await.unwrap()
+    }
+
+    async fn vm(&self, vm: &str) -> Value {
+        self.cloud.vm(vm).await.unwrap()
+    }
+
+    fn console(&self, vm: &str) -> String {
+        console_log(&self.agent_dir, vm)
+    }
+
+    async fn wait_boots(&self, vm: &str, n: usize) -> String {
+        match wait_boots(&self.agent_dir, vm, n, BOOT).await {
+            Ok(log) => log,
+            Err(e) => panic!("{e}\nagent log: {}", std::fs::read_to_string(self.agent_log()).unwrap_or_default()),
+        }
+    }
+
+    /// Waits until the VM's record says `state`.
+    async fn wait_state(&self, vm: &str, state: &str, within: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let v = self.vm(vm).await;
+            if v["state"] == state {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < within, "VM {vm} is {} after {} s, not {state}: {v}", v["state"], within.as_secs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn pid(&self, vm: &str) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(vm_dir(&self.agent_dir, vm).join("qemu.pid")).ok()?.trim().parse().ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+
+    /// Asserts nothing of the VM is left on the node: no directory (overlays, pidfile,
+    /// sockets, logs) and no process.
+    fn assert_gone(&self, vm: &str) {
+        let dir = vm_dir(&self.agent_dir, vm);
+        assert!(
+            !dir.exists(),
+            "{} still exists: {:?}",
+            dir.display(),
+            std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+        );
+        let procs: Vec<u32> = qemus_under(&self.agent_dir)
+            .into_iter()
+            .filter(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(vm)))
+            .collect();
+        assert!(procs.is_empty(), "QEMU processes of {vm} still run: {procs:?}");
+    }
+}
+
+fn last(log: &str, key: &str) -> String {
+    values(log, key).last().cloned().unwrap_or_else(|| panic!("no {key}= line on the console:\n{log}"))
+}
+
+fn job_steps(j: &Value) -> String {
+    j["chain_results"]
+        .as_array()
+        .map(|a| a.iter().map(|r| format!("{}: {}", r["name"], r["result"])).collect::<Vec<_>>().join("; "))
+        .unwrap_or_default()
+}
+
+/// Create, metadata both ways, stop, start, reboot, resize while stopped, snapshot +
+/// rollback, delete: the guest sees each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_vm_lives_its_whole_life_under_qemu() {
+    let env = Env::new(&[], None).await;
+    let (vm, j) = env
+        .create(json!({"alias": "life", "hostname": "vm-one", "bootrom": "uefi", "customer_metadata": {"test-message": "hello nereid"}}))
+        .await;
+    assert_eq!(j["execution"], "succeeded", "{j}");
+
+    // Boot 1: the guest knows who it is, read its metadata and wrote some back.
+    let log = env.wait_boots(&vm, 1).await;
+    assert_eq!(last(&log, "uuid"), vm, "sdc:uuid over the metadata port");
+    assert_eq!(last(&log, "product"), format!("SmartDC HVM serial={vm}"), "SMBIOS as Triton sets it");
+    assert_eq!(last(&log, "hostname"), "vm-one");
+    assert_eq!(last(&log, "message"), "hello nereid", "a customer_metadata key");
+    assert_eq!(last(&log, "put"), "ok");
+    assert_eq!(last(&log, "boots"), "0");
+    let v = env.vm(&vm).await;
+    assert_eq!(v["customer_metadata"]["test-reply"], "seen: hello nereid", "the guest's write is in VMAPI");
+    assert_eq!(v["state"], "running");
+    let mem1: u64 = last(&log, "mem_kib").parse().unwrap();
+    assert!(log.contains(&format!("nereid-test: disk vda bytes={}", 1024u64 << 20)), "the boot disk is the package's quota:\n{log}");
+
+    // Stop: an ACPI power-off the guest acts on.
+    let j = env.act(&vm, "stop", json!({})).await;
+    assert_eq!(j["execution"], "succeeded", "{j}");
+    assert_eq!(env.vm(&vm).await["state"], "stopped");
+    assert!(env.pid(&vm).is_none(), "QEMU is gone");
+    assert!(env.console(&vm).contains("nereid-test: powering off"), "the guest powered itself off");
+
+    // Start, reboot: each a new boot that finds the disk as the last one left it.
+    assert_eq!(env.act(&vm, "start", json!({})).await["execution"], "succeeded");
+    let log = env.wait_boots(&vm, 2).await;
+    assert_eq!(last(&log, "boots"), "1");
+    assert_eq!(last(&log, "message"), "hello nereid");
+    assert_eq!(env.act(&vm, "reboot", json!({})).await["execution"], "succeeded");
+    let log = env.wait_boots(&vm, 3).await;
+    assert_eq!(last(&log, "boots"), "2");
+
+    // Resize while stopped: more RAM and a bigger disk, seen by the guest.
+    assert_eq!(env.act(&vm, "stop", json!({})).await["execution"], "succeeded");
+    let j = env.act(&vm, "update", json!({"ram": 512, "quota": 2})).await;
+    assert_eq!(j["execution"], "succeeded", "{}", job_steps(&j));
+    let v = env.vm(&vm).await;
+    assert_eq!((v["ram"].as_u64(), v["disks"][0]["size"].as_u64(), v["state"].as_str()), (Some(512), Some(2048), Some("stopped")));
+    let j = env.cloud.client.post(&format!("/vms/{vm}?action=update"), &json!({"quota": 1})).await.expect_err("shrinking is refused");
+    assert!(j.to_string().contains("only grow"), "{j}");
+    assert_eq!(env.act(&vm, "start", json!({})).await["execution"], "succeeded");
+    let log = env.wait_boots(&vm, 4).await;
+    let mem2: u64 = last(&log, "mem_kib").parse().unwrap();
+    assert!(mem2 > mem1 + 200 * 1024, "the guest sees the new RAM: {mem1} KiB → {mem2} KiB");
+    assert_eq!(values(&log, "disk vda bytes").last().unwrap(), &(2048u64 << 20).to_string(), "the guest sees the grown disk");
+    assert_eq!(last(&log, "boots"), "3", "growing the disk kept its data");
+
+    // Snapshot while running; one more boot; roll back: the boot counter goes back.
+    let j = env.act(&vm, "create_snapshot&snapshot_name=s1", json!({})).await;
+    assert_eq!(j["execution"], "succeeded", "{}", job_steps(&j));
+    let v = env.vm(&vm).await;
+    assert_eq!(v["snapshots"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["snapshots"][0]["name"], "s1");
+    assert!(v["snapshots"][0].get("state").is_none(), "{v}");
+    assert_eq!(env.act(&vm, "reboot", json!({})).await["execution"], "succeeded");
+    let log = env.wait_boots(&vm, 5).await;
+    assert_eq!(last(&log, "boots"), "4");
+    let j = env.act(&vm, "rollback_snapshot&snapshot_name=s1", json!({})).await;
+    assert_eq!(j["execution"], "succeeded", "{}", job_steps(&j));
+    let log = env.wait_boots(&vm, 6).await;
+    assert_eq!(last(&log, "boots"), "4", "the disk is as it was at the snapshot");
+    assert_eq!(env.vm(&vm).await["state"], "running", "a running VM runs again after its rollback");
+    let j = env.act(&vm, "delete_snapshot&snapshot_name=s1", json!({})).await;
+    assert_eq!(j["execution"], "succeeded", "{}", job_steps(&j));
+    assert_eq!(env.vm(&vm).await["snapshots"], json!([]));
+
+    // Delete: nothing of the VM is left on the node.
+    let j = env.act(&vm, "destroy", json!({})).await;
+    assert_eq!(j["execution"], "succeeded", "{j}");
+    assert_eq!(env.vm(&vm).await["state"], "destroyed");
+    env.assert_gone(&vm);
+}
+
+/// The agent dies (SIGKILL) while a VM runs: the VM keeps running and the restarted
+/// agent adopts it. QEMU dies: the VM is reported stopped (or restarted with autoboot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vms_outlive_the_agent_and_dead_qemus_are_noticed() {
+    let mut env = Env::new(&[], None).await;
+    let (vm, j) = env.create(json!({"alias": "survivor", "customer_metadata": {"test-message": "bios"}})).await;
+    assert_eq!(j["execution"], "succeeded", "{j}");
+    let log = env.wait_boots(&vm, 1).await;
+    assert_eq!(last(&log, "message"), "bios", "the BIOS boot path works too");
+    let pid = env.pid(&vm).unwrap();
+
+    env.kill_agent();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(env.pid(&vm), Some(pid), "the VM runs on without its agent");
+    env.start_agent().await;
+    // The restarted agent listens on a new port; the headnode learns it when it registers.
+    let mut tries = 0;
+    let v = loop {
+        match env.cloud.client.get(&format!("/vms/{vm}?sync=true")).await {
+            Ok(v) => break v,
+            Err(e) if tries < 100 => {
+                tries += 1;
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("the restarted agent never answered: {e}"),
+        }
+    };
+    assert_eq!(v["state"], "running", "{v}");
+    assert_eq!(env.pid(&vm), Some(pid), "adopted, not restarted");
+    assert!(std::fs::read_to_string(env.agent_log()).unwrap().contains("re-adopted VM"));
+    // The restarted agent serves the console and the metadata port again.
+    assert_eq!(env.act(&vm, "reboot", json!({})).await["execution"], "succeeded");
+    let log = env.wait_boots(&vm, 2).await;
+    assert_eq!((last(&log, "uuid"), last(&log, "put")), (vm.clone(), "ok".to_string()));
+
+    // Without autoboot, a QEMU that dies leaves the VM stopped.
+    let j = env.act(&vm, "update", json!({"autoboot": false})).await;
+    assert_eq!(j["execution"], "succeeded", "{j}");
+    let pid = env.pid(&vm).unwrap();
+    Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let took = env.wait_state(&vm, "stopped", Duration::from_secs(30)).await;
+    eprintln!("a killed QEMU was reported stopped after {:.1} s (heartbeat 1 s)", took.as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.vm(&vm).await["state"], "stopped", "and stays stopped");
+    assert!(env.pid(&vm).is_none());
+
+    // With autoboot (start sets it), the agent starts it again.
+    assert_eq!(env.act(&vm, "start", json!({})).await["execution"], "succeeded");
+    env.wait_boots(&vm, 3).await;
+    let pid = env.pid(&vm).unwrap();
+    Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let log = env.wait_boots(&vm, 4).await;
+    assert_eq!(last(&log, "boots"), "3");
+    env.wait_state(&vm, "running", Duration::from_secs(30)).await;
+    assert_ne!(env.pid(&vm), Some(pid));
+
+    assert_eq!(env.act(&vm, "destroy", json!({})).await["execution"], "succeeded");
+    env.assert_gone(&vm);
+}
+
+/// A failed provision names its cause, unwinds, and leaves nothing on the node.
+async fn assert_failed_cleanly(env: &Env, vm: &str, j: &Value, cause: &str) {
+    assert_eq!(j["execution"], "failed", "{j}");
+    let err = j["error"].as_str().unwrap_or_default();
+    assert!(err.contains(cause), "the job's error names the cause ({cause}): {err}");
+    let undone: Vec<&str> = j["onerror_results"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert!(undone.contains(&"undo create") && undone.contains(&"undo reserve"), "{undone:?}");
+    let v = env.vm(vm).await;
+    assert_eq!(v["state"], "failed", "{v}");
+    env.assert_gone(vm);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_image_file_fails_the_provision_cleanly() {
+    let env = Env::new(&[], None).await;
+    let img = env.cloud.client.get(&format!("/images/{}", env.image)).await.unwrap();
+    let sha1 = img["files"][0]["sha1"].as_str().unwrap().to_string();
+    // Damage the stored file behind IMGAPI's back (a bad disk, a botched copy).
+    let stored = env.cloud.data_dir.join("images/sha1").join(&sha1[..2]).join(&sha1);
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[100_000] ^= 0xff;
+    std::fs::write(&stored, bytes).unwrap();
+    let (vm, j) = env.create(json!({"alias": "corrupt"})).await;
+    assert_failed_cleanly(&env, &vm, &j, "corrupt").await;
+    assert!(j["error"].as_str().unwrap().contains(&sha1), "the error names the expected sha1: {j}");
+    let cache = env.agent_dir.join("images").join(&env.image);
+    let left: Vec<_> = std::fs::read_dir(&cache).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "nothing of the bad download is kept: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn qemu_failing_to_start_fails_the_provision_cleanly() {
+    // A QEMU that cannot start, as a broken install would: the real binary, handed an
+    // option it rejects.
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("qemu-broken");
+    std::fs::write(&wrapper, "#!/bin/sh\nexec qemu-system-x86_64 \"$@\" -object no-such-object,id=x\n").unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let env = Env::new(&["--qemu", wrapper.to_str().unwrap()], None).await;
+    let (vm, j) = env.create(json!({"alias": "nostart"})).await;
+    assert_failed_cleanly(&env, &vm, &j, "QEMU failed to start").await;
+    assert!(j["error"].as_str().unwrap().contains("no-such-object"), "QEMU's own message is kept: {j}");
+}
+
+/// A tmpfs mounted for the test (and unmounted however it ends).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size_mib: u64) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs", at.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting a tmpfs needs root (CI runs as root)");
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").args(["-l", self.0.to_str().unwrap()]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_fails_the_provision_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("agent");
+    // 1 GiB as the node sees it; VMs' disks are sparse overlays, so the filesystem can
+    // fill up from other things while the allocator still sees room.
+    let _fs = Tmpfs::mount(&mnt, 1024);
+    let env = Env::new(&[], Some(mnt.clone())).await;
+    // Disks are sparse qcow2 overlays: the operator overprovisions disk 8 times.
+    let server = env.cloud.wait_servers(1).await.unwrap()[0]["uuid"].as_str().unwrap().to_string();
+    env.cloud.client.post(&format!("/servers/{server}"), &json!({"overprovision_ratios": {"cpu": 4, "ram": 1, "disk": 8}})).await.unwrap();
+    // A first VM installs the image (35 MiB) in the node's cache.
+    let (first, j) = env.create(json!({"alias": "first", "autoboot": false})).await;
+    assert_eq!(j["execution"], "succeeded", "{j}");
+    // Then the node's disk fills up.
+    let filler = mnt.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![1u8; 1 << 16];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+    let (vm, j) = env.create(json!({"alias": "second", "autoboot": false})).await;
+    assert_failed_cleanly(&env, &vm, &j, "No space left on device").await;
+    assert!(j["error"].as_str().unwrap().contains("creating disk 0"), "it says which step: {j}");
+    // With space again, provisioning works.
+    std::fs::remove_file(&filler).unwrap();
+    let (third, j) = env.create(json!({"alias": "third", "autoboot": false})).await;
+    assert_eq!(j["execution"], "succeeded", "{j}");
+    for v in [first, third] {
+        assert_eq!(env.act(&v, "destroy", json!({})).await["execution"], "succeeded");
+    }
+    assert!(boots(&env.console(&vm)) == 0);
+}

@@ -1,0 +1,153 @@
+//! Real VMs for tests and benchmarks: the in-repo test image (`scripts/build-test-image`:
+//! a Debian kernel and busybox whose init prints `nereid-test: key=value` lines on the
+//! serial console), a qemu-backend agent, reading a guest's console, and a reaper that
+//! kills the test's QEMU processes however the test ends (they are daemonised, so they
+//! would outlive it).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nereid_agent::{Agent, BackendKind, QemuOptions};
+use nereid_client::Client;
+use serde_json::{Value, json};
+
+use crate::Cloud;
+
+/// The repository's root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The test image, built (once, cached by the script) if needed.
+pub fn test_image() -> Result<PathBuf> {
+    static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let script = workspace_root().join("scripts/build-test-image");
+            let out = std::process::Command::new("bash")
+                .arg(&script)
+                .arg(workspace_root().join("target/test-image"))
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .map_err(|e| format!("running {}: {e}", script.display()))?;
+            if !out.status.success() {
+                return Err(format!("{} failed ({}); see its output above", script.display(), out.status));
+            }
+            let path = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
+            Ok(PathBuf::from(path))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// Imports a disk file as an active image (what `nereid image create-from-disk` does).
+pub async fn import_image(client: &Client, file: &Path, name: &str) -> Result<String> {
+    let f = file.to_path_buf();
+    let found = tokio::task::spawn_blocking(move || nereid_diskimage::inspect(&f, &mut |_| {})).await??;
+    let img = client
+        .post(
+            "/images",
+            &json!({"owner": "00000000-0000-0000-0000-000000000000", "name": name, "version": "1.0.0", "type": "zvol", "os": "linux",
+                "public": true, "nic_driver": "virtio", "disk_driver": "virtio", "cpu_type": "host", "image_size": found.image_size_mib()}),
+        )
+        .await?;
+    let uuid = img["uuid"].as_str().context("image uuid")?.to_string();
+    let bytes = tokio::fs::read(file).await?;
+    let path = format!("/images/{uuid}/file?compression={}&sha1={}", found.compression.as_str(), found.sha1);
+    client.send(client.request(reqwest::Method::PUT, &path).body(bytes)).await?;
+    client.post(&format!("/images/{uuid}?action=activate"), &json!({})).await?;
+    Ok(uuid)
+}
+
+/// Pids of QEMU processes whose command line mentions `dir`.
+pub fn qemus_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.starts_with("qemu-system") && c.contains(&needle)
+            })
+        })
+        .collect()
+}
+
+/// Kills every QEMU started under its directory when dropped.
+pub struct Reaper(pub PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in qemus_under(&self.0) {
+            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// The directory of a VM under a qemu agent's data directory.
+pub fn vm_dir(agent_dir: &Path, vm: &str) -> PathBuf {
+    agent_dir.join("qemu").join(vm)
+}
+
+/// What the guest has printed so far (the agent's ring log of its serial console).
+pub fn console_log(agent_dir: &Path, vm: &str) -> String {
+    String::from_utf8_lossy(&std::fs::read(vm_dir(agent_dir, vm).join("console.log")).unwrap_or_default()).replace('\r', "")
+}
+
+/// The values of the test image's `nereid-test: <key>=<value>` lines, in order.
+pub fn values(log: &str, key: &str) -> Vec<String> {
+    let prefix = format!("nereid-test: {key}=");
+    log.lines().filter_map(|l| l.find(&prefix).map(|i| l[i + prefix.len()..].trim_end().to_string())).collect()
+}
+
+/// How many times the guest said `nereid-test: ready` (one per boot).
+pub fn boots(log: &str) -> usize {
+    log.lines().filter(|l| l.trim_end().ends_with("nereid-test: ready")).count()
+}
+
+/// Waits until the guest has finished booting `n` times; returns the console.
+pub async fn wait_boots(agent_dir: &Path, vm: &str, n: usize, timeout: Duration) -> Result<String> {
+    let end = Instant::now() + timeout;
+    loop {
+        let log = console_log(agent_dir, vm);
+        if boots(&log) >= n {
+            return Ok(log);
+        }
+        if Instant::now() > end {
+            let tail: String = log.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
+            bail!("VM {vm} did not finish boot {n} within {} s; its console ends with:\n{tail}", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// QEMU options for tests: TCG (KVM may exist here without working), short stops.
+pub fn test_options() -> QemuOptions {
+    QemuOptions { accel: nereid_agent::backend::qemu::accel::Choice::Tcg, stop_timeout: Duration::from_secs(30), ..QemuOptions::default() }
+}
+
+impl Cloud {
+    /// Starts an in-process agent running real VMs under `dir`; the nic tag `external`
+    /// has no bridge, so VMs' NICs are isolated.
+    pub async fn start_qemu_agent(&self, dir: &Path, o: QemuOptions) -> Result<Agent> {
+        let cfg = nereid_agent::Config {
+            headnode_url: self.headnode.admin_url.clone(),
+            join_token: self.headnode.join_token.clone(),
+            data_dir: dir.to_path_buf(),
+            backend: BackendKind::Qemu(o),
+            listen: "127.0.0.1:0".parse()?,
+            advertise_url: None,
+            heartbeat: Duration::from_secs(1),
+            nic_tags: vec![("external".into(), "lo".into())],
+        };
+        nereid_agent::start(cfg).await
+    }
+
+    /// A VM's record.
+    pub async fn vm(&self, uuid: &str) -> Result<Value> {
+        Ok(self.client.get(&format!("/vms/{uuid}")).await?)
+    }
+}
