@@ -1,7 +1,8 @@
 //! Does KVM really work here? `/dev/kvm` can exist on a host (a nested VM, a container)
 //! where guests still cannot run, so the agent proves it: it boots a 512-byte boot sector
-//! that writes `OK` to the serial port, under `-accel kvm`, and watches for the bytes.
-//! `--accel auto` falls back to TCG (software emulation) with a log line saying why.
+//! that writes `OK` to the serial port, under `-accel kvm` with the CPU model VMs get
+//! (`host`: some nested hypervisors refuse its MSRs and QEMU aborts), and watches for the
+//! bytes. `--accel auto` falls back to TCG (software emulation) with a log line saying why.
 
 use std::path::Path;
 use std::time::Duration;
@@ -49,7 +50,8 @@ pub async fn probe(qemu: &Path, accel: Accel, scratch: &Path) -> Result<(), Stri
     let disk = scratch.join("accel-probe.img");
     std::fs::write(&disk, boot_sector()).map_err(|e| format!("{}: {e}", disk.display()))?;
     let mut child = tokio::process::Command::new(qemu)
-        .args(["-machine", "pc", "-accel", accel.as_str(), "-nodefaults", "-display", "none", "-m", "16"])
+        .args(["-machine", "pc", "-accel", accel.as_str(), "-cpu", super::argv::default_cpu(accel)])
+        .args(["-nodefaults", "-display", "none", "-m", "16"])
         .args(["-serial", "stdio", "-no-reboot"])
         .arg("-drive")
         .arg(format!("file={},format=raw,if=ide,snapshot=on", disk.display()))

@@ -101,6 +101,15 @@ impl Layout {
     }
 }
 
+/// The CPU model a VM gets unless its `cpu_type` says `qemu64`: the host's under KVM;
+/// under TCG, where `host` does not exist, `max`, the closest software CPU.
+pub fn default_cpu(accel: Accel) -> &'static str {
+    match accel {
+        Accel::Kvm => "host",
+        Accel::Tcg => "max",
+    }
+}
+
 /// Ports of the q35 AHCI controller (`ide.0` … `ide.5`).
 const AHCI_PORTS: usize = 6;
 
@@ -142,11 +151,9 @@ pub fn command(def: &Definition, host: &Host, layout: &Layout, nets: &[NetAttach
     push(&["-nodefaults", "-no-user-config"]);
     push(&["-machine", "q35"]);
     push(&["-accel", host.accel.as_str()]);
-    let cpu = match (def.cpu_type.as_deref(), host.accel) {
-        (Some("qemu64"), _) => "qemu64",
-        (_, Accel::Kvm) => "host",
-        // `host` needs KVM; `max` is the closest software CPU.
-        (_, Accel::Tcg) => "max",
+    let cpu = match def.cpu_type.as_deref() {
+        Some("qemu64") => "qemu64",
+        _ => default_cpu(host.accel),
     };
     push(&["-cpu", cpu]);
     push(&["-smp", &def.vcpus.to_string()]);
