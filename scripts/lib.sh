@@ -42,3 +42,15 @@ ensure_rust() {
 
 # Commands building Nereid needs, and the packages that bring them.
 BUILD_NEEDS=(cc=gcc pkg-config=pkg-config)
+
+# ensure_qemu: what the qemu backend runs VMs with: QEMU, qemu-img and UEFI firmware.
+ensure_qemu() {
+    apt_install qemu-system-x86 ovmf iproute2
+    # Installing qemu-system-x86 may replace a newer qemu-utils: check qemu-img after it.
+    need qemu-img=qemu-utils
+}
+
+# test_image: builds (or finds, cached) the bootable test image; prints its path.
+test_image() {
+    if [ "$(id -u)" -eq 0 ]; then bash scripts/build-test-image | tail -n1; else as_root bash scripts/build-test-image | tail -n1; fi
+}

@@ -290,10 +290,16 @@ async fn a_vm_lives_its_whole_life_under_qemu() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn vms_outlive_the_agent_and_dead_qemus_are_noticed() {
     let mut env = Env::new(&[], None).await;
-    let (vm, j) = env.create(json!({"alias": "survivor", "customer_metadata": {"test-message": "bios"}})).await;
+    // BIOS this time, with a data disk on NVMe and an installer ISO on the AHCI controller.
+    let iso = env.tmp.path().join("installer.iso");
+    std::fs::write(&iso, vec![0u8; 2 << 20]).unwrap();
+    let disks = json!([{"image_uuid": env.image, "boot": true, "model": "virtio"}, {"size": 64, "model": "nvme"},
+        {"media": "cdrom", "model": "ahci", "path": iso}]);
+    let (vm, j) = env.create(json!({"alias": "survivor", "customer_metadata": {"test-message": "bios"}, "disks": disks})).await;
     assert_eq!(j["execution"], "succeeded", "{j}");
     let log = env.wait_boots(&vm, 1).await;
     assert_eq!(last(&log, "message"), "bios", "the BIOS boot path works too");
+    assert!(log.contains(&format!("nereid-test: disk nvme0n1 bytes={}", 64u64 << 20)), "the guest sees the data disk:\n{log}");
     let pid = env.pid(&vm).unwrap();
 
     env.kill_agent();
@@ -442,4 +448,56 @@ async fn a_full_disk_fails_the_provision_cleanly() {
         assert_eq!(env.act(&v, "destroy", json!({})).await["execution"], "succeeded");
     }
     assert!(boots(&env.console(&vm)) == 0);
+}
+
+/// `nereid up --backend qemu --demo`: a new user's first minute — the printed command
+/// provisions a VM from the imported test image, and it boots and reads its metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nereid_up_demo_boots_a_first_vm() {
+    use std::io::{BufRead, BufReader};
+    let image = tokio::task::spawn_blocking(test_image).await.unwrap().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _reaper = Reaper(data.clone());
+    let mut up = Command::new(env!("CARGO_BIN_EXE_nereid"))
+        .args(["up", "--data-dir", data.to_str().unwrap(), "--admin-listen", "127.0.0.1:0", "--backend", "qemu", "--accel", "tcg"])
+        .args(["--demo", "--demo-image", image.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = up.stdout.take().unwrap();
+    let (text, create) = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        let mut create = None;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            text.push_str(&line);
+            text.push('\n');
+            if line.trim_start().starts_with("nereid admin") && line.contains("vm create") {
+                create = Some(line.trim().to_string());
+            }
+            if line.contains("Ctrl-C") {
+                break;
+            }
+        }
+        (text, create)
+    })
+    .await
+    .unwrap();
+    assert!(text.contains("this host, VMs run with qemu (tcg)"), "{text}");
+    let cmd = create.unwrap_or_else(|| panic!("a vm create example:\n{text}")).replacen("nereid", env!("CARGO_BIN_EXE_nereid"), 1);
+    assert!(cmd.contains("test-message"), "the example passes metadata the guest prints: {cmd}");
+    let out = Command::new("sh").arg("-c").arg(&cmd).env_remove("NEREID_URL").env_remove("NEREID_TOKEN").output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && printed.contains("(provision) succeeded"),
+        "{cmd}\n{printed}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let vm = printed.split_whitespace().nth(1).unwrap().to_string();
+    let log = wait_boots(&data.join("agent"), &vm, 1, BOOT).await.unwrap();
+    let _ = Command::new("kill").args(["-INT", &up.id().to_string()]).status();
+    let _ = up.wait();
+    assert_eq!((last(&log, "uuid"), last(&log, "message")), (vm, "hello".to_string()));
 }

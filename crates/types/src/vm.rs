@@ -443,6 +443,16 @@ fn check_disks(v: &Value) -> Result<(), String> {
         if i > 0 && o.contains_key("image_uuid") {
             return Err(format!("disks[{i}]: only the first disk may come from an image"));
         }
+        let cdrom = o.get("media").and_then(Value::as_str) == Some("cdrom");
+        if cdrom && !o.get("path").and_then(Value::as_str).is_some_and(|p| p.starts_with('/')) {
+            return Err(format!("disks[{i}] is a cdrom: it needs path, the ISO's absolute path on the compute node"));
+        }
+        if !cdrom && o.contains_key("path") {
+            return Err(format!("disks[{i}].path is only for cdroms (the compute node makes disks itself)"));
+        }
+        if i == 0 && cdrom {
+            return Err("disks[0] is the boot disk and cannot be a cdrom (list the cdrom after it)".into());
+        }
         if i > 0 && !o.contains_key("size") && o.get("media").and_then(Value::as_str) != Some("cdrom") {
             return Err(format!("disks[{i}].size is required"));
         }
@@ -621,5 +631,11 @@ mod tests {
         assert_eq!(fields, ["networks", "disks"]);
         assert!(errs[0].message.contains("only one network may be primary"));
         assert!(check_alias("web-1.prod").is_ok() && check_alias("-x").is_err());
+        let disks = |d: Value| check_disks(&d).err().unwrap_or_default();
+        assert!(disks(json!([{"size": 5}, {"media": "cdrom"}])).contains("needs path"));
+        assert!(disks(json!([{"size": 5}, {"media": "cdrom", "path": "x.iso"}])).contains("absolute path"));
+        assert!(disks(json!([{"size": 5, "path": "/dev/sda"}])).contains("only for cdroms"));
+        assert!(disks(json!([{"media": "cdrom", "path": "/x.iso"}])).contains("cannot be a cdrom"));
+        assert_eq!(disks(json!([{"size": 5}, {"media": "cdrom", "model": "ahci", "path": "/srv/iso/x.iso"}])), "");
     }
 }

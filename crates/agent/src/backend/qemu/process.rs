@@ -164,6 +164,44 @@ mod tests {
         assert!(!is_vm(pid, uuid));
     }
 
+    /// A monitor that accepts every command and does nothing (a guest ignoring ACPI).
+    async fn deaf_monitor(path: &Path) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (r, mut w) = s.into_split();
+                    let mut lines = BufReader::new(r).lines();
+                    w.write_all(b"{\"QMP\": {}}\n").await.unwrap();
+                    while let Ok(Some(_)) = lines.next_line().await {
+                        w.write_all(b"{\"return\": {}}\n").await.unwrap();
+                    }
+                });
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_ignores_the_power_button_is_stopped_hard_after_the_timeout() {
+        let d = tempfile::tempdir().unwrap();
+        let qmp = d.path().join("qmp.sock");
+        deaf_monitor(&qmp).await;
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = child.id();
+        let reaper = std::thread::spawn(move || child.wait());
+        let started = Instant::now();
+        assert_eq!(stop(pid, &qmp, Duration::from_millis(300)).await.unwrap(), Stopped::Forced);
+        assert!(started.elapsed() >= Duration::from_millis(300), "it waited for the guest first");
+        reaper.join().unwrap().unwrap();
+        // Without a monitor at all, it stops hard at once.
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = child.id();
+        let reaper = std::thread::spawn(move || child.wait());
+        assert_eq!(stop(pid, &d.path().join("none.sock"), Duration::from_secs(30)).await.unwrap(), Stopped::Forced);
+        reaper.join().unwrap().unwrap();
+    }
+
     #[test]
     fn last_lines_keeps_the_end() {
         assert_eq!(last_lines("a\nb\nc", 2), "b; c");
