@@ -454,7 +454,6 @@ async fn a_full_disk_fails_the_provision_cleanly() {
 /// provisions a VM from the imported test image, and it boots and reads its metadata.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nereid_up_demo_boots_a_first_vm() {
-    use std::io::{BufRead, BufReader};
     let image = tokio::task::spawn_blocking(test_image).await.unwrap().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -467,24 +466,7 @@ async fn nereid_up_demo_boots_a_first_vm() {
         .spawn()
         .unwrap();
     let stdout = up.stdout.take().unwrap();
-    let (text, create) = tokio::task::spawn_blocking(move || {
-        let mut text = String::new();
-        let mut create = None;
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            text.push_str(&line);
-            text.push('\n');
-            if line.trim_start().starts_with("nereid admin") && line.contains("vm create") {
-                create = Some(line.trim().to_string());
-            }
-            if line.contains("Ctrl-C") {
-                break;
-            }
-        }
-        (text, create)
-    })
-    .await
-    .unwrap();
+    let (text, create) = tokio::task::spawn_blocking(move || common::up_banner(stdout)).await.unwrap();
     assert!(text.contains("this host, VMs run with qemu (tcg)"), "{text}");
     let cmd = create.unwrap_or_else(|| panic!("a vm create example:\n{text}")).replacen("nereid", env!("CARGO_BIN_EXE_nereid"), 1);
     assert!(cmd.contains("test-message"), "the example passes metadata the guest prints: {cmd}");

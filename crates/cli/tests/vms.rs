@@ -467,7 +467,6 @@ async fn create_vm_refuses_what_cannot_work_and_lists_filter() {
 
 #[test]
 fn nereid_up_starts_a_cloud_and_says_how_to_provision() {
-    use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -477,20 +476,7 @@ fn nereid_up_starts_a_cloud_and_says_how_to_provision() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
-    let mut create = None;
-    let mut text = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        text.push_str(&line);
-        text.push('\n');
-        if line.trim_start().starts_with("nereid admin") && line.contains("vm create") {
-            create = Some(line.trim().to_string());
-        }
-        if line.contains("Ctrl-C") {
-            break;
-        }
-    }
+    let (text, create) = common::up_banner(up.stdout.take().unwrap());
     assert!(text.contains("servers       2 simulated"), "{text}");
     assert!(text.contains("packages sample-512M, sample-1G, sample-2G, sample-4G"), "{text}");
     // Run the printed command as a user would (the shell quoting included).

@@ -91,3 +91,23 @@ pub fn write(path: &Path, data: &[u8]) {
 pub fn package(name: &str) -> Value {
     serde_json::json!({"name": name, "version": "1.0.0", "max_physical_memory": 1024, "quota": 10240})
 }
+
+/// Reads what `nereid up` prints until it says how to stop it: the text, and the
+/// `nereid admin … vm create …` example in it.
+pub fn up_banner(stdout: impl std::io::Read) -> (String, Option<String>) {
+    use std::io::BufRead;
+    let mut text = String::new();
+    let mut create = None;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        text.push_str(&line);
+        text.push('\n');
+        if line.trim_start().starts_with("nereid admin") && line.contains("vm create") {
+            create = Some(line.trim().to_string());
+        }
+        if line.contains("Ctrl-C") {
+            break;
+        }
+    }
+    (text, create)
+}
