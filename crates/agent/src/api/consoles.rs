@@ -130,7 +130,7 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
 }
 
 async fn serial_session(mut socket: WebSocket, console: Weak<Console>) {
-    const GONE: &str = "the VM's console is gone (the VM was deleted)";
+    const GONE: &str = "the VM's console is gone (the VM was deleted, or its agent stopped)";
     let Some(c) = console.upgrade() else { return close(&mut socket, GOING_AWAY, GONE).await };
     let (backlog, mut live) = c.attach();
     drop(c);
