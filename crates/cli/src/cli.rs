@@ -316,6 +316,28 @@ pub enum VmVerb {
     Delete(VmActionArgs),
     /// Attach to a VM's serial console (Ctrl-] detaches), or print its log with --log
     Console(VmConsoleArgs),
+    /// Snapshots of every disk: create, rollback (stops the VM, starts it again if it ran) or delete
+    Snapshot(VmSnapshotArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct VmSnapshotArgs {
+    #[arg(value_enum)]
+    pub op: SnapshotOp,
+    pub id: String,
+    /// The snapshot's name (letters, digits, '-', '_', '.')
+    pub name: String,
+    /// Wait for the job and show its outcome
+    #[arg(short = 'w', long)]
+    pub wait: bool,
+}
+
+/// What `vm snapshot` does.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotOp {
+    Create,
+    Rollback,
+    Delete,
 }
 
 #[derive(Args, Debug)]

@@ -193,6 +193,29 @@ impl Env {
     }
 }
 
+/// `nereid admin vm console` with `input` piped in; what it printed.
+async fn console_session(env: &Env, vm: &str, input: &str) -> String {
+    let (url, token, vm, input) =
+        (env.cloud.headnode.admin_url.clone(), env.cloud.headnode.token.clone(), vm.to_string(), input.to_string());
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut c = Command::new(env!("CARGO_BIN_EXE_nereid"))
+            .args(["admin", "vm", "console", &vm, "--idle", "3", "--timeout", "60"])
+            .env("NEREID_URL", url)
+            .env("NEREID_TOKEN", token)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = c.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    })
+    .await
+    .unwrap()
+}
+
 fn last(log: &str, key: &str) -> String {
     values(log, key).last().cloned().unwrap_or_else(|| panic!("no {key}= line on the console:\n{log}"))
 }
@@ -226,6 +249,11 @@ async fn a_vm_lives_its_whole_life_under_qemu() {
     assert_eq!(v["customer_metadata"]["test-reply"], "seen: hello nereid", "the guest's write is in VMAPI");
     assert_eq!(v["state"], "running");
     let mem1: u64 = last(&log, "mem_kib").parse().unwrap();
+    // The operator's view of the console: its log, and a shell on it.
+    let out = common::nereid_async(&env.cloud, &["admin", "vm", "console", &vm, "--log"]).await;
+    assert!(common::stdout(&out).contains(&format!("nereid-test: uuid={vm}")), "{}", common::stderr(&out));
+    let out = console_session(&env, &vm, "echo answer-$((6 * 7))\n").await;
+    assert!(out.contains("answer-42"), "the guest's shell ran what was typed: {out}");
     assert!(log.contains(&format!("nereid-test: disk vda bytes={}", 1024u64 << 20)), "the boot disk is the package's quota:\n{log}");
 
     // Stop: an ACPI power-off the guest acts on.
@@ -260,8 +288,8 @@ async fn a_vm_lives_its_whole_life_under_qemu() {
     assert_eq!(last(&log, "boots"), "3", "growing the disk kept its data");
 
     // Snapshot while running; one more boot; roll back: the boot counter goes back.
-    let j = env.act(&vm, "create_snapshot&snapshot_name=s1", json!({})).await;
-    assert_eq!(j["execution"], "succeeded", "{}", job_steps(&j));
+    let out = common::nereid_async(&env.cloud, &["admin", "vm", "snapshot", "create", &vm, "s1", "-w"]).await;
+    assert!(common::stdout(&out).contains("(snapshot) succeeded"), "{}{}", common::stdout(&out), common::stderr(&out));
     let v = env.vm(&vm).await;
     assert_eq!(v["snapshots"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v["snapshots"][0]["name"], "s1");

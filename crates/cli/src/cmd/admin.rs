@@ -11,7 +11,7 @@ use nereid_client::{Client, enc};
 use nereid_types::spec::{Field, Kind};
 use serde_json::{Map, Value};
 
-use crate::cli::{AdminArgs, ImageVerb, JobVerb, NetworkVerb, Noun, ServerVerb, Verb, VmVerb};
+use crate::cli::{AdminArgs, ImageVerb, JobVerb, NetworkVerb, Noun, ServerVerb, SnapshotOp, Verb, VmVerb};
 use crate::output::{self, Column, text};
 
 /// How a resource is changed.
@@ -401,6 +401,15 @@ async fn vm(c: &Client, v: VmVerb, json: bool) -> Result<()> {
         }
         VmVerb::Delete(a) => (c.delete(&format!("/vms/{}", enc(&a.id))).await?, a.wait),
         VmVerb::Console(a) => return super::console::run(c, &a).await,
+        VmVerb::Snapshot(a) => {
+            let action = match a.op {
+                SnapshotOp::Create => "create_snapshot",
+                SnapshotOp::Rollback => "rollback_snapshot",
+                SnapshotOp::Delete => "delete_snapshot",
+            };
+            let path = format!("/vms/{}?action={action}&snapshot_name={}", enc(&a.id), enc(&a.name));
+            (c.post(&path, &Value::Object(Map::new())).await?, a.wait)
+        }
     };
     let job = accepted(&out)?;
     if !json {
