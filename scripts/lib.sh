@@ -54,3 +54,29 @@ ensure_qemu() {
 test_image() {
     if [ "$(id -u)" -eq 0 ]; then bash scripts/build-test-image | tail -n1; else as_root bash scripts/build-test-image | tail -n1; fi
 }
+
+# TRITON_VERSION: the npm `triton` CLI release Nereid's CloudAPI is checked against.
+TRITON_VERSION=7.17.0
+
+# ensure_triton: Node.js, npm, ssh-keygen and the npm `triton` CLI ($TRITON_VERSION) in a fixed
+# prefix, installed if missing; prints the path of the triton binary on the last line.
+ensure_triton() {
+    need node=nodejs npm=npm ssh-keygen=openssh-client
+    local prefix="${NEREID_CACHE:-$HOME/.cache/nereid}/triton-$TRITON_VERSION"
+    local bin="$prefix/node_modules/.bin/triton" lock=
+    if [ "$("$bin" --version 2>/dev/null | head -n1)" != "Triton CLI $TRITON_VERSION" ]; then
+        mkdir -p "$prefix"
+        # Tests running in parallel may all install at once: one npm at a time, then re-check.
+        exec {lock}>"$prefix/.install.lock"
+        if command -v flock >/dev/null; then flock "$lock"; fi
+    fi
+    if [ "$("$bin" --version 2>/dev/null | head -n1)" != "Triton CLI $TRITON_VERSION" ]; then
+        log "installing triton@$TRITON_VERSION (npm) into $prefix"
+        npm install --prefix "$prefix" --save-exact --no-audit --no-fund --no-update-notifier --loglevel=error "triton@$TRITON_VERSION" >&2 \
+            || die "npm install triton@$TRITON_VERSION failed"
+        [ "$("$bin" --version 2>/dev/null | head -n1)" = "Triton CLI $TRITON_VERSION" ] \
+            || die "$bin --version does not print 'Triton CLI $TRITON_VERSION' after installing"
+    fi
+    [ -z "$lock" ] || exec {lock}>&-
+    echo "$bin"
+}

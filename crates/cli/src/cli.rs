@@ -40,6 +40,8 @@ pub enum Cmd {
 pub enum ApiDoc {
     /// The operator APIs on --admin-listen.
     Admin,
+    /// CloudAPI, the tenants' API on --cloudapi-listen.
+    Cloudapi,
 }
 
 #[derive(Args, Debug)]
@@ -54,7 +56,51 @@ pub struct HeadnodeArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub admin_listen: SocketAddr,
     #[command(flatten)]
+    pub cloudapi: CloudApiArgs,
+    #[command(flatten)]
     pub tuning: Tuning,
+}
+
+/// The tenants' API (CloudAPI, for the `triton` CLI).
+#[derive(Args, Debug, Clone)]
+pub struct CloudApiArgs {
+    /// Address of CloudAPI, the tenants' API the `triton` CLI uses (port 0 picks a free port)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+    pub cloudapi_listen: SocketAddr,
+    /// Serve CloudAPI over plain HTTP instead of HTTPS (for loopback and trusted networks only)
+    #[arg(long)]
+    pub cloudapi_http: bool,
+    /// CloudAPI's TLS certificate (PEM, with its chain) [default: a self-signed one generated in the data directory]
+    #[arg(long, value_name = "FILE", requires = "cloudapi_key")]
+    pub cloudapi_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM)
+    #[arg(long, value_name = "FILE", requires = "cloudapi_cert")]
+    pub cloudapi_key: Option<PathBuf>,
+    /// The URL tenants reach CloudAPI at, if not the listen address (behind a proxy or a DNS name)
+    #[arg(long, value_name = "URL")]
+    pub cloudapi_url: Option<String>,
+    /// The datacenter name tenants see (`triton datacenters`)
+    #[arg(long, value_name = "NAME", default_value = "nereid-1")]
+    pub datacenter_name: String,
+    /// Do not serve CloudAPI
+    #[arg(long, conflicts_with_all = ["cloudapi_http", "cloudapi_cert"])]
+    pub no_cloudapi: bool,
+}
+
+impl CloudApiArgs {
+    /// The headnode's CloudAPI settings.
+    pub fn config(&self) -> Option<nereid_headnode::server::CloudApiConfig> {
+        if self.no_cloudapi {
+            return None;
+        }
+        let mut c = nereid_headnode::server::CloudApiConfig::new(self.cloudapi_listen);
+        c.http = self.cloudapi_http;
+        c.cert = self.cloudapi_cert.clone();
+        c.key = self.cloudapi_key.clone();
+        c.public_url = self.cloudapi_url.clone();
+        c.datacenter = self.datacenter_name.clone();
+        Some(c)
+    }
 }
 
 /// Timeouts of the headnode's logic.
@@ -174,6 +220,11 @@ pub struct UpArgs {
     /// With --backend qemu: the bridge each nic tag's VM NICs plug into, as TAG=BRIDGE (repeatable), e.g. external=br0 [default: none, NICs are isolated]
     #[arg(long = "nic-tag", value_name = "TAG=IFACE")]
     pub nic_tags: Vec<String>,
+    /// Add this SSH key (a private key with its .pub beside it, or the .pub) to the operator account `admin` and write ~/.triton/profiles.d/nereid.json for the `triton` CLI
+    #[arg(long, value_name = "KEYFILE")]
+    pub triton_profile: Option<PathBuf>,
+    #[command(flatten)]
+    pub cloudapi: CloudApiArgs,
     #[command(flatten)]
     pub tuning: Tuning,
 }
@@ -281,6 +332,80 @@ pub enum Noun {
     Job {
         #[command(subcommand)]
         verb: JobVerb,
+    },
+    /// Accounts (tenants; Triton's UFDS) and their SSH keys, which sign CloudAPI requests
+    Account {
+        #[command(subcommand)]
+        verb: AccountVerb,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AccountVerb {
+    /// Create an account, optionally with an SSH public key
+    Create(AccountCreateArgs),
+    /// List accounts
+    List,
+    /// Show one account (UUID or login) with its keys
+    Get(IdArg),
+    /// Change an account: email=… first_name=… last_name=… company_name=… phone=… operator=true (null clears)
+    Update(UpdateArgs),
+    /// Disable an account: its keys stop working at once; its instances keep running
+    Disable(IdArg),
+    /// Enable a disabled account
+    Enable(IdArg),
+    /// An account's SSH keys
+    Key {
+        #[command(subcommand)]
+        verb: KeyVerb,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct AccountCreateArgs {
+    /// Login: a letter, then letters, digits, _ . @ (3 to 32 characters)
+    #[arg(long)]
+    pub login: String,
+    /// Email address
+    #[arg(long)]
+    pub email: String,
+    /// An OpenSSH public key file (e.g. ~/.ssh/id_ed25519.pub) to add as the account's first key
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Name of that key [default: the key's comment]
+    #[arg(long, value_name = "NAME", requires = "key_file")]
+    pub key_name: Option<String>,
+    /// Make it an operator account: it sees and acts on every account through CloudAPI
+    #[arg(long)]
+    pub operator: bool,
+    /// More fields: first_name=… last_name=… company_name=… phone=…
+    #[arg(value_name = "FIELD=VALUE")]
+    pub fields: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyVerb {
+    /// Add an OpenSSH public key (rsa ≥ 2048 bits, ecdsa, ed25519) from a file ("-" reads standard input)
+    Add {
+        /// Account UUID or login
+        account: String,
+        /// The .pub file
+        file: PathBuf,
+        /// Key name [default: the key's comment, else its fingerprint]
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List an account's keys with their MD5 and SHA256 fingerprints
+    List {
+        /// Account UUID or login
+        account: String,
+    },
+    /// Remove a key by fingerprint (MD5 or SHA256:…) or name
+    Remove {
+        /// Account UUID or login
+        account: String,
+        /// Fingerprint or name
+        key: String,
     },
 }
 

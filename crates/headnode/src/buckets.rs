@@ -53,7 +53,20 @@ pub const JOBS: BucketDef = BucketDef { name: "jobs", indexes: &[text(&["vm_uuid
 /// Who runs a job, until when; keyed by job UUID.
 pub const JOB_LEASES: BucketDef = BucketDef { name: "job_leases", indexes: &[] };
 
+/// Accounts (UFDS), keyed by UUID.
+pub const ACCOUNTS: BucketDef = BucketDef { name: "accounts", indexes: &[text(&["login"]), text(&["email"])] };
+/// Login claims (unique logins), keyed by login; the value names the account.
+pub const ACCOUNT_LOGINS: BucketDef = BucketDef { name: "account_logins", indexes: &[] };
+/// Accounts' SSH keys, keyed by `<account uuid>/<MD5 fingerprint>`.
+pub const ACCOUNT_KEYS: BucketDef = BucketDef { name: "account_keys", indexes: &[text(&["account_uuid"]), text(&["name"])] };
+/// Key name claims (unique per account), keyed by `<account uuid>/<name>`.
+pub const ACCOUNT_KEY_NAMES: BucketDef = BucketDef { name: "account_key_names", indexes: &[] };
+
 pub const ALL: &[BucketDef] = &[
+    ACCOUNTS,
+    ACCOUNT_LOGINS,
+    ACCOUNT_KEYS,
+    ACCOUNT_KEY_NAMES,
     PACKAGES,
     IMAGES,
     NIC_TAGS,

@@ -18,6 +18,7 @@
 
 pub mod app;
 pub mod buckets;
+pub mod cloudapi;
 pub mod datadir;
 pub mod http;
 pub mod jobs;

@@ -1,8 +1,9 @@
-//! The OpenAPI document of the operator APIs, generated from the route table.
+//! The OpenAPI documents of the operator APIs and of CloudAPI, generated from their
+//! route tables.
 //!
-//! `openapi/admin.json` in the repository is this document; a test regenerates it and
-//! fails when the checked-in copy differs (run `nereid openapi admin > openapi/admin.json`
-//! after changing an endpoint).
+//! `openapi/admin.json` and `openapi/cloudapi.json` in the repository are these
+//! documents; a test regenerates them and fails when a checked-in copy differs (run
+//! `UPDATE_OPENAPI=1 cargo test -p nereid-headnode openapi` after changing an endpoint).
 
 use std::collections::BTreeMap;
 
@@ -10,7 +11,7 @@ use nereid_types::query::openapi_params;
 use nereid_types::spec::{Usage, object_schema};
 use serde_json::{Map, Value, json};
 
-use crate::http::{Auth, BodyDoc, RespDoc, routes};
+use crate::http::{Auth, BodyDoc, RespDoc, Route, routes};
 
 fn error_schema() -> Value {
     json!({"type": "object", "required": ["code", "message"], "properties": {
@@ -19,16 +20,18 @@ fn error_schema() -> Value {
             "field": {"type": "string"}, "code": {"type": "string"}, "message": {"type": "string"}}}}}})
 }
 
-/// The whole document.
-pub fn admin_document() -> Value {
+/// The `paths` object of a route table.
+fn paths(routes: Vec<Route>) -> BTreeMap<String, Map<String, Value>> {
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
-    for r in routes() {
+    for r in routes {
         let d = r.doc;
         let mut op = json!({"operationId": d.id, "tags": [d.tag], "summary": d.summary});
         match r.auth {
             Auth::Admin => {}
             Auth::Server => op["security"] = json!([{"serverSecret": []}, {"bearer": []}]),
             Auth::Join => op["security"] = json!([{"joinToken": []}]),
+            Auth::Signature => {}
+            Auth::Public => op["security"] = json!([]),
         }
         let mut params: Vec<Value> = path_params(r.path);
         params.extend(openapi_params(d.query));
@@ -65,6 +68,12 @@ pub fn admin_document() -> Value {
         });
         paths.entry(r.path.to_string()).or_default().insert(r.method.as_str().to_ascii_lowercase(), op);
     }
+    paths
+}
+
+/// The operator APIs' document.
+pub fn admin_document() -> Value {
+    let paths = paths(routes());
     json!({
         "openapi": "3.0.3",
         "info": {"title": "Nereid operator APIs (PAPI, IMGAPI, NAPI, CNAPI, VMAPI)", "version": env!("CARGO_PKG_VERSION"),
@@ -90,27 +99,71 @@ fn path_params(path: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The document as checked in: pretty JSON with a trailing newline.
-pub fn admin_document_text() -> String {
-    let mut s = serde_json::to_string_pretty(&admin_document()).unwrap_or_default();
+/// CloudAPI's document.
+pub fn cloudapi_document() -> Value {
+    let paths = paths(crate::cloudapi::routes());
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Nereid CloudAPI (Triton CloudAPI 9)", "version": crate::cloudapi::VERSION,
+                 "description": "Triton's tenant API, as the triton CLI 7.17.0 uses it. Every request but GET /--ping carries an HTTP Signature: Authorization: Signature keyId=\"/LOGIN/keys/MD5-FINGERPRINT\",algorithm=\"rsa-sha256|ecdsa-sha256|ecdsa-sha512|ed25519-sha512\",headers=\"(request-target) date\",signature=\"…\" over the raw request line and the Date header (±300 s). {account} is the caller's login or `my` (operators may name any account). Answers carry Server: cloudapi/9.20.0, Api-Version and Request-Id."},
+        "servers": [{"url": "https://127.0.0.1:8443"}],
+        "security": [{"httpSignature": []}],
+        "components": {
+            "securitySchemes": {
+                "httpSignature": {"type": "apiKey", "in": "header", "name": "Authorization",
+                                  "description": "HTTP Signature (draft-cavage) with an account's SSH key."}
+            },
+            "schemas": {"Error": error_schema()}
+        },
+        "paths": paths,
+    })
+}
+
+fn text(doc: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(doc).unwrap_or_default();
     s.push('\n');
     s
 }
 
+/// The operator document as checked in: pretty JSON with a trailing newline.
+pub fn admin_document_text() -> String {
+    text(&admin_document())
+}
+
+/// CloudAPI's document as checked in.
+pub fn cloudapi_document_text() -> String {
+    text(&cloudapi_document())
+}
+
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn checked_in_document_matches_the_code() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../openapi/admin.json");
-        let want = super::admin_document_text();
+    fn check(file: &str, want: String) {
+        let path = format!("{}/../../openapi/{file}", env!("CARGO_MANIFEST_DIR"));
         if std::env::var_os("UPDATE_OPENAPI").is_some() {
-            std::fs::write(path, &want).unwrap();
+            std::fs::write(&path, &want).unwrap();
         }
-        let have = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(
-            have == want,
-            "openapi/admin.json is stale: run `UPDATE_OPENAPI=1 cargo test -p nereid-headnode openapi` (or `nereid openapi admin > openapi/admin.json`) and commit it"
-        );
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(have == want, "openapi/{file} is stale: run `UPDATE_OPENAPI=1 cargo test -p nereid-headnode openapi` and commit it");
+    }
+
+    #[test]
+    fn checked_in_documents_match_the_code() {
+        check("admin.json", super::admin_document_text());
+        check("cloudapi.json", super::cloudapi_document_text());
+    }
+
+    #[test]
+    fn every_cloudapi_operation_is_unique_and_signed() {
+        let doc = super::cloudapi_document();
+        let mut ids = std::collections::HashSet::new();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for (_, op) in ops.as_object().unwrap() {
+                assert!(ids.insert(op["operationId"].as_str().unwrap().to_string()), "duplicate {}", op["operationId"]);
+                // Only /--ping is open.
+                assert_eq!(op.get("security").is_some(), path == "/--ping", "{path}");
+            }
+        }
+        assert!(ids.len() >= 40, "{}", ids.len());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::app::{App, AppConfig};
@@ -23,13 +23,50 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Timeouts and knobs (the headnode id is filled in from the data directory).
     pub app: AppConfig,
+    /// The tenants' API; `None` serves none.
+    pub cloudapi: Option<CloudApiConfig>,
+}
+
+/// How CloudAPI is served.
+#[derive(Debug, Clone)]
+pub struct CloudApiConfig {
+    /// Default 127.0.0.1:8443; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Plain HTTP instead of HTTPS (meant for loopback).
+    pub http: bool,
+    /// The operator's certificate and key (PEM); default: a self-signed pair generated
+    /// under the data directory at first start.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The datacenter name tenants see.
+    pub datacenter: String,
+    /// The URL tenants use, when it is not the listen address (a proxy, a DNS name).
+    pub public_url: Option<String>,
+}
+
+impl CloudApiConfig {
+    /// HTTPS on `listen` with a self-signed certificate.
+    pub fn new(listen: SocketAddr) -> Self {
+        CloudApiConfig { listen, http: false, cert: None, key: None, datacenter: "nereid-1".into(), public_url: None }
+    }
 }
 
 impl Config {
-    /// A config with default knobs.
+    /// A config with default knobs and no CloudAPI.
     pub fn new(data_dir: PathBuf, store_url: Option<String>, admin_listen: SocketAddr) -> Self {
-        Config { data_dir, store_url, admin_listen, app: AppConfig::default() }
+        Config { data_dir, store_url, admin_listen, app: AppConfig::default(), cloudapi: None }
     }
+}
+
+/// A running CloudAPI listener.
+#[derive(Debug, Clone)]
+pub struct CloudApiRunning {
+    pub addr: SocketAddr,
+    /// `http(s)://<addr>` (or the configured public URL).
+    pub url: String,
+    /// SHA-256 fingerprint of the certificate (HTTPS only).
+    pub cert_fingerprint: Option<String>,
+    pub cert_path: Option<PathBuf>,
 }
 
 /// A running headnode.
@@ -41,9 +78,11 @@ pub struct Running {
     /// What compute nodes present to join.
     pub join_token: String,
     pub app: Arc<App>,
+    pub cloudapi: Option<CloudApiRunning>,
     server: JoinHandle<std::io::Result<()>>,
+    cloud_server: Option<JoinHandle<std::io::Result<()>>>,
     runner: JoinHandle<()>,
-    stop: oneshot::Sender<()>,
+    stop: broadcast::Sender<()>,
     _lock: std::fs::File,
 }
 
@@ -71,19 +110,47 @@ pub async fn start(cfg: Config) -> Result<Running> {
     }
     let admin_url = format!("http://{admin_addr}");
     datadir::write_endpoints(&cfg.data_dir, &Endpoints { admin: admin_url.clone(), pid: std::process::id() })?;
-    let state = AppState { app: app.clone(), token: Arc::from(token.as_str()), join_token: Arc::from(join_token.as_str()) };
-    let router = http::router(state);
+    // CloudAPI first: its URL is part of what tenants are told.
+    let (cloud_listener, cloud_info, cloudapi) = match &cfg.cloudapi {
+        None => (None, crate::cloudapi::CloudInfo::default(), None),
+        Some(c) => {
+            let (listener, running) = bind_cloudapi(&cfg.data_dir, c).await?;
+            let info = crate::cloudapi::CloudInfo { datacenter: c.datacenter.clone(), url: running.url.clone() };
+            (Some(listener), info, Some(running))
+        }
+    };
+    let state = AppState {
+        app: app.clone(),
+        token: Arc::from(token.as_str()),
+        join_token: Arc::from(join_token.as_str()),
+        cloud: Arc::new(cloud_info),
+    };
+    let router = http::router(state.clone());
     let runner = tokio::spawn(crate::jobs::Runner::new(app.clone()).run());
-    let (stop, stopped) = oneshot::channel::<()>();
+    let (stop, _) = broadcast::channel::<()>(1);
+    let mut stopped = stop.subscribe();
     let server = tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {
-                let _ = stopped.await;
+                let _ = stopped.recv().await;
             })
             .await
     });
-    tracing::info!(%admin_url, store = app.store.backend(), "headnode started");
-    Ok(Running { admin_addr, admin_url, token, join_token, app, server, runner, stop, _lock: lock })
+    let cloud_server = cloud_listener.map(|l| {
+        let cloud_router = crate::cloudapi::router(state);
+        let mut stopped = stop.subscribe();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.recv().await;
+            };
+            match l {
+                CloudListener::Http(l) => axum::serve(l, cloud_router).with_graceful_shutdown(shutdown).await,
+                CloudListener::Https(l) => axum::serve(l, cloud_router).with_graceful_shutdown(shutdown).await,
+            }
+        })
+    });
+    tracing::info!(%admin_url, cloudapi = cloudapi.as_ref().map(|c| c.url.as_str()), store = app.store.backend(), "headnode started");
+    Ok(Running { admin_addr, admin_url, token, join_token, app, cloudapi, server, cloud_server, runner, stop, _lock: lock })
 }
 
 impl Running {
@@ -92,6 +159,9 @@ impl Running {
         self.runner.abort();
         let _ = self.stop.send(());
         self.server.await??;
+        if let Some(c) = self.cloud_server {
+            c.await??;
+        }
         Ok(())
     }
 
@@ -100,6 +170,38 @@ impl Running {
         self.server.await??;
         Ok(())
     }
+}
+
+enum CloudListener {
+    Http(TcpListener),
+    Https(crate::cloudapi::tls::TlsListener),
+}
+
+/// Binds CloudAPI's listener (generating the self-signed certificate at first start).
+async fn bind_cloudapi(data_dir: &std::path::Path, c: &CloudApiConfig) -> Result<(CloudListener, CloudApiRunning)> {
+    let tcp = TcpListener::bind(c.listen).await.with_context(|| format!("CloudAPI: listening on {}", c.listen))?;
+    let addr = tcp.local_addr()?;
+    if !addr.ip().is_loopback() {
+        tracing::info!(%addr, "CloudAPI listens beyond loopback (every request must carry a valid HTTP Signature)");
+        if c.http {
+            tracing::warn!(%addr, "CloudAPI serves plain HTTP beyond loopback: requests and answers travel unencrypted");
+        }
+    }
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+    let host = if addr.is_ipv6() { format!("[{host}]") } else { host };
+    if c.http {
+        let url = c.public_url.clone().unwrap_or_else(|| format!("http://{host}:{}", addr.port()));
+        return Ok((CloudListener::Http(tcp), CloudApiRunning { addr, url, cert_fingerprint: None, cert_path: None }));
+    }
+    let names = vec![addr.ip().to_string()];
+    let files = crate::cloudapi::tls::ensure_certificate(data_dir, c.cert.as_deref(), c.key.as_deref(), &names)?;
+    let config = crate::cloudapi::tls::server_config(&files)?;
+    let fingerprint = crate::cloudapi::tls::fingerprint(&files)?;
+    let url = c.public_url.clone().unwrap_or_else(|| format!("https://{host}:{}", addr.port()));
+    Ok((
+        CloudListener::Https(crate::cloudapi::tls::TlsListener::new(tcp, config)),
+        CloudApiRunning { addr, url, cert_fingerprint: Some(fingerprint), cert_path: Some(files.cert.clone()) },
+    ))
 }
 
 /// A store URL without its password, for messages.

@@ -22,7 +22,9 @@ use nereid_headnode::app::AppConfig;
 use nereid_headnode::{Config, Running};
 use serde_json::{Value, json};
 
+pub mod cloudapi;
 pub mod qemu;
+pub mod triton;
 
 /// Which store a test cloud uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +59,8 @@ pub struct Options {
     pub app: AppConfig,
     /// Use this store instead of a fresh one (several headnodes on one database).
     pub store_url: Option<String>,
+    /// Serve CloudAPI (see [`Options::cloudapi_http`]); none by default.
+    pub cloudapi: Option<nereid_headnode::server::CloudApiConfig>,
 }
 
 impl Options {
@@ -82,7 +86,22 @@ impl Options {
                 ..AppConfig::default()
             },
             store_url: None,
+            cloudapi: None,
         }
+    }
+
+    /// CloudAPI over plain HTTP on a free loopback port.
+    pub fn cloudapi_http(mut self) -> Self {
+        let mut c = nereid_headnode::server::CloudApiConfig::new(([127, 0, 0, 1], 0).into());
+        c.http = true;
+        self.cloudapi = Some(c);
+        self
+    }
+
+    /// CloudAPI over HTTPS (self-signed) on a free loopback port.
+    pub fn cloudapi_https(mut self) -> Self {
+        self.cloudapi = Some(nereid_headnode::server::CloudApiConfig::new(([127, 0, 0, 1], 0).into()));
+        self
     }
 }
 
@@ -132,6 +151,7 @@ impl Cloud {
         };
         let mut cfg = Config::new(data_dir.clone(), Some(store_url.clone()), "127.0.0.1:0".parse()?);
         cfg.app = o.app.clone();
+        cfg.cloudapi = o.cloudapi.clone();
         let headnode = nereid_headnode::start(cfg).await?;
         let client = Client::new(Target { url: headnode.admin_url.clone(), token: headnode.token.clone(), source: "testkit".into() });
         let mut cloud = Cloud { headnode, client, store_url, data_dir, agent: None, _dir: dir };

@@ -7,6 +7,7 @@
 //! Nothing here does I/O: the headnode's `app` layer calls these functions and the
 //! store persists what they return.
 
+pub mod account;
 pub mod agent;
 pub mod error;
 pub mod image;

@@ -69,6 +69,9 @@ pub struct Vm {
     pub autoboot: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firewall_enabled: Option<bool>,
+    /// Refuses deletion while true (CloudAPI's `deletion_protection`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_protection: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_metadata: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -299,7 +302,7 @@ pub fn render(vm: &Vm) -> Value {
     out
 }
 
-fn check_alias(s: &str) -> Result<(), String> {
+pub fn check_alias(s: &str) -> Result<(), String> {
     let ok = s.len() <= 189
         && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
@@ -544,6 +547,7 @@ pub const CREATE_FIELDS: &[Field] = &[
     Field::new("server_uuid", Kind::Uuid, "Pin to this server (hard filters still apply)."),
     Field::new("autoboot", Kind::Bool, "Start after provisioning (default true)."),
     Field::new("firewall_enabled", Kind::Bool, "Enable the firewall."),
+    Field::new("deletion_protection", Kind::Bool, "Refuse deletion until this is turned off."),
     Field::new("resolvers", Kind::Ipv4List, "DNS resolvers (default: the networks')."),
     Field::new(
         "locality",
@@ -566,6 +570,7 @@ pub const UPDATE_FIELDS: &[Field] = &[
     Field::new("alias", Kind::Str { max: 189, check: Some(check_alias) }, "New display name."),
     Field::new("hostname", Kind::Str { max: 63, check: Some(check_hostname) }, "New guest host name."),
     Field::new("firewall_enabled", Kind::Bool, "Enable or disable the firewall."),
+    Field::new("deletion_protection", Kind::Bool, "Refuse deletion while true."),
     Field::new("autoboot", Kind::Bool, "Start with the server."),
     Field::new("resolvers", Kind::Ipv4List, "DNS resolvers."),
     Field::new("customer_metadata", Kind::Custom { check: check_scalar_map, schema: scalar_map_schema }, "Replace customer metadata."),

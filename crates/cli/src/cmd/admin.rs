@@ -313,6 +313,7 @@ pub async fn run(a: AdminArgs) -> Result<()> {
         Noun::Server { verb: ServerVerb::Update(a) } => verb(&c, &SERVER, Verb::Update(a), json).await,
         Noun::Server { verb: ServerVerb::Delete(a) } => verb(&c, &SERVER, Verb::Delete(a), json).await,
         Noun::Vm { verb: v } => vm(&c, v, json).await,
+        Noun::Account { verb: v } => super::account::run(&c, v, json).await,
         Noun::Job { verb: JobVerb::List(a) } => {
             let out = c.get(&format!("/jobs{}", query(&a.filters)?)).await?;
             show_list(JOB_COLUMNS, &out, json);

@@ -9,6 +9,7 @@ pub async fn run(a: HeadnodeArgs) -> Result<()> {
     let data_dir = a.data_dir.unwrap_or_else(nereid_client::default_data_dir);
     let mut cfg = Config::new(data_dir.clone(), a.store, a.admin_listen);
     a.tuning.apply(&mut cfg.app);
+    cfg.cloudapi = a.cloudapi.config();
     let store = nereid_headnode::server::redact(&nereid_headnode::server::store_url(&cfg));
     let running = start(cfg).await?;
     let abs = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
@@ -16,6 +17,9 @@ pub async fn run(a: HeadnodeArgs) -> Result<()> {
     println!("  data directory  {}", abs.display());
     println!("  store           {store}");
     println!("  operator API    {}  (bearer token in {})", running.admin_url, abs.join("admin.token").display());
+    if let Some(c) = &running.cloudapi {
+        println!("  CloudAPI        {}{}", c.url, super::up::cert_note(c));
+    }
     println!("  endpoints       {}", abs.join("endpoints.json").display());
     println!("Try: nereid admin --data-dir {} package list", abs.display());
     wait_for_signal().await;

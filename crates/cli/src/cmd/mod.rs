@@ -1,10 +1,12 @@
 //! Subcommand implementations.
 
+pub mod account;
 pub mod admin;
 pub mod agent;
 pub mod console;
 pub mod headnode;
 pub mod image;
+pub mod operator;
 pub mod up;
 
 use anyhow::Result;
@@ -20,6 +22,10 @@ pub async fn run(args: Cli) -> Result<()> {
         Cmd::Image(a) => image::run(a).await,
         Cmd::Openapi { which: crate::cli::ApiDoc::Admin } => {
             print!("{}", nereid_headnode::openapi::admin_document_text());
+            Ok(())
+        }
+        Cmd::Openapi { which: crate::cli::ApiDoc::Cloudapi } => {
+            print!("{}", nereid_headnode::openapi::cloudapi_document_text());
             Ok(())
         }
     }

@@ -98,6 +98,44 @@ async fn demo_image(app: &App, file: &Path) -> Result<String> {
 
 const DEMO_IMAGE: &str = "nereid-test";
 
+/// How a CloudAPI certificate is described at start.
+pub fn cert_note(c: &nereid_headnode::server::CloudApiRunning) -> String {
+    match (&c.cert_path, &c.cert_fingerprint) {
+        (Some(p), Some(f)) => format!("  (certificate {}, SHA-256 {f})", p.display()),
+        _ => "  (plain HTTP)".into(),
+    }
+}
+
+/// What a tenant types to use the `triton` CLI against this cloud, or the profile written.
+fn triton_hints(c: &nereid_headnode::server::CloudApiRunning, op: Option<&super::operator::Operator>, write: bool) -> Result<()> {
+    let Some(op) = op else { return Ok(()) };
+    let login = &op.account.login;
+    if op.created {
+        println!("  operator      account {login} created (an operator: it sees every account)");
+    }
+    let insecure = c.cert_path.is_some();
+    match &op.key {
+        Some((fp, file)) if write => {
+            let home = std::env::var_os("HOME").map(PathBuf::from).context("HOME is not set: cannot write the triton profile")?;
+            let profile = super::operator::profile(&c.url, login, fp, insecure);
+            let path = super::operator::write_profile(&home, "nereid", &profile)?;
+            println!("  triton        profile written to {} (key {})", path.display(), file.display());
+            println!("                try: triton -p nereid info");
+        }
+        Some((fp, file)) => {
+            println!("  triton        `triton profile create` answers: URL {} · account {login} · key {fp} ({})", c.url, file.display());
+            if insecure {
+                println!("                the certificate is self-signed: use `triton -i`, or \"insecure\": true in the profile");
+            }
+        }
+        None => {
+            println!("  triton        account {login} has no SSH key yet: nereid admin account key add {login} ~/.ssh/id_ed25519.pub");
+            println!("                (or restart with --triton-profile ~/.ssh/id_ed25519 to add it and write a triton profile)");
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(a: UpArgs) -> Result<()> {
     if a.demo && a.backend != BackendArg::Qemu {
         bail!("--demo boots a real VM image: use it with --backend qemu");
@@ -109,7 +147,9 @@ pub async fn run(a: UpArgs) -> Result<()> {
     let data_dir = a.data_dir.clone().unwrap_or_else(nereid_client::default_data_dir);
     let mut cfg = Config::new(data_dir.clone(), a.store.clone(), a.admin_listen);
     a.tuning.apply(&mut cfg.app);
+    cfg.cloudapi = a.cloudapi.config();
     let running = start(cfg).await?;
+    let operator = super::operator::ensure(&running.app, a.triton_profile.as_deref()).await.context("the operator account")?;
     let sim = a.backend == BackendArg::Sim;
     let mut seeded = if a.no_seed { None } else { seed(&running.app, sim).await.context("seeding the store")? };
     if a.demo {
@@ -165,6 +205,10 @@ pub async fn run(a: UpArgs) -> Result<()> {
             let how = agent.nodes.first().and_then(|n| n.sysinfo.get("Nereid Backend")).and_then(Value::as_str).unwrap_or("qemu");
             println!("  server        this host, VMs run with {how}");
         }
+    }
+    if let Some(c) = &running.cloudapi {
+        println!("  CloudAPI      {}{}", c.url, cert_note(c));
+        triton_hints(c, operator.as_ref(), a.triton_profile.is_some())?;
     }
     if let Some(s) = &seeded {
         println!(

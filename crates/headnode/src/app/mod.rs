@@ -15,6 +15,7 @@ use nereid_types::ApiError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub mod accounts;
 pub mod agents;
 pub mod allocation;
 pub mod consoles;

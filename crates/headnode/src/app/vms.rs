@@ -27,6 +27,9 @@ use crate::buckets::{IMAGES, NETWORK_NAMES, NETWORK_POOLS, NETWORKS, NICS, PACKA
 use crate::jobs::provision::NetRequest;
 use crate::jobs::{job_op, new_job};
 
+/// Triton's exact refusal (users and scripts match on it).
+pub const DELETION_PROTECTED: &str = "Instance has \"deletion_protection\" enabled, preventing deletion";
+
 /// What CreateVm did.
 pub struct Created {
     pub vm: Vm,
@@ -61,6 +64,7 @@ pub fn apply_fields(vm: &mut Vm, fields: &Map<String, Value>) -> Result<(), Stri
             "alias" => vm.alias = serde_json::from_value(v.clone()).map_err(bad)?,
             "hostname" => vm.hostname = serde_json::from_value(v.clone()).map_err(bad)?,
             "firewall_enabled" => vm.firewall_enabled = serde_json::from_value(v.clone()).map_err(bad)?,
+            "deletion_protection" => vm.deletion_protection = serde_json::from_value(v.clone()).map_err(bad)?,
             "autoboot" => vm.autoboot = serde_json::from_value(v.clone()).map_err(bad)?,
             "resolvers" => vm.resolvers = serde_json::from_value(v.clone()).map_err(bad)?,
             "customer_metadata" => vm.customer_metadata = serde_json::from_value(v.clone()).map_err(bad)?,
@@ -615,6 +619,7 @@ impl App {
                 .or(pkg.as_ref().map(|p| p.zfs_io_priority)),
             autoboot: Some(autoboot),
             firewall_enabled: Some(input.get("firewall_enabled").and_then(Value::as_bool).unwrap_or(false)),
+            deletion_protection: input.get("deletion_protection").and_then(Value::as_bool).filter(|d| *d),
             customer_metadata: Some(obj_field("customer_metadata").unwrap_or_default()),
             internal_metadata: Some(obj_field("internal_metadata").unwrap_or_default()),
             tags: Some(obj_field("tags").unwrap_or_default()),
@@ -771,7 +776,7 @@ impl App {
             after.insert("cpu_cap".into(), json!(p.cpu_cap.unwrap_or(0)));
             pkg = Some(p);
         }
-        for k in ["ram", "vcpus", "cpu_cap", "alias", "hostname", "firewall_enabled", "autoboot", "resolvers"] {
+        for k in ["ram", "vcpus", "cpu_cap", "alias", "hostname", "firewall_enabled", "deletion_protection", "autoboot", "resolvers"] {
             if let Some(v) = input.get(k) {
                 after.insert(k.into(), v.clone());
             }
@@ -915,6 +920,9 @@ impl App {
         let (vm, _) = self.get_vm(uuid, None).await?;
         if vm.state.as_deref() == Some("destroyed") {
             return Err(ApiError::conflict("VmDestroyed", format!("VM {uuid} is already destroyed")));
+        }
+        if vm.deletion_protection == Some(true) {
+            return Err(ApiError::conflict("CannotDestroyMachineError", DELETION_PROTECTED));
         }
         let Some(server) = vm.server_uuid else {
             return Err(ApiError::conflict("UnallocatedVM", "Cannot delete a VM with no server_uuid"));

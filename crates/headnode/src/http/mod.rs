@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use crate::app::App;
 
+pub mod accounts;
 pub mod agent;
 pub mod consoles;
 pub mod images;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub token: Arc<str>,
     /// What new compute nodes present to join.
     pub join_token: Arc<str>,
+    /// What CloudAPI tells tenants about this cloud.
+    pub cloud: Arc<crate::cloudapi::CloudInfo>,
 }
 
 /// Who may call an endpoint.
@@ -63,6 +66,10 @@ pub enum Auth {
     Server,
     /// The join token (join.token).
     Join,
+    /// CloudAPI: an HTTP Signature by an account's key.
+    Signature,
+    /// CloudAPI's `/--ping`: no authentication.
+    Public,
 }
 
 /// A handler error, rendered as Triton's error body.
@@ -125,7 +132,7 @@ impl Api {
     /// How a documented tag's service answers bad input (shared endpoints answer like IMGAPI).
     pub fn of(tag: &str) -> Api {
         match tag {
-            "PAPI" | "VMAPI" => Api::Papi,
+            "PAPI" | "VMAPI" | "UFDS" => Api::Papi,
             // CNAPI answers 500 for bad input in Triton; Nereid answers NAPI's 422.
             "NAPI" | "CNAPI" | "Agent" => Api::Napi,
             _ => Api::Imgapi,
@@ -282,6 +289,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(agent::routes());
     all.extend(vms::routes());
     all.extend(consoles::routes());
+    all.extend(accounts::routes());
     all.extend(jobs::routes());
     all.extend(metrics::routes());
     all
@@ -357,6 +365,8 @@ async fn authenticate(auth: Auth, State(state): State<AppState>, req: Request, n
     let ok = match auth {
         Auth::Admin => admin,
         Auth::Join => constant_time_eq(given.as_bytes(), state.join_token.as_bytes()),
+        // CloudAPI routes are never mounted on the operator API.
+        Auth::Signature | Auth::Public => false,
         Auth::Server => {
             let server = req.uri().path().strip_prefix("/servers/").and_then(|r| r.split('/').next()).and_then(|u| Uuid::parse_str(u).ok());
             admin

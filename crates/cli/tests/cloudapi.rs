@@ -1,0 +1,264 @@
+//! CloudAPI over HTTP with a signing test client: authentication failures, tenant
+//! isolation across every endpoint, the operator's view, deletion protection, 410 for
+//! deleted machines, paging with x-resource-count. (The real `triton` CLI drives the
+//! happy paths in `triton.rs`.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nereid_testkit::Options;
+use nereid_testkit::cloudapi::{Client as Tenant, Key, Signing};
+use serde_json::{Value, json};
+
+struct World {
+    cloud: Cloud,
+    seed: nereid_testkit::Seed,
+    alice: Tenant,
+    bob: Tenant,
+}
+
+async fn world(backend: Backend) -> World {
+    let cloud = Cloud::start_with(Options { sim_servers: 1, ..Options::new(backend) }.cloudapi_http()).await.unwrap();
+    let seed = cloud.seed().await.unwrap();
+    let url = cloud.headnode.cloudapi.as_ref().unwrap().url.clone();
+    let mut tenants = Vec::new();
+    for (login, seed_byte, operator) in [("alice", 1u8, false), ("bob", 2, false), ("root.op", 9, true)] {
+        let key = Key::from_seed(seed_byte);
+        cloud
+            .client
+            .post(
+                "/accounts",
+                &json!({"login": login, "email": format!("{login}@example.com"), "operator": operator, "keys": [{"key": key.openssh()}]}),
+            )
+            .await
+            .unwrap();
+        tenants.push(Tenant::new(&url, login, key));
+    }
+    let _op = tenants.pop();
+    let bob = tenants.pop().unwrap();
+    let alice = tenants.pop().unwrap();
+    World { cloud, seed, alice, bob }
+}
+
+/// Creates a machine as `t` and waits until it runs.
+async fn machine(w: &World, t: &Tenant, name: &str) -> Value {
+    let a = t
+        .post("/my/machines", &json!({"image": w.seed.image, "package": "sample", "name": name, "metadata.foo": "bar", "tag.role": "web"}))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert_eq!(a.body["state"], "provisioning");
+    assert_eq!(a.headers["location"].to_str().unwrap(), format!("/{}/machines/{}", t.login, a.body["id"].as_str().unwrap()));
+    let id = a.body["id"].as_str().unwrap().to_string();
+    wait_state(t, &id, "running").await
+}
+
+async fn wait_state(t: &Tenant, id: &str, state: &str) -> Value {
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = t.get(&format!("/my/machines/{id}")).await.unwrap();
+        if m.body["state"] == state {
+            return m.body;
+        }
+        assert!(std::time::Instant::now() < end, "machine {id} never became {state}: {}", m.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn signatures_are_checked_and_failures_leak_nothing() {
+    let w = world(Backend::Sqlite).await;
+    // Ping needs no signature; every answer says which CloudAPI it is.
+    let p = w.alice.send("GET", "/--ping", None, Signing::None).await.unwrap();
+    assert_eq!((p.status, p.body["ping"].as_str()), (200, Some("pong")));
+    assert_eq!(p.headers["server"], "cloudapi/9.20.0");
+    assert!(p.headers.contains_key("request-id") && p.headers.contains_key("api-version") && p.headers.contains_key("date"));
+
+    let ok = w.alice.get("/my").await.unwrap();
+    assert_eq!((ok.status, ok.body["login"].as_str()), (200, Some("alice")), "{}", ok.text);
+
+    let none = w.alice.send("GET", "/my/machines", None, Signing::None).await.unwrap();
+    assert_eq!((none.status, none.body["code"].as_str()), (401, Some("InvalidCredentials")));
+    assert_eq!(none.body["message"], "You must make authenticated requests to use CloudAPI");
+
+    let refused = |a: &nereid_testkit::cloudapi::Answer| {
+        assert_eq!(a.status, 401, "{}", a.text);
+        assert_eq!(a.body, json!({"code": "InvalidCredentials", "message": "Invalid authorization credentials supplied"}));
+    };
+    refused(&w.alice.send("GET", "/my/machines", None, Signing::Corrupt).await.unwrap());
+    refused(&w.alice.send("GET", "/my/machines", None, Signing::StaleBy(301)).await.unwrap());
+    refused(&w.alice.send("GET", "/my/machines", None, Signing::StaleBy(-301)).await.unwrap());
+    // Inside the window is fine.
+    assert_eq!(w.alice.send("GET", "/my/machines", None, Signing::StaleBy(200)).await.unwrap().status, 200);
+    // An unknown key and an unknown login answer exactly alike.
+    let url = w.cloud.headnode.cloudapi.as_ref().unwrap().url.clone();
+    refused(&Tenant::new(&url, "alice", Key::from_seed(7)).get("/my").await.unwrap());
+    refused(&Tenant::new(&url, "nobody", Key::from_seed(1)).get("/my").await.unwrap());
+    // Bob's key cannot sign as alice.
+    refused(&Tenant::new(&url, "alice", Key::from_seed(2)).get("/my").await.unwrap());
+    // The signature covers the raw request line: the same request to another path fails.
+    let a = w.alice.send("GET", "/my/keys", None, Signing::Good).await.unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body[0]["fingerprint"], w.alice.key.md5());
+    // A disabled account's keys stop working at once.
+    w.cloud.client.put("/accounts/alice", &json!({"disabled": true})).await.unwrap();
+    refused(&w.alice.get("/my").await.unwrap());
+    w.cloud.client.put("/accounts/alice", &json!({"disabled": false})).await.unwrap();
+    assert_eq!(w.alice.get("/my").await.unwrap().status, 200);
+    // Unknown paths are behind authentication too.
+    assert_eq!(w.alice.send("GET", "/my/nothing-here", None, Signing::None).await.unwrap().status, 401);
+    assert_eq!(w.alice.get("/my/nothing-here").await.unwrap().body["code"], "ResourceNotFound");
+}
+
+/// Fills a route's path parameters.
+fn fill(path: &str, account: &str, id: &str) -> String {
+    path.replace("{account}", account).replace("{id}", id).replace("{key}", "role").replace("{name}", "snap1").trim_end().to_string()
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_touch_another_tenants_machine_through_any_endpoint() {
+    let w = world(Backend::Sqlite).await;
+    let m = machine(&w, &w.alice, "web-1").await;
+    let id = m["id"].as_str().unwrap();
+    let snap = w.alice.post(&format!("/my/machines/{id}/snapshots"), &json!({"name": "snap1"})).await.unwrap();
+    assert_eq!(snap.status, 201, "{}", snap.text);
+    let before = wait_snapshot(&w.alice, id, "snap1").await;
+    assert_eq!(before["state"], "created");
+
+    let mut walked = 0;
+    for r in nereid_headnode::cloudapi::routes() {
+        if r.path == "/--ping" {
+            continue;
+        }
+        let method = r.method.as_str();
+        let body = json!({"action": "stop", "name": "mine", "package": "sample", "role": "db", "key": Key::from_seed(5).openssh(),
+                          "default_network": w.seed.network, "email": "evil@example.com"});
+        // Bob through his own account: alice's machine does not exist for him.
+        if r.path.contains("{id}") {
+            let a = w.bob.send(method, &fill(r.path, "my", id), Some(&body), Signing::Good).await.unwrap();
+            assert_eq!(a.status, 404, "{method} {} as bob: {}", r.path, a.text);
+            assert_eq!(a.body["code"], "ResourceNotFound");
+            assert!(!a.text.contains("web-1") && !a.text.contains("alice"), "the 404 leaks: {}", a.text);
+        }
+        // Bob naming alice's account: refused whatever the endpoint.
+        let a = w.bob.send(method, &fill(r.path, "alice", id), Some(&body), Signing::Good).await.unwrap();
+        assert_eq!(a.status, 403, "{method} {} on alice's account as bob: {}", r.path, a.text);
+        assert_eq!(a.body["code"], "NotAuthorized");
+        // And without a signature nothing is even looked at.
+        let a = w.bob.send(method, &fill(r.path, "alice", id), Some(&body), Signing::None).await.unwrap();
+        assert_eq!(a.status, 401, "{method} {} unsigned: {}", r.path, a.text);
+        walked += 1;
+    }
+    assert_eq!(walked, nereid_headnode::cloudapi::routes().len() - 1, "every endpoint but /--ping");
+    assert!(walked >= 39, "walked {walked} endpoints");
+
+    // Alice's machine is untouched.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = w.alice.get(&format!("/my/machines/{id}")).await.unwrap().body;
+    assert_eq!(after["state"], "running");
+    assert_eq!(after["name"], "web-1");
+    assert_eq!(after["tags"], json!({"role": "web"}));
+    assert_eq!(after["metadata"]["foo"], "bar");
+    assert_eq!(after["package"], "sample");
+    let snaps = w.alice.get(&format!("/my/machines/{id}/snapshots")).await.unwrap().body;
+    assert_eq!(snaps.as_array().unwrap().len(), 1);
+    let alice = w.alice.get("/my").await.unwrap().body;
+    assert_eq!(alice["email"], "alice@example.com");
+    assert_eq!(w.alice.get("/my/keys").await.unwrap().body.as_array().unwrap().len(), 1);
+    // Bob's own list does not show it.
+    let list = w.bob.get("/my/machines").await.unwrap();
+    assert_eq!((list.body, list.headers["x-resource-count"].to_str().unwrap()), (json!([]), "0"));
+}
+
+async fn wait_snapshot(t: &Tenant, id: &str, name: &str) -> Value {
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = t.get(&format!("/my/machines/{id}/snapshots/{name}")).await.unwrap();
+        assert_eq!(s.status, 200, "{}", s.text);
+        if s.body["state"] != "creating" {
+            return s.body;
+        }
+        assert!(std::time::Instant::now() < end, "snapshot {name} stays {}", s.body["state"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn operators_see_every_account_and_tenants_only_their_own() {
+    let w = world(Backend::Sqlite).await;
+    let m = machine(&w, &w.alice, "web-1").await;
+    let url = w.cloud.headnode.cloudapi.as_ref().unwrap().url.clone();
+    let op = Tenant::new(&url, "root.op", Key::from_seed(9));
+    let list = op.get("/alice/machines").await.unwrap();
+    assert_eq!(list.status, 200, "{}", list.text);
+    assert_eq!(list.body[0]["id"], m["id"]);
+    assert_eq!(op.get("/my/machines").await.unwrap().body, json!([]), "an operator's own account is its own");
+    assert_eq!(op.get("/nobody/machines").await.unwrap().status, 404);
+    assert_eq!(w.bob.get("/nobody/machines").await.unwrap().status, 403, "a tenant cannot probe logins");
+}
+
+#[tokio::test]
+async fn deletion_protection_paging_and_deleted_machines() {
+    let w = world(Backend::Postgres).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(machine(&w, &w.alice, &format!("web-{i}")).await["id"].as_str().unwrap().to_string());
+    }
+    // Names are unique per account.
+    let dup = w.alice.post("/my/machines", &json!({"image": w.seed.image, "package": "sample", "name": "web-0"})).await.unwrap();
+    assert_eq!((dup.status, dup.body["code"].as_str()), (409, Some("InvalidArgument")), "{}", dup.text);
+    // Paging: x-resource-count is the size of this page.
+    let page = w.alice.get("/my/machines?limit=2&offset=0").await.unwrap();
+    assert_eq!((page.body.as_array().unwrap().len(), page.headers["x-resource-count"].to_str().unwrap()), (2, "2"));
+    let page = w.alice.get("/my/machines?limit=2&offset=2").await.unwrap();
+    assert_eq!((page.body.as_array().unwrap().len(), page.headers["x-resource-count"].to_str().unwrap()), (1, "1"));
+    let head = w.alice.send("HEAD", "/my/machines", None, Signing::Good).await.unwrap();
+    assert_eq!((head.status, head.headers["x-resource-count"].to_str().unwrap()), (200, "3"));
+    let by_name = w.alice.get("/my/machines?name=web-1&limit=1000&offset=0&stray=ignored").await.unwrap();
+    assert_eq!(by_name.body.as_array().unwrap().len(), 1);
+    assert_eq!(by_name.body[0], w.alice.get(&format!("/my/machines/{}", ids[1])).await.unwrap().body, "list and get agree");
+
+    let id = &ids[0];
+    let a = w.alice.post(&format!("/my/machines/{id}"), &json!({"action": "enable_deletion_protection"})).await.unwrap();
+    assert_eq!(a.status, 202, "{}", a.text);
+    assert!(a.headers.contains_key("date"));
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while w.alice.get(&format!("/my/machines/{id}")).await.unwrap().body["deletion_protection"] != true {
+        assert!(std::time::Instant::now() < end);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let d = w.alice.send("DELETE", &format!("/my/machines/{id}"), None, Signing::Good).await.unwrap();
+    assert_eq!(d.status, 409);
+    assert_eq!(
+        d.body,
+        json!({"code": "CannotDestroyMachineError", "message": "Instance has \"deletion_protection\" enabled, preventing deletion"})
+    );
+    w.alice.post(&format!("/my/machines/{id}"), &json!({"action": "disable_deletion_protection"})).await.unwrap();
+    while w.alice.get(&format!("/my/machines/{id}")).await.unwrap().body["deletion_protection"] != false {
+        assert!(std::time::Instant::now() < end);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let d = w.alice.send("DELETE", &format!("/my/machines/{id}"), None, Signing::Good).await.unwrap();
+    assert_eq!(d.status, 204, "{}", d.text);
+    // A deleted machine answers 410 with its body (the CLI's delete -w depends on it).
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    let gone = loop {
+        let g = w.alice.get(&format!("/my/machines/{id}")).await.unwrap();
+        if g.status == 410 {
+            break g;
+        }
+        assert!(std::time::Instant::now() < end, "never deleted: {}", g.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((gone.body["state"].as_str(), gone.body["id"].as_str()), (Some("deleted"), Some(id.as_str())));
+    let act = w.alice.post(&format!("/my/machines/{id}"), &json!({"action": "start"})).await.unwrap();
+    assert_eq!(act.status, 410);
+    assert_eq!(w.alice.get("/my/machines").await.unwrap().body.as_array().unwrap().len(), 2);
+    // The audit shows what was done, newest first.
+    let audit = w.alice.get(&format!("/my/machines/{}/audit", ids[1])).await.unwrap().body;
+    assert_eq!(audit[0]["action"], "provision");
+    assert_eq!(audit[0]["success"], "yes");
+}

@@ -1,0 +1,264 @@
+//! CloudAPI: the tenants' API, what the unmodified `triton` CLI talks to.
+//!
+//! ```text
+//!   request ──► headers layer   Server: cloudapi/9.20.0, Api-Version, Request-Id (every answer)
+//!                  │
+//!                  ▼
+//!             auth::authenticate  HTTP Signature over the raw request line → Caller
+//!                  │              (every route but /--ping; 401 leaks nothing)
+//!                  ▼
+//!             <resource>.rs     scope the :account (own login, `my`, or any for operators),
+//!                  │            parse, call app (the same jobs VMAPI runs), render
+//!                  ▼
+//!             render.rs         pure translations: VM → machine, image, package, network
+//! ```
+//!
+//! Wire rules the CLI depends on live in `../shared/compat/cloudapi.md`; the ones that
+//! bite are commented where they are kept (x-resource-count, 410 for deleted machines,
+//! actions in the body, flattened `metadata.*`/`tag.*`). Routes are [`crate::http::Route`]s
+//! like the operator API's, so `openapi/cloudapi.json` is generated from this table.
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use nereid_types::account::Account;
+use nereid_types::{ApiError, FieldError};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::http::{AppState, Auth, Route};
+
+pub mod account;
+pub mod auth;
+pub mod catalog;
+pub mod machine_data;
+pub mod machines;
+pub mod render;
+pub mod signature;
+pub mod sshkey;
+pub mod tls;
+
+/// The CloudAPI version this server implements (clients read it from `Server`).
+pub const VERSION: &str = "9.20.0";
+
+/// What CloudAPI tells tenants about this cloud.
+#[derive(Debug, Clone)]
+pub struct CloudInfo {
+    /// The datacenter name (`GET /:a/datacenters`, `Triton-Datacenter-Name`).
+    pub datacenter: String,
+    /// The URL tenants reach CloudAPI at.
+    pub url: String,
+}
+
+impl Default for CloudInfo {
+    fn default() -> Self {
+        CloudInfo { datacenter: "nereid-1".into(), url: "https://127.0.0.1:8443".into() }
+    }
+}
+
+/// A CloudAPI error: Triton's body with CloudAPI's codes (see [`cloud_error`]).
+#[derive(Debug)]
+pub struct CloudError(pub ApiError);
+
+impl From<ApiError> for CloudError {
+    fn from(e: ApiError) -> Self {
+        CloudError(cloud_error(e))
+    }
+}
+
+impl From<crate::http::HttpError> for CloudError {
+    fn from(e: crate::http::HttpError) -> Self {
+        CloudError(cloud_error(e.0))
+    }
+}
+
+impl IntoResponse for CloudError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        crate::http::json(status, &e.body())
+    }
+}
+
+pub type CloudResult = Result<Response, CloudError>;
+
+/// Maps the operator APIs' errors to the codes the `triton` CLI knows: `ResourceNotFound`
+/// (its exit status 3), `InvalidArgument`/`MissingParameter` (409), `InvalidState`,
+/// `InsufficientCapacity` (without the per-server detail operators get), `InvalidCredentials`.
+pub fn cloud_error(mut e: ApiError) -> ApiError {
+    let field_text = |errs: &[FieldError]| errs.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("; ");
+    match (e.status, e.code.as_str()) {
+        (_, "CannotDestroyMachineError" | "InvalidCredentials" | "NotAuthorized" | "InvalidHeader") => e,
+        (404, _) => ApiError::new(404, "ResourceNotFound", e.message),
+        (401, _) => ApiError::new(401, "InvalidCredentials", e.message),
+        (409, "NoAllocatableServersError") => ApiError::new(409, "InsufficientCapacity", e.message),
+        (409 | 422, "ValidationFailed" | "InvalidParameter" | "InvalidParameters") => {
+            let code = if !e.errors.is_empty() && e.errors.iter().all(|f| f.code == "MissingParameter") {
+                "MissingParameter"
+            } else {
+                "InvalidArgument"
+            };
+            let message = if e.errors.is_empty() { e.message.clone() } else { field_text(&e.errors) };
+            let mut out = ApiError::new(409, code, message);
+            out.errors = std::mem::take(&mut e.errors);
+            out
+        }
+        (409, "VmNotRunning" | "VmNotStopped" | "UnallocatedVM" | "VmFailed" | "VmDestroyed" | "SnapshotBusy") => {
+            ApiError::new(409, "InvalidState", e.message)
+        }
+        (409, "SnapshotExists" | "TooManySnapshots") => ApiError::new(409, "InvalidArgument", e.message),
+        (400, "InvalidContent") => ApiError::new(400, "InvalidArgument", e.message),
+        (413, _) => ApiError::new(413, "RequestTooLarge", e.message),
+        (500, _) => ApiError::new(500, "InternalError", e.message),
+        (503, _) => ApiError::new(503, "ServiceUnavailable", e.message),
+        _ => e,
+    }
+}
+
+/// 200 with a JSON body.
+pub fn ok<T: Serialize + ?Sized>(body: &T) -> CloudResult {
+    Ok(crate::http::json(StatusCode::OK, body))
+}
+
+/// An `InvalidArgument` naming the field.
+pub fn invalid(field: &str, message: impl Into<String>) -> CloudError {
+    let message = message.into();
+    let mut e = ApiError::new(409, "InvalidArgument", format!("{field}: {message}"));
+    e.errors = vec![FieldError::invalid(field, message)];
+    CloudError(e)
+}
+
+/// A `MissingParameter` naming the field.
+pub fn missing(field: &str) -> CloudError {
+    let mut e = ApiError::new(409, "MissingParameter", format!("{field} is required"));
+    e.errors = vec![FieldError::missing(field)];
+    CloudError(e)
+}
+
+/// Who signed the request (set by [`auth::authenticate`]).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub account: Account,
+    /// The key's MD5 fingerprint.
+    pub key: String,
+}
+
+/// The account a request acts on: the caller's own (its login or `my`), or for an
+/// operator any account by login. Others get the same 403 whether or not the account
+/// exists, so logins cannot be probed.
+pub async fn scope(s: &AppState, caller: &Caller, path_account: &str) -> Result<Account, CloudError> {
+    if path_account == "my" || path_account == caller.account.login {
+        return Ok(caller.account.clone());
+    }
+    let denied = || {
+        CloudError(ApiError::new(403, "NotAuthorized", format!("{} is not allowed to act on account {path_account}", caller.account.login)))
+    };
+    if !caller.account.operator {
+        return Err(denied());
+    }
+    match s.app.find_account(path_account).await {
+        Ok((a, _)) if nereid_types::account::check_login(path_account).is_ok() => Ok(a),
+        Ok(_) => Err(denied()),
+        Err(e) if e.status == 404 => {
+            Err(CloudError(ApiError::new(404, "ResourceNotFound", format!("account {path_account} does not exist"))))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads a request body as CloudAPI takes it: JSON, or form-encoded (the docs allow it),
+/// merged over the query parameters (restify's `mapParams`: the body wins).
+pub async fn read_params(
+    req_query: Option<&str>,
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Map<String, Value>, CloudError> {
+    let bytes = axum::body::to_bytes(body, crate::http::JSON_BODY_LIMIT)
+        .await
+        .map_err(|e| CloudError(ApiError::bad_request(format!("could not read the request body: {e}"))))?;
+    let form =
+        headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+    let mut out: Map<String, Value> = url::form_urlencoded::parse(req_query.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+        .collect();
+    let body = if form {
+        url::form_urlencoded::parse(&bytes).map(|(k, v)| (k.into_owned(), Value::String(v.into_owned()))).collect()
+    } else {
+        crate::http::parse_object(&bytes)?
+    };
+    out.extend(body);
+    Ok(out)
+}
+
+/// Every CloudAPI endpoint.
+pub fn routes() -> Vec<Route> {
+    let mut all = Vec::new();
+    all.extend(account::routes());
+    all.extend(catalog::routes());
+    all.extend(machines::routes());
+    all.extend(machine_data::routes());
+    all
+}
+
+/// The CloudAPI router: `/--ping` unsigned, everything else behind HTTP Signatures.
+pub fn router(state: AppState) -> Router {
+    let mut r: Router<AppState> = Router::new();
+    for route in routes() {
+        let handler = if route.auth == Auth::Public {
+            route.handler
+        } else {
+            route.handler.layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        };
+        r = r.route(route.path, handler);
+    }
+    let fallback = axum::routing::any(unknown_route).layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
+    r.fallback_service(fallback.with_state(state.clone()))
+        .layer(axum::middleware::from_fn(headers))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send + 'static>| {
+            tracing::error!("a CloudAPI handler panicked");
+            CloudError(ApiError::internal("internal error (logged on the headnode)")).into_response()
+        }))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn unknown_route(method: Method, uri: axum::http::Uri) -> CloudError {
+    CloudError(ApiError::new(404, "ResourceNotFound", format!("{method} {} does not exist", uri.path())))
+}
+
+/// The headers every CloudAPI answer carries.
+async fn headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(header::SERVER, HeaderValue::from_static(concat!("cloudapi/", "9.20.0")));
+    h.insert("api-version", HeaderValue::from_static("9.0.0"));
+    if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        h.insert("request-id", v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_get_cloudapi_codes() {
+        let e = cloud_error(ApiError::not_found("VM x does not exist"));
+        assert_eq!((e.status, e.code.as_str()), (404, "ResourceNotFound"));
+        let e = cloud_error(ApiError::validation_409(vec![FieldError::missing("image")]));
+        assert_eq!((e.status, e.code.as_str(), e.message.as_str()), (409, "MissingParameter", "image: is required"));
+        let e = cloud_error(ApiError::invalid_parameter(vec![FieldError::invalid("name", "bad")]));
+        assert_eq!((e.status, e.code.as_str()), (409, "InvalidArgument"));
+        let e = cloud_error(
+            ApiError::conflict("NoAllocatableServersError", "no server has 64 GiB free")
+                .with_errors(vec![FieldError::invalid("server-1", "secret hostname")]),
+        );
+        assert_eq!((e.code.as_str(), e.errors.len()), ("InsufficientCapacity", 0), "operators' per-server detail stays private");
+        let e = cloud_error(ApiError::conflict("CannotDestroyMachineError", crate::app::vms::DELETION_PROTECTED));
+        assert_eq!(e.message, "Instance has \"deletion_protection\" enabled, preventing deletion");
+        assert_eq!(cloud_error(ApiError::conflict("VmNotRunning", "x")).code, "InvalidState");
+    }
+}
