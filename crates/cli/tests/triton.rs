@@ -143,7 +143,7 @@ async fn whole_life(s: &Setup) {
     assert!(err.contains("Instance has \"deletion_protection\" enabled, preventing deletion"), "{err}");
     tr(t, &["instance", "disable-deletion-protection", "-w", "web-2"]).await;
     let out = tr(t, &["instance", "delete", "-f", "-w", "web-2"]).await;
-    assert!(out.contains("Deleted instance web-2"), "{out}");
+    assert!(out.contains("Delete instance web-2"), "{out}");
     let (code, err) = tr_fail(t, &["instance", "get", id.as_str()]).await;
     assert_eq!(code, Some(3), "a deleted instance is exit 3: {err}");
     let list = tr(t, &["instance", "list", "-H"]).await;

@@ -748,6 +748,12 @@ impl App {
     /// `?action=update`: metadata, tags, names live; a resize with its capacity checked
     /// and reserved on the VM's server (unless `force`).
     pub async fn update_vm(&self, uuid: Uuid, input: &Map<String, Value>) -> Result<Job, ApiError> {
+        self.update_vm_as(uuid, input, None).await
+    }
+
+    /// [`update_vm`](Self::update_vm) with the action its audit entry names (CloudAPI's
+    /// `set_metadata`, `rename`, `resize`, …; the CLI's waits look for them).
+    pub async fn update_vm_as(&self, uuid: Uuid, input: &Map<String, Value>, action: Option<&str>) -> Result<Job, ApiError> {
         let errors = spec::check(vm::UPDATE_FIELDS, input, Mode::Update, &[]);
         if !errors.is_empty() {
             return Err(ApiError::validation_409(errors));
@@ -836,6 +842,9 @@ impl App {
         params.insert("after".into(), Value::Object(after.clone()));
         params.insert("before".into(), Value::Object(before));
         params.insert("resize".into(), json!(resize));
+        if let Some(a) = action {
+            params.insert("action".into(), json!(a));
+        }
         let job = new_job("update", uuid, Some(server), vm.owner_uuid, params);
         // Growth needs capacity on the VM's own server.
         let new_ram = after.get("ram").and_then(Value::as_u64).unwrap_or(vm.ram_mib().unwrap_or(0));

@@ -203,9 +203,8 @@ async fn flat_body(headers: &HeaderMap, body: Body) -> Result<Map<String, Value>
     Ok(m)
 }
 
-async fn update(s: &AppState, vm: &Vm, fields: Value) -> Result<(), CloudError> {
-    s.app.update_vm(vm.uuid, fields.as_object().unwrap_or(&Map::new())).await?;
-    Ok(())
+async fn update(s: &AppState, vm: &Vm, action: &str, fields: Value) -> Result<(), CloudError> {
+    super::machines::update(s, vm, action, fields).await
 }
 
 fn tags_of(vm: &Vm) -> Map<String, Value> {
@@ -228,7 +227,7 @@ async fn add_tags(
     let add = flat_body(&headers, body).await?;
     let mut tags = tags_of(&vm);
     tags.extend(add.clone());
-    update(&s, &vm, json!({"set_tags": add})).await?;
+    update(&s, &vm, "set_tags", json!({"set_tags": add})).await?;
     ok(&tags)
 }
 
@@ -241,13 +240,13 @@ async fn replace_tags(
 ) -> CloudResult {
     let vm = with_vm!(s, c, a, id);
     let tags = flat_body(&headers, body).await?;
-    update(&s, &vm, json!({"tags": tags})).await?;
+    update(&s, &vm, "replace_tags", json!({"tags": tags})).await?;
     ok(&tags)
 }
 
 async fn delete_tags(State(s): State<AppState>, Extension(c): Extension<Caller>, Path((a, id)): Path<(String, String)>) -> CloudResult {
     let vm = with_vm!(s, c, a, id);
-    update(&s, &vm, json!({"tags": {}})).await?;
+    update(&s, &vm, "replace_tags", json!({"tags": {}})).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -276,7 +275,7 @@ async fn delete_tag(
     if !tags_of(&vm).contains_key(&key) {
         return Err(no_such("tag", &key));
     }
-    update(&s, &vm, json!({"remove_tags": [key]})).await?;
+    update(&s, &vm, "remove_tags", json!({"remove_tags": [key]})).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -317,7 +316,7 @@ async fn add_metadata(
         .collect();
     let mut md = metadata_of(&vm, false);
     md.extend(add.clone());
-    update(&s, &vm, json!({"set_customer_metadata": add})).await?;
+    update(&s, &vm, "set_metadata", json!({"set_customer_metadata": add})).await?;
     ok(&md)
 }
 
@@ -329,7 +328,7 @@ async fn delete_all_metadata(
     let vm = with_vm!(s, c, a, id);
     let keys: Vec<String> = metadata_of(&vm, false).keys().cloned().collect();
     if !keys.is_empty() {
-        update(&s, &vm, json!({"remove_customer_metadata": keys})).await?;
+        update(&s, &vm, "replace_metadata", json!({"remove_customer_metadata": keys})).await?;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -356,7 +355,7 @@ async fn delete_metadata(
     if !metadata_of(&vm, true).contains_key(&key) {
         return Err(no_such("metadata key", &key));
     }
-    update(&s, &vm, json!({"remove_customer_metadata": [key]})).await?;
+    update(&s, &vm, "remove_metadata", json!({"remove_customer_metadata": [key]})).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -399,6 +399,15 @@ async fn get(
     }
 }
 
+/// A VMAPI update job audited as `action`; a change that changes nothing is done already.
+pub async fn update(s: &AppState, vm: &Vm, action: &str, fields: Value) -> Result<(), CloudError> {
+    match s.app.update_vm_as(vm.uuid, fields.as_object().unwrap_or(&Map::new()), Some(action)).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.errors.iter().any(|f| f.field == "update" && f.message == "changes nothing") => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// 202 with no body (hyper adds `Date`, which the CLI's reboot wait reads).
 fn accepted() -> Response {
     StatusCode::ACCEPTED.into_response()
@@ -419,10 +428,6 @@ async fn action(
         Err(resp) => return Ok(resp),
     };
     let action = p.get("action").and_then(Value::as_str).ok_or_else(|| missing("action"))?;
-    let update = |fields: Value| {
-        let app = s.app.clone();
-        async move { app.update_vm(vm.uuid, fields.as_object().unwrap_or(&Map::new())).await }
-    };
     match action {
         "start" | "stop" | "reboot" => {
             s.app.power_vm(vm.uuid, action).await?;
@@ -433,7 +438,7 @@ async fn action(
             if vm.billing_id == Some(pkg.uuid) {
                 return Err(invalid("package", format!("instance {} already has package {}", vm.uuid, pkg.name)));
             }
-            update(json!({"billing_id": pkg.uuid})).await?;
+            update(&s, &vm, action, json!({"billing_id": pkg.uuid})).await?;
         }
         "rename" => {
             let name = p.get("name").and_then(Value::as_str).ok_or_else(|| missing("name"))?;
@@ -441,13 +446,13 @@ async fn action(
             if let Some(other) = name_taken(&s, &acct, name, Some(vm.uuid)).await? {
                 return Err(invalid("name", format!("{name} is already the name of instance {other}")));
             }
-            update(json!({"alias": name})).await?;
+            update(&s, &vm, action, json!({"alias": name})).await?;
         }
         "enable_firewall" | "disable_firewall" => {
-            update(json!({"firewall_enabled": action == "enable_firewall"})).await?;
+            update(&s, &vm, action, json!({"firewall_enabled": action == "enable_firewall"})).await?;
         }
         "enable_deletion_protection" | "disable_deletion_protection" => {
-            update(json!({"deletion_protection": action == "enable_deletion_protection"})).await?;
+            update(&s, &vm, action, json!({"deletion_protection": action == "enable_deletion_protection"})).await?;
         }
         other => return Err(invalid("action", format!("{other} is not an action; use one of {}", ACTIONS.join(", ")))),
     }
@@ -474,6 +479,7 @@ pub fn audit_action(job: &Job) -> String {
             _ => "snapshot".into(),
         },
         "destroy" => "delete".into(),
+        "update" => job.params.get("action").and_then(Value::as_str).unwrap_or("update").to_string(),
         other => other.to_string(),
     }
 }
