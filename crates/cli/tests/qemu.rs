@@ -488,7 +488,9 @@ async fn nereid_up_demo_boots_a_first_vm() {
     let _reaper = Reaper(data.clone());
     let mut up = Command::new(env!("CARGO_BIN_EXE_nereid"))
         .args(["up", "--data-dir", data.to_str().unwrap(), "--admin-listen", "127.0.0.1:0", "--backend", "qemu", "--accel", "tcg"])
+        .args(["--cloudapi-listen", "127.0.0.1:0"])
         .args(["--demo", "--demo-image", image.to_str().unwrap()])
+        .env("HOME", dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

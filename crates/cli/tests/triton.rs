@@ -188,3 +188,104 @@ async fn https_without_insecure_is_refused_by_the_cli() {
     // -i makes the same profile work.
     assert!(tr(&strict, &["-i", "info"]).await.contains("alice"));
 }
+
+/// The CLI against real VMs: `triton instance create` boots the test image under QEMU
+/// (TCG), the guest prints the uuid and the `-m` metadata it read over the metadata port,
+/// and stop, start and delete act on the real guest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn triton_cli_drives_real_vms_under_qemu() {
+    use nereid_testkit::qemu::{Reaper, import_image, qemus_under, test_image, test_options, values, vm_dir, wait_boots};
+    let image_file = tokio::task::spawn_blocking(test_image).await.unwrap().unwrap();
+    let cloud = Cloud::start_with(Options::new(Backend::Sqlite).cloudapi_http()).await.unwrap();
+    cloud.seed_sized(256, 1024).await.unwrap();
+    import_image(&cloud.client, &image_file, "nereid-test").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_dir = dir.path().join("agent");
+    let _reaper = Reaper(agent_dir.clone());
+    let agent = cloud.start_qemu_agent(&agent_dir, test_options()).await.unwrap();
+    cloud.wait_servers(1).await.unwrap();
+    let tenant = Tenant::new(KeyType::Ed25519).unwrap();
+    cloud
+        .client
+        .post("/accounts", &json!({"login": "alice", "email": "alice@example.com", "keys": [{"key": tenant.public_key}]}))
+        .await
+        .unwrap();
+    let url = cloud.headnode.cloudapi.as_ref().unwrap().url.clone();
+    let t = tenant.triton(&url, "alice", false).unwrap();
+
+    let (tc, args) =
+        (t.clone(), ["instance", "create", "-w", "nereid-test", "sample", "--name", "real-1", "-m", "test-message=hello from triton"]);
+    let out = tokio::task::spawn_blocking(move || tc.run(&args).unwrap()).await.unwrap();
+    if !out.success() {
+        let vms = cloud.client.get("/vms").await.unwrap();
+        panic!("{}\n{}\nVMAPI: {vms}", out.stdout, out.stderr);
+    }
+    assert!(out.stdout.contains("Created instance real-1"), "{}", out.stdout);
+    let m = tr_json(&t, &["instance", "get", "real-1"]).await;
+    let id = m["id"].as_str().unwrap().to_string();
+    assert_eq!(m["state"], "running");
+    let log = wait_boots(&agent_dir, &id, 1, std::time::Duration::from_secs(240)).await.unwrap();
+    assert_eq!(values(&log, "uuid").last().unwrap(), &id, "the guest read sdc:uuid");
+    assert_eq!(values(&log, "message").last().unwrap(), "hello from triton", "the guest read the -m metadata");
+
+    tr(&t, &["instance", "stop", "-w", "real-1"]).await;
+    assert!(std::fs::read_to_string(vm_dir(&agent_dir, &id).join("qemu.pid")).is_err() || qemus_under(&agent_dir).is_empty());
+    tr(&t, &["instance", "start", "-w", "real-1"]).await;
+    wait_boots(&agent_dir, &id, 2, std::time::Duration::from_secs(240)).await.unwrap();
+    tr(&t, &["instance", "delete", "-f", "-w", "real-1"]).await;
+    assert!(!vm_dir(&agent_dir, &id).exists(), "delete leaves nothing of the VM on the node");
+    assert!(qemus_under(&agent_dir).is_empty());
+    agent.shutdown().await;
+}
+
+/// Reads `nereid up`'s banner (until "Ctrl-C") off the runtime.
+async fn up(home: &std::path::Path, data: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nereid"))
+        .args(["up", "--data-dir", data.to_str().unwrap(), "--admin-listen", "127.0.0.1:0", "--cloudapi-listen", "127.0.0.1:0"])
+        .args(["--sim-servers", "1", "--sim-create-ms", "20"])
+        .args(extra)
+        .env("HOME", home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (text, _) = tokio::task::spawn_blocking(move || common::up_banner(stdout)).await.unwrap();
+    (child, text)
+}
+
+/// `nereid up` on an empty store makes the operator account with the user's key and
+/// says what `triton profile create` needs; with `--triton-profile` it writes a profile
+/// the real CLI uses as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nereid_up_sets_up_the_triton_cli() {
+    let tenant = Tenant::new(KeyType::Ed25519).unwrap();
+    let home = tenant.home.path();
+    let data = home.join("nereid-data");
+    let (mut child, text) = up(home, &data, &[]).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains("operator      account admin created"), "{text}");
+    assert!(text.contains(&format!("account admin · key {}", tenant.md5)), "the user's default key is the operator's: {text}");
+    assert!(text.contains("CloudAPI      https://127.0.0.1:"), "{text}");
+    assert!(!home.join(".triton/profiles.d/nereid.json").exists(), "no profile unless asked");
+
+    // Again on the same store, asked to write the profile for the same key.
+    let (mut child, text) = up(home, &data, &["--triton-profile", tenant.key_path.to_str().unwrap()]).await;
+    assert!(!text.contains("account admin created"), "the operator account is made once: {text}");
+    assert!(text.contains("profile written to"), "{text}");
+    let t = Triton {
+        bin: nereid_testkit::triton::triton_bin().unwrap(),
+        home: home.to_path_buf(),
+        profile: "nereid".into(),
+        timeout: std::time::Duration::from_secs(120),
+        env: Vec::new(),
+    };
+    let info = tr(&t, &["-p", "nereid", "info"]).await;
+    let created = tr(&t, &["-p", "nereid", "instance", "create", "-w", "sim-linux", "sample-512M", "--name", "first"]).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(info.contains("login: admin"), "{info}");
+    assert!(created.contains("Created instance first"), "{created}");
+}

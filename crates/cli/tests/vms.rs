@@ -472,6 +472,8 @@ fn nereid_up_starts_a_cloud_and_says_how_to_provision() {
     let data = dir.path().join("data");
     let mut up = Command::new(env!("CARGO_BIN_EXE_nereid"))
         .args(["up", "--data-dir", data.to_str().unwrap(), "--admin-listen", "127.0.0.1:0", "--sim-servers", "2", "--sim-create-ms", "20"])
+        .args(["--cloudapi-listen", "127.0.0.1:0"])
+        .env("HOME", dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
