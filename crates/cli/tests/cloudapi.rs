@@ -262,3 +262,36 @@ async fn deletion_protection_paging_and_deleted_machines() {
     assert_eq!(audit[0]["action"], "provision");
     assert_eq!(audit[0]["success"], "yes");
 }
+
+#[tokio::test]
+async fn start_from_a_snapshot_rolls_back_then_boots() {
+    let w = world(Backend::Sqlite).await;
+    let id = machine(&w, &w.alice, "web-1").await["id"].as_str().unwrap().to_string();
+    let snap = w.alice.post(&format!("/my/machines/{id}/snapshots"), &json!({})).await.unwrap();
+    assert_eq!(snap.status, 201, "{}", snap.text);
+    let name = snap.body["name"].as_str().unwrap().to_string();
+    assert!(name.len() == 16 && name.ends_with('Z'), "a default name from the time: {name}");
+    assert_eq!(wait_snapshot(&w.alice, &id, &name).await["state"], "created");
+    // Only a stopped machine starts from a snapshot.
+    let busy = w.alice.post(&format!("/my/machines/{id}/snapshots/{name}"), &json!({})).await.unwrap();
+    assert_eq!((busy.status, busy.body["code"].as_str()), (409, Some("InvalidState")), "{}", busy.text);
+    w.alice.post(&format!("/my/machines/{id}"), &json!({"action": "stop"})).await.unwrap();
+    wait_state(&w.alice, &id, "stopped").await;
+    let a = w.alice.post(&format!("/my/machines/{id}/snapshots/{name}"), &json!({"id": id, "name": name})).await.unwrap();
+    assert_eq!(a.status, 202, "{}", a.text);
+    wait_state(&w.alice, &id, "running").await;
+    // The start job is in the audit once it has finished (it may still be recording).
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let audit = w.alice.get(&format!("/my/machines/{id}/audit")).await.unwrap().body;
+        let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+        if actions[0] == "start" {
+            assert_eq!(&actions[..4], &["start", "rollback_snapshot", "stop", "create_snapshot"], "{audit}");
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "no start after the rollback: {audit}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let missing = w.alice.get(&format!("/my/machines/{id}/snapshots/nope")).await.unwrap();
+    assert_eq!((missing.status, missing.body["code"].as_str()), (404, Some("ResourceNotFound")));
+}
