@@ -32,6 +32,7 @@ struct Ids {
     server: String,
     vm: String,
     job: String,
+    key: String,
 }
 
 async fn seed(cloud: &Cloud) -> Ids {
@@ -63,7 +64,9 @@ async fn seed(cloud: &Cloud) -> Ids {
         .as_str()
         .unwrap()
         .to_string();
-    Ids { package, image, network, pool, nic, server, vm, job }
+    let key = nereid_testkit::cloudapi::Key::from_seed(3);
+    c.post("/accounts", &json!({"login": "seeded", "email": "seeded@example.com", "keys": [{"key": key.openssh()}]})).await.unwrap();
+    Ids { package, image, network, pool, nic, server, vm, job, key: key.md5() }
 }
 
 /// The path with real IDs, so validation (not lookup) is what answers.
@@ -85,7 +88,13 @@ fn real_path(path: &str, ids: &Ids) -> String {
     } else {
         &ids.network
     };
-    path.replace("{uuid}", id).replace("{mac}", id).replace("{name}", "external").replace("{ip}", "10.9.0.15").replace("{vm}", &ids.vm)
+    path.replace("{uuid}", id)
+        .replace("{mac}", id)
+        .replace("{name}", "external")
+        .replace("{ip}", "10.9.0.15")
+        .replace("{vm}", &ids.vm)
+        .replace("{account}", "seeded")
+        .replace("{key}", &ids.key)
 }
 
 /// The path with any query parameter the endpoint cannot do without.

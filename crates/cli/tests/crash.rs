@@ -21,6 +21,7 @@ fn free_port() -> u16 {
 fn headnode(data: &Path, port: u16, env: &[(&str, &str)]) -> Child {
     let mut c = Command::new(env!("CARGO_BIN_EXE_nereid"));
     c.args(["headnode", "--data-dir", data.to_str().unwrap(), "--admin-listen", &format!("127.0.0.1:{port}")])
+        .args(["--cloudapi-listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     c.env_remove("NEREID_TEST_PAUSE_AT").env_remove("NEREID_TEST_FAIL_AT");

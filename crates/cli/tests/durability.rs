@@ -16,6 +16,7 @@ both_backends!(acknowledged_writes_survive_sigkill);
 fn spawn_headnode(data_dir: &Path, store: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_nereid"))
         .args(["headnode", "--data-dir", data_dir.to_str().unwrap(), "--store", store, "--admin-listen", "127.0.0.1:0"])
+        .args(["--cloudapi-listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -7,10 +7,10 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
+use nereid_types::ApiError;
 use nereid_types::account::{AccountKey, FIELDS};
 use nereid_types::query::{Param, QKind};
 use nereid_types::spec::{Field, Kind, Usage};
-use nereid_types::{ApiError, FieldError};
 use serde_json::{Value, json};
 
 use super::{Api, AppState, BodyDoc, Doc, HttpResult, RespDoc, Route, json, ok, parse_query, read_object};
@@ -135,14 +135,12 @@ async fn list_keys(State(s): State<AppState>, Path(id): Path<String>) -> HttpRes
 async fn add_key(State(s): State<AppState>, Path(id): Path<String>, body: Body) -> HttpResult {
     let input = read_object(body).await?;
     let (acct, _) = s.app.find_account(&id).await?;
-    let Some(text) = input.get("key").and_then(Value::as_str) else {
-        return Err(ApiError::validation_409(vec![FieldError::missing("key")]).into());
-    };
-    let name = match input.get("name") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(n)) => Some(n.as_str()),
-        Some(_) => return Err(ApiError::validation_409(vec![FieldError::invalid("name", "must be a string")]).into()),
-    };
+    let errors = nereid_types::spec::check(KEY_FIELDS, &input, nereid_types::spec::Mode::Create, &[]);
+    if !errors.is_empty() {
+        return Err(ApiError::validation_409(errors).into());
+    }
+    let text = input.get("key").and_then(Value::as_str).unwrap_or_default();
+    let name = input.get("name").and_then(Value::as_str);
     let key = s.app.add_key(&acct, name, text).await?;
     Ok(json(StatusCode::CREATED, &render_key(&key)))
 }
