@@ -1,17 +1,15 @@
 //! CloudAPI's account endpoints: ping, the account, its keys, datacenters, services,
 //! config, limits.
 
-use axum::Extension;
-use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
 use nereid_types::ApiError;
 use nereid_types::account::{self, TENANT_UPDATABLE, render_cloudapi, render_key_cloudapi};
 use nereid_types::spec::{Field, Kind, Usage};
 use serde_json::{Map, Value, json};
 
-use super::{Caller, CloudError, CloudResult, invalid, missing, ok, read_params, scope};
+use super::{CloudError, CloudResult, Params, Scoped, invalid, missing, ok};
 use crate::http::{AppState, Auth, BodyDoc, Doc, RespDoc, Route};
 
 const ACCOUNT: &[Field] = &[
@@ -156,21 +154,11 @@ async fn ping() -> CloudResult {
     ok(&json!({"ping": "pong", "cloudapi": {"versions": ["7.0.0", "7.1.0", "7.2.0", "7.3.0", "8.0.0", "9.0.0", super::VERSION]}}))
 }
 
-async fn get_account(State(s): State<AppState>, Extension(c): Extension<Caller>, Path(a): Path<String>) -> CloudResult {
-    let acct = scope(&s, &c, &a).await?;
+async fn get_account(Scoped(acct): Scoped) -> CloudResult {
     ok(&render_cloudapi(&acct))
 }
 
-async fn update_account(
-    State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path(a): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> CloudResult {
-    let acct = scope(&s, &c, &a).await?;
-    let params = read_params(q.as_deref(), &headers, body).await?;
+async fn update_account(State(s): State<AppState>, Scoped(acct): Scoped, Params(params): Params) -> CloudResult {
     let mut input = Map::new();
     for (k, v) in params {
         if TENANT_UPDATABLE.contains(&k.as_str()) {
@@ -190,22 +178,12 @@ async fn update_account(
     ok(&render_cloudapi(&updated))
 }
 
-async fn list_keys(State(s): State<AppState>, Extension(c): Extension<Caller>, Path(a): Path<String>) -> CloudResult {
-    let acct = scope(&s, &c, &a).await?;
+async fn list_keys(State(s): State<AppState>, Scoped(acct): Scoped) -> CloudResult {
     let keys: Vec<Value> = s.app.list_keys(acct.uuid).await?.iter().map(render_key_cloudapi).collect();
     ok(&keys)
 }
 
-async fn create_key(
-    State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path(a): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> CloudResult {
-    let acct = scope(&s, &c, &a).await?;
-    let params = read_params(q.as_deref(), &headers, body).await?;
+async fn create_key(State(s): State<AppState>, Scoped(acct): Scoped, Params(params): Params) -> CloudResult {
     let Some(text) = params.get("key").and_then(Value::as_str).filter(|k| !k.trim().is_empty()) else {
         return Err(missing("key"));
     };
@@ -214,29 +192,25 @@ async fn create_key(
     Ok(crate::http::json(StatusCode::CREATED, &render_key_cloudapi(&key)))
 }
 
-async fn get_key(State(s): State<AppState>, Extension(c): Extension<Caller>, Path((a, k)): Path<(String, String)>) -> CloudResult {
-    let acct = scope(&s, &c, &a).await?;
+async fn get_key(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, k)): Path<(String, String)>) -> CloudResult {
     match s.app.get_key(acct.uuid, &k).await? {
         Some(key) => ok(&render_key_cloudapi(&key)),
         None => Err(CloudError(ApiError::new(404, "ResourceNotFound", format!("key {k} does not exist")))),
     }
 }
 
-async fn delete_key(State(s): State<AppState>, Extension(c): Extension<Caller>, Path((a, k)): Path<(String, String)>) -> CloudResult {
-    let acct = scope(&s, &c, &a).await?;
+async fn delete_key(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, k)): Path<(String, String)>) -> CloudResult {
     s.app.delete_key(&acct, &k).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn datacenters(State(s): State<AppState>, Extension(c): Extension<Caller>, Path(a): Path<String>) -> CloudResult {
-    scope(&s, &c, &a).await?;
+async fn datacenters(State(s): State<AppState>, _: Scoped) -> CloudResult {
     let mut m = Map::new();
     m.insert(s.cloud.datacenter.clone(), json!(s.cloud.url));
     ok(&m)
 }
 
-async fn services(State(s): State<AppState>, Extension(c): Extension<Caller>, Path(a): Path<String>) -> CloudResult {
-    scope(&s, &c, &a).await?;
+async fn services(State(s): State<AppState>, _: Scoped) -> CloudResult {
     // No `docker` entry: the CLI's profile setup would try to set up Docker certificates.
     ok(&json!({"cloudapi": s.cloud.url}))
 }
@@ -248,21 +222,11 @@ fn render_config(a: &nereid_types::account::Account) -> Value {
     }
 }
 
-async fn get_config(State(s): State<AppState>, Extension(c): Extension<Caller>, Path(a): Path<String>) -> CloudResult {
-    let acct = scope(&s, &c, &a).await?;
+async fn get_config(Scoped(acct): Scoped) -> CloudResult {
     ok(&render_config(&acct))
 }
 
-async fn update_config(
-    State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path(a): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> CloudResult {
-    let acct = scope(&s, &c, &a).await?;
-    let params = read_params(q.as_deref(), &headers, body).await?;
+async fn update_config(State(s): State<AppState>, Scoped(acct): Scoped, Params(params): Params) -> CloudResult {
     let Some(net) = params.get("default_network").and_then(Value::as_str) else {
         return Err(missing("default_network"));
     };
@@ -275,7 +239,6 @@ async fn update_config(
     ok(&render_config(&updated))
 }
 
-async fn limits(State(s): State<AppState>, Extension(c): Extension<Caller>, Path(a): Path<String>) -> CloudResult {
-    scope(&s, &c, &a).await?;
+async fn limits(_: Scoped) -> CloudResult {
     ok(&Vec::<Value>::new())
 }

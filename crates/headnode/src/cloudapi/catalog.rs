@@ -3,7 +3,6 @@
 //! Lists are complete (the CLI resolves names client-side from them) and filtered on the
 //! rendered objects, so a filter means exactly what the CLI shows.
 
-use axum::Extension;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::Method;
 use nereid_store::{Filter, ListQuery};
@@ -15,7 +14,7 @@ use nereid_types::spec::{Field, Kind};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::{Caller, CloudError, CloudResult, ok, render, scope};
+use super::{CloudError, CloudResult, Scoped, ok, render};
 use crate::buckets::{IMAGES, NETWORK_POOLS, NETWORKS, PACKAGES};
 use crate::http::{AppState, Auth, BodyDoc, Doc, RespDoc, Route};
 
@@ -143,13 +142,7 @@ async fn images_of(s: &AppState, account: Uuid) -> Result<Vec<Image>, CloudError
     Ok(all.into_iter().filter(|i| crate::app::images::visible_to(i, account)).collect())
 }
 
-async fn list_images(
-    State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path(a): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> CloudResult {
-    let acct = scope(&s, &c, &a).await?;
+async fn list_images(State(s): State<AppState>, Scoped(acct): Scoped, RawQuery(raw): RawQuery) -> CloudResult {
     let q = query_pairs(raw.as_deref());
     let state = q.get("state").and_then(Value::as_str).unwrap_or("active").to_string();
     let mut out: Vec<Value> = images_of(&s, acct.uuid)
@@ -163,8 +156,7 @@ async fn list_images(
     ok(&out)
 }
 
-async fn get_image(State(s): State<AppState>, Extension(c): Extension<Caller>, Path((a, id)): Path<(String, String)>) -> CloudResult {
-    let acct = scope(&s, &c, &a).await?;
+async fn get_image(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id)): Path<(String, String)>) -> CloudResult {
     let not_found = || CloudError(ApiError::new(404, "ResourceNotFound", format!("image {id} does not exist")));
     let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
     let (img, _) = s.app.get_image(uuid, Some(acct.uuid)).await.map_err(|_| not_found())?;
@@ -186,13 +178,7 @@ pub async fn find_package(s: &AppState, account: Uuid, id: &str) -> Result<Packa
         .ok_or_else(|| CloudError(ApiError::new(404, "ResourceNotFound", format!("package {id} does not exist"))))
 }
 
-async fn list_packages(
-    State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path(a): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> CloudResult {
-    let acct = scope(&s, &c, &a).await?;
+async fn list_packages(State(s): State<AppState>, Scoped(acct): Scoped, RawQuery(raw): RawQuery) -> CloudResult {
     let q = query_pairs(raw.as_deref());
     let mut pkgs = packages_of(&s, acct.uuid).await?;
     pkgs.sort_by(|x, y| (x.max_physical_memory, &x.name).cmp(&(y.max_physical_memory, &y.name)));
@@ -204,8 +190,7 @@ async fn list_packages(
     ok(&out)
 }
 
-async fn get_package(State(s): State<AppState>, Extension(c): Extension<Caller>, Path((a, id)): Path<(String, String)>) -> CloudResult {
-    let acct = scope(&s, &c, &a).await?;
+async fn get_package(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id)): Path<(String, String)>) -> CloudResult {
     ok(&render::package(&find_package(&s, acct.uuid, &id).await?))
 }
 
@@ -218,13 +203,11 @@ pub async fn visible_networks(s: &AppState, account: Uuid) -> Result<Vec<Value>,
     Ok(out)
 }
 
-async fn list_networks(State(s): State<AppState>, Extension(c): Extension<Caller>, Path(a): Path<String>) -> CloudResult {
-    let acct = scope(&s, &c, &a).await?;
+async fn list_networks(State(s): State<AppState>, Scoped(acct): Scoped) -> CloudResult {
     ok(&visible_networks(&s, acct.uuid).await?)
 }
 
-async fn get_network(State(s): State<AppState>, Extension(c): Extension<Caller>, Path((a, id)): Path<(String, String)>) -> CloudResult {
-    let acct = scope(&s, &c, &a).await?;
+async fn get_network(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id)): Path<(String, String)>) -> CloudResult {
     let all = visible_networks(&s, acct.uuid).await?;
     match all.into_iter().find(|n| n["id"].as_str() == Some(id.as_str()) || n["name"].as_str() == Some(id.as_str())) {
         Some(n) => ok(&n),

@@ -5,17 +5,15 @@
 //! polls for. Snapshots are the `snapshot` jobs; one being made shows as `creating`
 //! until its job records it, so `snapshot create -w` can poll it from the first second.
 
-use axum::Extension;
-use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{Method, StatusCode};
+use axum::response::IntoResponse;
 use nereid_types::ApiError;
 use nereid_types::vm::Vm;
 use serde_json::{Map, Value, json};
 
 use super::machines::live_machine_of;
-use super::{Caller, CloudError, CloudResult, invalid, ok, read_params, scope};
+use super::{BodyParams, CloudError, CloudResult, Scoped, invalid, ok};
 use crate::http::{AppState, Auth, BodyDoc, Doc, RespDoc, Route};
 
 fn map_schema() -> Value {
@@ -173,25 +171,19 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-async fn vm_for(s: &AppState, c: &Caller, a: &str, id: &str) -> Result<Vm, Response> {
-    let acct = scope(s, c, a).await.map_err(IntoResponse::into_response)?;
-    live_machine_of(s, &acct, id).await
-}
-
 /// Runs a handler body that needs the live machine; a 410/404 answer passes through.
 macro_rules! with_vm {
-    ($s:expr, $c:expr, $a:expr, $id:expr) => {
-        match vm_for(&$s, &$c, &$a, &$id).await {
+    ($s:expr, $c:expr, $id:expr) => {
+        match live_machine_of(&$s, &$c, &$id).await {
             Ok(vm) => vm,
             Err(resp) => return Ok(resp),
         }
     };
 }
 
-/// A tags/metadata body: a flat JSON (or form) object; query parameters are ignored (the
-/// CLI sends stray ones like `?id=`).
-async fn flat_body(headers: &HeaderMap, body: Body) -> Result<Map<String, Value>, CloudError> {
-    let m = read_params(None, headers, body).await?;
+/// Checks a tags/metadata body: a flat object of scalars (query parameters are not part
+/// of it: the CLI sends stray ones like `?id=`).
+fn flat_body(m: Map<String, Value>) -> Result<Map<String, Value>, CloudError> {
     for (k, v) in &m {
         if k.is_empty() || k.len() > 128 {
             return Err(invalid(k, "keys must be 1 to 128 characters"));
@@ -211,20 +203,19 @@ fn tags_of(vm: &Vm) -> Map<String, Value> {
     vm.tags.clone().unwrap_or_default()
 }
 
-async fn list_tags(State(s): State<AppState>, Extension(c): Extension<Caller>, Path((a, id)): Path<(String, String)>) -> CloudResult {
-    let vm = with_vm!(s, c, a, id);
+async fn list_tags(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id)): Path<(String, String)>) -> CloudResult {
+    let vm = with_vm!(s, acct, id);
     ok(&tags_of(&vm))
 }
 
 async fn add_tags(
     State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path((a, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    Scoped(acct): Scoped,
+    Path((_, id)): Path<(String, String)>,
+    BodyParams(body): BodyParams,
 ) -> CloudResult {
-    let vm = with_vm!(s, c, a, id);
-    let add = flat_body(&headers, body).await?;
+    let vm = with_vm!(s, acct, id);
+    let add = flat_body(body)?;
     let mut tags = tags_of(&vm);
     tags.extend(add.clone());
     update(&s, &vm, "set_tags", json!({"set_tags": add})).await?;
@@ -233,19 +224,18 @@ async fn add_tags(
 
 async fn replace_tags(
     State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path((a, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    Scoped(acct): Scoped,
+    Path((_, id)): Path<(String, String)>,
+    BodyParams(body): BodyParams,
 ) -> CloudResult {
-    let vm = with_vm!(s, c, a, id);
-    let tags = flat_body(&headers, body).await?;
+    let vm = with_vm!(s, acct, id);
+    let tags = flat_body(body)?;
     update(&s, &vm, "replace_tags", json!({"tags": tags})).await?;
     ok(&tags)
 }
 
-async fn delete_tags(State(s): State<AppState>, Extension(c): Extension<Caller>, Path((a, id)): Path<(String, String)>) -> CloudResult {
-    let vm = with_vm!(s, c, a, id);
+async fn delete_tags(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id)): Path<(String, String)>) -> CloudResult {
+    let vm = with_vm!(s, acct, id);
     update(&s, &vm, "replace_tags", json!({"tags": {}})).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -254,24 +244,16 @@ fn no_such(what: &str, key: &str) -> CloudError {
     CloudError(ApiError::new(404, "ResourceNotFound", format!("{what} {key} does not exist")))
 }
 
-async fn get_tag(
-    State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path((a, id, key)): Path<(String, String, String)>,
-) -> CloudResult {
-    let vm = with_vm!(s, c, a, id);
+async fn get_tag(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id, key)): Path<(String, String, String)>) -> CloudResult {
+    let vm = with_vm!(s, acct, id);
     match tags_of(&vm).get(&key) {
         Some(v) => ok(v),
         None => Err(no_such("tag", &key)),
     }
 }
 
-async fn delete_tag(
-    State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path((a, id, key)): Path<(String, String, String)>,
-) -> CloudResult {
-    let vm = with_vm!(s, c, a, id);
+async fn delete_tag(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id, key)): Path<(String, String, String)>) -> CloudResult {
+    let vm = with_vm!(s, acct, id);
     if !tags_of(&vm).contains_key(&key) {
         return Err(no_such("tag", &key));
     }
@@ -289,25 +271,23 @@ fn metadata_of(vm: &Vm, credentials: bool) -> Map<String, Value> {
 
 async fn list_metadata(
     State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path((a, id)): Path<(String, String)>,
+    Scoped(acct): Scoped,
+    Path((_, id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> CloudResult {
-    let vm = with_vm!(s, c, a, id);
+    let vm = with_vm!(s, acct, id);
     let credentials = raw.as_deref().unwrap_or("").split('&').any(|kv| kv == "credentials=true");
     ok(&metadata_of(&vm, credentials))
 }
 
 async fn add_metadata(
     State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path((a, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    Scoped(acct): Scoped,
+    Path((_, id)): Path<(String, String)>,
+    BodyParams(body): BodyParams,
 ) -> CloudResult {
-    let vm = with_vm!(s, c, a, id);
-    let add: Map<String, Value> = flat_body(&headers, body)
-        .await?
+    let vm = with_vm!(s, acct, id);
+    let add: Map<String, Value> = flat_body(body)?
         .into_iter()
         .map(|(k, v)| match v {
             Value::String(s) => (k, Value::String(s)),
@@ -320,12 +300,8 @@ async fn add_metadata(
     ok(&md)
 }
 
-async fn delete_all_metadata(
-    State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path((a, id)): Path<(String, String)>,
-) -> CloudResult {
-    let vm = with_vm!(s, c, a, id);
+async fn delete_all_metadata(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id)): Path<(String, String)>) -> CloudResult {
+    let vm = with_vm!(s, acct, id);
     let keys: Vec<String> = metadata_of(&vm, false).keys().cloned().collect();
     if !keys.is_empty() {
         update(&s, &vm, "replace_metadata", json!({"remove_customer_metadata": keys})).await?;
@@ -333,12 +309,8 @@ async fn delete_all_metadata(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn get_metadata(
-    State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path((a, id, key)): Path<(String, String, String)>,
-) -> CloudResult {
-    let vm = with_vm!(s, c, a, id);
+async fn get_metadata(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id, key)): Path<(String, String, String)>) -> CloudResult {
+    let vm = with_vm!(s, acct, id);
     match metadata_of(&vm, true).get(&key) {
         Some(Value::String(v)) => ok(v),
         Some(other) => ok(&other.to_string()),
@@ -348,10 +320,10 @@ async fn get_metadata(
 
 async fn delete_metadata(
     State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path((a, id, key)): Path<(String, String, String)>,
+    Scoped(acct): Scoped,
+    Path((_, id, key)): Path<(String, String, String)>,
 ) -> CloudResult {
-    let vm = with_vm!(s, c, a, id);
+    let vm = with_vm!(s, acct, id);
     if !metadata_of(&vm, true).contains_key(&key) {
         return Err(no_such("metadata key", &key));
     }
@@ -388,13 +360,12 @@ async fn snapshots_of(s: &AppState, vm: &Vm) -> Result<Vec<Value>, CloudError> {
 
 async fn create_snapshot(
     State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path((a, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    Scoped(acct): Scoped,
+    Path((_, id)): Path<(String, String)>,
+    BodyParams(body): BodyParams,
 ) -> CloudResult {
-    let vm = with_vm!(s, c, a, id);
-    let p = read_params(None, &headers, body).await?;
+    let vm = with_vm!(s, acct, id);
+    let p = body;
     let name = match p.get("name") {
         None | Some(Value::Null) => time::OffsetDateTime::now_utc()
             .format(time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"))
@@ -409,17 +380,13 @@ async fn create_snapshot(
     ))
 }
 
-async fn list_snapshots(State(s): State<AppState>, Extension(c): Extension<Caller>, Path((a, id)): Path<(String, String)>) -> CloudResult {
-    let vm = with_vm!(s, c, a, id);
+async fn list_snapshots(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id)): Path<(String, String)>) -> CloudResult {
+    let vm = with_vm!(s, acct, id);
     ok(&snapshots_of(&s, &vm).await?)
 }
 
-async fn get_snapshot(
-    State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path((a, id, name)): Path<(String, String, String)>,
-) -> CloudResult {
-    let vm = with_vm!(s, c, a, id);
+async fn get_snapshot(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id, name)): Path<(String, String, String)>) -> CloudResult {
+    let vm = with_vm!(s, acct, id);
     match snapshots_of(&s, &vm).await?.into_iter().find(|x| x["name"] == json!(name)) {
         Some(x) => ok(&x),
         None => Err(no_such("snapshot", &name)),
@@ -428,20 +395,20 @@ async fn get_snapshot(
 
 async fn delete_snapshot(
     State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path((a, id, name)): Path<(String, String, String)>,
+    Scoped(acct): Scoped,
+    Path((_, id, name)): Path<(String, String, String)>,
 ) -> CloudResult {
-    let vm = with_vm!(s, c, a, id);
+    let vm = with_vm!(s, acct, id);
     s.app.snapshot_vm(vm.uuid, "delete_snapshot", Some(&name)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn boot_snapshot(
     State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path((a, id, name)): Path<(String, String, String)>,
+    Scoped(acct): Scoped,
+    Path((_, id, name)): Path<(String, String, String)>,
 ) -> CloudResult {
-    let vm = with_vm!(s, c, a, id);
+    let vm = with_vm!(s, acct, id);
     if vm.state.as_deref() != Some("stopped") {
         return Err(CloudError(ApiError::new(
             409,

@@ -7,10 +7,8 @@
 //! audit entries stamped when their job finished (reboot `-w` waits for one later than the
 //! 202's `Date`).
 
-use axum::Extension;
-use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use nereid_store::{Filter, Kind, ListQuery};
 use nereid_types::ApiError;
@@ -22,7 +20,7 @@ use nereid_types::vm::Vm;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::{Caller, CloudError, CloudResult, catalog, invalid, missing, ok, read_params, render, scope};
+use super::{CloudError, CloudResult, Params, Scoped, catalog, invalid, missing, ok, render};
 use crate::buckets::VMS;
 use crate::http::{AppState, Auth, BodyDoc, Doc, RespDoc, Route};
 
@@ -191,8 +189,7 @@ fn flag(q: &Map<String, Value>, k: &str) -> bool {
     matches!(q.get(k), Some(Value::String(s)) if s == "true" || s == "1") || q.get(k) == Some(&Value::Bool(true))
 }
 
-async fn list(State(s): State<AppState>, Extension(c): Extension<Caller>, Path(a): Path<String>, RawQuery(raw): RawQuery) -> CloudResult {
-    let acct = scope(&s, &c, &a).await?;
+async fn list(State(s): State<AppState>, Scoped(acct): Scoped, RawQuery(raw): RawQuery) -> CloudResult {
     let q: Map<String, Value> = url::form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes())
         .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
         .collect();
@@ -290,16 +287,8 @@ async fn default_networks(s: &AppState, acct: &Account, pkg: &nereid_types::pack
     }
 }
 
-async fn create(
-    State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path(a): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> CloudResult {
-    let acct = scope(&s, &c, &a).await?;
-    let p = read_params(q.as_deref(), &headers, body).await?;
+async fn create(State(s): State<AppState>, Scoped(acct): Scoped, Params(params): Params) -> CloudResult {
+    let p = params;
     let image_id = p.get("image").and_then(Value::as_str).ok_or_else(|| missing("image"))?;
     let pkg_id = p.get("package").and_then(Value::as_str).ok_or_else(|| missing("package"))?;
     let image: Image = match Uuid::parse_str(image_id) {
@@ -387,11 +376,10 @@ async fn create(
 
 async fn get(
     State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path((a, id)): Path<(String, String)>,
+    Scoped(acct): Scoped,
+    Path((_, id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> CloudResult {
-    let acct = scope(&s, &c, &a).await?;
     let credentials = raw.as_deref().unwrap_or("").split('&').any(|kv| kv == "credentials=true");
     match live_machine_of(&s, &acct, &id).await {
         Ok(vm) => ok(&render::machine(&vm, credentials)),
@@ -415,14 +403,11 @@ fn accepted() -> Response {
 
 async fn action(
     State(s): State<AppState>,
-    Extension(c): Extension<Caller>,
-    Path((a, id)): Path<(String, String)>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    Scoped(acct): Scoped,
+    Path((_, id)): Path<(String, String)>,
+    Params(params): Params,
 ) -> CloudResult {
-    let acct = scope(&s, &c, &a).await?;
-    let p = read_params(q.as_deref(), &headers, body).await?;
+    let p = params;
     let vm = match live_machine_of(&s, &acct, &id).await {
         Ok(vm) => vm,
         Err(resp) => return Ok(resp),
@@ -459,8 +444,7 @@ async fn action(
     Ok(accepted())
 }
 
-async fn delete(State(s): State<AppState>, Extension(c): Extension<Caller>, Path((a, id)): Path<(String, String)>) -> CloudResult {
-    let acct = scope(&s, &c, &a).await?;
+async fn delete(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id)): Path<(String, String)>) -> CloudResult {
     let vm = match live_machine_of(&s, &acct, &id).await {
         Ok(vm) => vm,
         Err(resp) => return Ok(resp),
@@ -505,8 +489,7 @@ pub fn audit_entries(jobs: &[Job]) -> Vec<Value> {
     out.into_iter().map(|(_, e)| e).collect()
 }
 
-async fn audit(State(s): State<AppState>, Extension(c): Extension<Caller>, Path((a, id)): Path<(String, String)>) -> CloudResult {
-    let acct = scope(&s, &c, &a).await?;
+async fn audit(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id)): Path<(String, String)>) -> CloudResult {
     let vm = machine_of(&s, &acct, &id).await?;
     let q = nereid_types::query::parse(&[], &[]).map_err(|_| CloudError(ApiError::internal("empty query did not parse")))?;
     let jobs = s.app.list_jobs(&q, Some(vm.uuid)).await?;

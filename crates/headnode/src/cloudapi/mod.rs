@@ -19,7 +19,8 @@
 //! like the operator API's, so `openapi/cloudapi.json` is generated from this table.
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -165,6 +166,52 @@ pub async fn scope(s: &AppState, caller: &Caller, path_account: &str) -> Result<
             Err(CloudError(ApiError::new(404, "ResourceNotFound", format!("account {path_account} does not exist"))))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The account a request acts on (its `{account}` path segment), already checked
+/// against the caller by [`scope`]: the extractor every signed handler starts with.
+pub struct Scoped(pub Account);
+
+impl FromRequestParts<AppState> for Scoped {
+    type Rejection = CloudError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, CloudError> {
+        let caller = parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| CloudError(ApiError::new(401, "InvalidCredentials", "the request was not authenticated")))?;
+        let params = axum::extract::Path::<std::collections::HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| CloudError(ApiError::bad_request(format!("bad path: {e}"))))?;
+        let account = params.get("account").cloned().unwrap_or_default();
+        Ok(Scoped(scope(state, &caller, &account).await?))
+    }
+}
+
+/// Query parameters and body merged, as CloudAPI reads them (see [`read_params`]).
+pub struct Params(pub Map<String, Value>);
+
+impl FromRequest<AppState> for Params {
+    type Rejection = CloudError;
+
+    async fn from_request(req: Request, _: &AppState) -> Result<Self, CloudError> {
+        let (parts, body) = req.into_parts();
+        Ok(Params(read_params(parts.uri.query(), &parts.headers, body).await?))
+    }
+}
+
+/// The body alone (JSON or form), for endpoints whose query holds only the CLI's stray
+/// parameters (tags, metadata, snapshots).
+pub struct BodyParams(pub Map<String, Value>);
+
+impl FromRequest<AppState> for BodyParams {
+    type Rejection = CloudError;
+
+    async fn from_request(req: Request, _: &AppState) -> Result<Self, CloudError> {
+        let (parts, body) = req.into_parts();
+        Ok(BodyParams(read_params(None, &parts.headers, body).await?))
     }
 }
 
