@@ -295,3 +295,80 @@ async fn start_from_a_snapshot_rolls_back_then_boots() {
     let missing = w.alice.get(&format!("/my/machines/{id}/snapshots/nope")).await.unwrap();
     assert_eq!((missing.status, missing.body["code"].as_str()), (404, Some("ResourceNotFound")));
 }
+
+/// `nereid admin account …` as an operator types it, and what each answer means for
+/// CloudAPI at once (a removed key stops signing, a disabled account stops at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_manage_accounts_and_keys_with_the_cli() {
+    let cloud = Cloud::start_with(Options::new(Backend::Sqlite).cloudapi_http()).await.unwrap();
+    let url = cloud.headnode.cloudapi.as_ref().unwrap().url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let (k1, k2) = (Key::from_seed(11), Key::from_seed(12));
+    let (f1, f2) = (dir.path().join("one.pub"), dir.path().join("two.pub"));
+    std::fs::write(&f1, k1.openssh() + "\n").unwrap();
+    std::fs::write(&f2, k2.openssh()).unwrap();
+    let run = |args: Vec<String>| {
+        let cloud = &cloud;
+        async move {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            nereid_async(cloud, &a).await
+        }
+    };
+    let args = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+
+    let out = run(args(&[
+        "admin",
+        "account",
+        "create",
+        "--login",
+        "carol",
+        "--email",
+        "carol@example.com",
+        "--key-file",
+        f1.to_str().unwrap(),
+        "first_name=Carol",
+    ]))
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("account carol") && stdout(&out).contains(&k1.md5()), "{}", stdout(&out));
+    let carol = Tenant::new(&url, "carol", Key::from_seed(11));
+    let me = carol.get("/my").await.unwrap();
+    assert_eq!((me.status, me.body["firstName"].as_str()), (200, Some("Carol")));
+
+    // Bad input is refused with the reason, and nothing is created.
+    let out = run(args(&["admin", "account", "create", "--login", "9lives", "--email", "x@example.com"])).await;
+    assert!(!out.status.success() && stderr(&out).contains("login"), "{}", stderr(&out));
+    let bad = dir.path().join("bad.pub");
+    std::fs::write(&bad, "ssh-dss AAAAB3NzaC1kc3MAAACBAP== old\n").unwrap();
+    let out = run(args(&["admin", "account", "key", "add", "carol", bad.to_str().unwrap()])).await;
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let out = run(args(&["admin", "account", "create", "--login", "carol", "--email", "c2@example.com"])).await;
+    assert!(stderr(&out).contains("login carol is taken"), "{}", stderr(&out));
+
+    let out = run(args(&["admin", "account", "key", "add", "carol", f2.to_str().unwrap(), "--name", "laptop"])).await;
+    assert!(out.status.success() && stdout(&out).contains("key laptop"), "{}{}", stdout(&out), stderr(&out));
+    let out = run(args(&["admin", "account", "key", "list", "carol"])).await;
+    let list = stdout(&out);
+    assert!(list.contains("laptop") && list.contains(&k1.md5()) && list.contains("ed25519-256"), "{list}");
+    let out = run(args(&["admin", "--json", "account", "get", "carol"])).await;
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(Tenant::new(&url, "carol", Key::from_seed(12)).get("/my").await.unwrap().status, 200);
+
+    let out = run(args(&["admin", "account", "key", "remove", "carol", "laptop"])).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(Tenant::new(&url, "carol", Key::from_seed(12)).get("/my").await.unwrap().status, 401, "a removed key stops at once");
+
+    let out = run(args(&["admin", "account", "update", "carol", "phone=555-0100", "first_name=null"])).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let me = carol.get("/my").await.unwrap().body;
+    assert_eq!((me["phone"].as_str(), me["firstName"].as_str()), (Some("555-0100"), None));
+
+    let out = run(args(&["admin", "account", "disable", "carol"])).await;
+    assert!(stdout(&out).contains("disabled"), "{}", stdout(&out));
+    assert_eq!(carol.get("/my").await.unwrap().status, 401);
+    run(args(&["admin", "account", "enable", "carol"])).await;
+    assert_eq!(carol.get("/my").await.unwrap().status, 200);
+    let out = run(args(&["admin", "account", "list"])).await;
+    assert!(stdout(&out).contains("carol@example.com"), "{}", stdout(&out));
+}
