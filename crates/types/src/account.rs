@@ -169,18 +169,18 @@ pub fn check_create(input: &Map<String, Value>, now: &str) -> Result<Account, Ap
 /// Validates a change to an account and returns the new record (`null` clears an
 /// optional field; login and uuid never change).
 pub fn check_update(current: &Account, input: &Map<String, Value>, now: &str) -> Result<Account, ApiError> {
+    let Ok(Value::Object(mut obj)) = serde_json::to_value(current) else {
+        return Err(ApiError::internal("account did not serialize to an object"));
+    };
     let mut errors = spec::check(FIELDS, input, Mode::Update, &[]);
     for f in ["login", "uuid"] {
-        if input.get(f).is_some_and(|v| Some(v) != serde_json::to_value(current).ok().as_ref().and_then(|c| c.get(f))) {
+        if input.get(f).is_some_and(|v| Some(v) != obj.get(f)) {
             errors.push(FieldError::immutable(f));
         }
     }
     if !errors.is_empty() {
         return Err(ApiError::validation_409(errors));
     }
-    let Ok(Value::Object(mut obj)) = serde_json::to_value(current) else {
-        return Err(ApiError::internal("account did not serialize to an object"));
-    };
     spec::merge(&mut obj, input);
     obj.insert("updated".into(), json!(now));
     serde_json::from_value(Value::Object(obj)).map_err(|e| ApiError::validation_409(vec![FieldError::invalid("account", e.to_string())]))

@@ -118,10 +118,6 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-fn query_pairs(raw: Option<&str>) -> Map<String, Value> {
-    url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()).map(|(k, v)| (k.into_owned(), Value::String(v.into_owned()))).collect()
-}
-
 /// Whether a rendered object matches every `field=value` filter that names one of `fields`
 /// (`*` wildcards; numbers and booleans compare as their text). Other parameters are
 /// ignored, as CloudAPI ignores unknown query parameters.
@@ -143,7 +139,7 @@ async fn images_of(s: &AppState, account: Uuid) -> Result<Vec<Image>, CloudError
 }
 
 async fn list_images(State(s): State<AppState>, Scoped(acct): Scoped, RawQuery(raw): RawQuery) -> CloudResult {
-    let q = query_pairs(raw.as_deref());
+    let q = super::query_map(raw.as_deref());
     let state = q.get("state").and_then(Value::as_str).unwrap_or("active").to_string();
     let mut out: Vec<Value> = images_of(&s, acct.uuid)
         .await?
@@ -179,7 +175,7 @@ pub async fn find_package(s: &AppState, account: Uuid, id: &str) -> Result<Packa
 }
 
 async fn list_packages(State(s): State<AppState>, Scoped(acct): Scoped, RawQuery(raw): RawQuery) -> CloudResult {
-    let q = query_pairs(raw.as_deref());
+    let q = super::query_map(raw.as_deref());
     let mut pkgs = packages_of(&s, acct.uuid).await?;
     pkgs.sort_by(|x, y| (x.max_physical_memory, &x.name).cmp(&(y.max_physical_memory, &y.name)));
     let out: Vec<Value> = pkgs

@@ -276,7 +276,7 @@ async fn list_metadata(
     RawQuery(raw): RawQuery,
 ) -> CloudResult {
     let vm = with_vm!(s, acct, id);
-    let credentials = raw.as_deref().unwrap_or("").split('&').any(|kv| kv == "credentials=true");
+    let credentials = super::flag(&super::query_map(raw.as_deref()), "credentials");
     ok(&metadata_of(&vm, credentials))
 }
 
@@ -346,8 +346,7 @@ pub fn render_snapshot(s: &Value) -> Value {
 /// it yet.
 async fn snapshots_of(s: &AppState, vm: &Vm) -> Result<Vec<Value>, CloudError> {
     let mut out: Vec<Value> = vm.snapshots.iter().flatten().map(render_snapshot).collect();
-    let q = nereid_types::query::parse(&[], &[]).map_err(|_| CloudError(ApiError::internal("empty query did not parse")))?;
-    for j in s.app.list_jobs(&q, Some(vm.uuid)).await? {
+    for j in s.app.list_jobs(&nereid_types::query::Query::default(), Some(vm.uuid)).await? {
         if j.task == "snapshot" && !j.is_done() && j.params.get("op").and_then(Value::as_str) == Some("create") {
             let name = j.params.get("name").cloned().unwrap_or(Value::Null);
             if !out.iter().any(|o| o["name"] == name) {

@@ -185,14 +185,8 @@ pub async fn live_machine_of(s: &AppState, acct: &Account, id: &str) -> Result<V
     Ok(vm)
 }
 
-fn flag(q: &Map<String, Value>, k: &str) -> bool {
-    matches!(q.get(k), Some(Value::String(s)) if s == "true" || s == "1") || q.get(k) == Some(&Value::Bool(true))
-}
-
 async fn list(State(s): State<AppState>, Scoped(acct): Scoped, RawQuery(raw): RawQuery) -> CloudResult {
-    let q: Map<String, Value> = url::form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes())
-        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-        .collect();
+    let q = super::query_map(raw.as_deref());
     let int = |k: &str, default: i64, max: i64| -> Result<i64, CloudError> {
         match q.get(k).and_then(Value::as_str) {
             None => Ok(default),
@@ -205,7 +199,7 @@ async fn list(State(s): State<AppState>, Scoped(acct): Scoped, RawQuery(raw): Ra
     let limit = int("limit", 1000, 1000)?.max(1);
     let offset = int("offset", 0, i64::MAX)?;
     let mut parts = vec![Filter::eq("owner_uuid", acct.uuid.to_string())];
-    if !flag(&q, "tombstone") {
+    if !super::flag(&q, "tombstone") {
         parts.push(Filter::Ne(nereid_store::Path::field("state"), json!("destroyed")));
     }
     if let Some(n) = q.get("name").and_then(Value::as_str) {
@@ -220,7 +214,7 @@ async fn list(State(s): State<AppState>, Scoped(acct): Scoped, RawQuery(raw): Ra
     // The remaining filters are on rendered values (state names, memory, type): applied
     // to the owner's machines before paging so pages stay consistent.
     let post: Vec<&str> = ["state", "image", "brand", "memory", "type", "docker"].into_iter().filter(|k| q.contains_key(*k)).collect();
-    let credentials = flag(&q, "credentials");
+    let credentials = super::flag(&q, "credentials");
     let sorted = ListQuery::filter(Filter::and(parts)).sort(nereid_store::Path::field("create_timestamp"), Kind::Text, false);
     let page: Vec<Value> = if post.is_empty() {
         let vms: Vec<Vm> = s.app.list(VMS.name, &sorted.page(limit, offset)).await?;
@@ -380,7 +374,7 @@ async fn get(
     Path((_, id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> CloudResult {
-    let credentials = raw.as_deref().unwrap_or("").split('&').any(|kv| kv == "credentials=true");
+    let credentials = super::flag(&super::query_map(raw.as_deref()), "credentials");
     match live_machine_of(&s, &acct, &id).await {
         Ok(vm) => ok(&render::machine(&vm, credentials)),
         Err(resp) => Ok(resp),
@@ -491,8 +485,7 @@ pub fn audit_entries(jobs: &[Job]) -> Vec<Value> {
 
 async fn audit(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id)): Path<(String, String)>) -> CloudResult {
     let vm = machine_of(&s, &acct, &id).await?;
-    let q = nereid_types::query::parse(&[], &[]).map_err(|_| CloudError(ApiError::internal("empty query did not parse")))?;
-    let jobs = s.app.list_jobs(&q, Some(vm.uuid)).await?;
+    let jobs = s.app.list_jobs(&nereid_types::query::Query::default(), Some(vm.uuid)).await?;
     ok(&audit_entries(&jobs))
 }
 

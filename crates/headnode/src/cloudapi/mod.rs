@@ -215,6 +215,17 @@ impl FromRequest<AppState> for BodyParams {
     }
 }
 
+/// A query string as a map of strings (unknown parameters are kept: handlers ignore
+/// them, as CloudAPI does).
+pub fn query_map(raw: Option<&str>) -> Map<String, Value> {
+    url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()).map(|(k, v)| (k.into_owned(), Value::String(v.into_owned()))).collect()
+}
+
+/// Whether a boolean query parameter is set (`true` or `1`).
+pub fn flag(q: &Map<String, Value>, k: &str) -> bool {
+    matches!(q.get(k), Some(Value::String(s)) if s == "true" || s == "1") || q.get(k) == Some(&Value::Bool(true))
+}
+
 /// Reads a request body as CloudAPI takes it: JSON, or form-encoded (the docs allow it),
 /// merged over the query parameters (restify's `mapParams`: the body wins).
 pub async fn read_params(
@@ -227,9 +238,7 @@ pub async fn read_params(
         .map_err(|e| CloudError(ApiError::bad_request(format!("could not read the request body: {e}"))))?;
     let form =
         headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
-    let mut out: Map<String, Value> = url::form_urlencoded::parse(req_query.unwrap_or("").as_bytes())
-        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-        .collect();
+    let mut out = query_map(req_query);
     let body = if form {
         url::form_urlencoded::parse(&bytes).map(|(k, v)| (k.into_owned(), Value::String(v.into_owned()))).collect()
     } else {
@@ -279,7 +288,9 @@ async fn unknown_route(method: Method, uri: axum::http::Uri) -> CloudError {
 async fn headers(req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
-    h.insert(header::SERVER, HeaderValue::from_static(concat!("cloudapi/", "9.20.0")));
+    if let Ok(v) = HeaderValue::from_str(&format!("cloudapi/{VERSION}")) {
+        h.insert(header::SERVER, v);
+    }
     h.insert("api-version", HeaderValue::from_static("9.0.0"));
     if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
         h.insert("request-id", v);
