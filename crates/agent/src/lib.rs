@@ -30,6 +30,7 @@ pub mod identity;
 pub mod images;
 pub mod metadata;
 pub mod metrics;
+pub mod net;
 pub mod supervisor;
 pub mod sysinfo;
 
@@ -84,7 +85,7 @@ pub struct Config {
     pub advertise_url: Option<String>,
     pub heartbeat: Duration,
     /// `(nic tag, interface)` pairs this host provides.
-    pub nic_tags: Vec<(String, String)>,
+    pub nic_tags: Vec<(String, net::Uplink)>,
 }
 
 /// One server this process runs.
@@ -268,7 +269,11 @@ pub async fn start(cfg: Config) -> Result<Agent> {
             }
             BackendPlan::Qemu(q) => {
                 let images = Arc::new(images::ImageCache::new(spec.dir.join("images"), upstream.clone()));
-                (Arc::new(backend::qemu::Qemu::new(q, images)), spec.facts.ram_mib, spec.facts.disk_gib * 1024)
+                let q = Arc::new(backend::qemu::Qemu::new(q, images));
+                // VMs that kept running while the agent was away get their taps, DHCP and
+                // filters back; what is left of VMs that are gone is removed.
+                q.adopt_network().await;
+                (q, spec.facts.ram_mib, spec.facts.disk_gib * 1024)
             }
         };
         let (tx, rx) = mpsc::unbounded_channel();

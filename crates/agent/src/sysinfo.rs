@@ -111,7 +111,7 @@ pub fn hostname() -> String {
 }
 
 /// This host's NICs; `tags` maps interface names to the nic tags they provide.
-pub fn host_nics(tags: &[(String, String)]) -> Vec<NicFact> {
+pub fn host_nics(tags: &[(String, crate::net::Uplink)]) -> Vec<NicFact> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir("/sys/class/net") else { return out };
     let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
@@ -120,7 +120,7 @@ pub fn host_nics(tags: &[(String, String)]) -> Vec<NicFact> {
         let base = format!("/sys/class/net/{name}");
         let mac = read(&format!("{base}/address")).trim().to_string();
         let up = matches!(read(&format!("{base}/operstate")).trim(), "up" | "unknown");
-        let t: Vec<String> = tags.iter().filter(|(_, iface)| *iface == name).map(|(tag, _)| tag.clone()).collect();
+        let t: Vec<String> = tags.iter().filter(|(_, up)| up.name() == name).map(|(tag, _)| tag.clone()).collect();
         out.push(NicFact { name, mac, ip: None, up, tags: t });
     }
     out

@@ -69,6 +69,40 @@ pub struct NicDef {
     pub model: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_uuid: Option<Uuid>,
+    /// The NIC's network's resolvers (DHCP option 6).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolvers: Vec<String>,
+    /// The NIC's network's static routes, `{destination CIDR: gateway IP}` (DHCP option 121).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Map<String, Value>>,
+    /// May send from MACs other than its own.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_mac_spoofing: bool,
+    /// May send from IPs other than its NAPI addresses.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_ip_spoofing: bool,
+    /// May act as a DHCP server (and the agent's responder leaves this NIC alone).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_dhcp_spoofing: bool,
+    /// May use several MACs (promiscuous mode: receive for them, send from them).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_unfiltered_promisc: bool,
+    /// Whether the agent answers this NIC's DHCP requests (off when the network's
+    /// `dhcp_server` is false).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub dhcp_server: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A VM as a hypervisor runs it: the part of the vmadm payload Nereid's backends use.

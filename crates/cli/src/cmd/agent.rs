@@ -19,15 +19,9 @@ pub fn sim_backend(s: &SimArgs) -> BackendKind {
     }
 }
 
-/// `TAG=IFACE` pairs.
-pub fn nic_tags(pairs: &[String]) -> Result<Vec<(String, String)>> {
-    pairs
-        .iter()
-        .map(|p| match p.split_once('=') {
-            Some((t, i)) if !t.is_empty() && !i.is_empty() => Ok((t.to_string(), i.to_string())),
-            _ => bail!("--nic-tag {p:?} is not TAG=INTERFACE"),
-        })
-        .collect()
+/// `--nic-tag TAG=BRIDGE` / `TAG=link:IFACE` flags.
+pub fn nic_tags(pairs: &[String]) -> Result<Vec<(String, nereid_agent::net::Uplink)>> {
+    pairs.iter().map(|p| nereid_agent::net::parse_nic_tag(p).map_err(anyhow::Error::msg)).collect()
 }
 
 pub async fn run(a: AgentArgs) -> Result<()> {

@@ -26,11 +26,11 @@ use uuid::Uuid;
 
 use super::{Backend, BackendError, SnapshotOp};
 use crate::images::ImageCache;
+use crate::net::{self, Net};
 
 pub mod accel;
 pub mod argv;
 pub mod disks;
-pub mod net;
 pub mod process;
 pub mod qmp;
 
@@ -51,8 +51,8 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// SMBIOS version (`7.<platform buildstamp>`).
     pub smbios_version: String,
-    /// `(nic tag, interface)` pairs: the bridge each tag's NICs are plugged into.
-    pub nic_tags: Vec<(String, String)>,
+    /// Where each nic tag's NICs are plugged in.
+    pub nic_tags: Vec<(String, crate::net::Uplink)>,
 }
 
 impl Config {
@@ -84,6 +84,7 @@ fn platform_stamp() -> String {
 pub struct Qemu {
     cfg: Config,
     images: Arc<ImageCache>,
+    net: Arc<Net>,
 }
 
 fn err(msg: impl Into<String>) -> BackendError {
@@ -92,7 +93,13 @@ fn err(msg: impl Into<String>) -> BackendError {
 
 impl Qemu {
     pub fn new(cfg: Config, images: Arc<ImageCache>) -> Self {
-        Qemu { cfg, images }
+        let net = Arc::new(Net::new(cfg.nic_tags.clone()));
+        Qemu { cfg, images, net }
+    }
+
+    /// The host networking of this backend's VMs.
+    pub fn net(&self) -> &Arc<Net> {
+        &self.net
     }
 
     pub fn layout(&self, uuid: Uuid) -> Layout {
@@ -242,7 +249,17 @@ impl Backend for Qemu {
         for s in layout.sockets() {
             let _ = std::fs::remove_file(s);
         }
-        let nets = net::attach(def, &self.cfg.nic_tags).await.map_err(err)?;
+        let nets = match self.net.attach(def).await {
+            Ok(a) => a.into_iter().map(|a| match a {
+                net::Attach::Tap(t) => argv::NetAttach::Tap(t),
+                net::Attach::Isolated => argv::NetAttach::Isolated,
+            }),
+            Err(e) => {
+                self.net.detach(def.uuid, def.nics.len()).await;
+                return Err(err(format!("plugging the VM's NICs in: {e}")));
+            }
+        }
+        .collect::<Vec<_>>();
         let args = argv::command(def, &self.host(), &layout, &nets).map_err(|e| err(e.0))?;
         let _ = std::fs::write(layout.running_definition(), serde_json::to_vec_pretty(def).unwrap_or_default());
         match process::spawn(&self.cfg.qemu, &args, &layout.pidfile(), def.uuid).await {
@@ -251,7 +268,7 @@ impl Backend for Qemu {
                 Ok(())
             }
             Err(e) => {
-                net::detach(def).await;
+                self.net.detach(def.uuid, def.nics.len()).await;
                 Err(err(e))
             }
         }
@@ -261,9 +278,7 @@ impl Backend for Qemu {
         let Some(pid) = self.pid(uuid) else { return Ok(()) };
         let how = process::stop(pid, &self.layout(uuid).qmp(), self.cfg.stop_timeout).await.map_err(err)?;
         tracing::info!(vm = %uuid, ?how, "VM stopped");
-        if let Some(def) = self.running_definition(uuid) {
-            net::detach(&def).await;
-        }
+        self.net.detach(uuid, self.running_definition(uuid).map(|d| d.nics.len()).unwrap_or(0)).await;
         Ok(())
     }
 
@@ -274,9 +289,15 @@ impl Backend for Qemu {
 
     async fn update(&self, old: &Definition, new: &Definition) -> Result<(), BackendError> {
         let layout = self.layout(new.uuid);
-        let hardware = old.ram != new.ram || old.vcpus != new.vcpus || old.disks != new.disks || old.nics != new.nics;
-        if hardware && self.pid(new.uuid).is_some() {
+        let hardware = old.ram != new.ram || old.vcpus != new.vcpus || old.disks != new.disks || !net::only_live_changes(&old.nics, &new.nics);
+        let running = self.pid(new.uuid).is_some();
+        if hardware && running {
             return Err(err("ram, vcpus, disks and NICs change only while the VM is stopped"));
+        }
+        if running && old.nics != new.nics {
+            // Filters and DHCP answers follow at once; the guest keeps running.
+            self.net.refresh(new).await.map_err(|e| err(format!("updating the NICs' filters: {e}")))?;
+            let _ = std::fs::write(self.layout(new.uuid).running_definition(), serde_json::to_vec_pretty(new).unwrap_or_default());
         }
         for (i, (o, n)) in old.disks.iter().zip(&new.disks).enumerate() {
             if n.media == "cdrom" || o.media == "cdrom" || n.size == o.size {
@@ -303,9 +324,7 @@ impl Backend for Qemu {
         if let Some(pid) = self.pid(uuid) {
             process::kill(pid).await.map_err(err)?;
         }
-        if let Some(def) = self.running_definition(uuid) {
-            net::detach(&def).await;
-        }
+        self.net.detach(uuid, self.running_definition(uuid).map(|d| d.nics.len()).unwrap_or(0)).await;
         self.remove_dir(&self.layout(uuid))
     }
 
@@ -336,6 +355,20 @@ impl Backend for Qemu {
 }
 
 impl Qemu {
+    /// Restores the host networking of the VMs that run (after an agent restart).
+    pub async fn adopt_network(&self) {
+        let mut running = Vec::new();
+        for entry in std::fs::read_dir(self.cfg.dir.join("qemu")).into_iter().flatten().flatten() {
+            let Some(uuid) = entry.file_name().to_str().and_then(|n| n.parse::<Uuid>().ok()) else { continue };
+            if self.pid(uuid).is_some()
+                && let Some(def) = self.running_definition(uuid)
+            {
+                running.push(def);
+            }
+        }
+        self.net.adopt(&running).await;
+    }
+
     fn running_definition(&self, uuid: Uuid) -> Option<Definition> {
         serde_json::from_slice(&std::fs::read(self.layout(uuid).running_definition()).ok()?).ok()
     }

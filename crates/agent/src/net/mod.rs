@@ -1,0 +1,305 @@
+//! Guest networking on a compute node: which bridge carries each nic tag, a tap per VM
+//! NIC on it, a DHCP responder per tap, and the anti-spoofing filter — all derived from
+//! the definitions of the VMs that run here.
+//!
+//! ```text
+//!   --nic-tag TAG=BRIDGE      NICs of TAG go on BRIDGE (made, VLAN-filtering, if missing)
+//!   --nic-tag TAG=link:ETH    Nereid makes a bridge for TAG and plugs ETH into it (trunk)
+//!   (tag not listed)          a bridge named like the tag if there is one, else isolated
+//!
+//!   VM start:  taps (links) ─► responders (responder, dhcp, packet) ─► filter table (filter)
+//!   VM stop:   responders stop, taps go, filter table rewritten without them
+//!   agent start: `adopt` the running VMs — taps re-plugged, responders and filters
+//!                restored, taps and rules of VMs that no longer run removed
+//! ```
+//! The host state is always recomputed from the set of plugged NICs, so every operation
+//! can be repeated and a restart converges instead of duplicating.
+//! `managed` is the bridge with a gateway address and NAT that `nereid up` owns.
+
+pub mod dhcp;
+pub mod filter;
+pub mod links;
+pub mod managed;
+pub mod packet;
+pub mod responder;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use nereid_types::agent::{Definition, NicDef};
+use uuid::Uuid;
+
+use filter::Port;
+use responder::{Counters, Responder};
+
+/// Where a nic tag's NICs go on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Uplink {
+    /// A bridge (the operator's, or one Nereid makes if it does not exist).
+    Bridge(String),
+    /// A physical (or any) link that Nereid bridges: a bridge named [`link_bridge`] with
+    /// the link as its trunk port.
+    Link(String),
+}
+
+impl Uplink {
+    /// The interface named on the command line.
+    pub fn name(&self) -> &str {
+        match self {
+            Uplink::Bridge(n) | Uplink::Link(n) => n,
+        }
+    }
+}
+
+/// Parses `TAG=BRIDGE` or `TAG=link:IFACE`.
+pub fn parse_nic_tag(s: &str) -> Result<(String, Uplink), String> {
+    let (tag, what) = s.split_once('=').ok_or_else(|| format!("--nic-tag {s:?}: expected TAG=BRIDGE or TAG=link:IFACE"))?;
+    if tag.is_empty() || !tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(format!("--nic-tag {s:?}: {tag:?} is not a nic tag name (letters, digits, _ and -)"));
+    }
+    let uplink = match what.strip_prefix("link:") {
+        Some(link) => Uplink::Link(link.to_string()),
+        None => Uplink::Bridge(what.to_string()),
+    };
+    let name = uplink.name();
+    if !links::valid_name(name) {
+        return Err(format!("--nic-tag {s:?}: {name:?} is not an interface name (1-15 characters, no / or spaces)"));
+    }
+    Ok((tag.to_string(), uplink))
+}
+
+/// The bridge Nereid makes for `--nic-tag TAG=link:IFACE`.
+pub fn link_bridge(tag: &str) -> String {
+    let mut b = format!("nb-{tag}");
+    b.truncate(15);
+    b
+}
+
+/// The tap device of NIC `i` of a VM (≤ 15 characters, as Linux requires).
+pub fn tap_name(vm: Uuid, i: usize) -> String {
+    format!("nt{}{i:x}", &vm.simple().to_string()[..8])
+}
+
+/// The prefix of every tap Nereid makes.
+pub const TAP_PREFIX: &str = "nt";
+
+/// How a NIC is wired into the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attach {
+    /// A tap on the tag's bridge.
+    Tap(String),
+    /// No bridge for the tag here: the guest sees a link with nothing behind it.
+    Isolated,
+}
+
+/// The networking of one compute node.
+pub struct Net {
+    tags: Vec<(String, Uplink)>,
+    /// Per VM: the ports plugged for it.
+    plugged: Mutex<BTreeMap<Uuid, Vec<Port>>>,
+    responders: Mutex<BTreeMap<String, Responder>>,
+    /// Filter rewrites one at a time, each from the latest set of ports; true once the
+    /// table was written (a host whose VMs never had a tap is left untouched).
+    apply: tokio::sync::Mutex<bool>,
+    pub counters: Arc<Counters>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Net {
+    pub fn new(tags: Vec<(String, Uplink)>) -> Self {
+        Net {
+            tags,
+            plugged: Mutex::new(BTreeMap::new()),
+            responders: Mutex::new(BTreeMap::new()),
+            apply: tokio::sync::Mutex::new(false),
+            counters: Arc::default(),
+        }
+    }
+
+    /// The bridge that carries `tag` here, made ready; `None` when the tag has none (NICs
+    /// on it are isolated).
+    async fn bridge_for(&self, tag: &str) -> Result<Option<String>, String> {
+        match self.tags.iter().find(|(t, _)| t == tag).map(|(_, u)| u) {
+            Some(Uplink::Bridge(b)) if links::exists(b) && !links::is_bridge(b) => {
+                tracing::warn!(tag, iface = %b, "nic tag {tag:?} is on {b:?}, which is not a bridge: its NICs are isolated (use {tag}=link:{b} to bridge it)");
+                Ok(None)
+            }
+            Some(Uplink::Bridge(b)) => {
+                links::ensure_bridge(b).await?;
+                Ok(Some(b.clone()))
+            }
+            Some(Uplink::Link(l)) => {
+                if !links::exists(l) {
+                    return Err(format!("nic tag {tag:?}: link {l} does not exist on this server"));
+                }
+                let b = link_bridge(tag);
+                links::ensure_bridge(&b).await?;
+                if links::master(l).as_deref() != Some(b.as_str()) {
+                    links::run("ip", &["link", "set", "dev", l, "master", &b]).await?;
+                }
+                links::run("ip", &["link", "set", "dev", l, "up"]).await?;
+                Ok(Some(b))
+            }
+            None if links::is_bridge(tag) => Ok(Some(tag.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// Makes the host side of every NIC of `def` (taps, DHCP, filters); how each attaches,
+    /// in `def.nics` order. Existing taps are re-plugged, not re-made (an adopted VM's).
+    pub async fn attach(&self, def: &Definition) -> Result<Vec<Attach>, String> {
+        let mut out = Vec::new();
+        let mut ports = Vec::new();
+        for (i, n) in def.nics.iter().enumerate() {
+            let Some(bridge) = self.bridge_for(&n.nic_tag).await? else {
+                tracing::warn!(vm = %def.uuid, nic = %n.mac, tag = %n.nic_tag, "nic tag {:?} has no bridge here: the NIC is isolated", n.nic_tag);
+                out.push(Attach::Isolated);
+                continue;
+            };
+            let tap = tap_name(def.uuid, i);
+            links::ensure_tap(&tap, &bridge, n.mtu, n.vlan_id).await?;
+            if let Some(Uplink::Link(l)) = self.tags.iter().find(|(t, _)| *t == n.nic_tag).map(|(_, u)| u) {
+                links::trunk_vlan(l, n.vlan_id).await?;
+            }
+            ports.push(Port { tap: tap.clone(), nic: n.clone() });
+            out.push(Attach::Tap(tap));
+        }
+        self.set_ports(def, ports).await?;
+        Ok(out)
+    }
+
+    /// Applies changes that need no restart (`allow_*` flags, leases) to a VM whose taps exist.
+    pub async fn refresh(&self, def: &Definition) -> Result<(), String> {
+        let taps: Vec<String> = lock(&self.plugged).get(&def.uuid).map(|p| p.iter().map(|p| p.tap.clone()).collect()).unwrap_or_default();
+        let ports = def
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Port { tap: tap_name(def.uuid, i), nic: n.clone() })
+            .filter(|p| taps.contains(&p.tap))
+            .collect();
+        self.set_ports(def, ports).await
+    }
+
+    async fn set_ports(&self, def: &Definition, ports: Vec<Port>) -> Result<(), String> {
+        self.set_responders(def, &ports);
+        lock(&self.plugged).insert(def.uuid, ports);
+        self.rewrite_filter().await
+    }
+
+    fn set_responders(&self, def: &Definition, ports: &[Port]) {
+        let mut rs = lock(&self.responders);
+        let prefix = &tap_name(def.uuid, 0)[..10];
+        let mine: Vec<String> = rs.keys().filter(|t| t.starts_with(prefix)).cloned().collect();
+        let mut keep = Vec::new();
+        for p in ports {
+            if !p.nic.dhcp_server || p.nic.allow_dhcp_spoofing {
+                continue;
+            }
+            let lease = match dhcp::lease_for(def, &p.nic) {
+                Ok(l) => l,
+                Err(why) => {
+                    tracing::info!(vm = %def.uuid, nic = %p.nic.mac, "no DHCP for this NIC: {why}");
+                    continue;
+                }
+            };
+            keep.push(p.tap.clone());
+            match rs.get(&p.tap) {
+                Some(r) if !r.is_finished() => r.set_lease(lease),
+                _ => match Responder::start(&p.tap, lease, self.counters.clone()) {
+                    Ok(r) => {
+                        rs.insert(p.tap.clone(), r);
+                    }
+                    Err(e) => tracing::warn!(vm = %def.uuid, tap = %p.tap, error = %e, "the DHCP responder could not start"),
+                },
+            }
+        }
+        for t in mine.into_iter().filter(|t| !keep.contains(t)) {
+            rs.remove(&t);
+        }
+    }
+
+    async fn rewrite_filter(&self) -> Result<(), String> {
+        let mut written = self.apply.lock().await;
+        let ports: Vec<Port> = lock(&self.plugged).values().flatten().cloned().collect();
+        if ports.is_empty() && !*written && !filter::exists().await {
+            return Ok(());
+        }
+        filter::apply(&ports).await?;
+        *written = true;
+        Ok(())
+    }
+
+    /// Removes the host side of a VM's NICs: responders, filters, taps.
+    pub async fn detach(&self, vm: Uuid, nics: usize) {
+        let ports = lock(&self.plugged).remove(&vm).unwrap_or_default();
+        {
+            let mut rs = lock(&self.responders);
+            for p in &ports {
+                rs.remove(&p.tap);
+            }
+        }
+        if let Err(e) = self.rewrite_filter().await {
+            tracing::warn!(vm = %vm, error = %e, "rewriting the filter table");
+        }
+        for i in 0..nics.max(ports.len()) {
+            links::delete(&tap_name(vm, i)).await;
+        }
+    }
+
+    /// At agent start: restores the host side of the VMs that run (`running`) and removes
+    /// what is left of any other (stale taps, rules, responders).
+    pub async fn adopt(&self, running: &[Definition]) {
+        let keep: Vec<String> = running.iter().flat_map(|d| (0..d.nics.len()).map(|i| tap_name(d.uuid, i))).collect();
+        for tap in links::named_like(TAP_PREFIX) {
+            if !keep.contains(&tap) && tap.len() == 11 && tap[2..10].chars().all(|c| c.is_ascii_hexdigit()) {
+                tracing::info!(tap, "removing the tap of a VM that no longer runs here");
+                links::delete(&tap).await;
+            }
+        }
+        lock(&self.plugged).retain(|vm, _| running.iter().any(|d| d.uuid == *vm));
+        for def in running {
+            match self.attach(def).await {
+                Ok(_) => tracing::info!(vm = %def.uuid, nics = def.nics.len(), "VM networking restored"),
+                Err(e) => tracing::warn!(vm = %def.uuid, error = %e, "restoring the VM's networking"),
+            }
+        }
+        if running.is_empty()
+            && let Err(e) = self.rewrite_filter().await
+        {
+            tracing::warn!(error = %e, "rewriting the filter table");
+        }
+    }
+
+    /// The taps plugged for a VM (tests, diagnostics).
+    pub fn ports(&self, vm: Uuid) -> Vec<Port> {
+        lock(&self.plugged).get(&vm).cloned().unwrap_or_default()
+    }
+}
+
+/// Whether two NIC lists differ only in what can change while the VM runs (filters, DHCP).
+pub fn only_live_changes(old: &[NicDef], new: &[NicDef]) -> bool {
+    let wiring = |n: &NicDef| (n.mac.clone(), n.nic_tag.clone(), n.vlan_id, n.mtu, n.model.clone(), n.interface.clone());
+    old.len() == new.len() && old.iter().zip(new).all(|(a, b)| wiring(a) == wiring(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nic_tag_flags_parse_with_clear_errors() {
+        assert_eq!(parse_nic_tag("external=nereid0").unwrap(), ("external".into(), Uplink::Bridge("nereid0".into())));
+        assert_eq!(parse_nic_tag("admin=link:eth1").unwrap(), ("admin".into(), Uplink::Link("eth1".into())));
+        for bad in ["external", "=br0", "ext ernal=br0", "external=", "external=link:", "external=a/b", "x=sixteen-chars-xx"] {
+            assert!(parse_nic_tag(bad).is_err(), "{bad}");
+        }
+        assert_eq!(link_bridge("a-very-long-tag-name"), "nb-a-very-long-");
+        let vm: Uuid = "6f3d3f1c-8a51-4e43-9b8c-2f0f5d7c9a10".parse().unwrap();
+        assert_eq!(tap_name(vm, 11), "nt6f3d3f1cb");
+        assert!(tap_name(vm, 15).len() <= 15);
+    }
+}
