@@ -217,9 +217,18 @@ pub struct UpArgs {
     /// The disk --demo imports [default: target/test-image/nereid-test.img]
     #[arg(long, value_name = "FILE", requires = "demo")]
     pub demo_image: Option<PathBuf>,
-    /// With --backend qemu: the bridge each nic tag's VM NICs plug into, as TAG=BRIDGE (repeatable), e.g. external=br0 [default: none, NICs are isolated]
-    #[arg(long = "nic-tag", value_name = "TAG=IFACE")]
+    /// With --backend qemu: where a nic tag's VM NICs plug in (repeatable): TAG=BRIDGE (an existing bridge, or one Nereid makes) or TAG=link:IFACE (Nereid bridges that link). A tag given here is not managed (see --managed-bridge)
+    #[arg(long = "nic-tag", value_name = "TAG=BRIDGE|TAG=link:IFACE")]
     pub nic_tags: Vec<String>,
+    /// With --backend qemu: the bridge Nereid makes and owns for the `external` nic tag, with each of its networks' gateway address on it and their traffic masqueraded out of the default route (like libvirt's default network); removed on a clean stop
+    #[arg(long, value_name = "NAME", default_value = "nereid0")]
+    pub managed_bridge: String,
+    /// Do not make the managed bridge: `external` NICs are isolated unless --nic-tag external=… says where they go
+    #[arg(long)]
+    pub no_managed_network: bool,
+    /// Keep the managed network's traffic on this host (no masquerading to the outside)
+    #[arg(long)]
+    pub no_nat: bool,
     /// Add this SSH key (a private key with its .pub beside it, or the .pub) to the operator account `admin` and write ~/.triton/profiles.d/nereid.json for the `triton` CLI
     #[arg(long, value_name = "KEYFILE")]
     pub triton_profile: Option<PathBuf>,
@@ -259,8 +268,8 @@ pub struct AgentArgs {
     /// Seconds between heartbeats
     #[arg(long, default_value_t = 5)]
     pub heartbeat_secs: u64,
-    /// Nic tags this host provides, as TAG=INTERFACE (repeatable), e.g. external=br0
-    #[arg(long = "nic-tag", value_name = "TAG=IFACE")]
+    /// Nic tags this host provides (repeatable): TAG=BRIDGE (an existing bridge, or one Nereid makes, VLAN-filtering) or TAG=link:IFACE (Nereid makes a bridge for the tag and plugs IFACE into it as its uplink), e.g. external=br0, admin=link:eth1. A tag not given uses a bridge of the same name if there is one; otherwise its NICs are isolated
+    #[arg(long = "nic-tag", value_name = "TAG=BRIDGE|TAG=link:IFACE")]
     pub nic_tags: Vec<String>,
 }
 

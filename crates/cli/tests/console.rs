@@ -104,7 +104,7 @@ impl Rig {
             listen: "127.0.0.1:0".parse().unwrap(),
             advertise_url: None,
             heartbeat: Duration::from_millis(500),
-            nic_tags: vec![("external".into(), "lo".into())],
+            nic_tags: vec![("external".into(), nereid_agent::net::Uplink::Bridge("lo".into()))],
         })
         .await
         .unwrap();

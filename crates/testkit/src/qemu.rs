@@ -141,7 +141,7 @@ impl Cloud {
             listen: "127.0.0.1:0".parse()?,
             advertise_url: None,
             heartbeat: Duration::from_secs(1),
-            nic_tags: vec![("external".into(), "lo".into())],
+            nic_tags: vec![("external".into(), nereid_agent::net::Uplink::Bridge("lo".into()))],
         };
         nereid_agent::start(cfg).await
     }

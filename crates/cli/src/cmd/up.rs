@@ -159,6 +159,17 @@ pub async fn run(a: UpArgs) -> Result<()> {
             None => println!("demo image {DEMO_IMAGE}: {image}"),
         }
     }
+    let mut nic_tags = if sim { Vec::new() } else { super::agent::nic_tags(&a.nic_tags)? };
+    let managed = if sim || a.no_managed_network || nic_tags.iter().any(|(t, _)| t == MANAGED_TAG) {
+        None
+    } else {
+        let m = managed_network(&running.app, &a.managed_bridge, !a.no_nat).await?;
+        let report = nereid_agent::net::managed::up(&m)
+            .await
+            .map_err(|e| anyhow::anyhow!("making the managed network on bridge {}: {e} (or start with --no-managed-network)", m.bridge))?;
+        nic_tags.push((MANAGED_TAG.into(), nereid_agent::net::Uplink::Bridge(m.bridge.clone())));
+        Some((m, report))
+    };
     let backend = match a.backend {
         BackendArg::Sim => super::agent::sim_backend(&a.sim),
         BackendArg::Qemu => nereid_agent::BackendKind::Qemu(a.qemu.options()),
@@ -171,12 +182,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         listen: "127.0.0.1:0".parse()?,
         advertise_url: None,
         heartbeat: Duration::from_secs(2),
-        // The seeded network's tag. Without a bridge for it, VMs' NICs are isolated.
-        nic_tags: match (sim, a.nic_tags.is_empty()) {
-            (true, _) => Vec::new(),
-            (false, true) => vec![("external".into(), "lo".into())],
-            (false, false) => super::agent::nic_tags(&a.nic_tags)?,
-        },
+        nic_tags: nic_tags.clone(),
     };
     let agent = nereid_agent::start(agent_cfg).await?;
     let end = Instant::now() + Duration::from_secs(30);
@@ -204,6 +210,17 @@ pub async fn run(a: UpArgs) -> Result<()> {
         BackendArg::Qemu => {
             let how = agent.nodes.first().and_then(|n| n.sysinfo.get("Nereid Backend")).and_then(Value::as_str).unwrap_or("qemu");
             println!("  server        this host, VMs run with {how}");
+        }
+    }
+    if let Some((m, report)) = &managed {
+        let gws: Vec<String> = m.networks.iter().map(|n| n.gateway.to_string()).collect();
+        let nat =
+            if report.nat { "traffic to the outside is masqueraded" } else { "no default route: VMs reach this host and each other only" };
+        println!("  network       bridge {} (gateway {}); VMs get their addresses by DHCP; {nat}", m.bridge, gws.join(", "));
+        println!("                reach a VM from this host at its IP: `nereid admin vm get <uuid>` shows it (nics[].ip)");
+    } else if !sim {
+        for (t, u) in &nic_tags {
+            println!("  network       nic tag {t} on {}", u.name());
         }
     }
     if let Some(c) = &running.cloudapi {
@@ -244,5 +261,23 @@ pub async fn run(a: UpArgs) -> Result<()> {
     super::headnode::wait_for_signal().await;
     println!("shutting down");
     agent.shutdown().await;
+    if let Some((m, _)) = &managed {
+        nereid_agent::net::managed::down(m).await;
+    }
     running.shutdown().await
+}
+
+/// The nic tag `nereid up` manages a bridge for.
+const MANAGED_TAG: &str = "external";
+
+/// The managed bridge's networks: every network on the `external` tag with a gateway.
+async fn managed_network(app: &App, bridge: &str, nat: bool) -> Result<nereid_agent::net::managed::Managed> {
+    use nereid_agent::net::managed::{GatewayNet, Managed, gateway_net};
+    let nets = app.list_networks(&nereid_types::query::Query::default()).await?;
+    let networks = nets
+        .iter()
+        .filter(|n| n.nic_tag == MANAGED_TAG)
+        .filter_map(|n| Some(GatewayNet { vlan_id: n.vlan_id, gateway: gateway_net(n.gateway.as_deref()?, &n.subnet)? }))
+        .collect();
+    Ok(Managed { bridge: bridge.to_string(), networks, nat })
 }
