@@ -15,7 +15,8 @@ use crate::spec::{Field, Kind};
 /// `queued`, `running`, `succeeded`, `failed`, `canceled`.
 pub const EXECUTIONS: &[&str] = &["queued", "running", "succeeded", "failed", "canceled"];
 /// Job kinds (`task`).
-pub const TASKS: &[&str] = &["provision", "start", "stop", "reboot", "update", "snapshot", "destroy"];
+pub const TASKS: &[&str] =
+    &["provision", "start", "stop", "reboot", "update", "snapshot", "destroy", "add_nics", "update_nics", "remove_nics"];
 
 /// One step's outcome, as `chain_results` lists it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

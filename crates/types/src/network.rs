@@ -62,6 +62,11 @@ pub const FIELDS: &[Field] = &[
         Kind::Int { min: 576, max: 9000, multiple_of: None, unit: Some("bytes") },
         "MTU (576-9000, at most the nic tag's; default 1500).",
     ),
+    Field::new(
+        "dhcp_server",
+        Kind::Bool,
+        "Whether compute nodes answer DHCP for this network's NICs (default true); false when the guests' DHCP comes from elsewhere.",
+    ),
     Field::new("netmask", Kind::Ipv4, "Netmask of the subnet.").read_only(),
     Field::new("fabric", Kind::Bool, "Whether this is a fabric (overlay) network.").read_only(),
 ];
@@ -90,6 +95,14 @@ pub struct Network {
     pub owner_uuids: Option<Vec<Uuid>>,
     pub mtu: u32,
     pub fabric: bool,
+    /// Whether compute nodes answer DHCP for this network's NICs (each NIC gets exactly
+    /// its NAPI address); false when the guests' DHCP comes from elsewhere.
+    #[serde(default = "yes")]
+    pub dhcp_server: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Network {
@@ -125,6 +138,7 @@ pub fn check_create(input: &Map<String, Value>, tag_mtu: Option<u32>) -> Result<
     obj.entry("family").or_insert(json!("ipv4"));
     obj.entry("mtu").or_insert(json!(1500));
     obj.entry("resolvers").or_insert(json!([]));
+    obj.entry("dhcp_server").or_insert(json!(true));
     obj.insert("fabric".into(), json!(false));
     finish(obj, tag_mtu)
 }
@@ -283,6 +297,14 @@ mod tests {
         let n = check_create(&body(), Some(1500)).unwrap();
         assert_eq!((n.netmask.as_str(), n.family.as_str(), n.mtu, n.fabric), ("255.255.255.0", "ipv4", 1500, false));
         assert_eq!(n.range_len(), 241);
+        assert!(n.dhcp_server, "compute nodes answer DHCP unless told not to");
+        let off = check_update(&n, json!({"dhcp_server": false}).as_object().unwrap(), Some(1500)).unwrap();
+        assert!(!off.dhcp_server);
+        let old: Network = serde_json::from_value(json!({"uuid": n.uuid, "name": "old", "nic_tag": "external", "vlan_id": 0,
+            "subnet": "10.9.0.0/24", "netmask": "255.255.255.0", "family": "ipv4", "provision_start_ip": "10.9.0.10",
+            "provision_end_ip": "10.9.0.20", "mtu": 1500, "fabric": false}))
+        .unwrap();
+        assert!(old.dhcp_server, "records stored before the field existed keep DHCP on");
     }
 
     #[test]

@@ -21,7 +21,21 @@ pub const SUPPORTED_BRANDS: &[&str] = &["bhyve", "kvm"];
 /// States VMAPI's `state` filter accepts.
 pub const STATE_FILTERS: &[&str] = &["running", "stopped", "active", "destroyed", "provisioning", "failed"];
 /// Jobs that act on a VM.
-pub const ACTIONS: &[&str] = &["start", "stop", "reboot", "update", "create_snapshot", "rollback_snapshot", "delete_snapshot"];
+pub const ACTIONS: &[&str] = &[
+    "start",
+    "stop",
+    "reboot",
+    "update",
+    "create_snapshot",
+    "rollback_snapshot",
+    "delete_snapshot",
+    "add_nics",
+    "update_nics",
+    "remove_nics",
+];
+/// The `allow_*` flags `update_nics` may set on a NIC.
+pub const NIC_FLAGS: &[&str] =
+    &["allow_dhcp_spoofing", "allow_ip_spoofing", "allow_mac_spoofing", "allow_restricted_traffic", "allow_unfiltered_promisc"];
 
 /// A VM record.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -409,6 +423,83 @@ fn networks_schema() -> Value {
         "primary": {"type": "boolean"}}}]}})
 }
 
+fn check_macs(v: &Value) -> Result<(), String> {
+    let macs = v.as_array().ok_or("must be an array of MAC addresses")?;
+    if macs.is_empty() || macs.len() > 32 {
+        return Err("must list 1 to 32 MAC addresses".into());
+    }
+    let mut seen = Vec::new();
+    for (i, m) in macs.iter().enumerate() {
+        let s = m.as_str().ok_or(format!("macs[{i}] must be a MAC address string"))?;
+        let mac = crate::mac::Mac::parse(s).map_err(|e| format!("macs[{i}]: {e}"))?;
+        if seen.contains(&mac) {
+            return Err(format!("macs[{i}]: {mac} is listed twice"));
+        }
+        seen.push(mac);
+    }
+    Ok(())
+}
+
+fn macs_schema() -> Value {
+    json!({"type": "array", "minItems": 1, "items": {"type": "string", "description": "MAC, with or without colons"}})
+}
+
+fn check_nic_updates(v: &Value) -> Result<(), String> {
+    let nics = v.as_array().ok_or("must be an array of {mac, primary, allow_*} objects")?;
+    if nics.is_empty() || nics.len() > 32 {
+        return Err("must list 1 to 32 NICs".into());
+    }
+    let mut seen = Vec::new();
+    let mut primaries = 0;
+    for (i, n) in nics.iter().enumerate() {
+        let o = n.as_object().ok_or(format!("nics[{i}] must be an object {{mac, primary, allow_*}}"))?;
+        let mac = o.get("mac").ok_or(format!("nics[{i}].mac is required"))?;
+        let mac = crate::mac::Mac::parse(mac.as_str().ok_or(format!("nics[{i}].mac must be a string"))?)
+            .map_err(|e| format!("nics[{i}].mac: {e}"))?;
+        if seen.contains(&mac) {
+            return Err(format!("nics[{i}]: {mac} is listed twice"));
+        }
+        seen.push(mac);
+        for (k, x) in o {
+            match k.as_str() {
+                "mac" => {}
+                "interface" => {
+                    x.as_str().ok_or(format!("nics[{i}].interface must be a string"))?;
+                }
+                "primary" => match x.as_bool().ok_or(format!("nics[{i}].primary must be a boolean"))? {
+                    true => primaries += 1,
+                    false => {
+                        return Err(format!(
+                            "nics[{i}].primary: a NIC stops being primary when another becomes primary; set primary: true on that one"
+                        ));
+                    }
+                },
+                f if NIC_FLAGS.contains(&f) => {
+                    x.as_bool().ok_or(format!("nics[{i}].{f} must be a boolean"))?;
+                }
+                other => {
+                    return Err(format!("nics[{i}] has unknown key {other:?} (mac, primary, {})", NIC_FLAGS.join(", ")));
+                }
+            }
+        }
+        if o.len() == 1 {
+            return Err(format!("nics[{i}] changes nothing: give primary or an allow_* flag"));
+        }
+    }
+    if primaries > 1 {
+        return Err("only one NIC may be primary".into());
+    }
+    Ok(())
+}
+
+fn nic_updates_schema() -> Value {
+    let mut props = json!({"mac": {"type": "string"}, "primary": {"type": "boolean", "enum": [true]}, "interface": {"type": "string"}});
+    for f in NIC_FLAGS {
+        props[*f] = json!({"type": "boolean"});
+    }
+    json!({"type": "array", "minItems": 1, "items": {"type": "object", "required": ["mac"], "properties": props}})
+}
+
 fn check_disks(v: &Value) -> Result<(), String> {
     let disks = v.as_array().ok_or("must be an array of disks")?;
     if disks.is_empty() || disks.len() > 16 {
@@ -592,6 +683,37 @@ pub const UPDATE_FIELDS: &[Field] = &[
     Field::new("force", Kind::Bool, "Skip the capacity check."),
 ];
 
+/// `POST /vms/{uuid}?action=add_nics`: new NICs on networks, or existing NAPI NICs by MAC.
+pub const ADD_NICS_FIELDS: &[Field] = &[
+    Field::new(
+        "networks",
+        Kind::Custom { check: check_networks, schema: networks_schema },
+        "Networks to add NICs on, as in CreateVm: UUIDs, or {uuid|name|ipv4_uuid, ip|ipv4_ips, primary, allow_*}.",
+    ),
+    Field::new(
+        "macs",
+        Kind::Custom { check: check_macs, schema: macs_schema },
+        "Or: NAPI NICs already made for this VM (belongs_to_uuid = the VM), by MAC.",
+    ),
+];
+
+/// `POST /vms/{uuid}?action=update_nics`.
+pub const UPDATE_NICS_FIELDS: &[Field] = &[Field::new(
+    "nics",
+    Kind::Custom { check: check_nic_updates, schema: nic_updates_schema },
+    "The NICs to change, by MAC: primary: true (the old primary stops being one), allow_* spoofing flags. \
+     Flags alone apply live; a new primary restarts a running VM.",
+)
+.required()];
+
+/// `POST /vms/{uuid}?action=remove_nics`.
+pub const REMOVE_NICS_FIELDS: &[Field] = &[Field::new(
+    "macs",
+    Kind::Custom { check: check_macs, schema: macs_schema },
+    "The NICs to remove; their addresses are freed in NAPI. A removed primary passes to the first NIC left.",
+)
+.required()];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -626,6 +748,28 @@ mod tests {
         vm.mark_destroyed("t");
         assert_eq!(vm.state.as_deref(), Some("failed"));
         assert_eq!(vm.ram, Some(1024), "markAsDestroyed keeps the record whole");
+    }
+
+    #[test]
+    fn nic_action_fields() {
+        let check = |fields: &[Field], v: Value| {
+            crate::spec::check(fields, v.as_object().unwrap(), crate::spec::Mode::Create, &[])
+                .into_iter()
+                .map(|e| e.message)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        assert_eq!(check(REMOVE_NICS_FIELDS, json!({"macs": ["90:b8:d0:00:00:01", "90b8d0000002"]})), "");
+        assert!(check(REMOVE_NICS_FIELDS, json!({"macs": ["90:b8:d0:00:00:01", "90b8d0000001"]})).contains("twice"));
+        assert!(check(REMOVE_NICS_FIELDS, json!({"macs": ["zz"]})).contains("macs[0]"));
+        assert!(check(REMOVE_NICS_FIELDS, json!({})).contains("required"));
+        assert_eq!(check(UPDATE_NICS_FIELDS, json!({"nics": [{"mac": "90b8d0000001", "primary": true, "allow_ip_spoofing": true}]})), "");
+        assert!(check(UPDATE_NICS_FIELDS, json!({"nics": [{"mac": "90b8d0000001"}]})).contains("changes nothing"));
+        assert!(check(UPDATE_NICS_FIELDS, json!({"nics": [{"mac": "90b8d0000001", "primary": false}]})).contains("another"));
+        assert!(check(UPDATE_NICS_FIELDS, json!({"nics": [{"mac": "90b8d0000001", "mtu": 9000}]})).contains("unknown key"));
+        let two = json!({"nics": [{"mac": "90b8d0000001", "primary": true}, {"mac": "90b8d0000002", "primary": true}]});
+        assert!(check(UPDATE_NICS_FIELDS, two).contains("only one"));
+        assert_eq!(check(ADD_NICS_FIELDS, json!({"networks": [Uuid::nil()]})), "");
     }
 
     #[test]

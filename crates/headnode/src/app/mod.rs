@@ -28,7 +28,9 @@ pub mod nics;
 pub mod packages;
 pub mod servers;
 pub mod snapshots;
+pub mod tenant_ips;
 pub mod vm_metadata;
+pub mod vm_nics;
 pub mod vms;
 
 /// How many times a read-modify-write is retried after losing a race.

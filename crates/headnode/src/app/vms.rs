@@ -314,7 +314,7 @@ impl App {
         Ok(self.get_vm(uuid, None).await?.0)
     }
 
-    async fn resolve_networks(&self, owner: Uuid, raw: &Value) -> Result<(Vec<NetRequest>, Vec<Vec<String>>), ApiError> {
+    pub(crate) async fn resolve_networks(&self, owner: Uuid, raw: &Value) -> Result<(Vec<NetRequest>, Vec<Vec<String>>), ApiError> {
         let items = raw.as_array().cloned().unwrap_or_default();
         let mut out = Vec::new();
         let mut tags = Vec::new();

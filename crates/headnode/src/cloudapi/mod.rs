@@ -36,6 +36,8 @@ pub mod auth;
 pub mod catalog;
 pub mod machine_data;
 pub mod machines;
+pub mod network_ips;
+pub mod nics;
 pub mod render;
 pub mod signature;
 pub mod sshkey;
@@ -255,6 +257,8 @@ pub fn routes() -> Vec<Route> {
     all.extend(catalog::routes());
     all.extend(machines::routes());
     all.extend(machine_data::routes());
+    all.extend(nics::routes());
+    all.extend(network_ips::routes());
     all
 }
 

@@ -55,7 +55,7 @@ const ACTION_PARAMS: &[Param] = &[
     Param::new(
         "action",
         QKind::Enum(vm::ACTIONS),
-        "start, stop, reboot, update, create_snapshot, rollback_snapshot or delete_snapshot (required).",
+        "start, stop, reboot, update, create_snapshot, rollback_snapshot, delete_snapshot, add_nics, update_nics or remove_nics (required).",
     ),
     Param::new("snapshot_name", QKind::Str { max: 64 }, "The snapshot (snapshot actions)."),
     Param::new("sync", QKind::Bool, "Wait for the job before answering."),
@@ -110,7 +110,9 @@ pub fn routes() -> Vec<Route> {
             "/vms/{uuid}",
             doc(
                 "VmAction",
-                "start, stop, reboot, update (resize included) or a snapshot action, as a job.",
+                "start, stop, reboot, update (resize included), a snapshot action, or a NIC action, as a job. \
+                 The body documented is update's; add_nics takes {networks (as CreateVm's) | macs}, \
+                 update_nics {nics: [{mac, primary?, allow_*?}]}, remove_nics {macs}.",
                 ACTION_PARAMS,
                 BodyDoc::Fields(UPDATE_FIELDS, Usage::Update),
                 RespDoc::Schema(202, accepted_schema),
@@ -217,6 +219,9 @@ async fn action(State(s): State<AppState>, Path(uuid): Path<String>, RawQuery(ra
     }
     let job = match action {
         "update" => s.app.update_vm(uuid, &input).await?,
+        "add_nics" => s.app.add_nics(uuid, &input).await?,
+        "update_nics" => s.app.update_nics(uuid, &input).await?,
+        "remove_nics" => s.app.remove_nics(uuid, &input).await?,
         snap @ ("create_snapshot" | "rollback_snapshot" | "delete_snapshot") => {
             if !input.is_empty() {
                 return Err(ApiError::validation_409(vec![FieldError::invalid("body", format!("action={snap} takes no body"))]).into());

@@ -37,6 +37,7 @@ use crate::app::{App, encode};
 use crate::buckets::{JOB_LEASES, JOBS};
 
 pub mod destroy;
+pub mod nics;
 pub mod power;
 pub mod provision;
 pub mod snapshot;
@@ -69,6 +70,7 @@ pub fn chain(task: &str) -> Vec<Box<dyn Step>> {
         "start" | "stop" | "reboot" => power::chain(),
         "update" => update::chain(),
         "snapshot" => snapshot::chain(),
+        "add_nics" | "update_nics" | "remove_nics" => nics::chain(),
         _ => Vec::new(),
     }
 }

@@ -68,6 +68,13 @@ pub fn nic_def(n: &Nic, net: Option<&Network>, index: usize, model: &str) -> Nic
         primary: n.primary,
         model: model.to_string(),
         network_uuid: n.network_uuid,
+        resolvers: net.map(|x| x.resolvers.clone()).unwrap_or_default(),
+        routes: net.and_then(|x| x.routes.clone()),
+        allow_mac_spoofing: n.flags.get("allow_mac_spoofing").copied().unwrap_or(false),
+        allow_ip_spoofing: n.flags.get("allow_ip_spoofing").copied().unwrap_or(false),
+        allow_dhcp_spoofing: n.flags.get("allow_dhcp_spoofing").copied().unwrap_or(false),
+        allow_unfiltered_promisc: n.flags.get("allow_unfiltered_promisc").copied().unwrap_or(false),
+        dhcp_server: net.is_none_or(|x| x.dhcp_server),
     }
 }
 
