@@ -114,8 +114,15 @@ async fn signatures_are_checked_and_failures_leak_nothing() {
 }
 
 /// Fills a route's path parameters.
-fn fill(path: &str, account: &str, id: &str) -> String {
-    path.replace("{account}", account).replace("{id}", id).replace("{key}", "role").replace("{name}", "snap1").trim_end().to_string()
+fn fill(path: &str, account: &str, id: &str, mac: &str) -> String {
+    path.replace("{account}", account)
+        .replace("{id}", id)
+        .replace("{key}", "role")
+        .replace("{name}", "snap1")
+        .replace("{mac}", mac)
+        .replace("{ip}", "10.77.0.10")
+        .trim_end()
+        .to_string()
 }
 
 #[tokio::test]
@@ -127,6 +134,7 @@ async fn a_tenant_cannot_touch_another_tenants_machine_through_any_endpoint() {
     assert_eq!(snap.status, 201, "{}", snap.text);
     let before = wait_snapshot(&w.alice, id, "snap1").await;
     assert_eq!(before["state"], "created");
+    let mac = m["nics"][0]["mac"].as_str().unwrap().replace(':', "");
 
     let mut walked = 0;
     for r in nereid_headnode::cloudapi::routes() {
@@ -135,25 +143,25 @@ async fn a_tenant_cannot_touch_another_tenants_machine_through_any_endpoint() {
         }
         let method = r.method.as_str();
         let body = json!({"action": "stop", "name": "mine", "package": "sample", "role": "db", "key": Key::from_seed(5).openssh(),
-                          "default_network": w.seed.network, "email": "evil@example.com"});
+                          "default_network": w.seed.network, "email": "evil@example.com", "network": w.seed.network, "reserved": true});
         // Bob through his own account: alice's machine does not exist for him.
         if r.path.contains("{id}") {
-            let a = w.bob.send(method, &fill(r.path, "my", id), Some(&body), Signing::Good).await.unwrap();
+            let a = w.bob.send(method, &fill(r.path, "my", id, &mac), Some(&body), Signing::Good).await.unwrap();
             assert_eq!(a.status, 404, "{method} {} as bob: {}", r.path, a.text);
             assert_eq!(a.body["code"], "ResourceNotFound");
             assert!(!a.text.contains("web-1") && !a.text.contains("alice"), "the 404 leaks: {}", a.text);
         }
         // Bob naming alice's account: refused whatever the endpoint.
-        let a = w.bob.send(method, &fill(r.path, "alice", id), Some(&body), Signing::Good).await.unwrap();
+        let a = w.bob.send(method, &fill(r.path, "alice", id, &mac), Some(&body), Signing::Good).await.unwrap();
         assert_eq!(a.status, 403, "{method} {} on alice's account as bob: {}", r.path, a.text);
         assert_eq!(a.body["code"], "NotAuthorized");
         // And without a signature nothing is even looked at.
-        let a = w.bob.send(method, &fill(r.path, "alice", id), Some(&body), Signing::None).await.unwrap();
+        let a = w.bob.send(method, &fill(r.path, "alice", id, &mac), Some(&body), Signing::None).await.unwrap();
         assert_eq!(a.status, 401, "{method} {} unsigned: {}", r.path, a.text);
         walked += 1;
     }
     assert_eq!(walked, nereid_headnode::cloudapi::routes().len() - 1, "every endpoint but /--ping");
-    assert!(walked >= 39, "walked {walked} endpoints");
+    assert!(walked >= 46, "walked {walked} endpoints");
 
     // Alice's machine is untouched.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -165,6 +173,11 @@ async fn a_tenant_cannot_touch_another_tenants_machine_through_any_endpoint() {
     assert_eq!(after["package"], "sample");
     let snaps = w.alice.get(&format!("/my/machines/{id}/snapshots")).await.unwrap().body;
     assert_eq!(snaps.as_array().unwrap().len(), 1);
+    assert_eq!(after["nics"], m["nics"], "no NIC was added or removed");
+    let nics = w.alice.get(&format!("/my/machines/{id}/nics")).await.unwrap().body;
+    assert_eq!(nics.as_array().unwrap().len(), 1, "{nics}");
+    let ip = w.cloud.client.get(&format!("/networks/{}/ips/10.77.0.10", w.seed.network)).await.unwrap();
+    assert_eq!(ip["reserved"], false, "bob reserved nothing: {ip}");
     let alice = w.alice.get("/my").await.unwrap().body;
     assert_eq!(alice["email"], "alice@example.com");
     assert_eq!(w.alice.get("/my/keys").await.unwrap().body.as_array().unwrap().len(), 1);
@@ -371,4 +384,258 @@ async fn operators_manage_accounts_and_keys_with_the_cli() {
     assert_eq!(carol.get("/my").await.unwrap().status, 200);
     let out = run(args(&["admin", "account", "list"])).await;
     assert!(stdout(&out).contains("carol@example.com"), "{}", stdout(&out));
+}
+
+/// Polls `GET path` until `done` holds for the answer.
+async fn wait_for(t: &Tenant, path: &str, done: impl Fn(&nereid_testkit::cloudapi::Answer) -> bool) -> nereid_testkit::cloudapi::Answer {
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let a = t.get(path).await.unwrap();
+        if done(&a) {
+            return a;
+        }
+        assert!(std::time::Instant::now() < end, "GET {path} never got there: {} {}", a.status, a.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Machine NICs as the CLI drives them (201 provisioning → running, 302 for a network the
+/// machine is on already, 204 → 404), agreeing with NAPI and VMAPI; audit entries name
+/// add_nics and remove_nics; bad input is refused with CloudAPI's codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn machine_nics_are_added_listed_and_removed() {
+    let w = world(Backend::Sqlite).await;
+    let c = &w.cloud.client;
+    let alice_uuid = c.get("/accounts/alice").await.unwrap()["uuid"].clone();
+    let bob_uuid = c.get("/accounts/bob").await.unwrap()["uuid"].clone();
+    let second = c
+        .post(
+            "/networks",
+            &json!({"name": "alice-net", "nic_tag": "external", "vlan_id": 3, "subnet": "10.88.0.0/24",
+            "provision_start_ip": "10.88.0.10", "provision_end_ip": "10.88.0.20", "gateway": "10.88.0.1", "owner_uuids": [alice_uuid]}),
+        )
+        .await
+        .unwrap()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bobs = c
+        .post(
+            "/networks",
+            &json!({"name": "bob-net", "nic_tag": "external", "vlan_id": 4, "subnet": "10.89.0.0/24",
+            "provision_start_ip": "10.89.0.10", "provision_end_ip": "10.89.0.20", "owner_uuids": [bob_uuid]}),
+        )
+        .await
+        .unwrap()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m = machine(&w, &w.alice, "web-1").await;
+    let id = m["id"].as_str().unwrap();
+    let list = w.alice.get(&format!("/my/machines/{id}/nics?id={id}")).await.unwrap();
+    assert_eq!((list.status, list.headers["x-resource-count"].to_str().unwrap()), (200, "1"));
+    assert_eq!(list.body[0]["state"], "running");
+    assert_eq!(list.body[0]["primary"], true);
+    assert_eq!(list.body[0]["gateway"], "10.77.0.1");
+
+    let a = w.alice.post(&format!("/my/machines/{id}/nics"), &json!({"network": second, "primary": true})).await.unwrap();
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert_eq!(a.body["state"], "provisioning");
+    assert_eq!((a.body["network"].as_str(), a.body["primary"].as_bool()), (Some(second.as_str()), Some(false)), "{}", a.body);
+    assert_eq!(a.body["netmask"], "255.255.255.0");
+    let mac = a.body["mac"].as_str().unwrap().replace(':', "");
+    assert_eq!(a.headers["location"].to_str().unwrap(), format!("/alice/machines/{id}/nics/{mac}"));
+    let nic = wait_for(&w.alice, &format!("/my/machines/{id}/nics/{mac}"), |a| a.body["state"] == "running").await.body;
+    assert_eq!((nic["primary"].as_bool(), nic["ip"].as_str()), (Some(true), Some("10.88.0.10")), "{nic}");
+    // The machine follows: its primaryIp is the new primary NIC's.
+    let got = w.alice.get(&format!("/my/machines/{id}")).await.unwrap().body;
+    assert_eq!(got["primaryIp"], "10.88.0.10", "{got}");
+    assert_eq!(got["ips"].as_array().unwrap().len(), 2);
+    assert_eq!(got["state"], "running");
+    let napi = c.get(&format!("/nics?belongs_to_uuid={id}")).await.unwrap();
+    let vmapi = c.get(&format!("/vms/{id}")).await.unwrap()["nics"].clone();
+    let cloud = w.alice.get(&format!("/my/machines/{id}/nics")).await.unwrap().body;
+    for n in cloud.as_array().unwrap() {
+        let napi_n = napi.as_array().unwrap().iter().find(|x| x["mac"] == n["mac"]).unwrap();
+        let vmapi_n = vmapi.as_array().unwrap().iter().find(|x| x["mac"] == n["mac"]).unwrap();
+        assert_eq!((&napi_n["ip"], &napi_n["primary"]), (&n["ip"], &n["primary"]));
+        assert_eq!((&vmapi_n["ip"], &vmapi_n["primary"]), (&n["ip"], &n["primary"]));
+    }
+    // Once more on the same network: a 302 to the NIC it has.
+    let again = w.alice.post(&format!("/my/machines/{id}/nics"), &json!({"network": {"ipv4_uuid": second}})).await.unwrap();
+    assert_eq!(again.status, 302, "{}", again.text);
+    assert_eq!(again.headers["location"].to_str().unwrap(), format!("/alice/machines/{id}/nics/{mac}"));
+
+    // Bad input, with the codes the CLI knows.
+    let code = |a: &nereid_testkit::cloudapi::Answer| (a.status, a.body["code"].as_str().unwrap_or_default().to_string());
+    let post = |body: Value| {
+        let (t, path) = (&w.alice, format!("/my/machines/{id}/nics"));
+        async move { t.post(&path, &body).await.unwrap() }
+    };
+    assert_eq!(code(&post(json!({})).await), (409, "MissingParameter".into()));
+    assert_eq!(code(&post(json!({"network": "nope"})).await), (409, "InvalidArgument".into()));
+    assert_eq!(code(&post(json!({"network": 5})).await), (409, "InvalidArgument".into()));
+    assert_eq!(code(&post(json!({"network": {"ipv4_uuid": second, "ipv4_count": 2}})).await), (409, "InvalidArgument".into()));
+    assert_eq!(code(&post(json!({"network": w.seed.network, "primary": "maybe"})).await), (409, "InvalidArgument".into()));
+    let a = post(json!({"network": bobs})).await;
+    assert_eq!((code(&a), a.body["message"].as_str()), ((409, "InvalidArgument".into()), Some("network: network not found")), "{}", a.text);
+    let a = w.alice.get(&format!("/my/machines/{id}/nics/90b8d0")).await.unwrap();
+    assert_eq!((code(&a), a.body["message"].as_str()), ((409, "InvalidArgument".into()), Some("mac: mac has invalid format")));
+    assert_eq!(code(&w.alice.get(&format!("/my/machines/{id}/nics/90b8d0ffffff")).await.unwrap()), (404, "ResourceNotFound".into()));
+    let other = machine(&w, &w.bob, "bob-1").await;
+    let bob_mac = other["nics"][0]["mac"].as_str().unwrap().replace(':', "");
+    let a = w.alice.get(&format!("/my/machines/{id}/nics/{bob_mac}")).await.unwrap();
+    assert_eq!(code(&a), (404, "ResourceNotFound".into()), "another account's NIC does not exist for alice");
+    let a = w.alice.send("DELETE", &format!("/my/machines/{id}/nics/{bob_mac}"), None, Signing::Good).await.unwrap();
+    assert_eq!(code(&a), (404, "ResourceNotFound".into()));
+
+    // Removing the primary NIC: 204, the NIC is gone (404), its address free, the other primary.
+    let d = w.alice.send("DELETE", &format!("/my/machines/{id}/nics/{mac}"), None, Signing::Good).await.unwrap();
+    assert_eq!(d.status, 204, "{}", d.text);
+    wait_for(&w.alice, &format!("/my/machines/{id}/nics/{mac}"), |a| a.status == 404).await;
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        let got = w.alice.get(&format!("/my/machines/{id}")).await.unwrap().body;
+        if got["state"] == "running" && got["nics"].as_array().unwrap().len() == 1 {
+            break got;
+        }
+        assert!(std::time::Instant::now() < end, "{got}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(got["primaryIp"], m["primaryIp"], "{got}");
+    assert_eq!(c.get(&format!("/networks/{second}/ips/10.88.0.10")).await.unwrap()["free"], true);
+    // The last NIC stays.
+    let last = got["nics"][0]["mac"].as_str().unwrap().replace(':', "");
+    let a = w.alice.send("DELETE", &format!("/my/machines/{id}/nics/{last}"), None, Signing::Good).await.unwrap();
+    assert_eq!(code(&a), (409, "InvalidArgument".into()), "{}", a.text);
+    // The audit names the actions the CLI's waits know.
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let audit = w.alice.get(&format!("/my/machines/{id}/audit")).await.unwrap().body;
+        let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+        if actions.len() >= 3 {
+            assert_eq!(&actions[..3], &["remove_nics", "add_nics", "provision"], "{audit}");
+            assert!(audit.as_array().unwrap()[..2].iter().all(|e| e["success"] == "yes"), "{audit}");
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "{audit}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Network IPs as sdc-cloudapi shows them: on a public network a tenant sees and reads only
+/// its own addresses and reserves none; on its own network it sees every held or reserved
+/// address, holders only of its own, and reserves free ones; managed addresses (the
+/// gateway) are never changed; operators see everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn network_ips_follow_ownership() {
+    let w = world(Backend::Sqlite).await;
+    let c = &w.cloud.client;
+    let alice_uuid = c.get("/accounts/alice").await.unwrap()["uuid"].as_str().unwrap().to_string();
+    let bob_uuid = c.get("/accounts/bob").await.unwrap()["uuid"].as_str().unwrap().to_string();
+    let shared = c
+        .post("/networks", &json!({"name": "shared", "nic_tag": "external", "vlan_id": 3, "subnet": "10.88.0.0/24",
+            "provision_start_ip": "10.88.0.10", "provision_end_ip": "10.88.0.20", "gateway": "10.88.0.1", "owner_uuids": [alice_uuid, bob_uuid]}))
+        .await
+        .unwrap()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let am = machine(&w, &w.alice, "a-1").await;
+    let bm = machine(&w, &w.bob, "b-1").await;
+    let public = w.seed.network.clone();
+
+    // Public network: each tenant sees its own address, with its machine as holder.
+    let list = w.alice.get(&format!("/my/networks/{public}/ips")).await.unwrap();
+    assert_eq!((list.status, list.headers["x-resource-count"].to_str().unwrap()), (200, "1"), "{}", list.text);
+    assert_eq!(
+        list.body[0],
+        json!({"ip": am["primaryIp"], "reserved": false, "managed": false, "owner_uuid": alice_uuid, "belongs_to_uuid": am["id"], "belongs_to_type": "zone"})
+    );
+    let theirs = w.alice.get(&format!("/my/networks/{public}/ips/{}", bm["primaryIp"].as_str().unwrap())).await.unwrap();
+    assert_eq!((theirs.status, theirs.body["code"].as_str()), (404, Some("ResourceNotFound")), "{}", theirs.text);
+    let mine = w.alice.get(&format!("/my/networks/{public}/ips/{}", am["primaryIp"].as_str().unwrap())).await.unwrap();
+    assert_eq!(mine.body, list.body[0]);
+    let put = w
+        .alice
+        .send("PUT", &format!("/my/networks/{public}/ips/10.77.0.200"), Some(&json!({"reserved": true})), Signing::Good)
+        .await
+        .unwrap();
+    assert_eq!((put.status, put.body["code"].as_str()), (409, Some("InvalidArgument")));
+    assert!(put.body["message"].as_str().unwrap().contains("cannot update an IP on a public network"), "{}", put.text);
+
+    // A shared private network: both tenants' addresses show, holders only to their owners.
+    for (t, m) in [(&w.alice, &am), (&w.bob, &bm)] {
+        let a = t.post(&format!("/my/machines/{}/nics", m["id"].as_str().unwrap()), &json!({"network": shared})).await.unwrap();
+        assert_eq!(a.status, 201, "{}", a.text);
+        let mac = a.body["mac"].as_str().unwrap().replace(':', "");
+        wait_for(t, &format!("/my/machines/{}/nics/{mac}", m["id"].as_str().unwrap()), |a| a.body["state"] == "running").await;
+    }
+    let list = w.alice.get(&format!("/my/networks/{shared}/ips?limit=10&offset=0")).await.unwrap().body;
+    let ips: Vec<&Value> = list.as_array().unwrap().iter().collect();
+    assert_eq!(ips.len(), 3, "the gateway and two NICs: {list}");
+    assert_eq!(ips[0], &json!({"ip": "10.88.0.1", "reserved": true, "managed": true}), "the gateway is managed and anonymous");
+    let alices = ips.iter().find(|i| i["owner_uuid"] == json!(alice_uuid)).unwrap();
+    let bobs = ips.iter().find(|i| i["owner_uuid"] == json!(bob_uuid)).unwrap();
+    assert_eq!(alices["belongs_to_uuid"], am["id"]);
+    assert!(bobs.get("belongs_to_uuid").is_none(), "bob's holder stays bob's: {bobs}");
+    let page = w.alice.get(&format!("/my/networks/{shared}/ips?limit=1&offset=1")).await.unwrap();
+    assert_eq!((page.body.as_array().unwrap().len(), page.headers["x-resource-count"].to_str().unwrap()), (1, "1"));
+    assert_eq!(page.body[0], *ips[1]);
+
+    // Reserving: a free address yes, and back; the gateway and bob's address no.
+    let path = format!("/my/networks/{shared}/ips/10.88.0.15");
+    let put = w.alice.send("PUT", &path, Some(&json!({"reserved": true})), Signing::Good).await.unwrap();
+    assert_eq!((put.status, put.body.clone()), (200, json!({"ip": "10.88.0.15", "reserved": true, "managed": false})), "{}", put.text);
+    assert_eq!(c.get(&format!("/networks/{shared}/ips/10.88.0.15")).await.unwrap()["reserved"], true, "NAPI has it reserved");
+    assert_eq!(w.alice.get(&path).await.unwrap().body["reserved"], true);
+    let put = w.alice.send("PUT", &path, Some(&json!({"reserved": "false"})), Signing::Good).await.unwrap();
+    assert_eq!(put.body["reserved"], false, "{}", put.text);
+    let refused = |a: nereid_testkit::cloudapi::Answer, text: &str| {
+        assert_eq!((a.status, a.body["code"].as_str()), (409, Some("InvalidArgument")), "{}", a.text);
+        assert!(a.body["message"].as_str().unwrap().contains(text), "{}", a.text);
+    };
+    let gw = format!("/my/networks/{shared}/ips/10.88.0.1");
+    refused(
+        w.alice.send("PUT", &gw, Some(&json!({"reserved": false})), Signing::Good).await.unwrap(),
+        "cannot update managed IP: 10.88.0.1",
+    );
+    let bob_ip = bobs["ip"].as_str().unwrap();
+    refused(
+        w.alice.send("PUT", &format!("/my/networks/{shared}/ips/{bob_ip}"), Some(&json!({"reserved": true})), Signing::Good).await.unwrap(),
+        "in use by another account",
+    );
+    let missing = w.alice.send("PUT", &path, Some(&json!({})), Signing::Good).await.unwrap();
+    assert_eq!((missing.status, missing.body["code"].as_str()), (409, Some("MissingParameter")));
+    refused(w.alice.send("PUT", &path, Some(&json!({"reserved": "yes"})), Signing::Good).await.unwrap(), "true or false");
+    refused(w.alice.get(&format!("/my/networks/{shared}/ips/10.99.0.1")).await.unwrap(), "10.99.0.1");
+    refused(w.alice.get(&format!("/my/networks/{shared}/ips/nope")).await.unwrap(), "ip");
+    refused(w.alice.get(&format!("/my/networks/{shared}/ips?limit=0")).await.unwrap(), "limit");
+    // Networks the account may not use, and pools, are not there.
+    let bobs_only = c
+        .post(
+            "/networks",
+            &json!({"name": "bobs", "nic_tag": "external", "vlan_id": 4, "subnet": "10.89.0.0/24",
+            "provision_start_ip": "10.89.0.10", "provision_end_ip": "10.89.0.20", "owner_uuids": [bob_uuid]}),
+        )
+        .await
+        .unwrap()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let a = w.alice.get(&format!("/my/networks/{bobs_only}/ips")).await.unwrap();
+    assert_eq!((a.status, a.body["code"].as_str()), (404, Some("ResourceNotFound")));
+    let pool =
+        c.post("/network_pools", &json!({"name": "pool", "networks": [public]})).await.unwrap()["uuid"].as_str().unwrap().to_string();
+    refused(w.alice.get(&format!("/my/networks/{pool}/ips")).await.unwrap(), "network pool");
+
+    // An operator sees every address of the public network, holders included, and may reserve.
+    let url = w.cloud.headnode.cloudapi.as_ref().unwrap().url.clone();
+    let op = Tenant::new(&url, "root.op", Key::from_seed(9));
+    let all = op.get(&format!("/my/networks/{public}/ips")).await.unwrap().body;
+    let holders: Vec<&Value> = all.as_array().unwrap().iter().map(|i| &i["belongs_to_uuid"]).collect();
+    assert!(holders.contains(&&am["id"]) && holders.contains(&&bm["id"]), "{all}");
+    let put =
+        op.send("PUT", &format!("/my/networks/{public}/ips/10.77.0.200"), Some(&json!({"reserved": true})), Signing::Good).await.unwrap();
+    assert_eq!((put.status, put.body["reserved"].as_bool()), (200, Some(true)), "{}", put.text);
 }

@@ -70,7 +70,9 @@ pub struct Client {
 
 impl Client {
     pub fn new(url: &str, login: &str, key: Key) -> Self {
-        Client { url: url.trim_end_matches('/').to_string(), login: login.to_string(), key, http: reqwest::Client::new() }
+        // Answers are looked at as they come (a 302 is a 302, as the CLI sees it), so redirects are not followed.
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap_or_default();
+        Client { url: url.trim_end_matches('/').to_string(), login: login.to_string(), key, http }
     }
 
     /// Sends `method path` (path as it goes on the request line, already encoded).
