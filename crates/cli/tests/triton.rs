@@ -178,6 +178,128 @@ async fn triton_cli_with_an_ed25519_key_over_http() {
     drop(s.cloud);
 }
 
+/// `triton instance nic create|list|get|delete` on a running instance, with NAPI, VMAPI
+/// and CloudAPI agreeing after each; `triton instance ip`; `triton network ip
+/// list|get|update` on the tenant's own network and refused on the public one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triton_cli_manages_nics_and_network_ips() {
+    let s = setup(KeyType::Ed25519, false).await;
+    let (t, c) = (&s.triton, &s.cloud.client);
+    let alice = c.get("/accounts/alice").await.unwrap()["uuid"].clone();
+    let net = c
+        .post(
+            "/networks",
+            &json!({"name": "alice-net", "nic_tag": "external", "vlan_id": 3, "subnet": "10.88.0.0/24",
+            "provision_start_ip": "10.88.0.10", "provision_end_ip": "10.88.0.20", "gateway": "10.88.0.1", "owner_uuids": [alice]}),
+        )
+        .await
+        .unwrap()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tr(t, &["instance", "create", "-w", "tiny", "sample", "--name", "web-1"]).await;
+    let m = tr_json(t, &["instance", "get", "web-1"]).await;
+    let id = m["id"].as_str().unwrap().to_string();
+    let first_ip = m["primaryIp"].as_str().unwrap().to_string();
+
+    // NAPI, VMAPI and CloudAPI name the same NICs with the same addresses and primary.
+    let agree = |want: usize| {
+        let (t, c, id) = (t.clone(), c.clone(), id.clone());
+        async move {
+            let key = |n: &Value| (n["mac"].as_str().unwrap().to_string(), n["ip"].as_str().unwrap().to_string(), n["primary"] == true);
+            let cloud = tr(&t, &["instance", "nic", "list", "-j", "web-1"]).await;
+            let cloud: Vec<Value> = cloud.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            let napi = c.get(&format!("/nics?belongs_to_uuid={id}")).await.unwrap();
+            let vmapi = c.get(&format!("/vms/{id}")).await.unwrap()["nics"].clone();
+            let a: std::collections::BTreeSet<_> = cloud.iter().map(key).collect();
+            let b: std::collections::BTreeSet<_> = napi.as_array().unwrap().iter().map(key).collect();
+            let v: std::collections::BTreeSet<_> = vmapi.as_array().unwrap().iter().map(key).collect();
+            assert_eq!((a.len(), &a, &a), (want, &b, &v), "CloudAPI, NAPI and VMAPI disagree");
+            assert!(cloud.iter().all(|n| n["state"] == "running"), "{cloud:?}");
+            cloud
+        }
+    };
+    agree(1).await;
+
+    let out = tr(t, &["instance", "nic", "create", "-w", "web-1", "alice-net"]).await;
+    assert!(out.contains("Creating NIC") && out.contains("Created NIC"), "{out}");
+    let mac = out.lines().last().unwrap().trim_start_matches("Created NIC ").trim().to_string();
+    let nics = agree(2).await;
+    let added = nics.iter().find(|n| n["mac"] == json!(mac)).unwrap();
+    assert_eq!((added["ip"].as_str(), added["network"].as_str()), (Some("10.88.0.10"), Some(net.as_str())), "{added}");
+    let got = tr_json(t, &["instance", "nic", "get", "web-1", &mac]).await;
+    assert_eq!(&got, added);
+    let table = tr(t, &["instance", "nic", "list", "web-1"]).await;
+    assert!(table.contains("10.88.0.10") && table.contains(&first_ip), "{table}");
+    assert_eq!(tr(t, &["instance", "ip", "web-1"]).await.trim(), first_ip, "the primary NIC stays the first");
+    assert_eq!(tr_json(t, &["instance", "get", "web-1"]).await["state"], "running");
+    let (code, err) = tr_fail(t, &["instance", "nic", "create", "web-1", "alice-net"]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("Instance already has a NIC on that network"), "{err}");
+    // A chosen address, in the NICOPT form.
+    let net_b = c
+        .post(
+            "/networks",
+            &json!({"name": "alice-b", "nic_tag": "external", "vlan_id": 4, "subnet": "10.89.0.0/24",
+            "provision_start_ip": "10.89.0.10", "provision_end_ip": "10.89.0.20", "owner_uuids": [alice]}),
+        )
+        .await
+        .unwrap()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = tr(t, &["instance", "nic", "create", "-w", "web-1", &format!("ipv4_uuid={net_b}"), "ipv4_ips=10.89.0.15"]).await;
+    let mac3 = out.lines().last().unwrap().trim_start_matches("Created NIC ").trim().to_string();
+    assert!(agree(3).await.iter().any(|n| n["ip"] == "10.89.0.15"));
+
+    // Network IPs: the tenant's own network shows its NIC, and takes reservations.
+    let ips = tr(t, &["network", "ip", "list", "-j", "alice-net"]).await;
+    let ips: Vec<Value> = ips.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let held = ips.iter().find(|i| i["ip"] == "10.88.0.10").unwrap_or_else(|| panic!("{ips:?}"));
+    assert_eq!((held["belongs_to_uuid"].as_str(), held["managed"].as_bool()), (Some(id.as_str()), Some(false)), "{held}");
+    assert!(ips.iter().any(|i| i["ip"] == "10.88.0.1" && i["managed"] == true), "the gateway: {ips:?}");
+    let ip = tr_json(t, &["network", "ip", "get", "alice-net", "10.88.0.10"]).await;
+    assert_eq!(&ip, held);
+    let out = tr(t, &["network", "ip", "update", "alice-net", "10.88.0.15", "reserved=true"]).await;
+    assert!(out.contains("Updated network") && out.contains("10.88.0.15"), "{out}");
+    assert_eq!(tr_json(t, &["network", "ip", "get", "alice-net", "10.88.0.15"]).await["reserved"], true);
+    assert_eq!(c.get(&format!("/networks/{net}/ips/10.88.0.15")).await.unwrap()["reserved"], true, "NAPI agrees");
+    let table = tr(t, &["network", "ip", "list", "alice-net"]).await;
+    assert!(table.contains("10.88.0.15") && table.contains("MANAGED"), "{table}");
+    let (code, err) = tr_fail(t, &["network", "ip", "update", "external", "10.77.0.201", "reserved=true"]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot update an IP on a public network"), "{err}");
+    let (code, err) = tr_fail(t, &["network", "ip", "get", "external", "10.77.0.250"]).await;
+    assert_eq!(code, Some(3), "another's (or nobody's) address on a public network does not exist for a tenant: {err}");
+
+    // Delete the NICs (this CLI's nic delete has no -w; poll as -w would, until 404).
+    for m in [&mac, &mac3] {
+        let out = tr(t, &["instance", "nic", "delete", "-f", "web-1", m]).await;
+        assert!(out.contains(&format!("Deleted NIC {m}")), "{out}");
+    }
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (t2, mac2) = (t.clone(), mac3.clone());
+        let out = tokio::task::spawn_blocking(move || t2.run(&["instance", "nic", "get", "web-1", &mac2]).unwrap()).await.unwrap();
+        // 404: this CLI prints `error (ResourceNotFound): nic not found` (and exits 1 here).
+        if !out.success() && out.stderr.contains("(ResourceNotFound): nic not found") {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "{out}");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while c.get(&format!("/vms/{id}")).await.unwrap()["nics"].as_array().unwrap().len() != 1
+        || tr_json(t, &["instance", "get", "web-1"]).await["state"] != "running"
+    {
+        assert!(std::time::Instant::now() < end);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    agree(1).await;
+    assert_eq!(tr(t, &["instance", "ip", "web-1"]).await.trim(), first_ip);
+    assert_eq!(c.get(&format!("/networks/{net}/ips/10.88.0.10")).await.unwrap()["free"], true, "the address is free again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_without_insecure_is_refused_by_the_cli() {
     let s = setup(KeyType::Ed25519, true).await;
