@@ -45,7 +45,8 @@ BUILD_NEEDS=(cc=gcc pkg-config=pkg-config)
 
 # ensure_qemu: what the qemu backend runs VMs with: QEMU, qemu-img and UEFI firmware.
 ensure_qemu() {
-    apt_install qemu-system-x86 ovmf iproute2
+    # iproute2 and nftables: the agent's bridges, taps and anti-spoofing filters.
+    apt_install qemu-system-x86 ovmf iproute2 nftables
     # Installing qemu-system-x86 may replace a newer qemu-utils: check qemu-img after it.
     need qemu-img=qemu-utils
 }

@@ -297,8 +297,8 @@ mod tests {
     fn routes_carry_the_default_route_and_only_this_nics_link_local_ones() {
         let d = def(json!([
             nic(json!({"routes": {"10.99.0.0/16": "10.88.0.254", "10.77.0.0/16": "nics[0]", "10.66.0.0/16": "nics[1]",
-                "172.16.0.0/12": "192.168.0.1", "10.55.0.5": "macs[90:b8:d0:11:22:33]"}}))
-            , nic(json!({"mac": "90:b8:d0:44:55:66", "interface": "net1", "ip": "10.89.0.10", "gateway": "10.89.0.1", "primary": false}))
+                "172.16.0.0/12": "192.168.0.1", "10.55.0.5": "macs[90:b8:d0:11:22:33]"}})),
+            nic(json!({"mac": "90:b8:d0:44:55:66", "interface": "net1", "ip": "10.89.0.10", "gateway": "10.89.0.1", "primary": false}))
         ]));
         let lease = lease_for(&d, &d.nics[0]).unwrap();
         let r = |s: &str, g: &str| (s.parse::<Ipv4Net>().unwrap(), g.parse::<Ipv4Addr>().unwrap());

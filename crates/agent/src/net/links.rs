@@ -1,18 +1,33 @@
 //! Links, bridges and taps on the host, through iproute2 (`ip`, `bridge`). Every function
 //! is idempotent: it makes the host look a certain way, whatever it looked like before.
 //!
-//! VLANs: bridges Nereid makes filter VLANs (`vlan_filtering 1`), so networks with
-//! different VLAN ids share one bridge per nic tag. A VM's tap is an access port: untagged
-//! towards the guest, in the NIC's VLAN on the bridge (VLAN 0, "untagged", is the bridge's
-//! default VLAN 1). An operator's own bridge without VLAN filtering takes VLAN 0 NICs only.
+//! VLANs, the "traditional" Linux way (as Proxmox's `vmbr0v7`): VLAN 0 ("untagged") is
+//! the nic tag's bridge itself; VLAN N is a bridge of its own, [`vlan_bridge`], whose
+//! uplink — when the tag has one — is an 802.1Q interface on the tag's link or bridge.
+//! A VM's tap is an access port on its VLAN's bridge: the guest never sees tags, and
+//! VLANs meet nowhere on the host. (Bridge VLAN filtering would share one bridge, but
+//! kernels built without CONFIG_BRIDGE_VLAN_FILTERING — common in VMs and minimal
+//! builds — refuse it; separate bridges work on every kernel with a bridge.)
 
 use std::path::Path;
 
 use serde_json::Value;
 
-/// The bridge VLAN that carries a network's `vlan_id` (0 = untagged = the default VLAN 1).
-pub fn bridge_vid(vlan_id: u16) -> u16 {
-    if vlan_id == 0 { 1 } else { vlan_id }
+/// The bridge that carries VLAN `vlan_id` of a tag whose (VLAN 0) bridge is `base`.
+pub fn vlan_bridge(base: &str, vlan_id: u16) -> String {
+    if vlan_id == 0 {
+        return base.to_string();
+    }
+    let suffix = format!("v{vlan_id}");
+    let keep = 15usize.saturating_sub(suffix.len()).min(base.len());
+    format!("{}{suffix}", &base[..keep])
+}
+
+/// The 802.1Q interface carrying VLAN `vlan_id` of `link`.
+pub fn vlan_port(link: &str, vlan_id: u16) -> String {
+    let suffix = format!(".{vlan_id}");
+    let keep = 15usize.saturating_sub(suffix.len()).min(link.len());
+    format!("{}{suffix}", &link[..keep])
 }
 
 pub async fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
@@ -44,10 +59,6 @@ pub fn valid_name(iface: &str) -> bool {
 
 pub fn is_bridge(iface: &str) -> bool {
     exists(iface) && sys(iface).join("bridge").is_dir()
-}
-
-pub fn vlan_filtering(bridge: &str) -> bool {
-    std::fs::read_to_string(sys(bridge).join("bridge/vlan_filtering")).map(|s| s.trim() == "1").unwrap_or(false)
 }
 
 /// The bridge an interface is a port of.
@@ -82,10 +93,10 @@ pub fn named_like(prefix: &str) -> Vec<String> {
     out
 }
 
-/// Makes a VLAN-filtering bridge named `name` if there is none, and brings it up.
+/// Makes a bridge named `name` if there is none, and brings it up.
 pub async fn ensure_bridge(name: &str) -> Result<(), String> {
     if !exists(name) {
-        ip(&["link", "add", "name", name, "type", "bridge", "vlan_filtering", "1"]).await?;
+        ip(&["link", "add", "name", name, "type", "bridge"]).await?;
     } else if !is_bridge(name) {
         return Err(format!("{name} exists and is not a bridge"));
     }
@@ -112,9 +123,9 @@ pub async fn delete(iface: &str) {
     }
 }
 
-/// Makes `tap` a port of `bridge` in `vlan_id`, with `mtu`, up. An existing tap (a running
-/// VM's, after an agent restart or a bridge re-creation) is re-plugged, not re-made.
-pub async fn ensure_tap(tap: &str, bridge: &str, mtu_want: u32, vlan_id: u16) -> Result<(), String> {
+/// Makes `tap` a port of `bridge`, with `mtu`, up. An existing tap (a running VM's, after
+/// an agent restart or a bridge re-creation) is re-plugged, not re-made.
+pub async fn ensure_tap(tap: &str, bridge: &str, mtu_want: u32) -> Result<(), String> {
     if !exists(tap) {
         ip(&["tuntap", "add", "dev", tap, "mode", "tap"]).await?;
     }
@@ -124,37 +135,21 @@ pub async fn ensure_tap(tap: &str, bridge: &str, mtu_want: u32, vlan_id: u16) ->
     if mtu(tap) != Some(mtu_want) {
         ip(&["link", "set", "dev", tap, "mtu", &mtu_want.to_string()]).await?;
     }
-    if vlan_filtering(bridge) {
-        let vid = bridge_vid(vlan_id);
-        // An access port: exactly one VLAN, untagged towards the guest.
-        let ports: Value = serde_json::from_str(&run("bridge", &["-j", "vlan", "show", "dev", tap]).await?).unwrap_or(Value::Null);
-        let have: Vec<u64> = ports
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|p| p.get("vlans").and_then(Value::as_array).cloned().unwrap_or_default())
-            .filter_map(|v| v.get("vlan").and_then(Value::as_u64))
-            .collect();
-        for v in have.iter().filter(|v| **v != u64::from(vid)) {
-            run("bridge", &["vlan", "del", "dev", tap, "vid", &v.to_string()]).await?;
-        }
-        if !have.contains(&u64::from(vid)) {
-            run("bridge", &["vlan", "add", "dev", tap, "vid", &vid.to_string(), "pvid", "untagged"]).await?;
-        }
-    } else if vlan_id != 0 {
-        return Err(format!(
-            "bridge {bridge} does not filter VLANs, so it cannot carry VLAN {vlan_id}: switch on its vlan_filtering, or let Nereid make the bridge"
-        ));
-    }
     ip(&["link", "set", "dev", tap, "up"]).await
 }
 
-/// Lets `port` (an uplink) carry `vlan_id` tagged (VLAN 0 stays the untagged default).
-pub async fn trunk_vlan(port: &str, vlan_id: u16) -> Result<(), String> {
-    if vlan_id == 0 {
-        return Ok(());
+/// Makes the 802.1Q interface for `vlan_id` on `link` a port of `bridge`.
+pub async fn ensure_vlan_port(link: &str, vlan_id: u16, bridge: &str) -> Result<(), String> {
+    let port = vlan_port(link, vlan_id);
+    if !exists(&port) {
+        ip(&["link", "add", "link", link, "name", &port, "type", "vlan", "id", &vlan_id.to_string()])
+            .await
+            .map_err(|e| format!("{e} (does this kernel support 802.1Q VLANs?)"))?;
     }
-    run("bridge", &["vlan", "add", "dev", port, "vid", &vlan_id.to_string()]).await.map(drop)
+    if master(&port).as_deref() != Some(bridge) {
+        ip(&["link", "set", "dev", &port, "master", bridge]).await?;
+    }
+    ip(&["link", "set", "dev", &port, "up"]).await
 }
 
 #[cfg(test)]
@@ -164,7 +159,8 @@ mod tests {
     #[test]
     fn names_and_vlans() {
         assert!(valid_name("nereid0") && valid_name("eth1") && !valid_name("a/b") && !valid_name("") && !valid_name("sixteen-chars-xx"));
-        assert_eq!((bridge_vid(0), bridge_vid(5)), (1, 5));
+        assert_eq!((vlan_bridge("nereid0", 0), vlan_bridge("nereid0", 7), vlan_bridge("a-long-bridge-x", 4094)), ("nereid0".into(), "nereid0v7".into(), "a-long-briv4094".into()));
+        assert_eq!(vlan_port("eth1", 7), "eth1.7");
         assert!(exists("lo") && !is_bridge("lo") && !exists("no-such-if"));
         assert_eq!(mtu("lo"), Some(65536));
     }

@@ -1,7 +1,7 @@
 //! The managed network `nereid up` owns on a single host, the way libvirt's default
 //! network or Incus's managed bridge work: a bridge for a nic tag, the gateway address of
-//! each of the tag's networks on it (VLAN 0 on the bridge itself, tagged networks on a
-//! VLAN interface `BRIDGE.VID`), IPv4 forwarding, and — when the host has a default
+//! each of the tag's networks on it (VLAN 0 on the bridge itself, VLAN N on the VLAN's own
+//! bridge, `links::vlan_bridge`), IPv4 forwarding, and — when the host has a default
 //! route — masquerading of the networks' traffic out of it, in the nftables table
 //! `ip nereid_nat`. `up` is idempotent (re-run at every start); `down` removes all of it.
 //!
@@ -43,12 +43,7 @@ pub struct Report {
 
 /// The interface carrying a network's gateway.
 pub fn gateway_iface(bridge: &str, vlan_id: u16) -> String {
-    if vlan_id == 0 {
-        return bridge.to_string();
-    }
-    let suffix = format!(".{vlan_id}");
-    let keep = 15usize.saturating_sub(suffix.len()).min(bridge.len());
-    format!("{}{suffix}", &bridge[..keep])
+    links::vlan_bridge(bridge, vlan_id)
 }
 
 /// The NAT and forwarding table (pure).
@@ -81,12 +76,7 @@ pub async fn up(m: &Managed) -> Result<Report, String> {
     links::ensure_bridge(&m.bridge).await?;
     for n in &m.networks {
         let iface = gateway_iface(&m.bridge, n.vlan_id);
-        if n.vlan_id != 0 {
-            links::run("bridge", &["vlan", "add", "dev", &m.bridge, "vid", &n.vlan_id.to_string(), "self"]).await?;
-            if !links::exists(&iface) {
-                links::run("ip", &["link", "add", "link", &m.bridge, "name", &iface, "type", "vlan", "id", &n.vlan_id.to_string()]).await?;
-            }
-        }
+        links::ensure_bridge(&iface).await?;
         links::run("ip", &["addr", "replace", &n.gateway.to_string(), "dev", &iface]).await?;
         links::run("ip", &["link", "set", "dev", &iface, "up"]).await?;
     }
@@ -96,9 +86,14 @@ pub async fn up(m: &Managed) -> Result<Report, String> {
     Ok(Report { nat })
 }
 
-/// Removes everything `up` made (VLAN interfaces, the bridge, the NAT table).
+/// Removes everything `up` made (the VLANs' bridges, the bridge, the NAT table).
 pub async fn down(m: &Managed) {
     let _ = nft(&format!("table ip {NAT_TABLE} {{}}\ndelete table ip {NAT_TABLE}\n")).await;
+    // The VLANs' bridges: those with a gateway, and those VMs' NICs made since.
+    let vlans = links::named_like(&format!("{}v", m.bridge));
+    for b in vlans.iter().filter(|b| b[m.bridge.len() + 1..].parse::<u16>().is_ok()) {
+        links::delete(b).await;
+    }
     for n in m.networks.iter().filter(|n| n.vlan_id != 0) {
         links::delete(&gateway_iface(&m.bridge, n.vlan_id)).await;
     }
@@ -128,9 +123,8 @@ mod tests {
         };
         let s = nat_ruleset(&m, true);
         assert!(s.contains("ip saddr { 10.88.0.0/24, 10.89.0.0/24 } ip daddr != { 10.88.0.0/24, 10.89.0.0/24 } masquerade"), "{s}");
-        assert!(s.contains("iifname { \"nereid0\", \"nereid0.7\" } accept"), "{s}");
+        assert!(s.contains("iifname { \"nereid0\", \"nereid0v7\" } accept"), "{s}");
         assert!(!nat_ruleset(&m, false).contains("masquerade"));
-        assert_eq!(gateway_iface("a-long-bridge-x", 4094), "a-long-bri.4094");
         assert_eq!(gateway_net("10.88.1.1", "10.88.0.0/24"), None);
         assert_eq!(gateway_net("10.88.0.1", "10.88.0.0/24").unwrap().to_string(), "10.88.0.1/24");
     }

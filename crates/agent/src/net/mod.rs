@@ -3,9 +3,12 @@
 //! the definitions of the VMs that run here.
 //!
 //! ```text
-//!   --nic-tag TAG=BRIDGE      NICs of TAG go on BRIDGE (made, VLAN-filtering, if missing)
-//!   --nic-tag TAG=link:ETH    Nereid makes a bridge for TAG and plugs ETH into it (trunk)
+//!   --nic-tag TAG=BRIDGE      NICs of TAG go on BRIDGE (made if missing)
+//!   --nic-tag TAG=link:ETH    Nereid makes a bridge for TAG and plugs ETH into it
+//!   nereid up's managed tag   a bridge on this host alone (no uplink)
 //!   (tag not listed)          a bridge named like the tag if there is one, else isolated
+//!   VLAN N of a tag           a bridge of its own (`links::vlan_bridge`), uplinked through
+//!                             an 802.1Q interface on the tag's link or bridge
 //!
 //!   VM start:  taps (links) ─► responders (responder, dhcp, packet) ─► filter table (filter)
 //!   VM stop:   responders stop, taps go, filter table rewritten without them
@@ -40,13 +43,15 @@ pub enum Uplink {
     /// A physical (or any) link that Nereid bridges: a bridge named [`link_bridge`] with
     /// the link as its trunk port.
     Link(String),
+    /// A bridge on this host alone (`nereid up`'s managed bridge): its VLANs go nowhere else.
+    Local(String),
 }
 
 impl Uplink {
     /// The interface named on the command line.
     pub fn name(&self) -> &str {
         match self {
-            Uplink::Bridge(n) | Uplink::Link(n) => n,
+            Uplink::Bridge(n) | Uplink::Link(n) | Uplink::Local(n) => n,
         }
     }
 }
@@ -119,18 +124,16 @@ impl Net {
         }
     }
 
-    /// The bridge that carries `tag` here, made ready; `None` when the tag has none (NICs
-    /// on it are isolated).
-    async fn bridge_for(&self, tag: &str) -> Result<Option<String>, String> {
-        match self.tags.iter().find(|(t, _)| t == tag).map(|(_, u)| u) {
+    /// The bridge that carries VLAN `vlan_id` of `tag` here, made ready; `None` when the
+    /// tag has none (NICs on it are isolated).
+    async fn bridge_for(&self, tag: &str, vlan_id: u16) -> Result<Option<String>, String> {
+        let (base, uplink) = match self.tags.iter().find(|(t, _)| t == tag).map(|(_, u)| u) {
             Some(Uplink::Bridge(b)) if links::exists(b) && !links::is_bridge(b) => {
                 tracing::warn!(tag, iface = %b, "nic tag {tag:?} is on {b:?}, which is not a bridge: its NICs are isolated (use {tag}=link:{b} to bridge it)");
-                Ok(None)
+                return Ok(None);
             }
-            Some(Uplink::Bridge(b)) => {
-                links::ensure_bridge(b).await?;
-                Ok(Some(b.clone()))
-            }
+            Some(Uplink::Bridge(b)) => (b.clone(), Some(b.clone())),
+            Some(Uplink::Local(b)) => (b.clone(), None),
             Some(Uplink::Link(l)) => {
                 if !links::exists(l) {
                     return Err(format!("nic tag {tag:?}: link {l} does not exist on this server"));
@@ -141,11 +144,21 @@ impl Net {
                     links::run("ip", &["link", "set", "dev", l, "master", &b]).await?;
                 }
                 links::run("ip", &["link", "set", "dev", l, "up"]).await?;
-                Ok(Some(b))
+                (b, Some(l.clone()))
             }
-            None if links::is_bridge(tag) => Ok(Some(tag.to_string())),
-            None => Ok(None),
+            None if links::is_bridge(tag) => (tag.to_string(), Some(tag.to_string())),
+            None => return Ok(None),
+        };
+        links::ensure_bridge(&base).await?;
+        if vlan_id == 0 {
+            return Ok(Some(base));
         }
+        let vb = links::vlan_bridge(&base, vlan_id);
+        links::ensure_bridge(&vb).await?;
+        if let Some(up) = uplink {
+            links::ensure_vlan_port(&up, vlan_id, &vb).await.map_err(|e| format!("VLAN {vlan_id} of nic tag {tag:?}: {e}"))?;
+        }
+        Ok(Some(vb))
     }
 
     /// Makes the host side of every NIC of `def` (taps, DHCP, filters); how each attaches,
@@ -154,16 +167,13 @@ impl Net {
         let mut out = Vec::new();
         let mut ports = Vec::new();
         for (i, n) in def.nics.iter().enumerate() {
-            let Some(bridge) = self.bridge_for(&n.nic_tag).await? else {
+            let Some(bridge) = self.bridge_for(&n.nic_tag, n.vlan_id).await? else {
                 tracing::warn!(vm = %def.uuid, nic = %n.mac, tag = %n.nic_tag, "nic tag {:?} has no bridge here: the NIC is isolated", n.nic_tag);
                 out.push(Attach::Isolated);
                 continue;
             };
             let tap = tap_name(def.uuid, i);
-            links::ensure_tap(&tap, &bridge, n.mtu, n.vlan_id).await?;
-            if let Some(Uplink::Link(l)) = self.tags.iter().find(|(t, _)| *t == n.nic_tag).map(|(_, u)| u) {
-                links::trunk_vlan(l, n.vlan_id).await?;
-            }
+            links::ensure_tap(&tap, &bridge, n.mtu).await?;
             ports.push(Port { tap: tap.clone(), nic: n.clone() });
             out.push(Attach::Tap(tap));
         }

@@ -21,7 +21,10 @@ use etherparse::{LinkSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-const ETH_P_IP: u16 = 0x0800;
+/// Every protocol: a socket bound to one protocol only sees frames after the device's
+/// rx handler, and a bridge port's handler (the bridge) consumes them all. The BPF filter
+/// narrows "everything" down to DHCP requests in the kernel.
+const ETH_P_ALL: u16 = 0x0003;
 const DHCP_SERVER_PORT: u16 = 67;
 const DHCP_CLIENT_PORT: u16 = 68;
 
@@ -122,7 +125,7 @@ impl PacketSocket {
         // SAFETY: an all-zero sockaddr_ll is a valid value of the plain C struct.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = ETH_P_IP.to_be();
+        sll.sll_protocol = ETH_P_ALL.to_be();
         sll.sll_ifindex = index as i32;
         // SAFETY: `sll` is a valid sockaddr_ll and its size is passed with it.
         check(unsafe {

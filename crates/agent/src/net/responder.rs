@@ -85,6 +85,7 @@ async fn serve(sock: PacketSocket, our_mac: [u8; 6], lease: watch::Receiver<Leas
         let n = sock.recv(&mut buf).await?;
         counters.requests.fetch_add(1, Ordering::Relaxed);
         let out = reply_to(&lease.borrow(), our_mac, &buf[..n]);
+        tracing::debug!(bytes = n, answered = out.is_some(), "DHCP request");
         if let Some(out) = out {
             sock.send(&out).await?;
             counters.replies.fetch_add(1, Ordering::Relaxed);

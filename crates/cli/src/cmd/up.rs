@@ -167,7 +167,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         let report = nereid_agent::net::managed::up(&m)
             .await
             .map_err(|e| anyhow::anyhow!("making the managed network on bridge {}: {e} (or start with --no-managed-network)", m.bridge))?;
-        nic_tags.push((MANAGED_TAG.into(), nereid_agent::net::Uplink::Bridge(m.bridge.clone())));
+        nic_tags.push((MANAGED_TAG.into(), nereid_agent::net::Uplink::Local(m.bridge.clone())));
         Some((m, report))
     };
     let backend = match a.backend {
