@@ -29,7 +29,8 @@ async fn env(b: Backend) -> Env {
         .post(
             "/networks",
             &json!({"name": "second", "nic_tag": "external", "vlan_id": 5, "subnet": "10.88.0.0/24",
-            "provision_start_ip": "10.88.0.10", "provision_end_ip": "10.88.0.200", "gateway": "10.88.0.1"}),
+            "provision_start_ip": "10.88.0.10", "provision_end_ip": "10.88.0.200", "gateway": "10.88.0.1",
+                "dhcp_server": false}),
         )
         .await
         .unwrap()["uuid"]
@@ -147,6 +148,9 @@ async fn nic_actions_keep_napi_and_vmapi_in_step(b: Backend) {
     );
     assert!(second["ip"].as_str().unwrap().starts_with("10.88.0."), "{second}");
     assert_eq!(second["vlan_id"], 5);
+    // The second network's guests get DHCP elsewhere: its NIC says so; the first's is answered.
+    assert_eq!((second["dhcp_server"].as_bool(), nics[0].get("dhcp_server")), (Some(false), None), "{nics:?}");
+    assert_eq!(c.get(&format!("/networks/{}", e.seed.network)).await.unwrap()["dhcp_server"], true);
     assert_eq!(e.vm(&uuid).await["state"], "running");
     let boot2 = e.on_server(&uuid).await["boot_timestamp"].clone();
     assert_ne!(boot, boot2, "the VM restarted to get its NIC");
