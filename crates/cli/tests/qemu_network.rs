@@ -65,7 +65,15 @@ impl Up {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         self.child = Some(child);
-        let (text, create) = tokio::task::spawn_blocking(move || common::up_banner(stdout)).await.unwrap();
+        let (text, create) = tokio::task::spawn_blocking(move || {
+            let mut stdout = stdout;
+            let banner = common::up_banner(&mut stdout);
+            // Keep reading: `nereid up` says goodbye on stdout when it stops.
+            std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+            banner
+        })
+        .await
+        .unwrap();
         if let Some(c) = create {
             self.create = c;
         }
