@@ -235,6 +235,16 @@ async fn nic_actions_keep_napi_and_vmapi_in_step(b: Backend) {
         .await
         .unwrap();
     refused(c.post(&format!("/vms/{uuid}?action=add_nics"), &json!({"networks": [private["uuid"]]})).await, "may not use");
+    c.post("/nic_tags", &json!({"name": "storage"})).await.unwrap();
+    let elsewhere = c
+        .post(
+            "/networks",
+            &json!({"name": "storage", "nic_tag": "storage", "vlan_id": 0, "subnet": "10.55.0.0/24",
+            "provision_start_ip": "10.55.0.10", "provision_end_ip": "10.55.0.20"}),
+        )
+        .await
+        .unwrap();
+    refused(c.post(&format!("/vms/{uuid}?action=add_nics"), &json!({"networks": [elsewhere["uuid"]]})).await, "no nic tag storage");
     let jobs = c.get(&format!("/vms/{uuid}/jobs")).await.unwrap();
     let tasks: Vec<&str> = jobs.as_array().unwrap().iter().map(|j| j["task"].as_str().unwrap()).collect();
     assert_eq!(tasks, ["add_nics", "stop", "remove_nics", "update_nics", "update_nics", "add_nics", "provision"]);

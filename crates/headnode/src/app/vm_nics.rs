@@ -69,14 +69,10 @@ impl App {
         let have = nereid_types::sysinfo::nic_tags(&s.sysinfo);
         for (field, group) in groups {
             if !group.iter().any(|t| have.contains(t)) {
+                // Tenants see this message too: it names no server.
                 return Err(invalid(
                     field,
-                    format!(
-                        "the VM's server {} has no nic tag {} (it has {}): it cannot reach that network",
-                        s.hostname,
-                        group.join(" or "),
-                        if have.is_empty() { "none".to_string() } else { have.join(", ") }
-                    ),
+                    format!("the VM's server does not support that network (it has no nic tag {})", group.join(" or ")),
                 ));
             }
         }
@@ -123,6 +119,12 @@ impl App {
                         Err(e) if e.status == 404 => return Err(invalid(&field, format!("NIC {text} does not exist in NAPI"))),
                         Err(e) => return Err(e),
                     };
+                    if nic.owner_uuid != owner {
+                        return Err(invalid(
+                            &field,
+                            format!("NIC {} is owned by {}, not by the VM's owner {owner}", nic.mac, nic.owner_uuid),
+                        ));
+                    }
                     if nic.belongs_to_uuid != uuid || nic.belongs_to_type != "zone" {
                         return Err(invalid(
                             &field,
