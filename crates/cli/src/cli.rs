@@ -446,6 +446,12 @@ pub enum VmVerb {
     Reboot(VmActionArgs),
     /// Change a VM: ram=2048, quota=20, billing_id=…, alias=…, set_tags='{"a":"b"}'
     Update(VmUpdateArgs),
+    /// Add NICs: networks='["<network uuid>"]' (or macs='["<existing NAPI NIC>"]'); a running VM restarts to see them
+    AddNics(VmNicsArgs),
+    /// Change NICs: nics='[{"mac": "…", "primary": true, "allow_ip_spoofing": true}]' (flags apply at once, without a restart)
+    UpdateNics(VmNicsArgs),
+    /// Remove NICs: macs='["90:b8:d0:…"]'; their addresses go back to NAPI
+    RemoveNics(VmNicsArgs),
     /// Destroy a VM
     Delete(VmActionArgs),
     /// Attach to a VM's serial console (Ctrl-] detaches), or print its log with --log
@@ -527,6 +533,16 @@ pub struct VmUpdateArgs {
     /// Skip the capacity check of a resize
     #[arg(long)]
     pub force: bool,
+    /// Wait for the job and show its outcome
+    #[arg(short = 'w', long)]
+    pub wait: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VmNicsArgs {
+    pub id: String,
+    #[arg(value_name = "FIELD=VALUE")]
+    pub fields: Vec<String>,
     /// Wait for the job and show its outcome
     #[arg(short = 'w', long)]
     pub wait: bool,

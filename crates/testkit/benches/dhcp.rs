@@ -33,11 +33,9 @@ fn request(xid: u32, ip: Ipv4Addr, mac: &[u8]) -> Vec<u8> {
 async fn main() {
     let total: u32 = std::env::var("NEREID_BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let ns = NetNs::new("dhcpbench").unwrap();
-    ns.sh(
-        "ip link add t0 type veth peer name g0; ip link set g0 address 90:b8:d0:11:22:33; ip link set t0 up; ip link set g0 up; \
-         ip addr add 10.88.0.10/24 dev g0; ip neigh replace 10.88.0.1 lladdr $(cat /sys/class/net/t0/address) dev g0",
-    )
-    .unwrap();
+    ns.sh("ip link add t0 type veth peer name g0; ip link set g0 address 90:b8:d0:11:22:33; ip link set t0 up; ip link set g0 up; \
+         ip addr add 10.88.0.10/24 dev g0; ip neigh replace 10.88.0.1 lladdr $(cat /sys/class/net/t0/address) dev g0")
+        .unwrap();
     let def: Definition = serde_json::from_value(json!({
         "uuid": "6f3d3f1c-8a51-4e43-9b8c-2f0f5d7c9a10", "brand": "bhyve", "owner_uuid": uuid::Uuid::nil(), "hostname": "bench",
         "ram": 1, "vcpus": 1, "disks": [],

@@ -54,10 +54,7 @@ impl NetNs {
 
     /// Whether `ping` from inside reaches `addr` (a few tries over `secs` seconds).
     pub fn pings(&self, addr: &str, secs: u32) -> bool {
-        self.cmd("ping")
-            .args(["-c", "1", "-W", "1", "-w", &secs.max(1).to_string(), addr])
-            .output()
-            .is_ok_and(|o| o.status.success())
+        self.cmd("ping").args(["-c", "1", "-W", "1", "-w", &secs.max(1).to_string(), addr]).output().is_ok_and(|o| o.status.success())
     }
 
     /// Runs `f` with the calling thread inside the namespace, then moves the thread back:

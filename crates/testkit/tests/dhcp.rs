@@ -36,12 +36,10 @@ fn udhcpc(ns: &NetNs, iface: &str, script: &std::path::Path) -> std::process::Ou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_dhcp_client_gets_exactly_the_napi_lease_and_strangers_get_nothing() {
     let ns = Arc::new(NetNs::new("dhcp").unwrap());
-    ns.sh(
-        "ip link add t0 type veth peer name g0; ip link set g0 address 90:b8:d0:11:22:33; \
+    ns.sh("ip link add t0 type veth peer name g0; ip link set g0 address 90:b8:d0:11:22:33; \
          ip link add t1 type veth peer name g1; ip link set g1 address 02:00:00:00:00:99; \
-         for i in t0 g0 t1 g1; do ip link set $i up; done",
-    )
-    .unwrap();
+         for i in t0 g0 t1 g1; do ip link set $i up; done")
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("script");
     std::fs::write(&script, SCRIPT).unwrap();
@@ -51,7 +49,9 @@ async fn a_real_dhcp_client_gets_exactly_the_napi_lease_and_strangers_get_nothin
     let counters = Arc::new(Counters::default());
     // Both "taps" answer only the NIC's MAC: g1's client is a stranger to t1's responder.
     let (_r0, _r1) = ns
-        .enter(|| (Responder::start("t0", lease.clone(), counters.clone()).unwrap(), Responder::start("t1", lease, counters.clone()).unwrap()))
+        .enter(|| {
+            (Responder::start("t0", lease.clone(), counters.clone()).unwrap(), Responder::start("t1", lease, counters.clone()).unwrap())
+        })
         .unwrap();
     let (n, s) = (ns.clone(), script.clone());
     let out = tokio::task::spawn_blocking(move || udhcpc(&n, "g0", &s)).await.unwrap();

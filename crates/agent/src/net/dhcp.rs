@@ -120,7 +120,7 @@ fn route_destination(dst: &str) -> Option<Ipv4Net> {
     if let Ok(n) = dst.parse::<Ipv4Net>() {
         return Some(n.trunc());
     }
-    dst.parse::<Ipv4Addr>().ok().map(|a| Ipv4Net::from(a))
+    dst.parse::<Ipv4Addr>().ok().map(Ipv4Net::from)
 }
 
 /// A route's gateway as this NIC sees it: an address on its subnet, or `0.0.0.0` for a

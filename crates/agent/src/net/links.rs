@@ -159,7 +159,10 @@ mod tests {
     #[test]
     fn names_and_vlans() {
         assert!(valid_name("nereid0") && valid_name("eth1") && !valid_name("a/b") && !valid_name("") && !valid_name("sixteen-chars-xx"));
-        assert_eq!((vlan_bridge("nereid0", 0), vlan_bridge("nereid0", 7), vlan_bridge("a-long-bridge-x", 4094)), ("nereid0".into(), "nereid0v7".into(), "a-long-briv4094".into()));
+        assert_eq!(
+            (vlan_bridge("nereid0", 0), vlan_bridge("nereid0", 7), vlan_bridge("a-long-bridge-x", 4094)),
+            ("nereid0".into(), "nereid0v7".into(), "a-long-briv4094".into())
+        );
         assert_eq!(vlan_port("eth1", 7), "eth1.7");
         assert!(exists("lo") && !is_bridge("lo") && !exists("no-such-if"));
         assert_eq!(mtu("lo"), Some(65536));

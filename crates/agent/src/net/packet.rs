@@ -164,7 +164,7 @@ impl PacketSocket {
                     if n < 0 { Err(io::Error::last_os_error()) } else { Ok((n as usize, from.sll_pkttype)) }
                 })
                 .await?;
-            if r.1 != libc::PACKET_OUTGOING as u8 {
+            if r.1 != libc::PACKET_OUTGOING {
                 return Ok(r.0);
             }
         }

@@ -289,7 +289,8 @@ impl Backend for Qemu {
 
     async fn update(&self, old: &Definition, new: &Definition) -> Result<(), BackendError> {
         let layout = self.layout(new.uuid);
-        let hardware = old.ram != new.ram || old.vcpus != new.vcpus || old.disks != new.disks || !net::only_live_changes(&old.nics, &new.nics);
+        let hardware =
+            old.ram != new.ram || old.vcpus != new.vcpus || old.disks != new.disks || !net::only_live_changes(&old.nics, &new.nics);
         let running = self.pid(new.uuid).is_some();
         if hardware && running {
             return Err(err("ram, vcpus, disks and NICs change only while the VM is stopped"));
