@@ -400,9 +400,9 @@ async fn vm(c: &Client, v: VmVerb, json: bool) -> Result<()> {
             }
             (c.post(&format!("/vms/{}?action=update", enc(&a.id)), &Value::Object(b)).await?, a.wait)
         }
-        VmVerb::AddNics(a) => nics_action(&c, &a, "add_nics", nereid_types::vm::ADD_NICS_FIELDS).await?,
-        VmVerb::UpdateNics(a) => nics_action(&c, &a, "update_nics", nereid_types::vm::UPDATE_NICS_FIELDS).await?,
-        VmVerb::RemoveNics(a) => nics_action(&c, &a, "remove_nics", nereid_types::vm::REMOVE_NICS_FIELDS).await?,
+        VmVerb::AddNics(a) => nics_action(c, &a, "add_nics", nereid_types::vm::ADD_NICS_FIELDS).await?,
+        VmVerb::UpdateNics(a) => nics_action(c, &a, "update_nics", nereid_types::vm::UPDATE_NICS_FIELDS).await?,
+        VmVerb::RemoveNics(a) => nics_action(c, &a, "remove_nics", nereid_types::vm::REMOVE_NICS_FIELDS).await?,
         VmVerb::Delete(a) => (c.delete(&format!("/vms/{}", enc(&a.id))).await?, a.wait),
         VmVerb::Console(a) => return super::console::run(c, &a).await,
         VmVerb::Snapshot(a) => {
@@ -438,6 +438,12 @@ async fn image_action(c: &Client, id: &str, action: &str, json: bool) -> Result<
     Ok(())
 }
 
+/// `POST /vms/:uuid?action=add_nics|update_nics|remove_nics`: the job, and whether to wait for it.
+async fn nics_action(c: &Client, a: &crate::cli::VmNicsArgs, action: &str, fields: &[Field]) -> Result<(Value, bool)> {
+    let b = body(fields, None, &a.fields)?;
+    Ok((c.post(&format!("/vms/{}?action={action}", enc(&a.id)), &Value::Object(b)).await?, a.wait))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,10 +462,4 @@ mod tests {
         assert_eq!(coerce(n, "resolvers", "8.8.8.8, 1.1.1.1").unwrap(), serde_json::json!(["8.8.8.8", "1.1.1.1"]));
         assert_eq!(query(&["name=a b".into(), "tag.role=os".into()]).unwrap(), "?name=a+b&tag.role=os");
     }
-}
-
-/// `POST /vms/:uuid?action=add_nics|update_nics|remove_nics`: the job, and whether to wait for it.
-async fn nics_action(c: &Client, a: &crate::cli::VmNicsArgs, action: &str, fields: &[Field]) -> Result<(Value, bool)> {
-    let b = body(fields, None, &a.fields)?;
-    Ok((c.post(&format!("/vms/{}?action={action}", enc(&a.id)), &Value::Object(b)).await?, a.wait))
 }
