@@ -490,6 +490,8 @@ async fn nereid_up_demo_boots_a_first_vm() {
         .args(["up", "--data-dir", data.to_str().unwrap(), "--admin-listen", "127.0.0.1:0", "--backend", "qemu", "--accel", "tcg"])
         .args(["--cloudapi-listen", "127.0.0.1:0"])
         .args(["--demo", "--demo-image", image.to_str().unwrap()])
+        // In the host's namespace: no managed bridge (qemu_network.rs runs `up` with one, in a namespace).
+        .arg("--no-managed-network")
         .env("HOME", dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

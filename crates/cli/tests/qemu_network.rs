@@ -150,9 +150,16 @@ impl Up {
 
     /// Whether the guest `vm` reaches `ip` with ping (run on its console).
     async fn guest_pings(&self, vm: &str, ip: &str) -> bool {
-        let out = self.console(vm, &format!("ping -c 2 -W 2 {ip} >/dev/null 2>&1 && echo PING-OK-$((6*7)) || echo PING-FAILED-$((6*7))\n")).await;
-        assert!(out.contains("PING-OK-42") || out.contains("PING-FAILED-42"), "no answer on {vm}'s console:\n{out}");
-        out.contains("PING-OK-42")
+        // A number of its own per question: the console replays earlier output first, and the
+        // typed command echoes `$((n*7))`, never its value.
+        static ASKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+        let n = ASKED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let out = self
+            .console(vm, &format!("ping -c 2 -W 2 {ip} >/dev/null 2>&1 && echo PING-OK-$(({n}*7)) || echo PING-FAILED-$(({n}*7))\n"))
+            .await;
+        let (ok, failed) = (format!("PING-OK-{}", n * 7), format!("PING-FAILED-{}", n * 7));
+        assert!(out.contains(&ok) || out.contains(&failed), "no answer on {vm}'s console:\n{out}");
+        out.contains(&ok)
     }
 }
 
@@ -199,4 +206,157 @@ async fn nereid_up_demo_vm_gets_its_address_by_dhcp_and_answers_ping() {
     up.launch().await;
     assert!(wait_ping(&up.ns, &ip, Instant::now(), Duration::from_secs(30)).is_some(), "{ip} unreachable after a restart");
     assert!(up.guest_pings(&vm, "10.88.0.1").await);
+}
+
+impl Up {
+    /// An operator API call made from inside the namespace (where it listens).
+    fn api(&self, method: &str, path: &str, body: &Value) -> Value {
+        use std::io::{Read, Write};
+        let endpoints: Value = serde_json::from_slice(&std::fs::read(self.data.join("endpoints.json")).unwrap()).unwrap();
+        let addr = endpoints["admin"].as_str().unwrap().trim_start_matches("http://").to_string();
+        let token = std::fs::read_to_string(self.data.join("admin.token")).unwrap();
+        let mut s = self.ns.enter(|| std::net::TcpStream::connect(&addr).unwrap()).unwrap();
+        let body = if body.is_null() { String::new() } else { body.to_string() };
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            token.trim(),
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, payload) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 2"), "{method} {path}: {out}");
+        serde_json::from_str(payload.trim()).unwrap_or(Value::Null)
+    }
+
+    /// Changes NIC flags with `nereid admin vm update-nics` (VMAPI's `update_nics`), waiting.
+    fn update_nic(&self, vm: &str, mac: &str, flags: Value) {
+        let mut nic = flags;
+        nic["mac"] = Value::String(mac.to_string());
+        let nics = format!("nics={}", Value::Array(vec![nic]));
+        let out = self.admin(&["vm", "update-nics", vm, &nics, "-w"]);
+        assert!(out.status.success(), "update-nics: {}{}", common::stdout(&out), common::stderr(&out));
+    }
+
+    fn mac(&self, vm: &str) -> String {
+        self.json(&["vm", "get", vm])["nics"][0]["mac"].as_str().unwrap().to_string()
+    }
+
+    fn network(&self, args: &[&str]) -> String {
+        let mut a = vec!["network", "create"];
+        a.extend_from_slice(args);
+        self.json(&a)["uuid"].as_str().unwrap().to_string()
+    }
+
+    /// The filter table as the host has it, without counters.
+    fn rules(&self) -> String {
+        self.ns.sh("nft -s list table bridge nereid").unwrap()
+    }
+
+    fn tap(&self, vm: &str) -> String {
+        format!("nt{}0", &vm.replace('-', "")[..8])
+    }
+}
+
+/// Four guests on one host: two on the managed network reach each other, one on another
+/// VLAN of the same nic tag (even with an overlapping subnet) reaches neither, one on a
+/// second network reaches the first only through its gateway. Then what a guest may send:
+/// a changed IP or MAC is cut off until the matching allow_* flag is set, a guest's DHCP
+/// server reaches no other guest's client. An agent restart changes none of it, and a
+/// deleted VM leaves no tap, rule, responder or NAPI address behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn qemu_guests_reach_each_other_only_as_networks_and_filters_allow() {
+    let (mut up, _) = Up::start().await;
+    let vlan7 = up.network(&[
+        "name=vlan7",
+        "nic_tag=external",
+        "vlan_id=7",
+        "subnet=10.88.0.0/24",
+        "provision_start_ip=10.88.0.100",
+        "provision_end_ip=10.88.0.150",
+    ]);
+    let vlan8 = up.network(&[
+        "name=vlan8",
+        "nic_tag=external",
+        "vlan_id=8",
+        "subnet=10.89.0.0/24",
+        "gateway=10.89.0.1",
+        "provision_start_ip=10.89.0.10",
+        "provision_end_ip=10.89.0.50",
+    ]);
+    // The managed network learns the new gateway at its next start.
+    up.stop();
+    up.launch().await;
+    let a = up.create("a", None);
+    let b = up.create("b", None);
+    let c = up.create("c", Some(&vlan7));
+    let d = up.create("d", Some(&vlan8));
+    let (ia, ib, ic) = (up.ip(&a), up.ip(&b), up.ip(&c));
+    assert!(ic.starts_with("10.88.0.1"), "{ic}: C shares A's subnet on another VLAN");
+    for vm in [&a, &b, &c, &d] {
+        let log = wait_boots(&up.agent(), vm, 1, BOOT).await.unwrap();
+        assert!(dhcp_line(&log).starts_with(&format!("{}/24", up.ip(vm))), "{vm}: {log}");
+    }
+    assert!(up.guest_pings(&a, &ib).await, "A reaches B on their network");
+    assert!(!up.guest_pings(&c, &ia).await, "C, on VLAN 7, reaches A on VLAN 0");
+    assert!(up.guest_pings(&d, &ia).await, "D reaches A through its gateway");
+    let out = up.console(&d, "ip route del default && echo ROUTE-GONE-$((1+2))\n").await;
+    assert!(out.contains("ROUTE-GONE-3"), "{out}");
+    assert!(!up.guest_pings(&d, &ia).await, "D reaches A without its gateway");
+
+    // A guest that takes another IP is cut off until allow_ip_spoofing.
+    up.console(&a, "ip addr add 10.88.0.200/24 dev eth0\n").await;
+    assert!(!up.ns.pings("10.88.0.200", 3), "a spoofed IP answered");
+    up.update_nic(&a, &up.mac(&a), serde_json::json!({"allow_ip_spoofing": true}));
+    assert!(up.ns.pings("10.88.0.200", 10), "allow_ip_spoofing did not let the second IP through");
+    // A guest's DHCP server reaches no other guest's client: B keeps getting its NAPI lease.
+    up.console(&a, "mkdir -p /var/lib/misc; touch /var/lib/misc/udhcpd.leases; printf 'start 10.88.0.210\\nend 10.88.0.220\\ninterface eth0\\nopt router 10.88.0.1\\n' >/tmp/u.conf; udhcpd /tmp/u.conf\n").await;
+    let before = values(&console_log(&up.agent(), &b), "dhcp eth0 ip").len();
+    for _ in 0..2 {
+        up.console(&b, "udhcpc -i eth0 -n -q -t 3 -T 1 -s /etc/udhcpc.script\n").await;
+    }
+    let leases = values(&console_log(&up.agent(), &b), "dhcp eth0 ip");
+    let new = &leases[before..];
+    assert!(new.len() >= 2 && new.iter().all(|l| l.starts_with(&format!("{ib}/24 "))), "B's leases: {new:?}");
+    let chain = up.ns.sh(&format!("nft list chain bridge nereid port_{}", up.tap(&a))).unwrap();
+    let dropped = chain.lines().find(|l| l.contains("\"dhcp server\"")).unwrap_or_default().to_string();
+    assert!(!dropped.contains("packets 0 "), "A's DHCP offers were not what the filter dropped: {chain}");
+
+    // A guest that takes another MAC is cut off until allow_mac_spoofing.
+    up.console(&b, "ip link set eth0 down; ip link set eth0 address 02:00:00:00:00:42; ip link set eth0 up\n").await;
+    up.ns.sh("ip neigh flush dev nereid0").unwrap();
+    assert!(!up.ns.pings(&ib, 3), "a spoofed MAC answered");
+    up.update_nic(&b, &up.mac(&b), serde_json::json!({"allow_mac_spoofing": true}));
+    up.ns.sh("ip neigh flush dev nereid0").unwrap();
+    assert!(up.ns.pings(&ib, 10), "allow_mac_spoofing did not let the new MAC through");
+
+    // Restarting the agent (with the headnode) changes nothing the guests see.
+    let before = up.rules();
+    up.stop();
+    up.launch().await;
+    assert_eq!(up.rules(), before, "the filter table after a restart");
+    assert!(up.ns.pings(&ia, 10), "the host reaches A after a restart");
+    // A still knows B by the MAC B had before it changed it.
+    up.console(&a, "ip neigh flush dev eth0\n").await;
+    assert!(up.guest_pings(&a, &ib).await, "A reaches B after a restart");
+
+    // A deleted VM leaves nothing behind.
+    let (tap_b, mac_b) = (up.tap(&b), up.mac(&b));
+    let out = up.admin(&["vm", "delete", &b, "-w"]);
+    assert!(out.status.success(), "{}{}", common::stdout(&out), common::stderr(&out));
+    let left = up.ns.sh(&format!("ip link show {tap_b} 2>&1 || true")).unwrap();
+    assert!(left.contains("does not exist"), "B's tap: {left}");
+    assert!(!up.rules().contains(&tap_b), "B's rules outlived it:\n{}", up.rules());
+    let packet_sockets = up.ns.sh("tail -n +2 /proc/net/packet | wc -l").unwrap();
+    assert_eq!(packet_sockets.trim(), "3", "one DHCP responder per remaining VM");
+    let nic = up.admin(&["nic", "get", &mac_b]);
+    assert!(!nic.status.success(), "B's NIC is still in NAPI: {}", common::stdout(&nic));
+    let ip = up.api(
+        "GET",
+        &format!("/networks/{}/ips/{ib}", up.json(&["vm", "get", &a])["nics"][0]["network_uuid"].as_str().unwrap()),
+        &Value::Null,
+    );
+    assert!(ip["belongs_to_uuid"].is_null() && ip["free"] != false, "B's address is not free: {ip}");
 }
