@@ -170,6 +170,11 @@ pub async fn run(a: UpArgs) -> Result<()> {
         nic_tags.push((MANAGED_TAG.into(), nereid_agent::net::Uplink::Local(m.bridge.clone())));
         Some((m, report))
     };
+    if managed.is_none() && !sim && !nic_tags.iter().any(|(t, _)| t == MANAGED_TAG) {
+        // No bridge for the seeded tag: the server still offers it, its NICs are isolated
+        // (`lo` is no bridge; the agent says so when it plugs a NIC in).
+        nic_tags.push((MANAGED_TAG.into(), nereid_agent::net::Uplink::Bridge("lo".into())));
+    }
     let backend = match a.backend {
         BackendArg::Sim => super::agent::sim_backend(&a.sim),
         BackendArg::Qemu => nereid_agent::BackendKind::Qemu(a.qemu.options()),
