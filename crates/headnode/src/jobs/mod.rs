@@ -40,6 +40,7 @@ pub mod destroy;
 pub mod nics;
 pub mod power;
 pub mod provision;
+pub mod push;
 pub mod snapshot;
 pub mod update;
 

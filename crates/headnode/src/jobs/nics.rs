@@ -23,20 +23,29 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nereid_types::agent::{Desired, NicDef};
+use nereid_types::agent::NicDef;
 use nereid_types::job::Job;
 use nereid_types::nic::Nic;
 use nereid_types::vm::NIC_FLAGS;
 use serde_json::{Map, Value, json};
 
-use super::power::send;
-use super::provision::{NetRequest, nic_def, nic_mac};
-use super::{Seen, Step, StepResultT, data, param, wait_for_server};
+use super::provision::{NetRequest, make_nic, nic_def, nic_mac};
+use super::{Step, StepResultT, data, param, push};
 use crate::app::App;
 use crate::app::vm_nics::same_mac;
 
 pub fn chain() -> Vec<Box<dyn Step>> {
-    vec![Box::new(Napi), Box::new(Stop), Box::new(Apply), Box::new(Start), Box::new(Finish)]
+    vec![
+        Box::new(Napi),
+        Box::new(push::Stop {
+            needs: restart,
+            live: "no restart needed: the server applies the change live",
+            stopped: "VM stopped to change its NICs",
+        }),
+        Box::new(Apply),
+        Box::new(push::Start { needs: restart }),
+        Box::new(Finish),
+    ]
 }
 
 fn e(err: nereid_types::ApiError) -> String {
@@ -46,11 +55,6 @@ fn e(err: nereid_types::ApiError) -> String {
 /// Whether this job changes the VM's hardware (and so restarts it if it runs).
 fn restart(job: &Job) -> bool {
     param::<bool>(job, "restart").unwrap_or(false)
-}
-
-/// Whether the VM is held stopped between `stop` and `start`.
-fn held(job: &Job) -> bool {
-    restart(job) && data::<bool>(job, "was_running") == Some(true)
 }
 
 /// The MACs the job takes off the VM.
@@ -113,17 +117,8 @@ impl Step for Napi {
                         let nic = match app.get_nic(&mac).await {
                             Ok((n, _)) if n.belongs_to_uuid == job.vm_uuid => n,
                             _ => {
-                                let mut body = json!({"mac": mac, "owner_uuid": owner, "belongs_to_uuid": job.vm_uuid,
-                                    "belongs_to_type": "zone", "cn_uuid": cn, "state": "provisioning", "primary": false,
-                                    "network_uuid": req.target, "model": model});
-                                if let Some(ip) = &req.ip {
-                                    body["ip"] = json!(ip);
-                                }
-                                for (k, v) in &req.flags {
-                                    body[k] = v.clone();
-                                }
-                                let Value::Object(m) = body else { return Err("bad NIC body".into()) };
-                                app.create_nic(&m).await.map_err(|er| format!("network {}: {}", req.target, er.message))?
+                                let fields = [("mac", json!(mac)), ("primary", json!(false)), ("model", json!(model))];
+                                make_nic(app, job, owner, cn, req, fields).await?
                             }
                         };
                         made.push(nic.mac.clone());
@@ -214,50 +209,6 @@ impl Step for Napi {
     }
 }
 
-async fn wait_state(app: &App, job: &Job, want: &'static str) -> Result<(), String> {
-    wait_for_server(app, job, |s| if s.state == want { Seen::Done } else { Seen::Pending }).await.map(|_| ())
-}
-
-struct Stop;
-
-#[async_trait]
-impl Step for Stop {
-    fn name(&self) -> &'static str {
-        "stop"
-    }
-    fn deadline(&self, app: &App) -> Duration {
-        app.cfg.step_deadline
-    }
-    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
-        if !restart(job) {
-            return Ok("no restart needed: the server applies the change live".into());
-        }
-        let was_running = match data::<bool>(job, "was_running") {
-            Some(w) => w,
-            None => {
-                let (vm, _) = app.get_vm(job.vm_uuid, None).await.map_err(e)?;
-                let w = vm.desired_state.as_deref().unwrap_or(vm.state.as_deref().unwrap_or("")) == "running";
-                job.data.insert("was_running".into(), json!(w));
-                w
-            }
-        };
-        if !was_running {
-            return Ok("VM already stopped".into());
-        }
-        send(app, job, Desired::Stopped, None).await?;
-        wait_state(app, job, "stopped").await?;
-        Ok("VM stopped to change its NICs".into())
-    }
-    async fn undo(&self, app: &App, job: &mut Job) -> StepResultT {
-        if data::<bool>(job, "was_running") != Some(true) {
-            return Ok("VM was not running".into());
-        }
-        send(app, job, Desired::Running, None).await?;
-        wait_state(app, job, "running").await?;
-        Ok("VM started again".into())
-    }
-}
-
 /// The VM's NIC definitions as NAPI now has them: the `before` NICs (minus removed ones)
 /// keep their interface and model; added NICs get the next free `netN`.
 async fn definitions(app: &App, job: &Job, before: &[NicDef]) -> Result<Vec<NicDef>, String> {
@@ -296,28 +247,19 @@ async fn definitions(app: &App, job: &Job, before: &[NicDef]) -> Result<Vec<NicD
 }
 
 /// Writes `defs` to the record and waits until the server runs that definition.
-async fn push(app: &App, job: &mut Job, defs: Vec<NicDef>, gen_key: &str) -> Result<i64, String> {
-    let (vm, _) = app.get_vm(job.vm_uuid, None).await.map_err(e)?;
-    let target: i64 = data(job, gen_key).unwrap_or(vm.definition_generation + 1);
-    job.data.insert(gen_key.into(), json!(target));
-    app.modify_vm(job.vm_uuid, |v| {
-        v.nics = Some(defs.clone());
-        v.definition_generation = v.definition_generation.max(target);
-        v.last_modified = Some(nereid_types::time::now_iso());
-        Ok(())
-    })
+async fn apply_defs(app: &App, job: &mut Job, defs: Vec<NicDef>, gen_key: &str) -> Result<i64, String> {
+    let held = push::held(job, restart);
+    push::push(
+        app,
+        job,
+        gen_key,
+        |v| {
+            v.nics = Some(defs.clone());
+            Ok(())
+        },
+        held,
+    )
     .await
-    .map_err(e)?;
-    let (vm, _) = app.get_vm(job.vm_uuid, None).await.map_err(e)?;
-    let desired = if !held(job) && vm.desired_state.as_deref() == Some("running") { Desired::Running } else { Desired::Stopped };
-    send(app, job, desired, None).await?;
-    wait_for_server(app, job, move |s| match &s.error {
-        _ if s.definition_generation >= target => Seen::Done,
-        Some(er) if er.starts_with("update failed") => Seen::Failed(er.clone()),
-        _ => Seen::Pending,
-    })
-    .await?;
-    Ok(target)
 }
 
 struct Apply;
@@ -341,7 +283,7 @@ impl Step for Apply {
             .iter()
             .map(|d| format!("{} {}{}", d.interface, d.ip.as_deref().unwrap_or("-"), if d.primary { " (primary)" } else { "" }))
             .collect();
-        let g = push(app, job, defs, "definition_target").await?;
+        let g = apply_defs(app, job, defs, "definition_target").await?;
         Ok(format!("NICs {} (definition generation {g})", summary.join(", ")))
     }
     async fn undo(&self, app: &App, job: &mut Job) -> StepResultT {
@@ -368,32 +310,12 @@ impl Step for Apply {
                 d.primary = p;
             }
         }
-        push(app, job, before, "undo_definition_target").await?;
+        apply_defs(app, job, before, "undo_definition_target").await?;
         Ok(if dropped == 0 {
             "the old NIC definitions restored".into()
         } else {
             format!("the old NIC definitions restored, but for {dropped} NIC(s) already deleted")
         })
-    }
-}
-
-struct Start;
-
-#[async_trait]
-impl Step for Start {
-    fn name(&self) -> &'static str {
-        "start"
-    }
-    fn deadline(&self, app: &App) -> Duration {
-        app.cfg.step_deadline
-    }
-    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
-        if !held(job) {
-            return Ok("no restart needed".into());
-        }
-        send(app, job, Desired::Running, None).await?;
-        wait_state(app, job, "running").await?;
-        Ok("VM running again".into())
     }
 }
 

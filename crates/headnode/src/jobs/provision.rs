@@ -78,6 +78,32 @@ pub fn nic_def(n: &Nic, net: Option<&Network>, index: usize, model: &str) -> Nic
     }
 }
 
+/// Asks NAPI for a `provisioning` NIC of the job's VM on `req`'s network (with its IP
+/// and flags), owned by `owner`, on server `cn`; `fields` adds the rest (`primary`, and
+/// `mac` or `model` when the caller sets them; NAPI picks a MAC otherwise).
+pub async fn make_nic(
+    app: &App,
+    job: &Job,
+    owner: Uuid,
+    cn: Uuid,
+    req: &NetRequest,
+    fields: impl IntoIterator<Item = (&'static str, Value)>,
+) -> Result<Nic, String> {
+    let mut body = json!({"owner_uuid": owner, "belongs_to_uuid": job.vm_uuid, "belongs_to_type": "zone", "cn_uuid": cn,
+        "state": "provisioning", "network_uuid": req.target});
+    for (k, v) in fields {
+        body[k] = v;
+    }
+    if let Some(ip) = &req.ip {
+        body["ip"] = json!(ip);
+    }
+    for (k, v) in &req.flags {
+        body[k] = v.clone();
+    }
+    let Value::Object(m) = body else { return Err("bad NIC body".into()) };
+    app.create_nic(&m).await.map_err(|e| format!("network {}: {}", req.target, e.message))
+}
+
 /// The capacity claimed at CreateVm; undone by releasing it and marking the VM failed.
 struct Reserve;
 
@@ -131,19 +157,11 @@ impl Step for Nics {
             let nic = match existing {
                 Some(n) if n.belongs_to_uuid == job.vm_uuid => n,
                 other => {
-                    let mut body = json!({"owner_uuid": owner, "belongs_to_uuid": job.vm_uuid, "belongs_to_type": "zone", "cn_uuid": cn,
-                        "state": "provisioning", "primary": req.primary, "network_uuid": req.target});
+                    let mut fields = vec![("primary", json!(req.primary))];
                     if other.is_none() {
-                        body["mac"] = json!(mac);
+                        fields.push(("mac", json!(mac)));
                     }
-                    if let Some(ip) = &req.ip {
-                        body["ip"] = json!(ip);
-                    }
-                    for (k, v) in &req.flags {
-                        body[k] = v.clone();
-                    }
-                    let Value::Object(m) = body else { return Err("bad NIC body".into()) };
-                    app.create_nic(&m).await.map_err(|e| format!("network {}: {}", req.target, e.message))?
+                    make_nic(app, job, owner, cn, req, fields).await?
                 }
             };
             macs.push(nic.mac.clone());

@@ -13,29 +13,25 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nereid_types::agent::Desired;
 use nereid_types::job::Job;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use super::power::send;
-use super::{Seen, Step, StepResultT, data, param, wait_for_server};
+use super::{Step, StepResultT, param, push};
 use crate::app::App;
 use crate::app::vms::apply_fields;
 
 pub fn chain() -> Vec<Box<dyn Step>> {
-    vec![Box::new(Reserve), Box::new(Stop), Box::new(Apply), Box::new(Start), Box::new(Finish)]
+    vec![
+        Box::new(Reserve),
+        Box::new(push::Stop { needs: resize, live: "no restart needed", stopped: "VM stopped for the resize" }),
+        Box::new(Apply),
+        Box::new(push::Start { needs: resize }),
+        Box::new(Finish),
+    ]
 }
 
 fn resize(job: &Job) -> bool {
     param::<bool>(job, "resize").unwrap_or(false)
-}
-
-async fn wait_for(
-    app: &App,
-    job: &Job,
-    pred: impl Fn(&nereid_types::agent::VmStatus) -> bool,
-) -> Result<nereid_types::agent::VmStatus, String> {
-    wait_for_server(app, job, |st| if pred(st) { Seen::Done } else { Seen::Pending }).await
 }
 
 struct Reserve;
@@ -54,71 +50,11 @@ impl Step for Reserve {
     }
 }
 
-struct Stop;
-
-#[async_trait]
-impl Step for Stop {
-    fn name(&self) -> &'static str {
-        "stop"
-    }
-    fn deadline(&self, app: &App) -> Duration {
-        app.cfg.step_deadline
-    }
-    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
-        if !resize(job) {
-            return Ok("no restart needed".into());
-        }
-        let was_running = match data::<bool>(job, "was_running") {
-            Some(w) => w,
-            None => {
-                let (vm, _) = app.get_vm(job.vm_uuid, None).await.map_err(|e| e.message)?;
-                let w = vm.desired_state.as_deref().unwrap_or(vm.state.as_deref().unwrap_or("")) == "running";
-                job.data.insert("was_running".into(), json!(w));
-                w
-            }
-        };
-        if !was_running {
-            return Ok("VM already stopped".into());
-        }
-        send(app, job, Desired::Stopped, None).await?;
-        wait_for(app, job, |s| s.state == "stopped").await?;
-        Ok("VM stopped for the resize".into())
-    }
-    async fn undo(&self, app: &App, job: &mut Job) -> StepResultT {
-        if data::<bool>(job, "was_running") != Some(true) {
-            return Ok("VM was not running".into());
-        }
-        send(app, job, Desired::Running, None).await?;
-        wait_for(app, job, |s| s.state == "running").await?;
-        Ok("VM started again".into())
-    }
-}
-
 /// Applies a set of field values and waits for the server to have the new definition.
+/// A running VM being resized stays stopped until the start step.
 async fn apply(app: &App, job: &mut Job, fields: &Map<String, Value>, gen_key: &str) -> Result<i64, String> {
-    let (vm, _) = app.get_vm(job.vm_uuid, None).await.map_err(|e| e.message)?;
-    let target: i64 = data(job, gen_key).unwrap_or(vm.definition_generation + 1);
-    job.data.insert(gen_key.into(), json!(target));
-    app.modify_vm(job.vm_uuid, |v| {
-        apply_fields(v, fields)?;
-        v.definition_generation = v.definition_generation.max(target);
-        v.last_modified = Some(nereid_types::time::now_iso());
-        Ok(())
-    })
-    .await
-    .map_err(|e| e.message)?;
-    let (vm, _) = app.get_vm(job.vm_uuid, None).await.map_err(|e| e.message)?;
-    // A running VM being resized stays stopped until the start step.
-    let held_stopped = resize(job) && data::<bool>(job, "was_running") == Some(true);
-    let desired = if !held_stopped && vm.desired_state.as_deref() == Some("running") { Desired::Running } else { Desired::Stopped };
-    send(app, job, desired, None).await?;
-    wait_for_server(app, job, move |s| match &s.error {
-        _ if s.definition_generation >= target => Seen::Done,
-        Some(e) if e.starts_with("update failed") => Seen::Failed(e.clone()),
-        _ => Seen::Pending,
-    })
-    .await?;
-    Ok(target)
+    let held = push::held(job, resize);
+    push::push(app, job, gen_key, |v| apply_fields(v, fields), held).await
 }
 
 struct Apply;
@@ -144,26 +80,6 @@ impl Step for Apply {
         let before: Map<String, Value> = param(job, "before").unwrap_or_default();
         apply(app, job, &before, "undo_definition_target").await?;
         Ok("old values restored".into())
-    }
-}
-
-struct Start;
-
-#[async_trait]
-impl Step for Start {
-    fn name(&self) -> &'static str {
-        "start"
-    }
-    fn deadline(&self, app: &App) -> Duration {
-        app.cfg.step_deadline
-    }
-    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
-        if !(resize(job) && data::<bool>(job, "was_running") == Some(true)) {
-            return Ok("no restart needed".into());
-        }
-        send(app, job, Desired::Running, None).await?;
-        wait_for(app, job, |s| s.state == "running").await?;
-        Ok("VM running again".into())
     }
 }
 
