@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
-use nereid_types::agent::{Heartbeat, Joined, Register, VmStatus};
+use nereid_types::agent::{Heartbeat, HeartbeatReply, Joined, Register, VmStatus};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -78,8 +78,12 @@ impl Headnode {
         self.post(&format!("/servers/{uuid}/sysinfo"), secret, reg).await.map(|_| ())
     }
 
-    pub async fn heartbeat(&self, uuid: Uuid, secret: &str, hb: &Heartbeat) -> Result<(), CallError> {
-        self.post(&format!("/servers/{uuid}/events/heartbeat"), secret, hb).await.map(|_| ())
+    /// Sends a heartbeat; the answer says what the networking must carry (an older
+    /// headnode's empty answer wants nothing).
+    pub async fn heartbeat(&self, uuid: Uuid, secret: &str, hb: &Heartbeat) -> Result<HeartbeatReply, CallError> {
+        let resp = self.post(&format!("/servers/{uuid}/events/heartbeat"), secret, hb).await?;
+        let bytes = resp.bytes().await.map_err(|e| CallError::Network(e.to_string()))?;
+        Ok(serde_json::from_slice(&bytes).unwrap_or_default())
     }
 
     pub async fn push(&self, uuid: Uuid, secret: &str, st: &VmStatus) -> Result<(), CallError> {

@@ -363,8 +363,16 @@ fn write_secret(path: &std::path::Path, secret: &str) -> Result<()> {
     Ok(())
 }
 
+/// How often the nic tags' links are checked again when nothing changed.
+const NETWORK_RECHECK: Duration = Duration::from_secs(300);
+
 async fn heartbeats(hn: Headnode, rt: Arc<NodeRuntime>, every: Duration, token: String, dir: PathBuf, agent_url: String) {
+    // What the headnode last wanted the links to carry, what was wrong then, and when.
+    let mut wanted = None;
+    let mut problems = Vec::new();
+    let mut checked = std::time::Instant::now();
     loop {
+        let mut again = false;
         if !rt.paused.load(Ordering::SeqCst) {
             let vms = rt.node.list();
             let ram_used = vms.iter().filter(|v| v.state != "destroyed").filter_map(|v| v.ram).sum();
@@ -380,9 +388,20 @@ async fn heartbeats(hn: Headnode, rt: Arc<NodeRuntime>, every: Duration, token: 
                     load1,
                 },
                 vms,
+                problems: problems.clone(),
             };
             match hn.heartbeat(rt.uuid, &rt.secret(), &hb).await {
-                Ok(()) => {}
+                Ok(reply) => {
+                    // At start, when the networks change, and every few minutes: the links
+                    // must carry their networks' MTU. A change is reported at once.
+                    if wanted.as_ref() != Some(&reply.nic_tag_mtus) || checked.elapsed() > NETWORK_RECHECK {
+                        let now = rt.node.check_network(&reply.nic_tag_mtus).await;
+                        again = now != problems;
+                        problems = now;
+                        wanted = Some(reply.nic_tag_mtus);
+                        checked = std::time::Instant::now();
+                    }
+                }
                 Err(CallError::Unauthorized(_)) => {
                     tracing::warn!(server = %rt.uuid, "the headnode no longer knows this server's secret; joining again");
                     let _ = std::fs::remove_file(dir.join("secret"));
@@ -393,6 +412,8 @@ async fn heartbeats(hn: Headnode, rt: Arc<NodeRuntime>, every: Duration, token: 
                 Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
             }
         }
-        tokio::time::sleep(every).await;
+        if !again {
+            tokio::time::sleep(every).await;
+        }
     }
 }

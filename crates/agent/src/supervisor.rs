@@ -225,6 +225,11 @@ impl Node {
         Ok(node)
     }
 
+    /// The backend's check of the host networking against what the headnode wants.
+    pub async fn check_network(&self, wanted: &std::collections::BTreeMap<String, u32>) -> Vec<nereid_types::agent::Problem> {
+        self.backend.check_network(wanted).await
+    }
+
     fn next_generation(&self) -> i64 {
         let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let _ = std::fs::write(self.dir.join("generation"), g.to_string());

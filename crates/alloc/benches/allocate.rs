@@ -21,6 +21,7 @@ fn fleet(servers: usize, vms: usize, rng: &mut StdRng) -> Vec<Server> {
             headnode: false,
             traits: Map::new(),
             nic_tags: vec!["admin".into(), "external".into()],
+            nic_tag_problems: Default::default(),
             cpus: 32,
             ram_mib: 262_144,
             disk_mib: 4_000_000,

@@ -61,6 +61,11 @@ fn nic_tags(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), Str
             let has = if s.nic_tags.is_empty() { "none".to_string() } else { s.nic_tags.join(", ") };
             return Err(format!("has no NIC with nic tag {} (it has: {has})", group.join(" or ")));
         }
+        // A tag the server has but whose link cannot carry its networks (wrong MTU…).
+        if group.iter().all(|t| !s.nic_tags.contains(t) || s.nic_tag_problems.contains_key(t)) {
+            let why: Vec<String> = group.iter().filter_map(|t| s.nic_tag_problems.get(t).map(|p| format!("nic tag {t}: {p}"))).collect();
+            return Err(why.join("; "));
+        }
     }
     Ok(())
 }

@@ -75,6 +75,8 @@ pub struct Server {
     pub traits: Map<String, Value>,
     /// Nic tags on its NICs that are up.
     pub nic_tags: Vec<String>,
+    /// Nic tags it has that cannot carry their networks now, with why (from its problems).
+    pub nic_tag_problems: std::collections::BTreeMap<String, String>,
     pub cpus: u32,
     pub ram_mib: u64,
     /// Usable disk for VMs (MiB).

@@ -19,6 +19,7 @@ fn server(n: u128, ram_mib: u64) -> Server {
         headnode: false,
         traits: Map::new(),
         nic_tags: vec!["external".into()],
+        nic_tag_problems: Default::default(),
         cpus: 8,
         ram_mib,
         disk_mib: 500_000,
@@ -100,6 +101,24 @@ fn no_fit_names_every_server_and_the_step_that_rejected_it() {
     );
     assert!(msg.contains("has no NIC with nic tag external (it has: internal)"), "{msg}");
     assert!(msg.contains("not enough disk"), "{msg}");
+}
+
+#[test]
+fn a_nic_tag_whose_link_cannot_carry_the_network_keeps_vms_off_and_says_why() {
+    let mut broken = server(1, 65_536);
+    broken.nic_tag_problems.insert("external".into(), "link xm0 refused MTU 9000 (it has 1500)".into());
+    let fine = server(2, 16_384);
+    // Packing would prefer neither; the broken one is out whatever its room.
+    let p = allocate(&[broken.clone(), fine], &req(2048), &Config::default(), &mut rng()).unwrap();
+    assert_eq!(p.server, id(2));
+    let err = allocate(&[broken.clone()], &req(2048), &Config::default(), &mut rng()).unwrap_err();
+    assert_eq!(err.rejected[0].step, "nic tags");
+    assert!(err.message().contains("nic tag external: link xm0 refused MTU 9000 (it has 1500)"), "{}", err.message());
+    // A request that may use another tag the server carries well still fits.
+    broken.nic_tags.push("admin".into());
+    let mut r = req(2048);
+    r.nic_tags = vec![vec!["external".into(), "admin".into()]];
+    assert_eq!(allocate(&[broken], &r, &Config::default(), &mut rng()).unwrap().server, id(1));
 }
 
 #[test]

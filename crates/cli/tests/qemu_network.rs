@@ -26,6 +26,8 @@ struct Up {
     child: Option<Child>,
     /// The banner's `vm create` example.
     create: String,
+    /// Flags beyond the defaults.
+    extra: Vec<String>,
     _reaper: Reaper,
     _dir: tempfile::TempDir,
 }
@@ -41,11 +43,18 @@ impl Drop for Up {
 
 impl Up {
     async fn start() -> (Up, String) {
+        Up::start_with(&[], "true").await
+    }
+
+    /// With `extra` flags, after `setup` ran in the namespace.
+    async fn start_with(extra: &[&str], setup: &str) -> (Up, String) {
         let image = tokio::task::spawn_blocking(test_image).await.unwrap().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let ns = Arc::new(NetNs::new("up").unwrap());
-        let mut up = Up { ns, _reaper: Reaper(data.join("agent")), data, image, child: None, create: String::new(), _dir: dir };
+        ns.sh(setup).unwrap();
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut up = Up { ns, _reaper: Reaper(data.join("agent")), data, image, child: None, create: String::new(), extra, _dir: dir };
         let banner = up.launch().await;
         (up, banner)
     }
@@ -57,6 +66,7 @@ impl Up {
             .cmd(NEREID)
             .args(["up", "--data-dir", self.data.to_str().unwrap(), "--admin-listen", "127.0.0.1:0", "--cloudapi-listen", "127.0.0.1:0"])
             .args(["--backend", "qemu", "--accel", "tcg", "--demo", "--demo-image", self.image.to_str().unwrap()])
+            .args(&self.extra)
             .env("HOME", self._dir.path())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -107,16 +117,22 @@ impl Up {
 
     /// Provisions a VM like the banner's example, on `network`; its uuid.
     fn create(&self, alias: &str, network: Option<&str>) -> String {
+        let (out, cmd) = self.try_create(alias, network, "");
+        let printed = common::stdout(&out);
+        assert!(out.status.success() && printed.contains("(provision) succeeded"), "{cmd}\n{printed}{}", common::stderr(&out));
+        printed.split_whitespace().nth(1).unwrap().to_string()
+    }
+
+    /// The banner's example with another alias, network and `extra` fields; its output.
+    fn try_create(&self, alias: &str, network: Option<&str>, extra: &str) -> (Output, String) {
         let mut cmd = self.create.replacen("nereid", NEREID, 1).replace("alias=web-1", &format!("alias={alias}"));
         if let Some(n) = network {
             let start = cmd.find("networks='").unwrap();
             let end = start + cmd[start..].find("]'").unwrap() + 2;
             cmd.replace_range(start..end, &format!("networks='[\"{n}\"]'"));
         }
-        let out = self.ns.cmd("sh").arg("-c").arg(&cmd).output().unwrap();
-        let printed = common::stdout(&out);
-        assert!(out.status.success() && printed.contains("(provision) succeeded"), "{cmd}\n{printed}{}", common::stderr(&out));
-        printed.split_whitespace().nth(1).unwrap().to_string()
+        let cmd = cmd.replacen(" -w", &format!(" {extra} -w"), 1);
+        (self.ns.cmd("sh").arg("-c").arg(&cmd).output().unwrap(), cmd)
     }
 
     fn ip(&self, vm: &str) -> String {
@@ -359,4 +375,77 @@ async fn qemu_guests_reach_each_other_only_as_networks_and_filters_allow() {
         &Value::Null,
     );
     assert!(ip["belongs_to_uuid"].is_null() && ip["free"] != false, "B's address is not free: {ip}");
+}
+
+/// A nic tag whose link refuses the MTU its networks need (a macvlan can never exceed its
+/// parent's MTU) is a problem on the server record, named in placement's explanation;
+/// another server takes the VM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn qemu_server_whose_link_refuses_the_mtu_shows_a_problem_and_placement_goes_elsewhere() {
+    let (up, _) = Up::start_with(
+        &["--no-managed-network", "--nic-tag", "external=link:xm0"],
+        "ip link add v0 type veth peer name v1; ip link set v0 up; ip link set v1 up; ip link add link v0 name xm0 type macvlan; ip link set xm0 up",
+    )
+    .await;
+    let qemu_server = up.json(&["server", "list"])[0]["uuid"].as_str().unwrap().to_string();
+    let out = up.admin(&["nic-tag", "update", "external", "mtu=9000"]);
+    assert!(out.status.success(), "{}{}", common::stdout(&out), common::stderr(&out));
+    let jumbo = up.network(&[
+        "name=jumbo",
+        "nic_tag=external",
+        "vlan_id=0",
+        "subnet=10.90.0.0/24",
+        "provision_start_ip=10.90.0.10",
+        "provision_end_ip=10.90.0.100",
+        "mtu=9000",
+    ]);
+    // The agent hears of the new MTU with its next heartbeat, tries it and reports back.
+    let end = Instant::now() + Duration::from_secs(30);
+    let server = loop {
+        let s = up.json(&["server", "get", &qemu_server]);
+        if s["problems"].as_array().is_some_and(|p| !p.is_empty()) || Instant::now() > end {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let p = &server["problems"][0];
+    assert_eq!(
+        (p["kind"].as_str(), p["nic_tag"].as_str(), p["link"].as_str()),
+        (Some("nic_tag_mtu"), Some("external"), Some("xm0")),
+        "{server}"
+    );
+    assert_eq!((p["wanted_mtu"].as_u64(), p["actual_mtu"].as_u64()), (Some(9000), Some(1500)), "{server}");
+    assert!(p["message"].as_str().unwrap().contains("xm0 refused MTU 9000"), "{server}");
+    // The table view says it too.
+    let table = common::stdout(&up.admin(&["server", "get", &qemu_server]));
+    assert!(table.contains("xm0 refused MTU 9000"), "{table}");
+
+    // Pinned to that server, the VM is refused with the reason.
+    let (out, _) = up.try_create("pinned", Some(&jumbo), &format!("server_uuid={qemu_server}"));
+    let said = common::stdout(&out) + &common::stderr(&out);
+    assert!(!out.status.success() && said.contains("nic tag external: xm0 refused MTU 9000"), "{said}");
+
+    // Another server (simulated, its links fine) takes it.
+    let sim_dir = up._dir.path().join("sim");
+    let endpoints: Value = serde_json::from_slice(&std::fs::read(up.data.join("endpoints.json")).unwrap()).unwrap();
+    let mut sim = up
+        .ns
+        .cmd(NEREID)
+        .args(["agent", "--headnode", endpoints["admin"].as_str().unwrap(), "--join-token-file"])
+        .arg(up.data.join("join.token"))
+        .args(["--backend", "sim", "--sim-servers", "1", "--listen", "127.0.0.1:0", "--heartbeat-secs", "1", "--data-dir"])
+        .arg(&sim_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    while up.json(&["server", "list"]).as_array().unwrap().len() < 2 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let vm = up.create("elsewhere", Some(&jumbo));
+    let placed = up.json(&["vm", "get", &vm])["server_uuid"].as_str().unwrap().to_string();
+    let _ = sim.kill();
+    let _ = sim.wait();
+    assert_ne!(placed, qemu_server, "the VM went to the server whose link cannot carry its network");
 }

@@ -308,6 +308,32 @@ pub struct Heartbeat {
     pub usage: Usage,
     /// Every VM the server has.
     pub vms: Vec<VmStatus>,
+    /// What is wrong with the server now (empty when nothing is).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Problem>,
+}
+
+/// Something wrong with a server that keeps some VMs off it, e.g. a nic tag whose link
+/// refuses the MTU its networks need. CNAPI shows it on the server; placement names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// `nic_tag_mtu`, `nic_tag_link`.
+    pub kind: String,
+    pub nic_tag: String,
+    pub link: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wanted_mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual_mtu: Option<u32>,
+    pub message: String,
+}
+
+/// The answer to a heartbeat: what the headnode wants the server's networking to carry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The largest MTU among each nic tag's networks.
+    #[serde(default)]
+    pub nic_tag_mtus: std::collections::BTreeMap<String, u32>,
 }
 
 /// `POST /servers/join` and `POST /servers/{uuid}/sysinfo`.

@@ -55,4 +55,9 @@ pub trait Backend: Send + Sync + 'static {
     fn vnc_socket(&self, _uuid: Uuid) -> Option<PathBuf> {
         None
     }
+    /// Makes the host's nic tags carry the MTUs their networks need (`wanted`, per tag);
+    /// what could not be done, as problems for the server record.
+    async fn check_network(&self, _wanted: &std::collections::BTreeMap<String, u32>) -> Vec<nereid_types::agent::Problem> {
+        Vec::new()
+    }
 }

@@ -29,7 +29,7 @@ pub mod responder;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use nereid_types::agent::{Definition, NicDef};
+use nereid_types::agent::{Definition, NicDef, Problem};
 use uuid::Uuid;
 
 use filter::Port;
@@ -284,10 +284,45 @@ impl Net {
         }
     }
 
+    /// Makes each nic tag's link (and bridge) carry at least the MTU its networks need
+    /// (`wanted`, per tag), reading it back: a link that refuses, or silently keeps another
+    /// MTU, is a problem for the server record — never a half-made VM later.
+    pub async fn check_mtus(&self, wanted: &BTreeMap<String, u32>) -> Vec<Problem> {
+        let mut out = Vec::new();
+        for (tag, uplink) in &self.tags {
+            let Some(&want) = wanted.get(tag) else { continue };
+            let carriers: Vec<String> = match uplink {
+                Uplink::Link(l) if !links::exists(l) => {
+                    out.push(problem("nic_tag_link", tag, l, Some(want), None, format!("link {l} does not exist on this server")));
+                    continue;
+                }
+                Uplink::Link(l) => vec![l.clone(), link_bridge(tag)],
+                Uplink::Bridge(b) | Uplink::Local(b) => vec![b.clone()],
+            };
+            for link in carriers.iter().filter(|l| links::exists(l)) {
+                if links::mtu(link).is_some_and(|m| m >= want) {
+                    continue;
+                }
+                if let Err(e) = links::set_mtu(link, want).await {
+                    let max = links::max_mtu(link).await.map(|m| format!(" (its driver's maximum is {m})")).unwrap_or_default();
+                    tracing::warn!(tag, link, want, "{e}");
+                    out.push(problem("nic_tag_mtu", tag, link, Some(want), links::mtu(link), format!("{e}{max}")));
+                    break;
+                }
+                tracing::info!(tag, link, mtu = want, "link MTU raised for the nic tag's networks");
+            }
+        }
+        out
+    }
+
     /// The taps plugged for a VM (tests, diagnostics).
     pub fn ports(&self, vm: Uuid) -> Vec<Port> {
         lock(&self.plugged).get(&vm).cloned().unwrap_or_default()
     }
+}
+
+fn problem(kind: &str, tag: &str, link: &str, wanted: Option<u32>, actual: Option<u32>, message: String) -> Problem {
+    Problem { kind: kind.into(), nic_tag: tag.into(), link: link.into(), wanted_mtu: wanted, actual_mtu: actual, message }
 }
 
 /// Whether two NIC lists differ only in what can change while the VM runs (filters, DHCP).

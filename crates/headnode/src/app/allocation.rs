@@ -123,6 +123,9 @@ pub fn server_view(s: &Server, hb: Option<&HeartbeatRecord>, status: Status, rec
         headnode: s.headnode,
         traits: s.traits.clone(),
         nic_tags: nereid_types::sysinfo::nic_tags(si),
+        nic_tag_problems: hb
+            .map(|h| h.problems.iter().filter(|p| !p.nic_tag.is_empty()).map(|p| (p.nic_tag.clone(), p.message.clone())).collect())
+            .unwrap_or_default(),
         cpus: nereid_types::sysinfo::cpus(si).unwrap_or(1),
         ram_mib: s.ram,
         disk_mib: nereid_types::sysinfo::disk_mib(si).unwrap_or(0),

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use nereid_store::{Cond, ListQuery, Op};
-use nereid_types::agent::{Heartbeat, Joined, Register, VmStatus};
+use nereid_types::agent::{Heartbeat, HeartbeatReply, Joined, Problem, Register, VmStatus};
 use nereid_types::query::Query;
 use nereid_types::server::{self, Server};
 use nereid_types::{ApiError, FieldError};
@@ -20,6 +20,9 @@ pub struct HeartbeatRecord {
     pub at_ms: i64,
     pub usage: nereid_types::agent::Usage,
     pub vms: Vec<VmStatus>,
+    /// What the server last said is wrong with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Problem>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,6 +33,16 @@ struct Secret {
 fn new_secret() -> String {
     let b: [u8; 32] = rand::random();
     hex::encode(b)
+}
+
+/// The MTU each nic tag must carry: the largest of its networks' (pure).
+pub fn nic_tag_mtus(nets: &[nereid_types::network::Network]) -> std::collections::BTreeMap<String, u32> {
+    let mut out = std::collections::BTreeMap::new();
+    for n in nets {
+        let m = out.entry(n.nic_tag.clone()).or_insert(n.mtu);
+        *m = (*m).max(n.mtu);
+    }
+    out
 }
 
 /// A server record from a sysinfo, keeping what operators set on an existing one.
@@ -143,15 +156,22 @@ impl App {
         Err(ApiError::conflict("ConcurrentModification", "the server record kept changing; retry"))
     }
 
-    /// Records a heartbeat and takes any VM state newer than what the records have.
-    pub async fn heartbeat(&self, uuid: Uuid, hb: &Heartbeat) -> Result<(), ApiError> {
+    /// Records a heartbeat and takes any VM state newer than what the records have;
+    /// answers what the server's networking must carry.
+    pub async fn heartbeat(&self, uuid: Uuid, hb: &Heartbeat) -> Result<HeartbeatReply, ApiError> {
         self.get_server_record(uuid).await?;
-        let rec = HeartbeatRecord { at_ms: nereid_types::time::now_ms(), usage: hb.usage.clone(), vms: hb.vms.clone() };
+        let rec = HeartbeatRecord {
+            at_ms: nereid_types::time::now_ms(),
+            usage: hb.usage.clone(),
+            vms: hb.vms.clone(),
+            problems: hb.problems.clone(),
+        };
         self.store.put(HEARTBEATS.name, &uuid.to_string(), encode(&rec), Cond::Any).await.map_err(store_error)?;
         for st in &hb.vms {
             self.apply_vm_status(uuid, st).await?;
         }
-        Ok(())
+        let nets = self.list_networks(&Query::default()).await?;
+        Ok(HeartbeatReply { nic_tag_mtus: nic_tag_mtus(&nets) })
     }
 
     pub async fn get_server_record(&self, uuid: Uuid) -> Result<(Server, i64), ApiError> {
@@ -192,6 +212,7 @@ impl App {
                 hb.map(|h| h.vms.iter().map(|st| (st.uuid.to_string(), encode(st))).collect()).unwrap_or_default();
             v["vms"] = Value::Object(vms);
         }
+        v["problems"] = json!(hb.map(|h| h.problems.clone()).unwrap_or_default());
         if let Some(h) = hb {
             v["memory_total_bytes"] = json!(h.usage.ram_total_mib * 1024 * 1024);
             v["disk_pool_size_bytes"] = json!(h.usage.disk_total_mib * 1024 * 1024);

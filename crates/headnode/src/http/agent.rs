@@ -19,7 +19,11 @@ fn joined_schema() -> Value {
     json!({"type": "object", "properties": {"server_uuid": {"type": "string", "format": "uuid"}, "secret": {"type": "string"}}})
 }
 fn heartbeat_schema() -> Value {
-    json!({"type": "object", "properties": {"usage": {"type": "object"}, "vms": {"type": "array", "items": {"type": "object"}}}})
+    json!({"type": "object", "properties": {"usage": {"type": "object"}, "vms": {"type": "array", "items": {"type": "object"}},
+        "problems": {"type": "array", "items": {"type": "object"}}}})
+}
+fn heartbeat_reply_schema() -> Value {
+    json!({"type": "object", "properties": {"nic_tag_mtus": {"type": "object", "additionalProperties": {"type": "integer"}}}})
 }
 fn status_schema() -> Value {
     json!({"type": "object", "required": ["uuid", "state", "generation"], "properties": {"uuid": {"type": "string"}, "state": {"type": "string"}, "generation": {"type": "integer"}}})
@@ -52,9 +56,9 @@ pub fn routes() -> Vec<Route> {
             "/servers/{uuid}/events/heartbeat",
             doc(
                 "ServerHeartbeat",
-                "A compute node's heartbeat: usage and VM inventory.",
+                "A compute node's heartbeat: usage, VM inventory and problems; answers the MTU each nic tag must carry.",
                 BodyDoc::Schema(heartbeat_schema),
-                RespDoc::Empty(204),
+                RespDoc::Schema(200, heartbeat_reply_schema),
             ),
             heartbeat,
         )
@@ -157,8 +161,7 @@ async fn sysinfo(State(s): State<AppState>, Path(uuid): Path<String>, body: Body
 async fn heartbeat(State(s): State<AppState>, Path(uuid): Path<String>, body: Body) -> HttpResult {
     let uuid = path_uuid(Api::Napi, "uuid", &uuid)?;
     let hb: Heartbeat = parse(body).await?;
-    s.app.heartbeat(uuid, &hb).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    ok(&s.app.heartbeat(uuid, &hb).await?)
 }
 
 async fn status(State(s): State<AppState>, Path((uuid, vm)): Path<(String, String)>, body: Body) -> HttpResult {

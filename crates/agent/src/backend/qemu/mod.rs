@@ -353,6 +353,10 @@ impl Backend for Qemu {
     fn vnc_socket(&self, uuid: Uuid) -> Option<PathBuf> {
         Some(self.layout(uuid).vnc())
     }
+
+    async fn check_network(&self, wanted: &std::collections::BTreeMap<String, u32>) -> Vec<nereid_types::agent::Problem> {
+        self.net.check_mtus(wanted).await
+    }
 }
 
 impl Qemu {
