@@ -222,6 +222,33 @@ async fn nereid_up_demo_vm_gets_its_address_by_dhcp_and_answers_ping() {
     up.launch().await;
     assert!(wait_ping(&up.ns, &ip, Instant::now(), Duration::from_secs(30)).is_some(), "{ip} unreachable after a restart");
     assert!(up.guest_pings(&vm, "10.88.0.1").await);
+
+    // A second NIC on a running VM: it restarts, and the guest configures it by DHCP too.
+    let second = up.network(&[
+        "name=second",
+        "nic_tag=external",
+        "vlan_id=5",
+        "subnet=10.95.0.0/24",
+        "provision_start_ip=10.95.0.10",
+        "provision_end_ip=10.95.0.20",
+    ]);
+    let out = up.admin(&["vm", "add-nics", &vm, &format!("networks=[\"{second}\"]"), "-w"]);
+    assert!(out.status.success(), "add-nics: {}{}", common::stdout(&out), common::stderr(&out));
+    let rec = up.json(&["vm", "get", &vm]);
+    let nic =
+        rec["nics"].as_array().unwrap().iter().find(|n| n["network_uuid"] == second.as_str()).cloned().unwrap_or_else(|| panic!("{rec}"));
+    let ip2 = nic["ip"].as_str().unwrap().to_string();
+    let log = wait_boots(&up.agent(), &vm, 2, BOOT).await.unwrap();
+    assert!(values(&log, "dhcp eth1 ip").iter().any(|l| l.starts_with(&format!("{ip2}/24 "))), "eth1 got no lease for {ip2}:\n{log}");
+    assert!(wait_ping(&up.ns, &ip, Instant::now(), Duration::from_secs(60)).is_some(), "{ip} unreachable after add-nics");
+    // And removed again: the guest comes back with one NIC, NAPI forgets the second.
+    let mac2 = nic["mac"].as_str().unwrap().to_string();
+    let out = up.admin(&["vm", "remove-nics", &vm, &format!("macs=[\"{mac2}\"]"), "-w"]);
+    assert!(out.status.success(), "remove-nics: {}{}", common::stdout(&out), common::stderr(&out));
+    let log = wait_boots(&up.agent(), &vm, 3, BOOT).await.unwrap();
+    let third_boot = log.rsplit("nereid-test: boot").next().unwrap_or_default();
+    assert!(!third_boot.contains("dhcp eth1"), "eth1 is still there:\n{third_boot}");
+    assert!(!up.admin(&["nic", "get", &mac2]).status.success(), "the removed NIC is still in NAPI");
 }
 
 impl Up {
