@@ -4,9 +4,9 @@
 //! `nereid-test: ready` (booted, metadata read and written) — for 10 provisions one
 //! after another and 10 at once. Numbers are printed, never asserted.
 //!
-//! Guests boot UEFI (OVMF) under TCG, as the tests do: on some hosts (nested VMs) a tiny
-//! probe guest runs under KVM while a real boot dies with "KVM internal error: emulation
-//! failure", so KVM is used only when asked for: `NEREID_BENCH_ACCEL=auto|kvm`.
+//! Guests boot UEFI (OVMF) under TCG, as the tests do, so numbers compare across machines
+//! (CI's may have a /dev/kvm that cannot run firmware); `NEREID_BENCH_ACCEL=auto|kvm`
+//! measures KVM.
 //! `cargo bench -p nereid-testkit --bench qemu_provision` (`NEREID_BENCH_VMS` changes the count).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -1,6 +1,8 @@
 //! Does KVM really work here? `/dev/kvm` can exist on a host (a nested VM, a container)
 //! where guests still cannot run, so the agent proves it: it boots a 512-byte boot sector
-//! that writes `OK` to the serial port, under `-accel kvm` with the CPU model VMs get
+//! that uses the x87 FPU as firmware does (a nested hypervisor may run plain code under KVM
+//! and still fail there: "KVM internal error", and every OVMF or SeaBIOS guest hangs), then
+//! writes `OK` to the serial port, under `-accel kvm` with the CPU model VMs get
 //! (`host`: some nested hypervisors refuse its MSRs and QEMU aborts), and watches for the
 //! bytes. `--accel auto` falls back to TCG (software emulation) with a log line saying why.
 
@@ -31,11 +33,20 @@ impl std::str::FromStr for Choice {
     }
 }
 
-/// A boot sector: `mov dx,0x3f8; mov al,'O'; out dx,al; mov al,'K'; out dx,al; cli; hlt; jmp $-1`.
+/// A boot sector that uses the x87 FPU as every firmware does (`xor ax,ax; mov ds,ax;
+/// finit; fldcw [0x7d00]`) — some nested hypervisors run a plain boot sector under KVM
+/// but fail on these, so OVMF and SeaBIOS guests hang — then prints `OK` on the serial
+/// port (`mov dx,0x3f8; mov al,'O'; out dx,al; mov al,'K'; out dx,al; cli; hlt; jmp $-1`).
 fn boot_sector() -> Vec<u8> {
-    let code = [0xBA, 0xF8, 0x03, 0xB0, b'O', 0xEE, 0xB0, b'K', 0xEE, 0xFA, 0xF4, 0xEB, 0xFD];
+    let code = [
+        0x31, 0xC0, 0x8E, 0xD8, 0x9B, 0xDB, 0xE3, 0xD9, 0x2E, 0x00, 0x7D, 0xBA, 0xF8, 0x03, 0xB0, b'O', 0xEE, 0xB0, b'K', 0xEE, 0xFA, 0xF4,
+        0xEB, 0xFD,
+    ];
     let mut s = vec![0u8; 512];
     s[..code.len()].copy_from_slice(&code);
+    // The control word fldcw loads, at 0x7d00: the default 0x037f.
+    s[0x100] = 0x7f;
+    s[0x101] = 0x03;
     s[510] = 0x55;
     s[511] = 0xAA;
     s
@@ -62,18 +73,32 @@ pub async fn probe(qemu: &Path, accel: Accel, scratch: &Path) -> Result<(), Stri
         .spawn()
         .map_err(|e| format!("could not run {}: {e}", qemu.display()))?;
     let mut stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut seen = Vec::new();
+    let mut stderr = child.stderr.take().ok_or("no stderr")?;
+    let (mut seen, mut errs) = (Vec::new(), Vec::new());
     let ok = tokio::time::timeout(Duration::from_secs(20), async {
-        let mut buf = [0u8; 256];
+        let (mut buf, mut ebuf) = ([0u8; 256], [0u8; 1024]);
+        let mut stderr_open = true;
         loop {
-            match stdout.read(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => {
-                    seen.extend_from_slice(&buf[..n]);
-                    if seen.windows(2).any(|w| w == b"OK") {
-                        return true;
+            tokio::select! {
+                r = stdout.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => {
+                        seen.extend_from_slice(&buf[..n]);
+                        if seen.windows(2).any(|w| w == b"OK") {
+                            return true;
+                        }
                     }
-                }
+                },
+                r = stderr.read(&mut ebuf), if stderr_open => match r {
+                    Ok(0) | Err(_) => stderr_open = false,
+                    Ok(n) => {
+                        errs.extend_from_slice(&ebuf[..n]);
+                        // QEMU pauses the guest and waits; no need to wait with it.
+                        if errs.windows(KVM_INTERNAL.len()).any(|w| w == KVM_INTERNAL.as_bytes()) {
+                            return false;
+                        }
+                    }
+                },
             }
         }
     })
@@ -85,8 +110,20 @@ pub async fn probe(qemu: &Path, accel: Accel, scratch: &Path) -> Result<(), Stri
     if ok {
         return Ok(());
     }
-    let err = String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("").to_string();
-    Err(if err.is_empty() { "the probe guest printed nothing within 20 s".into() } else { err })
+    errs.extend_from_slice(&out.stderr);
+    Err(why(&String::from_utf8_lossy(&errs)))
+}
+
+/// What QEMU says when KVM cannot run an instruction of the guest's.
+const KVM_INTERNAL: &str = "KVM internal error";
+
+/// Why the probe failed, from what QEMU printed on stderr.
+fn why(stderr: &str) -> String {
+    if stderr.contains(KVM_INTERNAL) {
+        return "KVM cannot run the probe's x87 FPU instructions (\"KVM internal error: emulation failure\", seen under some nested hypervisors): real guests would hang in their firmware".into();
+    }
+    let last = stderr.trim().lines().last().unwrap_or("").to_string();
+    if last.is_empty() { "the probe guest printed nothing within 20 s".into() } else { last }
 }
 
 /// Picks the accelerator: the operator's choice, or KVM when it proves to work.
@@ -133,5 +170,7 @@ mod tests {
         let e = probe(Path::new("/nonexistent/qemu"), Accel::Tcg, d.path()).await.unwrap_err();
         assert!(e.contains("/nonexistent/qemu"), "{e}");
         assert!("fast".parse::<Choice>().unwrap_err().contains("auto, kvm or tcg"));
+        assert!(why("KVM internal error. Suberror: 1\nextra data[0]: 0x1\n").contains("x87 FPU"));
+        assert_eq!(why(""), "the probe guest printed nothing within 20 s");
     }
 }
