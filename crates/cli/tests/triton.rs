@@ -411,3 +411,219 @@ async fn nereid_up_sets_up_the_triton_cli() {
     assert!(info.contains("login: admin"), "{info}");
     assert!(created.contains("Created instance first"), "{created}");
 }
+
+/// Runs the CLI, whatever its exit status (off the runtime).
+async fn tr_run(t: &Triton, args: &[&str]) -> nereid_testkit::triton::Out {
+    let (t, args): (Triton, Vec<String>) = (t.clone(), args.iter().map(|s| s.to_string()).collect());
+    tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        t.run(&a).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// Where a JSON value holds a `null`, as a path (`.nics[0].gateway`).
+fn nulls(v: &Value, at: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Null => out.push(at.to_string()),
+        Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| nulls(x, &format!("{at}[{i}]"), out)),
+        Value::Object(m) => m.iter().for_each(|(k, x)| nulls(x, &format!("{at}.{k}"), out)),
+        _ => {}
+    }
+}
+
+fn assert_no_nulls(what: &str, v: &Value) {
+    let mut found = Vec::new();
+    nulls(v, "", &mut found);
+    assert!(found.is_empty(), "{what} renders unset fields as null at {found:?}: {v}");
+}
+
+/// `triton account update FIELD=` (an empty value) is what Triton's CloudAPI ignores: the
+/// answer is success and the field keeps its value. And `triton account get` on a fresh
+/// account prints no `null` lines; no CloudAPI object the CLI shows carries a `null`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triton_account_update_ignores_empty_values_and_nothing_renders_null() {
+    let s = setup(KeyType::Ed25519, false).await;
+    let t = &s.triton;
+    let fresh = tr(t, &["account", "get"]).await;
+    assert!(fresh.contains("login: alice"), "{fresh}");
+    assert!(!fresh.contains("null"), "a fresh account's unset fields are left out, not printed as null:\n{fresh}");
+    assert_no_nulls("GetAccount", &tr_json(t, &["account", "get", "-j"]).await);
+
+    let out = tr(t, &["account", "update", "companyName=ACME", "firstName=Alice", "city=Lisbon"]).await;
+    assert!(out.contains("Updated account"), "{out}");
+    // Empty values: Triton's CloudAPI copies only fields that are set, so these change nothing.
+    let out = tr_run(t, &["account", "update", "companyName=", "city="]).await;
+    assert!(out.success(), "an empty value is ignored, as Triton ignores it: {out}");
+    let a = tr_json(t, &["account", "get", "-j"]).await;
+    assert_eq!(
+        (a["companyName"].as_str(), a["firstName"].as_str(), a["city"].as_str()),
+        (Some("ACME"), Some("Alice"), Some("Lisbon")),
+        "{a}"
+    );
+    assert!(a.get("lastName").is_none() && a.get("phone").is_none(), "{a}");
+    assert_no_nulls("UpdateAccount's account", &a);
+
+    // Every other object the CLI shows, for a machine with a NIC, a snapshot, tags and metadata.
+    tr(t, &["instance", "create", "-w", "tiny", "sample", "--name", "web-1", "-m", "foo=bar", "-t", "role=web"]).await;
+    tr(t, &["instance", "snapshot", "create", "-w", "--name", "snap1", "web-1"]).await;
+    for args in [
+        &["instance", "get", "-j", "web-1"][..],
+        &["instance", "list", "-j"],
+        &["instance", "nic", "list", "-j", "web-1"],
+        &["instance", "snapshot", "list", "-j", "web-1"],
+        &["instance", "snapshot", "get", "web-1", "snap1"],
+        &["instance", "audit", "-j", "web-1"],
+        &["instance", "tag", "list", "web-1"],
+        &["instance", "metadata", "list", "web-1"],
+        &["package", "list", "-j"],
+        &["package", "get", "sample"],
+        &["image", "list", "-j"],
+        &["image", "get", "tiny"],
+        &["network", "list", "-j"],
+        &["network", "get", "external"],
+        &["network", "ip", "list", "-j", "external"],
+        &["key", "list", "-j"],
+        &["datacenters", "-j"],
+        &["services", "-j"],
+        &["account", "limits", "-j"],
+    ] {
+        let out = tr(t, args).await;
+        let values: Vec<Value> = serde_json::Deserializer::from_str(&out).into_iter::<Value>().map(Result::unwrap).collect();
+        assert!(!values.is_empty(), "triton {args:?} printed nothing");
+        for v in &values {
+            assert_no_nulls(&format!("triton {args:?}"), v);
+        }
+    }
+    let table = tr(t, &["package", "get", "sample"]).await;
+    assert!(!table.contains("\"group\": \"\""), "an unset group is left out, as in Triton: {table}");
+}
+
+/// `triton instance start --snapshot NAME` on a running instance: as in Triton, the
+/// rollback stops it, rolls it back and boots it (no "must be stopped" 409).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triton_instance_start_from_a_snapshot_while_running() {
+    let s = setup(KeyType::Ed25519, false).await;
+    let (t, c) = (&s.triton, &s.cloud.client);
+    tr(t, &["instance", "create", "-w", "tiny", "sample", "--name", "web-1"]).await;
+    let id = tr_json(t, &["instance", "get", "web-1"]).await["id"].as_str().unwrap().to_string();
+    tr(t, &["instance", "snapshot", "create", "-w", "--name", "before", "web-1"]).await;
+    assert_eq!(tr_json(t, &["instance", "get", "web-1"]).await["state"], "running");
+
+    let out = tr_run(t, &["instance", "start", "-w", "--snapshot", "before", "web-1"]).await;
+    assert!(out.success(), "starting a running instance from a snapshot rolls it back: {out}");
+    assert!(out.stdout.contains("Start instance web-1"), "{out}");
+    // The rollback job runs to the end and leaves the instance running at the snapshot.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let jobs = c.get(&format!("/vms/{id}/jobs")).await.unwrap();
+        let rollback = jobs.as_array().unwrap().iter().find(|j| j["task"] == "snapshot" && j["params"]["op"] == "rollback").cloned();
+        let state = tr_json(t, &["instance", "get", "web-1"]).await["state"].clone();
+        match rollback {
+            Some(j) if j["execution"] == "succeeded" && state == "running" => break,
+            Some(j) => assert!(j["execution"] != "failed", "{j}"),
+            None => panic!("no rollback job: {jobs}"),
+        }
+        assert!(std::time::Instant::now() < end, "the rollback did not finish with the instance running");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(c.get(&format!("/vms/{id}")).await.unwrap()["state"], "running");
+    // And a stopped instance is rolled back and started.
+    tr(t, &["instance", "stop", "-w", "web-1"]).await;
+    let out = tr(t, &["instance", "start", "-w", "--snapshot", "before", "web-1"]).await;
+    assert!(out.contains("Start instance web-1"), "{out}");
+    assert_eq!(tr_json(t, &["instance", "get", "web-1"]).await["state"], "running");
+}
+
+/// A CloudAPI operation this cloud does not implement yet answers 501 `NotImplemented`,
+/// so the CLI does not report an existing instance as "not found" (exit 3); network IPs,
+/// whose 404 the CLI once turned into "network … was not found", are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triton_unimplemented_operations_do_not_claim_resources_are_missing() {
+    let s = setup(KeyType::Ed25519, false).await;
+    let t = &s.triton;
+    tr(t, &["instance", "create", "-w", "tiny", "sample", "--name", "web-1"]).await;
+    for args in [
+        &["instance", "disks", "web-1"][..],
+        &["instance", "fwrules", "web-1"],
+        &["instance", "migration", "list"],
+        &["fwrule", "list"],
+        &["vlan", "list"],
+        &["volume", "list"],
+        &["rbac", "users"],
+    ] {
+        let out = tr_run(t, args).await;
+        assert!(!out.success(), "{out}");
+        assert_ne!(out.code, Some(3), "exit 3 means 'not found' to scripts: {out}");
+        assert!(out.stderr.contains("NotImplemented") && out.stderr.contains("not implemented"), "{out}");
+        assert!(!out.stderr.contains("not found") && !out.stderr.contains("does not exist"), "{out}");
+    }
+    let ips = tr(t, &["network", "ip", "list", "external"]).await;
+    assert!(ips.contains("10.77.0."), "{ips}");
+    // A missing resource is still a missing resource.
+    let (code, err) = tr_fail(t, &["instance", "get", "nope"]).await;
+    assert_eq!(code, Some(3), "{err}");
+}
+
+/// Every error is Triton's `{code, message}` JSON, whichever layer answers: a URI too long
+/// for hyper (what the CLI sends for a huge filter), headers too large, a request hyper
+/// cannot parse, invalid UTF-8 in a path variable (operator API and CloudAPI), a method a
+/// CloudAPI path does not take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triton_sees_json_errors_from_every_layer() {
+    use std::io::{Read, Write};
+    let s = setup(KeyType::Ed25519, false).await;
+    let t = &s.triton;
+    let long = format!("name={}", "x".repeat(70_000));
+    let out = tr_run(t, &["instance", "list", &long]).await;
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("(RequestUriTooLarge)") && out.stderr.contains("the request URI is too long"), "{out}");
+
+    let cloud_url = s.cloud.headnode.cloudapi.as_ref().unwrap().url.clone();
+    let admin_url = s.cloud.headnode.admin_url.clone();
+    // Raw requests, for what no client library sends.
+    let raw = |url: &str, request: Vec<u8>| {
+        let addr = url.trim_start_matches("http://").to_string();
+        std::thread::spawn(move || {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+            let _ = c.write_all(&request);
+            let mut out = Vec::new();
+            let _ = c.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        })
+        .join()
+        .unwrap()
+    };
+    let check = |what: &str, answer: &str, status: &str, code: &str| {
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{what}: no answer: {answer:?}"));
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{what}: {head}");
+        assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{what}: {head}");
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: body is not JSON ({e}): {body:?}"));
+        assert_eq!(v["code"], code, "{what}: {v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {v}");
+    };
+    for url in [&cloud_url, &admin_url] {
+        let big = format!("GET /--ping HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "y".repeat(600_000));
+        check(&format!("{url} 431"), &raw(url, big.into_bytes()), "431", "RequestHeaderFieldsTooLarge");
+        check(&format!("{url} 400"), &raw(url, b"GET / HTTP/1.1\r\nbad header\r\n\r\n".to_vec()), "400", "BadRequest");
+        let long = format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "z".repeat(70_000));
+        check(&format!("{url} 414"), &raw(url, long.into_bytes()), "414", "RequestUriTooLarge");
+    }
+    let token = s.cloud.headnode.token.clone();
+    let req = format!("GET /packages/%ff%fe HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n");
+    check("admin invalid UTF-8", &raw(&admin_url, req.into_bytes()), "400", "BadRequest");
+
+    // CloudAPI, signed.
+    let key = nereid_testkit::cloudapi::Key::from_seed(7);
+    s.cloud.client.post("/accounts/alice/keys", &json!({"key": key.openssh(), "name": "raw"})).await.unwrap();
+    let capi = nereid_testkit::cloudapi::Client::new(&cloud_url, "alice", key);
+    let a = capi.get("/alice/machines/%ff%fe/tags").await.unwrap();
+    assert_eq!(a.status, 400, "{}", a.text);
+    assert_eq!(a.headers["content-type"], "application/json");
+    assert_eq!(a.body["code"], "BadRequest", "{}", a.text);
+    let a = capi.send("DELETE", "/alice/packages/sample", None, nereid_testkit::cloudapi::Signing::Good).await.unwrap();
+    assert_eq!((a.status, a.body["code"].as_str()), (405, Some("MethodNotAllowed")), "{}", a.text);
+    assert_eq!(a.headers["content-type"], "application/json");
+}

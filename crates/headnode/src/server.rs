@@ -130,7 +130,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let (stop, _) = broadcast::channel::<()>(1);
     let mut stopped = stop.subscribe();
     let server = tokio::spawn(async move {
-        axum::serve(listener, router)
+        axum::serve(JsonErrorsListener(listener), router)
             .with_graceful_shutdown(async move {
                 let _ = stopped.recv().await;
             })
@@ -144,8 +144,8 @@ pub async fn start(cfg: Config) -> Result<Running> {
                 let _ = stopped.recv().await;
             };
             match l {
-                CloudListener::Http(l) => axum::serve(l, cloud_router).with_graceful_shutdown(shutdown).await,
-                CloudListener::Https(l) => axum::serve(l, cloud_router).with_graceful_shutdown(shutdown).await,
+                CloudListener::Http(l) => axum::serve(JsonErrorsListener(l), cloud_router).with_graceful_shutdown(shutdown).await,
+                CloudListener::Https(l) => axum::serve(JsonErrorsListener(l), cloud_router).with_graceful_shutdown(shutdown).await,
             }
         })
     });
@@ -212,5 +212,158 @@ pub fn redact(url: &str) -> String {
             u.to_string()
         }
         _ => url.to_string(),
+    }
+}
+
+/// A listener whose connections answer hyper's own errors as Triton JSON (see [`JsonErrorsIo`]).
+pub struct JsonErrorsListener<L>(pub L);
+
+impl<L: axum::serve::Listener> axum::serve::Listener for JsonErrorsListener<L> {
+    type Io = JsonErrorsIo<L::Io>;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr) = self.0.accept().await;
+        (JsonErrorsIo { inner: io, pending: Vec::new() }, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// A connection's byte stream with one rewrite: the bodiless answer hyper writes by itself
+/// when a request head cannot be parsed (400), its URI is too long (414) or its headers
+/// are too large (431) — no handler, so no middleware, ever sees those requests — is
+/// replaced by the same status with a `{code, message}` JSON body. Every answer the
+/// routers make carries a `content-type`, so they are never touched.
+pub struct JsonErrorsIo<T> {
+    inner: T,
+    /// Bytes of a replacement answer not yet written to `inner`.
+    pending: Vec<u8>,
+}
+
+/// The JSON answer standing in for hyper's own, if `head` is one: a whole response head,
+/// nothing after it, status 400, 414 or 431, no content type.
+pub fn replace_bare_error(head: &[u8]) -> Option<Vec<u8>> {
+    let rest = head.strip_prefix(b"HTTP/1.1 ").or_else(|| head.strip_prefix(b"HTTP/1.0 "))?;
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n")?;
+    if end + 4 != head.len() {
+        return None;
+    }
+    let text = std::str::from_utf8(&head[..end]).ok()?;
+    if text.lines().skip(1).any(|l| l.to_ascii_lowercase().starts_with("content-type:")) {
+        return None;
+    }
+    let (status, code, message) = match rest.get(..4)? {
+        b"400 " => (400, "BadRequest", "the request is not valid HTTP/1.1 (its method, URI, a header or the version could not be parsed)"),
+        b"414 " => (414, "RequestUriTooLarge", "the request URI is too long"),
+        b"431 " => (431, "RequestHeaderFieldsTooLarge", "the request's headers are too large or too many"),
+        _ => return None,
+    };
+    let body = serde_json::to_vec(&nereid_types::ApiError::new(status, code, message).body()).ok()?;
+    let reason = axum::http::StatusCode::from_u16(status).ok()?.canonical_reason().unwrap_or("");
+    let date = text.lines().find(|l| l.to_ascii_lowercase().starts_with("date:")).map(|l| format!("{l}\r\n")).unwrap_or_default();
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{date}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    Some(out)
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> JsonErrorsIo<T> {
+    /// Writes what is left of a replacement answer.
+    fn poll_pending(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        while !self.pending.is_empty() {
+            match std::pin::Pin::new(&mut self.inner).poll_write(cx, &self.pending) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.pending.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for JsonErrorsIo<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for JsonErrorsIo<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        match self.poll_pending(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        if let Some(answer) = replace_bare_error(buf) {
+            self.pending = answer;
+            // The caller's bytes count as written: the replacement goes out in their place
+            // (here if it can, else on the next write, flush or shutdown).
+            if let Poll::Ready(Err(e)) = self.poll_pending(cx) {
+                return Poll::Ready(Err(e));
+            }
+            return Poll::Ready(Ok(buf.len()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match self.poll_pending(cx) {
+            std::task::Poll::Ready(Ok(())) => std::pin::Pin::new(&mut self.inner).poll_flush(cx),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match self.poll_pending(cx) {
+            std::task::Poll::Ready(Ok(())) => std::pin::Pin::new(&mut self.inner).poll_shutdown(cx),
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hyper_bare_errors_become_json() {
+        let out = replace_bare_error(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: Sat, 05 Dec 2026 06:00:00 GMT\r\n\r\n",
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 431 ") && head.contains("content-type: application/json") && head.contains("date: Sat"),
+            "{head}"
+        );
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["code"], "RequestHeaderFieldsTooLarge");
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(replace_bare_error(b"HTTP/1.1 414 URI Too Long\r\n\r\n").is_some());
+        // The routers' own answers, and anything with a body, pass as they are.
+        assert!(replace_bare_error(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n").is_none());
+        assert!(replace_bare_error(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}").is_none());
+        assert!(replace_bare_error(b"HTTP/1.1 404 Not Found\r\n\r\n").is_none());
+        assert!(replace_bare_error(b"HTTP/1.1 200 OK\r\n\r\n").is_none());
     }
 }

@@ -194,26 +194,32 @@ pub fn check_key_name(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The account as CloudAPI's GetAccount renders it.
+/// The account as CloudAPI's GetAccount renders it: unset (or empty) contact fields are
+/// left out, as sdc-cloudapi leaves them out, so `triton account get` prints no `null`s.
 pub fn render_cloudapi(a: &Account) -> Value {
-    let s = |v: &Option<String>| v.clone().map(Value::String).unwrap_or(Value::Null);
-    json!({
-        "id": a.uuid,
-        "login": a.login,
-        "email": a.email,
-        "companyName": s(&a.company_name),
-        "firstName": s(&a.first_name),
-        "lastName": s(&a.last_name),
-        "address": s(&a.address),
-        "postalCode": s(&a.postal_code),
-        "city": s(&a.city),
-        "state": s(&a.state),
-        "country": s(&a.country),
-        "phone": s(&a.phone),
-        "created": a.created,
-        "updated": a.updated,
-        "triton_cns_enabled": a.triton_cns_enabled,
-    })
+    let mut out = Map::new();
+    out.insert("id".into(), json!(a.uuid));
+    out.insert("login".into(), json!(a.login));
+    out.insert("email".into(), json!(a.email));
+    for (name, v) in [
+        ("companyName", &a.company_name),
+        ("firstName", &a.first_name),
+        ("lastName", &a.last_name),
+        ("address", &a.address),
+        ("postalCode", &a.postal_code),
+        ("city", &a.city),
+        ("state", &a.state),
+        ("country", &a.country),
+        ("phone", &a.phone),
+    ] {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+            out.insert(name.into(), json!(v));
+        }
+    }
+    out.insert("created".into(), json!(a.created));
+    out.insert("updated".into(), json!(a.updated));
+    out.insert("triton_cns_enabled".into(), json!(a.triton_cns_enabled));
+    Value::Object(out)
 }
 
 /// A key as CloudAPI's ListKeys/GetKey render it.
@@ -259,7 +265,7 @@ mod tests {
         let a = check_create(&input(json!({"login": "alice", "email": "a@example.com", "company_name": "ACME"})), "t0").unwrap();
         let v = render_cloudapi(&a);
         assert_eq!(v["companyName"], "ACME");
-        assert_eq!(v["firstName"], Value::Null);
+        assert!(v.get("firstName").is_none(), "unset fields are left out: {v}");
         assert_eq!(v["id"], json!(a.uuid));
         for f in TENANT_UPDATABLE {
             assert!(FIELDS.iter().any(|x| x.name == stored_name(f)), "{f}");

@@ -158,11 +158,16 @@ async fn get_account(Scoped(acct): Scoped) -> CloudResult {
     ok(&render_cloudapi(&acct))
 }
 
+/// UpdateAccount. As in sdc-cloudapi, only fields given a value are copied: an empty
+/// string (what `triton account update companyName=` sends) or `null` leaves the field as
+/// it is and the answer is 200 with the account; unknown fields are ignored.
 async fn update_account(State(s): State<AppState>, Scoped(acct): Scoped, Params(params): Params) -> CloudResult {
     let mut input = Map::new();
     for (k, v) in params {
         if TENANT_UPDATABLE.contains(&k.as_str()) {
             let v = match (k.as_str(), v) {
+                (_, Value::Null) => continue,
+                (_, Value::String(s)) if s.is_empty() => continue,
                 // Form-encoded and query input arrives as strings.
                 ("triton_cns_enabled", Value::String(b)) => match b.as_str() {
                     "true" => Value::Bool(true),
@@ -189,7 +194,7 @@ async fn create_key(State(s): State<AppState>, Scoped(acct): Scoped, Params(para
     };
     let name = params.get("name").and_then(Value::as_str);
     let key = s.app.add_key(&acct, name, text).await?;
-    Ok(crate::http::json(StatusCode::CREATED, &render_key_cloudapi(&key)))
+    Ok(super::reply(StatusCode::CREATED, &render_key_cloudapi(&key)))
 }
 
 async fn get_key(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, k)): Path<(String, String)>) -> CloudResult {

@@ -151,7 +151,7 @@ pub fn routes() -> Vec<Route> {
             "/{account}/machines/{id}/snapshots/{name}",
             doc(
                 "StartMachineFromSnapshot",
-                "Roll the (stopped) machine back to the snapshot and start it; 202.",
+                "Roll the machine back to the snapshot and boot it (a running machine is stopped first); 202.",
                 BodyDoc::None,
                 RespDoc::Empty(202),
             ),
@@ -373,10 +373,7 @@ async fn create_snapshot(
         Some(_) => return Err(invalid("name", "must be a string")),
     };
     let job = s.app.snapshot_vm(vm.uuid, "create_snapshot", Some(&name)).await?;
-    Ok(crate::http::json(
-        StatusCode::CREATED,
-        &json!({"name": name, "state": "creating", "created": job.created_at, "updated": job.created_at}),
-    ))
+    Ok(super::reply(StatusCode::CREATED, &json!({"name": name, "state": "creating", "created": job.created_at, "updated": job.created_at})))
 }
 
 async fn list_snapshots(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id)): Path<(String, String)>) -> CloudResult {
@@ -408,14 +405,24 @@ async fn boot_snapshot(
     Path((_, id, name)): Path<(String, String, String)>,
 ) -> CloudResult {
     let vm = with_vm!(s, acct, id);
-    if vm.state.as_deref() != Some("stopped") {
-        return Err(CloudError(ApiError::new(
-            409,
-            "InvalidState",
-            format!("instance {} must be stopped to start from a snapshot", vm.uuid),
-        )));
-    }
+    // VMAPI's rollback_snapshot stops a running VM, rolls it back and boots it again (the
+    // snapshot job asks the server for exactly that); a stopped one is rolled back and
+    // then started here, which is what StartMachineFromSnapshot promises.
+    let was_running = match vm.state.as_deref() {
+        Some("running") => true,
+        Some("stopped") => false,
+        other => {
+            return Err(CloudError(ApiError::new(
+                409,
+                "InvalidState",
+                format!("instance {} is {}: it must be running or stopped to start from a snapshot", vm.uuid, other.unwrap_or("unknown")),
+            )));
+        }
+    };
     let job = s.app.snapshot_vm(vm.uuid, "rollback_snapshot", Some(&name)).await?;
+    if was_running {
+        return Ok(StatusCode::ACCEPTED.into_response());
+    }
     // Start once the rollback is done. Not durable across a headnode restart: the
     // rollback job is, and the machine then stays stopped at the snapshot.
     let app = s.app.clone();

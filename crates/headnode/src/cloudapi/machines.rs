@@ -180,7 +180,7 @@ pub async fn machine_of(s: &AppState, acct: &Account, id: &str) -> Result<Vm, Cl
 pub async fn live_machine_of(s: &AppState, acct: &Account, id: &str) -> Result<Vm, Response> {
     let vm = machine_of(s, acct, id).await.map_err(IntoResponse::into_response)?;
     if vm.state.as_deref() == Some("destroyed") {
-        return Err(crate::http::json(StatusCode::GONE, &render::machine(&vm, false)));
+        return Err(super::reply(StatusCode::GONE, &render::machine(&vm, false)));
     }
     Ok(vm)
 }
@@ -228,7 +228,7 @@ async fn list(State(s): State<AppState>, Scoped(acct): Scoped, RawQuery(raw): Ra
             .take(usize::try_from(limit).unwrap_or(1000))
             .collect()
     };
-    let mut resp = crate::http::json(StatusCode::OK, &page);
+    let mut resp = super::reply(StatusCode::OK, &page);
     // Items in *this* page: the CLI pages until a page is shorter than its limit.
     resp.headers_mut().insert("x-resource-count", HeaderValue::from(page.len()));
     resp.headers_mut().insert("x-query-limit", HeaderValue::from(limit));
@@ -361,7 +361,7 @@ async fn create(State(s): State<AppState>, Scoped(acct): Scoped, Params(params):
         }
     }
     let created = s.app.create_vm(&input).await?;
-    let mut resp = crate::http::json(StatusCode::CREATED, &render::machine(&created.vm, false));
+    let mut resp = super::reply(StatusCode::CREATED, &render::machine(&created.vm, false));
     if let Ok(v) = HeaderValue::from_str(&format!("/{}/machines/{}", acct.login, uuid)) {
         resp.headers_mut().insert(header::LOCATION, v);
     }

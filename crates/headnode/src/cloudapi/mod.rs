@@ -120,9 +120,19 @@ pub fn cloud_error(mut e: ApiError) -> ApiError {
     }
 }
 
-/// 200 with a JSON body.
+/// 200 with a JSON body (see [`reply`]).
 pub fn ok<T: Serialize + ?Sized>(body: &T) -> CloudResult {
-    Ok(crate::http::json(StatusCode::OK, body))
+    Ok(reply(StatusCode::OK, body))
+}
+
+/// A CloudAPI object as JSON: members without a value are left out rather than sent as
+/// `null` (sdc-cloudapi builds its objects from the fields that are set, and the CLI
+/// prints a `null` member as `field: null`).
+pub fn reply<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_value(body) {
+        Ok(v) => crate::http::json(status, &render::omit_nulls(v)),
+        Err(_) => crate::http::json(status, body),
+    }
 }
 
 /// An `InvalidArgument` naming the field.
@@ -263,19 +273,29 @@ pub fn routes() -> Vec<Route> {
 }
 
 /// The CloudAPI router: `/--ping` unsigned, everything else behind HTTP Signatures.
+///
+/// A request no route takes is answered by [`unknown_route`] (signed like any other): a
+/// Triton operation this cloud does not implement yet is a 501 `NotImplemented` naming
+/// it, a known path with another method a 405, anything else restify's 404.
 pub fn router(state: AppState) -> Router {
-    let mut r: Router<AppState> = Router::new();
+    let auth = || axum::middleware::from_fn_with_state(state.clone(), auth::authenticate);
+    // One method router per path, so a path's unknown methods reach the same fallback.
+    let mut by_path: Vec<(&'static str, axum::routing::MethodRouter<AppState>)> = Vec::new();
     for route in routes() {
-        let handler = if route.auth == Auth::Public {
-            route.handler
-        } else {
-            route.handler.layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
-        };
-        r = r.route(route.path, handler);
+        let handler = if route.auth == Auth::Public { route.handler } else { route.handler.layer(auth()) };
+        match by_path.iter_mut().find(|(p, _)| *p == route.path) {
+            Some((_, mr)) => *mr = std::mem::take(mr).merge(handler),
+            None => by_path.push((route.path, handler)),
+        }
     }
-    let fallback = axum::routing::any(unknown_route).layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
+    let mut r: Router<AppState> = Router::new();
+    for (path, mr) in by_path {
+        r = r.route(path, mr.fallback(axum::handler::Handler::layer(unknown_route, auth())));
+    }
+    let fallback = axum::routing::any(unknown_route).layer(auth());
     r.fallback_service(fallback.with_state(state.clone()))
         .layer(axum::middleware::from_fn(headers))
+        .layer(axum::middleware::from_fn(crate::http::json_errors))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send + 'static>| {
             tracing::error!("a CloudAPI handler panicked");
             CloudError(ApiError::internal("internal error (logged on the headnode)")).into_response()
@@ -284,8 +304,76 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Triton CloudAPI operations Nereid does not implement yet, as (methods, path pattern,
+/// operation); `*` is one path segment. Answered 501 `NotImplemented` rather than a 404
+/// the CLI would turn into "<the instance/network> was not found".
+const NOT_IMPLEMENTED: &[(&[&str], &str, &str)] = &[
+    (&["GET"], "/*/changefeed", "Changefeed"),
+    (&["GET"], "/*/datacenters/*", "GetDatacenter"),
+    (&["POST"], "/*/images", "CreateImageFromMachine"),
+    (&["POST"], "/*/images/*", "UpdateImage"),
+    (&["DELETE"], "/*/images/*", "DeleteImage"),
+    (&["GET", "POST"], "/*/fabrics/default/vlans", "Fabric VLANs"),
+    (&["GET", "PUT", "POST", "DELETE"], "/*/fabrics/default/vlans/*", "Fabric VLANs"),
+    (&["GET", "POST"], "/*/fabrics/default/vlans/*/networks", "Fabric networks"),
+    (&["GET", "PUT", "DELETE"], "/*/fabrics/default/vlans/*/networks/*", "Fabric networks"),
+    (&["GET"], "/*/machines/*/vnc", "GetMachineVnc"),
+    (&["GET"], "/*/machines/*/fwrules", "ListMachineFirewallRules"),
+    (&["GET", "POST"], "/*/machines/*/disks", "Machine disks"),
+    (&["GET", "POST", "DELETE"], "/*/machines/*/disks/*", "Machine disks"),
+    (&["GET", "POST"], "/*/machines/*/migrate", "MigrateMachine"),
+    (&["GET"], "/*/migrations", "ListMigrations"),
+    (&["GET"], "/*/migrations/*", "GetMigration"),
+    (&["GET", "POST"], "/*/fwrules", "Firewall rules"),
+    (&["GET", "POST", "DELETE"], "/*/fwrules/*", "Firewall rules"),
+    (&["POST"], "/*/fwrules/*/enable", "EnableFirewallRule"),
+    (&["POST"], "/*/fwrules/*/disable", "DisableFirewallRule"),
+    (&["GET"], "/*/fwrules/*/machines", "ListFirewallRuleMachines"),
+    (&["GET", "POST"], "/*/volumes", "Volumes"),
+    (&["GET", "POST", "DELETE"], "/*/volumes/*", "Volumes"),
+    (&["GET"], "/*/volumesizes", "ListVolumeSizes"),
+    (&["GET", "POST"], "/*/users", "RBAC users"),
+    (&["GET", "POST", "DELETE"], "/*/users/*", "RBAC users"),
+    (&["POST"], "/*/users/*/change_password", "ChangeUserPassword"),
+    (&["GET", "POST"], "/*/users/*/keys", "RBAC user keys"),
+    (&["GET", "DELETE"], "/*/users/*/keys/*", "RBAC user keys"),
+    (&["GET", "POST"], "/*/users/*/accesskeys", "Access keys"),
+    (&["GET", "POST", "DELETE"], "/*/users/*/accesskeys/*", "Access keys"),
+    (&["GET", "POST"], "/*/roles", "RBAC roles"),
+    (&["GET", "POST", "DELETE"], "/*/roles/*", "RBAC roles"),
+    (&["GET", "POST"], "/*/policies", "RBAC policies"),
+    (&["GET", "POST", "DELETE"], "/*/policies/*", "RBAC policies"),
+    (&["GET", "POST"], "/*/accesskeys", "Access keys"),
+    (&["GET", "POST", "DELETE"], "/*/accesskeys/*", "Access keys"),
+    // Role tags: one generic PUT on any resource path.
+    (&["PUT"], "/*", "SetRoleTags"),
+    (&["PUT"], "/*/*", "SetRoleTags"),
+    (&["PUT"], "/*/*/*", "SetRoleTags"),
+];
+
+/// Whether a path matches a pattern of literal segments and `*`s (or, with `braces`,
+/// `{name}`s).
+fn path_matches(pattern: &str, path: &str, braces: bool) -> bool {
+    let (p, s): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), path.split('/').collect());
+    p.len() == s.len()
+        && p.iter().zip(&s).all(|(p, s)| *p == *s || (!s.is_empty() && (*p == "*" || (braces && p.starts_with('{') && p.ends_with('}')))))
+}
+
+/// What CloudAPI answers for a request no route takes (see [`router`]).
+pub fn unmatched(method: &Method, path: &str) -> ApiError {
+    let path = path.trim_end_matches('/');
+    let method_name = if method == Method::HEAD { "GET" } else { method.as_str() };
+    if let Some((_, _, op)) = NOT_IMPLEMENTED.iter().find(|(ms, p, _)| ms.contains(&method_name) && path_matches(p, path, false)) {
+        return ApiError::new(501, "NotImplemented", format!("{op} ({method} {path}) is not implemented by this cloud yet"));
+    }
+    if routes().iter().any(|r| path_matches(r.path, path, true)) {
+        return ApiError::new(405, "MethodNotAllowed", format!("{method} is not allowed on {path}"));
+    }
+    ApiError::new(404, "ResourceNotFound", format!("{path} does not exist"))
+}
+
 async fn unknown_route(method: Method, uri: axum::http::Uri) -> CloudError {
-    CloudError(ApiError::new(404, "ResourceNotFound", format!("{method} {} does not exist", uri.path())))
+    CloudError(unmatched(&method, uri.path()))
 }
 
 /// The headers every CloudAPI answer carries.
@@ -322,5 +410,18 @@ mod tests {
         let e = cloud_error(ApiError::conflict("CannotDestroyMachineError", crate::app::vms::DELETION_PROTECTED));
         assert_eq!(e.message, "Instance has \"deletion_protection\" enabled, preventing deletion");
         assert_eq!(cloud_error(ApiError::conflict("VmNotRunning", "x")).code, "InvalidState");
+    }
+
+    #[test]
+    fn unmatched_requests() {
+        let e = unmatched(&Method::GET, "/alice/machines/3c9c1b5f-8e37-4c2d-9a6f-1b2c3d4e5f60/disks");
+        assert_eq!((e.status, e.code.as_str()), (501, "NotImplemented"), "{e:?}");
+        assert!(e.message.contains("Machine disks"), "{}", e.message);
+        assert_eq!(unmatched(&Method::GET, "/alice/fwrules").status, 501);
+        assert_eq!(unmatched(&Method::PUT, "/alice/machines/x").code, "NotImplemented");
+        let e = unmatched(&Method::DELETE, "/alice/packages/x");
+        assert_eq!((e.status, e.code.as_str()), (405, "MethodNotAllowed"), "{e:?}");
+        let e = unmatched(&Method::GET, "/alice/nonsense/x/y/z");
+        assert_eq!((e.status, e.code.as_str(), e.message.as_str()), (404, "ResourceNotFound", "/alice/nonsense/x/y/z does not exist"));
     }
 }

@@ -119,7 +119,7 @@ async fn list(
     let offset = page_param(&q, "offset", 0, 0, usize::MAX)?;
     let net = network_of(&s, &acct, &id).await?;
     let ips = s.app.tenant_ips(&acct, &net, limit, offset).await?;
-    let mut resp = crate::http::json(StatusCode::OK, &ips);
+    let mut resp = super::reply(StatusCode::OK, &ips);
     resp.headers_mut().insert("x-resource-count", HeaderValue::from(ips.len()));
     resp.headers_mut().insert("x-query-limit", HeaderValue::from(limit));
     Ok(resp)

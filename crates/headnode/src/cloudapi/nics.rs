@@ -137,7 +137,7 @@ fn nic_path(acct: &Account, vm: Uuid, mac: &str) -> Option<HeaderValue> {
 async fn list(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id)): Path<(String, String)>) -> CloudResult {
     let vm = machine_of(&s, &acct, &id).await?;
     let nics = render(&s, &s.app.vm_nics(&vm).await?).await?;
-    let mut resp = crate::http::json(StatusCode::OK, &nics);
+    let mut resp = super::reply(StatusCode::OK, &nics);
     resp.headers_mut().insert("x-resource-count", HeaderValue::from(nics.len()));
     Ok(resp)
 }
@@ -196,7 +196,7 @@ async fn add(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id)): Pat
         }
         AddedNic::Added(nic, _job) => {
             let body = render(&s, std::slice::from_ref(&*nic)).await?.pop().unwrap_or(Value::Null);
-            let mut resp = crate::http::json(StatusCode::CREATED, &body);
+            let mut resp = super::reply(StatusCode::CREATED, &body);
             if let Some(l) = nic_path(&acct, vm.uuid, &nic.mac) {
                 resp.headers_mut().insert(header::LOCATION, l);
             }

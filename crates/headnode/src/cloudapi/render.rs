@@ -27,6 +27,16 @@ pub fn machine_state(vmapi: &str) -> &'static str {
     }
 }
 
+/// Drops `null` members from every object in `v`, however deep: CloudAPI leaves unset
+/// fields out. (Tag and metadata values are never null, so nothing a tenant set is lost.)
+pub fn omit_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, omit_nulls(v))).collect()),
+        Value::Array(a) => Value::Array(a.into_iter().map(omit_nulls).collect()),
+        other => other,
+    }
+}
+
 /// The machine object the CLI reads.
 pub fn machine(vm: &Vm, credentials: bool) -> Value {
     let nics = vm.nics.clone().unwrap_or_default();
@@ -105,10 +115,14 @@ pub fn package(p: &Package) -> Value {
         "lwps": p.max_lwps,
         "vcpus": p.vcpus.unwrap_or(0),
         "version": p.version,
-        "group": p.group.clone().unwrap_or_default(),
-        "description": p.description.clone().unwrap_or_default(),
         "default": p.default.unwrap_or(false),
     });
+    // sdc-cloudapi sends these only when they are set.
+    for (k, val) in [("group", &p.group), ("description", &p.description)] {
+        if let Some(val) = val.as_deref().filter(|s| !s.is_empty()) {
+            v[k] = json!(val);
+        }
+    }
     if let Some(b) = &p.brand {
         v["brand"] = json!(b);
     }
@@ -128,7 +142,6 @@ pub fn network(n: &Network) -> Value {
         "name": n.name,
         "public": n.owner_uuids.is_none(),
         "fabric": n.fabric,
-        "description": n.description.clone().unwrap_or_default(),
         "subnet": n.subnet,
         "provision_start_ip": n.provision_start_ip,
         "provision_end_ip": n.provision_end_ip,
@@ -139,6 +152,9 @@ pub fn network(n: &Network) -> Value {
     if let Some(g) = &n.gateway {
         v["gateway"] = json!(g);
     }
+    if let Some(d) = n.description.as_deref().filter(|d| !d.is_empty()) {
+        v["description"] = json!(d);
+    }
     if n.fabric {
         v["vlan_id"] = json!(n.vlan_id);
     }
@@ -147,8 +163,11 @@ pub fn network(n: &Network) -> Value {
 
 /// A network pool as CloudAPI lists it (a network the CLI can name in `-N`).
 pub fn network_pool(p: &NetworkPool) -> Value {
-    json!({"id": p.uuid, "name": p.name, "public": p.owner_uuids.is_none(), "fabric": false,
-           "description": p.description.clone().unwrap_or_default()})
+    let mut v = json!({"id": p.uuid, "name": p.name, "public": p.owner_uuids.is_none(), "fabric": false});
+    if let Some(d) = p.description.as_deref().filter(|d| !d.is_empty()) {
+        v["description"] = json!(d);
+    }
+    v
 }
 
 /// CreateMachine's metadata and tags: the flattened `metadata.<k>` / `tag.<k>` keys the

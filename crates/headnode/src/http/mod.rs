@@ -312,10 +312,47 @@ pub fn router(state: AppState) -> Router {
     }
     r.fallback(not_found)
         .method_not_allowed_fallback(bad_method)
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn_with_state(state.clone(), log_request))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// The Triton-style code for an HTTP status, for errors that did not come with one.
+pub fn status_code_name(status: StatusCode) -> String {
+    match status.as_u16() {
+        400 => "BadRequest".into(),
+        404 => "ResourceNotFound".into(),
+        405 => "MethodNotAllowed".into(),
+        413 => "RequestEntityTooLarge".into(),
+        414 => "RequestUriTooLarge".into(),
+        500 => "InternalError".into(),
+        _ => status.canonical_reason().unwrap_or("Error").chars().filter(char::is_ascii_alphanumeric).collect(),
+    }
+}
+
+/// Makes every error answer Triton's `{code, message}` JSON: the few that are not already
+/// (an extractor's `text/plain` rejection such as "Invalid URL: Invalid UTF-8 in `uuid`",
+/// an empty 405 or 413) get the status's code and their text as the message. The
+/// outermost layer of both routers; errors hyper writes itself are handled in
+/// [`crate::server`].
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_string();
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    let e = ApiError::new(status.as_u16(), status_code_name(status), message);
+    let body = serde_json::to_vec(&e.body()).unwrap_or_default();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, Body::from(body))
 }
 
 async fn check_query(params: &'static [Param], api: Api, req: Request, next: Next) -> Response {
