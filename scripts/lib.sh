@@ -81,3 +81,86 @@ ensure_triton() {
     [ -z "$lock" ] || exec {lock}>&-
     echo "$bin"
 }
+
+# NEXTEST_VERSION: the cargo-nextest release scripts/test runs the suite with (its
+# `.config/nextest.toml` is what boots QEMU guests one at a time).
+NEXTEST_VERSION=0.9.143
+
+# ensure_nextest: `cargo nextest` at $NEXTEST_VERSION: the one on the PATH if it is that
+# version, else built from crates.io into a fixed prefix (once; cached) and put first on
+# the PATH. Needs cargo (ensure_rust).
+ensure_nextest() {
+    local want="cargo-nextest $NEXTEST_VERSION"
+    local root="${NEREID_CACHE:-$HOME/.cache/nereid}/cargo-nextest-$NEXTEST_VERSION" lock=
+    nextest_is() { [ "$(cargo nextest --version 2>/dev/null | head -n1 | cut -d' ' -f1-2)" = "$want" ]; }
+    nextest_is && return 0
+    export PATH="$root/bin:$PATH"
+    if ! nextest_is; then
+        mkdir -p "$root"
+        # Two runs at once on one machine: one cargo install at a time, then re-check.
+        exec {lock}>"$root/.install.lock"
+        if command -v flock >/dev/null; then flock "$lock"; fi
+    fi
+    if ! nextest_is; then
+        log "installing cargo-nextest@$NEXTEST_VERSION (crates.io, built from source once) into $root"
+        cargo install --locked --quiet --root "$root" "cargo-nextest@$NEXTEST_VERSION" \
+            || die "cargo install cargo-nextest@$NEXTEST_VERSION failed"
+        nextest_is || die "cargo nextest --version does not print '$want' after installing it into $root"
+    fi
+    [ -z "$lock" ] || exec {lock}>&-
+}
+
+# path_without CMD DIR: prints $PATH with CMD hidden: each directory that holds CMD is
+# replaced by a new directory (under DIR) of links to everything else in it.
+path_without() {
+    local cmd=$1 tmp=$2 out= dir f shadow n=0
+    local IFS=:
+    for dir in $PATH; do
+        if [ -n "$dir" ] && [ -e "$dir/$cmd" ]; then
+            n=$((n + 1))
+            shadow="$tmp/path-$n"
+            mkdir -p "$shadow"
+            for f in "$dir"/*; do
+                [ "${f##*/}" = "$cmd" ] || ln -sfn "$f" "$shadow/${f##*/}"
+            done
+            dir=$shadow
+        fi
+        out=${out:+$out:}$dir
+    done
+    printf '%s\n' "$out"
+}
+
+# install_nereid BIN: links `nereid` to BIN where a new shell finds it, so the commands
+# `nereid up` prints run as printed: ~/.local/bin if that is on the PATH, else
+# /usr/local/bin (with sudo if need be), else ~/.local/bin with a warning to add it to
+# the PATH. Idempotent; says what it did.
+install_nereid() {
+    local bin dir found
+    bin=$(realpath "$1")
+    case ":$PATH:" in
+        *":$HOME/.local/bin:"*) dir=$HOME/.local/bin ;;
+        *) dir=/usr/local/bin ;;
+    esac
+    if [ "$(readlink "$dir/nereid" 2>/dev/null)" != "$bin" ]; then
+        if [ "$dir" = /usr/local/bin ] && [ ! -w "$dir" ]; then
+            if command -v sudo >/dev/null && sudo mkdir -p "$dir" && sudo ln -sfn "$bin" "$dir/nereid"; then
+                :
+            else
+                dir=$HOME/.local/bin
+            fi
+        fi
+        if [ "$(readlink "$dir/nereid" 2>/dev/null)" != "$bin" ]; then
+            mkdir -p "$dir"
+            ln -sfn "$bin" "$dir/nereid"
+        fi
+    fi
+    hash -r
+    found=$(command -v nereid || true)
+    if [ "$found" = "$dir/nereid" ]; then
+        log "installed nereid as $dir/nereid (a link to $bin)"
+    elif [ -z "$found" ]; then
+        log "warning: $dir is not on your PATH: add it (e.g. echo 'export PATH=\"$dir:\$PATH\"' >> ~/.profile) to run the commands below as printed"
+    elif [ "$(realpath "$found")" != "$bin" ]; then
+        log "warning: \`nereid\` on your PATH is $found, which comes before $dir: remove it to run the commands below as printed"
+    fi
+}

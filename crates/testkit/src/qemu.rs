@@ -76,14 +76,75 @@ pub fn qemus_under(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// Kills every QEMU started under its directory when dropped.
-pub struct Reaper(pub PathBuf);
+/// Kills every QEMU started under its directory when dropped, and holds the [`QemuLock`]
+/// until then: every test that boots guests makes one, before its first guest boots.
+pub struct Reaper {
+    dir: PathBuf,
+    _lock: QemuLock,
+}
+
+/// A [`Reaper`] for `dir`, made once no other test on this machine holds the [`QemuLock`]
+/// (a function named like the type, so `Reaper(dir)` reads as it did when it was a tuple).
+#[allow(non_snake_case)]
+pub fn Reaper(dir: PathBuf) -> Reaper {
+    Reaper { dir, _lock: QemuLock::acquire() }
+}
+
+impl Reaper {
+    /// The directory whose QEMUs it kills.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        for pid in qemus_under(&self.0) {
+        for pid in qemus_under(&self.dir) {
             let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
+    }
+}
+
+/// One test's guests at a time on this machine, whatever runs the tests: nextest's `qemu`
+/// test group (`.config/nextest.toml`) already does this, but plain `cargo test` runs a
+/// binary's tests on several threads and several binaries at once, and TCG guests booting
+/// together on two cores starve each other into timeouts. An exclusive `flock` on
+/// [`QemuLock::path`], let go on drop or when the process dies.
+pub struct QemuLock {
+    _file: std::fs::File,
+}
+
+impl QemuLock {
+    /// The lock file every test shares: `nereid-qemu-tests.lock` in the temp directory.
+    pub fn path() -> PathBuf {
+        std::env::temp_dir().join("nereid-qemu-tests.lock")
+    }
+
+    /// Waits for the lock at [`QemuLock::path`] (panics if its file cannot be opened).
+    pub fn acquire() -> QemuLock {
+        let path = QemuLock::path();
+        QemuLock::acquire_at(&path).unwrap_or_else(|e| panic!("the QEMU test lock {}: {e:#}", path.display()))
+    }
+
+    /// Waits for the lock on `path`, creating the file if need be. Inside a multi-threaded
+    /// tokio runtime the wait lets the runtime's other tasks (an in-process headnode) run.
+    pub fn acquire_at(path: &Path) -> Result<QemuLock> {
+        let file = match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => std::fs::File::open(path),
+            r => r,
+        }
+        .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => return Ok(QemuLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
+        }
+        eprintln!("waiting for another test's QEMU guests to finish (lock {})", path.display());
+        let wait = || file.lock();
+        let multi_thread =
+            tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread { tokio::task::block_in_place(wait) } else { wait() }.with_context(|| format!("locking {}", path.display()))?;
+        Ok(QemuLock { _file: file })
     }
 }
 

@@ -107,7 +107,12 @@ pub fn cert_note(c: &nereid_headnode::server::CloudApiRunning) -> String {
 }
 
 /// What a tenant types to use the `triton` CLI against this cloud, or the profile written.
-fn triton_hints(c: &nereid_headnode::server::CloudApiRunning, op: Option<&super::operator::Operator>, write: bool) -> Result<()> {
+fn triton_hints(
+    c: &nereid_headnode::server::CloudApiRunning,
+    op: Option<&super::operator::Operator>,
+    write: bool,
+    ddq: &str,
+) -> Result<()> {
     let Some(op) = op else { return Ok(()) };
     let login = &op.account.login;
     if op.created {
@@ -129,7 +134,9 @@ fn triton_hints(c: &nereid_headnode::server::CloudApiRunning, op: Option<&super:
             }
         }
         None => {
-            println!("  triton        account {login} has no SSH key yet: nereid admin account key add {login} ~/.ssh/id_ed25519.pub");
+            println!(
+                "  triton        account {login} has no SSH key yet: nereid admin --data-dir {ddq} account key add {login} ~/.ssh/id_ed25519.pub"
+            );
             println!("                (or restart with --triton-profile ~/.ssh/id_ed25519 to add it and write a triton profile)");
         }
     }
@@ -207,6 +214,8 @@ pub async fn run(a: UpArgs) -> Result<()> {
     }
     let abs = std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone());
     let dd = abs.display();
+    // The data directory as the printed commands carry it, quoted if a shell would split it.
+    let ddq = shell_word(&abs.to_string_lossy());
     println!("Nereid {} is up.", env!("CARGO_PKG_VERSION"));
     println!("  operator API  {}  (bearer token in {dd}/admin.token)", running.admin_url);
     println!("  join token    {dd}/join.token  (for `nereid agent` on other machines)");
@@ -222,7 +231,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         let nat =
             if report.nat { "traffic to the outside is masqueraded" } else { "no default route: VMs reach this host and each other only" };
         println!("  network       bridge {} (gateway {}); VMs get their addresses by DHCP; {nat}", m.bridge, gws.join(", "));
-        println!("                reach a VM from this host at its IP: `nereid admin vm get <uuid>` shows it (nics[].ip)");
+        println!("                reach a VM from this host at its IP: `nereid admin --data-dir {ddq} vm get <uuid>` shows it (nics[].ip)");
     } else if !sim {
         for (t, u) in &nic_tags {
             println!("  network       nic tag {t} on {}", u.name());
@@ -230,7 +239,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
     }
     if let Some(c) = &running.cloudapi {
         println!("  CloudAPI      {}{}", c.url, cert_note(c));
-        triton_hints(c, operator.as_ref(), a.triton_profile.is_some())?;
+        triton_hints(c, operator.as_ref(), a.triton_profile.is_some(), &ddq)?;
     }
     if let Some(s) = &seeded {
         println!(
@@ -245,22 +254,28 @@ pub async fn run(a: UpArgs) -> Result<()> {
                 let meta = if a.demo { " customer_metadata='{\"test-message\":\"hello\"}'" } else { "" };
                 println!("\nProvision a VM:");
                 println!(
-                    "  nereid admin --data-dir {dd} vm create owner_uuid={owner} brand=bhyve billing_id={pkg} image_uuid={image} networks='[\"{}\"]' alias=web-1{meta} -w",
+                    "  nereid admin --data-dir {ddq} vm create owner_uuid={owner} brand=bhyve billing_id={pkg} image_uuid={image} networks='[\"{}\"]' alias=web-1{meta} -w",
                     s.network
                 );
-                println!("  nereid admin --data-dir {dd} vm list");
+                println!("  nereid admin --data-dir {ddq} vm list");
                 if a.demo {
-                    println!("  nereid admin --data-dir {dd} vm console <vm uuid>    (the guest prints its uuid and the metadata it read)");
+                    println!(
+                        "  nereid admin --data-dir {ddq} vm console <vm uuid>    (the guest prints its uuid and the metadata it read)"
+                    );
                 }
             }
             None => {
                 println!("\nImport an image, then provision a VM:");
-                println!("  nereid image --data-dir {dd} create-from-disk DISK.qcow2 --name NAME --version 1.0");
+                println!("  nereid image --data-dir {ddq} create-from-disk DISK.qcow2 --name NAME --version 1.0");
                 println!("  (or restart with --demo to import Nereid's small test image)");
             }
         }
     } else {
-        println!("\nTry: nereid admin --data-dir {dd} server list");
+        println!("\nTry: nereid admin --data-dir {ddq} server list");
+    }
+    if let Some(exe) = not_on_path() {
+        println!("\n`nereid` above is {}, which a shell does not find on this PATH:", exe.display());
+        println!("  link it into a directory on the PATH (scripts/up does), or type its full path");
     }
     println!("\nCtrl-C stops the cloud (VM state is kept in {dd}).");
     super::headnode::wait_for_signal().await;
@@ -270,6 +285,31 @@ pub async fn run(a: UpArgs) -> Result<()> {
         nereid_agent::net::managed::down(m).await;
     }
     running.shutdown().await
+}
+
+/// `s` as one shell word: as it is if it is plain, else in single quotes.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:,@=%".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// This binary, if `nereid` typed in a shell with this process's PATH runs something else
+/// (or nothing): then the banner's `nereid …` commands would not run as printed.
+fn not_on_path() -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let me = std::env::current_exe().ok()?;
+    let me = std::fs::canonicalize(&me).unwrap_or(me);
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .map(|d| d.join("nereid"))
+        .find(|f| std::fs::metadata(f).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0));
+    match found.and_then(|f| std::fs::canonicalize(f).ok()) {
+        Some(f) if f == me => None,
+        _ => Some(me),
+    }
 }
 
 /// The nic tag `nereid up` manages a bridge for.
