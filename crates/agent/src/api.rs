@@ -93,7 +93,9 @@ async fn get_vm(State(s): State<ApiState>, Path((server, vm)): Path<(String, Str
     };
     match n.node.get(vm) {
         Some(st) => ok(&st),
-        None => error(StatusCode::NOT_FOUND, "ResourceNotFound", format!("VM {vm} does not exist on server {server}")),
+        // The one 404 that means "not here" (the headnode frees a VM only on this code;
+        // any other 404 — an unknown route, another server — is an error to it).
+        None => error(StatusCode::NOT_FOUND, nereid_types::agent::VM_NOT_FOUND, format!("VM {vm} does not exist on server {server}")),
     }
 }
 

@@ -36,6 +36,8 @@ fn fleet(servers: usize, vms: usize, rng: &mut StdRng) -> Vec<Server> {
                     cap: Cap::Uncapped,
                     source: Source::Record,
                     on_server: true,
+                    suspect: false,
+                    damaged: None,
                 })
                 .collect(),
         })

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::{Cap, Config, Request, Server, Source, Status, unreserved};
+use crate::{Cap, Config, Request, Server, Source, Status, top_users, unreserved};
 
 /// A hard filter: `Err(reason)` drops the server.
 pub type Hard = fn(&Server, &Request, &Config, &[Server]) -> Result<(), String>;
@@ -138,7 +138,13 @@ fn vm_count(s: &Server, _: &Request, c: &Config, _: &[Server]) -> Result<(), Str
 fn ram(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
     let u = unreserved(s);
     if u.ram_mib < r.ram_mib as f64 {
-        Err(format!("not enough RAM: needs {} MiB, {:.0} MiB unreserved of {} MiB", r.ram_mib, u.ram_mib.max(0.0), s.ram_mib))
+        Err(format!(
+            "not enough RAM: needs {} MiB, {:.0} MiB unreserved of {} MiB{}",
+            r.ram_mib,
+            u.ram_mib.max(0.0),
+            s.ram_mib,
+            top_users(s, |v| v.ram_mib.map(|m| m as f64), "MiB")
+        ))
     } else {
         Ok(())
     }
@@ -150,9 +156,10 @@ fn cpu(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> 
     let need = f64::from(cap) / s.ratios.cpu;
     if u.cpu < need {
         Err(format!(
-            "not enough CPU: needs {need:.0} centi-CPUs (cpu_cap {cap} at ratio {}), {:.0} unreserved",
+            "not enough CPU: needs {need:.0} centi-CPUs (cpu_cap {cap} at ratio {}), {:.0} unreserved{}",
             s.ratios.cpu,
-            u.cpu.max(0.0)
+            u.cpu.max(0.0),
+            top_users(s, |v| if let Cap::Capped(c) = v.cap { Some(f64::from(c)) } else { None }, "% cpu_cap")
         ))
     } else {
         Ok(())
@@ -162,7 +169,13 @@ fn cpu(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> 
 fn disk(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
     let u = unreserved(s);
     if u.disk_mib < r.disk_mib as f64 {
-        Err(format!("not enough disk: needs {} MiB, {:.0} MiB unreserved of {} MiB", r.disk_mib, u.disk_mib.max(0.0), s.disk_mib))
+        Err(format!(
+            "not enough disk: needs {} MiB, {:.0} MiB unreserved of {} MiB{}",
+            r.disk_mib,
+            u.disk_mib.max(0.0),
+            s.disk_mib,
+            top_users(s, |v| v.disk_mib.map(|m| m as f64), "MiB of disk")
+        ))
     } else {
         Ok(())
     }

@@ -110,12 +110,20 @@ pub struct VmUsage {
     pub source: Source,
     /// Whether the server reports this VM.
     pub on_server: bool,
+    /// A record the server's inventory should list by now but does not: what it takes is
+    /// probably not in use (flagged in every explanation that names it).
+    pub suspect: bool,
+    /// The record does not decode: why (counted as far as it can be read).
+    pub damaged: Option<String>,
 }
 
 impl VmUsage {
     /// Half-empty records that Triton would silently let block the server.
     pub fn problems(&self) -> Vec<&'static str> {
         let mut p = Vec::new();
+        if self.damaged.is_some() {
+            p.push("damaged");
+        }
         if self.owner.is_none() {
             p.push("no owner_uuid");
         }
@@ -264,31 +272,74 @@ pub fn unreserved(s: &Server) -> Unreserved {
     }
 }
 
-/// Warnings for records that are damaged (named so an operator can repair them).
+/// Warnings for records that are damaged, incomplete or suspect (named so an operator can
+/// repair them).
 fn warnings(servers: &[Server]) -> Vec<Warning> {
     let mut out = Vec::new();
     for s in servers {
-        for v in &s.vms {
-            let p = v.problems();
-            if !p.is_empty() && v.source == Source::Record {
-                let counted =
-                    if v.on_server { "counted as the server reports it" } else { "not on the server, so counted as using nothing" };
-                out.push(Warning {
-                    server: s.uuid,
-                    vm: v.uuid,
-                    message: format!(
-                        "VM record {} on {} is incomplete ({}); {counted}; repair it with GET /vms/{}?sync=true or PUT /vms/{}",
-                        v.uuid,
-                        s.hostname,
-                        p.join(", "),
-                        v.uuid,
-                        v.uuid
-                    ),
-                });
-            }
+        for v in s.vms.iter().filter(|v| v.source == Source::Record) {
+            let counted = if v.on_server {
+                "counted as the server reports it".to_string()
+            } else if let Some(r) = v.ram_mib {
+                format!("not reported by the server, so counted as the record says ({r} MiB RAM)")
+            } else {
+                "not on the server, so counted as using nothing".to_string()
+            };
+            let message = if let Some(err) = &v.damaged {
+                format!(
+                    "VM record {} on {} is damaged ({err}); {counted}; repair it with PUT /vms/{} or remove it with DELETE /vms/{}",
+                    v.uuid, s.hostname, v.uuid, v.uuid
+                )
+            } else if !v.problems().is_empty() {
+                format!(
+                    "VM record {} on {} is incomplete ({}); {counted}; repair it with GET /vms/{}?sync=true or PUT /vms/{}",
+                    v.uuid,
+                    s.hostname,
+                    v.problems().join(", "),
+                    v.uuid,
+                    v.uuid
+                )
+            } else if v.suspect {
+                format!(
+                    "VM record {} on {} is not in the server's inventory; {counted}; check it with GET /vms/{}?sync=true",
+                    v.uuid, s.hostname, v.uuid
+                )
+            } else {
+                continue;
+            };
+            out.push(Warning { server: s.uuid, vm: v.uuid, message });
         }
     }
     out
+}
+
+/// The biggest users of one resource on a server, named for an explanation: each VM's
+/// share, with whether it is a reservation, a suspect record or a damaged one.
+pub fn top_users(s: &Server, resource: impl Fn(&VmUsage) -> Option<f64>, unit: &str) -> String {
+    const SHOWN: usize = 5;
+    let mut users: Vec<(&VmUsage, f64)> = s.vms.iter().filter_map(|v| resource(v).filter(|x| *x > 0.0).map(|x| (v, x))).collect();
+    if users.is_empty() {
+        return String::new();
+    }
+    users.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.uuid.cmp(&b.0.uuid)));
+    let mut parts: Vec<String> = users
+        .iter()
+        .take(SHOWN)
+        .map(|(v, x)| {
+            let what = match (v.source, &v.damaged, v.suspect) {
+                (Source::Reservation, _, _) => " (reserved for a job in flight)".to_string(),
+                (Source::ServerOnly, _, _) => " (running without a record)".to_string(),
+                (_, Some(_), _) => " (damaged record)".to_string(),
+                (_, None, true) => " (record the server does not report: suspect)".to_string(),
+                _ => String::new(),
+            };
+            format!("VM {} {x:.0} {unit}{what}", v.uuid)
+        })
+        .collect();
+    if users.len() > SHOWN {
+        parts.push(format!("and {} more", users.len() - SHOWN));
+    }
+    format!("; taken by {}", parts.join(", "))
 }
 
 /// Chooses a server for `req`, or explains why none fits.

@@ -38,6 +38,8 @@ fn vm(n: u128, owner: u128, ram: u64, cap: Cap) -> VmUsage {
         cap,
         source: Source::Record,
         on_server: true,
+        suspect: false,
+        damaged: None,
     }
 }
 
@@ -133,6 +135,8 @@ fn a_ghost_record_never_blocks_placement_and_is_named() {
         cap: Cap::Unknown,
         source: Source::Record,
         on_server: false,
+        suspect: false,
+        damaged: None,
     });
     let mut capped = req(2048);
     capped.cpu_cap = Some(100);
@@ -192,6 +196,8 @@ fn reservation_ratio_and_reservations_count() {
         cap: Cap::Uncapped,
         source: Source::Reservation,
         on_server: false,
+        suspect: false,
+        damaged: None,
     });
     assert!(allocate(std::slice::from_ref(&s), &req(2500), &Config::default(), &mut rng()).is_ok());
     assert_eq!(allocate(&[s], &req(2501), &Config::default(), &mut rng()).unwrap_err().rejected[0].step, "ram");

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+/// The error code of the agent's 404 that means "this VM is not on this server".
+pub const VM_NOT_FOUND: &str = "VmNotFound";
+
 /// The state the headnode wants a VM in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

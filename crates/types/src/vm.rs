@@ -120,16 +120,16 @@ pub struct Vm {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_state: Option<String>,
     /// The newest agent report accepted (only the agent increments it).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_zero")]
     pub agent_generation: i64,
     /// Increases whenever the definition sent to the agent changes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_zero")]
     pub definition_generation: i64,
     /// Increases once per requested reboot.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_zero")]
     pub reboot_generation: i64,
     /// Increases once per requested rollback (to `rollback_to`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_zero")]
     pub rollback_generation: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_to: Option<String>,
@@ -139,6 +139,103 @@ pub struct Vm {
     /// Keys Nereid does not model, kept as they are.
     #[serde(flatten)]
     pub rest: Map<String, Value>,
+}
+
+/// Nereid's own counters were written by every version; a null one (a hand edit, an old
+/// backup) reads as never incremented rather than making the record unreadable.
+fn null_as_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    Ok(Option::<i64>::deserialize(d)?.unwrap_or(0))
+}
+
+/// Decodes a stored VM record; one that does not decode, or whose `uuid` is not its key,
+/// is [`Stored::Damaged`](crate::damaged::Stored) and never an error for anyone else.
+pub fn decode(key: &str, raw: Value) -> crate::damaged::Stored<Vm> {
+    use crate::damaged::{Damaged, Stored};
+    match crate::damaged::decode::<Vm>("vms", key, raw) {
+        Stored::Ok(vm) if vm.uuid.to_string() != key => Stored::Damaged(Damaged {
+            bucket: "vms".into(),
+            key: key.into(),
+            error: format!("its uuid {} is not its key {key}", vm.uuid),
+            raw: serde_json::to_value(&vm).unwrap_or(Value::Null),
+        }),
+        other => other,
+    }
+}
+
+/// What an operator does about a damaged VM record.
+pub fn damaged_repair(key: &str) -> String {
+    format!(
+        "read it with GET /vms/{key}, then PUT /vms/{key} (If-Match: its ETag) with the fields that make it a VM again, \
+         or DELETE /vms/{key}"
+    )
+}
+
+/// The destroyed record that replaces a damaged one: what can be read of it (so the
+/// owner and server still find it), the original kept under `damaged_record`.
+pub fn destroyed_from_damaged(uuid: Uuid, d: &crate::damaged::Damaged, now: &str) -> Vm {
+    let mut rest = Map::new();
+    rest.insert("damaged_record".into(), d.raw.clone());
+    rest.insert("damaged_error".into(), json!(d.error));
+    Vm {
+        uuid,
+        alias: d.str_field("alias").map(str::to_string),
+        brand: d.str_field("brand").map(str::to_string),
+        owner_uuid: d.uuid_field("owner_uuid"),
+        server_uuid: d.uuid_field("server_uuid"),
+        state: Some("destroyed".into()),
+        zone_state: Some("destroyed".into()),
+        create_timestamp: d.str_field("create_timestamp").map(str::to_string),
+        destroyed: Some(now.into()),
+        last_modified: Some(now.into()),
+        rest,
+        ..Vm::default()
+    }
+}
+
+/// PutVm's per-field checks: every field must have the type the record has, and sizes
+/// must be possible — at most what the largest server has (`largest`: its RAM and disk,
+/// MiB), and within CreateVm's bounds.
+pub fn check_put(input: &Map<String, Value>, largest: Option<(u64, u64)>) -> Vec<crate::FieldError> {
+    use crate::FieldError;
+    let mut errors = Vec::new();
+    for (k, v) in input.iter().filter(|(_, v)| !v.is_null()) {
+        let probe = Value::Object(Map::from_iter([("uuid".to_string(), json!(Uuid::nil())), (k.clone(), v.clone())]));
+        if let Err(e) = serde_json::from_value::<Vm>(probe) {
+            errors.push(FieldError::invalid(k, format!("has the wrong type: {e}")));
+            continue;
+        }
+        if let ("ram" | "max_physical_memory", Some((ram, _))) = (k.as_str(), largest)
+            && v.as_u64().is_some_and(|r| r > ram)
+        {
+            errors.push(FieldError::invalid(k, format!("{v} MiB is more than any server has (the largest has {ram} MiB)")));
+            continue;
+        }
+        let bounded = CREATE_FIELDS.iter().find(|f| f.name == k && matches!(k.as_str(), "ram" | "vcpus" | "quota" | "cpu_cap"));
+        if let Some(f) = bounded
+            && let Err(m) = crate::spec::check_value(&f.kind, v)
+        {
+            errors.push(FieldError::invalid(k, m));
+            continue;
+        }
+        match (k.as_str(), largest) {
+            ("disks", _) => {
+                let disks: Vec<DiskDef> = serde_json::from_value(v.clone()).unwrap_or_default();
+                if let Some((i, d)) = disks.iter().enumerate().find(|(_, d)| d.size > MAX_DISK_MIB) {
+                    errors.push(FieldError::invalid(k, format!("disks[{i}].size {} MiB is more than {MAX_DISK_MIB} MiB", d.size)));
+                } else if let Some((_, disk)) = largest {
+                    let total: u64 = disks.iter().filter(|d| d.media != "cdrom").map(|d| d.size).sum();
+                    if disk > 0 && total > disk {
+                        errors.push(FieldError::invalid(
+                            k,
+                            format!("{total} MiB of disks is more than any server has (the largest has {disk} MiB)"),
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    errors
 }
 
 /// A VM's CPU cap as far as the record knows it.
@@ -251,6 +348,15 @@ impl Vm {
     }
 }
 
+/// A stored VM as VMAPI lists it: rendered, or (damaged) its raw fields with a `damaged`
+/// marker saying why and how to repair it.
+pub fn render_entry(e: &crate::damaged::Stored<Vm>) -> Value {
+    match e {
+        crate::damaged::Stored::Ok(vm) => render(vm),
+        crate::damaged::Stored::Damaged(d) => d.render(&damaged_repair(&d.key)),
+    }
+}
+
 /// The VM as VMAPI renders it (translateVm).
 pub fn render(vm: &Vm) -> Value {
     let hvm = vm.brand.as_deref().is_some_and(|b| SUPPORTED_BRANDS.contains(&b));
@@ -312,6 +418,12 @@ pub fn render(vm: &Vm) -> Value {
     }
     if let Some(e) = &vm.error {
         out["error"] = json!(e);
+    }
+    // What a damaged record was before it was destroyed (see destroyed_from_damaged).
+    for k in ["damaged_record", "damaged_error"] {
+        if let Some(v) = vm.rest.get(k) {
+            out[k] = v.clone();
+        }
     }
     out
 }
@@ -500,6 +612,9 @@ fn nic_updates_schema() -> Value {
     json!({"type": "array", "minItems": 1, "items": {"type": "object", "required": ["mac"], "properties": props}})
 }
 
+/// The largest disk (and quota) a VM may have: 1 PiB, so 16 of them never overflow a sum.
+pub const MAX_DISK_MIB: u64 = 1 << 30;
+
 fn check_disks(v: &Value) -> Result<(), String> {
     let disks = v.as_array().ok_or("must be an array of disks")?;
     if disks.is_empty() || disks.len() > 16 {
@@ -511,8 +626,8 @@ fn check_disks(v: &Value) -> Result<(), String> {
             match k.as_str() {
                 "image_uuid" => crate::spec::check_uuid(x.as_str().unwrap_or("")).map_err(|e| format!("disks[{i}].image_uuid: {e}"))?,
                 "size" => {
-                    if x.as_u64().filter(|s| *s >= 1).is_none() {
-                        return Err(format!("disks[{i}].size must be a positive integer (MiB)"));
+                    if x.as_u64().filter(|s| (1..=MAX_DISK_MIB).contains(s)).is_none() {
+                        return Err(format!("disks[{i}].size must be an integer from 1 to {MAX_DISK_MIB} (MiB, 1 PiB)"));
                     }
                 }
                 "boot" => {

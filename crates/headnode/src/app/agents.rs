@@ -59,15 +59,17 @@ impl App {
         }
         let resp = req.send().await.map_err(|e| AgentError::Unreachable { server, url: s.agent_url.clone(), message: e.to_string() })?;
         let status = resp.status().as_u16();
-        if status == 404 {
-            return Ok(None);
-        }
         let text = resp.text().await.unwrap_or_default();
         if status >= 400 {
-            let message = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
-                .unwrap_or(text);
+            let body = serde_json::from_str::<serde_json::Value>(&text).ok();
+            let field = |k: &str| body.as_ref().and_then(|v| v.get(k)).and_then(|m| m.as_str()).map(str::to_string);
+            // Only the agent's own "no such VM here" means gone; a 404 for anything else
+            // (an unknown route after version skew, a server this agent does not run) is
+            // an error, never a reason to free a VM.
+            if status == 404 && field("code").as_deref() == Some(nereid_types::agent::VM_NOT_FOUND) {
+                return Ok(None);
+            }
+            let message = field("message").unwrap_or(text);
             return Err(AgentError::Status { server, status, message });
         }
         serde_json::from_str(&text)

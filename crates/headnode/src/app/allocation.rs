@@ -3,8 +3,11 @@
 //! The view is *reconciled*: VM records, what each server reports it runs (its last
 //! heartbeat), and open reservations. A record the server does not report is counted as
 //! the record says — unless the record is incomplete (a "ghost"), which then counts as
-//! nothing and is named in a warning. A VM the server runs without a record counts as the
-//! server reports it.
+//! nothing and is named in a warning. A record that does not decode (*damaged*) counts as
+//! the server reports it, else as far as its sizes can be read, and is named. A record
+//! older than a minute that the server's inventory lacks is *suspect*: counted as it says,
+//! and flagged wherever placement explains itself. A VM the server runs without a record
+//! counts as the server reports it.
 //!
 //! Claiming: the decision is written in one transaction with a bump of the chosen
 //! server's claim object, conditional on the generation the decision read. Two placements
@@ -13,8 +16,9 @@
 use std::collections::{HashMap, HashSet};
 
 use nereid_alloc::{Cap, Server as AServer, Source, Status, VmUsage};
-use nereid_store::{Cond, Filter, ListQuery, Op, Path};
+use nereid_store::{Cond, Filter, ListQuery, Op};
 use nereid_types::ApiError;
+use nereid_types::damaged::Stored;
 use nereid_types::server::Server;
 use nereid_types::vm::{CapState, Vm};
 use serde::{Deserialize, Serialize};
@@ -62,29 +66,70 @@ fn cap_of(vm: &Vm, reported: Option<&nereid_types::agent::VmStatus>) -> Cap {
     }
 }
 
-/// Builds one server's view (pure).
-pub fn server_view(s: &Server, hb: Option<&HeartbeatRecord>, status: Status, records: &[&Vm], reservations: &[&Reservation]) -> AServer {
+/// How long after its creation a record must appear in its server's inventory before a
+/// record the inventory lacks is *suspect* (the provision's last report may lag).
+const REPORT_GRACE_MS: i64 = 60_000;
+
+/// Builds one server's view (pure). Damaged records are counted too: as the server reports
+/// them, else as far as their sizes can be read, and named.
+pub fn server_view(
+    s: &Server,
+    hb: Option<&HeartbeatRecord>,
+    status: Status,
+    records: &[&Stored<Vm>],
+    reservations: &[&Reservation],
+) -> AServer {
     let reported: HashMap<Uuid, &nereid_types::agent::VmStatus> =
         hb.map(|h| h.vms.iter().filter(|v| v.state != "destroyed").map(|v| (v.uuid, v)).collect()).unwrap_or_default();
+    // Records older than this that the inventory lacks are suspect.
+    let cutoff = hb.and_then(|h| {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(h.at_ms - REPORT_GRACE_MS) * 1_000_000).ok().map(nereid_types::time::iso)
+    });
     let reserved_vms: HashSet<Uuid> = reservations.iter().filter(|r| r.kind == "provision").map(|r| r.vm_uuid).collect();
     let mut vms = Vec::new();
     let mut seen = HashSet::new();
-    for vm in records {
-        seen.insert(vm.uuid);
-        if reserved_vms.contains(&vm.uuid) {
+    for entry in records {
+        let usage = match entry {
+            Stored::Ok(vm) => {
+                let rep = reported.get(&vm.uuid).copied();
+                let complete = vm.is_complete();
+                let old = cutoff.as_deref().is_some_and(|c| vm.create_timestamp.as_deref().is_none_or(|t| t < c));
+                VmUsage {
+                    uuid: vm.uuid,
+                    owner: vm.owner_uuid,
+                    ram_mib: if complete { vm.ram_mib() } else { rep.and_then(|r| r.ram) },
+                    disk_mib: if complete { vm.disk_mib() } else { rep.and_then(|r| r.disk_mib) },
+                    cap: cap_of(vm, rep),
+                    source: Source::Record,
+                    on_server: rep.is_some(),
+                    suspect: rep.is_none() && old && vm.state.as_deref() != Some("provisioning"),
+                    damaged: None,
+                }
+            }
+            Stored::Damaged(d) => {
+                let Some(uuid) = d.key_uuid() else { continue };
+                let rep = reported.get(&uuid).copied();
+                VmUsage {
+                    uuid,
+                    owner: d.uuid_field("owner_uuid").or(rep.and_then(|r| r.owner_uuid)),
+                    ram_mib: rep.and_then(|r| r.ram).or_else(|| d.u64_field("ram").or(d.u64_field("max_physical_memory"))),
+                    disk_mib: rep.and_then(|r| r.disk_mib).or_else(|| d.u64_field("quota").map(|q| q.saturating_mul(1024))),
+                    cap: match rep {
+                        Some(r) => r.cpu_cap.map(Cap::Capped).unwrap_or(Cap::Uncapped),
+                        None => Cap::Unknown,
+                    },
+                    source: Source::Record,
+                    on_server: rep.is_some(),
+                    suspect: rep.is_none() && hb.is_some(),
+                    damaged: Some(d.error.clone()),
+                }
+            }
+        };
+        seen.insert(usage.uuid);
+        if reserved_vms.contains(&usage.uuid) {
             continue;
         }
-        let rep = reported.get(&vm.uuid).copied();
-        let complete = vm.is_complete();
-        vms.push(VmUsage {
-            uuid: vm.uuid,
-            owner: vm.owner_uuid,
-            ram_mib: if complete { vm.ram_mib() } else { rep.and_then(|r| r.ram) },
-            disk_mib: if complete { vm.disk_mib() } else { rep.and_then(|r| r.disk_mib) },
-            cap: cap_of(vm, rep),
-            source: Source::Record,
-            on_server: rep.is_some(),
-        });
+        vms.push(usage);
     }
     for r in reservations {
         seen.insert(r.vm_uuid);
@@ -96,6 +141,8 @@ pub fn server_view(s: &Server, hb: Option<&HeartbeatRecord>, status: Status, rec
             cap: r.cpu_cap.map(Cap::Capped).unwrap_or(Cap::Uncapped),
             source: Source::Reservation,
             on_server: reported.contains_key(&r.vm_uuid),
+            suspect: false,
+            damaged: None,
         });
     }
     for (id, rep) in &reported {
@@ -108,6 +155,8 @@ pub fn server_view(s: &Server, hb: Option<&HeartbeatRecord>, status: Status, rec
                 cap: rep.cpu_cap.map(Cap::Capped).unwrap_or(Cap::Uncapped),
                 source: Source::ServerOnly,
                 on_server: true,
+                suspect: false,
+                damaged: None,
             });
         }
     }
@@ -144,25 +193,49 @@ impl App {
         let claims: HashMap<Uuid, i64> = claims.into_iter().filter_map(|o| Some((Uuid::parse_str(&o.key).ok()?, o.generation))).collect();
         let servers: Vec<Server> = self.list(SERVERS.name, &ListQuery::all()).await?;
         let hbs = self.heartbeats().await?;
-        let records: Vec<Vm> = self
-            .list(VMS.name, &ListQuery::filter(Filter::and(vec![active_filter(), Filter::Present(Path::field("server_uuid"))])))
-            .await?;
+        let records = self.placed_vm_entries().await?;
         let reservations: Vec<Reservation> = self.list(RESERVATIONS.name, &ListQuery::all()).await?;
+        let mut by_server: HashMap<Uuid, Vec<&Stored<Vm>>> = HashMap::new();
+        for r in &records {
+            if let Some(sv) = record_server(r) {
+                by_server.entry(sv).or_default().push(r);
+            }
+        }
+        let mut res_by_server: HashMap<Uuid, Vec<&Reservation>> = HashMap::new();
+        for r in &reservations {
+            res_by_server.entry(r.server_uuid).or_default().push(r);
+        }
         let mut out = Vec::new();
         for s in &servers {
             let hb = hbs.get(&s.uuid);
             let (st, silent) = self.server_status(hb);
             let status = if st == "running" { Status::Running } else { Status::Unknown { silent_secs: silent } };
-            let recs: Vec<&Vm> = records.iter().filter(|v| v.server_uuid == Some(s.uuid)).collect();
-            let res: Vec<&Reservation> = reservations.iter().filter(|r| r.server_uuid == s.uuid).collect();
+            let recs = by_server.remove(&s.uuid).unwrap_or_default();
+            let res = res_by_server.remove(&s.uuid).unwrap_or_default();
             out.push(server_view(s, hb, status, &recs, &res));
         }
         Ok(View { servers: out, claims })
     }
 
-    /// VM records counted on a server.
-    pub async fn vms_on(&self, server: Uuid) -> Result<Vec<Vm>, ApiError> {
-        self.list(VMS.name, &ListQuery::filter(Filter::and(vec![active_filter(), Filter::eq("server_uuid", server.to_string())]))).await
+    /// VM records counted on a server, damaged ones included.
+    pub async fn vms_on(&self, server: Uuid) -> Result<Vec<Stored<Vm>>, ApiError> {
+        let q = ListQuery::filter(Filter::and(vec![active_filter(), Filter::eq("server_uuid", server.to_string())]));
+        Ok(self
+            .store
+            .list(VMS.name, &q)
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .map(|o| nereid_types::vm::decode(&o.key, o.value))
+            .collect())
+    }
+}
+
+/// The server a record (damaged or not) names.
+pub fn record_server(e: &Stored<Vm>) -> Option<Uuid> {
+    match e {
+        Stored::Ok(vm) => vm.server_uuid,
+        Stored::Damaged(d) => d.uuid_field("server_uuid"),
     }
 }
 

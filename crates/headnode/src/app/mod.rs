@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use nereid_store::{Cond, ListQuery, Store, StoreError};
 use nereid_types::ApiError;
+use nereid_types::damaged::Stored;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -112,10 +113,38 @@ impl App {
         }
     }
 
-    /// Lists and decodes objects.
+    /// Lists and decodes objects. One that does not decode is left out (and logged): one
+    /// damaged record never fails a list for everyone. Paths that must show damaged
+    /// records (VMAPI, placement, `doctor`) use [`list_entries`](Self::list_entries).
     pub async fn list<T: DeserializeOwned>(&self, bucket: &str, q: &ListQuery) -> Result<Vec<T>, ApiError> {
+        Ok(self
+            .list_entries(bucket, q)
+            .await?
+            .into_iter()
+            .filter_map(|e| match e {
+                Stored::Ok(t) => Some(t),
+                Stored::Damaged(d) => {
+                    tracing::error!(bucket, key = %d.key, error = %d.error, "left a damaged record out of a list");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// Lists objects, each decoded on its own: damaged ones come back as such.
+    pub async fn list_entries<T: DeserializeOwned>(&self, bucket: &str, q: &ListQuery) -> Result<Vec<Stored<T>>, ApiError> {
         let objs = self.store.list(bucket, q).await.map_err(store_error)?;
-        objs.into_iter().map(|o| decode(bucket, &o.key, o.value)).collect()
+        Ok(objs.into_iter().map(|o| nereid_types::damaged::decode(bucket, &o.key, o.value)).collect())
+    }
+
+    /// Reads one object, damaged or not, with its generation.
+    pub async fn read_entry<T: DeserializeOwned>(&self, bucket: &str, key: &str) -> Result<Option<(Stored<T>, i64)>, ApiError> {
+        Ok(self
+            .store
+            .get(bucket, key)
+            .await
+            .map_err(store_error)?
+            .map(|o| (nereid_types::damaged::decode(bucket, &o.key, o.value), o.generation)))
     }
 
     /// Writes one object.
@@ -133,7 +162,7 @@ pub fn encode<T: Serialize>(value: &T) -> serde_json::Value {
 fn decode<T: DeserializeOwned>(bucket: &str, key: &str, v: serde_json::Value) -> Result<T, ApiError> {
     serde_json::from_value(v).map_err(|e| {
         tracing::error!(bucket, key, error = %e, "stored object does not decode");
-        ApiError::internal(format!("stored {bucket} object {key} is damaged; see the headnode log"))
+        ApiError::conflict("DamagedRecord", format!("stored {bucket} record {key} is damaged ({e}); an operator must repair or remove it"))
     })
 }
 

@@ -167,8 +167,11 @@ impl App {
             problems: hb.problems.clone(),
         };
         self.store.put(HEARTBEATS.name, &uuid.to_string(), encode(&rec), Cond::Any).await.map_err(store_error)?;
+        // One VM's report failing (a damaged record, a race) never fails the server's heartbeat.
         for st in &hb.vms {
-            self.apply_vm_status(uuid, st).await?;
+            if let Err(e) = self.apply_vm_status(uuid, st).await {
+                tracing::warn!(server = %uuid, vm = %st.uuid, error = %e.message, "could not apply a VM's report");
+            }
         }
         let nets = self.list_networks(&Query::default()).await?;
         Ok(HeartbeatReply { nic_tag_mtus: nic_tag_mtus(&nets) })
@@ -261,7 +264,14 @@ impl App {
         self.get_server_record(uuid).await?;
         let vms = self.vms_on(uuid).await?;
         if !vms.is_empty() {
-            let ids: Vec<String> = vms.iter().take(5).map(|v| v.uuid.to_string()).collect();
+            let ids: Vec<String> = vms
+                .iter()
+                .take(5)
+                .map(|v| match v {
+                    nereid_types::damaged::Stored::Ok(v) => v.uuid.to_string(),
+                    nereid_types::damaged::Stored::Damaged(d) => format!("{} (damaged)", d.key),
+                })
+                .collect();
             return Err(ApiError::conflict(
                 "ServerInUse",
                 format!("server {uuid} still has {} VM record(s) ({}); destroy or repair them first", vms.len(), ids.join(", ")),

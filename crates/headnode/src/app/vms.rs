@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use nereid_alloc::{Locality, Request, Spread};
 use nereid_store::{Cond, Filter, Kind, ListQuery, Op, Path, StoreError};
 use nereid_types::agent::{Desired, DiskDef, VmStatus};
+use nereid_types::damaged::{Damaged, Stored};
 use nereid_types::image::Image;
 use nereid_types::job::Job;
 use nereid_types::network::{Network, NetworkPool};
@@ -35,6 +36,22 @@ pub struct Created {
     pub vm: Vm,
     pub job: Job,
     pub placement: Value,
+}
+
+/// Where a VM its record's server does not have was found.
+enum Located {
+    On(Uuid, VmStatus),
+    Nowhere,
+    /// Some server could not be asked; why.
+    Undecided(String),
+}
+
+/// The refusal of any action on a damaged record.
+pub fn damaged_error(d: &Damaged) -> ApiError {
+    ApiError::conflict(
+        "VmDamaged",
+        format!("VM {}'s record is damaged ({}); an operator can {}", d.key, d.error, vm::damaged_repair(&d.key)),
+    )
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ApiError {
@@ -139,22 +156,55 @@ pub fn list_filter(q: &Query) -> Result<Filter, Vec<FieldError>> {
 }
 
 impl App {
-    /// Reads a record; with `owner`, 404 unless it is that owner's.
-    pub async fn get_vm(&self, uuid: Uuid, owner: Option<Uuid>) -> Result<(Vm, i64), ApiError> {
-        let not_found = || ApiError::not_found(format!("VM {uuid} does not exist"));
-        let (vm, g) = self.read::<Vm>(VMS.name, &uuid.to_string()).await?.ok_or_else(not_found)?;
-        if owner.is_some_and(|o| vm.owner_uuid != Some(o)) {
-            return Err(not_found());
-        }
-        Ok((vm, g))
+    /// Reads a VM record as stored: decoded, or damaged (never an error for a bad record).
+    pub async fn read_vm(&self, uuid: Uuid) -> Result<Option<(Stored<Vm>, i64)>, ApiError> {
+        let o = self.store.get(VMS.name, &uuid.to_string()).await.map_err(store_error)?;
+        Ok(o.map(|o| (vm::decode(&o.key, o.value), o.generation)))
     }
 
-    pub async fn list_vms(&self, q: &Query) -> Result<(Vec<Vm>, i64), ApiError> {
+    /// Reads a record, damaged or not; with `owner`, 404 unless it is that owner's (a
+    /// damaged record whose owner cannot be read is nobody's).
+    pub async fn get_vm_entry(&self, uuid: Uuid, owner: Option<Uuid>) -> Result<(Stored<Vm>, i64), ApiError> {
+        let not_found = || ApiError::not_found(format!("VM {uuid} does not exist"));
+        let (entry, g) = self.read_vm(uuid).await?.ok_or_else(not_found)?;
+        let record_owner = match &entry {
+            Stored::Ok(vm) => vm.owner_uuid,
+            Stored::Damaged(d) => d.uuid_field("owner_uuid"),
+        };
+        if owner.is_some_and(|o| record_owner != Some(o)) {
+            return Err(not_found());
+        }
+        Ok((entry, g))
+    }
+
+    /// Reads a record to act on it; a damaged one answers 409 `VmDamaged` saying how to
+    /// repair it.
+    pub async fn get_vm(&self, uuid: Uuid, owner: Option<Uuid>) -> Result<(Vm, i64), ApiError> {
+        match self.get_vm_entry(uuid, owner).await? {
+            (Stored::Ok(vm), g) => Ok((vm, g)),
+            (Stored::Damaged(d), _) => Err(damaged_error(&d)),
+        }
+    }
+
+    pub async fn list_vms(&self, q: &Query) -> Result<(Vec<Stored<Vm>>, i64), ApiError> {
         let filter = list_filter(q).map_err(ApiError::validation_409)?;
         let lq = ListQuery::filter(filter.clone()).sort(Path::field("create_timestamp"), Kind::Text, false).page(q.limit(1000), q.offset());
-        let vms = self.list(VMS.name, &lq).await?;
+        let vms = self.store.list(VMS.name, &lq).await.map_err(store_error)?.into_iter().map(|o| vm::decode(&o.key, o.value)).collect();
         let total = self.store.count(VMS.name, &filter).await.map_err(store_error)?;
         Ok((vms, total))
+    }
+
+    /// Active VM records with a server, decoded one at a time (placement, doctor).
+    pub async fn placed_vm_entries(&self) -> Result<Vec<Stored<Vm>>, ApiError> {
+        let q = ListQuery::filter(Filter::and(vec![super::allocation::active_filter(), Filter::Present(Path::field("server_uuid"))]));
+        Ok(self.store.list(VMS.name, &q).await.map_err(store_error)?.into_iter().map(|o| vm::decode(&o.key, o.value)).collect())
+    }
+
+    /// The VM's jobs that have not finished.
+    pub async fn live_jobs(&self, vm: Uuid) -> Result<Vec<Job>, ApiError> {
+        let f =
+            Filter::and(vec![Filter::eq("vm_uuid", vm.to_string()), Filter::any_of("execution", vec![json!("queued"), json!("running")])]);
+        self.list(crate::buckets::JOBS.name, &ListQuery::filter(f)).await
     }
 
     /// Changes a record, retrying on concurrent change.
@@ -238,7 +288,14 @@ impl App {
 
     /// A state a server reports; ignored when older than what the record has.
     pub async fn apply_vm_status(&self, server: Uuid, st: &VmStatus) -> Result<(), ApiError> {
-        let Some((current, _)) = self.read::<Vm>(VMS.name, &st.uuid.to_string()).await? else { return Ok(()) };
+        let current = match self.read_vm(st.uuid).await? {
+            None => return Ok(()),
+            Some((Stored::Ok(vm), _)) => vm,
+            Some((Stored::Damaged(d), _)) => {
+                tracing::debug!(vm = %st.uuid, error = %d.error, "not applying a report to a damaged record");
+                return Ok(());
+            }
+        };
         if current.server_uuid != Some(server) {
             tracing::debug!(vm = %st.uuid, %server, "ignoring a report from a server the VM is not on");
             return Ok(());
@@ -286,32 +343,131 @@ impl App {
         Ok(())
     }
 
-    /// `GET /vms/{uuid}?sync=true`: the server says what is true; a VM it does not have is
-    /// marked destroyed (failed, if it never finished provisioning) and its NICs freed.
-    pub async fn sync_vm(&self, uuid: Uuid) -> Result<Vm, ApiError> {
-        let (vm, _) = self.get_vm(uuid, None).await?;
-        let Some(server) = vm.server_uuid else { return Ok(vm) };
-        if vm.state.as_deref() == Some("destroyed") {
-            return Ok(vm);
+    /// `GET /vms/{uuid}?sync=true`: the server says what is true. A VM its server does
+    /// not have is looked for on every other server before anything is freed: found
+    /// elsewhere, the record moves there (NICs kept); found nowhere, it is marked destroyed
+    /// (failed, if it never finished provisioning) and its NICs and capacity freed. A VM
+    /// with a job still running is never declared gone (the job may be about to create it).
+    pub async fn sync_vm(&self, uuid: Uuid) -> Result<(), ApiError> {
+        let (entry, _) = self.get_vm_entry(uuid, None).await?;
+        let (server, state) = match &entry {
+            Stored::Ok(vm) => (vm.server_uuid, vm.state.clone()),
+            Stored::Damaged(d) => (d.uuid_field("server_uuid"), d.str_field("state").map(str::to_string)),
+        };
+        let Some(server) = server else { return Ok(()) };
+        if state.as_deref() == Some("destroyed") {
+            return Ok(());
         }
         match self.agent_get(server, uuid).await {
-            Ok(Some(st)) => {
-                self.apply_vm_status(server, &st).await?;
-            }
-            Ok(None) => {
-                let now = nereid_types::time::now_iso();
+            Ok(Some(st)) => self.apply_vm_status(server, &st).await,
+            Ok(None) => self.vm_not_on_server(uuid, server, entry.ok()).await,
+            Err(e) => Err(ApiError::unavailable(format!("cannot sync VM {uuid}: {e}"))),
+        }
+    }
+
+    async fn vm_not_on_server(&self, uuid: Uuid, server: Uuid, vm: Option<Vm>) -> Result<(), ApiError> {
+        if let Some(j) = self.live_jobs(uuid).await?.first() {
+            tracing::info!(vm = %uuid, %server, job = %j.uuid, task = %j.task, "server does not have the VM yet; a job is running, so it is left alone");
+            return Ok(());
+        }
+        match self.locate_vm(uuid, server).await? {
+            Located::On(other, st) => {
+                let Some(_) = vm else {
+                    tracing::warn!(vm = %uuid, server = %other, "a damaged record's VM runs on another server; repair the record with PUT /vms");
+                    return Ok(());
+                };
                 self.modify_vm(uuid, |v| {
-                    v.mark_destroyed(&now);
+                    v.server_uuid = Some(other);
+                    // The new server's reports start from its own counter.
+                    v.agent_generation = 0;
                     Ok(())
                 })
                 .await?;
+                self.move_vm_nics(uuid, other).await?;
+                self.release_reservations(uuid, None).await?;
+                self.apply_vm_status(other, &st).await?;
+                tracing::warn!(vm = %uuid, from = %server, to = %other, "the VM runs on another server: its record moved there");
+                Ok(())
+            }
+            Located::Nowhere => {
+                self.mark_vm_destroyed(uuid, false).await?;
                 self.free_vm_nics(uuid).await?;
                 self.release_reservations(uuid, None).await?;
-                tracing::info!(vm = %uuid, %server, "server does not have the VM: marked destroyed");
+                tracing::info!(vm = %uuid, %server, "no server has the VM: marked destroyed");
+                Ok(())
             }
-            Err(e) => return Err(ApiError::unavailable(format!("cannot sync VM {uuid}: {e}"))),
+            Located::Undecided(why) => Err(ApiError::conflict(
+                "SyncUndecided",
+                format!(
+                    "server {server} does not have VM {uuid}, but {why}, so it may run there; nothing was changed. \
+                     Sync again once those servers report, or mark it destroyed with PUT /vms/{uuid} {{\"state\": \"destroyed\"}} if they are gone for good"
+                ),
+            )),
         }
-        Ok(self.get_vm(uuid, None).await?.0)
+    }
+
+    /// Where a VM its own server does not have runs: every other server is asked (at most
+    /// 16 at a time) — inventories in heartbeats may be seconds old, and freeing an address
+    /// a running guest holds is the one mistake sync must never make.
+    async fn locate_vm(&self, uuid: Uuid, not_on: Uuid) -> Result<Located, ApiError> {
+        let servers: Vec<nereid_types::server::Server> = self.list(crate::buckets::SERVERS.name, &ListQuery::all()).await?;
+        let others: Vec<&nereid_types::server::Server> = servers.iter().filter(|s| s.uuid != not_on).collect();
+        let mut asked = Vec::new();
+        for chunk in others.chunks(16) {
+            let answers = futures_util::future::join_all(chunk.iter().map(|s| self.agent_get(s.uuid, uuid))).await;
+            asked.extend(chunk.iter().copied().zip(answers));
+        }
+        let mut silent = Vec::new();
+        for (s, answer) in asked {
+            match answer {
+                Ok(Some(st)) if st.state != "destroyed" => return Ok(Located::On(s.uuid, st)),
+                Ok(_) => {}
+                Err(e) => silent.push(format!("{} ({}) cannot be asked ({e})", s.hostname, s.uuid)),
+            }
+        }
+        if silent.is_empty() { Ok(Located::Nowhere) } else { Ok(Located::Undecided(silent.join("; "))) }
+    }
+
+    /// Points the VM's NICs at the server it runs on.
+    async fn move_vm_nics(&self, vm: Uuid, server: Uuid) -> Result<(), ApiError> {
+        let nics: Vec<nereid_types::nic::Nic> =
+            self.list(NICS.name, &ListQuery::filter(Filter::eq("belongs_to_uuid", vm.to_string()))).await?;
+        for n in nics.iter().filter(|n| n.cn_uuid != Some(server)) {
+            let Value::Object(m) = json!({"cn_uuid": server}) else { continue };
+            self.update_nic(&n.mac, &m).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks the record destroyed (failed, if it never finished provisioning). A damaged
+    /// record is replaced by a destroyed one built from what can be read of it, the
+    /// original kept under `damaged_record`.
+    /// `by_request`: a destroy the user asked for is `destroyed` even mid-provision.
+    pub async fn mark_vm_destroyed(&self, uuid: Uuid, by_request: bool) -> Result<(), ApiError> {
+        let now = nereid_types::time::now_iso();
+        for _ in 0..RETRIES {
+            let Some((entry, g)) = self.read_vm(uuid).await? else { return Ok(()) };
+            let next = match entry {
+                Stored::Ok(mut vm) => {
+                    if vm.state.as_deref() == Some("destroyed") {
+                        return Ok(());
+                    }
+                    vm.mark_destroyed(&now);
+                    if by_request {
+                        vm.state = Some("destroyed".into());
+                        vm.zone_state = Some("destroyed".into());
+                    }
+                    vm
+                }
+                Stored::Damaged(d) => vm::destroyed_from_damaged(uuid, &d, &now),
+            };
+            match self.store.put(VMS.name, &uuid.to_string(), encode(&next), Cond::Generation(g)).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        Err(ApiError::conflict("ConcurrentModification", format!("VM {uuid} kept changing; retry")))
     }
 
     pub(crate) async fn resolve_networks(&self, owner: Uuid, raw: &Value) -> Result<(Vec<NetRequest>, Vec<Vec<String>>), ApiError> {
@@ -924,25 +1080,53 @@ impl App {
         Err(ApiError::unavailable("placement kept racing with other provisions; retry"))
     }
 
-    /// DeleteVm: a destroy job.
+    /// DeleteVm: a destroy job. A damaged record can be deleted too (its server, if it can
+    /// be read, is asked to delete the VM). Deleting a destroyed VM whose cleanup did not
+    /// finish (NICs or capacity still held) runs the cleanup again; only a VM with nothing
+    /// left answers `VmDestroyed`.
     pub async fn delete_vm(&self, uuid: Uuid) -> Result<Job, ApiError> {
-        let (vm, _) = self.get_vm(uuid, None).await?;
-        if vm.state.as_deref() == Some("destroyed") {
-            return Err(ApiError::conflict("VmDestroyed", format!("VM {uuid} is already destroyed")));
+        let (entry, _) = self.get_vm_entry(uuid, None).await?;
+        let (state, protected, server, owner) = match &entry {
+            Stored::Ok(vm) => (vm.state.clone(), vm.deletion_protection == Some(true), vm.server_uuid, vm.owner_uuid),
+            Stored::Damaged(d) => (
+                d.str_field("state").map(str::to_string),
+                d.raw.get("deletion_protection") == Some(&json!(true)),
+                d.uuid_field("server_uuid"),
+                d.uuid_field("owner_uuid"),
+            ),
+        };
+        if state.as_deref() == Some("destroyed") {
+            if self.vm_leftovers(uuid).await? == 0 {
+                return Err(ApiError::conflict("VmDestroyed", format!("VM {uuid} is already destroyed")));
+            }
+            // The record says destroyed but cleanup did not finish: the server is not
+            // asked again (the VM is gone), the rest runs.
+            return self.queue(new_job("destroy", uuid, None, owner, Map::new()), Vec::new()).await;
         }
-        if vm.deletion_protection == Some(true) {
+        if protected {
             return Err(ApiError::conflict("CannotDestroyMachineError", DELETION_PROTECTED));
         }
-        let Some(server) = vm.server_uuid else {
-            return Err(ApiError::conflict("UnallocatedVM", "Cannot delete a VM with no server_uuid"));
-        };
-        self.queue(new_job("destroy", uuid, Some(server), vm.owner_uuid, Map::new()), Vec::new()).await
+        match (server, &entry) {
+            (Some(server), _) => self.queue(new_job("destroy", uuid, Some(server), owner, Map::new()), Vec::new()).await,
+            // A damaged record that names no server runs nowhere: destroy it in the store.
+            (None, Stored::Damaged(_)) => self.queue(new_job("destroy", uuid, None, owner, Map::new()), Vec::new()).await,
+            (None, Stored::Ok(_)) => Err(ApiError::conflict("UnallocatedVM", "Cannot delete a VM with no server_uuid")),
+        }
+    }
+
+    /// NICs and reservations a VM still holds.
+    pub async fn vm_leftovers(&self, uuid: Uuid) -> Result<i64, ApiError> {
+        let nics = self.store.count(NICS.name, &Filter::eq("belongs_to_uuid", uuid.to_string())).await.map_err(store_error)?;
+        let res = self.store.count(RESERVATIONS.name, &Filter::eq("vm_uuid", uuid.to_string())).await.map_err(store_error)?;
+        Ok(nics + res)
     }
 
     /// PutVm for operator repair: a patch, checked against the generation the operator
-    /// read (`If-Match`), that refuses to erase what every VM must have.
+    /// read (`If-Match`), that refuses to erase what every VM must have and values that
+    /// cannot be true. A damaged record is repaired the same way: the patch is applied to
+    /// what is stored, and the result must be a VM.
     pub async fn put_vm(&self, uuid: Uuid, input: &Map<String, Value>, if_match: i64) -> Result<(Vm, i64), ApiError> {
-        let (vm, g) = self.get_vm(uuid, None).await?;
+        let (entry, g) = self.get_vm_entry(uuid, None).await?;
         if g != if_match {
             return Err(ApiError::new(
                 412,
@@ -954,9 +1138,11 @@ impl App {
             return Err(invalid("uuid", "must equal the VM in the path"));
         }
         let mut errors = Vec::new();
-        for k in ["owner_uuid", "billing_id", "brand", "ram", "cpu_cap"] {
-            if input.get(k).is_some_and(Value::is_null) {
-                errors.push(FieldError::invalid(k, "PutVm applies a patch and will not erase this field"));
+        if let Stored::Ok(_) = &entry {
+            for k in ["owner_uuid", "billing_id", "brand", "ram", "cpu_cap"] {
+                if input.get(k).is_some_and(Value::is_null) {
+                    errors.push(FieldError::invalid(k, "PutVm applies a patch and will not erase this field"));
+                }
             }
         }
         if let Some(s) = input.get("state").and_then(Value::as_str)
@@ -964,19 +1150,30 @@ impl App {
         {
             errors.push(FieldError::invalid("state", "may be set to running, stopped, destroyed or failed"));
         }
+        let largest = self.largest_server().await?;
+        errors.extend(vm::check_put(input, largest));
         if !errors.is_empty() {
             return Err(ApiError::validation_409(errors));
         }
-        let mut obj = match encode(&vm) {
-            Value::Object(o) => o,
-            _ => Map::new(),
+        let (mut obj, prev_state) = match &entry {
+            Stored::Ok(vm) => (encode(vm), vm.state.clone()),
+            Stored::Damaged(d) => (d.raw.clone(), d.str_field("state").map(str::to_string)),
         };
-        spec::merge(&mut obj, input);
-        let mut next: Vm =
-            serde_json::from_value(Value::Object(obj)).map_err(|e| invalid("vm", format!("the patched record is not a VM: {e}")))?;
-        let destroying = next.state.as_deref() == Some("destroyed") && vm.state.as_deref() != Some("destroyed");
+        let Value::Object(obj_map) = &mut obj else { return Err(invalid("vm", "the stored record is not an object; send every field")) };
+        obj_map.insert("uuid".into(), json!(uuid));
+        spec::merge(obj_map, input);
+        let mut next = match vm::decode(&uuid.to_string(), obj) {
+            Stored::Ok(v) => v,
+            Stored::Damaged(d) => {
+                return Err(ApiError::validation_409(vec![FieldError::invalid(
+                    "vm",
+                    format!("the patched record is not a VM: {}", d.error),
+                )]));
+            }
+        };
+        let destroying = next.state.as_deref() == Some("destroyed") && prev_state.as_deref() != Some("destroyed");
         if destroying {
-            next.state = vm.state.clone();
+            next.state = prev_state;
             next.mark_destroyed(&nereid_types::time::now_iso());
         }
         next.last_modified = Some(nereid_types::time::now_iso());
@@ -992,6 +1189,15 @@ impl App {
             self.release_reservations(uuid, None).await?;
         }
         Ok((next, ng))
+    }
+
+    /// The most RAM and disk any one server has (what no VM can exceed), if any server exists.
+    async fn largest_server(&self) -> Result<Option<(u64, u64)>, ApiError> {
+        let servers: Vec<nereid_types::server::Server> = self.list(crate::buckets::SERVERS.name, &ListQuery::all()).await?;
+        Ok(servers
+            .iter()
+            .map(|s| (s.ram, nereid_types::sysinfo::disk_mib(&s.sysinfo).unwrap_or(0)))
+            .reduce(|a, b| (a.0.max(b.0), a.1.max(b.1))))
     }
 
     /// Jobs, newest first, filtered.

@@ -48,7 +48,11 @@ const LIST_PARAMS: &[Param] = &[
     OFFSET,
 ];
 const GET_PARAMS: &[Param] = &[
-    Param::new("sync", QKind::Bool, "Ask the server; a VM it does not have is marked destroyed."),
+    Param::new(
+        "sync",
+        QKind::Bool,
+        "Ask the server; a VM it does not have is looked for on every other server: found, the record moves there; found nowhere, it is marked destroyed.",
+    ),
     Param::new("owner_uuid", QKind::Uuid, "404 unless the VM is this owner's."),
 ];
 const ACTION_PARAMS: &[Param] = &[
@@ -130,7 +134,7 @@ pub fn routes() -> Vec<Route> {
             "/vms/{uuid}",
             doc(
                 "PutVm",
-                "Operator repair: patch the record, checked with If-Match.",
+                "Operator repair: patch the record (a damaged one too), checked with If-Match; values that cannot be true are refused per field.",
                 &[],
                 BodyDoc::Schema(put_schema),
                 RespDoc::Object(200, VM_FIELDS),
@@ -173,7 +177,7 @@ async fn finish(s: &AppState, vm: Uuid, job: Uuid, sync: bool, extra: Option<Val
 async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> HttpResult {
     let q = parse_query(Api::Papi, LIST_PARAMS, raw.as_deref())?;
     let (vms, total) = s.app.list_vms(&q).await?;
-    let mut resp = json_resp(StatusCode::OK, &vms.iter().map(vm::render).collect::<Vec<_>>());
+    let mut resp = json_resp(StatusCode::OK, &vms.iter().map(vm::render_entry).collect::<Vec<_>>());
     if let Ok(v) = HeaderValue::from_str(&total.to_string()) {
         resp.headers_mut().insert("x-joyent-resource-count", v);
     }
@@ -194,11 +198,11 @@ async fn get(State(s): State<AppState>, Path(uuid): Path<String>, RawQuery(raw):
     let uuid = path_uuid(Api::Papi, "uuid", &uuid)?;
     let owner = q.str("owner_uuid").and_then(|o| Uuid::parse_str(o).ok());
     if q.flag("sync") {
-        s.app.get_vm(uuid, owner).await?;
+        s.app.get_vm_entry(uuid, owner).await?;
         s.app.sync_vm(uuid).await?;
     }
-    let (v, generation) = s.app.get_vm(uuid, owner).await?;
-    let mut resp = json_resp(StatusCode::OK, &vm::render(&v));
+    let (v, generation) = s.app.get_vm_entry(uuid, owner).await?;
+    let mut resp = json_resp(StatusCode::OK, &vm::render_entry(&v));
     if let Ok(e) = HeaderValue::from_str(&format!("\"{generation}\"")) {
         resp.headers_mut().insert(header::ETAG, e);
     }

@@ -1,7 +1,8 @@
 //! The destroy job: the server deletes the VM, then the record is marked destroyed (Nereid
 //! does not wait for a separate agent to notice, unlike Triton), and its NICs, addresses
 //! and any reservation are released. Destroy only goes forward: a failed step fails the
-//! job and leaves the rest as it was, reported.
+//! job and leaves the rest as it was, reported — and DeleteVm on a destroyed VM that still
+//! holds NICs or capacity runs the cleanup again (without a server), until it is done.
 
 use async_trait::async_trait;
 use nereid_types::job::Job;
@@ -21,7 +22,7 @@ impl Step for Delete {
         "delete"
     }
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
-        let Some(server) = job.server_uuid else { return Ok("the VM was never placed".into()) };
+        let Some(server) = job.server_uuid else { return Ok("no server to ask: the VM runs nowhere".into()) };
         app.agent_delete_and_wait(server, job.vm_uuid, app.cfg.step_deadline).await.map_err(|e| e.to_string())?;
         Ok("the server deleted the VM".into())
     }
@@ -35,17 +36,7 @@ impl Step for MarkDestroyed {
         "mark_destroyed"
     }
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
-        let now = nereid_types::time::now_iso();
-        app.modify_vm(job.vm_uuid, |vm| {
-            if vm.state.as_deref() != Some("destroyed") {
-                vm.mark_destroyed(&now);
-                vm.state = Some("destroyed".into());
-                vm.zone_state = Some("destroyed".into());
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| e.message)?;
+        app.mark_vm_destroyed(job.vm_uuid, true).await.map_err(|e| e.message)?;
         Ok("record marked destroyed".into())
     }
 }
