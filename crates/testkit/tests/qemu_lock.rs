@@ -62,15 +62,15 @@ fn another_process_waits_while_it_is_held() {
 fn a_process_waits_for_another_process_to_let_go() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lock");
-    let mut holder = Command::new("flock").arg(&path).args(["sleep", "0.5"]).spawn().unwrap();
+    let done = dir.path().join("done");
+    // The other process writes `done` last thing before it lets go.
+    let mut holder = Command::new("flock").arg(&path).args(["sh", "-c", r#"sleep 0.5; : > "$0""#]).arg(&done).spawn().unwrap();
     // Until the child holds it.
     while free_for_another_process(&path) {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let start = Instant::now();
     let _lock = QemuLock::acquire_at(&path).unwrap();
-    assert!(holder.try_wait().unwrap().is_some(), "took the lock while another process held it");
-    assert!(start.elapsed() > Duration::from_millis(50));
+    assert!(done.exists(), "took the lock while another process held it");
     holder.wait().unwrap();
 }
 
@@ -90,7 +90,7 @@ fn a_reaper_holds_the_machine_wide_lock_until_dropped() {
 async fn waiting_in_a_runtime_lets_its_tasks_run() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lock");
-    let mut holder = Command::new("flock").arg(&path).args(["sleep", "0.5"]).spawn().unwrap();
+    let mut holder = Command::new("flock").arg(&path).args(["sleep", "1"]).spawn().unwrap();
     while free_for_another_process(&path) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
