@@ -267,3 +267,106 @@ async fn sync_cannot_decide_while_another_server_is_silent() {
     // Nothing was changed.
     assert_eq!(cloud.client.get(&format!("/vms/{uuid}")).await.unwrap()["state"], "running");
 }
+
+/// A small deterministic generator (the property test must fail the same way twice).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    /// Any JSON value, nested a little.
+    fn json(&mut self, depth: u32) -> Value {
+        match self.below(if depth == 0 { 6 } else { 8 }) {
+            0 => Value::Null,
+            1 => json!(self.below(2) == 0),
+            2 => json!(self.next() as i64 % 100_000 - 50_000),
+            3 => json!(f64::from(self.below(1000) as u32) / 7.0),
+            4 => json!(["", "running", "1024", "bhyve", "00000000-0000-0000-0000-000000000000", "ünïcode"][self.below(6)]),
+            5 => json!(u64::MAX - self.below(3) as u64),
+            6 => Value::Array((0..self.below(3)).map(|_| self.json(depth - 1)).collect()),
+            _ => Value::Object((0..self.below(3)).map(|i| (format!("k{i}"), self.json(depth - 1))).collect()),
+        }
+    }
+}
+
+/// Random corruption of one VM record — a field dropped, nulled or retyped, or the whole
+/// value replaced — never makes a request about another VM fail, and placement sees every
+/// other server exactly as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_corruption_of_one_record_never_touches_the_rest() {
+    let cloud = sim(Backend::Sqlite, 3).await;
+    let seed = cloud.seed().await.unwrap();
+    let s = servers(&cloud).await;
+    let victim = running_vm(&cloud, &seed, "victim", &s[0]).await["uuid"].as_str().unwrap().to_string();
+    let mut other_vms = Vec::new();
+    for (i, srv) in s[1..].iter().enumerate() {
+        other_vms.push(running_vm(&cloud, &seed, &format!("other-{i}"), srv).await["uuid"].as_str().unwrap().to_string());
+    }
+    let view_of_others = || async {
+        let v = cloud.headnode.app.placement_view().await.unwrap();
+        v.servers.into_iter().filter(|x| x.uuid.to_string() != s[0]).collect::<Vec<_>>()
+    };
+    let baseline_view = view_of_others().await;
+    let mut baseline = Vec::new();
+    for u in &other_vms {
+        baseline.push(cloud.client.get(&format!("/vms/{u}")).await.unwrap());
+    }
+    let original = cloud.headnode.app.store.get("vms", &victim).await.unwrap().unwrap().value;
+    let keys: Vec<String> = original.as_object().unwrap().keys().cloned().collect();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for round in 0..80 {
+        let mut bad = original.clone();
+        let key = &keys[rng.below(keys.len())];
+        let what = match rng.below(4) {
+            0 => {
+                bad.as_object_mut().unwrap().remove(key);
+                format!("dropped {key}")
+            }
+            1 => {
+                bad[key.as_str()] = Value::Null;
+                format!("nulled {key}")
+            }
+            2 => {
+                bad[key.as_str()] = rng.json(2);
+                format!("{key} = {}", bad[key.as_str()])
+            }
+            _ => {
+                bad = rng.json(2);
+                format!("whole record = {bad}")
+            }
+        };
+        cloud.headnode.app.store.put("vms", &victim, bad, Cond::Any).await.unwrap();
+        let list = cloud.client.get("/vms").await.unwrap_or_else(|e| panic!("round {round} ({what}): ListVms: {e}"));
+        for (u, b) in other_vms.iter().zip(&baseline) {
+            let listed = list.as_array().unwrap().iter().find(|v| v["uuid"] == u.as_str());
+            assert_eq!(listed, Some(b), "round {round} ({what}): {u} in the list");
+            let got = cloud.client.get(&format!("/vms/{u}")).await.unwrap_or_else(|e| panic!("round {round} ({what}): GetVm: {e}"));
+            assert_eq!(&got, b, "round {round} ({what})");
+            cloud.client.get(&format!("/vms/{u}/jobs")).await.unwrap_or_else(|e| panic!("round {round} ({what}): jobs: {e}"));
+        }
+        cloud.client.get(&format!("/vms/{victim}")).await.unwrap_or_else(|e| panic!("round {round} ({what}): the victim itself: {e}"));
+        assert_eq!(view_of_others().await, baseline_view, "round {round} ({what}): placement's view of the other servers");
+        if round % 20 == 0 {
+            // A job on another VM runs to the end while the record is bad.
+            let u = &other_vms[round / 20 % other_vms.len()];
+            let r = cloud.client.post(&format!("/vms/{u}?action=update"), &json!({"set_tags": {"round": round}})).await.unwrap();
+            let j = cloud.wait_job(r["job_uuid"].as_str().unwrap()).await.unwrap();
+            assert_eq!(j["execution"], "succeeded", "round {round} ({what}): {j}");
+            let i = other_vms.iter().position(|x| x == u).unwrap();
+            baseline[i] = cloud.client.get(&format!("/vms/{u}")).await.unwrap();
+        }
+    }
+    // CreateVm on every other server still works with the last corruption in place.
+    for srv in &s[1..] {
+        let mut body = seed.vm_body("still-works");
+        body["server_uuid"] = json!(srv);
+        cloud.client.post("/vms", &body).await.unwrap();
+    }
+}
