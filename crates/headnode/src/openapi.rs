@@ -57,6 +57,7 @@ fn paths(routes: Vec<Route>) -> BTreeMap<String, Map<String, Value>> {
             }
             RespDoc::Binary => (200, Some(json!({"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}))),
             RespDoc::Schema(s, f) => (s, Some(json!({"application/json": {"schema": f()}}))),
+            RespDoc::Text(f) => (200, Some(json!({"text/plain": {"schema": f()}}))),
         };
         let mut ok = json!({"description": "Success"});
         if let Some(c) = content {
@@ -74,7 +75,7 @@ fn paths(routes: Vec<Route>) -> BTreeMap<String, Map<String, Value>> {
 /// The operator APIs' document.
 pub fn admin_document() -> Value {
     let paths = paths(routes());
-    json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {"title": "Nereid operator APIs (PAPI, IMGAPI, NAPI, CNAPI, VMAPI)", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Triton-compatible operator APIs. Every request needs Authorization: Bearer <token> (DATA_DIR/admin.token)."},
@@ -89,7 +90,9 @@ pub fn admin_document() -> Value {
             "schemas": {"Error": error_schema()}
         },
         "paths": paths,
-    })
+    });
+    openapi_3_0(&mut doc);
+    doc
 }
 
 fn path_params(path: &str) -> Vec<Value> {
@@ -102,7 +105,7 @@ fn path_params(path: &str) -> Vec<Value> {
 /// CloudAPI's document.
 pub fn cloudapi_document() -> Value {
     let paths = paths(crate::cloudapi::routes());
-    json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {"title": "Nereid CloudAPI (Triton CloudAPI 9)", "version": crate::cloudapi::VERSION,
                  "description": "Triton's tenant API, as the triton CLI 7.17.0 uses it. Every request but GET /--ping carries an HTTP Signature: Authorization: Signature keyId=\"/LOGIN/keys/MD5-FINGERPRINT\",algorithm=\"rsa-sha256|ecdsa-sha256|ecdsa-sha512|ed25519-sha512\",headers=\"(request-target) date\",signature=\"…\" over the raw request line and the Date header (±300 s). {account} is the caller's login or `my` (operators may name any account). Answers carry Server: cloudapi/9.20.0, Api-Version and Request-Id."},
@@ -116,7 +119,28 @@ pub fn cloudapi_document() -> Value {
             "schemas": {"Error": error_schema()}
         },
         "paths": paths,
-    })
+    });
+    openapi_3_0(&mut doc);
+    doc
+}
+
+/// Keeps a document in OpenAPI 3.0's schema dialect (JSON Schema draft 4 style): a
+/// numeric `exclusiveMaximum`/`exclusiveMinimum` (the 3.1 form) becomes the bound plus
+/// `true`, which is what 3.0 validators and generators understand.
+fn openapi_3_0(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (bound, flag) in [("maximum", "exclusiveMaximum"), ("minimum", "exclusiveMinimum")] {
+                if let Some(n) = m.get(flag).filter(|x| x.is_number()).cloned() {
+                    m.insert(bound.into(), n);
+                    m.insert(flag.into(), Value::Bool(true));
+                }
+            }
+            m.values_mut().for_each(openapi_3_0);
+        }
+        Value::Array(a) => a.iter_mut().for_each(openapi_3_0),
+        _ => {}
+    }
 }
 
 fn text(doc: &Value) -> String {

@@ -120,6 +120,15 @@ pub fn render(j: &Job) -> Value {
     })
 }
 
+/// A job's step results as rendered: `[{name, result, error, started_at, finished_at}]`.
+const RESULTS: Kind = Kind::Custom { check: |_| Ok(()), schema: results_schema };
+
+fn results_schema() -> Value {
+    let s = json!({"type": "string"});
+    json!({"type": "array", "items": {"type": "object", "properties": {
+        "name": s, "result": s, "error": s, "started_at": s, "finished_at": s}}})
+}
+
 /// Fields of a rendered job (for the API document).
 pub const FIELDS: &[Field] = &[
     Field::new("uuid", Kind::Uuid, "Job UUID.").read_only(),
@@ -127,8 +136,8 @@ pub const FIELDS: &[Field] = &[
     Field::new("task", Kind::Enum(TASKS), "What the job does.").read_only(),
     Field::new("execution", Kind::Enum(EXECUTIONS), "queued, running, succeeded, failed or canceled.").read_only(),
     Field::new("vm_uuid", Kind::Uuid, "The VM.").read_only(),
-    Field::new("chain_results", Kind::Object, "Each step's result or error, with times.").read_only(),
-    Field::new("onerror_results", Kind::Object, "Undo steps run after a failure.").read_only(),
+    Field::new("chain_results", RESULTS, "Each step's result or error, with times.").read_only(),
+    Field::new("onerror_results", RESULTS, "Undo steps run after a failure.").read_only(),
 ];
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ pub fn routes() -> Vec<Route> {
             summary: "Prometheus metrics: requests, latencies, jobs by state, servers by status, VMs by state, allocation time.",
             query: &[],
             body: BodyDoc::None,
-            response: RespDoc::Schema(200, text_schema),
+            response: RespDoc::Text(text_schema),
         },
         metrics,
     )]

@@ -18,7 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use nereid_types::query::{self, Param, Query};
-use nereid_types::spec::{Field, Usage};
+use nereid_types::spec::{Field, Kind, Usage};
 use nereid_types::{ApiError, FieldError};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -232,6 +232,22 @@ pub enum RespDoc {
     List(&'static [Field]),
     Binary,
     Schema(u16, fn() -> Value),
+    /// 200 with a `text/plain` body (Prometheus metrics).
+    Text(fn() -> Value),
+}
+
+/// An array of JSON objects, for output-only fields (a VM's `nics` and `disks`).
+pub const ARRAY_OF_OBJECTS: Kind = Kind::Custom { check: is_array_of_objects, schema: array_of_objects_schema };
+
+fn is_array_of_objects(v: &Value) -> Result<(), String> {
+    match v {
+        Value::Array(a) if a.iter().all(Value::is_object) => Ok(()),
+        _ => Err("must be an array of objects".into()),
+    }
+}
+
+fn array_of_objects_schema() -> Value {
+    serde_json::json!({"type": "array", "items": {"type": "object"}})
 }
 
 /// An endpoint's documentation.

@@ -25,6 +25,10 @@ const LIST_PARAMS: &[Param] = &[
 const GET_PARAMS: &[Param] =
     &[Param::new("extras", QKind::Str { max: 256 }, "Comma-separated: vms, sysinfo, all (sysinfo is included by default).")];
 
+fn vm_schema() -> Value {
+    json!({"type": "object", "description": "VM status as the server reports it"})
+}
+
 fn vms_schema() -> Value {
     json!({"type": "array", "items": {"type": "object", "description": "VM status as the server reports it"}})
 }
@@ -83,7 +87,7 @@ pub fn routes() -> Vec<Route> {
         Route::new(
             Method::GET,
             "/servers/{uuid}/vms/{vm}",
-            doc("VmLoad", "One VM as the server sees it now (asks the server).", &[], BodyDoc::None, RespDoc::Schema(200, vms_schema)),
+            doc("VmLoad", "One VM as the server sees it now (asks the server).", &[], BodyDoc::None, RespDoc::Schema(200, vm_schema)),
             vm_load,
         ),
     ]

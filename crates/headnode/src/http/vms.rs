@@ -25,8 +25,8 @@ const VM_FIELDS: &[Field] = &[
     Field::new("billing_id", Kind::Uuid, "Package.").read_only(),
     Field::new("ram", Kind::Int { min: 0, max: i64::MAX, multiple_of: None, unit: Some("MiB") }, "Guest RAM (MiB).").read_only(),
     Field::new("quota", Kind::Int { min: 0, max: i64::MAX, multiple_of: None, unit: Some("GiB") }, "Disk quota (GiB).").read_only(),
-    Field::new("nics", Kind::Object, "NICs.").read_only(),
-    Field::new("disks", Kind::Object, "Disks.").read_only(),
+    Field::new("nics", super::ARRAY_OF_OBJECTS, "NICs.").read_only(),
+    Field::new("disks", super::ARRAY_OF_OBJECTS, "Disks.").read_only(),
 ];
 
 const LIST_PARAMS: &[Param] = &[

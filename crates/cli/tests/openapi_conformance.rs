@@ -1,0 +1,694 @@
+//! The OpenAPI documents agree with the server: both are valid OpenAPI 3.0 (checked
+//! against the OpenAPI Initiative's 3.0 schema, `tests/data/openapi-3.0-schema.json`,
+//! Apache-2.0), and a real answer of every documented operation of both — operator API
+//! and CloudAPI — has the documented status, content type and body schema. A compute
+//! node's own calls (join, sysinfo, heartbeats, VM status) go through a checking proxy,
+//! so they are the agent's real requests. An operation nobody reached fails the test, so
+//! a new endpoint cannot go unchecked.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use nereid_testkit::Options;
+use nereid_testkit::cloudapi::{Client as CloudClient, Key, Signing};
+use serde_json::{Value, json};
+
+/// One documented operation.
+#[derive(Debug, Clone)]
+struct Op {
+    api: &'static str,
+    id: String,
+    method: String,
+    template: String,
+    status: u16,
+    /// Media type and (for JSON) the schema of the success answer.
+    content: Option<(String, Option<Value>)>,
+}
+
+/// The documents' operations, the answers seen, and what was wrong with them.
+struct Checker {
+    ops: Vec<Op>,
+    error_schema: Value,
+    covered: Mutex<BTreeMap<String, usize>>,
+    problems: Mutex<Vec<String>>,
+}
+
+/// An OpenAPI 3.0 schema as JSON Schema draft 4: `nullable` becomes a `null` type.
+fn draft4(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut out: serde_json::Map<String, Value> = m.iter().map(|(k, v)| (k.clone(), draft4(v))).collect();
+            if out.remove("nullable") == Some(Value::Bool(true)) {
+                if let Some(Value::String(t)) = out.get("type").cloned() {
+                    out.insert("type".into(), json!([t, "null"]));
+                }
+                if let Some(Value::Array(e)) = out.get_mut("enum") {
+                    e.push(Value::Null);
+                }
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(draft4).collect()),
+        other => other.clone(),
+    }
+}
+
+fn validate(schema: &Value, instance: &Value) -> Result<(), String> {
+    let v = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft4)
+        .should_validate_formats(true)
+        .build(&draft4(schema))
+        .map_err(|e| format!("the schema does not compile: {e}"))?;
+    let errs: Vec<String> = v
+        .iter_errors(instance)
+        .map(|e| {
+            let text = e.to_string();
+            let short = if text.len() > 200 {
+                format!("{}…{}", &text[..text.floor_char_boundary(80)], &text[text.ceil_char_boundary(text.len() - 100)..])
+            } else {
+                text
+            };
+            format!("{short} at {}", e.instance_path())
+        })
+        .collect();
+    if errs.is_empty() { Ok(()) } else { Err(errs.join("; ")) }
+}
+
+fn segments_match(template: &str, path: &str) -> Option<usize> {
+    let (t, p): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
+    if t.len() != p.len() {
+        return None;
+    }
+    let mut literal = 0;
+    for (t, p) in t.iter().zip(&p) {
+        if t.starts_with('{') && t.ends_with('}') {
+            if p.is_empty() {
+                return None;
+            }
+        } else if t == p {
+            literal += 1;
+        } else {
+            return None;
+        }
+    }
+    Some(literal)
+}
+
+impl Checker {
+    fn new() -> Checker {
+        let mut ops = Vec::new();
+        let mut error_schema = Value::Null;
+        for (api, doc) in
+            [("admin", nereid_headnode::openapi::admin_document()), ("cloudapi", nereid_headnode::openapi::cloudapi_document())]
+        {
+            error_schema = doc["components"]["schemas"]["Error"].clone();
+            for (template, item) in doc["paths"].as_object().unwrap() {
+                for (method, op) in item.as_object().unwrap() {
+                    let responses = op["responses"].as_object().unwrap();
+                    let (status, resp) = responses.iter().find(|(k, _)| *k != "default").unwrap();
+                    let content = resp.get("content").and_then(Value::as_object).map(|c| {
+                        let (media, m) = c.iter().next().unwrap();
+                        (media.clone(), if media == "application/json" { Some(m["schema"].clone()) } else { None })
+                    });
+                    ops.push(Op {
+                        api,
+                        id: op["operationId"].as_str().unwrap().to_string(),
+                        method: method.to_ascii_uppercase(),
+                        template: template.clone(),
+                        status: status.parse().unwrap(),
+                        content,
+                    });
+                }
+            }
+        }
+        Checker { ops, error_schema, covered: Mutex::new(BTreeMap::new()), problems: Mutex::new(Vec::new()) }
+    }
+
+    fn problem(&self, p: String) {
+        self.problems.lock().unwrap().push(p);
+    }
+
+    /// Checks one answer against the operation it belongs to.
+    fn check(&self, api: &str, method: &str, path_and_query: &str, status: u16, content_type: Option<&str>, body: &[u8]) {
+        let path = path_and_query.split('?').next().unwrap_or_default();
+        let what = format!("{api} {method} {path_and_query} → {status}");
+        let Some(op) = self
+            .ops
+            .iter()
+            .filter(|o| o.api == api && o.method == method)
+            .filter_map(|o| segments_match(&o.template, path).map(|n| (n, o)))
+            .max_by_key(|(n, _)| *n)
+            .map(|(_, o)| o)
+        else {
+            if status < 400 {
+                self.problem(format!("{what}: answered, but no documented operation is {method} {path}"));
+            }
+            return;
+        };
+        let ct = content_type.unwrap_or_default();
+        if status == op.status {
+            match &op.content {
+                None if !body.is_empty() && status != 101 => {
+                    self.problem(format!("{what} ({}): documented without a body, answered {} bytes", op.id, body.len()))
+                }
+                None => {}
+                Some((media, schema)) => {
+                    if !ct.starts_with(media.as_str()) {
+                        self.problem(format!("{what} ({}): documented as {media}, answered content-type {ct:?}", op.id));
+                    }
+                    if let Some(schema) = schema {
+                        match serde_json::from_slice::<Value>(body) {
+                            Ok(v) => {
+                                if let Err(e) = validate(schema, &v) {
+                                    self.problem(format!("{what} ({}): the body does not match the document: {e}", op.id));
+                                }
+                            }
+                            Err(e) => self.problem(format!("{what} ({}): the body is not JSON: {e}", op.id)),
+                        }
+                    } else if media.starts_with("text/") && std::str::from_utf8(body).is_err() {
+                        self.problem(format!("{what} ({}): text that is not UTF-8", op.id));
+                    }
+                }
+            }
+            *self.covered.lock().unwrap().entry(format!("{api} {}", op.id)).or_default() += 1;
+        } else if status >= 400 {
+            // The documented `default`: Triton's error body.
+            if !ct.starts_with("application/json") {
+                self.problem(format!("{what} ({}): an error with content-type {ct:?}", op.id));
+            }
+            match serde_json::from_slice::<Value>(body) {
+                Ok(v) => {
+                    if let Err(e) = validate(&self.error_schema, &v) {
+                        self.problem(format!("{what} ({}): the error body does not match Error: {e}", op.id));
+                    }
+                }
+                Err(e) => self.problem(format!("{what} ({}): the error body is not JSON: {e}", op.id)),
+            }
+        } else {
+            self.problem(format!("{what} ({}): documented status {}, answered {status}", op.id, op.status));
+        }
+    }
+
+    /// Operations no answer with their documented status reached.
+    fn uncovered(&self) -> Vec<String> {
+        let covered = self.covered.lock().unwrap();
+        self.ops.iter().map(|o| format!("{} {}", o.api, o.id)).filter(|k| !covered.contains_key(k)).collect()
+    }
+}
+
+/// The operator API, answers checked.
+struct Admin {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    checker: Arc<Checker>,
+}
+
+impl Admin {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, reqwest::header::HeaderMap, Value) {
+        self.call_with(method, path, body, &[]).await
+    }
+
+    async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, String)],
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut req = self
+            .http
+            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let h = resp.headers().clone();
+        let bytes = resp.bytes().await.unwrap();
+        self.checker.check("admin", method, path, status, h.get("content-type").and_then(|v| v.to_str().ok()), &bytes);
+        (status, h, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// A call that must answer `want`.
+    async fn ok(&self, want: u16, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, _, v) = self.call(method, path, body).await;
+        assert_eq!(status, want, "{method} {path}: {v}");
+        v
+    }
+
+    async fn bytes(&self, path: &str) -> Vec<u8> {
+        let resp = self.http.get(format!("{}{path}", self.url)).bearer_auth(&self.token).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let bytes = resp.bytes().await.unwrap().to_vec();
+        self.checker.check("admin", "GET", path, status, ct.as_deref(), &bytes);
+        assert_eq!(status, 200, "{path}");
+        bytes
+    }
+
+    async fn wait_job(&self, job: &Value) -> Value {
+        let j = self.ok(200, "GET", &format!("/jobs/{}/wait?timeout=60", job.as_str().unwrap()), None).await;
+        assert_eq!(j["execution"], "succeeded", "{j}");
+        j
+    }
+}
+
+/// CloudAPI, signed, answers checked.
+struct Cloudapi {
+    client: CloudClient,
+    checker: Arc<Checker>,
+}
+
+impl Cloudapi {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let a = self.client.send(method, path, body.as_ref(), Signing::Good).await.unwrap();
+        let ct = a.headers.get("content-type").and_then(|v| v.to_str().ok());
+        self.checker.check("cloudapi", method, path, a.status, ct, a.text.as_bytes());
+        (a.status, a.body)
+    }
+
+    async fn ok(&self, want: u16, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(method, path, body).await;
+        assert_eq!(status, want, "{method} {path}: {v}");
+        v
+    }
+
+    /// Polls GET `path` until `done` holds for its answer (metadata and tag changes are jobs).
+    async fn until(&self, path: &str, done: impl Fn(&Value) -> bool) {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !done(&self.ok(200, "GET", path, None).await) {
+            assert!(std::time::Instant::now() < end, "{path} never changed");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Polls a machine until `state`.
+    async fn wait_state(&self, id: &str, state: &str) {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.ok(200, "GET", &format!("/alice/machines/{id}"), None).await["state"] != state {
+            assert!(std::time::Instant::now() < end, "machine {id} never became {state}");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A reverse proxy in front of the operator API that checks every answer: what a compute
+/// node really sends and gets.
+async fn checking_proxy(upstream: String, checker: Arc<Checker>) -> String {
+    use axum::body::Body;
+    use axum::extract::Request;
+    let http = reqwest::Client::new();
+    let app = axum::Router::new().fallback(move |req: Request| {
+        let (http, upstream, checker) = (http.clone(), upstream.clone(), checker.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            let target = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+            let bytes = axum::body::to_bytes(body, 1 << 30).await.unwrap();
+            let mut out = http.request(parts.method.clone(), format!("{upstream}{target}")).body(bytes);
+            for (k, v) in &parts.headers {
+                if k != "host" && k != "content-length" {
+                    out = out.header(k, v);
+                }
+            }
+            let Ok(resp) = out.send().await else {
+                let mut r = axum::response::Response::new(Body::from("the headnode is gone"));
+                *r.status_mut() = axum::http::StatusCode::BAD_GATEWAY;
+                return r;
+            };
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let body = resp.bytes().await.unwrap();
+            checker.check(
+                "admin",
+                parts.method.as_str(),
+                &target,
+                status.as_u16(),
+                headers.get("content-type").and_then(|v| v.to_str().ok()),
+                &body,
+            );
+            let mut r = axum::response::Response::new(Body::from(body));
+            *r.status_mut() = status;
+            for (k, v) in &headers {
+                if k != "content-length" && k != "transfer-encoding" {
+                    r.headers_mut().insert(k, v.clone());
+                }
+            }
+            r
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[test]
+fn documents_are_valid_openapi_3_0() {
+    let meta: Value = serde_json::from_str(include_str!("data/openapi-3.0-schema.json")).unwrap();
+    let validator = jsonschema::options().with_draft(jsonschema::Draft::Draft4).build(&meta).unwrap();
+    for (name, doc) in [("admin", nereid_headnode::openapi::admin_document()), ("cloudapi", nereid_headnode::openapi::cloudapi_document())]
+    {
+        assert_eq!(doc["openapi"], "3.0.3");
+        let errs: Vec<String> = validator.iter_errors(&doc).map(|e| format!("{e} at {}", e.instance_path())).take(10).collect();
+        assert!(errs.is_empty(), "openapi/{name}.json is not valid OpenAPI 3.0: {errs:#?}");
+        // Every schema in it compiles as the JSON Schema it stands for.
+        let mut schemas = Vec::new();
+        fn collect(v: &Value, out: &mut Vec<Value>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(s) = m.get("schema") {
+                        out.push(s.clone());
+                    }
+                    m.values().for_each(|x| collect(x, out));
+                }
+                Value::Array(a) => a.iter().for_each(|x| collect(x, out)),
+                _ => {}
+            }
+        }
+        collect(&doc["paths"], &mut schemas);
+        assert!(schemas.len() > 50, "{name}: {}", schemas.len());
+        for s in schemas {
+            if s.get("$ref").is_none() {
+                validate(&s, &Value::Null).map(|_| ()).or_else(|e| if e.starts_with("the schema") { Err(e) } else { Ok(()) }).unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_operation_answers_as_documented() {
+    let checker = Arc::new(Checker::new());
+    let opts = Options::new(Backend::Sqlite).cloudapi_http();
+    let cloud = Cloud::start_with(opts.clone()).await.unwrap();
+    let admin = Admin {
+        http: reqwest::Client::new(),
+        url: cloud.headnode.admin_url.clone(),
+        token: cloud.headnode.token.clone(),
+        checker: checker.clone(),
+    };
+
+    // A compute node (two simulated servers) that talks through the checking proxy.
+    let proxy = checking_proxy(cloud.headnode.admin_url.clone(), checker.clone()).await;
+    let agent_dir = tempfile::tempdir().unwrap();
+    let agent = nereid_agent::start(nereid_agent::Config {
+        headnode_url: proxy,
+        join_token: cloud.headnode.join_token.clone(),
+        data_dir: agent_dir.path().join("agent"),
+        backend: nereid_agent::BackendKind::Sim { servers: 2, cpus: 8, ram_mib: 16384, disk_gib: 200, delays: opts.sim_delays },
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise_url: None,
+        heartbeat: std::time::Duration::from_millis(300),
+        nic_tags: Vec::new(),
+    })
+    .await
+    .unwrap();
+    let servers = cloud.wait_servers(2).await.unwrap();
+    let (server, spare) = (servers[0]["uuid"].as_str().unwrap().to_string(), servers[1]["uuid"].as_str().unwrap().to_string());
+
+    // Operator API: every resource, made, read, changed, removed.
+    admin.ok(200, "GET", "/ping", None).await;
+    admin.ok(200, "POST", "/nic_tags", Some(json!({"name": "external"}))).await;
+    admin.ok(200, "POST", "/nic_tags", Some(json!({"name": "spare"}))).await;
+    admin.ok(200, "GET", "/nic_tags", None).await;
+    admin.ok(200, "GET", "/nic_tags/external", None).await;
+    admin.ok(200, "PUT", "/nic_tags/spare", Some(json!({"mtu": 9000}))).await;
+    admin.ok(204, "DELETE", "/nic_tags/spare", None).await;
+    let net = admin
+        .ok(
+            200,
+            "POST",
+            "/networks",
+            Some(json!({"name": "external", "nic_tag": "external", "vlan_id": 0, "subnet": "10.77.0.0/24",
+            "provision_start_ip": "10.77.0.10", "provision_end_ip": "10.77.0.200", "gateway": "10.77.0.1", "resolvers": ["10.77.0.1"]})),
+        )
+        .await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let spare_net = admin
+        .ok(
+            200,
+            "POST",
+            "/networks",
+            Some(json!({"name": "spare", "nic_tag": "external", "vlan_id": 5, "subnet": "10.78.0.0/24",
+            "provision_start_ip": "10.78.0.10", "provision_end_ip": "10.78.0.20"})),
+        )
+        .await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    admin.ok(200, "GET", "/networks", None).await;
+    admin.ok(200, "GET", &format!("/networks/{net}"), None).await;
+    admin.ok(200, "PUT", &format!("/networks/{spare_net}"), Some(json!({"description": "spare"}))).await;
+    let pool = admin.ok(200, "POST", "/network_pools", Some(json!({"name": "pool", "networks": [net]}))).await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    admin.ok(200, "GET", "/network_pools", None).await;
+    admin.ok(200, "GET", &format!("/network_pools/{pool}"), None).await;
+    admin.ok(200, "PUT", &format!("/network_pools/{pool}"), Some(json!({"description": "all of them"}))).await;
+    admin.ok(204, "DELETE", &format!("/network_pools/{pool}"), None).await;
+    let pkg = admin
+        .ok(
+            201,
+            "POST",
+            "/packages",
+            Some(json!({"name": "sample", "version": "1.0.0", "max_physical_memory": 1024, "quota": 10240, "vcpus": 1, "brand": "bhyve"})),
+        )
+        .await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let spare_pkg = admin
+        .ok(201, "POST", "/packages", Some(json!({"name": "spare", "version": "1.0.0", "max_physical_memory": 512, "quota": 10240})))
+        .await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    admin.ok(200, "GET", "/packages", None).await;
+    admin.ok(200, "GET", &format!("/packages/{pkg}"), None).await;
+    admin.ok(200, "PUT", &format!("/packages/{spare_pkg}"), Some(json!({"description": "spare"}))).await;
+    admin.ok(204, "DELETE", &format!("/packages/{spare_pkg}?force=true"), None).await;
+    let manifest = json!({"owner": "00000000-0000-0000-0000-000000000000", "name": "tiny", "version": "1", "type": "zvol", "os": "linux",
+                          "public": true, "image_size": 1024, "nic_driver": "virtio", "disk_driver": "virtio", "cpu_type": "host"});
+    let img = admin.ok(200, "POST", "/images", Some(manifest.clone())).await["uuid"].as_str().unwrap().to_string();
+    let file = vec![7u8; 4096];
+    let resp = admin
+        .http
+        .put(format!("{}/images/{img}/file?compression=none", admin.url))
+        .bearer_auth(&admin.token)
+        .body(file.clone())
+        .send()
+        .await
+        .unwrap();
+    let (status, ct) = (resp.status().as_u16(), resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string));
+    checker.check("admin", "PUT", &format!("/images/{img}/file"), status, ct.as_deref(), &resp.bytes().await.unwrap());
+    admin.ok(200, "POST", &format!("/images/{img}?action=activate"), Some(json!({}))).await;
+    admin.ok(200, "GET", "/images", None).await;
+    admin.ok(200, "GET", &format!("/images/{img}"), None).await;
+    assert_eq!(admin.bytes(&format!("/images/{img}/file")).await, file);
+    let mut other = manifest.clone();
+    other["name"] = json!("other");
+    let other = admin.ok(200, "POST", "/images", Some(other)).await["uuid"].as_str().unwrap().to_string();
+    admin.ok(204, "DELETE", &format!("/images/{other}"), None).await;
+    let alice = admin
+        .ok(
+            201,
+            "POST",
+            "/accounts",
+            Some(json!({"login": "alice", "email": "alice@example.com", "keys": [{"key": Key::from_seed(3).openssh(), "name": "main"}]})),
+        )
+        .await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    admin.ok(200, "GET", "/accounts", None).await;
+    admin.ok(200, "GET", "/accounts/alice", None).await;
+    admin.ok(200, "PUT", "/accounts/alice", Some(json!({"first_name": "Alice"}))).await;
+    admin.ok(201, "POST", "/accounts/alice/keys", Some(json!({"key": Key::from_seed(4).openssh(), "name": "second"}))).await;
+    admin.ok(200, "GET", "/accounts/alice/keys", None).await;
+    admin.ok(200, "GET", "/accounts/alice/keys/second", None).await;
+    admin.ok(204, "DELETE", "/accounts/alice/keys/second", None).await;
+    admin.ok(200, "GET", "/servers", None).await;
+    admin.ok(200, "GET", &format!("/servers/{server}"), None).await;
+    admin.ok(204, "POST", &format!("/servers/{server}"), Some(json!({"reservation_ratio": 0.1}))).await;
+
+    // NAPI NICs and addresses.
+    let owner = alice.clone();
+    let nic = admin
+        .ok(
+            200,
+            "POST",
+            "/nics",
+            Some(json!({"network_uuid": spare_net, "owner_uuid": owner, "belongs_to_uuid": owner, "belongs_to_type": "other"})),
+        )
+        .await["mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let nic2 = admin
+        .ok(
+            200,
+            "POST",
+            &format!("/networks/{spare_net}/nics"),
+            Some(json!({"owner_uuid": owner, "belongs_to_uuid": owner, "belongs_to_type": "other"})),
+        )
+        .await["mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    admin.ok(200, "GET", "/nics", None).await;
+    let mac = nic.replace(':', "");
+    admin.ok(200, "GET", &format!("/nics/{mac}"), None).await;
+    admin.ok(200, "PUT", &format!("/nics/{mac}"), Some(json!({"allow_ip_spoofing": true}))).await;
+    admin.ok(204, "DELETE", &format!("/nics/{mac}"), None).await;
+    admin.ok(204, "DELETE", &format!("/nics/{}", nic2.replace(':', "")), None).await;
+    admin.ok(200, "GET", &format!("/networks/{spare_net}/ips"), None).await;
+    admin.ok(200, "GET", &format!("/networks/{spare_net}/ips/10.78.0.15"), None).await;
+    admin.ok(200, "PUT", &format!("/networks/{spare_net}/ips/10.78.0.15"), Some(json!({"reserved": true}))).await;
+    admin.ok(204, "DELETE", &format!("/networks/{spare_net}"), None).await;
+
+    // A VM's life in VMAPI.
+    let created = admin
+        .ok(
+            202,
+            "POST",
+            "/vms",
+            Some(json!({"owner_uuid": alice, "brand": "bhyve", "billing_id": pkg, "image_uuid": img, "networks": [net], "alias": "vm-1"})),
+        )
+        .await;
+    let vm = created["vm_uuid"].as_str().unwrap().to_string();
+    let job = admin.wait_job(&created["job_uuid"]).await;
+    admin.ok(200, "GET", &format!("/jobs/{}", job["uuid"].as_str().unwrap()), None).await;
+    admin.ok(200, "GET", "/jobs", None).await;
+    admin.ok(200, "GET", "/vms", None).await;
+    admin.ok(200, "GET", &format!("/vms/{vm}/jobs"), None).await;
+    let (_, headers, _) = admin.call("GET", &format!("/vms/{vm}"), None).await;
+    let etag = headers.get("etag").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let (status, _, v) = admin.call_with("PUT", &format!("/vms/{vm}"), Some(json!({"alias": "vm-one"})), &[("if-match", etag)]).await;
+    assert_eq!(status, 200, "{v}");
+    let j = admin.ok(202, "POST", &format!("/vms/{vm}?action=stop"), Some(json!({}))).await;
+    admin.wait_job(&j["job_uuid"]).await;
+    // Simulated servers have no consoles: their documented answer is the error body.
+    admin.call("GET", &format!("/vms/{vm}/console?log=true"), None).await;
+    admin.call("GET", &format!("/vms/{vm}/vnc"), None).await;
+    // What a compute node asks for that the simulated one does not.
+    admin.ok(200, "GET", &format!("/servers/{server}/vms"), None).await;
+    let on = admin.ok(200, "GET", "/vms", None).await.as_array().unwrap().iter().find(|v| v["uuid"] == json!(vm)).unwrap()["server_uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    admin.ok(200, "GET", &format!("/servers/{on}/vms/{vm}"), None).await;
+    admin.ok(204, "POST", &format!("/servers/{on}/vms/{vm}/metadata"), Some(json!({"set_customer_metadata": {"from-guest": "yes"}}))).await;
+    admin.ok(200, "GET", &format!("/servers/{server}/images/{img}"), None).await;
+    admin.bytes(&format!("/servers/{server}/images/{img}/file")).await;
+    let j = admin.ok(202, "POST", &format!("/vms/{vm}?action=start"), Some(json!({}))).await;
+    admin.wait_job(&j["job_uuid"]).await;
+
+    // CloudAPI, as alice.
+    let url = cloud.headnode.cloudapi.as_ref().unwrap().url.clone();
+    let capi = Cloudapi { client: CloudClient::new(&url, "alice", Key::from_seed(3)), checker: checker.clone() };
+    let own = admin
+        .ok(
+            200,
+            "POST",
+            "/networks",
+            Some(json!({"name": "alice-net", "nic_tag": "external", "vlan_id": 7, "subnet": "10.79.0.0/24",
+            "provision_start_ip": "10.79.0.10", "provision_end_ip": "10.79.0.20", "owner_uuids": [alice]})),
+        )
+        .await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    capi.ok(200, "GET", "/--ping", None).await;
+    capi.ok(200, "GET", "/alice", None).await;
+    capi.ok(200, "POST", "/alice", Some(json!({"companyName": "ACME", "phone": ""}))).await;
+    capi.ok(201, "POST", "/alice/keys", Some(json!({"key": Key::from_seed(5).openssh(), "name": "k5"}))).await;
+    capi.ok(200, "GET", "/alice/keys", None).await;
+    capi.ok(200, "GET", "/alice/keys/k5", None).await;
+    capi.ok(204, "DELETE", "/alice/keys/k5", None).await;
+    capi.ok(200, "GET", "/alice/datacenters", None).await;
+    capi.ok(200, "GET", "/alice/services", None).await;
+    capi.ok(200, "PUT", "/alice/config", Some(json!({"default_network": net}))).await;
+    capi.ok(200, "GET", "/alice/config", None).await;
+    capi.ok(200, "GET", "/alice/limits", None).await;
+    capi.ok(200, "GET", "/alice/images", None).await;
+    capi.ok(200, "GET", &format!("/alice/images/{img}"), None).await;
+    capi.ok(200, "GET", "/alice/packages", None).await;
+    capi.ok(200, "GET", &format!("/alice/packages/{pkg}"), None).await;
+    capi.ok(200, "GET", "/alice/networks", None).await;
+    capi.ok(200, "GET", &format!("/alice/networks/{net}"), None).await;
+    capi.ok(200, "GET", &format!("/alice/networks/{own}/ips"), None).await;
+    capi.ok(200, "PUT", &format!("/alice/networks/{own}/ips/10.79.0.12"), Some(json!({"reserved": true}))).await;
+    capi.ok(200, "GET", &format!("/alice/networks/{own}/ips/10.79.0.12"), None).await;
+    let m = capi
+        .ok(
+            201,
+            "POST",
+            "/alice/machines",
+            Some(json!({"name": "web-1", "image": img, "package": pkg, "metadata.foo": "bar", "tag.role": "web"})),
+        )
+        .await;
+    let id = m["id"].as_str().unwrap().to_string();
+    capi.wait_state(&id, "running").await;
+    capi.ok(200, "GET", "/alice/machines", None).await;
+    let base = format!("/alice/machines/{id}");
+    capi.ok(200, "GET", &format!("{base}/audit"), None).await;
+    capi.ok(200, "POST", &format!("{base}/metadata"), Some(json!({"color": "blue"}))).await;
+    capi.until(&format!("{base}/metadata"), |m| m["color"] == "blue").await;
+    capi.ok(200, "GET", &format!("{base}/metadata/color"), None).await;
+    capi.ok(204, "DELETE", &format!("{base}/metadata/color"), None).await;
+    capi.until(&format!("{base}/metadata"), |m| m.get("color").is_none()).await;
+    capi.ok(204, "DELETE", &format!("{base}/metadata"), None).await;
+    capi.ok(200, "POST", &format!("{base}/tags"), Some(json!({"env": "prod"}))).await;
+    capi.ok(200, "PUT", &format!("{base}/tags"), Some(json!({"env": "prod", "n": 1}))).await;
+    capi.until(&format!("{base}/tags"), |t| t["n"] == 1 && t["env"] == "prod").await;
+    capi.ok(200, "GET", &format!("{base}/tags/env"), None).await;
+    capi.ok(204, "DELETE", &format!("{base}/tags/env"), None).await;
+    capi.until(&format!("{base}/tags"), |t| t.get("env").is_none()).await;
+    capi.ok(204, "DELETE", &format!("{base}/tags"), None).await;
+    let added = capi.ok(201, "POST", &format!("{base}/nics"), Some(json!({"network": own}))).await;
+    let mac = added["mac"].as_str().unwrap().replace(':', "");
+    capi.ok(200, "GET", &format!("{base}/nics"), None).await;
+    capi.until(&format!("{base}/nics/{mac}"), |n| n["state"] == "running").await;
+    capi.ok(204, "DELETE", &format!("{base}/nics/{mac}"), None).await;
+    capi.ok(201, "POST", &format!("{base}/snapshots"), Some(json!({"name": "s1"}))).await;
+    capi.ok(200, "GET", &format!("{base}/snapshots"), None).await;
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while capi.ok(200, "GET", &format!("{base}/snapshots/s1"), None).await["state"] != "created" {
+        assert!(std::time::Instant::now() < end);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    capi.ok(202, "POST", &format!("{base}/snapshots/s1"), None).await;
+    capi.wait_state(&id, "running").await;
+    capi.ok(204, "DELETE", &format!("{base}/snapshots/s1"), None).await;
+    capi.ok(202, "POST", &base, Some(json!({"action": "stop"}))).await;
+    capi.wait_state(&id, "stopped").await;
+    capi.ok(204, "DELETE", &base, None).await;
+
+    // The operator's last steps: Prometheus text, a VM and a server removed.
+    let resp = admin.http.get(format!("{}/metrics", admin.url)).bearer_auth(&admin.token).send().await.unwrap();
+    let (status, ct) = (resp.status().as_u16(), resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string));
+    checker.check("admin", "GET", "/metrics", status, ct.as_deref(), &resp.bytes().await.unwrap());
+    let j = admin.ok(202, "DELETE", &format!("/vms/{vm}"), None).await;
+    admin.wait_job(&j["job_uuid"]).await;
+    agent.shutdown().await;
+    admin.ok(204, "DELETE", &format!("/servers/{spare}"), None).await;
+
+    let problems = checker.problems.lock().unwrap().clone();
+    assert!(problems.is_empty(), "{} answers disagree with the documents:\n{}", problems.len(), problems.join("\n"));
+    // Consoles need a real (QEMU) node: checked above as errors, they count only as such.
+    let uncovered: Vec<String> = checker.uncovered().into_iter().filter(|k| k != "admin GetVmConsole" && k != "admin GetVmVnc").collect();
+    assert!(uncovered.is_empty(), "documented operations no answer reached: {uncovered:?}");
+    let n = checker.covered.lock().unwrap().len();
+    assert!(n >= checker.ops.len() - 2, "{n} of {} operations checked", checker.ops.len());
+}
