@@ -347,6 +347,21 @@ pub enum Noun {
         #[command(subcommand)]
         verb: AccountVerb,
     },
+    /// Find every way the records drift from reality, each with its repair; exits 1 while problems remain
+    #[command(
+        long_about = "Find every way the records drift from reality: damaged or half-empty VM records, VMs their \
+server does not run and VMs running without a record, NICs, addresses and reservations that belong to nothing, \
+silent servers, missing or corrupt image files, and stuck jobs. Each finding names the exact repair.\n\n\
+With --repair, the safe repairs are applied — a VM is synced (looked for on every server before anything is \
+freed), and what provably belongs to nothing is freed — each recorded as a `repair` job (nereid admin job list \
+task=repair). Damaged records, VMs without a record, silent servers and image files are never changed \
+automatically: the finding says what to do.\n\nExit status: 0 when nothing is wrong, 1 when problems remain."
+    )]
+    Doctor {
+        /// Apply the safe repairs, then report what remains
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

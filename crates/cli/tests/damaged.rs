@@ -112,6 +112,14 @@ async fn a_damaged_record_is_listed_read_repaired_and_deleted(backend: Backend) 
         assert!(e["damaged"]["repair"].as_str().unwrap().contains("PUT /vms/"), "{e}");
     }
     assert!(list.iter().any(|v| v["uuid"] == good_id.as_str() && v.get("damaged").is_none()));
+    // doctor names each one with its repair, and never "repairs" it by itself.
+    let report = cloud.client.get("/doctor").await.unwrap();
+    for (what, key) in &damaged {
+        let f = report["findings"].as_array().unwrap().iter().find(|f| f["subject"] == format!("vms/{key}").as_str());
+        let f = f.unwrap_or_else(|| panic!("doctor reports {what}: {report}"));
+        assert_eq!(f["kind"], "damaged_record", "{f}");
+        assert!(f["repair"].as_str().unwrap().contains(&format!("PUT /vms/{key}")) && f.get("safe_repair").is_none(), "{f}");
+    }
     // Other VMs answer as before.
     assert_eq!(cloud.client.get(&format!("/vms/{good_id}")).await.unwrap()["state"], "running");
     assert_eq!(cloud.client.get(&format!("/vms/{good_id}?sync=true")).await.unwrap()["state"], "running");

@@ -66,3 +66,136 @@ async fn a_404_that_is_not_the_agents_vm_not_found_never_frees_a_vm() {
     assert_eq!(v["state"], "running", "{v}");
     assert_eq!(count(&cloud, "nics", "belongs_to_uuid", &uuid).await, 1);
 }
+
+/// `nereid admin doctor` through the real binary: (exit status, stdout).
+async fn doctor(cloud: &Cloud, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["admin", "doctor"];
+    all.extend_from_slice(args);
+    let o = nereid_async(cloud, &all).await;
+    (o.status.code().unwrap_or(-1), format!("{}{}", stdout(&o), stderr(&o)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn doctor_finds_and_repairs_the_ghost_a_vm_gone_behind_vmapis_back_and_orphans() {
+    let cloud = sim(1).await;
+    let seed = cloud.seed().await.unwrap();
+    let server = cloud.client.get("/servers").await.unwrap()[0]["uuid"].as_str().unwrap().to_string();
+    let (clean, out) = doctor(&cloud, &[]).await;
+    assert_eq!(clean, 0, "a fresh cloud is healthy: {out}");
+    assert!(out.contains("no problems found"), "{out}");
+
+    // The seed's ghost: uuid and server_uuid, everything else null.
+    let ghost = "6a7e59f5-4ddc-4b39-9b1c-2d5d3e0d9a02";
+    cloud.headnode.app.store.put("vms", ghost, json!({"uuid": ghost, "server_uuid": server}), Cond::Absent).await.unwrap();
+    // A VM deleted on its server behind VMAPI's back, whose report never arrived.
+    let (gone, job) = cloud.create_vm(&seed.vm_body("gone")).await.unwrap();
+    assert_eq!(cloud.wait_job(&job).await.unwrap()["execution"], "succeeded");
+    let before = cloud.headnode.app.store.get("vms", &gone).await.unwrap().unwrap().value;
+    let id = |s: &str| uuid::Uuid::parse_str(s).unwrap();
+    cloud.headnode.app.agent_delete_and_wait(id(&server), id(&gone), Duration::from_secs(10)).await.unwrap();
+    let mut lost = before.clone();
+    lost["create_timestamp"] = json!("2020-01-01T00:00:00.000Z");
+    for _ in 0..50 {
+        // The agent's report may land after the delete answers: restore until it sticks.
+        let o = cloud.headnode.app.store.get("vms", &gone).await.unwrap().unwrap();
+        if o.value["state"] == "running" && o.value["create_timestamp"] == lost["create_timestamp"] {
+            break;
+        }
+        cloud.headnode.app.store.put("vms", &gone, lost.clone(), Cond::Any).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A NIC of a VM that never existed (Triton's leftovers after a headnode move).
+    let nic = cloud
+        .client
+        .post(
+            &format!("/networks/{}/nics", seed.network),
+            &json!({"owner_uuid": seed.owner, "belongs_to_uuid": "7d1a1f4e-0c55-4a8e-9a39-3e2c9b2f0a11", "belongs_to_type": "zone"}),
+        )
+        .await
+        .unwrap();
+    let orphan_ip = nic["ip"].as_str().unwrap().to_string();
+    // Capacity held for a job that does not exist.
+    let res_key = "0b6f8f5e-6b7a-4f0e-8e5c-2f9d1c3a4b5c";
+    cloud
+        .headnode
+        .app
+        .store
+        .put(
+            "reservations",
+            res_key,
+            json!({"job_uuid": res_key, "vm_uuid": "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f", "server_uuid": server, "owner_uuid": seed.owner, "ram_mib": 4096, "disk_mib": 0, "kind": "provision"}),
+            Cond::Absent,
+        )
+        .await
+        .unwrap();
+
+    let (status, out) = doctor(&cloud, &[]).await;
+    assert_eq!(status, 1, "{out}");
+    for needle in [
+        format!("incomplete_vm  vms/{ghost}"),
+        format!("vm_not_on_server  vms/{gone}"),
+        format!("orphan_nic  nics/{}", nic["mac"].as_str().unwrap()),
+        format!("orphan_reservation  reservations/{res_key}"),
+        "4 problem(s); 4 can be repaired with --repair".to_string(),
+    ] {
+        assert!(out.contains(&needle), "{needle:?} in:\n{out}");
+    }
+    let (_, js) = doctor(&cloud, &["--json"]).await;
+    let report: serde_json::Value = serde_json::from_str(&js).unwrap_or_else(|e| panic!("{e}: {js}"));
+    assert_eq!(report["findings"].as_array().unwrap().len(), 4, "{report}");
+    assert_eq!(report["findings"][0]["safe_repair"]["action"], "sync_vm", "{report}");
+
+    let (status, out) = doctor(&cloud, &["--repair"]).await;
+    assert_eq!(status, 0, "everything was repairable: {out}");
+    assert!(out.contains(&format!("repaired vms/{ghost}")) && out.contains("no problems found"), "{out}");
+    assert_eq!(cloud.client.get(&format!("/vms/{ghost}")).await.unwrap()["state"], "destroyed");
+    assert_eq!(cloud.client.get(&format!("/vms/{gone}")).await.unwrap()["state"], "destroyed");
+    assert_eq!(count(&cloud, "reservations", "server_uuid", &server).await, 0);
+    // Each repair is in the job log.
+    let repairs = cloud.client.get("/jobs?task=repair").await.unwrap();
+    assert_eq!(repairs.as_array().unwrap().len(), 4, "{repairs}");
+    assert!(repairs.as_array().unwrap().iter().all(|j| j["execution"] == "succeeded"), "{repairs}");
+    // Placement uses the server normally: a capped package (which a ghost's unknown cap
+    // would block in Triton) places with no warning, and the orphan's address is free again.
+    let capped = cloud
+        .client
+        .post(
+            "/packages",
+            &json!({"name": "capped", "version": "1.0.0", "max_physical_memory": 1024, "quota": 10240, "cpu_cap": 100, "brand": "bhyve"}),
+        )
+        .await
+        .unwrap();
+    let mut body = seed.vm_body("capped");
+    body["billing_id"] = capped["uuid"].clone();
+    let r = cloud.client.post("/vms", &body).await.unwrap();
+    assert_eq!(r["placement"]["warnings"], json!([]), "{r}");
+    assert_eq!(cloud.wait_job(r["job_uuid"].as_str().unwrap()).await.unwrap()["execution"], "succeeded");
+    let ips = cloud.client.get(&format!("/networks/{}/ips/{orphan_ip}", seed.network)).await.unwrap();
+    assert_eq!(ips["free"], true, "{ips}");
+    assert_eq!(doctor(&cloud, &[]).await.0, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn doctor_reports_a_vm_running_without_a_record_and_never_deletes_it() {
+    let cloud = sim(1).await;
+    let seed = cloud.seed().await.unwrap();
+    let server = cloud.client.get("/servers").await.unwrap()[0]["uuid"].as_str().unwrap().to_string();
+    let (uuid, job) = cloud.create_vm(&seed.vm_body("unrecorded")).await.unwrap();
+    assert_eq!(cloud.wait_job(&job).await.unwrap()["execution"], "succeeded");
+    // Once the server's inventory has it, the record vanishes (a restore from an old backup).
+    for _ in 0..100 {
+        let inv = cloud.client.get(&format!("/servers/{server}/vms")).await.unwrap();
+        if inv.to_string().contains(&uuid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cloud.headnode.app.store.delete("vms", &uuid, Cond::Any).await.unwrap();
+    let (status, out) = doctor(&cloud, &["--repair"]).await;
+    assert_eq!(status, 1, "{out}");
+    assert!(out.contains(&format!("vm_without_record  servers/{server}/vms/{uuid}")) && out.contains("has no VMAPI record"), "{out}");
+    assert!(out.contains("never deleted automatically"), "{out}");
+    let on_server = cloud.client.get(&format!("/servers/{server}/vms/{uuid}")).await.unwrap();
+    assert_eq!(on_server["state"], "running", "the VM still runs: {on_server}");
+    assert_eq!(count(&cloud, "nics", "belongs_to_uuid", &uuid).await, 1, "its NIC (and address) is kept");
+}

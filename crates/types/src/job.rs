@@ -16,7 +16,7 @@ use crate::spec::{Field, Kind};
 pub const EXECUTIONS: &[&str] = &["queued", "running", "succeeded", "failed", "canceled"];
 /// Job kinds (`task`).
 pub const TASKS: &[&str] =
-    &["provision", "start", "stop", "reboot", "update", "snapshot", "destroy", "add_nics", "update_nics", "remove_nics"];
+    &["provision", "start", "stop", "reboot", "update", "snapshot", "destroy", "add_nics", "update_nics", "remove_nics", "repair"];
 
 /// One step's outcome, as `chain_results` lists it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

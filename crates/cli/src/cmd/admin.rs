@@ -314,6 +314,7 @@ pub async fn run(a: AdminArgs) -> Result<()> {
         Noun::Server { verb: ServerVerb::Delete(a) } => verb(&c, &SERVER, Verb::Delete(a), json).await,
         Noun::Vm { verb: v } => vm(&c, v, json).await,
         Noun::Account { verb: v } => super::account::run(&c, v, json).await,
+        Noun::Doctor { repair } => doctor(&c, repair, json).await,
         Noun::Job { verb: JobVerb::List(a) } => {
             let out = c.get(&format!("/jobs{}", query(&a.filters)?)).await?;
             show_list(JOB_COLUMNS, &out, json);
@@ -462,4 +463,38 @@ mod tests {
         assert_eq!(coerce(n, "resolvers", "8.8.8.8, 1.1.1.1").unwrap(), serde_json::json!(["8.8.8.8", "1.1.1.1"]));
         assert_eq!(query(&["name=a b".into(), "tag.role=os".into()]).unwrap(), "?name=a+b&tag.role=os");
     }
+}
+
+/// `nereid admin doctor [--repair]`: prints the findings (and repairs); exits 1 while any remain.
+async fn doctor(c: &Client, repair: bool, json: bool) -> Result<()> {
+    let report = if repair { c.post("/doctor?action=repair", &Value::Object(Map::new())).await? } else { c.get("/doctor").await? };
+    let findings = report["findings"].as_array().cloned().unwrap_or_default();
+    if json {
+        output::object(&report, true);
+    } else {
+        for r in report["repairs"].as_array().into_iter().flatten() {
+            let mark = if r["ok"] == Value::Bool(true) { "repaired" } else { "FAILED to repair" };
+            println!("{mark} {} ({}): {}", text(r, "subject"), text(r, "kind"), text(r, "result"));
+        }
+        if !report["repairs"].as_array().is_none_or(Vec::is_empty) {
+            println!();
+        }
+        for f in &findings {
+            println!("{}  {}", text(f, "kind"), text(f, "subject"));
+            println!("    {}", text(f, "message"));
+            let how = if f.get("safe_repair").is_some() { "repair (--repair does it)" } else { "repair (by hand)" };
+            println!("    {how}: {}", text(f, "repair"));
+        }
+        let safe = findings.iter().filter(|f| f.get("safe_repair").is_some()).count();
+        let checked: Vec<String> = report["checked"].as_object().into_iter().flatten().map(|(k, v)| format!("{v} {k}")).collect();
+        match (findings.len(), safe) {
+            (0, _) => println!("no problems found (checked {})", checked.join(", ")),
+            (n, 0) => println!("{n} problem(s); none can be repaired automatically"),
+            (n, s) => println!("{n} problem(s); {s} can be repaired with --repair"),
+        }
+    }
+    if !findings.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
 }

@@ -118,6 +118,35 @@ impl ImageFiles {
         Ok(dest)
     }
 
+    /// Why the file with this SHA-1 is not what its manifest says (missing, another size,
+    /// other bytes), or `None` when it is. Reads the whole file.
+    pub async fn verify(&self, sha1: &str, size: u64) -> Option<String> {
+        let path = self.path_of(sha1);
+        let mut f = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) => return Some(format!("its file {} cannot be read: {e}", path.display())),
+        };
+        let (mut h, mut n, mut buf) = (Sha1::new(), 0u64, vec![0u8; 1 << 20]);
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut f, &mut buf).await {
+                Ok(0) => break,
+                Ok(k) => {
+                    h.update(&buf[..k]);
+                    n += k as u64;
+                }
+                Err(e) => return Some(format!("its file {} cannot be read: {e}", path.display())),
+            }
+        }
+        let got = hex::encode(h.finalize());
+        if n != size {
+            Some(format!("its file {} has {n} bytes, the manifest says {size}", path.display()))
+        } else if got != sha1 {
+            Some(format!("its file {} is corrupt: its SHA-1 is {got}, the manifest says {sha1}", path.display()))
+        } else {
+            None
+        }
+    }
+
     /// Drops an upload that will not be used.
     pub async fn discard(&self, r: &Received) {
         let _ = tokio::fs::remove_file(&r.tmp).await;

@@ -20,6 +20,7 @@ pub mod accounts;
 pub mod agents;
 pub mod allocation;
 pub mod consoles;
+pub mod doctor;
 pub mod image_files;
 pub mod images;
 pub mod network_pools;

@@ -29,6 +29,7 @@ use crate::app::App;
 pub mod accounts;
 pub mod agent;
 pub mod consoles;
+pub mod doctor;
 pub mod images;
 pub mod ips;
 pub mod jobs;
@@ -307,6 +308,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(consoles::routes());
     all.extend(accounts::routes());
     all.extend(jobs::routes());
+    all.extend(doctor::routes());
     all.extend(metrics::routes());
     all
 }
