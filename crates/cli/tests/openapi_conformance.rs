@@ -570,6 +570,8 @@ async fn every_documented_operation_answers_as_documented() {
     let job = admin.wait_job(&created["job_uuid"]).await;
     admin.ok(200, "GET", &format!("/jobs/{}", job["uuid"].as_str().unwrap()), None).await;
     admin.ok(200, "GET", "/jobs", None).await;
+    admin.ok(200, "GET", "/doctor", None).await;
+    admin.ok(200, "POST", "/doctor?action=repair", Some(json!({}))).await;
     admin.ok(200, "GET", "/vms", None).await;
     admin.ok(200, "GET", &format!("/vms/{vm}/jobs"), None).await;
     let (_, headers, _) = admin.call("GET", &format!("/vms/{vm}"), None).await;
