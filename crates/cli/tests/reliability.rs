@@ -199,3 +199,133 @@ async fn doctor_reports_a_vm_running_without_a_record_and_never_deletes_it() {
     assert_eq!(on_server["state"], "running", "the VM still runs: {on_server}");
     assert_eq!(count(&cloud, "nics", "belongs_to_uuid", &uuid).await, 1, "its NIC (and address) is kept");
 }
+
+/// Waits until every job of the VM has finished.
+async fn settle(cloud: &Cloud, vm: &str) {
+    for _ in 0..300 {
+        let jobs = cloud.client.get(&format!("/vms/{vm}/jobs")).await.unwrap();
+        if jobs.as_array().unwrap().iter().all(|j| matches!(j["execution"].as_str(), Some("succeeded" | "failed"))) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("jobs of {vm} never settled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tag_and_metadata_updates_queued_one_after_another_all_land() {
+    let cloud = sim(1).await;
+    let seed = cloud.seed().await.unwrap();
+    let (vm, job) = cloud.create_vm(&seed.vm_body("tagged")).await.unwrap();
+    assert_eq!(cloud.wait_job(&job).await.unwrap()["execution"], "succeeded");
+    // Ten updates answered 202 before any of them ran.
+    for i in 0..10 {
+        let body = json!({"set_tags": {format!("k{i}"): i}, "set_customer_metadata": {format!("m{i}"): "v"}});
+        let r = cloud.client.post(&format!("/vms/{vm}?action=update"), &body).await.unwrap();
+        assert!(r["job_uuid"].is_string());
+    }
+    // A removal queued behind them removes only its key.
+    cloud.client.post(&format!("/vms/{vm}?action=update"), &json!({"remove_tags": ["k3"]})).await.unwrap();
+    settle(&cloud, &vm).await;
+    let v = cloud.client.get(&format!("/vms/{vm}")).await.unwrap();
+    let tags = v["tags"].as_object().unwrap();
+    let mut keys: Vec<&str> = tags.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["k0", "k1", "k2", "k4", "k5", "k6", "k7", "k8", "k9"], "{v}");
+    assert_eq!(v["customer_metadata"].as_object().unwrap().len(), 10, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_update_undoes_exactly_its_own_change() {
+    let cloud = sim(1).await;
+    let seed = cloud.seed().await.unwrap();
+    let (vm, job) = cloud.create_vm(&seed.vm_body("undo")).await.unwrap();
+    assert_eq!(cloud.wait_job(&job).await.unwrap()["execution"], "succeeded");
+    cloud.client.post(&format!("/vms/{vm}?action=update&sync=true"), &json!({"set_tags": {"keep": 1, "shared": "old"}})).await.unwrap();
+    // The next update fails after applying; its undo must restore what it changed and no more.
+    cloud.headnode.app.hooks.fail_at.lock().unwrap().replace(("update".into(), "finish".into()));
+    let r = cloud.client.post(&format!("/vms/{vm}?action=update"), &json!({"set_tags": {"shared": "new", "added": true}})).await.unwrap();
+    let j = cloud.wait_job(r["job_uuid"].as_str().unwrap()).await.unwrap();
+    assert_eq!(j["execution"], "failed", "{j}");
+    cloud.headnode.app.hooks.fail_at.lock().unwrap().take();
+    let tags = cloud.client.get(&format!("/vms/{vm}")).await.unwrap()["tags"].clone();
+    assert_eq!(tags, json!({"keep": 1, "shared": "old"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metadata_and_tags_are_bounded_per_vm_at_the_request() {
+    let cloud = sim(1).await;
+    let seed = cloud.seed().await.unwrap();
+    let (vm, job) = cloud.create_vm(&seed.vm_body("big")).await.unwrap();
+    assert_eq!(cloud.wait_job(&job).await.unwrap()["execution"], "succeeded");
+    let chunk = "x".repeat(200 * 1024);
+    let mut accepted = 0;
+    let mut refused = None;
+    for i in 0..12 {
+        match cloud
+            .client
+            .post(&format!("/vms/{vm}?action=update&sync=true"), &json!({"set_customer_metadata": {format!("k{i}"): chunk}}))
+            .await
+        {
+            Ok(v) => {
+                assert_eq!(v["job_execution"], "succeeded", "every accepted update applies: {v}");
+                accepted += 1;
+            }
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    assert_eq!(accepted, 5, "1 MiB holds five 200 KiB values");
+    let e = api_err(Err(refused.unwrap()), 409, "ValidationFailed");
+    assert!(e["message"].as_str().unwrap().contains("at most 1048576 bytes"), "{e}");
+    // Removing some makes room again.
+    cloud.client.post(&format!("/vms/{vm}?action=update&sync=true"), &json!({"remove_customer_metadata": ["k0"]})).await.unwrap();
+    cloud.client.post(&format!("/vms/{vm}?action=update&sync=true"), &json!({"set_customer_metadata": {"k5": chunk}})).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_destroy_that_failed_half_way_is_finished_by_the_next_delete() {
+    let cloud = sim(1).await;
+    let seed = cloud.seed().await.unwrap();
+    let (vm, job) = cloud.create_vm(&seed.vm_body("half")).await.unwrap();
+    assert_eq!(cloud.wait_job(&job).await.unwrap()["execution"], "succeeded");
+    // A destroy that died after marking the record: the VM is gone from its server, the
+    // record says destroyed, its NIC (and address) and a reservation are still held.
+    let server = cloud.client.get("/servers").await.unwrap()[0]["uuid"].as_str().unwrap().to_string();
+    let before = cloud.headnode.app.store.get("vms", &vm).await.unwrap().unwrap().value;
+    let id = |s: &str| uuid::Uuid::parse_str(s).unwrap();
+    cloud.headnode.app.agent_delete_and_wait(id(&server), id(&vm), Duration::from_secs(10)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut half = before.clone();
+    half["state"] = json!("destroyed");
+    cloud.headnode.app.store.put("vms", &vm, half, Cond::Any).await.unwrap();
+    let nic = &before["nics"][0];
+    let leaked = json!({"owner_uuid": seed.owner, "belongs_to_uuid": vm, "belongs_to_type": "zone", "mac": nic["mac"], "ip": nic["ip"]});
+    if count(&cloud, "nics", "belongs_to_uuid", &vm).await == 0 {
+        cloud.client.post(&format!("/networks/{}/nics", seed.network), &leaked).await.unwrap();
+    }
+    let res_key = "5e0c7b1a-4d2f-4c3b-8a9e-1f2d3c4b5a69";
+    cloud
+        .headnode
+        .app
+        .store
+        .put(
+            "reservations",
+            res_key,
+            json!({"job_uuid": res_key, "vm_uuid": vm, "server_uuid": server, "owner_uuid": seed.owner, "ram_mib": 1024, "disk_mib": 10240, "kind": "provision"}),
+            Cond::Absent,
+        )
+        .await
+        .unwrap();
+    assert_eq!(count(&cloud, "nics", "belongs_to_uuid", &vm).await, 1);
+    // DeleteVm again finishes the cleanup instead of answering VmDestroyed.
+    let r = cloud.client.delete(&format!("/vms/{vm}")).await.unwrap();
+    let j = cloud.wait_job(r["job_uuid"].as_str().unwrap()).await.unwrap();
+    assert_eq!(j["execution"], "succeeded", "{j}");
+    assert_eq!(count(&cloud, "nics", "belongs_to_uuid", &vm).await, 0);
+    assert_eq!(count(&cloud, "reservations", "vm_uuid", &vm).await, 0);
+    // Only now is there nothing left to do.
+    api_err(cloud.client.delete(&format!("/vms/{vm}")).await, 409, "VmDestroyed");
+}

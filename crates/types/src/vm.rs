@@ -238,6 +238,29 @@ pub fn check_put(input: &Map<String, Value>, largest: Option<(u64, u64)>) -> Vec
     errors
 }
 
+/// The most a VM's customer_metadata, internal_metadata and tags may hold together (bytes
+/// of JSON): a bigger record could not be sent to its server.
+pub const MAX_METADATA_BYTES: usize = 1 << 20;
+
+/// Refuses metadata and tags that together exceed [`MAX_METADATA_BYTES`].
+pub fn check_metadata_total(
+    customer: Option<&Map<String, Value>>,
+    internal: Option<&Map<String, Value>>,
+    tags: Option<&Map<String, Value>>,
+) -> Result<(), crate::FieldError> {
+    let size = |m: Option<&Map<String, Value>>| m.map(|m| serde_json::to_vec(m).map(|v| v.len()).unwrap_or(0)).unwrap_or(0);
+    let total = size(customer) + size(internal) + size(tags);
+    if total > MAX_METADATA_BYTES {
+        return Err(crate::FieldError::invalid(
+            "metadata",
+            format!(
+                "the VM's metadata and tags would take {total} bytes; together they may take at most {MAX_METADATA_BYTES} bytes (1 MiB): remove some first"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A VM's CPU cap as far as the record knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CapState {

@@ -70,6 +70,7 @@ impl App {
             let mut customer = v.customer_metadata.take().unwrap_or_default();
             let mut internal = v.internal_metadata.take().unwrap_or_default();
             w.apply_to(&mut customer, &mut internal);
+            nereid_types::vm::check_metadata_total(Some(&customer), Some(&internal), v.tags.as_ref()).map_err(|e| e.message)?;
             v.customer_metadata = Some(customer);
             v.internal_metadata = Some(internal);
             v.last_modified = Some(now.clone());

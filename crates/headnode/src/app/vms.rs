@@ -87,10 +87,83 @@ pub fn apply_fields(vm: &mut Vm, fields: &Map<String, Value>) -> Result<(), Stri
             "customer_metadata" => vm.customer_metadata = serde_json::from_value(v.clone()).map_err(bad)?,
             "internal_metadata" => vm.internal_metadata = serde_json::from_value(v.clone()).map_err(bad)?,
             "tags" => vm.tags = serde_json::from_value(v.clone()).map_err(bad)?,
+            delta if map_delta(delta).is_some() => {
+                let (name, set) = map_delta(delta).unwrap_or(("tags", true));
+                let map = map_of(vm, name);
+                let mut m = map.take().unwrap_or_default();
+                match (set, v) {
+                    (true, Value::Object(o)) => m.extend(o.iter().map(|(k, x)| (k.clone(), x.clone()))),
+                    (false, Value::Array(a)) => a.iter().filter_map(Value::as_str).for_each(|k| {
+                        m.remove(k);
+                    }),
+                    _ => return Err(format!("{delta} must be an {}", if set { "object" } else { "array of keys" })),
+                }
+                *map = Some(m);
+            }
             other => return Err(format!("{other} cannot be changed by an update")),
         }
     }
     Ok(())
+}
+
+/// The maps an update changes by delta (`set_<map>`, `remove_<map>`).
+const MAPS: [&str; 3] = ["customer_metadata", "internal_metadata", "tags"];
+
+/// `set_tags` → (`tags`, true), `remove_tags` → (`tags`, false).
+fn map_delta(key: &str) -> Option<(&'static str, bool)> {
+    MAPS.iter().find_map(|m| {
+        if key.strip_prefix("set_") == Some(m) {
+            Some((*m, true))
+        } else if key.strip_prefix("remove_") == Some(m) {
+            Some((*m, false))
+        } else {
+            None
+        }
+    })
+}
+
+fn map_of<'a>(vm: &'a mut Vm, name: &str) -> &'a mut Option<Map<String, Value>> {
+    match name {
+        "customer_metadata" => &mut vm.customer_metadata,
+        "internal_metadata" => &mut vm.internal_metadata,
+        _ => &mut vm.tags,
+    }
+}
+
+/// Applies `fields` to the record as it is *now* and returns what undoes exactly that:
+/// the old value of every field set, and for map deltas the old value of every key they
+/// touched (or its removal). Deltas merge into the current map, so updates queued one
+/// after another never undo each other.
+pub fn apply_with_inverse(vm: &mut Vm, fields: &Map<String, Value>) -> Result<Map<String, Value>, String> {
+    let mut inverse = Map::new();
+    let plain: Vec<&String> = fields.keys().filter(|k| map_delta(k).is_none()).collect();
+    inverse.extend(current_values(vm, &plain));
+    for name in MAPS {
+        let set = fields.get(&format!("set_{name}")).and_then(Value::as_object);
+        let remove = fields.get(&format!("remove_{name}")).and_then(Value::as_array);
+        if set.is_none() && remove.is_none() {
+            continue;
+        }
+        let current = map_of(vm, name).clone().unwrap_or_default();
+        let touched = set
+            .into_iter()
+            .flat_map(|o| o.keys().cloned())
+            .chain(remove.into_iter().flatten().filter_map(|k| k.as_str().map(str::to_string)));
+        let (mut back, mut gone) = (Map::new(), Vec::new());
+        for k in touched {
+            match current.get(&k) {
+                Some(old) => {
+                    back.insert(k, old.clone());
+                }
+                None if !gone.contains(&Value::String(k.clone())) => gone.push(Value::String(k)),
+                None => {}
+            }
+        }
+        inverse.insert(format!("set_{name}"), Value::Object(back));
+        inverse.insert(format!("remove_{name}"), Value::Array(gone));
+    }
+    apply_fields(vm, fields)?;
+    Ok(inverse)
 }
 
 /// The record's value of each key in `keys`, for undo.
@@ -530,7 +603,11 @@ impl App {
     /// CreateVm: validates, sizes, places, and writes the record, the reservation and the
     /// provision job in one transaction (nothing is written when placement fails).
     pub async fn create_vm(&self, input: &Map<String, Value>) -> Result<Created, ApiError> {
-        let errors = spec::check(vm::CREATE_FIELDS, input, Mode::Create, &[]);
+        let mut errors = spec::check(vm::CREATE_FIELDS, input, Mode::Create, &[]);
+        let map = |k: &str| input.get(k).and_then(Value::as_object);
+        if let Err(e) = vm::check_metadata_total(map("customer_metadata"), map("internal_metadata"), map("tags")) {
+            errors.push(e);
+        }
         if !errors.is_empty() {
             return Err(ApiError::validation_409(errors));
         }
@@ -943,16 +1020,34 @@ impl App {
                 after.insert(k.into(), v.clone());
             }
         }
+        // Maps: a full replacement is absolute; `set_*`/`remove_*` travel as deltas and
+        // merge into the record as it is when the job applies them.
+        let mut projected = Vec::new();
         for (name, current) in [
             ("customer_metadata", vm.customer_metadata.as_ref()),
             ("internal_metadata", vm.internal_metadata.as_ref()),
             ("tags", vm.tags.as_ref()),
         ] {
             let replace = if name == "internal_metadata" { None } else { input.get(name) };
-            if let Some(m) = merged_map(current, replace, input.get(&format!("set_{name}")), input.get(&format!("remove_{name}"))) {
-                after.insert(name.into(), Value::Object(m));
+            let (set, remove) = (input.get(&format!("set_{name}")), input.get(&format!("remove_{name}")));
+            let merged = merged_map(current, replace, set, remove);
+            projected.push(merged.clone().or_else(|| current.cloned()));
+            match (replace, merged) {
+                (Some(_), Some(m)) => {
+                    after.insert(name.into(), Value::Object(m));
+                }
+                (None, Some(_)) => {
+                    for (k, v) in [("set", set), ("remove", remove)] {
+                        if let Some(v) = v {
+                            after.insert(format!("{k}_{name}"), v.clone());
+                        }
+                    }
+                }
+                _ => {}
             }
         }
+        vm::check_metadata_total(projected[0].as_ref(), projected[1].as_ref(), projected[2].as_ref())
+            .map_err(|e| ApiError::validation_409(vec![e]))?;
         // Disk: the boot disk follows the quota (or the new package) and only grows.
         let mut disks = vm.disks.clone().unwrap_or_default();
         let image_size = disks.first().and_then(|d| d.image_size).unwrap_or(0);
@@ -988,11 +1083,13 @@ impl App {
         }
         // Only what changes.
         let current = encode(&vm);
-        after.retain(|k, v| current.get(k) != Some(v) && !(k == "cpu_cap" && v == &json!(0) && current.get(k).is_none()));
+        after.retain(|k, v| {
+            map_delta(k).is_some() || (current.get(k) != Some(v) && !(k == "cpu_cap" && v == &json!(0) && current.get(k).is_none()))
+        });
         if after.is_empty() {
             return Err(ApiError::validation_409(vec![FieldError::invalid("update", "changes nothing")]));
         }
-        let before = current_values(&vm, &after.keys().collect::<Vec<_>>());
+        let before = current_values(&vm, &after.keys().filter(|k| map_delta(k).is_none()).collect::<Vec<_>>());
         let resize = ["ram", "vcpus", "disks"].iter().any(|k| after.contains_key(*k));
         let mut params = Map::new();
         params.insert("after".into(), Value::Object(after.clone()));

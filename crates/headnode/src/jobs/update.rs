@@ -7,8 +7,10 @@
 //!   undo: release      start it again               put the old values back
 //! ```
 //!
-//! The request computed `before` and `after` (the changed fields) and, for growth,
-//! reserved the extra capacity in the same transaction as this job.
+//! The request computed `after` (the changed fields; map changes as `set_*`/`remove_*`
+//! deltas) and, for growth, reserved the extra capacity in the same transaction as this
+//! job. `apply` merges into the record as it is then, under its generation, and keeps the
+//! exact inverse for undo — so updates queued one after another never undo each other.
 
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ use serde_json::{Map, Value};
 
 use super::{Step, StepResultT, param, push};
 use crate::app::App;
-use crate::app::vms::apply_fields;
+use crate::app::vms::apply_with_inverse;
 
 pub fn chain() -> Vec<Box<dyn Step>> {
     vec![
@@ -50,11 +52,31 @@ impl Step for Reserve {
     }
 }
 
-/// Applies a set of field values and waits for the server to have the new definition.
-/// A running VM being resized stays stopped until the start step.
-async fn apply(app: &App, job: &mut Job, fields: &Map<String, Value>, gen_key: &str) -> Result<i64, String> {
+/// Applies a set of field values (map deltas merged into the record as it is now) and
+/// waits for the server to have the new definition; keeps what undoes exactly this in
+/// `job.data[inverse_key]`. A running VM being resized stays stopped until the start step.
+async fn apply(app: &App, job: &mut Job, fields: &Map<String, Value>, gen_key: &str, inverse_key: &str) -> Result<i64, String> {
     let held = push::held(job, resize);
-    push::push(app, job, gen_key, |v| apply_fields(v, fields), held).await
+    let inverse = std::sync::Mutex::new(None);
+    let g = push::push(
+        app,
+        job,
+        gen_key,
+        |v| {
+            let inv = apply_with_inverse(v, fields)?;
+            *inverse.lock().unwrap_or_else(|p| p.into_inner()) = Some(inv);
+            Ok(())
+        },
+        held,
+    )
+    .await?;
+    // A re-run after a crash finds the change applied already: keep the first inverse.
+    if let Some(inv) = inverse.into_inner().unwrap_or_else(|p| p.into_inner())
+        && !job.data.contains_key(inverse_key)
+    {
+        job.data.insert(inverse_key.into(), Value::Object(inv));
+    }
+    Ok(g)
 }
 
 struct Apply;
@@ -69,7 +91,7 @@ impl Step for Apply {
     }
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
         let after: Map<String, Value> = param(job, "after").unwrap_or_default();
-        let g = apply(app, job, &after, "definition_target").await?;
+        let g = apply(app, job, &after, "definition_target", "undo_fields").await?;
         let keys: Vec<&String> = after.keys().collect();
         Ok(format!("applied {} (definition generation {g})", keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")))
     }
@@ -77,8 +99,9 @@ impl Step for Apply {
         if !job.data.contains_key("definition_target") {
             return Ok("nothing was applied".into());
         }
-        let before: Map<String, Value> = param(job, "before").unwrap_or_default();
-        apply(app, job, &before, "undo_definition_target").await?;
+        // What undoes exactly what was applied (older jobs: the request's `before`).
+        let before: Map<String, Value> = super::data(job, "undo_fields").or_else(|| param(job, "before")).unwrap_or_default();
+        apply(app, job, &before, "undo_definition_target", "redo_fields").await?;
         Ok("old values restored".into())
     }
 }
