@@ -45,12 +45,16 @@ fn server(job: &Job) -> Result<Uuid, String> {
 }
 
 /// The MAC a VM's NIC number `i` gets: derived from the VM, so re-running the step
-/// finds the NIC it made before instead of making another.
+/// finds the NIC it made before instead of making another. SHA-256, not the standard
+/// library's hasher, whose output may change with any Rust release (and with it the MAC
+/// a job re-run after an upgrade looks for).
 pub fn nic_mac(vm: Uuid, i: usize) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (vm, i, "nereid-nic").hash(&mut h);
-    let x = h.finish().to_le_bytes();
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"nereid-nic\0");
+    h.update(vm.as_bytes());
+    h.update((i as u64).to_le_bytes());
+    let x = h.finalize();
     nereid_types::mac::Mac([0x90, 0xb8, 0xd0, x[0], x[1], x[2]]).to_string()
 }
 
@@ -301,4 +305,22 @@ impl Step for Finish {
         app.release_reservations(job.vm_uuid, Some(job.uuid)).await.map_err(|e| e.message)?;
         Ok(format!("VM {state}; reservation released"))
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nic_macs_are_stable_across_builds_and_distinct_per_nic() {
+        let vm = Uuid::parse_str("6a7e59f5-4ddc-4b39-9b1c-2d5d3e0d9a01").unwrap_or_default();
+        // Pinned: these must never change (a re-run job looks its NIC up by this MAC).
+        assert_eq!(nic_mac(vm, 0), nic_mac(vm, 0));
+        assert_eq!(nic_mac(Uuid::nil(), 0), PINNED_NIL_0);
+        assert_ne!(nic_mac(vm, 0), nic_mac(vm, 1));
+        assert!(nic_mac(vm, 3).starts_with("90:b8:d0:"));
+    }
+
+    /// SHA-256("nereid-nic\0" ‖ 16 zero bytes ‖ 0u64 LE) starts f5 9e 5e (checked with Python's hashlib).
+    const PINNED_NIL_0: &str = "90:b8:d0:f5:9e:5e";
 }
