@@ -25,6 +25,7 @@ use uuid::Uuid;
 pub mod api;
 pub mod backend;
 pub mod console;
+pub mod durable;
 pub mod headnode;
 pub mod identity;
 pub mod images;

@@ -232,7 +232,9 @@ impl Node {
 
     fn next_generation(&self) -> i64 {
         let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let _ = std::fs::write(self.dir.join("generation"), g.to_string());
+        if let Err(e) = crate::durable::write_atomic(&self.dir.join("generation"), g.to_string().as_bytes()) {
+            tracing::error!(error = %e, "could not persist the generation counter");
+        }
         g
     }
 
@@ -380,10 +382,10 @@ impl Node {
 
     fn persist(&self, s: &SlotState) {
         let path = self.dir.join("vms").join(format!("{}.json", s.status.uuid));
-        let tmp = path.with_extension("tmp");
-        let ok = serde_json::to_vec(s).ok().is_some_and(|b| std::fs::write(&tmp, b).is_ok()) && std::fs::rename(&tmp, &path).is_ok();
-        if !ok {
-            tracing::error!(path = %path.display(), "could not persist VM state");
+        // Durably: after a host crash the agent must still know every VM it runs.
+        let result = serde_json::to_vec(s).map_err(std::io::Error::other).and_then(|b| crate::durable::write_atomic(&path, &b));
+        if let Err(e) = result {
+            tracing::error!(path = %path.display(), error = %e, "could not persist VM state");
         }
     }
 
