@@ -329,3 +329,28 @@ async fn a_destroy_that_failed_half_way_is_finished_by_the_next_delete() {
     // Only now is there nothing left to do.
     api_err(cloud.client.delete(&format!("/vms/{vm}")).await, 409, "VmDestroyed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_learns_an_agents_new_address_instead_of_failing() {
+    let cloud = sim(1).await;
+    let seed = cloud.seed().await.unwrap();
+    let (vm, job) = cloud.create_vm(&seed.vm_body("moved")).await.unwrap();
+    assert_eq!(cloud.wait_job(&job).await.unwrap()["execution"], "succeeded");
+    let server = cloud.client.get("/servers").await.unwrap()[0]["uuid"].as_str().unwrap().to_string();
+    // The agent restarted: the record still names an address nothing listens on…
+    let o = cloud.headnode.app.store.get("servers", &server).await.unwrap().unwrap();
+    let real = o.value["agent_url"].clone();
+    let mut stale = o.value.clone();
+    stale["agent_url"] = json!("http://127.0.0.1:9");
+    cloud.headnode.app.store.put("servers", &server, stale, Cond::Generation(o.generation)).await.unwrap();
+    let r = cloud.client.post(&format!("/vms/{vm}?action=stop"), &json!({})).await.unwrap();
+    // …until the agent re-joins a moment later with its new one.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let o = cloud.headnode.app.store.get("servers", &server).await.unwrap().unwrap();
+    let mut fixed = o.value.clone();
+    fixed["agent_url"] = real;
+    cloud.headnode.app.store.put("servers", &server, fixed, Cond::Generation(o.generation)).await.unwrap();
+    let j = cloud.wait_job(r["job_uuid"].as_str().unwrap()).await.unwrap();
+    assert_eq!(j["execution"], "succeeded", "{j}");
+    assert_eq!(cloud.client.get(&format!("/vms/{vm}")).await.unwrap()["state"], "stopped");
+}

@@ -7,6 +7,9 @@ use uuid::Uuid;
 
 use super::App;
 
+/// How long a job step keeps asking a server it cannot reach before it gives up.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
 /// Why an agent call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AgentError {
@@ -77,16 +80,47 @@ impl App {
             .map_err(|e| AgentError::Other(format!("server {server} answered something that is not a VM status: {e}")))
     }
 
-    /// Asks the server to make the VM match `e`; returns the VM's status now.
+    /// [`agent_request`](Self::agent_request), patiently: a server that cannot be reached
+    /// is asked again for up to [`PATIENCE`], its record re-read each time — an agent
+    /// that restarted on a new address re-joins within seconds, and a job step must learn
+    /// the address rather than fail (and unwind a VM that is fine).
+    async fn agent_request_patient(
+        &self,
+        server: Uuid,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Ensure>,
+    ) -> Result<Option<VmStatus>, AgentError> {
+        let end = std::time::Instant::now() + PATIENCE;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.agent_request(server, method.clone(), path, body).await {
+                Err(AgentError::Unreachable { .. }) if std::time::Instant::now() + pause < end => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Asks the server to make the VM match `e`; returns the VM's status now. Patient
+    /// with an unreachable server (jobs call it).
     pub async fn agent_ensure(&self, server: Uuid, e: &Ensure) -> Result<VmStatus, AgentError> {
-        self.agent_request(server, reqwest::Method::PUT, &format!("/vms/{}", e.definition.uuid), Some(e))
+        self.agent_request_patient(server, reqwest::Method::PUT, &format!("/vms/{}", e.definition.uuid), Some(e))
             .await?
             .ok_or_else(|| AgentError::Other(format!("server {server} does not run this agent API")))
     }
 
     /// Asks the server to remove the VM; returns its status now (`destroyed` once gone).
+    /// Patient with an unreachable server (jobs call it).
     pub async fn agent_delete(&self, server: Uuid, vm: Uuid) -> Result<Option<VmStatus>, AgentError> {
-        self.agent_request(server, reqwest::Method::DELETE, &format!("/vms/{vm}"), None).await
+        self.agent_request_patient(server, reqwest::Method::DELETE, &format!("/vms/{vm}"), None).await
+    }
+
+    /// [`agent_get`](Self::agent_get), patient with an unreachable server (for job steps).
+    pub async fn agent_get_patient(&self, server: Uuid, vm: Uuid) -> Result<Option<VmStatus>, AgentError> {
+        self.agent_request_patient(server, reqwest::Method::GET, &format!("/vms/{vm}"), None).await
     }
 
     /// The server's view of a VM; `None` when it does not have it.

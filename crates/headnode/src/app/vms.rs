@@ -344,7 +344,7 @@ impl App {
             return Ok(());
         }
         loop {
-            match self.agent_get(server, vm).await? {
+            match self.agent_get_patient(server, vm).await? {
                 None => return Ok(()),
                 Some(s) if s.state == "destroyed" => return Ok(()),
                 Some(s) if Instant::now() > end => {

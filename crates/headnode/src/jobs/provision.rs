@@ -289,7 +289,7 @@ impl Step for Finish {
     }
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
         let cn = server(job)?;
-        let st = app.agent_get(cn, job.vm_uuid).await.map_err(|e| e.to_string())?.ok_or("the server no longer has the VM")?;
+        let st = app.agent_get_patient(cn, job.vm_uuid).await.map_err(|e| e.to_string())?.ok_or("the server no longer has the VM")?;
         let state = if st.state == "running" { "running" } else { "stopped" };
         app.modify_vm(job.vm_uuid, |vm| {
             vm.state = Some(state.into());
