@@ -27,6 +27,8 @@ struct Op {
     status: u16,
     /// Media type and (for JSON) the schema of the success answer.
     content: Option<(String, Option<Value>)>,
+    /// The schema of a JSON request body.
+    request: Option<Value>,
 }
 
 /// The documents' operations, the answers seen, and what was wrong with them.
@@ -121,6 +123,7 @@ impl Checker {
                         template: template.clone(),
                         status: status.parse().unwrap(),
                         content,
+                        request: op.pointer("/requestBody/content/application~1json/schema").cloned(),
                     });
                 }
             }
@@ -132,18 +135,42 @@ impl Checker {
         self.problems.lock().unwrap().push(p);
     }
 
-    /// Checks one answer against the operation it belongs to.
-    fn check(&self, api: &str, method: &str, path_and_query: &str, status: u16, content_type: Option<&str>, body: &[u8]) {
-        let path = path_and_query.split('?').next().unwrap_or_default();
-        let what = format!("{api} {method} {path_and_query} → {status}");
-        let Some(op) = self
-            .ops
+    /// The documented operation a request is.
+    fn op(&self, api: &str, method: &str, path: &str) -> Option<&Op> {
+        self.ops
             .iter()
             .filter(|o| o.api == api && o.method == method)
             .filter_map(|o| segments_match(&o.template, path).map(|n| (n, o)))
             .max_by_key(|(n, _)| *n)
             .map(|(_, o)| o)
-        else {
+    }
+
+    /// Checks a JSON request body the server took (answered with the documented status)
+    /// against the documented request schema: what the server accepts is documented.
+    fn check_request(&self, api: &str, method: &str, path_and_query: &str, status: u16, body: &Value) {
+        let path = path_and_query.split('?').next().unwrap_or_default();
+        let Some(op) = self.op(api, method, path) else { return };
+        if status != op.status {
+            return;
+        }
+        match &op.request {
+            Some(schema) => {
+                if let Err(e) = validate(schema, body) {
+                    self.problem(format!("{api} {method} {path_and_query} ({}): the server took a body the document refuses: {e}", op.id));
+                }
+            }
+            None if body.as_object().is_some_and(|o| !o.is_empty()) => {
+                self.problem(format!("{api} {method} {path_and_query} ({}): the server took a body the document does not describe", op.id))
+            }
+            None => {}
+        }
+    }
+
+    /// Checks one answer against the operation it belongs to.
+    fn check(&self, api: &str, method: &str, path_and_query: &str, status: u16, content_type: Option<&str>, body: &[u8]) {
+        let path = path_and_query.split('?').next().unwrap_or_default();
+        let what = format!("{api} {method} {path_and_query} → {status}");
+        let Some(op) = self.op(api, method, path) else {
             if status < 400 {
                 self.problem(format!("{what}: answered, but no documented operation is {method} {path}"));
             }
@@ -224,8 +251,8 @@ impl Admin {
             .http
             .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{}{path}", self.url))
             .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
+        if let Some(b) = &body {
+            req = req.json(b);
         }
         for (k, v) in headers {
             req = req.header(*k, v);
@@ -235,6 +262,9 @@ impl Admin {
         let h = resp.headers().clone();
         let bytes = resp.bytes().await.unwrap();
         self.checker.check("admin", method, path, status, h.get("content-type").and_then(|v| v.to_str().ok()), &bytes);
+        if let Some(b) = &body {
+            self.checker.check_request("admin", method, path, status, b);
+        }
         (status, h, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
@@ -273,6 +303,9 @@ impl Cloudapi {
         let a = self.client.send(method, path, body.as_ref(), Signing::Good).await.unwrap();
         let ct = a.headers.get("content-type").and_then(|v| v.to_str().ok());
         self.checker.check("cloudapi", method, path, a.status, ct, a.text.as_bytes());
+        if let Some(b) = &body {
+            self.checker.check_request("cloudapi", method, path, a.status, b);
+        }
         (a.status, a.body)
     }
 
@@ -313,6 +346,7 @@ async fn checking_proxy(upstream: String, checker: Arc<Checker>) -> String {
             let (parts, body) = req.into_parts();
             let target = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
             let bytes = axum::body::to_bytes(body, 1 << 30).await.unwrap();
+            let request_json: Option<Value> = serde_json::from_slice(&bytes).ok();
             let mut out = http.request(parts.method.clone(), format!("{upstream}{target}")).body(bytes);
             for (k, v) in &parts.headers {
                 if k != "host" && k != "content-length" {
@@ -335,6 +369,9 @@ async fn checking_proxy(upstream: String, checker: Arc<Checker>) -> String {
                 headers.get("content-type").and_then(|v| v.to_str().ok()),
                 &body,
             );
+            if let Some(j) = &request_json {
+                checker.check_request("admin", parts.method.as_str(), &target, status.as_u16(), j);
+            }
             let mut r = axum::response::Response::new(Body::from(body));
             *r.status_mut() = status;
             for (k, v) in &headers {
@@ -676,6 +713,29 @@ async fn every_documented_operation_answers_as_documented() {
     capi.ok(202, "POST", &base, Some(json!({"action": "stop"}))).await;
     capi.wait_state(&id, "stopped").await;
     capi.ok(204, "DELETE", &base, None).await;
+    // A machine that could not be placed: its records (no server, no NIC) render as
+    // documented too, in both APIs.
+    let big = admin
+        .ok(
+            201,
+            "POST",
+            "/packages",
+            Some(json!({"name": "huge", "version": "1.0.0", "max_physical_memory": 1_048_576, "quota": 10240, "brand": "bhyve"})),
+        )
+        .await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, failed) = capi.call("POST", "/alice/machines", Some(json!({"name": "too-big", "image": img, "package": big}))).await;
+    if status == 201 {
+        let fid = failed["id"].as_str().unwrap().to_string();
+        capi.wait_state(&fid, "failed").await;
+        admin.ok(200, "GET", &format!("/vms/{fid}"), None).await;
+        admin.ok(200, "GET", &format!("/vms/{fid}/jobs"), None).await;
+    }
+    capi.ok(200, "GET", "/alice/machines", None).await;
+    admin.ok(200, "GET", "/vms", None).await;
+    admin.ok(200, "GET", "/jobs", None).await;
 
     // The operator's last steps: Prometheus text, a VM and a server removed.
     let resp = admin.http.get(format!("{}/metrics", admin.url)).bearer_auth(&admin.token).send().await.unwrap();

@@ -48,6 +48,25 @@ fn ping_schema() -> Value {
     json!({"type": "object", "properties": {"ping": {"type": "string"}, "cloudapi": {"type": "object"}}})
 }
 
+/// UpdateAccount's body: the account's fields, where an empty string (or null) is allowed
+/// and leaves the field as it is (see [`update_account`]).
+fn update_schema() -> Value {
+    let mut schema = nereid_types::spec::object_schema(ACCOUNT, Usage::Update);
+    if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        for p in props.values_mut().filter(|p| p["type"] == "string") {
+            if let Some(o) = p.as_object_mut() {
+                o.remove("minLength");
+                o.insert("nullable".into(), json!(true));
+                let doc = o.get("description").and_then(Value::as_str).unwrap_or_default().to_string();
+                o.insert("description".into(), json!(format!("{doc} Empty or null: left as it is.")));
+            }
+        }
+    }
+    // Unknown fields are ignored, as sdc-cloudapi ignores them.
+    schema.as_object_mut().map(|o| o.remove("additionalProperties"));
+    schema
+}
+
 fn map_schema() -> Value {
     json!({"type": "object", "additionalProperties": {"type": "string"}})
 }
@@ -70,12 +89,7 @@ pub fn routes() -> Vec<Route> {
         Route::new(
             Method::POST,
             "/{account}",
-            doc(
-                "UpdateAccount",
-                "Change the account's contact details.",
-                BodyDoc::Fields(ACCOUNT, Usage::Update),
-                RespDoc::Object(200, ACCOUNT),
-            ),
+            doc("UpdateAccount", "Change the account's contact details.", BodyDoc::Schema(update_schema), RespDoc::Object(200, ACCOUNT)),
             update_account,
         )
         .auth(Auth::Signature),

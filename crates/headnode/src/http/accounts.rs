@@ -30,6 +30,21 @@ pub const KEY_FIELDS: &[Field] = &[
     Field::new("created", Kind::Str { max: 40, check: None }, "When it was added.").read_only(),
 ];
 
+/// CreateAccount's body: the account's fields plus `keys`.
+fn create_schema() -> Value {
+    let mut schema = nereid_types::spec::object_schema(FIELDS, Usage::Create);
+    schema["properties"]["keys"] = json!({"type": "array", "description": "SSH keys to add in the same write.",
+        "items": nereid_types::spec::object_schema(&KEY_FIELDS[..2], Usage::Create)});
+    schema
+}
+
+/// CreateAccount's answer: the account and the keys it was made with.
+fn created_schema() -> Value {
+    let mut schema = nereid_types::spec::object_schema(FIELDS, Usage::Output);
+    schema["properties"]["keys"] = json!({"type": "array", "items": nereid_types::spec::object_schema(KEY_FIELDS, Usage::Output)});
+    schema
+}
+
 fn doc(id: &'static str, summary: &'static str, query: &'static [Param], body: BodyDoc, response: RespDoc) -> Doc {
     Doc { id, tag: "UFDS", summary, query, body, response }
 }
@@ -49,8 +64,8 @@ pub fn routes() -> Vec<Route> {
                 "CreateAccount",
                 "Create an account; `keys: [{name?, key}]` adds SSH keys in the same write.",
                 &[],
-                BodyDoc::Fields(FIELDS, Usage::Create),
-                RespDoc::Object(201, FIELDS),
+                BodyDoc::Schema(create_schema),
+                RespDoc::Schema(201, created_schema),
             ),
             create,
         ),
