@@ -354,3 +354,25 @@ async fn a_job_learns_an_agents_new_address_instead_of_failing() {
     assert_eq!(j["execution"], "succeeded", "{j}");
     assert_eq!(cloud.client.get(&format!("/vms/{vm}")).await.unwrap()["state"], "stopped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_step_that_lost_its_lease_cannot_write_and_the_job_is_taken_over() {
+    let cloud = sim(1).await;
+    let seed = cloud.seed().await.unwrap();
+    let marker = cloud.data_dir.join("paused");
+    let hooks = &cloud.headnode.app.hooks;
+    *hooks.pause_at.lock().unwrap() = Some(("provision".into(), "nics".into(), nereid_headnode::jobs::When::Before, marker.clone()));
+    let (vm, job) = cloud.create_vm(&seed.vm_body("fenced")).await.unwrap();
+    wait_for(&marker).await;
+    // Another headnode takes the lease while this one is stalled before the step.
+    cloud.headnode.app.store.put("job_leases", &job, json!({"owner": "another-headnode", "until_ms": 0}), Cond::Any).await.unwrap();
+    hooks.pause_at.lock().unwrap().take();
+    hooks.resume.notify_one();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(count(&cloud, "nics", "belongs_to_uuid", &vm).await, 0, "the stalled step wrote nothing");
+    // The other headnode never renews: a lease period later (by this headnode's own
+    // clock) the job is taken over and finishes, with one NIC.
+    let j = cloud.wait_job(&job).await.unwrap();
+    assert_eq!(j["execution"], "succeeded", "{j}");
+    assert_eq!(count(&cloud, "nics", "belongs_to_uuid", &vm).await, 1);
+}

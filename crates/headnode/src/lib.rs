@@ -21,6 +21,7 @@ pub mod buckets;
 pub mod cloudapi;
 pub mod datadir;
 pub mod http;
+pub mod fence;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;

@@ -94,7 +94,8 @@ impl App {
         let files = image_files::ImageFiles::open(data_dir.join("images"))?;
         let hooks = crate::jobs::Hooks::from_env(&data_dir);
         Ok(Self {
-            store,
+            // Writes made inside a job step are fenced by the step's lease.
+            store: Arc::new(crate::fence::FencedStore(store)),
             files,
             network_locks: KeyedLocks::default(),
             cfg,

@@ -35,6 +35,7 @@ use uuid::Uuid;
 
 use crate::app::{App, encode};
 use crate::buckets::{JOB_LEASES, JOBS};
+use crate::fence::{Fence, fenced};
 
 pub mod destroy;
 pub mod nics;
@@ -122,8 +123,12 @@ pub struct Hooks {
     pub double_run: AtomicBool,
     pub double_undo: AtomicBool,
     pub fail_at: std::sync::Mutex<Option<(String, String)>>,
-    /// `(task, step, when, marker file)`: write the marker and hang.
+    /// `(task, step, when, marker file)`: write the marker and hang (until [`resume`]).
+    ///
+    /// [`resume`]: Hooks::resume
     pub pause_at: std::sync::Mutex<Option<(String, String, When, std::path::PathBuf)>>,
+    /// Wakes a job paused by `pause_at` (in-process tests).
+    pub resume: tokio::sync::Notify,
 }
 
 impl Hooks {
@@ -161,7 +166,8 @@ impl Hooks {
         if let Some(marker) = hit {
             let _ = std::fs::write(&marker, format!("{task}:{step}:{when:?}"));
             tracing::warn!(task, step, ?when, "paused by NEREID_TEST_PAUSE_AT");
-            std::future::pending::<()>().await;
+            self.resume.notified().await;
+            let _ = std::fs::remove_file(&marker);
         }
     }
 }
@@ -178,11 +184,14 @@ pub struct Runner {
     running: std::sync::Mutex<std::collections::HashSet<Uuid>>,
     /// Leases this headnode held before it restarted may be taken back at once.
     started_ms: i64,
+    /// Leases held by others: the generation last seen and when it was first seen (this
+    /// headnode's monotonic clock).
+    seen: std::sync::Mutex<std::collections::HashMap<Uuid, (i64, std::time::Instant)>>,
 }
 
 impl Runner {
     pub fn new(app: Arc<App>) -> Arc<Runner> {
-        Arc::new(Runner { app, running: Default::default(), started_ms: nereid_types::time::now_ms() })
+        Arc::new(Runner { app, running: Default::default(), started_ms: nereid_types::time::now_ms(), seen: Default::default() })
     }
 
     /// The runner's loop; wakes on new jobs and every half second.
@@ -234,21 +243,43 @@ impl Runner {
     }
 
     /// Takes the job's lease if it is free, expired, or ours from before a restart.
+    ///
+    /// Expiry is judged by this headnode's own monotonic clock, never by comparing another
+    /// headnode's wall clock with ours: a lease is expired once its generation has not
+    /// changed (no renewal) for a whole lease period *as seen from here*.
     async fn claim(&self, job: Uuid) -> Option<i64> {
         let now = nereid_types::time::now_ms();
         let lease = Lease { owner: self.app.cfg.headnode_id.clone(), until_ms: now + self.app.cfg.job_lease.as_millis() as i64 };
         let cond = match self.app.store.get(JOB_LEASES.name, &job.to_string()).await.ok()? {
             None => Cond::Absent,
             Some(o) => {
-                let cur: Lease = serde_json::from_value(o.value).ok()?;
-                let ours_from_before = cur.owner == self.app.cfg.headnode_id && o.mtime < self.started_ms;
-                if cur.until_ms > now && !ours_from_before {
+                let cur: Option<Lease> = serde_json::from_value(o.value).ok();
+                let ours_from_before = cur.as_ref().is_some_and(|c| c.owner == self.app.cfg.headnode_id) && o.mtime < self.started_ms;
+                if !ours_from_before && !self.silent_for_a_lease(job, o.generation) {
                     return None;
                 }
                 Cond::Generation(o.generation)
             }
         };
-        self.app.store.put(JOB_LEASES.name, &job.to_string(), encode(&lease), cond).await.ok()
+        let taken = self.app.store.put(JOB_LEASES.name, &job.to_string(), encode(&lease), cond).await.ok();
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&job);
+        taken
+    }
+
+    /// Whether the lease at `generation` has gone unrenewed for a lease period, measured here.
+    fn silent_for_a_lease(&self, job: Uuid, generation: i64) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if seen.len() > 10_000 {
+            seen.retain(|_, (_, t)| now.duration_since(*t) < self.app.cfg.job_lease * 4);
+        }
+        match seen.get(&job) {
+            Some((g, since)) if *g == generation => now.duration_since(*since) >= self.app.cfg.job_lease,
+            _ => {
+                seen.insert(job, (generation, now));
+                false
+            }
+        }
     }
 
     async fn drive(self: &Arc<Self>, id: Uuid, lease_gen: i64) {
@@ -302,7 +333,7 @@ impl Runner {
         }
     }
 
-    async fn steps(&self, id: Uuid, lease: &AsyncMutex<Option<i64>>) -> Result<(), String> {
+    async fn steps(&self, id: Uuid, lease: &Arc<AsyncMutex<Option<i64>>>) -> Result<(), String> {
         let app = &self.app;
         let Some((mut job, mut job_gen)) = app.read::<Job>(JOBS.name, &id.to_string()).await.map_err(|e| e.message)? else { return Ok(()) };
         let steps = chain(&job.task);
@@ -336,9 +367,10 @@ impl Runner {
                     }
                     hooks.maybe_pause(&job.task, name, When::Before).await;
                     let deadline = step.deadline(app);
-                    let mut outcome = run_with_deadline(step.as_ref(), app, &mut job, deadline).await;
+                    let fence = Fence { job: id, lease: lease.clone() };
+                    let mut outcome = fenced(fence.clone(), run_with_deadline(step.as_ref(), app, &mut job, deadline)).await;
                     if outcome.is_ok() && hooks.double_run.load(Ordering::SeqCst) {
-                        outcome = run_with_deadline(step.as_ref(), app, &mut job, deadline).await;
+                        outcome = fenced(fence, run_with_deadline(step.as_ref(), app, &mut job, deadline)).await;
                     }
                     if outcome.is_ok() && hooks.fails(&job.task, name) {
                         outcome = Err(format!("injected failure at step {name}"));
@@ -373,9 +405,10 @@ impl Runner {
                     let started = nereid_types::time::now_iso();
                     let undo_name = format!("undo {}", step.name());
                     hooks.maybe_pause(&job.task, &undo_name, When::Before).await;
-                    let mut outcome = undo_with_retries(step.as_ref(), app, &mut job).await;
+                    let fence = Fence { job: id, lease: lease.clone() };
+                    let mut outcome = fenced(fence.clone(), undo_with_retries(step.as_ref(), app, &mut job)).await;
                     if outcome.is_ok() && hooks.double_undo.load(Ordering::SeqCst) {
-                        outcome = undo_with_retries(step.as_ref(), app, &mut job).await;
+                        outcome = fenced(fence, undo_with_retries(step.as_ref(), app, &mut job)).await;
                     }
                     hooks.maybe_pause(&job.task, &undo_name, When::After).await;
                     let (result, error) = match outcome {
