@@ -29,6 +29,8 @@ struct Op {
     content: Option<(String, Option<Value>)>,
     /// The schema of a JSON request body.
     request: Option<Value>,
+    /// Other documented answers (e.g. CloudAPI's 410 with the deleted machine): status → schema.
+    others: BTreeMap<u16, Value>,
 }
 
 /// The documents' operations, the answers seen, and what was wrong with them.
@@ -37,6 +39,18 @@ struct Checker {
     error_schema: Value,
     covered: Mutex<BTreeMap<String, usize>>,
     problems: Mutex<Vec<String>>,
+}
+
+/// A schema with its `#/components/...` references replaced by what they name.
+fn inline_refs(v: &Value, doc: &Value) -> Value {
+    match v {
+        Value::Object(m) => match m.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')) {
+            Some(pointer) => inline_refs(doc.pointer(pointer).unwrap_or_else(|| panic!("dangling $ref {pointer}")), doc),
+            None => Value::Object(m.iter().map(|(k, v)| (k.clone(), inline_refs(v, doc))).collect()),
+        },
+        Value::Array(a) => Value::Array(a.iter().map(|x| inline_refs(x, doc)).collect()),
+        other => other.clone(),
+    }
 }
 
 /// An OpenAPI 3.0 schema as JSON Schema draft 4: `nullable` becomes a `null` type.
@@ -111,10 +125,18 @@ impl Checker {
             for (template, item) in doc["paths"].as_object().unwrap() {
                 for (method, op) in item.as_object().unwrap() {
                     let responses = op["responses"].as_object().unwrap();
-                    let (status, resp) = responses.iter().find(|(k, _)| *k != "default").unwrap();
+                    let (status, resp) = responses.iter().filter(|(k, _)| *k != "default").min_by_key(|(k, _)| k.as_str()).unwrap();
+                    let others = responses
+                        .iter()
+                        .filter(|(k, _)| *k != "default" && *k != status)
+                        .map(|(k, r)| {
+                            let schema = r.pointer("/content/application~1json/schema").cloned().unwrap_or(Value::Null);
+                            (k.parse().unwrap(), inline_refs(&schema, &doc))
+                        })
+                        .collect();
                     let content = resp.get("content").and_then(Value::as_object).map(|c| {
                         let (media, m) = c.iter().next().unwrap();
-                        (media.clone(), if media == "application/json" { Some(m["schema"].clone()) } else { None })
+                        (media.clone(), if media == "application/json" { Some(inline_refs(&m["schema"], &doc)) } else { None })
                     });
                     ops.push(Op {
                         api,
@@ -123,7 +145,8 @@ impl Checker {
                         template: template.clone(),
                         status: status.parse().unwrap(),
                         content,
-                        request: op.pointer("/requestBody/content/application~1json/schema").cloned(),
+                        request: op.pointer("/requestBody/content/application~1json/schema").map(|r| inline_refs(r, &doc)),
+                        others,
                     });
                 }
             }
@@ -202,6 +225,15 @@ impl Checker {
                 }
             }
             *self.covered.lock().unwrap().entry(format!("{api} {}", op.id)).or_default() += 1;
+        } else if let Some(schema) = op.others.get(&status) {
+            match serde_json::from_slice::<Value>(body) {
+                Ok(v) => {
+                    if let Err(e) = validate(schema, &v) {
+                        self.problem(format!("{what} ({}): the body does not match the documented {status}: {e}", op.id));
+                    }
+                }
+                Err(e) => self.problem(format!("{what} ({}): the body is not JSON: {e}", op.id)),
+            }
         } else if status >= 400 {
             // The documented `default`: Triton's error body.
             if !ct.starts_with("application/json") {
@@ -336,7 +368,7 @@ impl Cloudapi {
 
 /// A reverse proxy in front of the operator API that checks every answer: what a compute
 /// node really sends and gets.
-async fn checking_proxy(upstream: String, checker: Arc<Checker>) -> String {
+async fn checking_proxy(api: &'static str, upstream: String, checker: Arc<Checker>) -> String {
     use axum::body::Body;
     use axum::extract::Request;
     let http = reqwest::Client::new();
@@ -362,7 +394,7 @@ async fn checking_proxy(upstream: String, checker: Arc<Checker>) -> String {
             let headers = resp.headers().clone();
             let body = resp.bytes().await.unwrap();
             checker.check(
-                "admin",
+                api,
                 parts.method.as_str(),
                 &target,
                 status.as_u16(),
@@ -370,7 +402,7 @@ async fn checking_proxy(upstream: String, checker: Arc<Checker>) -> String {
                 &body,
             );
             if let Some(j) = &request_json {
-                checker.check_request("admin", parts.method.as_str(), &target, status.as_u16(), j);
+                checker.check_request(api, parts.method.as_str(), &target, status.as_u16(), j);
             }
             let mut r = axum::response::Response::new(Body::from(body));
             *r.status_mut() = status;
@@ -434,7 +466,7 @@ async fn every_documented_operation_answers_as_documented() {
     };
 
     // A compute node (two simulated servers) that talks through the checking proxy.
-    let proxy = checking_proxy(cloud.headnode.admin_url.clone(), checker.clone()).await;
+    let proxy = checking_proxy("admin", cloud.headnode.admin_url.clone(), checker.clone()).await;
     let agent_dir = tempfile::tempdir().unwrap();
     let agent = nereid_agent::start(nereid_agent::Config {
         headnode_url: proxy,
@@ -753,4 +785,66 @@ async fn every_documented_operation_answers_as_documented() {
     assert!(uncovered.is_empty(), "documented operations no answer reached: {uncovered:?}");
     let n = checker.covered.lock().unwrap().len();
     assert!(n >= checker.ops.len() - 2, "{n} of {} operations checked", checker.ops.len());
+}
+
+/// The real `triton` CLI through a checking proxy in front of CloudAPI: every answer the
+/// CLI gets in a tenant's whole day, and every body it sends, matches the CloudAPI document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_triton_clis_traffic_matches_the_cloudapi_document() {
+    use nereid_testkit::triton::{KeyType, Tenant};
+    let checker = Arc::new(Checker::new());
+    let cloud = Cloud::start_with(Options { sim_servers: 1, ..Options::new(Backend::Sqlite) }.cloudapi_http()).await.unwrap();
+    cloud.seed().await.unwrap();
+    let tenant = Tenant::new(KeyType::Ed25519).unwrap();
+    cloud
+        .client
+        .post("/accounts", &json!({"login": "alice", "email": "alice@example.com", "keys": [{"key": tenant.public_key}]}))
+        .await
+        .unwrap();
+    let upstream = cloud.headnode.cloudapi.as_ref().unwrap().url.clone();
+    let proxy = checking_proxy("cloudapi", upstream, checker.clone()).await;
+    let t = tenant.triton(&proxy, "alice", false).unwrap();
+    let run = |args: &'static [&'static str]| {
+        let t = t.clone();
+        async move { tokio::task::spawn_blocking(move || t.ok(args).unwrap_or_else(|e| panic!("{e:#}"))).await.unwrap() }
+    };
+    for args in [
+        &["info"][..],
+        &["account", "get"],
+        &["account", "update", "companyName=ACME", "phone="],
+        &["key", "list"],
+        &["datacenters"],
+        &["services"],
+        &["account", "limits"],
+        &["package", "list"],
+        &["package", "get", "sample"],
+        &["image", "list"],
+        &["image", "get", "tiny"],
+        &["network", "list"],
+        &["network", "get", "external"],
+        &["network", "ip", "list", "external"],
+        &["instance", "create", "-w", "tiny", "sample", "--name", "web-1", "-m", "foo=bar", "-t", "role=web"],
+        &["instance", "list"],
+        &["instance", "get", "web-1"],
+        &["instance", "ip", "web-1"],
+        &["instance", "tag", "set", "-w", "web-1", "env=prod"],
+        &["instance", "tag", "list", "web-1"],
+        &["instance", "tag", "get", "web-1", "env"],
+        &["instance", "metadata", "set", "-w", "web-1", "color=blue"],
+        &["instance", "metadata", "list", "web-1"],
+        &["instance", "nic", "list", "web-1"],
+        &["instance", "snapshot", "create", "-w", "--name", "s1", "web-1"],
+        &["instance", "snapshot", "list", "web-1"],
+        &["instance", "start", "-w", "--snapshot", "s1", "web-1"],
+        &["instance", "audit", "web-1"],
+        &["instance", "stop", "-w", "web-1"],
+        &["instance", "start", "-w", "web-1"],
+        &["instance", "delete", "-w", "-f", "web-1"],
+    ] {
+        run(args).await;
+    }
+    let problems = checker.problems.lock().unwrap().clone();
+    assert!(problems.is_empty(), "{} answers disagree with the CloudAPI document:\n{}", problems.len(), problems.join("\n"));
+    let seen = checker.covered.lock().unwrap().len();
+    assert!(seen >= 20, "only {seen} operations seen: {:?}", checker.covered.lock().unwrap());
 }

@@ -104,7 +104,15 @@ fn path_params(path: &str) -> Vec<Value> {
 
 /// CloudAPI's document.
 pub fn cloudapi_document() -> Value {
-    let paths = paths(crate::cloudapi::routes());
+    let mut paths = paths(crate::cloudapi::routes());
+    // A deleted machine: every machine endpoint answers 410 with the machine as it was
+    // (sdc-cloudapi's behaviour, which the CLI relies on for `delete -w`).
+    for (path, ops) in paths.iter_mut().filter(|(p, _)| p.starts_with("/{account}/machines/{id}")) {
+        for op in ops.values_mut() {
+            op["responses"]["410"] = json!({"description": format!("The machine was deleted ({path}): its last state"),
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Machine"}}}});
+        }
+    }
     let mut doc = json!({
         "openapi": "3.0.3",
         "info": {"title": "Nereid CloudAPI (Triton CloudAPI 9)", "version": crate::cloudapi::VERSION,
@@ -116,7 +124,7 @@ pub fn cloudapi_document() -> Value {
                 "httpSignature": {"type": "apiKey", "in": "header", "name": "Authorization",
                                   "description": "HTTP Signature (draft-cavage) with an account's SSH key."}
             },
-            "schemas": {"Error": error_schema()}
+            "schemas": {"Error": error_schema(), "Machine": crate::cloudapi::machines::machine_schema()}
         },
         "paths": paths,
     });

@@ -40,7 +40,8 @@ const LIST_QUERY: &[Param] = &[
     Param::prefix("tag.", "tag.KEY=VALUE: machines with that tag (`*` matches any value)."),
 ];
 
-fn machine_schema() -> Value {
+/// The machine object's schema (also the body of a 410 for a deleted machine).
+pub fn machine_schema() -> Value {
     json!({"type": "object", "properties": {
         "id": {"type": "string", "format": "uuid"}, "name": {"type": "string"}, "type": {"type": "string"},
         "brand": {"type": "string"}, "state": {"type": "string"}, "image": {"type": "string"}, "memory": {"type": "integer"},
