@@ -376,3 +376,44 @@ async fn a_step_that_lost_its_lease_cannot_write_and_the_job_is_taken_over() {
     assert_eq!(j["execution"], "succeeded", "{j}");
     assert_eq!(count(&cloud, "nics", "belongs_to_uuid", &vm).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unique_names_and_affinity_hold_under_concurrent_creates() {
+    use nereid_headnode::app::vms::CreateOptions;
+    let cloud = sim(2).await;
+    let seed = cloud.seed().await.unwrap();
+    let app = cloud.headnode.app.clone();
+    // Eight creates of one name at once: exactly one wins.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (app, body) = (app.clone(), seed.vm_body("only-one"));
+        tasks.push(tokio::spawn(async move {
+            app.create_vm_with(body.as_object().unwrap(), &CreateOptions { unique_alias: true, locality: None }).await.map(|c| c.vm.uuid)
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(e) => assert!(e.message.contains("is already the name of instance"), "{e:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+    // `instance!=web*` (strict) for two webs created at once: never on the same server.
+    let far_from_webs = |vms: &[nereid_types::vm::Vm]| {
+        let webs: Vec<String> =
+            vms.iter().filter(|v| v.alias.as_deref().is_some_and(|a| a.starts_with("web"))).map(|v| v.uuid.to_string()).collect();
+        Ok(Some(json!({"strict": true, "far": webs})))
+    };
+    let mut tasks = Vec::new();
+    for i in 0..2 {
+        let (app, body) = (app.clone(), seed.vm_body(&format!("web-{i}")));
+        tasks.push(tokio::spawn(async move {
+            let opts = CreateOptions { unique_alias: true, locality: Some(&far_from_webs) };
+            app.create_vm_with(body.as_object().unwrap(), &opts).await.map(|c| c.vm.server_uuid)
+        }));
+    }
+    let a = tasks.remove(0).await.unwrap().unwrap();
+    let b = tasks.remove(0).await.unwrap().unwrap();
+    assert_ne!(a, b, "two webs on one server");
+}

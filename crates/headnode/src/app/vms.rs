@@ -38,6 +38,28 @@ pub struct Created {
     pub placement: Value,
 }
 
+/// CreateVm's `locality` (`{strict, near, far}`, each a UUID or a list of them).
+fn locality_of(loc: &Map<String, Value>) -> Locality {
+    let ids = |k: &str| -> Vec<Uuid> {
+        match loc.get(k) {
+            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().and_then(|s| Uuid::parse_str(s).ok())).collect(),
+            Some(Value::String(s)) => Uuid::parse_str(s).ok().into_iter().collect(),
+            _ => Vec::new(),
+        }
+    };
+    Locality { strict: loc.get("strict").and_then(Value::as_bool).unwrap_or(false), near: ids("near"), far: ids("far") }
+}
+
+/// What CloudAPI adds to CreateVm, checked inside the placement claim.
+#[derive(Default)]
+pub struct CreateOptions<'a> {
+    /// Refuse an alias another active VM of the owner has (CloudAPI's unique names).
+    pub unique_alias: bool,
+    /// Turns the owner's active VMs into `locality` (CloudAPI's affinity rules).
+    #[allow(clippy::type_complexity)]
+    pub locality: Option<&'a (dyn Fn(&[Vm]) -> Result<Option<Value>, ApiError> + Send + Sync)>,
+}
+
 /// Where a VM its record's server does not have was found.
 enum Located {
     On(Uuid, VmStatus),
@@ -271,6 +293,12 @@ impl App {
     pub async fn placed_vm_entries(&self) -> Result<Vec<Stored<Vm>>, ApiError> {
         let q = ListQuery::filter(Filter::and(vec![super::allocation::active_filter(), Filter::Present(Path::field("server_uuid"))]));
         Ok(self.store.list(VMS.name, &q).await.map_err(store_error)?.into_iter().map(|o| vm::decode(&o.key, o.value)).collect())
+    }
+
+    /// The owner's active VMs (damaged records left out).
+    pub async fn owner_active_vms(&self, owner: Uuid) -> Result<Vec<Vm>, ApiError> {
+        let f = Filter::and(vec![Filter::eq("owner_uuid", owner.to_string()), super::allocation::active_filter()]);
+        self.list(VMS.name, &ListQuery::filter(f)).await
     }
 
     /// The VM's jobs that have not finished.
@@ -603,6 +631,13 @@ impl App {
     /// CreateVm: validates, sizes, places, and writes the record, the reservation and the
     /// provision job in one transaction (nothing is written when placement fails).
     pub async fn create_vm(&self, input: &Map<String, Value>) -> Result<Created, ApiError> {
+        self.create_vm_with(input, &CreateOptions::default()).await
+    }
+
+    /// [`create_vm`](Self::create_vm) with CloudAPI's checks that depend on the owner's
+    /// other VMs (a unique name, affinity rules), made inside the placement claim so two
+    /// concurrent creates cannot both pass them.
+    pub async fn create_vm_with(&self, input: &Map<String, Value>, opts: &CreateOptions<'_>) -> Result<Created, ApiError> {
         let mut errors = spec::check(vm::CREATE_FIELDS, input, Mode::Create, &[]);
         let map = |k: &str| input.get(k).and_then(Value::as_object);
         if let Err(e) = vm::check_metadata_total(map("customer_metadata"), map("internal_metadata"), map("tags")) {
@@ -793,13 +828,6 @@ impl App {
             }
         }
         let loc = input.get("locality").and_then(Value::as_object);
-        let ids = |k: &str| -> Vec<Uuid> {
-            match loc.and_then(|l| l.get(k)) {
-                Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().and_then(|s| Uuid::parse_str(s).ok())).collect(),
-                Some(Value::String(s)) => Uuid::parse_str(s).ok().into_iter().collect(),
-                _ => Vec::new(),
-            }
-        };
         let request = Request {
             vm_uuid: uuid,
             owner,
@@ -809,11 +837,7 @@ impl App {
             cpu_cap,
             traits,
             nic_tags,
-            locality: Locality {
-                strict: loc.and_then(|l| l.get("strict")).and_then(Value::as_bool).unwrap_or(false),
-                near: ids("near"),
-                far: ids("far"),
-            },
+            locality: loc.map(locality_of).unwrap_or_default(),
             server: uuid_of(input, "server_uuid"),
             spread: match pkg.as_ref().and_then(|p| p.alloc_server_spread.as_deref()) {
                 Some("min-ram") => Some(Spread::MinRam),
@@ -887,8 +911,21 @@ impl App {
         let _serial = self.alloc_lock.lock().await;
 
         let mut rng = rand::rngs::StdRng::from_os_rng();
+        let mut request = request;
         for _ in 0..RETRIES * 4 {
             let started = Instant::now();
+            if opts.unique_alias || opts.locality.is_some() {
+                let mine = self.owner_active_vms(owner).await?;
+                if opts.unique_alias
+                    && let Some(alias) = base.alias.as_deref()
+                    && let Some(other) = mine.iter().find(|v| v.alias.as_deref() == Some(alias))
+                {
+                    return Err(invalid("alias", format!("{alias} is already the name of instance {}", other.uuid)));
+                }
+                if let Some(f) = opts.locality {
+                    request.locality = f(&mine)?.as_ref().and_then(Value::as_object).map(locality_of).unwrap_or_default();
+                }
+            }
             let view = self.placement_view().await?;
             let placed = nereid_alloc::allocate(&view.servers, &request, &self.cfg.alloc, &mut rng);
             self.metrics.observe_allocation(started.elapsed().as_secs_f64());
