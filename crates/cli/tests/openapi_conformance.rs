@@ -780,7 +780,8 @@ async fn every_documented_operation_answers_as_documented() {
 
     let problems = checker.problems.lock().unwrap().clone();
     assert!(problems.is_empty(), "{} answers disagree with the documents:\n{}", problems.len(), problems.join("\n"));
-    // Consoles need a real (QEMU) node: checked above as errors, they count only as such.
+    // Simulated servers have no consoles: checked above as errors here, the two console
+    // operations answer as documented in `consoles_answer_as_documented`.
     let uncovered: Vec<String> = checker.uncovered().into_iter().filter(|k| k != "admin GetVmConsole" && k != "admin GetVmVnc").collect();
     assert!(uncovered.is_empty(), "documented operations no answer reached: {uncovered:?}");
     let n = checker.covered.lock().unwrap().len();
@@ -847,4 +848,98 @@ async fn the_triton_clis_traffic_matches_the_cloudapi_document() {
     assert!(problems.is_empty(), "{} answers disagree with the CloudAPI document:\n{}", problems.len(), problems.join("\n"));
     let seen = checker.covered.lock().unwrap().len();
     assert!(seen >= 20, "only {seen} operations seen: {:?}", checker.covered.lock().unwrap());
+}
+
+/// The two console operations, which simulated servers refuse (409 `NoConsole`), answer as
+/// documented on a qemu-backend server: `GetVmConsole?log=true` is the log as bytes and
+/// `GetVmVnc` a WebSocket (101). QEMU is a stand-in (as in tests/console.rs): a script that
+/// leaves a process with `-uuid U` behind its pidfile; the test binds the VM's
+/// `console.sock` and `vnc.sock` as QEMU would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consoles_answer_as_documented() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    const FAKE_QEMU: &str = r#"#!/bin/sh
+pidfile=; uuid=; prev=
+for a in "$@"; do
+    case "$prev" in
+        -pidfile) pidfile=$a ;;
+        -uuid) uuid=$a ;;
+    esac
+    prev=$a
+done
+[ -n "$pidfile" ] && [ -n "$uuid" ] || exit 1
+sh -c 'i=0; while [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done' fake-qemu -uuid "$uuid" </dev/null >/dev/null 2>&1 &
+echo $! > "$pidfile"
+"#;
+    let checker = Arc::new(Checker::new());
+    let cloud = Cloud::start(Backend::Sqlite).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    };
+    let (qemu, qemu_img) = (write("fake-qemu", FAKE_QEMU), write("fake-qemu-img", "#!/bin/sh\nexit 0\n"));
+    let agent_dir = dir.path().join("cn");
+    let agent = nereid_agent::start(nereid_agent::Config {
+        headnode_url: cloud.headnode.admin_url.clone(),
+        join_token: cloud.headnode.join_token.clone(),
+        data_dir: agent_dir.clone(),
+        backend: nereid_agent::BackendKind::Qemu(nereid_agent::QemuOptions {
+            accel: nereid_agent::backend::qemu::accel::Choice::Tcg,
+            qemu,
+            qemu_img,
+            ovmf_code: None,
+            ovmf_vars: None,
+            stop_timeout: std::time::Duration::from_secs(1),
+        }),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise_url: None,
+        heartbeat: std::time::Duration::from_millis(500),
+        nic_tags: vec![("external".into(), nereid_agent::net::Uplink::Bridge("lo".into()))],
+    })
+    .await
+    .unwrap();
+    cloud.wait_servers(1).await.unwrap();
+    let seed = cloud.seed_sized(256, 2048).await.unwrap();
+    let (vm, job) = cloud.create_vm(&seed.vm_body("console-vm")).await.unwrap();
+    assert_eq!(cloud.wait_job(&job).await.unwrap()["execution"], "succeeded");
+    let vm_dir = agent_dir.join("qemu").join(&vm);
+    let admin = Admin {
+        http: reqwest::Client::new(),
+        url: cloud.headnode.admin_url.clone(),
+        token: cloud.headnode.token.clone(),
+        checker: checker.clone(),
+    };
+
+    // The console: the agent's keeper connects to the chardev; what the guest prints is the log.
+    let console = tokio::net::UnixListener::bind(vm_dir.join("console.sock")).unwrap();
+    let (mut guest, _) = tokio::time::timeout(std::time::Duration::from_secs(10), console.accept()).await.unwrap().unwrap();
+    guest.write_all(b"login: ").await.unwrap();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while admin.bytes(&format!("/vms/{vm}/console?log=true")).await != b"login: " {
+        assert!(std::time::Instant::now() < end, "the console log never showed the guest's output");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // VNC: a WebSocket upgrade.
+    let _vnc = tokio::net::UnixListener::bind(vm_dir.join("vnc.sock")).unwrap();
+    let path = format!("/vms/{vm}/vnc");
+    let mut req = format!("{}{path}", admin.url.replace("http://", "ws://")).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {}", admin.token).parse().unwrap());
+    let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    checker.check("admin", "GET", &path, resp.status().as_u16(), None, b"");
+    drop(ws);
+
+    let pid = std::fs::read_to_string(vm_dir.join("qemu.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok());
+    agent.shutdown().await;
+    if let Some(p) = pid.and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    }
+    let problems = checker.problems.lock().unwrap().clone();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let covered = checker.covered.lock().unwrap().clone();
+    assert!(covered.contains_key("admin GetVmConsole") && covered.contains_key("admin GetVmVnc"), "{covered:?}");
 }
