@@ -112,6 +112,9 @@ pub struct Tuning {
     /// Seconds a job lease lasts; another headnode takes over a job whose lease ran out
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub job_lease_secs: u64,
+    /// Seconds between reconciliation passes (one headnode of the cluster compares the records with what servers run and repairs what is provable; 0 turns it off)
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub reconcile_every_secs: u64,
 }
 
 impl Tuning {
@@ -119,6 +122,7 @@ impl Tuning {
     pub fn apply(&self, cfg: &mut nereid_headnode::app::AppConfig) {
         cfg.server_timeout = std::time::Duration::from_secs(self.server_timeout_secs.max(1));
         cfg.job_lease = std::time::Duration::from_secs(self.job_lease_secs.max(3));
+        cfg.reconcile_every = std::time::Duration::from_secs(self.reconcile_every_secs);
     }
 }
 
@@ -348,15 +352,13 @@ pub enum Noun {
         verb: AccountVerb,
     },
     /// Find every way the records drift from reality, each with its repair; exits 1 while problems remain
-    #[command(
-        long_about = "Find every way the records drift from reality: damaged or half-empty VM records, VMs their \
+    #[command(long_about = "Find every way the records drift from reality: damaged or half-empty VM records, VMs their \
 server does not run and VMs running without a record, NICs, addresses and reservations that belong to nothing, \
 silent servers, missing or corrupt image files, and stuck jobs. Each finding names the exact repair.\n\n\
 With --repair, the safe repairs are applied — a VM is synced (looked for on every server before anything is \
 freed), and what provably belongs to nothing is freed — each recorded as a `repair` job (nereid admin job list \
 task=repair). Damaged records, VMs without a record, silent servers and image files are never changed \
-automatically: the finding says what to do.\n\nExit status: 0 when nothing is wrong, 1 when problems remain."
-    )]
+automatically: the finding says what to do.\n\nExit status: 0 when nothing is wrong, 1 when problems remain.")]
     Doctor {
         /// Apply the safe repairs, then report what remains
         #[arg(long)]

@@ -417,3 +417,68 @@ async fn unique_names_and_affinity_hold_under_concurrent_creates() {
     let b = tasks.remove(0).await.unwrap().unwrap();
     assert_ne!(a, b, "two webs on one server");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reconciler_repairs_provable_drift_reports_the_rest_and_counts_it() {
+    let mut o = Options::new(Backend::Sqlite);
+    o.sim_servers = 1;
+    o.app.reconcile_every = Duration::from_millis(300);
+    let cloud = Cloud::start_with(o).await.unwrap();
+    let seed = cloud.seed().await.unwrap();
+    let server = cloud.client.get("/servers").await.unwrap()[0]["uuid"].as_str().unwrap().to_string();
+    // A VM whose server lost it without a report (its record says running, from long ago).
+    let gone = "3f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0";
+    let rec = json!({"uuid": gone, "brand": "bhyve", "owner_uuid": seed.owner, "server_uuid": server, "state": "running", "ram": 512, "quota": 10, "create_timestamp": "2020-01-01T00:00:00.000Z"});
+    cloud.headnode.app.store.put("vms", gone, rec, Cond::Absent).await.unwrap();
+    // And a VM that runs without a record: reported, never deleted.
+    let (unrecorded, job) = cloud.create_vm(&seed.vm_body("unrecorded")).await.unwrap();
+    assert_eq!(cloud.wait_job(&job).await.unwrap()["execution"], "succeeded");
+    for _ in 0..100 {
+        if cloud.client.get(&format!("/servers/{server}/vms")).await.unwrap().to_string().contains(&unrecorded) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cloud.headnode.app.store.delete("vms", &unrecorded, Cond::Any).await.unwrap();
+    let mut destroyed = false;
+    for _ in 0..100 {
+        if cloud.client.get(&format!("/vms/{gone}")).await.unwrap()["state"] == "destroyed" {
+            destroyed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(destroyed, "the reconciler marked the lost VM destroyed");
+    let repairs = cloud.client.get("/jobs?task=repair").await.unwrap();
+    assert!(repairs.to_string().contains(gone), "{repairs}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let metrics = cloud.client.request(reqwest::Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("nereid_reconciled_total{kind=\"vm_not_on_server\"} 1"), "{metrics}");
+    assert!(metrics.contains("nereid_drift{kind=\"vm_without_record\"} 1"), "{metrics}");
+    assert!(metrics.contains("nereid_drift{kind=\"vm_not_on_server\"} 0"), "{metrics}");
+    let on_server = cloud.client.get(&format!("/servers/{server}/vms/{unrecorded}")).await.unwrap();
+    assert_eq!(on_server["state"], "running", "never deleted: {on_server}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_headnode_of_the_cluster_holds_the_reconciler() {
+    use nereid_headnode::reconcile::Singleton;
+    let cloud = sim(0).await;
+    let app = &cloud.headnode.app;
+    let a = Singleton::new("test", Duration::from_millis(400));
+    let b = Singleton::new("test", Duration::from_millis(400));
+    assert!(a.hold(app).await, "the first takes it");
+    assert!(a.hold(app).await, "and renews it");
+    // Another headnode (another id) does not take a lease that is being renewed.
+    let mut other_cfg = app.cfg.clone();
+    other_cfg.headnode_id = "other".into();
+    let other = nereid_headnode::app::App::new(app.store.clone(), cloud.data_dir.join("other"), other_cfg).await.unwrap();
+    assert!(!b.hold(&other).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(a.hold(app).await);
+    assert!(!b.hold(&other).await, "renewed in the meantime");
+    // The holder stops renewing: a whole period later (by the other's clock) it takes over.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(b.hold(&other).await, "taken over");
+    assert!(!a.hold(app).await, "the old holder sees the new one and stands back");
+}

@@ -20,11 +20,12 @@ pub mod app;
 pub mod buckets;
 pub mod cloudapi;
 pub mod datadir;
-pub mod http;
 pub mod fence;
+pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
+pub mod reconcile;
 pub mod server;
 
 pub use server::{Config, Running, start};

@@ -47,6 +47,10 @@ struct Inner {
     latency: BTreeMap<String, Histogram>,
     jobs: BTreeMap<(String, String), u64>,
     allocation: Histogram,
+    /// Findings of the last reconciliation pass, by kind (`None` before the first).
+    drift: Option<BTreeMap<String, u64>>,
+    /// Repairs the reconciler made, by kind.
+    reconciled: BTreeMap<String, u64>,
 }
 
 /// A gauge computed at scrape time: name, help, and `(labels, value)` samples.
@@ -82,6 +86,15 @@ impl Metrics {
         self.with(|i| i.allocation.observe(secs));
     }
 
+    /// What the last reconciliation pass found, by kind.
+    pub fn set_drift(&self, counts: BTreeMap<String, u64>) {
+        self.with(|i| i.drift = Some(counts));
+    }
+
+    pub fn reconciled(&self, kind: &str) {
+        self.with(|i| *i.reconciled.entry(kind.into()).or_default() += 1);
+    }
+
     /// The exposition, with gauges computed by the caller: `(metric, help, [(labels, value)])`.
     pub fn render(&self, gauges: &[Gauge<'_>]) -> String {
         let mut out = String::new();
@@ -100,6 +113,16 @@ impl Metrics {
             }
             let _ = writeln!(out, "# HELP nereid_allocation_duration_seconds Time to place a VM.\n# TYPE nereid_allocation_duration_seconds histogram");
             i.allocation.render(&mut out, "nereid_allocation_duration_seconds", "");
+            if let Some(drift) = &i.drift {
+                let _ = writeln!(out, "# HELP nereid_drift Inconsistencies the last reconciliation pass found, by kind (see nereid admin doctor).\n# TYPE nereid_drift gauge");
+                for k in crate::app::doctor::KINDS {
+                    let _ = writeln!(out, "nereid_drift{{kind=\"{k}\"}} {}", drift.get(*k).copied().unwrap_or(0));
+                }
+            }
+            let _ = writeln!(out, "# HELP nereid_reconciled_total Repairs the reconciler made, by kind.\n# TYPE nereid_reconciled_total counter");
+            for (k, n) in &i.reconciled {
+                let _ = writeln!(out, "nereid_reconciled_total{{kind=\"{}\"}} {n}", esc(k));
+            }
         });
         for (name, help, values) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");

@@ -82,6 +82,7 @@ pub struct Running {
     server: JoinHandle<std::io::Result<()>>,
     cloud_server: Option<JoinHandle<std::io::Result<()>>>,
     runner: JoinHandle<()>,
+    reconciler: Option<JoinHandle<()>>,
     stop: broadcast::Sender<()>,
     _lock: std::fs::File,
 }
@@ -127,6 +128,8 @@ pub async fn start(cfg: Config) -> Result<Running> {
     };
     let router = http::router(state.clone());
     let runner = tokio::spawn(crate::jobs::Runner::new(app.clone()).run());
+    let reconciler =
+        (!app.cfg.reconcile_every.is_zero()).then(|| tokio::spawn(crate::reconcile::run(app.clone(), app.cfg.reconcile_every)));
     let (stop, _) = broadcast::channel::<()>(1);
     let mut stopped = stop.subscribe();
     let server = tokio::spawn(async move {
@@ -150,13 +153,16 @@ pub async fn start(cfg: Config) -> Result<Running> {
         })
     });
     tracing::info!(%admin_url, cloudapi = cloudapi.as_ref().map(|c| c.url.as_str()), store = app.store.backend(), "headnode started");
-    Ok(Running { admin_addr, admin_url, token, join_token, app, cloudapi, server, cloud_server, runner, stop, _lock: lock })
+    Ok(Running { admin_addr, admin_url, token, join_token, app, cloudapi, server, cloud_server, runner, reconciler, stop, _lock: lock })
 }
 
 impl Running {
     /// Stops accepting requests and waits for in-flight ones.
     pub async fn shutdown(self) -> Result<()> {
         self.runner.abort();
+        if let Some(r) = &self.reconciler {
+            r.abort();
+        }
         let _ = self.stop.send(());
         self.server.await??;
         if let Some(c) = self.cloud_server {

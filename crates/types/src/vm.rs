@@ -217,22 +217,19 @@ pub fn check_put(input: &Map<String, Value>, largest: Option<(u64, u64)>) -> Vec
             errors.push(FieldError::invalid(k, m));
             continue;
         }
-        match (k.as_str(), largest) {
-            ("disks", _) => {
-                let disks: Vec<DiskDef> = serde_json::from_value(v.clone()).unwrap_or_default();
-                if let Some((i, d)) = disks.iter().enumerate().find(|(_, d)| d.size > MAX_DISK_MIB) {
-                    errors.push(FieldError::invalid(k, format!("disks[{i}].size {} MiB is more than {MAX_DISK_MIB} MiB", d.size)));
-                } else if let Some((_, disk)) = largest {
-                    let total: u64 = disks.iter().filter(|d| d.media != "cdrom").map(|d| d.size).sum();
-                    if disk > 0 && total > disk {
-                        errors.push(FieldError::invalid(
-                            k,
-                            format!("{total} MiB of disks is more than any server has (the largest has {disk} MiB)"),
-                        ));
-                    }
+        if k == "disks" {
+            let disks: Vec<DiskDef> = serde_json::from_value(v.clone()).unwrap_or_default();
+            if let Some((i, d)) = disks.iter().enumerate().find(|(_, d)| d.size > MAX_DISK_MIB) {
+                errors.push(FieldError::invalid(k, format!("disks[{i}].size {} MiB is more than {MAX_DISK_MIB} MiB", d.size)));
+            } else if let Some((_, disk)) = largest {
+                let total: u64 = disks.iter().filter(|d| d.media != "cdrom").map(|d| d.size).sum();
+                if disk > 0 && total > disk {
+                    errors.push(FieldError::invalid(
+                        k,
+                        format!("{total} MiB of disks is more than any server has (the largest has {disk} MiB)"),
+                    ));
                 }
             }
-            _ => {}
         }
     }
     errors

@@ -445,26 +445,6 @@ async fn nics_action(c: &Client, a: &crate::cli::VmNicsArgs, action: &str, field
     Ok((c.post(&format!("/vms/{}?action={action}", enc(&a.id)), &Value::Object(b)).await?, a.wait))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn coerces_by_field_kind() {
-        let f = nereid_types::package::FIELDS;
-        assert_eq!(coerce(f, "name", "1.0").unwrap(), Value::String("1.0".into()));
-        assert_eq!(coerce(f, "quota", "10240").unwrap(), Value::from(10240));
-        assert_eq!(coerce(f, "active", "false").unwrap(), Value::Bool(false));
-        assert!(coerce(f, "quota", "lots").unwrap_err().contains("integer"));
-        assert_eq!(coerce(f, "owner_uuids", "a,b").unwrap(), serde_json::json!(["a", "b"]));
-        assert_eq!(coerce(f, "traits", r#"{"ssd": true}"#).unwrap(), serde_json::json!({"ssd": true}));
-        assert_eq!(coerce(f, "description", "null").unwrap(), Value::Null);
-        let n = nereid_types::network::FIELDS;
-        assert_eq!(coerce(n, "resolvers", "8.8.8.8, 1.1.1.1").unwrap(), serde_json::json!(["8.8.8.8", "1.1.1.1"]));
-        assert_eq!(query(&["name=a b".into(), "tag.role=os".into()]).unwrap(), "?name=a+b&tag.role=os");
-    }
-}
-
 /// `nereid admin doctor [--repair]`: prints the findings (and repairs); exits 1 while any remain.
 async fn doctor(c: &Client, repair: bool, json: bool) -> Result<()> {
     let report = if repair { c.post("/doctor?action=repair", &Value::Object(Map::new())).await? } else { c.get("/doctor").await? };
@@ -497,4 +477,24 @@ async fn doctor(c: &Client, repair: bool, json: bool) -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coerces_by_field_kind() {
+        let f = nereid_types::package::FIELDS;
+        assert_eq!(coerce(f, "name", "1.0").unwrap(), Value::String("1.0".into()));
+        assert_eq!(coerce(f, "quota", "10240").unwrap(), Value::from(10240));
+        assert_eq!(coerce(f, "active", "false").unwrap(), Value::Bool(false));
+        assert!(coerce(f, "quota", "lots").unwrap_err().contains("integer"));
+        assert_eq!(coerce(f, "owner_uuids", "a,b").unwrap(), serde_json::json!(["a", "b"]));
+        assert_eq!(coerce(f, "traits", r#"{"ssd": true}"#).unwrap(), serde_json::json!({"ssd": true}));
+        assert_eq!(coerce(f, "description", "null").unwrap(), Value::Null);
+        let n = nereid_types::network::FIELDS;
+        assert_eq!(coerce(n, "resolvers", "8.8.8.8, 1.1.1.1").unwrap(), serde_json::json!(["8.8.8.8", "1.1.1.1"]));
+        assert_eq!(query(&["name=a b".into(), "tag.role=os".into()]).unwrap(), "?name=a+b&tag.role=os");
+    }
 }

@@ -38,6 +38,20 @@ use crate::buckets;
 /// is drift (the provision's last report may lag).
 const GRACE_MS: i64 = 60_000;
 
+/// Every kind of finding.
+pub const KINDS: &[&str] = &[
+    "damaged_record",
+    "incomplete_vm",
+    "vm_not_on_server",
+    "vm_without_record",
+    "orphan_nic",
+    "orphan_ip",
+    "orphan_reservation",
+    "server_unknown",
+    "image_file",
+    "stuck_job",
+];
+
 /// A safe repair.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
@@ -482,7 +496,7 @@ impl App {
         Ok(Report { findings: after, repairs, checked })
     }
 
-    async fn apply_repair(&self, r: &Repair) -> Result<String, ApiError> {
+    pub(crate) async fn apply_repair(&self, r: &Repair) -> Result<String, ApiError> {
         match r {
             Repair::SyncVm { vm } => {
                 self.sync_vm(*vm).await?;
@@ -547,7 +561,7 @@ impl App {
     }
 
     /// A finished `repair` job, so the job log says what doctor changed.
-    async fn record_repair(&self, f: &Finding, ok: bool, result: &str) -> Result<Uuid, ApiError> {
+    pub(crate) async fn record_repair(&self, f: &Finding, ok: bool, result: &str) -> Result<Uuid, ApiError> {
         let mut params = Map::new();
         params.insert("finding".into(), encode(f));
         let mut job = crate::jobs::new_job("repair", f.vm_uuid.unwrap_or_default(), None, None, params);

@@ -53,6 +53,8 @@ pub struct AppConfig {
     pub provision_deadline: Duration,
     /// Placement tunables.
     pub alloc: nereid_alloc::Config,
+    /// How often the reconciler compares records with the servers (zero: never).
+    pub reconcile_every: Duration,
 }
 
 impl Default for AppConfig {
@@ -64,6 +66,7 @@ impl Default for AppConfig {
             step_deadline: Duration::from_secs(300),
             provision_deadline: Duration::from_secs(1800),
             alloc: nereid_alloc::Config { filter_headnode: false, ..Default::default() },
+            reconcile_every: Duration::from_secs(60),
         }
     }
 }

@@ -62,7 +62,7 @@ pub struct CreateOptions<'a> {
 
 /// Where a VM its record's server does not have was found.
 enum Located {
-    On(Uuid, VmStatus),
+    On(Uuid, Box<VmStatus>),
     Nowhere,
     /// Some server could not be asked; why.
     Undecided(String),
@@ -521,7 +521,7 @@ impl App {
         let mut silent = Vec::new();
         for (s, answer) in asked {
             match answer {
-                Ok(Some(st)) if st.state != "destroyed" => return Ok(Located::On(s.uuid, st)),
+                Ok(Some(st)) if st.state != "destroyed" => return Ok(Located::On(s.uuid, Box::new(st))),
                 Ok(_) => {}
                 Err(e) => silent.push(format!("{} ({}) cannot be asked ({e})", s.hostname, s.uuid)),
             }
