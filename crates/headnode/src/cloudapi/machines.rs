@@ -17,6 +17,8 @@ use nereid_types::image::Image;
 use nereid_types::job::Job;
 use nereid_types::query::{Param, QKind};
 use nereid_types::vm::Vm;
+
+use crate::app::vms::CreateOptions;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -353,15 +355,21 @@ async fn create(State(s): State<AppState>, Scoped(acct): Scoped, Params(params):
             input.insert(k.into(), json!(b));
         }
     }
-    if let Some(rules) = p.get("affinity") {
-        let rules = render::affinity_rules(rules).map_err(|m| invalid("affinity", m))?;
-        let live = Filter::and(vec![Filter::eq("owner_uuid", acct.uuid.to_string()), crate::app::allocation::active_filter()]);
-        let vms: Vec<Vm> = s.app.list(VMS.name, &ListQuery::filter(live)).await?;
-        if let Some(loc) = render::locality(&rules, &vms).map_err(|m| invalid("affinity", m))? {
-            input.insert("locality".into(), loc);
+    // The name and the affinity rules are checked again inside the placement claim, from
+    // the VMs the account has then, so two concurrent creates cannot both pass them.
+    let rules = match p.get("affinity") {
+        Some(r) => render::affinity_rules(r).map_err(|m| invalid("affinity", m))?,
+        None => Vec::new(),
+    };
+    let locality = |vms: &[Vm]| render::locality(&rules, vms).map_err(|m| invalid("affinity", m).0);
+    let opts = CreateOptions { unique_alias: true, locality: (!rules.is_empty()).then_some(&locality as _) };
+    let created = s.app.create_vm_with(&input, &opts).await.map_err(|e| {
+        // CloudAPI's wording for a name taken in the meantime.
+        match e.errors.iter().find(|f| f.field == "alias") {
+            Some(f) => invalid("name", f.message.clone()),
+            None => e.into(),
         }
-    }
-    let created = s.app.create_vm(&input).await?;
+    })?;
     let mut resp = super::reply(StatusCode::CREATED, &render::machine(&created.vm, false));
     if let Ok(v) = HeaderValue::from_str(&format!("/{}/machines/{}", acct.login, uuid)) {
         resp.headers_mut().insert(header::LOCATION, v);
