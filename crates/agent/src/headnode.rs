@@ -24,16 +24,28 @@ pub enum CallError {
     Network(String),
 }
 
-/// A client for the headnode's agent-facing endpoints.
+/// A client for the headnode's agent-facing endpoints. Several headnodes of one cluster
+/// may be named (`URL1,URL2`): calls go to the one that answered last, and move on to the
+/// next when it cannot be reached or answers that it is unavailable (502/503/504).
 #[derive(Clone)]
 pub struct Headnode {
-    base: String,
+    bases: Arc<Vec<String>>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
     http: reqwest::Client,
     /// For image files: no overall deadline, only for connecting and between reads.
     download: reqwest::Client,
 }
 
+/// Whether a failed call should be tried on another headnode.
+fn fail_over(r: &Result<reqwest::Response, reqwest::Error>) -> bool {
+    match r {
+        Err(e) => e.is_connect() || e.is_timeout() || e.is_request(),
+        Ok(resp) => matches!(resp.status().as_u16(), 502..=504),
+    }
+}
+
 impl Headnode {
+    /// The headnode (or the comma-separated headnodes of one cluster) at `base`.
     pub fn new(base: &str) -> Self {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
@@ -46,16 +58,44 @@ impl Headnode {
             .user_agent(concat!("nereid-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
-        Headnode { base: base.trim_end_matches('/').to_string(), http, download }
+        let bases: Vec<String> = base.split(',').map(|b| b.trim().trim_end_matches('/').to_string()).filter(|b| !b.is_empty()).collect();
+        Headnode { bases: Arc::new(bases), current: Arc::default(), http, download }
+    }
+
+    /// The headnode calls go to now.
+    pub fn base(&self) -> &str {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        self.bases.get(i % self.bases.len().max(1)).map(String::as_str).unwrap_or_default()
+    }
+
+    /// Sends a request to the current headnode, moving on to the next while one cannot be
+    /// reached or is unavailable; the last answer (or error) comes back.
+    async fn send(
+        &self,
+        client: &reqwest::Client,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let n = self.bases.len().max(1);
+        let start = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let mut k = 0;
+        loop {
+            let i = (start + k) % n;
+            let r = build(client, self.bases.get(i).map(String::as_str).unwrap_or_default()).send().await;
+            if fail_over(&r) && k + 1 < n {
+                k += 1;
+                continue;
+            }
+            if i != start && !fail_over(&r) {
+                tracing::warn!(headnode = %self.bases.get(i).map(String::as_str).unwrap_or_default(), "moved to another headnode");
+                self.current.store(i, std::sync::atomic::Ordering::Relaxed);
+            }
+            return r;
+        }
     }
 
     async fn post<T: serde::Serialize>(&self, path: &str, bearer: &str, body: &T) -> Result<reqwest::Response, CallError> {
         let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(bearer)
-            .json(body)
-            .send()
+            .send(&self.http, |c, base| c.post(format!("{base}{path}")).bearer_auth(bearer).json(body))
             .await
             .map_err(|e| CallError::Network(e.to_string()))?;
         let status = resp.status().as_u16();
@@ -156,12 +196,10 @@ impl Upstream {
     }
 
     async fn get(&self, path: &str) -> Result<reqwest::Response, String> {
+        let secret = self.secret();
         let resp = self
             .hn
-            .download
-            .get(format!("{}{path}", self.hn.base))
-            .bearer_auth(self.secret())
-            .send()
+            .send(&self.hn.download, |c, base| c.get(format!("{base}{path}")).bearer_auth(&secret))
             .await
             .map_err(|e| format!("cannot reach the headnode: {e}"))?;
         let status = resp.status();

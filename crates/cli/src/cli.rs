@@ -55,6 +55,9 @@ pub struct HeadnodeArgs {
     /// Address of the operator API listener (port 0 picks a free port)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub admin_listen: SocketAddr,
+    /// Where image files live [default: DIR/images]. Several headnodes of one cluster (one PostgreSQL store) name one path they all mount, so an image uploaded through any of them provisions through every one
+    #[arg(long, value_name = "DIR")]
+    pub images_dir: Option<PathBuf>,
     #[command(flatten)]
     pub cloudapi: CloudApiArgs,
     #[command(flatten)]
@@ -244,10 +247,10 @@ pub struct UpArgs {
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
-    /// The headnode's operator API, e.g. http://10.0.0.1:8080
-    #[arg(long, value_name = "URL", env = "NEREID_HEADNODE")]
+    /// The headnode's operator API, e.g. http://10.0.0.1:8080 — or several headnodes of one cluster, comma-separated (the agent moves to the next when one cannot be reached)
+    #[arg(long, value_name = "URL[,URL…]", env = "NEREID_HEADNODE")]
     pub headnode: String,
-    /// The headnode's join token (join.token in its data directory)
+    /// The join token of any headnode of the cluster (join.token in its data directory)
     #[arg(long, value_name = "TOKEN", env = "NEREID_JOIN_TOKEN", conflicts_with = "join_token_file")]
     pub join_token: Option<String>,
     /// A file holding the join token

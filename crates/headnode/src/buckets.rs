@@ -36,6 +36,9 @@ pub const IPS: BucketDef = BucketDef { name: "ips", indexes: &[text(&["network_u
 pub const SERVERS: BucketDef = BucketDef { name: "servers", indexes: &[text(&["hostname"])] };
 /// Each server's agent secret, keyed by server UUID (never rendered).
 pub const SERVER_SECRETS: BucketDef = BucketDef { name: "server_secrets", indexes: &[] };
+/// Every headnode's join token (SHA-256), keyed by headnode id: a compute node may join
+/// with the token of any headnode of the cluster.
+pub const JOIN_TOKENS: BucketDef = BucketDef { name: "join_tokens", indexes: &[] };
 /// The last heartbeat of each server (time, usage, VM inventory), keyed by server UUID.
 pub const HEARTBEATS: BucketDef = BucketDef { name: "heartbeats", indexes: &[] };
 /// Capacity claims: bumped in the same transaction as every placement on a server, so two
@@ -77,6 +80,7 @@ pub const ALL: &[BucketDef] = &[
     IPS,
     SERVERS,
     SERVER_SECRETS,
+    JOIN_TOKENS,
     HEARTBEATS,
     SERVER_CLAIMS,
     RESERVATIONS,

@@ -104,6 +104,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let url = store_url(&cfg);
     let store = nereid_store::open(&url).await.with_context(|| format!("opening the store at {}", redact(&url)))?;
     let app = Arc::new(App::new(store, cfg.data_dir.clone(), app_cfg).await.context("preparing the store buckets")?);
+    app.publish_join_token(&join_token).await.map_err(|e| anyhow::anyhow!("publishing the join token: {}", e.message))?;
     let listener = TcpListener::bind(cfg.admin_listen).await.with_context(|| format!("listening on {}", cfg.admin_listen))?;
     let admin_addr = listener.local_addr()?;
     if !admin_addr.ip().is_loopback() {

@@ -9,6 +9,7 @@ pub async fn run(a: HeadnodeArgs) -> Result<()> {
     let data_dir = a.data_dir.unwrap_or_else(nereid_client::default_data_dir);
     let mut cfg = Config::new(data_dir.clone(), a.store, a.admin_listen);
     a.tuning.apply(&mut cfg.app);
+    cfg.app.images_dir = a.images_dir;
     cfg.cloudapi = a.cloudapi.config();
     let store = nereid_headnode::server::redact(&nereid_headnode::server::store_url(&cfg));
     let running = start(cfg).await?;

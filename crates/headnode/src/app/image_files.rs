@@ -1,7 +1,7 @@
 //! Image files on disk, content-addressed by SHA-1.
 //!
 //! ```text
-//! DIR/images/tmp/<random>            an upload in progress (removed on failure or restart)
+//! DIR/images/tmp/<headnode>/<random> an upload in progress (removed on failure or restart)
 //! DIR/images/sha1/<ab>/<abcdef…>     a received file, named by the SHA-1 of its bytes
 //! ```
 //!
@@ -45,6 +45,8 @@ pub enum ReceiveError {
 
 pub struct ImageFiles {
     root: PathBuf,
+    /// Where this headnode's uploads in progress go.
+    tmp: PathBuf,
     /// Serialises "link a file + point a record at it" against "drop a record + remove
     /// an unreferenced file", so a shared file is never removed under a new reference.
     pub refs: tokio::sync::Mutex<()>,
@@ -53,13 +55,21 @@ pub struct ImageFiles {
 impl ImageFiles {
     /// Opens (creating) the file area and removes uploads a crash left behind.
     pub fn open(root: PathBuf) -> io::Result<Self> {
-        let tmp = root.join("tmp");
+        Self::open_as(root, "")
+    }
+
+    /// Opens a file area several headnodes may share (a path they all mount): each keeps
+    /// its uploads in progress under `tmp/<headnode>` and clears only its own.
+    pub fn open_as(root: PathBuf, headnode: &str) -> io::Result<Self> {
+        let tmp = if headnode.is_empty() { root.join("tmp") } else { root.join("tmp").join(headnode) };
         std::fs::create_dir_all(&tmp)?;
         std::fs::create_dir_all(root.join("sha1"))?;
-        for entry in std::fs::read_dir(&tmp)? {
-            let _ = std::fs::remove_file(entry?.path());
+        for entry in std::fs::read_dir(&tmp)?.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
-        Ok(Self { root, refs: tokio::sync::Mutex::new(()) })
+        Ok(Self { root, tmp, refs: tokio::sync::Mutex::new(()) })
     }
 
     /// Where the file with this SHA-1 lives.
@@ -74,7 +84,7 @@ impl ImageFiles {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let tmp = self.root.join("tmp").join(format!("{}", uuid::Uuid::new_v4()));
+        let tmp = self.tmp.join(format!("{}", uuid::Uuid::new_v4()));
         let result = async {
             let mut file = tokio::fs::File::create(&tmp).await?;
             let (mut sha1, mut md5, mut size, mut head) = (Sha1::new(), Md5::new(), 0u64, Vec::new());

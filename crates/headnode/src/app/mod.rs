@@ -55,6 +55,9 @@ pub struct AppConfig {
     pub alloc: nereid_alloc::Config,
     /// How often the reconciler compares records with the servers (zero: never).
     pub reconcile_every: Duration,
+    /// Image files, if not `<data dir>/images`: several headnodes of one cluster share a
+    /// path they all mount, so an image uploaded through one provisions through any.
+    pub images_dir: Option<PathBuf>,
 }
 
 impl Default for AppConfig {
@@ -67,6 +70,7 @@ impl Default for AppConfig {
             provision_deadline: Duration::from_secs(1800),
             alloc: nereid_alloc::Config { filter_headnode: false, ..Default::default() },
             reconcile_every: Duration::from_secs(60),
+            images_dir: None,
         }
     }
 }
@@ -94,7 +98,7 @@ impl App {
         for b in crate::buckets::ALL {
             store.ensure_bucket(b).await?;
         }
-        let files = image_files::ImageFiles::open(data_dir.join("images"))?;
+        let files = image_files::ImageFiles::open_as(cfg.images_dir.clone().unwrap_or_else(|| data_dir.join("images")), &cfg.headnode_id)?;
         let hooks = crate::jobs::Hooks::from_env(&data_dir);
         Ok(Self {
             // Writes made inside a job step are fenced by the step's lease.

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::{App, RETRIES, encode, store_error};
-use crate::buckets::{HEARTBEATS, SERVER_SECRETS, SERVERS};
+use crate::buckets::{HEARTBEATS, JOIN_TOKENS, SERVER_SECRETS, SERVERS};
 
 /// The last heartbeat of a server.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,6 +23,11 @@ pub struct HeartbeatRecord {
     /// What the server last said is wrong with it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<Problem>,
+}
+
+fn token_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -175,6 +180,23 @@ impl App {
         }
         let nets = self.list_networks(&Query::default()).await?;
         Ok(HeartbeatReply { nic_tag_mtus: nic_tag_mtus(&nets) })
+    }
+
+    /// Publishes this headnode's join token (as a SHA-256) so any headnode of the cluster
+    /// accepts it.
+    pub async fn publish_join_token(&self, token: &str) -> Result<(), ApiError> {
+        let value = json!({"sha256": token_hash(token)});
+        self.store.put(JOIN_TOKENS.name, &self.cfg.headnode_id, value, Cond::Any).await.map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Whether `given` is the join token of some headnode of the cluster.
+    pub async fn is_cluster_join_token(&self, given: &str) -> bool {
+        let want = token_hash(given);
+        match self.store.list(JOIN_TOKENS.name, &ListQuery::all()).await {
+            Ok(objs) => objs.iter().any(|o| o.value.get("sha256").and_then(Value::as_str) == Some(want.as_str())),
+            Err(_) => false,
+        }
     }
 
     pub async fn get_server_record(&self, uuid: Uuid) -> Result<(Server, i64), ApiError> {

@@ -419,7 +419,7 @@ async fn authenticate(auth: Auth, State(state): State<AppState>, req: Request, n
     let admin = constant_time_eq(given.as_bytes(), state.token.as_bytes());
     let ok = match auth {
         Auth::Admin => admin,
-        Auth::Join => constant_time_eq(given.as_bytes(), state.join_token.as_bytes()),
+        Auth::Join => constant_time_eq(given.as_bytes(), state.join_token.as_bytes()) || state.app.is_cluster_join_token(&given).await,
         // CloudAPI routes are never mounted on the operator API.
         Auth::Signature | Auth::Public => false,
         Auth::Server => {
