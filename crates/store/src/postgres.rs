@@ -63,7 +63,15 @@ impl PgStore {
             conn.close().await?;
             opts = opts.options([("search_path", schema.as_str())]);
         }
-        let pool = PgPoolOptions::new().max_connections(8).connect_with(opts).await?;
+        // A database that went away answers requests with an error within seconds (the
+        // headnode's 503) instead of holding them; the pool reconnects by itself once it
+        // is back.
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .test_before_acquire(true)
+            .connect_with(opts)
+            .await?;
         let store = Self { pool };
         store.migrate().await?;
         Ok(store)
