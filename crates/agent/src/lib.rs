@@ -245,7 +245,10 @@ async fn qemu_spec(cfg: &Config, addr: SocketAddr, o: &QemuOptions) -> Result<No
 }
 
 /// Starts the agent: identities, join, API, heartbeats.
-pub async fn start(cfg: Config) -> Result<Agent> {
+pub async fn start(mut cfg: Config) -> Result<Agent> {
+    // Absolute from here on: QEMU resolves an overlay's relative backing path against the
+    // overlay's own directory, so a relative data directory breaks every disk.
+    cfg.data_dir = std::path::absolute(&cfg.data_dir).with_context(|| format!("resolving {}", cfg.data_dir.display()))?;
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
