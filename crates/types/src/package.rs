@@ -162,7 +162,7 @@ fn check_name(s: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "must start and end with a letter or digit and use only letters, digits and single _ . - (got {:?})",
+            "must have at least 2 characters, start and end with a letter or digit and use only letters, digits and single _ . - (got {:?})",
             spec::truncate(s, 60)
         ))
     }
