@@ -482,3 +482,23 @@ async fn one_headnode_of_the_cluster_holds_the_reconciler() {
     assert!(b.hold(&other).await, "taken over");
     assert!(!a.hold(app).await, "the old holder sees the new one and stands back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_past_its_deadline_is_failed_and_unwound() {
+    let cloud = sim(1).await;
+    let seed = cloud.seed().await.unwrap();
+    let (vm, job) = cloud.create_vm(&seed.vm_body("late")).await.unwrap();
+    assert_eq!(cloud.wait_job(&job).await.unwrap()["execution"], "succeeded");
+    // A stop job that waited (behind a wedged job, on a dead headnode) past its deadline.
+    let mut late = nereid_headnode::jobs::new_job("stop", uuid::Uuid::parse_str(&vm).unwrap(), None, None, serde_json::Map::new());
+    let server = cloud.client.get("/servers").await.unwrap()[0]["uuid"].as_str().unwrap().to_string();
+    late.server_uuid = Some(uuid::Uuid::parse_str(&server).unwrap());
+    late.timeout = 5;
+    late.created_ms = nereid_types::time::now_ms() - 60_000;
+    cloud.headnode.app.store.batch(vec![nereid_headnode::jobs::job_op(&late)]).await.unwrap();
+    cloud.headnode.app.jobs_notify.notify_one();
+    let j = cloud.wait_job(&late.uuid.to_string()).await.unwrap();
+    assert_eq!(j["execution"], "failed", "{j}");
+    assert!(j["error"].as_str().unwrap().contains("passed its deadline of 5 s"), "{j}");
+    assert_eq!(cloud.client.get(&format!("/vms/{vm}")).await.unwrap()["state"], "running", "nothing was done");
+}

@@ -366,9 +366,16 @@ impl Runner {
                         self.persist(&job, &mut job_gen, lease).await?;
                     }
                     hooks.maybe_pause(&job.task, name, When::Before).await;
-                    let deadline = step.deadline(app);
+                    // The job's own deadline bounds every step: a job past it is failed
+                    // and unwound, whoever runs it.
+                    let left_ms = job.created_ms + (job.timeout as i64) * 1000 - nereid_types::time::now_ms();
+                    let deadline = step.deadline(app).min(Duration::from_millis(left_ms.max(0) as u64));
                     let fence = Fence { job: id, lease: lease.clone() };
-                    let mut outcome = fenced(fence.clone(), run_with_deadline(step.as_ref(), app, &mut job, deadline)).await;
+                    let mut outcome = if left_ms <= 0 {
+                        Err(format!("the job passed its deadline of {} s", job.timeout))
+                    } else {
+                        fenced(fence.clone(), run_with_deadline(step.as_ref(), app, &mut job, deadline)).await
+                    };
                     if outcome.is_ok() && hooks.double_run.load(Ordering::SeqCst) {
                         outcome = fenced(fence, run_with_deadline(step.as_ref(), app, &mut job, deadline)).await;
                     }
