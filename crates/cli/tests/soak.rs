@@ -75,8 +75,8 @@ async fn a_thousand_cycles_with_injected_failures_leave_no_drift() {
                 let outcome = run_job(&cloud, r).await.unwrap_or_else(|| "refused".into());
                 *seen.entry(format!("provision {outcome}")).or_default() += 1;
                 let Some(vm) = vm else { continue };
-                if outcome == "succeeded" && next(&mut rng) % 2 == 0 {
-                    let ram = if next(&mut rng) % 2 == 0 { 512 } else { 384 };
+                if outcome == "succeeded" && next(&mut rng).is_multiple_of(2) {
+                    let ram = if next(&mut rng).is_multiple_of(2) { 512 } else { 384 };
                     let r = cloud.client.post(&format!("/vms/{vm}?action=update"), &json!({"ram": ram})).await;
                     let o = run_job(&cloud, r).await.unwrap_or_else(|| "refused".into());
                     *seen.entry(format!("resize {o}")).or_default() += 1;
