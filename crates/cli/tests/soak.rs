@@ -1,8 +1,9 @@
 //! Soak: 1,000 provision / resize / destroy cycles on simulated servers with failures
 //! injected at random (create failing or hanging past its deadline, start failing, stop
-//! failing, guests crashing), eight at a time, then the invariants every operator relies
-//! on: no capacity held without a job in flight, no address on two NICs, no job left
-//! running, no VM on a server without a live record, and `doctor` clean.
+//! failing, guests crashing) and the headnode restarted three times under them (its jobs
+//! stopped where they stood, as in a crash), eight at a time; then the invariants every
+//! operator relies on: no capacity held without a job in flight, no address on two NICs,
+//! no job left running, no VM on a server without a live record, and `doctor` clean.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use nereid_agent::backend::sim::Delays;
+use nereid_client::Client;
 use nereid_testkit::Options;
 use serde_json::{Value, json};
 
@@ -26,14 +28,35 @@ fn next(x: &mut u64) -> u64 {
     *x
 }
 
+/// A request, retried while the headnode cannot be reached (it is being restarted).
+async fn call<F, Fut>(mut f: F) -> Result<Value, nereid_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Value, nereid_client::Error>>,
+{
+    for _ in 0..600 {
+        match f().await {
+            Err(nereid_client::Error::Connect { .. }) => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => return other,
+        }
+    }
+    f().await
+}
+
 /// The job's outcome, or `refused <code>` when the API refused the request.
-async fn run_job(cloud: &Cloud, r: Result<Value, nereid_client::Error>) -> Option<String> {
+async fn run_job(c: &Client, r: Result<Value, nereid_client::Error>) -> Option<String> {
     let r = match r {
         Ok(r) => r,
         Err(e) => return Some(format!("refused {}", e.code().unwrap_or("(no code)"))),
     };
-    let j = cloud.wait_job(r["job_uuid"].as_str()?).await.unwrap();
-    j["execution"].as_str().map(str::to_string)
+    let job = r["job_uuid"].as_str()?.to_string();
+    loop {
+        let path = format!("/jobs/{job}/wait?timeout=2");
+        let j = call(|| c.get(&path)).await.unwrap();
+        if matches!(j["execution"].as_str(), Some("succeeded" | "failed")) {
+            return j["execution"].as_str().map(str::to_string);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -49,12 +72,13 @@ async fn a_thousand_cycles_with_injected_failures_leave_no_drift() {
     };
     o.app.provision_deadline = Duration::from_secs(1);
     o.app.step_deadline = Duration::from_secs(2);
-    let cloud = std::sync::Arc::new(Cloud::start_with(o).await.unwrap());
+    let mut cloud = Cloud::start_with(o).await.unwrap();
     let seed = cloud.seed_sized(256, 1024).await.unwrap();
     let mut tasks = Vec::new();
     for w in 0..WORKERS {
-        let (cloud, seed) = (cloud.clone(), seed.clone());
+        let (c, seed) = (cloud.client.clone(), seed.clone());
         tasks.push(tokio::spawn(async move {
+            let c = &c;
             let mut rng = 0x2545_f491_4f6c_dd1d_u64 ^ (w as u64 + 1).wrapping_mul(0x9e37_79b9);
             let mut seen: BTreeMap<String, usize> = BTreeMap::new();
             for i in 0..CYCLES / WORKERS {
@@ -70,22 +94,24 @@ async fn a_thousand_cycles_with_injected_failures_leave_no_drift() {
                 if let Some(f) = fault {
                     body["internal_metadata"] = json!({"nereid:sim_fault": f});
                 }
-                let r = cloud.client.post("/vms", &body).await;
+                let r = call(|| c.post("/vms", &body)).await;
                 let vm = r.as_ref().ok().and_then(|v| v["vm_uuid"].as_str()).map(str::to_string);
-                let outcome = run_job(&cloud, r).await.unwrap_or_else(|| "refused".into());
+                let outcome = run_job(c, r).await.unwrap_or_else(|| "refused".into());
                 *seen.entry(format!("provision {outcome}")).or_default() += 1;
                 let Some(vm) = vm else { continue };
                 if outcome == "succeeded" && next(&mut rng).is_multiple_of(2) {
                     let ram = if next(&mut rng).is_multiple_of(2) { 512 } else { 384 };
-                    let r = cloud.client.post(&format!("/vms/{vm}?action=update"), &json!({"ram": ram})).await;
-                    let o = run_job(&cloud, r).await.unwrap_or_else(|| "refused".into());
+                    let (path, body) = (format!("/vms/{vm}?action=update"), json!({"ram": ram}));
+                    let r = call(|| c.post(&path, &body)).await;
+                    let o = run_job(c, r).await.unwrap_or_else(|| "refused".into());
                     *seen.entry(format!("resize {o}")).or_default() += 1;
                 }
                 // A client retries what the API says to retry (503, a lost race).
                 let mut o = String::new();
                 for _ in 0..5 {
-                    let r = cloud.client.delete(&format!("/vms/{vm}")).await;
-                    o = run_job(&cloud, r).await.unwrap_or_else(|| "refused".into());
+                    let path = format!("/vms/{vm}");
+                    let r = call(|| c.delete(&path)).await;
+                    o = run_job(c, r).await.unwrap_or_else(|| "refused".into());
                     if o != "refused ServiceUnavailable" && o != "refused ConcurrentModification" {
                         break;
                     }
@@ -97,6 +123,14 @@ async fn a_thousand_cycles_with_injected_failures_leave_no_drift() {
             seen
         }));
     }
+    // Three headnode restarts while the cycles run.
+    let mut restarts = 0;
+    while restarts < 3 && !tasks.iter().all(|t| t.is_finished()) {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        cloud.restart_headnode().await.unwrap();
+        restarts += 1;
+    }
+    assert_eq!(restarts, 3, "the headnode was restarted under load");
     let mut totals: BTreeMap<String, usize> = BTreeMap::new();
     for t in tasks {
         for (k, n) in t.await.unwrap() {

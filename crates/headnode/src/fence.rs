@@ -48,6 +48,9 @@ impl Store for FencedStore {
     async fn ensure_bucket(&self, def: &BucketDef) -> Result<()> {
         self.0.ensure_bucket(def).await
     }
+    async fn close(&self) {
+        self.0.close().await
+    }
     async fn get(&self, bucket: &str, key: &str) -> Result<Option<Object>> {
         self.0.get(bucket, key).await
     }

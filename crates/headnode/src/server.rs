@@ -84,7 +84,8 @@ pub struct Running {
     runner: JoinHandle<()>,
     reconciler: Option<JoinHandle<()>>,
     stop: broadcast::Sender<()>,
-    _lock: std::fs::File,
+    /// The data directory's lock (released by [`Running::halt`]).
+    lock: Option<std::fs::File>,
 }
 
 /// The store URL a config means.
@@ -154,21 +155,44 @@ pub async fn start(cfg: Config) -> Result<Running> {
         })
     });
     tracing::info!(%admin_url, cloudapi = cloudapi.as_ref().map(|c| c.url.as_str()), store = app.store.backend(), "headnode started");
-    Ok(Running { admin_addr, admin_url, token, join_token, app, cloudapi, server, cloud_server, runner, reconciler, stop, _lock: lock })
+    Ok(Running {
+        admin_addr,
+        admin_url,
+        token,
+        join_token,
+        app,
+        cloudapi,
+        server,
+        cloud_server,
+        runner,
+        reconciler,
+        stop,
+        lock: Some(lock),
+    })
 }
 
 impl Running {
     /// Stops accepting requests and waits for in-flight ones.
-    pub async fn shutdown(self) -> Result<()> {
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.halt().await
+    }
+
+    /// Stops everything this headnode runs — jobs are dropped where they stand, as a crash
+    /// would leave them, for another headnode (or this one restarted) to take over — and
+    /// releases the data directory, so a new headnode can start on it in this process.
+    pub async fn halt(&mut self) -> Result<()> {
         self.runner.abort();
         if let Some(r) = &self.reconciler {
             r.abort();
         }
+        let _ = (&mut self.runner).await;
         let _ = self.stop.send(());
-        self.server.await??;
-        if let Some(c) = self.cloud_server {
+        (&mut self.server).await??;
+        if let Some(c) = &mut self.cloud_server {
             c.await??;
         }
+        self.app.store.close().await;
+        self.lock = None;
         Ok(())
     }
 

@@ -202,6 +202,10 @@ pub trait Store: Send + Sync + 'static {
     async fn list(&self, bucket: &str, query: &ListQuery) -> Result<Vec<Object>>;
     async fn count(&self, bucket: &str, filter: &Filter) -> Result<i64>;
 
+    /// Closes the connections (a headnode halting in-process, so another can open the
+    /// same store); the store answers errors afterwards.
+    async fn close(&self) {}
+
     /// Writes one object; returns its new generation.
     async fn put(&self, bucket: &str, key: &str, value: Value, cond: Cond) -> Result<i64> {
         let gens = self.batch(vec![Op::put(bucket, key, value, cond)]).await?;

@@ -99,6 +99,10 @@ impl Store for PgStore {
         "postgres"
     }
 
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn ensure_bucket(&self, def: &BucketDef) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DDL_LOCK).execute(&mut *tx).await?;

@@ -64,6 +64,10 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn ensure_bucket(&self, def: &BucketDef) -> Result<()> {
         let _w = self.writer.lock().await;
         for idx in def.indexes {

@@ -113,6 +113,8 @@ pub struct Cloud {
     pub store_url: String,
     pub data_dir: PathBuf,
     pub agent: Option<Agent>,
+    /// How the headnode was started (for [`Cloud::restart_headnode`]).
+    cfg: Config,
     _dir: tempfile::TempDir,
 }
 
@@ -153,14 +155,25 @@ impl Cloud {
         let mut cfg = Config::new(data_dir.clone(), Some(store_url.clone()), "127.0.0.1:0".parse()?);
         cfg.app = o.app.clone();
         cfg.cloudapi = o.cloudapi.clone();
-        let headnode = nereid_headnode::start(cfg).await?;
+        let headnode = nereid_headnode::start(cfg.clone()).await?;
         let client = Client::new(Target { url: headnode.admin_url.clone(), token: headnode.token.clone(), source: "testkit".into() });
-        let mut cloud = Cloud { headnode, client, store_url, data_dir, agent: None, _dir: dir };
+        let mut cloud = Cloud { headnode, client, store_url, data_dir, agent: None, cfg, _dir: dir };
         if o.sim_servers > 0 {
             cloud.agent = Some(cloud.start_agent(&o).await?);
             cloud.wait_servers(o.sim_servers).await?;
         }
         Ok(cloud)
+    }
+
+    /// Restarts the headnode in this process, on the same data directory, store and
+    /// address: its jobs stop where they stand (as in a crash) and the new one takes them
+    /// back. Requests in flight may fail; clients retry.
+    pub async fn restart_headnode(&mut self) -> Result<()> {
+        self.headnode.halt().await?;
+        let mut cfg = self.cfg.clone();
+        cfg.admin_listen = self.headnode.admin_addr;
+        self.headnode = nereid_headnode::start(cfg).await?;
+        Ok(())
     }
 
     /// Starts an agent with simulated servers against this headnode.

@@ -172,6 +172,15 @@ impl Hooks {
     }
 }
 
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Lease {
     owner: String,
@@ -194,10 +203,14 @@ impl Runner {
         Arc::new(Runner { app, running: Default::default(), started_ms: nereid_types::time::now_ms(), seen: Default::default() })
     }
 
-    /// The runner's loop; wakes on new jobs and every half second.
+    /// The runner's loop; wakes on new jobs and every half second. The jobs it drives
+    /// belong to it: when the loop is dropped (the headnode halts), they stop where they
+    /// stand, as in a crash.
     pub async fn run(self: Arc<Self>) {
+        let mut drives = tokio::task::JoinSet::new();
         loop {
-            if let Err(e) = self.tick().await {
+            while drives.try_join_next().is_some() {}
+            if let Err(e) = self.tick(&mut drives).await {
                 tracing::warn!(error = %e, "job runner could not scan jobs");
             }
             tokio::select! {
@@ -207,7 +220,7 @@ impl Runner {
         }
     }
 
-    async fn tick(self: &Arc<Self>) -> Result<(), nereid_types::ApiError> {
+    async fn tick(self: &Arc<Self>, drives: &mut tokio::task::JoinSet<()>) -> Result<(), nereid_types::ApiError> {
         let open: Vec<Job> = self
             .app
             .list(
@@ -231,7 +244,7 @@ impl Runner {
             if let Some(lease_gen) = self.claim(job.uuid).await {
                 self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(job.uuid);
                 let me = self.clone();
-                tokio::spawn(async move {
+                drives.spawn(async move {
                     let id = job.uuid;
                     me.drive(id, lease_gen).await;
                     me.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
@@ -284,7 +297,8 @@ impl Runner {
 
     async fn drive(self: &Arc<Self>, id: Uuid, lease_gen: i64) {
         let lease = Arc::new(AsyncMutex::new(Some(lease_gen)));
-        let keeper = {
+        // Aborted with the drive, however it ends (a halted headnode renews nothing).
+        let keeper = AbortOnDrop({
             let (app, lease) = (self.app.clone(), lease.clone());
             tokio::spawn(async move {
                 loop {
@@ -305,11 +319,11 @@ impl Runner {
                     }
                 }
             })
-        };
+        });
         if let Err(e) = self.steps(id, &lease).await {
             tracing::warn!(job = %id, error = %e, "job driver stopped");
         }
-        keeper.abort();
+        drop(keeper);
         let g = lease.lock().await.take();
         if let Some(g) = g {
             let _ = self.app.store.delete(JOB_LEASES.name, &id.to_string(), Cond::Generation(g)).await;
