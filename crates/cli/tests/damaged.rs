@@ -321,7 +321,16 @@ async fn random_corruption_of_one_record_never_touches_the_rest() {
         let v = cloud.headnode.app.placement_view().await.unwrap();
         v.servers.into_iter().filter(|x| x.uuid.to_string() != s[0]).collect::<Vec<_>>()
     };
-    let baseline_view = view_of_others().await;
+    // The baseline once every server's inventory has its VMs (a heartbeat may lag).
+    let mut baseline_view = view_of_others().await;
+    for _ in 0..100 {
+        if baseline_view.iter().all(|s| s.vms.iter().all(|v| v.on_server)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        baseline_view = view_of_others().await;
+    }
+    assert!(baseline_view.iter().all(|s| s.vms.iter().all(|v| v.on_server)), "{baseline_view:?}");
     let mut baseline = Vec::new();
     for u in &other_vms {
         baseline.push(cloud.client.get(&format!("/vms/{u}")).await.unwrap());

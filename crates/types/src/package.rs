@@ -410,7 +410,7 @@ mod tests {
         assert!(msgs.contains(&"max_physical_memory: must be at least 64 (MiB)".to_string()));
         assert!(msgs.contains(&"quota: must be at least 1024 (MiB)".to_string()));
         assert!(msgs.contains(&"cpu_cap: must be at least 20 (% of one CPU)".to_string()));
-        assert!(msgs.iter().any(|m| m.starts_with("name: must start and end")));
+        assert!(msgs.iter().any(|m| m.starts_with("name: must have at least 2 characters, start and end")));
         assert!(msgs.iter().any(|m| m.starts_with("version: must be a semantic version")));
     }
 
