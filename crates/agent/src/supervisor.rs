@@ -695,6 +695,54 @@ mod tests {
         }
     }
 
+    /// A headnode that cannot be reached.
+    struct Away;
+
+    #[async_trait]
+    impl Upstream for Away {
+        async fn metadata_write(&self, _vm: Uuid, _w: &MetadataWrite) -> Result<(), String> {
+            Err("cannot reach the headnode: connection refused".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn while_the_headnode_is_away_vms_run_and_metadata_is_served_from_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(crate::backend::sim::Sim::open(dir.path().join("sim.json"), crate::backend::sim::Delays::default()));
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let node = Node::open(Uuid::new_v4(), backend, Arc::new(Away), dir.path().join("node"), tx).await.unwrap();
+        let mut d = def();
+        d.customer_metadata.insert("user-script".into(), serde_json::json!("#!/bin/sh\necho hi"));
+        let ensure = Ensure {
+            state: Desired::Running,
+            definition: d,
+            definition_generation: 1,
+            reboot_generation: 0,
+            snapshots: vec![],
+            rollback_to: None,
+            rollback_generation: 0,
+        };
+        node.ensure(ensure);
+        for _ in 0..100 {
+            if node.get(Uuid::nil()).is_some_and(|s| s.state == "running") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(node.get(Uuid::nil()).map(|s| s.state), Some("running".to_string()));
+        // What the metadata server reads comes from the agent's own copy of the VM.
+        let source = SlotSource { node: Arc::downgrade(&node), uuid: Uuid::nil() };
+        let view = source.view().expect("the VM is served");
+        assert_eq!(view.def.customer_metadata["user-script"], "#!/bin/sh\necho hi");
+        // A guest's write needs the headnode: it fails with why, and nothing changes.
+        let mut w = MetadataWrite::default();
+        w.set_customer_metadata.insert("k".into(), serde_json::json!("v"));
+        let e = source.write(w).await.unwrap_err();
+        assert!(e.contains("cannot reach the headnode"), "{e}");
+        assert!(!source.view().unwrap().def.customer_metadata.contains_key("k"));
+        assert_eq!(node.get(Uuid::nil()).map(|s| s.state), Some("running".to_string()), "the VM keeps running");
+    }
+
     #[test]
     fn decides_one_step_at_a_time() {
         assert!(matches!(decide(&state(Desired::Running, false, false)), Action::Create(_)));
