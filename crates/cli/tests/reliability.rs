@@ -502,3 +502,25 @@ async fn a_job_past_its_deadline_is_failed_and_unwound() {
     assert!(j["error"].as_str().unwrap().contains("passed its deadline of 5 s"), "{j}");
     assert_eq!(cloud.client.get(&format!("/vms/{vm}")).await.unwrap()["state"], "running", "nothing was done");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn doctor_finds_a_missing_or_corrupt_image_file_and_disk_sizes_are_bounded() {
+    let cloud = sim(1).await;
+    let seed = cloud.seed().await.unwrap();
+    let img = cloud.client.get(&format!("/images/{}", seed.image)).await.unwrap();
+    let sha1 = img["files"][0]["sha1"].as_str().unwrap().to_string();
+    let path = cloud.data_dir.join("images").join("sha1").join(&sha1[..2]).join(&sha1);
+    assert!(path.exists(), "{}", path.display());
+    std::fs::write(&path, vec![9u8; 4096]).unwrap();
+    let report = cloud.client.get("/doctor").await.unwrap();
+    let f = report["findings"].as_array().unwrap().iter().find(|f| f["kind"] == "image_file").cloned().unwrap_or_default();
+    assert!(f["message"].as_str().unwrap_or_default().contains("is corrupt"), "{report}");
+    std::fs::remove_file(&path).unwrap();
+    let report = cloud.client.get("/doctor").await.unwrap();
+    assert!(report.to_string().contains("cannot be read"), "{report}");
+    // A disk larger than any disk can be is refused at the request, before any sum.
+    let mut body = seed.vm_body("huge");
+    body["disks"] = json!([{"image_uuid": seed.image}, {"size": u64::MAX / 2}, {"size": u64::MAX / 2}]);
+    let e = api_err(cloud.client.post("/vms", &body).await, 409, "ValidationFailed");
+    assert!(e.to_string().contains("1 PiB"), "{e}");
+}
