@@ -147,11 +147,18 @@ pub struct Node {
     dir: PathBuf,
     slots: Mutex<HashMap<Uuid, Arc<Slot>>>,
     generation: AtomicI64,
+    /// The durable high-water mark: no generation above it has been handed out, and the
+    /// file says so (moved ahead in blocks, so a counter is never reused after a crash
+    /// without an fsync per report).
+    generation_mark: std::sync::Mutex<i64>,
     events: mpsc::UnboundedSender<VmStatus>,
     /// How often a running VM is checked for having died.
     pub check_every: Duration,
     stopping: AtomicBool,
 }
+
+/// How far ahead the durable generation mark moves at a time.
+const GENERATION_BLOCK: i64 = 1000;
 
 fn now_iso() -> String {
     nereid_types::time::now_iso()
@@ -174,7 +181,9 @@ impl Node {
             upstream,
             dir: dir.clone(),
             slots: Mutex::new(HashMap::new()),
+            // Start past the last mark: generations up to it may have been handed out.
             generation: AtomicI64::new(hw),
+            generation_mark: std::sync::Mutex::new(hw),
             events,
             check_every: Duration::from_secs(1),
             stopping: AtomicBool::new(false),
@@ -232,8 +241,14 @@ impl Node {
 
     fn next_generation(&self) -> i64 {
         let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        if let Err(e) = crate::durable::write_atomic(&self.dir.join("generation"), g.to_string().as_bytes()) {
-            tracing::error!(error = %e, "could not persist the generation counter");
+        let mut mark = self.generation_mark.lock().unwrap_or_else(|p| p.into_inner());
+        if g > *mark {
+            // Durably move the mark a block ahead before handing out anything past it.
+            let next = g + GENERATION_BLOCK;
+            match crate::durable::write_atomic(&self.dir.join("generation"), next.to_string().as_bytes()) {
+                Ok(()) => *mark = next,
+                Err(e) => tracing::error!(error = %e, "could not persist the generation counter"),
+            }
         }
         g
     }
@@ -741,6 +756,25 @@ mod tests {
         assert!(e.contains("cannot reach the headnode"), "{e}");
         assert!(!source.view().unwrap().def.customer_metadata.contains_key("k"));
         assert_eq!(node.get(Uuid::nil()).map(|s| s.state), Some("running".to_string()), "the VM keeps running");
+    }
+
+    #[tokio::test]
+    async fn generations_are_never_reused_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let node_dir = dir.path().join("node");
+        let open = || async {
+            let backend = Arc::new(crate::backend::sim::Sim::open(dir.path().join("sim.json"), crate::backend::sim::Delays::default()));
+            let (tx, _rx) = mpsc::unbounded_channel();
+            Node::open(Uuid::nil(), backend, Arc::new(Away), node_dir.clone(), tx).await.unwrap()
+        };
+        let node = open().await;
+        let handed: Vec<i64> = (0..5).map(|_| node.next_generation()).collect();
+        drop(node);
+        // The file (what a crash leaves) is ahead of everything handed out.
+        let on_disk: i64 = std::fs::read_to_string(node_dir.join("generation")).unwrap().trim().parse().unwrap();
+        assert!(on_disk >= *handed.iter().max().unwrap(), "{on_disk} vs {handed:?}");
+        let node = open().await;
+        assert!(node.next_generation() > on_disk);
     }
 
     #[test]

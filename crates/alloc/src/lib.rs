@@ -278,6 +278,10 @@ fn warnings(servers: &[Server]) -> Vec<Warning> {
     let mut out = Vec::new();
     for s in servers {
         for v in s.vms.iter().filter(|v| v.source == Source::Record) {
+            // Only records that need attention cost anything here (this runs per placement).
+            if v.damaged.is_none() && !v.suspect && v.problems().is_empty() {
+                continue;
+            }
             let counted = if v.on_server {
                 "counted as the server reports it".to_string()
             } else if let Some(r) = v.ram_mib {
