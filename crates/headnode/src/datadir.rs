@@ -1,19 +1,25 @@
 //! The headnode's data directory: the admin token, the published endpoints, the lock.
 //!
 //! ```text
-//! DIR/
+//! DIR/               mode 0700
 //!   admin.token      operator API bearer token (mode 0600), made at first start
 //!   join.token       what a new compute node's agent presents to join (mode 0600)
 //!   headnode.id      this headnode's identity, for job leases
 //!   endpoints.json   where this headnode listens, for `nereid admin …` to find it
 //!   headnode.lock    held while a headnode runs, so two never share one data dir
-//!   nereid.db        the SQLite store, unless --store names another
+//!   nereid.db        the SQLite store, unless --store names another (mode 0600, and
+//!                    its -wal/-shm: the store holds every server's agent secret)
+//!   cloudapi-key.pem the generated CloudAPI TLS key (mode 0600)
 //!   images/          image files, content-addressed by SHA-1
 //! ```
+//!
+//! Modes are enforced at *every* start, not only the first: a directory or secret file
+//! that another user can read (left by an older version, a restore, a careless `cp`) is
+//! tightened, and the operator is told in the log which path was changed from what.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -33,18 +39,54 @@ pub struct Endpoints {
     pub pid: u32,
 }
 
-/// Creates `dir` (mode 0700) if needed.
+/// Files of the data directory that hold secrets, kept mode 0600 (the SQLite store and
+/// its WAL and shared-memory files hold every server's agent secret).
+pub const SECRET_FILES: &[&str] =
+    &[TOKEN_FILE, JOIN_TOKEN_FILE, "cloudapi-key.pem", "nereid.db", "nereid.db-wal", "nereid.db-shm", "nereid.db-journal"];
+
+/// Creates `dir` if needed and, whatever existed before, makes it 0700 and every secret
+/// file in it ([`SECRET_FILES`]) 0600.
 pub fn ensure_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
-    let meta = fs::metadata(dir)?;
-    if meta.permissions().mode() & 0o077 != 0 && is_fresh(dir)? {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    if !dir.exists() {
+        if let Some(parent) = dir.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating data directory {}", dir.display())),
+        }
+    }
+    restrict(dir, 0o700)?;
+    for name in SECRET_FILES {
+        let path = dir.join(name);
+        if path.exists() {
+            restrict(&path, 0o600)?;
+        }
     }
     Ok(())
 }
 
-fn is_fresh(dir: &Path) -> Result<bool> {
-    Ok(fs::read_dir(dir)?.next().is_none())
+/// The mode `path` should have: `current` without any bit `allowed` lacks (pure).
+pub fn tightened(current: u32, allowed: u32) -> Option<u32> {
+    let current = current & 0o7777;
+    let want = current & allowed;
+    (want != current).then_some(want)
+}
+
+/// Removes every permission bit of `path` beyond `allowed` (0700 or 0600), saying so in
+/// the log; true when the mode changed.
+pub fn restrict(path: &Path, allowed: u32) -> Result<bool> {
+    let mode = fs::metadata(path).with_context(|| format!("reading the mode of {}", path.display()))?.permissions().mode();
+    let Some(want) = tightened(mode, allowed) else { return Ok(false) };
+    fs::set_permissions(path, fs::Permissions::from_mode(want)).with_context(|| format!("setting the mode of {}", path.display()))?;
+    tracing::warn!(
+        path = %path.display(),
+        was = format!("{:o}", mode & 0o7777),
+        now = format!("{want:o}"),
+        "other users could read this part of the data directory; tightened its mode"
+    );
+    Ok(true)
 }
 
 /// Takes the data directory's lock for the life of the returned file.
@@ -91,11 +133,7 @@ fn secret_file(dir: &Path, name: &str) -> Result<String> {
     let path = dir.join(name);
     match fs::read_to_string(&path) {
         Ok(t) => {
-            let mode = fs::metadata(&path)?.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "a token file is readable by others; setting mode 0600");
-                fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
-            }
+            restrict(&path, 0o600)?;
             let t = t.trim().to_string();
             if t.len() < 16 {
                 bail!("{} holds a token shorter than 16 characters; delete it to have a new one generated", path.display());
@@ -167,6 +205,38 @@ mod tests {
         admin_token(dir.path()).unwrap();
         let mode = fs::metadata(dir.path().join(TOKEN_FILE)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn modes_are_only_ever_tightened() {
+        assert_eq!(tightened(0o644, 0o600), Some(0o600));
+        assert_eq!(tightened(0o755, 0o700), Some(0o700));
+        assert_eq!(tightened(0o600, 0o600), None);
+        assert_eq!(tightened(0o400, 0o600), None, "a stricter mode stays");
+        assert_eq!(tightened(0o4755, 0o700), Some(0o700), "setuid and friends go too");
+        assert_eq!(tightened(0o100_644, 0o600), Some(0o600), "the file type bits are not a mode");
+    }
+
+    #[test]
+    fn a_used_directory_and_its_secrets_are_tightened_at_every_start() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        for name in SECRET_FILES.iter().chain([&"images-not-secret"]) {
+            fs::write(dir.join(name), "x".repeat(64)).unwrap();
+            fs::set_permissions(dir.join(name), fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        ensure_dir(&dir).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&dir), 0o700);
+        for name in SECRET_FILES {
+            assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+        }
+        assert_eq!(mode(&dir.join("images-not-secret")), 0o644, "only secrets are touched");
+        let fresh = parent.path().join("fresh");
+        ensure_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
     }
 
     #[test]

@@ -3,8 +3,15 @@
 //! Writers take an in-process mutex and then `BEGIN IMMEDIATE`, so concurrent batches
 //! queue fairly instead of spinning on SQLITE_BUSY; readers run concurrently on the
 //! other pooled connections.
+//!
+//! The store holds secrets (every server's agent secret), so its file is created mode
+//! 0600 before SQLite opens it, and SQLite gives the `-wal` and `-shm` files it creates
+//! the database file's mode. Files an older version left readable by others are
+//! tightened at open, with a warning naming them.
 
-use std::path::Path;
+use std::fs;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -30,6 +37,7 @@ impl SqliteStore {
         if path.as_os_str().is_empty() {
             return Err(StoreError::Config("sqlite: needs a file path".into()));
         }
+        private_files(path)?;
         let opts = SqliteConnectOptions::from_str("sqlite:")
             .map_err(|e| StoreError::Config(e.to_string()))?
             .filename(path)
@@ -56,6 +64,47 @@ impl SqliteStore {
         }
         Ok(())
     }
+}
+
+/// The database file and the files SQLite keeps beside it.
+pub(crate) fn store_files(path: &Path) -> Vec<PathBuf> {
+    let mut out = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_os_string();
+        name.push(suffix);
+        out.push(PathBuf::from(name));
+    }
+    out
+}
+
+/// Creates the database file mode 0600 if it is missing (SQLite then creates `-wal` and
+/// `-shm` with the same mode), and takes group and other permissions off any of the
+/// store's files that has them.
+fn private_files(path: &Path) -> Result<()> {
+    let io = |what: &str, p: &Path, e: std::io::Error| StoreError::Config(format!("sqlite: {what} {}: {e}", p.display()));
+    match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io("creating", path, e)),
+    }
+    for p in store_files(path) {
+        let mode = match fs::metadata(&p) {
+            Ok(m) => m.permissions().mode() & 0o7777,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io("reading the mode of", &p, e)),
+        };
+        if mode & 0o077 != 0 {
+            let want = mode & 0o700;
+            fs::set_permissions(&p, fs::Permissions::from_mode(want)).map_err(|e| io("setting the mode of", &p, e))?;
+            tracing::warn!(
+                path = %p.display(),
+                was = format!("{mode:o}"),
+                now = format!("{want:o}"),
+                "the store file was readable by other users (it holds secrets); tightened its mode"
+            );
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -98,5 +147,59 @@ impl Store for SqliteStore {
     async fn count(&self, bucket: &str, filter: &Filter) -> Result<i64> {
         let mut conn = self.pool.acquire().await?;
         ops::count(&mut *conn, Dialect::Sqlite, bucket, filter).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    async fn write_some(store: &SqliteStore) {
+        sqlx::raw_sql("CREATE TABLE IF NOT EXISTS t (x TEXT); INSERT INTO t VALUES ('a secret');").execute(&store.pool).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_new_store_and_its_wal_are_private_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nereid.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        write_some(&store).await;
+        let files = store_files(&path);
+        assert!(files[1].exists() && files[2].exists(), "WAL mode keeps -wal and -shm beside the database");
+        for f in &files[..3] {
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+        }
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_old_store_left_readable_is_tightened_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nereid.db");
+        {
+            let store = SqliteStore::open(&path).await.unwrap();
+            write_some(&store).await;
+            store.close().await;
+        }
+        let files = store_files(&path);
+        for f in &files[..3] {
+            if !f.exists() {
+                fs::write(f, b"").unwrap_or(());
+            }
+        }
+        for f in &files[..3] {
+            fs::set_permissions(f, fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        write_some(&store).await;
+        for f in &files[..3] {
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+        }
+        store.close().await;
     }
 }

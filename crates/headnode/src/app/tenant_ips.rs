@@ -12,19 +12,27 @@
 //!
 //! Operator accounts see every address with its owner and holder (`belongs_to_type`
 //! too) and may reserve addresses on public networks.
+//!
+//! Choosing an address (CreateMachine's `networks: [{ipv4_uuid, ipv4_ips}]`, AddNic's
+//! `network: {ipv4_uuid, ipv4_ips}`) is for networks a tenant may use and, as in Triton,
+//! not public ones nor pools; on its own network only inside the provisioning range, not
+//! the gateway, the broadcast address or a resolver, not an address reserved by anyone
+//! but the tenant, and not one in use ([`pin_check`]). Operators — operator accounts on
+//! CloudAPI, and VMAPI/NAPI callers, which never come here — may place any address.
 
 use std::net::Ipv4Addr;
 
 use nereid_store::{Filter, ListQuery};
 use nereid_types::account::Account;
-use nereid_types::network::Network;
+use nereid_types::network::{Network, NetworkPool};
 use nereid_types::nic::IpRecord;
 use nereid_types::{ApiError, FieldError};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::App;
-use crate::buckets::IPS;
+use super::networks::ip_key;
+use crate::buckets::{IPS, NETWORK_POOLS, NETWORKS};
 
 /// Who looks at a network's addresses, and what kind of network it is.
 #[derive(Debug, Clone)]
@@ -131,6 +139,67 @@ impl App {
     }
 }
 
+/// Whether a tenant (`account`, not an operator) may have `ip` on `net`, whose record for
+/// that address (if any) is `rec` (pure). Errors are CloudAPI's `InvalidArgument`s, worded
+/// as Triton's, naming nothing but the tenant's own request.
+pub fn pin_check(net: &Network, ip: &str, rec: Option<&IpRecord>, account: Uuid) -> Result<Ipv4Addr, ApiError> {
+    if net.owner_uuids.is_none() {
+        return Err(invalid_argument(format!("ipv4_uuid: {} cannot specify IP on a public network", net.uuid)));
+    }
+    let addr = nereid_types::ipv4::parse_addr(ip).map_err(|_| invalid_argument(format!("ipv4_ips: {ip} is not a valid IPv4 address")))?;
+    let n = u32::from(addr);
+    let (start, end) = net.range();
+    if !net.subnet().is_host(addr) || n < start || n > end {
+        return Err(invalid_argument(format!(
+            "ipv4_ips: IP {addr} is not in the provisioning range of network {} ({} - {})",
+            net.uuid, net.provision_start_ip, net.provision_end_ip
+        )));
+    }
+    let is = |s: &str| nereid_types::ipv4::parse_addr(s).is_ok_and(|a| a == addr);
+    if net.gateway.as_deref().is_some_and(is) {
+        return Err(invalid_argument(format!("ipv4_ips: IP {addr} is the gateway of network {}", net.uuid)));
+    }
+    if net.resolvers.iter().any(|r| is(r)) {
+        return Err(invalid_argument(format!("ipv4_ips: IP {addr} is a resolver of network {}", net.uuid)));
+    }
+    if let Some(r) = rec {
+        if r.nic.is_some() || r.belongs_to_uuid.is_some() {
+            return Err(invalid_argument(format!("ipv4_ips: IP {addr} is already in use")));
+        }
+        if r.reserved && r.owner_uuid != Some(account) {
+            return Err(invalid_argument(format!("ipv4_ips: IP {addr} is reserved")));
+        }
+    }
+    Ok(addr)
+}
+
+impl App {
+    /// CreateMachine's and AddNic's chosen address, checked for `account` before anything
+    /// is written (see [`pin_check`]; operator accounts may place any address, as on
+    /// VMAPI). The NIC's own claim still decides a race for a free address.
+    pub async fn check_tenant_pin(&self, account: &Account, network: Uuid, ip: &str) -> Result<(), ApiError> {
+        if account.operator {
+            return Ok(());
+        }
+        let not_found = || ApiError::new(404, "ResourceNotFound", format!("ipv4_uuid: network {network} not found"));
+        let net = match self.read::<Network>(NETWORKS.name, &network.to_string()).await? {
+            Some((n, _)) if n.provisionable_by(&account.uuid) => n,
+            Some(_) => return Err(not_found()),
+            None => match self.read::<NetworkPool>(NETWORK_POOLS.name, &network.to_string()).await? {
+                Some((p, _)) if p.owner_uuids.as_ref().is_none_or(|o| o.contains(&account.uuid)) => {
+                    return Err(invalid_argument(format!("ipv4_uuid: {network} cannot specify IP on a network pool")));
+                }
+                _ => return Err(not_found()),
+            },
+        };
+        let rec = match nereid_types::ipv4::parse_addr(ip) {
+            Ok(addr) => self.read::<IpRecord>(IPS.name, &ip_key(net.uuid, addr)).await?.map(|(r, _)| r),
+            Err(_) => None,
+        };
+        pin_check(&net, ip, rec.as_ref(), account.uuid).map(|_| ())
+    }
+}
+
 /// CloudAPI's `reserved`: a boolean, or the strings `true`/`false` (from a query or a form).
 pub fn reserved_param(p: &Map<String, Value>) -> Result<bool, ApiError> {
     match p.get("reserved") {
@@ -187,6 +256,52 @@ mod tests {
         let operator = IpView { operator: true, ..public };
         assert!(operator.lists(&theirs));
         assert_eq!(operator.render(&gateway)["belongs_to_type"], "other", "operators see everything");
+    }
+
+    fn net(owners: Option<Vec<Uuid>>) -> Network {
+        serde_json::from_value(json!({
+            "uuid": "7d0c0000-0000-4000-8000-000000000001", "name": "mine", "nic_tag": "external", "vlan_id": 3,
+            "subnet": "10.88.0.0/24", "netmask": "255.255.255.0", "family": "ipv4",
+            "provision_start_ip": "10.88.0.10", "provision_end_ip": "10.88.0.20", "gateway": "10.88.0.11",
+            "resolvers": ["10.88.0.12"], "owner_uuids": owners, "mtu": 1500, "fabric": false
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn tenants_pin_only_free_addresses_inside_the_provisioning_range_of_their_own_networks() {
+        let (me, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let mine = net(Some(vec![me, other]));
+        let msg = |r: Result<Ipv4Addr, ApiError>| {
+            let e = r.unwrap_err();
+            assert_eq!((e.status, e.code.as_str()), (409, "InvalidArgument"), "{e:?}");
+            e.message
+        };
+        assert_eq!(pin_check(&mine, "10.88.0.15", None, me).unwrap(), Ipv4Addr::new(10, 88, 0, 15));
+        assert_eq!(pin_check(&mine, "10.88.0.20", Some(&rec(None, None, None, false)), me).unwrap(), Ipv4Addr::new(10, 88, 0, 20));
+        let public = net(None);
+        assert_eq!(
+            msg(pin_check(&public, "10.88.0.15", None, me)),
+            "ipv4_uuid: 7d0c0000-0000-4000-8000-000000000001 cannot specify IP on a public network"
+        );
+        for outside in ["10.88.0.9", "10.88.0.21", "10.88.0.255", "10.88.0.0", "10.89.0.15"] {
+            assert!(msg(pin_check(&mine, outside, None, me)).contains("is not in the provisioning range"), "{outside}");
+        }
+        assert_eq!(
+            msg(pin_check(&mine, "10.88.0.21", None, me)),
+            "ipv4_ips: IP 10.88.0.21 is not in the provisioning range of network 7d0c0000-0000-4000-8000-000000000001 (10.88.0.10 - 10.88.0.20)"
+        );
+        assert!(msg(pin_check(&mine, "10.88.0.11", None, me)).contains("is the gateway"));
+        assert!(msg(pin_check(&mine, "10.88.0.12", None, me)).contains("is a resolver"));
+        assert!(msg(pin_check(&mine, "nope", None, me)).contains("not a valid IPv4 address"));
+        // Reserved: by an operator or another account (or nobody) no; by the tenant itself yes.
+        assert_eq!(msg(pin_check(&mine, "10.88.0.15", Some(&rec(None, None, None, true)), me)), "ipv4_ips: IP 10.88.0.15 is reserved");
+        assert!(msg(pin_check(&mine, "10.88.0.15", Some(&rec(Some(other), None, None, true)), me)).ends_with("is reserved"));
+        assert!(pin_check(&mine, "10.88.0.15", Some(&rec(Some(me), None, None, true)), me).is_ok());
+        // In use: the holder is not named.
+        let held = rec(Some(other), Some(Uuid::new_v4()), Some("zone"), false);
+        let m = msg(pin_check(&mine, "10.88.0.15", Some(&held), me));
+        assert_eq!(m, "ipv4_ips: IP 10.88.0.15 is already in use");
     }
 
     #[test]

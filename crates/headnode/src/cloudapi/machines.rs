@@ -329,6 +329,11 @@ async fn create(State(s): State<AppState>, Scoped(acct): Scoped, Params(params):
                         format!("network {} does not exist", n["uuid"].as_str().unwrap_or("")),
                     )));
                 }
+                // A chosen address: only where the tenant may have it (no reserved or
+                // shared-network address, nothing outside the provisioning range).
+                if let (Some(id), Some(ip)) = (n["uuid"].as_str().and_then(|u| Uuid::parse_str(u).ok()), n["ip"].as_str()) {
+                    s.app.check_tenant_pin(&acct, id, ip).await?;
+                }
             }
             nets
         }

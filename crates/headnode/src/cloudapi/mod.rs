@@ -41,6 +41,7 @@ pub mod nics;
 pub mod render;
 pub mod signature;
 pub mod sshkey;
+pub mod tenant_errors;
 pub mod tls;
 
 /// The CloudAPI version this server implements (clients read it from `Server`).
@@ -79,7 +80,11 @@ impl From<crate::http::HttpError> for CloudError {
 
 impl IntoResponse for CloudError {
     fn into_response(self) -> Response {
-        let e = self.0;
+        // What tenants may see (no servers, no other accounts); operators keep the rest.
+        let (e, redacted) = tenant_errors::for_tenant(self.0.clone());
+        if redacted {
+            tracing::info!(code = %self.0.code, message = %self.0.message, "a CloudAPI error was answered without its operator detail");
+        }
         let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         crate::http::json(status, &e.body())
     }

@@ -186,6 +186,9 @@ async fn add(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id)): Pat
     if !visible.iter().any(|n| n["id"] == json!(network)) {
         return Err(invalid("network", "network not found"));
     }
+    if let Some(ip) = &ip {
+        s.app.check_tenant_pin(&acct, network, ip).await?;
+    }
     match s.app.add_nic_now(vm.uuid, network, ip.as_deref(), primary).await? {
         AddedNic::Exists(nic) => {
             let mut resp = StatusCode::FOUND.into_response();
