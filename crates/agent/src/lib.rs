@@ -58,6 +58,10 @@ pub struct QemuOptions {
     pub ovmf_vars: Option<PathBuf>,
     /// Seconds a guest has to power off after the ACPI button.
     pub stop_timeout: Duration,
+    /// Directories whose files VMs may use as cdroms (`--iso-dir`).
+    pub iso_dirs: Vec<PathBuf>,
+    /// The first guest uid (each VM's QEMU runs as its own).
+    pub guest_uid_base: u32,
 }
 
 impl Default for QemuOptions {
@@ -69,6 +73,8 @@ impl Default for QemuOptions {
             ovmf_code: None,
             ovmf_vars: None,
             stop_timeout: Duration::from_secs(60),
+            iso_dirs: Vec::new(),
+            guest_uid_base: backend::qemu::confine::DEFAULT_UID_BASE,
         }
     }
 }
@@ -219,6 +225,16 @@ async fn qemu_spec(cfg: &Config, addr: SocketAddr, o: &QemuOptions) -> Result<No
     q.qemu_img = o.qemu_img.clone();
     q.stop_timeout = o.stop_timeout;
     q.nic_tags = cfg.nic_tags.clone();
+    q.iso_dirs = o.iso_dirs.iter().map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone())).collect();
+    q.uid_base = o.guest_uid_base;
+    match &q.cgroups {
+        Some(h) => {
+            tracing::info!(cgroups = %h.describe(), uid_base = q.uid_base, iso_dirs = ?q.iso_dirs, "guests confined: own uid, seccomp, a cgroup each")
+        }
+        None => {
+            tracing::warn!("no usable cgroup hierarchy (v2 with cpu and memory, or v1 cpu): guests run without CPU, memory or I/O limits")
+        }
+    }
     if let Some(c) = &o.ovmf_code {
         q.ovmf_code = c.clone();
     }

@@ -179,6 +179,12 @@ pub struct QemuArgs {
     /// Seconds a guest has to power off after the ACPI power button before it is stopped hard
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub stop_timeout_secs: u64,
+    /// A directory whose files VMs may use as cdroms (`media: cdrom` disks' `path`); repeatable. Without one, no VM may name a host file
+    #[arg(long = "iso-dir", value_name = "DIR")]
+    pub iso_dirs: Vec<PathBuf>,
+    /// The uid of the first VM's QEMU; each VM runs as its own unprivileged uid from here (no /etc/passwd entry needed)
+    #[arg(long, value_name = "UID", default_value_t = nereid_agent::backend::qemu::confine::DEFAULT_UID_BASE, value_parser = clap::value_parser!(u32).range(1..))]
+    pub guest_uid_base: u32,
 }
 
 impl QemuArgs {
@@ -190,6 +196,8 @@ impl QemuArgs {
             ovmf_code: self.ovmf_code.clone(),
             ovmf_vars: self.ovmf_vars.clone(),
             stop_timeout: std::time::Duration::from_secs(self.stop_timeout_secs.max(1)),
+            iso_dirs: self.iso_dirs.clone(),
+            guest_uid_base: self.guest_uid_base,
         }
     }
 }

@@ -1,9 +1,9 @@
 //! VM consoles end to end: `nereid admin vm console` and WebSocket clients → headnode →
 //! agent (qemu backend, in-process) → the VM's console and VNC sockets.
 //!
-//! QEMU is a stand-in: a script that, run with `-daemonize -pidfile P … -uuid U`, leaves a
-//! process whose command line carries `-uuid U` behind its pidfile (which is all the agent
-//! checks to call the VM running), and `qemu-img` one that succeeds. The test then binds
+//! QEMU is a stand-in: a script that, run with `… -uuid U`, becomes a process whose command
+//! line carries `-uuid U` (which, with no monitor socket, is all the agent checks to call
+//! the VM running), and `qemu-img` one that succeeds. The test then binds
 //! the VM's `console.sock` and `vnc.sock`, as QEMU's chardev and VNC server would, and
 //! plays the guest. A simulated server beside it has a VM without consoles. (Consoles of
 //! real guests are exercised by the QEMU end-to-end tests.)
@@ -26,20 +26,16 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-/// `qemu-system-x86_64 -daemonize -pidfile P … -uuid U …`, as far as the agent can tell.
+/// `qemu-system-x86_64 … -uuid U …`, as far as the agent can tell.
 const FAKE_QEMU: &str = r#"#!/bin/sh
-pidfile=; uuid=; prev=
+uuid=; prev=
 for a in "$@"; do
-    case "$prev" in
-        -pidfile) pidfile=$a ;;
-        -uuid) uuid=$a ;;
-    esac
+    [ "$prev" = -uuid ] && uuid=$a
     prev=$a
 done
-[ -n "$pidfile" ] && [ -n "$uuid" ] || { echo "fake qemu: no -pidfile or -uuid" >&2; exit 1; }
+[ -n "$uuid" ] || { echo "fake qemu: no -uuid" >&2; exit 1; }
 # The "VM": a process with "-uuid U" in its command line, gone after 10 minutes at most.
-sh -c 'i=0; while [ $i -lt 600 ]; do sleep 1; i=$((i+1)); done' fake-qemu -uuid "$uuid" </dev/null >/dev/null 2>&1 &
-echo $! > "$pidfile"
+exec sh -c 'i=0; while [ $i -lt 600 ]; do sleep 1; i=$((i+1)); done' fake-qemu -uuid "$uuid" </dev/null >/dev/null 2>&1
 "#;
 
 fn script(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -86,6 +82,8 @@ impl Rig {
         let cloud =
             Cloud::start_with(nereid_testkit::Options { sim_servers: 1, ..nereid_testkit::Options::new(Backend::Sqlite) }).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
+        // The stand-in runs as the VM's own unprivileged user: it must reach its script.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let qemu = script(dir.path(), "fake-qemu", FAKE_QEMU);
         let qemu_img = script(dir.path(), "fake-qemu-img", "#!/bin/sh\nexit 0\n");
         let agent_dir = dir.path().join("cn");
@@ -100,6 +98,7 @@ impl Rig {
                 ovmf_code: None,
                 ovmf_vars: None,
                 stop_timeout: Duration::from_secs(1),
+                ..QemuOptions::default()
             }),
             listen: "127.0.0.1:0".parse().unwrap(),
             advertise_url: None,

@@ -853,7 +853,7 @@ async fn the_triton_clis_traffic_matches_the_cloudapi_document() {
 /// The two console operations, which simulated servers refuse (409 `NoConsole`), answer as
 /// documented on a qemu-backend server: `GetVmConsole?log=true` is the log as bytes and
 /// `GetVmVnc` a WebSocket (101). QEMU is a stand-in (as in tests/console.rs): a script that
-/// leaves a process with `-uuid U` behind its pidfile; the test binds the VM's
+/// becomes a process with `-uuid U` in its command line; the test binds the VM's
 /// `console.sock` and `vnc.sock` as QEMU would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn consoles_answer_as_documented() {
@@ -861,21 +861,19 @@ async fn consoles_answer_as_documented() {
     use tokio::io::AsyncWriteExt;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     const FAKE_QEMU: &str = r#"#!/bin/sh
-pidfile=; uuid=; prev=
+uuid=; prev=
 for a in "$@"; do
-    case "$prev" in
-        -pidfile) pidfile=$a ;;
-        -uuid) uuid=$a ;;
-    esac
+    [ "$prev" = -uuid ] && uuid=$a
     prev=$a
 done
-[ -n "$pidfile" ] && [ -n "$uuid" ] || exit 1
-sh -c 'i=0; while [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done' fake-qemu -uuid "$uuid" </dev/null >/dev/null 2>&1 &
-echo $! > "$pidfile"
+[ -n "$uuid" ] || exit 1
+exec sh -c 'i=0; while [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done' fake-qemu -uuid "$uuid" </dev/null >/dev/null 2>&1
 "#;
     let checker = Arc::new(Checker::new());
     let cloud = Cloud::start(Backend::Sqlite).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    // The stand-in QEMU runs as the VM's own unprivileged user: it must reach its script.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let write = |name: &str, text: &str| {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
@@ -895,6 +893,7 @@ echo $! > "$pidfile"
             ovmf_code: None,
             ovmf_vars: None,
             stop_timeout: std::time::Duration::from_secs(1),
+            ..nereid_agent::QemuOptions::default()
         }),
         listen: "127.0.0.1:0".parse().unwrap(),
         advertise_url: None,

@@ -50,6 +50,9 @@ impl Env {
         let image = import_image(&cloud.client, &image_file, "nereid-test").await.unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let agent_dir = agent_dir.unwrap_or_else(|| tmp.path().join("agent"));
+        // The only host files VMs may use (cdroms).
+        let iso_dir = tmp.path().join("iso");
+        std::fs::create_dir_all(&iso_dir).unwrap();
         let mut agent_args: Vec<String> = [
             "agent",
             "--headnode",
@@ -70,6 +73,8 @@ impl Env {
             "external=lo",
             "--stop-timeout-secs",
             "30",
+            "--iso-dir",
+            iso_dir.to_str().unwrap(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -319,7 +324,7 @@ async fn a_vm_lives_its_whole_life_under_qemu() {
 async fn vms_outlive_the_agent_and_dead_qemus_are_noticed() {
     let mut env = Env::new(&[], None).await;
     // BIOS this time, with a data disk on NVMe and an installer ISO on the AHCI controller.
-    let iso = env.tmp.path().join("installer.iso");
+    let iso = env.tmp.path().join("iso/installer.iso");
     std::fs::write(&iso, vec![0u8; 2 << 20]).unwrap();
     let disks = json!([{"image_uuid": env.image, "boot": true, "model": "virtio"}, {"size": 64, "model": "nvme"},
         {"media": "cdrom", "model": "ahci", "path": iso}]);
@@ -415,6 +420,8 @@ async fn qemu_failing_to_start_fails_the_provision_cleanly() {
     // A QEMU that cannot start, as a broken install would: the real binary, handed an
     // option it rejects.
     let dir = tempfile::tempdir().unwrap();
+    // QEMU runs as the VM's own user: it must reach the wrapper.
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let wrapper = dir.path().join("qemu-broken");
     std::fs::write(&wrapper, "#!/bin/sh\nexec qemu-system-x86_64 \"$@\" -object no-such-object,id=x\n").unwrap();
     std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -514,4 +521,140 @@ async fn nereid_up_demo_boots_a_first_vm() {
     let _ = Command::new("kill").args(["-INT", &up.id().to_string()]).status();
     let _ = up.wait();
     assert_eq!((last(&log, "uuid"), last(&log, "message")), (vm, "hello".to_string()));
+}
+
+/// The directory of `pid`'s cgroup for `controller` (cgroup v1), or its v2 cgroup.
+fn cgroup_dir(pid: u32, controller: &str) -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for line in own.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, ctrls, path) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+        if ctrls.split(',').any(|c| c == controller) {
+            let mount = mounts
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .find(|m| m[2] == "cgroup" && m[3].split(',').any(|o| o == controller))
+                .unwrap_or_else(|| panic!("no v1 {controller} mount"));
+            return Path::new(mount[1]).join(path.trim_start_matches('/'));
+        }
+    }
+    let path = own.lines().find_map(|l| l.strip_prefix("0::")).expect("a v2 cgroup");
+    let mount = mounts.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()).find(|m| m[2] == "cgroup2").expect("a v2 mount");
+    Path::new(mount[1]).join(path.trim_start_matches('/'))
+}
+
+/// Whether the VM's limits live in the v2 hierarchy (it has the cpu controller) or v1.
+fn v2_has_cpu() -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()).find(|m| m[2] == "cgroup2").is_some_and(|m| {
+        std::fs::read_to_string(Path::new(m[1]).join("cgroup.controllers")).unwrap_or_default().split_whitespace().any(|c| c == "cpu")
+    })
+}
+
+/// CPU time (µs) the cgroup has used: v2 `cpu.stat` usage_usec, v1 `cpuacct.usage`.
+fn cpu_used_usec(pid: u32, v2: bool) -> u64 {
+    if v2 {
+        let stat = std::fs::read_to_string(cgroup_dir(pid, "cpu").join("cpu.stat")).unwrap();
+        stat.lines().find_map(|l| l.strip_prefix("usage_usec ")).unwrap().trim().parse().unwrap()
+    } else {
+        let ns: u64 = std::fs::read_to_string(cgroup_dir(pid, "cpuacct").join("cpuacct.usage")).unwrap().trim().parse().unwrap();
+        ns / 1000
+    }
+}
+
+/// Guests are confined: QEMU runs as an unprivileged uid under seccomp, in a cgroup of
+/// its own whose CPU limit is the package's `cpu_cap` — a guest spinning on both vCPUs of a
+/// `cpu_cap: 50` package gets half a core — and a cdrom outside the agent's --iso-dir is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guests_run_confined_and_cpu_cap_holds() {
+    let env = Env::new(&[], None).await;
+
+    // Host paths only from --iso-dir: /etc/shadow and another VM's disk are refused.
+    for (alias, path) in [("shadow", "/etc/shadow".to_string()), ("escape", format!("{}/iso/../agent/qemu", env.tmp.path().display()))] {
+        let disks = json!([{"image_uuid": env.image, "boot": true, "model": "virtio"}, {"media": "cdrom", "model": "ahci", "path": path}]);
+        let (vm, j) = env.create(json!({"alias": alias, "disks": disks})).await;
+        assert_eq!(j["execution"], "failed", "{j}");
+        let e = j["error"].as_str().unwrap_or_default();
+        assert!(e.contains("disks[1] (cdrom)") && (e.contains("outside the directories") || e.contains("\"..\"")), "{alias}: {e}");
+        assert_eq!(env.vm(&vm).await["state"], "failed");
+        env.assert_gone(&vm);
+    }
+
+    let pkg = env
+        .cloud
+        .client
+        .post(
+            "/packages",
+            &json!({"name": "capped", "version": "1.0.0", "max_physical_memory": 256, "quota": 1024, "vcpus": 2, "cpu_cap": 50, "brand": "bhyve"}),
+        )
+        .await
+        .unwrap();
+    let (vm, j) = env.create(json!({"alias": "capped", "billing_id": pkg["uuid"]})).await;
+    assert_eq!(j["execution"], "succeeded", "{j}");
+    let log = env.wait_boots(&vm, 1).await;
+    assert_eq!(last(&log, "cpus"), "2", "{log}");
+    let pid = env.pid(&vm).unwrap();
+
+    // Not root, no capabilities, no new privileges, a seccomp filter.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(&format!("{name}:"))).unwrap().trim().to_string();
+    let uids: Vec<u32> = field("Uid").split_whitespace().map(|u| u.parse().unwrap()).collect();
+    assert!(uids.iter().all(|u| *u != 0), "QEMU runs as root: {uids:?}");
+    assert!(uids[0] >= 2_000_000, "{uids:?}");
+    assert_eq!(field("Seccomp"), "2", "QEMU's seccomp sandbox is on");
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("CapEff"), "0000000000000000");
+    // Its own directory belongs to it, the image base does not.
+    use std::os::unix::fs::MetadataExt;
+    let dir = vm_dir(&env.agent_dir, &vm);
+    assert_eq!(std::fs::metadata(&dir).unwrap().uid(), uids[0]);
+    let base = std::fs::read_dir(&dir).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with("base0.")).unwrap();
+    assert_eq!((base.metadata().unwrap().uid(), base.metadata().unwrap().mode() & 0o222), (0, 0), "the base is root's, read-only");
+
+    // Its own cgroup, capped at half a core.
+    let v2 = v2_has_cpu();
+    let cg = cgroup_dir(pid, "cpu");
+    assert!(cg.ends_with(&vm), "QEMU is in the VM's own cgroup: {}", cg.display());
+    if v2 {
+        assert_eq!(std::fs::read_to_string(cg.join("cpu.max")).unwrap().trim(), "50000 100000");
+    } else {
+        let quota: i64 = std::fs::read_to_string(cg.join("cpu.cfs_quota_us")).unwrap().trim().parse().unwrap();
+        let period: i64 = std::fs::read_to_string(cg.join("cpu.cfs_period_us")).unwrap().trim().parse().unwrap();
+        assert_eq!((quota, period), (50_000, 100_000), "cpu_cap 50 = half of one CPU");
+        assert!(cgroup_dir(pid, "memory").ends_with(&vm), "and its own memory cgroup");
+    }
+
+    // Spin on every vCPU, then measure for 10 s from the cgroup's accounting.
+    let out = console_session(
+        &env,
+        &vm,
+        "n=$(grep -c ^processor /proc/cpuinfo); i=0; while [ $i -lt $n ]; do sh -c 'while :; do :; done' & i=$((i+1)); done; echo \"nereid-test: spinning=$i\"\n",
+    )
+    .await;
+    let end = Instant::now() + Duration::from_secs(60);
+    while values(&env.console(&vm), "spinning").is_empty() {
+        assert!(Instant::now() < end, "the guest never started spinning: {out}\n{}", env.console(&vm));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last(&env.console(&vm), "spinning"), "2");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (t0, u0) = (Instant::now(), cpu_used_usec(pid, v2));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (t1, u1) = (Instant::now(), cpu_used_usec(pid, v2));
+    let cores = (u1 - u0) as f64 / (t1 - t0).as_micros() as f64;
+    eprintln!(
+        "a guest spinning on 2 vCPUs with cpu_cap 50 used {cores:.3} cores over {:.1} s (cgroup {})",
+        (t1 - t0).as_secs_f64(),
+        if v2 { "v2" } else { "v1" }
+    );
+    assert!(cores <= 0.6, "cpu_cap 50 lets the guest use {cores:.3} cores");
+    assert!(cores >= 0.2, "the spinning guest used only {cores:.3} cores: is the accounting the VM's?");
+
+    // Destroyed: its cgroup goes with it.
+    let j = env.act(&vm, "destroy", json!({})).await;
+    assert_eq!(j["execution"], "succeeded", "{j}");
+    env.assert_gone(&vm);
+    assert!(!cg.exists(), "{} is left behind", cg.display());
 }

@@ -61,7 +61,9 @@ pub async fn import_image(client: &Client, file: &Path, name: &str) -> Result<St
     Ok(uuid)
 }
 
-/// Pids of QEMU processes whose command line mentions `dir`.
+/// Pids of QEMU processes started under `dir`: running in a VM directory under it (QEMU
+/// runs in its VM's directory and names its files relative to it), or whose command line
+/// mentions it.
 pub fn qemus_under(dir: &Path) -> Vec<u32> {
     let needle = dir.to_string_lossy().into_owned();
     let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
@@ -70,7 +72,8 @@ pub fn qemus_under(dir: &Path) -> Vec<u32> {
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
                 let c = String::from_utf8_lossy(&c);
-                c.starts_with("qemu-system") && c.contains(&needle)
+                let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+                c.starts_with("qemu-system") && (cwd.starts_with(dir) || c.contains(&needle))
             })
         })
         .collect()

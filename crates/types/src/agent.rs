@@ -123,6 +123,12 @@ pub struct Definition {
     pub vcpus: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_cap: Option<u32>,
+    /// Relative CPU weight (the package's `fss`; 100 = default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<u32>,
+    /// Relative I/O weight (100 = default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zfs_io_priority: Option<u32>,
     pub disks: Vec<DiskDef>,
     pub nics: Vec<NicDef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -313,6 +313,8 @@ impl Vm {
             ram,
             vcpus: self.vcpus.unwrap_or(1),
             cpu_cap: self.cpu_cap.filter(|c| *c > 0),
+            cpu_shares: self.cpu_shares,
+            zfs_io_priority: self.zfs_io_priority,
             disks: self.disks.clone().unwrap_or_default(),
             nics: self.nics.clone().unwrap_or_default(),
             bootrom: self.bootrom.clone(),

@@ -123,11 +123,44 @@ pub async fn delete(iface: &str) {
     }
 }
 
+/// The uid a tap belongs to (`None`: anyone with `CAP_NET_ADMIN` only).
+pub fn tap_owner(tap: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{tap}/owner")).ok()?.trim().parse().ok()
+}
+
+/// The clone device every tap is opened through: its mode lets anyone open it, as the
+/// distributions' udev rules do — a process without `CAP_NET_ADMIN` can then attach only to
+/// a tap made for its own uid, which is how an unprivileged QEMU reaches its NICs.
+pub fn open_tun_to_owners() -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let dev = std::path::Path::new("/dev/net/tun");
+    let mode = std::fs::metadata(dev).map_err(|e| format!("{}: {e}", dev.display()))?.permissions().mode();
+    if mode & 0o666 != 0o666 {
+        std::fs::set_permissions(dev, std::fs::Permissions::from_mode((mode & 0o7777) | 0o666))
+            .map_err(|e| format!("letting unprivileged QEMUs open {}: {e}", dev.display()))?;
+        tracing::info!("made /dev/net/tun mode 0666 (the distributions' default): guests' QEMUs open their own taps through it");
+    }
+    Ok(())
+}
+
 /// Makes `tap` a port of `bridge`, with `mtu`, up. An existing tap (a running VM's, after
-/// an agent restart or a bridge re-creation) is re-plugged, not re-made.
-pub async fn ensure_tap(tap: &str, bridge: &str, mtu_want: u32) -> Result<(), String> {
+/// an agent restart or a bridge re-creation) is re-plugged, not re-made — unless it
+/// belongs to another uid than `owner` (the uid of the QEMU that will open it).
+pub async fn ensure_tap(tap: &str, bridge: &str, mtu_want: u32, owner: Option<u32>) -> Result<(), String> {
+    if let Some(u) = owner
+        && exists(tap)
+        && tap_owner(tap) != Some(u)
+    {
+        ip(&["link", "del", tap]).await?;
+    }
     if !exists(tap) {
-        ip(&["tuntap", "add", "dev", tap, "mode", "tap"]).await?;
+        match owner {
+            Some(u) => {
+                let u = u.to_string();
+                ip(&["tuntap", "add", "dev", tap, "mode", "tap", "user", &u, "group", &u]).await?
+            }
+            None => ip(&["tuntap", "add", "dev", tap, "mode", "tap"]).await?,
+        };
     }
     if master(tap).as_deref() != Some(bridge) {
         ip(&["link", "set", "dev", tap, "master", bridge]).await?;

@@ -164,6 +164,12 @@ impl Net {
     /// Makes the host side of every NIC of `def` (taps, DHCP, filters); how each attaches,
     /// in `def.nics` order. Existing taps are re-plugged, not re-made (an adopted VM's).
     pub async fn attach(&self, def: &Definition) -> Result<Vec<Attach>, String> {
+        self.attach_as(def, None).await
+    }
+
+    /// [`Net::attach`], with taps that belong to `owner` (the uid of the VM's QEMU, which
+    /// then opens them without `CAP_NET_ADMIN`); `None` keeps existing taps as they are.
+    pub async fn attach_as(&self, def: &Definition, owner: Option<u32>) -> Result<Vec<Attach>, String> {
         let mut out = Vec::new();
         let mut ports = Vec::new();
         for (i, n) in def.nics.iter().enumerate() {
@@ -173,7 +179,10 @@ impl Net {
                 continue;
             };
             let tap = tap_name(def.uuid, i);
-            links::ensure_tap(&tap, &bridge, n.mtu).await?;
+            if owner.is_some() {
+                links::open_tun_to_owners()?;
+            }
+            links::ensure_tap(&tap, &bridge, n.mtu, owner).await?;
             ports.push(Port { tap: tap.clone(), nic: n.clone() });
             out.push(Attach::Tap(tap));
         }

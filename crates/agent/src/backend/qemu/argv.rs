@@ -14,6 +14,10 @@
 //! | VNC console | `-vnc unix:<socket>` with a std VGA and a USB tablet |
 //!
 //! The boot disk boots first, cdroms next (an empty disk falls through to the installer).
+//!
+//! Confinement (see `confine`): QEMU runs in its VM directory as the guest's own user, so
+//! the VM's files are named relative to it; host files (cdroms) arrive as descriptors the
+//! launcher opened (`-add-fd`, `/dev/fdset/N`); `-sandbox` turns on QEMU's seccomp filter.
 
 use std::path::{Path, PathBuf};
 
@@ -91,6 +95,18 @@ impl Layout {
     pub fn disk(&self, i: usize) -> PathBuf {
         self.dir.join(format!("disk{i}.qcow2"))
     }
+    /// The base of image disk `i` (a read-only hard link to the image cache's file).
+    pub fn base(&self, i: usize, format: &str) -> PathBuf {
+        self.dir.join(format!("base{i}.{format}"))
+    }
+    /// QEMU's stderr.
+    pub fn qemu_log(&self) -> PathBuf {
+        self.dir.join("qemu.log")
+    }
+    /// The VM's cgroup directories, one per line.
+    pub fn cgroups(&self) -> PathBuf {
+        self.dir.join("cgroup")
+    }
     /// The definition the running QEMU was started with.
     pub fn running_definition(&self) -> PathBuf {
         self.dir.join("running.json")
@@ -131,6 +147,25 @@ fn path_str(p: &Path) -> String {
     esc(&p.to_string_lossy())
 }
 
+/// A file of the VM's directory as QEMU, started there, names it.
+fn local(p: &Path) -> String {
+    esc(&p.file_name().unwrap_or(p.as_os_str()).to_string_lossy())
+}
+
+/// QEMU's seccomp filter: no obsolete system calls, no privilege changes, no new processes
+/// (no fork/exec), no scheduler or affinity changes.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// The descriptor the launcher opens the first cdrom on; the next ones follow.
+pub const FIRST_HOST_FD: u8 = 3;
+/// Descriptors 3-9: what `sh` can open by number.
+pub const MAX_CDROMS: usize = 7;
+
+/// Each cdrom's disk index and the descriptor QEMU finds its file on.
+pub fn cdrom_fds(def: &Definition) -> Vec<(usize, u8)> {
+    def.disks.iter().enumerate().filter(|(_, d)| d.media == "cdrom").zip(FIRST_HOST_FD..).map(|((i, _), fd)| (i, fd)).collect()
+}
+
 /// The command line (without the program name) that runs `def`.
 pub fn command(def: &Definition, host: &Host, layout: &Layout, nets: &[NetAttach]) -> Result<Vec<String>, InvalidDefinition> {
     if !matches!(def.brand.as_str(), "bhyve" | "kvm") {
@@ -148,6 +183,7 @@ pub fn command(def: &Definition, host: &Host, layout: &Layout, nets: &[NetAttach
     let name = def.alias.as_deref().unwrap_or(&uuid);
     push(&["-name", &format!("guest={},debug-threads=on", esc(name))]);
     push(&["-uuid", &uuid]);
+    push(&["-sandbox", SANDBOX]);
     push(&["-nodefaults", "-no-user-config"]);
     push(&["-machine", "q35"]);
     push(&["-accel", host.accel.as_str()]);
@@ -169,26 +205,25 @@ pub fn command(def: &Definition, host: &Host, layout: &Layout, nets: &[NetAttach
     match def.bootrom.as_deref() {
         Some("uefi") => {
             push(&["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={}", path_str(&host.ovmf_code))]);
-            push(&["-drive", &format!("if=pflash,format=raw,unit=1,file={}", path_str(&layout.ovmf_vars()))]);
+            push(&["-drive", &format!("if=pflash,format=raw,unit=1,file={}", local(&layout.ovmf_vars()))]);
         }
         None | Some("bios") => {}
         Some(other) => return Err(bad(format!("bootrom {other:?} is not bios or uefi"))),
     }
     // Consoles: com1 = serial console, com2 = metadata (the agent connects to both).
-    push(&["-chardev", &format!("socket,id=console,path={},server=on,wait=off", path_str(&layout.console()))]);
+    push(&["-chardev", &format!("socket,id=console,path={},server=on,wait=off", local(&layout.console()))]);
     push(&["-serial", "chardev:console"]);
-    push(&["-chardev", &format!("socket,id=metadata,path={},server=on,wait=off", path_str(&layout.metadata()))]);
+    push(&["-chardev", &format!("socket,id=metadata,path={},server=on,wait=off", local(&layout.metadata()))]);
     push(&["-serial", "chardev:metadata"]);
-    push(&["-chardev", &format!("socket,id=qmp,path={},server=on,wait=off", path_str(&layout.qmp()))]);
+    push(&["-chardev", &format!("socket,id=qmp,path={},server=on,wait=off", local(&layout.qmp()))]);
     push(&["-mon", "chardev=qmp,mode=control"]);
     push(&["-display", "none"]);
-    push(&["-vnc", &format!("unix:{}", path_str(&layout.vnc()))]);
+    push(&["-vnc", &format!("unix:{}", local(&layout.vnc()))]);
     push(&["-device", "VGA"]);
     push(&["-device", "qemu-xhci,id=usb"]);
     push(&["-device", "usb-tablet,bus=usb.0"]);
     disks(&mut a, def, layout)?;
     nics(&mut a, def, nets)?;
-    a.extend(["-pidfile".into(), layout.pidfile().to_string_lossy().into_owned(), "-daemonize".into()]);
     Ok(a)
 }
 
@@ -200,13 +235,21 @@ fn disks(a: &mut Vec<String>, def: &Definition, layout: &Layout) -> Result<(), I
     let mut ahci_port = 0;
     let mut scsi = false;
     let mut bootindex = 2;
+    let fds = cdrom_fds(def);
+    if fds.len() > MAX_CDROMS {
+        return Err(bad(format!("at most {MAX_CDROMS} cdroms")));
+    }
     for (i, d) in def.disks.iter().enumerate() {
         let id = format!("disk{i}");
         let cdrom = d.media == "cdrom";
         let file = match (cdrom, &d.path) {
-            (true, Some(p)) => esc(p),
+            (true, Some(_)) => {
+                let fd = fds.iter().find(|(j, _)| *j == i).map(|(_, fd)| *fd).unwrap_or(FIRST_HOST_FD);
+                a.extend(["-add-fd".into(), format!("fd={fd},set={fd}")]);
+                format!("/dev/fdset/{fd}")
+            }
             (true, None) => return Err(bad(format!("disks[{i}] is a cdrom without a path"))),
-            (false, _) => path_str(&layout.disk(i)),
+            (false, _) => local(&layout.disk(i)),
         };
         let drive = if cdrom {
             format!("file={file},if=none,id={id},format=raw,media=cdrom,readonly=on")
@@ -366,6 +409,15 @@ mod tests {
         let smbios = &a[a.iter().position(|x| x == "-smbios").unwrap() + 1];
         assert!(smbios.contains("manufacturer=Joyent,product=SmartDC HVM,version=7.20261125T000000Z,serial=6f3d3f1c-"), "{smbios}");
         assert!(a.contains(&"guest=web,,1,debug-threads=on".to_string()), "commas in names are escaped");
+        // Confined: the seccomp sandbox, no daemonising (the sandbox forbids its fork), the
+        // VM's files named relative to its directory (QEMU starts there, as a user that
+        // cannot reach the data directory), the cdrom as a descriptor the agent opened.
+        assert_eq!(a[a.iter().position(|x| x == "-sandbox").unwrap() + 1], SANDBOX);
+        assert!(!a.iter().any(|x| x == "-daemonize" || x == "-pidfile"), "{a:?}");
+        assert!(!a.iter().any(|x| x.contains("/var/lib/nereid")), "no path into the data directory: {a:?}");
+        assert!(a.windows(2).any(|w| w[0] == "-add-fd" && w[1] == "fd=3,set=3"), "{a:?}");
+        assert!(a.iter().any(|x| x.starts_with("file=/dev/fdset/3,") && x.contains("media=cdrom,readonly=on")), "{a:?}");
+        assert_eq!(cdrom_fds(&d), [(2, 3)]);
     }
 
     #[test]
@@ -401,6 +453,10 @@ mod tests {
             (json!({"disks": [{"size": 0, "model": "ahci", "media": "cdrom"}]}), "cdrom without a path"),
             (json!({"disks": [{"size": 1, "model": "floppy"}]}), "disk model"),
             (json!({"disks": (0..7).map(|_| json!({"size": 1, "model": "ahci"})).collect::<Vec<_>>()}), "at most 6"),
+            (
+                json!({"disks": (0..8).map(|_| json!({"size": 0, "model": "scsi", "media": "cdrom", "path": "/i.iso"})).collect::<Vec<_>>()}),
+                "at most 7 cdroms",
+            ),
         ];
         for (v, why) in cases {
             let e = command(&def(v.clone()), &h, &l, &[]).unwrap_err();

@@ -40,6 +40,20 @@ pub async fn create_overlay(bin: &Path, disk: &Path, base: &Path, base_format: &
     qemu_img(bin, &["create", "-q", "-f", "qcow2", "-o", &backing, &disk_s, &size]).await.map(drop)
 }
 
+/// Makes `link` a hard link to the image base `base` (again if it exists), read-only to
+/// everyone: the guest's user reads its base without any access to the image cache.
+pub fn link_base(base: &Path, link: &Path) -> Result<(), String> {
+    let _ = std::fs::remove_file(link);
+    std::fs::hard_link(base, link).map_err(|e| {
+        format!(
+            "linking the image base {} into the VM's directory (the image cache and the VMs must share one filesystem): {e}",
+            base.display()
+        )
+    })?;
+    std::fs::set_permissions(link, std::os::unix::fs::PermissionsExt::from_mode(0o444))
+        .map_err(|e| format!("making {} read-only: {e}", link.display()))
+}
+
 /// An empty disk of `size_mib`.
 pub async fn create_empty(bin: &Path, disk: &Path, size_mib: u64) -> Result<(), String> {
     let size = format!("{}", size_mib * MIB);
@@ -119,6 +133,16 @@ mod tests {
         let empty = d.path().join("disk1.qcow2");
         create_empty(&bin, &empty, 4).await.unwrap();
         assert_eq!(virtual_size(&bin, &empty).await.unwrap(), 4 * MIB);
+        // A base linked in and named relatively, as VMs' disks have it.
+        let vm = d.path().join("vm");
+        std::fs::create_dir(&vm).unwrap();
+        link_base(&base, &vm.join("base0.raw")).unwrap();
+        link_base(&base, &vm.join("base0.raw")).unwrap();
+        create_overlay(&bin, &vm.join("disk0.qcow2"), Path::new("base0.raw"), "raw", 8).await.unwrap();
+        assert_eq!(virtual_size(&bin, &vm.join("disk0.qcow2")).await.unwrap(), 8 * MIB);
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(vm.join("base0.raw")).unwrap();
+        assert_eq!((m.mode() & 0o777, m.ino()), (0o444, std::fs::metadata(&base).unwrap().ino()), "a read-only link, not a copy");
         let e = create_overlay(&bin, &d.path().join("x.qcow2"), &d.path().join("missing.raw"), "raw", 8).await.unwrap_err();
         assert!(e.contains("missing.raw"), "{e}");
     }

@@ -2,17 +2,23 @@
 //! processes on a Linux host.
 //!
 //! ```text
-//!   <data>/qemu/<vm>/            one directory per VM, mode 0700
-//!       disk0.qcow2 …            copy-on-write overlays on <data>/images/<image>/base.*
+//!   <data>/qemu/<vm>/            one directory per VM, mode 0700, owned by the VM's own uid
+//!       uid                      that uid (see `confine`)
+//!       disk0.qcow2 …            copy-on-write overlays on base0.* …
+//!       base0.raw|qcow2 …        read-only hard links to <data>/images/<image>/base.*
 //!       ovmf-vars.fd             the VM's own UEFI variable store (bootrom uefi)
-//!       qemu.pid  qmp.sock       the daemonised QEMU and its monitor
+//!       qemu.pid  qmp.sock       the detached QEMU and its monitor
+//!       qemu.log                 QEMU's stderr
+//!       cgroup                   the VM's cgroup directories (see `cgroup`)
 //!       console.sock console.log com1, and the agent's ring log of it (console.rs)
 //!       metadata.sock            com2: the agent serves the metadata protocol on it
 //!       vnc.sock                 the graphical console
 //!       running.json             the definition QEMU was last started with
 //! ```
-//! QEMU runs daemonised, so VMs outlive the agent; a restarted agent finds them again
-//! by pidfile (see `process`). Every operation is idempotent: the supervisor may repeat
+//! QEMU runs detached (its own session), so VMs outlive the agent; a restarted agent finds
+//! them again by pidfile (see `process`). Every QEMU is confined: its own unprivileged
+//! user, seccomp, its own cgroup with the package's limits (see `confine`, `cgroup`), host
+//! files only from the operator's `--iso-dir`s (see `hostpath`). Every operation is idempotent: the supervisor may repeat
 //! one after a crash. Create undoes itself when it fails, so a failed provision leaves
 //! nothing behind.
 
@@ -30,7 +36,10 @@ use crate::net::{self, Net};
 
 pub mod accel;
 pub mod argv;
+pub mod cgroup;
+pub mod confine;
 pub mod disks;
+pub mod hostpath;
 pub mod process;
 pub mod qmp;
 
@@ -53,6 +62,12 @@ pub struct Config {
     pub smbios_version: String,
     /// Where each nic tag's NICs are plugged in.
     pub nic_tags: Vec<(String, crate::net::Uplink)>,
+    /// The directories whose files VMs may use as cdroms.
+    pub iso_dirs: Vec<PathBuf>,
+    /// Guests' uids start here (one per VM).
+    pub uid_base: u32,
+    /// Where VMs' cgroups go; `None` when the host has no usable hierarchy (no limits).
+    pub cgroups: Option<Box<cgroup::Hierarchy>>,
 }
 
 impl Config {
@@ -68,6 +83,9 @@ impl Config {
             stop_timeout: Duration::from_secs(60),
             smbios_version: format!("7.{}", platform_stamp()),
             nic_tags: Vec::new(),
+            iso_dirs: Vec::new(),
+            uid_base: confine::DEFAULT_UID_BASE,
+            cgroups: cgroup::detect_host().map(Box::new),
         }
     }
 }
@@ -85,6 +103,8 @@ pub struct Qemu {
     cfg: Config,
     images: Arc<ImageCache>,
     net: Arc<Net>,
+    /// Guest uids are handed out one at a time.
+    uids: std::sync::Mutex<()>,
 }
 
 fn err(msg: impl Into<String>) -> BackendError {
@@ -94,7 +114,7 @@ fn err(msg: impl Into<String>) -> BackendError {
 impl Qemu {
     pub fn new(cfg: Config, images: Arc<ImageCache>) -> Self {
         let net = Arc::new(Net::new(cfg.nic_tags.clone()));
-        Qemu { cfg, images, net }
+        Qemu { cfg, images, net, uids: std::sync::Mutex::new(()) }
     }
 
     /// The host networking of this backend's VMs.
@@ -134,13 +154,50 @@ impl Qemu {
                 }
             }
         }
-        for (i, d) in def.disks.iter().enumerate() {
-            if d.media == "cdrom" {
-                let p = d.path.as_deref().unwrap_or_default();
-                std::fs::File::open(p).map_err(|e| err(format!("disks[{i}] (cdrom): cannot open {p}: {e}")))?;
-            }
-        }
+        self.host_files(def)?;
         Ok(())
+    }
+
+    /// The cdroms' files, each checked against the `--iso-dir`s: (descriptor, file).
+    fn host_files(&self, def: &Definition) -> Result<Vec<(u8, PathBuf)>, BackendError> {
+        argv::cdrom_fds(def)
+            .into_iter()
+            .map(|(i, fd)| {
+                let p = def.disks[i].path.as_deref().unwrap_or_default();
+                hostpath::allowed(p, &self.cfg.iso_dirs).map(|f| (fd, f)).map_err(|e| err(format!("disks[{i}] (cdrom): {e}")))
+            })
+            .collect()
+    }
+
+    /// The VM's uid, its directory and writable files handed to it.
+    fn confine_files(&self, def: &Definition, layout: &Layout) -> Result<u32, BackendError> {
+        let uid = {
+            let _one_at_a_time = self.uids.lock().unwrap_or_else(|p| p.into_inner());
+            confine::guest_uid(&self.cfg.dir.join("qemu"), &layout.dir, self.cfg.uid_base).map_err(err)?
+        };
+        let mut files: Vec<PathBuf> =
+            def.disks.iter().enumerate().filter(|(_, d)| d.media != "cdrom").map(|(i, _)| layout.disk(i)).collect();
+        files.push(layout.ovmf_vars());
+        confine::hand_over(&layout.dir, uid, &files).map_err(err)?;
+        Ok(uid)
+    }
+
+    /// Makes the VM's cgroup with its limits; the `cgroup.procs` files QEMU joins.
+    fn make_cgroup(&self, def: &Definition, layout: &Layout) -> Result<Vec<PathBuf>, BackendError> {
+        let Some(h) = &self.cfg.cgroups else { return Ok(Vec::new()) };
+        let vm = def.uuid.to_string();
+        let dirs = h.dirs(&vm);
+        let list: String = dirs.iter().map(|d| format!("{}\n", d.display())).collect();
+        std::fs::write(layout.cgroups(), list).map_err(|e| err(format!("recording the VM's cgroup: {e}")))?;
+        cgroup::create(h, &vm, &cgroup::limits(def)).map_err(err)
+    }
+
+    /// Removes the VM's cgroup (its QEMU has gone).
+    async fn remove_cgroup(&self, layout: &Layout) {
+        let dirs: Vec<PathBuf> = std::fs::read_to_string(layout.cgroups()).unwrap_or_default().lines().map(PathBuf::from).collect();
+        if let Err(e) = cgroup::remove(&dirs).await {
+            tracing::warn!(dir = %layout.dir.display(), error = %e, "removing the VM's cgroup");
+        }
     }
 
     async fn make_disks(&self, def: &Definition, layout: &Layout) -> Result<(), BackendError> {
@@ -160,7 +217,12 @@ impl Qemu {
                             base.virtual_size.div_ceil(1 << 20)
                         )));
                     }
-                    disks::create_overlay(&self.cfg.qemu_img, &path, &base.path, &base.format, d.size)
+                    // The guest's user reaches nothing outside its own directory: the base
+                    // is linked in (read-only, shared with the cache) and named relatively.
+                    let link = layout.base(i, &base.format);
+                    disks::link_base(&base.path, &link).map_err(|e| err(format!("disks[{i}]: {e}")))?;
+                    let rel = PathBuf::from(link.file_name().unwrap_or_default());
+                    disks::create_overlay(&self.cfg.qemu_img, &path, &rel, &base.format, d.size)
                         .await
                         .map_err(|e| err(format!("creating disk {i} on image {image}: {e}")))?;
                 }
@@ -249,26 +311,38 @@ impl Backend for Qemu {
         for s in layout.sockets() {
             let _ = std::fs::remove_file(s);
         }
-        let nets = match self.net.attach(def).await {
+        let host_files = self.host_files(def)?;
+        let uid = self.confine_files(def, &layout)?;
+        let procs = match self.make_cgroup(def, &layout) {
+            Ok(p) => p,
+            Err(e) => {
+                self.remove_cgroup(&layout).await;
+                return Err(e);
+            }
+        };
+        let nets = match self.net.attach_as(def, Some(uid)).await {
             Ok(a) => a.into_iter().map(|a| match a {
                 net::Attach::Tap(t) => argv::NetAttach::Tap(t),
                 net::Attach::Isolated => argv::NetAttach::Isolated,
             }),
             Err(e) => {
                 self.net.detach(def.uuid, def.nics.len()).await;
+                self.remove_cgroup(&layout).await;
                 return Err(err(format!("plugging the VM's NICs in: {e}")));
             }
         }
         .collect::<Vec<_>>();
         let args = argv::command(def, &self.host(), &layout, &nets).map_err(|e| err(e.0))?;
         let _ = std::fs::write(layout.running_definition(), serde_json::to_vec_pretty(def).unwrap_or_default());
-        match process::spawn(&self.cfg.qemu, &args, &layout.pidfile(), def.uuid).await {
+        let script = confine::script(&confine::Launch { uid, cgroup_procs: &procs, fds: &host_files, qemu: &self.cfg.qemu, args: &args });
+        match process::spawn(&script, &layout, def.uuid).await {
             Ok(pid) => {
-                tracing::info!(vm = %def.uuid, pid, accel = self.cfg.accel.as_str(), "QEMU started");
+                tracing::info!(vm = %def.uuid, pid, uid, accel = self.cfg.accel.as_str(), "QEMU started");
                 Ok(())
             }
             Err(e) => {
                 self.net.detach(def.uuid, def.nics.len()).await;
+                self.remove_cgroup(&layout).await;
                 Err(err(e))
             }
         }
@@ -279,6 +353,7 @@ impl Backend for Qemu {
         let how = process::stop(pid, &self.layout(uuid).qmp(), self.cfg.stop_timeout).await.map_err(err)?;
         tracing::info!(vm = %uuid, ?how, "VM stopped");
         self.net.detach(uuid, self.running_definition(uuid).map(|d| d.nics.len()).unwrap_or(0)).await;
+        self.remove_cgroup(&self.layout(uuid)).await;
         Ok(())
     }
 
@@ -294,6 +369,11 @@ impl Backend for Qemu {
         let running = self.pid(new.uuid).is_some();
         if hardware && running {
             return Err(err("ram, vcpus, disks and NICs change only while the VM is stopped"));
+        }
+        if running && cgroup::limits(old) != cgroup::limits(new) {
+            // A new cpu_cap (or weight) applies at once: the cgroup's limits are rewritten.
+            self.make_cgroup(new, &layout)?;
+            tracing::info!(vm = %new.uuid, cpu_cap = ?new.cpu_cap, "cgroup limits updated");
         }
         if running && old.nics != new.nics {
             // Filters and DHCP answers follow at once; the guest keeps running.
@@ -326,6 +406,7 @@ impl Backend for Qemu {
             process::kill(pid).await.map_err(err)?;
         }
         self.net.detach(uuid, self.running_definition(uuid).map(|d| d.nics.len()).unwrap_or(0)).await;
+        self.remove_cgroup(&self.layout(uuid)).await;
         self.remove_dir(&self.layout(uuid))
     }
 

@@ -1,10 +1,10 @@
-//! QEMU processes that outlive the agent: started daemonised with a pidfile, found again
+//! QEMU processes that outlive the agent: started detached with a pidfile, found again
 //! by pidfile + `/proc/<pid>/cmdline` (so a recycled pid is never mistaken for the VM),
 //! stopped by ACPI powerdown with a hard kill after a timeout.
 //!
 //! ```text
-//!   spawn: qemu … -daemonize -pidfile P   (the parent exits once the VM is set up;
-//!                                          its exit status and stderr say why it failed)
+//!   spawn: sh -c <launcher> → setsid setpriv … qemu …   (detached; the agent writes P with
+//!          its pid and waits for QMP to answer; if QEMU exits first, qemu.log says why)
 //!   find:  P → pid → /proc/pid/cmdline has "-uuid <uuid>" and the process is not a zombie
 //!   stop:  QMP system_powerdown → wait ≤ timeout → SIGKILL → wait
 //! ```
@@ -43,31 +43,51 @@ fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid)
 }
 
-/// Runs `qemu args…` (which daemonises) and returns the VM's pid.
-pub async fn spawn(qemu: &Path, args: &[String], pidfile: &Path, uuid: Uuid) -> Result<u32, String> {
-    let _ = std::fs::remove_file(pidfile);
-    let mut cmd = tokio::process::Command::new(qemu);
-    cmd.args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .map_err(|_| "QEMU did not finish starting within 120 s".to_string())?
-        .map_err(|e| format!("could not run {}: {e}", qemu.display()))?;
-    if !out.status.success() {
-        let text = String::from_utf8_lossy(&out.stderr);
-        let text = text.trim();
-        let why = if text.is_empty() { format!("exit status {}", out.status) } else { last_lines(text, 5) };
-        return Err(format!("QEMU failed to start: {why}"));
-    }
-    // The pidfile is written before the parent exits; allow a moment all the same.
-    let deadline = Instant::now() + Duration::from_secs(5);
+/// How long a started process without a monitor socket is watched before it counts as up.
+const NO_MONITOR_GRACE: Duration = Duration::from_secs(3);
+
+/// Runs the launcher `script` (see `confine`) in the VM's directory and waits until its
+/// QEMU answers on its monitor; records and returns its pid. A QEMU that exits first
+/// fails the start with the end of what it printed.
+pub async fn spawn(script: &str, layout: &super::Layout, uuid: Uuid) -> Result<u32, String> {
+    let pidfile = layout.pidfile();
+    let _ = std::fs::remove_file(&pidfile);
+    let log = std::fs::File::create(layout.qemu_log()).map_err(|e| format!("creating {}: {e}", layout.qemu_log().display()))?;
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(&layout.dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("could not run sh to start QEMU: {e}"))?;
+    let pid = child.id().ok_or("QEMU exited at once")?;
+    std::fs::write(&pidfile, format!("{pid}\n")).map_err(|e| format!("writing {}: {e}", pidfile.display()))?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
     loop {
-        if let Some(pid) = find(pidfile, uuid) {
+        if let Ok(Some(status)) = child.try_wait() {
+            let text = std::fs::read_to_string(layout.qemu_log()).unwrap_or_default();
+            let text = text.trim();
+            let why = if text.is_empty() { format!("exit status {status}") } else { last_lines(text, 5) };
+            return Err(format!("QEMU failed to start: {why}"));
+        }
+        // The monitor answers once the machine is set up (QEMU's main loop runs). QEMU makes
+        // its socket first thing; a process that has none after a few seconds but lives
+        // on (a stand-in QEMU in tests) is taken as started.
+        if is_vm(pid, uuid)
+            && (qmp::execute(&layout.qmp(), "query-status", None).await.is_ok()
+                || (started.elapsed() > NO_MONITOR_GRACE && !layout.qmp().exists()))
+        {
+            // Dropping the handle leaves QEMU running (tokio reaps it when it exits).
             return Ok(pid);
         }
         if Instant::now() > deadline {
-            return Err("QEMU started but exited at once (no live process behind its pidfile)".into());
+            let _ = kill(pid).await;
+            return Err("QEMU did not finish starting within 120 s".into());
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
