@@ -133,15 +133,28 @@ pub struct Hooks {
 
 impl Hooks {
     /// `NEREID_TEST_PAUSE_AT=task:step:before|after` and `NEREID_TEST_FAIL_AT=task:step`
-    /// (used by the crash tests; an undo is named `undo <step>`).
+    /// (used by the crash tests; an undo is named `undo <step>`). Read only by builds with
+    /// the `test-hooks` feature, which the tests enable and release builds do not: a
+    /// production headnode says it ignores them.
     pub fn from_env(data_dir: &std::path::Path) -> Hooks {
+        let fail = std::env::var("NEREID_TEST_FAIL_AT").ok();
+        let pause = std::env::var("NEREID_TEST_PAUSE_AT").ok();
+        if !cfg!(feature = "test-hooks") {
+            if fail.is_some() || pause.is_some() {
+                tracing::warn!("NEREID_TEST_FAIL_AT / NEREID_TEST_PAUSE_AT are ignored: this build has no test hooks");
+            }
+            return Hooks::default();
+        }
+        Hooks::parse(fail.as_deref(), pause.as_deref(), data_dir)
+    }
+
+    /// The hooks the two variables' values ask for (pure).
+    pub fn parse(fail: Option<&str>, pause: Option<&str>, data_dir: &std::path::Path) -> Hooks {
         let h = Hooks::default();
-        if let Ok(v) = std::env::var("NEREID_TEST_FAIL_AT")
-            && let Some((t, s)) = v.split_once(':')
-        {
+        if let Some((t, s)) = fail.and_then(|v| v.split_once(':')) {
             *h.fail_at.lock().unwrap_or_else(|p| p.into_inner()) = Some((t.into(), s.into()));
         }
-        if let Ok(v) = std::env::var("NEREID_TEST_PAUSE_AT") {
+        if let Some(v) = pause {
             let parts: Vec<&str> = v.split(':').collect();
             if parts.len() == 3 {
                 let when = if parts[2] == "before" { When::Before } else { When::After };
@@ -535,5 +548,22 @@ where
             return v;
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_variables_name_a_task_a_step_and_when() {
+        let dir = std::path::Path::new("/data");
+        let h = Hooks::parse(Some("provision:wait"), Some("destroy:agent delete:before"), dir);
+        assert!(h.fails("provision", "wait") && !h.fails("provision", "reserve"));
+        let pause = h.pause_at.lock().unwrap().clone().unwrap();
+        assert_eq!(pause, ("destroy".into(), "agent delete".into(), When::Before, dir.join("paused-at")));
+        // Malformed values set nothing.
+        let h = Hooks::parse(Some("no-colon"), Some("only:two"), dir);
+        assert!(h.fail_at.lock().unwrap().is_none() && h.pause_at.lock().unwrap().is_none());
     }
 }
