@@ -617,13 +617,18 @@ async fn guests_run_confined_and_cpu_cap_holds() {
     let v2 = v2_has_cpu();
     let cg = cgroup_dir(pid, "cpu");
     assert!(cg.ends_with(&vm), "QEMU is in the VM's own cgroup: {}", cg.display());
+    // Memory: the guest's 256 MiB + 384 MiB + 256/8 MiB for QEMU itself.
+    let memory = ((256 + 384 + 32) << 20).to_string();
     if v2 {
         assert_eq!(std::fs::read_to_string(cg.join("cpu.max")).unwrap().trim(), "50000 100000");
+        assert_eq!(std::fs::read_to_string(cg.join("memory.max")).unwrap().trim(), memory);
     } else {
         let quota: i64 = std::fs::read_to_string(cg.join("cpu.cfs_quota_us")).unwrap().trim().parse().unwrap();
         let period: i64 = std::fs::read_to_string(cg.join("cpu.cfs_period_us")).unwrap().trim().parse().unwrap();
         assert_eq!((quota, period), (50_000, 100_000), "cpu_cap 50 = half of one CPU");
-        assert!(cgroup_dir(pid, "memory").ends_with(&vm), "and its own memory cgroup");
+        let mem = cgroup_dir(pid, "memory");
+        assert!(mem.ends_with(&vm), "and its own memory cgroup: {}", mem.display());
+        assert_eq!(std::fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap().trim(), memory);
     }
 
     // Spin on every vCPU, then measure for 10 s from the cgroup's accounting.

@@ -54,6 +54,25 @@ pub fn link_base(base: &Path, link: &Path) -> Result<(), String> {
         .map_err(|e| format!("making {} read-only: {e}", link.display()))
 }
 
+/// Makes an overlay made before guests were confined (its backing file an absolute path
+/// into the image cache, which the guest's user cannot reach) use a base linked into its
+/// own directory as `link_name` instead. Overlays already so, and disks without a backing
+/// file, are left alone; true when it changed the disk.
+pub async fn localise_backing(bin: &Path, disk: &Path, link_name: impl Fn(&str) -> String) -> Result<bool, String> {
+    let out = qemu_img(bin, &["info", "-U", "--output=json", &disk.to_string_lossy()]).await?;
+    let v: Value = serde_json::from_str(&out).map_err(|e| format!("qemu-img info: {e}"))?;
+    let Some(backing) = v.get("backing-filename").and_then(Value::as_str) else { return Ok(false) };
+    if !Path::new(backing).is_absolute() {
+        return Ok(false);
+    }
+    let format = v.get("backing-filename-format").and_then(Value::as_str).unwrap_or("raw").to_string();
+    let name = link_name(&format);
+    let dir = disk.parent().unwrap_or(Path::new("."));
+    link_base(Path::new(backing), &dir.join(&name))?;
+    qemu_img(bin, &["rebase", "-u", "-F", &format, "-b", &name, &disk.to_string_lossy()]).await?;
+    Ok(true)
+}
+
 /// An empty disk of `size_mib`.
 pub async fn create_empty(bin: &Path, disk: &Path, size_mib: u64) -> Result<(), String> {
     let size = format!("{}", size_mib * MIB);
@@ -143,6 +162,15 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(vm.join("base0.raw")).unwrap();
         assert_eq!((m.mode() & 0o777, m.ino()), (0o444, std::fs::metadata(&base).unwrap().ino()), "a read-only link, not a copy");
+        assert!(!localise_backing(&bin, &vm.join("disk0.qcow2"), |f| format!("base0.{f}")).await.unwrap(), "already local");
+        // An overlay from before confinement: its base by absolute path, linked in and renamed.
+        let old = vm.join("disk1.qcow2");
+        create_overlay(&bin, &old, &base, "raw", 8).await.unwrap();
+        assert!(localise_backing(&bin, &old, |f| format!("base1.{f}")).await.unwrap());
+        let info = qemu_img(&bin, &["info", "--output=json", &old.to_string_lossy()]).await.unwrap();
+        assert!(info.contains("\"backing-filename\": \"base1.raw\""), "{info}");
+        assert_eq!(std::fs::metadata(vm.join("base1.raw")).unwrap().ino(), std::fs::metadata(&base).unwrap().ino());
+        assert!(!localise_backing(&bin, &vm.join("missing.qcow2"), |f| f.to_string()).await.is_ok_and(|x| x));
         let e = create_overlay(&bin, &d.path().join("x.qcow2"), &d.path().join("missing.raw"), "raw", 8).await.unwrap_err();
         assert!(e.contains("missing.raw"), "{e}");
     }

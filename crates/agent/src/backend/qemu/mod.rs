@@ -312,6 +312,19 @@ impl Backend for Qemu {
             let _ = std::fs::remove_file(s);
         }
         let host_files = self.host_files(def)?;
+        // Disks made before guests were confined have no base linked in: link it now.
+        let linked = |i: usize| ["raw", "qcow2"].iter().any(|f| layout.base(i, f).exists());
+        for (i, _) in def.disks.iter().enumerate().filter(|(i, d)| d.image_uuid.is_some() && d.media != "cdrom" && !linked(*i)) {
+            match disks::localise_backing(&self.cfg.qemu_img, &layout.disk(i), |f| {
+                layout.base(i, f).file_name().unwrap_or_default().to_string_lossy().into_owned()
+            })
+            .await
+            {
+                Ok(true) => tracing::info!(vm = %def.uuid, disk = i, "the disk's image base is now linked into the VM's directory"),
+                Ok(false) => {}
+                Err(e) => return Err(err(format!("disks[{i}]: {e}"))),
+            }
+        }
         let uid = self.confine_files(def, &layout)?;
         let procs = match self.make_cgroup(def, &layout) {
             Ok(p) => p,
