@@ -411,14 +411,20 @@ impl App {
         let all = ListQuery::all();
         let vms =
             self.store.list(buckets::VMS.name, &all).await.map_err(store_error)?.into_iter().map(|o| vm::decode(&o.key, o.value)).collect();
-        let servers: Vec<Server> = self.list(buckets::SERVERS.name, &all).await?;
+        let mut other_damaged = Vec::new();
+        // One read of the servers: the good records for the checks, the damaged ones reported.
+        let mut servers: Vec<Server> = Vec::new();
+        for e in self.list_entries::<Server>(buckets::SERVERS.name, &all).await? {
+            match e {
+                Stored::Ok(s) => servers.push(s),
+                Stored::Damaged(d) => other_damaged.push(d),
+            }
+        }
         let heartbeats = self.heartbeats().await?;
         let nics = self.list_entries(buckets::NICS.name, &all).await?;
         let ips = self.keyed_entries(buckets::IPS.name).await?;
         let reservations = self.keyed_entries(buckets::RESERVATIONS.name).await?;
         let jobs = self.list_entries(buckets::JOBS.name, &all).await?;
-        let mut other_damaged = Vec::new();
-        other_damaged.extend(self.damaged_in::<Server>(buckets::SERVERS.name).await?);
         other_damaged.extend(self.damaged_in::<nereid_types::package::Package>(buckets::PACKAGES.name).await?);
         other_damaged.extend(self.damaged_in::<nereid_types::network::Network>(buckets::NETWORKS.name).await?);
         other_damaged.extend(self.damaged_in::<nereid_types::network::NetworkPool>(buckets::NETWORK_POOLS.name).await?);
