@@ -334,6 +334,8 @@ async fn vms_outlive_the_agent_and_dead_qemus_are_noticed() {
     assert_eq!(last(&log, "message"), "bios", "the BIOS boot path works too");
     assert!(log.contains(&format!("nereid-test: disk nvme0n1 bytes={}", 64u64 << 20)), "the guest sees the data disk:\n{log}");
     let pid = env.pid(&vm).unwrap();
+    let cgroup = cgroup_dir(pid, "cpu");
+    assert!(cgroup.ends_with(&vm), "{}", cgroup.display());
 
     env.kill_agent();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -354,6 +356,7 @@ async fn vms_outlive_the_agent_and_dead_qemus_are_noticed() {
     };
     assert_eq!(v["state"], "running", "{v}");
     assert_eq!(env.pid(&vm), Some(pid), "adopted, not restarted");
+    assert_eq!(cgroup_dir(pid, "cpu"), cgroup, "still in its own cgroup");
     assert!(std::fs::read_to_string(env.agent_log()).unwrap().contains("re-adopted VM"));
     // The restarted agent serves the console and the metadata port again.
     assert_eq!(env.act(&vm, "reboot", json!({})).await["execution"], "succeeded");

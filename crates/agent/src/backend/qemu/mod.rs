@@ -362,7 +362,11 @@ impl Backend for Qemu {
     }
 
     async fn stop(&self, uuid: Uuid) -> Result<(), BackendError> {
-        let Some(pid) = self.pid(uuid) else { return Ok(()) };
+        let Some(pid) = self.pid(uuid) else {
+            // A QEMU that died on its own leaves its (empty) cgroup behind.
+            self.remove_cgroup(&self.layout(uuid)).await;
+            return Ok(());
+        };
         let how = process::stop(pid, &self.layout(uuid).qmp(), self.cfg.stop_timeout).await.map_err(err)?;
         tracing::info!(vm = %uuid, ?how, "VM stopped");
         self.net.detach(uuid, self.running_definition(uuid).map(|d| d.nics.len()).unwrap_or(0)).await;
