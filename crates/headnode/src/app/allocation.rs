@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use super::servers::HeartbeatRecord;
 use super::{App, encode, store_error};
-use crate::buckets::{RESERVATIONS, SERVER_CLAIMS, SERVERS, VMS};
+use crate::buckets::{RESERVATIONS, SERVER_CLAIMS, SERVERS};
 
 /// Capacity held for an in-flight provision or resize (keyed by its job).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -220,14 +220,7 @@ impl App {
     /// VM records counted on a server, damaged ones included.
     pub async fn vms_on(&self, server: Uuid) -> Result<Vec<Stored<Vm>>, ApiError> {
         let q = ListQuery::filter(Filter::and(vec![active_filter(), Filter::eq("server_uuid", server.to_string())]));
-        Ok(self
-            .store
-            .list(VMS.name, &q)
-            .await
-            .map_err(store_error)?
-            .into_iter()
-            .map(|o| nereid_types::vm::decode(&o.key, o.value))
-            .collect())
+        self.vm_entries(&q).await
     }
 }
 

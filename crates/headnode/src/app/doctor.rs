@@ -409,8 +409,7 @@ impl App {
     /// Reads everything `diagnose` looks at.
     pub async fn doctor_snapshot(&self) -> Result<Snapshot, ApiError> {
         let all = ListQuery::all();
-        let vms =
-            self.store.list(buckets::VMS.name, &all).await.map_err(store_error)?.into_iter().map(|o| vm::decode(&o.key, o.value)).collect();
+        let vms = self.vm_entries(&all).await?;
         let mut other_damaged = Vec::new();
         // One read of the servers: the good records for the checks, the damaged ones reported.
         let mut servers: Vec<Server> = Vec::new();

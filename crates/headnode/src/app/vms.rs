@@ -284,7 +284,7 @@ impl App {
     pub async fn list_vms(&self, q: &Query) -> Result<(Vec<Stored<Vm>>, i64), ApiError> {
         let filter = list_filter(q).map_err(ApiError::validation_409)?;
         let lq = ListQuery::filter(filter.clone()).sort(Path::field("create_timestamp"), Kind::Text, false).page(q.limit(1000), q.offset());
-        let vms = self.store.list(VMS.name, &lq).await.map_err(store_error)?.into_iter().map(|o| vm::decode(&o.key, o.value)).collect();
+        let vms = self.vm_entries(&lq).await?;
         let total = self.store.count(VMS.name, &filter).await.map_err(store_error)?;
         Ok((vms, total))
     }
@@ -292,7 +292,13 @@ impl App {
     /// Active VM records with a server, decoded one at a time (placement, doctor).
     pub async fn placed_vm_entries(&self) -> Result<Vec<Stored<Vm>>, ApiError> {
         let q = ListQuery::filter(Filter::and(vec![super::allocation::active_filter(), Filter::Present(Path::field("server_uuid"))]));
-        Ok(self.store.list(VMS.name, &q).await.map_err(store_error)?.into_iter().map(|o| vm::decode(&o.key, o.value)).collect())
+        self.vm_entries(&q).await
+    }
+
+    /// The VM records a query selects, each decoded on its own (a damaged one stays in
+    /// the list as damaged, never failing the others).
+    pub async fn vm_entries(&self, q: &ListQuery) -> Result<Vec<Stored<Vm>>, ApiError> {
+        Ok(self.store.list(VMS.name, q).await.map_err(store_error)?.into_iter().map(|o| vm::decode(&o.key, o.value)).collect())
     }
 
     /// The owner's active VMs (damaged records left out).
