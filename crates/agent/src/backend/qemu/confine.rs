@@ -15,7 +15,9 @@
 //! read or write another guest's disks, sockets or memory. The uid is `base + slot`
 //! (default base 2,000,000; the lowest slot no other VM directory here holds), written in
 //! the VM's directory (`uid`) so stops, agent restarts and upgrades keep it. The uids need
-//! no `/etc/passwd` entry.
+//! no `/etc/passwd` entry. An agent that is not root cannot change users (nor, usually, make
+//! cgroups): it says so at start, and its QEMUs run as its own user, still under seccomp and
+//! without new privileges.
 //!
 //! QEMU starts in its VM directory and names its files relatively, so the guest's user
 //! needs no search permission on the agent's data directory (which is 0700); it can reach
@@ -65,7 +67,9 @@ pub fn quote(s: &str) -> String {
 /// What the launcher does before it becomes QEMU.
 #[derive(Debug, Clone)]
 pub struct Launch<'a> {
-    pub uid: u32,
+    /// The guest's uid; `None` when the agent is not root (QEMU then runs as the agent's
+    /// user, still without new privileges or capabilities, under seccomp).
+    pub uid: Option<u32>,
     /// The `cgroup.procs` files of the VM's cgroup(s).
     pub cgroup_procs: &'a [PathBuf],
     /// Host files QEMU gets as open descriptors (read-only): (descriptor, file).
@@ -84,11 +88,11 @@ pub fn script(l: &Launch) -> String {
     for (fd, p) in l.fds {
         s.push_str(&format!("exec {fd}<{}\n", quote(&p.to_string_lossy())));
     }
-    s.push_str(&format!(
-        "exec setsid setpriv --reuid={u} --regid={u} --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all -- {}",
-        quote(&l.qemu.to_string_lossy()),
-        u = l.uid
-    ));
+    let user = match l.uid {
+        Some(u) => format!("--reuid={u} --regid={u} --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all"),
+        None => "--no-new-privs --inh-caps=-all".to_string(),
+    };
+    s.push_str(&format!("exec setsid setpriv {user} -- {}", quote(&l.qemu.to_string_lossy())));
     for a in l.args {
         s.push(' ');
         s.push_str(&quote(a));
@@ -139,7 +143,8 @@ mod tests {
             [PathBuf::from("/sys/fs/cgroup/cpu/nereid/vm/cgroup.procs"), PathBuf::from("/sys/fs/cgroup/memory/nereid/vm/cgroup.procs")];
         let fds = [(3, PathBuf::from("/srv/iso/it's.iso"))];
         let args = ["-uuid".to_string(), "x y".to_string()];
-        let s = script(&Launch { uid: 2_000_007, cgroup_procs: &procs, fds: &fds, qemu: Path::new("qemu-system-x86_64"), args: &args });
+        let s =
+            script(&Launch { uid: Some(2_000_007), cgroup_procs: &procs, fds: &fds, qemu: Path::new("qemu-system-x86_64"), args: &args });
         assert_eq!(
             s,
             "set -e\n\
@@ -148,6 +153,9 @@ mod tests {
              exec 3<'/srv/iso/it'\\''s.iso'\n\
              exec setsid setpriv --reuid=2000007 --regid=2000007 --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all -- 'qemu-system-x86_64' '-uuid' 'x y'\n"
         );
+        // An agent that is not root cannot change users: QEMU keeps the agent's, confined otherwise.
+        let s = script(&Launch { uid: None, cgroup_procs: &[], fds: &[], qemu: Path::new("qemu"), args: &[] });
+        assert_eq!(s, "set -e\nexec setsid setpriv --no-new-privs --inh-caps=-all -- 'qemu'\n");
         // The quoting survives a real shell.
         let out = std::process::Command::new("sh").args(["-c", &format!("printf %s {}", quote("a'b \"$c\" `d`"))]).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "a'b \"$c\" `d`");

@@ -105,6 +105,8 @@ pub struct Qemu {
     net: Arc<Net>,
     /// Guest uids are handed out one at a time.
     uids: std::sync::Mutex<()>,
+    /// Whether the agent is root (and so can run each guest as its own user).
+    root: bool,
 }
 
 fn err(msg: impl Into<String>) -> BackendError {
@@ -114,7 +116,13 @@ fn err(msg: impl Into<String>) -> BackendError {
 impl Qemu {
     pub fn new(cfg: Config, images: Arc<ImageCache>) -> Self {
         let net = Arc::new(Net::new(cfg.nic_tags.clone()));
-        Qemu { cfg, images, net, uids: std::sync::Mutex::new(()) }
+        let root = rustix::process::geteuid().is_root();
+        if !root {
+            tracing::warn!(
+                "the agent is not root: guests' QEMUs run as its own user (still under seccomp, without new privileges), not each as their own"
+            );
+        }
+        Qemu { cfg, images, net, uids: std::sync::Mutex::new(()), root }
     }
 
     /// The host networking of this backend's VMs.
@@ -169,8 +177,12 @@ impl Qemu {
             .collect()
     }
 
-    /// The VM's uid, its directory and writable files handed to it.
-    fn confine_files(&self, def: &Definition, layout: &Layout) -> Result<u32, BackendError> {
+    /// The VM's uid, its directory and writable files handed to it (`None`: the agent is
+    /// not root, QEMU keeps the agent's user).
+    fn confine_files(&self, def: &Definition, layout: &Layout) -> Result<Option<u32>, BackendError> {
+        if !self.root {
+            return Ok(None);
+        }
         let uid = {
             let _one_at_a_time = self.uids.lock().unwrap_or_else(|p| p.into_inner());
             confine::guest_uid(&self.cfg.dir.join("qemu"), &layout.dir, self.cfg.uid_base).map_err(err)?
@@ -179,7 +191,7 @@ impl Qemu {
             def.disks.iter().enumerate().filter(|(_, d)| d.media != "cdrom").map(|(i, _)| layout.disk(i)).collect();
         files.push(layout.ovmf_vars());
         confine::hand_over(&layout.dir, uid, &files).map_err(err)?;
-        Ok(uid)
+        Ok(Some(uid))
     }
 
     /// Makes the VM's cgroup with its limits; the `cgroup.procs` files QEMU joins.
@@ -328,12 +340,18 @@ impl Backend for Qemu {
         let uid = self.confine_files(def, &layout)?;
         let procs = match self.make_cgroup(def, &layout) {
             Ok(p) => p,
+            Err(e) if !self.root => {
+                tracing::warn!(vm = %def.uuid, error = %e, "the agent is not root and cannot make the VM's cgroup: it runs without limits");
+                self.remove_cgroup(&layout).await;
+                let _ = std::fs::remove_file(layout.cgroups());
+                Vec::new()
+            }
             Err(e) => {
                 self.remove_cgroup(&layout).await;
                 return Err(e);
             }
         };
-        let nets = match self.net.attach_as(def, Some(uid)).await {
+        let nets = match self.net.attach_as(def, uid).await {
             Ok(a) => a.into_iter().map(|a| match a {
                 net::Attach::Tap(t) => argv::NetAttach::Tap(t),
                 net::Attach::Isolated => argv::NetAttach::Isolated,
@@ -350,7 +368,7 @@ impl Backend for Qemu {
         let script = confine::script(&confine::Launch { uid, cgroup_procs: &procs, fds: &host_files, qemu: &self.cfg.qemu, args: &args });
         match process::spawn(&script, &layout, def.uuid).await {
             Ok(pid) => {
-                tracing::info!(vm = %def.uuid, pid, uid, accel = self.cfg.accel.as_str(), "QEMU started");
+                tracing::info!(vm = %def.uuid, pid, uid = ?uid, accel = self.cfg.accel.as_str(), "QEMU started");
                 Ok(())
             }
             Err(e) => {
