@@ -125,7 +125,8 @@ impl Checker {
             for (template, item) in doc["paths"].as_object().unwrap() {
                 for (method, op) in item.as_object().unwrap() {
                     let responses = op["responses"].as_object().unwrap();
-                    let (status, resp) = responses.iter().filter(|(k, _)| *k != "default").min_by_key(|(k, _)| k.as_str()).unwrap();
+                    // The first documented status is the usual answer (others, e.g. sync=true's 200, follow it).
+                    let (status, resp) = responses.iter().find(|(k, _)| *k != "default").unwrap();
                     let others = responses
                         .iter()
                         .filter(|(k, _)| *k != "default" && *k != status)

@@ -74,7 +74,26 @@ fn paths(routes: Vec<Route>) -> BTreeMap<String, Map<String, Value>> {
 
 /// The operator APIs' document.
 pub fn admin_document() -> Value {
-    let paths = paths(routes());
+    let mut paths = paths(routes());
+    // `sync=true` waits for the job and answers 200 with the VM as the job left it
+    // (VMAPI's behaviour; http/vms.rs `finish`), instead of the 202.
+    for op in paths.values_mut().flat_map(|ops| ops.values_mut()) {
+        let has_sync = op["parameters"].as_array().is_some_and(|ps| ps.iter().any(|p| p["name"] == "sync"));
+        if has_sync && op["responses"].get("202").is_some() {
+            op["responses"]["200"] = json!({"description": "With sync=true: the job finished; the VM as it left it, with the job",
+                "content": {"application/json": {"schema": {"type": "object", "required": ["uuid", "job_uuid", "job_execution"], "properties": {
+                    "uuid": {"type": "string", "format": "uuid"}, "job_uuid": {"type": "string", "format": "uuid"},
+                    "job_execution": {"type": "string", "enum": nereid_types::job::EXECUTIONS}}}}}});
+        }
+    }
+    // Reads that ask a server's agent answer 503 when it cannot be called (unreachable, or
+    // the server revoked): the dependency is unavailable, not the request wrong.
+    for (path, method, when) in [("/servers/{uuid}/vms/{vm}", "get", ""), ("/vms/{uuid}", "get", " (with sync=true)")] {
+        if let Some(op) = paths.get_mut(path).and_then(|ops| ops.get_mut(method)) {
+            op["responses"]["503"] = json!({"description": format!("The server's agent cannot be called{when}: unreachable, or the server is revoked"),
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+        }
+    }
     let mut doc = json!({
         "openapi": "3.0.3",
         "info": {"title": "Nereid operator APIs (PAPI, IMGAPI, NAPI, CNAPI, VMAPI)", "version": env!("CARGO_PKG_VERSION"),
