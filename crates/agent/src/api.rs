@@ -1,4 +1,6 @@
-//! The agent's HTTP API, called by the headnode. Every request carries the server's secret.
+//! The agent's HTTP API, called by the headnode, over mutual TLS: the handshake admits only
+//! headnodes' client certificates from the pinned CA (see [`crate::tls`]), so every request
+//! that reaches a handler comes from a headnode.
 //!
 //! VMs' consoles (serial and VNC, as WebSockets) are in [`consoles`].
 
@@ -6,9 +8,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use nereid_types::agent::Ensure;
@@ -49,28 +50,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/servers/{server}/sysinfo", get(sysinfo))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "ResourceNotFound", "no such agent endpoint") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
-}
-
-/// The bearer must be the secret of the server named in the path (any server's for `/metrics`).
-async fn authenticate(State(s): State<ApiState>, req: Request, next: Next) -> Response {
-    let given =
-        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string);
-    let Some(given) = given else {
-        return error(StatusCode::UNAUTHORIZED, "Unauthorized", "the agent API needs Authorization: Bearer <server secret>");
-    };
-    let path = req.uri().path().to_string();
-    let server = path.strip_prefix("/servers/").and_then(|r| r.split('/').next()).map(str::to_string);
-    let allowed = match server {
-        Some(id) => s.node(&id).is_some_and(|n| n.secret_matches(&given)),
-        None => s.nodes.iter().any(|n| n.secret_matches(&given)),
-    };
-    if allowed {
-        next.run(req).await
-    } else {
-        error(StatusCode::UNAUTHORIZED, "Unauthorized", "the bearer token is not this server's secret")
-    }
 }
 
 async fn list(State(s): State<ApiState>, Path(server): Path<String>) -> Response {

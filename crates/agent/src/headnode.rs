@@ -1,4 +1,6 @@
-//! The agent's side of the protocol: join, sysinfo, heartbeats, state pushes.
+//! The agent's side of the protocol: join, sysinfo, heartbeats, state pushes, images —
+//! all over TLS to the headnode's agent listener, verified against the pinned CA, with
+//! this agent's certificate as the client certificate (see [`crate::tls`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -8,16 +10,20 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
-use nereid_types::agent::{Heartbeat, HeartbeatReply, Joined, Register, VmStatus};
+use nereid_types::agent::{CaInfo, Heartbeat, HeartbeatReply, JoinRequest, Joined, Register, RenewRequest, VmStatus};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 /// Why a call to the headnode failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// The headnode does not accept our secret (forgotten server, rotated secret).
+    /// The headnode does not accept this server's certificate (revoked, another key
+    /// approved, a forgotten server) or the join token.
     #[error("the headnode refused this server's credentials: {0}")]
     Unauthorized(String),
+    /// The join waits for the operator (`nereid admin server approve`).
+    #[error("{0}")]
+    ApprovalRequired(String),
     #[error("the headnode answered {status}: {body}")]
     Status { status: u16, body: String },
     #[error("cannot reach the headnode: {0}")]
@@ -31,9 +37,32 @@ pub enum CallError {
 pub struct Headnode {
     bases: Arc<Vec<String>>,
     current: Arc<std::sync::atomic::AtomicUsize>,
+    creds: Arc<crate::tls::Credentials>,
+    clients: Arc<RwLock<Option<Clients>>>,
+}
+
+/// HTTP clients for the current credentials.
+#[derive(Clone)]
+struct Clients {
+    version: u64,
+    /// With the client certificate.
     http: reqwest::Client,
     /// For image files: no overall deadline, only for connecting and between reads.
     download: reqwest::Client,
+    /// Without a client certificate (joining).
+    bare: reqwest::Client,
+}
+
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().user_agent(concat!("nereid-agent/", env!("CARGO_PKG_VERSION"))).https_only(true)
+}
+
+/// The message of a Triton error body, or the body.
+fn message(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or_else(|| body.to_string())
 }
 
 /// Whether a failed call should be tried on another headnode.
@@ -45,21 +74,74 @@ fn fail_over(r: &Result<reqwest::Response, reqwest::Error>) -> bool {
 }
 
 impl Headnode {
-    /// The headnode (or the comma-separated headnodes of one cluster) at `base`.
-    pub fn new(base: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .user_agent(concat!("nereid-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
-        let download = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(15))
-            .read_timeout(Duration::from_secs(60))
-            .user_agent(concat!("nereid-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+    /// The headnode's agent listener (or the comma-separated agent listeners of one
+    /// cluster's headnodes) at `base`: `https://` URLs only.
+    pub fn new(base: &str, creds: Arc<crate::tls::Credentials>) -> Result<Self, String> {
         let bases: Vec<String> = base.split(',').map(|b| b.trim().trim_end_matches('/').to_string()).filter(|b| !b.is_empty()).collect();
-        Headnode { bases: Arc::new(bases), current: Arc::default(), http, download }
+        if bases.is_empty() {
+            return Err("no headnode URL given".into());
+        }
+        if let Some(b) = bases.iter().find(|b| !b.starts_with("https://")) {
+            return Err(format!(
+                "the headnode URL {b} is not https://: give the headnode's agent listener (https://HOST:8081, its --agent-listen), not the operator API"
+            ));
+        }
+        Ok(Headnode { bases: Arc::new(bases), current: Arc::default(), creds, clients: Arc::default() })
+    }
+
+    /// The clients for the current credentials (rebuilt when they change).
+    fn clients(&self) -> Result<Clients, CallError> {
+        let v = self.creds.version();
+        if let Some(c) = self.clients.read().unwrap_or_else(|p| p.into_inner()).as_ref().filter(|c| c.version == v) {
+            return Ok(c.clone());
+        }
+        let tls = |with_cert| match self.creds.headnode_tls(with_cert) {
+            Ok(Some(c)) => Ok(c),
+            Ok(None) => Err(CallError::Network("no headnode CA pinned yet".into())),
+            Err(e) => Err(CallError::Network(format!("{e:#}"))),
+        };
+        let build = |b: reqwest::ClientBuilder| b.build().map_err(|e| CallError::Network(e.to_string()));
+        let c = Clients {
+            version: v,
+            http: build(builder().timeout(Duration::from_secs(15)).use_preconfigured_tls(tls(true)?))?,
+            download: build(
+                builder().connect_timeout(Duration::from_secs(15)).read_timeout(Duration::from_secs(60)).use_preconfigured_tls(tls(true)?),
+            )?,
+            bare: build(builder().timeout(Duration::from_secs(15)).use_preconfigured_tls(tls(false)?))?,
+        };
+        *self.clients.write().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Pins the headnode CA at first contact: fetched over TLS that is not yet verified,
+    /// accepted only if the join token vouches for it (its hash, or a proof only a
+    /// headnode knowing the token can make).
+    pub async fn discover_ca(&self, token: &nereid_trust::token::JoinToken) -> Result<(), CallError> {
+        let config = nereid_trust::configs::client(Arc::new(nereid_trust::verify::Unverified), None)
+            .map_err(|e| CallError::Network(format!("{e:#}")))?;
+        let client = builder()
+            .timeout(Duration::from_secs(15))
+            .use_preconfigured_tls(config)
+            .build()
+            .map_err(|e| CallError::Network(e.to_string()))?;
+        let resp = self.send(&client, |c, base| c.get(format!("{base}/agent-ca"))).await.map_err(|e| CallError::Network(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let body = resp.text().await.map_err(|e| CallError::Network(e.to_string()))?;
+        if status >= 400 {
+            return Err(CallError::Status { status, body });
+        }
+        let info: CaInfo = serde_json::from_str(&body).map_err(|e| CallError::Network(format!("the CA answer does not parse: {e}")))?;
+        let der = nereid_trust::ca::cert_der_from_pem(&info.ca).map_err(|e| CallError::Network(format!("{e:#}")))?;
+        if !token.accepts(&der, &info.proofs) {
+            return Err(CallError::Unauthorized(format!(
+                "the headnode at {} presented a CA (SHA-256 {}) that the join token does not vouch for: not the headnode that made the token, or someone in between",
+                self.base(),
+                nereid_trust::sha256_hex(&der)
+            )));
+        }
+        self.creds.pin_ca(&info.ca).map_err(|e| CallError::Network(format!("{e:#}")))?;
+        tracing::info!(ca = %nereid_trust::sha256_hex(&der), "pinned the headnode CA");
+        Ok(())
     }
 
     /// The headnode calls go to now.
@@ -93,14 +175,22 @@ impl Headnode {
         }
     }
 
-    async fn post<T: serde::Serialize>(&self, path: &str, bearer: &str, body: &T) -> Result<reqwest::Response, CallError> {
-        let resp = self
-            .send(&self.http, |c, base| c.post(format!("{base}{path}")).bearer_auth(bearer).json(body))
-            .await
-            .map_err(|e| CallError::Network(e.to_string()))?;
+    /// POSTs with the client certificate, or without one but with the join token.
+    async fn post<T: serde::Serialize>(&self, path: &str, join_token: Option<&str>, body: &T) -> Result<reqwest::Response, CallError> {
+        let clients = self.clients()?;
+        let resp = match join_token {
+            Some(t) => self.send(&clients.bare, |c, base| c.post(format!("{base}{path}")).bearer_auth(t).json(body)).await,
+            None => self.send(&clients.http, |c, base| c.post(format!("{base}{path}")).json(body)).await,
+        }
+        .map_err(|e| CallError::Network(e.to_string()))?;
         let status = resp.status().as_u16();
         if status == 401 || status == 403 {
-            return Err(CallError::Unauthorized(resp.text().await.unwrap_or_default()));
+            let body = resp.text().await.unwrap_or_default();
+            let code = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v.get("code")?.as_str().map(str::to_string));
+            if code.as_deref() == Some(nereid_types::agent::APPROVAL_REQUIRED) {
+                return Err(CallError::ApprovalRequired(message(&body)));
+            }
+            return Err(CallError::Unauthorized(message(&body)));
         }
         if status >= 400 {
             return Err(CallError::Status { status, body: resp.text().await.unwrap_or_default() });
@@ -108,31 +198,38 @@ impl Headnode {
         Ok(resp)
     }
 
-    /// Joins with the headnode's join token; returns the server's secret.
-    pub async fn join(&self, token: &str, reg: &Register) -> Result<Joined, CallError> {
-        let resp = self.post("/servers/join", token, reg).await?;
+    /// Joins with the headnode's join token and this agent's public key; returns the
+    /// server's certificate.
+    pub async fn join(&self, token: &str, req: &JoinRequest) -> Result<Joined, CallError> {
+        let resp = self.post("/servers/join", Some(token), req).await?;
         resp.json().await.map_err(|e| CallError::Network(format!("the join answer does not parse: {e}")))
     }
 
-    pub async fn register(&self, uuid: Uuid, secret: &str, reg: &Register) -> Result<(), CallError> {
-        self.post(&format!("/servers/{uuid}/sysinfo"), secret, reg).await.map(|_| ())
+    /// A new certificate for the server, over its authenticated channel.
+    pub async fn renew(&self, uuid: Uuid, req: &RenewRequest) -> Result<Joined, CallError> {
+        let resp = self.post(&format!("/servers/{uuid}/certificate"), None, req).await?;
+        resp.json().await.map_err(|e| CallError::Network(format!("the renewal answer does not parse: {e}")))
+    }
+
+    pub async fn register(&self, uuid: Uuid, reg: &Register) -> Result<(), CallError> {
+        self.post(&format!("/servers/{uuid}/sysinfo"), None, reg).await.map(|_| ())
     }
 
     /// Sends a heartbeat; the answer says what the networking must carry (an older
     /// headnode's empty answer wants nothing).
-    pub async fn heartbeat(&self, uuid: Uuid, secret: &str, hb: &Heartbeat) -> Result<HeartbeatReply, CallError> {
-        let resp = self.post(&format!("/servers/{uuid}/events/heartbeat"), secret, hb).await?;
+    pub async fn heartbeat(&self, uuid: Uuid, hb: &Heartbeat) -> Result<HeartbeatReply, CallError> {
+        let resp = self.post(&format!("/servers/{uuid}/events/heartbeat"), None, hb).await?;
         let bytes = resp.bytes().await.map_err(|e| CallError::Network(e.to_string()))?;
         Ok(serde_json::from_slice(&bytes).unwrap_or_default())
     }
 
-    pub async fn push(&self, uuid: Uuid, secret: &str, st: &VmStatus) -> Result<(), CallError> {
-        self.post(&format!("/servers/{uuid}/vms/{}/status", st.uuid), secret, st).await.map(|_| ())
+    pub async fn push(&self, uuid: Uuid, st: &VmStatus) -> Result<(), CallError> {
+        self.post(&format!("/servers/{uuid}/vms/{}/status", st.uuid), None, st).await.map(|_| ())
     }
 }
 
 /// Pushes VM status changes to the headnode, newest per VM, retrying until acknowledged.
-pub async fn pusher(hn: Headnode, server: Uuid, secret: impl Fn() -> String + Send + 'static, mut rx: mpsc::UnboundedReceiver<VmStatus>) {
+pub async fn pusher(hn: Headnode, server: Uuid, mut rx: mpsc::UnboundedReceiver<VmStatus>) {
     let mut pending: HashMap<Uuid, VmStatus> = HashMap::new();
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -154,7 +251,7 @@ pub async fn pusher(hn: Headnode, server: Uuid, secret: impl Fn() -> String + Se
         order.sort_by_key(|s| s.generation);
         let mut failed = false;
         for st in order {
-            match hn.push(server, &secret(), &st).await {
+            match hn.push(server, &st).await {
                 Ok(()) => {
                     if pending.get(&st.uuid).is_some_and(|p| p.generation == st.generation) {
                         pending.remove(&st.uuid);
@@ -182,24 +279,19 @@ pub async fn pusher(hn: Headnode, server: Uuid, secret: impl Fn() -> String + Se
     }
 }
 
-/// One server's credentials at the headnode, for the calls its VMs cause: guests'
-/// metadata writes and image downloads.
+/// One server at the headnode, for the calls its VMs cause: guests' metadata writes and
+/// image downloads (with the agent's certificate, as every call).
 pub struct Upstream {
     pub hn: Headnode,
     pub server: Uuid,
-    pub secret: Arc<RwLock<String>>,
 }
 
 impl Upstream {
-    fn secret(&self) -> String {
-        self.secret.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
     async fn get(&self, path: &str) -> Result<reqwest::Response, String> {
-        let secret = self.secret();
+        let clients = self.hn.clients().map_err(|e| e.to_string())?;
         let resp = self
             .hn
-            .send(&self.hn.download, |c, base| c.get(format!("{base}{path}")).bearer_auth(&secret))
+            .send(&clients.download, |c, base| c.get(format!("{base}{path}")))
             .await
             .map_err(|e| format!("cannot reach the headnode: {e}"))?;
         let status = resp.status();
@@ -219,7 +311,7 @@ impl Upstream {
 impl crate::supervisor::Upstream for Upstream {
     async fn metadata_write(&self, vm: Uuid, w: &nereid_types::agent::MetadataWrite) -> Result<(), String> {
         let path = format!("/servers/{}/vms/{vm}/metadata", self.server);
-        self.hn.post(&path, &self.secret(), w).await.map(drop).map_err(|e| match e {
+        self.hn.post(&path, None, w).await.map(drop).map_err(|e| match e {
             CallError::Status { body, .. } => serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))

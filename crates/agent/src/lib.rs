@@ -2,7 +2,9 @@
 //! many simulated hosts in one process).
 //!
 //! ```text
-//!   start: identity (pinned UUID) → sysinfo → join (join token → secret) → register
+//!   start: identity (pinned UUID) → sysinfo → key (made here, DATA/tls) → CA pinned
+//!          (vouched for by the join token) → join (public key → certificate) → register
+//!          → agent API on mutual TLS (headnodes' certificates only)
 //!   then:  heartbeat every few seconds (usage + VM inventory)
 //!          per-VM supervisors converge what the headnode asks (`PUT/DELETE …/vms/{vm}`)
 //!          every state change is pushed, with its generation, until acknowledged
@@ -13,7 +15,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -34,8 +36,11 @@ pub mod metrics;
 pub mod net;
 pub mod supervisor;
 pub mod sysinfo;
+pub mod tls;
 
 use headnode::{CallError, Headnode};
+use nereid_trust::token::JoinToken;
+use nereid_types::agent::{JoinRequest, RenewRequest};
 use supervisor::Node;
 
 /// Which hypervisor runs the VMs.
@@ -102,28 +107,18 @@ pub struct NodeRuntime {
     pub identity: String,
     pub node: Arc<Node>,
     pub sysinfo: Map<String, Value>,
-    secret: Arc<RwLock<String>>,
     paused: AtomicBool,
     ram_mib: u64,
     disk_mib: u64,
-}
-
-impl NodeRuntime {
-    fn secret(&self) -> String {
-        self.secret.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Constant-time comparison with the server's secret.
-    pub fn secret_matches(&self, given: &str) -> bool {
-        let s = self.secret();
-        s.len() == given.len() && s.bytes().zip(given.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0 && !s.is_empty()
-    }
 }
 
 /// A running agent.
 pub struct Agent {
     pub addr: SocketAddr,
     pub nodes: Arc<Vec<Arc<NodeRuntime>>>,
+    /// The key, pinned CA and certificates (DATA/tls).
+    pub credentials: Arc<tls::Credentials>,
+    hn: Headnode,
     stop: oneshot::Sender<()>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -139,6 +134,15 @@ impl Agent {
         for n in self.nodes.iter() {
             n.paused.store(paused, Ordering::SeqCst);
         }
+    }
+
+    /// Renews every server's certificate now (the heartbeat loop does when a third of its
+    /// life is left).
+    pub async fn renew_certificates(&self) -> Result<(), CallError> {
+        for n in self.nodes.iter() {
+            renew(&self.hn, &self.credentials, n.uuid).await?;
+        }
+        Ok(())
     }
 
     /// Stops the agent; VMs keep running, as real ones would.
@@ -266,10 +270,12 @@ pub async fn start(mut cfg: Config) -> Result<Agent> {
     // overlay's own directory, so a relative data directory breaks every disk.
     cfg.data_dir = std::path::absolute(&cfg.data_dir).with_context(|| format!("resolving {}", cfg.data_dir.display()))?;
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
-    let addr = listener.local_addr()?;
-    let agent_url = cfg.advertise_url.clone().unwrap_or_else(|| format!("http://{addr}"));
-    let hn = Headnode::new(&cfg.headnode_url);
+    let token = JoinToken::parse(&cfg.join_token).map_err(anyhow::Error::msg)?;
+    let creds = tls::Credentials::open(&cfg.data_dir)?;
+    let hn = Headnode::new(&cfg.headnode_url, creds.clone()).map_err(anyhow::Error::msg)?;
+    let tcp = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
+    let addr = tcp.local_addr()?;
+    let agent_url = cfg.advertise_url.clone().unwrap_or_else(|| format!("https://{addr}"));
     let specs = match &cfg.backend {
         BackendKind::Sim { servers, cpus, ram_mib, disk_gib, delays } => {
             sim_specs(&cfg, addr, *servers, *cpus, *ram_mib, *disk_gib, *delays)?
@@ -281,8 +287,7 @@ pub async fn start(mut cfg: Config) -> Result<Agent> {
     for spec in specs {
         tracing::info!("{}", spec.identity_line);
         let uuid = spec.identity.uuid;
-        let secret = Arc::new(RwLock::new(String::new()));
-        let upstream = Arc::new(headnode::Upstream { hn: hn.clone(), server: uuid, secret: secret.clone() });
+        let upstream = Arc::new(headnode::Upstream { hn: hn.clone(), server: uuid });
         let (backend, ram_mib, disk_mib): (Arc<dyn backend::Backend>, u64, u64) = match spec.backend {
             BackendPlan::Sim(delays) => {
                 (Arc::new(backend::sim::Sim::open(spec.dir.join("sim-vms.json"), delays)), spec.facts.ram_mib, spec.facts.disk_gib * 1024)
@@ -303,21 +308,20 @@ pub async fn start(mut cfg: Config) -> Result<Agent> {
             identity: spec.identity_line,
             node,
             sysinfo: sysinfo::sysinfo(&spec.facts),
-            secret,
             paused: AtomicBool::new(false),
             ram_mib,
             disk_mib,
         });
-        join(&hn, &cfg.join_token, &spec.dir, &rt, &agent_url).await?;
-        let (hn2, rt2) = (hn.clone(), rt.clone());
-        tasks.push(tokio::spawn(async move { headnode::pusher(hn2, rt2.uuid, move || rt2.secret(), rx).await }));
-        let (hn3, rt3, every, token, dir3, url3) =
-            (hn.clone(), rt.clone(), cfg.heartbeat, cfg.join_token.clone(), spec.dir.clone(), agent_url.clone());
-        tasks.push(tokio::spawn(async move { heartbeats(hn3, rt3, every, token, dir3, url3).await }));
+        join(&hn, &token, &creds, &rt, &agent_url).await?;
+        tasks.push(tokio::spawn(headnode::pusher(hn.clone(), rt.uuid, rx)));
+        let (hn3, rt3, every, token3, creds3, url3) = (hn.clone(), rt.clone(), cfg.heartbeat, token.clone(), creds.clone(), agent_url.clone());
+        tasks.push(tokio::spawn(async move { heartbeats(hn3, rt3, every, token3, creds3, url3).await }));
         nodes.push(rt);
     }
     let nodes = Arc::new(nodes);
     let router = api::router(api::ApiState { nodes: nodes.clone(), hwmon: PathBuf::from("/sys/class/hwmon") });
+    // Only headnodes' certificates from the pinned CA get through the handshake.
+    let listener = nereid_trust::MtlsListener::new(tcp, creds.api_tls()?)?;
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         axum::serve(listener, router)
@@ -327,44 +331,30 @@ pub async fn start(mut cfg: Config) -> Result<Agent> {
             .await
     });
     tracing::info!(%agent_url, servers = nodes.len(), "agent started");
-    Ok(Agent { addr, nodes, stop, server, tasks })
+    Ok(Agent { addr, nodes, credentials: creds, hn, stop, server, tasks })
 }
 
-/// Registers the server, joining first (or again) when it has no accepted secret.
-async fn join(hn: &Headnode, token: &str, dir: &std::path::Path, rt: &NodeRuntime, agent_url: &str) -> Result<()> {
+/// Registers the server with its certificate, joining first when it has none the headnode
+/// accepts: the CA is pinned at first contact (vouched for by the join token), the key
+/// stays here, only its public half is sent. A join the headnode holds for the operator's
+/// approval (another key for this UUID, a revoked server) is asked again until approved;
+/// a join token the headnode refuses, or a CA it does not vouch for, ends the agent.
+pub async fn join(hn: &Headnode, token: &JoinToken, creds: &tls::Credentials, rt: &NodeRuntime, agent_url: &str) -> Result<()> {
     let reg = Register { sysinfo: rt.sysinfo.clone(), agent_url: agent_url.to_string() };
-    let secret_file = dir.join("secret");
     let mut backoff = Duration::from_millis(200);
     loop {
-        let saved = std::fs::read_to_string(&secret_file).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
-        let result = match &saved {
-            Some(secret) => hn.register(rt.uuid, secret, &reg).await.map(|()| secret.clone()),
-            None => Err(CallError::Unauthorized("no secret yet".into())),
-        };
-        match result {
-            Ok(secret) => {
-                *rt.secret.write().unwrap_or_else(|p| p.into_inner()) = secret;
-                return Ok(());
+        match join_once(hn, token, creds, rt, &reg).await {
+            Ok(()) => return Ok(()),
+            Err(CallError::ApprovalRequired(m)) => {
+                tracing::warn!(server = %rt.uuid, "{m}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            Err(CallError::Unauthorized(_)) => match hn.join(token, &reg).await {
-                Ok(j) => {
-                    if j.server_uuid != rt.uuid {
-                        anyhow::bail!("the headnode answered the join for {} with server UUID {}", rt.uuid, j.server_uuid);
-                    }
-                    write_secret(&secret_file, &j.secret)?;
-                    tracing::info!(server = %rt.uuid, "joined the headnode");
-                }
-                Err(CallError::Unauthorized(m)) => {
-                    anyhow::bail!("the headnode refused the join token: {m} (it is in join.token in the headnode's data directory)")
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "joining failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-            },
+            Err(CallError::Unauthorized(m)) => {
+                anyhow::bail!("the headnode refused to let server {} join: {m} (the join token is in join.token in the headnode's data directory)", rt.uuid)
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "registering failed; retrying");
+                tracing::warn!(server = %rt.uuid, error = %e, "joining failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
@@ -372,21 +362,44 @@ async fn join(hn: &Headnode, token: &str, dir: &std::path::Path, rt: &NodeRuntim
     }
 }
 
-fn write_secret(path: &std::path::Path, secret: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
-    f.write_all(secret.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+async fn join_once(hn: &Headnode, token: &JoinToken, creds: &tls::Credentials, rt: &NodeRuntime, reg: &Register) -> Result<(), CallError> {
+    if creds.ca().is_none() {
+        hn.discover_ca(token).await?;
+    }
+    if creds.cert(rt.uuid).is_some() {
+        match hn.register(rt.uuid, reg).await {
+            Ok(()) => return Ok(()),
+            Err(CallError::Unauthorized(m)) => tracing::warn!(server = %rt.uuid, "the headnode refuses this server's certificate ({m}); joining again"),
+            Err(e) => return Err(e),
+        }
+    }
+    let req = JoinRequest { sysinfo: reg.sysinfo.clone(), agent_url: reg.agent_url.clone(), public_key: creds.public_key_b64() };
+    let j = hn.join(&token.secret, &req).await?;
+    if j.server_uuid != rt.uuid {
+        return Err(CallError::Network(format!("the headnode answered the join for {} with server UUID {}", rt.uuid, j.server_uuid)));
+    }
+    let pinned = creds.ca();
+    if nereid_trust::ca::cert_der_from_pem(&j.ca).ok() != pinned {
+        return Err(CallError::Network("the headnode's join answer names another CA than the pinned one".into()));
+    }
+    creds.set_cert(rt.uuid, &j.certificate, j.not_after).map_err(|e| CallError::Network(format!("{e:#}")))?;
+    tracing::info!(server = %rt.uuid, "joined the headnode");
+    // The agent URL and sysinfo, now over the authenticated channel.
+    hn.register(rt.uuid, reg).await
+}
+
+/// Renews the server's certificate (same key) over its authenticated channel.
+pub async fn renew(hn: &Headnode, creds: &tls::Credentials, server: Uuid) -> Result<(), CallError> {
+    let j = hn.renew(server, &RenewRequest { public_key: creds.public_key_b64() }).await?;
+    creds.set_cert(server, &j.certificate, j.not_after).map_err(|e| CallError::Network(format!("{e:#}")))?;
+    tracing::info!(server = %server, "renewed the server's certificate");
     Ok(())
 }
 
 /// How often the nic tags' links are checked again when nothing changed.
 const NETWORK_RECHECK: Duration = Duration::from_secs(300);
 
-async fn heartbeats(hn: Headnode, rt: Arc<NodeRuntime>, every: Duration, token: String, dir: PathBuf, agent_url: String) {
+async fn heartbeats(hn: Headnode, rt: Arc<NodeRuntime>, every: Duration, token: JoinToken, creds: Arc<tls::Credentials>, agent_url: String) {
     // What the headnode last wanted the links to carry, what was wrong then, and when.
     let mut wanted = None;
     let mut problems = Vec::new();
@@ -410,7 +423,13 @@ async fn heartbeats(hn: Headnode, rt: Arc<NodeRuntime>, every: Duration, token: 
                 vms,
                 problems: problems.clone(),
             };
-            match hn.heartbeat(rt.uuid, &rt.secret(), &hb).await {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+            if creds.cert(rt.uuid).is_some_and(|c| c.needs_renewal(now))
+                && let Err(e) = renew(&hn, &creds, rt.uuid).await
+            {
+                tracing::warn!(server = %rt.uuid, error = %e, "renewing the certificate failed; will retry");
+            }
+            match hn.heartbeat(rt.uuid, &hb).await {
                 Ok(reply) => {
                     // At start, when the networks change, and every few minutes: the links
                     // must carry their networks' MTU. A change is reported at once.
@@ -422,10 +441,11 @@ async fn heartbeats(hn: Headnode, rt: Arc<NodeRuntime>, every: Duration, token: 
                         checked = std::time::Instant::now();
                     }
                 }
-                Err(CallError::Unauthorized(_)) => {
-                    tracing::warn!(server = %rt.uuid, "the headnode no longer knows this server's secret; joining again");
-                    let _ = std::fs::remove_file(dir.join("secret"));
-                    if let Err(e) = join(&hn, &token, &dir, &rt, &agent_url).await {
+                Err(CallError::Unauthorized(m)) => {
+                    // Revoked, or another key approved for this UUID: asking again waits
+                    // for the operator's approval, it never takes the server back by itself.
+                    tracing::warn!(server = %rt.uuid, "the headnode refuses this server's certificate ({m}); asking to join again");
+                    if let Err(e) = join(&hn, &token, &creds, &rt, &agent_url).await {
                         tracing::error!(error = %e, "re-joining failed");
                     }
                 }

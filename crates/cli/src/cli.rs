@@ -55,6 +55,9 @@ pub struct HeadnodeArgs {
     /// Address of the operator API listener (port 0 picks a free port)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub admin_listen: SocketAddr,
+    /// Address of the agent listener: what compute nodes' agents call, mutual TLS only (port 0 picks a free port) [default: 127.0.0.1:8081, or a free port when --admin-listen has port 0]
+    #[arg(long, value_name = "ADDR")]
+    pub agent_listen: Option<SocketAddr>,
     /// Where image files live [default: DIR/images]. Several headnodes of one cluster (one PostgreSQL store) name one path they all mount, so an image uploaded through any of them provisions through every one
     #[arg(long, value_name = "DIR")]
     pub images_dir: Option<PathBuf>,
@@ -216,6 +219,9 @@ pub struct UpArgs {
     /// Address of the operator API listener
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub admin_listen: SocketAddr,
+    /// Address of the agent listener other compute nodes' agents call (mutual TLS only; port 0 picks a free port) [default: 127.0.0.1:8081, or a free port when --admin-listen has port 0]
+    #[arg(long, value_name = "ADDR")]
+    pub agent_listen: Option<SocketAddr>,
     /// Hypervisor backend of the local agent
     #[arg(long, value_enum, default_value = "sim")]
     pub backend: BackendArg,
@@ -255,16 +261,16 @@ pub struct UpArgs {
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
-    /// The headnode's operator API, e.g. http://10.0.0.1:8080 — or several headnodes of one cluster, comma-separated (the agent moves to the next when one cannot be reached)
+    /// The headnode's agent listener (its --agent-listen, TLS), e.g. https://10.0.0.1:8081 — or several headnodes of one cluster, comma-separated (the agent moves to the next when one cannot be reached)
     #[arg(long, value_name = "URL[,URL…]", env = "NEREID_HEADNODE")]
     pub headnode: String,
-    /// The join token of any headnode of the cluster (join.token in its data directory)
+    /// The join token of any headnode of the cluster: SECRET:sha256:CAHASH as `nereid up`/`nereid headnode` print it (pins the headnode CA by its hash), or the bare SECRET in join.token in its data directory
     #[arg(long, value_name = "TOKEN", env = "NEREID_JOIN_TOKEN", conflicts_with = "join_token_file")]
     pub join_token: Option<String>,
     /// A file holding the join token
     #[arg(long, value_name = "FILE")]
     pub join_token_file: Option<PathBuf>,
-    /// The agent's data directory (server identity, secret, VM state)
+    /// The agent's data directory (server identity, its key and certificates in tls/, VM state)
     #[arg(long, value_name = "DIR", default_value = "/var/lib/nereid-agent")]
     pub data_dir: PathBuf,
     /// Hypervisor backend
@@ -277,7 +283,7 @@ pub struct AgentArgs {
     /// Address of the agent API (the headnode calls it)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5309")]
     pub listen: SocketAddr,
-    /// URL the headnode uses to reach this agent [default: http://<listen address>]
+    /// URL the headnode uses to reach this agent [default: https://<listen address>]
     #[arg(long, value_name = "URL")]
     pub advertise_url: Option<String>,
     /// Seconds between heartbeats
@@ -456,6 +462,12 @@ pub enum ServerVerb {
     Update(UpdateArgs),
     /// Forget a server (refused while VMs are counted on it)
     Delete(DeleteArgs),
+    /// Show the server's agent trust: active, revoked or unapproved, its key, a join waiting for approval
+    Trust(IdArg),
+    /// Accept the join waiting for the server (another key for its UUID, or a revoked server)
+    Approve(IdArg),
+    /// Revoke the server's certificate at once: the headnode refuses its agent and stops calling it; its joins wait for approval
+    Revoke(IdArg),
 }
 
 #[derive(Subcommand, Debug)]

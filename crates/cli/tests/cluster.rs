@@ -13,13 +13,26 @@ use std::time::{Duration, Instant};
 use nereid_client::{Client, Target};
 use serde_json::{Value, json};
 
+/// A free port whose next port is free too (for the headnode's agent listener).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The agent listener's port of the headnode whose operator API is on `port`.
+fn agent_port(port: u16) -> u16 {
+    port + 1
 }
 
 fn headnode(data: &Path, port: u16, store: &str, images: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_nereid"))
         .args(["headnode", "--data-dir", data.to_str().unwrap(), "--admin-listen", &format!("127.0.0.1:{port}")])
+        .args(["--agent-listen", &format!("127.0.0.1:{}", agent_port(port))])
         .args(["--cloudapi-listen", "127.0.0.1:0", "--store", store, "--images-dir", images.to_str().unwrap()])
         .args(["--job-lease-secs", "3", "--reconcile-every-secs", "0"])
         .env_remove("NEREID_TEST_PAUSE_AT")
@@ -96,7 +109,7 @@ async fn two_headnodes_survive_a_sigkill_in_the_middle_of_50_provisions() {
     // One agent, told about both headnodes, joining with B's token through A.
     procs.0.push(
         Command::new(env!("CARGO_BIN_EXE_nereid"))
-            .args(["agent", "--headnode", &format!("http://127.0.0.1:{a_port},http://127.0.0.1:{b_port}")])
+            .args(["agent", "--headnode", &format!("https://127.0.0.1:{},https://127.0.0.1:{}", agent_port(a_port), agent_port(b_port))])
             .args(["--join-token-file", b_data.join("join.token").to_str().unwrap()])
             .args(["--data-dir", dir.path().join("agent").to_str().unwrap(), "--backend", "sim", "--sim-servers", "2"])
             .args(["--sim-create-ms", "1500", "--listen", "127.0.0.1:0", "--heartbeat-secs", "1"])

@@ -88,8 +88,8 @@ impl Rig {
         let qemu_img = script(dir.path(), "fake-qemu-img", "#!/bin/sh\nexit 0\n");
         let agent_dir = dir.path().join("cn");
         let agent = nereid_agent::start(nereid_agent::Config {
-            headnode_url: cloud.headnode.admin_url.clone(),
-            join_token: cloud.headnode.join_token.clone(),
+            headnode_url: cloud.headnode.agent_url.clone(),
+            join_token: cloud.headnode.join_token_full.clone(),
             data_dir: agent_dir.clone(),
             backend: BackendKind::Qemu(QemuOptions {
                 accel: Choice::Tcg,

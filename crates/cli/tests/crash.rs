@@ -14,13 +14,27 @@ use serde_json::{Value, json};
 
 const STEPS: &[&str] = &["reserve", "nics", "definition", "create", "wait", "finish"];
 
+/// A free port whose next port is free too (for the headnode's agent listener).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The agent listener's port of the headnode whose operator API is on `port`.
+fn agent_port(port: u16) -> u16 {
+    port + 1
 }
 
 fn headnode(data: &Path, port: u16, env: &[(&str, &str)]) -> Child {
     let mut c = Command::new(env!("CARGO_BIN_EXE_nereid"));
+    // The agent listener on the next port: agents find it without reading anything.
     c.args(["headnode", "--data-dir", data.to_str().unwrap(), "--admin-listen", &format!("127.0.0.1:{port}")])
+        .args(["--agent-listen", &format!("127.0.0.1:{}", agent_port(port))])
         .args(["--cloudapi-listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -36,7 +50,7 @@ fn agent(data: &Path, headnode_data: &Path, port: u16) -> Child {
         .args([
             "agent",
             "--headnode",
-            &format!("http://127.0.0.1:{port}"),
+            &format!("https://127.0.0.1:{}", agent_port(port)),
             "--join-token-file",
             headnode_data.join("join.token").to_str().unwrap(),
             "--data-dir",

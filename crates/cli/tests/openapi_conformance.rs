@@ -2,8 +2,8 @@
 //! against the OpenAPI Initiative's 3.0 schema, `tests/data/openapi-3.0-schema.json`,
 //! Apache-2.0), and a real answer of every documented operation of both — operator API
 //! and CloudAPI — has the documented status, content type and body schema. A compute
-//! node's own calls (join, sysinfo, heartbeats, VM status) go through a checking proxy,
-//! so they are the agent's real requests. An operation nobody reached fails the test, so
+//! node's own calls (join, sysinfo, heartbeats, VM status) go through a checking proxy
+//! (TLS on both sides, on the agent listener), so they are the agent's real requests. An operation nobody reached fails the test, so
 //! a new endpoint cannot go unchecked.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -369,12 +369,57 @@ impl Cloudapi {
 
 /// A reverse proxy in front of the operator API that checks every answer: what a compute
 /// node really sends and gets.
+/// The agent listener's side of a checking proxy: it serves TLS with a certificate from
+/// the cluster CA and forwards with the agent's own certificate (read from its data
+/// directory) when the agent presented one, without one (joining) otherwise.
+#[derive(Clone)]
+struct AgentTls {
+    config: Arc<rustls::ServerConfig>,
+    ca: rustls::pki_types::CertificateDer<'static>,
+    agent_dir: std::path::PathBuf,
+}
+
+impl AgentTls {
+    fn new(cloud: &nereid_testkit::Cloud, agent_dir: &std::path::Path) -> Self {
+        let id = cloud.headnode.app.agents.identity().unwrap();
+        let key = nereid_trust::NodeKey::generate().unwrap();
+        let cert = id.ca.issue(&key.spki_der(), &nereid_trust::Role::Headnode, std::time::Duration::from_secs(3600)).unwrap();
+        let slot = nereid_trust::configs::CertSlot::new(nereid_trust::configs::certified(&cert, key.private_der()).unwrap());
+        let clients = nereid_trust::verify::RoleClient::new(&id.ca.cert_der(), false, None).unwrap();
+        AgentTls { config: nereid_trust::configs::server(slot, clients).unwrap(), ca: id.ca.cert_der(), agent_dir: agent_dir.to_path_buf() }
+    }
+
+    /// A client to the headnode's agent listener, as the agent (`with_cert`) or joining.
+    fn client(&self, with_cert: bool) -> reqwest::Client {
+        let tls = self.agent_dir.join("tls");
+        let key = nereid_trust::NodeKey::from_pem(&std::fs::read_to_string(tls.join("agent-key.pem")).unwrap()).unwrap();
+        let cert = with_cert.then(|| {
+            let f = std::fs::read_dir(&tls).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with("server-")).unwrap();
+            let v: Value = serde_json::from_slice(&std::fs::read(f.path()).unwrap()).unwrap();
+            v["certificate"].as_str().unwrap().to_string()
+        });
+        let verifier = nereid_trust::verify::RoleServer::new(&self.ca, nereid_trust::HEADNODE_NAME, None).unwrap();
+        let config = nereid_trust::configs::client(verifier, cert.as_deref().map(|c| (c, key.private_der()))).unwrap();
+        reqwest::Client::builder().use_preconfigured_tls(config).build().unwrap()
+    }
+}
+
 async fn checking_proxy(api: &'static str, upstream: String, checker: Arc<Checker>) -> String {
+    checking_proxy_tls(api, upstream, checker, None).await
+}
+
+async fn checking_proxy_tls(api: &'static str, upstream: String, checker: Arc<Checker>, agent: Option<AgentTls>) -> String {
     use axum::body::Body;
     use axum::extract::Request;
-    let http = reqwest::Client::new();
+    let plain = reqwest::Client::new();
+    let tls = agent.clone();
     let app = axum::Router::new().fallback(move |req: Request| {
-        let (http, upstream, checker) = (http.clone(), upstream.clone(), checker.clone());
+        let with_cert = req.extensions().get::<axum::extract::ConnectInfo<nereid_trust::Peer>>().is_some_and(|c| c.0.pin.is_some());
+        let http = match &tls {
+            Some(t) => t.client(with_cert),
+            None => plain.clone(),
+        };
+        let (upstream, checker) = (upstream.clone(), checker.clone());
         async move {
             let (parts, body) = req.into_parts();
             let target = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
@@ -416,9 +461,19 @@ async fn checking_proxy(api: &'static str, upstream: String, checker: Arc<Checke
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    url
+    let addr = listener.local_addr().unwrap();
+    match agent {
+        None => {
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            format!("http://{addr}")
+        }
+        Some(t) => {
+            use axum::serve::ListenerExt;
+            let l = nereid_trust::MtlsListener::new(listener, t.config).unwrap().tap_io(|_| ());
+            tokio::spawn(async move { axum::serve(l, app.into_make_service_with_connect_info::<nereid_trust::Peer>()).await });
+            format!("https://{addr}")
+        }
+    }
 }
 
 #[test]
@@ -466,9 +521,12 @@ async fn every_documented_operation_answers_as_documented() {
         checker: checker.clone(),
     };
 
-    // A compute node (two simulated servers) that talks through the checking proxy.
-    let proxy = checking_proxy("admin", cloud.headnode.admin_url.clone(), checker.clone()).await;
+    // A compute node (two simulated servers) that talks through the checking proxy (TLS
+    // both sides, the agent's certificate forwarded as its own). With the bare join token,
+    // the CA comes from `/agent-ca` and its proof.
     let agent_dir = tempfile::tempdir().unwrap();
+    let agent_tls = AgentTls::new(&cloud, &agent_dir.path().join("agent"));
+    let proxy = checking_proxy_tls("admin", cloud.headnode.agent_url.clone(), checker.clone(), Some(agent_tls.clone())).await;
     let agent = nereid_agent::start(nereid_agent::Config {
         headnode_url: proxy,
         join_token: cloud.headnode.join_token.clone(),
@@ -660,9 +718,22 @@ async fn every_documented_operation_answers_as_documented() {
         .unwrap()
         .to_string();
     admin.ok(200, "GET", &format!("/servers/{on}/vms/{vm}"), None).await;
-    admin.ok(204, "POST", &format!("/servers/{on}/vms/{vm}/metadata"), Some(json!({"set_customer_metadata": {"from-guest": "yes"}}))).await;
-    admin.ok(200, "GET", &format!("/servers/{server}/images/{img}"), None).await;
-    admin.bytes(&format!("/servers/{server}/images/{img}/file")).await;
+    // ...on the agent listener, with the server's certificate.
+    let as_agent =
+        Admin { http: agent_tls.client(true), url: cloud.headnode.agent_url.clone(), token: String::new(), checker: checker.clone() };
+    as_agent
+        .ok(204, "POST", &format!("/servers/{on}/vms/{vm}/metadata"), Some(json!({"set_customer_metadata": {"from-guest": "yes"}})))
+        .await;
+    as_agent.ok(200, "GET", &format!("/servers/{server}/images/{img}"), None).await;
+    as_agent.bytes(&format!("/servers/{server}/images/{img}/file")).await;
+    as_agent
+        .ok(200, "POST", &format!("/servers/{server}/certificate"), Some(json!({"public_key": agent.credentials.public_key_b64()})))
+        .await;
+    // The operator's view of a server's trust, and the two verbs (their refusals when
+    // nothing waits are Triton errors too).
+    admin.ok(200, "GET", &format!("/servers/{server}/trust"), None).await;
+    let (status, _, e) = admin.call("POST", &format!("/servers/{server}/approve"), Some(json!({}))).await;
+    assert_eq!((status, e["code"].as_str()), (409, Some("NoPendingJoin")), "{e}");
     let j = admin.ok(202, "POST", &format!("/vms/{vm}?action=start"), Some(json!({}))).await;
     admin.wait_job(&j["job_uuid"]).await;
 
@@ -776,6 +847,14 @@ async fn every_documented_operation_answers_as_documented() {
     checker.check("admin", "GET", "/metrics", status, ct.as_deref(), &resp.bytes().await.unwrap());
     let j = admin.ok(202, "DELETE", &format!("/vms/{vm}"), None).await;
     admin.wait_job(&j["job_uuid"]).await;
+    // Revoked, the spare server's agent asks to join again; the operator approves it.
+    admin.ok(200, "POST", &format!("/servers/{spare}/revoke"), Some(json!({}))).await;
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while admin.ok(200, "GET", &format!("/servers/{spare}/trust"), None).await["pending_join"].is_null() {
+        assert!(std::time::Instant::now() < end, "the revoked server's agent never asked to join again");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    admin.ok(200, "POST", &format!("/servers/{spare}/approve"), Some(json!({}))).await;
     agent.shutdown().await;
     admin.ok(204, "DELETE", &format!("/servers/{spare}"), None).await;
 
@@ -884,8 +963,8 @@ exec sh -c 'i=0; while [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done' fake-qemu -
     let (qemu, qemu_img) = (write("fake-qemu", FAKE_QEMU), write("fake-qemu-img", "#!/bin/sh\nexit 0\n"));
     let agent_dir = dir.path().join("cn");
     let agent = nereid_agent::start(nereid_agent::Config {
-        headnode_url: cloud.headnode.admin_url.clone(),
-        join_token: cloud.headnode.join_token.clone(),
+        headnode_url: cloud.headnode.agent_url.clone(),
+        join_token: cloud.headnode.join_token_full.clone(),
         data_dir: agent_dir.clone(),
         backend: nereid_agent::BackendKind::Qemu(nereid_agent::QemuOptions {
             accel: nereid_agent::backend::qemu::accel::Choice::Tcg,

@@ -64,6 +64,7 @@ async fn an_agent_partitioned_shorter_and_longer_than_the_timeout() {
     let mut hn = ns
         .cmd(env!("CARGO_BIN_EXE_nereid"))
         .args(["headnode", "--data-dir", hn_data.to_str().unwrap(), "--admin-listen", &format!("0.0.0.0:{port}")])
+        .args(["--agent-listen", &format!("0.0.0.0:{}", port + 1)])
         .args(["--cloudapi-listen", "127.0.0.1:0", "--server-timeout-secs", "4", "--reconcile-every-secs", "0"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -86,7 +87,7 @@ async fn an_agent_partitioned_shorter_and_longer_than_the_timeout() {
     until("the headnode", 60, async || c.get("/ping").await.is_ok()).await;
     let mut agent = ns
         .cmd(env!("CARGO_BIN_EXE_nereid"))
-        .args(["agent", "--headnode", &format!("http://127.0.0.3:{port}")])
+        .args(["agent", "--headnode", &format!("https://127.0.0.3:{}", port + 1)])
         .args(["--join-token-file", hn_data.join("join.token").to_str().unwrap()])
         .args(["--data-dir", dir.path().join("agent").to_str().unwrap(), "--backend", "sim"])
         .args(["--listen", "127.0.0.2:0", "--heartbeat-secs", "1"])

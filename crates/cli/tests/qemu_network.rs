@@ -65,6 +65,8 @@ impl Up {
             .ns
             .cmd(NEREID)
             .args(["up", "--data-dir", self.data.to_str().unwrap(), "--admin-listen", "127.0.0.1:0", "--cloudapi-listen", "127.0.0.1:0"])
+            // The namespace is the test's own: the agent listener's usual port is free.
+            .args(["--agent-listen", "127.0.0.1:8081"])
             .args(["--backend", "qemu", "--accel", "tcg", "--demo", "--demo-image", self.image.to_str().unwrap()])
             .args(&self.extra)
             .env("HOME", self._dir.path())
@@ -454,11 +456,10 @@ async fn qemu_server_whose_link_refuses_the_mtu_shows_a_problem_and_placement_go
 
     // Another server (simulated, its links fine) takes it.
     let sim_dir = up._dir.path().join("sim");
-    let endpoints: Value = serde_json::from_slice(&std::fs::read(up.data.join("endpoints.json")).unwrap()).unwrap();
     let mut sim = up
         .ns
         .cmd(NEREID)
-        .args(["agent", "--headnode", endpoints["admin"].as_str().unwrap(), "--join-token-file"])
+        .args(["agent", "--headnode", "https://127.0.0.1:8081", "--join-token-file"])
         .arg(up.data.join("join.token"))
         .args(["--backend", "sim", "--sim-servers", "1", "--listen", "127.0.0.1:0", "--heartbeat-secs", "1", "--data-dir"])
         .arg(&sim_dir)

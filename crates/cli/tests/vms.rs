@@ -351,7 +351,8 @@ async fn cnapi_servers_and_server_update() {
     assert!(vms2.as_array().unwrap().len() >= vms.as_array().unwrap().len());
     // A server with VMs cannot be forgotten.
     api_err(cloud.client.delete(&format!("/servers/{b}")).await, 409, "ServerInUse");
-    // Agent endpoints refuse the operator token where a server secret is needed only for other servers' data.
+    // The operator API refuses a wrong token, and serves none of the agents' endpoints
+    // (they are on the agent listener, mutual TLS only).
     let e = cloud.client_with_token("nope").get("/servers").await.unwrap_err();
     assert_eq!(e.status(), Some(401));
     let e = cloud
@@ -361,7 +362,10 @@ async fn cnapi_servers_and_server_update() {
         .unwrap_err();
     assert_eq!(e.status(), Some(401));
     let e = cloud.client.post("/servers/join", &json!({"sysinfo": {}, "agent_url": "http://x"})).await.unwrap_err();
-    assert_eq!(e.status(), Some(401), "the admin token is not the join token");
+    // (`/servers/join` reads as ServerUpdate of a server named "join" there.)
+    assert_eq!(e.status(), Some(422), "joins are not served on the operator API: {e}");
+    let e = cloud.client.post(&format!("/servers/{b}/events/heartbeat"), &json!({"usage": {}, "vms": []})).await.unwrap_err();
+    assert_eq!(e.status(), Some(404), "heartbeats are not served on the operator API: {e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -385,8 +389,9 @@ async fn metrics_in_prometheus_format() {
     // The agent's metrics: host, VMs, temperatures (where the host has sensors).
     let agent = cloud.agent.as_ref().unwrap();
     let node = &agent.nodes[0];
-    let secret = std::fs::read_to_string(cloud.data_dir.parent().unwrap().join("agent/sim/0/secret")).unwrap();
-    let resp = reqwest::Client::new().get(format!("http://{}/metrics", agent.addr)).bearer_auth(secret.trim()).send().await.unwrap();
+    // Over mutual TLS, as the headnode calls agents.
+    let http = cloud.headnode.app.agents.client(node.uuid, &agent.credentials.key().pin()).unwrap();
+    let resp = http.get(format!("https://{}/metrics", agent.addr)).send().await.unwrap();
     let t = resp.text().await.unwrap();
     assert!(
         t.contains("nereid_host_memory_bytes{kind=\"total\"}")
@@ -394,8 +399,8 @@ async fn metrics_in_prometheus_format() {
         "{t}"
     );
     assert!(t.contains("# TYPE nereid_hardware_temperature_celsius gauge"));
-    let unauth = reqwest::Client::new().get(format!("http://{}/metrics", agent.addr)).send().await.unwrap();
-    assert_eq!(unauth.status(), 401);
+    let plain = reqwest::Client::new().get(format!("http://{}/metrics", agent.addr)).send().await;
+    assert!(plain.is_err(), "the agent API speaks TLS only: {plain:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

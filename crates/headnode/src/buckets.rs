@@ -34,11 +34,15 @@ pub const IPS: BucketDef = BucketDef { name: "ips", indexes: &[text(&["network_u
 
 /// CNAPI servers, keyed by UUID.
 pub const SERVERS: BucketDef = BucketDef { name: "servers", indexes: &[text(&["hostname"])] };
-/// Each server's agent secret, keyed by server UUID (never rendered).
+/// Each server's trust record (its pinned public key, revoked, a join waiting for
+/// approval), keyed by server UUID (never rendered).
 pub const SERVER_SECRETS: BucketDef = BucketDef { name: "server_secrets", indexes: &[] };
 /// Every headnode's join token (SHA-256), keyed by headnode id: a compute node may join
 /// with the token of any headnode of the cluster.
 pub const JOIN_TOKENS: BucketDef = BucketDef { name: "join_tokens", indexes: &[] };
+/// The cluster's agent CA (certificate and key), key `ca`: made once by whichever headnode
+/// starts first (a conditional create), shared by all (see `pki`).
+pub const AGENT_CA: BucketDef = BucketDef { name: "agent_ca", indexes: &[] };
 /// The last heartbeat of each server (time, usage, VM inventory), keyed by server UUID.
 pub const HEARTBEATS: BucketDef = BucketDef { name: "heartbeats", indexes: &[] };
 /// Capacity claims: bumped in the same transaction as every placement on a server, so two
@@ -81,6 +85,7 @@ pub const ALL: &[BucketDef] = &[
     SERVERS,
     SERVER_SECRETS,
     JOIN_TOKENS,
+    AGENT_CA,
     HEARTBEATS,
     SERVER_CLAIMS,
     RESERVATIONS,

@@ -16,6 +16,7 @@
 //! `http/` file (which also documents it in the OpenAPI document) calling a function
 //! in the matching `app/` file.
 
+pub mod agent_listener;
 pub mod app;
 pub mod buckets;
 pub mod cloudapi;
@@ -25,6 +26,7 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
+pub mod pki;
 pub mod reconcile;
 pub mod server;
 

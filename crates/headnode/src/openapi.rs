@@ -28,7 +28,7 @@ fn paths(routes: Vec<Route>) -> BTreeMap<String, Map<String, Value>> {
         let mut op = json!({"operationId": d.id, "tags": [d.tag], "summary": d.summary});
         match r.auth {
             Auth::Admin => {}
-            Auth::Server => op["security"] = json!([{"serverSecret": []}, {"bearer": []}]),
+            Auth::Server => op["security"] = json!([{"agentCertificate": []}]),
             Auth::Join => op["security"] = json!([{"joinToken": []}]),
             Auth::Signature => {}
             Auth::Public => op["security"] = json!([]),
@@ -103,7 +103,7 @@ pub fn admin_document() -> Value {
         "components": {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "The operator token (DATA_DIR/admin.token)."},
-                "serverSecret": {"type": "http", "scheme": "bearer", "description": "The secret a compute node received when it joined."},
+                "agentCertificate": {"type": "http", "scheme": "tls-client-certificate", "description": "Mutual TLS on the agent listener only: the server's client certificate from the headnode CA, with the key approved for the server in the path."},
                 "joinToken": {"type": "http", "scheme": "bearer", "description": "The join token (DATA_DIR/join.token)."}
             },
             "schemas": {"Error": error_schema()}

@@ -21,6 +21,8 @@ pub struct Config {
     pub store_url: Option<String>,
     /// The operator API listener (default 127.0.0.1:8080; port 0 picks a free one).
     pub admin_listen: SocketAddr,
+    /// The agent listener (mutual TLS; see [`crate::agent_listener`]).
+    pub agent_listen: SocketAddr,
     /// Timeouts and knobs (the headnode id is filled in from the data directory).
     pub app: AppConfig,
     /// The tenants' API; `None` serves none.
@@ -54,7 +56,8 @@ impl CloudApiConfig {
 impl Config {
     /// A config with default knobs and no CloudAPI.
     pub fn new(data_dir: PathBuf, store_url: Option<String>, admin_listen: SocketAddr) -> Self {
-        Config { data_dir, store_url, admin_listen, app: AppConfig::default(), cloudapi: None }
+        let agent_listen = crate::agent_listener::default_listen(admin_listen);
+        Config { data_dir, store_url, admin_listen, agent_listen, app: AppConfig::default(), cloudapi: None }
     }
 }
 
@@ -77,10 +80,16 @@ pub struct Running {
     pub token: String,
     /// What compute nodes present to join.
     pub join_token: String,
+    /// The agent listener's address and `https://` URL (what agents get as `--headnode`).
+    pub agent_addr: SocketAddr,
+    pub agent_url: String,
+    /// The join token with the CA's hash, `SECRET:sha256:HEX` (what to give agents).
+    pub join_token_full: String,
     pub app: Arc<App>,
     pub cloudapi: Option<CloudApiRunning>,
     server: JoinHandle<std::io::Result<()>>,
     cloud_server: Option<JoinHandle<std::io::Result<()>>>,
+    agent_server: JoinHandle<std::io::Result<()>>,
     runner: JoinHandle<()>,
     reconciler: Option<JoinHandle<()>>,
     stop: broadcast::Sender<()>,
@@ -106,6 +115,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let store = nereid_store::open(&url).await.with_context(|| format!("opening the store at {}", redact(&url)))?;
     let app = Arc::new(App::new(store, cfg.data_dir.clone(), app_cfg).await.context("preparing the store buckets")?);
     app.publish_join_token(&join_token).await.map_err(|e| anyhow::anyhow!("publishing the join token: {}", e.message))?;
+    let agent_bound = crate::agent_listener::bind(&app, cfg.agent_listen, &join_token).await?;
     let listener = TcpListener::bind(cfg.admin_listen).await.with_context(|| format!("listening on {}", cfg.admin_listen))?;
     let admin_addr = listener.local_addr()?;
     if !admin_addr.ip().is_loopback() {
@@ -141,6 +151,21 @@ pub async fn start(cfg: Config) -> Result<Running> {
             })
             .await
     });
+    let (agent_addr, agent_url, join_token_full) = (agent_bound.addr, agent_bound.url.clone(), agent_bound.join_token_full.clone());
+    let agent_server = {
+        use axum::serve::ListenerExt;
+        let agent_router = http::agent_router(state.clone()).into_make_service_with_connect_info::<nereid_trust::Peer>();
+        let mut stopped = stop.subscribe();
+        // tap_io: axum then hands each connection's Peer (its client key) to the handlers.
+        let l = JsonErrorsListener(agent_bound.listener).tap_io(|_| ());
+        tokio::spawn(async move {
+            axum::serve(l, agent_router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.recv().await;
+                })
+                .await
+        })
+    };
     let cloud_server = cloud_listener.map(|l| {
         let cloud_router = crate::cloudapi::router(state);
         let mut stopped = stop.subscribe();
@@ -154,16 +179,20 @@ pub async fn start(cfg: Config) -> Result<Running> {
             }
         })
     });
-    tracing::info!(%admin_url, cloudapi = cloudapi.as_ref().map(|c| c.url.as_str()), store = app.store.backend(), "headnode started");
+    tracing::info!(%admin_url, %agent_url, cloudapi = cloudapi.as_ref().map(|c| c.url.as_str()), store = app.store.backend(), "headnode started");
     Ok(Running {
         admin_addr,
         admin_url,
         token,
         join_token,
+        agent_addr,
+        agent_url,
+        join_token_full,
         app,
         cloudapi,
         server,
         cloud_server,
+        agent_server,
         runner,
         reconciler,
         stop,
@@ -188,6 +217,7 @@ impl Running {
         let _ = (&mut self.runner).await;
         let _ = self.stop.send(());
         (&mut self.server).await??;
+        (&mut self.agent_server).await??;
         if let Some(c) = &mut self.cloud_server {
             c.await??;
         }

@@ -172,6 +172,7 @@ impl Cloud {
         self.headnode.halt().await?;
         let mut cfg = self.cfg.clone();
         cfg.admin_listen = self.headnode.admin_addr;
+        cfg.agent_listen = self.headnode.agent_addr;
         self.headnode = nereid_headnode::start(cfg).await?;
         Ok(())
     }
@@ -179,8 +180,8 @@ impl Cloud {
     /// Starts an agent with simulated servers against this headnode.
     pub async fn start_agent(&self, o: &Options) -> Result<Agent> {
         let cfg = nereid_agent::Config {
-            headnode_url: self.headnode.admin_url.clone(),
-            join_token: self.headnode.join_token.clone(),
+            headnode_url: self.headnode.agent_url.clone(),
+            join_token: self.headnode.join_token_full.clone(),
             data_dir: self._dir.path().join("agent"),
             backend: BackendKind::Sim {
                 servers: o.sim_servers,

@@ -198,8 +198,8 @@ impl Cloud {
     /// has no bridge, so VMs' NICs are isolated.
     pub async fn start_qemu_agent(&self, dir: &Path, o: QemuOptions) -> Result<Agent> {
         let cfg = nereid_agent::Config {
-            headnode_url: self.headnode.admin_url.clone(),
-            join_token: self.headnode.join_token.clone(),
+            headnode_url: self.headnode.agent_url.clone(),
+            join_token: self.headnode.join_token_full.clone(),
             data_dir: dir.to_path_buf(),
             backend: BackendKind::Qemu(o),
             listen: "127.0.0.1:0".parse()?,

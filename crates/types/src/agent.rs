@@ -353,12 +353,47 @@ pub struct Register {
     pub agent_url: String,
 }
 
-/// The join's answer.
+/// `POST /servers/join`: the server's sysinfo and where it is reached, and the public key
+/// its certificate is to carry (made on the node; the private key never leaves it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub sysinfo: Map<String, Value>,
+    /// Where the headnode reaches this agent, e.g. `https://10.0.0.5:5309`.
+    pub agent_url: String,
+    /// The agent's ECDSA P-256 public key: DER SubjectPublicKeyInfo, base64.
+    pub public_key: String,
+}
+
+/// The join's answer: the server's certificate, issued by the headnode CA.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Joined {
     pub server_uuid: Uuid,
-    pub secret: String,
+    /// PEM certificate for the agent's key, naming the server.
+    pub certificate: String,
+    /// PEM certificate of the CA (what the agent pins).
+    pub ca: String,
+    /// When the certificate expires (Unix seconds); the agent renews well before.
+    pub not_after: i64,
 }
+
+/// `POST /servers/{uuid}/certificate`: a new certificate over the authenticated channel,
+/// for the same key or a new one (base64 DER SubjectPublicKeyInfo).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub public_key: String,
+}
+
+/// `GET /agent-ca`: the CA certificate and, for agents joining with a bare join token,
+/// an HMAC of it keyed by each join token of the cluster (see `nereid_trust::token`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaInfo {
+    /// PEM.
+    pub ca: String,
+    pub proofs: Vec<String>,
+}
+
+/// The error code of a join that waits for the operator's approval.
+pub const APPROVAL_REQUIRED: &str = "ServerApprovalRequired";
 
 /// The metadata key that asks the simulated hypervisor to misbehave (tests, demos).
 pub const SIM_FAULT_KEY: &str = "nereid:sim_fault";

@@ -312,6 +312,18 @@ pub async fn run(a: AdminArgs) -> Result<()> {
         Noun::Server { verb: ServerVerb::Get(a) } => verb(&c, &SERVER, Verb::Get(a), json).await,
         Noun::Server { verb: ServerVerb::Update(a) } => verb(&c, &SERVER, Verb::Update(a), json).await,
         Noun::Server { verb: ServerVerb::Delete(a) } => verb(&c, &SERVER, Verb::Delete(a), json).await,
+        Noun::Server { verb: ServerVerb::Trust(id) } => {
+            output::object(&c.get(&format!("/servers/{}/trust", enc(&id.id))).await?, json);
+            Ok(())
+        }
+        Noun::Server { verb: ServerVerb::Approve(id) } => {
+            output::object(&c.post(&format!("/servers/{}/approve", enc(&id.id)), &serde_json::json!({})).await?, json);
+            Ok(())
+        }
+        Noun::Server { verb: ServerVerb::Revoke(id) } => {
+            output::object(&c.post(&format!("/servers/{}/revoke", enc(&id.id)), &serde_json::json!({})).await?, json);
+            Ok(())
+        }
         Noun::Vm { verb: v } => vm(&c, v, json).await,
         Noun::Account { verb: v } => super::account::run(&c, v, json).await,
         Noun::Doctor { repair } => doctor(&c, repair, json).await,

@@ -8,6 +8,9 @@ use crate::cli::HeadnodeArgs;
 pub async fn run(a: HeadnodeArgs) -> Result<()> {
     let data_dir = a.data_dir.unwrap_or_else(nereid_client::default_data_dir);
     let mut cfg = Config::new(data_dir.clone(), a.store, a.admin_listen);
+    if let Some(l) = a.agent_listen {
+        cfg.agent_listen = l;
+    }
     a.tuning.apply(&mut cfg.app);
     cfg.app.images_dir = a.images_dir;
     cfg.cloudapi = a.cloudapi.config();
@@ -18,6 +21,9 @@ pub async fn run(a: HeadnodeArgs) -> Result<()> {
     println!("  data directory  {}", abs.display());
     println!("  store           {store}");
     println!("  operator API    {}  (bearer token in {})", running.admin_url, abs.join("admin.token").display());
+    println!("  agent API       {}  (mutual TLS; compute nodes join with the token below)", running.agent_url);
+    println!("  join token      {}", running.join_token_full);
+    println!("    nereid agent --headnode {} --join-token {}", running.agent_url, running.join_token_full);
     if let Some(c) = &running.cloudapi {
         println!("  CloudAPI        {}{}", c.url, super::up::cert_note(c));
     }

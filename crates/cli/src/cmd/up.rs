@@ -153,6 +153,9 @@ pub async fn run(a: UpArgs) -> Result<()> {
     }
     let data_dir = a.data_dir.clone().unwrap_or_else(nereid_client::default_data_dir);
     let mut cfg = Config::new(data_dir.clone(), a.store.clone(), a.admin_listen);
+    if let Some(l) = a.agent_listen {
+        cfg.agent_listen = l;
+    }
     a.tuning.apply(&mut cfg.app);
     cfg.cloudapi = a.cloudapi.config();
     let running = start(cfg).await?;
@@ -187,8 +190,8 @@ pub async fn run(a: UpArgs) -> Result<()> {
         BackendArg::Qemu => nereid_agent::BackendKind::Qemu(a.qemu.options()),
     };
     let agent_cfg = nereid_agent::Config {
-        headnode_url: running.admin_url.clone(),
-        join_token: running.join_token.clone(),
+        headnode_url: running.agent_url.clone(),
+        join_token: running.join_token_full.clone(),
         data_dir: data_dir.join("agent"),
         backend,
         listen: "127.0.0.1:0".parse()?,
@@ -218,7 +221,12 @@ pub async fn run(a: UpArgs) -> Result<()> {
     let ddq = shell_word(&abs.to_string_lossy());
     println!("Nereid {} is up.", env!("CARGO_PKG_VERSION"));
     println!("  operator API  {}  (bearer token in {dd}/admin.token)", running.admin_url);
-    println!("  join token    {dd}/join.token  (for `nereid agent` on other machines)");
+    println!("  agent API     {}  (mutual TLS; what other compute nodes' agents call)", running.agent_url);
+    println!("  join token    {}", running.join_token_full);
+    println!(
+        "                other machines join with: nereid agent --headnode {} --join-token {}  (pins this headnode's CA; bare token in {dd}/join.token)",
+        running.agent_url, running.join_token_full
+    );
     match a.backend {
         BackendArg::Sim => println!("  servers       {} simulated (sim backend)", agent.nodes.len()),
         BackendArg::Qemu => {

@@ -1,5 +1,8 @@
-//! Calling compute nodes' agents: idempotent "ensure" requests, deletes, lookups.
+//! Calling compute nodes' agents: idempotent "ensure" requests, deletes, lookups — over
+//! mutual TLS, to the key pinned for each server (see [`crate::pki`]).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use nereid_types::agent::{Ensure, VmStatus};
@@ -21,27 +24,55 @@ pub enum AgentError {
     Other(String),
 }
 
-/// The HTTP client for agents.
+/// The HTTP clients for agents: mutual TLS, this headnode's certificate as the client's,
+/// and each server's agent accepted only with the key pinned for that server (one client
+/// per server and key, made on first use).
+#[derive(Default)]
 pub struct Agents {
-    http: reqwest::Client,
-}
-
-impl Default for Agents {
-    fn default() -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .connect_timeout(Duration::from_secs(5))
-            .user_agent(concat!("nereid-headnode/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
-        Agents { http }
-    }
+    identity: RwLock<Option<Arc<crate::pki::Identity>>>,
+    clients: Mutex<HashMap<(Uuid, String), reqwest::Client>>,
 }
 
 impl Agents {
-    /// The client itself, for calls that are not JSON (console logs).
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
+    /// Sets this headnode's identity (at start, before anything calls an agent).
+    pub fn set_identity(&self, id: Arc<crate::pki::Identity>) {
+        *self.identity.write().unwrap_or_else(|p| p.into_inner()) = Some(id);
+        self.clients.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    pub fn identity(&self) -> Option<Arc<crate::pki::Identity>> {
+        self.identity.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A TLS config for talking to the agent holding key `pin` (for WebSockets too).
+    pub fn tls_config(&self, pin: &str) -> Result<rustls::ClientConfig, String> {
+        let id = self.identity().ok_or("this headnode has no agent CA yet")?;
+        let verifier = nereid_trust::verify::RoleServer::new(&id.ca.cert_der(), nereid_trust::AGENT_NAME, Some(pin.to_string()))
+            .map_err(|e| e.to_string())?;
+        nereid_trust::configs::client(verifier, Some((&id.cert_pem, id.key_der()))).map_err(|e| format!("{e:#}"))
+    }
+
+    /// The client for server `server`'s agent with key `pin`.
+    pub fn client(&self, server: Uuid, pin: &str) -> Result<reqwest::Client, String> {
+        let key = (server, pin.to_string());
+        if let Some(c) = self.clients.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(c.clone());
+        }
+        let c = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("nereid-headnode/", env!("CARGO_PKG_VERSION")))
+            .use_preconfigured_tls(self.tls_config(pin)?)
+            .https_only(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut all = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        // Keys change rarely (approve, renew with a new key): forget old ones now and then.
+        if all.len() > 10_000 {
+            all.clear();
+        }
+        all.insert(key, c.clone());
+        Ok(c)
     }
 }
 
@@ -54,9 +85,18 @@ impl App {
         body: Option<&Ensure>,
     ) -> Result<Option<VmStatus>, AgentError> {
         let (s, _) = self.get_server_record(server).await.map_err(|e| AgentError::Other(e.message))?;
-        let secret = self.server_secret(server).await.map_err(|e| AgentError::Other(e.message))?;
+        let pin = self.server_pin(server).await.map_err(|e| AgentError::Other(e.message))?;
+        if !s.agent_url.starts_with("https://") {
+            // Patience applies: an agent restarted with TLS re-registers its https:// URL.
+            return Err(AgentError::Unreachable {
+                server,
+                url: s.agent_url.clone(),
+                message: "agents are called over TLS only (an https:// agent URL)".into(),
+            });
+        }
+        let http = self.agents.client(server, &pin).map_err(AgentError::Other)?;
         let url = format!("{}/servers/{server}{path}", s.agent_url.trim_end_matches('/'));
-        let mut req = self.agents.http.request(method, &url).bearer_auth(secret);
+        let mut req = http.request(method, &url);
         if let Some(b) = body {
             req = req.json(b);
         }

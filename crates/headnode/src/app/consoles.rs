@@ -1,7 +1,7 @@
 //! VMs' consoles, reached through the agent of the server the VM is on.
 //!
 //! ```text
-//!   operator ──WebSocket──► headnode ──WebSocket (server secret)──► agent ──► QEMU socket
+//!   operator ──WebSocket──► headnode ──WebSocket over mutual TLS──► agent ──► QEMU socket
 //!            GET /vms/{uuid}/console        GET /servers/{s}/vms/{uuid}/console
 //!            GET /vms/{uuid}/vnc            GET /servers/{s}/vms/{uuid}/vnc
 //! ```
@@ -15,7 +15,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use nereid_types::ApiError;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self};
 use uuid::Uuid;
 
@@ -40,24 +39,18 @@ impl ConsoleKind {
 }
 
 /// A WebSocket open to a VM's console on its server's agent.
-pub type AgentSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type AgentSocket = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 /// How long the agent has to accept a console connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where a VM's consoles are: its server's agent and the secret it takes.
-#[derive(Clone)]
+/// Where a VM's consoles are: its server's agent and the key it must present.
+#[derive(Debug, Clone)]
 pub struct ConsoleTarget {
     pub vm: Uuid,
     pub server: Uuid,
     agent_url: String,
-    secret: String,
-}
-
-impl std::fmt::Debug for ConsoleTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConsoleTarget").field("vm", &self.vm).field("server", &self.server).field("agent_url", &self.agent_url).finish()
-    }
+    pin: String,
 }
 
 impl ConsoleTarget {
@@ -68,11 +61,11 @@ impl ConsoleTarget {
     /// The agent's WebSocket URL for the console.
     fn ws_url(&self, kind: ConsoleKind) -> Result<String, ApiError> {
         let base = self.agent_url.trim_end_matches('/');
-        let base = match base.strip_prefix("http://") {
-            Some(rest) => format!("ws://{rest}"),
+        let base = match base.strip_prefix("https://") {
+            Some(rest) => format!("wss://{rest}"),
             None => {
                 return Err(ApiError::unavailable(format!(
-                    "server {} has its agent at {base}: consoles are proxied to http:// agents only",
+                    "server {} has its agent at {base}: agents are reached over TLS only (https://)",
                     self.server
                 )));
             }
@@ -98,8 +91,8 @@ impl ConsoleTarget {
                 self.vm
             )),
             409 | 422 => ApiError::new(status, field("code").unwrap_or_else(|| "Conflict".into()), message),
-            401 => ApiError::unavailable(format!(
-                "server {} refused the headnode's credentials for the console of VM {} ({message}); the agent rejoins on its next heartbeat",
+            401 | 403 => ApiError::unavailable(format!(
+                "server {} refused the headnode's certificate for the console of VM {} ({message})",
                 self.server, self.vm
             )),
             _ => ApiError::unavailable(format!("server {} answered {status} for the console of VM {}: {message}", self.server, self.vm)),
@@ -119,14 +112,15 @@ impl App {
             return Err(ApiError::conflict("UnallocatedVM", format!("VM {vm} is on no server yet, so it has no console")));
         };
         let (s, _) = self.get_server_record(server).await?;
-        let secret = self.server_secret(server).await?;
-        Ok(ConsoleTarget { vm, server, agent_url: s.agent_url, secret })
+        let pin = self.server_pin(server).await?;
+        Ok(ConsoleTarget { vm, server, agent_url: s.agent_url, pin })
     }
 
     /// The VM's whole serial console log (raw bytes, at most 1 MiB).
     pub async fn console_log(&self, t: &ConsoleTarget) -> Result<Bytes, ApiError> {
         let url = format!("{}{}?log=true", t.agent_url.trim_end_matches('/'), t.path(ConsoleKind::Serial));
-        let resp = self.agents.http().get(&url).bearer_auth(&t.secret).send().await.map_err(|e| t.unreachable(e))?;
+        let http = self.agents.client(t.server, &t.pin).map_err(ApiError::internal)?;
+        let resp = http.get(&url).send().await.map_err(|e| t.unreachable(e))?;
         let status = resp.status().as_u16();
         let body = resp.bytes().await.map_err(|e| t.unreachable(e))?;
         if status >= 400 {
@@ -138,11 +132,21 @@ impl App {
     /// Opens a WebSocket to the VM's console on its agent.
     pub async fn console_connect(&self, t: &ConsoleTarget, kind: ConsoleKind) -> Result<AgentSocket, ApiError> {
         let url = t.ws_url(kind)?;
-        let mut req = url.as_str().into_client_request().map_err(|e| t.unreachable(e))?;
-        let auth = HeaderValue::from_str(&format!("Bearer {}", t.secret))
-            .map_err(|_| ApiError::internal(format!("server {}'s secret is not a valid header value", t.server)))?;
-        req.headers_mut().insert("authorization", auth);
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(req)).await {
+        let req = url.as_str().into_client_request().map_err(|e| t.unreachable(e))?;
+        let config = self.agents.tls_config(&t.pin).map_err(ApiError::internal)?;
+        let connect = async {
+            let uri = req.uri();
+            let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(tungstenite::Error::Io)?;
+            let _ = tcp.set_nodelay(true);
+            // The name is the role; the verifier checks the CA and the pinned key.
+            let name = rustls::pki_types::ServerName::try_from(nereid_trust::AGENT_NAME)
+                .map_err(|e| tungstenite::Error::Io(std::io::Error::other(e.to_string())))?;
+            let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.map_err(tungstenite::Error::Io)?;
+            tokio_tungstenite::client_async(req, tls).await
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Err(_) => Err(t.unreachable(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()))),
             Ok(Ok((socket, _))) => Ok(socket),
             Ok(Err(tungstenite::Error::Http(resp))) => {
@@ -159,22 +163,21 @@ mod tests {
     use super::*;
 
     fn target(url: &str) -> ConsoleTarget {
-        ConsoleTarget { vm: Uuid::nil(), server: Uuid::max(), agent_url: url.into(), secret: "s".into() }
+        ConsoleTarget { vm: Uuid::nil(), server: Uuid::max(), agent_url: url.into(), pin: "p".into() }
     }
 
     #[test]
     fn agent_urls_become_websocket_urls() {
-        let t = target("http://10.0.0.5:8081/");
-        assert_eq!(t.ws_url(ConsoleKind::Vnc).unwrap(), format!("ws://10.0.0.5:8081/servers/{}/vms/{}/vnc", Uuid::max(), Uuid::nil()));
-        let e = target("https://cn1:8081").ws_url(ConsoleKind::Serial).unwrap_err();
+        let t = target("https://10.0.0.5:8081/");
+        assert_eq!(t.ws_url(ConsoleKind::Vnc).unwrap(), format!("wss://10.0.0.5:8081/servers/{}/vms/{}/vnc", Uuid::max(), Uuid::nil()));
+        let e = target("http://cn1:8081").ws_url(ConsoleKind::Serial).unwrap_err();
         assert_eq!(e.status, 503);
-        assert!(e.message.contains("http:// agents only"), "{}", e.message);
-        assert!(!format!("{t:?}").contains("secret: "), "the secret stays out of logs");
+        assert!(e.message.contains("over TLS only"), "{}", e.message);
     }
 
     #[test]
     fn agent_refusals_keep_their_meaning() {
-        let t = target("http://cn1:8081");
+        let t = target("https://cn1:8081");
         let e = t.refusal(409, br#"{"code": "NoConsole", "message": "VM x has no console: server y is simulated"}"#);
         assert_eq!((e.status, e.code.as_str()), (409, "NoConsole"));
         assert!(e.message.contains("simulated"));

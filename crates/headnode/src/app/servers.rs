@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use nereid_store::{Cond, ListQuery, Op};
-use nereid_types::agent::{Heartbeat, HeartbeatReply, Joined, Problem, Register, VmStatus};
+use nereid_types::agent::{CaInfo, Heartbeat, HeartbeatReply, JoinRequest, Joined, Problem, Register, RenewRequest, VmStatus};
 use nereid_types::query::Query;
 use nereid_types::server::{self, Server};
 use nereid_types::{ApiError, FieldError};
@@ -30,14 +30,77 @@ fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Secret {
-    secret: String,
+/// A server's trust record (bucket `server_secrets`): the public key its agent's
+/// certificates must carry, whether it is revoked, and a join waiting for the operator.
+/// Only public keys' hashes are kept: nothing here is a secret.
+///
+/// ```text
+///   join, new uuid ───────────────────────► active (pin = the key)
+///   join, same key, active ───────────────► a new certificate, nothing else changes
+///   join, other key / revoked / no pin ───► pending ── approve ──► active (pin = its key)
+///   revoke ───────────────────────────────► revoked: no call either way, joins wait
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Trust {
+    /// SHA-256 (hex) of the approved public key. A record from before certificates (a
+    /// bearer secret) has none: its server must be approved again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
+    #[serde(default)]
+    pub revoked: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingJoin>,
 }
 
-fn new_secret() -> String {
-    let b: [u8; 32] = rand::random();
-    hex::encode(b)
+/// A join the operator has to approve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingJoin {
+    /// Base64 DER SubjectPublicKeyInfo.
+    pub public_key: String,
+    pub pin: String,
+    pub agent_url: String,
+    pub sysinfo: Map<String, Value>,
+    pub at: String,
+}
+
+/// What a join does (pure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinDecision {
+    /// A new server: record it with this key.
+    Create,
+    /// The approved key of an active server: a new certificate, nothing else.
+    Reissue,
+    /// Anything else waits for `nereid admin server approve`.
+    Pending,
+}
+
+/// How a join for a server is handled, given whether the server exists and its trust record.
+pub fn decide_join(server_exists: bool, trust: Option<&Trust>, pin: &str) -> JoinDecision {
+    match (server_exists, trust) {
+        (false, _) => JoinDecision::Create,
+        (true, Some(t)) if !t.revoked && t.pin.as_deref() == Some(pin) => JoinDecision::Reissue,
+        (true, _) => JoinDecision::Pending,
+    }
+}
+
+fn approval_required(uuid: Uuid, revoked: bool) -> ApiError {
+    let why = if revoked { "is revoked" } else { "already exists with another key" };
+    ApiError::new(
+        403,
+        nereid_types::agent::APPROVAL_REQUIRED,
+        format!("server {uuid} {why}: this join waits for the operator (nereid admin server approve {uuid}); the agent keeps asking"),
+    )
+}
+
+fn decode_key(b64: &str) -> Result<(Vec<u8>, String), ApiError> {
+    use base64::Engine;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|_| ApiError::invalid_parameters(vec![FieldError::invalid("public_key", "must be base64")]))?;
+    nereid_trust::ca::check_p256_spki(&der)
+        .map_err(|e| ApiError::invalid_parameters(vec![FieldError::invalid("public_key", e.to_string())]))?;
+    let pin = nereid_trust::sha256_hex(&der);
+    Ok((der, pin))
 }
 
 /// The MTU each nic tag must carry: the largest of its networks' (pure).
@@ -94,30 +157,157 @@ pub fn matches(s: &Server, q: &Query) -> bool {
 }
 
 impl App {
-    /// A new (or re-installed) compute node joins: its record is made or refreshed and a
-    /// new secret issued (the old one stops working).
-    pub async fn join_server(&self, reg: &Register) -> Result<Joined, ApiError> {
+    /// A compute node joins with a public key: a new server is recorded and certified; the
+    /// approved key of an existing server gets a new certificate; anything else (another
+    /// key for an existing UUID, a revoked server) is recorded as pending and refused with
+    /// `ServerApprovalRequired` until the operator approves it. The existing server and its
+    /// agent keep working meanwhile.
+    pub async fn join_server(&self, req: &JoinRequest) -> Result<Joined, ApiError> {
+        let (spki, pin) = decode_key(&req.public_key)?;
+        let reg = Register { sysinfo: req.sysinfo.clone(), agent_url: req.agent_url.clone() };
+        let now = nereid_types::time::now_iso();
+        // Checks the sysinfo and URL before anything is written.
+        let probe = from_sysinfo(None, &reg, &now)?;
+        let uuid = probe.uuid;
+        for _ in 0..RETRIES {
+            let current = self.read::<Server>(SERVERS.name, &uuid.to_string()).await?;
+            let trust = self.read_trust(uuid).await?;
+            let decision = decide_join(current.is_some(), trust.as_ref().map(|(t, _)| t), &pin);
+            let trust_cond = trust.as_ref().map(|(_, g)| Cond::Generation(*g)).unwrap_or(Cond::Absent);
+            match decision {
+                JoinDecision::Create => {
+                    let t = Trust { pin: Some(pin.clone()), revoked: false, pending: None };
+                    let ops = vec![
+                        Op::put(SERVERS.name, uuid.to_string(), encode(&probe), Cond::Absent),
+                        Op::put(SERVER_SECRETS.name, uuid.to_string(), encode(&t), trust_cond),
+                    ];
+                    match self.store.batch(ops).await {
+                        Ok(_) => tracing::info!(server = %uuid, hostname = %probe.hostname, agent = %req.agent_url, "server joined"),
+                        Err(e) if e.is_conflict() => continue,
+                        Err(e) => return Err(store_error(e)),
+                    }
+                }
+                JoinDecision::Reissue => {}
+                JoinDecision::Pending => {
+                    let mut t = trust.as_ref().map(|(t, _)| t.clone()).unwrap_or_default();
+                    let revoked = t.revoked;
+                    t.pending = Some(PendingJoin {
+                        public_key: req.public_key.trim().to_string(),
+                        pin: pin.clone(),
+                        agent_url: req.agent_url.clone(),
+                        sysinfo: req.sysinfo.clone(),
+                        at: now.clone(),
+                    });
+                    match self.store.put(SERVER_SECRETS.name, &uuid.to_string(), encode(&t), trust_cond).await {
+                        Ok(_) => {
+                            tracing::warn!(server = %uuid, agent = %req.agent_url, key = %pin, "a join waits for the operator's approval");
+                            return Err(approval_required(uuid, revoked));
+                        }
+                        Err(e) if e.is_conflict() => continue,
+                        Err(e) => return Err(store_error(e)),
+                    }
+                }
+            }
+            return self.certify(uuid, &spki);
+        }
+        Err(ApiError::conflict("ConcurrentModification", "the server record kept changing; retry"))
+    }
+
+    /// A certificate for the server's key.
+    fn certify(&self, uuid: Uuid, spki: &[u8]) -> Result<Joined, ApiError> {
+        let id = self.agents.identity().ok_or_else(|| ApiError::unavailable("this headnode has no agent CA yet"))?;
+        let validity = crate::pki::SERVER_CERT_VALIDITY;
+        let certificate = id
+            .ca
+            .issue(spki, &nereid_trust::Role::Server(uuid), validity)
+            .map_err(|e| ApiError::internal(format!("issuing the certificate: {e:#}")))?;
+        let not_after = time::OffsetDateTime::now_utc().unix_timestamp() + validity.as_secs() as i64;
+        Ok(Joined { server_uuid: uuid, certificate, ca: id.ca.cert_pem().to_string(), not_after })
+    }
+
+    /// `POST /servers/{uuid}/certificate`: an active server renews its certificate over its
+    /// authenticated channel, for the same key or a new one (which becomes the pinned one).
+    pub async fn renew_certificate(&self, uuid: Uuid, req: &RenewRequest) -> Result<Joined, ApiError> {
+        let (spki, pin) = decode_key(&req.public_key)?;
+        for _ in 0..RETRIES {
+            let (mut t, g) = self.read_trust(uuid).await?.ok_or_else(|| ApiError::not_found(format!("server {uuid} has no key")))?;
+            if t.revoked {
+                return Err(ApiError::new(403, "NotAuthorized", format!("server {uuid} is revoked")));
+            }
+            if t.pin.as_deref() == Some(pin.as_str()) {
+                return self.certify(uuid, &spki);
+            }
+            t.pin = Some(pin.clone());
+            match self.store.put(SERVER_SECRETS.name, &uuid.to_string(), encode(&t), Cond::Generation(g)).await {
+                Ok(_) => {
+                    tracing::info!(server = %uuid, key = %pin, "server moved to a new key");
+                    return self.certify(uuid, &spki);
+                }
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        Err(ApiError::conflict("ConcurrentModification", "the server's key kept changing; retry"))
+    }
+
+    /// The server's trust record and its generation.
+    pub async fn read_trust(&self, uuid: Uuid) -> Result<Option<(Trust, i64)>, ApiError> {
+        self.read::<Trust>(SERVER_SECRETS.name, &uuid.to_string()).await
+    }
+
+    /// Whether a client certificate with key `pin` speaks for the server: its approved key,
+    /// not revoked.
+    pub async fn server_pin_matches(&self, uuid: Uuid, pin: &str) -> bool {
+        match self.read_trust(uuid).await {
+            Ok(Some((t, _))) => !t.revoked && t.pin.as_deref() == Some(pin),
+            _ => false,
+        }
+    }
+
+    /// The key the server's agent must present, for calls to it; an error when the server
+    /// is revoked or has none approved.
+    pub(crate) async fn server_pin(&self, uuid: Uuid) -> Result<String, ApiError> {
+        match self.read_trust(uuid).await? {
+            Some((t, _)) if t.revoked => {
+                Err(ApiError::conflict("ServerRevoked", format!("server {uuid} is revoked: its agent is not called")))
+            }
+            Some((Trust { pin: Some(p), .. }, _)) => Ok(p),
+            _ => Err(ApiError::not_found(format!("server {uuid} has no approved agent key (nereid admin server approve {uuid})"))),
+        }
+    }
+
+    /// `nereid admin server approve`: the join waiting for the server is accepted (its key
+    /// becomes the pinned one, its agent URL and sysinfo are taken); the agent, asking
+    /// again, gets its certificate.
+    pub async fn approve_server(&self, uuid: Uuid) -> Result<Value, ApiError> {
         let now = nereid_types::time::now_iso();
         for _ in 0..RETRIES {
-            let uuid = reg.sysinfo.get("UUID").and_then(Value::as_str).and_then(|u| Uuid::parse_str(u).ok());
-            let current = match uuid {
-                Some(u) => self.read::<Server>(SERVERS.name, &u.to_string()).await?,
-                None => None,
+            let (t, tcond) = match self.read_trust(uuid).await? {
+                Some((t, g)) => (t, Cond::Generation(g)),
+                None => (Trust::default(), Cond::Absent),
             };
-            let (existing, cond) = match current {
+            let Some(p) = t.pending.clone() else {
+                return Err(ApiError::conflict(
+                    "NoPendingJoin",
+                    format!("no join of server {uuid} waits for approval (its agent must ask first: start it with the join token)"),
+                ));
+            };
+            let current = self.read::<Server>(SERVERS.name, &uuid.to_string()).await?;
+            let reg = Register { sysinfo: p.sysinfo.clone(), agent_url: p.agent_url.clone() };
+            let (existing, scond) = match current {
                 Some((s, g)) => (Some(s), Cond::Generation(g)),
                 None => (None, Cond::Absent),
             };
-            let server = from_sysinfo(existing, reg, &now)?;
-            let secret = new_secret();
+            let server = from_sysinfo(existing, &reg, &now)?;
+            let next = Trust { pin: Some(p.pin.clone()), revoked: false, pending: None };
             let ops = vec![
-                Op::put(SERVERS.name, server.uuid.to_string(), encode(&server), cond),
-                Op::put(SERVER_SECRETS.name, server.uuid.to_string(), encode(&Secret { secret: secret.clone() }), Cond::Any),
+                Op::put(SERVERS.name, uuid.to_string(), encode(&server), scond),
+                Op::put(SERVER_SECRETS.name, uuid.to_string(), encode(&next), tcond),
             ];
             match self.store.batch(ops).await {
                 Ok(_) => {
-                    tracing::info!(server = %server.uuid, hostname = %server.hostname, agent = %server.agent_url, "server joined");
-                    return Ok(Joined { server_uuid: server.uuid, secret });
+                    tracing::info!(server = %uuid, key = %p.pin, agent = %p.agent_url, "operator approved a join");
+                    return Ok(json!({"uuid": uuid, "state": "active", "key_sha256": p.pin, "agent_url": p.agent_url}));
                 }
                 Err(e) if e.is_conflict() => continue,
                 Err(e) => return Err(store_error(e)),
@@ -126,21 +316,56 @@ impl App {
         Err(ApiError::conflict("ConcurrentModification", "the server record kept changing; retry"))
     }
 
-    /// Whether `token` is the server's secret.
-    pub async fn server_secret_matches(&self, uuid: Uuid, token: &str) -> bool {
-        match self.read::<Secret>(SERVER_SECRETS.name, &uuid.to_string()).await {
-            Ok(Some((s, _))) => {
-                s.secret.len() == token.len() && s.secret.bytes().zip(token.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+    /// `nereid admin server revoke`: the server's certificate stops working at once, both
+    /// ways; a join for it (any key) waits for approval.
+    pub async fn revoke_server(&self, uuid: Uuid) -> Result<Value, ApiError> {
+        self.get_server_record(uuid).await?;
+        for _ in 0..RETRIES {
+            let (t, cond) = match self.read_trust(uuid).await? {
+                Some((t, g)) => (t, Cond::Generation(g)),
+                None => (Trust::default(), Cond::Absent),
+            };
+            let next = Trust { revoked: true, pending: None, ..t };
+            match self.store.put(SERVER_SECRETS.name, &uuid.to_string(), encode(&next), cond).await {
+                Ok(_) => {
+                    tracing::warn!(server = %uuid, "operator revoked the server");
+                    return Ok(json!({"uuid": uuid, "state": "revoked", "key_sha256": next.pin}));
+                }
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(store_error(e)),
             }
-            _ => false,
         }
+        Err(ApiError::conflict("ConcurrentModification", "the server record kept changing; retry"))
     }
 
-    pub(crate) async fn server_secret(&self, uuid: Uuid) -> Result<String, ApiError> {
-        self.read::<Secret>(SERVER_SECRETS.name, &uuid.to_string())
-            .await?
-            .map(|(s, _)| s.secret)
-            .ok_or_else(|| ApiError::not_found(format!("server {uuid} has no agent credentials")))
+    /// A server's trust as operators see it: `active`, `revoked` or `unapproved`, its
+    /// key, and a join waiting for approval.
+    pub async fn trust_summary(&self, uuid: Uuid) -> Result<Value, ApiError> {
+        let t = self.read_trust(uuid).await?.map(|(t, _)| t).unwrap_or_default();
+        let state = if t.revoked {
+            "revoked"
+        } else if t.pin.is_some() {
+            "active"
+        } else {
+            "unapproved"
+        };
+        let mut v = json!({"state": state, "key_sha256": t.pin});
+        if let Some(p) = &t.pending {
+            v["pending_join"] = json!({"key_sha256": p.pin, "agent_url": p.agent_url, "at": p.at});
+        }
+        Ok(v)
+    }
+
+    /// `GET /agent-ca`: the CA, with a proof for each join token of the cluster.
+    pub async fn ca_info(&self) -> Result<CaInfo, ApiError> {
+        let id = self.agents.identity().ok_or_else(|| ApiError::unavailable("this headnode has no agent CA yet"))?;
+        let objs = self.store.list(JOIN_TOKENS.name, &ListQuery::all()).await.map_err(store_error)?;
+        let der = id.ca.cert_der();
+        let proofs = objs
+            .iter()
+            .filter_map(|o| o.value.get("sha256").and_then(Value::as_str).map(|h| nereid_trust::token::proof(h, &der)))
+            .collect();
+        Ok(CaInfo { ca: id.ca.cert_pem().to_string(), proofs })
     }
 
     /// `POST /servers/{uuid}/sysinfo`: refreshes the record.

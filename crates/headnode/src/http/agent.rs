@@ -1,12 +1,15 @@
-//! The endpoints compute nodes' agents call: join, sysinfo, heartbeats, VM state reports.
-//! Authenticated by the join token (join) or the server's own secret (the rest).
+//! The endpoints compute nodes' agents call: join, sysinfo, heartbeats, VM state reports,
+//! images. Served only on the agent listener (mutual TLS, `--agent-listen`), never on the
+//! operator API's. Authenticated by the join token (join, over TLS verified against the
+//! CA the agent pinned) or the server's client certificate (the rest), whose key must be
+//! the one approved for the server in the path.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::IntoResponse;
 use nereid_types::ApiError;
-use nereid_types::agent::{Heartbeat, MetadataWrite, Register, VmStatus};
+use nereid_types::agent::{Heartbeat, JoinRequest, MetadataWrite, Register, RenewRequest, VmStatus};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -15,8 +18,24 @@ use super::{Api, AppState, Auth, BodyDoc, Doc, HttpError, HttpResult, RespDoc, R
 fn register_schema() -> Value {
     json!({"type": "object", "required": ["sysinfo", "agent_url"], "properties": {"sysinfo": {"type": "object"}, "agent_url": {"type": "string"}}})
 }
+/// The tag of the agent listener's routes.
+pub const TAG: &str = "Agent";
+
+fn join_schema() -> Value {
+    json!({"type": "object", "required": ["sysinfo", "agent_url", "public_key"], "properties": {"sysinfo": {"type": "object"},
+        "agent_url": {"type": "string"}, "public_key": {"type": "string", "description": "ECDSA P-256 public key, DER SubjectPublicKeyInfo, base64"}}})
+}
+fn renew_schema() -> Value {
+    json!({"type": "object", "required": ["public_key"], "properties": {"public_key": {"type": "string"}}})
+}
 fn joined_schema() -> Value {
-    json!({"type": "object", "properties": {"server_uuid": {"type": "string", "format": "uuid"}, "secret": {"type": "string"}}})
+    json!({"type": "object", "required": ["server_uuid", "certificate", "ca", "not_after"], "properties": {
+        "server_uuid": {"type": "string", "format": "uuid"}, "certificate": {"type": "string"}, "ca": {"type": "string"},
+        "not_after": {"type": "integer"}}})
+}
+fn ca_schema() -> Value {
+    json!({"type": "object", "required": ["ca", "proofs"], "properties": {"ca": {"type": "string"},
+        "proofs": {"type": "array", "items": {"type": "string"}}}})
 }
 fn heartbeat_schema() -> Value {
     json!({"type": "object", "properties": {"usage": {"type": "object"}, "vms": {"type": "array", "items": {"type": "object"}},
@@ -30,20 +49,44 @@ fn status_schema() -> Value {
 }
 
 pub fn routes() -> Vec<Route> {
-    let doc = |id, summary, body, response| Doc { id, tag: "Agent", summary, query: &[], body, response };
+    let doc = |id, summary, body, response| Doc { id, tag: TAG, summary, query: &[], body, response };
     vec![
+        Route::new(
+            Method::GET,
+            "/agent-ca",
+            doc(
+                "AgentCa",
+                "The CA an agent pins at first contact, with an HMAC of it keyed by each join token's SHA-256 (for bare join tokens).",
+                BodyDoc::None,
+                RespDoc::Schema(200, ca_schema),
+            ),
+            ca,
+        )
+        .auth(Auth::Public),
         Route::new(
             Method::POST,
             "/servers/join",
             doc(
                 "JoinServer",
-                "A compute node joins with the join token; answers its secret.",
-                BodyDoc::Schema(register_schema),
+                "A compute node joins with the join token and its public key; answers its certificate, or 403 ServerApprovalRequired for a server that exists with another key or is revoked.",
+                BodyDoc::Schema(join_schema),
                 RespDoc::Schema(200, joined_schema),
             ),
             join,
         )
         .auth(Auth::Join),
+        Route::new(
+            Method::POST,
+            "/servers/{uuid}/certificate",
+            doc(
+                "RenewServerCertificate",
+                "A server renews its certificate, for its key or a new one (which becomes the approved one).",
+                BodyDoc::Schema(renew_schema),
+                RespDoc::Schema(200, joined_schema),
+            ),
+            renew,
+        )
+        .auth(Auth::Server),
         Route::new(
             Method::POST,
             "/servers/{uuid}/sysinfo",
@@ -147,8 +190,18 @@ async fn parse<T: DeserializeOwned>(body: Body) -> Result<T, HttpError> {
 }
 
 async fn join(State(s): State<AppState>, body: Body) -> HttpResult {
-    let reg: Register = parse(body).await?;
-    ok(&s.app.join_server(&reg).await?)
+    let req: JoinRequest = parse(body).await?;
+    ok(&s.app.join_server(&req).await?)
+}
+
+async fn ca(State(s): State<AppState>) -> HttpResult {
+    ok(&s.app.ca_info().await?)
+}
+
+async fn renew(State(s): State<AppState>, Path(uuid): Path<String>, body: Body) -> HttpResult {
+    let uuid = path_uuid(Api::Napi, "uuid", &uuid)?;
+    let req: RenewRequest = parse(body).await?;
+    ok(&s.app.renew_certificate(uuid, &req).await?)
 }
 
 async fn sysinfo(State(s): State<AppState>, Path(uuid): Path<String>, body: Body) -> HttpResult {

@@ -63,13 +63,14 @@ pub struct AppState {
 pub enum Auth {
     /// The operator token (admin.token).
     Admin,
-    /// The secret of the server named by `{uuid}` in the path (or the operator token).
+    /// The agent listener: a client certificate with the approved key of the server named
+    /// by `{uuid}` in the path.
     Server,
-    /// The join token (join.token).
+    /// The agent listener: the join token (join.token) as a bearer token.
     Join,
     /// CloudAPI: an HTTP Signature by an account's key.
     Signature,
-    /// CloudAPI's `/--ping`: no authentication.
+    /// CloudAPI's `/--ping`, the agent listener's `/agent-ca`: no authentication.
     Public,
 }
 
@@ -291,7 +292,8 @@ impl Route {
     }
 }
 
-/// Every operator API endpoint.
+/// Every endpoint of the headnode's own APIs: the operator API's and, tagged `Agent`,
+/// the agent listener's (see [`agent_router`]). One table documents both.
 pub fn routes() -> Vec<Route> {
     let mut all = Vec::new();
     all.extend(ping::routes());
@@ -313,10 +315,31 @@ pub fn routes() -> Vec<Route> {
     all
 }
 
+/// Whether a route is served on the agent listener rather than the operator's.
+pub fn is_agent_route(r: &Route) -> bool {
+    r.doc.tag == agent::TAG
+}
+
 /// The operator API router: routes, authentication, JSON 404/405, panic safety net.
 pub fn router(state: AppState) -> Router {
+    let routes = routes().into_iter().filter(|r| !is_agent_route(r)).collect();
+    build(state, routes).fallback(not_found).method_not_allowed_fallback(bad_method).pipe_layers()
+}
+
+/// The agent listener's router (mutual TLS, see [`crate::agent_listener`]): join, the CA,
+/// and what servers report and fetch. Nothing of the operator API.
+pub fn agent_router(state: AppState) -> Router {
+    let routes = routes().into_iter().filter(is_agent_route).collect();
+    build(state, routes).fallback(agent_not_found).method_not_allowed_fallback(agent_bad_method).pipe_layers()
+}
+
+/// A router's routes, each behind its query check and authentication, and the layers every
+/// answer passes through.
+struct Built(Router<AppState>, AppState);
+
+fn build(state: AppState, routes: Vec<Route>) -> Built {
     let mut r: Router<AppState> = Router::new();
-    for route in routes() {
+    for route in routes {
         // Every endpoint refuses query parameters its table does not list, whether or not
         // its handler reads any.
         let (params, api, auth) = (route.doc.query, Api::of(route.doc.tag), route.auth);
@@ -328,13 +351,32 @@ pub fn router(state: AppState) -> Router {
             }));
         r = r.route(route.path, handler);
     }
-    r.fallback(not_found)
-        .method_not_allowed_fallback(bad_method)
-        .layer(axum::middleware::from_fn(json_errors))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), log_request))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
-        .layer(axum::extract::DefaultBodyLimit::disable())
-        .with_state(state)
+    Built(r, state)
+}
+
+impl Built {
+    fn fallback<H: Handler<T, AppState>, T: 'static>(self, h: H) -> Self {
+        Built(self.0.fallback(h), self.1)
+    }
+    fn method_not_allowed_fallback<H: Handler<T, AppState>, T: 'static>(self, h: H) -> Self {
+        Built(self.0.method_not_allowed_fallback(h), self.1)
+    }
+    fn pipe_layers(self) -> Router {
+        let Built(r, state) = self;
+        r.layer(axum::middleware::from_fn(json_errors))
+            .layer(axum::middleware::from_fn_with_state(state.clone(), log_request))
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .with_state(state)
+    }
+}
+
+async fn agent_not_found(req: Request) -> HttpError {
+    HttpError(ApiError::not_found(format!("{} {} is not an endpoint of the agent API", req.method(), req.uri().path())))
+}
+
+async fn agent_bad_method(req: Request) -> HttpError {
+    HttpError(ApiError::bad_method(format!("{} is not allowed on {}", req.method(), req.uri().path())))
 }
 
 /// The Triton-style code for an HTTP status, for errors that did not come with one.
@@ -407,8 +449,39 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     HttpError(ApiError::internal("internal error (logged on the headnode)")).into_response()
 }
 
-/// Checks the bearer token an endpoint needs.
+/// Checks the credentials an endpoint needs: the operator's bearer token, the join token,
+/// or (agent listener) the client certificate of the server in the path.
 async fn authenticate(auth: Auth, State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match auth {
+        Auth::Public => return next.run(req).await,
+        // CloudAPI routes are never mounted here.
+        Auth::Signature => return HttpError(ApiError::unauthorized("not an endpoint of this API")).into_response(),
+        Auth::Server => {
+            let server = req.uri().path().strip_prefix("/servers/").and_then(|r| r.split('/').next()).and_then(|u| Uuid::parse_str(u).ok());
+            let pin = req.extensions().get::<axum::extract::ConnectInfo<nereid_trust::Peer>>().and_then(|c| c.0.pin.clone());
+            let Some(pin) = pin else {
+                return HttpError(ApiError::unauthorized(
+                    "the agent API needs the server's client certificate (issued by the headnode CA at join)",
+                ))
+                .into_response();
+            };
+            let ok = match server {
+                Some(u) => state.app.server_pin_matches(u, &pin).await,
+                None => false,
+            };
+            return if ok {
+                next.run(req).await
+            } else {
+                HttpError(ApiError::new(
+                    403,
+                    "NotAuthorized",
+                    "this client certificate does not speak for that server (another key, or the server is revoked)",
+                ))
+                .into_response()
+            };
+        }
+        Auth::Admin | Auth::Join => {}
+    }
     let Some(given) = bearer(&req).map(str::to_string) else {
         let hint = match auth {
             Auth::Join => "a compute node joins with Authorization: Bearer <join token> (join.token in the headnode's data directory)",
@@ -416,20 +489,9 @@ async fn authenticate(auth: Auth, State(state): State<AppState>, req: Request, n
         };
         return HttpError(ApiError::unauthorized(hint)).into_response();
     };
-    let admin = constant_time_eq(given.as_bytes(), state.token.as_bytes());
     let ok = match auth {
-        Auth::Admin => admin,
         Auth::Join => constant_time_eq(given.as_bytes(), state.join_token.as_bytes()) || state.app.is_cluster_join_token(&given).await,
-        // CloudAPI routes are never mounted on the operator API.
-        Auth::Signature | Auth::Public => false,
-        Auth::Server => {
-            let server = req.uri().path().strip_prefix("/servers/").and_then(|r| r.split('/').next()).and_then(|u| Uuid::parse_str(u).ok());
-            admin
-                || match server {
-                    Some(u) => state.app.server_secret_matches(u, &given).await,
-                    None => false,
-                }
-        }
+        _ => constant_time_eq(given.as_bytes(), state.token.as_bytes()),
     };
     if ok {
         next.run(req).await

@@ -90,7 +90,68 @@ pub fn routes() -> Vec<Route> {
             doc("VmLoad", "One VM as the server sees it now (asks the server).", &[], BodyDoc::None, RespDoc::Schema(200, vm_schema)),
             vm_load,
         ),
+        Route::new(
+            Method::GET,
+            "/servers/{uuid}/trust",
+            doc(
+                "GetServerTrust",
+                "The server's agent trust: active, revoked or unapproved; its key's SHA-256; a join waiting for approval.",
+                &[],
+                BodyDoc::None,
+                RespDoc::Schema(200, trust_schema),
+            ),
+            trust,
+        ),
+        Route::new(
+            Method::POST,
+            "/servers/{uuid}/approve",
+            doc(
+                "ApproveServer",
+                "Accept the join waiting for the server (another key for its UUID, or a revoked server): its agent gets a certificate on its next try.",
+                &[],
+                BodyDoc::None,
+                RespDoc::Schema(200, trust_schema),
+            ),
+            approve,
+        ),
+        Route::new(
+            Method::POST,
+            "/servers/{uuid}/revoke",
+            doc(
+                "RevokeServer",
+                "Revoke the server's certificate at once: the headnode refuses its agent and stops calling it; a join for it waits for approval.",
+                &[],
+                BodyDoc::None,
+                RespDoc::Schema(200, trust_schema),
+            ),
+            revoke,
+        ),
     ]
+}
+
+fn trust_schema() -> Value {
+    json!({"type": "object", "required": ["state"], "properties": {
+        "uuid": {"type": "string", "format": "uuid"},
+        "state": {"type": "string", "enum": ["active", "revoked", "unapproved"]},
+        "key_sha256": {"type": "string", "nullable": true},
+        "agent_url": {"type": "string"},
+        "pending_join": {"type": "object", "properties": {"key_sha256": {"type": "string"}, "agent_url": {"type": "string"}, "at": {"type": "string"}}}}})
+}
+
+async fn trust(State(s): State<AppState>, Path(uuid): Path<String>) -> HttpResult {
+    let uuid = path_uuid(Api::Napi, "uuid", &uuid)?;
+    s.app.get_server_record(uuid).await?;
+    ok(&s.app.trust_summary(uuid).await?)
+}
+
+async fn approve(State(s): State<AppState>, Path(uuid): Path<String>) -> HttpResult {
+    let uuid = path_uuid(Api::Napi, "uuid", &uuid)?;
+    ok(&s.app.approve_server(uuid).await?)
+}
+
+async fn revoke(State(s): State<AppState>, Path(uuid): Path<String>) -> HttpResult {
+    let uuid = path_uuid(Api::Napi, "uuid", &uuid)?;
+    ok(&s.app.revoke_server(uuid).await?)
 }
 
 async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> HttpResult {

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -128,7 +128,9 @@ async fn wait_state(node: &Node, vm: Uuid, state: &str) {
     panic!("VM {vm} never became {state}: {:?}", node.get(vm));
 }
 
-async fn runtime(node: Arc<Node>, secret: &str, backend: &str) -> Arc<NodeRuntime> {
+/// (Authentication is the TLS handshake's, see `crate::tls`; the router itself sees only
+/// headnodes, so the "secrets" below are ignored bearer tokens.)
+async fn runtime(node: Arc<Node>, _secret: &str, backend: &str) -> Arc<NodeRuntime> {
     let mut sysinfo = serde_json::Map::new();
     sysinfo.insert("Nereid Backend".into(), backend.into());
     Arc::new(NodeRuntime {
@@ -136,7 +138,6 @@ async fn runtime(node: Arc<Node>, secret: &str, backend: &str) -> Arc<NodeRuntim
         identity: "test".into(),
         node,
         sysinfo,
-        secret: Arc::new(RwLock::new(secret.into())),
         paused: Default::default(),
         ram_mib: 1024,
         disk_mib: 1024,
@@ -327,16 +328,11 @@ async fn consoles_refuse_clearly() {
     let (s, vm) = (rig.server, rig.vm);
     for kind in ["console", "vnc"] {
         let path = format!("/servers/{s}/vms/{vm}/{kind}");
-        // Authentication: none, or another server's secret.
-        let (status, body) = ws(&rig, &path, None).await.err().unwrap();
-        assert_eq!((status, body["code"].as_str()), (401, Some("Unauthorized")));
-        let (status, _) = ws(&rig, &path, Some(rig.sim_secret)).await.err().unwrap();
-        assert_eq!(status, 401);
         // Unknown VM, unknown server, not a UUID.
         let (status, body) = ws(&rig, &format!("/servers/{s}/vms/{}/{kind}", Uuid::new_v4()), Some(rig.secret)).await.err().unwrap();
         assert_eq!((status, body["code"].as_str()), (404, Some("ResourceNotFound")));
         let (status, _) = ws(&rig, &format!("/servers/{}/vms/{vm}/{kind}", Uuid::new_v4()), Some(rig.secret)).await.err().unwrap();
-        assert_eq!(status, 401, "an unknown server has no secret to match");
+        assert_eq!(status, 404, "a server this agent does not run");
         let (status, _) = ws(&rig, &format!("/servers/{s}/vms/nope/{kind}"), Some(rig.secret)).await.err().unwrap();
         assert_eq!(status, 422);
         // A simulated VM has no consoles.
