@@ -615,6 +615,23 @@ async fn guests_run_confined_and_cpu_cap_holds() {
     assert_eq!(std::fs::metadata(&dir).unwrap().uid(), uids[0]);
     let base = std::fs::read_dir(&dir).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with("base0.")).unwrap();
     assert_eq!((base.metadata().unwrap().uid(), base.metadata().unwrap().mode() & 0o222), (0, 0), "the base is root's, read-only");
+    // As the guest's user: its own disk (from its directory) yes, the agent's data no.
+    let as_guest = |cwd: &Path, cmd: &str| {
+        let u = uids[0].to_string();
+        Command::new("setpriv")
+            .args(["--reuid", &u, "--regid", &u, "--clear-groups", "--", "sh", "-c", cmd])
+            .current_dir(cwd)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(as_guest(&dir, "test -r disk0.qcow2 && test -w disk0.qcow2 && test -r base0.* && ! test -w base0.*"));
+    let image_cache = env.agent_dir.join("images").join(&env.image);
+    assert!(image_cache.is_dir());
+    for elsewhere in [image_cache.clone(), env.agent_dir.clone(), dir.clone()] {
+        assert!(!as_guest(Path::new("/"), &format!("ls {}", elsewhere.display())), "the guest's user reaches {}", elsewhere.display());
+    }
 
     // Its own cgroup, capped at half a core.
     let v2 = v2_has_cpu();
@@ -657,6 +674,9 @@ async fn guests_run_confined_and_cpu_cap_holds() {
         (t1 - t0).as_secs_f64(),
         if v2 { "v2" } else { "v1" }
     );
+    let (mem_dir, peak_file) = if v2 { (cg.clone(), "memory.peak") } else { (cgroup_dir(pid, "memory"), "memory.max_usage_in_bytes") };
+    let peak: u64 = std::fs::read_to_string(mem_dir.join(peak_file)).map(|s| s.trim().parse().unwrap_or(0)).unwrap_or(0);
+    eprintln!("its memory peaked at {} MiB of its {} MiB limit", peak >> 20, 256 + 384 + 32);
     assert!(cores <= 0.6, "cpu_cap 50 lets the guest use {cores:.3} cores");
     assert!(cores >= 0.2, "the spinning guest used only {cores:.3} cores: is the accounting the VM's?");
 

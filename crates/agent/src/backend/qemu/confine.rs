@@ -101,6 +101,20 @@ pub fn script(l: &Launch) -> String {
     s
 }
 
+/// Makes the agent's data directory private (0700): guests' users must reach nothing in it
+/// (the image cache holds every tenant's images) — each QEMU starts inside its own VM
+/// directory and needs no path through it. True if the mode changed.
+pub fn make_private(dir: &Path) -> Result<bool, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(false);
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))
+        .map_err(|e| format!("making {} private: {e}", dir.display()))?;
+    Ok(true)
+}
+
 /// Gives the VM's directory and the files QEMU writes (disks, UEFI variables) to its
 /// user; the image base links stay root's and read-only.
 pub fn hand_over(vm_dir: &Path, uid: u32, files: &[PathBuf]) -> Result<(), String> {
@@ -135,6 +149,16 @@ mod tests {
         let c = vms.join("c");
         std::fs::create_dir_all(&c).unwrap();
         assert_eq!(guest_uid(vms, &c, 5000).unwrap(), 5000, "a destroyed VM's uid is free again");
+    }
+
+    #[test]
+    fn the_data_directory_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(make_private(t.path()).unwrap());
+        assert_eq!(std::fs::metadata(t.path()).unwrap().permissions().mode() & 0o7777, 0o700);
+        assert!(!make_private(t.path()).unwrap(), "already private");
     }
 
     #[test]

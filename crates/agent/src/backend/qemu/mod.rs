@@ -116,6 +116,11 @@ fn err(msg: impl Into<String>) -> BackendError {
 impl Qemu {
     pub fn new(cfg: Config, images: Arc<ImageCache>) -> Self {
         let net = Arc::new(Net::new(cfg.nic_tags.clone()));
+        match confine::make_private(&cfg.dir) {
+            Ok(true) => tracing::info!(dir = %cfg.dir.display(), "made the agent's data directory 0700: guests reach nothing in it"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "the agent's data directory stays reachable to guests' users"),
+        }
         let root = rustix::process::geteuid().is_root();
         if !root {
             tracing::warn!(
