@@ -14,8 +14,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -314,7 +314,8 @@ pub async fn start(mut cfg: Config) -> Result<Agent> {
         });
         join(&hn, &token, &creds, &rt, &agent_url).await?;
         tasks.push(tokio::spawn(headnode::pusher(hn.clone(), rt.uuid, rx)));
-        let (hn3, rt3, every, token3, creds3, url3) = (hn.clone(), rt.clone(), cfg.heartbeat, token.clone(), creds.clone(), agent_url.clone());
+        let (hn3, rt3, every, token3, creds3, url3) =
+            (hn.clone(), rt.clone(), cfg.heartbeat, token.clone(), creds.clone(), agent_url.clone());
         tasks.push(tokio::spawn(async move { heartbeats(hn3, rt3, every, token3, creds3, url3).await }));
         nodes.push(rt);
     }
@@ -351,7 +352,10 @@ pub async fn join(hn: &Headnode, token: &JoinToken, creds: &tls::Credentials, rt
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(CallError::Unauthorized(m)) => {
-                anyhow::bail!("the headnode refused to let server {} join: {m} (the join token is in join.token in the headnode's data directory)", rt.uuid)
+                anyhow::bail!(
+                    "the headnode refused to let server {} join: {m} (the join token is in join.token in the headnode's data directory)",
+                    rt.uuid
+                )
             }
             Err(e) => {
                 tracing::warn!(server = %rt.uuid, error = %e, "joining failed; retrying");
@@ -369,7 +373,9 @@ async fn join_once(hn: &Headnode, token: &JoinToken, creds: &tls::Credentials, r
     if creds.cert(rt.uuid).is_some() {
         match hn.register(rt.uuid, reg).await {
             Ok(()) => return Ok(()),
-            Err(CallError::Unauthorized(m)) => tracing::warn!(server = %rt.uuid, "the headnode refuses this server's certificate ({m}); joining again"),
+            Err(CallError::Unauthorized(m)) => {
+                tracing::warn!(server = %rt.uuid, "the headnode refuses this server's certificate ({m}); joining again")
+            }
             Err(e) => return Err(e),
         }
     }
@@ -399,7 +405,14 @@ pub async fn renew(hn: &Headnode, creds: &tls::Credentials, server: Uuid) -> Res
 /// How often the nic tags' links are checked again when nothing changed.
 const NETWORK_RECHECK: Duration = Duration::from_secs(300);
 
-async fn heartbeats(hn: Headnode, rt: Arc<NodeRuntime>, every: Duration, token: JoinToken, creds: Arc<tls::Credentials>, agent_url: String) {
+async fn heartbeats(
+    hn: Headnode,
+    rt: Arc<NodeRuntime>,
+    every: Duration,
+    token: JoinToken,
+    creds: Arc<tls::Credentials>,
+    agent_url: String,
+) {
     // What the headnode last wanted the links to carry, what was wrong then, and when.
     let mut wanted = None;
     let mut problems = Vec::new();

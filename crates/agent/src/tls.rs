@@ -108,7 +108,8 @@ impl Credentials {
         let key = match std::fs::read_to_string(&key_path) {
             Ok(pem) => {
                 std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
-                NodeKey::from_pem(&pem).with_context(|| format!("{} is damaged; remove it (the server then needs approval)", key_path.display()))?
+                NodeKey::from_pem(&pem)
+                    .with_context(|| format!("{} is damaged; remove it (the server then needs approval)", key_path.display()))?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let k = NodeKey::generate()?;
@@ -128,7 +129,8 @@ impl Credentials {
             let Some(u) = name.strip_prefix("server-").and_then(|n| n.strip_suffix(".json")).and_then(|u| Uuid::parse_str(u).ok()) else {
                 continue;
             };
-            if let Ok(c) = std::fs::read(e.path()).map_err(anyhow::Error::from).and_then(|b| Ok(serde_json::from_slice::<ServerCert>(&b)?)) {
+            if let Ok(c) = std::fs::read(e.path()).map_err(anyhow::Error::from).and_then(|b| Ok(serde_json::from_slice::<ServerCert>(&b)?))
+            {
                 certs.insert(u, c);
             }
         }

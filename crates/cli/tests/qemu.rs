@@ -56,9 +56,9 @@ impl Env {
         let mut agent_args: Vec<String> = [
             "agent",
             "--headnode",
-            &cloud.headnode.agent_url,
+            &cloud.headnode.admin_url,
             "--join-token",
-            &cloud.headnode.join_token_full,
+            &cloud.headnode.join_token,
             "--data-dir",
             agent_dir.to_str().unwrap(),
             "--backend",
@@ -575,15 +575,25 @@ async fn guests_run_confined_and_cpu_cap_holds() {
     let env = Env::new(&[], None).await;
 
     // Host paths only from --iso-dir: /etc/shadow and another VM's disk are refused.
-    for (alias, path) in [("shadow", "/etc/shadow".to_string()), ("escape", format!("{}/iso/../agent/qemu", env.tmp.path().display()))] {
-        let disks = json!([{"image_uuid": env.image, "boot": true, "model": "virtio"}, {"media": "cdrom", "model": "ahci", "path": path}]);
-        let (vm, j) = env.create(json!({"alias": alias, "disks": disks})).await;
+    // Host paths only from --iso-dir: /etc/shadow, and a symlink in the ISO directory that
+    // leads out of it, fail the provision with the reason; a ".." is refused by VMAPI itself.
+    let iso_dir = env.tmp.path().join("iso");
+    std::os::unix::fs::symlink("/etc/shadow", iso_dir.join("innocent.iso")).unwrap();
+    let cdrom = |path: String| json!([{"image_uuid": env.image, "boot": true, "model": "virtio"}, {"media": "cdrom", "model": "ahci", "path": path}]);
+    for (alias, path, why) in [
+        ("shadow", "/etc/shadow".to_string(), "outside the directories"),
+        ("symlink", iso_dir.join("innocent.iso").display().to_string(), "resolves to /etc/shadow"),
+    ] {
+        let (vm, j) = env.create(json!({"alias": alias, "disks": cdrom(path)})).await;
         assert_eq!(j["execution"], "failed", "{j}");
         let e = j["error"].as_str().unwrap_or_default();
-        assert!(e.contains("disks[1] (cdrom)") && (e.contains("outside the directories") || e.contains("\"..\"")), "{alias}: {e}");
+        assert!(e.contains("disks[1] (cdrom)") && e.contains(why), "{alias}: {e}");
         assert_eq!(env.vm(&vm).await["state"], "failed");
         env.assert_gone(&vm);
     }
+    let escape = format!("{}/../agent/images/{}/base.raw", iso_dir.display(), env.image);
+    let e = env.cloud.create_vm(&env.body(json!({"alias": "escape", "disks": cdrom(escape)}))).await.unwrap_err().to_string();
+    assert!(e.contains("\"..\""), "{e}");
 
     let pkg = env
         .cloud

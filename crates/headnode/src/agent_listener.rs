@@ -30,6 +30,7 @@ pub struct Bound {
 
 /// Loads (or makes) the cluster CA, gives this headnode its certificate and binds `listen`.
 pub async fn bind(app: &Arc<App>, listen: SocketAddr, join_token: &str) -> Result<Bound> {
+    app.scrub_legacy_secrets().await.map_err(|e| anyhow::anyhow!("dropping old server secrets: {}", e.message))?;
     let ca = pki::cluster_ca(&app.store).await?;
     let fingerprint = ca.fingerprint();
     let id = Arc::new(Identity::new(ca)?);

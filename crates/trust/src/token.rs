@@ -95,7 +95,7 @@ mod tests {
         assert!(!bare.accepts(ca, &[proof(&crate::sha256_hex(b"other token"), ca)]), "a proof keyed by another token");
         assert!(!bare.accepts(b"another CA", &[proof(&bare.secret_hash(), ca)]));
         assert!(!format!("{bare:?}").contains("abc123"), "the secret stays out of logs");
-        for bad in ["", "a:sha256:12", "a b", ":sha256:" ] {
+        for bad in ["", "a:sha256:12", "a b", ":sha256:"] {
             assert!(JoinToken::parse(bad).is_err(), "{bad:?}");
         }
     }

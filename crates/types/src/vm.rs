@@ -678,6 +678,11 @@ fn check_disks(v: &Value) -> Result<(), String> {
         if cdrom && !o.get("path").and_then(Value::as_str).is_some_and(|p| p.starts_with('/')) {
             return Err(format!("disks[{i}] is a cdrom: it needs path, the ISO's absolute path on the compute node"));
         }
+        if cdrom && o.get("path").and_then(Value::as_str).is_some_and(|p| p.split('/').any(|c| c == "..")) {
+            return Err(format!(
+                "disks[{i}].path has a \"..\" component: name the ISO directly (its compute node allows only files in its --iso-dir)"
+            ));
+        }
         if !cdrom && o.contains_key("path") {
             return Err(format!("disks[{i}].path is only for cdroms (the compute node makes disks itself)"));
         }
@@ -919,6 +924,7 @@ mod tests {
         assert!(check_alias("web-1.prod").is_ok() && check_alias("-x").is_err());
         let disks = |d: Value| check_disks(&d).err().unwrap_or_default();
         assert!(disks(json!([{"size": 5}, {"media": "cdrom"}])).contains("needs path"));
+        assert!(disks(json!([{"size": 5}, {"media": "cdrom", "path": "/srv/iso/../../etc/shadow"}])).contains("\"..\""));
         assert!(disks(json!([{"size": 5}, {"media": "cdrom", "path": "x.iso"}])).contains("absolute path"));
         assert!(disks(json!([{"size": 5, "path": "/dev/sda"}])).contains("only for cdroms"));
         assert!(disks(json!([{"media": "cdrom", "path": "/x.iso"}])).contains("cannot be a cdrom"));

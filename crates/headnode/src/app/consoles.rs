@@ -143,7 +143,8 @@ impl App {
             // The name is the role; the verifier checks the CA and the pinned key.
             let name = rustls::pki_types::ServerName::try_from(nereid_trust::AGENT_NAME)
                 .map_err(|e| tungstenite::Error::Io(std::io::Error::other(e.to_string())))?;
-            let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.map_err(tungstenite::Error::Io)?;
+            let tls =
+                tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.map_err(tungstenite::Error::Io)?;
             tokio_tungstenite::client_async(req, tls).await
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {

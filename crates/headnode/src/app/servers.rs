@@ -250,6 +250,31 @@ impl App {
         Err(ApiError::conflict("ConcurrentModification", "the server's key kept changing; retry"))
     }
 
+    /// Drops the bearer secrets older versions kept in servers' trust records: nothing
+    /// accepts them any more, and none stays readable in the store. (Those servers' agents
+    /// join with a key, which waits for `approve`.) Returns how many were dropped.
+    pub async fn scrub_legacy_secrets(&self) -> Result<usize, ApiError> {
+        let objs = self.store.list(SERVER_SECRETS.name, &ListQuery::all()).await.map_err(store_error)?;
+        let mut n = 0;
+        for o in objs {
+            let Some(mut m) = o.value.as_object().filter(|m| m.contains_key("secret")).cloned() else { continue };
+            m.remove("secret");
+            match self.store.put(SERVER_SECRETS.name, &o.key, Value::Object(m), Cond::Generation(o.generation)).await {
+                Ok(_) => n += 1,
+                // Rewritten meanwhile, by a join or another headnode's scrub.
+                Err(e) if e.is_conflict() => {}
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        if n > 0 {
+            tracing::warn!(
+                servers = n,
+                "dropped the bearer secrets of an older version from the store; those servers' agents join again with a key, which waits for nereid admin server approve"
+            );
+        }
+        Ok(n)
+    }
+
     /// The server's trust record and its generation.
     pub async fn read_trust(&self, uuid: Uuid) -> Result<Option<(Trust, i64)>, ApiError> {
         self.read::<Trust>(SERVER_SECRETS.name, &uuid.to_string()).await
@@ -534,5 +559,25 @@ impl App {
             .await
             .map(|_| ())
             .map_err(store_error)
+    }
+}
+
+#[cfg(test)]
+mod trust_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_approved_key_of_an_active_server_rejoins_by_itself() {
+        let active = Trust { pin: Some("k".into()), revoked: false, pending: None };
+        assert_eq!(decide_join(false, None, "k"), JoinDecision::Create);
+        assert_eq!(decide_join(false, Some(&active), "other"), JoinDecision::Create, "a forgotten server is new again");
+        assert_eq!(decide_join(true, Some(&active), "k"), JoinDecision::Reissue);
+        assert_eq!(decide_join(true, Some(&active), "other"), JoinDecision::Pending, "another key for an existing UUID");
+        let revoked = Trust { revoked: true, ..active.clone() };
+        assert_eq!(decide_join(true, Some(&revoked), "k"), JoinDecision::Pending, "a revoked server stays revoked");
+        assert_eq!(decide_join(true, None, "k"), JoinDecision::Pending, "no record: approve first");
+        let legacy: Trust = serde_json::from_value(json!({"secret": "abc"})).unwrap();
+        assert_eq!(legacy, Trust::default(), "a bearer-secret record pins no key");
+        assert_eq!(decide_join(true, Some(&legacy), "k"), JoinDecision::Pending);
     }
 }
