@@ -343,3 +343,21 @@ async fn agent_traffic_captured_on_the_loopback_is_tls() {
     assert_tls("headnode → agent", &down, &[&server, &vm]);
     agent.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_server_secret_stays_in_the_store() {
+    let cloud = Cloud::start_with(Options { sim_servers: 1, ..Options::new(Backend::Sqlite) }).await.unwrap();
+    let agent = cloud.agent.as_ref().unwrap();
+    let store = &cloud.headnode.app.store;
+    // What the store keeps for a server: its key's hash, nothing that authenticates.
+    let key = agent.nodes[0].uuid.to_string();
+    let rec = store.get("server_secrets", &key).await.unwrap().unwrap().value;
+    assert_eq!(rec, json!({"pin": agent.credentials.key().pin(), "revoked": false}));
+    // A bearer secret an older version stored is dropped at start (and never accepted).
+    let old = uuid::Uuid::new_v4().to_string();
+    store.put("server_secrets", &old, json!({"secret": "0123abcd"}), nereid_store::Cond::Any).await.unwrap();
+    assert_eq!(cloud.headnode.app.scrub_legacy_secrets().await.unwrap(), 1);
+    let rec = store.get("server_secrets", &old).await.unwrap().unwrap().value;
+    assert_eq!(rec, json!({}), "{rec}");
+    assert_eq!(cloud.headnode.app.scrub_legacy_secrets().await.unwrap(), 0);
+}
