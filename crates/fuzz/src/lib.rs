@@ -38,17 +38,19 @@ pub const TARGETS: &[Target] = &[
     Target { name: "disk_image", run: targets::diskimage::run, dictionary: targets::diskimage::DICTIONARY, json: false },
 ];
 
-static ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+thread_local! {
+    static ACCEPTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
 /// Targets call this when an input got past the parser (accepted, round-tripped), so a run
 /// can report how deep its mutants reach.
 pub fn note_accepted() {
-    ACCEPTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ACCEPTED.with(|a| a.set(a.get() + 1));
 }
 
-/// Inputs accepted so far in this process (see [`note_accepted`]).
+/// Inputs accepted so far on this thread (see [`note_accepted`]).
 pub fn accepted() -> u64 {
-    ACCEPTED.load(std::sync::atomic::Ordering::Relaxed)
+    ACCEPTED.with(std::cell::Cell::get)
 }
 
 /// The target called `name`.
