@@ -688,7 +688,8 @@ async fn guests_run_confined_and_cpu_cap_holds() {
     let peak: u64 = std::fs::read_to_string(mem_dir.join(peak_file)).map(|s| s.trim().parse().unwrap_or(0)).unwrap_or(0);
     eprintln!("its memory peaked at {} MiB of its {} MiB limit", peak >> 20, 256 + 384 + 32);
     assert!(cores <= 0.6, "cpu_cap 50 lets the guest use {cores:.3} cores");
-    assert!(cores >= 0.2, "the spinning guest used only {cores:.3} cores: is the accounting the VM's?");
+    // (A floor well under the cap, as other work may share this machine's two cores.)
+    assert!(cores >= 0.15, "the spinning guest used only {cores:.3} cores: is the accounting the VM's?");
 
     // Destroyed: its cgroup goes with it.
     let j = env.act(&vm, "destroy", json!({})).await;
