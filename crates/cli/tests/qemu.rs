@@ -691,6 +691,14 @@ async fn guests_run_confined_and_cpu_cap_holds() {
     // (A floor well under the cap, as other work may share this machine's two cores.)
     assert!(cores >= 0.15, "the spinning guest used only {cores:.3} cores: is the accounting the VM's?");
 
+    // A new cpu_cap reaches the running guest's cgroup.
+    let j = env.act(&vm, "update", json!({"cpu_cap": 150})).await;
+    assert_eq!(j["execution"], "succeeded", "{}", job_steps(&j));
+    assert_eq!(env.pid(&vm), Some(pid), "applied to the running guest, without a restart");
+    let quota = if v2 { "cpu.max" } else { "cpu.cfs_quota_us" };
+    let want = if v2 { "150000 100000" } else { "150000" };
+    assert_eq!(std::fs::read_to_string(cgroup_dir(pid, "cpu").join(quota)).unwrap().trim(), want);
+
     // Destroyed: its cgroup goes with it.
     let j = env.act(&vm, "destroy", json!({})).await;
     assert_eq!(j["execution"], "succeeded", "{j}");
