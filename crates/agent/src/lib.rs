@@ -273,7 +273,7 @@ pub async fn start(mut cfg: Config) -> Result<Agent> {
     let token = JoinToken::parse(&cfg.join_token).map_err(anyhow::Error::msg)?;
     let creds = tls::Credentials::open(&cfg.data_dir)?;
     let hn = Headnode::new(&cfg.headnode_url, creds.clone()).map_err(anyhow::Error::msg)?;
-    let tcp = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
+    let tcp = nereid_serve::bind(cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = tcp.local_addr()?;
     let agent_url = cfg.advertise_url.clone().unwrap_or_else(|| format!("https://{addr}"));
     let specs = match &cfg.backend {
@@ -324,12 +324,14 @@ pub async fn start(mut cfg: Config) -> Result<Agent> {
     // Only headnodes' certificates from the pinned CA get through the handshake.
     let listener = nereid_trust::MtlsListener::new(tcp, creds.api_tls()?)?;
     let (stop, stopped) = oneshot::channel::<()>();
+    // Timeouts and a connection limit on the agent API too (see nereid_serve).
+    let _ = nereid_serve::raise_fd_limit();
+    let limits = nereid_serve::Limits::from_env()?;
     let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        nereid_serve::serve(listener, router, limits, shutdown).await
     });
     tracing::info!(%agent_url, servers = nodes.len(), "agent started");
     Ok(Agent { addr, nodes, credentials: creds, hn, stop, server, tasks })

@@ -91,6 +91,20 @@ pub struct CloudApiArgs {
     /// Do not serve CloudAPI
     #[arg(long, conflicts_with_all = ["cloudapi_http", "cloudapi_cert"])]
     pub no_cloudapi: bool,
+    /// CloudAPI requests a second per account (per source address when not authenticated); over it: 429 RequestThrottled with Retry-After
+    #[arg(long, value_name = "N", default_value_t = nereid_headnode::cloudapi::ratelimit::RATE, value_parser = positive_rate)]
+    pub cloudapi_rate_limit: f64,
+    /// CloudAPI requests an account may send at once after a quiet spell
+    #[arg(long, value_name = "N", default_value_t = nereid_headnode::cloudapi::ratelimit::BURST, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cloudapi_rate_burst: u32,
+}
+
+/// A request rate: a positive number.
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
+        _ => Err(format!("{s:?} is not a positive number of requests a second")),
+    }
 }
 
 impl CloudApiArgs {
@@ -105,6 +119,8 @@ impl CloudApiArgs {
         c.key = self.cloudapi_key.clone();
         c.public_url = self.cloudapi_url.clone();
         c.datacenter = self.datacenter_name.clone();
+        c.rate_limit =
+            nereid_headnode::cloudapi::ratelimit::RateLimit { per_second: self.cloudapi_rate_limit, burst: self.cloudapi_rate_burst };
         Some(c)
     }
 }

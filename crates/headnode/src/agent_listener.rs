@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use tokio::net::TcpListener;
 
 use crate::app::App;
 use crate::pki::{self, Identity};
@@ -35,7 +34,7 @@ pub async fn bind(app: &Arc<App>, listen: SocketAddr, join_token: &str) -> Resul
     let fingerprint = ca.fingerprint();
     let id = Arc::new(Identity::new(ca)?);
     app.agents.set_identity(id.clone());
-    let tcp = TcpListener::bind(listen).await.with_context(|| format!("agent listener: listening on {listen}"))?;
+    let tcp = nereid_serve::bind(listen).with_context(|| format!("agent listener: listening on {listen}"))?;
     let addr = tcp.local_addr()?;
     if !addr.ip().is_loopback() {
         tracing::info!(%addr, "the agent listener listens beyond loopback (mutual TLS; joins need the join token)");

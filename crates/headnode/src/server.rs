@@ -44,12 +44,22 @@ pub struct CloudApiConfig {
     pub datacenter: String,
     /// The URL tenants use, when it is not the listen address (a proxy, a DNS name).
     pub public_url: Option<String>,
+    /// Requests a second (and burst) per account, and per address unauthenticated.
+    pub rate_limit: crate::cloudapi::ratelimit::RateLimit,
 }
 
 impl CloudApiConfig {
     /// HTTPS on `listen` with a self-signed certificate.
     pub fn new(listen: SocketAddr) -> Self {
-        CloudApiConfig { listen, http: false, cert: None, key: None, datacenter: "nereid-1".into(), public_url: None }
+        CloudApiConfig {
+            listen,
+            http: false,
+            cert: None,
+            key: None,
+            datacenter: "nereid-1".into(),
+            public_url: None,
+            rate_limit: Default::default(),
+        }
     }
 }
 
@@ -105,6 +115,11 @@ pub fn store_url(cfg: &Config) -> String {
 /// Starts a headnode: prepares the data directory, opens (and migrates) the store,
 /// binds the listener and publishes it in `endpoints.json`.
 pub async fn start(cfg: Config) -> Result<Running> {
+    // Every listener's timeouts and connection limit (see nereid_serve), under an fd
+    // limit raised as far as the system allows.
+    let fds = nereid_serve::raise_fd_limit().context("raising the open-files limit")?;
+    let limits = nereid_serve::Limits::from_env()?;
+    tracing::debug!(?fds, ?limits, "listener limits");
     datadir::ensure_dir(&cfg.data_dir)?;
     let lock = datadir::lock(&cfg.data_dir)?;
     let token = datadir::admin_token(&cfg.data_dir)?;
@@ -116,7 +131,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let app = Arc::new(App::new(store, cfg.data_dir.clone(), app_cfg).await.context("preparing the store buckets")?);
     app.publish_join_token(&join_token).await.map_err(|e| anyhow::anyhow!("publishing the join token: {}", e.message))?;
     let agent_bound = crate::agent_listener::bind(&app, cfg.agent_listen, &join_token).await?;
-    let listener = TcpListener::bind(cfg.admin_listen).await.with_context(|| format!("listening on {}", cfg.admin_listen))?;
+    let listener = nereid_serve::bind(cfg.admin_listen).with_context(|| format!("listening on {}", cfg.admin_listen))?;
     let admin_addr = listener.local_addr()?;
     if !admin_addr.ip().is_loopback() {
         tracing::warn!(%admin_addr, "the operator API listens beyond loopback: anyone who can reach it with the token controls this cloud");
@@ -127,7 +142,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let (cloud_listener, cloud_info, cloudapi) = match &cfg.cloudapi {
         None => (None, crate::cloudapi::CloudInfo::default(), None),
         Some(c) => {
-            let (listener, running) = bind_cloudapi(&cfg.data_dir, c).await?;
+            let (listener, running) = bind_cloudapi(&cfg.data_dir, c, limits.header_read_timeout).await?;
             let info = crate::cloudapi::CloudInfo { datacenter: c.datacenter.clone(), url: running.url.clone() };
             (Some(listener), info, Some(running))
         }
@@ -145,37 +160,39 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let (stop, _) = broadcast::channel::<()>(1);
     let mut stopped = stop.subscribe();
     let server = tokio::spawn(async move {
-        axum::serve(JsonErrorsListener(listener), router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.recv().await;
-            })
-            .await
+        let shutdown = async move {
+            let _ = stopped.recv().await;
+        };
+        nereid_serve::serve(JsonErrorsListener(nereid_serve::Tcp::new(listener, "admin")), router, limits, shutdown).await
     });
     let (agent_addr, agent_url, join_token_full) = (agent_bound.addr, agent_bound.url.clone(), agent_bound.join_token_full.clone());
     let agent_server = {
-        use axum::serve::ListenerExt;
-        let agent_router = http::agent_router(state.clone()).into_make_service_with_connect_info::<nereid_trust::Peer>();
+        let agent_router = http::agent_router(state.clone());
         let mut stopped = stop.subscribe();
-        // tap_io: axum then hands each connection's Peer (its client key) to the handlers.
-        let l = JsonErrorsListener(agent_bound.listener).tap_io(|_| ());
+        // nereid_serve hands each connection's Peer (its client key) to the handlers as
+        // their ConnectInfo.
+        let l = JsonErrorsListener(agent_bound.listener);
         tokio::spawn(async move {
-            axum::serve(l, agent_router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.recv().await;
-                })
-                .await
+            let shutdown = async move {
+                let _ = stopped.recv().await;
+            };
+            nereid_serve::serve(l, agent_router, limits, shutdown).await
         })
     };
     let cloud_server = cloud_listener.map(|l| {
-        let cloud_router = crate::cloudapi::router(state);
+        let limiter =
+            Arc::new(crate::cloudapi::ratelimit::RateLimiter::new(cfg.cloudapi.as_ref().map(|c| c.rate_limit).unwrap_or_default()));
+        let cloud_router = crate::cloudapi::router(state).layer(axum::Extension(limiter));
         let mut stopped = stop.subscribe();
         tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.recv().await;
             };
             match l {
-                CloudListener::Http(l) => axum::serve(JsonErrorsListener(l), cloud_router).with_graceful_shutdown(shutdown).await,
-                CloudListener::Https(l) => axum::serve(JsonErrorsListener(l), cloud_router).with_graceful_shutdown(shutdown).await,
+                CloudListener::Http(l) => {
+                    nereid_serve::serve(JsonErrorsListener(nereid_serve::Tcp::new(l, "CloudAPI")), cloud_router, limits, shutdown).await
+                }
+                CloudListener::Https(l) => nereid_serve::serve(JsonErrorsListener(l), cloud_router, limits, shutdown).await,
             }
         })
     });
@@ -239,8 +256,14 @@ enum CloudListener {
 }
 
 /// Binds CloudAPI's listener (generating the self-signed certificate at first start).
-async fn bind_cloudapi(data_dir: &std::path::Path, c: &CloudApiConfig) -> Result<(CloudListener, CloudApiRunning)> {
-    let tcp = TcpListener::bind(c.listen).await.with_context(|| format!("CloudAPI: listening on {}", c.listen))?;
+///
+/// A TLS handshake gets the header read timeout: it is the first part of reading a request.
+async fn bind_cloudapi(
+    data_dir: &std::path::Path,
+    c: &CloudApiConfig,
+    handshake_timeout: std::time::Duration,
+) -> Result<(CloudListener, CloudApiRunning)> {
+    let tcp = nereid_serve::bind(c.listen).with_context(|| format!("CloudAPI: listening on {}", c.listen))?;
     let addr = tcp.local_addr()?;
     if !addr.ip().is_loopback() {
         tracing::info!(%addr, "CloudAPI listens beyond loopback (every request must carry a valid HTTP Signature)");
@@ -260,7 +283,7 @@ async fn bind_cloudapi(data_dir: &std::path::Path, c: &CloudApiConfig) -> Result
     let fingerprint = crate::cloudapi::tls::fingerprint(&files)?;
     let url = c.public_url.clone().unwrap_or_else(|| format!("https://{host}:{}", addr.port()));
     Ok((
-        CloudListener::Https(crate::cloudapi::tls::TlsListener::new(tcp, config)),
+        CloudListener::Https(crate::cloudapi::tls::TlsListener::with_handshake_timeout(tcp, config, handshake_timeout)),
         CloudApiRunning { addr, url, cert_fingerprint: Some(fingerprint), cert_path: Some(files.cert.clone()) },
     ))
 }

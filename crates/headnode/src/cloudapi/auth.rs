@@ -32,12 +32,26 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
     let method = req.method().as_str().to_string();
     let target = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let headers = req.headers().clone();
+    // Rate limits (when the router carries a limiter): per account once the signature
+    // checks out, per source address otherwise.
+    let limiter = req.extensions().get::<std::sync::Arc<super::ratelimit::RateLimiter>>().cloned();
     match check(&s, &method, &target, &headers).await {
         Ok(caller) => {
+            if let Some(Err(throttled)) = limiter.as_ref().map(|l| l.account(&caller.account.login)) {
+                return throttled.into_response();
+            }
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
-        Err(e) => e.into_response(),
+        Err(e) => {
+            let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+            if let (Some(l), Some(ip)) = (&limiter, peer)
+                && let Err(throttled) = l.address(ip)
+            {
+                return throttled.into_response();
+            }
+            e.into_response()
+        }
     }
 }
 

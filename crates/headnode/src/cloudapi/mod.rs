@@ -38,6 +38,7 @@ pub mod machine_data;
 pub mod machines;
 pub mod network_ips;
 pub mod nics;
+pub mod ratelimit;
 pub mod render;
 pub mod signature;
 pub mod sshkey;
@@ -250,9 +251,16 @@ pub async fn read_params(
     headers: &axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> Result<Map<String, Value>, CloudError> {
-    let bytes = axum::body::to_bytes(body, crate::http::JSON_BODY_LIMIT)
-        .await
-        .map_err(|e| CloudError(ApiError::bad_request(format!("could not read the request body: {e}"))))?;
+    // A declared length over the limit was refused before authentication
+    // ([`refuse_oversize`]); a chunked body is refused once it passes the limit.
+    let limit = crate::http::JSON_BODY_LIMIT;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if crate::http::error_chain(&e).contains("length limit exceeded") {
+            CloudError(ApiError::too_large(limit))
+        } else {
+            CloudError(ApiError::bad_request(format!("could not read the request body: {e}")))
+        }
+    })?;
     let form =
         headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
     let mut out = query_map(req_query);
@@ -300,6 +308,7 @@ pub fn router(state: AppState) -> Router {
     let fallback = axum::routing::any(unknown_route).layer(auth());
     r.fallback_service(fallback.with_state(state.clone()))
         .layer(axum::middleware::from_fn(headers))
+        .layer(axum::middleware::from_fn(refuse_oversize))
         .layer(axum::middleware::from_fn(crate::http::json_errors))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send + 'static>| {
             tracing::error!("a CloudAPI handler panicked");
@@ -307,6 +316,19 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// No CloudAPI request body may exceed [`crate::http::JSON_BODY_LIMIT`]: one that says
+/// it does is answered 413 before authentication and before a byte of it is read (a
+/// client waiting on `Expect: 100-continue` gets the answer instead of a broken pipe);
+/// the serving layer adds `Connection: close` and closes cleanly after the answer.
+async fn refuse_oversize(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let limit = crate::http::JSON_BODY_LIMIT;
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return CloudError(ApiError::too_large(limit)).into_response();
+    }
+    next.run(req).await
 }
 
 /// Triton CloudAPI operations Nereid does not implement yet, as (methods, path pattern,

@@ -47,6 +47,9 @@ const VALIDITY: time::Duration = time::Duration::days(3650);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Completed handshakes waiting for axum to take them.
 const ACCEPTED_QUEUE: usize = 64;
+/// TLS handshakes in flight at most; a newcomer beyond it aborts the oldest one (silent
+/// clients cannot lock out a fresh one, and each holds a file descriptor).
+pub const MAX_HANDSHAKES: usize = 1024;
 
 /// Where the certificate and key come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -320,8 +323,10 @@ fn warn_if_key_readable_by_others(path: &Path) {
 /// A TCP listener whose connections come out TLS-handshaken, for `axum::serve`.
 ///
 /// A background task accepts TCP connections and runs each handshake in a task of its
-/// own (bounded by [`HANDSHAKE_TIMEOUT`]); finished handshakes are handed over through a
-/// channel. Dropping the listener stops the accept loop and any handshakes in flight.
+/// own (bounded by [`HANDSHAKE_TIMEOUT`], at most [`MAX_HANDSHAKES`] at once: the oldest
+/// makes room); finished handshakes are handed over through a channel. Accept errors
+/// back off ([`nereid_serve::AcceptErrors`]). Dropping the listener stops the accept loop
+/// and any handshakes in flight.
 pub struct TlsListener {
     tcp: Arc<TcpListener>,
     accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
@@ -334,7 +339,8 @@ impl TlsListener {
         Self::with_handshake_timeout(listener, config, HANDSHAKE_TIMEOUT)
     }
 
-    fn with_handshake_timeout(listener: TcpListener, config: Arc<rustls::ServerConfig>, handshake_timeout: Duration) -> Self {
+    /// As [`TlsListener::new`], with another handshake timeout.
+    pub fn with_handshake_timeout(listener: TcpListener, config: Arc<rustls::ServerConfig>, handshake_timeout: Duration) -> Self {
         let tcp = Arc::new(listener);
         let (tx, accepted) = mpsc::channel(ACCEPTED_QUEUE);
         let accept_loop = tokio::spawn(accept_loop(tcp.clone(), TlsAcceptor::from(config), tx, handshake_timeout));
@@ -381,13 +387,24 @@ async fn accept_loop(
     handshake_timeout: Duration,
 ) {
     let mut handshakes = JoinSet::new();
+    // Oldest first; finished ones are skipped when making room.
+    let mut started = std::collections::VecDeque::<tokio::task::AbortHandle>::new();
+    let mut errors = nereid_serve::AcceptErrors::new("CloudAPI");
     loop {
         tokio::select! {
             accepted = tcp.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    handshakes.spawn(handshake(acceptor.clone(), stream, peer, tx.clone(), handshake_timeout));
+                    errors.ok();
+                    let _ = stream.set_nodelay(true);
+                    started.retain(|h| !h.is_finished());
+                    if started.len() >= MAX_HANDSHAKES
+                        && let Some(oldest) = started.pop_front()
+                    {
+                        oldest.abort();
+                    }
+                    started.push_back(handshakes.spawn(handshake(acceptor.clone(), stream, peer, tx.clone(), handshake_timeout)));
                 }
-                Err(e) => handle_accept_error(e).await,
+                Err(e) => errors.failed(e).await,
             },
             Some(done) = handshakes.join_next(), if !handshakes.is_empty() => {
                 if let Err(e) = done
@@ -416,16 +433,6 @@ async fn handshake(
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, timeout = ?handshake_timeout, "TLS handshake timed out"),
     }
-}
-
-/// As axum's own `TcpListener` does: connection errors are the peer's business; anything
-/// else (e.g. out of file descriptors) is logged and retried after a second.
-async fn handle_accept_error(e: io::Error) {
-    if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset) {
-        return;
-    }
-    tracing::error!(error = %e, "CloudAPI accept error");
-    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 #[cfg(test)]
