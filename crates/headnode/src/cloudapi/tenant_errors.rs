@@ -140,6 +140,23 @@ mod tests {
         assert_eq!((t.status, t.message.as_str()), (503, UNAVAILABLE));
     }
 
+    #[tokio::test]
+    async fn every_cloudapi_error_answer_is_redacted_however_it_was_made() {
+        use axum::response::IntoResponse;
+        let no_fit = || {
+            ApiError::conflict("NoAllocatableServersError", "No compute resources available: cn-7 (0b0e7a4e): full")
+                .with_extra("servers", json!([{"hostname": "cn-7"}]))
+        };
+        // Through the From conversion (cloud_error) and built directly alike.
+        for e in [super::super::CloudError::from(no_fit()), super::super::CloudError(no_fit())] {
+            let resp = e.into_response();
+            assert_eq!(resp.status(), axum::http::StatusCode::CONFLICT);
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body, json!({"code": "InsufficientCapacity", "message": NO_CAPACITY}));
+        }
+    }
+
     #[test]
     fn tenant_errors_pass_unchanged() {
         for e in [
