@@ -94,6 +94,14 @@ pub fn admin_document() -> Value {
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
         }
     }
+    // NAPI answers a provision from a network with no free address 507 SubnetFull (naming
+    // the network in `network_uuid`), as Triton does.
+    for path in ["/nics", "/networks/{uuid}/nics"] {
+        if let Some(op) = paths.get_mut(path).and_then(|ops| ops.get_mut("post")) {
+            op["responses"]["507"] = json!({"description": "SubnetFull: the network has no free address left",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+        }
+    }
     let mut doc = json!({
         "openapi": "3.0.3",
         "info": {"title": "Nereid operator APIs (PAPI, IMGAPI, NAPI, CNAPI, VMAPI)", "version": env!("CARGO_PKG_VERSION"),
