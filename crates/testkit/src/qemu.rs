@@ -105,6 +105,23 @@ impl Drop for Reaper {
         for pid in qemus_under(&self.dir) {
             let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
+        // The cgroups of the VMs left running (each VM directory lists its own), once their
+        // QEMUs are gone.
+        let cgroups: Vec<PathBuf> = [self.dir.join("qemu"), self.dir.join("agent/qemu")]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+            .flat_map(|vm| {
+                std::fs::read_to_string(vm.path().join("cgroup")).unwrap_or_default().lines().map(PathBuf::from).collect::<Vec<_>>()
+            })
+            .collect();
+        for dir in cgroups {
+            for _ in 0..50 {
+                if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 }
 
