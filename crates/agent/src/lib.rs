@@ -321,12 +321,13 @@ pub async fn start(mut cfg: Config) -> Result<Agent> {
     }
     let nodes = Arc::new(nodes);
     let router = api::router(api::ApiState { nodes: nodes.clone(), hwmon: PathBuf::from("/sys/class/hwmon") });
-    // Only headnodes' certificates from the pinned CA get through the handshake.
-    let listener = nereid_trust::MtlsListener::new(tcp, creds.api_tls()?)?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    // Timeouts and a connection limit on the agent API too (see nereid_serve).
+    // Timeouts and a connection limit on the agent API too (see nereid_serve); the TLS
+    // handshake gets the header read timeout.
     let _ = nereid_serve::raise_fd_limit();
     let limits = nereid_serve::Limits::from_env()?;
+    // Only headnodes' certificates from the pinned CA get through the handshake.
+    let listener = nereid_trust::MtlsListener::with_handshake_timeout(tcp, creds.api_tls()?, limits.header_read_timeout)?;
+    let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.await;

@@ -45,7 +45,8 @@ pub async fn bind(app: &Arc<App>, listen: SocketAddr, join_token: &str) -> Resul
     let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
     let host = if addr.is_ipv6() { format!("[{host}]") } else { host };
     Ok(Bound {
-        listener: nereid_trust::MtlsListener::new(tcp, config)?,
+        // The handshake is the first part of reading a request: it gets the header timeout.
+        listener: nereid_trust::MtlsListener::with_handshake_timeout(tcp, config, handshake_timeout())?,
         addr,
         url: format!("https://{host}:{}", addr.port()),
         join_token_full: nereid_trust::token::JoinToken::full(join_token, &fingerprint),
@@ -56,4 +57,10 @@ pub async fn bind(app: &Arc<App>, listen: SocketAddr, join_token: &str) -> Resul
 /// or a free port when the operator API takes one (port 0).
 pub fn default_listen(admin_listen: SocketAddr) -> SocketAddr {
     SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), if admin_listen.port() == 0 { 0 } else { 8081 })
+}
+
+/// The listeners' header read timeout (`NEREID_HEADER_READ_TIMEOUT`; the headnode checked
+/// the variable at start).
+fn handshake_timeout() -> std::time::Duration {
+    nereid_serve::Limits::from_env().map(|l| l.header_read_timeout).unwrap_or(nereid_serve::HEADER_READ_TIMEOUT)
 }
