@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/openapi.rs"]
+mod openapi;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use nereid_testkit::Options;
 use nereid_testkit::cloudapi::{Client as CloudClient, Key, Signing};
+use openapi::{inline_refs, segments_match, validate};
 use serde_json::{Value, json};
 
 /// One documented operation.
@@ -39,79 +42,6 @@ struct Checker {
     error_schema: Value,
     covered: Mutex<BTreeMap<String, usize>>,
     problems: Mutex<Vec<String>>,
-}
-
-/// A schema with its `#/components/...` references replaced by what they name.
-fn inline_refs(v: &Value, doc: &Value) -> Value {
-    match v {
-        Value::Object(m) => match m.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')) {
-            Some(pointer) => inline_refs(doc.pointer(pointer).unwrap_or_else(|| panic!("dangling $ref {pointer}")), doc),
-            None => Value::Object(m.iter().map(|(k, v)| (k.clone(), inline_refs(v, doc))).collect()),
-        },
-        Value::Array(a) => Value::Array(a.iter().map(|x| inline_refs(x, doc)).collect()),
-        other => other.clone(),
-    }
-}
-
-/// An OpenAPI 3.0 schema as JSON Schema draft 4: `nullable` becomes a `null` type.
-fn draft4(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => {
-            let mut out: serde_json::Map<String, Value> = m.iter().map(|(k, v)| (k.clone(), draft4(v))).collect();
-            if out.remove("nullable") == Some(Value::Bool(true)) {
-                if let Some(Value::String(t)) = out.get("type").cloned() {
-                    out.insert("type".into(), json!([t, "null"]));
-                }
-                if let Some(Value::Array(e)) = out.get_mut("enum") {
-                    e.push(Value::Null);
-                }
-            }
-            Value::Object(out)
-        }
-        Value::Array(a) => Value::Array(a.iter().map(draft4).collect()),
-        other => other.clone(),
-    }
-}
-
-fn validate(schema: &Value, instance: &Value) -> Result<(), String> {
-    let v = jsonschema::options()
-        .with_draft(jsonschema::Draft::Draft4)
-        .should_validate_formats(true)
-        .build(&draft4(schema))
-        .map_err(|e| format!("the schema does not compile: {e}"))?;
-    let errs: Vec<String> = v
-        .iter_errors(instance)
-        .map(|e| {
-            let text = e.to_string();
-            let short = if text.len() > 200 {
-                format!("{}…{}", &text[..text.floor_char_boundary(80)], &text[text.ceil_char_boundary(text.len() - 100)..])
-            } else {
-                text
-            };
-            format!("{short} at {}", e.instance_path())
-        })
-        .collect();
-    if errs.is_empty() { Ok(()) } else { Err(errs.join("; ")) }
-}
-
-fn segments_match(template: &str, path: &str) -> Option<usize> {
-    let (t, p): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
-    if t.len() != p.len() {
-        return None;
-    }
-    let mut literal = 0;
-    for (t, p) in t.iter().zip(&p) {
-        if t.starts_with('{') && t.ends_with('}') {
-            if p.is_empty() {
-                return None;
-            }
-        } else if t == p {
-            literal += 1;
-        } else {
-            return None;
-        }
-    }
-    Some(literal)
 }
 
 impl Checker {
