@@ -115,8 +115,10 @@ pub fn verdict(now: u64, in_flight: bool, idle_since: u64, head_started: u64, li
 }
 
 /// Connections closed at once when a full listener makes room: one scan of the table
-/// pays for this many newcomers.
-const EVICT_BATCH: usize = 64;
+/// pays for this many newcomers (64 at the default limit; 1 below 128 connections).
+fn evict_batch(max: usize) -> usize {
+    (max / 64).clamp(1, 64)
+}
 
 /// The `n` longest-idle connections that are not already being closed, among `conns`
 /// (key, idle since if idle, being closed).
@@ -159,7 +161,7 @@ impl Table {
     fn admit(&self, max: usize) -> Option<(u64, Arc<ConnState>)> {
         let mut t = self.lock();
         if t.conns.len() - t.evicting >= max {
-            let victims = longest_idle(t.conns.iter().map(|(k, c)| (*k, c.idle(), c.evicting.load(Ordering::Relaxed))), EVICT_BATCH);
+            let victims = longest_idle(t.conns.iter().map(|(k, c)| (*k, c.idle(), c.evicting.load(Ordering::Relaxed))), evict_batch(max));
             if victims.is_empty() && t.conns.len() >= max + max / 4 {
                 return None;
             }
