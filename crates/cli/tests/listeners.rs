@@ -691,3 +691,37 @@ async fn cloudapi_rate_limit_answers_429_with_retry_after() {
     let (answer, _, _) = exchange(&t, get(), Vec::new()).await;
     assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
 }
+
+/// Signed requests are limited per account: one account over its rate gets 429
+/// `RequestThrottled` with `Retry-After`, another account is not held back by it, and
+/// the first passes again after the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_account_has_its_own_request_rate() {
+    use nereid_testkit::cloudapi::{Client as Tenant, Key};
+    let mut options = nereid_testkit::Options::new(nereid_testkit::Backend::Sqlite).cloudapi_http();
+    options.cloudapi.as_mut().unwrap().rate_limit = nereid_headnode::cloudapi::ratelimit::RateLimit { per_second: 1.0, burst: 3 };
+    let cloud = nereid_testkit::Cloud::start_with(options).await.unwrap();
+    let url = cloud.headnode.cloudapi.as_ref().unwrap().url.clone();
+    let mut tenants = Vec::new();
+    for (login, seed) in [("alice", 1u8), ("bob", 2)] {
+        let key = Key::from_seed(seed);
+        let body = serde_json::json!({"login": login, "email": format!("{login}@example.com"), "keys": [{"key": key.openssh()}]});
+        cloud.client.post("/accounts", &body).await.unwrap();
+        tenants.push(Tenant::new(&url, login, key));
+    }
+    let (alice, bob) = (&tenants[0], &tenants[1]);
+    for _ in 0..3 {
+        let a = alice.get("/my").await.unwrap();
+        assert_eq!(a.status, 200, "{}", a.text);
+    }
+    let a = alice.get("/my").await.unwrap();
+    assert_eq!(a.status, 429, "{}", a.text);
+    assert_eq!(a.body["code"], "RequestThrottled", "{}", a.text);
+    assert!(a.body["message"].as_str().unwrap().starts_with("alice request rate exceeded"), "{}", a.text);
+    assert_eq!(a.headers["retry-after"], "1");
+    let b = bob.get("/my").await.unwrap();
+    assert_eq!(b.status, 200, "bob has his own bucket: {}", b.text);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let a = alice.get("/my").await.unwrap();
+    assert_eq!(a.status, 200, "after Retry-After: {}", a.text);
+}
