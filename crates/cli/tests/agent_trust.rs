@@ -4,6 +4,8 @@
 //! crosses the loopback between agent and headnode is TLS, never plaintext HTTP.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -104,8 +106,14 @@ async fn a_stolen_server_uuid_waits_for_approval_and_a_revoked_server_gets_nothi
     assert!(!impostor.is_finished(), "the impostor got nothing by itself");
     assert_eq!(trust(&cloud, &uuid).await["key_sha256"], real_pin.as_str());
 
-    // The operator approves: the waiting agent gets its certificate and the server is its.
-    let approved = cloud.client.post(&format!("/servers/{uuid}/approve"), &json!({})).await.unwrap();
+    // The operator sees the waiting join and approves it (the CLI): the waiting agent gets
+    // its certificate and the server is its.
+    let o = common::nereid_async(&cloud, &["admin", "--json", "server", "trust", &uuid]).await;
+    let shown: Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    assert_eq!(shown["pending_join"]["key_sha256"], pending["pending_join"]["key_sha256"], "{shown}");
+    let o = common::nereid_async(&cloud, &["admin", "--json", "server", "approve", &uuid]).await;
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let approved: Value = serde_json::from_str(&common::stdout(&o)).unwrap();
     assert_eq!(approved["state"], "active");
     let impostor: Agent = tokio::time::timeout(Duration::from_secs(20), impostor).await.expect("joined after approval").unwrap().unwrap();
     let new_pin = impostor.credentials.key().pin();
@@ -121,7 +129,9 @@ async fn a_stolen_server_uuid_waits_for_approval_and_a_revoked_server_gets_nothi
 
     // Revoked: the agent's calls are refused, the headnode calls it no more, and its
     // re-joins wait for approval whatever key they carry.
-    let revoked = cloud.client.post(&format!("/servers/{uuid}/revoke"), &json!({})).await.unwrap();
+    let o = common::nereid_async(&cloud, &["admin", "--json", "server", "revoke", &uuid]).await;
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let revoked: Value = serde_json::from_str(&common::stdout(&o)).unwrap();
     assert_eq!(revoked["state"], "revoked");
     let ca = impostor.credentials.ca().unwrap();
     let cert = impostor.credentials.cert(impostor.nodes[0].uuid).unwrap();
