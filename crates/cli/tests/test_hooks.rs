@@ -13,7 +13,7 @@ fn headnode_features(edges: &str) -> String {
         .args(["tree", "--locked", "-p", "nereid", "-e", edges, "--prefix", "none", "-f", "{p} {f}"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
-        .expect("running cargo tree");
+        .unwrap_or_else(|e| panic!("running cargo tree: {e}"));
     assert!(out.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     text.lines().find(|l| l.starts_with("nereid-headnode ")).unwrap_or_else(|| panic!("no nereid-headnode in:\n{text}")).to_string()
