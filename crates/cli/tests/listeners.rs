@@ -186,12 +186,16 @@ struct Target {
     /// The listener wants a client certificate this test cannot present: its answer to a
     /// fresh client is the TLS alert refusing it, not HTTP.
     refuses_us: bool,
+    /// Extra header lines for `/ping` (the operator API's needs the token).
+    ping_headers: String,
+    /// The status line `/ping` must get (when not refused).
+    ping_status: &'static str,
 }
 
 impl Target {
     /// Whether `status` (from [`Target::ping`]) is this listener answering.
     fn answered(&self, status: &str) -> bool {
-        status.starts_with("HTTP/1.1 ") || (self.refuses_us && status.contains("CertificateRequired"))
+        if self.refuses_us { status.contains("CertificateRequired") } else { status.starts_with(self.ping_status) }
     }
 
     /// A connection from source address 127.0.0.`src`.
@@ -211,7 +215,8 @@ impl Target {
         let t = Instant::now();
         let answer = tokio::time::timeout(Duration::from_secs(10), async {
             let mut c = self.connect(1).await?;
-            c.write_all(format!("GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", self.ping).as_bytes()).await?;
+            let request = format!("GET {} HTTP/1.1\r\nHost: localhost\r\n{}Connection: close\r\n\r\n", self.ping, self.ping_headers);
+            c.write_all(request.as_bytes()).await?;
             let mut out = Vec::new();
             // A TLS peer may end without close_notify once the answer is complete; a
             // refusal (a TLS alert) is the answer when nothing came before it.
@@ -532,7 +537,16 @@ async fn admin_listener_holds_up() {
         "POST /packages HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\":",
         up.token
     );
-    let t = Target { name: "admin", addr: up.admin, tls: None, ping: "/ping", stalled_body: body, refuses_us: false };
+    let t = Target {
+        name: "admin",
+        addr: up.admin,
+        tls: None,
+        ping: "/ping",
+        stalled_body: body,
+        refuses_us: false,
+        ping_headers: format!("Authorization: Bearer {}\r\n", up.token),
+        ping_status: "HTTP/1.1 200 ",
+    };
     hold_against(&up, t.clone()).await;
     // The stalled body got a 408 saying so, and the connection closed after it.
     let end = stalled_body(t, 2, Duration::from_secs(20)).await;
@@ -556,6 +570,8 @@ async fn cloudapi_listener_holds_up() {
         ping: "/--ping",
         stalled_body: stalled,
         refuses_us: false,
+        ping_headers: String::new(),
+        ping_status: "HTTP/1.1 200 ",
     };
     hold_against(&up, t).await;
 }
@@ -574,6 +590,8 @@ async fn agent_api_listener_holds_up() {
         ping: "/ping",
         stalled_body: stalled,
         refuses_us: true,
+        ping_headers: String::new(),
+        ping_status: "",
     };
     hold_against(&up, t).await;
 }
@@ -591,6 +609,9 @@ async fn headnode_agent_listener_holds_up() {
         ping: "/ping",
         stalled_body: stalled,
         refuses_us: false,
+        ping_headers: String::new(),
+        // It serves the agents' routes only: its answer to /ping is a JSON 404.
+        ping_status: "HTTP/1.1 404 ",
     };
     hold_against(&up, t).await;
 }
@@ -627,6 +648,8 @@ async fn oversize_cloudapi_bodies_get_413_and_a_clean_close() {
         ping: "/--ping",
         stalled_body: String::new(),
         refuses_us: false,
+        ping_headers: String::new(),
+        ping_status: "HTTP/1.1 200 ",
     };
     let big = 2 << 20;
     // A keep-alive client sends the whole body: it reads the 413 to a clean end, its
@@ -666,6 +689,8 @@ async fn cloudapi_rate_limit_answers_429_with_retry_after() {
         ping: "/--ping",
         stalled_body: String::new(),
         refuses_us: false,
+        ping_headers: String::new(),
+        ping_status: "HTTP/1.1 200 ",
     };
     let get = || "GET /my/machines HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_string();
     // Unauthenticated requests are limited per source address: the burst passes (to
