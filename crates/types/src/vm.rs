@@ -278,11 +278,14 @@ impl Vm {
         self.ram.or(self.max_physical_memory)
     }
 
-    /// Disk in MiB: the disks' sizes, else the quota.
+    /// Disk in MiB: the disks' sizes, else the quota. Saturating: a stored record's sizes
+    /// are not bounded (an old or hand-edited one), and an overflow must neither panic nor
+    /// wrap to a small size that placement would under-count (found by the vm_payload fuzz
+    /// target).
     pub fn disk_mib(&self) -> Option<u64> {
         match &self.disks {
-            Some(d) if !d.is_empty() => Some(d.iter().filter(|d| d.media != "cdrom").map(|d| d.size).sum()),
-            _ => self.quota.map(|q| q * 1024),
+            Some(d) if !d.is_empty() => Some(d.iter().filter(|d| d.media != "cdrom").fold(0u64, |t, d| t.saturating_add(d.size))),
+            _ => self.quota.map(|q| q.saturating_mul(1024)),
         }
     }
 
@@ -884,6 +887,13 @@ mod tests {
                 .unwrap();
         assert_eq!(vm.cap(), CapState::Uncapped);
         assert_eq!(vm.disk_mib(), Some(10240));
+        // Stored records are not bounded: sizes saturate instead of panicking or wrapping.
+        let huge: Vm = serde_json::from_value(json!({"uuid": Uuid::nil(), "quota": u64::MAX / 2})).unwrap();
+        assert_eq!(huge.disk_mib(), Some(u64::MAX));
+        let disks: Vm =
+            serde_json::from_value(json!({"uuid": Uuid::nil(), "disks": [{"size": u64::MAX, "model": "virtio"}, {"size": 2, "model": "virtio"}, {"size": 5, "model": "ide", "media": "cdrom"}]}))
+                .unwrap();
+        assert_eq!(disks.disk_mib(), Some(u64::MAX));
         vm.cpu_cap = Some(200);
         assert_eq!(vm.cap(), CapState::Capped(200));
         vm.state = Some("provisioning".into());
