@@ -95,15 +95,17 @@ async fn doctor_finds_and_repairs_the_ghost_a_vm_gone_behind_vmapis_back_and_orp
     cloud.headnode.app.agent_delete_and_wait(id(&server), id(&gone), Duration::from_secs(10)).await.unwrap();
     let mut lost = before.clone();
     lost["create_timestamp"] = json!("2020-01-01T00:00:00.000Z");
-    for _ in 0..50 {
-        // The agent's report may land after the delete answers: restore until it sticks.
+    // The agent's report of the delete lands after the delete answers (how long after
+    // depends on its push queue): wait for it, then put the record back as VMAPI had it
+    // before, so no later report can undo the loss.
+    for _ in 0..200 {
         let o = cloud.headnode.app.store.get("vms", &gone).await.unwrap().unwrap();
-        if o.value["state"] == "running" && o.value["create_timestamp"] == lost["create_timestamp"] {
+        if o.value["state"] == "destroyed" {
             break;
         }
-        cloud.headnode.app.store.put("vms", &gone, lost.clone(), Cond::Any).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    cloud.headnode.app.store.put("vms", &gone, lost.clone(), Cond::Any).await.unwrap();
     // A NIC of a VM that never existed (Triton's leftovers after a headnode move).
     let nic = cloud
         .client
