@@ -56,9 +56,9 @@ impl Env {
         let mut agent_args: Vec<String> = [
             "agent",
             "--headnode",
-            &cloud.headnode.admin_url,
+            &cloud.headnode.agent_url,
             "--join-token",
-            &cloud.headnode.join_token,
+            &cloud.headnode.join_token_full,
             "--data-dir",
             agent_dir.to_str().unwrap(),
             "--backend",
