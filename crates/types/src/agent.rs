@@ -162,9 +162,10 @@ pub struct Definition {
 }
 
 impl Definition {
-    /// Total disk the VM uses (MiB).
+    /// Total disk the VM uses (MiB); saturates rather than overflowing on sizes no real
+    /// disk has (a debug build would panic, a release one wrap to a small size).
     pub fn disk_mib(&self) -> u64 {
-        self.disks.iter().filter(|d| d.media != "cdrom").map(|d| d.size).sum()
+        self.disks.iter().filter(|d| d.media != "cdrom").fold(0u64, |a, d| a.saturating_add(d.size))
     }
 }
 

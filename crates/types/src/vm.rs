@@ -894,6 +894,10 @@ mod tests {
             serde_json::from_value(json!({"uuid": Uuid::nil(), "disks": [{"size": u64::MAX, "model": "virtio"}, {"size": 2, "model": "virtio"}, {"size": 5, "model": "ide", "media": "cdrom"}]}))
                 .unwrap();
         assert_eq!(disks.disk_mib(), Some(u64::MAX));
+        // The agent's definition of the same VM sums its disks the same way.
+        let mut big = disks.clone();
+        (big.owner_uuid, big.brand, big.ram) = (Some(Uuid::nil()), Some("bhyve".into()), Some(1024));
+        assert_eq!(big.definition().unwrap().disk_mib(), u64::MAX);
         vm.cpu_cap = Some(200);
         assert_eq!(vm.cap(), CapState::Capped(200));
         vm.state = Some("provisioning".into());
