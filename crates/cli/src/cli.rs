@@ -413,6 +413,8 @@ pub enum AccountVerb {
     Disable(IdArg),
     /// Enable a disabled account
     Enable(IdArg),
+    /// Set an account's password for the web console (asked twice on a terminal, else one line from standard input)
+    Passwd(PasswdArgs),
     /// An account's SSH keys
     Key {
         #[command(subcommand)]
@@ -437,9 +439,21 @@ pub struct AccountCreateArgs {
     /// Make it an operator account: it sees and acts on every account through CloudAPI
     #[arg(long)]
     pub operator: bool,
+    /// A file whose first line is the account's password for the web console (8 characters or more; "-" reads standard input)
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
     /// More fields: first_name=… last_name=… company_name=… phone=…
     #[arg(value_name = "FIELD=VALUE")]
     pub fields: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PasswdArgs {
+    /// Account UUID or login
+    pub account: String,
+    /// Read the password from the first line of this file ("-": standard input) instead of asking
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

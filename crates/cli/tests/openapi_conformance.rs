@@ -572,6 +572,7 @@ async fn every_documented_operation_answers_as_documented() {
     admin.ok(200, "GET", "/accounts", None).await;
     admin.ok(200, "GET", "/accounts/alice", None).await;
     admin.ok(200, "PUT", "/accounts/alice", Some(json!({"first_name": "Alice"}))).await;
+    admin.ok(204, "PUT", "/accounts/alice/password", Some(json!({"password": "a long passphrase"}))).await;
     admin.ok(201, "POST", "/accounts/alice/keys", Some(json!({"key": Key::from_seed(4).openssh(), "name": "second"}))).await;
     admin.ok(200, "GET", "/accounts/alice/keys", None).await;
     admin.ok(200, "GET", "/accounts/alice/keys/second", None).await;

@@ -68,12 +68,16 @@ pub const ACCOUNT_LOGINS: BucketDef = BucketDef { name: "account_logins", indexe
 pub const ACCOUNT_KEYS: BucketDef = BucketDef { name: "account_keys", indexes: &[text(&["account_uuid"]), text(&["name"])] };
 /// Key name claims (unique per account), keyed by `<account uuid>/<name>`.
 pub const ACCOUNT_KEY_NAMES: BucketDef = BucketDef { name: "account_key_names", indexes: &[] };
+/// Accounts' password hashes (argon2id, PHC strings), by account UUID: apart from the
+/// account record, so no rendering of an account can carry one.
+pub const ACCOUNT_PASSWORDS: BucketDef = BucketDef { name: "account_passwords", indexes: &[] };
 
 pub const ALL: &[BucketDef] = &[
     ACCOUNTS,
     ACCOUNT_LOGINS,
     ACCOUNT_KEYS,
     ACCOUNT_KEY_NAMES,
+    ACCOUNT_PASSWORDS,
     PACKAGES,
     IMAGES,
     NIC_TAGS,

@@ -194,6 +194,25 @@ pub fn check_key_name(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Longest password accepted (bytes): long passphrases fit, a request cannot make the
+/// headnode hash megabytes.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// A password: 8 or more characters (at most [`MAX_PASSWORD_BYTES`] bytes), not only
+/// spaces, no control characters. The message never repeats it.
+pub fn check_password(s: &str) -> Result<(), String> {
+    if s.chars().count() < 8 {
+        return Err("must be at least 8 characters".into());
+    }
+    if s.len() > MAX_PASSWORD_BYTES {
+        return Err(format!("must be at most {MAX_PASSWORD_BYTES} bytes"));
+    }
+    if s.trim().is_empty() || s.chars().any(char::is_control) {
+        return Err("must be printable characters, not only spaces".into());
+    }
+    Ok(())
+}
+
 /// The account as CloudAPI's GetAccount renders it: unset (or empty) contact fields are
 /// left out, as sdc-cloudapi leaves them out, so `triton account get` prints no `null`s.
 pub fn render_cloudapi(a: &Account) -> Value {
@@ -271,5 +290,17 @@ mod tests {
             assert!(FIELDS.iter().any(|x| x.name == stored_name(f)), "{f}");
             assert_eq!(cloudapi_name(stored_name(f)), *f);
         }
+    }
+
+    #[test]
+    fn passwords_are_long_enough_and_printable() {
+        assert!(check_password("correct horse").is_ok());
+        assert!(check_password("short").is_err());
+        assert!(check_password("        ").is_err());
+        assert!(check_password("tab\tinside!").is_err());
+        assert!(check_password(&"x".repeat(MAX_PASSWORD_BYTES + 1)).is_err());
+        // Eight characters, counted as characters, not bytes.
+        assert!(check_password("ééééééé").is_err() && check_password("éééééééé").is_ok());
+        assert!(!check_password("hunter1").unwrap_err().contains("hunter1"));
     }
 }

@@ -8,7 +8,7 @@ use nereid_client::{Client, enc};
 use serde_json::{Map, Value, json};
 
 use super::admin::body;
-use crate::cli::{AccountCreateArgs, AccountVerb, KeyVerb};
+use crate::cli::{AccountCreateArgs, AccountVerb, KeyVerb, PasswdArgs};
 use crate::output::{self, Column, text};
 
 const ACCOUNT_COLUMNS: &[Column] = &[
@@ -35,6 +35,50 @@ fn read_key(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading the public key {}", path.display()))
 }
 
+/// The first line of a password file ("-": standard input), without its line ending.
+fn read_password_file(path: &Path) -> Result<String> {
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("reading the password from standard input")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading the password file {}", path.display()))?
+    };
+    Ok(text.lines().next().unwrap_or_default().to_string())
+}
+
+/// Reads a line from the terminal without echoing it.
+fn prompt_hidden(prompt: &str) -> Result<String> {
+    use std::io::{BufRead, Write};
+    let stdin = std::io::stdin();
+    let saved = rustix::termios::tcgetattr(&stdin).context("reading the terminal's settings")?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &quiet)?;
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &saved);
+    eprintln!();
+    read.context("reading the password")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// The new password: from `--password-file`, asked twice on a terminal, else one line of
+/// standard input (for scripts: `echo "$PW" | nereid admin account passwd alice`).
+fn new_password(a: &PasswdArgs) -> Result<String> {
+    use std::io::IsTerminal;
+    if let Some(f) = &a.password_file {
+        return read_password_file(f);
+    }
+    if !std::io::stdin().is_terminal() {
+        return read_password_file(Path::new("-"));
+    }
+    let first = prompt_hidden(&format!("new password for {}: ", a.account))?;
+    let again = prompt_hidden("again: ")?;
+    anyhow::ensure!(first == again, "the two passwords differ; nothing was changed");
+    Ok(first)
+}
+
 fn create_body(a: &AccountCreateArgs) -> Result<Value> {
     let mut b: Map<String, Value> = body(nereid_types::account::FIELDS, None, &a.fields)?;
     b.insert("login".into(), json!(a.login));
@@ -48,6 +92,9 @@ fn create_body(a: &AccountCreateArgs) -> Result<Value> {
             k["name"] = json!(n);
         }
         b.insert("keys".into(), json!([k]));
+    }
+    if let Some(f) = &a.password_file {
+        b.insert("password".into(), json!(read_password_file(f)?));
     }
     Ok(Value::Object(b))
 }
@@ -96,6 +143,13 @@ pub async fn run(c: &Client, v: AccountVerb, json: bool) -> Result<()> {
                 output::object(&out, true);
             } else {
                 println!("account {} enabled", text(&out, "login"));
+            }
+        }
+        AccountVerb::Passwd(a) => {
+            let password = new_password(&a)?;
+            c.put(&format!("/accounts/{}/password", enc(&a.account)), &json!({"password": password})).await?;
+            if !json {
+                println!("password of {} set", a.account);
             }
         }
         AccountVerb::Key { verb: KeyVerb::Add { account, file, name } } => {

@@ -72,6 +72,7 @@ impl App {
     pub async fn create_account(&self, input: &Map<String, Value>) -> Result<(Account, Vec<AccountKey>), ApiError> {
         let mut input = input.clone();
         let keys_in = input.remove("keys");
+        let password_in = input.remove("password");
         let now = nereid_types::time::now_iso();
         let acct = account::check_create(&input, &now)?;
         let mut keys = Vec::new();
@@ -96,6 +97,20 @@ impl App {
             }
             Some(_) => errors.push(FieldError::invalid("keys", "must be an array of {\"name\"?, \"key\"} objects")),
         }
+        let password = match password_in {
+            None | Some(Value::Null) => None,
+            Some(Value::String(p)) => match account::check_password(&p) {
+                Ok(()) => Some(p),
+                Err(m) => {
+                    errors.push(FieldError::invalid("password", m));
+                    None
+                }
+            },
+            Some(_) => {
+                errors.push(FieldError::invalid("password", "must be a string"));
+                None
+            }
+        };
         if !errors.is_empty() {
             return Err(ApiError::validation_409(errors));
         }
@@ -107,6 +122,10 @@ impl App {
             Op::put(ACCOUNTS.name, acct.uuid.to_string(), encode(&acct), Cond::Absent),
         ];
         ops.extend(keys.iter().flat_map(key_ops));
+        if let Some(p) = password {
+            let id = acct.uuid;
+            ops.push(super::passwords::blocking(move || super::passwords::password_op(id, &p)).await??);
+        }
         match self.store.batch(ops).await {
             Ok(_) => Ok((acct, keys)),
             Err(e) if e.is_conflict() => {

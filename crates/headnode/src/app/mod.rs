@@ -28,6 +28,7 @@ pub mod networks;
 pub mod nic_tags;
 pub mod nics;
 pub mod packages;
+pub mod passwords;
 pub mod servers;
 pub mod snapshots;
 pub mod tenant_ips;

@@ -1,5 +1,6 @@
 //! Operator endpoints for accounts and their SSH keys (Triton keeps these in UFDS):
-//! `/accounts`, `/accounts/{account}`, `/accounts/{account}/keys[/{key}]`.
+//! `/accounts`, `/accounts/{account}`, `/accounts/{account}/password`,
+//! `/accounts/{account}/keys[/{key}]`.
 //!
 //! `{account}` is a UUID or a login; `{key}` a fingerprint (MD5 or `SHA256:`) or a name.
 
@@ -7,10 +8,10 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
-use nereid_types::ApiError;
 use nereid_types::account::{AccountKey, FIELDS};
 use nereid_types::query::{Param, QKind};
 use nereid_types::spec::{Field, Kind, Usage};
+use nereid_types::{ApiError, FieldError};
 use serde_json::{Value, json};
 
 use super::{Api, AppState, BodyDoc, Doc, HttpResult, RespDoc, Route, json, ok, parse_query, read_object};
@@ -30,11 +31,23 @@ pub const KEY_FIELDS: &[Field] = &[
     Field::new("created", Kind::Str { max: 40, check: None }, "When it was added.").read_only(),
 ];
 
+/// A password as a request carries it (never in an answer).
+fn password_property() -> Value {
+    json!({"type": "string", "minLength": 8, "maxLength": nereid_types::account::MAX_PASSWORD_BYTES, "writeOnly": true,
+        "description": "Password for the web console's sign-in (8 characters or more); stored only as an argon2id hash."})
+}
+
+/// SetAccountPassword's body.
+fn password_schema() -> Value {
+    json!({"type": "object", "required": ["password"], "properties": {"password": password_property()}})
+}
+
 /// CreateAccount's body: the account's fields plus `keys`.
 fn create_schema() -> Value {
     let mut schema = nereid_types::spec::object_schema(FIELDS, Usage::Create);
     schema["properties"]["keys"] = json!({"type": "array", "description": "SSH keys to add in the same write.",
         "items": nereid_types::spec::object_schema(&KEY_FIELDS[..2], Usage::Create)});
+    schema["properties"]["password"] = password_property();
     schema
 }
 
@@ -88,6 +101,18 @@ pub fn routes() -> Vec<Route> {
             update,
         ),
         Route::new(
+            Method::PUT,
+            "/accounts/{account}/password",
+            doc(
+                "SetAccountPassword",
+                "Set (or replace) the account's password for the web console; stored only as an argon2id hash.",
+                &[],
+                BodyDoc::Schema(password_schema),
+                RespDoc::Empty(204),
+            ),
+            set_password,
+        ),
+        Route::new(
             Method::GET,
             "/accounts/{account}/keys",
             doc("ListKeys", "List an account's SSH keys.", &[], BodyDoc::None, RespDoc::List(KEY_FIELDS)),
@@ -139,6 +164,17 @@ async fn get(State(s): State<AppState>, Path(id): Path<String>) -> HttpResult {
 async fn update(State(s): State<AppState>, Path(id): Path<String>, body: Body) -> HttpResult {
     let input = read_object(body).await?;
     ok(&s.app.update_account(&id, &input).await?)
+}
+
+async fn set_password(State(s): State<AppState>, Path(id): Path<String>, body: Body) -> HttpResult {
+    let input = read_object(body).await?;
+    let password = match input.get("password") {
+        Some(Value::String(p)) => p.clone(),
+        Some(_) => return Err(ApiError::validation_409(vec![FieldError::invalid("password", "must be a string")]).into()),
+        None => return Err(ApiError::validation_409(vec![FieldError::missing("password")]).into()),
+    };
+    s.app.set_account_password(&id, &password).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn list_keys(State(s): State<AppState>, Path(id): Path<String>) -> HttpResult {
