@@ -74,6 +74,9 @@ struct Rig {
     /// A VM on the simulated server.
     sim_vm: String,
     _reap: Reap,
+    /// Fields drop in order: the stand-in QEMU's cgroups go after it is killed, before the
+    /// directory that lists them.
+    _cgroups: nereid_testkit::qemu::VmCgroups,
     _dir: tempfile::TempDir,
 }
 
@@ -125,7 +128,8 @@ impl Rig {
         let [vm, sim_vm] = <[String; 2]>::try_from(vms).unwrap();
         let vm_dir = agent_dir.join("qemu").join(&vm);
         let reap = Reap { pidfile: vm_dir.join("qemu.pid"), vm: vm.clone() };
-        Rig { cloud, agent: Some(agent), vm, vm_dir, sim_vm, _reap: reap, _dir: dir }
+        let cgroups = nereid_testkit::qemu::VmCgroups(agent_dir.join("qemu"));
+        Rig { cloud, agent: Some(agent), vm, vm_dir, sim_vm, _reap: reap, _cgroups: cgroups, _dir: dir }
     }
 
     /// Plays QEMU's console chardev: the agent's console keeper connects to it.

@@ -893,6 +893,8 @@ exec sh -c 'i=0; while [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done' fake-qemu -
     };
     let (qemu, qemu_img) = (write("fake-qemu", FAKE_QEMU), write("fake-qemu-img", "#!/bin/sh\nexit 0\n"));
     let agent_dir = dir.path().join("cn");
+    // Declared before the agent, so it is dropped after it: the stand-in's cgroups go.
+    let _cgroups = nereid_testkit::qemu::VmCgroups(agent_dir.join("qemu"));
     let agent = nereid_agent::start(nereid_agent::Config {
         headnode_url: cloud.headnode.agent_url.clone(),
         join_token: cloud.headnode.join_token_full.clone(),

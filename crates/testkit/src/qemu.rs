@@ -105,22 +105,41 @@ impl Drop for Reaper {
         for pid in qemus_under(&self.dir) {
             let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
-        // The cgroups of the VMs left running (each VM directory lists its own), once their
-        // QEMUs are gone.
-        let cgroups: Vec<PathBuf> = [self.dir.join("qemu"), self.dir.join("agent/qemu")]
-            .iter()
-            .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
-            .flat_map(|vm| {
-                std::fs::read_to_string(vm.path().join("cgroup")).unwrap_or_default().lines().map(PathBuf::from).collect::<Vec<_>>()
-            })
-            .collect();
-        for dir in cgroups {
-            for _ in 0..50 {
-                if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+        // The cgroups of the VMs left running, once their QEMUs are gone.
+        for vms in [self.dir.join("qemu"), self.dir.join("agent/qemu")] {
+            drop(VmCgroups(vms));
+        }
+    }
+}
+
+/// Removes, when dropped, the cgroups of every VM directory under an agent's `qemu/`
+/// directory ([`remove_vm_cgroups`]): for tests that run the qemu backend with a stand-in
+/// QEMU and no [`Reaper`]. Declare it before the agent, so it is dropped after.
+pub struct VmCgroups(pub PathBuf);
+
+impl Drop for VmCgroups {
+    fn drop(&mut self) {
+        for vm in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            remove_vm_cgroups(&vm.path());
+        }
+    }
+}
+
+/// Removes the cgroups a VM directory lists (its `cgroup` file, one path per line),
+/// killing whatever still runs in them first: the agent removes a VM's cgroups when it
+/// destroys the VM, but a test that ends with VMs running (or a stand-in QEMU) must not
+/// leave them on the machine.
+pub fn remove_vm_cgroups(vm_dir: &Path) {
+    let listed = std::fs::read_to_string(vm_dir.join("cgroup")).unwrap_or_default();
+    for dir in listed.lines().filter(|l| !l.trim().is_empty()).map(PathBuf::from) {
+        for _ in 0..50 {
+            for pid in std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
+                let _ = std::process::Command::new("kill").args(["-9", pid.trim()]).status();
             }
+            if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
