@@ -17,24 +17,8 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use nereid_testkit::Options;
 use nereid_testkit::cloudapi::{Client as CloudClient, Key, Signing};
-use openapi::{inline_refs, segments_match, validate};
+use openapi::{Op, validate};
 use serde_json::{Value, json};
-
-/// One documented operation.
-#[derive(Debug, Clone)]
-struct Op {
-    api: &'static str,
-    id: String,
-    method: String,
-    template: String,
-    status: u16,
-    /// Media type and (for JSON) the schema of the success answer.
-    content: Option<(String, Option<Value>)>,
-    /// The schema of a JSON request body.
-    request: Option<Value>,
-    /// Other documented answers (e.g. CloudAPI's 410 with the deleted machine): status → schema.
-    others: BTreeMap<u16, Value>,
-}
 
 /// The documents' operations, the answers seen, and what was wrong with them.
 struct Checker {
@@ -46,42 +30,7 @@ struct Checker {
 
 impl Checker {
     fn new() -> Checker {
-        let mut ops = Vec::new();
-        let mut error_schema = Value::Null;
-        for (api, doc) in
-            [("admin", nereid_headnode::openapi::admin_document()), ("cloudapi", nereid_headnode::openapi::cloudapi_document())]
-        {
-            error_schema = doc["components"]["schemas"]["Error"].clone();
-            for (template, item) in doc["paths"].as_object().unwrap() {
-                for (method, op) in item.as_object().unwrap() {
-                    let responses = op["responses"].as_object().unwrap();
-                    // The first documented status is the usual answer (others, e.g. sync=true's 200, follow it).
-                    let (status, resp) = responses.iter().find(|(k, _)| *k != "default").unwrap();
-                    let others = responses
-                        .iter()
-                        .filter(|(k, _)| *k != "default" && *k != status)
-                        .map(|(k, r)| {
-                            let schema = r.pointer("/content/application~1json/schema").cloned().unwrap_or(Value::Null);
-                            (k.parse().unwrap(), inline_refs(&schema, &doc))
-                        })
-                        .collect();
-                    let content = resp.get("content").and_then(Value::as_object).map(|c| {
-                        let (media, m) = c.iter().next().unwrap();
-                        (media.clone(), if media == "application/json" { Some(inline_refs(&m["schema"], &doc)) } else { None })
-                    });
-                    ops.push(Op {
-                        api,
-                        id: op["operationId"].as_str().unwrap().to_string(),
-                        method: method.to_ascii_uppercase(),
-                        template: template.clone(),
-                        status: status.parse().unwrap(),
-                        content,
-                        request: op.pointer("/requestBody/content/application~1json/schema").map(|r| inline_refs(r, &doc)),
-                        others,
-                    });
-                }
-            }
-        }
+        let (ops, error_schema) = openapi::operations();
         Checker { ops, error_schema, covered: Mutex::new(BTreeMap::new()), problems: Mutex::new(Vec::new()) }
     }
 
@@ -91,12 +40,7 @@ impl Checker {
 
     /// The documented operation a request is.
     fn op(&self, api: &str, method: &str, path: &str) -> Option<&Op> {
-        self.ops
-            .iter()
-            .filter(|o| o.api == api && o.method == method)
-            .filter_map(|o| segments_match(&o.template, path).map(|n| (n, o)))
-            .max_by_key(|(n, _)| *n)
-            .map(|(_, o)| o)
+        openapi::find(&self.ops, api, method, path)
     }
 
     /// Checks a JSON request body the server took (answered with the documented status)
