@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{agent_port, free_port};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,22 +15,6 @@ use nereid_client::{Client, Target};
 use serde_json::{Value, json};
 
 const STEPS: &[&str] = &["reserve", "nics", "definition", "create", "wait", "finish"];
-
-/// A free port whose next port is free too (for the headnode's agent listener).
-fn free_port() -> u16 {
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// The agent listener's port of the headnode whose operator API is on `port`.
-fn agent_port(port: u16) -> u16 {
-    port + 1
-}
 
 fn headnode(data: &Path, port: u16, env: &[(&str, &str)]) -> Child {
     let mut c = Command::new(env!("CARGO_BIN_EXE_nereid"));

@@ -111,3 +111,19 @@ pub fn up_banner(stdout: impl std::io::Read) -> (String, Option<String>) {
     }
     (text, create)
 }
+
+/// A free port whose next port is free too (for the headnode's agent listener).
+pub fn free_port() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The agent listener's port of the headnode whose operator API is on `port`.
+pub fn agent_port(port: u16) -> u16 {
+    port + 1
+}
