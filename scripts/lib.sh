@@ -82,6 +82,40 @@ ensure_triton() {
     echo "$bin"
 }
 
+# The web console's browser libraries, from npm at pinned versions (never copied into the
+# repository): xterm.js for serial consoles, noVNC for graphical ones.
+WEB_ASSETS_PACKAGES=(@xterm/xterm@5.5.0 @xterm/addon-fit@0.10.0 @novnc/novnc@1.7.0)
+
+# ensure_web_assets: those packages in a fixed prefix, installed if missing; prints the
+# node_modules directory (what NEREID_WEB_ASSETS / --web-assets names) on the last line.
+ensure_web_assets() {
+    need node=nodejs npm=npm
+    local tag prefix lock=
+    tag=$(printf '%s\n' "${WEB_ASSETS_PACKAGES[@]}" | sha256sum | cut -c1-12)
+    prefix="${NEREID_CACHE:-$HOME/.cache/nereid}/web-assets-$tag"
+    local done="$prefix/.installed"
+    if [ ! -e "$done" ]; then
+        mkdir -p "$prefix"
+        exec {lock}>"$prefix/.install.lock"
+        if command -v flock >/dev/null; then flock "$lock"; fi
+    fi
+    if [ ! -e "$done" ]; then
+        log "installing ${WEB_ASSETS_PACKAGES[*]} (npm) into $prefix"
+        npm install --prefix "$prefix" --save-exact --no-audit --no-fund --no-update-notifier --loglevel=error "${WEB_ASSETS_PACKAGES[@]}" >&2 \
+            || die "npm install ${WEB_ASSETS_PACKAGES[*]} failed"
+        [ -f "$prefix/node_modules/@xterm/xterm/lib/xterm.js" ] && [ -f "$prefix/node_modules/@novnc/novnc/core/rfb.js" ] \
+            || die "the console's browser libraries are not where expected under $prefix/node_modules"
+        touch "$done"
+    fi
+    [ -z "$lock" ] || exec {lock}>&-
+    echo "$prefix/node_modules"
+}
+
+# ensure_chromium: Debian's headless Chromium and its WebDriver, for the console's browser tests.
+ensure_chromium() {
+    need chromium=chromium chromedriver=chromium-driver
+}
+
 # NEXTEST_VERSION: the cargo-nextest release scripts/test runs the suite with (its
 # `.config/nextest.toml` is what boots QEMU guests one at a time).
 NEXTEST_VERSION=0.9.143

@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run a whole cloud on this machine: a headnode plus a local agent, seeded on first start.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Run a headnode: Triton's operator APIs (PAPI, IMGAPI, NAPI, CNAPI, VMAPI) over the store.
     Headnode(HeadnodeArgs),
     /// Run a compute node's agent (joins a headnode, runs VMs).
@@ -64,6 +64,8 @@ pub struct HeadnodeArgs {
     #[command(flatten)]
     pub cloudapi: CloudApiArgs,
     #[command(flatten)]
+    pub web: WebArgs,
+    #[command(flatten)]
     pub tuning: Tuning,
 }
 
@@ -97,6 +99,43 @@ pub struct CloudApiArgs {
     /// CloudAPI requests an account may send at once after a quiet spell
     #[arg(long, value_name = "N", default_value_t = nereid_headnode::cloudapi::ratelimit::BURST, value_parser = clap::value_parser!(u32).range(1..))]
     pub cloudapi_rate_burst: u32,
+}
+
+/// The web console (operators and tenants in a browser).
+#[derive(Args, Debug, Clone)]
+pub struct WebArgs {
+    /// Address of the web console (port 0 picks a free port); it uses CloudAPI's certificate (--cloudapi-cert) or the self-signed one [default: 127.0.0.1:8090, or a free port when --admin-listen has port 0]
+    #[arg(long, value_name = "ADDR")]
+    pub web_listen: Option<SocketAddr>,
+    /// Serve the web console over plain HTTP instead of HTTPS (for loopback only: passwords and session cookies travel unencrypted)
+    #[arg(long)]
+    pub web_http: bool,
+    /// Where the console's browser libraries (xterm.js, noVNC) are: a node_modules directory, as scripts/up installs them [default: $NEREID_WEB_ASSETS]
+    #[arg(long, value_name = "DIR")]
+    pub web_assets: Option<PathBuf>,
+    /// Minutes a console session lasts without use
+    #[arg(long, value_name = "MIN", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub web_session_idle: u64,
+    /// Do not serve the web console
+    #[arg(long, conflicts_with_all = ["web_http", "web_assets"])]
+    pub no_web: bool,
+}
+
+impl WebArgs {
+    /// The headnode's web console settings.
+    pub fn config(&self, admin_listen: SocketAddr) -> Option<nereid_headnode::web::WebConfig> {
+        if self.no_web {
+            return None;
+        }
+        let mut c =
+            nereid_headnode::web::WebConfig::new(self.web_listen.unwrap_or_else(|| nereid_headnode::web::default_listen(admin_listen)));
+        c.http = self.web_http;
+        if let Some(d) = &self.web_assets {
+            c.assets = Some(d.clone());
+        }
+        c.session_idle = std::time::Duration::from_secs(self.web_session_idle * 60);
+        Some(c)
+    }
 }
 
 /// A request rate: a positive number.
@@ -271,6 +310,8 @@ pub struct UpArgs {
     pub triton_profile: Option<PathBuf>,
     #[command(flatten)]
     pub cloudapi: CloudApiArgs,
+    #[command(flatten)]
+    pub web: WebArgs,
     #[command(flatten)]
     pub tuning: Tuning,
 }

@@ -72,12 +72,17 @@ pub const ACCOUNT_KEY_NAMES: BucketDef = BucketDef { name: "account_key_names", 
 /// account record, so no rendering of an account can carry one.
 pub const ACCOUNT_PASSWORDS: BucketDef = BucketDef { name: "account_passwords", indexes: &[] };
 
+/// The web console's sessions, by the SHA-256 of their cookie token (the token itself is
+/// never stored): account, CSRF token, times.
+pub const WEB_SESSIONS: BucketDef = BucketDef { name: "web_sessions", indexes: &[] };
+
 pub const ALL: &[BucketDef] = &[
     ACCOUNTS,
     ACCOUNT_LOGINS,
     ACCOUNT_KEYS,
     ACCOUNT_KEY_NAMES,
     ACCOUNT_PASSWORDS,
+    WEB_SESSIONS,
     PACKAGES,
     IMAGES,
     NIC_TAGS,

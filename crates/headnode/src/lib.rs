@@ -14,7 +14,8 @@
 //! everything lives in the store, so restarting it (or running several on one
 //! PostgreSQL) loses nothing. A new endpoint is a [`http::Route`] in its resource's
 //! `http/` file (which also documents it in the OpenAPI document) calling a function
-//! in the matching `app/` file.
+//! in the matching `app/` file. The web console ([`web`]) is a browser's view of both APIs:
+//! its pages call them in process.
 
 pub mod agent_listener;
 pub mod app;
@@ -29,5 +30,6 @@ pub mod openapi;
 pub mod pki;
 pub mod reconcile;
 pub mod server;
+pub mod web;
 
 pub use server::{Config, Running, start};

@@ -27,6 +27,8 @@ pub struct Config {
     pub app: AppConfig,
     /// The tenants' API; `None` serves none.
     pub cloudapi: Option<CloudApiConfig>,
+    /// The web console; `None` serves none.
+    pub web: Option<crate::web::WebConfig>,
 }
 
 /// How CloudAPI is served.
@@ -67,7 +69,7 @@ impl Config {
     /// A config with default knobs and no CloudAPI.
     pub fn new(data_dir: PathBuf, store_url: Option<String>, admin_listen: SocketAddr) -> Self {
         let agent_listen = crate::agent_listener::default_listen(admin_listen);
-        Config { data_dir, store_url, admin_listen, agent_listen, app: AppConfig::default(), cloudapi: None }
+        Config { data_dir, store_url, admin_listen, agent_listen, app: AppConfig::default(), cloudapi: None, web: None }
     }
 }
 
@@ -97,8 +99,11 @@ pub struct Running {
     pub join_token_full: String,
     pub app: Arc<App>,
     pub cloudapi: Option<CloudApiRunning>,
+    /// The web console's address and URL (`fingerprint`, `cert_path` as CloudAPI's).
+    pub web: Option<CloudApiRunning>,
     server: JoinHandle<std::io::Result<()>>,
     cloud_server: Option<JoinHandle<std::io::Result<()>>>,
+    web_server: Option<JoinHandle<std::io::Result<()>>>,
     agent_server: JoinHandle<std::io::Result<()>>,
     runner: JoinHandle<()>,
     reconciler: Option<JoinHandle<()>>,
@@ -147,6 +152,29 @@ pub async fn start(cfg: Config) -> Result<Running> {
             (Some(listener), info, Some(running))
         }
     };
+    let (web_listener, web) = match &cfg.web {
+        None => (None, None),
+        Some(w) => {
+            // The same certificate setup as CloudAPI: its files if it was given some.
+            let (cert, key) = match (&w.cert, &w.key, &cfg.cloudapi) {
+                (Some(c), Some(k), _) => (Some(c.clone()), Some(k.clone())),
+                (_, _, Some(c)) => (c.cert.clone(), c.key.clone()),
+                _ => (None, None),
+            };
+            let (l, r) = bind_tls_or_http(
+                &cfg.data_dir,
+                w.listen,
+                w.http,
+                cert.as_deref(),
+                key.as_deref(),
+                None,
+                "web console",
+                limits.header_read_timeout,
+            )
+            .await?;
+            (Some(l), Some(r))
+        }
+    };
     let state = AppState {
         app: app.clone(),
         token: Arc::from(token.as_str()),
@@ -179,6 +207,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
             nereid_serve::serve(l, agent_router, limits, shutdown).await
         })
     };
+    let state_for_web = state.clone();
     let cloud_server = cloud_listener.map(|l| {
         let limiter =
             Arc::new(crate::cloudapi::ratelimit::RateLimiter::new(cfg.cloudapi.as_ref().map(|c| c.rate_limit).unwrap_or_default()));
@@ -196,6 +225,25 @@ pub async fn start(cfg: Config) -> Result<Running> {
             }
         })
     });
+    let web_server = match (web_listener, &cfg.web) {
+        (Some(l), Some(w)) => {
+            let web_router = crate::web::router(crate::web::Web::new(state_for_web, w.clone()));
+            let mut stopped = stop.subscribe();
+            Some(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stopped.recv().await;
+                };
+                match l {
+                    CloudListener::Http(l) => {
+                        nereid_serve::serve(nereid_serve::Tcp::new(l, "web console"), web_router, limits, shutdown).await
+                    }
+                    CloudListener::Https(l) => nereid_serve::serve(l, web_router, limits, shutdown).await,
+                }
+            }))
+        }
+        _ => None,
+    };
+    tracing::info!(web = web.as_ref().map(|w| w.url.as_str()), "web console");
     tracing::info!(%admin_url, %agent_url, cloudapi = cloudapi.as_ref().map(|c| c.url.as_str()), store = app.store.backend(), "headnode started");
     Ok(Running {
         admin_addr,
@@ -207,8 +255,10 @@ pub async fn start(cfg: Config) -> Result<Running> {
         join_token_full,
         app,
         cloudapi,
+        web,
         server,
         cloud_server,
+        web_server,
         agent_server,
         runner,
         reconciler,
@@ -238,6 +288,9 @@ impl Running {
         if let Some(c) = &mut self.cloud_server {
             c.await??;
         }
+        if let Some(w) = &mut self.web_server {
+            w.await??;
+        }
         self.app.store.close().await;
         self.lock = None;
         Ok(())
@@ -256,32 +309,49 @@ enum CloudListener {
 }
 
 /// Binds CloudAPI's listener (generating the self-signed certificate at first start).
-///
-/// A TLS handshake gets the header read timeout: it is the first part of reading a request.
 async fn bind_cloudapi(
     data_dir: &std::path::Path,
     c: &CloudApiConfig,
     handshake_timeout: std::time::Duration,
 ) -> Result<(CloudListener, CloudApiRunning)> {
-    let tcp = nereid_serve::bind(c.listen).with_context(|| format!("CloudAPI: listening on {}", c.listen))?;
+    bind_tls_or_http(data_dir, c.listen, c.http, c.cert.as_deref(), c.key.as_deref(), c.public_url.clone(), "CloudAPI", handshake_timeout)
+        .await
+}
+
+/// Binds a listener that serves HTTPS (the operator's certificate, or the self-signed one
+/// in the data directory) or, with `http`, plain HTTP: CloudAPI's and the web console's.
+///
+/// A TLS handshake gets the header read timeout: it is the first part of reading a request.
+#[allow(clippy::too_many_arguments)]
+async fn bind_tls_or_http(
+    data_dir: &std::path::Path,
+    listen: SocketAddr,
+    http: bool,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+    public_url: Option<String>,
+    what: &str,
+    handshake_timeout: std::time::Duration,
+) -> Result<(CloudListener, CloudApiRunning)> {
+    let tcp = nereid_serve::bind(listen).with_context(|| format!("{what}: listening on {listen}"))?;
     let addr = tcp.local_addr()?;
     if !addr.ip().is_loopback() {
-        tracing::info!(%addr, "CloudAPI listens beyond loopback (every request must carry a valid HTTP Signature)");
-        if c.http {
-            tracing::warn!(%addr, "CloudAPI serves plain HTTP beyond loopback: requests and answers travel unencrypted");
+        tracing::info!(%addr, "{what} listens beyond loopback");
+        if http {
+            tracing::warn!(%addr, "{what} serves plain HTTP beyond loopback: requests and answers travel unencrypted");
         }
     }
     let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
     let host = if addr.is_ipv6() { format!("[{host}]") } else { host };
-    if c.http {
-        let url = c.public_url.clone().unwrap_or_else(|| format!("http://{host}:{}", addr.port()));
+    if http {
+        let url = public_url.unwrap_or_else(|| format!("http://{host}:{}", addr.port()));
         return Ok((CloudListener::Http(tcp), CloudApiRunning { addr, url, cert_fingerprint: None, cert_path: None }));
     }
     let names = vec![addr.ip().to_string()];
-    let files = crate::cloudapi::tls::ensure_certificate(data_dir, c.cert.as_deref(), c.key.as_deref(), &names)?;
+    let files = crate::cloudapi::tls::ensure_certificate(data_dir, cert, key, &names)?;
     let config = crate::cloudapi::tls::server_config(&files)?;
     let fingerprint = crate::cloudapi::tls::fingerprint(&files)?;
-    let url = c.public_url.clone().unwrap_or_else(|| format!("https://{host}:{}", addr.port()));
+    let url = public_url.unwrap_or_else(|| format!("https://{host}:{}", addr.port()));
     Ok((
         CloudListener::Https(crate::cloudapi::tls::TlsListener::with_handshake_timeout(tcp, config, handshake_timeout)),
         CloudApiRunning { addr, url, cert_fingerprint: Some(fingerprint), cert_path: Some(files.cert.clone()) },

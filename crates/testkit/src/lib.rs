@@ -26,6 +26,8 @@ pub mod cloudapi;
 pub mod netns;
 pub mod qemu;
 pub mod triton;
+pub mod web;
+pub mod webdriver;
 
 /// Which store a test cloud uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +64,8 @@ pub struct Options {
     pub store_url: Option<String>,
     /// Serve CloudAPI (see [`Options::cloudapi_http`]); none by default.
     pub cloudapi: Option<nereid_headnode::server::CloudApiConfig>,
+    /// Serve the web console (see [`Options::web_https`]); none by default.
+    pub web: Option<nereid_headnode::web::WebConfig>,
 }
 
 impl Options {
@@ -88,7 +92,24 @@ impl Options {
             },
             store_url: None,
             cloudapi: None,
+            web: None,
         }
+    }
+
+    /// The web console over HTTPS (self-signed, as `nereid up` serves it) on a free
+    /// loopback port, with the browser libraries `scripts/test` installs
+    /// (`$NEREID_WEB_ASSETS`).
+    pub fn web_https(mut self) -> Self {
+        self.web = Some(nereid_headnode::web::WebConfig::new(([127, 0, 0, 1], 0).into()));
+        self
+    }
+
+    /// The web console over plain HTTP on a free loopback port.
+    pub fn web_http(mut self) -> Self {
+        let mut w = nereid_headnode::web::WebConfig::new(([127, 0, 0, 1], 0).into());
+        w.http = true;
+        self.web = Some(w);
+        self
     }
 
     /// CloudAPI over plain HTTP on a free loopback port.
@@ -155,6 +176,7 @@ impl Cloud {
         let mut cfg = Config::new(data_dir.clone(), Some(store_url.clone()), "127.0.0.1:0".parse()?);
         cfg.app = o.app.clone();
         cfg.cloudapi = o.cloudapi.clone();
+        cfg.web = o.web.clone();
         let headnode = nereid_headnode::start(cfg.clone()).await?;
         let client = Client::new(Target { url: headnode.admin_url.clone(), token: headnode.token.clone(), source: "testkit".into() });
         let mut cloud = Cloud { headnode, client, store_url, data_dir, agent: None, cfg, _dir: dir };
@@ -173,6 +195,9 @@ impl Cloud {
         let mut cfg = self.cfg.clone();
         cfg.admin_listen = self.headnode.admin_addr;
         cfg.agent_listen = self.headnode.agent_addr;
+        if let (Some(w), Some(running)) = (cfg.web.as_mut(), self.headnode.web.as_ref()) {
+            w.listen = running.addr;
+        }
         self.headnode = nereid_headnode::start(cfg).await?;
         Ok(())
     }

@@ -14,6 +14,7 @@ pub async fn run(a: HeadnodeArgs) -> Result<()> {
     a.tuning.apply(&mut cfg.app);
     cfg.app.images_dir = a.images_dir;
     cfg.cloudapi = a.cloudapi.config();
+    cfg.web = a.web.config(cfg.admin_listen);
     let store = nereid_headnode::server::redact(&nereid_headnode::server::store_url(&cfg));
     let running = start(cfg).await?;
     let abs = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
@@ -26,6 +27,10 @@ pub async fn run(a: HeadnodeArgs) -> Result<()> {
     println!("    nereid agent --headnode {} --join-token {}", running.agent_url, running.join_token_full);
     if let Some(c) = &running.cloudapi {
         println!("  CloudAPI        {}{}", c.url, super::up::cert_note(c));
+    }
+    if let Some(w) = &running.web {
+        println!("  web console     {}{}", w.url, super::up::cert_note(w));
+        println!("    sign in with an account's password: nereid admin --data-dir {} account passwd LOGIN", abs.display());
     }
     println!("  endpoints       {}", abs.join("endpoints.json").display());
     println!("Try: nereid admin --data-dir {} package list", abs.display());

@@ -15,7 +15,7 @@ use crate::cli::{Cli, Cmd};
 
 pub async fn run(args: Cli) -> Result<()> {
     match args.cmd {
-        Cmd::Up(a) => up::run(a).await,
+        Cmd::Up(a) => up::run(*a).await,
         Cmd::Headnode(a) => headnode::run(a).await,
         Cmd::Agent(a) => agent::run(a).await,
         Cmd::Admin(a) => admin::run(a).await,

@@ -158,6 +158,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
     }
     a.tuning.apply(&mut cfg.app);
     cfg.cloudapi = a.cloudapi.config();
+    cfg.web = a.web.config(cfg.admin_listen);
     let running = start(cfg).await?;
     let operator = super::operator::ensure(&running.app, a.triton_profile.as_deref()).await.context("the operator account")?;
     let sim = a.backend == BackendArg::Sim;
@@ -248,6 +249,10 @@ pub async fn run(a: UpArgs) -> Result<()> {
     if let Some(c) = &running.cloudapi {
         println!("  CloudAPI      {}{}", c.url, cert_note(c));
         triton_hints(c, operator.as_ref(), a.triton_profile.is_some(), &ddq)?;
+    }
+    if let Some(w) = &running.web {
+        println!("  web console   {}{}", w.url, cert_note(w));
+        println!("                sign in with an account's password: nereid admin --data-dir {ddq} account passwd LOGIN");
     }
     if let Some(s) = &seeded {
         println!(
