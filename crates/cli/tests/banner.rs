@@ -122,6 +122,8 @@ fn after_scripts_up_installs_nereid_the_banner_commands_run_as_printed() {
     let create = cmds.iter().find(|c| c.contains(" vm create ")).unwrap_or_else(|| panic!("no vm create in:\n{banner}"));
     assert!(cmds.iter().any(|c| c.ends_with(" vm list")), "{banner}");
     assert!(cmds.iter().any(|c| c.contains(" account key add ")), "{banner}");
+    assert!(banner.contains("web console   https://127.0.0.1:"), "the banner names the web console's URL:\n{banner}");
+    assert!(cmds.iter().any(|c| c.ends_with(" account passwd admin")), "{banner}");
     assert!(cmds.iter().all(|c| c.contains(" --data-dir ")), "a command that only runs from one directory: {cmds:?}");
 
     // A new shell, in another directory.
@@ -137,6 +139,8 @@ fn after_scripts_up_installs_nereid_the_banner_commands_run_as_printed() {
         let cmd = cmd.replace("<vm uuid>", &vm).replace("<uuid>", &vm);
         // The console is interactive: ask for its help instead of attaching.
         let cmd = if cmd.contains(" vm console ") { format!("{cmd} --help") } else { cmd };
+        // A password from stdin (no terminal here), as a script would give it.
+        let cmd = if cmd.contains(" account passwd ") { format!("echo 'banner password 1' | {cmd}") } else { cmd };
         let out = shell(&cmd, &path, home, elsewhere.path());
         assert!(out.status.success(), "{cmd}\n{}", text(&out));
         ran += 1;

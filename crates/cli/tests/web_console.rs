@@ -30,3 +30,102 @@ async fn an_operator_signs_in_sees_the_dashboard_and_signs_out() {
     b.screenshot("03-signed-out").await.unwrap();
     assert!(u.contains("/login"), "signed out: back to the sign-in form, not {u}");
 }
+
+fn set_cookie(r: &reqwest::Response) -> Option<String> {
+    r.headers().get("set-cookie").and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+fn location(r: &reqwest::Response) -> String {
+    r.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+/// Sessions: a Secure, HttpOnly, SameSite=Strict `__Host-` cookie under TLS; the store keeps
+/// only the token's hash; a session outlives a headnode restart; sign-out needs the CSRF
+/// token and ends it; a disabled account's session ends at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_strict_cookies_kept_hashed_that_survive_restarts_and_end_at_sign_out() {
+    use nereid_testkit::web::{csrf_token, http_client, post_login};
+    let mut cloud = Cloud::start_with(Options::new(Backend::Sqlite).web_https()).await.unwrap();
+    let acct = cloud.web_account("opal", true).await.unwrap();
+    let base = cloud.web_url().unwrap();
+    let http = http_client(&cloud).unwrap();
+
+    let wrong = post_login(&http, &base, "opal", "not the password").await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(set_cookie(&wrong), None);
+    let unknown = post_login(&http, &base, "nobody", PASSWORD).await.unwrap();
+    assert_eq!(unknown.status(), 401, "an unknown login reads like a wrong password");
+    assert!(unknown.text().await.unwrap().contains("Wrong login or password"));
+
+    let ok = post_login(&http, &base, "opal", PASSWORD).await.unwrap();
+    assert_eq!(ok.status(), 303);
+    assert_eq!(location(&ok), "/");
+    let sc = set_cookie(&ok).unwrap();
+    for attr in ["__Host-nereid_session=", "; Path=/", "; HttpOnly", "; SameSite=Strict", "; Secure", "; Max-Age="] {
+        assert!(sc.contains(attr), "{attr} missing from {sc}");
+    }
+    let cookie = sc.split(';').next().unwrap().to_string();
+    let token = cookie.split_once('=').unwrap().1.to_string();
+    let stored = cloud.headnode.app.store.list("web_sessions", &nereid_store::ListQuery::all()).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(!stored[0].key.contains(&token) && !stored[0].value.to_string().contains(&token), "the store keeps only the token's hash");
+
+    let home = http.get(format!("{base}/")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!((home.status().as_u16(), location(&home)), (303, "/dashboard".to_string()));
+    let anon = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!((anon.status().as_u16(), location(&anon)), (303, "/login?next=%2F".to_string()));
+
+    // A restart keeps the session (it lives in the store).
+    cloud.restart_headnode().await.unwrap();
+    let base = cloud.web_url().unwrap();
+    let http = http_client(&cloud).unwrap();
+    let home = http.get(format!("{base}/")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(location(&home), "/dashboard", "still signed in after a restart");
+
+    // Sign-out without the token is refused and changes nothing; with it, the session ends.
+    let refused = http.post(format!("{base}/logout")).header("cookie", &cookie).form(&[("x", "1")]).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let csrf = csrf_token(&http, &base, &cookie).await.unwrap();
+    let still = http.get(format!("{base}/")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(location(&still), "/dashboard");
+    let out = http.post(format!("{base}/logout")).header("cookie", &cookie).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    assert_eq!((out.status().as_u16(), location(&out)), (303, "/login".to_string()));
+    assert!(set_cookie(&out).unwrap().contains("Max-Age=0"), "sign-out clears the cookie");
+    let after = http.get(format!("{base}/")).header("cookie", &cookie).send().await.unwrap();
+    assert!(location(&after).starts_with("/login"), "the old cookie no longer signs in");
+    assert!(cloud.headnode.app.store.list("web_sessions", &nereid_store::ListQuery::all()).await.unwrap().is_empty());
+
+    // Disabling the account ends its sessions at once.
+    let cookie = nereid_testkit::web::sign_in_cookie(&http, &base, "opal", PASSWORD).await.unwrap();
+    let uuid = acct["uuid"].as_str().unwrap();
+    cloud.client.put(&format!("/accounts/{uuid}"), &serde_json::json!({"disabled": true})).await.unwrap();
+    let after = http.get(format!("{base}/")).header("cookie", &cookie).send().await.unwrap();
+    assert!(location(&after).starts_with("/login"), "a disabled account is signed out");
+    assert_eq!(post_login(&http, &base, "opal", PASSWORD).await.unwrap().status(), 401, "and cannot sign in");
+}
+
+/// Over plain HTTP (`--web-http`, for loopback) the cookie cannot be `Secure`, and is not
+/// `__Host-` prefixed; an idle session ends after its idle time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_cookies_and_idle_sessions_expire() {
+    use nereid_testkit::web::{http_client, post_login};
+    let mut o = Options::new(Backend::Sqlite).web_http();
+    if let Some(w) = o.web.as_mut() {
+        w.session_idle = Duration::from_secs(1);
+    }
+    let cloud = Cloud::start_with(o).await.unwrap();
+    cloud.web_account("tess", false).await.unwrap();
+    let base = cloud.web_url().unwrap();
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    let http = http_client(&cloud).unwrap();
+    let ok = post_login(&http, &base, "tess", PASSWORD).await.unwrap();
+    let sc = set_cookie(&ok).unwrap();
+    assert!(sc.starts_with("nereid_session=") && sc.contains("HttpOnly") && sc.contains("SameSite=Strict"), "{sc}");
+    assert!(!sc.contains("Secure"), "{sc}");
+    let cookie = sc.split(';').next().unwrap().to_string();
+    let home = http.get(format!("{base}/")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(location(&home), "/machines", "a tenant lands on their machines");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let later = http.get(format!("{base}/")).header("cookie", &cookie).send().await.unwrap();
+    assert!(location(&later).starts_with("/login"), "idle for longer than its idle time: signed out");
+}

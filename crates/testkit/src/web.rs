@@ -22,3 +22,51 @@ impl Cloud {
         Ok(a)
     }
 }
+
+/// An HTTP client for the console without a browser: trusts its certificate, follows no
+/// redirects (tests look at them), keeps no cookies (tests pass them).
+pub fn http_client(cloud: &Cloud) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(std::time::Duration::from_secs(60));
+    if let Some(cert) = cloud.headnode.web.as_ref().and_then(|w| w.cert_path.as_ref()) {
+        let pem = std::fs::read(cert)?;
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+    }
+    Ok(b.build()?)
+}
+
+/// Signs in with the `/login` form; the answer (a 303 with the session cookie on success).
+pub async fn post_login(http: &reqwest::Client, base: &str, login: &str, password: &str) -> Result<reqwest::Response> {
+    let form = [("login", login), ("password", password), ("next", "/")];
+    Ok(http.post(format!("{base}/login")).form(&form).send().await?)
+}
+
+/// Signs in; the `Cookie` header value that carries the session.
+pub async fn sign_in_cookie(http: &reqwest::Client, base: &str, login: &str, password: &str) -> Result<String> {
+    let r = post_login(http, base, login, password).await?;
+    let set = r
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| anyhow!("sign-in as {login} answered {} without a cookie", r.status()))?;
+    Ok(set.split(';').next().unwrap_or_default().to_string())
+}
+
+/// The CSRF token a signed-in page carries (its `csrf-token` meta tag).
+pub async fn csrf_token(http: &reqwest::Client, base: &str, cookie: &str) -> Result<String> {
+    let html = http.get(format!("{base}/login?next=/")).header("cookie", cookie).send().await?;
+    // /login redirects a signed-in session onwards: read the page it goes to.
+    let next = html.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("/").to_string();
+    let mut url = format!("{base}{next}");
+    for _ in 0..5 {
+        let r = http.get(&url).header("cookie", cookie).send().await?;
+        if let Some(loc) = r.headers().get("location").and_then(|v| v.to_str().ok()) {
+            url = format!("{base}{loc}");
+            continue;
+        }
+        let body = r.text().await?;
+        let start = body.find("name=\"csrf-token\" content=\"").context("no csrf-token meta tag on the page")? + 27;
+        let end = body[start..].find('"').context("unterminated csrf-token")?;
+        return Ok(body[start..start + end].to_string());
+    }
+    Err(anyhow!("too many redirects looking for a page"))
+}

@@ -252,7 +252,8 @@ pub async fn run(a: UpArgs) -> Result<()> {
     }
     if let Some(w) = &running.web {
         println!("  web console   {}{}", w.url, cert_note(w));
-        println!("                sign in with an account's password: nereid admin --data-dir {ddq} account passwd LOGIN");
+        let login = operator.as_ref().map(|o| o.account.login.as_str()).unwrap_or(super::operator::OPERATOR_LOGIN);
+        println!("                give {login} a password to sign in with: nereid admin --data-dir {ddq} account passwd {login}");
     }
     if let Some(s) = &seeded {
         println!(

@@ -104,6 +104,9 @@ async fn sign_in(State(web): State<Web>, req: Request) -> Response {
         Err(e) => return page::api_error(None, "Sign in", &e),
     };
     tracing::info!(login = %account.login, ?addr, "web sign-in");
+    if let Err(e) = web.purge_sessions().await {
+        tracing::warn!(error = %e.message, "purging expired web console sessions");
+    }
     let mut resp = Redirect::to(&next).into_response();
     if let Ok(v) = set_cookie(web.secure, &token, web.cfg.session_max).parse() {
         resp.headers_mut().insert(header::SET_COOKIE, v);

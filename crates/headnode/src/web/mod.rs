@@ -101,13 +101,23 @@ pub struct Web {
     pub secure: bool,
     pub cfg: Arc<WebConfig>,
     pub throttle: Arc<throttle::Throttle>,
+    /// When expired sessions were last purged (unix seconds).
+    pub(crate) last_purge: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Web {
     pub fn new(state: AppState, cfg: WebConfig) -> Self {
         let admin = crate::http::router(state.clone());
         let cloud = crate::cloudapi::router(state.clone());
-        Web { secure: !cfg.http, state, admin, cloud, cfg: Arc::new(cfg), throttle: Arc::new(throttle::Throttle::default()) }
+        Web {
+            secure: !cfg.http,
+            state,
+            admin,
+            cloud,
+            cfg: Arc::new(cfg),
+            throttle: Arc::new(throttle::Throttle::default()),
+            last_purge: Default::default(),
+        }
     }
 
     pub fn app(&self) -> &crate::app::App {

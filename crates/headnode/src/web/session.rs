@@ -102,6 +102,37 @@ impl Web {
         Ok(token)
     }
 
+    /// Deletes every session that has expired (a sign-in runs this at most every ten
+    /// minutes, so sessions nobody comes back to do not pile up). Returns how many went.
+    pub async fn purge_sessions(&self) -> Result<usize, ApiError> {
+        let t = now();
+        let last = self.last_purge.load(std::sync::atomic::Ordering::Relaxed);
+        if t - last < 600 {
+            return Ok(0);
+        }
+        self.last_purge.store(t, std::sync::atomic::Ordering::Relaxed);
+        let all = self.app().store.list(WEB_SESSIONS.name, &nereid_store::ListQuery::all()).await.map_err(store_error)?;
+        let ops: Vec<Op> = all
+            .into_iter()
+            .filter(|o| {
+                // A record that does not decode is of no use to anyone: it goes too.
+                serde_json::from_value::<StoredSession>(o.value.clone())
+                    .map(|s| !live(&s, t, self.cfg.session_idle, self.cfg.session_max))
+                    .unwrap_or(true)
+            })
+            .map(|o| Op::delete(WEB_SESSIONS.name, o.key, Cond::Generation(o.generation)))
+            .collect();
+        let n = ops.len();
+        for op in ops {
+            // A session used meanwhile changed generation: its delete fails alone, harmlessly.
+            let _ = self.app().store.batch(vec![op]).await;
+        }
+        if n > 0 {
+            tracing::info!(sessions = n, "expired web console sessions deleted");
+        }
+        Ok(n)
+    }
+
     /// Ends the session a token names (nothing if there is none).
     pub async fn end_session(&self, token: &str) -> Result<(), ApiError> {
         self.app().store.batch(vec![Op::delete(WEB_SESSIONS.name, key_of(token), Cond::Any)]).await.map_err(store_error)?;
