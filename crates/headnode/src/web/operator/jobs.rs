@@ -59,6 +59,13 @@ pub fn is_done(job: &Value) -> bool {
     matches!(field(job, "execution").as_str(), "succeeded" | "failed" | "canceled")
 }
 
+/// A time of day from an ISO timestamp (the date is the job's, shown above), the whole
+/// timestamp in `datetime`.
+fn clock(iso: &str) -> Markup {
+    let shown = iso.split_once('T').map(|(_, t)| t.trim_end_matches('Z')).unwrap_or(iso);
+    html! { @if !iso.is_empty() { time datetime=(iso) { (shown) } } }
+}
+
 /// A table of step results (`chain_results` or `onerror_results`); with `chain`, the
 /// steps not run yet follow as pending (the next one as running while the job runs).
 fn steps(caption: &str, results: &[Value], chain: &[String], running: bool) -> Markup {
@@ -71,13 +78,13 @@ fn steps(caption: &str, results: &[Value], chain: &[String], running: bool) -> M
                 tr {
                     td { (i + 1) }
                     td { (field(r, "name")) }
-                    td { @if error.is_empty() { (badge("succeeded")) } @else { (badge("failed")) } }
+                    td { @if error.is_empty() { (badge("ok")) } @else { (badge("failed")) } }
                     td {
                         @if !error.is_empty() { strong.step-error { (error) } @if !field(r, "result").is_empty() { br; } }
                         (field(r, "result"))
                     }
-                    td { (field(r, "started_at")) }
-                    td { (field(r, "finished_at")) }
+                    td { (clock(&field(r, "started_at"))) }
+                    td { (clock(&field(r, "finished_at"))) }
                 }
             }
         })
@@ -88,7 +95,7 @@ fn steps(caption: &str, results: &[Value], chain: &[String], running: bool) -> M
             tr { td { (i + 1) } td { (name) } td { (badge(state)) } td {} td {} td {} }
         });
     }
-    table(caption, &["#", "Step", "Outcome", "Result or error", "Started", "Finished"], rows)
+    html! { div.job-steps { (table(caption, &["#", "Step", "Outcome", "Result or error", "Started", "Finished"], rows)) } }
 }
 
 /// Rejected servers as a table: server → the placement step that dropped it, and why.
@@ -123,12 +130,15 @@ pub fn placement(p: &Value) -> Markup {
             @if !server.is_empty() {
                 p { "Placed on " a href={ "/servers/" (server) } { (server) } "." }
             }
-            @if !stepped.is_empty() {
-                (table("Servers left after each step", &["Step", "Servers left"], stepped.iter().map(|s| html! {
-                    tr { td { code { (field(s, "step")) } } td { (field(s, "remaining")) } }
-                }).collect()))
-            }
             (rejections("Servers refused, and why", &rejected))
+            @if !stepped.is_empty() {
+                details {
+                    summary { "Servers left after each of placement's " (stepped.len()) " steps" }
+                    (table("Servers left after each step", &["Step", "Servers left"], stepped.iter().map(|s| html! {
+                        tr { td { code { (field(s, "step")) } } td { (field(s, "remaining")) } }
+                    }).collect()))
+                }
+            }
             @if !warnings.is_empty() {
                 h3 { "Warnings" }
                 ul { @for w in &warnings { li { (page::text(w)) } } }

@@ -361,6 +361,11 @@ pub fn render_server(s: &Session, p: &ServerPage, edit: Option<&Edit>) -> Markup
     let temps = temperatures(server);
     let traits = server.get("traits").filter(|t| t.as_object().is_some_and(|o| !o.is_empty()));
     html! {
+        @if let Some(e) = edit {
+            div.error role="alert" {
+                p { "Nothing was saved: " a href={ "#" (e.form) } { "the " (e.form) " form" } " says what to fix." }
+            }
+        }
         (facts(&[
             ("UUID", html! { (field(server, "uuid")) }),
             ("Host name", html! { (field(server, "hostname")) }),
