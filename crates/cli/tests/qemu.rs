@@ -6,14 +6,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "qemu/web_consoles.rs"]
+mod web_consoles;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Cloud;
-use nereid_testkit::Backend;
 use nereid_testkit::qemu::{Reaper, boots, console_log, import_image, qemus_under, test_image, values, vm_dir, wait_boots};
+use nereid_testkit::{Backend, Options};
 use serde_json::{Value, json};
 
 const BOOT: Duration = Duration::from_secs(240);
@@ -44,8 +46,13 @@ impl Env {
     /// A cloud with the test image, a 256 MiB / 1 GiB package, and a qemu agent
     /// (`extra` agent flags; its data directory may be given).
     async fn new(extra: &[&str], agent_dir: Option<PathBuf>) -> Env {
+        Env::with(Options::new(Backend::Sqlite), extra, agent_dir).await
+    }
+
+    /// Like [`Env::new`] with the headnode started from `o` (the web console: `web_https`).
+    async fn with(o: Options, extra: &[&str], agent_dir: Option<PathBuf>) -> Env {
         let image_file = tokio::task::spawn_blocking(test_image).await.unwrap().unwrap();
-        let cloud = Cloud::start(Backend::Sqlite).await.unwrap();
+        let cloud = Cloud::start_with(o).await.unwrap();
         let seed = cloud.seed_sized(256, 1024).await.unwrap();
         let image = import_image(&cloud.client, &image_file, "nereid-test").await.unwrap();
         let tmp = tempfile::tempdir().unwrap();

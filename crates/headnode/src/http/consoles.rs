@@ -90,8 +90,8 @@ async fn vnc(
 }
 
 /// Pumps messages between the operator's WebSocket and the agent's until either closes;
-/// a close frame (and its reason) is passed on.
-async fn proxy(mut client: WebSocket, mut agent: AgentSocket) {
+/// a close frame (and its reason) is passed on. The web console's console pages use it too.
+pub(crate) async fn proxy(mut client: WebSocket, mut agent: AgentSocket) {
     loop {
         tokio::select! {
             m = client.recv() => {
