@@ -14,13 +14,18 @@ async fn an_operator_signs_in_sees_the_dashboard_and_signs_out() {
     cloud.web_account("opal", true).await.unwrap();
     let base = cloud.web_url().unwrap();
     let b = Browser::start("web_console", 1280).await.unwrap();
-    b.goto(&format!("{base}/")).await.unwrap();
-    assert!(b.url().await.unwrap().contains("/login?next=%2F"), "{}", b.url().await.unwrap());
+    b.goto(&format!("{base}/servers")).await.unwrap();
+    assert!(b.url().await.unwrap().contains("/login?next=%2Fservers"), "{}", b.url().await.unwrap());
     b.screenshot("01-login").await.unwrap();
     b.fill("input[name=login]", "opal").await.unwrap();
     b.fill("input[name=password]", PASSWORD).await.unwrap();
     b.click_on("form[action='/login'] button[type=submit]").await.unwrap();
-    b.wait_text("Sign out", Duration::from_secs(30)).await.unwrap();
+    let page = b.wait_text("Sign out", Duration::from_secs(30)).await.unwrap();
+    assert!(b.url().await.unwrap().ends_with("/servers"), "sign-in goes on to the page that asked for it");
+    let servers = cloud.client.get("/servers").await.unwrap();
+    for s in servers.as_array().unwrap() {
+        assert!(page.contains(s["uuid"].as_str().unwrap()), "server {} not on the page:\n{page}", s["uuid"]);
+    }
 
     b.screenshot("02-signed-in").await.unwrap();
     b.click_on("form[action='/logout'] button").await.unwrap();

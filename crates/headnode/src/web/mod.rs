@@ -82,11 +82,30 @@ impl WebConfig {
             http: false,
             cert: None,
             key: None,
-            assets: std::env::var_os("NEREID_WEB_ASSETS").map(PathBuf::from),
+            assets: default_assets(),
             session_idle: Duration::from_secs(30 * 60),
             session_max: Duration::from_secs(12 * 3600),
         }
     }
+}
+
+/// Where the browser libraries are when not configured: `$NEREID_WEB_ASSETS`, else the
+/// newest `~/.cache/nereid/web-assets-*/node_modules` that `scripts/up` or `scripts/test`
+/// installed.
+pub fn default_assets() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("NEREID_WEB_ASSETS") {
+        return Some(PathBuf::from(d));
+    }
+    let cache = std::env::var_os("NEREID_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/nereid")))?;
+    std::fs::read_dir(cache)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("web-assets-"))
+        .map(|e| e.path().join("node_modules"))
+        .filter(|p| p.join("@xterm/xterm/lib/xterm.js").is_file())
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
 }
 
 /// What every web handler gets.
