@@ -487,6 +487,74 @@ pub fn compression_from_extension(path: &str) -> &'static str {
     }
 }
 
+/// What `nereid image create-from-disk` and the web console's upload know about a disk
+/// file before inspecting it; [`DiskImage::manifest`] is the one place their manifest is
+/// built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskImage {
+    pub name: String,
+    pub version: String,
+    /// One of [`OSES`].
+    pub os: String,
+    pub description: Option<String>,
+    /// `bios` or `uefi`: sets `requirements.brand` bhyve and `requirements.bootrom`.
+    pub bootrom: Option<String>,
+    /// Owning account; `None` is [`NIL_OWNER`] (the operator).
+    pub owner: Option<Uuid>,
+    pub public: bool,
+    pub nic_driver: String,
+    pub disk_driver: String,
+    /// `host` or `qemu64`.
+    pub cpu_type: String,
+}
+
+/// The NIC and disk model a disk image is assumed to expect unless told otherwise.
+pub const DEFAULT_DRIVER: &str = "virtio";
+/// The CPU type a disk image gets unless told otherwise.
+pub const DEFAULT_CPU_TYPE: &str = "host";
+/// Firmware a disk image may require.
+pub const BOOTROMS: &[&str] = &["bios", "uefi"];
+
+impl DiskImage {
+    /// A public Linux image with the default drivers.
+    pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
+        DiskImage {
+            name: name.into(),
+            version: version.into(),
+            os: "linux".into(),
+            description: None,
+            bootrom: None,
+            owner: None,
+            public: true,
+            nic_driver: DEFAULT_DRIVER.into(),
+            disk_driver: DEFAULT_DRIVER.into(),
+            cpu_type: DEFAULT_CPU_TYPE.into(),
+        }
+    }
+
+    /// The CreateImage body for a zvol image whose disk is `image_size_mib` MiB.
+    pub fn manifest(&self, image_size_mib: u64) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("owner".into(), json!(self.owner.unwrap_or(NIL_OWNER)));
+        m.insert("name".into(), json!(self.name));
+        m.insert("version".into(), json!(self.version));
+        m.insert("type".into(), json!("zvol"));
+        m.insert("os".into(), json!(self.os));
+        m.insert("public".into(), json!(self.public));
+        m.insert("nic_driver".into(), json!(self.nic_driver));
+        m.insert("disk_driver".into(), json!(self.disk_driver));
+        m.insert("cpu_type".into(), json!(self.cpu_type));
+        m.insert("image_size".into(), json!(image_size_mib));
+        if let Some(d) = &self.description {
+            m.insert("description".into(), json!(d));
+        }
+        if let Some(b) = &self.bootrom {
+            m.insert("requirements".into(), json!({"brand": "bhyve", "bootrom": b}));
+        }
+        m
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,6 +686,23 @@ mod tests {
         let e = check_compression("none", &[0x28, 0xb5, 0x2f, 0xfd]).unwrap_err();
         assert_eq!(e.message, "is none, but the file's first bytes show it is zstd-compressed");
         assert!(check_compression("gzip", b"plain").unwrap_err().message.contains("not compressed"));
+    }
+
+    #[test]
+    fn disk_image_manifests_pass_create_checks() {
+        let mut d = DiskImage::new("debian-12", "20261125");
+        let m = d.manifest(10240);
+        assert_eq!((m["type"].as_str(), m["image_size"].as_u64(), m["public"].as_bool()), (Some("zvol"), Some(10240), Some(true)));
+        assert_eq!(m["owner"], json!(NIL_OWNER));
+        assert!(!m.contains_key("requirements") && !m.contains_key("description"));
+        check_create(&m, Origin::Create).unwrap();
+        d.bootrom = Some("uefi".into());
+        d.description = Some("Debian".into());
+        d.public = false;
+        let m = d.manifest(1);
+        assert_eq!(m["requirements"], json!({"brand": "bhyve", "bootrom": "uefi"}));
+        assert_eq!((m["description"].as_str(), m["public"].as_bool()), (Some("Debian"), Some(false)));
+        check_create(&m, Origin::Create).unwrap();
     }
 
     #[test]

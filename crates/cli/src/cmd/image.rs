@@ -25,29 +25,20 @@ pub async fn run(a: ImageArgs) -> Result<()> {
     }
 }
 
-/// The manifest create-from-disk builds.
-pub fn manifest(a: &CreateFromDiskArgs, image_size_mib: u64) -> Map<String, Value> {
-    let mut m = json!({
-        "owner": a.owner.unwrap_or_default(),
-        "name": a.name,
-        "version": a.version,
-        "type": "zvol",
-        "os": a.os,
-        "public": !a.private,
-        "nic_driver": a.nic_driver,
-        "disk_driver": a.disk_driver,
-        "cpu_type": a.cpu_type,
-        "image_size": image_size_mib,
-    });
-    if let Some(d) = &a.description {
-        m["description"] = json!(d);
-    }
-    if let Some(b) = &a.bootrom {
-        m["requirements"] = json!({"brand": "bhyve", "bootrom": b});
-    }
-    match m {
-        Value::Object(o) => o,
-        _ => Map::new(),
+/// What the arguments say about the image (its manifest is built by
+/// [`nereid_types::image::DiskImage::manifest`], the same as the web console's upload).
+pub fn disk_image(a: &CreateFromDiskArgs) -> nereid_types::image::DiskImage {
+    nereid_types::image::DiskImage {
+        name: a.name.clone(),
+        version: a.version.clone(),
+        os: a.os.clone(),
+        description: a.description.clone(),
+        bootrom: a.bootrom.clone(),
+        owner: a.owner,
+        public: !a.private,
+        nic_driver: a.nic_driver.clone(),
+        disk_driver: a.disk_driver.clone(),
+        cpu_type: a.cpu_type.clone(),
     }
 }
 
@@ -68,7 +59,7 @@ async fn create_from_disk(c: &Client, a: CreateFromDiskArgs, json: bool) -> Resu
         found.file_size,
         found.sha1
     );
-    let m = manifest(&a, found.image_size_mib());
+    let m = disk_image(&a).manifest(found.image_size_mib());
     // The server validates too; checking here names problems before anything is created.
     nereid_types::image::check_create(&m, nereid_types::image::Origin::Create).map_err(|e| {
         anyhow!(nereid_client::Error::Api {
