@@ -811,13 +811,13 @@ pub struct CreateFromDiskArgs {
     #[arg(long)]
     pub private: bool,
     /// NIC model the image expects
-    #[arg(long, default_value = "virtio")]
+    #[arg(long, default_value = nereid_types::image::DEFAULT_DRIVER)]
     pub nic_driver: String,
     /// Disk model the image expects
-    #[arg(long, default_value = "virtio")]
+    #[arg(long, default_value = nereid_types::image::DEFAULT_DRIVER)]
     pub disk_driver: String,
     /// CPU type: host or qemu64
-    #[arg(long, default_value = "host", value_parser = ["host", "qemu64"])]
+    #[arg(long, default_value = nereid_types::image::DEFAULT_CPU_TYPE, value_parser = ["host", "qemu64"])]
     pub cpu_type: String,
 }
 

@@ -72,6 +72,12 @@ impl ImageFiles {
         Ok(Self { root, tmp, refs: tokio::sync::Mutex::new(()) })
     }
 
+    /// This headnode's directory for uploads in progress (cleared at every start, so an
+    /// upload a crash interrupted leaves nothing behind).
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
     /// Where the file with this SHA-1 lives.
     pub fn path_of(&self, sha1: &str) -> PathBuf {
         let prefix = sha1.get(..2).unwrap_or("00");

@@ -191,11 +191,7 @@ pub async fn receive(
 /// Where uploads in progress are kept: this headnode's temporary directory of the image
 /// area (cleared when the headnode starts, so a crash leaves nothing behind).
 fn upload_dir(web: &Web) -> PathBuf {
-    // The image area's root is three levels above a file's path (root/sha1/xx/<sha1>).
-    let probe = web.app().files.path_of("0000");
-    let root = probe.ancestors().nth(3).map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
-    let id = &web.app().cfg.headnode_id;
-    if id.is_empty() { root.join("tmp") } else { root.join("tmp").join(id) }
+    web.app().files.tmp_dir().to_path_buf()
 }
 
 /// Receives the body into a temporary file, then creates, fills and activates the image.
