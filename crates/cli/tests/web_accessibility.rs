@@ -12,7 +12,7 @@ use nereid_testkit::{Backend, Cloud, Options, web::PASSWORD};
 use serde_json::{Value, json};
 
 /// What the page check finds wrong (empty: nothing).
-const CHECK: &str = r#"
+const CHECK: &str = r##"
 const problems = [];
 if (!document.title.trim()) problems.push("no <title>");
 if (!document.querySelector("h1")) problems.push("no <h1>");
@@ -28,11 +28,12 @@ for (const b of document.querySelectorAll("button")) {
 }
 const width = document.documentElement.clientWidth;
 if (document.documentElement.scrollWidth > width + 1) {
-  const wide = [...document.querySelectorAll("body *")].filter((e) => e.getBoundingClientRect().right > width + 1 && !e.closest(".scroll, pre, .console, .console-screen"));
-  if (wide.length) problems.push("wider than the window (" + document.documentElement.scrollWidth + " > " + width + "): " + wide.slice(0, 3).map((e) => e.tagName.toLowerCase() + "." + e.className).join(", "));
+  // The outermost elements that stick out (inside a scrolling box is fine: it scrolls).
+  const wide = [...document.querySelectorAll("body *")].filter((e) => e.getBoundingClientRect().right > width + 1 && !(e.parentElement && e.parentElement.closest(".scroll, pre")));
+  problems.push("wider than the window (" + document.documentElement.scrollWidth + " > " + width + "): " + wide.slice(0, 4).map((e) => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "") + "." + e.className).join(", "));
 }
 return problems;
-"#;
+"##;
 
 /// Every console link on the page (same origin, not an asset, not a WebSocket).
 const LINKS: &str = r#"

@@ -82,6 +82,7 @@ impl Browser {
         let id = r.pointer("/value/sessionId").and_then(Value::as_str).ok_or_else(|| anyhow!("no session id in {r}"))?;
         b.base = format!("{}/session/{id}", b.base);
         b.cmd("POST", "/timeouts", json!({"implicit": 0, "pageLoad": 120_000, "script": 60_000})).await?;
+        b.viewport(width, 900).await?;
         std::fs::create_dir_all(&b.shots)?;
         Ok(b)
     }
@@ -229,9 +230,18 @@ impl Browser {
         Ok(path)
     }
 
-    /// Sets the window's size.
+    /// Sets the window's size, and the page's viewport to exactly that (Chromium will not
+    /// make a window narrower than 500 px, so narrower layouts are emulated through the
+    /// DevTools protocol, as its device toolbar does).
     pub async fn resize(&self, width: u32, height: u32) -> Result<()> {
-        self.cmd("POST", "/window/rect", json!({"width": width, "height": height})).await.map(|_| ())
+        self.cmd("POST", "/window/rect", json!({"width": width.max(500), "height": height})).await?;
+        self.viewport(width, height).await
+    }
+
+    /// Makes the page's viewport `width`×`height` CSS pixels.
+    async fn viewport(&self, width: u32, height: u32) -> Result<()> {
+        let params = json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false});
+        self.cmd("POST", "/goog/cdp/execute", json!({"cmd": "Emulation.setDeviceMetricsOverride", "params": params})).await.map(|_| ())
     }
 
     /// Signs in on the console at `base` (its `/login` form).
