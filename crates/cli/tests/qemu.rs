@@ -8,6 +8,8 @@
 mod common;
 #[path = "qemu/web_consoles.rs"]
 mod web_consoles;
+#[path = "qemu/web_iso.rs"]
+mod web_iso;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
