@@ -134,3 +134,53 @@ async fn plain_http_cookies_and_idle_sessions_expire() {
     let later = http.get(format!("{base}/")).header("cookie", &cookie).send().await.unwrap();
     assert!(location(&later).starts_with("/login"), "idle for longer than its idle time: signed out");
 }
+
+/// A tenant holding a valid session and CSRF token still changes nothing through an
+/// operator form: every operator route (posts and the upload too) sits behind one guard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_changes_nothing_through_operator_forms() {
+    use nereid_testkit::web::{csrf_token, http_client, sign_in_cookie};
+    let cloud = Cloud::start_with(Options { sim_servers: 1, ..Options::new(Backend::Sqlite) }.web_https()).await.unwrap();
+    let seed = cloud.seed().await.unwrap();
+    let tenant = cloud.web_account("tess", false).await.unwrap();
+    let base = cloud.web_url().unwrap();
+    let http = http_client(&cloud).unwrap();
+    let cookie = sign_in_cookie(&http, &base, "tess", PASSWORD).await.unwrap();
+    let csrf = csrf_token(&http, &base, &cookie).await.unwrap();
+    let me = tenant["uuid"].as_str().unwrap();
+    let (pkg, img, net) = (seed.package.as_str(), seed.image.as_str(), seed.network.as_str());
+    let posts: Vec<(String, Vec<(&str, &str)>)> = vec![
+        ("/packages".into(), vec![("name", "evil"), ("version", "1.0.0"), ("max_physical_memory", "128"), ("quota", "10240")]),
+        (format!("/packages/{pkg}/deactivate"), vec![]),
+        ("/accounts".into(), vec![("login", "mallory"), ("email", "m@example.com"), ("operator", "on"), ("password", "long enough pw")]),
+        (format!("/accounts/{me}/password"), vec![("password", "another long pw")]),
+        (format!("/images/{img}/disable"), vec![]),
+        (format!("/networks/{net}/delete"), vec![]),
+        ("/vms/new".into(), vec![("owner_uuid", me), ("image_uuid", img), ("billing_id", pkg), ("networks", net), ("alias", "sneaky")]),
+    ];
+    for (path, mut fields) in posts {
+        fields.push(("csrf", csrf.as_str()));
+        let r = http.post(format!("{base}{path}")).header("cookie", &cookie).form(&fields).send().await.unwrap();
+        assert_eq!(r.status(), 403, "POST {path}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains("This page is for operators") && !body.contains(pkg) && !body.contains(net), "POST {path}: {body}");
+    }
+    let up = http
+        .put(format!("{base}/images/upload?name=evil&version=1"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .body(vec![1u8; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(up.status(), 403, "the upload too");
+    // Nothing changed.
+    let p = cloud.client.get(&format!("/packages/{pkg}")).await.unwrap();
+    assert_eq!(p["active"], true);
+    assert!(cloud.client.get("/packages?name=evil").await.unwrap().as_array().unwrap().is_empty());
+    assert!(cloud.client.get("/accounts").await.unwrap().as_array().unwrap().iter().all(|a| a["login"] != "mallory"));
+    assert_eq!(cloud.client.get(&format!("/images/{img}")).await.unwrap()["state"], "active");
+    cloud.client.get(&format!("/networks/{net}")).await.unwrap();
+    assert!(cloud.client.get("/vms").await.unwrap().as_array().unwrap().is_empty(), "no VM was made");
+    assert!(cloud.client.get("/images").await.unwrap().as_array().unwrap().len() == 1, "no image was made");
+}

@@ -150,7 +150,8 @@ pub fn router(web: Web) -> Router {
         .route("/", get(home))
         .merge(login::routes())
         .merge(assets::routes())
-        .merge(operator::routes())
+        // Every operator route behind one guard (handlers check again, harmlessly).
+        .merge(operator::routes().route_layer(axum::middleware::from_fn_with_state(web.clone(), session::require_operator)))
         .merge(tenant::routes())
         .merge(consoles::routes())
         .fallback(not_found)

@@ -232,6 +232,21 @@ impl FromRequestParts<Web> for Operator {
     }
 }
 
+/// The guard in front of every operator route (GET, POST, upload, WebSocket alike): a
+/// request without a session goes to sign in, a tenant's gets 403 with nothing but the
+/// refusal — whatever the handler behind it extracts, so no operator page can forget.
+pub async fn require_operator(
+    axum::extract::State(web): axum::extract::State<Web>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (mut parts, body) = req.into_parts();
+    match <Operator as FromRequestParts<Web>>::from_request_parts(&mut parts, &web).await {
+        Ok(_) => next.run(axum::extract::Request::from_parts(parts, body)).await,
+        Err(refusal) => refusal,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
