@@ -5,7 +5,7 @@
 //!   start: identity (pinned UUID) → sysinfo → key (made here, DATA/tls) → CA pinned
 //!          (vouched for by the join token) → join (public key → certificate) → register
 //!          → agent API on mutual TLS (headnodes' certificates only)
-//!   then:  heartbeat every few seconds (usage + VM inventory)
+//!   then:  heartbeat every few seconds (usage + VM inventory + hardware temperatures)
 //!          per-VM supervisors converge what the headnode asks (`PUT/DELETE …/vms/{vm}`)
 //!          every state change is pushed, with its generation, until acknowledged
 //! ```
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use nereid_types::agent::{Heartbeat, Register, Usage};
+use nereid_types::agent::{Heartbeat, Problem, Register, Usage};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -110,6 +110,37 @@ pub struct NodeRuntime {
     paused: AtomicBool,
     ram_mib: u64,
     disk_mib: u64,
+    /// Where its hardware temperatures are read ([`metrics::HWMON`] on a real host; none
+    /// on a simulated one unless a test gives it a fixture directory).
+    hwmon: std::sync::Mutex<Option<PathBuf>>,
+}
+
+impl NodeRuntime {
+    /// Reads this server's temperatures from `root` from now on (`None`: reports none).
+    pub fn set_hwmon(&self, root: Option<PathBuf>) {
+        *self.hwmon.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = root;
+    }
+
+    /// The heartbeat to send now: usage, the VM inventory, `problems`, temperatures.
+    pub fn heartbeat(&self, problems: &[Problem]) -> Heartbeat {
+        let vms = self.node.list();
+        let ram_used = vms.iter().filter(|v| v.state != "destroyed").filter_map(|v| v.ram).sum();
+        let disk_used = vms.iter().filter_map(|v| v.disk_mib).sum();
+        let load1 = std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(0.0);
+        let hwmon = self.hwmon.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        Heartbeat {
+            usage: Usage {
+                ram_total_mib: self.ram_mib,
+                ram_used_mib: ram_used,
+                disk_total_mib: self.disk_mib,
+                disk_used_mib: disk_used,
+                load1,
+            },
+            vms,
+            problems: problems.to_vec(),
+            temperatures: metrics::readings(hwmon.as_deref()),
+        }
+    }
 }
 
 /// A running agent.
@@ -288,6 +319,11 @@ pub async fn start(mut cfg: Config) -> Result<Agent> {
         tracing::info!("{}", spec.identity_line);
         let uuid = spec.identity.uuid;
         let upstream = Arc::new(headnode::Upstream { hn: hn.clone(), server: uuid });
+        // A simulated server has no sensors of its own: the host's are not its.
+        let hwmon = match spec.backend {
+            BackendPlan::Sim(_) => None,
+            BackendPlan::Qemu(_) => Some(PathBuf::from(metrics::HWMON)),
+        };
         let (backend, ram_mib, disk_mib): (Arc<dyn backend::Backend>, u64, u64) = match spec.backend {
             BackendPlan::Sim(delays) => {
                 (Arc::new(backend::sim::Sim::open(spec.dir.join("sim-vms.json"), delays)), spec.facts.ram_mib, spec.facts.disk_gib * 1024)
@@ -311,6 +347,7 @@ pub async fn start(mut cfg: Config) -> Result<Agent> {
             paused: AtomicBool::new(false),
             ram_mib,
             disk_mib,
+            hwmon: std::sync::Mutex::new(hwmon),
         });
         join(&hn, &token, &creds, &rt, &agent_url).await?;
         tasks.push(tokio::spawn(headnode::pusher(hn.clone(), rt.uuid, rx)));
@@ -320,7 +357,7 @@ pub async fn start(mut cfg: Config) -> Result<Agent> {
         nodes.push(rt);
     }
     let nodes = Arc::new(nodes);
-    let router = api::router(api::ApiState { nodes: nodes.clone(), hwmon: PathBuf::from("/sys/class/hwmon") });
+    let router = api::router(api::ApiState { nodes: nodes.clone(), hwmon: PathBuf::from(metrics::HWMON) });
     // Timeouts and a connection limit on the agent API too (see nereid_serve); the TLS
     // handshake gets the header read timeout.
     let _ = nereid_serve::raise_fd_limit();
@@ -423,22 +460,7 @@ async fn heartbeats(
     loop {
         let mut again = false;
         if !rt.paused.load(Ordering::SeqCst) {
-            let vms = rt.node.list();
-            let ram_used = vms.iter().filter(|v| v.state != "destroyed").filter_map(|v| v.ram).sum();
-            let disk_used = vms.iter().filter_map(|v| v.disk_mib).sum();
-            let load1 =
-                std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(0.0);
-            let hb = Heartbeat {
-                usage: Usage {
-                    ram_total_mib: rt.ram_mib,
-                    ram_used_mib: ram_used,
-                    disk_total_mib: rt.disk_mib,
-                    disk_used_mib: disk_used,
-                    load1,
-                },
-                vms,
-                problems: problems.clone(),
-            };
+            let hb = rt.heartbeat(&problems);
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
             if creds.cert(rt.uuid).is_some_and(|c| c.needs_renewal(now))
                 && let Err(e) = renew(&hn, &creds, rt.uuid).await
@@ -471,5 +493,58 @@ async fn heartbeats(
         if !again {
             tokio::time::sleep(every).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nereid_types::agent::{MetadataWrite, Temperature};
+
+    struct NoHeadnode;
+
+    #[async_trait::async_trait]
+    impl supervisor::Upstream for NoHeadnode {
+        async fn metadata_write(&self, _: Uuid, _: &MetadataWrite) -> Result<(), String> {
+            Err("no headnode in this test".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_carries_the_hwmon_temperatures_and_none_without_sensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let chip = dir.path().join("hwmon").join("hwmon0");
+        std::fs::create_dir_all(&chip).unwrap();
+        std::fs::write(chip.join("name"), "coretemp\n").unwrap();
+        std::fs::write(chip.join("temp1_input"), "45000\n").unwrap();
+        std::fs::write(chip.join("temp1_label"), "Package id 0\n").unwrap();
+        let sim = Arc::new(backend::sim::Sim::open(dir.path().join("sim.json"), backend::sim::Delays::default()));
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let node = Node::open(Uuid::new_v4(), sim, Arc::new(NoHeadnode), dir.path().join("node"), tx).await.unwrap();
+        let rt = NodeRuntime {
+            uuid: node.uuid,
+            identity: "test".into(),
+            node,
+            sysinfo: Map::new(),
+            paused: AtomicBool::new(false),
+            ram_mib: 2048,
+            disk_mib: 4096,
+            hwmon: std::sync::Mutex::new(None),
+        };
+        // A simulated server has no sensors: nothing is sent, not even an empty list.
+        let hb = rt.heartbeat(&[]);
+        assert!(hb.temperatures.is_empty());
+        assert!(serde_json::to_value(&hb).unwrap().get("temperatures").is_none());
+        assert_eq!(hb.usage.ram_total_mib, 2048);
+
+        rt.set_hwmon(Some(dir.path().join("hwmon")));
+        let hb = rt.heartbeat(&[]);
+        assert_eq!(hb.temperatures, vec![Temperature { sensor: "coretemp".into(), label: "Package id 0".into(), celsius: 45.0 }]);
+        let sent = serde_json::to_value(&hb).unwrap();
+        assert_eq!(sent["temperatures"], serde_json::json!([{"sensor": "coretemp", "label": "Package id 0", "celsius": 45.0}]));
+
+        // A root with no monitors (a host without sensors) sends none either.
+        rt.set_hwmon(Some(dir.path().join("empty")));
+        assert!(rt.heartbeat(&[]).temperatures.is_empty());
     }
 }

@@ -1,10 +1,14 @@
 //! The agent's `/metrics` (Prometheus text): host CPU and memory, VMs by state, and
-//! hardware temperatures from `/sys/class/hwmon` where the host has sensors.
+//! hardware temperatures from `/sys/class/hwmon` where the host has sensors. The same
+//! readings go to the headnode with each heartbeat ([`readings`]).
 
 use std::fmt::Write;
 use std::path::Path;
 
-use nereid_types::agent::VmStatus;
+use nereid_types::agent::{Temperature, VmStatus};
+
+/// Where Linux puts its hardware monitors.
+pub const HWMON: &str = "/sys/class/hwmon";
 
 /// `(sensor, label, degrees Celsius)` from a hwmon directory.
 pub fn temperatures(root: &Path) -> Vec<(String, String, f64)> {
@@ -33,6 +37,11 @@ pub fn temperatures(root: &Path) -> Vec<(String, String, f64)> {
         }
     }
     out
+}
+
+/// [`temperatures`] as a heartbeat carries them; none without a root (a simulated server).
+pub fn readings(root: Option<&Path>) -> Vec<Temperature> {
+    root.map(temperatures).unwrap_or_default().into_iter().map(|(sensor, label, celsius)| Temperature { sensor, label, celsius }).collect()
 }
 
 fn label(s: &str) -> String {

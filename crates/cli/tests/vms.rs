@@ -254,6 +254,44 @@ async fn a_silent_server_turns_unknown_is_skipped_and_keeps_its_vms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_servers_heartbeat_temperatures_show_on_the_server_and_simulated_ones_report_none() {
+    let mut o = Options::new(Backend::Sqlite);
+    o.sim_servers = 2;
+    o.heartbeat = Duration::from_millis(200);
+    let cloud = Cloud::start_with(o).await.unwrap();
+    let agent = cloud.agent.as_ref().unwrap();
+    let (hot, cold) = (agent.nodes[0].uuid, agent.nodes[1].uuid);
+    assert_eq!(cloud.client.get(&format!("/servers/{hot}")).await.unwrap()["temperatures"], json!([]), "a simulated server has no sensors");
+
+    let dir = tempfile::tempdir().unwrap();
+    let chip = dir.path().join("hwmon1");
+    std::fs::create_dir_all(&chip).unwrap();
+    std::fs::write(chip.join("name"), "coretemp\n").unwrap();
+    std::fs::write(chip.join("temp1_input"), "45000\n").unwrap();
+    std::fs::write(chip.join("temp1_label"), "Package id 0\n").unwrap();
+    agent.nodes[0].set_hwmon(Some(dir.path().to_path_buf()));
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    let s = loop {
+        let s = cloud.client.get(&format!("/servers/{hot}")).await.unwrap();
+        if s["temperatures"].as_array().is_some_and(|t| !t.is_empty()) {
+            break s;
+        }
+        assert!(std::time::Instant::now() < end, "the readings never reached the server: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let t = &s["temperatures"][0];
+    assert_eq!((&t["sensor"], &t["label"], &t["celsius"]), (&json!("coretemp"), &json!("Package id 0"), &json!(45.0)), "{s}");
+    assert_eq!(t["at"], s["last_heartbeat"], "read with the heartbeat that carried them");
+    assert_eq!(s["temperatures"].as_array().unwrap().len(), 1);
+    // The list shows them too; the other server still reports none.
+    let all = cloud.client.get("/servers").await.unwrap();
+    let listed =
+        |u: uuid::Uuid| all.as_array().unwrap().iter().find(|x| x["uuid"] == json!(u.to_string())).unwrap()["temperatures"].clone();
+    assert_eq!(listed(hot)[0]["label"], "Package id 0");
+    assert_eq!(listed(cold), json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn simulated_faults_fail_jobs_cleanly() {
     let mut o = Options::new(Backend::Sqlite);
     o.sim_servers = 1;

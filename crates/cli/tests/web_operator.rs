@@ -1,8 +1,9 @@
 //! The operator's dashboard, servers and jobs pages in a real headless Chromium: the sim
-//! cloud's servers with their capacity; a server's VMs; reserving a server from its page
-//! (and a bad traits form named and kept); a provision whose job page shows placement's
-//! reason for each server it refused, refreshing while it runs; a failed provision on the
-//! dashboard, with its failed step and its undo steps; the jobs list's filters.
+//! cloud's servers with their capacity and (given a fixture hwmon directory) temperatures;
+//! a server's VMs; reserving a server from its page (and a bad traits form named and
+//! kept); a provision whose job page shows placement's reason for each server it refused,
+//! refreshing while it runs; a failed provision on the dashboard, with its failed step and
+//! its undo steps; the jobs list's filters.
 //! Screenshots of each step go to target/test-artifacts/screenshots/web_operator/.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -60,6 +61,38 @@ async fn an_operator_sees_servers_capacity_vms_jobs_and_why_placement_refused_se
     }
     assert!(t.contains("2 server(s): 2 running"), "{t}");
     assert!(t.contains("RAM: 0 MiB used") && t.contains("free of"), "capacity used and free:\n{t}");
+    assert!(t.contains("not reported"), "simulated servers have no sensors:\n{t}");
+
+    // One simulated server given sensors (a fixture hwmon directory): the dashboard shows
+    // its hottest reading with its label, its page every reading; the other stays "not reported".
+    let hwmon = tempfile::tempdir().unwrap();
+    let chip = hwmon.path().join("hwmon0");
+    std::fs::create_dir_all(&chip).unwrap();
+    for (f, v) in [
+        ("name", "coretemp"),
+        ("temp1_input", "45000"),
+        ("temp1_label", "Package id 0"),
+        ("temp2_input", "41000"),
+        ("temp2_label", "Core 0"),
+    ] {
+        std::fs::write(chip.join(f), format!("{v}\n")).unwrap();
+    }
+    let agent = cloud.agent.as_ref().unwrap();
+    agent.nodes[0].set_hwmon(Some(hwmon.path().to_path_buf()));
+    let hot = agent.nodes[0].uuid.to_string();
+    let deadline = Instant::now() + LIMIT;
+    while cloud.client.get(&format!("/servers/{hot}")).await.unwrap()["temperatures"].as_array().is_none_or(|t| t.len() < 2) {
+        assert!(Instant::now() < deadline, "the server's temperatures never reached the API");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.goto(&format!("{base}/dashboard")).await.unwrap();
+    let t = page_text(&b).await;
+    b.screenshot("01b-dashboard-temperatures").await.unwrap();
+    assert!(t.contains("Package id 0 (coretemp): 45.0 °C (hottest of 2)") && !t.contains("Core 0"), "the hottest reading:\n{t}");
+    assert!(t.contains("not reported"), "the other server has none:\n{t}");
+    b.goto(&format!("{base}/servers/{hot}")).await.unwrap();
+    let t = page_text(&b).await;
+    assert!(t.contains("Package id 0 (coretemp): 45.0 °C") && t.contains("Core 0 (coretemp): 41.0 °C") && t.contains("read at"), "{t}");
 
     // A VM made through the operator API shows on its server's page, linked.
     let (vm1, job1) = cloud.create_vm(&seed.vm_body("web-op-1")).await.unwrap();

@@ -321,6 +321,20 @@ pub struct Heartbeat {
     /// What is wrong with the server now (empty when nothing is).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<Problem>,
+    /// The host's hardware temperatures now (hwmon); empty when it has no sensors, and
+    /// absent from an agent older than this field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub temperatures: Vec<Temperature>,
+}
+
+/// One hardware temperature reading of a server (a Linux hwmon `tempN_input`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Temperature {
+    /// The chip that reports it (hwmon `name`), e.g. `coretemp`, `nvme`, `k10temp`.
+    pub sensor: String,
+    /// What it measures (`tempN_label`), e.g. `Package id 0`; `tempN` when unlabelled.
+    pub label: String,
+    pub celsius: f64,
 }
 
 /// Something wrong with a server that keeps some VMs off it, e.g. a nic tag whose link
@@ -398,3 +412,20 @@ pub const APPROVAL_REQUIRED: &str = "ServerApprovalRequired";
 
 /// The metadata key that asks the simulated hypervisor to misbehave (tests, demos).
 pub const SIM_FAULT_KEY: &str = "nereid:sim_fault";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_without_temperatures_still_decode_and_none_are_sent_when_there_are_none() {
+        let old: Heartbeat = serde_json::from_str(r#"{"usage": {"ram_total_mib": 1024}, "vms": []}"#).unwrap();
+        assert!(old.temperatures.is_empty());
+        assert!(serde_json::to_value(&old).unwrap().get("temperatures").is_none());
+        let hb =
+            Heartbeat { temperatures: vec![Temperature { sensor: "coretemp".into(), label: "Package id 0".into(), celsius: 45.0 }], ..old };
+        let v = serde_json::to_value(&hb).unwrap();
+        assert_eq!(v["temperatures"], serde_json::json!([{"sensor": "coretemp", "label": "Package id 0", "celsius": 45.0}]));
+        assert_eq!(serde_json::from_value::<Heartbeat>(v).unwrap(), hb);
+    }
+}

@@ -130,6 +130,26 @@ fn fraction_schema() -> Value {
     json!({"type": "number", "minimum": 0, "exclusiveMaximum": 1})
 }
 
+fn check_temperatures(v: &Value) -> Result<(), String> {
+    v.as_array().map(|_| ()).ok_or_else(|| "must be an array of readings".into())
+}
+
+fn temperatures_schema() -> Value {
+    json!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["sensor", "label", "celsius", "at"],
+            "properties": {
+                "sensor": {"type": "string", "description": "The chip that reports it (hwmon name), e.g. coretemp."},
+                "label": {"type": "string", "description": "What it measures, e.g. Package id 0."},
+                "celsius": {"type": "number"},
+                "at": {"type": "string", "format": "date-time", "description": "The heartbeat that carried it."}
+            }
+        }
+    })
+}
+
 /// Fields a rendered server has (for the API document).
 pub const FIELDS: &[Field] = &[
     Field::new("uuid", Kind::Uuid, "Server UUID (SMBIOS system UUID, pinned by the agent).").read_only(),
@@ -145,6 +165,12 @@ pub const FIELDS: &[Field] = &[
     Field::new("reservation_ratio", Kind::Custom { check: check_fraction, schema: fraction_schema }, "Share of RAM held back."),
     Field::new("ram", Kind::Int { min: 0, max: i64::MAX, multiple_of: None, unit: Some("MiB") }, "RAM in MiB.").read_only(),
     Field::new("sysinfo", Kind::Object, "The server's sysinfo.").read_only(),
+    Field::new(
+        "temperatures",
+        Kind::Custom { check: check_temperatures, schema: temperatures_schema },
+        "Hardware temperatures from the last heartbeat (hwmon sensors); empty when the server reports none.",
+    )
+    .read_only(),
     Field::new("vms", Kind::Object, "The VMs the server reports (extras=vms).").read_only(),
 ];
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use nereid_store::{Cond, ListQuery, Op};
-use nereid_types::agent::{CaInfo, Heartbeat, HeartbeatReply, JoinRequest, Joined, Problem, Register, RenewRequest, VmStatus};
+use nereid_types::agent::{CaInfo, Heartbeat, HeartbeatReply, JoinRequest, Joined, Problem, Register, RenewRequest, Temperature, VmStatus};
 use nereid_types::query::Query;
 use nereid_types::server::{self, Server};
 use nereid_types::{ApiError, FieldError};
@@ -23,6 +23,9 @@ pub struct HeartbeatRecord {
     /// What the server last said is wrong with it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<Problem>,
+    /// Its hardware temperatures then (read at `at_ms`); none without sensors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub temperatures: Vec<Temperature>,
 }
 
 fn token_hash(token: &str) -> String {
@@ -420,6 +423,7 @@ impl App {
             usage: hb.usage.clone(),
             vms: hb.vms.clone(),
             problems: hb.problems.clone(),
+            temperatures: hb.temperatures.clone(),
         };
         self.store.put(HEARTBEATS.name, &uuid.to_string(), encode(&rec), Cond::Any).await.map_err(store_error)?;
         // One VM's report failing (a damaged record, a race) never fails the server's heartbeat.
@@ -469,10 +473,10 @@ impl App {
         let mut v = encode(s);
         let (status, silent) = self.server_status(hb);
         v["status"] = json!(status);
-        v["last_heartbeat"] = json!(
-            hb.and_then(|h| time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(h.at_ms) * 1_000_000).ok())
-                .map(nereid_types::time::iso)
-        );
+        let at = hb
+            .and_then(|h| time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(h.at_ms) * 1_000_000).ok())
+            .map(nereid_types::time::iso);
+        v["last_heartbeat"] = json!(at);
         if status == "unknown" && hb.is_some() {
             v["status_reason"] = json!(format!("no heartbeat for {silent} s"));
         }
@@ -488,6 +492,11 @@ impl App {
             v["vms"] = Value::Object(vms);
         }
         v["problems"] = json!(hb.map(|h| h.problems.clone()).unwrap_or_default());
+        // Read when the last heartbeat was sent: `at` says how old they are.
+        let temps: Vec<Value> = hb
+            .map(|h| h.temperatures.iter().map(|t| json!({"sensor": t.sensor, "label": t.label, "celsius": t.celsius, "at": at})).collect())
+            .unwrap_or_default();
+        v["temperatures"] = Value::Array(temps);
         if let Some(h) = hb {
             v["memory_total_bytes"] = json!(h.usage.ram_total_mib * 1024 * 1024);
             v["disk_pool_size_bytes"] = json!(h.usage.disk_total_mib * 1024 * 1024);

@@ -39,7 +39,10 @@ fn ca_schema() -> Value {
 }
 fn heartbeat_schema() -> Value {
     json!({"type": "object", "properties": {"usage": {"type": "object"}, "vms": {"type": "array", "items": {"type": "object"}},
-        "problems": {"type": "array", "items": {"type": "object"}}}})
+        "problems": {"type": "array", "items": {"type": "object"}},
+        "temperatures": {"type": "array", "description": "The host's hardware temperatures now; absent without sensors.", "items": {
+            "type": "object", "required": ["sensor", "label", "celsius"], "properties": {
+                "sensor": {"type": "string"}, "label": {"type": "string"}, "celsius": {"type": "number"}}}}}})
 }
 fn heartbeat_reply_schema() -> Value {
     json!({"type": "object", "properties": {"nic_tag_mtus": {"type": "object", "additionalProperties": {"type": "integer"}}}})

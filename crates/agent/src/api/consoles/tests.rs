@@ -141,6 +141,7 @@ async fn runtime(node: Arc<Node>, _secret: &str, backend: &str) -> Arc<NodeRunti
         paused: Default::default(),
         ram_mib: 1024,
         disk_mib: 1024,
+        hwmon: Default::default(),
     })
 }
 

@@ -1,7 +1,7 @@
 //! The operator's dashboard (`/dashboard`): every server with its status, capacity used
-//! and free, temperatures (when sysinfo carries them) and problems; then the jobs running
-//! or queued and the latest failed ones, in a live region (`/dashboard/jobs`) that moves
-//! without reloading.
+//! and free, its hottest temperature (from its last heartbeat, when it has sensors) and
+//! problems; then the jobs running or queued and the latest failed ones, in a live region
+//! (`/dashboard/jobs`) that moves without reloading.
 //!
 //! Reads `GET /servers?extras=sysinfo`, `GET /vms?state=active` (through
 //! [`super::servers::overview`]) and `GET /jobs?execution=…` of the operator API.
@@ -75,17 +75,13 @@ pub fn render_servers(servers: &[Value], by_server: &HashMap<String, Vec<Value>>
         .iter()
         .zip(&caps)
         .map(|(s, c)| {
-            let temps = servers::temperatures(s);
             html! {
                 tr {
                     td { (servers::server_link(s)) }
                     td { (servers::status(s)) }
                     td { (capacity::render(c)) }
                     td { (c.vms) }
-                    td {
-                        @if temps.is_empty() { span.hint { "not reported" } }
-                        @for (k, v) in &temps { (k) ": " (v) br; }
-                    }
+                    td { (servers::hottest_temperature(s)) }
                     td { (servers::problems(s)) }
                 }
             }
@@ -139,21 +135,28 @@ mod tests {
             json!({"uuid": "u1", "hostname": "cn1", "status": "running", "ram": 4096, "reservation_ratio": 0.0, "problems": [],
                 "sysinfo": {"CPU Online Count": 4, "Zpool Size in GiB": 10, "CPU Temperature": "41 C"}}),
             json!({"uuid": "u2", "hostname": "cn2", "status": "unknown", "ram": 4096, "problems": [{"kind": "nic_tag_link", "message": "link down"}]}),
+            json!({"uuid": "u3", "hostname": "cn3", "status": "running", "ram": 4096, "problems": [], "temperatures": [
+                {"sensor": "coretemp", "label": "Package id 0", "celsius": 45.0, "at": "2026-01-01T00:00:00.000Z"},
+                {"sensor": "nvme", "label": "Composite", "celsius": 51.86, "at": "2026-01-01T00:00:00.000Z"},
+                {"sensor": "coretemp", "label": "Core 0", "celsius": 44.0, "at": "2026-01-01T00:00:00.000Z"}]}),
         ];
         let by = HashMap::from([("u1".to_string(), vec![json!({"ram": 1024, "vcpus": 1, "quota": 1})])]);
         let out = render_servers(&servers, &by).into_string();
         for want in [
             "cn1",
             "cn2",
-            "1 running",
+            "2 running",
             "1 not running",
             "1.0 GiB used, 3.0 GiB free of 4.0 GiB",
             "CPU Temperature: 41 C",
             "link down",
             "not reported",
+            // The hottest reading, with its label, of a server that has sensors.
+            "Composite (nvme): <strong>51.9 °C</strong> <span class=\"hint\">(hottest of 3)</span>",
         ] {
             assert!(out.contains(want), "{want} in {out}");
         }
+        assert!(!out.contains("Package id 0"), "only the hottest on the dashboard: {out}");
         let jobs = Ok(Jobs {
             running: vec![],
             queued: vec![],

@@ -1,6 +1,6 @@
 //! Servers (CNAPI): `/servers` lists every compute node with its status, capacity,
 //! reservation, VM count and problems; `/servers/{uuid}` shows one with its sysinfo, its
-//! VMs (records, and what the server itself reports), traits and problems, with forms for
+//! VMs (records, and what the server itself reports), temperatures, traits and problems, with forms for
 //! what ServerUpdate changes (reserved, reservoir, ratios, traits, notes).
 //!
 //! Everything comes from the operator API: `GET /servers?extras=sysinfo`,
@@ -95,13 +95,86 @@ pub(crate) fn problems(server: &Value) -> Markup {
     }
 }
 
-/// Sysinfo entries that are temperatures, if the server reports any.
-pub(crate) fn temperatures(server: &Value) -> Vec<(String, String)> {
+/// One temperature a server reports.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Reading {
+    /// What measured it: `Package id 0 (coretemp)`, or a sysinfo key.
+    pub name: String,
+    /// Degrees Celsius, when known as a number.
+    pub celsius: Option<f64>,
+    /// As shown: `45.0 °C`, or sysinfo's own text.
+    pub value: String,
+    /// When it was read (its heartbeat's time), if known.
+    pub at: String,
+}
+
+/// The server's temperatures: its last heartbeat's hardware readings (`temperatures`),
+/// else any sysinfo entry that is one; empty when it reports none.
+pub(crate) fn temperatures(server: &Value) -> Vec<Reading> {
+    let reported: Vec<Reading> = server
+        .get("temperatures")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|t| {
+                    let celsius = t.get("celsius")?.as_f64()?;
+                    Some(Reading {
+                        name: format!("{} ({})", field(t, "label"), field(t, "sensor")),
+                        celsius: Some(celsius),
+                        value: format!("{celsius:.1} °C"),
+                        at: field(t, "at"),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !reported.is_empty() {
+        return reported;
+    }
     server
         .get("sysinfo")
         .and_then(Value::as_object)
-        .map(|si| si.iter().filter(|(k, _)| k.to_ascii_lowercase().contains("temp")).map(|(k, v)| (k.clone(), page::text(v))).collect())
+        .map(|si| {
+            si.iter()
+                .filter(|(k, _)| k.to_ascii_lowercase().contains("temp"))
+                .map(|(k, v)| Reading { name: k.clone(), celsius: None, value: page::text(v), at: String::new() })
+                .collect()
+        })
         .unwrap_or_default()
+}
+
+/// The dashboard's cell: the hottest reading with its label (and how many there are), or
+/// every entry when none is a number; "not reported" without any.
+pub(crate) fn hottest_temperature(server: &Value) -> Markup {
+    let temps = temperatures(server);
+    let hottest =
+        temps.iter().filter(|r| r.celsius.is_some()).max_by(|a, b| a.celsius.partial_cmp(&b.celsius).unwrap_or(std::cmp::Ordering::Equal));
+    html! {
+        @if temps.is_empty() {
+            span.hint { "not reported" }
+        } @else if let Some(r) = hottest {
+            (r.name) ": " strong { (r.value) }
+            @if temps.len() > 1 { " " span.hint { "(hottest of " (temps.len()) ")" } }
+        } @else {
+            @for r in &temps { (r.name) ": " (r.value) br; }
+        }
+    }
+}
+
+/// The server page's list: every reading, and when they were read.
+fn all_temperatures(server: &Value) -> Markup {
+    let temps = temperatures(server);
+    let at = temps.iter().map(|r| r.at.as_str()).find(|a| !a.is_empty());
+    html! {
+        @if temps.is_empty() {
+            span.hint { "not reported" }
+        } @else {
+            ul.temperatures {
+                @for r in &temps { li { (r.name) ": " (r.value) } }
+            }
+            @if let Some(at) = at { span.hint { "read at " (at) } }
+        }
+    }
 }
 
 /// How placement treats the server: reserved, reservoir, headnode.
@@ -358,7 +431,6 @@ fn traits_form(s: &Session, server: &Value, edit: Option<&Edit>) -> Markup {
 pub fn render_server(s: &Session, p: &ServerPage, edit: Option<&Edit>) -> Markup {
     let server = &p.server;
     let c = capacity::of(server, &p.vms.iter().collect::<Vec<_>>());
-    let temps = temperatures(server);
     let traits = server.get("traits").filter(|t| t.as_object().is_some_and(|o| !o.is_empty()));
     html! {
         @if let Some(e) = edit {
@@ -375,10 +447,7 @@ pub fn render_server(s: &Session, p: &ServerPage, edit: Option<&Edit>) -> Markup
             ("Reserved", flags(server)),
             ("Traits", html! { @match traits { Some(t) => code { (t.to_string()) }, None => "none" } }),
             ("Agent trust", html! { @match &p.trust { Some(t) => (badge(&field(t, "state"))), None => "unknown" } }),
-            ("Temperatures", html! {
-                @if temps.is_empty() { span.hint { "not in this server's sysinfo" } }
-                @for (k, v) in &temps { (k) ": " (v) br; }
-            }),
+            ("Temperatures", all_temperatures(server)),
             ("Problems", problems(server)),
         ]))
         (vms_section(server, &p.vms))
@@ -501,5 +570,25 @@ mod tests {
         assert!(out.contains("href=\"/servers/u1\"") && out.contains("cn1") && out.contains("no heartbeat for 30 s"), "{out}");
         assert!(out.contains("1.0 GiB used, 1.0 GiB free of 2.0 GiB") && out.contains("reserved"), "{out}");
         assert!(out.contains("MTU &lt;9000&gt;") && out.contains("nic_tag_mtu"), "{out}");
+    }
+
+    #[test]
+    fn the_server_page_shows_every_temperature_or_that_none_is_reported() {
+        let s = Session {
+            account: serde_json::from_value(json!({"uuid": "00000000-0000-0000-0000-000000000001", "login": "op", "email": "op@x.example",
+                "operator": true, "created": "2026-01-01T00:00:00Z", "updated": "2026-01-01T00:00:00Z"}))
+            .unwrap(),
+            csrf: "t".into(),
+        };
+        let server = json!({"uuid": "u1", "hostname": "cn1", "status": "running", "ram": 2048, "problems": [], "temperatures": [
+            {"sensor": "coretemp", "label": "Package id 0", "celsius": 45.0, "at": "2026-01-01T00:00:05.000Z"},
+            {"sensor": "nvme", "label": "Composite", "celsius": 38.83, "at": "2026-01-01T00:00:05.000Z"}]});
+        let out = render_server(&s, &ServerPage { server, vms: vec![], trust: None }, None).into_string();
+        for want in ["Package id 0 (coretemp): 45.0 °C", "Composite (nvme): 38.8 °C", "read at 2026-01-01T00:00:05.000Z"] {
+            assert!(out.contains(want), "{want} in {out}");
+        }
+        let server = json!({"uuid": "u2", "hostname": "cn2", "status": "running", "ram": 2048, "problems": [], "temperatures": []});
+        let out = render_server(&s, &ServerPage { server, vms: vec![], trust: None }, None).into_string();
+        assert!(out.contains("not reported"), "{out}");
     }
 }
