@@ -192,6 +192,20 @@ impl Admin {
         bytes
     }
 
+    /// Waits until none of the VM's jobs is queued or running.
+    async fn wait_vm_jobs(&self, vm: &str) {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let jobs = self.ok(200, "GET", &format!("/vms/{vm}/jobs"), None).await;
+            let live = jobs.as_array().unwrap().iter().any(|j| matches!(j["execution"].as_str(), Some("queued" | "running")));
+            if !live {
+                return;
+            }
+            assert!(std::time::Instant::now() < end, "VM {vm}'s jobs never finished: {jobs}");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     async fn wait_job(&self, job: &Value) -> Value {
         let j = self.ok(200, "GET", &format!("/jobs/{}/wait?timeout=60", job.as_str().unwrap()), None).await;
         assert_eq!(j["execution"], "succeeded", "{j}");
@@ -687,6 +701,9 @@ async fn every_documented_operation_answers_as_documented() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     capi.ok(202, "POST", &format!("{base}/snapshots/s1"), None).await;
+    // The rollback is a job that stops, rolls back and starts the machine: the machine is
+    // "running" before it begins too, so wait for the job, not for the state.
+    admin.wait_vm_jobs(&id).await;
     capi.wait_state(&id, "running").await;
     capi.ok(204, "DELETE", &format!("{base}/snapshots/s1"), None).await;
     capi.ok(202, "POST", &base, Some(json!({"action": "stop"}))).await;
