@@ -19,6 +19,8 @@ fn headnode(data: &Path, port: u16, store: &str, images: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_nereid"))
         .args(["headnode", "--data-dir", data.to_str().unwrap(), "--admin-listen", &format!("127.0.0.1:{port}")])
         .args(["--agent-listen", &format!("127.0.0.1:{}", agent_port(port))])
+        // The web console on a free port, not its fixed default (other tests run beside this one).
+        .args(["--web-listen", "127.0.0.1:0"])
         .args(["--cloudapi-listen", "127.0.0.1:0", "--store", store, "--images-dir", images.to_str().unwrap()])
         .args(["--job-lease-secs", "3", "--reconcile-every-secs", "0"])
         .env_remove("NEREID_TEST_PAUSE_AT")

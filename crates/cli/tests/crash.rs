@@ -21,6 +21,8 @@ fn headnode(data: &Path, port: u16, env: &[(&str, &str)]) -> Child {
     // The agent listener on the next port: agents find it without reading anything.
     c.args(["headnode", "--data-dir", data.to_str().unwrap(), "--admin-listen", &format!("127.0.0.1:{port}")])
         .args(["--agent-listen", &format!("127.0.0.1:{}", agent_port(port))])
+        // The web console on a free port, not its fixed default (other tests run beside this one).
+        .args(["--web-listen", "127.0.0.1:0"])
         .args(["--cloudapi-listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::null());

@@ -127,6 +127,8 @@ async fn up(extra: &[&str]) -> Up {
     let log = std::fs::File::create(dir.path().join("test.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_nereid"))
         .args(["up", "--backend", "sim", "--sim-servers", "1", "--data-dir", data.to_str().unwrap()])
+        // The web console on a free port, not its fixed default (other tests run beside this one).
+        .args(["--web-listen", "127.0.0.1:0"])
         .args(["--admin-listen", &format!("127.0.0.1:{admin}"), "--cloudapi-listen", &format!("127.0.0.1:{cloudapi}")])
         .args(["--agent-listen", &format!("127.0.0.1:{agent_listener}")])
         .args(extra)

@@ -65,6 +65,8 @@ async fn an_agent_partitioned_shorter_and_longer_than_the_timeout() {
         .cmd(env!("CARGO_BIN_EXE_nereid"))
         .args(["headnode", "--data-dir", hn_data.to_str().unwrap(), "--admin-listen", &format!("0.0.0.0:{port}")])
         .args(["--agent-listen", &format!("0.0.0.0:{}", port + 1)])
+        // The web console on a free port, not its fixed default (other tests run beside this one).
+        .args(["--web-listen", "127.0.0.1:0"])
         .args(["--cloudapi-listen", "127.0.0.1:0", "--server-timeout-secs", "4", "--reconcile-every-secs", "0"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
