@@ -56,6 +56,8 @@ struct Up {
     agent: SocketAddr,
     /// The headnode's listener for agents (mutual TLS: only agents get through).
     agent_listener: SocketAddr,
+    /// The web console (TLS, CloudAPI's certificate).
+    web: SocketAddr,
     token: String,
 }
 
@@ -123,12 +125,13 @@ fn listening_ports(pid: u32) -> HashSet<u16> {
 async fn up(extra: &[&str]) -> Up {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (admin, cloudapi, agent_listener) = (free_port(), free_port(), free_port());
+    let (admin, cloudapi, agent_listener, web) = (free_port(), free_port(), free_port(), free_port());
     let log = std::fs::File::create(dir.path().join("test.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_nereid"))
         .args(["up", "--backend", "sim", "--sim-servers", "1", "--data-dir", data.to_str().unwrap()])
-        // The web console on a free port, not its fixed default (other tests run beside this one).
-        .args(["--web-listen", "127.0.0.1:0"])
+        // The web console on a known free port, not its fixed default (other tests run beside
+        // this one), so the one port left over below is the agent's.
+        .args(["--web-listen", &format!("127.0.0.1:{web}")])
         .args(["--admin-listen", &format!("127.0.0.1:{admin}"), "--cloudapi-listen", &format!("127.0.0.1:{cloudapi}")])
         .args(["--agent-listen", &format!("127.0.0.1:{agent_listener}")])
         .args(extra)
@@ -150,16 +153,18 @@ async fn up(extra: &[&str]) -> Up {
         cloudapi: SocketAddr::from((Ipv4Addr::LOCALHOST, cloudapi)),
         agent: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         agent_listener: SocketAddr::from((Ipv4Addr::LOCALHOST, agent_listener)),
+        web: SocketAddr::from((Ipv4Addr::LOCALHOST, web)),
         dir,
         token: String::new(),
     };
     let end = Instant::now() + Duration::from_secs(90);
     loop {
         let ports = listening_ports(pid);
-        let others: Vec<u16> = ports.iter().copied().filter(|p| ![admin, cloudapi, agent_listener].contains(p)).collect();
+        let others: Vec<u16> = ports.iter().copied().filter(|p| ![admin, cloudapi, agent_listener, web].contains(p)).collect();
         if ports.contains(&admin)
             && ports.contains(&cloudapi)
             && ports.contains(&agent_listener)
+            && ports.contains(&web)
             && !others.is_empty()
             && up.cert().exists()
             && up.agent_credentials().is_some()
@@ -570,6 +575,26 @@ async fn cloudapi_listener_holds_up() {
         addr: up.cloudapi,
         tls: Some(tls_connector(&up.cert())),
         ping: "/--ping",
+        stalled_body: stalled,
+        refuses_us: false,
+        ping_headers: String::new(),
+        ping_status: "HTTP/1.1 200 ",
+    };
+    hold_against(&up, t).await;
+}
+
+/// The web console: TLS with CloudAPI's certificate, the same timeouts and limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_console_listener_holds_up() {
+    let up = up(&[]).await;
+    let stalled =
+        "POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nlogin="
+            .to_string();
+    let t = Target {
+        name: "web console (TLS)",
+        addr: up.web,
+        tls: Some(tls_connector(&up.cert())),
+        ping: "/login",
         stalled_body: stalled,
         refuses_us: false,
         ping_headers: String::new(),
