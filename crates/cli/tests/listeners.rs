@@ -202,7 +202,14 @@ struct Target {
 impl Target {
     /// Whether `status` (from [`Target::ping`]) is this listener answering.
     fn answered(&self, status: &str) -> bool {
-        if self.refuses_us { status.contains("CertificateRequired") } else { status.starts_with(self.ping_status) }
+        // A listener that refuses us answers with the TLS alert; under TLS 1.3 our request
+        // may cross that alert on the wire, and the kernel then resets the connection
+        // before the alert is read: a refusal all the same, and just as prompt.
+        if self.refuses_us {
+            status.contains("CertificateRequired") || status.contains("Connection reset by peer")
+        } else {
+            status.starts_with(self.ping_status)
+        }
     }
 
     /// A connection from source address 127.0.0.`src`.
