@@ -139,6 +139,8 @@ impl NodeRuntime {
             vms,
             problems: problems.to_vec(),
             temperatures: metrics::readings(hwmon.as_deref()),
+            nic_tag_addresses: Default::default(),
+            netpolicy_digest: None,
         }
     }
 }

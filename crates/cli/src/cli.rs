@@ -66,7 +66,27 @@ pub struct HeadnodeArgs {
     #[command(flatten)]
     pub web: WebArgs,
     #[command(flatten)]
+    pub fabric: FabricArgs,
+    #[command(flatten)]
     pub tuning: Tuning,
+}
+
+/// Fabrics: each account's private VLANs, carried between compute nodes over VXLAN.
+#[derive(Args, Debug, Clone)]
+pub struct FabricArgs {
+    /// The nic tag whose links carry fabric (VXLAN) traffic between compute nodes; fabric networks get its MTU minus 50
+    #[arg(long, value_name = "TAG", default_value = nereid_types::fabric::DEFAULT_UNDERLAY_TAG)]
+    pub fabric_underlay_tag: String,
+    /// Give every new account a default fabric VLAN (2, "default") and network (192.168.128.0/22 with NAT), as Triton's default fabric setup does
+    #[arg(long)]
+    pub fabric_default_network: bool,
+}
+
+impl FabricArgs {
+    pub fn apply(&self, cfg: &mut nereid_headnode::app::AppConfig) {
+        cfg.fabric.underlay_tag = self.fabric_underlay_tag.clone();
+        cfg.fabric.default_for_new_accounts = self.fabric_default_network;
+    }
 }
 
 /// The tenants' API (CloudAPI, for the `triton` CLI).
@@ -312,6 +332,8 @@ pub struct UpArgs {
     pub cloudapi: CloudApiArgs,
     #[command(flatten)]
     pub web: WebArgs,
+    #[command(flatten)]
+    pub fabric: FabricArgs,
     #[command(flatten)]
     pub tuning: Tuning,
 }

@@ -94,6 +94,14 @@ pub struct NicDef {
     /// `dhcp_server` is false).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub dhcp_server: bool,
+    /// On a fabric network: the VXLAN segment (the fabric VLAN's vni) the NIC is on; its
+    /// `nic_tag` is then [`crate::fabric::OVERLAY_TAG`] and `vlan_id` the fabric VLAN's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    /// On a fabric network with `internet_nat`: the node hosting this NIC answers as the
+    /// network's `gateway` and masquerades to the outside.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub internet_nat: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -325,6 +333,13 @@ pub struct Heartbeat {
     /// absent from an agent older than this field.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub temperatures: Vec<Temperature>,
+    /// The IPv4 address this server has on each of its nic tags' links (the fabric
+    /// underlay's is where other servers send its VXLAN traffic).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub nic_tag_addresses: std::collections::BTreeMap<String, String>,
+    /// The digest of the network policy the server applied last (`None` before any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netpolicy_digest: Option<String>,
 }
 
 /// One hardware temperature reading of a server (a Linux hwmon `tempN_input`).

@@ -99,6 +99,12 @@ pub struct Network {
     /// its NAPI address); false when the guests' DHCP comes from elsewhere.
     #[serde(default = "yes")]
     pub dhcp_server: bool,
+    /// Fabric networks: the VXLAN segment of their fabric VLAN (NAPI's `vnet_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    /// Fabric networks: whether VMs reach the outside through NAT at the gateway.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internet_nat: bool,
 }
 
 fn yes() -> bool {

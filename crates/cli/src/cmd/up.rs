@@ -157,6 +157,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         cfg.agent_listen = l;
     }
     a.tuning.apply(&mut cfg.app);
+    a.fabric.apply(&mut cfg.app);
     cfg.cloudapi = a.cloudapi.config();
     cfg.web = a.web.config(cfg.admin_listen);
     let running = start(cfg).await?;

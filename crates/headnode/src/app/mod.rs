@@ -59,6 +59,25 @@ pub struct AppConfig {
     /// Image files, if not `<data dir>/images`: several headnodes of one cluster share a
     /// path they all mount, so an image uploaded through one provisions through any.
     pub images_dir: Option<PathBuf>,
+    /// Fabrics (tenants' overlay networks).
+    pub fabric: FabricConfig,
+}
+
+/// How fabrics are carried and what new accounts get.
+#[derive(Debug, Clone)]
+pub struct FabricConfig {
+    /// The nic tag whose links carry the VXLAN traffic between compute nodes (fabric
+    /// MTU = its MTU − [`nereid_types::fabric::VXLAN_OVERHEAD`]).
+    pub underlay_tag: String,
+    /// Whether every new account gets a default fabric VLAN and network (Triton's
+    /// `fabric_cfg` default VLAN).
+    pub default_for_new_accounts: bool,
+}
+
+impl Default for FabricConfig {
+    fn default() -> Self {
+        FabricConfig { underlay_tag: nereid_types::fabric::DEFAULT_UNDERLAY_TAG.into(), default_for_new_accounts: false }
+    }
 }
 
 impl Default for AppConfig {
@@ -72,6 +91,7 @@ impl Default for AppConfig {
             alloc: nereid_alloc::Config { filter_headnode: false, ..Default::default() },
             reconcile_every: Duration::from_secs(60),
             images_dir: None,
+            fabric: FabricConfig::default(),
         }
     }
 }

@@ -79,6 +79,8 @@ pub fn nic_def(n: &Nic, net: Option<&Network>, index: usize, model: &str) -> Nic
         allow_dhcp_spoofing: n.flags.get("allow_dhcp_spoofing").copied().unwrap_or(false),
         allow_unfiltered_promisc: n.flags.get("allow_unfiltered_promisc").copied().unwrap_or(false),
         dhcp_server: net.is_none_or(|x| x.dhcp_server),
+        vni: net.and_then(|x| x.vni),
+        internet_nat: net.is_some_and(|x| x.internet_nat),
     }
 }
 
