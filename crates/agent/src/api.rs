@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use nereid_types::agent::Ensure;
 use serde_json::json;
 use uuid::Uuid;
@@ -48,6 +48,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/servers/{server}/vms/{vm}/console", get(consoles::console))
         .route("/servers/{server}/vms/{vm}/vnc", get(consoles::vnc))
         .route("/servers/{server}/sysinfo", get(sysinfo))
+        .route("/servers/{server}/netpolicy", put(put_netpolicy))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "ResourceNotFound", "no such agent endpoint") })
         .with_state(state)
@@ -110,8 +111,106 @@ async fn sysinfo(State(s): State<ApiState>, Path(server): Path<String>) -> Respo
     }
 }
 
+/// `PUT /servers/{server}/netpolicy`: the node's whole network policy, saved and applied;
+/// answers the digest applied (an apply that fails answers 500 and leaves the digest the
+/// heartbeat reports at the previous one, so the headnode pushes again).
+async fn put_netpolicy(State(s): State<ApiState>, Path(server): Path<String>, body: Bytes) -> Response {
+    let Some(n) = s.node(&server) else { return error(StatusCode::NOT_FOUND, "ResourceNotFound", "no such server") };
+    let p: nereid_types::netpolicy::NetPolicy = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(err) => return error(StatusCode::BAD_REQUEST, "InvalidArgument", format!("the network policy does not parse: {err}")),
+    };
+    match n.node.put_netpolicy(&p).await {
+        Ok(()) => {
+            tracing::info!(server = %n.uuid, digest = %p.digest, "network policy applied");
+            ok(&json!({"digest": p.digest}))
+        }
+        Err(e) => {
+            tracing::warn!(server = %n.uuid, digest = %p.digest, error = %e, "applying the network policy failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("applying network policy {}: {e}", p.digest))
+        }
+    }
+}
+
 async fn metrics(State(s): State<ApiState>) -> Response {
     let nodes: Vec<(Uuid, Vec<nereid_types::agent::VmStatus>)> = s.nodes.iter().map(|n| (n.uuid, n.node.list())).collect();
     let text = crate::metrics::render(&nodes, &s.hwmon);
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::sim::{Delays, Sim};
+    use crate::supervisor::{Node, Upstream};
+
+    struct NoUpstream;
+
+    #[async_trait::async_trait]
+    impl Upstream for NoUpstream {
+        async fn metadata_write(&self, _: Uuid, _: &crate::metadata::MetadataWrite) -> Result<(), String> {
+            Err("no headnode in this test".into())
+        }
+    }
+
+    async fn sim_node(dir: &std::path::Path, uuid: Uuid) -> Arc<Node> {
+        let sim = Sim::open(dir.join("sim.json"), Delays::default());
+        sim.set_nic_tag_addresses([("sdc_underlay".to_string(), "192.0.2.5".to_string())].into());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        std::mem::forget(rx);
+        Node::open(uuid, Arc::new(sim), Arc::new(NoUpstream), dir.join("node"), tx).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn runtime(node: Arc<Node>) -> Arc<NodeRuntime> {
+        Arc::new(NodeRuntime {
+            uuid: node.uuid,
+            identity: "test".into(),
+            node,
+            sysinfo: Default::default(),
+            paused: Default::default(),
+            ram_mib: 1024,
+            disk_mib: 1024,
+            hwmon: Default::default(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_pushed_netpolicy_is_saved_applied_and_reported_and_bad_bodies_are_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let server = Uuid::new_v4();
+        let rt = runtime(sim_node(dir.path(), server).await);
+        let router = router(ApiState { nodes: Arc::new(vec![rt.clone()]), hwmon: dir.path().join("no-hwmon") });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("http://{}", listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let c = reqwest::Client::new();
+        let put = |path: String, body: &'static str| c.put(format!("{url}{path}")).body(body).send();
+
+        assert_eq!(rt.heartbeat(&[]).netpolicy_digest, None);
+        assert_eq!(rt.heartbeat(&[]).nic_tag_addresses.get("sdc_underlay").map(String::as_str), Some("192.0.2.5"));
+
+        let r = put(format!("/servers/{server}/netpolicy"), "{\"overlays\": []}").await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status(), 400);
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        assert_eq!(body["code"], "InvalidArgument");
+        assert!(body["message"].as_str().unwrap_or("").contains("network policy does not parse"), "{body}");
+        let r = put(format!("/servers/{}/netpolicy", Uuid::new_v4()), "{}").await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status(), 404);
+        assert_eq!(rt.heartbeat(&[]).netpolicy_digest, None);
+
+        let body = r#"{"digest": "abc", "overlays": {"4660": ["192.0.2.6"]},
+            "firewalls": {"6f3d3f1c-8a51-4e43-9b8c-2f0f5d7c9a10": [{"rule": "6f3d3f1c-8a51-4e43-9b8c-2f0f5d7c9a11",
+              "direction": "in", "action": "allow", "protocol": "tcp", "ports": [{"start": 80, "end": 80}], "priority": 0}]}}"#;
+        let r = put(format!("/servers/{server}/netpolicy"), body).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.json::<serde_json::Value>().await.unwrap_or_default(), json!({"digest": "abc"}));
+        let hb = serde_json::to_value(rt.heartbeat(&[])).unwrap_or_default();
+        assert_eq!(hb["netpolicy_digest"], "abc");
+        assert_eq!(hb["nic_tag_addresses"], json!({"sdc_underlay": "192.0.2.5"}));
+
+        // A restarted agent reports it again at once (re-applied from the node's directory).
+        drop(rt);
+        let again = sim_node(dir.path(), server).await;
+        assert_eq!(again.netpolicy_digest().as_deref(), Some("abc"));
+    }
 }

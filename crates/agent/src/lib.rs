@@ -34,6 +34,7 @@ pub mod images;
 pub mod metadata;
 pub mod metrics;
 pub mod net;
+pub mod netpolicy;
 pub mod supervisor;
 pub mod sysinfo;
 pub mod tls;
@@ -139,8 +140,8 @@ impl NodeRuntime {
             vms,
             problems: problems.to_vec(),
             temperatures: metrics::readings(hwmon.as_deref()),
-            nic_tag_addresses: Default::default(),
-            netpolicy_digest: None,
+            nic_tag_addresses: self.node.nic_tag_addresses(),
+            netpolicy_digest: self.node.netpolicy_digest(),
         }
     }
 }
@@ -328,7 +329,19 @@ pub async fn start(mut cfg: Config) -> Result<Agent> {
         };
         let (backend, ram_mib, disk_mib): (Arc<dyn backend::Backend>, u64, u64) = match spec.backend {
             BackendPlan::Sim(delays) => {
-                (Arc::new(backend::sim::Sim::open(spec.dir.join("sim-vms.json"), delays)), spec.facts.ram_mib, spec.facts.disk_gib * 1024)
+                let sim = backend::sim::Sim::open(spec.dir.join("sim-vms.json"), delays);
+                // A simulated server's address on each of its tags is its (only) NIC's.
+                sim.set_nic_tag_addresses(
+                    spec.facts
+                        .nics
+                        .iter()
+                        .filter_map(|n| {
+                            Some((n.ip.clone().filter(|ip| ip.parse::<std::net::IpAddr>().is_ok_and(|a| !a.is_unspecified()))?, &n.tags))
+                        })
+                        .flat_map(|(ip, tags)| tags.iter().map(move |t| (t.clone(), ip.clone())))
+                        .collect(),
+                );
+                (Arc::new(sim), spec.facts.ram_mib, spec.facts.disk_gib * 1024)
             }
             BackendPlan::Qemu(q) => {
                 let images = Arc::new(images::ImageCache::new(spec.dir.join("images"), upstream.clone()));
@@ -462,6 +475,7 @@ async fn heartbeats(
     loop {
         let mut again = false;
         if !rt.paused.load(Ordering::SeqCst) {
+            rt.node.refresh_nic_tag_addresses().await;
             let hb = rt.heartbeat(&problems);
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
             if creds.cert(rt.uuid).is_some_and(|c| c.needs_renewal(now))

@@ -155,6 +155,10 @@ pub struct Node {
     /// How often a running VM is checked for having died.
     pub check_every: Duration,
     stopping: AtomicBool,
+    /// The network policy the headnode pushed (saved in `dir`).
+    netpolicy: crate::netpolicy::PolicyStore,
+    /// This server's address on each nic tag, as last read.
+    addresses: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 /// How far ahead the durable generation mark moves at a time.
@@ -187,7 +191,17 @@ impl Node {
             events,
             check_every: Duration::from_secs(1),
             stopping: AtomicBool::new(false),
+            netpolicy: crate::netpolicy::PolicyStore::new(&dir),
+            addresses: Default::default(),
         });
+        // The policy in force before a restart is in force again at once.
+        if let Some(p) = node.netpolicy.load() {
+            match node.put_netpolicy(&p).await {
+                Ok(()) => tracing::info!(digest = %p.digest, "network policy applied again"),
+                Err(e) => tracing::warn!(digest = %p.digest, error = %e, "applying the saved network policy"),
+            }
+        }
+        node.refresh_nic_tag_addresses().await;
         let mut loaded = Vec::new();
         for entry in std::fs::read_dir(dir.join("vms"))?.flatten() {
             let path = entry.path();
@@ -237,6 +251,27 @@ impl Node {
     /// The backend's check of the host networking against what the headnode wants.
     pub async fn check_network(&self, wanted: &std::collections::BTreeMap<String, u32>) -> Vec<nereid_types::agent::Problem> {
         self.backend.check_network(wanted).await
+    }
+
+    /// Saves and applies the node's network policy (whole); an error is the apply's.
+    pub async fn put_netpolicy(&self, p: &nereid_types::netpolicy::NetPolicy) -> Result<(), String> {
+        self.netpolicy.put(p, || self.backend.apply_netpolicy(p)).await
+    }
+
+    /// The digest of the network policy applied last.
+    pub fn netpolicy_digest(&self) -> Option<String> {
+        self.netpolicy.digest()
+    }
+
+    /// Reads this server's nic tag addresses again (before each heartbeat).
+    pub async fn refresh_nic_tag_addresses(&self) {
+        let a = self.backend.nic_tag_addresses().await;
+        *self.addresses.lock().unwrap_or_else(|p| p.into_inner()) = a;
+    }
+
+    /// This server's address on each nic tag, as last read.
+    pub fn nic_tag_addresses(&self) -> std::collections::BTreeMap<String, String> {
+        self.addresses.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn next_generation(&self) -> i64 {

@@ -60,4 +60,13 @@ pub trait Backend: Send + Sync + 'static {
     async fn check_network(&self, _wanted: &std::collections::BTreeMap<String, u32>) -> Vec<nereid_types::agent::Problem> {
         Vec::new()
     }
+    /// Applies the node's network policy (overlay peers, firewalls) whole; the sim backend
+    /// has no devices and only accepts it.
+    async fn apply_netpolicy(&self, _policy: &nereid_types::netpolicy::NetPolicy) -> Result<(), String> {
+        Ok(())
+    }
+    /// Per nic tag: this server's IPv4 address on the tag's link (the first global one).
+    async fn nic_tag_addresses(&self) -> std::collections::BTreeMap<String, String> {
+        Default::default()
+    }
 }

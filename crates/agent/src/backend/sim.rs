@@ -51,6 +51,8 @@ pub struct Sim {
     delays: Delays,
     file: PathBuf,
     vms: Mutex<HashMap<Uuid, SimVm>>,
+    /// What the simulated server reports as its address on each nic tag.
+    addresses: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 fn now_ms() -> i64 {
@@ -65,7 +67,12 @@ impl Sim {
     /// A simulated hypervisor whose VMs live in `file`.
     pub fn open(file: PathBuf, delays: Delays) -> Self {
         let vms = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        Sim { delays, file, vms: Mutex::new(vms) }
+        Sim { delays, file, vms: Mutex::new(vms), addresses: Mutex::default() }
+    }
+
+    /// Sets the addresses the server reports on its nic tags (it has no links of its own).
+    pub fn set_nic_tag_addresses(&self, addresses: std::collections::BTreeMap<String, String>) {
+        *self.addresses.lock().unwrap_or_else(|p| p.into_inner()) = addresses;
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<Uuid, SimVm>) -> R) -> R {
@@ -87,6 +94,10 @@ impl Sim {
 
 #[async_trait]
 impl Backend for Sim {
+    async fn nic_tag_addresses(&self) -> std::collections::BTreeMap<String, String> {
+        self.addresses.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn name(&self) -> &'static str {
         "sim"
     }

@@ -84,6 +84,22 @@ pub async fn max_mtu(iface: &str) -> Option<u32> {
     v.get(0)?.get("max_mtu")?.as_u64().map(|m| m as u32)
 }
 
+/// The first global IPv4 address of an interface.
+pub async fn ipv4_address(iface: &str) -> Option<std::net::Ipv4Addr> {
+    let out = run("ip", &["-4", "-j", "addr", "show", "dev", iface, "scope", "global"]).await.ok()?;
+    first_ipv4(&out)
+}
+
+/// The first address in `ip -4 -j addr show`'s output.
+pub fn first_ipv4(json: &str) -> Option<std::net::Ipv4Addr> {
+    let v: Value = serde_json::from_str(json).ok()?;
+    v.as_array()?
+        .iter()
+        .flat_map(|l| l.get("addr_info").and_then(Value::as_array).into_iter().flatten())
+        .filter(|a| a.get("family").and_then(Value::as_str) == Some("inet"))
+        .find_map(|a| a.get("local")?.as_str()?.parse().ok())
+}
+
 /// Interfaces whose names start with `prefix`.
 pub fn named_like(prefix: &str) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir("/sys/class/net")
@@ -199,5 +215,10 @@ mod tests {
         assert_eq!(vlan_port("eth1", 7), "eth1.7");
         assert!(exists("lo") && !is_bridge("lo") && !exists("no-such-if"));
         assert_eq!(mtu("lo"), Some(65536));
+        let out = r#"[{"ifindex":3,"ifname":"nb-x","addr_info":[{"family":"inet","local":"192.0.2.7","prefixlen":24,"scope":"global"},
+            {"family":"inet","local":"192.0.2.8","prefixlen":24,"scope":"global"}]}]"#;
+        assert_eq!(first_ipv4(out), Some("192.0.2.7".parse().unwrap_or_else(|e| panic!("{e}"))));
+        assert_eq!(first_ipv4("[]"), None);
+        assert_eq!(first_ipv4("[{}]"), None);
     }
 }

@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use nereid_types::agent::{Definition, NicDef, Problem};
+use nereid_types::netpolicy::NetPolicy;
 use uuid::Uuid;
 
 use filter::Port;
@@ -106,6 +107,8 @@ pub struct Net {
     /// Filter rewrites one at a time, each from the latest set of ports; true once the
     /// table was written (a host whose VMs never had a tap is left untouched).
     apply: tokio::sync::Mutex<bool>,
+    /// The network policy the headnode pushed last (overlay peers, firewalls).
+    policy: Mutex<NetPolicy>,
     pub counters: Arc<Counters>,
 }
 
@@ -120,6 +123,7 @@ impl Net {
             plugged: Mutex::new(BTreeMap::new()),
             responders: Mutex::new(BTreeMap::new()),
             apply: tokio::sync::Mutex::new(false),
+            policy: Mutex::new(NetPolicy::default()),
             counters: Arc::default(),
         }
     }
@@ -319,6 +323,31 @@ impl Net {
                     break;
                 }
                 tracing::info!(tag, link, mtu = want, "link MTU raised for the nic tag's networks");
+            }
+        }
+        out
+    }
+
+    /// Applies the node's network policy whole: it is kept for NICs plugged later too.
+    pub async fn apply_policy(&self, p: &NetPolicy) -> Result<(), String> {
+        *lock(&self.policy) = p.clone();
+        Ok(())
+    }
+
+    /// Per nic tag: the first global IPv4 address of its bridge or link (tags without one
+    /// are left out).
+    pub async fn nic_tag_addresses(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for (tag, uplink) in &self.tags {
+            let candidates = match uplink {
+                Uplink::Link(l) => vec![link_bridge(tag), l.clone()],
+                Uplink::Bridge(b) | Uplink::Local(b) => vec![b.clone()],
+            };
+            for c in candidates.iter().filter(|c| links::exists(c)) {
+                if let Some(a) = links::ipv4_address(c).await {
+                    out.insert(tag.clone(), a.to_string());
+                    break;
+                }
             }
         }
         out

@@ -478,6 +478,14 @@ impl Backend for Qemu {
     async fn check_network(&self, wanted: &std::collections::BTreeMap<String, u32>) -> Vec<nereid_types::agent::Problem> {
         self.net.check_mtus(wanted).await
     }
+
+    async fn apply_netpolicy(&self, policy: &nereid_types::netpolicy::NetPolicy) -> Result<(), String> {
+        self.net.apply_policy(policy).await
+    }
+
+    async fn nic_tag_addresses(&self) -> std::collections::BTreeMap<String, String> {
+        self.net.nic_tag_addresses().await
+    }
 }
 
 impl Qemu {
