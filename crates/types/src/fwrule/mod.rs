@@ -6,6 +6,21 @@
 //!   text ──parse──► Rule (AST) ──Display──► canonical text (parse ∘ print = id)
 //!   FwRule records + FwVm inventory ──compile──► per VM: Vec<netpolicy::FwEntry>
 //! ```
+//!
+//! * [`ast`]: the typed rule, its canonical order and its printer.
+//! * [`parse`](mod@parse): lexer, parser, validation, Triton-shaped error messages.
+//! * [`compile`](mod@compile): rules + VMs → each VM's entries; the VMs a rule affects.
+
+pub mod ast;
+pub mod compile;
+pub mod parse;
+#[cfg(test)]
+mod proptest;
+#[cfg(test)]
+mod tests;
+
+pub use ast::{IcmpTypes, Port, Ports, ProtocolSpec, Rule, Target, Targets};
+pub use parse::{ParseError, ParseErrorKind, parse};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -44,21 +59,20 @@ pub struct FwVm {
     pub firewall_enabled: bool,
 }
 
-/// Parses rule text and prints it back canonically, or says precisely what is wrong.
-/// (Placeholder until the parser lands: accepts any non-empty text as is.)
+/// Parses rule text and prints it back canonically (the text FWAPI stores and CloudAPI
+/// echoes), or says precisely what is wrong, in sdc-fwrule's words.
 pub fn canonical(text: &str) -> Result<String, String> {
-    let t = text.trim();
-    if t.is_empty() { Err("rule: is empty".into()) } else { Ok(t.to_string()) }
+    parse(text).map(|r| r.to_string()).map_err(|e| e.to_string())
 }
 
-/// Each VM's compiled entries (only VMs with `firewall_enabled`), from the enabled rules
-/// that affect it, in the order they apply. (Placeholder until the compiler lands.)
-pub fn compile(_rules: &[FwRule], _vms: &[FwVm]) -> std::collections::BTreeMap<Uuid, Vec<crate::netpolicy::FwEntry>> {
-    std::collections::BTreeMap::new()
+/// Each VM's compiled entries (only VMs with `firewall_enabled`, each present even with no
+/// entry), from the enabled rules that affect it, in the order they apply. See [`compile`](compile::compile).
+pub fn compile(rules: &[FwRule], vms: &[FwVm]) -> std::collections::BTreeMap<Uuid, Vec<crate::netpolicy::FwEntry>> {
+    compile::compile(rules, vms)
 }
 
-/// The VMs a rule affects (CloudAPI's `/fwrules/:id/machines`). (Placeholder until the
-/// compiler lands.)
-pub fn affected(_rule: &FwRule, _vms: &[FwVm]) -> Vec<Uuid> {
-    Vec::new()
+/// The VMs a rule affects (CloudAPI's `/fwrules/:id/machines`): those it names on either
+/// side, of its owner (of everyone for a global rule), firewall enabled or not, sorted.
+pub fn affected(rule: &FwRule, vms: &[FwVm]) -> Vec<Uuid> {
+    compile::affected(rule, vms)
 }

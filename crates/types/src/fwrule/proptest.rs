@@ -1,0 +1,2 @@
+//! Property tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
