@@ -1,6 +1,6 @@
 //! Fuzz targets for the parsers and validators that take input from outside Nereid —
 //! tenants' HTTP Signature headers and SSH keys, guests' metadata-protocol lines, image
-//! manifests, VM payloads, uploaded disk images — and the driver that runs them.
+//! manifests, VM payloads, uploaded disk images, firewall rules — and the driver that runs them.
 //!
 //! Each target is a plain `fn(&[u8])` that must not panic on any input and asserts the
 //! invariants worth asserting (round-trips where a parser has an encoder, accepted input
@@ -36,6 +36,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "image_manifest", run: targets::image::run, dictionary: targets::image::DICTIONARY, json: true },
     Target { name: "vm_payload", run: targets::vm::run, dictionary: targets::vm::DICTIONARY, json: true },
     Target { name: "disk_image", run: targets::diskimage::run, dictionary: targets::diskimage::DICTIONARY, json: false },
+    Target { name: "fwrule", run: targets::fwrule::run, dictionary: targets::fwrule::DICTIONARY, json: false },
 ];
 
 thread_local! {

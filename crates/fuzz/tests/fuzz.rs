@@ -81,8 +81,14 @@ fn disk_image() {
 }
 
 #[test]
+fn fwrule() {
+    fuzz("fwrule");
+}
+
+#[test]
 fn every_target_has_a_test_and_a_corpus() {
-    let tests = ["http_signature", "ssh_key_line", "ssh_key_blob", "metadata_protocol", "image_manifest", "vm_payload", "disk_image"];
+    let tests =
+        ["http_signature", "ssh_key_line", "ssh_key_blob", "metadata_protocol", "image_manifest", "vm_payload", "disk_image", "fwrule"];
     let names: Vec<&str> = nereid_fuzz::TARGETS.iter().map(|t| t.name).collect();
     assert_eq!(names, tests);
     for t in nereid_fuzz::TARGETS {

@@ -5,6 +5,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod diskimage;
+pub mod fwrule;
 pub mod image;
 pub mod metadata;
 pub mod signature;
