@@ -28,6 +28,8 @@ struct Up {
     create: String,
     /// Flags beyond the defaults.
     extra: Vec<String>,
+    /// The headnode's agent listener (where other agents join).
+    agent_listen: String,
     _reaper: Reaper,
     _dir: tempfile::TempDir,
 }
@@ -54,7 +56,18 @@ impl Up {
         let ns = Arc::new(NetNs::new("up").unwrap());
         ns.sh(setup).unwrap();
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        let mut up = Up { ns, _reaper: Reaper(data.join("agent")), data, image, child: None, create: String::new(), extra, _dir: dir };
+        let mut up = Up {
+            ns,
+            _reaper: Reaper(data.join("agent")),
+            data,
+            image,
+            child: None,
+            create: String::new(),
+            extra,
+            // The namespace is the test's own: the agent listener's usual port is free.
+            agent_listen: "127.0.0.1:8081".into(),
+            _dir: dir,
+        };
         let banner = up.launch().await;
         (up, banner)
     }
@@ -65,8 +78,7 @@ impl Up {
             .ns
             .cmd(NEREID)
             .args(["up", "--data-dir", self.data.to_str().unwrap(), "--admin-listen", "127.0.0.1:0", "--cloudapi-listen", "127.0.0.1:0"])
-            // The namespace is the test's own: the agent listener's usual port is free.
-            .args(["--agent-listen", "127.0.0.1:8081"])
+            .args(["--agent-listen", &self.agent_listen])
             .args(["--backend", "qemu", "--accel", "tcg", "--demo", "--demo-image", self.image.to_str().unwrap()])
             .args(&self.extra)
             .env("HOME", self._dir.path())
@@ -168,15 +180,18 @@ impl Up {
 
     /// Whether the guest `vm` reaches `ip` with ping (run on its console).
     async fn guest_pings(&self, vm: &str, ip: &str) -> bool {
+        self.guest_ok(vm, &format!("ping -c 2 -W 2 {ip} >/dev/null 2>&1")).await
+    }
+
+    /// Whether the shell command `cmd` succeeds on the guest `vm`'s console.
+    async fn guest_ok(&self, vm: &str, cmd: &str) -> bool {
         // A number of its own per question: the console replays earlier output first, and the
         // typed command echoes `$((n*7))`, never its value.
         static ASKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
         let n = ASKED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let out = self
-            .console(vm, &format!("ping -c 2 -W 2 {ip} >/dev/null 2>&1 && echo PING-OK-$(({n}*7)) || echo PING-FAILED-$(({n}*7))\n"))
-            .await;
-        let (ok, failed) = (format!("PING-OK-{}", n * 7), format!("PING-FAILED-{}", n * 7));
-        assert!(out.contains(&ok) || out.contains(&failed), "no answer on {vm}'s console:\n{out}");
+        let out = self.console(vm, &format!("{cmd} && echo CMD-OK-$(({n}*7)) || echo CMD-FAILED-$(({n}*7))\n")).await;
+        let (ok, failed) = (format!("CMD-OK-{}", n * 7), format!("CMD-FAILED-{}", n * 7));
+        assert!(out.contains(&ok) || out.contains(&failed), "no answer on {vm}'s console to {cmd:?}:\n{out}");
         out.contains(&ok)
     }
 }
@@ -476,4 +491,240 @@ async fn qemu_server_whose_link_refuses_the_mtu_shows_a_problem_and_placement_go
     let _ = sim.kill();
     let _ = sim.wait();
     assert_ne!(placed, qemu_server, "the VM went to the server whose link cannot carry its network");
+}
+
+/// A second compute node for an `Up`: a QEMU agent in a namespace of its own, joined to
+/// the headnode's namespace by `ul0` (a veth pair, 10.99.0.0/24), which is both how it
+/// reaches the headnode and the fabric underlay.
+struct NodeB {
+    ns: Arc<NetNs>,
+    child: Child,
+    _reaper: Reaper,
+}
+
+impl Drop for NodeB {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Up {
+    /// Provisions a VM of `owner` (default: the banner's) on `network`, on `server`; its uuid.
+    fn create_on(&self, alias: &str, owner: Option<&str>, network: &str, server: &str, extra: &str) -> String {
+        let (out, cmd) = match owner {
+            None => self.try_create(alias, Some(network), &format!("server_uuid={server} {extra}")),
+            Some(o) => {
+                let mut c = self.create.replacen("nereid", NEREID, 1).replace("alias=web-1", &format!("alias={alias}"));
+                let start = c.find("owner_uuid=").unwrap() + "owner_uuid=".len();
+                c.replace_range(start..start + 36, o);
+                let start = c.find("networks='").unwrap();
+                let end = start + c[start..].find("]'").unwrap() + 2;
+                c.replace_range(start..end, &format!("networks='[\"{network}\"]'"));
+                let c = c.replacen(" -w", &format!(" server_uuid={server} {extra} -w"), 1);
+                (self.ns.cmd("sh").arg("-c").arg(&c).output().unwrap(), c)
+            }
+        };
+        let printed = common::stdout(&out);
+        assert!(out.status.success() && printed.contains("(provision) succeeded"), "{cmd}\n{printed}{}", common::stderr(&out));
+        printed.split_whitespace().nth(1).unwrap().to_string()
+    }
+
+    /// Starts a QEMU agent in `b` that joins this headnode over `ul0`.
+    fn join_node_b(&self, b: Arc<NetNs>) -> NodeB {
+        let dir = self._dir.path().join("node-b");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self._dir.path().join("node-b.log")).unwrap();
+        let child = b
+            .cmd(NEREID)
+            .args(["agent", "--headnode", &format!("https://{}", self.agent_listen), "--join-token-file"])
+            .arg(self.data.join("join.token"))
+            .args(["--backend", "qemu", "--accel", "tcg", "--listen", "10.99.0.2:5309", "--heartbeat-secs", "1"])
+            .args(["--nic-tag", "sdc_underlay=ul0", "--stop-timeout-secs", "30", "--data-dir"])
+            .arg(&dir)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        NodeB { ns: b, child, _reaper: Reaper(dir) }
+    }
+
+    /// The agent data directory of node B (its VMs' console logs).
+    fn node_b_dir(&self) -> PathBuf {
+        self._dir.path().join("node-b")
+    }
+
+    /// Whether `vm` fetches `http://ip:port/` within a few seconds.
+    async fn guest_fetches(&self, vm: &str, ip: &str, port: u16) -> bool {
+        self.guest_ok(vm, &format!("wget -q -O- -T 3 http://{ip}:{port}/ 2>/dev/null | grep -q nereid-www")).await
+    }
+
+    /// Polls `check` for up to `secs` seconds until it returns `want`; whether it did.
+    async fn becomes(&self, secs: u64, want: bool, mut check: impl AsyncFnMut() -> bool) -> bool {
+        let end = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if check().await == want {
+                return true;
+            }
+            if Instant::now() > end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Issue 13's data plane over two compute nodes, each in its own namespace, joined by an
+/// underlay link the test makes, with a third namespace standing in for the outside world:
+/// guests of one account on one fabric network reach each other across the nodes over
+/// VXLAN; a second account with the same VLAN id and subnet reaches none of them; with
+/// `internet_nat` each node's own gateway takes its guests outside, without it nothing
+/// does; a firewall rule lets port 80 of the tagged guest through and not 81, and follows
+/// a retag and the rule being disabled within seconds. Deleting everything leaves no
+/// VXLAN device, fabric bridge, gateway namespace, firewall table or NAPI record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn qemu_fabric_across_two_nodes_isolated_natted_and_firewalled() {
+    let b = Arc::new(NetNs::new("fab-b").unwrap());
+    let outside = NetNs::new("fab-out").unwrap();
+    let setup = format!(
+        "ip link add ul0 type veth peer name ul0 netns {b}; ip addr add 10.99.0.1/24 dev ul0; ip link set ul0 up; \
+         ip link add wan0 type veth peer name wan0 netns {out}; ip addr add 198.51.100.2/24 dev wan0; ip link set wan0 up; \
+         ip route add default via 198.51.100.1; sysctl -qw net.ipv4.ip_forward=1",
+        b = b.name,
+        out = outside.name
+    );
+    b.sh("ip addr add 10.99.0.2/24 dev ul0 2>/dev/null || true").unwrap();
+    let image = tokio::task::spawn_blocking(test_image).await.unwrap().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ns = Arc::new(NetNs::new("up").unwrap());
+    ns.sh(&setup).unwrap();
+    b.sh("ip addr replace 10.99.0.2/24 dev ul0; ip link set ul0 up; ip route add default via 10.99.0.1").unwrap();
+    outside.sh("ip addr add 198.51.100.1/24 dev wan0; ip link set wan0 up; ip route add 10.99.0.0/24 via 198.51.100.2").unwrap();
+    let mut up = Up {
+        ns,
+        _reaper: Reaper(data.join("agent")),
+        data,
+        image,
+        child: None,
+        create: String::new(),
+        extra: ["--nic-tag", "sdc_underlay=ul0"].iter().map(|s| s.to_string()).collect(),
+        agent_listen: "10.99.0.1:8081".into(),
+        _dir: dir,
+    };
+    up.launch().await;
+    let srv_a = up.json(&["server", "list"])[0]["uuid"].as_str().unwrap().to_string();
+    let node_b = up.join_node_b(b.clone());
+    let end = Instant::now() + Duration::from_secs(60);
+    while up.json(&["server", "list"]).as_array().unwrap().iter().filter(|s| s["status"] == "running").count() < 2 {
+        assert!(
+            Instant::now() < end,
+            "node B never joined:\n{}",
+            std::fs::read_to_string(up._dir.path().join("node-b.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let srv_b = up
+        .json(&["server", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["uuid"].as_str().unwrap().to_string())
+        .find(|u| *u != srv_a)
+        .unwrap();
+
+    // Two accounts, each with VLAN 42 and the same subnet on it.
+    let owner1 = {
+        let c = &up.create;
+        let start = c.find("owner_uuid=").unwrap() + "owner_uuid=".len();
+        c[start..start + 36].to_string()
+    };
+    let out = up.admin(&["account", "create", "--login", "tenant2", "--email", "t2@example.com"]);
+    assert!(out.status.success(), "{}{}", common::stdout(&out), common::stderr(&out));
+    let owner2 = up.json(&["account", "get", "tenant2"])["uuid"].as_str().unwrap().to_string();
+    let mut nets = Vec::new();
+    for (owner, nat) in [(&owner1, true), (&owner2, false)] {
+        up.api("POST", &format!("/fabrics/{owner}/vlans"), &serde_json::json!({"vlan_id": 42, "name": "blue"}));
+        let net = up.api(
+            "POST",
+            &format!("/fabrics/{owner}/vlans/42/networks"),
+            &serde_json::json!({"name": "blue-net", "subnet": "10.50.0.0/24", "gateway": "10.50.0.1",
+                "provision_start_ip": "10.50.0.10", "provision_end_ip": "10.50.0.20", "internet_nat": nat}),
+        );
+        assert_eq!(net["mtu"], 1450, "fabric MTU over a 1500 underlay: {net}");
+        nets.push(net["uuid"].as_str().unwrap().to_string());
+    }
+    let a1 = up.create_on("a1", None, &nets[0], &srv_a, "");
+    let b1 = up.create_on("b1", None, &nets[0], &srv_b, "");
+    let b2 = up.create_on("b2", Some(&owner2), &nets[1], &srv_b, "");
+    let (ia1, ib1, ib2) = (up.ip(&a1), up.ip(&b1), up.ip(&b2));
+    for (vm, dir) in [(&a1, up.agent()), (&b1, up.node_b_dir()), (&b2, up.node_b_dir())] {
+        let log = wait_boots(&dir, vm, 1, BOOT).await.unwrap();
+        assert!(dhcp_line(&log).starts_with(&format!("{}/24 ", up.ip(vm))) && dhcp_line(&log).contains("mtu=1450"), "{vm}: {log}");
+    }
+    assert_eq!(ib2, ia1, "account 2's first address overlaps account 1's");
+
+    // One fabric across two nodes; another account's identical one is a world apart.
+    assert!(up.guest_pings(&a1, &ib1).await, "a1 (node A) reaches b1 (node B) over the fabric");
+    assert!(up.guest_pings(&b1, &ia1).await, "b1 (node B) reaches a1 (node A) over the fabric");
+    assert!(!up.guest_pings(&b2, &ib1).await, "account 2's guest reaches account 1's b1");
+
+    // internet_nat: each node's own gateway takes its guests outside; without it, nothing does.
+    assert!(up.guest_pings(&a1, "198.51.100.1").await, "a1 reaches the outside through node A's gateway");
+    assert!(up.guest_pings(&b1, "198.51.100.1").await, "b1 reaches the outside through node B's gateway");
+    assert!(!up.guest_pings(&b2, "198.51.100.1").await, "b2 reaches the outside without internet_nat");
+
+    // The firewall: port 80 of the tagged guest, not 81; a retag and disabling the rule follow.
+    assert!(
+        up.guest_ok(&a1, "mkdir -p /tmp/www && echo nereid-www >/tmp/www/index.html && httpd -p 80 -h /tmp/www && httpd -p 81 -h /tmp/www")
+            .await
+    );
+    assert!(up.guest_fetches(&b1, &ia1, 81).await, "port 81 before any firewall");
+    let rule = up.api(
+        "POST",
+        "/fwrules",
+        &serde_json::json!({"owner_uuid": owner1, "rule": "FROM any TO tag \"role\" = \"web\" ALLOW tcp PORT 80", "enabled": true}),
+    );
+    let rule_id = rule["uuid"].as_str().unwrap().to_string();
+    for update in ["tags={\"role\":\"web\"}", "firewall_enabled=true"] {
+        let out = up.admin(&["vm", "update", &a1, update, "-w"]);
+        assert!(out.status.success(), "{}{}", common::stdout(&out), common::stderr(&out));
+    }
+    assert!(up.becomes(20, false, async || up.guest_fetches(&b1, &ia1, 81).await).await, "port 81 still open with the firewall on");
+    assert!(up.guest_fetches(&b1, &ia1, 80).await, "port 80 closed though the rule allows it");
+    let out = up.admin(&["vm", "update", &a1, "tags={\"role\":\"db\"}", "-w"]);
+    assert!(out.status.success(), "{}{}", common::stdout(&out), common::stderr(&out));
+    assert!(up.becomes(20, false, async || up.guest_fetches(&b1, &ia1, 80).await).await, "port 80 open after the retag");
+    let out = up.admin(&["vm", "update", &a1, "tags={\"role\":\"web\"}", "-w"]);
+    assert!(out.status.success(), "{}{}", common::stdout(&out), common::stderr(&out));
+    assert!(up.becomes(20, true, async || up.guest_fetches(&b1, &ia1, 80).await).await, "port 80 closed after tagging back");
+    up.api("PUT", &format!("/fwrules/{rule_id}"), &serde_json::json!({"enabled": false}));
+    assert!(up.becomes(20, false, async || up.guest_fetches(&b1, &ia1, 80).await).await, "port 80 open with the rule disabled");
+
+    // Deleting everything leaves nothing behind on either node.
+    for vm in [&a1, &b1, &b2] {
+        let out = up.admin(&["vm", "delete", vm, "-w"]);
+        assert!(out.status.success(), "{}{}", common::stdout(&out), common::stderr(&out));
+    }
+    up.api("DELETE", &format!("/fwrules/{rule_id}"), &Value::Null);
+    for (owner, net) in [(&owner1, &nets[0]), (&owner2, &nets[1])] {
+        up.api("DELETE", &format!("/fabrics/{owner}/vlans/42/networks/{net}"), &Value::Null);
+        up.api("DELETE", &format!("/fabrics/{owner}/vlans/42"), &Value::Null);
+    }
+    for node in [&up.ns, &node_b.ns] {
+        let left =
+            node.sh("ip -br link show type vxlan; ip -br link show type bridge | grep -v '^nereid0 ' || true; nft list tables").unwrap();
+        assert!(!left.contains("vxlan") && !left.contains("nfb") && !left.contains("nereid_fw"), "left on {}:\n{left}", node.name);
+        let vx = node.sh("ip -br link show type vxlan").unwrap();
+        assert!(vx.trim().is_empty(), "a VXLAN device outlived its fabric on {}: {vx}", node.name);
+    }
+    let gw = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&gw.stdout).contains("nfgw"), "{}", String::from_utf8_lossy(&gw.stdout));
+    for owner in [&owner1, &owner2] {
+        let vlans = up.api("GET", &format!("/fabrics/{owner}/vlans"), &Value::Null);
+        assert_eq!(vlans, serde_json::json!([]), "{vlans}");
+    }
+    let nics = up.api("GET", "/nics?nic_tag=sdc_overlay", &Value::Null);
+    assert_eq!(nics, serde_json::json!([]), "{nics}");
+    drop(node_b);
 }
