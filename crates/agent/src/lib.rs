@@ -68,6 +68,9 @@ pub struct QemuOptions {
     pub iso_dirs: Vec<PathBuf>,
     /// The first guest uid (each VM's QEMU runs as its own).
     pub guest_uid_base: u32,
+    /// The nic tag whose link carries fabric (VXLAN) traffic (`--fabric-underlay-tag`, as
+    /// the headnode's flag of that name).
+    pub fabric_underlay_tag: String,
 }
 
 impl Default for QemuOptions {
@@ -81,6 +84,7 @@ impl Default for QemuOptions {
             stop_timeout: Duration::from_secs(60),
             iso_dirs: Vec::new(),
             guest_uid_base: backend::qemu::confine::DEFAULT_UID_BASE,
+            fabric_underlay_tag: nereid_types::fabric::DEFAULT_UNDERLAY_TAG.into(),
         }
     }
 }
@@ -263,6 +267,7 @@ async fn qemu_spec(cfg: &Config, addr: SocketAddr, o: &QemuOptions) -> Result<No
     q.qemu_img = o.qemu_img.clone();
     q.stop_timeout = o.stop_timeout;
     q.nic_tags = cfg.nic_tags.clone();
+    q.fabric_underlay_tag = o.fabric_underlay_tag.clone();
     q.iso_dirs = o.iso_dirs.iter().map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone())).collect();
     q.uid_base = o.guest_uid_base;
     match &q.cgroups {

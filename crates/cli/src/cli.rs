@@ -276,6 +276,7 @@ impl QemuArgs {
             stop_timeout: std::time::Duration::from_secs(self.stop_timeout_secs.max(1)),
             iso_dirs: self.iso_dirs.clone(),
             guest_uid_base: self.guest_uid_base,
+            ..Default::default()
         }
     }
 }
@@ -371,6 +372,9 @@ pub struct AgentArgs {
     /// Nic tags this host provides (repeatable): TAG=BRIDGE (an existing bridge, or one Nereid makes, VLAN-filtering) or TAG=link:IFACE (Nereid makes a bridge for the tag and plugs IFACE into it as its uplink), e.g. external=br0, admin=link:eth1. A tag not given uses a bridge of the same name if there is one; otherwise its NICs are isolated
     #[arg(long = "nic-tag", value_name = "TAG=BRIDGE|TAG=link:IFACE")]
     pub nic_tags: Vec<String>,
+    /// The nic tag whose link carries fabric (VXLAN) traffic to other compute nodes: the same as the headnode's --fabric-underlay-tag. Its link's first IPv4 address is this server's underlay address
+    #[arg(long, value_name = "TAG", default_value = nereid_types::fabric::DEFAULT_UNDERLAY_TAG)]
+    pub fabric_underlay_tag: String,
 }
 
 /// How client commands find the headnode.

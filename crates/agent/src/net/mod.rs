@@ -18,11 +18,25 @@
 //! The host state is always recomputed from the set of plugged NICs, so every operation
 //! can be repeated and a restart converges instead of duplicating.
 //! `managed` is the bridge with a gateway address and NAT that `nereid up` owns.
+//!
+//! Fabrics (NICs with a `vni`, nic tag `sdc_overlay`): a bridge and VXLAN device per
+//! segment over the underlay nic tag (`overlay`), a NAT gateway per segment with an
+//! `internet_nat` network (`fabric_gw`); both follow the plugged NICs. The headnode's
+//! [`NetPolicy`] ([`Net::apply_policy`]) gives each segment's peers and the VMs'
+//! firewalls (`firewall`, a table of its own beside the anti-spoofing one).
+//!
+//! ```text
+//!   every change (attach, refresh, detach, adopt, policy) ─► converge, one at a time:
+//!     anti-spoofing table, firewall table, NAT gateways, segments nobody uses removed
+//! ```
 
 pub mod dhcp;
+pub mod fabric_gw;
 pub mod filter;
+pub mod firewall;
 pub mod links;
 pub mod managed;
+pub mod overlay;
 pub mod packet;
 pub mod responder;
 
@@ -104,12 +118,24 @@ pub struct Net {
     /// Per VM: the ports plugged for it.
     plugged: Mutex<BTreeMap<Uuid, Vec<Port>>>,
     responders: Mutex<BTreeMap<String, Responder>>,
-    /// Filter rewrites one at a time, each from the latest set of ports; true once the
-    /// table was written (a host whose VMs never had a tap is left untouched).
-    apply: tokio::sync::Mutex<bool>,
+    /// Changes one at a time (plugging, policies, rewrites), each from the latest state.
+    apply: tokio::sync::Mutex<Written>,
+    /// The nic tag whose link carries the fabrics' VXLAN traffic.
+    underlay_tag: String,
+    /// Keeps this node's gateway namespaces apart from another agent's on the machine.
+    node_suffix: String,
     /// The network policy the headnode pushed last (overlay peers, firewalls).
     policy: Mutex<NetPolicy>,
     pub counters: Arc<Counters>,
+}
+
+/// Which of the agent's tables were written (a host whose VMs never had a tap, a firewall
+/// or a gateway is left untouched).
+#[derive(Debug, Default)]
+struct Written {
+    filter: bool,
+    firewall: bool,
+    gateways: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -122,10 +148,40 @@ impl Net {
             tags,
             plugged: Mutex::new(BTreeMap::new()),
             responders: Mutex::new(BTreeMap::new()),
-            apply: tokio::sync::Mutex::new(false),
+            apply: tokio::sync::Mutex::new(Written::default()),
+            underlay_tag: overlay::DEFAULT_UNDERLAY_TAG.to_string(),
+            node_suffix: fabric_gw::node_suffix(),
             policy: Mutex::new(NetPolicy::default()),
             counters: Arc::default(),
         }
+    }
+
+    /// The nic tag whose link carries the fabrics' VXLAN traffic (default
+    /// [`overlay::DEFAULT_UNDERLAY_TAG`]; `--fabric-underlay-tag`).
+    pub fn with_underlay_tag(mut self, tag: &str) -> Self {
+        self.underlay_tag = tag.to_string();
+        self
+    }
+
+    /// Where this node's VXLAN traffic goes out: the underlay tag's bridge or link with
+    /// its first IPv4 address (never made here: the operator's link keeps its address).
+    pub async fn underlay(&self) -> Result<overlay::Underlay, String> {
+        let tag = &self.underlay_tag;
+        let Some((_, uplink)) = self.tags.iter().find(|(t, _)| t == tag) else {
+            return Err(format!(
+                "fabric NICs need the underlay nic tag {tag:?} (--fabric-underlay-tag), which this server does not have (add --nic-tag {tag}=IFACE)"
+            ));
+        };
+        let candidates = match uplink {
+            Uplink::Link(l) => vec![link_bridge(tag), l.clone()],
+            Uplink::Bridge(b) | Uplink::Local(b) => vec![b.clone()],
+        };
+        for c in candidates.iter().filter(|c| links::exists(c)) {
+            if let Some(local) = links::ipv4_address(c).await {
+                return Ok(overlay::Underlay { dev: c.clone(), local });
+            }
+        }
+        Err(format!("the underlay nic tag {tag:?} ({}) has no IPv4 address on this server", uplink.name()))
     }
 
     /// The bridge that carries VLAN `vlan_id` of `tag` here, made ready; `None` when the
@@ -174,10 +230,19 @@ impl Net {
     /// [`Net::attach`], with taps that belong to `owner` (the uid of the VM's QEMU, which
     /// then opens them without `CAP_NET_ADMIN`); `None` keeps existing taps as they are.
     pub async fn attach_as(&self, def: &Definition, owner: Option<u32>) -> Result<Vec<Attach>, String> {
+        let mut written = self.apply.lock().await;
         let mut out = Vec::new();
         let mut ports = Vec::new();
         for (i, n) in def.nics.iter().enumerate() {
-            let Some(bridge) = self.bridge_for(&n.nic_tag, n.vlan_id).await? else {
+            let bridge = match n.vni {
+                Some(vni) => {
+                    let u = self.underlay().await.map_err(|e| format!("NIC {} on fabric segment {vni}: {e}", n.mac))?;
+                    let peers = lock(&self.policy).overlays.get(&vni).cloned().unwrap_or_default();
+                    Some(overlay::ensure(vni, &u, n.mtu, &peers).await?)
+                }
+                None => self.bridge_for(&n.nic_tag, n.vlan_id).await?,
+            };
+            let Some(bridge) = bridge else {
                 tracing::warn!(vm = %def.uuid, nic = %n.mac, tag = %n.nic_tag, "nic tag {:?} has no bridge here: the NIC is isolated", n.nic_tag);
                 out.push(Attach::Isolated);
                 continue;
@@ -190,12 +255,13 @@ impl Net {
             ports.push(Port { tap: tap.clone(), nic: n.clone() });
             out.push(Attach::Tap(tap));
         }
-        self.set_ports(def, ports).await?;
+        self.set_ports(def, ports, &mut written).await?;
         Ok(out)
     }
 
     /// Applies changes that need no restart (`allow_*` flags, leases) to a VM whose taps exist.
     pub async fn refresh(&self, def: &Definition) -> Result<(), String> {
+        let mut written = self.apply.lock().await;
         let taps: Vec<String> = lock(&self.plugged).get(&def.uuid).map(|p| p.iter().map(|p| p.tap.clone()).collect()).unwrap_or_default();
         let ports = def
             .nics
@@ -204,13 +270,13 @@ impl Net {
             .map(|(i, n)| Port { tap: tap_name(def.uuid, i), nic: n.clone() })
             .filter(|p| taps.contains(&p.tap))
             .collect();
-        self.set_ports(def, ports).await
+        self.set_ports(def, ports, &mut written).await
     }
 
-    async fn set_ports(&self, def: &Definition, ports: Vec<Port>) -> Result<(), String> {
+    async fn set_ports(&self, def: &Definition, ports: Vec<Port>, written: &mut Written) -> Result<(), String> {
         self.set_responders(def, &ports);
         lock(&self.plugged).insert(def.uuid, ports);
-        self.rewrite_filter().await
+        self.converge(written).await
     }
 
     fn set_responders(&self, def: &Definition, ports: &[Port]) {
@@ -245,19 +311,43 @@ impl Net {
         }
     }
 
-    async fn rewrite_filter(&self) -> Result<(), String> {
-        let mut written = self.apply.lock().await;
-        let ports: Vec<Port> = lock(&self.plugged).values().flatten().cloned().collect();
-        if ports.is_empty() && !*written && !filter::exists().await {
-            return Ok(());
+    /// Makes the host's tables, gateways and segments match the plugged NICs and the
+    /// policy; every part is tried, the errors are collected.
+    async fn converge(&self, written: &mut Written) -> Result<(), String> {
+        let plugged: Vec<(Uuid, Port)> = lock(&self.plugged).iter().flat_map(|(vm, ps)| ps.iter().map(move |p| (*vm, p.clone()))).collect();
+        let ports: Vec<Port> = plugged.iter().map(|(_, p)| p.clone()).collect();
+        let firewalls = lock(&self.policy).firewalls.clone();
+        let mut errors = Vec::new();
+        if !ports.is_empty() || written.filter || filter::exists().await {
+            match filter::apply(&ports).await {
+                Ok(()) => written.filter = true,
+                Err(e) => errors.push(e),
+            }
         }
-        filter::apply(&ports).await?;
-        *written = true;
-        Ok(())
+        let firewalled = plugged.iter().any(|(vm, _)| firewalls.contains_key(vm));
+        if firewalled || written.firewall {
+            match firewall::apply(&plugged, &firewalls).await {
+                Ok(()) => written.firewall = firewalled,
+                Err(e) => errors.push(e),
+            }
+        }
+        let gws = fabric_gw::wanted(ports.iter().map(|p| &p.nic));
+        let had_gateways = written.gateways || !fabric_gw::present(&self.node_suffix).is_empty();
+        match fabric_gw::sync(&gws, &self.node_suffix, had_gateways).await {
+            Ok(w) => written.gateways = w,
+            Err(e) => errors.push(e),
+        }
+        let used: std::collections::BTreeSet<u32> = ports.iter().filter_map(|p| p.nic.vni).collect();
+        for vni in overlay::present().into_iter().filter(|v| !used.contains(v)) {
+            tracing::info!(vni, "removing fabric segment devices no NIC here uses any more");
+            overlay::remove(vni).await;
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
     }
 
     /// Removes the host side of a VM's NICs: responders, filters, taps.
     pub async fn detach(&self, vm: Uuid, nics: usize) {
+        let mut written = self.apply.lock().await;
         let ports = lock(&self.plugged).remove(&vm).unwrap_or_default();
         {
             let mut rs = lock(&self.responders);
@@ -265,11 +355,11 @@ impl Net {
                 rs.remove(&p.tap);
             }
         }
-        if let Err(e) = self.rewrite_filter().await {
-            tracing::warn!(vm = %vm, error = %e, "rewriting the filter table");
-        }
         for i in 0..nics.max(ports.len()) {
             links::delete(&tap_name(vm, i)).await;
+        }
+        if let Err(e) = self.converge(&mut written).await {
+            tracing::warn!(vm = %vm, error = %e, "rewriting the host networking");
         }
     }
 
@@ -290,17 +380,25 @@ impl Net {
                 Err(e) => tracing::warn!(vm = %def.uuid, error = %e, "restoring the VM's networking"),
             }
         }
-        if running.is_empty()
-            && let Err(e) = self.rewrite_filter().await
-        {
-            tracing::warn!(error = %e, "rewriting the filter table");
+        if running.is_empty() {
+            let mut written = self.apply.lock().await;
+            if let Err(e) = self.converge(&mut written).await {
+                tracing::warn!(error = %e, "rewriting the host networking");
+            }
         }
     }
 
     /// Makes each nic tag's link (and bridge) carry at least the MTU its networks need
     /// (`wanted`, per tag), reading it back: a link that refuses, or silently keeps another
     /// MTU, is a problem for the server record — never a half-made VM later.
+    /// The underlay tag must carry the largest fabric MTU (the headnode's for
+    /// `sdc_overlay`, or of a fabric NIC plugged here) plus the VXLAN header.
     pub async fn check_mtus(&self, wanted: &BTreeMap<String, u32>) -> Vec<Problem> {
+        let wanted = with_underlay(
+            wanted,
+            &self.underlay_tag,
+            lock(&self.plugged).values().flatten().filter(|p| p.nic.vni.is_some()).map(|p| p.nic.mtu),
+        );
         let mut out = Vec::new();
         for (tag, uplink) in &self.tags {
             let Some(&want) = wanted.get(tag) else { continue };
@@ -330,8 +428,27 @@ impl Net {
 
     /// Applies the node's network policy whole: it is kept for NICs plugged later too.
     pub async fn apply_policy(&self, p: &NetPolicy) -> Result<(), String> {
+        let mut written = self.apply.lock().await;
         *lock(&self.policy) = p.clone();
-        Ok(())
+        let mut errors = Vec::new();
+        let used: std::collections::BTreeSet<u32> = lock(&self.plugged).values().flatten().filter_map(|p| p.nic.vni).collect();
+        if !used.is_empty() {
+            match self.underlay().await {
+                Ok(u) => {
+                    for vni in used {
+                        let peers = p.overlays.get(&vni).cloned().unwrap_or_default();
+                        if let Err(e) = overlay::set_peers(vni, &u.local.to_string(), &peers).await {
+                            errors.push(format!("fabric segment {vni}: {e}"));
+                        }
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Err(e) = self.converge(&mut written).await {
+            errors.push(e);
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
     }
 
     /// Per nic tag: the first global IPv4 address of its bridge or link (tags without one
@@ -359,6 +476,19 @@ impl Net {
     }
 }
 
+/// `wanted` with the underlay tag's MTU raised to carry the largest fabric MTU (the
+/// overlay tag's, or `fabric_mtus`) plus [`overlay::VXLAN_OVERHEAD`].
+pub fn with_underlay(wanted: &BTreeMap<String, u32>, underlay: &str, fabric_mtus: impl Iterator<Item = u32>) -> BTreeMap<String, u32> {
+    let mut out = wanted.clone();
+    let fabric = wanted.get(overlay::OVERLAY_TAG).copied().into_iter().chain(fabric_mtus).max();
+    if let Some(m) = fabric {
+        let need = m + overlay::VXLAN_OVERHEAD;
+        let e = out.entry(underlay.to_string()).or_insert(need);
+        *e = (*e).max(need);
+    }
+    out
+}
+
 fn problem(kind: &str, tag: &str, link: &str, wanted: Option<u32>, actual: Option<u32>, message: String) -> Problem {
     Problem { kind: kind.into(), nic_tag: tag.into(), link: link.into(), wanted_mtu: wanted, actual_mtu: actual, message }
 }
@@ -384,5 +514,18 @@ mod tests {
         let vm: Uuid = "6f3d3f1c-8a51-4e43-9b8c-2f0f5d7c9a10".parse().unwrap();
         assert_eq!(tap_name(vm, 11), "nt6f3d3f1cb");
         assert!(tap_name(vm, 15).len() <= 15);
+    }
+
+    #[test]
+    fn the_underlay_must_carry_the_largest_fabric_mtu_and_the_vxlan_header() {
+        let mut w = BTreeMap::new();
+        w.insert("external".to_string(), 1500);
+        assert_eq!(with_underlay(&w, "sdc_underlay", std::iter::empty()), w, "no fabric, no underlay requirement");
+        w.insert("sdc_overlay".to_string(), 8950);
+        let got = with_underlay(&w, "sdc_underlay", [1400].into_iter());
+        assert_eq!(got.get("sdc_underlay"), Some(&9000));
+        assert_eq!(with_underlay(&w, "external", [9000].into_iter()).get("external"), Some(&9050), "the largest wins");
+        w.insert("sdc_underlay".to_string(), 9100);
+        assert_eq!(with_underlay(&w, "sdc_underlay", std::iter::empty()).get("sdc_underlay"), Some(&9100));
     }
 }

@@ -34,7 +34,9 @@ pub async fn run(a: AgentArgs) -> Result<()> {
     };
     let backend = match a.backend {
         BackendArg::Sim => sim_backend(&a.sim),
-        BackendArg::Qemu => BackendKind::Qemu(a.qemu.options()),
+        BackendArg::Qemu => {
+            BackendKind::Qemu(nereid_agent::QemuOptions { fabric_underlay_tag: a.fabric_underlay_tag.clone(), ..a.qemu.options() })
+        }
     };
     let cfg = Config {
         headnode_url: a.headnode.clone(),

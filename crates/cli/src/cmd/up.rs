@@ -189,7 +189,11 @@ pub async fn run(a: UpArgs) -> Result<()> {
     }
     let backend = match a.backend {
         BackendArg::Sim => super::agent::sim_backend(&a.sim),
-        BackendArg::Qemu => nereid_agent::BackendKind::Qemu(a.qemu.options()),
+        // The local agent's underlay is the headnode's.
+        BackendArg::Qemu => nereid_agent::BackendKind::Qemu(nereid_agent::QemuOptions {
+            fabric_underlay_tag: a.fabric.fabric_underlay_tag.clone(),
+            ..a.qemu.options()
+        }),
     };
     let agent_cfg = nereid_agent::Config {
         headnode_url: running.agent_url.clone(),

@@ -62,6 +62,8 @@ pub struct Config {
     pub smbios_version: String,
     /// Where each nic tag's NICs are plugged in.
     pub nic_tags: Vec<(String, crate::net::Uplink)>,
+    /// The nic tag carrying fabric (VXLAN) traffic.
+    pub fabric_underlay_tag: String,
     /// The directories whose files VMs may use as cdroms.
     pub iso_dirs: Vec<PathBuf>,
     /// Guests' uids start here (one per VM).
@@ -83,6 +85,7 @@ impl Config {
             stop_timeout: Duration::from_secs(60),
             smbios_version: format!("7.{}", platform_stamp()),
             nic_tags: Vec::new(),
+            fabric_underlay_tag: nereid_types::fabric::DEFAULT_UNDERLAY_TAG.into(),
             iso_dirs: Vec::new(),
             uid_base: confine::DEFAULT_UID_BASE,
             cgroups: cgroup::detect_host().map(Box::new),
@@ -115,7 +118,7 @@ fn err(msg: impl Into<String>) -> BackendError {
 
 impl Qemu {
     pub fn new(cfg: Config, images: Arc<ImageCache>) -> Self {
-        let net = Arc::new(Net::new(cfg.nic_tags.clone()));
+        let net = Arc::new(Net::new(cfg.nic_tags.clone()).with_underlay_tag(&cfg.fabric_underlay_tag));
         match confine::make_private(&cfg.dir) {
             Ok(true) => tracing::info!(dir = %cfg.dir.display(), "made the agent's data directory 0700: guests reach nothing in it"),
             Ok(false) => {}
