@@ -451,6 +451,11 @@ pub enum Noun {
         #[command(subcommand)]
         verb: AccountVerb,
     },
+    /// FWAPI firewall rules: every account's, and global ones (read-only to tenants)
+    Fwrule {
+        #[command(subcommand)]
+        verb: FwruleVerb,
+    },
     /// Find every way the records drift from reality, each with its repair; exits 1 while problems remain
     #[command(long_about = "Find every way the records drift from reality: damaged or half-empty VM records, VMs their \
 server does not run and VMs running without a record, NICs, addresses and reservations that belong to nothing, \
@@ -547,6 +552,62 @@ pub enum KeyVerb {
         /// Fingerprint or name
         key: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FwruleVerb {
+    /// List rules (all accounts', or one's with --owner, or the global ones with --global)
+    List(FwruleListArgs),
+    /// Show one rule
+    Get(IdArg),
+    /// Create a rule for an account (--owner) or a global one (--global), e.g. 'FROM any TO tag "role" = "web" ALLOW tcp PORT 80'
+    Create(FwruleCreateArgs),
+    /// Change a rule: rule='…' description=… log=true enabled=false (null clears the description)
+    Update(UpdateArgs),
+    /// Enable a rule
+    Enable(IdArg),
+    /// Disable a rule
+    Disable(IdArg),
+    /// Delete a rule
+    Delete(IdArg),
+    /// The VMs a rule affects
+    Vms(IdArg),
+}
+
+#[derive(Args, Debug)]
+pub struct FwruleOwner {
+    /// The account (login or UUID)
+    #[arg(long, value_name = "LOGIN|UUID", conflicts_with = "global")]
+    pub owner: Option<String>,
+    /// Global (operator-wide) rules
+    #[arg(long)]
+    pub global: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct FwruleListArgs {
+    #[command(flatten)]
+    pub who: FwruleOwner,
+    /// Only enabled (true) or disabled (false) rules
+    #[arg(long, value_name = "BOOL")]
+    pub enabled: Option<bool>,
+}
+
+#[derive(Args, Debug)]
+pub struct FwruleCreateArgs {
+    /// The rule text (Triton's rule language)
+    pub rule: String,
+    #[command(flatten)]
+    pub who: FwruleOwner,
+    /// Create it disabled
+    #[arg(long)]
+    pub disabled: bool,
+    /// A description
+    #[arg(long, short = 'D')]
+    pub description: Option<String>,
+    /// Log the connections it matches
+    #[arg(long)]
+    pub log: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -675,6 +675,28 @@ async fn every_documented_operation_answers_as_documented() {
     capi.ok(200, "GET", "/alice/machines", None).await;
     let base = format!("/alice/machines/{id}");
     capi.ok(200, "GET", &format!("{base}/audit"), None).await;
+    // Firewall rules, both APIs.
+    let rule = capi
+        .ok(201, "POST", "/alice/fwrules", Some(json!({"rule": "FROM any TO tag \"role\" = \"web\" ALLOW tcp PORT 80", "enabled": true})))
+        .await;
+    let rid = rule["id"].as_str().unwrap().to_string();
+    capi.ok(200, "GET", "/alice/fwrules", None).await;
+    capi.ok(200, "GET", &format!("/alice/fwrules/{rid}"), None).await;
+    capi.ok(200, "POST", &format!("/alice/fwrules/{rid}"), Some(json!({"description": "web"}))).await;
+    capi.ok(200, "POST", &format!("/alice/fwrules/{rid}/disable"), Some(json!({}))).await;
+    capi.ok(200, "POST", &format!("/alice/fwrules/{rid}/enable"), Some(json!({}))).await;
+    capi.ok(200, "GET", &format!("/alice/fwrules/{rid}/machines"), None).await;
+    capi.ok(200, "GET", &format!("{base}/fwrules"), None).await;
+    let grule = admin.ok(202, "POST", "/fwrules", Some(json!({"global": true, "rule": "FROM any TO all vms ALLOW tcp PORT 22"}))).await;
+    let gid = grule["uuid"].as_str().unwrap().to_string();
+    admin.ok(200, "GET", "/fwrules", None).await;
+    admin.ok(200, "GET", &format!("/fwrules/{gid}"), None).await;
+    admin.ok(202, "PUT", &format!("/fwrules/{gid}"), Some(json!({"enabled": true}))).await;
+    admin.ok(200, "GET", &format!("/fwrules/{rid}/vms"), None).await;
+    admin.ok(200, "GET", &format!("/firewalls/vms/{id}"), None).await;
+    admin.ok(200, "GET", &format!("/servers/{server}/netpolicy"), None).await;
+    admin.ok(204, "DELETE", &format!("/fwrules/{gid}"), None).await;
+    capi.ok(204, "DELETE", &format!("/alice/fwrules/{rid}"), None).await;
     capi.ok(200, "POST", &format!("{base}/metadata"), Some(json!({"color": "blue"}))).await;
     capi.until(&format!("{base}/metadata"), |m| m["color"] == "blue").await;
     capi.ok(200, "GET", &format!("{base}/metadata/color"), None).await;

@@ -72,6 +72,9 @@ pub const ACCOUNT_KEY_NAMES: BucketDef = BucketDef { name: "account_key_names", 
 /// account record, so no rendering of an account can carry one.
 pub const ACCOUNT_PASSWORDS: BucketDef = BucketDef { name: "account_passwords", indexes: &[] };
 
+/// FWAPI firewall rules, keyed by UUID (global rules have no `owner_uuid`).
+pub const FWRULES: BucketDef = BucketDef { name: "fwrules", indexes: &[text(&["owner_uuid"])] };
+
 /// The web console's sessions, by the SHA-256 of their cookie token (the token itself is
 /// never stored): account, CSRF token, times.
 pub const WEB_SESSIONS: BucketDef = BucketDef { name: "web_sessions", indexes: &[] };
@@ -101,4 +104,5 @@ pub const ALL: &[BucketDef] = &[
     VMS,
     JOBS,
     JOB_LEASES,
+    FWRULES,
 ];

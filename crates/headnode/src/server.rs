@@ -107,6 +107,8 @@ pub struct Running {
     agent_server: JoinHandle<std::io::Result<()>>,
     runner: JoinHandle<()>,
     reconciler: Option<JoinHandle<()>>,
+    /// The network policy push (see [`crate::app::netpolicy`]).
+    netpolicy: JoinHandle<()>,
     stop: broadcast::Sender<()>,
     /// The data directory's lock (released by [`Running::halt`]).
     lock: Option<std::fs::File>,
@@ -185,6 +187,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let runner = tokio::spawn(crate::jobs::Runner::new(app.clone()).run());
     let reconciler =
         (!app.cfg.reconcile_every.is_zero()).then(|| tokio::spawn(crate::reconcile::run(app.clone(), app.cfg.reconcile_every)));
+    let netpolicy = tokio::spawn(crate::app::netpolicy::run(app.clone()));
     let (stop, _) = broadcast::channel::<()>(1);
     let mut stopped = stop.subscribe();
     let server = tokio::spawn(async move {
@@ -262,6 +265,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         agent_server,
         runner,
         reconciler,
+        netpolicy,
         stop,
         lock: Some(lock),
     })
@@ -281,6 +285,7 @@ impl Running {
         if let Some(r) = &self.reconciler {
             r.abort();
         }
+        self.netpolicy.abort();
         let _ = (&mut self.runner).await;
         let _ = self.stop.send(());
         (&mut self.server).await??;

@@ -172,6 +172,13 @@ pub const FIELDS: &[Field] = &[
     )
     .read_only(),
     Field::new("vms", Kind::Object, "The VMs the server reports (extras=vms).").read_only(),
+    Field::new("nic_tag_addresses", Kind::Object, "Its IPv4 address on each nic tag's link, from the last heartbeat.").read_only(),
+    Field::new(
+        "netpolicy_digest",
+        Kind::Str { max: 128, check: None },
+        "The digest of the network policy (overlay peers, firewalls) it applied last; absent before any.",
+    )
+    .read_only(),
 ];
 
 /// Applies a ServerUpdate body.

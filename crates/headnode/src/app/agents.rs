@@ -163,6 +163,39 @@ impl App {
         self.agent_request_patient(server, reqwest::Method::GET, &format!("/vms/{vm}"), None).await
     }
 
+    /// Sends the server its whole network policy (`PUT /servers/{server}/netpolicy`):
+    /// overlay peers and firewalls, applied whole by the agent, which then reports its
+    /// digest in heartbeats. Not patient: the policy push asks again next round. An
+    /// agent without the endpoint answers a [`AgentError::Status`] 404.
+    pub async fn agent_netpolicy(&self, server: Uuid, policy: &nereid_types::netpolicy::NetPolicy) -> Result<(), AgentError> {
+        let (s, _) = self.get_server_record(server).await.map_err(|e| AgentError::Other(e.message))?;
+        let pin = self.server_pin(server).await.map_err(|e| AgentError::Other(e.message))?;
+        if !s.agent_url.starts_with("https://") {
+            return Err(AgentError::Unreachable {
+                server,
+                url: s.agent_url.clone(),
+                message: "agents are called over TLS only (an https:// agent URL)".into(),
+            });
+        }
+        let http = self.agents.client(server, &pin).map_err(AgentError::Other)?;
+        let url = format!("{}/servers/{server}/netpolicy", s.agent_url.trim_end_matches('/'));
+        let resp = http.put(&url).json(policy).send().await.map_err(|e| AgentError::Unreachable {
+            server,
+            url: s.agent_url.clone(),
+            message: e.to_string(),
+        })?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            let text = resp.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+                .unwrap_or(text);
+            return Err(AgentError::Status { server, status, message });
+        }
+        Ok(())
+    }
+
     /// The server's view of a VM; `None` when it does not have it.
     pub async fn agent_get(&self, server: Uuid, vm: Uuid) -> Result<Option<VmStatus>, AgentError> {
         self.agent_request(server, reqwest::Method::GET, &format!("/vms/{vm}"), None).await

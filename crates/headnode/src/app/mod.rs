@@ -21,9 +21,11 @@ pub mod agents;
 pub mod allocation;
 pub mod consoles;
 pub mod doctor;
+pub mod fwrules;
 pub mod image_files;
 pub mod images;
 pub mod network_pools;
+pub mod netpolicy;
 pub mod networks;
 pub mod nic_tags;
 pub mod nics;
@@ -109,6 +111,9 @@ pub struct App {
     pub alloc_lock: tokio::sync::Mutex<()>,
     /// Wakes the job runner when a job is queued.
     pub jobs_notify: tokio::sync::Notify,
+    /// Wakes the network policy push ([`netpolicy::run`]): firewall rules changed, a
+    /// job (provision, destroy, tags, firewall_enabled) finished.
+    pub netpolicy_notify: tokio::sync::Notify,
     pub hooks: crate::jobs::Hooks,
     pub metrics: crate::metrics::Metrics,
 }
@@ -130,6 +135,7 @@ impl App {
             agents: agents::Agents::default(),
             alloc_lock: tokio::sync::Mutex::new(()),
             jobs_notify: tokio::sync::Notify::new(),
+            netpolicy_notify: tokio::sync::Notify::new(),
             hooks,
             metrics: crate::metrics::Metrics::default(),
         })

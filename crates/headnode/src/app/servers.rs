@@ -26,6 +26,12 @@ pub struct HeartbeatRecord {
     /// Its hardware temperatures then (read at `at_ms`); none without sensors.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub temperatures: Vec<Temperature>,
+    /// Its IPv4 address on each nic tag's link (the underlay's carries fabrics).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub nic_tag_addresses: std::collections::BTreeMap<String, String>,
+    /// The digest of the network policy it applied last (see `netpolicy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netpolicy_digest: Option<String>,
 }
 
 fn token_hash(token: &str) -> String {
@@ -424,6 +430,8 @@ impl App {
             vms: hb.vms.clone(),
             problems: hb.problems.clone(),
             temperatures: hb.temperatures.clone(),
+            nic_tag_addresses: hb.nic_tag_addresses.clone(),
+            netpolicy_digest: hb.netpolicy_digest.clone(),
         };
         self.store.put(HEARTBEATS.name, &uuid.to_string(), encode(&rec), Cond::Any).await.map_err(store_error)?;
         // One VM's report failing (a damaged record, a race) never fails the server's heartbeat.
@@ -497,6 +505,10 @@ impl App {
             .map(|h| h.temperatures.iter().map(|t| json!({"sensor": t.sensor, "label": t.label, "celsius": t.celsius, "at": at})).collect())
             .unwrap_or_default();
         v["temperatures"] = Value::Array(temps);
+        v["nic_tag_addresses"] = json!(hb.map(|h| h.nic_tag_addresses.clone()).unwrap_or_default());
+        if let Some(d) = hb.and_then(|h| h.netpolicy_digest.as_deref()) {
+            v["netpolicy_digest"] = json!(d);
+        }
         if let Some(h) = hb {
             v["memory_total_bytes"] = json!(h.usage.ram_total_mib * 1024 * 1024);
             v["disk_pool_size_bytes"] = json!(h.usage.disk_total_mib * 1024 * 1024);

@@ -34,6 +34,7 @@ use crate::http::{AppState, Auth, Route};
 pub mod account;
 pub mod auth;
 pub mod catalog;
+pub mod fwrules;
 pub mod machine_data;
 pub mod machines;
 pub mod network_ips;
@@ -280,6 +281,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(catalog::routes());
     all.extend(machines::routes());
     all.extend(machine_data::routes());
+    all.extend(fwrules::routes());
     all.extend(nics::routes());
     all.extend(network_ips::routes());
     all
@@ -345,17 +347,11 @@ const NOT_IMPLEMENTED: &[(&[&str], &str, &str)] = &[
     (&["GET", "POST"], "/*/fabrics/default/vlans/*/networks", "Fabric networks"),
     (&["GET", "PUT", "DELETE"], "/*/fabrics/default/vlans/*/networks/*", "Fabric networks"),
     (&["GET"], "/*/machines/*/vnc", "GetMachineVnc"),
-    (&["GET"], "/*/machines/*/fwrules", "ListMachineFirewallRules"),
     (&["GET", "POST"], "/*/machines/*/disks", "Machine disks"),
     (&["GET", "POST", "DELETE"], "/*/machines/*/disks/*", "Machine disks"),
     (&["GET", "POST"], "/*/machines/*/migrate", "MigrateMachine"),
     (&["GET"], "/*/migrations", "ListMigrations"),
     (&["GET"], "/*/migrations/*", "GetMigration"),
-    (&["GET", "POST"], "/*/fwrules", "Firewall rules"),
-    (&["GET", "POST", "DELETE"], "/*/fwrules/*", "Firewall rules"),
-    (&["POST"], "/*/fwrules/*/enable", "EnableFirewallRule"),
-    (&["POST"], "/*/fwrules/*/disable", "DisableFirewallRule"),
-    (&["GET"], "/*/fwrules/*/machines", "ListFirewallRuleMachines"),
     (&["GET", "POST"], "/*/volumes", "Volumes"),
     (&["GET", "POST", "DELETE"], "/*/volumes/*", "Volumes"),
     (&["GET"], "/*/volumesizes", "ListVolumeSizes"),
@@ -444,7 +440,8 @@ mod tests {
         let e = unmatched(&Method::GET, "/alice/machines/3c9c1b5f-8e37-4c2d-9a6f-1b2c3d4e5f60/disks");
         assert_eq!((e.status, e.code.as_str()), (501, "NotImplemented"), "{e:?}");
         assert!(e.message.contains("Machine disks"), "{}", e.message);
-        assert_eq!(unmatched(&Method::GET, "/alice/fwrules").status, 501);
+        assert_eq!(unmatched(&Method::GET, "/alice/volumes").status, 501);
+        assert_eq!(unmatched(&Method::DELETE, "/alice/fwrules").status, 405, "firewall rules are implemented");
         assert_eq!(unmatched(&Method::PUT, "/alice/machines/x").code, "NotImplemented");
         let e = unmatched(&Method::DELETE, "/alice/packages/x");
         assert_eq!((e.status, e.code.as_str()), (405, "MethodNotAllowed"), "{e:?}");

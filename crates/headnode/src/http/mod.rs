@@ -30,10 +30,12 @@ pub mod accounts;
 pub mod agent;
 pub mod consoles;
 pub mod doctor;
+pub mod fwrules;
 pub mod images;
 pub mod ips;
 pub mod jobs;
 pub mod metrics;
+pub mod netpolicy;
 pub mod network_pools;
 pub mod networks;
 pub mod nic_tags;
@@ -136,7 +138,7 @@ impl Api {
         match tag {
             "PAPI" | "VMAPI" | "UFDS" => Api::Papi,
             // CNAPI answers 500 for bad input in Triton; Nereid answers NAPI's 422.
-            "NAPI" | "CNAPI" | "Agent" => Api::Napi,
+            "NAPI" | "CNAPI" | "Agent" | "FWAPI" => Api::Napi,
             _ => Api::Imgapi,
         }
     }
@@ -305,12 +307,14 @@ pub fn routes() -> Vec<Route> {
     all.extend(nics::routes());
     all.extend(ips::routes());
     all.extend(servers::routes());
+    all.extend(netpolicy::routes());
     all.extend(agent::routes());
     all.extend(vms::routes());
     all.extend(consoles::routes());
     all.extend(accounts::routes());
     all.extend(jobs::routes());
     all.extend(doctor::routes());
+    all.extend(fwrules::routes());
     all.extend(metrics::routes());
     all
 }

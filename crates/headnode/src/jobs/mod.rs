@@ -262,6 +262,8 @@ impl Runner {
                     me.drive(id, lease_gen).await;
                     me.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                     me.app.jobs_notify.notify_one();
+                    // A VM came, went or changed (tags, firewall_enabled, NICs).
+                    me.app.netpolicy_notify.notify_one();
                 });
             }
         }

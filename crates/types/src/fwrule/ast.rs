@@ -11,7 +11,7 @@
 //!   FROM (ip 10.0.0.1 OR tag "role" = "db") TO all vms ALLOW tcp PORTS 22, 8000 - 8100 PRIORITY 5
 //! ```
 //!
-//! The parser ([`super::parse`]) returns rules already in canonical order
+//! The parser ([`super::parse()`]) returns rules already in canonical order
 //! ([`Rule::normalized`]), so `parse(rule.to_string()) == rule` for every rule it returns.
 
 use std::fmt;

@@ -148,21 +148,35 @@ fn parsed(rules: &[FwRule]) -> Vec<(&FwRule, Rule)> {
 /// with its firewall enabled and no rule still appears, with no entries (its defaults:
 /// inbound blocked, outbound allowed).
 pub fn compile(rules: &[FwRule], vms: &[FwVm]) -> BTreeMap<Uuid, Vec<FwEntry>> {
-    let rules = parsed(rules);
+    // A rule's entries are the same for every VM it matches: work them out once per rule.
+    struct Compiled<'a> {
+        record: &'a FwRule,
+        rule: Rule,
+        inbound: Option<FwEntry>,
+        outbound: Option<FwEntry>,
+    }
+    let compiled: Vec<Compiled> = parsed(rules)
+        .into_iter()
+        .map(|(record, rule)| {
+            let scope: Vec<&FwVm> = vms.iter().filter(|v| in_scope(record, v)).collect();
+            let inbound = entry(record, &rule, Direction::In, &rule.from, &scope);
+            let outbound = entry(record, &rule, Direction::Out, &rule.to, &scope);
+            Compiled { record, rule, inbound, outbound }
+        })
+        .collect();
     let mut out = BTreeMap::new();
     for vm in vms.iter().filter(|v| v.firewall_enabled) {
         let mut entries = Vec::new();
-        for (record, rule) in rules.iter().filter(|(r, _)| in_scope(r, vm)) {
-            let scope: Vec<&FwVm> = vms.iter().filter(|v| in_scope(record, v)).collect();
-            if side_matches(&rule.to, vm)
-                && let Some(e) = entry(record, rule, Direction::In, &rule.from, &scope)
+        for c in compiled.iter().filter(|c| in_scope(c.record, vm)) {
+            if let Some(e) = &c.inbound
+                && side_matches(&c.rule.to, vm)
             {
-                entries.push(e);
+                entries.push(e.clone());
             }
-            if side_matches(&rule.from, vm)
-                && let Some(e) = entry(record, rule, Direction::Out, &rule.to, &scope)
+            if let Some(e) = &c.outbound
+                && side_matches(&c.rule.from, vm)
             {
-                entries.push(e);
+                entries.push(e.clone());
             }
         }
         entries.sort_by_key(|e| (std::cmp::Reverse(e.priority), against_default(e), e.rule, e.direction));

@@ -10,6 +10,16 @@
 //! * [`ast`]: the typed rule, its canonical order and its printer.
 //! * [`parse`](mod@parse): lexer, parser, validation, Triton-shaped error messages.
 //! * [`compile`](mod@compile): rules + VMs → each VM's entries; the VMs a rule affects.
+//! * `tests.rs` (unit tests, Triton's documented examples) and `proptest.rs` (seeded random
+//!   rules: print/parse round trips, equivalent spellings, mutations); `crates/fuzz` has
+//!   the `fwrule` fuzz target.
+//!
+//! Where Nereid differs from sdc-fwrule: IPv6 addresses and subnets, and the `ah`/`esp`
+//! protocols, are refused with their own messages (the firewall is IPv4 only; `icmp6`
+//! is accepted, with VM-side peers resolving to IPv6 addresses); keywords are
+//! case-insensitive in any mix (Triton takes all-lower or all-upper); `all ports` is read
+//! as `PORT all`; duplicate ports and ICMP types are dropped from the canonical text.
+//! Everything else — limits, validation, messages, canonical form — follows sdc-fwrule.
 
 pub mod ast;
 pub mod compile;
