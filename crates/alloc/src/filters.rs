@@ -55,10 +55,15 @@ fn pinned(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), Strin
     }
 }
 
-fn nic_tags(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
+fn nic_tags(s: &Server, r: &Request, c: &Config, _: &[Server]) -> Result<(), String> {
     for group in &r.nic_tags {
         if !group.iter().any(|t| s.nic_tags.contains(t)) {
             let has = if s.nic_tags.is_empty() { "none".to_string() } else { s.nic_tags.join(", ") };
+            if let [t] = group.as_slice()
+                && c.underlay_tag.as_ref() == Some(t)
+            {
+                return Err(format!("has no underlay nic tag {t}, which fabric networks are carried over (it has: {has})"));
+            }
             return Err(format!("has no NIC with nic tag {} (it has: {has})", group.join(" or ")));
         }
         // A tag the server has but whose link cannot carry its networks (wrong MTU…).

@@ -182,6 +182,9 @@ pub struct Config {
     pub weight_ram: f64,
     pub weight_disk: f64,
     pub weight_random: f64,
+    /// The nic tag fabric (overlay) networks are carried over: a request for it is
+    /// explained as the underlay a fabric network needs.
+    pub underlay_tag: Option<String>,
 }
 
 impl Default for Config {
@@ -194,6 +197,7 @@ impl Default for Config {
             weight_ram: 2.0,
             weight_disk: 1.0,
             weight_random: 0.5,
+            underlay_tag: None,
         }
     }
 }

@@ -451,6 +451,11 @@ pub enum Noun {
         #[command(subcommand)]
         verb: AccountVerb,
     },
+    /// NAPI fabrics: every account's fabric VLANs and the networks on them
+    Fabric {
+        #[command(subcommand)]
+        verb: crate::cmd::fabric::FabricVerb,
+    },
     /// FWAPI firewall rules: every account's, and global ones (read-only to tenants)
     Fwrule {
         #[command(subcommand)]

@@ -662,6 +662,53 @@ async fn every_documented_operation_answers_as_documented() {
     capi.ok(200, "GET", &format!("/alice/networks/{own}/ips"), None).await;
     capi.ok(200, "PUT", &format!("/alice/networks/{own}/ips/10.79.0.12"), Some(json!({"reserved": true}))).await;
     capi.ok(200, "GET", &format!("/alice/networks/{own}/ips/10.79.0.12"), None).await;
+    // Fabrics, both APIs (their networks ride on the default underlay nic tag).
+    admin.ok(200, "POST", "/nic_tags", Some(json!({"name": "sdc_underlay", "mtu": 9000}))).await;
+    capi.ok(201, "POST", "/alice/fabrics/default/vlans", Some(json!({"vlan_id": 20, "name": "twenty"}))).await;
+    capi.ok(200, "GET", "/alice/fabrics/default/vlans", None).await;
+    capi.ok(200, "GET", "/alice/fabrics/default/vlans/20", None).await;
+    capi.ok(202, "PUT", "/alice/fabrics/default/vlans/20", Some(json!({"description": "twentieth"}))).await;
+    capi.ok(202, "POST", "/alice/fabrics/default/vlans/20", Some(json!({"name": "twenty"}))).await;
+    let fnet = capi
+        .ok(
+            201,
+            "POST",
+            "/alice/fabrics/default/vlans/20/networks",
+            Some(json!({"vlan_id": 20, "name": "fab", "subnet": "192.168.20.0/24", "provision_start_ip": "192.168.20.5",
+            "provision_end_ip": "192.168.20.9", "gateway": "192.168.20.1", "resolvers": [], "routes": {}})),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    capi.ok(200, "GET", "/alice/fabrics/default/vlans/20/networks", None).await;
+    capi.ok(200, "GET", &format!("/alice/fabrics/default/vlans/20/networks/{fnet}"), None).await;
+    capi.ok(200, "PUT", &format!("/alice/fabrics/default/vlans/20/networks/{fnet}"), Some(json!({"description": "f"}))).await;
+    capi.ok(204, "DELETE", &format!("/alice/fabrics/default/vlans/20/networks/{fnet}"), None).await;
+    capi.ok(204, "DELETE", "/alice/fabrics/default/vlans/20", None).await;
+    let fab = format!("/fabrics/{alice}/vlans");
+    admin.ok(200, "POST", &fab, Some(json!({"vlan_id": 21, "name": "twenty-one"}))).await;
+    admin.ok(200, "GET", "/fabric_vlans", None).await;
+    admin.ok(200, "GET", &fab, None).await;
+    admin.ok(200, "GET", &format!("{fab}/21"), None).await;
+    admin.ok(200, "PUT", &format!("{fab}/21"), Some(json!({"description": "d"}))).await;
+    let fnet = admin
+        .ok(
+            200,
+            "POST",
+            &format!("{fab}/21/networks"),
+            Some(json!({"name": "fab21", "subnet": "192.168.21.0/24", "provision_start_ip": "192.168.21.5",
+            "provision_end_ip": "192.168.21.9", "internet_nat": false})),
+        )
+        .await["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    admin.ok(200, "GET", &format!("{fab}/21/networks"), None).await;
+    admin.ok(200, "GET", &format!("{fab}/21/networks/{fnet}"), None).await;
+    admin.ok(200, "PUT", &format!("{fab}/21/networks/{fnet}"), Some(json!({"description": "d"}))).await;
+    admin.ok(204, "DELETE", &format!("{fab}/21/networks/{fnet}"), None).await;
+    admin.ok(204, "DELETE", &format!("{fab}/21"), None).await;
     let m = capi
         .ok(
             201,

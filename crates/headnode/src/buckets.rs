@@ -31,6 +31,15 @@ pub const NICS: BucketDef =
 /// NAPI IP records, keyed by `<network uuid>/<address as a 10-digit number>` so a
 /// network's addresses list in numeric order.
 pub const IPS: BucketDef = BucketDef { name: "ips", indexes: &[text(&["network_uuid"]), text(&["belongs_to_uuid"])] };
+/// Fabric VLANs, keyed by `<owner uuid>/<vlan id, 4 digits>`.
+pub const FABRIC_VLANS: BucketDef = BucketDef { name: "fabric_vlans", indexes: &[text(&["owner_uuid"]), num(&["vlan_id"])] };
+/// VXLAN segment claims (one per fabric VLAN, unique in the cloud), keyed by the VNI
+/// (8 digits); the value names the VLAN.
+pub const FABRIC_VNIS: BucketDef = BucketDef { name: "fabric_vnis", indexes: &[] };
+/// Fabric network name claims (unique per account), keyed by `<owner uuid>/<name>`; and
+/// each account's fabric stamp `<owner uuid>/`, rewritten with every fabric network
+/// change so two headnodes cannot both pass the overlap check.
+pub const FABRIC_NETWORK_NAMES: BucketDef = BucketDef { name: "fabric_network_names", indexes: &[] };
 
 /// CNAPI servers, keyed by UUID.
 pub const SERVERS: BucketDef = BucketDef { name: "servers", indexes: &[text(&["hostname"])] };
@@ -92,6 +101,9 @@ pub const ALL: &[BucketDef] = &[
     NETWORKS,
     NETWORK_POOLS,
     NETWORK_NAMES,
+    FABRIC_VLANS,
+    FABRIC_VNIS,
+    FABRIC_NETWORK_NAMES,
     NICS,
     IPS,
     SERVERS,

@@ -326,6 +326,7 @@ pub async fn run(a: AdminArgs) -> Result<()> {
         }
         Noun::Vm { verb: v } => vm(&c, v, json).await,
         Noun::Account { verb: v } => super::account::run(&c, v, json).await,
+        Noun::Fabric { verb: v } => super::fabric::run(&c, v, json).await,
         Noun::Fwrule { verb: v } => super::fwrule::run(&c, v, json).await,
         Noun::Doctor { repair } => doctor(&c, repair, json).await,
         Noun::Job { verb: JobVerb::List(a) } => {

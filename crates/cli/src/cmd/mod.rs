@@ -4,6 +4,7 @@ pub mod account;
 pub mod admin;
 pub mod agent;
 pub mod console;
+pub mod fabric;
 pub mod fwrule;
 pub mod headnode;
 pub mod image;

@@ -126,7 +126,34 @@ impl App {
             let id = acct.uuid;
             ops.push(super::passwords::blocking(move || super::passwords::password_op(id, &p)).await??);
         }
-        match self.store.batch(ops).await {
+        // With --fabric-default-network the account's default fabric lands in the same
+        // batch: both or neither. A conflict on its part is a drawn VNI already taken.
+        let base = ops.len();
+        let mut attempts = 0;
+        let result = loop {
+            let mut all = ops.clone();
+            if self.cfg.fabric.default_for_new_accounts {
+                let fabric = self.default_fabric_ops(acct.uuid).await.map_err(|e| {
+                    ApiError::new(
+                        e.status,
+                        e.code.clone(),
+                        format!(
+                            "account {} was not created: new accounts get a default fabric (--fabric-default-network) and it cannot be made: {}",
+                            acct.login, e.message
+                        ),
+                    )
+                    .with_errors(e.errors.clone())
+                })?;
+                all.extend(fabric);
+            }
+            match self.store.batch(all).await {
+                Err(nereid_store::StoreError::Conflict { op_index, .. }) if op_index >= base && attempts < super::RETRIES => {
+                    attempts += 1;
+                }
+                other => break other,
+            }
+        };
+        match result {
             Ok(_) => Ok((acct, keys)),
             Err(e) if e.is_conflict() => {
                 let taken = self.store.get(ACCOUNT_LOGINS.name, &acct.login).await.map_err(store_error)?.is_some();

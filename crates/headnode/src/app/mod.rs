@@ -21,6 +21,7 @@ pub mod agents;
 pub mod allocation;
 pub mod consoles;
 pub mod doctor;
+pub mod fabrics;
 pub mod fwrules;
 pub mod image_files;
 pub mod images;

@@ -140,6 +140,12 @@ impl App {
 
     pub async fn create_network(&self, input: &Map<String, Value>) -> Result<Network, ApiError> {
         let tag = input.get("nic_tag").and_then(Value::as_str);
+        if tag == Some(nereid_types::fabric::OVERLAY_TAG) {
+            return Err(ApiError::invalid_parameters(vec![FieldError::invalid(
+                "nic_tag",
+                "sdc_overlay networks are fabric networks: create them with POST /fabrics/<owner_uuid>/vlans/<vlan_id>/networks",
+            )]));
+        }
         let mtu = match tag {
             Some(t) => Some(self.tag_mtu(t).await?),
             None => None,
@@ -161,6 +167,13 @@ impl App {
     }
 
     pub async fn update_network(&self, uuid: Uuid, input: &Map<String, Value>) -> Result<Network, ApiError> {
+        // Fabric networks keep their own rules (per-account names, fixed subnet and gateway).
+        if let (n, _) = self.get_network(uuid).await?
+            && n.fabric
+            && let Some(owner) = n.owner_uuids.as_ref().and_then(|o| o.first())
+        {
+            return self.update_fabric_network(*owner, n.vlan_id, &uuid.to_string(), input).await;
+        }
         for _ in 0..RETRIES {
             let (cur, generation) = self.get_network(uuid).await?;
             let mtu = self.tag_mtu(&cur.nic_tag).await?;
@@ -196,6 +209,11 @@ impl App {
     /// Refused while NICs or pools use the network; removes its IP records with it.
     pub async fn delete_network(&self, uuid: Uuid) -> Result<(), ApiError> {
         let (net, generation) = self.get_network(uuid).await?;
+        if net.fabric
+            && let Some(owner) = net.owner_uuids.as_ref().and_then(|o| o.first())
+        {
+            return self.delete_fabric_network(*owner, net.vlan_id, &uuid.to_string()).await;
+        }
         let nics: Vec<Nic> = self.list(NICS.name, &ListQuery::filter(Filter::eq("network_uuid", uuid.to_string())).page(20, 0)).await?;
         let pools: Vec<NetworkPool> = self.list(NETWORK_POOLS.name, &ListQuery::filter(Filter::has("networks", uuid.to_string()))).await?;
         if !nics.is_empty() || !pools.is_empty() {

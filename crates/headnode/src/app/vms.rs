@@ -612,7 +612,8 @@ impl App {
                 if let Some(ip) = &ip {
                     nereid_types::network::parse_ip_in(&net, &field, ip).map_err(|e| ApiError::validation_409(vec![e]))?;
                 }
-                tags.push(vec![net.nic_tag.clone()]);
+                // Fabric networks need the underlay their VXLAN segments are carried over.
+                tags.push(vec![if net.fabric { self.cfg.fabric.underlay_tag.clone() } else { net.nic_tag.clone() }]);
             } else if let Some((pool, _)) = self.read::<NetworkPool>(NETWORK_POOLS.name, &id.to_string()).await? {
                 if pool.owner_uuids.as_ref().is_some_and(|o| !o.contains(&owner)) {
                     return Err(invalid(&field, format!("owner {owner} may not use network pool {} ({id})", pool.name)));
@@ -933,7 +934,8 @@ impl App {
                 }
             }
             let view = self.placement_view().await?;
-            let placed = nereid_alloc::allocate(&view.servers, &request, &self.cfg.alloc, &mut rng);
+            let alloc_cfg = nereid_alloc::Config { underlay_tag: Some(self.cfg.fabric.underlay_tag.clone()), ..self.cfg.alloc.clone() };
+            let placed = nereid_alloc::allocate(&view.servers, &request, &alloc_cfg, &mut rng);
             self.metrics.observe_allocation(started.elapsed().as_secs_f64());
             let placement = match placed {
                 Ok(p) => p,

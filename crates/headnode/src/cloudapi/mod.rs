@@ -34,6 +34,7 @@ use crate::http::{AppState, Auth, Route};
 pub mod account;
 pub mod auth;
 pub mod catalog;
+pub mod fabrics;
 pub mod fwrules;
 pub mod machine_data;
 pub mod machines;
@@ -284,6 +285,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(fwrules::routes());
     all.extend(nics::routes());
     all.extend(network_ips::routes());
+    all.extend(fabrics::routes());
     all
 }
 
@@ -342,10 +344,6 @@ const NOT_IMPLEMENTED: &[(&[&str], &str, &str)] = &[
     (&["POST"], "/*/images", "CreateImageFromMachine"),
     (&["POST"], "/*/images/*", "UpdateImage"),
     (&["DELETE"], "/*/images/*", "DeleteImage"),
-    (&["GET", "POST"], "/*/fabrics/default/vlans", "Fabric VLANs"),
-    (&["GET", "PUT", "POST", "DELETE"], "/*/fabrics/default/vlans/*", "Fabric VLANs"),
-    (&["GET", "POST"], "/*/fabrics/default/vlans/*/networks", "Fabric networks"),
-    (&["GET", "PUT", "DELETE"], "/*/fabrics/default/vlans/*/networks/*", "Fabric networks"),
     (&["GET"], "/*/machines/*/vnc", "GetMachineVnc"),
     (&["GET", "POST"], "/*/machines/*/disks", "Machine disks"),
     (&["GET", "POST", "DELETE"], "/*/machines/*/disks/*", "Machine disks"),

@@ -147,7 +147,7 @@ pub fn network(n: &Network) -> Value {
         "provision_end_ip": n.provision_end_ip,
         "resolvers": n.resolvers,
         "routes": n.routes.clone().unwrap_or_default(),
-        "internet_nat": false,
+        "internet_nat": n.internet_nat,
     });
     if let Some(g) = &n.gateway {
         v["gateway"] = json!(g);

@@ -30,6 +30,7 @@ pub mod accounts;
 pub mod agent;
 pub mod consoles;
 pub mod doctor;
+pub mod fabrics;
 pub mod fwrules;
 pub mod images;
 pub mod ips;
@@ -304,6 +305,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(nic_tags::routes());
     all.extend(networks::routes());
     all.extend(network_pools::routes());
+    all.extend(fabrics::routes());
     all.extend(nics::routes());
     all.extend(ips::routes());
     all.extend(servers::routes());

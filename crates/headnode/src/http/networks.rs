@@ -15,7 +15,7 @@ const LIST_PARAMS: &[Param] = &[
     Param::new("name", QKind::Str { max: 4096 }, "A name, or a JSON array of names."),
     Param::new("nic_tag", QKind::Str { max: 1024 }, "Nic tags (comma-separated)."),
     Param::new("vlan_id", QKind::Int { min: 0, max: 4094 }, "VLAN ID."),
-    Param::new("fabric", QKind::Bool, "Fabric networks only (always false here)."),
+    Param::new("fabric", QKind::Bool, "Fabric networks only (true) or none (false)."),
     Param::new("family", QKind::Enum(&["ipv4"]), "Address family."),
     Param::new("owner_uuid", QKind::Uuid, "Networks listing this owner."),
     Param::new("provisionable_by", QKind::Uuid, "Networks this account may use (its own and public ones)."),
@@ -85,7 +85,8 @@ pub fn routes() -> Vec<Route> {
 
 async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> HttpResult {
     let q = parse_query(Api::Napi, LIST_PARAMS, raw.as_deref())?;
-    ok(&s.app.list_networks(&q).await?)
+    let nets = s.app.list_networks(&q).await?;
+    ok(&nets.iter().map(nereid_types::fabric::render_network).collect::<Vec<_>>())
 }
 
 async fn create(State(s): State<AppState>, body: Body) -> HttpResult {
@@ -95,13 +96,13 @@ async fn create(State(s): State<AppState>, body: Body) -> HttpResult {
 
 async fn get(State(s): State<AppState>, Path(uuid): Path<String>) -> HttpResult {
     let uuid = path_uuid(Api::Napi, "uuid", &uuid)?;
-    ok(&s.app.get_network(uuid).await?.0)
+    ok(&nereid_types::fabric::render_network(&s.app.get_network(uuid).await?.0))
 }
 
 async fn update(State(s): State<AppState>, Path(uuid): Path<String>, body: Body) -> HttpResult {
     let uuid = path_uuid(Api::Napi, "uuid", &uuid)?;
     let input = read_object(body).await?;
-    Ok(json(StatusCode::OK, &s.app.update_network(uuid, &input).await?))
+    Ok(json(StatusCode::OK, &nereid_types::fabric::render_network(&s.app.update_network(uuid, &input).await?)))
 }
 
 async fn delete(State(s): State<AppState>, Path(uuid): Path<String>) -> HttpResult {
