@@ -350,7 +350,8 @@ fn lex(text: &str) -> Vec<Token> {
     let token = |tok: Tok, start: usize, end: usize| Token { tok, text: s[start..end].iter().collect(), start, end };
     while i < s.len() {
         let c = s[i];
-        if c.is_whitespace() {
+        // JavaScript's \s, which sdc-fwrule's lexer skips, includes the byte order mark.
+        if c.is_whitespace() || c == '\u{feff}' {
             i += 1;
             continue;
         }

@@ -93,6 +93,7 @@ fn every_protocol_form_parses() {
 fn prints_the_canonical_form() {
     assert_eq!(canon("from any to tag role = web allow TCP port 80"), "FROM any TO tag \"role\" = \"web\" ALLOW tcp PORT 80");
     assert_eq!(canon("  FROM   any TO (all vms)\tALLOW tcp PORT 22  "), "FROM any TO all vms ALLOW tcp PORT 22");
+    assert_eq!(canon("\u{feff}FROM any TO all vms ALLOW tcp PORT 22\r\n"), "FROM any TO all vms ALLOW tcp PORT 22");
     // Targets grouped ip, subnet, tag, vm and sorted; a bare tag covers its valued forms.
     assert_eq!(
         canon(&format!(
