@@ -207,6 +207,10 @@ async fn ip(args: &[String]) -> Result<(), String> {
 async fn ensure(g: &Gateway, suffix: &str) -> Result<(), String> {
     let ns = namespace(g.vni, suffix);
     let err = |e: String| format!("the NAT gateway of fabric segment {}: {e}", g.vni);
+    // A name left without its namespace (the agent's mount namespace ended) is made again.
+    if namespace_exists(&ns) && links::run("ip", &["-n", &ns, "link", "show", "lo"]).await.is_err() {
+        let _ = links::run("ip", &["netns", "del", &ns]).await;
+    }
     if !namespace_exists(&ns) {
         links::run("ip", &["netns", "add", &ns]).await.map_err(err)?;
     }
