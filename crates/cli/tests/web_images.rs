@@ -6,9 +6,9 @@
 //! target/test-artifacts/screenshots/web_images/.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nereid_testkit::webdriver::Browser;
+use nereid_testkit::webdriver::{Browser, WithStatus};
 use nereid_testkit::{Backend, Cloud, Options, web::PASSWORD};
 use sha1::Digest;
 
@@ -30,23 +30,11 @@ async fn signed_in(base: &str, width: u32) -> Browser {
 
 /// Waits until the browser is on a page whose path starts with `prefix` (and is not `not`).
 async fn wait_path(b: &Browser, prefix: &str, not: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let u = b.url().await.unwrap();
-        let path = u.split_once("://").and_then(|(_, r)| r.find('/').map(|i| r[i..].to_string())).unwrap_or_default();
-        if path.starts_with(prefix) && !path.starts_with(not) {
-            return path;
-        }
-        if Instant::now() > deadline {
-            let status = b.find_all("[data-upload-status]").await.unwrap();
-            let shown = match status.first() {
-                Some(e) => b.text(e).await.unwrap_or_default(),
-                None => String::new(),
-            };
-            panic!("still on {u}, not {prefix}…; the page says {shown:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let path = |u: &str| u.split_once("://").and_then(|(_, r)| r.find('/').map(|i| r[i..].to_string())).unwrap_or_default();
+    let look = async || Ok(WithStatus { status: b.text_if_any("[data-upload-status]").await?, seen: path(&b.url().await?) });
+    let what = format!("a page under {prefix} (not {not})");
+    let at = b.wait_until(Duration::from_secs(120), &what, look, |p| p.seen.starts_with(prefix) && !p.seen.starts_with(not)).await;
+    at.unwrap().seen
 }
 
 /// A 64 MiB raw disk whose every block differs (not zeros: the sha1 means something).

@@ -7,27 +7,13 @@
 //! Screenshots of each step go to target/test-artifacts/screenshots/web_operator/.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nereid_testkit::webdriver::Browser;
+use nereid_testkit::webdriver::{Browser, wait_until};
 use nereid_testkit::{Backend, Cloud, Options, web::PASSWORD};
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// Waits until the element `css` matches shows `needle`; its text then.
-async fn wait_in(b: &Browser, css: &str, needle: &str) -> String {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let e = b.find(css).await.unwrap();
-        let t = b.text(&e).await.unwrap_or_default();
-        if t.contains(needle) {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "{css} never showed {needle:?}; it shows:\n{t}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
 
 async fn page_text(b: &Browser) -> String {
     let body = b.find("main").await.unwrap();
@@ -80,11 +66,9 @@ async fn an_operator_sees_servers_capacity_vms_jobs_and_why_placement_refused_se
     let agent = cloud.agent.as_ref().unwrap();
     agent.nodes[0].set_hwmon(Some(hwmon.path().to_path_buf()));
     let hot = agent.nodes[0].uuid.to_string();
-    let deadline = Instant::now() + LIMIT;
-    while cloud.client.get(&format!("/servers/{hot}")).await.unwrap()["temperatures"].as_array().is_none_or(|t| t.len() < 2) {
-        assert!(Instant::now() < deadline, "the server's temperatures never reached the API");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let server = async || Ok(cloud.client.get(&format!("/servers/{hot}")).await?);
+    let both = |srv: &Value| srv["temperatures"].as_array().is_some_and(|t| t.len() >= 2);
+    wait_until(LIMIT, "the server's temperatures to reach the API", server, both).await.unwrap();
     b.goto(&format!("{base}/dashboard")).await.unwrap();
     let t = page_text(&b).await;
     b.screenshot("01b-dashboard-temperatures").await.unwrap();
@@ -123,11 +107,8 @@ async fn an_operator_sees_servers_capacity_vms_jobs_and_why_placement_refused_se
     b.goto(&format!("{base}/servers/{other}")).await.unwrap();
     b.click_on("#reserved").await.unwrap();
     b.click_on("form[action$='/settings'] button[type=submit]").await.unwrap();
-    let deadline = Instant::now() + LIMIT;
-    while !b.url().await.unwrap().ends_with(&format!("/servers/{other}#settings")) {
-        assert!(Instant::now() < deadline, "back on the server's page, not {}", b.url().await.unwrap());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let settings = format!("/servers/{other}#settings");
+    b.wait_until(LIMIT, "the server's page again", async || b.url().await, |u| u.ends_with(&settings)).await.unwrap();
     b.wait_text("Sysinfo", LIMIT).await.unwrap();
     assert_eq!(cloud.client.get(&format!("/servers/{other}")).await.unwrap()["reserved"], true);
     b.screenshot("04-server-reserved").await.unwrap();
@@ -149,7 +130,7 @@ async fn an_operator_sees_servers_capacity_vms_jobs_and_why_placement_refused_se
     assert!(t.contains("Steps") && t.contains("reserve"), "{t}");
     if !t.contains("succeeded") {
         b.execute("window.__web_operator_mark = 'kept'; return null;", vec![]).await.unwrap();
-        wait_in(&b, "main", "succeeded").await;
+        b.wait_text_in("main", "succeeded", LIMIT).await.unwrap();
         let kept = b.execute("return window.__web_operator_mark || null;", vec![]).await.unwrap();
         assert_eq!(kept, json!("kept"), "the job page moved on without reloading");
     }
@@ -168,7 +149,7 @@ async fn an_operator_sees_servers_capacity_vms_jobs_and_why_placement_refused_se
     let (_vm3, job3) = cloud.create_vm(&body).await.unwrap();
     assert_eq!(cloud.wait_job(&job3).await.unwrap()["execution"], "failed");
     b.goto(&format!("{base}/dashboard")).await.unwrap();
-    wait_in(&b, "[data-live='/dashboard/jobs']", &job3).await;
+    b.wait_text_in("[data-live='/dashboard/jobs']", &job3, LIMIT).await.unwrap();
     b.screenshot("08-dashboard-failed-job").await.unwrap();
     b.click_on(&format!("[data-live='/dashboard/jobs'] a[href='/jobs/{job3}']")).await.unwrap();
     let t = b.wait_text("The job failed", LIMIT).await.unwrap();
@@ -197,7 +178,7 @@ async fn an_operator_sees_servers_capacity_vms_jobs_and_why_placement_refused_se
     b.goto(&format!("{base}/jobs")).await.unwrap();
     b.click_on("select#execution option[value='failed']").await.unwrap();
     b.click_on("form.filters button[type=submit]").await.unwrap();
-    wait_in(&b, "main", "Jobs 1–1").await;
+    b.wait_text_in("main", "Jobs 1–1", LIMIT).await.unwrap();
     let t = page_text(&b).await;
     b.screenshot("10-jobs-failed").await.unwrap();
     assert!(t.contains(&job3) && !t.contains(&job1) && !t.contains(&job2), "{t}");

@@ -7,10 +7,10 @@
 //! shown. Screenshots under target/test-artifacts/screenshots/web_tenant/.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nereid_testkit::web::{PASSWORD, csrf_token, http_client, post_login, sign_in_cookie};
-use nereid_testkit::webdriver::Browser;
+use nereid_testkit::webdriver::{Browser, wait_until};
 use nereid_testkit::{Backend, Cloud, Options, Seed};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -63,15 +63,7 @@ async fn vm_state(cloud: &Cloud, uuid: &str) -> String {
 }
 
 async fn wait_vm_state(cloud: &Cloud, uuid: &str, state: &str) {
-    let end = Instant::now() + LIMIT;
-    loop {
-        let s = vm_state(cloud, uuid).await;
-        if s == state {
-            return;
-        }
-        assert!(Instant::now() < end, "vm {uuid} never became {state} (it is {s})");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until(LIMIT, &format!("vm {uuid} to become {state}"), async || Ok(vm_state(cloud, uuid).await), |s| s == state).await.unwrap();
 }
 
 /// Clicks what a selector names, again if a live region replaced it meanwhile.
@@ -232,11 +224,7 @@ async fn cross_site_and_token_less_posts_are_refused_and_change_nothing() {
     b.wait_text("alice-web", LIMIT).await.unwrap();
     let evil = evil_site(stop_url.clone()).await;
     b.goto(&evil).await.unwrap();
-    let end = Instant::now() + LIMIT;
-    while !b.url().await.unwrap().starts_with(&stop_url) {
-        assert!(Instant::now() < end, "the other site's form never posted");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    b.wait_until(LIMIT, "the other site's form to post", async || b.url().await, |u| u.starts_with(&stop_url)).await.unwrap();
     let text = body_text(&b).await;
     b.screenshot("csrf-01-cross-site-post-refused").await.unwrap();
     assert!(text.contains("Refused") || text.contains("Signed out"), "the console refused the cross-site post:\n{text}");
@@ -377,11 +365,8 @@ async fn a_tenant_runs_a_machine_from_create_to_delete_in_the_browser() {
     b.screenshot("machine-05b-rename-refused").await.unwrap();
     b.fill("input#name", "renamed-in-browser").await.unwrap();
     click(&b, &format!("form[action='{m}/rename'] button")).await;
-    let end = Instant::now() + LIMIT;
-    while w.cloud.client.get(&format!("/vms/{id}")).await.unwrap()["alias"] != "renamed-in-browser" {
-        assert!(Instant::now() < end, "the rename never happened");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let alias = async || Ok(w.cloud.client.get(&format!("/vms/{id}")).await?["alias"].clone());
+    wait_until(LIMIT, "the rename", alias, |a| *a == "renamed-in-browser").await.unwrap();
     b.goto(&format!("{}{m}", w.base)).await.unwrap();
     b.wait_text("Machine renamed-in-browser", LIMIT).await.unwrap();
 
@@ -405,11 +390,7 @@ async fn a_tenant_runs_a_machine_from_create_to_delete_in_the_browser() {
     b.wait_for(&format!("form[action='{m}/protect']"), LIMIT).await.unwrap();
     click(&b, &format!("form[action='{m}/delete'] button")).await;
     b.accept_alert().await.unwrap();
-    let end = Instant::now() + LIMIT;
-    while !b.url().await.unwrap().ends_with("/machines") {
-        assert!(Instant::now() < end, "delete goes back to the list");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    b.wait_until(LIMIT, "delete to go back to the list", async || b.url().await, |u| u.ends_with("/machines")).await.unwrap();
     b.screenshot("machine-09-deleted").await.unwrap();
     wait_vm_state(&w.cloud, &id, "destroyed").await;
     b.goto(&format!("{}{m}", w.base)).await.unwrap();

@@ -4,7 +4,7 @@
 //! Screenshots of each step go to target/test-artifacts/screenshots/web_vms/.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nereid_testkit::webdriver::Browser;
 use nereid_testkit::{Backend, Cloud, Options, web::PASSWORD};
@@ -18,20 +18,6 @@ async fn cloud() -> Cloud {
     let mut o = Options { sim_servers: 2, ..Options::new(Backend::Sqlite) }.web_https();
     o.sim_delays.create = Duration::from_secs(3);
     Cloud::start_with(o).await.unwrap()
-}
-
-/// Waits until the element `css` matches shows `needle`; its text then.
-async fn wait_in(b: &Browser, css: &str, needle: &str) -> String {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let e = b.find(css).await.unwrap();
-        let t = b.text(&e).await.unwrap_or_default();
-        if t.contains(needle) {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "{css} never showed {needle:?}; it shows:\n{t}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 /// Marks the page; [`same_page`] then tells whether it was never reloaded.
@@ -50,11 +36,8 @@ async fn submit(b: &Browser, form: &str, confirm: bool) {
     if confirm {
         b.accept_alert().await.unwrap();
     }
-    let deadline = Instant::now() + LIMIT;
-    while same_page(b).await {
-        assert!(Instant::now() < deadline, "submitting {form} loaded no page");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let page = async || Ok(if same_page(b).await { "the page the form is on" } else { "another page" });
+    b.wait_until(LIMIT, &format!("submitting {form} to load another page"), page, |p| *p == "another page").await.unwrap();
     b.find("body").await.unwrap();
 }
 
@@ -105,9 +88,9 @@ async fn an_operator_creates_a_vm_watches_its_job_resizes_and_deletes_it() {
     b.screenshot("03-vm-provisioning").await.unwrap();
 
     // Its job succeeds and the VM runs, seen without reloading the page.
-    let jobs = wait_in(&b, JOBS, "succeeded").await;
+    let jobs = b.wait_text_in(JOBS, "succeeded", LIMIT).await.unwrap();
     assert!(jobs.contains("provision"), "{jobs}");
-    let facts = wait_in(&b, STATUS, "running").await;
+    let facts = b.wait_text_in(STATUS, "running", LIMIT).await.unwrap();
     assert!(facts.contains("web-1") && facts.contains(&tenant) && facts.contains("1 GiB"), "{facts}");
     assert!(same_page(&b).await, "the job's success showed through the live region, not a reload");
     let page = b.text(&b.find("main").await.unwrap()).await.unwrap();
@@ -120,9 +103,9 @@ async fn an_operator_creates_a_vm_watches_its_job_resizes_and_deletes_it() {
     b.screenshot("05-resize-filled").await.unwrap();
     submit(&b, &format!("form[action='/vms/{vm}/resize']"), false).await;
     mark_page(&b).await;
-    let facts = wait_in(&b, STATUS, "2 GiB").await;
+    let facts = b.wait_text_in(STATUS, "2 GiB", LIMIT).await.unwrap();
     assert!(facts.contains("running"), "{facts}");
-    wait_in(&b, JOBS, "update").await;
+    b.wait_text_in(JOBS, "update", LIMIT).await.unwrap();
     assert!(same_page(&b).await);
     let got = cloud.client.get(&format!("/vms/{vm}")).await.unwrap();
     assert_eq!(got["ram"], json!(2048), "{got}");
@@ -132,14 +115,14 @@ async fn an_operator_creates_a_vm_watches_its_job_resizes_and_deletes_it() {
     b.fill("#tag_key", "role").await.unwrap();
     b.fill("#tag_value", "db").await.unwrap();
     submit(&b, &format!("form[action='/vms/{vm}/tag']"), false).await;
-    wait_in(&b, "[data-live$='/tags']", "db").await;
+    b.wait_text_in("[data-live$='/tags']", "db", LIMIT).await.unwrap();
     b.fill("#snapshot_name", "before-delete").await.unwrap();
     submit(&b, &format!("form[action='/vms/{vm}/snapshot']"), false).await;
-    let snaps = wait_in(&b, "[data-live$='/snapshots']", "before-delete").await;
+    let snaps = b.wait_text_in("[data-live$='/snapshots']", "before-delete", LIMIT).await.unwrap();
     assert!(!snaps.contains("None."), "{snaps}");
     b.click_on("form.nic-flags input[name=allow_dhcp_spoofing]").await.unwrap();
     submit(&b, &format!("form[action='/vms/{vm}/nic']"), false).await;
-    wait_in(&b, "[data-live$='/nics']", "allow_dhcp_spoofing").await;
+    b.wait_text_in("[data-live$='/nics']", "allow_dhcp_spoofing", LIMIT).await.unwrap();
     let checked = "return document.querySelector('form.nic-flags input[name=allow_dhcp_spoofing]').checked;";
     assert_eq!(b.execute(checked, vec![]).await.unwrap(), json!(true), "the form shows the switch as it now is");
     let got = cloud.client.get(&format!("/vms/{vm}")).await.unwrap();
@@ -171,7 +154,7 @@ async fn an_operator_creates_a_vm_watches_its_job_resizes_and_deletes_it() {
 
     // Delete, after the browser's confirmation.
     submit(&b, &format!("form[action='/vms/{vm}/delete']"), true).await;
-    wait_in(&b, STATUS, "destroyed").await;
+    b.wait_text_in(STATUS, "destroyed", LIMIT).await.unwrap();
     b.screenshot("09-deleted").await.unwrap();
     let got = cloud.client.get(&format!("/vms/{vm}")).await.unwrap();
     assert_eq!(got["state"], json!("destroyed"), "{got}");

@@ -1,9 +1,60 @@
-//! The web console in tests: its URL, and accounts that can sign in to it.
+//! The web console in tests: its URL, accounts that can sign in to it, and its console
+//! pages as a browser sees them (the serial terminal's text, the VNC canvas's pixels).
+
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use serde_json::{Value, json};
 
 use crate::Cloud;
+use crate::webdriver::{Browser, WithStatus};
+
+/// The serial page's terminal: its whole buffer (scrollback and screen) as text, one line
+/// per row (null before the terminal exists).
+const TERMINAL_TEXT: &str = r##"
+    const t = window.nereidTerminal;
+    if (!t) return null;
+    const b = t.buffer.active, rows = [];
+    for (let i = 0; i < b.length; i++) rows.push(b.getLine(i).translateToString(true));
+    return rows.join("\n");
+"##;
+
+/// What the VNC page's canvas shows: its size, how many distinct colours (up to 256) and
+/// how many pixels are not (nearly) black (null before it has a size).
+const CANVAS_PIXELS: &str = r##"
+    const c = document.querySelector("#vnc-screen canvas");
+    if (!c || !c.width || !c.height) return null;
+    const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+    const colours = new Set();
+    let lit = 0;
+    for (let i = 0; i < d.length; i += 4) {
+        if (colours.size < 256) colours.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+        if (d[i] + d[i + 1] + d[i + 2] > 96) lit++;
+    }
+    return { width: c.width, height: c.height, colours: colours.size, lit: lit };
+"##;
+
+impl Browser {
+    /// Waits until the serial page's terminal shows `needle`; its text then.
+    pub async fn wait_terminal(&self, needle: &str, limit: Duration) -> Result<String> {
+        let look = async || {
+            let text = self.execute(TERMINAL_TEXT, vec![]).await?;
+            let seen = text.as_str().unwrap_or_default().to_string();
+            Ok(WithStatus { status: self.text_if_any("#console-status").await?, seen })
+        };
+        let what = format!("the terminal to show {needle:?}");
+        Ok(self.wait_until(limit, &what, look, |t| t.seen.contains(needle)).await?.seen)
+    }
+
+    /// Waits until the VNC page's canvas has been drawn on (two colours or more, some of
+    /// it lit); what it shows then (`width`, `height`, `colours`, `lit`).
+    pub async fn wait_vnc_drawn(&self, limit: Duration) -> Result<Value> {
+        let look =
+            async || Ok(WithStatus { seen: self.execute(CANVAS_PIXELS, vec![]).await?, status: self.text_if_any("#vnc-status").await? });
+        let drawn = |px: &WithStatus<Value>| px.seen["colours"].as_u64().unwrap_or(0) >= 2 && px.seen["lit"].as_u64().unwrap_or(0) > 0;
+        Ok(self.wait_until(limit, "the VNC canvas to be drawn on", look, drawn).await?.seen)
+    }
+}
 
 /// The password every [`Cloud::web_account`] gets.
 pub const PASSWORD: &str = "correct horse battery staple";

@@ -6,7 +6,13 @@
 //! with reqwest, which the tests already use: a handful of commands, so no WebDriver crate
 //! and its dependency tree. Screenshots go to `target/test-artifacts/screenshots/`, which
 //! CI keeps with the test output.
+//!
+//! Every wait in the browser tests is [`wait_until`] (or [`Browser::wait_until`], which
+//! names the page too): it looks again every [`POLL`] until what it sees will do, and
+//! when it gives up says what was awaited and what it saw last. Tests assert on what
+//! they waited for, never on how long it took.
 
+use std::fmt::Display;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,6 +36,64 @@ pub struct Browser {
 /// An element of the page.
 #[derive(Debug, Clone)]
 pub struct Element(pub String);
+
+/// How often a wait looks again.
+pub const POLL: Duration = Duration::from_millis(250);
+
+/// Looks with `look` until `done` holds for what it saw (every [`POLL`], up to `limit`);
+/// what it saw then. A look that fails ends the wait with its error. Giving up, the error
+/// says what was awaited (`what`, worded to follow "waited 60s for") and the last thing
+/// seen, so `look` returns whatever would explain a failure (the page's text, a status).
+///
+/// ```ignore
+/// let state = wait_until(LIMIT, "the VM to stop", async || vm_state(&cloud, &id).await, |s| s == "stopped").await?;
+/// ```
+pub async fn wait_until<S: Display>(
+    limit: Duration,
+    what: &str,
+    look: impl AsyncFnMut() -> Result<S>,
+    done: impl Fn(&S) -> bool,
+) -> Result<S> {
+    poll(limit, look, done).await?.map_err(|seen| anyhow!("waited {limit:?} for {what}; last seen:\n{seen}"))
+}
+
+/// What [`wait_until`] saw: `Ok` once `done` held, `Err` with the last look if it never did.
+async fn poll<S>(limit: Duration, mut look: impl AsyncFnMut() -> Result<S>, done: impl Fn(&S) -> bool) -> Result<Result<S, S>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let seen = look().await?;
+        if done(&seen) {
+            return Ok(Ok(seen));
+        }
+        if Instant::now() > deadline {
+            return Ok(Err(seen));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Something a wait saw, with the page's status line then (a console's "Connected", an
+/// upload's progress): both go into the failure if the wait gives up.
+#[derive(Debug, Clone)]
+pub struct WithStatus<T> {
+    pub status: String,
+    pub seen: T,
+}
+
+impl<T: Display> Display for WithStatus<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "(status: {:?})\n{}", self.status, self.seen)
+    }
+}
+
+/// The elements a selector matched, as a failed [`Browser::wait_for`] reports them.
+struct Matches(Vec<Element>);
+
+impl Display for Matches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} matching element(s)", self.0.len())
+    }
+}
 
 /// Where screenshots go: `<workspace>/target/test-artifacts/screenshots/<group>`.
 pub fn screenshot_dir(group: &str) -> PathBuf {
@@ -56,18 +120,10 @@ impl Browser {
             .context("starting chromedriver (Debian's chromium-driver; scripts/test installs it)")?;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
         let mut b = Browser { driver, http, base: format!("http://127.0.0.1:{port}"), shots: screenshot_dir(group) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = b.http.get(format!("{}/status", b.base)).send().await
-                && r.status().is_success()
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("chromedriver did not answer on port {port} within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // The status endpoint's answer, or why there was none (chromedriver still starting).
+        let status = format!("{}/status", b.base);
+        let answer = async || Ok(b.http.get(&status).send().await.map_or_else(|e| format!("no answer ({e})"), |r| r.status().to_string()));
+        wait_until(Duration::from_secs(30), &format!("chromedriver to answer on port {port}"), answer, |a| a.starts_with('2')).await?;
         let binary = std::env::var("NEREID_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
@@ -142,32 +198,51 @@ impl Browser {
 
     /// The first element a selector matches, waiting up to `limit`.
     pub async fn wait_for(&self, css: &str, limit: Duration) -> Result<Element> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(e) = self.find_all(css).await?.into_iter().next() {
-                return Ok(e);
-            }
-            if Instant::now() > deadline {
-                bail!("no element matches {css:?} on {} after {limit:?}", self.url().await.unwrap_or_default());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let what = format!("an element matching {css:?}");
+        let found = self.wait_until(limit, &what, async || Ok(Matches(self.find_all(css).await?)), |m| !m.0.is_empty()).await?;
+        found.0.into_iter().next().ok_or_else(|| anyhow!("{what}: found, then gone"))
+    }
+
+    /// [`wait_until`] for something on this browser's page: giving up, the error names the
+    /// page it was on too.
+    pub async fn wait_until<S: Display>(
+        &self,
+        limit: Duration,
+        what: &str,
+        look: impl AsyncFnMut() -> Result<S>,
+        done: impl Fn(&S) -> bool,
+    ) -> Result<S> {
+        match poll(limit, look, done).await? {
+            Ok(seen) => Ok(seen),
+            Err(seen) => bail!("waited {limit:?} for {what} on {}; last seen:\n{seen}", self.url().await.unwrap_or_default()),
         }
+    }
+
+    /// The text of the first element `css` matches (waiting for one as [`Browser::find`]
+    /// does); empty if the element went between finding and reading it (a live region
+    /// replaced), which a wait simply looks at again.
+    pub async fn text_of(&self, css: &str) -> Result<String> {
+        let e = self.find(css).await?;
+        Ok(self.text(&e).await.unwrap_or_default())
+    }
+
+    /// The text of the first element `css` matches now; empty if there is none.
+    pub async fn text_if_any(&self, css: &str) -> Result<String> {
+        Ok(match self.find_all(css).await?.first() {
+            Some(e) => self.text(e).await.unwrap_or_default(),
+            None => String::new(),
+        })
     }
 
     /// Waits until the page's text contains `needle` (up to `limit`); the text then.
     pub async fn wait_text(&self, needle: &str, limit: Duration) -> Result<String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let body = self.find("body").await?;
-            let t = self.text(&body).await.unwrap_or_default();
-            if t.contains(needle) {
-                return Ok(t);
-            }
-            if Instant::now() > deadline {
-                bail!("the page {} never showed {needle:?} within {limit:?}; it shows:\n{t}", self.url().await.unwrap_or_default());
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        self.wait_text_in("body", needle, limit).await
+    }
+
+    /// Waits until the text of the element `css` matches contains `needle` (up to
+    /// `limit`); the text then.
+    pub async fn wait_text_in(&self, css: &str, needle: &str, limit: Duration) -> Result<String> {
+        self.wait_until(limit, &format!("{css} to show {needle:?}"), async || self.text_of(css).await, |t| t.contains(needle)).await
     }
 
     pub async fn click(&self, e: &Element) -> Result<()> {
@@ -267,5 +342,40 @@ impl Drop for Browser {
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_wait_ends_with_what_it_awaited_or_says_what_it_saw_last() {
+        let mut n = 0u32;
+        let count = async || {
+            n += 1;
+            Ok(n)
+        };
+        let seen = wait_until(Duration::from_secs(30), "the count to reach 3", count, |m| *m == 3).await;
+        assert_eq!(seen.unwrap(), 3, "what was awaited, as soon as it is seen");
+
+        let mut n = 0u32;
+        let count = async || {
+            n += 1;
+            Ok(n)
+        };
+        let e = wait_until(Duration::from_millis(600), "the count to reach 100", count, |m| *m >= 100).await;
+        let e = e.unwrap_err().to_string();
+        assert!(e.starts_with("waited 600ms for the count to reach 100; last seen:\n"), "{e}");
+        assert_eq!(e.rsplit('\n').next(), Some(n.to_string().as_str()), "the last look is shown: {e}");
+
+        let status = WithStatus { status: "Connecting".into(), seen: "boot:" };
+        assert_eq!(status.to_string(), "(status: \"Connecting\")\nboot:");
+    }
+
+    #[tokio::test]
+    async fn a_look_that_fails_ends_the_wait_with_its_error() {
+        let e = wait_until(Duration::from_secs(30), "anything", async || Err::<u32, _>(anyhow!("no browser")), |_| true).await;
+        assert_eq!(e.unwrap_err().to_string(), "no browser");
     }
 }

@@ -3,37 +3,13 @@
 //! keystrokes; the VM's owner has them under /machines; another tenant gets 404.
 //! Screenshots of each step go to target/test-artifacts/screenshots/web_consoles_qemu/.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nereid_testkit::webdriver::Browser;
 use nereid_testkit::{Backend, Options, web::PASSWORD};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::Env;
-
-/// The terminal's whole buffer (scrollback and screen) as text, one line per row.
-const TERMINAL_TEXT: &str = r##"
-    const t = window.nereidTerminal;
-    if (!t) return null;
-    const b = t.buffer.active, rows = [];
-    for (let i = 0; i < b.length; i++) rows.push(b.getLine(i).translateToString(true));
-    return rows.join("\n");
-"##;
-
-/// What the VNC canvas shows: its size, how many distinct colours (up to 256) and how many
-/// pixels are not (nearly) black.
-const CANVAS_PIXELS: &str = r##"
-    const c = document.querySelector("#vnc-screen canvas");
-    if (!c || !c.width || !c.height) return null;
-    const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
-    const colours = new Set();
-    let lit = 0;
-    for (let i = 0; i < d.length; i += 4) {
-        if (colours.size < 256) colours.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
-        if (d[i] + d[i + 1] + d[i + 2] > 96) lit++;
-    }
-    return { width: c.width, height: c.height, colours: colours.size, lit: lit };
-"##;
 
 /// Opens a WebSocket from the page and says whether it opened.
 const TRY_SOCKET: &str = r##"
@@ -43,41 +19,6 @@ const TRY_SOCKET: &str = r##"
     ws.onopen = () => { opened = true; ws.close(); };
     ws.onclose = (e) => done({ opened: opened, code: e.code });
 "##;
-
-/// Waits until the page's terminal shows `needle`; its text then.
-async fn wait_terminal(b: &Browser, needle: &str, limit: Duration) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        let text = b.execute(TERMINAL_TEXT, vec![]).await.unwrap();
-        let text = text.as_str().unwrap_or_default().to_string();
-        if text.contains(needle) {
-            return text;
-        }
-        if Instant::now() > deadline {
-            let status = b.find("#console-status").await.unwrap();
-            let status = b.text(&status).await.unwrap_or_default();
-            panic!("the terminal never showed {needle:?} within {limit:?} (status: {status}); it shows:\n{text}");
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-/// Waits until the VNC canvas has been drawn on; what it shows then.
-async fn wait_drawn(b: &Browser, limit: Duration) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let px = b.execute(CANVAS_PIXELS, vec![]).await.unwrap();
-        if px["colours"].as_u64().unwrap_or(0) >= 2 && px["lit"].as_u64().unwrap_or(0) > 0 {
-            return px;
-        }
-        if Instant::now() > deadline {
-            let status = b.find("#vnc-status").await.unwrap();
-            let status = b.text(&status).await.unwrap_or_default();
-            panic!("the VNC canvas stayed blank for {limit:?} (status: {status}): {px}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
 
 async fn sign_out(b: &Browser) {
     b.click_on("form[action='/logout'] button").await.unwrap();
@@ -108,7 +49,7 @@ async fn the_browser_consoles_show_a_real_guest() {
     sign_in(&b, &base, "opal").await;
     b.goto(&format!("{base}/vms/{vm}/serial")).await.unwrap();
     assert_eq!(b.title().await.unwrap(), "Serial console: webcon · Nereid");
-    wait_terminal(&b, &format!("nereid-test: uuid={vm}"), Duration::from_secs(60)).await;
+    b.wait_terminal(&format!("nereid-test: uuid={vm}"), Duration::from_secs(60)).await.unwrap();
     b.wait_text("Connected", Duration::from_secs(30)).await.unwrap();
     b.screenshot("01-operator-serial").await.unwrap();
 
@@ -116,7 +57,7 @@ async fn the_browser_consoles_show_a_real_guest() {
     let token = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let input = b.find(".xterm-helper-textarea").await.unwrap();
     b.send_keys(&input, &format!("echo web-$((6 * 7))-{token}\u{E007}")).await.unwrap();
-    wait_terminal(&b, &format!("web-42-{token}"), Duration::from_secs(60)).await;
+    b.wait_terminal(&format!("web-42-{token}"), Duration::from_secs(60)).await.unwrap();
     let screen = b.find(".xterm-rows").await.unwrap();
     let shown = b.text(&screen).await.unwrap();
     assert!(shown.contains(&format!("web-42-{token}")), "the answer is on the terminal's screen: {shown}");
@@ -126,7 +67,7 @@ async fn the_browser_consoles_show_a_real_guest() {
     b.goto(&format!("{base}/vms/{vm}/vnc")).await.unwrap();
     assert_eq!(b.title().await.unwrap(), "Graphical console: webcon · Nereid");
     b.wait_text("Connected", Duration::from_secs(60)).await.unwrap();
-    let px = wait_drawn(&b, Duration::from_secs(60)).await;
+    let px = b.wait_vnc_drawn(Duration::from_secs(60)).await.unwrap();
     assert!(px["width"].as_u64().unwrap() >= 640 && px["height"].as_u64().unwrap() >= 400, "the guest's screen size: {px}");
     b.screenshot("03-operator-vnc").await.unwrap();
     let cad = b.find("#vnc-cad").await.unwrap();
@@ -136,11 +77,11 @@ async fn the_browser_consoles_show_a_real_guest() {
     // The owner: the same consoles under /machines.
     sign_in(&b, &base, "tina").await;
     b.goto(&format!("{base}/machines/{vm}/serial")).await.unwrap();
-    wait_terminal(&b, &format!("nereid-test: uuid={vm}"), Duration::from_secs(60)).await;
+    b.wait_terminal(&format!("nereid-test: uuid={vm}"), Duration::from_secs(60)).await.unwrap();
     b.screenshot("04-owner-serial").await.unwrap();
     b.goto(&format!("{base}/machines/{vm}/vnc")).await.unwrap();
     b.wait_text("Connected", Duration::from_secs(60)).await.unwrap();
-    wait_drawn(&b, Duration::from_secs(60)).await;
+    b.wait_vnc_drawn(Duration::from_secs(60)).await.unwrap();
     b.screenshot("05-owner-vnc").await.unwrap();
     b.goto(&format!("{base}/vms/{vm}/serial")).await.unwrap();
     assert_eq!(b.title().await.unwrap(), "Not allowed · Nereid", "the operator's console pages are for operators");
@@ -168,6 +109,6 @@ async fn the_browser_consoles_show_a_real_guest() {
     assert!(b.find_all("#vnc-screen").await.unwrap().is_empty(), "no screen for a VM that does not run");
     b.screenshot("07-stopped-vnc").await.unwrap();
     b.goto(&format!("{base}/vms/{vm}/serial")).await.unwrap();
-    wait_terminal(&b, "nereid-test: powering off", Duration::from_secs(60)).await;
+    b.wait_terminal("nereid-test: powering off", Duration::from_secs(60)).await.unwrap();
     b.screenshot("08-stopped-serial").await.unwrap();
 }

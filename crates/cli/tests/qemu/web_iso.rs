@@ -13,12 +13,12 @@
 use std::io::Read;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nereid_testkit::qemu::{test_image, values};
-use nereid_testkit::webdriver::Browser;
+use nereid_testkit::webdriver::{Browser, wait_until};
 use nereid_testkit::{Backend, Options, web::PASSWORD};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{BOOT, Env};
 
@@ -33,30 +33,6 @@ LABEL install
   INITRD /install/initrd.img
   APPEND console=tty0 console=ttyS0,115200 panic=-1 nereid.installer=install
 ";
-
-/// The terminal's whole buffer (scrollback and screen) as text, one line per row.
-const TERMINAL_TEXT: &str = r##"
-    const t = window.nereidTerminal;
-    if (!t) return null;
-    const b = t.buffer.active, rows = [];
-    for (let i = 0; i < b.length; i++) rows.push(b.getLine(i).translateToString(true));
-    return rows.join("\n");
-"##;
-
-/// How many distinct colours (up to 256) the VNC canvas shows, and how many pixels are not
-/// (nearly) black.
-const CANVAS_PIXELS: &str = r##"
-    const c = document.querySelector("#vnc-screen canvas");
-    if (!c || !c.width || !c.height) return null;
-    const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
-    const colours = new Set();
-    let lit = 0;
-    for (let i = 0; i < d.length; i += 4) {
-        if (colours.size < 256) colours.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
-        if (d[i] + d[i + 1] + d[i + 2] > 96) lit++;
-    }
-    return { width: c.width, height: c.height, colours: colours.size, lit: lit };
-"##;
 
 /// Runs a host tool; panics with its output if it fails.
 fn run(cmd: &mut Command) {
@@ -100,41 +76,6 @@ fn build_installer_iso(work: &Path, iso: &Path) {
         .arg(&root));
 }
 
-/// Waits until the page's terminal shows `needle`; its text then.
-async fn wait_terminal(b: &Browser, needle: &str, limit: Duration) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        let text = b.execute(TERMINAL_TEXT, vec![]).await.unwrap();
-        let text = text.as_str().unwrap_or_default().to_string();
-        if text.contains(needle) {
-            return text;
-        }
-        if Instant::now() > deadline {
-            let status = b.find("#console-status").await.unwrap();
-            let status = b.text(&status).await.unwrap_or_default();
-            panic!("the terminal never showed {needle:?} within {limit:?} (status: {status}); it shows:\n{text}");
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-/// Waits until the VNC canvas has been drawn on; what it shows then.
-async fn wait_drawn(b: &Browser, limit: Duration) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let px = b.execute(CANVAS_PIXELS, vec![]).await.unwrap();
-        if px["colours"].as_u64().unwrap_or(0) >= 2 && px["lit"].as_u64().unwrap_or(0) > 0 {
-            return px;
-        }
-        if Instant::now() > deadline {
-            let status = b.find("#vnc-status").await.unwrap();
-            let status = b.text(&status).await.unwrap_or_default();
-            panic!("the VNC canvas stayed blank for {limit:?} (status: {status}): {px}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 /// ACCEPTANCE (issue 12, item 5): a VM with a blank boot disk and an installer ISO waits at
 /// the ISO's boot prompt; what is typed on the browser's VNC page boots the installer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -162,7 +103,7 @@ async fn an_iso_vm_is_installed_from_the_browser_alone() {
 
     // The serial page: the ISO's boot prompt, waiting; no guest has booted.
     b.goto(&format!("{base}/vms/{vm}/serial")).await.unwrap();
-    let text = wait_terminal(&b, "boot:", BOOT).await;
+    let text = b.wait_terminal("boot:", BOOT).await.unwrap();
     assert!(text.contains("ISOLINUX"), "the prompt is the ISO's boot loader:\n{text}");
     assert!(!text.contains("nereid-test:"), "nothing has booted from the ISO yet:\n{text}");
     b.screenshot("01-serial-boot-prompt").await.unwrap();
@@ -170,7 +111,7 @@ async fn an_iso_vm_is_installed_from_the_browser_alone() {
     // The VNC page: connected, the guest's screen (the same prompt) drawn.
     b.goto(&format!("{base}/vms/{vm}/vnc")).await.unwrap();
     b.wait_text("Connected", Duration::from_secs(60)).await.unwrap();
-    wait_drawn(&b, Duration::from_secs(60)).await;
+    b.wait_vnc_drawn(Duration::from_secs(60)).await.unwrap();
     // Time for a menu that would time out to do so; this one waits for the user.
     tokio::time::sleep(Duration::from_secs(5)).await;
     b.screenshot("02-vnc-boot-prompt").await.unwrap();
@@ -181,26 +122,20 @@ async fn an_iso_vm_is_installed_from_the_browser_alone() {
     // The label first: the prompt echoes it (on the screen and the serial port) and waits on.
     let canvas = b.find("#vnc-screen canvas").await.unwrap();
     b.send_keys(&canvas, "install").await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !env.console(&vm).contains("boot: install") {
-        assert!(Instant::now() < deadline, "the prompt never echoed what was typed:\n{}", env.console(&vm));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let echoed = async || Ok(env.console(&vm));
+    wait_until(Duration::from_secs(60), "the prompt to echo what was typed", echoed, |log| log.contains("boot: install")).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await; // for the screenshot: noVNC's next frame
     b.screenshot("03-vnc-label-typed").await.unwrap();
     assert!(!env.console(&vm).contains("nereid-test:"), "nothing boots before Enter:\n{}", env.console(&vm));
     // Enter: the ISO's kernel boots.
     b.send_keys(&canvas, "\u{E007}").await.unwrap();
-    let deadline = Instant::now() + BOOT;
-    while !env.console(&vm).contains("nereid-test: boot") {
-        assert!(Instant::now() < deadline, "typing install did not boot the ISO's kernel:\n{}", env.console(&vm));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let booting = async || Ok(env.console(&vm));
+    wait_until(BOOT, "typing install to boot the ISO's kernel", booting, |log| log.contains("nereid-test: boot")).await.unwrap();
     b.screenshot("04-vnc-booting").await.unwrap();
 
     // The serial page: the test image booted from the ISO, the entry that was typed.
     b.goto(&format!("{base}/vms/{vm}/serial")).await.unwrap();
-    wait_terminal(&b, &format!("nereid-test: uuid={vm}"), BOOT).await;
+    b.wait_terminal(&format!("nereid-test: uuid={vm}"), BOOT).await.unwrap();
     b.screenshot("05-serial-booted").await.unwrap();
     let log = env.wait_boots(&vm, 1).await;
     let cmdline = log.lines().find(|l| l.contains("Command line:")).unwrap_or_else(|| panic!("no kernel command line:\n{log}"));
@@ -209,6 +144,6 @@ async fn an_iso_vm_is_installed_from_the_browser_alone() {
     assert_eq!(values(&log, "boots"), ["0"], "the disk was blank:\n{log}");
     b.goto(&format!("{base}/vms/{vm}/vnc")).await.unwrap();
     b.wait_text("Connected", Duration::from_secs(60)).await.unwrap();
-    wait_drawn(&b, Duration::from_secs(60)).await;
+    b.wait_vnc_drawn(Duration::from_secs(60)).await.unwrap();
     b.screenshot("06-vnc-booted").await.unwrap();
 }

@@ -3,7 +3,8 @@
 //! jobs and error codes; nothing re-implemented here).
 //!
 //! - [`Web::admin`]: the operator API with the operator token (operator pages only: the
-//!   [`super::session::Operator`] extractor stands in front of every caller).
+//!   [`super::session::require_operator`] guard stands in front of every caller, and the
+//!   [`super::session::Operator`] extractor in front of the operator's console pages).
 //! - [`Web::cloud`]: CloudAPI as the signed-in account
 //!   ([`crate::cloudapi::auth::InProcessCaller`]), so a tenant page can never show more
 //!   than CloudAPI would answer that account.

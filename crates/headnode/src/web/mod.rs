@@ -150,7 +150,7 @@ pub fn router(web: Web) -> Router {
         .route("/", get(home))
         .merge(login::routes())
         .merge(assets::routes())
-        // Every operator route behind one guard (handlers check again, harmlessly).
+        // Every operator route behind one guard: its handlers do not check the account again.
         .merge(operator::routes().route_layer(axum::middleware::from_fn_with_state(web.clone(), session::require_operator)))
         .merge(tenant::routes())
         .merge(consoles::routes())

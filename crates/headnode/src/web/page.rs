@@ -121,6 +121,20 @@ pub fn api_error(s: Option<&Session>, title: &str, e: &ApiError) -> Response {
     respond(status, s, title, error_box(e))
 }
 
+/// A list page: the list an API answered, as `render` shows it, or the API's error with
+/// its status.
+pub fn list_or_error(s: &Session, title: &str, answer: Result<Value, ApiError>, render: impl FnOnce(&[Value]) -> Markup) -> Response {
+    match answer {
+        Ok(list) => page(s, title, render(items(&list))),
+        Err(e) => api_error(Some(s), title, &e),
+    }
+}
+
+/// The items of a JSON array (none if it is not one).
+pub fn items(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
 /// The hidden CSRF field every changing form carries.
 pub fn csrf_field(s: &Session) -> Markup {
     html! { input type="hidden" name="csrf" value=(s.csrf); }
@@ -246,6 +260,29 @@ mod tests {
         let out = error_box(&e).into_string();
         assert!(!out.contains("<script>") && out.contains("&lt;script&gt;"), "{out}");
         assert!(out.contains("role=\"alert\""));
+    }
+
+    /// An answer's status and HTML.
+    async fn read(r: Response) -> (StatusCode, String) {
+        let status = r.status();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_list_page_shows_the_list_or_the_api_error_with_its_status() {
+        let account = serde_json::json!({"uuid": "00000000-0000-0000-0000-000000000001", "login": "op", "email": "op@x.example",
+            "operator": true, "created": "2026-01-01T00:00:00Z", "updated": "2026-01-01T00:00:00Z"});
+        let s = Session { account: serde_json::from_value(account).unwrap(), csrf: "t".into() };
+        let names = |items: &[Value]| html! { @for i in items { p.thing { (field(i, "name")) } } };
+        let (status, html) = read(list_or_error(&s, "Things", Ok(serde_json::json!([{"name": "one"}, {"name": "two"}])), names)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(html.contains("<h1>Things</h1>") && html.contains("<p class=\"thing\">one</p><p class=\"thing\">two</p>"), "{html}");
+        let e = ApiError::new(503, "ServiceUnavailable", "the store is away");
+        let (status, html) = read(list_or_error(&s, "Things", Err(e), |_| html! { p.thing { "rendered" } })).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(html.contains("the store is away") && !html.contains("rendered"), "{html}");
+        assert!(items(&serde_json::json!({"name": "one"})).is_empty(), "not a list: no items");
     }
 
     #[test]

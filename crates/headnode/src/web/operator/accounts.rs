@@ -43,10 +43,7 @@ fn flag(v: &Value, k: &str) -> bool {
 async fn list(State(web): State<Web>, Operator(s): Operator, Query(q): Query<HashMap<String, String>>) -> Response {
     let login = q.get("login").map(|v| v.trim().to_string()).unwrap_or_default();
     let path = if login.is_empty() { "/accounts".to_string() } else { format!("/accounts?login={}", enc(&login)) };
-    match web.admin_get(&path).await {
-        Ok(v) => page::page(&s, "Accounts", list_page(&login, v.as_array().map(Vec::as_slice).unwrap_or_default())),
-        Err(e) => page::api_error(Some(&s), "Accounts", &e),
-    }
+    page::list_or_error(&s, "Accounts", web.admin_get(&path).await, |accounts| list_page(&login, accounts))
 }
 
 fn list_page(login: &str, accounts: &[Value]) -> Markup {
@@ -123,9 +120,6 @@ async fn new_form(Operator(s): Operator) -> Response {
 
 async fn create(State(web): State<Web>, f: PostForm) -> Response {
     let s = &f.session;
-    if !s.account.operator {
-        return page::forbidden(s);
-    }
     match web.admin(Method::POST, "/accounts", Some(&Value::Object(create_body(&f.fields)))).await {
         Ok(r) => Redirect::to(&format!("/accounts/{}", enc(&field(&r.body, "uuid")))).into_response(),
         Err(e) => page::respond(status_of(&e), Some(s), "Create an account", create_form(s, &f.fields, Some(&e))),
@@ -178,7 +172,7 @@ fn detail(s: &Session, a: &Value, keys: Result<Value, ApiError>, typed: &Fields,
         h2 #keys { "SSH keys" }
         @if let Some(m) = err(Part::Keys) { (m) }
         @match keys {
-            Ok(k) => (key_table(s, &base, k.as_array().map(Vec::as_slice).unwrap_or_default())),
+            Ok(k) => (key_table(s, &base, page::items(&k))),
             Err(e) => (error_box(&e)),
         }
         form.stack method="post" action={ (base) "/keys" } {
@@ -228,9 +222,6 @@ async fn show(State(web): State<Web>, Operator(s): Operator, Path(id): Path<Stri
 /// Runs one change, then back to the account page (or the page with the error).
 async fn change(web: &Web, f: &PostForm, id: &str, part: Part, method: Method, api: String, body: Result<Value, ApiError>) -> Response {
     let s = &f.session;
-    if !s.account.operator {
-        return page::forbidden(s);
-    }
     let result = match body {
         Ok(b) => web.admin(method, &api, if b.is_null() { None } else { Some(&b) }).await,
         Err(e) => Err(e),

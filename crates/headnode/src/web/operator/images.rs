@@ -69,7 +69,7 @@ impl Filters {
 async fn list(State(web): State<Web>, Operator(s): Operator, Query(q): Query<HashMap<String, String>>) -> Response {
     let f = Filters::from_query(&q);
     match web.admin_get(&f.api_path()).await {
-        Ok(v) => page::page(&s, "Images", list_page(&f, v.as_array().map(Vec::as_slice).unwrap_or_default())),
+        Ok(v) => page::page(&s, "Images", list_page(&f, page::items(&v))),
         Err(e) => page::respond(
             StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             Some(&s),
@@ -291,36 +291,20 @@ async fn redisplay(web: &Web, s: &Session, uuid: &str, typed: Option<UpdateForm>
     }
 }
 
-fn operator_only(s: &Session) -> Option<Response> {
-    (!s.account.operator).then(|| page::forbidden(s))
-}
-
 async fn activate(State(web): State<Web>, Path(uuid): Path<String>, f: PostForm) -> Response {
-    if let Some(r) = operator_only(&f.session) {
-        return r;
-    }
     act(&web, &f.session, &uuid, "activate").await
 }
 
 async fn disable(State(web): State<Web>, Path(uuid): Path<String>, f: PostForm) -> Response {
-    if let Some(r) = operator_only(&f.session) {
-        return r;
-    }
     act(&web, &f.session, &uuid, "disable").await
 }
 
 async fn enable(State(web): State<Web>, Path(uuid): Path<String>, f: PostForm) -> Response {
-    if let Some(r) = operator_only(&f.session) {
-        return r;
-    }
     act(&web, &f.session, &uuid, "enable").await
 }
 
 async fn update(State(web): State<Web>, Path(uuid): Path<String>, f: PostForm) -> Response {
     let s = &f.session;
-    if let Some(r) = operator_only(s) {
-        return r;
-    }
     let typed = UpdateForm::from_fields(&f.fields);
     let img = match web.admin_get(&format!("/images/{}", enc(&uuid))).await {
         Ok(img) => img,
@@ -338,9 +322,6 @@ async fn update(State(web): State<Web>, Path(uuid): Path<String>, f: PostForm) -
 
 async fn delete(State(web): State<Web>, Path(uuid): Path<String>, f: PostForm) -> Response {
     let s = &f.session;
-    if let Some(r) = operator_only(s) {
-        return r;
-    }
     match web.admin(Method::DELETE, &format!("/images/{}", enc(&uuid)), None).await {
         Ok(_) => Redirect::to("/images?state=all").into_response(),
         Err(e) => redisplay(&web, s, &uuid, None, &e).await,

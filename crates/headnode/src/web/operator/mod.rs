@@ -1,5 +1,9 @@
 //! The operator views: every page here answers 403 (with nothing in the body but the
-//! refusal) to an account that is not an operator, through [`super::session::Operator`].
+//! refusal) to an account that is not an operator, through the one guard in front of all
+//! of [`routes`] ([`super::session::require_operator`], layered in [`super::router`]).
+//! Handlers therefore never check the account themselves: a page takes
+//! [`super::session::Operator`] (the session the guard found, from the request), a form
+//! post [`super::form::PostForm`].
 
 use axum::Router;
 

@@ -63,10 +63,7 @@ pub(crate) fn subnav() -> Markup {
 async fn list(State(web): State<Web>, Operator(s): Operator, Query(q): Query<HashMap<String, String>>) -> Response {
     let name = q.get("name").map(|v| v.trim().to_string()).unwrap_or_default();
     let path = if name.is_empty() { "/networks".to_string() } else { format!("/networks?name={}", enc(&name)) };
-    match web.admin_get(&path).await {
-        Ok(v) => page::page(&s, "Networks", list_page(&name, v.as_array().map(Vec::as_slice).unwrap_or_default())),
-        Err(e) => page::api_error(Some(&s), "Networks", &e),
-    }
+    page::list_or_error(&s, "Networks", web.admin_get(&path).await, |networks| list_page(&name, networks))
 }
 
 fn list_page(name: &str, networks: &[Value]) -> Markup {
@@ -133,7 +130,7 @@ fn detail(s: &Session, net: &Value, ips: Result<Value, ApiError>, problem: Optio
         }
         h2 { "Addresses in use" }
         @match ips {
-            Ok(v) => (ip_table(v.as_array().map(Vec::as_slice).unwrap_or_default())),
+            Ok(v) => (ip_table(page::items(&v))),
             Err(e) => (error_box(&e)),
         }
         details {
@@ -169,9 +166,6 @@ fn ip_table(ips: &[Value]) -> Markup {
 
 async fn delete(State(web): State<Web>, Path(uuid): Path<String>, f: PostForm) -> Response {
     let s = &f.session;
-    if !s.account.operator {
-        return page::forbidden(s);
-    }
     let path = format!("/networks/{}", enc(&uuid));
     match web.admin(Method::DELETE, &path, None).await {
         Ok(_) => Redirect::to("/networks").into_response(),
@@ -281,9 +275,6 @@ async fn new_form(State(web): State<Web>, Operator(s): Operator) -> Response {
 
 async fn create(State(web): State<Web>, f: PostForm) -> Response {
     let s = &f.session;
-    if !s.account.operator {
-        return page::forbidden(s);
-    }
     let result = match create_body(&f.fields) {
         Ok(body) => web.admin(Method::POST, "/networks", Some(&Value::Object(body))).await,
         Err(e) => Err(e),

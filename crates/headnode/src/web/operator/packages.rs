@@ -93,10 +93,7 @@ impl Filters {
 
 async fn list(State(web): State<Web>, Operator(s): Operator, Query(q): Query<HashMap<String, String>>) -> Response {
     let f = Filters::from_query(&q);
-    match web.admin_get(&f.api_path()).await {
-        Ok(v) => page::page(&s, "Packages", list_page(&f, v.as_array().map(Vec::as_slice).unwrap_or_default())),
-        Err(e) => page::api_error(Some(&s), "Packages", &e),
-    }
+    page::list_or_error(&s, "Packages", web.admin_get(&f.api_path()).await, |packages| list_page(&f, packages))
 }
 
 fn list_page(f: &Filters, packages: &[Value]) -> Markup {
@@ -206,9 +203,6 @@ async fn new_form(Operator(s): Operator) -> Response {
 
 async fn create(State(web): State<Web>, f: PostForm) -> Response {
     let s = &f.session;
-    if !s.account.operator {
-        return page::forbidden(s);
-    }
     let result = match create_body(&f.fields) {
         Ok(body) => web.admin(Method::POST, "/packages", Some(&Value::Object(body))).await,
         Err(e) => Err(e),
@@ -328,23 +322,14 @@ async fn apply(web: &Web, s: &Session, uuid: &str, body: Result<Map<String, Valu
 }
 
 async fn edit(State(web): State<Web>, Path(uuid): Path<String>, f: PostForm) -> Response {
-    if !f.session.account.operator {
-        return page::forbidden(&f.session);
-    }
     apply(&web, &f.session, &uuid, edit_body(&f.fields), Some(&f.fields)).await
 }
 
 async fn deactivate(State(web): State<Web>, Path(uuid): Path<String>, f: PostForm) -> Response {
-    if !f.session.account.operator {
-        return page::forbidden(&f.session);
-    }
     apply(&web, &f.session, &uuid, Ok(Map::from_iter([("active".to_string(), json!(false))])), None).await
 }
 
 async fn activate(State(web): State<Web>, Path(uuid): Path<String>, f: PostForm) -> Response {
-    if !f.session.account.operator {
-        return page::forbidden(&f.session);
-    }
     apply(&web, &f.session, &uuid, Ok(Map::from_iter([("active".to_string(), json!(true))])), None).await
 }
 

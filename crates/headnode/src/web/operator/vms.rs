@@ -27,7 +27,7 @@ use uuid::Uuid;
 use crate::web::Web;
 use crate::web::form::Fields;
 use crate::web::page::{self, badge, field, mib};
-use crate::web::session::{Operator, Session};
+use crate::web::session::Operator;
 
 mod actions;
 mod create;
@@ -228,9 +228,4 @@ fn package_label(p: &Value) -> String {
     let ram = p.get("max_physical_memory").and_then(Value::as_u64).map(mib).unwrap_or_default();
     let quota = p.get("quota").and_then(Value::as_u64).map(mib).unwrap_or_default();
     format!("{} {} ({ram} RAM, {} vCPU, {quota} disk)", field(p, "name"), field(p, "version"), field(p, "vcpus"))
-}
-
-/// The signed-in operator of a form post (a tenant is refused, as [`Operator`] does).
-fn operator_of(s: &Session) -> Result<(), Response> {
-    if s.account.operator { Ok(()) } else { Err(page::forbidden(s)) }
 }

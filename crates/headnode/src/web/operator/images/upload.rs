@@ -158,9 +158,6 @@ pub async fn receive(
     Query(q): Query<HashMap<String, String>>,
     body: Body,
 ) -> Response {
-    if !s.account.operator {
-        return json_error(&ApiError::new(403, "Forbidden", "uploading images is for operators"));
-    }
     if check_header(&s, &headers).is_err() {
         return json_error(&ApiError::new(
             403,
@@ -188,16 +185,12 @@ pub async fn receive(
     }
 }
 
-/// Where uploads in progress are kept: this headnode's temporary directory of the image
-/// area (cleared when the headnode starts, so a crash leaves nothing behind).
-fn upload_dir(web: &Web) -> PathBuf {
-    web.app().files.tmp_dir().to_path_buf()
-}
-
 /// Receives the body into a temporary file, then creates, fills and activates the image.
 async fn create(web: &Web, s: &Session, disk: &DiskImage, filename: &str, body: Body) -> Result<String, ApiError> {
-    let dir = upload_dir(web);
-    tokio::fs::create_dir_all(&dir).await.map_err(|e| ApiError::internal(format!("preparing the upload area: {e}")))?;
+    // Uploads in progress go to this headnode's temporary directory of the image area
+    // (cleared when the headnode starts, so a crash leaves nothing behind).
+    let dir = web.app().files.tmp_dir();
+    tokio::fs::create_dir_all(dir).await.map_err(|e| ApiError::internal(format!("preparing the upload area: {e}")))?;
     let tmp = TempFile(dir.join(format!("web-upload-{}", hex::encode(rand::random::<[u8; 16]>()))));
     let received = receive_into(tmp.path(), body).await?;
     if received == 0 {

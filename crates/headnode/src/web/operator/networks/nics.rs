@@ -39,10 +39,7 @@ fn api_path(q: &HashMap<String, String>) -> String {
 
 async fn list(State(web): State<Web>, Operator(s): Operator, Query(q): Query<HashMap<String, String>>) -> Response {
     let filters = filters_form(&q);
-    match web.admin_get(&api_path(&q)).await {
-        Ok(v) => page::page(&s, "NICs", html! { (subnav()) (filters) (nic_table(v.as_array().map(Vec::as_slice).unwrap_or_default())) }),
-        Err(e) => page::api_error(Some(&s), "NICs", &e),
-    }
+    page::list_or_error(&s, "NICs", web.admin_get(&api_path(&q)).await, |nics| html! { (subnav()) (filters) (nic_table(nics)) })
 }
 
 fn filters_form(q: &HashMap<String, String>) -> Markup {

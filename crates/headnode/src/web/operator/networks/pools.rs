@@ -49,8 +49,8 @@ async fn render_list(web: &Web, s: &Session, typed: &Fields, problem: Option<&Ap
         Err(e) => return page::api_error(Some(s), "Network pools", &e),
     };
     let networks = web.admin_get("/networks").await.unwrap_or(Value::Null);
-    let pools = pools.as_array().map(Vec::as_slice).unwrap_or_default();
-    let networks = networks.as_array().map(Vec::as_slice).unwrap_or_default();
+    let pools = page::items(&pools);
+    let networks = page::items(&networks);
     let status = problem.map(status_of).unwrap_or(StatusCode::OK);
     page::respond(status, Some(s), "Network pools", list_page(s, pools, networks, typed, problem))
 }
@@ -132,9 +132,6 @@ fn create_body(f: &Fields) -> Result<Map<String, Value>, ApiError> {
 
 async fn create(State(web): State<Web>, f: PostForm) -> Response {
     let s = &f.session;
-    if !s.account.operator {
-        return page::forbidden(s);
-    }
     let result = match create_body(&f.fields) {
         Ok(body) => web.admin(Method::POST, "/network_pools", Some(&Value::Object(body))).await,
         Err(e) => Err(e),
@@ -155,7 +152,7 @@ async fn render_pool(web: &Web, s: &Session, uuid: &str, problem: Option<&ApiErr
         Err(e) => return page::api_error(Some(s), "Network pool", &e),
     };
     let networks = web.admin_get("/networks").await.unwrap_or(Value::Null);
-    let networks = networks.as_array().map(Vec::as_slice).unwrap_or_default();
+    let networks = page::items(&networks);
     let status = problem.map(status_of).unwrap_or(StatusCode::OK);
     page::respond(status, Some(s), &format!("Network pool {}", field(&pool, "name")), pool_page(s, &pool, networks, problem))
 }
@@ -198,9 +195,6 @@ fn pool_page(s: &Session, pool: &Value, networks: &[Value], problem: Option<&Api
 
 async fn delete(State(web): State<Web>, Path(uuid): Path<String>, f: PostForm) -> Response {
     let s = &f.session;
-    if !s.account.operator {
-        return page::forbidden(s);
-    }
     match web.admin(Method::DELETE, &format!("/network_pools/{}", enc(&uuid)), None).await {
         Ok(_) => Redirect::to("/network_pools").into_response(),
         Err(e) => render_pool(&web, s, &uuid, Some(&e)).await,

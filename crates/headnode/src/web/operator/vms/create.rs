@@ -9,7 +9,7 @@ use maud::{Markup, html};
 use nereid_types::{ApiError, FieldError};
 use serde_json::{Map, Value, json};
 
-use super::{operator_of, options, package_label};
+use super::{options, package_label};
 use crate::web::form::{Fields, PostForm, invalid};
 use crate::web::page::{self, field};
 use crate::web::session::{Operator, Session};
@@ -39,9 +39,6 @@ pub(super) async fn form(State(web): State<Web>, Operator(s): Operator) -> Respo
 }
 
 pub(super) async fn submit(State(web): State<Web>, PostForm { session: s, fields: f }: PostForm) -> Response {
-    if let Err(r) = operator_of(&s) {
-        return r;
-    }
     let result = match body_of(&web, &f).await {
         Ok(body) => web.admin(Method::POST, "/vms", Some(&body)).await,
         Err(e) => Err(e),

@@ -134,7 +134,7 @@ pub fn facts(vm: &Value) -> Markup {
 
 async fn jobs_region(web: &Web, uuid: Uuid) -> Markup {
     match web.admin_get(&format!("/vms/{uuid}/jobs?limit={JOBS_SHOWN}")).await {
-        Ok(v) => jobs_markup(v.as_array().map(Vec::as_slice).unwrap_or_default()),
+        Ok(v) => jobs_markup(page::items(&v)),
         Err(e) => page::error_box(&e),
     }
 }
