@@ -546,10 +546,7 @@ async fn triton_unimplemented_operations_do_not_claim_resources_are_missing() {
     tr(t, &["instance", "create", "-w", "tiny", "sample", "--name", "web-1"]).await;
     for args in [
         &["instance", "disks", "web-1"][..],
-        &["instance", "fwrules", "web-1"],
         &["instance", "migration", "list"],
-        &["fwrule", "list"],
-        &["vlan", "list"],
         &["volume", "list"],
         &["rbac", "users"],
     ] {
@@ -638,15 +635,12 @@ async fn readme_not_there_yet_list_is_true() {
     let para = &readme[start..readme[start..].find("\n\n").map_or(readme.len(), |e| start + e)];
     let para = para.replace('\n', " ");
     let commands: Vec<&str> = para.split('`').skip(1).step_by(2).filter(|c| c.starts_with("triton ")).collect();
-    assert!(commands.len() >= 7, "{para}");
+    assert!(commands.len() >= 5, "{para}");
     let s = setup(KeyType::Ed25519, false).await;
     let t = &s.triton;
     tr(t, &["instance", "create", "-w", "tiny", "sample", "--name", "web-1"]).await;
     for c in commands {
         let args: &[&str] = match c {
-            "triton fwrule" => &["fwrule", "list"],
-            "triton instance fwrules" => &["instance", "fwrules", "web-1"],
-            "triton vlan" => &["vlan", "list"],
             "triton volume" => &["volume", "list"],
             "triton rbac" => &["rbac", "users"],
             "triton instance disks" => &["instance", "disks", "web-1"],
