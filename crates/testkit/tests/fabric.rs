@@ -27,6 +27,11 @@ impl Node {
     /// A node whose underlay (`sdc_underlay`) is `u0` with `addr`.
     fn start(what: &str) -> Node {
         let ns = NetNs::new(what).unwrap();
+        let (child, stdin, stdout) = Node::spawn(&ns);
+        Node { child, stdin, stdout, ns }
+    }
+
+    fn spawn(ns: &NetNs) -> (Child, ChildStdin, BufReader<ChildStdout>) {
         let mut child = ns
             .cmd(env!("CARGO_BIN_EXE_nereid-netnode"))
             .args(["--nic-tag", "sdc_underlay=u0", "--underlay", "sdc_underlay"])
@@ -35,7 +40,14 @@ impl Node {
             .spawn()
             .unwrap();
         let (stdin, stdout) = (child.stdin.take().unwrap(), BufReader::new(child.stdout.take().unwrap()));
-        Node { child, stdin, stdout, ns }
+        (child, stdin, stdout)
+    }
+
+    /// The "agent" stops (its devices stay) and a new one starts in the same node.
+    fn restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        (self.child, self.stdin, self.stdout) = Node::spawn(&self.ns);
     }
 
     fn call(&mut self, verb: &str, arg: Value) -> Result<Value, String> {
@@ -94,6 +106,7 @@ fn two_nodes() -> (Node, Node) {
 /// A VM with one fabric NIC: its definition and the namespace playing it.
 struct Guest {
     ns: NetNs,
+    def: Value,
     vm: Uuid,
     mac: String,
 }
@@ -111,8 +124,8 @@ fn guest(node: &mut Node, what: &str, vni: u32, ip: &str, nat: bool) -> Guest {
         "nics": [{"mac": mac, "interface": "net0", "ip": ip, "netmask": "255.255.255.0", "gateway": "10.1.0.1", "vlan_id": 5,
             "nic_tag": "sdc_overlay", "mtu": 1450, "primary": true, "model": "virtio", "vni": vni, "internet_nat": nat,
             "dhcp_server": false}]});
-    node.ok("attach", def);
-    Guest { ns, vm, mac }
+    node.ok("attach", def.clone());
+    Guest { ns, def, vm, mac }
 }
 
 fn rand_byte() -> u8 {
@@ -261,4 +274,38 @@ fn firewall_entries_let_port_80_in_block_81_and_keep_replies_flowing() {
     let (links, tables, _) = a.leftovers();
     assert!(links.is_empty(), "{links:?}");
     assert!(!tables.contains("nereid_fw"), "{tables}");
+}
+
+#[test]
+fn a_restarted_node_keeps_the_running_vms_segments_and_removes_the_rest() {
+    let (mut a, mut b) = two_nodes();
+    let keep = guest(&mut a, "ad-keep", 0x301, "10.1.0.5", true);
+    let gone = guest(&mut a, "ad-gone", 0x302, "10.1.0.5", true);
+    let peer = guest(&mut b, "ad-peer", 0x301, "10.1.0.6", false);
+    let policy_a = json!({"digest": "a1", "overlays": {"769": ["192.168.77.2"], "770": []}});
+    a.ok("policy", policy_a);
+    b.ok("policy", json!({"digest": "b1", "overlays": {"769": ["192.168.77.1"]}}));
+    assert!(peer.ns.pings("10.1.0.5", 10));
+
+    // The agent restarts; only `keep` still runs (`gone` stopped while it was away).
+    a.restart();
+    a.ok("adopt", json!([keep.def]));
+    a.ok("policy", json!({"digest": "a2", "overlays": {"769": ["192.168.77.2"]}}));
+    let (links, tables, gws) = a.leftovers();
+    assert!(!links.iter().any(|l| l.ends_with("302")), "segment 0x302 outlived its last VM: {links:?}");
+    assert!(!links.contains(&tap_name(gone.vm, 0)), "{links:?}");
+    for l in ["nvx301", "nfb301", "ngb301", "ngh301"] {
+        assert!(links.contains(&l.to_string()), "{l} missing after the restart: {links:?}");
+    }
+    assert_eq!(gws.len(), 1, "{gws:?}");
+    assert!(tables.contains("nereid_fabgw"), "{tables}");
+    assert!(peer.ns.pings("10.1.0.5", 10), "the running VM lost the fabric across the restart");
+    assert!(keep.ns.pings("10.1.0.1", 5), "the running VM lost its gateway across the restart");
+
+    a.ok("detach", json!([keep.vm, 1]));
+    b.ok("detach", json!([peer.vm, 1]));
+    for node in [&mut a, &mut b] {
+        let (links, tables, gws) = node.leftovers();
+        assert!(links.is_empty() && gws.is_empty() && !tables.contains("nereid_fab"), "{links:?} {gws:?} {tables}");
+    }
 }

@@ -270,11 +270,12 @@ pub async fn remove(vni: u32, suffix: &str) {
     links::delete(&uplink_name(vni)).await;
 }
 
-/// Makes the host's gateways exactly `gws` (each segment's bridge must exist), with the
-/// host's forwarding and tables to match; errors are per gateway, collected.
-pub async fn sync(gws: &BTreeMap<u32, Gateway>, suffix: &str, tables_written: bool) -> Result<bool, String> {
+/// Makes the host's gateways `gws` (each segment's bridge must exist) — exactly these
+/// when `prune` — with the host's forwarding and tables to match; errors are per
+/// gateway, collected. Whether the host tables hold gateways now.
+pub async fn sync(gws: &BTreeMap<u32, Gateway>, suffix: &str, tables_written: bool, prune: bool) -> Result<bool, String> {
     let mut errors = Vec::new();
-    for (vni, _) in present(suffix).into_iter().filter(|(v, _)| !gws.contains_key(v)) {
+    for (vni, _) in present(suffix).into_iter().filter(|(v, _)| prune && !gws.contains_key(v)) {
         tracing::info!(vni, "removing the NAT gateway no fabric NIC here needs any more");
         remove(vni, suffix).await;
     }

@@ -124,6 +124,9 @@ pub struct Net {
     underlay_tag: String,
     /// Keeps this node's gateway namespaces apart from another agent's on the machine.
     node_suffix: String,
+    /// While `adopt` re-plugs the running VMs one by one, the segments and gateways of
+    /// those not re-plugged yet stay (they are pruned once all are).
+    adopting: std::sync::atomic::AtomicBool,
     /// The network policy the headnode pushed last (overlay peers, firewalls).
     policy: Mutex<NetPolicy>,
     pub counters: Arc<Counters>,
@@ -151,6 +154,7 @@ impl Net {
             apply: tokio::sync::Mutex::new(Written::default()),
             underlay_tag: overlay::DEFAULT_UNDERLAY_TAG.to_string(),
             node_suffix: fabric_gw::node_suffix(),
+            adopting: std::sync::atomic::AtomicBool::new(false),
             policy: Mutex::new(NetPolicy::default()),
             counters: Arc::default(),
         }
@@ -331,14 +335,15 @@ impl Net {
                 Err(e) => errors.push(e),
             }
         }
+        let prune = !self.adopting.load(std::sync::atomic::Ordering::SeqCst);
         let gws = fabric_gw::wanted(ports.iter().map(|p| &p.nic));
         let had_gateways = written.gateways || !fabric_gw::present(&self.node_suffix).is_empty();
-        match fabric_gw::sync(&gws, &self.node_suffix, had_gateways).await {
+        match fabric_gw::sync(&gws, &self.node_suffix, had_gateways, prune).await {
             Ok(w) => written.gateways = w,
             Err(e) => errors.push(e),
         }
         let used: std::collections::BTreeSet<u32> = ports.iter().filter_map(|p| p.nic.vni).collect();
-        for vni in overlay::present().into_iter().filter(|v| !used.contains(v)) {
+        for vni in overlay::present().into_iter().filter(|v| prune && !used.contains(v)) {
             tracing::info!(vni, "removing fabric segment devices no NIC here uses any more");
             overlay::remove(vni).await;
         }
@@ -374,17 +379,18 @@ impl Net {
             }
         }
         lock(&self.plugged).retain(|vm, _| running.iter().any(|d| d.uuid == *vm));
+        self.adopting.store(true, std::sync::atomic::Ordering::SeqCst);
         for def in running {
             match self.attach(def).await {
                 Ok(_) => tracing::info!(vm = %def.uuid, nics = def.nics.len(), "VM networking restored"),
                 Err(e) => tracing::warn!(vm = %def.uuid, error = %e, "restoring the VM's networking"),
             }
         }
-        if running.is_empty() {
-            let mut written = self.apply.lock().await;
-            if let Err(e) = self.converge(&mut written).await {
-                tracing::warn!(error = %e, "rewriting the host networking");
-            }
+        self.adopting.store(false, std::sync::atomic::Ordering::SeqCst);
+        // Segments, gateways and tables of VMs that no longer run go now.
+        let mut written = self.apply.lock().await;
+        if let Err(e) = self.converge(&mut written).await {
+            tracing::warn!(error = %e, "rewriting the host networking");
         }
     }
 

@@ -7,6 +7,7 @@
 //!   {"attach": <Definition>}          → {"ok": null} | {"err": "…"}
 //!   {"detach": [<vm uuid>, <nics>]}   → {"ok": null}
 //!   {"policy": <NetPolicy>}           → {"ok": null} | {"err": "…"}
+//!   {"adopt": [<Definition>…]}        → {"ok": null}   (the running VMs, at "agent start")
 //!   {"gateways": null}                → {"ok": [<this node's gateway namespaces>]}
 //!   {"mtus": {<tag>: <mtu>}}          → {"ok": [<problems>]}
 //! ```
@@ -78,6 +79,12 @@ async fn run(net: &Net, cmd: Value) -> Result<Value, String> {
         "policy" => {
             let p = serde_json::from_value(arg.clone()).map_err(|e| format!("{}: {e}", parse("policy")))?;
             net.apply_policy(&p).await.map(|()| Value::Null)
+        }
+        "adopt" => {
+            let defs: Vec<nereid_types::agent::Definition> =
+                serde_json::from_value(arg.clone()).map_err(|e| format!("{}: {e}", parse("definitions")))?;
+            net.adopt(&defs).await;
+            Ok(Value::Null)
         }
         "gateways" => Ok(json!(fabric_gw::present(&fabric_gw::node_suffix()).into_values().collect::<Vec<_>>())),
         "mtus" => {
