@@ -8,7 +8,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
 use nereid_types::query::{LIMIT, OFFSET, Param, QKind};
-use nereid_types::spec::Usage;
+use nereid_types::spec::{self, Mode, Usage};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -116,6 +116,11 @@ async fn get(State(s): State<AppState>, Path(uuid): Path<String>) -> HttpResult 
 async fn update(State(s): State<AppState>, Path(uuid): Path<String>, body: Body) -> HttpResult {
     let uuid = path_uuid(Api::Napi, "uuid", &uuid)?;
     let input = read_object(body).await?;
+    // The body is judged before the rule is looked up (bad input is named either way).
+    let errors = spec::check(FIELDS, &input, Mode::Update, &["uuid", "owner_uuid", "global"]);
+    if !errors.is_empty() {
+        return Err(Api::Napi.invalid(errors).into());
+    }
     Ok(json_resp(StatusCode::ACCEPTED, &s.app.update_fwrule(uuid, &input, Actor::Operator).await?))
 }
 
