@@ -263,6 +263,9 @@ fn firewall_entries_let_port_80_in_block_81_and_keep_replies_flowing() {
             {"rule": rule, "direction": "in", "action": "allow", "protocol": "tcp", "ports": [{"start": 80, "end": 80}], "priority": 0}]}});
     a.ok("policy", policy);
     assert!(!connects(&client, "10.1.0.5:80"));
+    // The rewrite kept the flows the VM opened (its connection to the client's port 22).
+    let flows = a.ns.sh(&format!("nft list set bridge nereid_fw f4_{}", tap_name(web.vm, 0))).unwrap();
+    assert!(flows.contains("10.1.0.6 . 10.1.0.5 . tcp . 22 . "), "{flows}");
 
     // Without the VM in the policy, the table goes and the VM is open again.
     a.ok("policy", json!({"digest": "fw3"}));

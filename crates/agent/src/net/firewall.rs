@@ -18,8 +18,8 @@
 //! (`ct state` there needs nf_conntrack_bridge, often not built), so each tap has dynamic
 //! sets of the TCP/UDP flows (remote address, local address, protocol, remote port,
 //! local port) and ICMP echo ids its traffic opened, and a frame towards the VM that
-//! belongs to one is a reply. The sets start empty when the table is rewritten: a reply
-//! in flight then may be dropped until the VM's next packet of that flow.
+//! belongs to one is a reply. A rewrite flushes the rules and keeps the sets (only those
+//! of taps that went are deleted, in the same transaction), so flows survive it.
 //! The agent's DHCP responder sends on the tap itself, so its replies never pass here.
 
 use std::fmt::Write;
@@ -132,13 +132,45 @@ fn entry_rules(e: &FwEntry, tap: &str) -> Vec<String> {
     out
 }
 
-/// The whole table for these taps (of the VMs in `firewalls`), as an `nft -f` script
-/// that replaces any previous one; with no firewalled tap, the script only removes it.
-pub fn ruleset(ports: &[(uuid::Uuid, Port)], firewalls: &std::collections::BTreeMap<uuid::Uuid, Vec<FwEntry>>) -> String {
-    let mut s = format!("table bridge {TABLE} {{}}\ndelete table bridge {TABLE}\n");
+/// The chains and sets the table has now (`nft -j list table`), by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Existing {
+    pub chains: Vec<String>,
+    pub sets: Vec<String>,
+}
+
+/// Reads `nft -j list table bridge nereid_fw`'s output.
+pub fn existing(json: &str) -> Existing {
+    let mut e = Existing::default();
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    for item in v.get("nftables").and_then(|n| n.as_array()).into_iter().flatten() {
+        for (kind, list) in [("chain", &mut e.chains), ("set", &mut e.sets)] {
+            if let Some(name) = item.get(kind).and_then(|c| c.get("name")).and_then(|n| n.as_str()) {
+                list.push(name.to_string());
+            }
+        }
+    }
+    e
+}
+
+/// The whole table for these taps (of the VMs in `firewalls`), as one `nft -f`
+/// transaction: every rule replaced, the flow sets of taps still here kept, the chains
+/// and sets of taps that went (in `had`) deleted; with no firewalled tap, the table goes.
+pub fn ruleset(ports: &[(uuid::Uuid, Port)], firewalls: &std::collections::BTreeMap<uuid::Uuid, Vec<FwEntry>>, had: &Existing) -> String {
     let mine: Vec<(&Port, &Vec<FwEntry>)> = ports.iter().filter_map(|(vm, p)| Some((p, firewalls.get(vm)?))).collect();
     if mine.is_empty() {
-        return s;
+        return format!("table bridge {TABLE} {{}}\ndelete table bridge {TABLE}\n");
+    }
+    let mut s = format!("table bridge {TABLE} {{}}\nflush table bridge {TABLE}\n");
+    let ids: Vec<String> = mine.iter().map(|(p, _)| ident(&p.tap)).collect();
+    let keep_chain =
+        |c: &str| ["forward", "output", "prerouting"].contains(&c) || ids.iter().any(|i| c == format!("in_{i}") || c == format!("out_{i}"));
+    let keep_set = |c: &str| ids.iter().any(|i| ["f4", "f6", "i4"].iter().any(|k| c == format!("{k}_{i}")));
+    for c in had.chains.iter().filter(|c| !keep_chain(c)) {
+        let _ = writeln!(s, "delete chain bridge {TABLE} {c}");
+    }
+    for c in had.sets.iter().filter(|c| !keep_set(c)) {
+        let _ = writeln!(s, "delete set bridge {TABLE} {c}");
     }
     let _ = writeln!(s, "table bridge {TABLE} {{");
     for (p, _) in &mine {
@@ -199,9 +231,13 @@ pub fn ruleset(ports: &[(uuid::Uuid, Port)], firewalls: &std::collections::BTree
     s
 }
 
-/// Replaces the table with one for these taps and firewalls.
+/// Replaces the table's rules with those for these taps and firewalls.
 pub async fn apply(ports: &[(uuid::Uuid, Port)], firewalls: &std::collections::BTreeMap<uuid::Uuid, Vec<FwEntry>>) -> Result<(), String> {
-    nft(&ruleset(ports, firewalls)).await.map_err(|e| format!("the firewall table: {e}"))
+    let had = match super::links::run("nft", &["-j", "list", "table", "bridge", TABLE]).await {
+        Ok(j) => existing(&j),
+        Err(_) => Existing::default(),
+    };
+    nft(&ruleset(ports, firewalls, &had)).await.map_err(|e| format!("the firewall table: {e}"))
 }
 
 #[cfg(test)]
@@ -224,11 +260,11 @@ mod tests {
     #[test]
     fn no_firewalled_vm_means_no_table() {
         let vm = Uuid::new_v4();
-        let s = ruleset(&[(vm, port("nt6f3d3f1c0"))], &Default::default());
+        let s = ruleset(&[(vm, port("nt6f3d3f1c0"))], &Default::default(), &Existing::default());
         assert_eq!(s, "table bridge nereid_fw {}\ndelete table bridge nereid_fw\n");
         let mut fw = std::collections::BTreeMap::new();
         fw.insert(Uuid::new_v4(), vec![]);
-        assert_eq!(ruleset(&[(vm, port("nt6f3d3f1c0"))], &fw), s, "a firewalled VM that is not here");
+        assert_eq!(ruleset(&[(vm, port("nt6f3d3f1c0"))], &fw, &Existing::default()), s, "a firewalled VM that is not here");
     }
 
     #[test]
@@ -244,7 +280,8 @@ mod tests {
         no_smtp.ports = vec![PortRange { start: 25, end: 25 }];
         let mut fw = std::collections::BTreeMap::new();
         fw.insert(vm, vec![block_from, allow80, ping, no_smtp]);
-        let s = ruleset(&[(vm, port("nt6f3d3f1c0")), (Uuid::new_v4(), port("nt00000000f"))], &fw);
+        let s = ruleset(&[(vm, port("nt6f3d3f1c0")), (Uuid::new_v4(), port("nt00000000f"))], &fw, &Existing::default());
+        assert!(s.starts_with("table bridge nereid_fw {}\nflush table bridge nereid_fw\ntable bridge nereid_fw {\n"), "{s}");
         for want in [
             "oifname \"nt6f3d3f1c0\" jump in_nt6f3d3f1c0",
             "iifname \"nt6f3d3f1c0\" jump out_nt6f3d3f1c0",
@@ -286,5 +323,33 @@ mod tests {
         );
         e.peers = Some(vec![]);
         assert!(entry_rules(&e, "t").is_empty(), "no peer, no rule");
+    }
+
+    #[test]
+    fn a_rewrite_keeps_the_flows_of_taps_still_here_and_deletes_those_of_taps_that_went() {
+        let (vm, gone) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut fw = std::collections::BTreeMap::new();
+        fw.insert(vm, vec![entry(Direction::In, Action::Allow, Protocol::Tcp)]);
+        fw.insert(gone, vec![]);
+        let listed = r#"{"nftables": [{"metainfo": {}}, {"table": {"family": "bridge", "name": "nereid_fw"}},
+            {"set": {"family": "bridge", "name": "f4_nt6f3d3f1c0", "table": "nereid_fw"}},
+            {"set": {"family": "bridge", "name": "f4_nt00000000f", "table": "nereid_fw"}},
+            {"chain": {"family": "bridge", "name": "forward", "table": "nereid_fw"}},
+            {"chain": {"family": "bridge", "name": "in_nt6f3d3f1c0", "table": "nereid_fw"}},
+            {"chain": {"family": "bridge", "name": "in_nt00000000f", "table": "nereid_fw"}},
+            {"rule": {"family": "bridge", "chain": "forward"}}]}"#;
+        let had = existing(listed);
+        assert_eq!(had.sets, vec!["f4_nt6f3d3f1c0", "f4_nt00000000f"]);
+        assert_eq!(had.chains, vec!["forward", "in_nt6f3d3f1c0", "in_nt00000000f"]);
+        let s = ruleset(&[(vm, port("nt6f3d3f1c0"))], &fw, &had);
+        assert!(
+            s.contains(
+                "flush table bridge nereid_fw\ndelete chain bridge nereid_fw in_nt00000000f\ndelete set bridge nereid_fw f4_nt00000000f\n"
+            ),
+            "{s}"
+        );
+        assert!(!s.contains("delete table"), "{s}");
+        assert!(!s.contains("delete set bridge nereid_fw f4_nt6f3d3f1c0") && !s.contains("delete chain bridge nereid_fw forward"), "{s}");
+        assert_eq!(existing("not json"), Existing::default());
     }
 }
