@@ -121,6 +121,7 @@ fn fill(path: &str, account: &str, id: &str, mac: &str) -> String {
         .replace("{name}", "snap1")
         .replace("{mac}", mac)
         .replace("{ip}", "10.77.0.10")
+        .replace("{vlan_id}", "2")
         .trim_end()
         .to_string()
 }

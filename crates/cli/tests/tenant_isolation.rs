@@ -267,6 +267,7 @@ async fn every_cloudapi_answer_to_a_tenant_is_free_of_fleet_identifiers() {
                 .replace("{name}", "snap1")
                 .replace("{mac}", mac)
                 .replace("{ip}", ip)
+                .replace("{vlan_id}", "2")
         };
         // Other accounts' and the operators' objects, with bad bodies and none.
         let others: Vec<&str> =
