@@ -333,7 +333,7 @@ async fn new_accounts_get_a_default_fabric_and_placement_needs_the_underlay() {
     let mut opts = Options::new(Backend::Sqlite);
     opts.sim_servers = 1;
     opts.app.fabric.default_for_new_accounts = true;
-    let cloud = Cloud::start_with(opts).await.unwrap();
+    let cloud = Cloud::start_with(opts.cloudapi_http()).await.unwrap();
     let seed = cloud.seed().await.unwrap();
     let c = &cloud.client;
     // Without the underlay nic tag the default fabric cannot be made: the account is not
@@ -345,7 +345,8 @@ async fn new_accounts_get_a_default_fabric_and_placement_needs_the_underlay() {
     api_err(c.get("/accounts/carol").await, 404, "ResourceNotFound");
 
     c.post("/nic_tags", &json!({"name": "sdc_underlay", "mtu": 9000})).await.unwrap();
-    let a = c.post("/accounts", &json!({"login": "carol", "email": "carol@example.com"})).await.unwrap();
+    let key = Key::from_seed(7);
+    let a = c.post("/accounts", &json!({"login": "carol", "email": "carol@example.com", "keys": [{"key": key.openssh()}]})).await.unwrap();
     let carol = a["uuid"].as_str().unwrap();
     let vlans = c.get(&format!("/fabrics/{carol}/vlans")).await.unwrap();
     assert_eq!((vlans[0]["vlan_id"].as_u64(), vlans[0]["name"].as_str()), (Some(2), Some("default")), "{vlans}");
@@ -357,6 +358,14 @@ async fn new_accounts_get_a_default_fabric_and_placement_needs_the_underlay() {
         "{n}"
     );
     assert_eq!((n["mtu"].as_u64(), n["internet_nat"].as_bool()), (Some(8950), Some(true)), "underlay 9000 → fabric 8950");
+    // It is the account's default network, which CloudAPI will not delete.
+    assert_eq!(c.get("/accounts/carol").await.unwrap()["default_network"], n["uuid"]);
+    let tenant = Tenant::new(&cloud.headnode.cloudapi.as_ref().unwrap().url, "carol", key);
+    let path = format!("/my/fabrics/default/vlans/2/networks/{}", n["uuid"].as_str().unwrap());
+    let e = tenant.send("DELETE", &path, None, nereid_testkit::cloudapi::Signing::Good).await.unwrap();
+    assert_eq!((e.status, e.body["message"].as_str()), (409, Some("cannot delete default network")), "{}", e.text);
+    let mine = tenant.get("/my/networks").await.unwrap().body;
+    assert!(mine.as_array().unwrap().iter().any(|x| x["name"] == "My-Fabric-Network" && x["fabric"] == true), "{mine}");
     // A second account gets its own default fabric (same names and subnet, another segment).
     let d = c.post("/accounts", &json!({"login": "dave", "email": "dave@example.com"})).await.unwrap();
     let dv = c.get(&format!("/fabrics/{}/vlans", d["uuid"].as_str().unwrap())).await.unwrap();

@@ -74,7 +74,7 @@ impl App {
         let keys_in = input.remove("keys");
         let password_in = input.remove("password");
         let now = nereid_types::time::now_iso();
-        let acct = account::check_create(&input, &now)?;
+        let mut acct = account::check_create(&input, &now)?;
         let mut keys = Vec::new();
         let mut errors = Vec::new();
         match keys_in {
@@ -133,7 +133,7 @@ impl App {
         let result = loop {
             let mut all = ops.clone();
             if self.cfg.fabric.default_for_new_accounts {
-                let fabric = self.default_fabric_ops(acct.uuid).await.map_err(|e| {
+                let (fabric, network) = self.default_fabric_ops(acct.uuid).await.map_err(|e| {
                     ApiError::new(
                         e.status,
                         e.code.clone(),
@@ -144,6 +144,9 @@ impl App {
                     )
                     .with_errors(e.errors.clone())
                 })?;
+                // As in Triton, the default fabric network is the account's default network.
+                acct.default_network = Some(network);
+                all[1] = Op::put(ACCOUNTS.name, acct.uuid.to_string(), encode(&acct), Cond::Absent);
                 all.extend(fabric);
             }
             match self.store.batch(all).await {

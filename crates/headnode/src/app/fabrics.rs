@@ -292,7 +292,8 @@ impl App {
     /// The ops that give a new account Triton's default fabric (VLAN 2 "default" and
     /// "My-Fabric-Network" 192.168.128.0/22 with NAT), for the account's own batch. A
     /// conflict on them means the drawn VNI was taken: the caller draws again.
-    pub async fn default_fabric_ops(&self, owner: Uuid) -> Result<Vec<Op>, ApiError> {
+    /// Returns the ops and the network (the account's default network, as in Triton).
+    pub async fn default_fabric_ops(&self, owner: Uuid) -> Result<(Vec<Op>, Uuid), ApiError> {
         let mtu = self.fabric_mtu().await?;
         let vlan = FabricVlan {
             owner_uuid: owner,
@@ -305,7 +306,7 @@ impl App {
         let mut ops = vlan_create_ops(&vlan);
         ops.extend(network_create_ops(owner, &net));
         ops.push(stamp_op(owner, None));
-        Ok(ops)
+        Ok((ops, net.uuid))
     }
 }
 

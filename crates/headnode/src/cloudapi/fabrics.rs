@@ -280,6 +280,9 @@ async fn delete_network(
     Path((_, vlan, net)): Path<(String, String, String)>,
 ) -> CloudResult {
     let id = cloud_vlan_id(&json!(vlan))?;
+    if acct.default_network.is_some_and(|d| d.to_string() == net) {
+        return Err(invalid("cannot delete default network".into()));
+    }
     s.app.delete_fabric_network(acct.uuid, id, &net).await.map_err(translate)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
