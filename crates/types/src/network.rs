@@ -273,6 +273,8 @@ pub fn check_pool(
         seen.push(*id);
         match net {
             None => errors.push(FieldError::invalid("networks", format!("unknown network {id}"))),
+            Some(n) if n.fabric => errors
+                .push(FieldError::invalid("networks", format!("{id} is a fabric network (one account's own); pools hold shared networks"))),
             Some(n) if !tags.contains(&n.nic_tag) => tags.push(n.nic_tag.clone()),
             Some(_) => {}
         }
@@ -348,5 +350,9 @@ mod tests {
         let other = Uuid::new_v4();
         let err = check_pool(None, input.as_object().unwrap(), &[(n.uuid, Some(n.clone())), (n.uuid, Some(n)), (other, None)]).unwrap_err();
         assert_eq!(err.errors.len(), 2);
+        let mut fabric = check_create(&body(), Some(1500)).unwrap();
+        fabric.fabric = true;
+        let err = check_pool(None, input.as_object().unwrap(), &[(fabric.uuid, Some(fabric))]).unwrap_err();
+        assert!(err.errors[0].message.contains("is a fabric network"), "{err:?}");
     }
 }
