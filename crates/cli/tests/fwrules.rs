@@ -17,8 +17,8 @@ const WEB80: &str = r#"FROM any TO tag "role" = "web" ALLOW tcp PORT 80"#;
 
 /// A cloud with one simulated server, CloudAPI over HTTP, the seed, and accounts alice
 /// and bob (signing keys from seeds 1 and 2); returns alice's and bob's UUIDs.
-async fn cloud() -> (Cloud, nereid_testkit::Seed, String, String) {
-    let cloud = Cloud::start_with(Options { sim_servers: 1, ..Options::new(Backend::Sqlite) }.cloudapi_http()).await.unwrap();
+async fn cloud(backend: Backend) -> (Cloud, nereid_testkit::Seed, String, String) {
+    let cloud = Cloud::start_with(Options { sim_servers: 1, ..Options::new(backend) }.cloudapi_http()).await.unwrap();
     let seed = cloud.seed().await.unwrap();
     let mut ids = Vec::new();
     for (login, k) in [("alice", 1u8), ("bob", 2)] {
@@ -51,9 +51,10 @@ fn json_out(o: &std::process::Output) -> Value {
     serde_json::from_str(&stdout(o)).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn operators_manage_every_accounts_rules_and_global_ones() {
-    let (cloud, seed, alice, _bob) = cloud().await;
+both_backends!(operators_manage_every_accounts_rules_and_global_ones, tenants_see_their_own_rules_and_global_ones_read_only);
+
+async fn operators_manage_every_accounts_rules_and_global_ones(backend: Backend) {
+    let (cloud, seed, alice, _bob) = cloud(backend).await;
     let web = vm(&cloud, &seed, &alice, "web-1", json!({"role": "web"})).await;
     let db = vm(&cloud, &seed, &alice, "db-1", json!({"role": "db"})).await;
 
@@ -140,9 +141,8 @@ async fn operators_manage_every_accounts_rules_and_global_ones() {
     assert!(r["firewalls"][&web].as_array().unwrap().iter().all(|e| e["rule"] != json!(id)), "{r}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn tenants_see_their_own_rules_and_global_ones_read_only() {
-    let (cloud, seed, alice_id, _) = cloud().await;
+async fn tenants_see_their_own_rules_and_global_ones_read_only(backend: Backend) {
+    let (cloud, seed, alice_id, _) = cloud(backend).await;
     let url = cloud.headnode.cloudapi.as_ref().unwrap().url.clone();
     let (alice, bob) = (Signed::new(&url, "alice", Key::from_seed(1)), Signed::new(&url, "bob", Key::from_seed(2)));
     let web = vm(&cloud, &seed, &alice_id, "web-1", json!({"role": "web"})).await;
