@@ -203,7 +203,7 @@ async fn wait_state(t: &Tenant, id: &str, state: &str) -> Value {
 }
 
 async fn tenants_see_only_their_own_fabric(backend: Backend) {
-    let (_cloud, seed, alice, bob, _a, _b) = world(1, Options::new(backend)).await;
+    let (cloud, seed, alice, bob, _a, _b) = world(1, Options::new(backend)).await;
     // CloudAPI's own checks, then NAPI's, in CloudAPI's words.
     let e = alice.post("/my/fabrics/default/vlans", &json!({"vlan_id": 4096, "name": "x"})).await.unwrap();
     assert_eq!((e.status, e.body["code"].as_str()), (409, Some("InvalidArgument")), "{}", e.text);
@@ -294,6 +294,14 @@ async fn tenants_see_only_their_own_fabric(backend: Backend) {
     let running = wait_state(&alice, &id, "running").await;
     let ip = running["ips"][0].as_str().unwrap();
     assert!(ip.starts_with("10.40.0."), "{running}");
+    // NAPI shows the NIC on the overlay segment, with the fabric MTU.
+    let vnet = cloud.client.get(&format!("/networks/{nid}")).await.unwrap()["vnet_id"].as_u64().unwrap();
+    let nics = cloud.client.get(&format!("/nics?belongs_to_uuid={id}")).await.unwrap();
+    assert_eq!(
+        (nics[0]["nic_tag"].clone(), nics[0]["mtu"].clone(), nics[0]["fabric"].clone()),
+        (json!(format!("sdc_overlay/{vnet}")), json!(1450), json!(true)),
+        "{nics}"
+    );
     // Deleting the network in use names the NIC.
     let e = alice
         .send("DELETE", &format!("/my/fabrics/default/vlans/10/networks/{nid}"), None, nereid_testkit::cloudapi::Signing::Good)

@@ -142,6 +142,16 @@ pub fn render(nic: &Nic, net: Option<&Network>) -> Value {
                 .collect();
             o.insert("routes".into(), Value::Object(rendered));
         }
+        // Fabric NICs as NAPI shows them: the overlay tag with the segment, NAT and the
+        // (never provisioned) gateway flag. The stored tag stays plain `sdc_overlay`.
+        if net.fabric {
+            if let Some(vni) = net.vni {
+                o.insert("nic_tag".into(), json!(format!("{}/{vni}", net.nic_tag)));
+            }
+            o.insert("fabric".into(), json!(true));
+            o.insert("internet_nat".into(), json!(net.internet_nat));
+            o.insert("gateway_provisioned".into(), json!(false));
+        }
     }
     v
 }
