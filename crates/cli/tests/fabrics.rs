@@ -281,6 +281,8 @@ async fn tenants_see_only_their_own_fabric(backend: Backend) {
     let bob_nets = bob.get("/my/networks").await.unwrap().body;
     let ids: Vec<&str> = bob_nets.as_array().unwrap().iter().filter(|n| n["fabric"] == true).map(|n| n["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [bnid.as_str()], "{bob_nets}");
+    let only = alice.get("/my/networks?fabric=true").await.unwrap().body;
+    assert_eq!(only.as_array().unwrap().len(), 1, "{only}");
     let got = alice.get(&format!("/my/networks/{nid}")).await.unwrap().body;
     assert_eq!((got["fabric"].as_bool(), got["vlan_id"].as_u64()), (Some(true), Some(10)), "{got}");
     // bob cannot provision on alice's network.

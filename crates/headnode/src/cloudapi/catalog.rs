@@ -199,8 +199,13 @@ pub async fn visible_networks(s: &AppState, account: Uuid) -> Result<Vec<Value>,
     Ok(out)
 }
 
-async fn list_networks(State(s): State<AppState>, Scoped(acct): Scoped) -> CloudResult {
-    ok(&visible_networks(&s, acct.uuid).await?)
+async fn list_networks(State(s): State<AppState>, Scoped(acct): Scoped, RawQuery(raw): RawQuery) -> CloudResult {
+    let mut all = visible_networks(&s, acct.uuid).await?;
+    // sdc-cloudapi's `?fabric=true`: fabric networks only.
+    if super::flag(&super::query_map(raw.as_deref()), "fabric") {
+        all.retain(|n| n["fabric"] == Value::Bool(true));
+    }
+    ok(&all)
 }
 
 async fn get_network(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id)): Path<(String, String)>) -> CloudResult {
