@@ -73,6 +73,30 @@ pub fn probe(p: &Probe<'_>) -> Identity {
     Identity { uuid: Uuid::new_v4(), source: "random".into(), serial }
 }
 
+/// Whether this process runs in a network namespace other than the machine's (pid 1's):
+/// then it is one of several "servers" on the machine (each agent in a namespace of its
+/// its own, as tests and nested setups run them) and the machine's hardware identity is
+/// not its own. Told by pid 1's namespace where it can be read, else by this namespace
+/// being a named one (`ip netns add`, under /run/netns); `false` when neither says so.
+pub fn in_own_network_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ns = |p: &str| std::fs::read_link(p).ok();
+    if differs(ns("/proc/self/ns/net"), ns("/proc/1/ns/net")) {
+        return true;
+    }
+    let Ok(me) = std::fs::metadata("/proc/self/ns/net") else { return false };
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::metadata(e.path()).ok())
+        .any(|m| m.dev() == me.dev() && m.ino() == me.ino())
+}
+
+fn differs(own: Option<std::path::PathBuf>, machine: Option<std::path::PathBuf>) -> bool {
+    matches!((own, machine), (Some(a), Some(b)) if a != b)
+}
+
 /// The pinned identity, or a new one probed and pinned now. Returns it and a line saying
 /// where it came from.
 pub fn load_or_pin(dir: &Path, p: &Probe<'_>) -> Result<(Identity, String)> {
@@ -127,5 +151,13 @@ mod tests {
         let (again, line) = load_or_pin(&state, &p).unwrap();
         assert_eq!(again.uuid, first.uuid);
         assert!(line.contains("WARNING") && line.contains("3b4c5a9e"), "{line}");
+    }
+
+    #[test]
+    fn only_a_namespace_other_than_the_machines_is_one_of_its_own() {
+        let ns = |s: &str| Some(std::path::PathBuf::from(s));
+        assert!(differs(ns("net:[4026532281]"), ns("net:[4026531840]")));
+        assert!(!differs(ns("net:[4026531840]"), ns("net:[4026531840]")));
+        assert!(!differs(ns("net:[4026532281]"), None), "unreadable: the hardware's identity");
     }
 }

@@ -257,10 +257,19 @@ fn sim_specs(
 
 async fn qemu_spec(cfg: &Config, addr: SocketAddr, o: &QemuOptions) -> Result<NodeSpec> {
     let dir = cfg.data_dir.clone();
-    let (id, line) = identity::load_or_pin(
-        &dir,
-        &identity::Probe { dmi_dir: std::path::Path::new("/sys/class/dmi/id"), machine_id: std::path::Path::new("/etc/machine-id") },
-    )?;
+    // An agent in a network namespace of its own is one of several servers on this machine
+    // (two nodes of a test, a nested setup): the machine's UUID is not its own, so it takes
+    // a random one (pinned like any other).
+    let own_ns = identity::in_own_network_namespace();
+    let probe = if own_ns {
+        identity::Probe { dmi_dir: &dir.join("no-dmi"), machine_id: &dir.join("no-machine-id") }
+    } else {
+        identity::Probe { dmi_dir: std::path::Path::new("/sys/class/dmi/id"), machine_id: std::path::Path::new("/etc/machine-id") }
+    };
+    let (id, mut line) = identity::load_or_pin(&dir, &probe)?;
+    if own_ns && id.source == "random" {
+        line.push_str(" — the agent runs in a network namespace of its own, so not the machine's UUID");
+    }
     let accel = backend::qemu::accel::resolve(o.accel, &o.qemu, &dir.join("tmp")).await.map_err(anyhow::Error::msg)?;
     let mut q = backend::qemu::Config::debian(dir.clone(), accel);
     q.qemu = o.qemu.clone();

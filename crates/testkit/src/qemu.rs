@@ -83,17 +83,24 @@ pub fn qemus_under(dir: &Path) -> Vec<u32> {
 /// until then: every test that boots guests makes one, before its first guest boots.
 pub struct Reaper {
     dir: PathBuf,
-    _lock: QemuLock,
+    _lock: Option<QemuLock>,
 }
 
 /// A [`Reaper`] for `dir`, made once no other test on this machine holds the [`QemuLock`]
 /// (a function named like the type, so `Reaper(dir)` reads as it did when it was a tuple).
 #[allow(non_snake_case)]
 pub fn Reaper(dir: PathBuf) -> Reaper {
-    Reaper { dir, _lock: QemuLock::acquire() }
+    Reaper { dir, _lock: Some(QemuLock::acquire()) }
 }
 
 impl Reaper {
+    /// A reaper for another agent's directory in the same test (a second compute node),
+    /// under the lock `self` holds: taking the [`QemuLock`] again in one process would wait
+    /// for itself. Drop it before `self`.
+    pub fn alongside(&self, dir: PathBuf) -> Reaper {
+        Reaper { dir, _lock: None }
+    }
+
     /// The directory whose QEMUs it kills.
     pub fn dir(&self) -> &Path {
         &self.dir

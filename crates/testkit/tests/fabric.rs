@@ -282,6 +282,8 @@ fn firewall_entries_let_port_80_in_block_81_and_keep_replies_flowing() {
 #[test]
 fn a_restarted_node_keeps_the_running_vms_segments_and_removes_the_rest() {
     let (mut a, mut b) = two_nodes();
+    // Each node is a server of its own: not the machine's identity.
+    assert_eq!(a.ok("own_namespace", Value::Null), json!(true));
     let keep = guest(&mut a, "ad-keep", 0x301, "10.1.0.5", true);
     let gone = guest(&mut a, "ad-gone", 0x302, "10.1.0.5", true);
     let peer = guest(&mut b, "ad-peer", 0x301, "10.1.0.6", false);

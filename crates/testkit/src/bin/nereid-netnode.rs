@@ -10,6 +10,7 @@
 //!   {"adopt": [<Definition>…]}        → {"ok": null}   (the running VMs, at "agent start")
 //!   {"gateways": null}                → {"ok": [<this node's gateway namespaces>]}
 //!   {"mtus": {<tag>: <mtu>}}          → {"ok": [<problems>]}
+//!   {"own_namespace": null}           → {"ok": <whether the agent would see a namespace of its own>}
 //! ```
 //! (The agent's net code reads `/sys/class/net`, which only a process started by `ip
 //! netns exec` sees for its namespace — hence a process, not a thread.)
@@ -91,6 +92,7 @@ async fn run(net: &Net, cmd: Value) -> Result<Value, String> {
             let w = serde_json::from_value(arg.clone()).map_err(|e| format!("{}: {e}", parse("MTUs")))?;
             Ok(json!(net.check_mtus(&w).await))
         }
+        "own_namespace" => Ok(json!(nereid_agent::identity::in_own_network_namespace())),
         other => Err(format!("unknown command {other:?}")),
     }
 }
