@@ -165,6 +165,10 @@ fn fabric_segments_reach_across_nodes_stay_apart_nat_out_and_leave_nothing_behin
     assert!(gb.ns.pings("10.1.0.5", 10), "the fabric does not carry 0x101 from B to A");
     assert_eq!(neighbour_mac(&gb, "10.1.0.5"), ga.mac, "10.1.0.5 answered from another segment");
     assert!(ga.ns.pings("10.1.0.6", 5));
+    // TCP too (checksums offloaded through the encapsulation), with a reply bigger than a
+    // ping's.
+    listen(&ga, 8080);
+    assert!(connects(&gb, "10.1.0.5:8080"), "TCP does not cross the fabric");
     // The same subnet on segment 0x102 sees nothing of 0x101.
     assert!(!gb2.ns.pings("10.1.0.6", 2), "segment 0x102 reached 0x101");
 
@@ -220,7 +224,8 @@ fn listen(g: &Guest, port: u16) {
     let l = g.ns.enter(|| TcpListener::bind(("0.0.0.0", port))).unwrap().unwrap();
     std::thread::spawn(move || {
         for c in l.incoming() {
-            drop(c);
+            // A reply of many segments, each as large as the MTU allows.
+            let _ = c.map(|mut c| c.write_all(&[b'x'; 20_000]));
         }
     });
 }
@@ -228,7 +233,16 @@ fn listen(g: &Guest, port: u16) {
 /// Whether a TCP connection from inside `from` to `to` is accepted.
 fn connects(from: &Guest, to: &str) -> bool {
     let to: SocketAddr = to.parse().unwrap();
-    from.ns.enter(|| TcpStream::connect_timeout(&to, Duration::from_secs(3)).is_ok()).unwrap()
+    from.ns
+        .enter(|| {
+            let Ok(mut c) = TcpStream::connect_timeout(&to, Duration::from_secs(3)) else { return false };
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut got = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut c, &mut got);
+            assert_eq!(got.len(), 20_000, "connected to {to}, but the reply did not all come back");
+            true
+        })
+        .unwrap()
 }
 
 #[test]
