@@ -264,7 +264,17 @@ async fn nft_in(ns: &str, script: &str) -> Result<(), String> {
 pub async fn remove(vni: u32, suffix: &str) {
     let ns = namespace(vni, suffix);
     if namespace_exists(&ns) {
-        let _ = links::run("ip", &["netns", "del", &ns]).await;
+        if let Err(e) = links::run("ip", &["netns", "del", &ns]).await {
+            tracing::warn!(vni, namespace = %ns, error = %e, "removing the NAT gateway's namespace");
+        }
+        // Still named (its mount held elsewhere): detach the mount and remove the name.
+        if namespace_exists(&ns) {
+            let path = format!("/run/netns/{ns}");
+            let _ = links::run("umount", &["-l", &path]).await;
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(vni, namespace = %ns, error = %e, "the NAT gateway's namespace keeps its name");
+            }
+        }
     }
     links::delete(&port_name(vni)).await;
     links::delete(&uplink_name(vni)).await;
