@@ -544,12 +544,7 @@ async fn triton_unimplemented_operations_do_not_claim_resources_are_missing() {
     let s = setup(KeyType::Ed25519, false).await;
     let t = &s.triton;
     tr(t, &["instance", "create", "-w", "tiny", "sample", "--name", "web-1"]).await;
-    for args in [
-        &["instance", "disks", "web-1"][..],
-        &["instance", "migration", "list"],
-        &["volume", "list"],
-        &["rbac", "users"],
-    ] {
+    for args in [&["instance", "disks", "web-1"][..], &["instance", "migration", "list"], &["volume", "list"], &["rbac", "users"]] {
         let out = tr_run(t, args).await;
         assert!(!out.success(), "{out}");
         assert_ne!(out.code, Some(3), "exit 3 means 'not found' to scripts: {out}");
