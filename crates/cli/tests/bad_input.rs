@@ -33,6 +33,10 @@ struct Ids {
     vm: String,
     job: String,
     key: String,
+    /// An account with fabric VLAN 2 (the fabric routes' `{owner_uuid}` and `{vlan_id}`).
+    owner: String,
+    /// A fabric network on that VLAN.
+    fabric_net: String,
 }
 
 async fn seed(cloud: &Cloud) -> Ids {
@@ -65,8 +69,26 @@ async fn seed(cloud: &Cloud) -> Ids {
         .unwrap()
         .to_string();
     let key = nereid_testkit::cloudapi::Key::from_seed(3);
-    c.post("/accounts", &json!({"login": "seeded", "email": "seeded@example.com", "keys": [{"key": key.openssh()}]})).await.unwrap();
-    Ids { package, image, network, pool, nic, server, vm, job, key: key.md5() }
+    let owner = c
+        .post("/accounts", &json!({"login": "seeded", "email": "seeded@example.com", "keys": [{"key": key.openssh()}]}))
+        .await
+        .unwrap()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.post(&format!("/fabrics/{owner}/vlans"), &json!({"vlan_id": 2, "name": "seeded"})).await.unwrap();
+    c.post("/nic_tags", &json!({"name": "sdc_underlay", "mtu": 1500})).await.unwrap();
+    let fabric_net = c
+        .post(
+            &format!("/fabrics/{owner}/vlans/2/networks"),
+            &json!({"name": "seeded", "subnet": "10.60.0.0/24", "gateway": "10.60.0.1", "provision_start_ip": "10.60.0.10", "provision_end_ip": "10.60.0.20"}),
+        )
+        .await
+        .unwrap()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    Ids { package, image, network, pool, nic, server, vm, job, key: key.md5(), owner, fabric_net }
 }
 
 /// The path with real IDs, so validation (not lookup) is what answers.
@@ -85,6 +107,8 @@ fn real_path(path: &str, ids: &Ids) -> String {
         &ids.vm
     } else if path.starts_with("/jobs") {
         &ids.job
+    } else if path.starts_with("/fabrics") {
+        &ids.fabric_net
     } else {
         &ids.network
     };
@@ -95,6 +119,8 @@ fn real_path(path: &str, ids: &Ids) -> String {
         .replace("{vm}", &ids.vm)
         .replace("{account}", "seeded")
         .replace("{key}", &ids.key)
+        .replace("{owner_uuid}", &ids.owner)
+        .replace("{vlan_id}", "2")
 }
 
 /// The path with any query parameter the endpoint cannot do without.
@@ -186,7 +212,10 @@ async fn every_endpoint_refuses_bad_input_without_writing(b: Backend) {
             for f in fields.iter().filter(|f| !f.read_only) {
                 let wrong = match f.kind {
                     nereid_types::spec::Kind::Bool => json!("yes"),
-                    nereid_types::spec::Kind::Object | nereid_types::spec::Kind::Custom { .. } => json!(42),
+                    nereid_types::spec::Kind::Object => json!(42),
+                    // A custom kind is wrong as the opposite of what its schema takes (an
+                    // object for a number, like a VLAN id; a number for an object, like routes).
+                    nereid_types::spec::Kind::Custom { schema, .. } if schema()["type"] == "object" => json!(42),
                     _ => json!({"wrong": ["type"]}),
                 };
                 expect_4xx(&cloud, m, &path, Some(json!({f.name: wrong}).to_string().into_bytes()), Some(&token), Some(f.name)).await;
