@@ -29,18 +29,28 @@ fn next(x: &mut u64) -> u64 {
 }
 
 /// A request, retried while the headnode cannot be reached (it is being restarted).
-async fn call<F, Fut>(mut f: F) -> Result<Value, nereid_client::Error>
+async fn call<F, Fut>(f: F) -> Result<Value, nereid_client::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Value, nereid_client::Error>>,
 {
-    for _ in 0..600 {
+    call_retried(f).await.0
+}
+
+/// [`call`], and whether it had to send again: a headnode restarting under the request may
+/// have done it and lost only the answer (the client cannot tell a reset before from one after).
+async fn call_retried<F, Fut>(mut f: F) -> (Result<Value, nereid_client::Error>, bool)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Value, nereid_client::Error>>,
+{
+    for i in 0..600 {
         match f().await {
             Err(nereid_client::Error::Connect { .. }) => tokio::time::sleep(Duration::from_millis(100)).await,
-            other => return other,
+            other => return (other, i > 0),
         }
     }
-    f().await
+    (f().await, true)
 }
 
 /// The job's outcome, or `refused <code>` when the API refused the request.
@@ -110,8 +120,13 @@ async fn a_thousand_cycles_with_injected_failures_leave_no_drift() {
                 let mut o = String::new();
                 for _ in 0..5 {
                     let path = format!("/vms/{vm}");
-                    let r = call(|| c.delete(&path)).await;
+                    let (r, retried) = call_retried(|| c.delete(&path)).await;
                     o = run_job(c, r).await.unwrap_or_else(|| "refused".into());
+                    if retried && o == "refused VmDestroyed" {
+                        // The first DELETE was done; a restart lost its answer.
+                        *seen.entry("destroy done, its answer lost in a restart".into()).or_default() += 1;
+                        o = "succeeded".into();
+                    }
                     if o != "refused ServiceUnavailable" && o != "refused ConcurrentModification" {
                         break;
                     }
