@@ -249,35 +249,6 @@ async fn tenants_see_their_own_rules_and_global_ones_read_only(backend: Backend)
     assert_eq!(alice.get(&base).await.unwrap().status, 404);
 }
 
-/// Runs the CLI off the async runtime (the cloud serves it from this process).
-async fn tr(t: &Triton, args: &[&str]) -> String {
-    let (t, args): (Triton, Vec<String>) = (t.clone(), args.iter().map(|s| s.to_string()).collect());
-    tokio::task::spawn_blocking(move || {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        t.ok(&a).unwrap_or_else(|e| panic!("{e:#}"))
-    })
-    .await
-    .unwrap()
-}
-
-/// Runs the CLI expecting failure; returns (exit code, stderr).
-async fn tr_fail(t: &Triton, args: &[&str]) -> (Option<i32>, String) {
-    let (t, args): (Triton, Vec<String>) = (t.clone(), args.iter().map(|s| s.to_string()).collect());
-    tokio::task::spawn_blocking(move || {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = t.run(&a).unwrap();
-        assert!(!out.success(), "{} should have failed: {}", out.command, out.stdout);
-        (out.code, out.stderr)
-    })
-    .await
-    .unwrap()
-}
-
-async fn tr_json(t: &Triton, args: &[&str]) -> Value {
-    let out = tr(t, args).await;
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("triton {args:?} printed no JSON ({e}): {out}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_triton_cli_manages_rules_and_instance_firewalls() {
     let cloud = Cloud::start_with(Options { sim_servers: 1, ..Options::new(Backend::Sqlite) }.cloudapi_http()).await.unwrap();
@@ -290,50 +261,50 @@ async fn the_triton_cli_manages_rules_and_instance_firewalls() {
         .unwrap();
     let url = cloud.headnode.cloudapi.as_ref().unwrap().url.clone();
     let t = tenant.triton(&url, "alice", false).unwrap();
-    tr(&t, &["instance", "create", "-w", "tiny", "sample", "--name", "web-1", "-t", "role=web"]).await;
-    tr(&t, &["instance", "create", "-w", "tiny", "sample", "--name", "db-1", "-t", "role=db"]).await;
+    t.ok_async(&["instance", "create", "-w", "tiny", "sample", "--name", "web-1", "-t", "role=web"]).await;
+    t.ok_async(&["instance", "create", "-w", "tiny", "sample", "--name", "db-1", "-t", "role=db"]).await;
 
-    let out = tr(&t, &["fwrule", "create", WEB80]).await;
+    let out = t.ok_async(&["fwrule", "create", WEB80]).await;
     assert!(out.starts_with("Created firewall rule ") && !out.contains("disabled"), "{out}");
     let id = out.trim().trim_start_matches("Created firewall rule ").to_string();
     let short = &id[..8];
-    let list = tr(&t, &["fwrule", "list"]).await;
+    let list = t.ok_async(&["fwrule", "list"]).await;
     assert!(list.contains("SHORTID") && list.contains(short) && list.contains("PORT 80"), "{list}");
-    let r = tr_json(&t, &["fwrule", "get", &id]).await;
+    let r = t.json_async(&["fwrule", "get", &id]).await;
     assert_eq!((r["id"].as_str(), r["enabled"].as_bool(), r["log"].as_bool()), (Some(id.as_str()), Some(true), Some(false)), "{r}");
 
-    let out = tr(&t, &["fwrule", "update", &id, "description=front end"]).await;
+    let out = t.ok_async(&["fwrule", "update", &id, "description=front end"]).await;
     assert!(out.contains(&format!("Updated firewall rule {id}")), "{out}");
-    assert_eq!(tr_json(&t, &["fwrule", "get", short]).await["description"], "front end");
-    let out = tr(&t, &["fwrule", "disable", &id]).await;
+    assert_eq!(t.json_async(&["fwrule", "get", short]).await["description"], "front end");
+    let out = t.ok_async(&["fwrule", "disable", &id]).await;
     assert!(out.contains(&format!("Disabled firewall rule {id}")), "{out}");
-    assert_eq!(tr_json(&t, &["fwrule", "get", &id]).await["enabled"], false);
-    let out = tr(&t, &["fwrule", "enable", &id]).await;
+    assert_eq!(t.json_async(&["fwrule", "get", &id]).await["enabled"], false);
+    let out = t.ok_async(&["fwrule", "enable", &id]).await;
     assert!(out.contains(&format!("Enabled firewall rule {id}")), "{out}");
-    assert_eq!(tr_json(&t, &["fwrule", "get", &id]).await["enabled"], true);
+    assert_eq!(t.json_async(&["fwrule", "get", &id]).await["enabled"], true);
 
-    let inst = tr(&t, &["fwrule", "instances", &id]).await;
+    let inst = t.ok_async(&["fwrule", "instances", &id]).await;
     assert!(inst.contains("web-1") && !inst.contains("db-1"), "{inst}");
-    let rules = tr(&t, &["instance", "fwrules", "web-1"]).await;
+    let rules = t.ok_async(&["instance", "fwrules", "web-1"]).await;
     assert!(rules.contains(short), "{rules}");
-    let rules = tr(&t, &["instance", "fwrules", "db-1"]).await;
+    let rules = t.ok_async(&["instance", "fwrules", "db-1"]).await;
     assert!(!rules.contains(short), "{rules}");
 
-    assert_eq!(tr_json(&t, &["instance", "get", "web-1"]).await["firewall_enabled"], false);
-    let out = tr(&t, &["instance", "enable-firewall", "-w", "web-1"]).await;
+    assert_eq!(t.json_async(&["instance", "get", "web-1"]).await["firewall_enabled"], false);
+    let out = t.ok_async(&["instance", "enable-firewall", "-w", "web-1"]).await;
     assert!(out.contains("Enabled firewall for instance \"web-1\""), "{out}");
-    assert_eq!(tr_json(&t, &["instance", "get", "web-1"]).await["firewall_enabled"], true);
-    let out = tr(&t, &["instance", "disable-firewall", "-w", "web-1"]).await;
+    assert_eq!(t.json_async(&["instance", "get", "web-1"]).await["firewall_enabled"], true);
+    let out = t.ok_async(&["instance", "disable-firewall", "-w", "web-1"]).await;
     assert!(out.contains("Disabled firewall for instance \"web-1\""), "{out}");
-    assert_eq!(tr_json(&t, &["instance", "get", "web-1"]).await["firewall_enabled"], false);
+    assert_eq!(t.json_async(&["instance", "get", "web-1"]).await["firewall_enabled"], false);
 
-    let (code, err) = tr_fail(&t, &["fwrule", "create", "FROM any TO nowhere ALLOW tcp PORT 80"]).await;
+    let (code, err) = t.fail_async(&["fwrule", "create", "FROM any TO nowhere ALLOW tcp PORT 80"]).await;
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("error (InvalidArgument): rule: "), "{err}");
 
-    let out = tr(&t, &["fwrule", "delete", "-f", &id]).await;
+    let out = t.ok_async(&["fwrule", "delete", "-f", &id]).await;
     assert!(out.contains(&format!("Deleted rule {id}")), "{out}");
-    let (code, err) = tr_fail(&t, &["fwrule", "get", &id]).await;
+    let (code, err) = t.fail_async(&["fwrule", "get", &id]).await;
     assert_eq!(code, Some(3), "{err}");
 }
 
@@ -368,17 +339,17 @@ async fn servers_apply_the_policy_the_headnode_computes() {
         .unwrap();
     let url = cloud.headnode.cloudapi.as_ref().unwrap().url.clone();
     let t = tenant.triton(&url, "alice", false).unwrap();
-    tr(&t, &["instance", "create", "-w", "tiny", "sample", "--name", "web-1", "-t", "role=web"]).await;
-    let m = tr_json(&t, &["instance", "get", "web-1"]).await;
+    t.ok_async(&["instance", "create", "-w", "tiny", "sample", "--name", "web-1", "-t", "role=web"]).await;
+    let m = t.json_async(&["instance", "get", "web-1"]).await;
     let (vm, server) = (m["id"].as_str().unwrap().to_string(), m["compute_node"].as_str().unwrap().to_string());
     let first = converged(&cloud, &server, "the first policy", |_| true).await;
     assert!(first["firewalls"].get(&vm).is_none(), "{first}");
 
-    tr(&t, &["instance", "enable-firewall", "-w", "web-1"]).await;
+    t.ok_async(&["instance", "enable-firewall", "-w", "web-1"]).await;
     let p = converged(&cloud, &server, "web-1's firewall", |p| p["firewalls"].get(&vm).is_some()).await;
     assert_eq!(p["firewalls"][&vm], json!([]), "no rule yet: inbound blocked, nothing allowed: {p}");
 
-    let out = tr(&t, &["fwrule", "create", WEB80]).await;
+    let out = t.ok_async(&["fwrule", "create", WEB80]).await;
     let id = out.trim().trim_start_matches("Created firewall rule ").to_string();
     let has_rule = |p: &Value| p["firewalls"][&vm].as_array().is_some_and(|es| es.iter().any(|e| e["rule"] == json!(id)));
     let p = converged(&cloud, &server, "the new rule", has_rule).await;
@@ -387,12 +358,12 @@ async fn servers_apply_the_policy_the_headnode_computes() {
     assert_eq!(e["ports"], json!([{"start": 80, "end": 80}]), "{e}");
 
     // Retagged, the VM is no longer named; disabled, neither.
-    tr(&t, &["instance", "tag", "set", "-w", "web-1", "role=db"]).await;
+    t.ok_async(&["instance", "tag", "set", "-w", "web-1", "role=db"]).await;
     converged(&cloud, &server, "the retagged VM's policy", |p| !has_rule(p)).await;
-    tr(&t, &["instance", "tag", "set", "-w", "web-1", "role=web"]).await;
+    t.ok_async(&["instance", "tag", "set", "-w", "web-1", "role=web"]).await;
     converged(&cloud, &server, "the tag back", has_rule).await;
-    tr(&t, &["fwrule", "disable", &id]).await;
+    t.ok_async(&["fwrule", "disable", &id]).await;
     converged(&cloud, &server, "the disabled rule", |p| !has_rule(p)).await;
-    tr(&t, &["instance", "disable-firewall", "-w", "web-1"]).await;
+    t.ok_async(&["instance", "disable-firewall", "-w", "web-1"]).await;
     converged(&cloud, &server, "no firewall", |p| p["firewalls"].get(&vm).is_none()).await;
 }

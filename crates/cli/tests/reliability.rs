@@ -96,11 +96,14 @@ async fn doctor_finds_and_repairs_the_ghost_a_vm_gone_behind_vmapis_back_and_orp
     let mut lost = before.clone();
     lost["create_timestamp"] = json!("2020-01-01T00:00:00.000Z");
     // The agent's report of the delete lands after the delete answers (how long after
-    // depends on its push queue): wait for it, then put the record back as VMAPI had it
-    // before, so no later report can undo the loss.
-    for _ in 0..200 {
+    // depends on its push queue), and its next heartbeat no longer lists the VM: wait for
+    // both (the doctor trusts only an inventory that lacks the VM), then put the record
+    // back as VMAPI had it before, so no later report can undo the loss.
+    for _ in 0..400 {
         let o = cloud.headnode.app.store.get("vms", &gone).await.unwrap().unwrap();
-        if o.value["state"] == "destroyed" {
+        let hbs = cloud.headnode.app.heartbeats().await.unwrap();
+        let listed = hbs.get(&id(&server)).is_none_or(|h| h.vms.iter().any(|v| v.uuid == id(&gone) && v.state != "destroyed"));
+        if o.value["state"] == "destroyed" && !listed {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -10,35 +10,6 @@ use nereid_testkit::Options;
 use nereid_testkit::triton::{KeyType, Tenant, Triton};
 use serde_json::{Value, json};
 
-/// Runs the CLI off the async runtime (the cloud serves it from this process).
-async fn tr(t: &Triton, args: &[&str]) -> String {
-    let (t, args): (Triton, Vec<String>) = (t.clone(), args.iter().map(|s| s.to_string()).collect());
-    tokio::task::spawn_blocking(move || {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        t.ok(&a).unwrap_or_else(|e| panic!("{e:#}"))
-    })
-    .await
-    .unwrap()
-}
-
-/// Runs the CLI expecting failure; returns (exit code, stderr).
-async fn tr_fail(t: &Triton, args: &[&str]) -> (Option<i32>, String) {
-    let (t, args): (Triton, Vec<String>) = (t.clone(), args.iter().map(|s| s.to_string()).collect());
-    tokio::task::spawn_blocking(move || {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = t.run(&a).unwrap();
-        assert!(!out.success(), "{} should have failed: {}", out.command, out.stdout);
-        (out.code, out.stderr)
-    })
-    .await
-    .unwrap()
-}
-
-async fn tr_json(t: &Triton, args: &[&str]) -> Value {
-    let out = tr(t, args).await;
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("triton {args:?} printed no JSON ({e}): {out}"))
-}
-
 struct Setup {
     cloud: Cloud,
     tenant: Tenant,
@@ -73,80 +44,80 @@ async fn setup(kind: KeyType, https: bool) -> Setup {
 /// Every core command, in the order a user would type them.
 async fn whole_life(s: &Setup) {
     let t = &s.triton;
-    let info = tr(t, &["info"]).await;
+    let info = t.ok_async(&["info"]).await;
     assert!(info.contains("alice") && info.contains("instances: 0"), "{info}");
-    let pkgs = tr(t, &["package", "list"]).await;
+    let pkgs = t.ok_async(&["package", "list"]).await;
     assert!(pkgs.contains("sample") && pkgs.contains("sample-2G"), "{pkgs}");
-    let imgs = tr(t, &["image", "list"]).await;
+    let imgs = t.ok_async(&["image", "list"]).await;
     assert!(imgs.contains("tiny"), "{imgs}");
-    let nets = tr(t, &["network", "list"]).await;
+    let nets = t.ok_async(&["network", "list"]).await;
     assert!(nets.contains("external"), "{nets}");
 
-    let created = tr(t, &["instance", "create", "-w", "tiny", "sample", "--name", "web-1", "-m", "foo=bar", "-t", "role=web"]).await;
+    let created = t.ok_async(&["instance", "create", "-w", "tiny", "sample", "--name", "web-1", "-m", "foo=bar", "-t", "role=web"]).await;
     assert!(created.contains("Creating instance web-1") && created.contains("Created instance web-1"), "{created}");
-    let list = tr(t, &["instance", "list"]).await;
+    let list = t.ok_async(&["instance", "list"]).await;
     assert!(list.contains("web-1") && list.contains("running") && list.contains("tiny@1"), "{list}");
-    let m = tr_json(t, &["instance", "get", "web-1"]).await;
+    let m = t.json_async(&["instance", "get", "web-1"]).await;
     assert_eq!((m["state"].as_str(), m["package"].as_str()), (Some("running"), Some("sample")), "{m}");
     assert_eq!(m["metadata"]["foo"], "bar");
     assert_eq!(m["tags"]["role"], "web");
     assert!(m["primaryIp"].as_str().unwrap().starts_with("10.77."), "{m}");
     let id = m["id"].as_str().unwrap().to_string();
-    let ip = tr(t, &["instance", "ip", "web-1"]).await;
+    let ip = t.ok_async(&["instance", "ip", "web-1"]).await;
     assert_eq!(ip.trim(), m["primaryIp"].as_str().unwrap());
-    let info = tr(t, &["info"]).await;
+    let info = t.ok_async(&["info"]).await;
     assert!(info.contains("instances: 1") && info.contains("running: 1"), "{info}");
 
-    let out = tr(t, &["instance", "stop", "-w", "web-1"]).await;
+    let out = t.ok_async(&["instance", "stop", "-w", "web-1"]).await;
     assert!(out.contains("Stop instance web-1"), "{out}");
-    assert_eq!(tr_json(t, &["instance", "get", "web-1"]).await["state"], "stopped");
-    let out = tr(t, &["instance", "start", "-w", "web-1"]).await;
+    assert_eq!(t.json_async(&["instance", "get", "web-1"]).await["state"], "stopped");
+    let out = t.ok_async(&["instance", "start", "-w", "web-1"]).await;
     assert!(out.contains("Start instance web-1"), "{out}");
-    assert_eq!(tr_json(t, &["instance", "get", "web-1"]).await["state"], "running");
-    let out = tr(t, &["instance", "reboot", "-w", "web-1"]).await;
+    assert_eq!(t.json_async(&["instance", "get", "web-1"]).await["state"], "running");
+    let out = t.ok_async(&["instance", "reboot", "-w", "web-1"]).await;
     assert!(out.contains("Rebooted instance web-1"), "{out}");
 
-    let out = tr(t, &["instance", "resize", "-w", "web-1", "sample-2G"]).await;
+    let out = t.ok_async(&["instance", "resize", "-w", "web-1", "sample-2G"]).await;
     assert!(out.contains("Resized instance web-1"), "{out}");
-    let m = tr_json(t, &["instance", "get", "web-1"]).await;
+    let m = t.json_async(&["instance", "get", "web-1"]).await;
     assert_eq!((m["package"].as_str(), m["memory"].as_u64()), (Some("sample-2G"), Some(2048)), "{m}");
-    let out = tr(t, &["instance", "rename", "-w", "web-1", "web-2"]).await;
+    let out = t.ok_async(&["instance", "rename", "-w", "web-1", "web-2"]).await;
     assert!(out.contains("Renamed instance"), "{out}");
-    assert_eq!(tr_json(t, &["instance", "get", id.as_str()]).await["name"], "web-2");
+    assert_eq!(t.json_async(&["instance", "get", id.as_str()]).await["name"], "web-2");
 
-    tr(t, &["instance", "tag", "set", "-w", "web-2", "env=prod", "count=3"]).await;
-    let tags = tr_json(t, &["instance", "tag", "list", "web-2"]).await;
+    t.ok_async(&["instance", "tag", "set", "-w", "web-2", "env=prod", "count=3"]).await;
+    let tags = t.json_async(&["instance", "tag", "list", "web-2"]).await;
     assert_eq!(tags, json!({"role": "web", "env": "prod", "count": 3}));
-    assert_eq!(tr(t, &["instance", "tag", "get", "web-2", "env"]).await.trim(), "prod");
-    tr(t, &["instance", "tag", "delete", "-w", "web-2", "env"]).await;
-    assert_eq!(tr_json(t, &["instance", "tag", "list", "web-2"]).await, json!({"role": "web", "count": 3}));
+    assert_eq!(t.ok_async(&["instance", "tag", "get", "web-2", "env"]).await.trim(), "prod");
+    t.ok_async(&["instance", "tag", "delete", "-w", "web-2", "env"]).await;
+    assert_eq!(t.json_async(&["instance", "tag", "list", "web-2"]).await, json!({"role": "web", "count": 3}));
 
-    tr(t, &["instance", "metadata", "set", "-w", "web-2", "color=blue"]).await;
-    let md = tr_json(t, &["instance", "metadata", "list", "web-2"]).await;
+    t.ok_async(&["instance", "metadata", "set", "-w", "web-2", "color=blue"]).await;
+    let md = t.json_async(&["instance", "metadata", "list", "web-2"]).await;
     assert_eq!((md["foo"].as_str(), md["color"].as_str()), (Some("bar"), Some("blue")), "{md}");
-    assert_eq!(tr(t, &["instance", "metadata", "get", "web-2", "color"]).await.trim(), "blue");
-    tr(t, &["instance", "metadata", "delete", "-f", "-w", "web-2", "color"]).await;
-    assert!(tr_json(t, &["instance", "metadata", "list", "web-2"]).await.get("color").is_none());
+    assert_eq!(t.ok_async(&["instance", "metadata", "get", "web-2", "color"]).await.trim(), "blue");
+    t.ok_async(&["instance", "metadata", "delete", "-f", "-w", "web-2", "color"]).await;
+    assert!(t.json_async(&["instance", "metadata", "list", "web-2"]).await.get("color").is_none());
 
-    let out = tr(t, &["instance", "snapshot", "create", "-w", "--name", "before", "web-2"]).await;
+    let out = t.ok_async(&["instance", "snapshot", "create", "-w", "--name", "before", "web-2"]).await;
     assert!(out.contains("Created snapshot \"before\""), "{out}");
-    let snaps = tr(t, &["instance", "snapshot", "list", "web-2"]).await;
+    let snaps = t.ok_async(&["instance", "snapshot", "list", "web-2"]).await;
     assert!(snaps.contains("before") && snaps.contains("created"), "{snaps}");
-    let out = tr(t, &["instance", "snapshot", "delete", "-f", "-w", "web-2", "before"]).await;
+    let out = t.ok_async(&["instance", "snapshot", "delete", "-f", "-w", "web-2", "before"]).await;
     assert!(out.contains("Deleted snapshot \"before\""), "{out}");
-    let snaps = tr(t, &["instance", "snapshot", "list", "-j", "web-2"]).await;
+    let snaps = t.ok_async(&["instance", "snapshot", "list", "-j", "web-2"]).await;
     assert!(!snaps.contains("before"), "{snaps}");
 
-    tr(t, &["instance", "enable-deletion-protection", "-w", "web-2"]).await;
-    let (code, err) = tr_fail(t, &["instance", "delete", "-f", "-w", "web-2"]).await;
+    t.ok_async(&["instance", "enable-deletion-protection", "-w", "web-2"]).await;
+    let (code, err) = t.fail_async(&["instance", "delete", "-f", "-w", "web-2"]).await;
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("Instance has \"deletion_protection\" enabled, preventing deletion"), "{err}");
-    tr(t, &["instance", "disable-deletion-protection", "-w", "web-2"]).await;
-    let out = tr(t, &["instance", "delete", "-f", "-w", "web-2"]).await;
+    t.ok_async(&["instance", "disable-deletion-protection", "-w", "web-2"]).await;
+    let out = t.ok_async(&["instance", "delete", "-f", "-w", "web-2"]).await;
     assert!(out.contains("Delete instance web-2"), "{out}");
-    let (code, err) = tr_fail(t, &["instance", "get", id.as_str()]).await;
+    let (code, err) = t.fail_async(&["instance", "get", id.as_str()]).await;
     assert_eq!(code, Some(3), "a deleted instance is exit 3: {err}");
-    let list = tr(t, &["instance", "list", "-H"]).await;
+    let list = t.ok_async(&["instance", "list", "-H"]).await;
     assert!(list.trim().is_empty(), "{list}");
 }
 
@@ -169,12 +140,12 @@ async fn triton_cli_with_an_ed25519_key_over_http() {
     // Keys through the CLI: add a second key, list, delete it.
     let (_, _, md5, _) = s.tenant.add_key(KeyType::EcdsaP256).unwrap();
     let pub_file = s.tenant.home.path().join(".ssh/id_ecdsa.pub");
-    let out = tr(&s.triton, &["key", "add", "-n", "second", pub_file.to_str().unwrap()]).await;
+    let out = s.triton.ok_async(&["key", "add", "-n", "second", pub_file.to_str().unwrap()]).await;
     assert!(out.contains(&md5), "{out}");
-    let keys = tr(&s.triton, &["key", "list"]).await;
+    let keys = s.triton.ok_async(&["key", "list"]).await;
     assert!(keys.contains("second") && keys.contains(&s.tenant.md5), "{keys}");
-    tr(&s.triton, &["key", "delete", "-y", "second"]).await;
-    assert!(!tr(&s.triton, &["key", "list"]).await.contains("second"));
+    s.triton.ok_async(&["key", "delete", "-y", "second"]).await;
+    assert!(!s.triton.ok_async(&["key", "list"]).await.contains("second"));
     drop(s.cloud);
 }
 
@@ -197,8 +168,8 @@ async fn triton_cli_manages_nics_and_network_ips() {
         .as_str()
         .unwrap()
         .to_string();
-    tr(t, &["instance", "create", "-w", "tiny", "sample", "--name", "web-1"]).await;
-    let m = tr_json(t, &["instance", "get", "web-1"]).await;
+    t.ok_async(&["instance", "create", "-w", "tiny", "sample", "--name", "web-1"]).await;
+    let m = t.json_async(&["instance", "get", "web-1"]).await;
     let id = m["id"].as_str().unwrap().to_string();
     let first_ip = m["primaryIp"].as_str().unwrap().to_string();
 
@@ -207,7 +178,7 @@ async fn triton_cli_manages_nics_and_network_ips() {
         let (t, c, id) = (t.clone(), c.clone(), id.clone());
         async move {
             let key = |n: &Value| (n["mac"].as_str().unwrap().to_string(), n["ip"].as_str().unwrap().to_string(), n["primary"] == true);
-            let cloud = tr(&t, &["instance", "nic", "list", "-j", "web-1"]).await;
+            let cloud = t.ok_async(&["instance", "nic", "list", "-j", "web-1"]).await;
             let cloud: Vec<Value> = cloud.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
             let napi = c.get(&format!("/nics?belongs_to_uuid={id}")).await.unwrap();
             let vmapi = c.get(&format!("/vms/{id}")).await.unwrap()["nics"].clone();
@@ -221,19 +192,19 @@ async fn triton_cli_manages_nics_and_network_ips() {
     };
     agree(1).await;
 
-    let out = tr(t, &["instance", "nic", "create", "-w", "web-1", "alice-net"]).await;
+    let out = t.ok_async(&["instance", "nic", "create", "-w", "web-1", "alice-net"]).await;
     assert!(out.contains("Creating NIC") && out.contains("Created NIC"), "{out}");
     let mac = out.lines().last().unwrap().trim_start_matches("Created NIC ").trim().to_string();
     let nics = agree(2).await;
     let added = nics.iter().find(|n| n["mac"] == json!(mac)).unwrap();
     assert_eq!((added["ip"].as_str(), added["network"].as_str()), (Some("10.88.0.10"), Some(net.as_str())), "{added}");
-    let got = tr_json(t, &["instance", "nic", "get", "web-1", &mac]).await;
+    let got = t.json_async(&["instance", "nic", "get", "web-1", &mac]).await;
     assert_eq!(&got, added);
-    let table = tr(t, &["instance", "nic", "list", "web-1"]).await;
+    let table = t.ok_async(&["instance", "nic", "list", "web-1"]).await;
     assert!(table.contains("10.88.0.10") && table.contains(&first_ip), "{table}");
-    assert_eq!(tr(t, &["instance", "ip", "web-1"]).await.trim(), first_ip, "the primary NIC stays the first");
-    assert_eq!(tr_json(t, &["instance", "get", "web-1"]).await["state"], "running");
-    let (code, err) = tr_fail(t, &["instance", "nic", "create", "web-1", "alice-net"]).await;
+    assert_eq!(t.ok_async(&["instance", "ip", "web-1"]).await.trim(), first_ip, "the primary NIC stays the first");
+    assert_eq!(t.json_async(&["instance", "get", "web-1"]).await["state"], "running");
+    let (code, err) = t.fail_async(&["instance", "nic", "create", "web-1", "alice-net"]).await;
     assert_eq!(code, Some(1));
     assert!(err.contains("Instance already has a NIC on that network"), "{err}");
     // A chosen address, in the NICOPT form.
@@ -248,33 +219,33 @@ async fn triton_cli_manages_nics_and_network_ips() {
         .as_str()
         .unwrap()
         .to_string();
-    let out = tr(t, &["instance", "nic", "create", "-w", "web-1", &format!("ipv4_uuid={net_b}"), "ipv4_ips=10.89.0.15"]).await;
+    let out = t.ok_async(&["instance", "nic", "create", "-w", "web-1", &format!("ipv4_uuid={net_b}"), "ipv4_ips=10.89.0.15"]).await;
     let mac3 = out.lines().last().unwrap().trim_start_matches("Created NIC ").trim().to_string();
     assert!(agree(3).await.iter().any(|n| n["ip"] == "10.89.0.15"));
 
     // Network IPs: the tenant's own network shows its NIC, and takes reservations.
-    let ips = tr(t, &["network", "ip", "list", "-j", "alice-net"]).await;
+    let ips = t.ok_async(&["network", "ip", "list", "-j", "alice-net"]).await;
     let ips: Vec<Value> = ips.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let held = ips.iter().find(|i| i["ip"] == "10.88.0.10").unwrap_or_else(|| panic!("{ips:?}"));
     assert_eq!((held["belongs_to_uuid"].as_str(), held["managed"].as_bool()), (Some(id.as_str()), Some(false)), "{held}");
     assert!(ips.iter().any(|i| i["ip"] == "10.88.0.1" && i["managed"] == true), "the gateway: {ips:?}");
-    let ip = tr_json(t, &["network", "ip", "get", "alice-net", "10.88.0.10"]).await;
+    let ip = t.json_async(&["network", "ip", "get", "alice-net", "10.88.0.10"]).await;
     assert_eq!(&ip, held);
-    let out = tr(t, &["network", "ip", "update", "alice-net", "10.88.0.15", "reserved=true"]).await;
+    let out = t.ok_async(&["network", "ip", "update", "alice-net", "10.88.0.15", "reserved=true"]).await;
     assert!(out.contains("Updated network") && out.contains("10.88.0.15"), "{out}");
-    assert_eq!(tr_json(t, &["network", "ip", "get", "alice-net", "10.88.0.15"]).await["reserved"], true);
+    assert_eq!(t.json_async(&["network", "ip", "get", "alice-net", "10.88.0.15"]).await["reserved"], true);
     assert_eq!(c.get(&format!("/networks/{net}/ips/10.88.0.15")).await.unwrap()["reserved"], true, "NAPI agrees");
-    let table = tr(t, &["network", "ip", "list", "alice-net"]).await;
+    let table = t.ok_async(&["network", "ip", "list", "alice-net"]).await;
     assert!(table.contains("10.88.0.15") && table.contains("MANAGED"), "{table}");
-    let (code, err) = tr_fail(t, &["network", "ip", "update", "external", "10.77.0.201", "reserved=true"]).await;
+    let (code, err) = t.fail_async(&["network", "ip", "update", "external", "10.77.0.201", "reserved=true"]).await;
     assert_eq!(code, Some(1));
     assert!(err.contains("cannot update an IP on a public network"), "{err}");
-    let (code, err) = tr_fail(t, &["network", "ip", "get", "external", "10.77.0.250"]).await;
+    let (code, err) = t.fail_async(&["network", "ip", "get", "external", "10.77.0.250"]).await;
     assert_eq!(code, Some(3), "another's (or nobody's) address on a public network does not exist for a tenant: {err}");
 
     // Delete the NICs (this CLI's nic delete has no -w; poll as -w would, until 404).
     for m in [&mac, &mac3] {
-        let out = tr(t, &["instance", "nic", "delete", "-f", "web-1", m]).await;
+        let out = t.ok_async(&["instance", "nic", "delete", "-f", "web-1", m]).await;
         assert!(out.contains(&format!("Deleted NIC {m}")), "{out}");
     }
     let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -290,13 +261,13 @@ async fn triton_cli_manages_nics_and_network_ips() {
     }
     let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while c.get(&format!("/vms/{id}")).await.unwrap()["nics"].as_array().unwrap().len() != 1
-        || tr_json(t, &["instance", "get", "web-1"]).await["state"] != "running"
+        || t.json_async(&["instance", "get", "web-1"]).await["state"] != "running"
     {
         assert!(std::time::Instant::now() < end);
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
     agree(1).await;
-    assert_eq!(tr(t, &["instance", "ip", "web-1"]).await.trim(), first_ip);
+    assert_eq!(t.ok_async(&["instance", "ip", "web-1"]).await.trim(), first_ip);
     assert_eq!(c.get(&format!("/networks/{net}/ips/10.88.0.10")).await.unwrap()["free"], true, "the address is free again");
 }
 
@@ -305,10 +276,10 @@ async fn https_without_insecure_is_refused_by_the_cli() {
     let s = setup(KeyType::Ed25519, true).await;
     let url = s.cloud.headnode.cloudapi.as_ref().unwrap().url.clone();
     let strict = s.tenant.triton(&url, "alice", false).unwrap();
-    let (_, err) = tr_fail(&strict, &["info"]).await;
+    let (_, err) = strict.fail_async(&["info"]).await;
     assert!(err.contains("self-signed certificate") || err.contains("SELF_SIGNED"), "{err}");
     // -i makes the same profile work.
-    assert!(tr(&strict, &["-i", "info"]).await.contains("alice"));
+    assert!(strict.ok_async(&["-i", "info"]).await.contains("alice"));
 }
 
 /// The CLI against real VMs: `triton instance create` boots the test image under QEMU
@@ -343,18 +314,18 @@ async fn triton_cli_drives_real_vms_under_qemu() {
         panic!("{}\n{}\nVMAPI: {vms}", out.stdout, out.stderr);
     }
     assert!(out.stdout.contains("Created instance real-1"), "{}", out.stdout);
-    let m = tr_json(&t, &["instance", "get", "real-1"]).await;
+    let m = t.json_async(&["instance", "get", "real-1"]).await;
     let id = m["id"].as_str().unwrap().to_string();
     assert_eq!(m["state"], "running");
     let log = wait_boots(&agent_dir, &id, 1, std::time::Duration::from_secs(240)).await.unwrap();
     assert_eq!(values(&log, "uuid").last().unwrap(), &id, "the guest read sdc:uuid");
     assert_eq!(values(&log, "message").last().unwrap(), "hello from triton", "the guest read the -m metadata");
 
-    tr(&t, &["instance", "stop", "-w", "real-1"]).await;
+    t.ok_async(&["instance", "stop", "-w", "real-1"]).await;
     assert!(std::fs::read_to_string(vm_dir(&agent_dir, &id).join("qemu.pid")).is_err() || qemus_under(&agent_dir).is_empty());
-    tr(&t, &["instance", "start", "-w", "real-1"]).await;
+    t.ok_async(&["instance", "start", "-w", "real-1"]).await;
     wait_boots(&agent_dir, &id, 2, std::time::Duration::from_secs(240)).await.unwrap();
-    tr(&t, &["instance", "delete", "-f", "-w", "real-1"]).await;
+    t.ok_async(&["instance", "delete", "-f", "-w", "real-1"]).await;
     assert!(!vm_dir(&agent_dir, &id).exists(), "delete leaves nothing of the VM on the node");
     assert!(qemus_under(&agent_dir).is_empty());
     agent.shutdown().await;
@@ -404,8 +375,8 @@ async fn nereid_up_sets_up_the_triton_cli() {
         timeout: std::time::Duration::from_secs(120),
         env: Vec::new(),
     };
-    let info = tr(&t, &["-p", "nereid", "info"]).await;
-    let created = tr(&t, &["-p", "nereid", "instance", "create", "-w", "sim-linux", "sample-512M", "--name", "first"]).await;
+    let info = t.ok_async(&["-p", "nereid", "info"]).await;
+    let created = t.ok_async(&["-p", "nereid", "instance", "create", "-w", "sim-linux", "sample-512M", "--name", "first"]).await;
     let _ = child.kill();
     let _ = child.wait();
     assert!(info.contains("login: admin"), "{info}");
@@ -446,17 +417,17 @@ fn assert_no_nulls(what: &str, v: &Value) {
 async fn triton_account_update_ignores_empty_values_and_nothing_renders_null() {
     let s = setup(KeyType::Ed25519, false).await;
     let t = &s.triton;
-    let fresh = tr(t, &["account", "get"]).await;
+    let fresh = t.ok_async(&["account", "get"]).await;
     assert!(fresh.contains("login: alice"), "{fresh}");
     assert!(!fresh.contains("null"), "a fresh account's unset fields are left out, not printed as null:\n{fresh}");
-    assert_no_nulls("GetAccount", &tr_json(t, &["account", "get", "-j"]).await);
+    assert_no_nulls("GetAccount", t.json_async(&["account", "get", "-j"]).await);
 
-    let out = tr(t, &["account", "update", "companyName=ACME", "firstName=Alice", "city=Lisbon"]).await;
+    let out = t.ok_async(&["account", "update", "companyName=ACME", "firstName=Alice", "city=Lisbon"]).await;
     assert!(out.contains("Updated account"), "{out}");
     // Empty values: Triton's CloudAPI copies only fields that are set, so these change nothing.
     let out = tr_run(t, &["account", "update", "companyName=", "city="]).await;
     assert!(out.success(), "an empty value is ignored, as Triton ignores it: {out}");
-    let a = tr_json(t, &["account", "get", "-j"]).await;
+    let a = t.json_async(&["account", "get", "-j"]).await;
     assert_eq!(
         (a["companyName"].as_str(), a["firstName"].as_str(), a["city"].as_str()),
         (Some("ACME"), Some("Alice"), Some("Lisbon")),
@@ -466,8 +437,8 @@ async fn triton_account_update_ignores_empty_values_and_nothing_renders_null() {
     assert_no_nulls("UpdateAccount's account", &a);
 
     // Every other object the CLI shows, for a machine with a NIC, a snapshot, tags and metadata.
-    tr(t, &["instance", "create", "-w", "tiny", "sample", "--name", "web-1", "-m", "foo=bar", "-t", "role=web"]).await;
-    tr(t, &["instance", "snapshot", "create", "-w", "--name", "snap1", "web-1"]).await;
+    t.ok_async(&["instance", "create", "-w", "tiny", "sample", "--name", "web-1", "-m", "foo=bar", "-t", "role=web"]).await;
+    t.ok_async(&["instance", "snapshot", "create", "-w", "--name", "snap1", "web-1"]).await;
     for args in [
         &["instance", "get", "-j", "web-1"][..],
         &["instance", "list", "-j"],
@@ -489,14 +460,14 @@ async fn triton_account_update_ignores_empty_values_and_nothing_renders_null() {
         &["services", "-j"],
         &["account", "limits", "-j"],
     ] {
-        let out = tr(t, args).await;
+        let out = t.ok_async(args).await;
         let values: Vec<Value> = serde_json::Deserializer::from_str(&out).into_iter::<Value>().map(Result::unwrap).collect();
         assert!(!values.is_empty(), "triton {args:?} printed nothing");
         for v in &values {
             assert_no_nulls(&format!("triton {args:?}"), v);
         }
     }
-    let table = tr(t, &["package", "get", "sample"]).await;
+    let table = t.ok_async(&["package", "get", "sample"]).await;
     assert!(!table.contains("\"group\": \"\""), "an unset group is left out, as in Triton: {table}");
 }
 
@@ -506,10 +477,10 @@ async fn triton_account_update_ignores_empty_values_and_nothing_renders_null() {
 async fn triton_instance_start_from_a_snapshot_while_running() {
     let s = setup(KeyType::Ed25519, false).await;
     let (t, c) = (&s.triton, &s.cloud.client);
-    tr(t, &["instance", "create", "-w", "tiny", "sample", "--name", "web-1"]).await;
-    let id = tr_json(t, &["instance", "get", "web-1"]).await["id"].as_str().unwrap().to_string();
-    tr(t, &["instance", "snapshot", "create", "-w", "--name", "before", "web-1"]).await;
-    assert_eq!(tr_json(t, &["instance", "get", "web-1"]).await["state"], "running");
+    t.ok_async(&["instance", "create", "-w", "tiny", "sample", "--name", "web-1"]).await;
+    let id = t.json_async(&["instance", "get", "web-1"]).await["id"].as_str().unwrap().to_string();
+    t.ok_async(&["instance", "snapshot", "create", "-w", "--name", "before", "web-1"]).await;
+    assert_eq!(t.json_async(&["instance", "get", "web-1"]).await["state"], "running");
 
     let out = tr_run(t, &["instance", "start", "-w", "--snapshot", "before", "web-1"]).await;
     assert!(out.success(), "starting a running instance from a snapshot rolls it back: {out}");
@@ -519,7 +490,7 @@ async fn triton_instance_start_from_a_snapshot_while_running() {
     loop {
         let jobs = c.get(&format!("/vms/{id}/jobs")).await.unwrap();
         let rollback = jobs.as_array().unwrap().iter().find(|j| j["task"] == "snapshot" && j["params"]["op"] == "rollback").cloned();
-        let state = tr_json(t, &["instance", "get", "web-1"]).await["state"].clone();
+        let state = t.json_async(&["instance", "get", "web-1"]).await["state"].clone();
         match rollback {
             Some(j) if j["execution"] == "succeeded" && state == "running" => break,
             Some(j) => assert!(j["execution"] != "failed", "{j}"),
@@ -530,10 +501,10 @@ async fn triton_instance_start_from_a_snapshot_while_running() {
     }
     assert_eq!(c.get(&format!("/vms/{id}")).await.unwrap()["state"], "running");
     // And a stopped instance is rolled back and started.
-    tr(t, &["instance", "stop", "-w", "web-1"]).await;
-    let out = tr(t, &["instance", "start", "-w", "--snapshot", "before", "web-1"]).await;
+    t.ok_async(&["instance", "stop", "-w", "web-1"]).await;
+    let out = t.ok_async(&["instance", "start", "-w", "--snapshot", "before", "web-1"]).await;
     assert!(out.contains("Start instance web-1"), "{out}");
-    assert_eq!(tr_json(t, &["instance", "get", "web-1"]).await["state"], "running");
+    assert_eq!(t.json_async(&["instance", "get", "web-1"]).await["state"], "running");
 }
 
 /// A CloudAPI operation this cloud does not implement yet answers 501 `NotImplemented`,
@@ -543,7 +514,7 @@ async fn triton_instance_start_from_a_snapshot_while_running() {
 async fn triton_unimplemented_operations_do_not_claim_resources_are_missing() {
     let s = setup(KeyType::Ed25519, false).await;
     let t = &s.triton;
-    tr(t, &["instance", "create", "-w", "tiny", "sample", "--name", "web-1"]).await;
+    t.ok_async(&["instance", "create", "-w", "tiny", "sample", "--name", "web-1"]).await;
     for args in [&["instance", "disks", "web-1"][..], &["instance", "migration", "list"], &["volume", "list"], &["rbac", "users"]] {
         let out = tr_run(t, args).await;
         assert!(!out.success(), "{out}");
@@ -551,10 +522,10 @@ async fn triton_unimplemented_operations_do_not_claim_resources_are_missing() {
         assert!(out.stderr.contains("NotImplemented") && out.stderr.contains("not implemented"), "{out}");
         assert!(!out.stderr.contains("not found") && !out.stderr.contains("does not exist"), "{out}");
     }
-    let ips = tr(t, &["network", "ip", "list", "external"]).await;
+    let ips = t.ok_async(&["network", "ip", "list", "external"]).await;
     assert!(ips.contains("10.77.0."), "{ips}");
     // A missing resource is still a missing resource.
-    let (code, err) = tr_fail(t, &["instance", "get", "nope"]).await;
+    let (code, err) = t.fail_async(&["instance", "get", "nope"]).await;
     assert_eq!(code, Some(3), "{err}");
 }
 
@@ -633,7 +604,7 @@ async fn readme_not_there_yet_list_is_true() {
     assert!(commands.len() >= 5, "{para}");
     let s = setup(KeyType::Ed25519, false).await;
     let t = &s.triton;
-    tr(t, &["instance", "create", "-w", "tiny", "sample", "--name", "web-1"]).await;
+    t.ok_async(&["instance", "create", "-w", "tiny", "sample", "--name", "web-1"]).await;
     for c in commands {
         let args: &[&str] = match c {
             "triton volume" => &["volume", "list"],
@@ -647,9 +618,9 @@ async fn readme_not_there_yet_list_is_true() {
         assert!(!out.success() && out.stderr.contains("is not implemented by this cloud yet"), "README says `{c}` is not there yet: {out}");
     }
     // What it says is there.
-    let nics = tr(t, &["instance", "nic", "list", "-j", "web-1"]).await;
+    let nics = t.ok_async(&["instance", "nic", "list", "-j", "web-1"]).await;
     assert!(nics.contains("\"primary\":true"), "{nics}");
-    let ips = tr(t, &["network", "ip", "list", "external"]).await;
+    let ips = t.ok_async(&["network", "ip", "list", "external"]).await;
     assert!(ips.contains("10.77.0."), "{ips}");
-    assert_eq!(tr_json(t, &["account", "limits", "-j"]).await, json!([]), "no limits are configured");
+    assert_eq!(t.json_async(&["account", "limits", "-j"]).await, json!([]), "no limits are configured");
 }

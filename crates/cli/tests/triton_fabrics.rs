@@ -11,34 +11,6 @@ use nereid_testkit::Options;
 use nereid_testkit::triton::{KeyType, Tenant, Triton};
 use serde_json::{Value, json};
 
-async fn tr(t: &Triton, args: &[&str]) -> String {
-    let (t, args): (Triton, Vec<String>) = (t.clone(), args.iter().map(|s| s.to_string()).collect());
-    tokio::task::spawn_blocking(move || {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        t.ok(&a).unwrap_or_else(|e| panic!("{e:#}"))
-    })
-    .await
-    .unwrap()
-}
-
-/// Runs the CLI expecting failure; returns (exit code, stderr).
-async fn tr_fail(t: &Triton, args: &[&str]) -> (Option<i32>, String) {
-    let (t, args): (Triton, Vec<String>) = (t.clone(), args.iter().map(|s| s.to_string()).collect());
-    tokio::task::spawn_blocking(move || {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = t.run(&a).unwrap();
-        assert!(!out.success(), "{} should have failed: {}", out.command, out.stdout);
-        (out.code, out.stderr)
-    })
-    .await
-    .unwrap()
-}
-
-async fn tr_json(t: &Triton, args: &[&str]) -> Value {
-    let out = tr(t, args).await;
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("triton {args:?} printed no JSON ({e}): {out}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn vlans_fabric_networks_and_instances_on_them() {
     let mut opts = Options { sim_servers: 2, ..Options::new(Backend::Sqlite) };
@@ -55,19 +27,19 @@ async fn vlans_fabric_networks_and_instances_on_them() {
     let t = &tenant.triton(&url, "alice", false).unwrap();
 
     // VLANs.
-    let out = tr(t, &["vlan", "create", "-n", "dmz", "-D", "Demilitarized zone", "73"]).await;
+    let out = t.ok_async(&["vlan", "create", "-n", "dmz", "-D", "Demilitarized zone", "73"]).await;
     assert_eq!(out.trim(), "Created vlan dmz (73)");
-    let (code, err) = tr_fail(t, &["vlan", "create", "-n", "big", "4096"]).await;
+    let (code, err) = t.fail_async(&["vlan", "create", "-n", "big", "4096"]).await;
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("triton vlan create: error (InvalidArgument): property \"vlan_id\": must have a maximum value of 4095"), "{err}");
-    let list = tr(t, &["vlan", "list"]).await;
+    let list = t.ok_async(&["vlan", "list"]).await;
     assert!(list.contains("VLAN_ID") && list.contains("73") && list.contains("dmz"), "{list}");
-    let v = tr_json(t, &["vlan", "get", "73"]).await;
+    let v = t.json_async(&["vlan", "get", "73"]).await;
     assert_eq!(v, json!({"vlan_id": 73, "name": "dmz", "description": "Demilitarized zone"}));
     // `triton vlan update` of 7.17.0 dies before sending anything ("TypeError:
     // tritonapi.updateFabricVlan is not a function"); the POST it would send is tested with
     // the signed client in fabrics.rs.
-    let (code, err) = tr_fail(t, &["vlan", "get", "99"]).await;
+    let (code, err) = t.fail_async(&["vlan", "get", "99"]).await;
     assert_eq!(code, Some(3), "{err}");
 
     // A fabric network on it.
@@ -100,18 +72,18 @@ async fn vlans_fabric_networks_and_instances_on_them() {
     .await;
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("error (InvalidArgument): property \"subnet\": subnet overlaps with another network"), "{err}");
-    let nets = tr(t, &["network", "list"]).await;
+    let nets = t.ok_async(&["network", "list"]).await;
     let row = nets.lines().find(|l| l.contains("fab")).unwrap_or_else(|| panic!("{nets}"));
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(&cols[1..], ["fab", "192.168.77.0/24", "192.168.77.1", "true", "73", "false"], "{nets}");
-    let vnets = tr(t, &["vlan", "networks", "73"]).await;
+    let vnets = t.ok_async(&["vlan", "networks", "73"]).await;
     assert!(vnets.contains("fab"), "{vnets}");
 
     // Two instances on it, kept apart.
-    tr(t, &["instance", "create", "-w", "-N", "fab", "--name", "f1", "tiny", "sample"]).await;
-    tr(t, &["instance", "create", "-w", "-N", "fab", "--name", "f2", "--affinity", "instance!=f1", "tiny", "sample"]).await;
-    let f1 = tr_json(t, &["instance", "get", "f1"]).await;
-    let f2 = tr_json(t, &["instance", "get", "f2"]).await;
+    t.ok_async(&["instance", "create", "-w", "-N", "fab", "--name", "f1", "tiny", "sample"]).await;
+    t.ok_async(&["instance", "create", "-w", "-N", "fab", "--name", "f2", "--affinity", "instance!=f1", "tiny", "sample"]).await;
+    let f1 = t.json_async(&["instance", "get", "f1"]).await;
+    let f2 = t.json_async(&["instance", "get", "f2"]).await;
     for m in [&f1, &f2] {
         assert_eq!(m["state"], "running", "{m}");
         assert!(m["primaryIp"].as_str().unwrap().starts_with("192.168.77."), "{m}");
@@ -124,16 +96,16 @@ async fn vlans_fabric_networks_and_instances_on_them() {
     assert_ne!(servers[0], servers[1], "the two instances landed on one server");
 
     // The network in use cannot go.
-    let (code, err) = tr_fail(t, &["network", "delete", "fab"]).await;
+    let (code, err) = t.fail_async(&["network", "delete", "fab"]).await;
     assert_eq!(code, Some(1), "{err}");
     // The CLI deletes networks in parallel and reports a MultiError (no code in the line).
     assert!(err.contains("triton network delete: error: first of 1 error: In use by nic \"90:b8:d0:"), "{err}");
 
-    tr(t, &["instance", "delete", "-f", "-w", "f1", "f2"]).await;
-    let out = tr(t, &["network", "delete", "fab"]).await;
+    t.ok_async(&["instance", "delete", "-f", "-w", "f1", "f2"]).await;
+    let out = t.ok_async(&["network", "delete", "fab"]).await;
     assert!(out.contains("Deleted network fab"), "{out}");
-    let out = tr(t, &["vlan", "delete", "73"]).await;
+    let out = t.ok_async(&["vlan", "delete", "73"]).await;
     assert!(out.contains("Deleted vlan 73"), "{out}");
-    let list = tr(t, &["vlan", "list", "-j"]).await;
+    let list = t.ok_async(&["vlan", "list", "-j"]).await;
     assert!(list.trim().is_empty(), "{list}");
 }

@@ -374,6 +374,37 @@ impl Triton {
         Ok(values)
     }
 
+    /// [`ok`](Self::ok) off the async runtime (a test's cloud serves the CLI from the same
+    /// process); panics with the command and its output unless it succeeds.
+    pub async fn ok_async(&self, args: &[&str]) -> String {
+        let (t, args) = self.owned(args);
+        tokio::task::spawn_blocking(move || t.ok(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+            .await
+            .unwrap_or_else(|e| panic!("the triton thread died: {e}"))
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Runs off the async runtime expecting a failure; panics if it succeeds. Returns the
+    /// exit code and stderr.
+    pub async fn fail_async(&self, args: &[&str]) -> (Option<i32>, String) {
+        let (t, args) = self.owned(args);
+        let out = tokio::task::spawn_blocking(move || t.fail(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+            .await
+            .unwrap_or_else(|e| panic!("the triton thread died: {e}"))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        (out.code, out.stderr)
+    }
+
+    /// [`ok_async`](Self::ok_async), then the one JSON value it printed.
+    pub async fn json_async(&self, args: &[&str]) -> Value {
+        let out = self.ok_async(args).await;
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("triton {args:?} printed no JSON ({e}): {out}"))
+    }
+
+    fn owned(&self, args: &[&str]) -> (Triton, Vec<String>) {
+        (self.clone(), args.iter().map(|s| s.to_string()).collect())
+    }
+
     /// `HOME=<home> triton <args>`, shell-quoted, for messages.
     pub fn describe(&self, args: &[&str]) -> String {
         let mut s = format!("HOME={} ", shell_quote(&self.home.to_string_lossy()));

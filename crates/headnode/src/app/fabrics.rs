@@ -28,7 +28,7 @@ use nereid_types::ApiError;
 use nereid_types::FieldError;
 use nereid_types::fabric::{self, FabricVlan};
 use nereid_types::network::Network;
-use nereid_types::nic::{IpRecord, Nic};
+use nereid_types::nic::Nic;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -71,18 +71,6 @@ fn in_use(message: &str, users: &[(&str, String)]) -> ApiError {
     ApiError::new(422, "InUse", message).with_errors(errors)
 }
 
-fn gateway_record(net: &Network, gw: Ipv4Addr) -> IpRecord {
-    IpRecord {
-        ip: gw.to_string(),
-        network_uuid: net.uuid,
-        reserved: true,
-        belongs_to_uuid: Some(net.uuid),
-        belongs_to_type: Some("other".into()),
-        owner_uuid: None,
-        nic: None,
-    }
-}
-
 /// The ops that create a fabric network (its name claim first, so a conflict on op 0 is
 /// a taken name).
 fn network_create_ops(owner: Uuid, net: &Network) -> Vec<Op> {
@@ -91,7 +79,7 @@ fn network_create_ops(owner: Uuid, net: &Network) -> Vec<Op> {
         Op::put(NETWORKS.name, net.uuid.to_string(), encode(net), Cond::Absent),
     ];
     if let Some(gw) = net.gateway.as_deref().and_then(|g| g.parse::<Ipv4Addr>().ok()) {
-        ops.push(Op::put(IPS.name, ip_key(net.uuid, gw), encode(&gateway_record(net, gw)), Cond::Any));
+        ops.push(Op::put(IPS.name, ip_key(net.uuid, gw), encode(&super::networks::gateway_record(net, gw)), Cond::Any));
     }
     ops
 }

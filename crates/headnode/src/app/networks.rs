@@ -39,7 +39,7 @@ pub fn name_taken(name: &str) -> ApiError {
 }
 
 /// The reserved record that keeps a gateway out of allocation.
-fn gateway_record(net: &Network, gw: Ipv4Addr) -> IpRecord {
+pub(crate) fn gateway_record(net: &Network, gw: Ipv4Addr) -> IpRecord {
     IpRecord {
         ip: gw.to_string(),
         network_uuid: net.uuid,

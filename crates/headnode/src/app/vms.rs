@@ -426,6 +426,10 @@ impl App {
                 (Some("destroyed"), _) => {}
                 // Provisioning outcomes are the provision job's to record.
                 (Some("provisioning"), _) => {}
+                // A failed VM stays failed, with its error, until its owner deletes it (as
+                // in Triton): the server's report that the unwound VM is gone arrives
+                // after the provision job marked it failed, sooner or later by load.
+                (Some("failed"), "destroyed") => {}
                 (_, "destroyed") => {
                     vm.mark_destroyed(&now);
                     gone = true;
