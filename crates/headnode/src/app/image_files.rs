@@ -3,6 +3,8 @@
 //! ```text
 //! DIR/images/tmp/<headnode>/<random> an upload in progress (removed on failure or restart)
 //! DIR/images/sha1/<ab>/<abcdef…>     a received file, named by the SHA-1 of its bytes
+//! DIR/images/partial/<uuid>-<sha1>.part  an import from another IMGAPI, kept between
+//!                                    attempts so a retry resumes (see app::image_sources)
 //! ```
 //!
 //! An upload streams to a temporary file while SHA-1, MD5 and the size are computed, so
@@ -82,6 +84,12 @@ impl ImageFiles {
     pub fn path_of(&self, sha1: &str) -> PathBuf {
         let prefix = sha1.get(..2).unwrap_or("00");
         self.root.join("sha1").join(prefix).join(sha1)
+    }
+
+    /// Where the download of image `image`'s file (expected SHA-1 `sha1`) from another
+    /// IMGAPI collects between attempts. Not cleared at start: an interrupted import resumes.
+    pub fn partial_path(&self, image: uuid::Uuid, sha1: &str) -> PathBuf {
+        self.root.join("partial").join(format!("{image}-{sha1}.part"))
     }
 
     /// Streams `body` to a temporary file, hashing as it goes; at most `max` bytes.

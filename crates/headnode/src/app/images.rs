@@ -111,7 +111,15 @@ pub fn visible_to(img: &Image, account: Uuid) -> bool {
 impl App {
     pub async fn list_images(&self, q: &Query) -> Result<Vec<Image>, ApiError> {
         let desc = sort_desc(q);
-        let marker = match q.str("marker") {
+        let marker = self.image_marker(q).await?;
+        let filter = list_filter(q, marker.as_ref(), desc).map_err(ApiError::invalid_parameter)?;
+        let lq = ListQuery::filter(filter).sort(Path::field("published_at"), Kind::Text, desc).page(q.limit(1000), 0);
+        self.list(IMAGES.name, &lq).await
+    }
+
+    /// The `marker` query parameter of ListImages: an image UUID or a date.
+    pub async fn image_marker(&self, q: &Query) -> Result<Option<Marker>, ApiError> {
+        Ok(match q.str("marker") {
             None => None,
             Some(m) => Some(match Uuid::parse_str(m) {
                 Ok(u) => {
@@ -130,10 +138,7 @@ impl App {
                     Marker::Date(m.to_string())
                 }
             }),
-        };
-        let filter = list_filter(q, marker.as_ref(), desc).map_err(ApiError::invalid_parameter)?;
-        let lq = ListQuery::filter(filter).sort(Path::field("published_at"), Kind::Text, desc).page(q.limit(1000), 0);
-        self.list(IMAGES.name, &lq).await
+        })
     }
 
     /// An image; with `account`, 404 unless that account may see it.
@@ -232,7 +237,7 @@ impl App {
         result
     }
 
-    async fn attach_file(&self, uuid: Uuid, add: &AddFile, r: &Received) -> Result<Image, ApiError> {
+    pub(crate) async fn attach_file(&self, uuid: Uuid, add: &AddFile, r: &Received) -> Result<Image, ApiError> {
         if r.size == 0 {
             return Err(ApiError::new(400, "Upload", "the file is empty"));
         }
