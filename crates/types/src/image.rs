@@ -555,6 +555,227 @@ impl DiskImage {
     }
 }
 
+/// What a provision asks of an image, compared with its `requirements` by
+/// [`unmet_requirements`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Provision<'a> {
+    /// The VM's RAM in MiB (the package's, or VMAPI's `ram`).
+    pub ram: u64,
+    /// The VM's brand (`bhyve` or `kvm`).
+    pub brand: &'a str,
+    /// The bootrom the request names, if it names one (the image's requirement is the
+    /// default otherwise, so only an explicit one can disagree).
+    pub bootrom: Option<&'a str>,
+    /// How many NICs the VM gets.
+    pub nics: usize,
+}
+
+/// The image `requirements` a provision does not meet, each as a [`FieldError`] naming the
+/// request field at fault (`ram`, `brand`, `bootrom`, `networks`); empty when it meets
+/// them all. The one check VMAPI's CreateVm and CloudAPI's CreateMachine both use, so the
+/// two cannot disagree. The RAM texts are Triton's allocator's (`"vm.ram" is smaller than
+/// "image.requirements.min_ram"`) with the numbers added.
+pub fn unmet_requirements(img: &Image, p: &Provision<'_>) -> Vec<FieldError> {
+    let Some(req) = img.rest.get("requirements").and_then(Value::as_object) else { return Vec::new() };
+    let label = img.label();
+    let mut errors = Vec::new();
+    if let Some(min) = req.get("min_ram").and_then(Value::as_u64)
+        && p.ram < min
+    {
+        errors.push(FieldError::invalid(
+            "ram",
+            format!("\"vm.ram\" ({} MiB) is smaller than \"image.requirements.min_ram\" ({min} MiB) of image {label}", p.ram),
+        ));
+    }
+    if let Some(max) = req.get("max_ram").and_then(Value::as_u64)
+        && p.ram > max
+    {
+        errors.push(FieldError::invalid(
+            "ram",
+            format!("\"vm.ram\" ({} MiB) is larger than \"image.requirements.max_ram\" ({max} MiB) of image {label}", p.ram),
+        ));
+    }
+    if let Some(b) = req.get("brand").and_then(Value::as_str)
+        && b != p.brand
+    {
+        errors.push(FieldError::invalid(
+            "brand",
+            format!("brand {} does not match \"image.requirements.brand\" ({b}) of image {label}", p.brand),
+        ));
+    }
+    if let (Some(want), Some(have)) = (req.get("bootrom").and_then(Value::as_str), p.bootrom)
+        && want != have
+    {
+        errors.push(FieldError::invalid(
+            "bootrom",
+            format!("bootrom {have} does not match \"image.requirements.bootrom\" ({want}) of image {label}"),
+        ));
+    }
+    if let Some(nets) = req.get("networks").and_then(Value::as_array)
+        && p.nics < nets.len()
+    {
+        let names: Vec<&str> = nets.iter().filter_map(|n| n.get("name").and_then(Value::as_str)).collect();
+        errors.push(FieldError::invalid(
+            "networks",
+            format!(
+                "image {label} requires at least {} network interface(s) (\"image.requirements.networks\": {}); the request gives {}",
+                nets.len(),
+                names.join(", "),
+                p.nics
+            ),
+        ));
+    }
+    errors
+}
+
+/// Whether the image has been activated (others may see it only then; IMGAPI's rule).
+pub fn activated(img: &Image) -> bool {
+    img.state == "active" || img.state == "disabled"
+}
+
+/// The accounts on the image's ACL.
+pub fn acl(img: &Image) -> Vec<Uuid> {
+    img.rest
+        .get("acl")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str().and_then(|s| Uuid::parse_str(s).ok())).collect())
+        .unwrap_or_default()
+}
+
+/// The fields CloudAPI's UpdateImage takes (sdc-cloudapi's list, node-triton's
+/// `UPDATE_IMAGE_FIELDS`); `triton image share|unshare|tag` send `acl`/`tags` through it.
+pub const TENANT_UPDATE_FIELDS: &[&str] = &["name", "version", "description", "homepage", "eula", "acl", "tags"];
+
+/// The most accounts one image may be shared with.
+pub const MAX_ACL: usize = 1000;
+
+/// An ACL as given (account UUIDs, as `triton image share IMAGE ACCOUNT` sends them),
+/// lowercased and without repeats; an empty list removes the ACL.
+pub fn normalize_acl(v: &Value) -> Result<Vec<Uuid>, FieldError> {
+    let items = v.as_array().ok_or_else(|| FieldError::invalid("acl", "must be an array of account UUIDs"))?;
+    let mut out: Vec<Uuid> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let s = item.as_str().ok_or_else(|| FieldError::invalid(format!("acl[{i}]"), "must be an account UUID string"))?;
+        let u = Uuid::parse_str(s).map_err(|_| {
+            FieldError::invalid(
+                format!("acl[{i}]"),
+                format!("{:?} is not an account UUID (share with the account's UUID, not its login)", spec::truncate(s, 60)),
+            )
+        })?;
+        if !out.contains(&u) {
+            out.push(u);
+        }
+    }
+    if out.len() > MAX_ACL {
+        return Err(FieldError::invalid("acl", format!("may name at most {MAX_ACL} accounts")));
+    }
+    Ok(out)
+}
+
+/// Validates a CloudAPI UpdateImage body (only [`TENANT_UPDATE_FIELDS`]; unlike IMGAPI's
+/// operator UpdateImage, `name` and `version` may change) and returns the new image.
+/// `null` removes an optional field. Errors are IMGAPI's 422 `ValidationFailed`.
+pub fn check_tenant_update(current: &Image, input: &Map<String, Value>) -> Result<Image, ApiError> {
+    if input.is_empty() {
+        return Err(ApiError::new(422, "ValidationFailed", "invalid image update data: no parameters provided"));
+    }
+    let mut errors: Vec<FieldError> = input
+        .keys()
+        .filter(|k| !TENANT_UPDATE_FIELDS.contains(&k.as_str()))
+        .map(|k| FieldError {
+            field: k.clone(),
+            code: "NotAllowed".into(),
+            message: format!("cannot be updated (UpdateImage takes {})", TENANT_UPDATE_FIELDS.join(", ")),
+        })
+        .collect();
+    let mut input = input.clone();
+    input.retain(|k, _| TENANT_UPDATE_FIELDS.contains(&k.as_str()));
+    for k in ["name", "version"] {
+        if input.get(k).is_some_and(Value::is_null) {
+            errors.push(FieldError::invalid(k, "is required and cannot be removed"));
+        }
+    }
+    let fields: Vec<Field> = FIELDS.iter().filter(|f| TENANT_UPDATE_FIELDS.contains(&f.name)).cloned().collect();
+    // The ACL is checked item by item below, with a hint for a login given as an account.
+    errors.extend(spec::check(&fields, &input, Mode::Update, &[]).into_iter().filter(|e| e.code != "UnknownParameter" && e.field != "acl"));
+    if let Some(v) = input.get("acl").filter(|v| !v.is_null()) {
+        match normalize_acl(v) {
+            Ok(acl) if acl.is_empty() => {
+                input.insert("acl".into(), Value::Null);
+            }
+            Ok(acl) => {
+                input.insert("acl".into(), json!(acl));
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        let mut e = ApiError::validation_422(errors);
+        e.message = format!(
+            "invalid image update data: {}",
+            e.errors.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("; ")
+        );
+        return Err(e);
+    }
+    let Value::Object(mut obj) = serde_json::to_value(current).map_err(|e| ApiError::internal(e.to_string()))? else {
+        return Err(ApiError::internal("image did not serialize to an object"));
+    };
+    spec::merge(&mut obj, &input);
+    serde_json::from_value(Value::Object(obj)).map_err(|e| ApiError::internal(format!("image record: {e}")))
+}
+
+/// IMGAPI's `NotImageOwner` (422): only the owner may change or delete an image.
+pub fn not_owner(account: Uuid, img: &Image) -> ApiError {
+    ApiError::new(422, "NotImageOwner", format!("account {account} is not the owner of image {}", img.uuid))
+}
+
+/// Whether `account` may clone `img` (IMGAPI's CloneImage rules): the image is activated,
+/// `account` is on its ACL (so not its owner, nor anyone for a public operator image), and
+/// it is not a docker image.
+pub fn check_clone(img: &Image, account: Uuid) -> Result<(), ApiError> {
+    if !activated(img) {
+        return Err(ApiError::validation_422(vec![FieldError::invalid(
+            "image",
+            format!("image {} is {}: only an activated image can be cloned", img.uuid, img.state),
+        )]));
+    }
+    if !acl(img).contains(&account) {
+        return Err(ApiError::new(
+            422,
+            "ImageNotShared",
+            format!("image {} is not shared with account {account}: only an image shared with you (its ACL) can be cloned", img.uuid),
+        ));
+    }
+    if img.kind == "docker" {
+        return Err(ApiError::validation_422(vec![FieldError::invalid("type", "docker images cannot be cloned")]));
+    }
+    Ok(())
+}
+
+/// A private copy of `img` for `owner`: a new UUID, no ACL, not public, published `now`,
+/// the same file (files are stored by their sha1, so the copy shares the bytes), and
+/// `origin` as given (the clone of the origin, or the operator's origin itself).
+/// `disabled` keeps an intermediate image of a cloned chain out of provisioning lists.
+pub fn cloned(img: &Image, owner: Uuid, uuid: Uuid, origin: Option<Uuid>, disabled: bool, now: &str) -> Image {
+    let mut out = img.clone();
+    out.uuid = uuid;
+    out.owner = owner;
+    out.public = false;
+    out.disabled = disabled;
+    out.state = if disabled { "disabled".into() } else { "active".into() };
+    out.rest.remove("acl");
+    out.rest.insert("published_at".into(), json!(now));
+    match origin {
+        Some(o) => {
+            out.rest.insert("origin".into(), json!(o));
+        }
+        None => {
+            out.rest.remove("origin");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -710,5 +931,124 @@ mod tests {
         assert_eq!(compression_from_extension("disk.qcow2.ZST"), "zstd");
         assert_eq!(compression_from_extension("disk.raw.gz"), "gzip");
         assert_eq!(compression_from_extension("disk.raw"), "none");
+    }
+
+    fn active(v: Value) -> Image {
+        let mut img = check_create(&obj(v), Origin::Create).unwrap();
+        img.files.push(ImageFile {
+            sha1: "a".into(),
+            size: 1,
+            compression: "none".into(),
+            dataset_guid: None,
+            stor: None,
+            content_md5: None,
+        });
+        activate(&img, "2026-01-01T00:00:00.000Z").unwrap()
+    }
+
+    fn with_requirements(r: Value) -> Image {
+        let mut m = zvol();
+        m["requirements"] = r;
+        active(m)
+    }
+
+    #[test]
+    fn requirements_refuse_each_unmet_rule_by_field() {
+        let p = Provision { ram: 1024, brand: "bhyve", bootrom: None, nics: 1 };
+        assert!(unmet_requirements(&active(zvol()), &p).is_empty(), "no requirements, nothing unmet");
+        let img = with_requirements(json!({"min_ram": 2048}));
+        let e = unmet_requirements(&img, &p);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].field, "ram");
+        assert_eq!(
+            e[0].message,
+            "\"vm.ram\" (1024 MiB) is smaller than \"image.requirements.min_ram\" (2048 MiB) of image debian-12@20261125"
+        );
+        assert!(unmet_requirements(&img, &Provision { ram: 2048, ..p }).is_empty(), "min_ram is inclusive");
+        let img = with_requirements(json!({"max_ram": 512}));
+        let e = unmet_requirements(&img, &p);
+        assert_eq!(e[0].field, "ram");
+        assert!(e[0].message.contains("is larger than \"image.requirements.max_ram\" (512 MiB)"), "{}", e[0].message);
+        assert!(unmet_requirements(&img, &Provision { ram: 512, ..p }).is_empty(), "max_ram is inclusive");
+        let img = with_requirements(json!({"brand": "kvm"}));
+        let e = unmet_requirements(&img, &p);
+        assert_eq!((e[0].field.as_str(), e[0].message.contains("brand bhyve does not match")), ("brand", true), "{e:?}");
+        assert!(unmet_requirements(&img, &Provision { brand: "kvm", ..p }).is_empty());
+        let img = with_requirements(json!({"brand": "bhyve", "bootrom": "uefi"}));
+        assert!(unmet_requirements(&img, &p).is_empty(), "no bootrom asked: the image's is used");
+        let e = unmet_requirements(&img, &Provision { bootrom: Some("bios"), ..p });
+        assert_eq!(e[0].field, "bootrom");
+        assert!(e[0].message.contains("bootrom bios does not match \"image.requirements.bootrom\" (uefi)"), "{}", e[0].message);
+        assert!(unmet_requirements(&img, &Provision { bootrom: Some("uefi"), ..p }).is_empty());
+        let img =
+            with_requirements(json!({"networks": [{"name": "net0", "description": "public"}, {"name": "net1", "description": "private"}]}));
+        let e = unmet_requirements(&img, &p);
+        assert_eq!(e[0].field, "networks");
+        assert!(
+            e[0].message.contains("requires at least 2 network interface(s)") && e[0].message.contains("net0, net1"),
+            "{}",
+            e[0].message
+        );
+        assert!(e[0].message.ends_with("the request gives 1"), "{}", e[0].message);
+        assert!(unmet_requirements(&img, &Provision { nics: 2, ..p }).is_empty());
+        let img = with_requirements(json!({"min_ram": 4096, "brand": "kvm"}));
+        assert_eq!(unmet_requirements(&img, &p).len(), 2, "every unmet rule is reported");
+    }
+
+    #[test]
+    fn tenant_update_takes_cloudapi_fields_only() {
+        let img = active(zvol());
+        let up = check_tenant_update(&img, &obj(json!({"name": "renamed", "version": "2", "description": "d", "tags": {"role": "db"}})))
+            .unwrap();
+        assert_eq!((up.name.as_str(), up.version.as_str()), ("renamed", "2"));
+        assert_eq!(up.rest["tags"], json!({"role": "db"}));
+        assert_eq!(up.rest["description"], "d");
+        let e = check_tenant_update(&img, &obj(json!({"public": true, "state": "x"}))).unwrap_err();
+        assert_eq!((e.status, e.code.as_str()), (422, "ValidationFailed"));
+        assert!(e.errors.iter().any(|f| f.field == "public" && f.code == "NotAllowed"), "{e:?}");
+        assert!(e.message.starts_with("invalid image update data: "), "{}", e.message);
+        let e = check_tenant_update(&img, &Map::new()).unwrap_err();
+        assert_eq!(e.message, "invalid image update data: no parameters provided");
+        let e = check_tenant_update(&img, &obj(json!({"homepage": "ftp://x"}))).unwrap_err();
+        assert_eq!(e.errors[0].field, "homepage");
+        let e = check_tenant_update(&img, &obj(json!({"name": null}))).unwrap_err();
+        assert_eq!(e.errors[0].field, "name");
+        let d = check_tenant_update(&up, &obj(json!({"description": null}))).unwrap();
+        assert!(!d.rest.contains_key("description"), "null removes an optional field");
+    }
+
+    #[test]
+    fn acl_is_account_uuids_deduplicated() {
+        let a = Uuid::from_u128(7);
+        let img = active(zvol());
+        let up = check_tenant_update(&img, &obj(json!({"acl": [a.to_string().to_uppercase(), a]}))).unwrap();
+        assert_eq!(acl(&up), vec![a]);
+        assert_eq!(up.rest["acl"], json!([a]));
+        let cleared = check_tenant_update(&up, &obj(json!({"acl": []}))).unwrap();
+        assert!(!cleared.rest.contains_key("acl"), "an empty ACL is no ACL");
+        let e = check_tenant_update(&img, &obj(json!({"acl": ["bob"]}))).unwrap_err();
+        assert_eq!(e.errors[0].field, "acl[0]", "{e:?}");
+        assert!(e.errors[0].message.contains("not an account UUID"), "{e:?}");
+        assert!(normalize_acl(&json!("x")).is_err());
+    }
+
+    #[test]
+    fn clone_rules() {
+        let bob = Uuid::from_u128(9);
+        let mut img = active(zvol());
+        img.owner = Uuid::from_u128(8);
+        assert_eq!(check_clone(&img, bob).unwrap_err().code, "ImageNotShared");
+        assert_eq!(check_clone(&img, img.owner).unwrap_err().code, "ImageNotShared", "an owner cannot clone its own image");
+        img.rest.insert("acl".into(), json!([bob]));
+        check_clone(&img, bob).unwrap();
+        let mut unact = img.clone();
+        unact.state = "unactivated".into();
+        assert_eq!(check_clone(&unact, bob).unwrap_err().errors[0].field, "image");
+        let c = cloned(&img, bob, Uuid::from_u128(10), None, false, "2026-02-02T00:00:00.000Z");
+        assert_eq!((c.uuid, c.owner, c.public, c.state.as_str()), (Uuid::from_u128(10), bob, false, "active"));
+        assert!(acl(&c).is_empty());
+        assert_eq!(c.published_at(), Some("2026-02-02T00:00:00.000Z"));
+        assert_eq!(c.files, img.files, "the copy shares the file");
+        assert_eq!(cloned(&img, bob, Uuid::from_u128(11), Some(Uuid::from_u128(1)), true, "t").state, "disabled");
     }
 }
