@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use nereid_testkit::Options;
 use nereid_testkit::cloudapi::{Client as Signed, Key};
-use nereid_testkit::triton::{KeyType, Tenant, Triton};
+use nereid_testkit::triton::KeyType;
 use serde_json::{Value, json};
 
 const WEB80: &str = r#"FROM any TO tag "role" = "web" ALLOW tcp PORT 80"#;
@@ -253,14 +253,7 @@ async fn tenants_see_their_own_rules_and_global_ones_read_only(backend: Backend)
 async fn the_triton_cli_manages_rules_and_instance_firewalls() {
     let cloud = Cloud::start_with(Options { sim_servers: 1, ..Options::new(Backend::Sqlite) }.cloudapi_http()).await.unwrap();
     cloud.seed().await.unwrap();
-    let tenant = Tenant::new(KeyType::Ed25519).unwrap();
-    cloud
-        .client
-        .post("/accounts", &json!({"login": "alice", "email": "alice@example.com", "keys": [{"key": tenant.public_key}]}))
-        .await
-        .unwrap();
-    let url = cloud.headnode.cloudapi.as_ref().unwrap().url.clone();
-    let t = tenant.triton(&url, "alice", false).unwrap();
+    let (_tenant, t) = cloud.triton_user("alice", KeyType::Ed25519).await.unwrap();
     t.ok_async(&["instance", "create", "-w", "tiny", "sample", "--name", "web-1", "-t", "role=web"]).await;
     t.ok_async(&["instance", "create", "-w", "tiny", "sample", "--name", "db-1", "-t", "role=db"]).await;
 
@@ -331,14 +324,7 @@ async fn converged(cloud: &Cloud, server: &str, what: &str, done: impl Fn(&Value
 async fn servers_apply_the_policy_the_headnode_computes() {
     let cloud = Cloud::start_with(Options { sim_servers: 1, ..Options::new(Backend::Sqlite) }.cloudapi_http()).await.unwrap();
     cloud.seed().await.unwrap();
-    let tenant = Tenant::new(KeyType::Ed25519).unwrap();
-    cloud
-        .client
-        .post("/accounts", &json!({"login": "alice", "email": "alice@example.com", "keys": [{"key": tenant.public_key}]}))
-        .await
-        .unwrap();
-    let url = cloud.headnode.cloudapi.as_ref().unwrap().url.clone();
-    let t = tenant.triton(&url, "alice", false).unwrap();
+    let (_tenant, t) = cloud.triton_user("alice", KeyType::Ed25519).await.unwrap();
     t.ok_async(&["instance", "create", "-w", "tiny", "sample", "--name", "web-1", "-t", "role=web"]).await;
     let m = t.json_async(&["instance", "get", "web-1"]).await;
     let (vm, server) = (m["id"].as_str().unwrap().to_string(), m["compute_node"].as_str().unwrap().to_string());

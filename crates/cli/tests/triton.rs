@@ -297,14 +297,7 @@ async fn triton_cli_drives_real_vms_under_qemu() {
     let _reaper = Reaper(agent_dir.clone());
     let agent = cloud.start_qemu_agent(&agent_dir, test_options()).await.unwrap();
     cloud.wait_servers(1).await.unwrap();
-    let tenant = Tenant::new(KeyType::Ed25519).unwrap();
-    cloud
-        .client
-        .post("/accounts", &json!({"login": "alice", "email": "alice@example.com", "keys": [{"key": tenant.public_key}]}))
-        .await
-        .unwrap();
-    let url = cloud.headnode.cloudapi.as_ref().unwrap().url.clone();
-    let t = tenant.triton(&url, "alice", false).unwrap();
+    let (_tenant, t) = cloud.triton_user("alice", KeyType::Ed25519).await.unwrap();
 
     let (tc, args) =
         (t.clone(), ["instance", "create", "-w", "nereid-test", "sample", "--name", "real-1", "-m", "test-message=hello from triton"]);
@@ -420,7 +413,7 @@ async fn triton_account_update_ignores_empty_values_and_nothing_renders_null() {
     let fresh = t.ok_async(&["account", "get"]).await;
     assert!(fresh.contains("login: alice"), "{fresh}");
     assert!(!fresh.contains("null"), "a fresh account's unset fields are left out, not printed as null:\n{fresh}");
-    assert_no_nulls("GetAccount", t.json_async(&["account", "get", "-j"]).await);
+    assert_no_nulls("GetAccount", &t.json_async(&["account", "get", "-j"]).await);
 
     let out = t.ok_async(&["account", "update", "companyName=ACME", "firstName=Alice", "city=Lisbon"]).await;
     assert!(out.contains("Updated account"), "{out}");

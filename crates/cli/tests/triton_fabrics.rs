@@ -8,8 +8,8 @@ mod common;
 
 use common::*;
 use nereid_testkit::Options;
-use nereid_testkit::triton::{KeyType, Tenant, Triton};
-use serde_json::{Value, json};
+use nereid_testkit::triton::KeyType;
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn vlans_fabric_networks_and_instances_on_them() {
@@ -17,14 +17,8 @@ async fn vlans_fabric_networks_and_instances_on_them() {
     opts.app.fabric.underlay_tag = "external".into();
     let cloud = Cloud::start_with(opts.cloudapi_http()).await.unwrap();
     cloud.seed().await.unwrap();
-    let tenant = Tenant::new(KeyType::Ed25519).unwrap();
-    cloud
-        .client
-        .post("/accounts", &json!({"login": "alice", "email": "alice@example.com", "keys": [{"key": tenant.public_key}]}))
-        .await
-        .unwrap();
-    let url = cloud.headnode.cloudapi.as_ref().unwrap().url.clone();
-    let t = &tenant.triton(&url, "alice", false).unwrap();
+    let (_tenant, t) = cloud.triton_user("alice", KeyType::Ed25519).await.unwrap();
+    let t = &t;
 
     // VLANs.
     let out = t.ok_async(&["vlan", "create", "-n", "dmz", "-D", "Demilitarized zone", "73"]).await;
@@ -43,9 +37,8 @@ async fn vlans_fabric_networks_and_instances_on_them() {
     assert_eq!(code, Some(3), "{err}");
 
     // A fabric network on it.
-    let out = tr(
-        t,
-        &[
+    let out = t
+        .ok_async(&[
             "network",
             "create",
             "-n",
@@ -61,15 +54,25 @@ async fn vlans_fabric_networks_and_instances_on_them() {
             "-r",
             "8.8.8.8",
             "73",
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert!(out.starts_with("Created network fab ("), "{out}");
-    let (code, err) = tr_fail(
-        t,
-        &["network", "create", "-n", "fab2", "-s", "192.168.77.128/25", "-S", "192.168.77.130", "-E", "192.168.77.140", "--no-nat", "73"],
-    )
-    .await;
+    let (code, err) = t
+        .fail_async(&[
+            "network",
+            "create",
+            "-n",
+            "fab2",
+            "-s",
+            "192.168.77.128/25",
+            "-S",
+            "192.168.77.130",
+            "-E",
+            "192.168.77.140",
+            "--no-nat",
+            "73",
+        ])
+        .await;
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("error (InvalidArgument): property \"subnet\": subnet overlaps with another network"), "{err}");
     let nets = t.ok_async(&["network", "list"]).await;

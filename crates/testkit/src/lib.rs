@@ -279,6 +279,18 @@ impl Cloud {
         Ok(Seed { package, image, network, owner: "930896af-bf8c-48d4-885c-6573a94b1853".into() })
     }
 
+    /// A CloudAPI account `login` with one fresh `kind` key, and the real `triton` CLI set up
+    /// for it against this cloud's CloudAPI (insecure when it serves HTTPS with its own
+    /// certificate). Keep the [`triton::Tenant`]: its home holds the key.
+    pub async fn triton_user(&self, login: &str, kind: triton::KeyType) -> Result<(triton::Tenant, triton::Triton)> {
+        let tenant = triton::Tenant::new(kind)?;
+        let email = format!("{login}@example.com");
+        self.client.post("/accounts", &json!({"login": login, "email": email, "keys": [{"key": tenant.public_key}]})).await?;
+        let url = self.headnode.cloudapi.as_ref().context("this cloud has no CloudAPI listener (Options::cloudapi_http)")?.url.clone();
+        let t = tenant.triton(&url, login, url.starts_with("https://"))?;
+        Ok((tenant, t))
+    }
+
     /// CreateVm; returns (vm uuid, job uuid).
     pub async fn create_vm(&self, body: &Value) -> Result<(String, String), nereid_client::Error> {
         let r = self.client.post("/vms", body).await?;
