@@ -61,6 +61,9 @@ pub struct HeadnodeArgs {
     /// Where image files live [default: DIR/images]. Several headnodes of one cluster (one PostgreSQL store) name one path they all mount, so an image uploaded through any of them provisions through every one
     #[arg(long, value_name = "DIR")]
     pub images_dir: Option<PathBuf>,
+    /// Publish this cloud's public, active images on ADDR as a read-only IMGAPI catalogue (plain HTTP, no authentication: GET /ping, /images, /images/UUID, /images/UUID/file, /channels), as images.smartos.org does; other clouds import from it with `nereid admin image sources add`
+    #[arg(long, value_name = "ADDR")]
+    pub image_catalog_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub cloudapi: CloudApiArgs,
     #[command(flatten)]
@@ -298,6 +301,9 @@ pub struct UpArgs {
     /// Address of the agent listener other compute nodes' agents call (mutual TLS only; port 0 picks a free port) [default: 127.0.0.1:8081, or a free port when --admin-listen has port 0]
     #[arg(long, value_name = "ADDR")]
     pub agent_listen: Option<SocketAddr>,
+    /// Publish this cloud's public, active images on ADDR as a read-only IMGAPI catalogue (plain HTTP, no authentication), as images.smartos.org does
+    #[arg(long, value_name = "ADDR")]
+    pub image_catalog_listen: Option<SocketAddr>,
     /// Hypervisor backend of the local agent
     #[arg(long, value_enum, default_value = "sim")]
     pub backend: BackendArg,
@@ -785,6 +791,47 @@ pub enum ImageVerb {
     Disable(IdArg),
     /// Make a disabled image provisionable again
     Enable(IdArg),
+    /// The IMGAPIs images are imported from (another Nereid's catalogue, images.smartos.org, updates.tritondatacenter.com?channel=release)
+    Sources {
+        #[command(subcommand)]
+        verb: SourcesVerb,
+    },
+    /// What the image sources offer, as `imgadm avail` lists it
+    Avail(AvailArgs),
+    /// Import an image and its origins from an image source, keeping its UUID (AdminImportRemoteImage); an interrupted import resumes when run again
+    ImportRemote(ImportRemoteArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SourcesVerb {
+    /// List the image sources
+    List,
+    /// Add an image source (it must answer GET /ping with imgapi: true); a URL may end in ?channel=NAME
+    Add {
+        /// e.g. https://images.smartos.org or http://10.0.0.5:8092?channel=release
+        url: String,
+    },
+    /// Remove an image source
+    Remove {
+        /// The source as `sources list` shows it
+        url: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct AvailArgs {
+    /// Ask this IMGAPI instead of the configured sources
+    #[arg(long, value_name = "URL")]
+    pub source: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportRemoteArgs {
+    /// The image's UUID (kept on import)
+    pub uuid: String,
+    /// Import from this IMGAPI instead of the first configured source that has the image
+    #[arg(long, value_name = "URL")]
+    pub source: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

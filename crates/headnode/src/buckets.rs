@@ -17,6 +17,10 @@ pub const IMAGES: BucketDef = BucketDef {
     name: "images",
     indexes: &[text(&["owner"]), text(&["state"]), text(&["name"]), text(&["published_at"]), text(&["origin"])],
 };
+/// Image sources (other IMGAPIs to import from), keyed by their URL (with `?channel=`).
+pub const IMAGE_SOURCES: BucketDef = BucketDef { name: "image_sources", indexes: &[] };
+/// Imports from image sources and how far they got, keyed by the image UUID asked for.
+pub const IMAGE_IMPORTS: BucketDef = BucketDef { name: "image_imports", indexes: &[] };
 /// NAPI nic tags, keyed by name.
 pub const NIC_TAGS: BucketDef = BucketDef { name: "nic_tags", indexes: &[] };
 /// NAPI networks, keyed by UUID.
@@ -97,6 +101,8 @@ pub const ALL: &[BucketDef] = &[
     WEB_SESSIONS,
     PACKAGES,
     IMAGES,
+    IMAGE_SOURCES,
+    IMAGE_IMPORTS,
     NIC_TAGS,
     NETWORKS,
     NETWORK_POOLS,

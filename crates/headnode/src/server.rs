@@ -29,6 +29,9 @@ pub struct Config {
     pub cloudapi: Option<CloudApiConfig>,
     /// The web console; `None` serves none.
     pub web: Option<crate::web::WebConfig>,
+    /// The public image catalogue (plain HTTP, no authentication, read-only; see
+    /// [`crate::http::image_catalog`]); `None` serves none.
+    pub image_catalog: Option<SocketAddr>,
 }
 
 /// How CloudAPI is served.
@@ -69,7 +72,16 @@ impl Config {
     /// A config with default knobs and no CloudAPI.
     pub fn new(data_dir: PathBuf, store_url: Option<String>, admin_listen: SocketAddr) -> Self {
         let agent_listen = crate::agent_listener::default_listen(admin_listen);
-        Config { data_dir, store_url, admin_listen, agent_listen, app: AppConfig::default(), cloudapi: None, web: None }
+        Config {
+            data_dir,
+            store_url,
+            admin_listen,
+            agent_listen,
+            app: AppConfig::default(),
+            cloudapi: None,
+            web: None,
+            image_catalog: None,
+        }
     }
 }
 
@@ -101,9 +113,12 @@ pub struct Running {
     pub cloudapi: Option<CloudApiRunning>,
     /// The web console's address and URL (`fingerprint`, `cert_path` as CloudAPI's).
     pub web: Option<CloudApiRunning>,
+    /// The public image catalogue's address (`http://` it), if one is served.
+    pub image_catalog: Option<SocketAddr>,
     server: JoinHandle<std::io::Result<()>>,
     cloud_server: Option<JoinHandle<std::io::Result<()>>>,
     web_server: Option<JoinHandle<std::io::Result<()>>>,
+    catalog_server: Option<JoinHandle<std::io::Result<()>>>,
     agent_server: JoinHandle<std::io::Result<()>>,
     runner: JoinHandle<()>,
     reconciler: Option<JoinHandle<()>>,
@@ -177,6 +192,18 @@ pub async fn start(cfg: Config) -> Result<Running> {
             (Some(l), Some(r))
         }
     };
+    let catalog_listener = match cfg.image_catalog {
+        None => None,
+        Some(addr) => {
+            let l = nereid_serve::bind(addr).with_context(|| format!("image catalogue: listening on {addr}"))?;
+            let bound = l.local_addr()?;
+            if !bound.ip().is_loopback() {
+                tracing::info!(addr = %bound, "the image catalogue serves this cloud's public images to anyone who can reach it");
+            }
+            Some(l)
+        }
+    };
+    let image_catalog = catalog_listener.as_ref().and_then(|l| l.local_addr().ok());
     let state = AppState {
         app: app.clone(),
         token: Arc::from(token.as_str()),
@@ -210,6 +237,16 @@ pub async fn start(cfg: Config) -> Result<Running> {
             nereid_serve::serve(l, agent_router, limits, shutdown).await
         })
     };
+    let catalog_server = catalog_listener.map(|l| {
+        let catalog_router = http::image_catalog::router(state.clone());
+        let mut stopped = stop.subscribe();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.recv().await;
+            };
+            nereid_serve::serve(JsonErrorsListener(nereid_serve::Tcp::new(l, "image catalogue")), catalog_router, limits, shutdown).await
+        })
+    });
     let state_for_web = state.clone();
     let cloud_server = cloud_listener.map(|l| {
         let limiter =
@@ -259,9 +296,11 @@ pub async fn start(cfg: Config) -> Result<Running> {
         app,
         cloudapi,
         web,
+        image_catalog,
         server,
         cloud_server,
         web_server,
+        catalog_server,
         agent_server,
         runner,
         reconciler,
@@ -295,6 +334,9 @@ impl Running {
         }
         if let Some(w) = &mut self.web_server {
             w.await??;
+        }
+        if let Some(c) = &mut self.catalog_server {
+            c.await??;
         }
         self.app.store.close().await;
         self.lock = None;

@@ -66,6 +66,9 @@ pub struct Options {
     pub cloudapi: Option<nereid_headnode::server::CloudApiConfig>,
     /// Serve the web console (see [`Options::web_https`]); none by default.
     pub web: Option<nereid_headnode::web::WebConfig>,
+    /// Serve the public image catalogue on a free loopback port (see
+    /// [`Options::image_catalog`]); none by default.
+    pub image_catalog: bool,
 }
 
 impl Options {
@@ -93,7 +96,15 @@ impl Options {
             store_url: None,
             cloudapi: None,
             web: None,
+            image_catalog: false,
         }
+    }
+
+    /// The public image catalogue (`--image-catalog-listen`) on a free loopback port; its
+    /// URL is [`Cloud::image_catalog_url`].
+    pub fn image_catalog(mut self) -> Self {
+        self.image_catalog = true;
+        self
     }
 
     /// The web console over HTTPS (self-signed, as `nereid up` serves it) on a free
@@ -177,6 +188,7 @@ impl Cloud {
         cfg.app = o.app.clone();
         cfg.cloudapi = o.cloudapi.clone();
         cfg.web = o.web.clone();
+        cfg.image_catalog = o.image_catalog.then(|| ([127, 0, 0, 1], 0).into());
         let headnode = nereid_headnode::start(cfg.clone()).await?;
         let client = Client::new(Target { url: headnode.admin_url.clone(), token: headnode.token.clone(), source: "testkit".into() });
         let mut cloud = Cloud { headnode, client, store_url, data_dir, agent: None, cfg, _dir: dir };
@@ -197,6 +209,9 @@ impl Cloud {
         cfg.agent_listen = self.headnode.agent_addr;
         if let (Some(w), Some(running)) = (cfg.web.as_mut(), self.headnode.web.as_ref()) {
             w.listen = running.addr;
+        }
+        if cfg.image_catalog.is_some() {
+            cfg.image_catalog = self.headnode.image_catalog;
         }
         self.headnode = nereid_headnode::start(cfg).await?;
         Ok(())
@@ -237,6 +252,12 @@ impl Cloud {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// `http://ADDR` of the public image catalogue ([`Options::image_catalog`]).
+    pub fn image_catalog_url(&self) -> Result<String> {
+        let addr = self.headnode.image_catalog.context("this cloud has no image catalogue listener (Options::image_catalog)")?;
+        Ok(format!("http://{addr}"))
     }
 
     /// A client with another token (for authentication tests).

@@ -16,6 +16,7 @@ pub async fn run(a: HeadnodeArgs) -> Result<()> {
     cfg.app.images_dir = a.images_dir;
     cfg.cloudapi = a.cloudapi.config();
     cfg.web = a.web.config(cfg.admin_listen);
+    cfg.image_catalog = a.image_catalog_listen;
     let store = nereid_headnode::server::redact(&nereid_headnode::server::store_url(&cfg));
     let running = start(cfg).await?;
     let abs = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
@@ -32,6 +33,9 @@ pub async fn run(a: HeadnodeArgs) -> Result<()> {
     if let Some(w) = &running.web {
         println!("  web console     {}{}", w.url, super::up::cert_note(w));
         println!("    sign in with an account's password: nereid admin --data-dir {} account passwd LOGIN", abs.display());
+    }
+    if let Some(addr) = running.image_catalog {
+        println!("  image catalogue http://{addr}  (public images, read-only, no authentication)");
     }
     println!("  endpoints       {}", abs.join("endpoints.json").display());
     println!("Try: nereid admin --data-dir {} package list", abs.display());

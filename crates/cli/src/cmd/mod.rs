@@ -8,6 +8,7 @@ pub mod fabric;
 pub mod fwrule;
 pub mod headnode;
 pub mod image;
+pub mod image_remote;
 pub mod operator;
 pub mod up;
 

@@ -160,6 +160,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
     a.fabric.apply(&mut cfg.app);
     cfg.cloudapi = a.cloudapi.config();
     cfg.web = a.web.config(cfg.admin_listen);
+    cfg.image_catalog = a.image_catalog_listen;
     let running = start(cfg).await?;
     let operator = super::operator::ensure(&running.app, a.triton_profile.as_deref()).await.context("the operator account")?;
     let sim = a.backend == BackendArg::Sim;
@@ -259,6 +260,9 @@ pub async fn run(a: UpArgs) -> Result<()> {
         println!("  web console   {}{}", w.url, cert_note(w));
         let login = operator.as_ref().map(|o| o.account.login.as_str()).unwrap_or(super::operator::OPERATOR_LOGIN);
         println!("                give {login} a password to sign in with: nereid admin --data-dir {ddq} account passwd {login}");
+    }
+    if let Some(addr) = running.image_catalog {
+        println!("  images        http://{addr}  (public image catalogue, read-only, no authentication)");
     }
     if let Some(s) = &seeded {
         println!(

@@ -24,6 +24,7 @@ pub mod doctor;
 pub mod fabrics;
 pub mod fwrules;
 pub mod image_files;
+pub mod image_sources;
 pub mod images;
 pub mod netpolicy;
 pub mod network_pools;

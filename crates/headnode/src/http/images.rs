@@ -45,11 +45,15 @@ const LIST_PARAMS: &[Param] = &[
 const GET_PARAMS: &[Param] = &[ACCOUNT, CHANNEL, ADMIN_FIELDS];
 const CREATE_PARAMS: &[Param] = &[ACCOUNT, CHANNEL, Param::new("action", QKind::Str { max: 64 }, "create-from-vm is not supported yet.")];
 const ACTION_PARAMS: &[Param] = &[
-    Param::new("action", QKind::Enum(&["activate", "update", "disable", "enable", "import"]), "What to do (required)."),
+    Param::new("action", QKind::Enum(&["activate", "update", "disable", "enable", "import", "import-remote"]), "What to do (required)."),
     ACCOUNT,
     CHANNEL,
     Param::new("skip_owner_check", QKind::Bool, "import: accepted; owners are not checked against accounts yet."),
-    Param::new("source", QKind::Str { max: 1024 }, "import from another IMGAPI: not supported yet."),
+    Param::new(
+        "source",
+        QKind::Str { max: 1024 },
+        "import-remote: the IMGAPI to import from (optionally ?channel=NAME); default: the configured image sources.",
+    ),
 ];
 const DELETE_PARAMS: &[Param] = &[ACCOUNT, CHANNEL, Param::new("force_all_channels", QKind::Bool, "Accepted for compatibility.")];
 const ADD_FILE_PARAMS: &[Param] = &[
@@ -105,7 +109,7 @@ pub fn routes() -> Vec<Route> {
             "/images/{uuid}",
             doc(
                 "ImageAction",
-                "ActivateImage, UpdateImage, DisableImage, EnableImage or AdminImportImage, by ?action=.",
+                "ActivateImage, UpdateImage, DisableImage, EnableImage, AdminImportImage or AdminImportRemoteImage, by ?action=.",
                 ACTION_PARAMS,
                 BodyDoc::Schema(action_schema),
                 RespDoc::Object(200, FIELDS),
@@ -196,11 +200,15 @@ async fn action(State(s): State<AppState>, Path(uuid): Path<String>, RawQuery(ra
             s.app.set_image_disabled(uuid, action == "disable").await?
         }
         "update" => s.app.update_image(uuid, &input).await?,
+        "import-remote" => {
+            no_body(&input)?;
+            return super::image_sources::import_remote(&s, uuid, &q).await;
+        }
         "import" => {
             if q.str("source").is_some() {
                 return Err(ApiError::invalid_parameter(vec![FieldError::invalid(
                     "source",
-                    "importing from a remote IMGAPI is not supported yet; use `nereid image import -m MANIFEST -f FILE`",
+                    "use action=import-remote to import from another IMGAPI, or `nereid image import -m MANIFEST -f FILE`",
                 )])
                 .into());
             }

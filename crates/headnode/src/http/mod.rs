@@ -32,6 +32,8 @@ pub mod consoles;
 pub mod doctor;
 pub mod fabrics;
 pub mod fwrules;
+pub mod image_catalog;
+pub mod image_sources;
 pub mod images;
 pub mod ips;
 pub mod jobs;
@@ -302,6 +304,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(ping::routes());
     all.extend(packages::routes());
     all.extend(images::routes());
+    all.extend(image_sources::routes());
     all.extend(nic_tags::routes());
     all.extend(networks::routes());
     all.extend(network_pools::routes());
