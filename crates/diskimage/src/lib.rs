@@ -11,6 +11,8 @@ use std::path::Path;
 
 use sha1::{Digest, Sha1};
 
+pub mod zfs;
+
 /// How a file is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
