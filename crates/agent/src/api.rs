@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::NodeRuntime;
 
 mod consoles;
+mod export;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -47,6 +48,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/servers/{server}/vms/{vm}", get(get_vm).put(ensure).delete(delete))
         .route("/servers/{server}/vms/{vm}/console", get(consoles::console))
         .route("/servers/{server}/vms/{vm}/vnc", get(consoles::vnc))
+        .route("/servers/{server}/vms/{vm}/boot-disk", get(export::boot_disk))
         .route("/servers/{server}/sysinfo", get(sysinfo))
         .route("/servers/{server}/netpolicy", put(put_netpolicy))
         .route("/metrics", get(metrics))

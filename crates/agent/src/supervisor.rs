@@ -412,6 +412,24 @@ impl Node {
         self.backend.vnc_socket(uuid)
     }
 
+    /// The VM's boot disk flattened into a new file the caller streams and removes (see
+    /// [`Backend::export_boot_disk`]): only while the VM is stopped and asked to stay so,
+    /// so the supervisor never starts it under the export. `Ok(None)`: no such VM here.
+    pub async fn export_boot_disk(&self, uuid: Uuid) -> Result<Option<PathBuf>, String> {
+        let Some(slot) = self.slot(uuid) else { return Ok(None) };
+        {
+            let s = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+            let stays_stopped = s.ensure.as_ref().is_some_and(|e| e.state == Desired::Stopped);
+            if s.status.state != "stopped" || !stays_stopped || s.delete {
+                return Err(format!(
+                    "VM {uuid} is {}: its disk is exported only while it is stopped (and asked to stay so)",
+                    s.status.state
+                ));
+            }
+        }
+        self.backend.export_boot_disk(uuid).await.map(Some).map_err(|e| e.0)
+    }
+
     /// Persists a guest's metadata write upstream, then into the VM's definition here.
     async fn guest_write(&self, uuid: Uuid, w: MetadataWrite) -> Result<(), String> {
         self.upstream.metadata_write(uuid, &w).await?;

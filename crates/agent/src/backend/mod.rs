@@ -43,6 +43,12 @@ pub trait Backend: Send + Sync + 'static {
     async fn exists(&self, uuid: Uuid) -> bool;
     /// Creates, rolls back to (VM stopped) or deletes a snapshot of every disk.
     async fn snapshot(&self, def: &Definition, op: SnapshotOp, name: &str) -> Result<(), BackendError>;
+    /// Writes the VM's boot disk (`disks[0]`) flattened — its image base and everything
+    /// the guest wrote, one standalone disk without a backing file — to a new file and
+    /// returns its path; the caller streams it and removes it. The VM must be stopped.
+    async fn export_boot_disk(&self, _uuid: Uuid) -> Result<PathBuf, BackendError> {
+        Err(BackendError(format!("the {} backend cannot export disks", self.name())))
+    }
     /// The UNIX socket of the VM's metadata port (com2), for backends with guests.
     fn metadata_socket(&self, _uuid: Uuid) -> Option<PathBuf> {
         None

@@ -3,7 +3,10 @@
 //!
 //! Faults come from the VM's `internal_metadata["nereid:sim_fault"]`:
 //! `fail-create`, `hang-create` (never finishes), `fail-start`, `fail-stop`,
-//! `crash` (stops by itself shortly after booting), `fail-delete`.
+//! `crash` (stops by itself shortly after booting), `fail-delete`, `fail-export`.
+//!
+//! A simulated VM's boot disk, when exported for an image, is a small raw disk
+//! ([`SIM_DISK_SIZE`]) whose first sector names the VM, so tests can tell images apart.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -53,6 +56,18 @@ pub struct Sim {
     vms: Mutex<HashMap<Uuid, SimVm>>,
     /// What the simulated server reports as its address on each nic tag.
     addresses: Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+/// Bytes of a simulated boot disk as exported (1 MiB).
+pub const SIM_DISK_SIZE: usize = 1 << 20;
+
+/// The simulated boot disk of `vm` (pure): a raw disk whose first sector reads
+/// `NEREID-SIM-DISK vm=<uuid>`, zeros after.
+pub fn sim_disk(vm: Uuid) -> Vec<u8> {
+    let mut disk = vec![0u8; SIM_DISK_SIZE];
+    let label = format!("NEREID-SIM-DISK vm={vm}\n");
+    disk[..label.len()].copy_from_slice(label.as_bytes());
+    disk
 }
 
 fn now_ms() -> i64 {
@@ -146,6 +161,22 @@ impl Backend for Sim {
         Ok(())
     }
 
+    async fn export_boot_disk(&self, uuid: Uuid) -> Result<PathBuf, BackendError> {
+        let state = self.with(|v| v.get(&uuid).map(|vm| (vm.running, vm.fault.clone())));
+        match state {
+            None => Err(BackendError(format!("VM {uuid} does not exist"))),
+            Some((true, _)) => Err(BackendError(format!("VM {uuid} is running: its disk is exported only while it is stopped"))),
+            Some((false, Some(f))) if f == "fail-export" => {
+                Err(BackendError("simulated failure exporting the boot disk (nereid:sim_fault=fail-export)".into()))
+            }
+            Some((false, _)) => {
+                let out = self.file.with_file_name(format!("export-{uuid}-{}.raw", Uuid::new_v4()));
+                std::fs::write(&out, sim_disk(uuid)).map_err(|e| BackendError(format!("writing {}: {e}", out.display())))?;
+                Ok(out)
+            }
+        }
+    }
+
     async fn reboot(&self, def: &Definition) -> Result<(), BackendError> {
         self.stop(def.uuid).await?;
         self.start(def).await
@@ -198,5 +229,39 @@ impl Backend for Sim {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(uuid: Uuid, fault: Option<&str>) -> Definition {
+        let mut d: Definition = serde_json::from_value(serde_json::json!({
+            "uuid": uuid, "brand": "bhyve", "owner_uuid": Uuid::nil(), "ram": 256, "vcpus": 1, "disks": [], "nics": []
+        }))
+        .unwrap();
+        if let Some(f) = fault {
+            d.internal_metadata.insert(SIM_FAULT_KEY.into(), serde_json::json!(f));
+        }
+        d
+    }
+
+    #[tokio::test]
+    async fn a_stopped_vm_exports_a_disk_that_names_it_and_a_running_or_faulty_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = Sim::open(dir.path().join("sim.json"), Delays { create: Duration::ZERO, ..Delays::default() });
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        sim.create(&def(a, None)).await.unwrap();
+        let out = sim.export_boot_disk(a).await.unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(bytes, sim_disk(a));
+        assert!(bytes.starts_with(format!("NEREID-SIM-DISK vm={a}\n").as_bytes()));
+        assert_ne!(sim_disk(a), sim_disk(b), "disks of two VMs differ");
+        sim.start(&def(a, None)).await.unwrap();
+        assert!(sim.export_boot_disk(a).await.unwrap_err().0.contains("is running"));
+        assert!(sim.export_boot_disk(b).await.unwrap_err().0.contains("does not exist"));
+        sim.create(&def(b, Some("fail-export"))).await.unwrap();
+        assert!(sim.export_boot_disk(b).await.unwrap_err().0.contains("fail-export"));
     }
 }

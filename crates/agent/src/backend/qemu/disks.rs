@@ -92,6 +92,20 @@ pub async fn grow(bin: &Path, disk: &Path, size_mib: u64) -> Result<(), String> 
     qemu_img(bin, &["resize", "-q", "-f", "qcow2", &disk.to_string_lossy(), &size]).await.map(drop)
 }
 
+/// Flattens `disk` (an overlay and its base, or a standalone disk) into `out`: one
+/// standalone qcow2 with compressed clusters. The agent's image cache uses a qcow2 base
+/// as it is, so an image made this way needs no decompression on the servers that run
+/// it, and clusters the guest never wrote stay absent rather than costing zeros. A
+/// failed conversion leaves no `out` behind. The VM must be stopped: qemu-img takes the
+/// disk's lock, so it refuses a disk a running QEMU holds.
+pub async fn flatten(bin: &Path, disk: &Path, out: &Path) -> Result<(), String> {
+    let r = qemu_img(bin, &["convert", "-q", "-c", "-O", "qcow2", &disk.to_string_lossy(), &out.to_string_lossy()]).await;
+    if r.is_err() {
+        let _ = std::fs::remove_file(out);
+    }
+    r.map(drop)
+}
+
 /// Snapshot names a disk has.
 pub async fn snapshots(bin: &Path, disk: &Path) -> Result<Vec<String>, String> {
     let out = qemu_img(bin, &["info", "-U", "--output=json", &disk.to_string_lossy()]).await?;
@@ -173,5 +187,34 @@ mod tests {
         assert!(!localise_backing(&bin, &vm.join("missing.qcow2"), |f| f.to_string()).await.is_ok_and(|x| x));
         let e = create_overlay(&bin, &d.path().join("x.qcow2"), &d.path().join("missing.raw"), "raw", 8).await.unwrap_err();
         assert!(e.contains("missing.raw"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn flatten_makes_one_standalone_compressed_disk_of_base_and_overlay() {
+        let d = tempfile::tempdir().unwrap();
+        let bin = qemu_img_bin();
+        let base = d.path().join("base.raw");
+        let mut bytes = vec![0u8; 4 * MIB as usize];
+        bytes[..10].copy_from_slice(b"from-base!");
+        std::fs::write(&base, &bytes).unwrap();
+        let disk = d.path().join("disk0.qcow2");
+        create_overlay(&bin, &disk, &base, "raw", 8).await.unwrap();
+        let out = d.path().join("export.qcow2");
+        flatten(&bin, &disk, &out).await.unwrap();
+        let info: Value = serde_json::from_str(&qemu_img(&bin, &["info", "--output=json", &out.to_string_lossy()]).await.unwrap()).unwrap();
+        assert_eq!(info["format"], "qcow2");
+        assert!(info.get("backing-filename").is_none(), "standalone: {info}");
+        assert_eq!(info["virtual-size"], 8 * MIB);
+        // Reading it back as raw shows the base's bytes (and the size the overlay had).
+        let raw = d.path().join("back.raw");
+        qemu_img(&bin, &["convert", "-O", "raw", &out.to_string_lossy(), &raw.to_string_lossy()]).await.unwrap();
+        let back = std::fs::read(&raw).unwrap();
+        assert_eq!(&back[..10], b"from-base!");
+        assert_eq!(back.len() as u64, 8 * MIB);
+        // A failure leaves nothing behind and says why.
+        let gone = d.path().join("gone.qcow2");
+        let e = flatten(&bin, &d.path().join("missing.qcow2"), &gone).await.unwrap_err();
+        assert!(e.contains("missing.qcow2"), "{e}");
+        assert!(!gone.exists());
     }
 }

@@ -387,6 +387,22 @@ impl Backend for Qemu {
         }
     }
 
+    async fn export_boot_disk(&self, uuid: Uuid) -> Result<PathBuf, BackendError> {
+        if self.pid(uuid).is_some() {
+            return Err(err(format!("VM {uuid} is running: its disk is exported only while it is stopped")));
+        }
+        let layout = self.layout(uuid);
+        let disk = layout.disk(0);
+        if !disk.exists() {
+            return Err(err(format!("VM {uuid} has no boot disk on this server")));
+        }
+        // Beside the VM's disks (one filesystem, the agent's own directory), under a name
+        // no other export of this VM uses at the same time.
+        let out = layout.dir.join(format!("export-{}.qcow2", Uuid::new_v4()));
+        disks::flatten(&self.cfg.qemu_img, &disk, &out).await.map_err(|e| err(format!("flattening the boot disk: {e}")))?;
+        Ok(out)
+    }
+
     async fn stop(&self, uuid: Uuid) -> Result<(), BackendError> {
         let Some(pid) = self.pid(uuid) else {
             // A QEMU that died on its own leaves its (empty) cgroup behind.
