@@ -273,7 +273,7 @@ async fn interrupted_import_resumes_with_a_range_request() {
     let faults = Arc::new(Mutex::new(Faults { cut_after: Some(MIB as u64), flip_at: None }));
     let log = Arc::new(Mutex::new(Vec::new()));
     let src = proxy(publisher.image_catalog_url().unwrap().trim_start_matches("http://").to_string(), faults.clone(), log.clone()).await;
-    let importer = Cloud::start(Backend::Sqlite).await.unwrap();
+    let mut importer = Cloud::start(Backend::Sqlite).await.unwrap();
 
     // Cut off after 1 MiB: the import fails, nothing is recorded, the bytes so far stay.
     let o = nereid_async(&importer, &["admin", "image", "import-remote", &uuid, "--source", &src]).await;
@@ -287,6 +287,14 @@ async fn interrupted_import_resumes_with_a_range_request() {
     let have = std::fs::metadata(&parts[0]).unwrap().len();
     assert!(have > 0 && have < MIB as u64, "the partial file holds what arrived: {have}");
     assert_eq!(std::fs::read(&parts[0]).unwrap(), &data[..have as usize]);
+
+    // The headnode restarts: the partial file stays. And the moment between recording an
+    // image and activating it is left as a stop there would leave it: an unactivated record.
+    importer.restart_headnode().await.unwrap();
+    assert!(parts[0].exists(), "the partial file survives a restart");
+    let manifest = publisher.client.get(&format!("/images/{uuid}")).await.unwrap();
+    let left = importer.client.post(&format!("/images/{uuid}?action=import"), &manifest).await.unwrap();
+    assert_eq!(left["state"], "unactivated");
 
     // The source works again: the retry asks only for the rest, and the result is whole.
     *faults.lock().unwrap() = Faults::default();
@@ -313,6 +321,22 @@ async fn corrupted_download_is_refused_and_leaves_nothing() {
     let src =
         proxy(publisher.image_catalog_url().unwrap().trim_start_matches("http://").to_string(), faults.clone(), Default::default()).await;
     let importer = Cloud::start(Backend::Sqlite).await.unwrap();
+    // An unactivated image this cloud made itself is never taken for an import's leftover.
+    let manifest = publisher.client.get(&format!("/images/{base}")).await.unwrap();
+    importer.client.post(&format!("/images/{base}?action=import"), &manifest).await.unwrap();
+    let e = api_err(
+        importer.client.post(&format!("/images/{base}?action=import-remote&source={src}"), &json!({})).await,
+        409,
+        "ImageUuidAlreadyExists",
+    );
+    assert!(e["message"].as_str().unwrap().contains("unactivated"), "{e}");
+    let e = api_err(
+        importer.client.post(&format!("/images/{uuid}?action=import-remote&source={src}"), &json!({})).await,
+        422,
+        "OriginIsNotActive",
+    );
+    assert!(e["message"].as_str().unwrap().contains(&base), "{e}");
+    importer.client.delete(&format!("/images/{base}")).await.unwrap();
     let before = files_under(&importer.data_dir.join("images"));
 
     let o = nereid_async(&importer, &["admin", "image", "import-remote", &uuid, "--source", &src]).await;

@@ -20,6 +20,10 @@
 //!       └─ a failure here deletes the record and the part: nothing half-imported stays
 //! ```
 //!
+//! A headnode that stops between recording an image and activating it leaves an
+//! unactivated image; the next import of the same UUID (its `image_imports` record did
+//! not succeed and lists that image) removes it and imports it again.
+//!
 //! Why not a durable job: jobs (`crate::jobs`) are VM sagas keyed and ordered per VM, with
 //! step deadlines sized for VM operations; an image download of many GiB is neither. The
 //! import is instead an idempotent operation whose progress is on disk: the partial file is
@@ -278,6 +282,13 @@ async fn hash_file(path: &std::path::Path) -> std::io::Result<(String, String, u
     Ok((hex::encode(sha1.finalize()), base64::engine::general_purpose::STANDARD.encode(md5.finalize()), n, head))
 }
 
+/// Whether a local image is what an import stopped between recording and activating left
+/// (a headnode stopped in that moment): unactivated, and brought by an import of the same
+/// UUID that did not succeed. Such an image is removed and imported again.
+fn leftover(local: &Image, unfinished: &[Uuid]) -> bool {
+    local.state == "unactivated" && unfinished.contains(&local.uuid)
+}
+
 fn io_error(e: std::io::Error) -> ApiError {
     tracing::error!(error = %e, "image import: local file");
     ApiError::new(503, "StorageIsDown", format!("could not store the downloaded file: {e}"))
@@ -457,7 +468,14 @@ impl App {
     }
 
     async fn run_import(&self, uuid: Uuid, source: Option<&str>) -> Result<ImportOutcome, ApiError> {
-        if let Some((img, _)) = self.read::<Image>(IMAGES.name, &uuid.to_string()).await? {
+        // Images an earlier, unfinished import of this UUID brought (see `leftover`).
+        let unfinished: Vec<Uuid> = match self.read::<ImportRecord>(IMAGE_IMPORTS.name, &uuid.to_string()).await? {
+            Some((prev, _)) if prev.state != "succeeded" => prev.images,
+            _ => Vec::new(),
+        };
+        if let Some((img, _)) = self.read::<Image>(IMAGES.name, &uuid.to_string()).await?
+            && !leftover(&img, &unfinished)
+        {
             return Err(ApiError::conflict("ImageUuidAlreadyExists", format!("image {uuid} already exists here ({})", img.state)));
         }
         let http = http_client()?;
@@ -477,7 +495,7 @@ impl App {
         let Some((src, manifest)) = found else {
             return Err(ApiError::not_found(format!("image {uuid} is not offered by {}", misses.join(", "))));
         };
-        let chain = self.remote_chain(&http, &src, manifest).await?;
+        let chain = self.remote_chain(&http, &src, manifest, &unfinished).await?;
         let now = nereid_types::time::now_iso();
         let mut rec = ImportRecord {
             uuid,
@@ -496,7 +514,7 @@ impl App {
         let mut imported = Vec::new();
         let mut result = Ok(());
         for r in chain.into_iter().rev() {
-            match self.import_one(&http, &src, &r, &mut rec).await {
+            match self.import_one(&http, &src, &r, &mut rec, &unfinished).await {
                 Ok(true) => imported.push(r.uuid),
                 Ok(false) => {}
                 Err(e) => {
@@ -523,10 +541,9 @@ impl App {
     }
 
     /// The image and the origins this cloud lacks, newest first.
-    async fn remote_chain(&self, http: &reqwest::Client, src: &Source, first: Value) -> Result<Vec<Remote>, ApiError> {
+    async fn remote_chain(&self, http: &reqwest::Client, src: &Source, first: Value, unfinished: &[Uuid]) -> Result<Vec<Remote>, ApiError> {
         let mut chain = vec![remote_image(src, first)?];
-        loop {
-            let Some(last) = chain.last() else { break };
+        while let Some(last) = chain.last() {
             let Some(origin) = last.manifest.get("origin").and_then(Value::as_str) else { break };
             let child = last.uuid;
             let origin = Uuid::parse_str(origin)
@@ -535,11 +552,13 @@ impl App {
                 if local.state == "active" || local.state == "disabled" {
                     break;
                 }
-                return Err(ApiError::new(
-                    422,
-                    "OriginIsNotActive",
-                    format!("origin image {origin} of {child} is here but {}: activate or delete it first", local.state),
-                ));
+                if !leftover(&local, unfinished) {
+                    return Err(ApiError::new(
+                        422,
+                        "OriginIsNotActive",
+                        format!("origin image {origin} of {child} is here but {}: activate or delete it first", local.state),
+                    ));
+                }
             }
             if chain.len() >= MAX_ORIGIN_DEPTH {
                 return Err(ApiError::new(
@@ -570,13 +589,24 @@ impl App {
 
     /// Imports one image of a chain: false when it turned out to be here already (another
     /// import brought it meanwhile).
-    async fn import_one(&self, http: &reqwest::Client, src: &Source, r: &Remote, rec: &mut ImportRecord) -> Result<bool, ApiError> {
+    async fn import_one(
+        &self,
+        http: &reqwest::Client,
+        src: &Source,
+        r: &Remote,
+        rec: &mut ImportRecord,
+        unfinished: &[Uuid],
+    ) -> Result<bool, ApiError> {
         let _lock = IMPORT_LOCKS.lock(&r.uuid.to_string()).await;
-        if self.read::<Image>(IMAGES.name, &r.uuid.to_string()).await?.is_some() {
-            if r.uuid == rec.uuid {
+        if let Some((local, _)) = self.read::<Image>(IMAGES.name, &r.uuid.to_string()).await? {
+            if leftover(&local, unfinished) {
+                tracing::warn!(image = %r.uuid, "removing the unactivated image an interrupted import left, to import it again");
+                self.delete_image(r.uuid).await?;
+            } else if r.uuid == rec.uuid {
                 return Err(ApiError::conflict("ImageUuidAlreadyExists", format!("image {} already exists here", r.uuid)));
+            } else {
+                return Ok(false);
             }
-            return Ok(false);
         }
         // The manifest must be importable before its file is fetched.
         image::check_create(&r.manifest, image::Origin::Import(r.uuid))?;
