@@ -2,7 +2,8 @@
 
 use bytes::Bytes;
 use futures_util::Stream;
-use nereid_store::{Cond, Filter, Kind, ListQuery, Path};
+use nereid_store::{Cond, Filter, Kind, ListQuery, Op, Path};
+use nereid_types::account::Account;
 use nereid_types::image::{self, Image, ImageFile, Origin};
 use nereid_types::query::Query;
 use nereid_types::{ApiError, FieldError};
@@ -11,7 +12,10 @@ use uuid::Uuid;
 
 use super::image_files::{ReceiveError, Received};
 use super::{App, RETRIES, encode, store_error};
-use crate::buckets::IMAGES;
+use crate::buckets::{ACCOUNTS, IMAGES};
+
+/// The longest origin chain CloneImage follows (a bound against a corrupt, cyclic chain).
+const MAX_ORIGIN_DEPTH: usize = 100;
 
 /// What `AddImageFile` was told about the file.
 #[derive(Debug, Clone, Default)]
@@ -101,11 +105,10 @@ fn not_found(uuid: Uuid) -> ApiError {
     ApiError::not_found(format!("image {uuid} does not exist"))
 }
 
-/// Whether `account` may see `img` (public, owned, or on its ACL).
+/// Whether `account` may see `img`: its own images in any state; others' only once
+/// activated (IMGAPI's rule), and then when public or when `account` is on the ACL.
 pub fn visible_to(img: &Image, account: Uuid) -> bool {
-    img.public
-        || img.owner == account
-        || img.rest.get("acl").and_then(Value::as_array).is_some_and(|acl| acl.iter().any(|a| a.as_str() == Some(&account.to_string())))
+    img.owner == account || (image::activated(img) && (img.public || image::acl(img).contains(&account)))
 }
 
 impl App {
@@ -353,6 +356,90 @@ impl App {
             self.gc_file(&f.sha1).await?;
         }
         Ok(())
+    }
+
+    /// CloudAPI's UpdateImage on behalf of `account`: 404 unless it may see the image,
+    /// `NotImageOwner` unless it owns it (IMGAPI's order).
+    pub async fn tenant_update_image(&self, uuid: Uuid, account: Uuid, input: &Map<String, Value>) -> Result<Image, ApiError> {
+        self.modify_image(uuid, |img| {
+            if !visible_to(img, account) {
+                return Err(not_found(uuid));
+            }
+            if img.owner != account {
+                return Err(image::not_owner(account, img));
+            }
+            image::check_tenant_update(img, input)
+        })
+        .await
+    }
+
+    /// CloudAPI's DeleteImage on behalf of `account`: 404 unless it may see the image,
+    /// `NotImageOwner` unless it owns it (so operator and shared images stay), then
+    /// [`delete_image`](Self::delete_image)'s rules. Instances provisioned from the image
+    /// keep running (as in Triton, IMGAPI does not track them): their servers hold the
+    /// image, and their records keep its UUID.
+    pub async fn tenant_delete_image(&self, uuid: Uuid, account: Uuid) -> Result<(), ApiError> {
+        let (img, _) = self.get_image(uuid, Some(account)).await?;
+        if img.owner != account {
+            return Err(image::not_owner(account, &img));
+        }
+        self.delete_image(uuid).await
+    }
+
+    /// CloudAPI's CloneImage: a private copy, owned by `account`, of an image shared with
+    /// it. An incremental image's origins are copied too, down to the first one owned by
+    /// the operator (IMGAPI's rule), the intermediate copies disabled; all copies are
+    /// written in one transaction, so a failure leaves none.
+    pub async fn clone_image(&self, uuid: Uuid, account: Uuid) -> Result<Image, ApiError> {
+        let (img, generation) = self.get_image(uuid, Some(account)).await?;
+        image::check_clone(&img, account)?;
+        // The chain to copy, base first: the image, then its origins up to an operator's.
+        let mut chain = vec![(img.clone(), generation)];
+        let mut base_origin: Option<Uuid> = None;
+        let mut next = img.origin().and_then(|o| Uuid::parse_str(o).ok());
+        while let Some(o) = next {
+            if chain.len() >= MAX_ORIGIN_DEPTH {
+                return Err(ApiError::internal(format!("image {uuid}: origin chain longer than {MAX_ORIGIN_DEPTH} images")));
+            }
+            let (origin, g) = self.get_image(o, None).await?;
+            if self.is_operator_owned(&origin).await? {
+                base_origin = Some(origin.uuid);
+                break;
+            }
+            next = origin.origin().and_then(|o| Uuid::parse_str(o).ok());
+            chain.push((origin, g));
+        }
+        chain.reverse();
+        let now = nereid_types::time::now_iso();
+        let mut ops = Vec::new();
+        let mut origin = base_origin;
+        let mut last = None;
+        let n = chain.len();
+        for (i, (src, g)) in chain.into_iter().enumerate() {
+            let copy = image::cloned(&src, account, Uuid::new_v4(), origin, i + 1 < n, &now);
+            // The sources must not change while they are copied.
+            ops.push(Op::Check { bucket: IMAGES.name.into(), key: src.uuid.to_string(), cond: Cond::Generation(g) });
+            ops.push(Op::put(IMAGES.name, copy.uuid.to_string(), encode(&copy), Cond::Absent));
+            origin = Some(copy.uuid);
+            last = Some(copy);
+        }
+        let _refs = self.files.refs.lock().await;
+        match self.store.batch(ops).await {
+            Ok(_) => {}
+            Err(e) if e.is_conflict() => {
+                return Err(ApiError::conflict("ConcurrentModification", format!("image {uuid} changed while being cloned; retry")));
+            }
+            Err(e) => return Err(store_error(e)),
+        }
+        last.ok_or_else(|| ApiError::internal("clone made no image"))
+    }
+
+    /// Whether an image belongs to the operator (unset owner or an operator account).
+    async fn is_operator_owned(&self, img: &Image) -> Result<bool, ApiError> {
+        if img.owner == image::NIL_OWNER {
+            return Ok(true);
+        }
+        Ok(self.read::<Account>(ACCOUNTS.name, &img.owner.to_string()).await?.is_some_and(|(a, _)| a.operator))
     }
 
     /// The file of an image, for download.

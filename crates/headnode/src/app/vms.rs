@@ -10,7 +10,7 @@ use nereid_alloc::{Locality, Request, Spread};
 use nereid_store::{Cond, Filter, Kind, ListQuery, Op, Path, StoreError};
 use nereid_types::agent::{Desired, DiskDef, VmStatus};
 use nereid_types::damaged::{Damaged, Stored};
-use nereid_types::image::Image;
+use nereid_types::image::{self, Image};
 use nereid_types::job::Job;
 use nereid_types::network::{Network, NetworkPool};
 use nereid_types::package::{self, Package};
@@ -720,11 +720,6 @@ impl App {
             None => None,
         };
         let req = image.as_ref().and_then(|i| i.rest.get("requirements")).cloned().unwrap_or(Value::Null);
-        if let Some(b) = req.get("brand").and_then(Value::as_str)
-            && b != brand
-        {
-            return Err(invalid("brand", format!("image requires brand {b}")));
-        }
         if let (Some(p), Some(img)) = (&pkg, &image)
             && p.os.as_ref().is_some_and(|o| *o != img.os)
         {
@@ -741,20 +736,20 @@ impl App {
                 FieldError::invalid("billing_id", "either billing_id or ram is required"),
             ]));
         };
-        for (k, cmp) in [("min_ram", true), ("max_ram", false)] {
-            if let Some(limit) = req.get(k).and_then(Value::as_u64)
-                && ((cmp && ram < limit) || (!cmp && ram > limit))
-            {
-                return Err(invalid("ram", format!("{ram} MiB is outside the image's requirements ({k} {limit} MiB)")));
+        // The image's requirements: the one check CloudAPI's CreateMachine meets too.
+        if let Some(img) = &image {
+            let nics = input.get("networks").and_then(Value::as_array).map_or(0, Vec::len);
+            let asked = image::Provision { ram, brand: &brand, bootrom: input.get("bootrom").and_then(Value::as_str), nics };
+            let unmet = image::unmet_requirements(img, &asked);
+            if !unmet.is_empty() {
+                return Err(ApiError::validation_409(unmet));
             }
         }
         let vcpus = input.get("vcpus").and_then(Value::as_u64).map(|v| v as u32).or(pkg.as_ref().and_then(|p| p.vcpus)).unwrap_or(1);
         let cpu_cap =
             input.get("cpu_cap").and_then(Value::as_u64).map(|c| c as u32).or(pkg.as_ref().and_then(|p| p.cpu_cap)).filter(|c| *c > 0);
-        let bootrom = match (input.get("bootrom").and_then(Value::as_str), req.get("bootrom").and_then(Value::as_str)) {
-            (Some(a), Some(b)) if a != b => return Err(invalid("bootrom", format!("the image requires bootrom {b}"))),
-            (a, b) => a.or(b).map(str::to_string),
-        };
+        // Unless the request names one, the image's required bootrom.
+        let bootrom = input.get("bootrom").and_then(Value::as_str).or(req.get("bootrom").and_then(Value::as_str)).map(str::to_string);
         let disk_model = input
             .get("disk_driver")
             .and_then(Value::as_str)

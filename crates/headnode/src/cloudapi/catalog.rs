@@ -1,4 +1,5 @@
-//! CloudAPI's read-only catalog: images, packages and networks an account may use.
+//! CloudAPI's read-only catalog: packages and networks an account may use (images are
+//! in `images.rs`).
 //!
 //! Lists are complete (the CLI resolves names client-side from them) and filtered on the
 //! rendered objects, so a filter means exactly what the CLI shows.
@@ -7,24 +8,15 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::Method;
 use nereid_store::{Filter, ListQuery};
 use nereid_types::ApiError;
-use nereid_types::image::Image;
 use nereid_types::network::{Network, NetworkPool};
 use nereid_types::package::Package;
 use nereid_types::spec::{Field, Kind};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::{CloudError, CloudResult, Scoped, ok, render};
-use crate::buckets::{IMAGES, NETWORK_POOLS, NETWORKS, PACKAGES};
+use crate::buckets::{NETWORK_POOLS, NETWORKS, PACKAGES};
 use crate::http::{AppState, Auth, BodyDoc, Doc, RespDoc, Route};
-
-fn image_schema() -> Value {
-    json!({"type": "object", "properties": {
-        "id": {"type": "string", "format": "uuid"}, "name": {"type": "string"}, "version": {"type": "string"},
-        "os": {"type": "string"}, "type": {"type": "string"}, "state": {"type": "string"}, "public": {"type": "boolean"},
-        "owner": {"type": "string", "format": "uuid"}, "published_at": {"type": "string"}, "requirements": {"type": "object"},
-        "tags": {"type": "object"}, "files": {"type": "array", "items": {"type": "object"}}}})
-}
 
 const PACKAGE: &[Field] = &[
     Field::new("id", Kind::Uuid, "Package UUID."),
@@ -53,40 +45,12 @@ const NETWORK: &[Field] = &[
     Field::new("provision_end_ip", Kind::Str { max: 64, check: None }, "Last address handed out."),
 ];
 
-const IMAGE_QUERY: &[nereid_types::query::Param] = &[
-    nereid_types::query::Param::new("state", nereid_types::query::QKind::Str { max: 32 }, "active (default), all, or a state."),
-    nereid_types::query::Param::new("name", nereid_types::query::QKind::Str { max: 512 }, "Name (`*` wildcards)."),
-    nereid_types::query::Param::new("version", nereid_types::query::QKind::Str { max: 128 }, "Version."),
-    nereid_types::query::Param::new("os", nereid_types::query::QKind::Str { max: 64 }, "OS."),
-    nereid_types::query::Param::new("type", nereid_types::query::QKind::Str { max: 64 }, "Type."),
-    nereid_types::query::Param::new("public", nereid_types::query::QKind::Str { max: 8 }, "true or false."),
-    nereid_types::query::Param::new("owner", nereid_types::query::QKind::Str { max: 64 }, "Owner UUID."),
-];
-
 fn doc(id: &'static str, summary: &'static str, query: &'static [nereid_types::query::Param], response: RespDoc) -> Doc {
     Doc { id, tag: "CloudAPI", summary, query, body: BodyDoc::None, response }
 }
 
-fn list_schema_images() -> Value {
-    json!({"type": "array", "items": image_schema()})
-}
-
 pub fn routes() -> Vec<Route> {
     vec![
-        Route::new(
-            Method::GET,
-            "/{account}/images",
-            doc(
-                "ListImages",
-                "Images the account may use (state=active unless state=all).",
-                IMAGE_QUERY,
-                RespDoc::Schema(200, list_schema_images),
-            ),
-            list_images,
-        )
-        .auth(Auth::Signature),
-        Route::new(Method::GET, "/{account}/images/{id}", doc("GetImage", "An image.", &[], RespDoc::Schema(200, image_schema)), get_image)
-            .auth(Auth::Signature),
         Route::new(
             Method::GET,
             "/{account}/packages",
@@ -131,32 +95,6 @@ pub fn matches(obj: &Value, q: &Map<String, Value>, fields: &[&str]) -> bool {
         };
         render::glob(want, &have)
     })
-}
-
-async fn images_of(s: &AppState, account: Uuid) -> Result<Vec<Image>, CloudError> {
-    let all: Vec<Image> = s.app.list(IMAGES.name, &ListQuery::all()).await?;
-    Ok(all.into_iter().filter(|i| crate::app::images::visible_to(i, account)).collect())
-}
-
-async fn list_images(State(s): State<AppState>, Scoped(acct): Scoped, RawQuery(raw): RawQuery) -> CloudResult {
-    let q = super::query_map(raw.as_deref());
-    let state = q.get("state").and_then(Value::as_str).unwrap_or("active").to_string();
-    let mut out: Vec<Value> = images_of(&s, acct.uuid)
-        .await?
-        .iter()
-        .filter(|i| state == "all" || i.state == state)
-        .map(render::image)
-        .filter(|v| matches(v, &q, &["name", "version", "os", "type", "public", "owner"]))
-        .collect();
-    out.sort_by(|x, y| x["published_at"].as_str().cmp(&y["published_at"].as_str()));
-    ok(&out)
-}
-
-async fn get_image(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id)): Path<(String, String)>) -> CloudResult {
-    let not_found = || CloudError(ApiError::new(404, "ResourceNotFound", format!("image {id} does not exist")));
-    let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let (img, _) = s.app.get_image(uuid, Some(acct.uuid)).await.map_err(|_| not_found())?;
-    ok(&render::image(&img))
 }
 
 /// Active packages `account` may use.

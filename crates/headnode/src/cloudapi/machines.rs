@@ -368,7 +368,11 @@ async fn create(State(s): State<AppState>, Scoped(acct): Scoped, Params(params):
     };
     let locality = |vms: &[Vm]| render::locality(&rules, vms).map_err(|m| invalid("affinity", m).0);
     let opts = CreateOptions { unique_alias: true, locality: (!rules.is_empty()).then_some(&locality as _) };
-    let created = s.app.create_vm_with(&input, &opts).await.map_err(|e| {
+    let created = s.app.create_vm_with(&input, &opts).await.map_err(|mut e| {
+        // The RAM an image's requirements refuse is the package's here.
+        for f in e.errors.iter_mut().filter(|f| f.field == "ram") {
+            f.field = "package".into();
+        }
         // CloudAPI's wording for a name taken in the meantime.
         match e.errors.iter().find(|f| f.field == "alias") {
             Some(f) => invalid("name", f.message.clone()),

@@ -36,6 +36,7 @@ pub mod auth;
 pub mod catalog;
 pub mod fabrics;
 pub mod fwrules;
+pub mod images;
 pub mod machine_data;
 pub mod machines;
 pub mod network_ips;
@@ -280,6 +281,7 @@ pub fn routes() -> Vec<Route> {
     let mut all = Vec::new();
     all.extend(account::routes());
     all.extend(catalog::routes());
+    all.extend(images::routes());
     all.extend(machines::routes());
     all.extend(machine_data::routes());
     all.extend(fwrules::routes());
@@ -342,8 +344,6 @@ const NOT_IMPLEMENTED: &[(&[&str], &str, &str)] = &[
     (&["GET"], "/*/changefeed", "Changefeed"),
     (&["GET"], "/*/datacenters/*", "GetDatacenter"),
     (&["POST"], "/*/images", "CreateImageFromMachine"),
-    (&["POST"], "/*/images/*", "UpdateImage"),
-    (&["DELETE"], "/*/images/*", "DeleteImage"),
     (&["GET"], "/*/machines/*/vnc", "GetMachineVnc"),
     (&["GET", "POST"], "/*/machines/*/disks", "Machine disks"),
     (&["GET", "POST", "DELETE"], "/*/machines/*/disks/*", "Machine disks"),
