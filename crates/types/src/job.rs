@@ -15,8 +15,20 @@ use crate::spec::{Field, Kind};
 /// `queued`, `running`, `succeeded`, `failed`, `canceled`.
 pub const EXECUTIONS: &[&str] = &["queued", "running", "succeeded", "failed", "canceled"];
 /// Job kinds (`task`).
-pub const TASKS: &[&str] =
-    &["provision", "start", "stop", "reboot", "update", "snapshot", "destroy", "add_nics", "update_nics", "remove_nics", "repair"];
+pub const TASKS: &[&str] = &[
+    "provision",
+    "start",
+    "stop",
+    "reboot",
+    "update",
+    "snapshot",
+    "destroy",
+    "add_nics",
+    "update_nics",
+    "remove_nics",
+    "repair",
+    "create_image",
+];
 
 /// One step's outcome, as `chain_results` lists it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

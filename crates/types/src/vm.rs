@@ -32,6 +32,7 @@ pub const ACTIONS: &[&str] = &[
     "add_nics",
     "update_nics",
     "remove_nics",
+    "create_image",
 ];
 /// The `allow_*` flags `update_nics` may set on a NIC.
 pub const NIC_FLAGS: &[&str] =

@@ -23,6 +23,7 @@ pub mod consoles;
 pub mod doctor;
 pub mod fabrics;
 pub mod fwrules;
+pub mod image_create;
 pub mod image_files;
 pub mod image_sources;
 pub mod images;

@@ -36,6 +36,7 @@ pub mod auth;
 pub mod catalog;
 pub mod fabrics;
 pub mod fwrules;
+pub mod image_create;
 pub mod images;
 pub mod machine_data;
 pub mod machines;
@@ -282,6 +283,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(account::routes());
     all.extend(catalog::routes());
     all.extend(images::routes());
+    all.extend(image_create::routes());
     all.extend(machines::routes());
     all.extend(machine_data::routes());
     all.extend(fwrules::routes());
@@ -343,7 +345,6 @@ async fn refuse_oversize(req: axum::extract::Request, next: axum::middleware::Ne
 const NOT_IMPLEMENTED: &[(&[&str], &str, &str)] = &[
     (&["GET"], "/*/changefeed", "Changefeed"),
     (&["GET"], "/*/datacenters/*", "GetDatacenter"),
-    (&["POST"], "/*/images", "CreateImageFromMachine"),
     (&["GET"], "/*/machines/*/vnc", "GetMachineVnc"),
     (&["GET", "POST"], "/*/machines/*/disks", "Machine disks"),
     (&["GET", "POST", "DELETE"], "/*/machines/*/disks/*", "Machine disks"),

@@ -59,7 +59,7 @@ const ACTION_PARAMS: &[Param] = &[
     Param::new(
         "action",
         QKind::Enum(vm::ACTIONS),
-        "start, stop, reboot, update, create_snapshot, rollback_snapshot, delete_snapshot, add_nics, update_nics or remove_nics (required).",
+        "start, stop, reboot, update, create_snapshot, rollback_snapshot, delete_snapshot, add_nics, update_nics, remove_nics or create_image (required).",
     ),
     Param::new("snapshot_name", QKind::Str { max: 64 }, "The snapshot (snapshot actions)."),
     Param::new("sync", QKind::Bool, "Wait for the job before answering."),
@@ -226,6 +226,9 @@ async fn action(State(s): State<AppState>, Path(uuid): Path<String>, RawQuery(ra
         "add_nics" => s.app.add_nics(uuid, &input).await?,
         "update_nics" => s.app.update_nics(uuid, &input).await?,
         "remove_nics" => s.app.remove_nics(uuid, &input).await?,
+        // An image of the VM's boot disk: the body is its manifest (name, version,
+        // description, homepage, eula, acl, tags); the job's params name the new image.
+        "create_image" => s.app.create_image_from_vm(uuid, &input, None).await?.1,
         snap @ ("create_snapshot" | "rollback_snapshot" | "delete_snapshot") => {
             if !input.is_empty() {
                 return Err(ApiError::validation_409(vec![FieldError::invalid("body", format!("action={snap} takes no body"))]).into());

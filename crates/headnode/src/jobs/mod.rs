@@ -38,6 +38,7 @@ use crate::buckets::{JOB_LEASES, JOBS};
 use crate::fence::{Fence, fenced};
 
 pub mod destroy;
+pub mod image_create;
 pub mod nics;
 pub mod power;
 pub mod provision;
@@ -72,6 +73,7 @@ pub fn chain(task: &str) -> Vec<Box<dyn Step>> {
         "start" | "stop" | "reboot" => power::chain(),
         "update" => update::chain(),
         "snapshot" => snapshot::chain(),
+        "create_image" => image_create::chain(),
         "add_nics" | "update_nics" | "remove_nics" => nics::chain(),
         _ => Vec::new(),
     }

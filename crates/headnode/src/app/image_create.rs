@@ -1,0 +1,337 @@
+//! Images made from VMs (CloudAPI `CreateImageFromMachine`, VMAPI's `create_image`
+//! action, `triton image create`): what is checked before the job, the new image's
+//! manifest, and the image-side pieces the `create_image` job's steps use.
+//!
+//! ```text
+//!   request ── checks (VM, its image, the manifest) ──► image (state creating) + job,
+//!                                                       written in one batch
+//!   job: stop VM ► receive its flattened boot disk ► start VM again ► activate
+//!              └─ any failure: file dropped, image failed {message, code}, VM as before
+//!
+//!   creating ──► active
+//!       └──────► failed (error: {message, code?})
+//! ```
+//! The new image inherits what describes the disk from the VM's image (type, os,
+//! requirements, drivers, cpu_type, users, generate_passwords) and names it as its
+//! `origin`; its `image_size` is the exported disk's. The boot disk arrives through the
+//! image store's own receive path ([`super::image_files`]): hashed while streamed,
+//! committed under its SHA-1 only when complete, shared with any image of the same bytes.
+
+use std::time::Duration;
+
+use nereid_store::{Cond, Filter, Op, Path};
+use nereid_types::image::{self, Image, ImageFile, Origin};
+use nereid_types::job::Job;
+use nereid_types::{ApiError, FieldError};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::image_files::{ReceiveError, Received};
+use super::{App, RETRIES, encode, store_error};
+use crate::buckets::IMAGES;
+use crate::jobs::new_job;
+
+/// What a caller may set on an image made from a VM (CloudAPI's and IMGAPI's inputs);
+/// everything else comes from the VM's image.
+pub const INPUTS: &[&str] = &["name", "version", "description", "homepage", "eula", "acl", "tags"];
+
+/// Fields copied from the VM's image: they describe the disk, which the new image keeps.
+pub const INHERITED: &[&str] =
+    &["type", "os", "requirements", "nic_driver", "disk_driver", "cpu_type", "image_size", "users", "generate_passwords"];
+
+/// The new image's manifest (pure): the caller's `INPUTS`, the source's `INHERITED`
+/// fields, `owner`, and the source as `origin`. Unknown inputs are refused by name.
+pub fn manifest_from_vm(source: &Image, input: &Map<String, Value>, owner: Uuid) -> Result<Map<String, Value>, Vec<FieldError>> {
+    let unknown: Vec<FieldError> = input
+        .keys()
+        .filter(|k| !INPUTS.contains(&k.as_str()))
+        .map(|k| FieldError::invalid(k, format!("cannot be set on an image made from a VM (allowed: {})", INPUTS.join(", "))))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(unknown);
+    }
+    let mut m: Map<String, Value> = input.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let src = encode(source);
+    for f in INHERITED {
+        if let Some(v) = src.get(*f).filter(|v| !v.is_null()) {
+            m.insert((*f).into(), v.clone());
+        }
+    }
+    m.insert("owner".into(), json!(owner));
+    m.insert("origin".into(), json!(source.uuid));
+    m.insert("public".into(), json!(false));
+    Ok(m)
+}
+
+/// A failed image's `error` (IMGAPI's `{message, code}`; `code` only when one is known).
+pub fn image_error(message: &str, code: Option<&str>) -> Value {
+    match code {
+        Some(c) => json!({"message": message, "code": c}),
+        None => json!({"message": message}),
+    }
+}
+
+/// The image as it is once its disk is in: the file attached, `image_size` the disk's
+/// (pure). Only a `creating` image takes a file.
+pub fn with_file(img: &Image, file: ImageFile, image_size_mib: u64) -> Result<Image, ApiError> {
+    if img.state != "creating" {
+        return Err(ApiError::conflict("InvalidState", format!("image {} is {}, not creating", img.uuid, img.state)));
+    }
+    let mut out = img.clone();
+    out.files = vec![file];
+    out.rest.insert("image_size".into(), json!(image_size_mib.max(1)));
+    Ok(out)
+}
+
+/// The created image activated (pure): `active` and published, as ActivateImage makes it.
+pub fn activated(img: &Image, now: &str) -> Result<Image, ApiError> {
+    if img.state == "active" {
+        return Ok(img.clone());
+    }
+    if img.state != "creating" {
+        return Err(ApiError::conflict("InvalidState", format!("image {} is {}, not creating", img.uuid, img.state)));
+    }
+    let mut staged = img.clone();
+    staged.state = "unactivated".into();
+    image::activate(&staged, now)
+}
+
+/// The image failed (pure): no file, `error` saying why. An active image stays active.
+pub fn failed(img: &Image, error: Value) -> Image {
+    let mut out = img.clone();
+    if out.state == "active" {
+        return out;
+    }
+    out.state = "failed".into();
+    out.files.clear();
+    out.rest.insert("error".into(), error);
+    out
+}
+
+impl App {
+    /// CreateImageFromVm: checks the VM and the manifest, then writes the image (state
+    /// `creating`) and the `create_image` job together. With `owner`, the VM must be
+    /// that account's (CloudAPI); the image always belongs to the VM's owner.
+    pub async fn create_image_from_vm(
+        &self,
+        vm_uuid: Uuid,
+        input: &Map<String, Value>,
+        owner: Option<Uuid>,
+    ) -> Result<(Image, Job), ApiError> {
+        let (vm, _) = self.get_vm(vm_uuid, owner).await?;
+        let vm_owner = vm.owner_uuid.ok_or_else(|| ApiError::conflict("InvalidState", format!("VM {vm_uuid} has no owner")))?;
+        let Some(source_uuid) = vm.image_uuid else {
+            return Err(ApiError::new(
+                422,
+                "VmHasNoOrigin",
+                format!("VM {vm_uuid} was not made from an image, so it has no disk to make one of"),
+            ));
+        };
+        let Some((source, _)) = self.read::<Image>(IMAGES.name, &source_uuid.to_string()).await? else {
+            return Err(ApiError::new(422, "VmHasNoOrigin", format!("VM {vm_uuid}'s image {source_uuid} no longer exists")));
+        };
+        if source.kind != "zvol" {
+            return Err(ApiError::new(
+                422,
+                "NotSupported",
+                format!("VM {vm_uuid}'s image is type {}: only hardware-VM (zvol) images can be made from VMs here", source.kind),
+            ));
+        }
+        let manifest = manifest_from_vm(&source, input, vm_owner).map_err(ApiError::invalid_parameter)?;
+        let mut img = image::check_create(&manifest, Origin::Create)?;
+        img.state = "creating".into();
+        // The request is well-formed: now whether the VM can be imaged at all.
+        let server = Self::check_actionable(&vm)?;
+        let mut params = Map::new();
+        params.insert("image_uuid".into(), json!(img.uuid));
+        let job = new_job("create_image", vm_uuid, Some(server), vm.owner_uuid, params);
+        let job = self.queue(job, vec![Op::put(IMAGES.name, img.uuid.to_string(), encode(&img), Cond::Absent)]).await?;
+        tracing::info!(vm = %vm_uuid, image = %img.uuid, job = %job.uuid, "creating an image from a VM");
+        Ok((img, job))
+    }
+
+    /// Applies `f` to the image, retrying on concurrent change.
+    async fn change_created_image(&self, uuid: Uuid, f: impl Fn(&Image) -> Result<Image, ApiError>) -> Result<Image, ApiError> {
+        for _ in 0..RETRIES {
+            let (img, generation) = self.get_image(uuid, None).await?;
+            let next = f(&img)?;
+            if next == img {
+                return Ok(next);
+            }
+            match self.store.put(IMAGES.name, &uuid.to_string(), encode(&next), Cond::Generation(generation)).await {
+                Ok(_) => return Ok(next),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        Err(ApiError::conflict("ConcurrentModification", format!("image {uuid} kept changing; retry")))
+    }
+
+    /// Streams the stopped VM's flattened boot disk from its server into the image store
+    /// and attaches it to the `creating` image. Once attached, a repeat does nothing.
+    pub async fn receive_vm_disk(&self, image_uuid: Uuid, server: Uuid, vm: Uuid, within: Duration) -> Result<String, String> {
+        let (img, _) = self.get_image(image_uuid, None).await.map_err(|e| e.message)?;
+        if let Some(f) = img.files.first() {
+            return Ok(format!("the disk is in already ({} bytes, sha1 {})", f.size, f.sha1));
+        }
+        let stream = self.agent_boot_disk(server, vm, within).await.map_err(|e| format!("asking the server for the VM's disk: {e}"))?;
+        let received = self.files.receive(Box::pin(stream), image::MAX_FILE_SIZE).await.map_err(|e| match e {
+            ReceiveError::TooLarge(n) => format!("the VM's disk is larger than the {n}-byte limit of an image file"),
+            other => format!("receiving the VM's disk: {other}"),
+        })?;
+        let result = self.attach_vm_disk(image_uuid, &received).await;
+        if result.is_err() {
+            self.files.discard(&received).await;
+        }
+        result
+    }
+
+    async fn attach_vm_disk(&self, image_uuid: Uuid, r: &Received) -> Result<String, String> {
+        if r.size == 0 {
+            return Err("the server sent an empty disk".into());
+        }
+        let tmp = r.tmp.clone();
+        let facts = tokio::task::spawn_blocking(move || nereid_diskimage::inspect(&tmp, &mut |_| {}))
+            .await
+            .map_err(|e| format!("inspecting the disk: {e}"))?
+            .map_err(|e| format!("the server sent something that is not a usable disk: {e}"))?;
+        if facts.sha1 != r.sha1 {
+            return Err("the disk changed while it was inspected".into());
+        }
+        let file = ImageFile {
+            sha1: r.sha1.clone(),
+            size: r.size,
+            compression: facts.compression.as_str().into(),
+            dataset_guid: None,
+            stor: Some("local".into()),
+            content_md5: Some(r.md5.clone()),
+        };
+        let _refs = self.files.refs.lock().await;
+        self.files.commit(r).await.map_err(|e| format!("storing the disk: {e}"))?;
+        let size_mib = facts.image_size_mib();
+        let stored = self.change_created_image(image_uuid, |img| with_file(img, file.clone(), size_mib)).await;
+        if let Err(e) = stored {
+            // Committed under its hash but attached to nothing: remove it unless shared.
+            self.drop_unused_file(&r.sha1).await;
+            return Err(e.message);
+        }
+        Ok(format!("received the {} disk ({} bytes, {size_mib} MiB to the guest, sha1 {})", facts.format.as_str(), r.size, r.sha1))
+    }
+
+    /// Removes a file no image refers to. Call with `files.refs` held.
+    async fn drop_unused_file(&self, sha1: &str) {
+        let users = self.store.count(IMAGES.name, &Filter::Eq(Path::field("files").index(0).key("sha1"), json!(sha1))).await;
+        if users.is_ok_and(|n| n == 0) {
+            self.files.remove(sha1).await;
+        }
+    }
+
+    /// Marks the image made from a VM failed, saying why, and removes its file (unless
+    /// another image shares it). An image already active is left alone.
+    pub async fn fail_created_image(&self, image_uuid: Uuid, error: Value) -> Result<Image, ApiError> {
+        let _refs = self.files.refs.lock().await;
+        let (before, _) = self.get_image(image_uuid, None).await?;
+        let after = self.change_created_image(image_uuid, |img| Ok(failed(img, error.clone()))).await?;
+        if after.state == "failed"
+            && let Some(f) = before.files.first()
+        {
+            self.drop_unused_file(&f.sha1).await;
+        }
+        Ok(after)
+    }
+
+    /// Activates the image made from a VM (idempotent).
+    pub async fn activate_created_image(&self, image_uuid: Uuid) -> Result<Image, ApiError> {
+        let now = nereid_types::time::now_iso();
+        self.change_created_image(image_uuid, |img| activated(img, &now)).await
+    }
+
+    /// Puts an activated image back to `creating` (the job unwinds past activation).
+    pub async fn deactivate_created_image(&self, image_uuid: Uuid) -> Result<Image, ApiError> {
+        self.change_created_image(image_uuid, |img| {
+            let mut out = img.clone();
+            if out.state == "active" {
+                out.state = "creating".into();
+                out.rest.remove("published_at");
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source() -> Image {
+        let mut m = nereid_types::image::DiskImage::new("debian", "12").manifest(2048);
+        m.insert("owner".into(), json!(Uuid::nil()));
+        m.insert("requirements".into(), json!({"min_ram": 512}));
+        let mut img = image::check_create(&m, Origin::Create).unwrap();
+        img.state = "active".into();
+        img
+    }
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn the_manifest_takes_the_callers_fields_and_the_disk_facts_of_the_source() {
+        let src = source();
+        let owner = Uuid::from_u128(7);
+        let m = manifest_from_vm(&src, &obj(json!({"name": "mine", "version": "1.0", "tags": {"role": "web"}, "acl": []})), owner).unwrap();
+        let img = image::check_create(&m, Origin::Create).unwrap();
+        assert_eq!((img.name.as_str(), img.version.as_str(), img.owner, img.public), ("mine", "1.0", owner, false));
+        assert_eq!((img.kind.as_str(), img.os.as_str()), (src.kind.as_str(), src.os.as_str()));
+        assert_eq!(img.origin(), Some(src.uuid.to_string().as_str()));
+        assert_eq!(img.rest["requirements"], json!({"min_ram": 512}));
+        assert_eq!(img.rest["tags"], json!({"role": "web"}));
+        for f in ["nic_driver", "disk_driver", "cpu_type", "image_size"] {
+            assert_eq!(img.rest[f], encode(&src)[f], "{f}");
+        }
+    }
+
+    #[test]
+    fn unknown_or_inherited_inputs_are_refused_by_name_and_bad_values_by_the_manifest_rules() {
+        let src = source();
+        let e =
+            manifest_from_vm(&src, &obj(json!({"name": "x", "version": "1", "os": "windows", "public": true})), Uuid::nil()).unwrap_err();
+        let mut fields: Vec<&str> = e.iter().map(|f| f.field.as_str()).collect();
+        fields.sort();
+        assert_eq!(fields, ["os", "public"]);
+        let m = manifest_from_vm(&src, &obj(json!({"version": "1", "homepage": "ftp://x"})), Uuid::nil()).unwrap();
+        let e = image::check_create(&m, Origin::Create).unwrap_err();
+        let fields: Vec<&str> = e.errors.iter().map(|f| f.field.as_str()).collect();
+        assert!(fields.contains(&"name") && fields.contains(&"homepage"), "{fields:?}");
+    }
+
+    #[test]
+    fn lifecycle_creating_to_active_or_failed() {
+        let mut img = source();
+        img.state = "creating".into();
+        img.rest.remove("published_at");
+        assert_eq!(activated(&img, "2026-12-05T00:00:00.000Z").unwrap_err().code, "NoActivationNoFile");
+        let file = ImageFile {
+            sha1: "ab".repeat(20),
+            size: 5,
+            compression: "none".into(),
+            dataset_guid: None,
+            stor: Some("local".into()),
+            content_md5: None,
+        };
+        let with = with_file(&img, file.clone(), 10240).unwrap();
+        assert_eq!((with.files.len(), with.image_size()), (1, Some(10240)));
+        let active = activated(&with, "2026-12-05T00:00:00.000Z").unwrap();
+        assert_eq!((active.state.as_str(), active.published_at()), ("active", Some("2026-12-05T00:00:00.000Z")));
+        assert_eq!(activated(&active, "later").unwrap(), active, "activating twice changes nothing");
+        assert!(with_file(&active, file, 1).is_err(), "an active image's file is fixed");
+        assert_eq!(failed(&active, image_error("x", None)), active, "an active image does not fail");
+        let f = failed(&with, image_error("the VM's disk could not be read", Some("PrepareImageDidNotRun")));
+        assert_eq!(f.state, "failed");
+        assert!(f.files.is_empty());
+        assert_eq!(f.rest["error"], json!({"message": "the VM's disk could not be read", "code": "PrepareImageDidNotRun"}));
+        assert_eq!(image_error("m", None), json!({"message": "m"}));
+    }
+}
