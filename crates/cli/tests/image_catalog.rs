@@ -134,6 +134,7 @@ async fn publish_list_and_import_with_origin(b: Backend) {
     ] {
         let r = http.request(method.clone(), format!("{cat}{path}")).body("{}").send().await.unwrap();
         assert_eq!(r.status(), 405, "{method} {path}");
+        assert_eq!(r.headers()["allow"], "GET, HEAD");
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["code"], "BadMethod", "{method} {path}: {body}");
     }

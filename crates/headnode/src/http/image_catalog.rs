@@ -104,6 +104,9 @@ async fn not_found(req: Request) -> HttpError {
     HttpError(ApiError::not_found(format!("{} does not exist", req.uri().path())))
 }
 
-async fn bad_method(req: Request) -> HttpError {
-    HttpError(ApiError::bad_method(format!("{} is not allowed", req.method())))
+/// Restify's answer to a method a route does not have: 405 `BadMethod` with `Allow`.
+async fn bad_method(req: Request) -> axum::response::Response {
+    let mut resp = axum::response::IntoResponse::into_response(HttpError(ApiError::bad_method(format!("{} is not allowed", req.method()))));
+    resp.headers_mut().insert(axum::http::header::ALLOW, axum::http::HeaderValue::from_static("GET, HEAD"));
+    resp
 }

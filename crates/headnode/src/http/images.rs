@@ -71,6 +71,14 @@ fn action_schema() -> Value {
     serde_json::json!({"type": "object", "description": "action=import: the full manifest incl. uuid; action=update: fields to change; others: empty."})
 }
 
+/// The image, or for action=import-remote what was imported.
+fn action_response_schema() -> Value {
+    serde_json::json!({"anyOf": [
+        nereid_types::spec::object_schema(FIELDS, Usage::Output),
+        super::image_sources::import_outcome_schema(),
+    ]})
+}
+
 pub fn routes() -> Vec<Route> {
     let doc = |id, summary, query, body, response| Doc { id, tag: "IMGAPI", summary, query, body, response };
     vec![
@@ -112,7 +120,7 @@ pub fn routes() -> Vec<Route> {
                 "ActivateImage, UpdateImage, DisableImage, EnableImage, AdminImportImage or AdminImportRemoteImage, by ?action=.",
                 ACTION_PARAMS,
                 BodyDoc::Schema(action_schema),
-                RespDoc::Object(200, FIELDS),
+                RespDoc::Schema(200, action_response_schema),
             ),
             action,
         ),
