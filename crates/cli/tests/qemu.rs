@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "qemu/image_create.rs"]
+mod image_create;
 #[path = "qemu/web_consoles.rs"]
 mod web_consoles;
 #[path = "qemu/web_iso.rs"]
