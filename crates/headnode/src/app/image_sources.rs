@@ -53,6 +53,8 @@ use crate::buckets::{IMAGE_IMPORTS, IMAGE_SOURCES, IMAGES};
 
 /// IMGAPI's page size limit (ListImages `limit` ≤ 1000).
 pub const PAGE: usize = 1000;
+/// Largest JSON answer read from a source (a page of 1000 manifests stays well below it).
+pub const MAX_JSON: usize = 64 << 20;
 /// Deepest origin chain IMGAPI allows.
 pub const MAX_ORIGIN_DEPTH: usize = 100;
 /// Channel names, as IMGAPI's config accepts them (`*` means every channel).
@@ -219,7 +221,18 @@ fn http_client() -> Result<reqwest::Client, ApiError> {
 /// source's own code and message.
 async fn remote_json(src: &Source, what: &str, resp: reqwest::Response) -> Result<Value, ApiError> {
     let status = resp.status();
-    let body = resp.bytes().await.map_err(|e| remote_error(src, what, e))?;
+    let too_big = || remote_error(src, what, format!("the answer is larger than {MAX_JSON} bytes"));
+    if resp.content_length().is_some_and(|n| n > MAX_JSON as u64) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        body.extend_from_slice(&chunk.map_err(|e| remote_error(src, what, e))?);
+        if body.len() > MAX_JSON {
+            return Err(too_big());
+        }
+    }
     let v: Value = serde_json::from_slice(&body)
         .map_err(|e| remote_error(src, what, format!("answered {status} with a body that is not JSON ({e})")))?;
     if !status.is_success() {
