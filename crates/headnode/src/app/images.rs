@@ -262,6 +262,8 @@ impl App {
                 format!("sha1 mismatch: the request says {want}, the uploaded bytes hash to {}", r.sha1),
             ));
         }
+        let zvol = super::zvol_import::convert(self, uuid, add, r).await?; // a zfs send stream → its raw disk
+        let (add, r) = zvol.as_ref().map_or((add, r), |z| (&z.add, &z.received));
         image::check_compression(&add.compression, &r.head).map_err(|e| ApiError::invalid_parameter(vec![e]))?;
         let file = ImageFile {
             sha1: r.sha1.clone(),

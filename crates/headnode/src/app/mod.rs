@@ -40,6 +40,7 @@ pub mod tenant_ips;
 pub mod vm_metadata;
 pub mod vm_nics;
 pub mod vms;
+pub mod zvol_import;
 
 /// How many times a read-modify-write is retried after losing a race.
 pub const RETRIES: usize = 8;

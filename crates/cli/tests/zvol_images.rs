@@ -1,0 +1,181 @@
+//! Triton's zvol images: `zfs send` streams (made by real OpenZFS, see
+//! scripts/zfs-fixtures) imported through `nereid image import` / AdminImportImage +
+//! AddImageFile become raw disks; an incremental one applies on its origin's disk; a
+//! damaged stream is refused with the offset of the damage and leaves nothing behind.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::{Value, json};
+
+both_backends!(full_and_incremental_streams_import_as_disks, damaged_streams_are_refused_with_their_offset);
+
+const FULL: &str = "7a3c0c52-3f0e-4a57-9d3e-2a4f7c1b9e01";
+const INCR: &str = "7a3c0c52-3f0e-4a57-9d3e-2a4f7c1b9e02";
+const VOLSIZE: u64 = 4 << 20;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../diskimage/tests/fixtures/zfs").join(name)
+}
+
+fn read(name: &str) -> Vec<u8> {
+    std::fs::read(fixture(name)).unwrap()
+}
+
+fn gunzip(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data).read_to_end(&mut out).unwrap();
+    out
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// SHA-1 of the zvol at snapshot `a` or `b`, as the generator read it from /dev/zd0.
+fn disk_sha1(snap: &str) -> String {
+    String::from_utf8(read(&format!("disk-{snap}.img.sha1"))).unwrap().trim().to_string()
+}
+
+/// A snapshot's guid as `zfs get guid` printed it.
+fn guid(snap: &str) -> String {
+    let info = String::from_utf8(read("info.txt")).unwrap();
+    let prefix = format!("nereid/vol@{snap}\tguid\t");
+    info.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap().to_string()
+}
+
+/// A Triton HVM manifest for a stream file (files[0] describes the stream, as Triton's do).
+fn manifest(uuid: &str, origin: Option<&str>, file: &[u8], compression: &str) -> Value {
+    let mut m = json!({"v": 2, "uuid": uuid, "owner": "00000000-0000-0000-0000-000000000000", "name": "zvol-fixture",
+        "version": if origin.is_some() { "b" } else { "a" }, "state": "active", "disabled": false, "public": true,
+        "published_at": "2026-01-02T03:04:05.000Z", "type": "zvol", "os": "other", "nic_driver": "virtio",
+        "disk_driver": "virtio", "cpu_type": "host", "image_size": 4,
+        "files": [{"sha1": sha1_hex(file), "size": file.len(), "compression": compression}]});
+    if let Some(o) = origin {
+        m["origin"] = json!(o);
+    }
+    m
+}
+
+/// `nereid image import` of a manifest and a file.
+async fn import(cloud: &Cloud, manifest: &Value, file: &[u8]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, f) = (dir.path().join("manifest.json"), dir.path().join("file"));
+    write(&m, manifest.to_string().as_bytes());
+    write(&f, file);
+    nereid_async(cloud, &["image", "import", "-m", m.to_str().unwrap(), "-f", f.to_str().unwrap()]).await
+}
+
+async fn download(cloud: &Cloud, uuid: &str) -> Vec<u8> {
+    let r = cloud.client.request(reqwest::Method::GET, &format!("/images/{uuid}/file")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap().to_vec()
+}
+
+/// Files in the image store (content-addressed files and uploads in progress).
+fn files_on_disk(cloud: &Cloud) -> Vec<PathBuf> {
+    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() { walk(&path, out) } else { out.push(path) }
+        }
+    }
+    let mut out = Vec::new();
+    for sub in ["sha1", "tmp"] {
+        walk(&cloud.data_dir.join("images").join(sub), &mut out);
+    }
+    out
+}
+
+async fn full_and_incremental_streams_import_as_disks(b: Backend) {
+    let cloud = Cloud::start(b).await.unwrap();
+    let full = read("full.zfs.gz");
+    let o = import(&cloud, &manifest(FULL, None, &full, "gzip"), &full).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = cloud.client.get(&format!("/images/{FULL}")).await.unwrap();
+    assert_eq!(img["state"], "active");
+    let f = &img["files"][0];
+    assert_eq!(f["compression"], "none", "the stream became a raw disk: {img}");
+    assert_eq!(f["size"], VOLSIZE);
+    assert_eq!(f["sha1"], disk_sha1("a").as_str(), "the disk is the zvol's contents at @a");
+    assert_eq!(f["dataset_guid"], guid("a").as_str(), "dataset_guid is the snapshot's guid");
+    assert_eq!(img["image_size"], 4);
+    let disk = download(&cloud, FULL).await;
+    assert_eq!(sha1_hex(&disk), disk_sha1("a"));
+    assert!(disk[512..].starts_with(b"nereid-zvol: snapshot a"));
+
+    // The incremental (bzip2, zfs send -c -e) applies on the full image's disk.
+    let incr = read("incr-ce.zfs.bz2");
+    let o = import(&cloud, &manifest(INCR, Some(FULL), &incr, "bzip2"), &incr).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = cloud.client.get(&format!("/images/{INCR}")).await.unwrap();
+    let f = &img["files"][0];
+    assert_eq!((f["compression"].as_str(), f["size"].as_u64()), (Some("none"), Some(VOLSIZE)));
+    assert_eq!(f["sha1"], disk_sha1("b").as_str(), "the disk is the zvol's contents at @b: {img}");
+    assert_eq!(f["dataset_guid"], guid("b").as_str());
+    assert_eq!(img["origin"], FULL);
+    assert_eq!(sha1_hex(&download(&cloud, INCR).await), disk_sha1("b"));
+    // The origin is untouched, and only the two disks are stored: no stream, no temporary file.
+    assert_eq!(sha1_hex(&download(&cloud, FULL).await), disk_sha1("a"));
+    let files = files_on_disk(&cloud);
+    assert_eq!(files.len(), 2, "{files:?}");
+}
+
+async fn damaged_streams_are_refused_with_their_offset(b: Backend) {
+    let cloud = Cloud::start(b).await.unwrap();
+    let stream = gunzip(&read("full.zfs.gz"));
+
+    // Truncated (uncompressed, through the CLI): refused, rolled back, nothing stored.
+    let cut = stream.len() / 2;
+    let truncated = &stream[..cut];
+    let o = import(&cloud, &manifest(FULL, None, truncated, "none"), truncated).await;
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains(&format!("ZFS send stream, byte {cut}")) && err.contains("truncated"), "{err}");
+    api_err(cloud.client.get(&format!("/images/{FULL}")).await, 404, "ResourceNotFound");
+    assert!(files_on_disk(&cloud).is_empty(), "{:?}", files_on_disk(&cloud));
+
+    // A flipped byte (gzip, over HTTP): 422 naming the record whose checksum fails.
+    let mut bad = stream.clone();
+    bad[312 + 40] ^= 1;
+    let bad = gzip(&bad);
+    cloud.client.post(&format!("/images/{FULL}?action=import"), &manifest(FULL, None, &bad, "gzip")).await.unwrap();
+    let r = cloud.client.send(cloud.client.request(reqwest::Method::PUT, &format!("/images/{FULL}/file?compression=gzip")).body(bad)).await;
+    let body = api_err(r, 422, "ValidationFailed");
+    let msg = body["message"].as_str().unwrap();
+    assert!(msg.contains("ZFS send stream, byte 312") && msg.contains("checksum mismatch"), "{msg}");
+    assert_eq!(body["errors"][0]["field"], "file");
+    let img = cloud.client.get(&format!("/images/{FULL}")).await.unwrap();
+    assert_eq!((img["state"].as_str(), img["files"].as_array().map(Vec::len)), (Some("unactivated"), Some(0)));
+    assert!(files_on_disk(&cloud).is_empty(), "{:?}", files_on_disk(&cloud));
+
+    // The intact stream then attaches to the same image.
+    let good = read("full.zfs.gz");
+    let r =
+        cloud.client.send(cloud.client.request(reqwest::Method::PUT, &format!("/images/{FULL}/file?compression=gzip")).body(good)).await;
+    assert_eq!(r.unwrap()["files"][0]["sha1"], disk_sha1("a").as_str());
+
+    cloud.client.post(&format!("/images/{FULL}?action=activate"), &json!({})).await.unwrap();
+
+    // An incremental stream needs its origin: without one it is refused at BEGIN's fromguid.
+    let incr = read("incr.zfs.gz");
+    let o = import(&cloud, &manifest(INCR, None, &incr, "gzip"), &incr).await;
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("ZFS send stream, byte 48") && err.contains("incremental"), "{err}");
+    // A dataset_guid the stream contradicts names the field.
+    cloud.client.post(&format!("/images/{INCR}?action=import"), &manifest(INCR, Some(FULL), &incr, "gzip")).await.unwrap();
+    let r = cloud
+        .client
+        .send(cloud.client.request(reqwest::Method::PUT, &format!("/images/{INCR}/file?compression=gzip&dataset_guid=123")).body(incr))
+        .await;
+    let body = api_err(r, 422, "InvalidParameter");
+    assert_eq!(body["errors"][0]["field"], "dataset_guid", "{body}");
+    assert_eq!(files_on_disk(&cloud).len(), 1, "only the full image's disk: {:?}", files_on_disk(&cloud));
+}

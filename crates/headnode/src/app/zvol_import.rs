@@ -1,0 +1,296 @@
+//! Triton's zvol images: a `zfs send` stream uploaded as an image file becomes the raw
+//! disk Nereid runs.
+//!
+//! Triton publishes HVM images (`type: zvol`) as ZFS send streams of a zvol snapshot,
+//! compressed with gzip, bzip2 or xz; an incremental image's stream applies on top of its
+//! origin's. Compute nodes here run raw or qcow2 disks, so AddImageFile converts such a
+//! stream once, on import, and keeps the disk instead of the stream:
+//!
+//! ```text
+//!  AddImageFile of a type: zvol image ──► upload verified (size, sha1)
+//!     │ its first decompressed bytes a ZFS BEGIN record? ── no ──► attached as uploaded
+//!     ▼ yes
+//!  decompress into tmp/<id>.zfs ──► replay onto a copy of the origin's disk ──► tmp/<id>.raw
+//!     │ refused: 422 ValidationFailed "ZFS send stream, byte N: …" (both tmp files removed)
+//!     ▼
+//!  files[0] = { sha1/size/contentMD5 of the raw disk, compression: none,
+//!               dataset_guid: the snapshot's guid (decimal, as `zfs get guid` prints it) }
+//! ```
+//!
+//! `dataset_guid` is Triton's own field for the snapshot's guid: an incremental image's
+//! stream must start from its origin's (`fromguid`), and the origin's volsize is the size of
+//! its raw disk. A declared `dataset_guid` or `image_size` that the stream contradicts is
+//! refused. The stream's own SHA-1 is not kept (files[0] describes the stored disk).
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use md5::Md5;
+use nereid_diskimage::zfs::{self, Origin, StreamInfo, ZfsError};
+use nereid_diskimage::{Compression, decompress};
+use nereid_types::image::{self, Image};
+use nereid_types::{ApiError, FieldError};
+use sha1::{Digest, Sha1};
+use uuid::Uuid;
+
+use super::App;
+use super::image_files::Received;
+use super::images::AddFile;
+
+/// A converted upload: what `attach_file` stores instead of the stream. Its temporary
+/// file is removed when dropped unless it was committed (moved) first.
+pub(crate) struct Converted {
+    pub add: AddFile,
+    pub received: Received,
+}
+
+impl Drop for Converted {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.received.tmp);
+    }
+}
+
+/// 422 for a file that is not a usable stream, naming the field `file`.
+fn refused(message: String) -> ApiError {
+    ApiError::new(422, "ValidationFailed", message.clone()).with_errors(vec![FieldError::invalid("file", message)])
+}
+
+/// Converts the upload `r` of image `uuid` if it is a ZFS send stream of a zvol image;
+/// `Ok(None)` leaves every other upload as it is.
+pub(crate) async fn convert(app: &App, uuid: Uuid, add: &AddFile, r: &Received) -> Result<Option<Converted>, ApiError> {
+    let (img, _) = app.get_image(uuid, None).await?;
+    if img.kind != "zvol" || image::check_compression(&add.compression, &r.head).is_err() {
+        // Not a zvol image, or a compression attach_file refuses anyway.
+        return Ok(None);
+    }
+    let Some(compression) = Compression::parse(&add.compression) else { return Ok(None) };
+    let upload = r.tmp.clone();
+    let is_stream = tokio::task::spawn_blocking(move || starts_with_begin(compression, &upload))
+        .await
+        .map_err(|e| ApiError::internal(format!("reading the upload: {e}")))?
+        .map_err(|e| ApiError::new(503, "StorageIsDown", format!("could not read the uploaded file: {e}")))?;
+    if !is_stream {
+        return Ok(None);
+    }
+    let base = match img.origin() {
+        Some(origin) => Some(origin_disk(app, origin).await?),
+        None => None,
+    };
+    let id = Uuid::new_v4();
+    let dir = app.files.tmp_dir();
+    let (stream_path, raw_path) = (dir.join(format!("{id}.zfs")), dir.join(format!("{id}.raw")));
+    let upload = r.tmp.clone();
+    let raw = raw_path.clone();
+    let converted = tokio::task::spawn_blocking(move || {
+        let result = to_raw(compression, &upload, &stream_path, base, &raw);
+        let _ = std::fs::remove_file(&stream_path);
+        if result.is_err() {
+            let _ = std::fs::remove_file(&raw);
+        }
+        result
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("converting the ZFS stream: {e}")))?;
+    let (info, received) = match converted {
+        Ok(v) => v,
+        Err(Failure::Refused(m)) => return Err(refused(m)),
+        Err(Failure::Io(e)) => {
+            tracing::error!(error = %e, image = %uuid, "converting a ZFS send stream");
+            return Err(ApiError::new(503, "StorageIsDown", format!("could not convert the file: {e}")));
+        }
+    };
+    let converted = Converted {
+        add: AddFile { compression: "none".into(), sha1: None, dataset_guid: Some(info.toguid.to_string()), content_length: None },
+        received,
+    };
+    check_manifest(&img, add, &info)?;
+    // The stream itself is not kept: the disk replaces it.
+    let _ = tokio::fs::remove_file(&r.tmp).await;
+    tracing::info!(image = %uuid, toguid = info.toguid, volsize = info.volsize, "converted a ZFS send stream into a raw disk");
+    Ok(Some(converted))
+}
+
+/// What the manifest declares must match the stream: `dataset_guid` (if given) is the
+/// snapshot's guid, `image_size` (if given) its volsize in MiB.
+fn check_manifest(img: &Image, add: &AddFile, info: &StreamInfo) -> Result<(), ApiError> {
+    if let Some(declared) = add.dataset_guid.as_deref().filter(|g| !g.is_empty())
+        && declared != info.toguid.to_string()
+    {
+        return Err(ApiError::invalid_parameter(vec![FieldError::invalid(
+            "dataset_guid",
+            format!("is {declared}, but the stream is of the snapshot with guid {}", info.toguid),
+        )]));
+    }
+    let mib = info.volsize.div_ceil(1 << 20);
+    if let Some(size) = img.image_size()
+        && size != mib
+    {
+        return Err(refused(format!(
+            "the manifest's image_size is {size} MiB, but the zvol in the stream has a volsize of {} bytes ({mib} MiB)",
+            info.volsize
+        )));
+    }
+    Ok(())
+}
+
+/// The raw disk and guid of an incremental image's origin.
+async fn origin_disk(app: &App, origin: &str) -> Result<(PathBuf, Origin), ApiError> {
+    let id = Uuid::parse_str(origin).map_err(|_| ApiError::validation_422(vec![FieldError::invalid("origin", "must be a UUID")]))?;
+    let (o, _) = app.get_image(id, None).await?;
+    let not_zfs = || {
+        refused(format!(
+            "the stream is applied on its origin image {id}, but that image was not imported from a ZFS send stream (its files[0] has no dataset_guid and no raw disk)"
+        ))
+    };
+    let file = o.files.first().ok_or_else(not_zfs)?;
+    let guid = file.dataset_guid.as_deref().and_then(|g| g.parse::<u64>().ok()).ok_or_else(not_zfs)?;
+    if file.compression != "none" {
+        return Err(not_zfs());
+    }
+    Ok((app.files.path_of(&file.sha1), Origin { guid, volsize: file.size }))
+}
+
+enum Failure {
+    Refused(String),
+    Io(io::Error),
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Failure::Io(e)
+    }
+}
+
+/// Whether the decompressed file starts with a BEGIN record (either byte order).
+fn starts_with_begin(c: Compression, path: &Path) -> io::Result<bool> {
+    let mut head = Head(Vec::new());
+    // Stops with an error once 16 bytes are in: only the head matters.
+    let _ = decompress(c, File::open(path)?, &mut head);
+    let h = &head.0;
+    if h.len() < 16 || h[..4] != [0; 4] {
+        return Ok(false);
+    }
+    let magic = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
+    Ok(magic == zfs::MAGIC || magic == zfs::MAGIC.swap_bytes())
+}
+
+/// Collects the first 16 bytes written, then refuses more.
+struct Head(Vec<u8>);
+
+impl Write for Head {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = 16 - self.0.len();
+        if room == 0 {
+            return Err(io::Error::other("enough"));
+        }
+        let n = room.min(buf.len());
+        self.0.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Decompresses the upload into `stream`, replays it into `raw`, and describes `raw`.
+fn to_raw(
+    c: Compression,
+    upload: &Path,
+    stream: &Path,
+    base: Option<(PathBuf, Origin)>,
+    raw: &Path,
+) -> Result<(StreamInfo, Received), Failure> {
+    {
+        let mut out = io::BufWriter::new(File::create(stream)?);
+        decompress(c, File::open(upload)?, &mut out).map_err(|e| match e {
+            nereid_diskimage::Error::Io(e) => Failure::Io(e),
+            other => Failure::Refused(format!("the file does not decompress as {}: {other}", c.as_str())),
+        })?;
+        out.into_inner().map_err(|e| Failure::Io(e.into_error()))?.sync_all()?;
+    }
+    let info = zfs::stream_to_raw(File::open(stream)?, base.as_ref().map(|(p, o)| (p.as_path(), *o)), raw).map_err(|e| match e {
+        ZfsError::Stream { .. } => Failure::Refused(e.to_string()),
+        ZfsError::Io(e) => Failure::Io(e),
+    })?;
+    let received = describe(raw)?;
+    Ok((info, received))
+}
+
+/// SHA-1, MD5, size and first bytes of a file, as an upload's [`Received`].
+fn describe(path: &Path) -> io::Result<Received> {
+    let mut f = File::open(path)?;
+    let (mut sha1, mut md5, mut size, mut head) = (Sha1::new(), Md5::new(), 0u64, Vec::new());
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if head.len() < 64 {
+            head.extend_from_slice(&buf[..n.min(64 - head.len())]);
+        }
+        sha1.update(&buf[..n]);
+        md5.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok(Received {
+        tmp: path.to_path_buf(),
+        sha1: hex::encode(sha1.finalize()),
+        md5: base64::engine::general_purpose::STANDARD.encode(md5.finalize()),
+        size,
+        head,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_sniffing_needs_the_begin_magic() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s");
+        let mut begin = vec![0u8; 312];
+        begin[8..16].copy_from_slice(&zfs::MAGIC.to_le_bytes());
+        std::fs::write(&p, &begin).unwrap();
+        assert!(starts_with_begin(Compression::None, &p).unwrap());
+        begin[8..16].copy_from_slice(&zfs::MAGIC.to_be_bytes());
+        std::fs::write(&p, &begin).unwrap();
+        assert!(starts_with_begin(Compression::None, &p).unwrap(), "byteswapped");
+        std::fs::write(&p, vec![0u8; 4096]).unwrap();
+        assert!(!starts_with_begin(Compression::None, &p).unwrap(), "a raw disk of zeros");
+        std::fs::write(&p, b"QFI\xfb").unwrap();
+        assert!(!starts_with_begin(Compression::None, &p).unwrap());
+    }
+
+    #[test]
+    fn manifest_must_agree_with_the_stream() {
+        let img: Image = serde_json::from_value(serde_json::json!({
+            "v": 2, "uuid": Uuid::nil(), "owner": Uuid::nil(), "name": "n", "version": "1", "state": "unactivated",
+            "disabled": false, "public": false, "type": "zvol", "os": "linux", "files": [], "image_size": 4
+        }))
+        .unwrap();
+        let info = StreamInfo {
+            toguid: 42,
+            fromguid: 0,
+            toname: "p/v@a".into(),
+            volsize: 4 << 20,
+            volblocksize: Some(8192),
+            byteswapped: false,
+            substreams: 1,
+            stream_size: 1000,
+        };
+        let add =
+            |g: Option<&str>| AddFile { compression: "gzip".into(), sha1: None, dataset_guid: g.map(String::from), content_length: None };
+        assert!(check_manifest(&img, &add(None), &info).is_ok());
+        assert!(check_manifest(&img, &add(Some("42")), &info).is_ok());
+        let e = check_manifest(&img, &add(Some("43")), &info).unwrap_err();
+        assert_eq!((e.status, e.errors[0].field.as_str()), (422, "dataset_guid"));
+        let e = check_manifest(&img, &add(None), &StreamInfo { volsize: 8 << 20, ..info }).unwrap_err();
+        assert!(e.message.contains("image_size is 4 MiB"), "{}", e.message);
+    }
+}
