@@ -299,6 +299,15 @@ mod tests {
     }
 
     #[test]
+    fn rendered_requirements_carry_cloudapi_memory_names() {
+        let mut i = img("a", "zvol", "active", true);
+        i.rest.insert("requirements".into(), json!({"min_ram": 512, "max_ram": 4096, "brand": "bhyve"}));
+        let r = render::image(&i);
+        assert_eq!(r["requirements"], json!({"min_ram": 512, "min_memory": 512, "max_ram": 4096, "max_memory": 4096, "brand": "bhyve"}));
+        assert_eq!(r["id"], json!(i.uuid));
+    }
+
+    #[test]
     fn bad_filters_name_their_parameter() {
         for (k, v) in [("state", "gone"), ("public", "yes"), ("owner", "bob"), ("type", "vm"), ("os", "plan9")] {
             let e = list_filter(&q(&[(k, v)])).unwrap_err().0;

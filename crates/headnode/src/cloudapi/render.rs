@@ -101,6 +101,14 @@ pub fn image(img: &Image) -> Value {
         }
     }
     out.entry("tags").or_insert_with(|| json!({}));
+    // sdc-cloudapi also names the RAM bounds `min_memory`/`max_memory`.
+    if let Some(Value::Object(req)) = out.get_mut("requirements") {
+        for (ram, memory) in [("min_ram", "min_memory"), ("max_ram", "max_memory")] {
+            if let Some(v) = req.get(ram).cloned() {
+                req.insert(memory.into(), v);
+            }
+        }
+    }
     Value::Object(out)
 }
 
