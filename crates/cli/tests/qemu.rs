@@ -12,6 +12,8 @@ mod image_create;
 mod web_consoles;
 #[path = "qemu/web_iso.rs"]
 mod web_iso;
+#[path = "qemu/zvol_boot.rs"]
+mod zvol_boot;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
