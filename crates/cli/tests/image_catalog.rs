@@ -308,6 +308,28 @@ async fn interrupted_import_resumes_with_a_range_request() {
     assert_eq!((img["state"].as_str(), img["files"][0]["size"].as_u64()), (Some("active"), Some(data.len() as u64)));
     assert!(download(&importer, &uuid).await == data, "the resumed file is byte-identical");
     assert!(files_under(&importer.data_dir.join("images/partial")).is_empty());
+
+    // One source that cannot be read does not hide another's images: `image avail` lists
+    // the good one and warns about the other (as imgadm does); only if every source fails
+    // is it an error.
+    let o = nereid_async(&importer, &["admin", "image", "sources", "add", &src]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let other = Cloud::start_with(Options::new(Backend::Sqlite).image_catalog()).await.unwrap();
+    let theirs = make_image(&other, zvol("elsewhere", json!({})), Some(&b"elsewhere"[..]), true).await;
+    let o = nereid_async(&importer, &["admin", "image", "sources", "add", &other.image_catalog_url().unwrap()]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    faults.lock().unwrap().cut_after = Some(10);
+    let o = nereid_async(&importer, &["admin", "image", "avail"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).lines().any(|l| l.starts_with(&theirs) && l.contains("elsewhere")), "{}", stdout(&o));
+    assert!(!stdout(&o).contains(&uuid), "{}", stdout(&o));
+    assert!(stderr(&o).contains(&format!("warning: image source {src} could not be listed")), "{}", stderr(&o));
+    let listed = importer.client.get("/image_sources/images").await.unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    assert_eq!(listed[1]["source"], src.as_str(), "{listed}");
+    assert_eq!(listed[1]["error"]["code"], "RemoteSourceError", "{listed}");
+    let o = nereid_async(&importer, &["admin", "image", "avail", "--source", &src]).await;
+    assert!(!o.status.success() && stderr(&o).contains("RemoteSourceError"), "a named source that fails is an error: {}", stderr(&o));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -59,7 +59,19 @@ pub async fn avail(c: &Client, a: AvailArgs, json: bool) -> Result<()> {
         Some(s) => format!("/image_sources/images?source={}", enc(s)),
         None => "/image_sources/images".to_string(),
     };
-    print(&c.get(&path).await?, AVAIL_COLUMNS, json);
+    let listed = c.get(&path).await?;
+    if json {
+        print(&listed, AVAIL_COLUMNS, true);
+        return Ok(());
+    }
+    // A source that could not be read is a warning, as `imgadm avail` gives it; the
+    // others' images are listed.
+    let (failed, images): (Vec<Value>, Vec<Value>) =
+        listed.as_array().cloned().unwrap_or_default().into_iter().partition(|i| i.get("error").is_some());
+    for f in &failed {
+        eprintln!("warning: image source {} could not be listed: {}", text(f, "source"), f["error"]["message"].as_str().unwrap_or(""));
+    }
+    print(&Value::Array(images), AVAIL_COLUMNS, false);
     Ok(())
 }
 

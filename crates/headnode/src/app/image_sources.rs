@@ -429,37 +429,62 @@ impl App {
     }
 
     /// What the sources offer, as `imgadm avail -j` lists it: `[{manifest, source}]`, each
-    /// UUID once (the first source that has it), oldest first per source.
+    /// UUID once (the first source that has it), oldest first per source. A source that
+    /// cannot be read, among several, does not hide the others (as `imgadm avail` warns
+    /// and goes on): it is listed as `{source, error: {code, message}}`. A named source
+    /// that fails, or every configured source failing, is an error.
     pub async fn image_avail(&self, source: Option<&str>) -> Result<Vec<Value>, ApiError> {
         let http = http_client()?;
+        let sources = self.sources_for(source).await?;
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
-        for src in self.sources_for(source).await? {
-            let mut marker: Option<String> = None;
-            loop {
-                let limit = PAGE.to_string();
-                let mut q = vec![("limit", limit.as_str())];
-                if let Some(m) = &marker {
-                    q.push(("marker", m.as_str()));
-                }
-                let resp = http.get(src.url("/images", &q)).send().await.map_err(|e| remote_error(&src, "ListImages", e))?;
-                let Value::Array(page) = remote_json(&src, "ListImages", resp).await? else {
-                    return Err(remote_error(&src, "ListImages", "the answer is not a JSON array"));
-                };
-                let (items, next) = next_page(marker.as_deref(), page, PAGE);
-                for m in items {
-                    let uuid = m.get("uuid").and_then(Value::as_str).unwrap_or("").to_string();
-                    if seen.insert(uuid) {
-                        out.push(json!({"manifest": m, "source": src.display()}));
+        let mut failures = Vec::new();
+        for src in &sources {
+            match self.source_avail(&http, src).await {
+                Ok(manifests) => {
+                    for m in manifests {
+                        let uuid = m.get("uuid").and_then(Value::as_str).unwrap_or("").to_string();
+                        if seen.insert(uuid) {
+                            out.push(json!({"manifest": m, "source": src.display()}));
+                        }
                     }
                 }
-                match next {
-                    Some(n) => marker = Some(n),
-                    None => break,
-                }
+                Err(e) => failures.push((src.display(), e)),
             }
         }
+        if failures.len() == sources.len()
+            && let Some((_, e)) = failures.drain(..).next()
+        {
+            return Err(e);
+        }
+        for (source, e) in failures {
+            tracing::warn!(%source, error = %e.message, "image source could not be listed");
+            out.push(json!({"source": source, "error": {"code": e.code, "message": e.message}}));
+        }
         Ok(out)
+    }
+
+    /// Every manifest one source lists, page by page (the marker is inclusive).
+    async fn source_avail(&self, http: &reqwest::Client, src: &Source) -> Result<Vec<Value>, ApiError> {
+        let mut out = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let limit = PAGE.to_string();
+            let mut q = vec![("limit", limit.as_str())];
+            if let Some(m) = &marker {
+                q.push(("marker", m.as_str()));
+            }
+            let resp = http.get(src.url("/images", &q)).send().await.map_err(|e| remote_error(src, "ListImages", e))?;
+            let Value::Array(page) = remote_json(src, "ListImages", resp).await? else {
+                return Err(remote_error(src, "ListImages", "the answer is not a JSON array"));
+            };
+            let (items, next) = next_page(marker.as_deref(), page, PAGE);
+            out.extend(items);
+            match next {
+                Some(n) => marker = Some(n),
+                None => return Ok(out),
+            }
+        }
     }
 
     /// How the import of `uuid` is going (or went).
