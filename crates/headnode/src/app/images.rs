@@ -66,7 +66,10 @@ pub fn list_filter(q: &Query, marker: Option<&Marker>, desc: bool) -> Result<Fil
         parts.push(Filter::eq("public", p));
     }
     if let Some(account) = q.str("account") {
-        parts.push(Filter::Or(vec![Filter::eq("public", true), Filter::eq("owner", account), Filter::has("acl", account)]));
+        // As [`visible_to`]: its own images; others' once activated, public or shared with it.
+        let activated = Filter::Or(vec![Filter::eq("state", "active"), Filter::eq("state", "disabled")]);
+        let others = Filter::And(vec![activated, Filter::Or(vec![Filter::eq("public", true), Filter::has("acl", account)])]);
+        parts.push(Filter::Or(vec![Filter::eq("owner", account), others]));
     }
     if let Some(b) = q.str("billing_tag") {
         parts.push(Filter::has("billing_tags", b));
@@ -489,6 +492,32 @@ mod tests {
         assert!(!f.matches(&json!({"name": "ubuntu", "type": "zone-dataset", "tags": {"role": "os", "n": 5}})));
         assert!(!f.matches(&json!({"name": "debian", "type": "zvol", "tags": {"role": "os", "n": 5}})));
         assert!(list_filter(&q(&[("tag.a'b", "x")]), None, false).is_err());
+    }
+
+    #[test]
+    fn an_account_sees_its_own_images_and_others_activated_public_or_shared_ones() {
+        let me = Uuid::from_u128(1).to_string();
+        let other = Uuid::from_u128(2).to_string();
+        let f = list_filter(&q(&[("state", "all"), ("account", &me)]), None, false).unwrap();
+        let img =
+            |owner: &str, state: &str, public: bool, acl: &[&str]| json!({"owner": owner, "state": state, "public": public, "acl": acl});
+        assert!(f.matches(&img(&me, "unactivated", false, &[])));
+        assert!(f.matches(&img(&other, "active", true, &[])));
+        assert!(f.matches(&img(&other, "disabled", false, &[&me])));
+        assert!(!f.matches(&img(&other, "active", false, &[])));
+        assert!(!f.matches(&img(&other, "unactivated", true, &[])), "others' unactivated images stay hidden");
+        assert!(!f.matches(&img(&other, "creating", false, &[&me])));
+        for (v, want) in [
+            (img(&me, "failed", false, &[]), true),
+            (img(&other, "active", true, &[]), true),
+            (img(&other, "unactivated", false, &[&me]), false),
+        ] {
+            let i: Image = serde_json::from_value(json!({"v": 2, "uuid": Uuid::new_v4(), "name": "n", "version": "1", "disabled": false,
+                "type": "zvol", "os": "linux", "files": [], "owner": v["owner"], "state": v["state"], "public": v["public"], "acl": v["acl"]}))
+            .unwrap();
+            assert_eq!(visible_to(&i, Uuid::from_u128(1)), want, "{v}");
+            assert_eq!(f.matches(&v), want, "the store filter and visible_to agree: {v}");
+        }
     }
 
     #[test]
