@@ -14,7 +14,7 @@ use nereid_testkit::Options;
 use nereid_testkit::triton::KeyType;
 use serde_json::{Value, json};
 
-const STEPS: &[&str] = &["check", "stop", "wait stopped", "receive disk", "start again", "activate"];
+const STEPS: &[&str] = &["check", "stop", "wait stopped", "prepare", "receive disk", "start again", "activate"];
 
 struct Env {
     cloud: Cloud,
@@ -175,6 +175,26 @@ async fn a_server_that_cannot_export_the_disk_fails_the_image_with_its_reason() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_guest_that_never_runs_the_prepare_script_fails_the_image_with_prepare_image_did_not_run() {
+    let e = env().await;
+    let vm = e.running_vm("unprepared", None).await;
+    let before = e.cloud.client.get(&format!("/vms/{vm}")).await.unwrap();
+    let body = json!({"name": "prepared", "version": "1", "prepare_image_script": "mdata put prepare-image:state running", "prepare_image_timeout": 1});
+    let j = e.action(&vm, "create_image", body).await;
+    assert_eq!(j["execution"], "failed", "{j}");
+    assert_eq!(j["params"]["prepare_image_timeout"], 1);
+    let img = e.image(j["params"]["image_uuid"].as_str().unwrap()).await;
+    assert_eq!((img["state"].as_str(), img["error"]["code"].as_str()), (Some("failed"), Some("PrepareImageDidNotRun")), "{img}");
+    assert!(img["error"]["message"].as_str().unwrap().contains("within 1 s"), "{img}");
+    // The VM is as it was: running, no operator-script, its autoboot back.
+    e.settles(&vm, "running").await;
+    let after = e.cloud.client.get(&format!("/vms/{vm}")).await.unwrap();
+    assert!(after["internal_metadata"].get("operator-script").is_none(), "{after}");
+    assert_eq!(after["autoboot"], before["autoboot"]);
+    assert_eq!(after["customer_metadata"], before["customer_metadata"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_requests_name_the_field_and_write_nothing() {
     let e = env().await;
     let vm = e.running_vm("bad", None).await;
@@ -192,6 +212,10 @@ async fn bad_requests_name_the_field_and_write_nothing() {
     assert_eq!(err["errors"][0]["field"], "homepage", "{err}");
     let err = api_err(post(json!({"name": "x y!", "version": "1"})).await, 422, "ValidationFailed");
     assert_eq!(err["errors"][0]["field"], "name", "{err}");
+    let err = api_err(post(json!({"name": "x", "version": "1", "prepare_image_timeout": 5})).await, 422, "InvalidParameter");
+    assert_eq!(err["errors"][0]["field"], "prepare_image_timeout", "{err}");
+    let err = api_err(post(json!({"name": "x", "version": "1", "prepare_image_script": ""})).await, 422, "InvalidParameter");
+    assert_eq!(err["errors"][0]["field"], "prepare_image_script", "{err}");
     let missing =
         e.cloud.client.post(&format!("/vms/{}?action=create_image", uuid::Uuid::new_v4()), &json!({"name": "x", "version": "1"})).await;
     api_err(missing, 404, "ResourceNotFound");

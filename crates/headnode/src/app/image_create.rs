@@ -5,7 +5,8 @@
 //! ```text
 //!   request ── checks (VM, its image, the manifest) ──► image (state creating) + job,
 //!                                                       written in one batch
-//!   job: stop VM ► receive its flattened boot disk ► start VM again ► activate
+//!   job: stop VM ► [guest prepares itself] ► receive its flattened boot disk ►
+//!        start VM again ► activate
 //!              └─ any failure: file dropped, image failed {message, code}, VM as before
 //!
 //!   creating ──► active
@@ -34,6 +35,60 @@ use crate::jobs::new_job;
 /// What a caller may set on an image made from a VM (CloudAPI's and IMGAPI's inputs);
 /// everything else comes from the VM's image.
 pub const INPUTS: &[&str] = &["name", "version", "description", "homepage", "eula", "acl", "tags"];
+
+/// How long a guest has to say it is preparing (`prepare-image:state` = `running`)
+/// before the image fails with `PrepareImageDidNotRun`, unless the request says (imgadm's
+/// default: five minutes).
+pub const PREPARE_TIMEOUT_SECS: u64 = 300;
+
+/// VMAPI `create_image`'s own inputs (operators only, never CloudAPI's): the guest's
+/// prepare-image script, run as its `sdc:operator-script` before the disk is taken, and
+/// how long it has to start.
+pub const PREPARE_INPUTS: &[&str] = &["prepare_image_script", "prepare_image_timeout"];
+
+/// What the guest is asked to run before its disk becomes an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepare {
+    pub script: String,
+    pub timeout_secs: u64,
+}
+
+/// A `create_image` body without its prepare-image inputs, and what they ask.
+pub type Split = (Map<String, Value>, Option<Prepare>);
+
+/// Takes the prepare-image inputs out of a `create_image` body (pure).
+pub fn split_prepare(input: &Map<String, Value>) -> Result<Split, Vec<FieldError>> {
+    let mut rest = input.clone();
+    let script = rest.remove("prepare_image_script");
+    let timeout = rest.remove("prepare_image_timeout");
+    let mut errors = Vec::new();
+    let script = match script {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 64 * 1024 => Some(s),
+        Some(_) => {
+            errors.push(FieldError::invalid("prepare_image_script", "must be a non-empty script of at most 64 KiB (a string)"));
+            None
+        }
+    };
+    let timeout_secs = match timeout {
+        None | Some(Value::Null) => PREPARE_TIMEOUT_SECS,
+        Some(v) => match v.as_u64().filter(|n| (1..=3600).contains(n)) {
+            Some(n) if script.is_some() => n,
+            Some(_) => {
+                errors.push(FieldError::invalid("prepare_image_timeout", "only goes with prepare_image_script"));
+                0
+            }
+            None => {
+                errors.push(FieldError::invalid("prepare_image_timeout", "must be a whole number of seconds from 1 to 3600"));
+                0
+            }
+        },
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok((rest, script.map(|script| Prepare { script, timeout_secs })))
+}
 
 /// Fields copied from the VM's image: they describe the disk, which the new image keeps.
 pub const INHERITED: &[&str] =
@@ -137,13 +192,18 @@ impl App {
                 format!("VM {vm_uuid}'s image is type {}: only hardware-VM (zvol) images can be made from VMs here", source.kind),
             ));
         }
-        let manifest = manifest_from_vm(&source, input, vm_owner).map_err(ApiError::invalid_parameter)?;
+        let (input, prepare) = split_prepare(input).map_err(ApiError::invalid_parameter)?;
+        let manifest = manifest_from_vm(&source, &input, vm_owner).map_err(ApiError::invalid_parameter)?;
         let mut img = image::check_create(&manifest, Origin::Create)?;
         img.state = "creating".into();
         // The request is well-formed: now whether the VM can be imaged at all.
         let server = Self::check_actionable(&vm)?;
         let mut params = Map::new();
         params.insert("image_uuid".into(), json!(img.uuid));
+        if let Some(p) = prepare {
+            params.insert("prepare_image_script".into(), json!(p.script));
+            params.insert("prepare_image_timeout".into(), json!(p.timeout_secs));
+        }
         let job = new_job("create_image", vm_uuid, Some(server), vm.owner_uuid, params);
         let job = self.queue(job, vec![Op::put(IMAGES.name, img.uuid.to_string(), encode(&img), Cond::Absent)]).await?;
         tracing::info!(vm = %vm_uuid, image = %img.uuid, job = %job.uuid, "creating an image from a VM");
@@ -305,6 +365,26 @@ mod tests {
         let e = image::check_create(&m, Origin::Create).unwrap_err();
         let fields: Vec<&str> = e.errors.iter().map(|f| f.field.as_str()).collect();
         assert!(fields.contains(&"name") && fields.contains(&"homepage"), "{fields:?}");
+    }
+
+    #[test]
+    fn prepare_inputs_are_taken_out_and_checked() {
+        let (rest, p) = split_prepare(&obj(json!({"name": "x", "prepare_image_script": "echo hi", "prepare_image_timeout": 30}))).unwrap();
+        assert_eq!(rest, obj(json!({"name": "x"})));
+        assert_eq!(p, Some(Prepare { script: "echo hi".into(), timeout_secs: 30 }));
+        let (_, p) = split_prepare(&obj(json!({"prepare_image_script": "true"}))).unwrap();
+        assert_eq!(p.unwrap().timeout_secs, PREPARE_TIMEOUT_SECS);
+        assert_eq!(split_prepare(&obj(json!({"name": "x"}))).unwrap().1, None);
+        for (bad, field) in [
+            (json!({"prepare_image_script": ""}), "prepare_image_script"),
+            (json!({"prepare_image_script": 5}), "prepare_image_script"),
+            (json!({"prepare_image_script": "x", "prepare_image_timeout": 0}), "prepare_image_timeout"),
+            (json!({"prepare_image_script": "x", "prepare_image_timeout": "10"}), "prepare_image_timeout"),
+            (json!({"prepare_image_timeout": 10}), "prepare_image_timeout"),
+        ] {
+            let e = split_prepare(&obj(bad.clone())).unwrap_err();
+            assert_eq!(e[0].field, field, "{bad}");
+        }
     }
 
     #[test]

@@ -3,11 +3,24 @@
 //! state `creating` with the job (see [`crate::app::image_create`]).
 //!
 //! ```text
-//!   check ─► stop ─► wait stopped ─► receive disk ─► start again ─► activate
-//!     │       │                                                        │
+//!   check ─► stop ─► wait stopped ─► prepare ─► receive disk ─► start again ─► activate
+//!     │       │                           │                                     │
+//!     │       │                           └ undo: operator-script removed,      └ undo: back
+//!     │       │                             VM stopped                            to creating
 //!     │       └ remembers whether the VM ran; undo: asks for that again (restarts it)
-//!     │                                                                └ undo: back to creating
-//!     └ undo: the image failed {message: why}, its file removed
+//!     └ undo: the image failed {message: why, code?}, its file removed
+//! ```
+//!
+//! `prepare` runs only when the request carried a `prepare_image_script` (VMAPI): the
+//! guest is booted with it as its `sdc:operator-script` (autoboot off, so its own power-off
+//! sticks) and follows Triton's prepare-image protocol, writing
+//! `prepare-image:state` = `running`, then `success` or `error` (`prepare-image:error`
+//! says why), then powering itself off:
+//!
+//! ```text
+//!   booted ──running──► preparing ──success + stopped──► done (script removed, stopped)
+//!     │                     └──────error + stopped──────► PrepareImageError
+//!     └ no "running" within prepare_image_timeout ──────► PrepareImageDidNotRun
 //! ```
 //! A failure anywhere unwinds: the VM is asked for the state it had (a running VM is
 //! started again), the half-made image file is removed, and the image is `failed` with
@@ -23,13 +36,28 @@ use nereid_types::job::Job;
 use serde_json::json;
 use uuid::Uuid;
 
+use serde_json::{Map, Value};
+
 use super::power::send;
+use super::push::push;
 use super::{Seen, Step, StepResultT, data, param, wait_for_server};
 use crate::app::App;
-use crate::app::image_create::image_error;
+use crate::app::image_create::{PREPARE_TIMEOUT_SECS, image_error};
+
+/// Where the guest says how its preparation goes (`customer_metadata`, as imgadm reads it).
+pub const STATE_KEY: &str = "prepare-image:state";
+pub const ERROR_KEY: &str = "prepare-image:error";
 
 pub fn chain() -> Vec<Box<dyn Step>> {
-    vec![Box::new(Check), Box::new(Stop), Box::new(WaitStopped), Box::new(ReceiveDisk), Box::new(StartAgain), Box::new(Activate)]
+    vec![
+        Box::new(Check),
+        Box::new(Stop),
+        Box::new(WaitStopped),
+        Box::new(PrepareImage),
+        Box::new(ReceiveDisk),
+        Box::new(StartAgain),
+        Box::new(Activate),
+    ]
 }
 
 fn image_uuid(job: &Job) -> Result<Uuid, String> {
@@ -143,6 +171,136 @@ impl Step for WaitStopped {
     }
 }
 
+/// Where a guest's preparation stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prep {
+    Pending,
+    Done,
+    /// IMGAPI's error code and why.
+    Failed(&'static str, String),
+}
+
+/// Judges the prepare-image protocol from what the guest wrote and whether its server
+/// reports it stopped, `elapsed` after it was booted for it (pure).
+pub fn judge_prepare(state: Option<&str>, error: Option<&str>, stopped: bool, elapsed: Duration, timeout: Duration) -> Prep {
+    match (state, stopped) {
+        (Some("success"), true) => Prep::Done,
+        (Some("error"), true) => {
+            Prep::Failed("PrepareImageError", format!("the guest could not prepare itself: {}", error.unwrap_or("it gave no reason")))
+        }
+        (Some("running"), true) => Prep::Failed("PrepareImageError", "the guest stopped before it said its preparation succeeded".into()),
+        (Some("running" | "success" | "error"), false) => Prep::Pending,
+        _ if elapsed > timeout => Prep::Failed(
+            "PrepareImageDidNotRun",
+            format!(
+                "the guest did not start preparing itself within {} s (it never set {STATE_KEY} to running): \
+                 its image must run sdc:operator-script at boot",
+                timeout.as_secs()
+            ),
+        ),
+        _ => Prep::Pending,
+    }
+}
+
+fn remove_prepare_keys(v: &mut nereid_types::vm::Vm) {
+    if let Some(c) = v.customer_metadata.as_mut() {
+        c.remove(STATE_KEY);
+        c.remove(ERROR_KEY);
+    }
+}
+
+/// Takes the operator-script out again, restores autoboot and leaves the VM stopped
+/// (after a preparation, or to undo one; harmless when none was begun).
+async fn unprepare(app: &App, job: &mut Job) -> Result<(), String> {
+    if !job.data.contains_key("prepare_gen") {
+        return Ok(());
+    }
+    let autoboot: Option<bool> = data::<Option<bool>>(job, "autoboot_before").flatten();
+    push(
+        app,
+        job,
+        "unprepare_gen",
+        |v| {
+            if let Some(m) = v.internal_metadata.as_mut() {
+                m.remove("operator-script");
+            }
+            remove_prepare_keys(v);
+            v.autoboot = autoboot;
+            v.desired_state = Some("stopped".into());
+            Ok(())
+        },
+        true,
+    )
+    .await?;
+    wait_for(app, job, "stopped").await
+}
+
+struct PrepareImage;
+
+#[async_trait]
+impl Step for PrepareImage {
+    fn name(&self) -> &'static str {
+        "prepare"
+    }
+    /// The guest's timeout (at most an hour) plus its preparation and power-off.
+    fn deadline(&self, app: &App) -> Duration {
+        app.cfg.step_deadline.max(Duration::from_secs(1800)) + Duration::from_secs(3600)
+    }
+    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
+        let Some(script) = param::<String>(job, "prepare_image_script") else {
+            return Ok("no prepare-image script: the disk is taken as it is".into());
+        };
+        let timeout = Duration::from_secs(param::<u64>(job, "prepare_image_timeout").unwrap_or(PREPARE_TIMEOUT_SECS));
+        let server = job.server_uuid.ok_or("the job has no server")?;
+        if !job.data.contains_key("autoboot_before") {
+            let (vm, _) = app.get_vm(job.vm_uuid, None).await.map_err(|e| e.message)?;
+            job.data.insert("autoboot_before".into(), json!(vm.autoboot));
+        }
+        if !job.data.contains_key("prepare_started_ms") {
+            push(
+                app,
+                job,
+                "prepare_gen",
+                |v| {
+                    v.internal_metadata.get_or_insert_with(Map::new).insert("operator-script".into(), json!(script));
+                    remove_prepare_keys(v);
+                    // Its own power-off ends the preparation: nothing may boot it again.
+                    v.autoboot = Some(false);
+                    v.desired_state = Some("running".into());
+                    Ok(())
+                },
+                false,
+            )
+            .await?;
+            job.data.insert("prepare_started_ms".into(), json!(nereid_types::time::now_ms()));
+        }
+        let started: i64 = data(job, "prepare_started_ms").unwrap_or_else(nereid_types::time::now_ms);
+        loop {
+            let (vm, _) = app.get_vm(job.vm_uuid, None).await.map_err(|e| e.message)?;
+            let said = |k: &str| vm.customer_metadata.as_ref().and_then(|m| m.get(k)).and_then(Value::as_str).map(str::to_string);
+            let stopped = matches!(app.agent_get(server, job.vm_uuid).await, Ok(Some(st)) if st.state == "stopped");
+            let elapsed = Duration::from_millis((nereid_types::time::now_ms() - started).max(0) as u64);
+            match judge_prepare(said(STATE_KEY).as_deref(), said(ERROR_KEY).as_deref(), stopped, elapsed, timeout) {
+                Prep::Pending => tokio::time::sleep(Duration::from_millis(500)).await,
+                Prep::Done => break,
+                Prep::Failed(code, why) => {
+                    job.data.insert("error_code".into(), json!(code));
+                    return Err(why);
+                }
+            }
+        }
+        unprepare(app, job).await?;
+        Ok("the guest prepared itself and stopped".into())
+    }
+    async fn undo(&self, app: &App, job: &mut Job) -> StepResultT {
+        if !job.data.contains_key("prepare_gen") {
+            return Ok("nothing was prepared".into());
+        }
+        unprepare(app, job).await?;
+        Ok("operator-script removed, VM stopped".into())
+    }
+}
+
 struct ReceiveDisk;
 
 impl ReceiveDisk {
@@ -201,5 +359,32 @@ impl Step for Activate {
     async fn undo(&self, app: &App, job: &mut Job) -> StepResultT {
         let img = app.deactivate_created_image(image_uuid(job)?).await.map_err(|e| e.message)?;
         Ok(format!("image {} is {} again", img.uuid, img.state))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prepare_image_protocol() {
+        let (t, s) = (Duration::from_secs(300), Duration::from_secs(1));
+        let late = Duration::from_secs(301);
+        assert_eq!(judge_prepare(None, None, false, s, t), Prep::Pending, "booting");
+        assert_eq!(judge_prepare(None, None, true, s, t), Prep::Pending, "not started yet");
+        assert_eq!(judge_prepare(Some("running"), None, false, late, t), Prep::Pending, "preparing may take longer than the start timeout");
+        assert_eq!(judge_prepare(Some("success"), None, false, s, t), Prep::Pending, "not powered off yet");
+        assert_eq!(judge_prepare(Some("success"), None, true, late, t), Prep::Done);
+        match judge_prepare(Some("error"), Some("disk full"), true, s, t) {
+            Prep::Failed("PrepareImageError", m) => assert!(m.contains("disk full"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(judge_prepare(Some("running"), None, true, s, t), Prep::Failed("PrepareImageError", _)));
+        for (state, stopped) in [(None, false), (None, true), (Some("bogus"), false)] {
+            match judge_prepare(state, None, stopped, late, t) {
+                Prep::Failed("PrepareImageDidNotRun", m) => assert!(m.contains("300 s") && m.contains("operator-script"), "{m}"),
+                other => panic!("{state:?}/{stopped}: {other:?}"),
+            }
+        }
     }
 }
