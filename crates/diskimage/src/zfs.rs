@@ -336,12 +336,19 @@ impl<R: Read> Input<R> {
 
     /// Reads a payload of `len` bytes (checksummed).
     fn payload(&mut self, len: u64, rec: &Rec) -> Result<Vec<u8>, ZfsError> {
-        let mut buf = vec![0u8; len as usize];
-        let start = self.offset;
-        if len > 0 && !self.fill(&mut buf, || format!("the {len}-byte payload of the {} record at byte {}", rec.name(), rec.at))? {
+        // Grown as bytes arrive, so a header claiming a large payload costs nothing unless
+        // the payload is really there.
+        let mut buf = Vec::new();
+        (&mut self.r).take(len).read_to_end(&mut buf)?;
+        if (buf.len() as u64) < len {
             return Err(ZfsError::at(
-                start,
-                format!("the stream is truncated: the {len}-byte payload of the {} record at byte {} is missing", rec.name(), rec.at),
+                self.offset + buf.len() as u64,
+                format!(
+                    "the stream is truncated: it ends {} bytes into the {len}-byte payload of the {} record at byte {}",
+                    buf.len(),
+                    rec.name(),
+                    rec.at
+                ),
             ));
         }
         self.cksum.update(&buf, self.big);

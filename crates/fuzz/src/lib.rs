@@ -37,6 +37,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "vm_payload", run: targets::vm::run, dictionary: targets::vm::DICTIONARY, json: true },
     Target { name: "disk_image", run: targets::diskimage::run, dictionary: targets::diskimage::DICTIONARY, json: false },
     Target { name: "fwrule", run: targets::fwrule::run, dictionary: targets::fwrule::DICTIONARY, json: false },
+    Target { name: "zfs_stream", run: targets::zfs_stream::run, dictionary: targets::zfs_stream::DICTIONARY, json: false },
 ];
 
 thread_local! {

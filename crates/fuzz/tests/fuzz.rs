@@ -86,9 +86,23 @@ fn fwrule() {
 }
 
 #[test]
+fn zfs_stream() {
+    fuzz("zfs_stream");
+}
+
+#[test]
 fn every_target_has_a_test_and_a_corpus() {
-    let tests =
-        ["http_signature", "ssh_key_line", "ssh_key_blob", "metadata_protocol", "image_manifest", "vm_payload", "disk_image", "fwrule"];
+    let tests = [
+        "http_signature",
+        "ssh_key_line",
+        "ssh_key_blob",
+        "metadata_protocol",
+        "image_manifest",
+        "vm_payload",
+        "disk_image",
+        "fwrule",
+        "zfs_stream",
+    ];
     let names: Vec<&str> = nereid_fuzz::TARGETS.iter().map(|t| t.name).collect();
     assert_eq!(names, tests);
     for t in nereid_fuzz::TARGETS {

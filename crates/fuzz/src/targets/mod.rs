@@ -11,6 +11,7 @@ pub mod metadata;
 pub mod signature;
 pub mod sshkey;
 pub mod vm;
+pub mod zfs_stream;
 
 /// The input as text: fuzzers produce bytes, the parsers take `&str` (HTTP header values
 /// and JSON bodies reach them already UTF-8-checked).
