@@ -116,6 +116,17 @@ async fn image_commands_across_two_tenants() {
     let (code, _) = bob.fail_async(&["image", "update", &app, "description=mine"]).await;
     assert_eq!(code, Some(3), "an image bob cannot see is not found");
 
+    // UpdateImage's other actions: an unknown one, none, and export (no Manta here).
+    for (query, want) in [
+        ("?action=bogus", "action: bogus is not a valid argument (update or clone)"),
+        ("", "action is required"),
+        ("?action=export", "NotImplemented"),
+    ] {
+        let (t, path) = (alice.clone(), format!("/my/images/{app}{query}"));
+        let out = tokio::task::spawn_blocking(move || t.run(&["cloudapi", "-X", "POST", "-d", "{}", &path])).await.unwrap().unwrap();
+        assert!(out.stdout.contains(want) || out.stderr.contains(want), "{query}: {out}");
+    }
+
     // Share by login is refused with a hint; by UUID it works (what `triton image share` sends
     // is an UpdateImage of `acl`).
     let (_, err) = alice.fail_async(&["image", "share", &app, "bob"]).await;

@@ -226,6 +226,10 @@ async fn image_action(
     RawQuery(raw): RawQuery,
     BodyParams(mut body): BodyParams,
 ) -> CloudResult {
+    // As in sdc-cloudapi, the image is looked up first: one the account may not see is a
+    // 404 whatever the action.
+    let uuid = image_id(&id)?;
+    s.app.get_image(uuid, Some(acct.uuid)).await.map_err(|e| passed_on(&id, e))?;
     let query = super::query_map(raw.as_deref());
     let action = match (query.get("action"), body.remove("action")) {
         (Some(Value::String(a)), _) => a.clone(),
@@ -234,7 +238,6 @@ async fn image_action(
         (_, Some(other)) => return Err(invalid("action", format!("must be a string, not {other}"))),
         (Some(other), None) => return Err(invalid("action", format!("must be a string, not {other}"))),
     };
-    let uuid = image_id(&id)?;
     let img = match action.as_str() {
         "update" => s.app.tenant_update_image(uuid, acct.uuid, &body).await,
         "clone" => s.app.clone_image(uuid, acct.uuid).await,
