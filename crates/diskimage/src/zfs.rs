@@ -7,22 +7,24 @@
 //!
 //! A stream is a sequence of fixed 312-byte records (`dmu_replay_record_t`), some followed
 //! by a payload; an incremental stream (`zfs send -i`) carries only what changed since
-//! its origin snapshot and applies on top of the origin's disk; `zfs send -I` concatenates
-//! several such substreams.
+//! its origin snapshot and applies on top of the origin's disk. `zfs send -I` and `-R`
+//! wrap several substreams, each applied on the one before, in a compound stream.
 //!
 //! ```text
+//!   [ BEGIN (compound, nvlist) END ]                 zfs send -I / -R only
 //!   BEGIN (magic, features, toguid, fromguid)      fromguid 0 = full, else = origin's toguid
 //!   { OBJECT | FREEOBJECTS | WRITE | WRITE_BYREF | WRITE_EMBEDDED | FREE | SPILL
 //!     | OBJECT_RANGE }*
 //!   END (checksum of everything before it, toguid)
-//!   [ BEGIN … END ]*                                 more substreams (zfs send -I)
+//!   [ BEGIN … END ]*                                 more substreams, each from the last
+//!   [ END (all zero) ]                               closes a compound stream
 //! ```
 //!
 //! Every record carries a running fletcher-4 checksum of the stream up to it (zero in
 //! streams from before OpenZFS 0.7, then only END's is checked). Streams are written in
 //! the sender's byte order; a byteswapped BEGIN magic means the other one. Compressed
-//! WRITE records (`zfs send -c`) and embedded blocks (`-e`) are decoded (lz4, gzip, zle,
-//! lzjb); encrypted (`-w`), redacted and replication (`-R`) streams are refused.
+//! WRITE records (`zfs send -c`) and embedded blocks (`-e`) are decoded (lz4, zstd, gzip,
+//! zle, lzjb); encrypted (`-w`) and redacted streams are refused.
 //!
 //! Every error names the byte offset in the (decompressed) stream where the problem is.
 //! The output disk is written sparsely: zero blocks are never written over zeros.
@@ -446,13 +448,33 @@ pub fn replay<R: Read, D: Disk>(stream: R, origin: Option<Origin>, disk: &mut D)
     };
     // The guid the next substream must start from.
     let mut want_from = origin.map(|o| o.guid);
+    // Inside a compound stream (zfs send -I / -R): it must end with its closing END.
+    let mut compound = false;
     loop {
         // ---- BEGIN ----
         let mut raw = [0u8; RECORD_SIZE];
         let at = input.offset;
         if !input.fill(&mut raw, || format!("the record at byte {at}"))? {
-            if info.substreams == 0 {
+            if info.substreams == 0 && !compound {
                 return Err(ZfsError::at(0, "the stream is empty"));
+            }
+            if compound {
+                return Err(ZfsError::at(
+                    at,
+                    "the stream is truncated: the compound stream (zfs send -I or -R) ends without its closing END record",
+                ));
+            }
+            break;
+        }
+        if compound && u32_at(&raw, 0, input.big) == DRR_END {
+            // The closing END of a compound stream (written all zero): nothing may follow.
+            input.offset += RECORD_SIZE as u64;
+            if info.substreams == 0 {
+                return Err(ZfsError::at(at, "the compound stream holds no snapshot"));
+            }
+            let mut more = [0u8; 1];
+            if input.fill(&mut more, String::new)? {
+                return Err(ZfsError::at(input.offset, "unexpected data after the end of the compound stream"));
             }
             break;
         }
@@ -477,10 +499,22 @@ pub fn replay<R: Read, D: Disk>(stream: R, origin: Option<Origin>, disk: &mut D)
         let versioninfo = rec.u64(8);
         let features = (versioninfo >> 2) & 0x3fff_ffff;
         if versioninfo & 3 == COMPOUNDSTREAM {
-            return Err(ZfsError::at(
-                rec.field(8),
-                "this is a replication stream (zfs send -R); send the zvol's snapshot alone (zfs send [-i @from] pool/vol@snap)",
-            ));
+            if compound || info.substreams > 0 {
+                return Err(ZfsError::at(rec.field(8), "a compound stream header inside the stream"));
+            }
+            compound = true;
+            if rec.payloadlen as u64 > MAX_BEGIN_PAYLOAD {
+                return Err(ZfsError::at(rec.at + 4, format!("the BEGIN payload of {} bytes is implausibly large", rec.payloadlen)));
+            }
+            input.payload(rec.payloadlen as u64, &rec)?;
+            let at = input.offset;
+            let (end, before) = next_record(&mut input)?
+                .ok_or_else(|| ZfsError::at(at, "the stream is truncated: the compound stream's header has no END record"))?;
+            if end.kind != DRR_END {
+                return Err(ZfsError::at(end.at, format!("the compound stream's header is followed by {}, not END", end.name())));
+            }
+            check_end(&end, before, 0)?;
+            continue;
         }
         if features & FEATURE_RAW != 0 {
             return Err(ZfsError::at(
@@ -542,45 +576,10 @@ pub fn replay<R: Read, D: Disk>(stream: R, origin: Option<Origin>, disk: &mut D)
         // ---- records up to END ----
         loop {
             let at = input.offset;
-            let mut raw = [0u8; RECORD_SIZE];
-            if !input.fill(&mut raw, || format!("the record at byte {at}"))? {
-                return Err(ZfsError::at(at, "the stream is truncated: it ends without an END record"));
-            }
-            let rec = Rec { at, kind: u32_at(&raw, 0, big), payloadlen: u32_at(&raw, 4, big), raw, big };
-            let before = input.cksum;
-            input.cksum.update(&rec.raw[..CKSUM_AT], big);
-            let stored = rec.cksum_at(CKSUM_AT - 8);
-            if stored != [0; 4] && stored != input.cksum.s {
-                return Err(ZfsError::at(
-                    at,
-                    format!(
-                        "checksum mismatch in the {} record: the stream says {}, the bytes up to it sum to {} (the stream is damaged)",
-                        rec.name(),
-                        Fletcher4 { s: stored },
-                        input.cksum
-                    ),
-                ));
-            }
-            input.cksum.update(&rec.raw[CKSUM_AT..], big);
-            input.offset += RECORD_SIZE as u64;
+            let (rec, before) =
+                next_record(&mut input)?.ok_or_else(|| ZfsError::at(at, "the stream is truncated: it ends without an END record"))?;
             if rec.kind == DRR_END {
-                let end_sum = rec.cksum_at(0);
-                if end_sum != [0; 4] && end_sum != before.s {
-                    return Err(ZfsError::at(
-                        rec.field(0),
-                        format!(
-                            "the END record's stream checksum {} does not match the stream's {} (the stream is damaged)",
-                            Fletcher4 { s: end_sum },
-                            before
-                        ),
-                    ));
-                }
-                if rec.u64(32) != toguid {
-                    return Err(ZfsError::at(
-                        rec.field(32),
-                        format!("the END record is for snapshot guid {}, the BEGIN record for {toguid}", rec.u64(32)),
-                    ));
-                }
+                check_end(&rec, before, toguid)?;
                 break;
             }
             st.record(&mut input, &rec)?;
@@ -591,6 +590,57 @@ pub fn replay<R: Read, D: Disk>(stream: R, origin: Option<Origin>, disk: &mut D)
     info.volblocksize = st.volblocksize;
     info.volsize = st.finish(input.offset)?;
     Ok(info)
+}
+
+/// Reads the next record header after BEGIN and checks its checksum; `None` at a clean
+/// end of the stream. Also returns the stream's checksum before the record (END's).
+fn next_record<R: Read>(input: &mut Input<R>) -> Result<Option<(Rec, Fletcher4)>, ZfsError> {
+    let at = input.offset;
+    let big = input.big;
+    let mut raw = [0u8; RECORD_SIZE];
+    if !input.fill(&mut raw, || format!("the record at byte {at}"))? {
+        return Ok(None);
+    }
+    let rec = Rec { at, kind: u32_at(&raw, 0, big), payloadlen: u32_at(&raw, 4, big), raw, big };
+    let before = input.cksum;
+    input.cksum.update(&rec.raw[..CKSUM_AT], big);
+    let stored = rec.cksum_at(CKSUM_AT - 8);
+    if stored != [0; 4] && stored != input.cksum.s {
+        return Err(ZfsError::at(
+            at,
+            format!(
+                "checksum mismatch in the {} record: the stream says {}, the bytes up to it sum to {} (the stream is damaged)",
+                rec.name(),
+                Fletcher4 { s: stored },
+                input.cksum
+            ),
+        ));
+    }
+    input.cksum.update(&rec.raw[CKSUM_AT..], big);
+    input.offset += RECORD_SIZE as u64;
+    Ok(Some((rec, before)))
+}
+
+/// An END record carries the checksum of the stream before it and the snapshot's guid.
+fn check_end(rec: &Rec, before: Fletcher4, toguid: u64) -> Result<(), ZfsError> {
+    let end_sum = rec.cksum_at(0);
+    if end_sum != [0; 4] && end_sum != before.s {
+        return Err(ZfsError::at(
+            rec.field(0),
+            format!(
+                "the END record's stream checksum {} does not match the stream's {} (the stream is damaged)",
+                Fletcher4 { s: end_sum },
+                before
+            ),
+        ));
+    }
+    if rec.u64(32) != toguid {
+        return Err(ZfsError::at(
+            rec.field(32),
+            format!("the END record is for snapshot guid {}, the BEGIN record for {toguid}", rec.u64(32)),
+        ));
+    }
+    Ok(())
 }
 
 impl<D: Disk> Replay<'_, D> {
@@ -824,6 +874,9 @@ fn zap_size(zap: &[u8]) -> Option<u64> {
     })
 }
 
+/// The zstd frame magic number, as it is stored.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
 /// Decodes a block compressed with ZFS's algorithm number `c` to `lsize` bytes.
 fn decompress_block(c: u8, src: &[u8], lsize: usize) -> Result<Vec<u8>, String> {
     let out = match c {
@@ -852,7 +905,24 @@ fn decompress_block(c: u8, src: &[u8], lsize: usize) -> Result<Vec<u8>, String> 
             out.truncate(got);
             out
         }
-        16 => return Err("the stream carries zstd-compressed blocks (zfs send -c of a zstd zvol); send it without -c".into()),
+        16 => {
+            // ZFS's zstd blocks: compressed length and version/level (big-endian), then a
+            // zstd frame written without its magic number.
+            let n = src
+                .get(..4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                .ok_or("a zstd block is shorter than its header")?;
+            let body =
+                src.get(8..8 + n).ok_or_else(|| format!("a zstd block says it has {n} bytes but has {}", src.len().saturating_sub(8)))?;
+            let frame: Vec<u8> = if body.starts_with(&ZSTD_MAGIC) { body.to_vec() } else { [&ZSTD_MAGIC[..], body].concat() };
+            let mut out = Vec::with_capacity(lsize);
+            ruzstd::decoding::StreamingDecoder::new(&frame[..])
+                .map_err(|e| format!("a zstd block does not decode: {e}"))?
+                .take(lsize as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| format!("a zstd block does not decode: {e}"))?;
+            out
+        }
         other => return Err(format!("unknown ZFS compression algorithm {other}")),
     };
     if out.len() > lsize {

@@ -53,8 +53,12 @@ fn stream_error(r: Result<(StreamInfo, Vec<u8>), ZfsError>) -> (u64, String) {
 
 /// A snapshot's guid as `zfs get guid` printed it in the generator's info.txt.
 fn snapshot_guid(snap: &str) -> u64 {
+    snapshot_guid_of(&format!("nereid/vol@{snap}"))
+}
+
+fn snapshot_guid_of(name: &str) -> u64 {
     let info = fs::read_to_string(fixture("info.txt")).unwrap();
-    let prefix = format!("nereid/vol@{snap}\tguid\t");
+    let prefix = format!("{name}\tguid\t");
     info.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap().parse().unwrap()
 }
 
@@ -228,4 +232,38 @@ fn the_disk_size_cap_is_an_error_not_a_crash() {
     let (offset, msg) = stream_error(zfs::check_stream(&stream("full.zfs.gz"), None, 1 << 20));
     assert!(offset > 0, "{msg}");
     assert!(msg.contains("limit"), "{msg}");
+}
+
+#[test]
+fn zfs_send_big_i_applies_every_snapshot_in_turn() {
+    // zfs send -I @a vol@c: a compound stream of two substreams, a→b and b→c.
+    let (full, base) = zfs::check_stream(&stream("full.zfs.gz"), None, CAP).unwrap();
+    let compound = stream("incr-ac.zfs.gz");
+    let mut disk = zfs::MemDisk { data: base, cap: CAP };
+    let info = zfs::replay(&compound[..], Some(origin_of(&full)), &mut disk).unwrap();
+    assert_eq!(info.substreams, 2);
+    assert_eq!((info.fromguid, info.toguid), (snapshot_guid("a"), snapshot_guid("c")));
+    assert_eq!(info.toname, "nereid/vol@c");
+    assert_eq!(sha1(&disk.data), disk_sha1("c"));
+    assert!(disk.data[512..].starts_with(b"nereid-zvol: snapshot c\r\n"));
+
+    // Without its closing END record it is truncated; with data after it, refused.
+    let cut = compound.len() - 312;
+    let (offset, msg) = stream_error(zfs::check_stream(&compound[..cut], Some(origin_of(&full)), CAP));
+    assert_eq!(offset, cut as u64);
+    assert!(msg.contains("closing END"), "{msg}");
+    let mut longer = compound.clone();
+    longer.extend_from_slice(&[0; 8]);
+    let (offset, msg) = stream_error(zfs::check_stream(&longer, Some(origin_of(&full)), CAP));
+    assert_eq!(offset, compound.len() as u64, "{msg}");
+}
+
+#[test]
+fn zstd_compressed_blocks_decode() {
+    // zfs send -c of a compression=zstd zvol holding snapshot a's disk.
+    let (info, disk) = zfs::check_stream(&stream("full-zstd.zfs.xz"), None, CAP).unwrap();
+    assert_eq!(info.toname, "nereid/zstd@a");
+    assert_eq!(info.toguid, snapshot_guid_of("nereid/zstd@a"));
+    assert_eq!(info.volsize, VOLSIZE);
+    assert_eq!(sha1(&disk), disk_sha1("a"));
 }
