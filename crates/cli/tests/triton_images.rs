@@ -115,6 +115,10 @@ async fn image_commands_across_two_tenants() {
     );
     let (code, _) = bob.fail_async(&["image", "update", &app, "description=mine"]).await;
     assert_eq!(code, Some(3), "an image bob cannot see is not found");
+    // `triton image tag` replaces the tags (an UpdateImage of `tags`).
+    let out = alice.ok_async(&["image", "tag", &app, "env=prod", "tier=2"]).await;
+    assert!(out.contains("Updated image"), "{out}");
+    assert_eq!(alice.json_async(&["image", "get", &app]).await["tags"], json!({"env": "prod", "tier": 2}));
 
     // UpdateImage's other actions: an unknown one, none, and export (no Manta here).
     for (query, want) in [
