@@ -253,3 +253,38 @@ async fn requirements_refuse_triton_instance_create() {
     assert!(out.contains("Created instance gw"), "{out}");
     assert_eq!(alice.json_async(&["instance", "get", "gw"]).await["networks"].as_array().unwrap().len(), 2);
 }
+
+/// Cloning an incremental image copies its origins too, down to the operator's base
+/// (IMGAPI's CloneImage): bob's copies form their own chain, so alice stays free to
+/// delete hers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clone_copies_an_incremental_chain_down_to_the_operator_base() {
+    let s = setup().await;
+    let nil = "00000000-0000-0000-0000-000000000000";
+    let base = image_of(&s.cloud, nil, "base", json!({"public": true}), true).await;
+    let mid = image_of(&s.cloud, &s.alice_id, "mid", json!({"origin": base}), true).await;
+    let top = image_of(&s.cloud, &s.alice_id, "top", json!({"origin": mid}), true).await;
+    s.alice.ok_async(&["image", "share", &top, &s.bob_id]).await;
+
+    let clone = s.bob.json_async(&["image", "clone", "-j", &top]).await;
+    let top2 = clone["id"].as_str().unwrap().to_string();
+    let bobs: Vec<Value> = s.cloud.client.get(&format!("/images?owner={}&state=all", s.bob_id)).await.unwrap().as_array().unwrap().clone();
+    assert_eq!(bobs.len(), 2, "the image and its one non-operator origin are copied: {bobs:?}");
+    let top_copy = bobs.iter().find(|i| i["uuid"] == top2.as_str()).unwrap();
+    let mid_copy = bobs.iter().find(|i| i["uuid"] != top2.as_str()).unwrap();
+    assert_eq!(
+        (mid_copy["name"].as_str(), mid_copy["state"].as_str()),
+        (Some("mid"), Some("disabled")),
+        "an intermediate copy is not offered for provisioning"
+    );
+    assert_eq!(mid_copy["origin"], base.as_str(), "the chain stops at the operator's base");
+    assert_eq!(top_copy["origin"], mid_copy["uuid"], "the copy builds on the copy");
+    assert_ne!(mid_copy["uuid"], mid.as_str());
+    // Bob's list shows his copy, not the intermediate one.
+    assert_eq!(names(&s.bob, &["name=~o"]).await, ["top", "top"], "alice's shared image and bob's copy");
+    // Alice may now delete her chain: bob's copies do not depend on it.
+    s.alice.ok_async(&["image", "unshare", &top, &s.bob_id]).await;
+    s.alice.ok_async(&["image", "delete", "-f", &top]).await;
+    s.alice.ok_async(&["image", "delete", "-f", &mid]).await;
+    assert_eq!(s.bob.json_async(&["image", "get", &top2]).await["state"], "active");
+}
