@@ -252,6 +252,13 @@ async fn requirements_refuse_triton_instance_create() {
     let out = alice.ok_async(&["instance", "create", "-w", &router, "sample", "-N", "external", "-N", &internal, "--name", "gw"]).await;
     assert!(out.contains("Created instance gw"), "{out}");
     assert_eq!(alice.json_async(&["instance", "get", "gw"]).await["networks"].as_array().unwrap().len(), 2);
+
+    // CloudAPI takes no bootrom from the tenant, so an image's required one is what the
+    // machine gets (a differing one is refused through VMAPI: image_requirements.rs).
+    let uefi = image_of(&s.cloud, &s.alice_id, "uefi", json!({"requirements": {"brand": "bhyve", "bootrom": "uefi"}}), true).await;
+    alice.ok_async(&["instance", "create", "-w", &uefi, "sample", "--name", "fw"]).await;
+    let id = alice.json_async(&["instance", "get", "fw"]).await["id"].as_str().unwrap().to_string();
+    assert_eq!(c.get(&format!("/vms/{id}")).await.unwrap()["bootrom"], "uefi");
 }
 
 /// Cloning an incremental image copies its origins too, down to the operator's base
