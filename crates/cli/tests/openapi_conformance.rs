@@ -516,6 +516,21 @@ async fn every_documented_operation_answers_as_documented() {
     other["name"] = json!("other");
     let other = admin.ok(200, "POST", "/images", Some(other)).await["uuid"].as_str().unwrap().to_string();
     admin.ok(204, "DELETE", &format!("/images/{other}"), None).await;
+    // Image sources: another cloud's public catalogue, what it offers, one image imported.
+    let publisher = Cloud::start_with(Options::new(Backend::Sqlite).image_catalog()).await.unwrap();
+    let remote = publisher.client.post("/images", &json!({"owner": "00000000-0000-0000-0000-000000000000", "name": "remote", "version": "1",
+        "type": "zvol", "os": "linux", "public": true, "image_size": 1024, "nic_driver": "virtio", "disk_driver": "virtio", "cpu_type": "host"}))
+        .await.unwrap()["uuid"].as_str().unwrap().to_string();
+    let c = &publisher.client;
+    c.send(c.request(reqwest::Method::PUT, &format!("/images/{remote}/file?compression=none")).body(vec![9u8; 4096])).await.unwrap();
+    c.post(&format!("/images/{remote}?action=activate"), &json!({})).await.unwrap();
+    let catalog = publisher.image_catalog_url().unwrap();
+    admin.ok(200, "POST", "/image_sources", Some(json!({"url": catalog}))).await;
+    admin.ok(200, "GET", "/image_sources", None).await;
+    admin.ok(200, "GET", "/image_sources/images", None).await;
+    admin.ok(200, "POST", &format!("/images/{remote}?action=import-remote"), Some(json!({}))).await;
+    admin.ok(200, "GET", &format!("/image_imports/{remote}"), None).await;
+    admin.ok(204, "DELETE", &format!("/image_sources?url={}", nereid_client::enc(&catalog)), None).await;
     let alice = admin
         .ok(
             201,
@@ -775,6 +790,14 @@ async fn every_documented_operation_answers_as_documented() {
     admin.wait_vm_jobs(&id).await;
     capi.wait_state(&id, "running").await;
     capi.ok(204, "DELETE", &format!("{base}/snapshots/s1"), None).await;
+    // An image from the machine (stopped, imaged, started again), changed, deleted.
+    let made = capi.ok(201, "POST", "/alice/images", Some(json!({"machine": id, "name": "from-web-1", "version": "1.0"}))).await;
+    let made = made["id"].as_str().unwrap().to_string();
+    capi.until(&format!("/alice/images/{made}"), |i| i["state"] == "active").await;
+    capi.ok(200, "POST", &format!("/alice/images/{made}?action=update"), Some(json!({"description": "web-1 as it was"}))).await;
+    capi.ok(204, "DELETE", &format!("/alice/images/{made}"), None).await;
+    admin.wait_vm_jobs(&id).await;
+    capi.wait_state(&id, "running").await;
     capi.ok(202, "POST", &base, Some(json!({"action": "stop"}))).await;
     capi.wait_state(&id, "stopped").await;
     capi.ok(204, "DELETE", &base, None).await;
