@@ -160,7 +160,10 @@ async fn up(extra: &[&str]) -> Up {
     let end = Instant::now() + Duration::from_secs(90);
     loop {
         let ports = listening_ports(pid);
-        let others: Vec<u16> = ports.iter().copied().filter(|p| ![admin, cloudapi, agent_listener, web].contains(p)).collect();
+        // Ports the extra arguments name (e.g. --image-catalog-listen) are not the agent's.
+        let named: Vec<u16> = extra.iter().filter_map(|a| a.rsplit_once(':').and_then(|(_, p)| p.parse().ok())).collect();
+        let others: Vec<u16> =
+            ports.iter().copied().filter(|p| ![admin, cloudapi, agent_listener, web].contains(p) && !named.contains(p)).collect();
         if ports.contains(&admin)
             && ports.contains(&cloudapi)
             && ports.contains(&agent_listener)
@@ -602,6 +605,33 @@ async fn web_console_listener_holds_up() {
         addr: up.web,
         tls: Some(tls_connector(&up.cert())),
         ping: "/login",
+        stalled_body: stalled,
+        refuses_us: false,
+        ping_headers: String::new(),
+        ping_status: "HTTP/1.1 200 ",
+    };
+    hold_against(&up, t).await;
+}
+
+/// The public image catalogue (`--image-catalog-listen`): no authentication, so anyone
+/// may hold connections to it; the same timeouts and limits keep it answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_catalogue_listener_holds_up() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let up = up(&["--image-catalog-listen", &addr]).await;
+    let end = Instant::now() + Duration::from_secs(30);
+    while !listening_ports(up.child.id()).contains(&port) {
+        assert!(Instant::now() < end, "the catalogue never listened on {addr}: {}", up.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stalled =
+        "POST /images HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\":".to_string();
+    let t = Target {
+        name: "image catalogue",
+        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        tls: None,
+        ping: "/ping",
         stalled_body: stalled,
         refuses_us: false,
         ping_headers: String::new(),
