@@ -3,11 +3,14 @@
 //! image is made after its first boot, so a new instance from the image boots finding
 //! the count the first guest wrote (1), not the test image's (0). The image is active
 //! and private to the account; the source VM is started again; another tenant can
-//! neither see nor use the image until `triton image share` names them.
+//! neither see nor use the image until `triton image share` names them. And an operator's
+//! `create_image` with a prepare-image script: the guest runs it as its
+//! `sdc:operator-script` and powers off, and the image is the prepared disk.
 
 use nereid_testkit::qemu::values;
 use nereid_testkit::triton::KeyType;
 use nereid_testkit::{Backend, Options};
+use serde_json::json;
 
 use super::{Env, last};
 
@@ -57,4 +60,45 @@ async fn an_image_of_a_guest_boots_with_what_the_guest_wrote() {
     assert_eq!(bob.json_async(&["image", "get", &id]).await["id"], id.as_str());
     bob.ok_async(&["instance", "create", "-w", &id, "sample", "--name", "borrowed"]).await;
     assert_eq!(bob.json_async(&["instance", "get", "borrowed"]).await["state"], "running");
+}
+
+/// The guest's prepare-image script, as an operator passes it to VMAPI: says it runs,
+/// leaves its mark in sector 2001 of the disk, says it succeeded and powers off.
+const PREPARE: &str = "mdata put prepare-image:state running
+printf '%-512s' prepared | dd of=/dev/vda bs=512 seek=2001 count=1 conv=notrunc,fsync 2>/dev/null
+mdata put prepare-image:state success
+sync
+poweroff -f
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_guest_prepares_itself_before_its_disk_becomes_an_image() {
+    let env = Env::new(&[], None).await;
+    let (src, j) = env.create(json!({"alias": "prep-src"})).await;
+    assert_eq!(j["execution"], "succeeded", "{j}");
+    let log = env.wait_boots(&src, 1).await;
+    assert_eq!(last(&log, "mark"), "", "no mark before the preparation");
+    assert!(!log.contains("operator-script="), "no operator-script before: {log}");
+
+    let j = env.act(&src, "create_image", json!({"name": "prepped", "version": "1", "prepare_image_script": PREPARE})).await;
+    assert_eq!(j["execution"], "succeeded", "{}", super::job_steps(&j));
+    let id = j["params"]["image_uuid"].as_str().unwrap().to_string();
+    let img = env.cloud.client.get(&format!("/images/{id}")).await.unwrap();
+    assert_eq!(img["state"], "active", "{img}");
+    // The preparation boot ran the script and powered off before it was ready (so it
+    // counts no boot); then the source was started again, without the script.
+    let log = env.wait_boots(&src, 2).await;
+    assert_eq!(log.matches("nereid-test: operator-script=start").count(), 1, "{log}");
+    assert_eq!(last(&log, "mark"), "prepared");
+    let v = env.vm(&src).await;
+    assert!(v["internal_metadata"].get("operator-script").is_none(), "{v}");
+    assert_eq!(v["customer_metadata"].get("prepare-image:state"), None, "{v}");
+
+    // The image is the prepared disk.
+    let (child, j) = env.create(json!({"alias": "prep-child", "image_uuid": id})).await;
+    assert_eq!(j["execution"], "succeeded", "{j}");
+    let log = env.wait_boots(&child, 1).await;
+    assert_eq!(last(&log, "mark"), "prepared", "{log}");
+    assert_eq!(last(&log, "boots"), "2", "the count as the preparation boot left it");
+    assert!(!log.contains("operator-script="), "{log}");
 }
