@@ -2,6 +2,7 @@
 //! scripts/zfs-fixtures) imported through `nereid image import` / AdminImportImage +
 //! AddImageFile become raw disks; an incremental one applies on its origin's disk; a
 //! damaged stream is refused with the offset of the damage and leaves nothing behind.
+//! `zfs send -I` (a compound stream of several incrementals) imports the same way.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -16,6 +17,7 @@ both_backends!(full_and_incremental_streams_import_as_disks, damaged_streams_are
 
 const FULL: &str = "7a3c0c52-3f0e-4a57-9d3e-2a4f7c1b9e01";
 const INCR: &str = "7a3c0c52-3f0e-4a57-9d3e-2a4f7c1b9e02";
+const INCR_AC: &str = "7a3c0c52-3f0e-4a57-9d3e-2a4f7c1b9e03";
 const VOLSIZE: u64 = 4 << 20;
 
 fn fixture(name: &str) -> PathBuf {
@@ -53,7 +55,7 @@ fn guid(snap: &str) -> String {
 /// A Triton HVM manifest for a stream file (files[0] describes the stream, as Triton's do).
 fn manifest(uuid: &str, origin: Option<&str>, file: &[u8], compression: &str) -> Value {
     let mut m = json!({"v": 2, "uuid": uuid, "owner": "00000000-0000-0000-0000-000000000000", "name": "zvol-fixture",
-        "version": if origin.is_some() { "b" } else { "a" }, "state": "active", "disabled": false, "public": true,
+        "version": &uuid[uuid.len() - 2..], "state": "active", "disabled": false, "public": true,
         "published_at": "2026-01-02T03:04:05.000Z", "type": "zvol", "os": "other", "nic_driver": "virtio",
         "disk_driver": "virtio", "cpu_type": "host", "image_size": 4,
         "files": [{"sha1": sha1_hex(file), "size": file.len(), "compression": compression}]});
@@ -121,10 +123,17 @@ async fn full_and_incremental_streams_import_as_disks(b: Backend) {
     assert_eq!(f["dataset_guid"], guid("b").as_str());
     assert_eq!(img["origin"], FULL);
     assert_eq!(sha1_hex(&download(&cloud, INCR).await), disk_sha1("b"));
-    // The origin is untouched, and only the two disks are stored: no stream, no temporary file.
+    // zfs send -I @a vol@c (a compound stream: a→b, b→c) on the same origin.
+    let compound = read("incr-ac.zfs.gz");
+    let o = import(&cloud, &manifest(INCR_AC, Some(FULL), &compound, "gzip"), &compound).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = cloud.client.get(&format!("/images/{INCR_AC}")).await.unwrap();
+    assert_eq!(img["files"][0]["sha1"], disk_sha1("c").as_str(), "{img}");
+    assert_eq!(img["files"][0]["dataset_guid"], guid("c").as_str());
+    // The origin is untouched, and only the three disks are stored: no stream, no temporary file.
     assert_eq!(sha1_hex(&download(&cloud, FULL).await), disk_sha1("a"));
     let files = files_on_disk(&cloud);
-    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(files.len(), 3, "{files:?}");
 }
 
 async fn damaged_streams_are_refused_with_their_offset(b: Backend) {

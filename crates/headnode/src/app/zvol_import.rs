@@ -67,16 +67,15 @@ pub(crate) async fn convert(app: &App, uuid: Uuid, add: &AddFile, r: &Received) 
     }
     let Some(compression) = Compression::parse(&add.compression) else { return Ok(None) };
     let upload = r.tmp.clone();
-    let is_stream = tokio::task::spawn_blocking(move || starts_with_begin(compression, &upload))
+    let begin = tokio::task::spawn_blocking(move || starts_with_begin(compression, &upload))
         .await
         .map_err(|e| ApiError::internal(format!("reading the upload: {e}")))?
         .map_err(|e| ApiError::new(503, "StorageIsDown", format!("could not read the uploaded file: {e}")))?;
-    if !is_stream {
-        return Ok(None);
-    }
+    let Some(begin) = begin else { return Ok(None) };
+    // A full stream needs no origin even when the manifest names one.
     let base = match img.origin() {
-        Some(origin) => Some(origin_disk(app, origin).await?),
-        None => None,
+        Some(origin) if begin.needs_origin => Some(origin_disk(app, origin).await?),
+        _ => None,
     };
     let id = Uuid::new_v4();
     let dir = app.files.tmp_dir();
@@ -163,25 +162,46 @@ impl From<io::Error> for Failure {
     }
 }
 
-/// Whether the decompressed file starts with a BEGIN record (either byte order).
-fn starts_with_begin(c: Compression, path: &Path) -> io::Result<bool> {
-    let mut head = Head(Vec::new());
-    // Stops with an error once 16 bytes are in: only the head matters.
-    let _ = decompress(c, File::open(path)?, &mut head);
-    let h = &head.0;
-    if h.len() < 16 || h[..4] != [0; 4] {
-        return Ok(false);
-    }
-    let magic = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
-    Ok(magic == zfs::MAGIC || magic == zfs::MAGIC.swap_bytes())
+/// What the first BEGIN record of a stream says.
+#[derive(Debug, PartialEq, Eq)]
+struct Begin {
+    /// Applies on an origin: an incremental stream, or a compound one (`zfs send -I/-R`,
+    /// whose substreams may be incremental).
+    needs_origin: bool,
 }
 
-/// Collects the first 16 bytes written, then refuses more.
+/// The decompressed file's BEGIN record (either byte order), if it starts with one.
+fn starts_with_begin(c: Compression, path: &Path) -> io::Result<Option<Begin>> {
+    let mut head = Head(Vec::new());
+    // Stops with an error once HEAD bytes are in: only the head matters.
+    let _ = decompress(c, File::open(path)?, &mut head);
+    let h = &head.0;
+    if h.len() < HEAD || h[..4] != [0; 4] {
+        return Ok(None);
+    }
+    let word = |i: usize, big: bool| {
+        let b = [h[i], h[i + 1], h[i + 2], h[i + 3], h[i + 4], h[i + 5], h[i + 6], h[i + 7]];
+        if big { u64::from_be_bytes(b) } else { u64::from_le_bytes(b) }
+    };
+    let big = match word(8, false) {
+        m if m == zfs::MAGIC => false,
+        m if m == zfs::MAGIC.swap_bytes() => true,
+        _ => return Ok(None),
+    };
+    // drr_versioninfo's header type (2 = compound) and drr_fromguid.
+    let compound = word(16, big) & 3 == 2;
+    Ok(Some(Begin { needs_origin: compound || word(48, big) != 0 }))
+}
+
+/// How much of the decompressed file [`starts_with_begin`] reads.
+const HEAD: usize = 56;
+
+/// Collects the first [`HEAD`] bytes written, then refuses more.
 struct Head(Vec<u8>);
 
 impl Write for Head {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let room = 16 - self.0.len();
+        let room = HEAD - self.0.len();
         if room == 0 {
             return Err(io::Error::other("enough"));
         }
@@ -254,17 +274,29 @@ mod tests {
     fn head_sniffing_needs_the_begin_magic() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s");
+        let full = Some(Begin { needs_origin: false });
+        let incremental = Some(Begin { needs_origin: true });
         let mut begin = vec![0u8; 312];
         begin[8..16].copy_from_slice(&zfs::MAGIC.to_le_bytes());
+        begin[16] = 1; // a substream
         std::fs::write(&p, &begin).unwrap();
-        assert!(starts_with_begin(Compression::None, &p).unwrap());
+        assert_eq!(starts_with_begin(Compression::None, &p).unwrap(), full);
+        begin[48] = 7; // fromguid
+        std::fs::write(&p, &begin).unwrap();
+        assert_eq!(starts_with_begin(Compression::None, &p).unwrap(), incremental);
+        begin[48] = 0;
+        begin[16] = 2; // compound (zfs send -I)
+        std::fs::write(&p, &begin).unwrap();
+        assert_eq!(starts_with_begin(Compression::None, &p).unwrap(), incremental);
         begin[8..16].copy_from_slice(&zfs::MAGIC.to_be_bytes());
+        begin[16] = 0;
+        begin[23] = 1;
         std::fs::write(&p, &begin).unwrap();
-        assert!(starts_with_begin(Compression::None, &p).unwrap(), "byteswapped");
+        assert_eq!(starts_with_begin(Compression::None, &p).unwrap(), full, "byteswapped");
         std::fs::write(&p, vec![0u8; 4096]).unwrap();
-        assert!(!starts_with_begin(Compression::None, &p).unwrap(), "a raw disk of zeros");
+        assert_eq!(starts_with_begin(Compression::None, &p).unwrap(), None, "a raw disk of zeros");
         std::fs::write(&p, b"QFI\xfb").unwrap();
-        assert!(!starts_with_begin(Compression::None, &p).unwrap());
+        assert_eq!(starts_with_begin(Compression::None, &p).unwrap(), None);
     }
 
     #[test]
