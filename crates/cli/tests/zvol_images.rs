@@ -2,7 +2,8 @@
 //! scripts/zfs-fixtures) imported through `nereid image import` / AdminImportImage +
 //! AddImageFile become raw disks; an incremental one applies on its origin's disk; a
 //! damaged stream is refused with the offset of the damage and leaves nothing behind.
-//! `zfs send -I` (a compound stream of several incrementals) imports the same way.
+//! `zfs send -I` (a compound stream of several incrementals) imports the same way, and so
+//! do Triton manifests + streams fetched from another IMGAPI (`image import-remote`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -13,7 +14,11 @@ use std::path::{Path, PathBuf};
 use common::*;
 use serde_json::{Value, json};
 
-both_backends!(full_and_incremental_streams_import_as_disks, damaged_streams_are_refused_with_their_offset);
+both_backends!(
+    full_and_incremental_streams_import_as_disks,
+    damaged_streams_are_refused_with_their_offset,
+    import_remote_converts_triton_streams
+);
 
 const FULL: &str = "7a3c0c52-3f0e-4a57-9d3e-2a4f7c1b9e01";
 const INCR: &str = "7a3c0c52-3f0e-4a57-9d3e-2a4f7c1b9e02";
@@ -80,7 +85,7 @@ async fn download(cloud: &Cloud, uuid: &str) -> Vec<u8> {
     r.bytes().await.unwrap().to_vec()
 }
 
-/// Files in the image store (content-addressed files and uploads in progress).
+/// Files in the image store (content-addressed files, uploads and remote downloads in progress).
 fn files_on_disk(cloud: &Cloud) -> Vec<PathBuf> {
     fn walk(p: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
@@ -89,7 +94,7 @@ fn files_on_disk(cloud: &Cloud) -> Vec<PathBuf> {
         }
     }
     let mut out = Vec::new();
-    for sub in ["sha1", "tmp"] {
+    for sub in ["sha1", "tmp", "partial"] {
         walk(&cloud.data_dir.join("images").join(sub), &mut out);
     }
     out
@@ -187,4 +192,70 @@ async fn damaged_streams_are_refused_with_their_offset(b: Backend) {
     let body = api_err(r, 422, "InvalidParameter");
     assert_eq!(body["errors"][0]["field"], "dataset_guid", "{body}");
     assert_eq!(files_on_disk(&cloud).len(), 1, "only the full image's disk: {:?}", files_on_disk(&cloud));
+}
+
+/// A minimal IMGAPI serving Triton-style manifests and their ZFS streams, as
+/// images.smartos.org does (GET /ping, /images/:uuid, /images/:uuid/file).
+async fn fake_imgapi(images: Vec<(Value, Vec<u8>)>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let images = std::sync::Arc::new(images);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let images = images.clone();
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&req).lines().next().unwrap_or_default().to_string();
+                let path = line.split(' ').nth(1).unwrap_or("/").split('?').next().unwrap_or("/").to_string();
+                let (status, ctype, body) = if path == "/ping" {
+                    (200, "application/json", json!({"ping": "pong", "imgapi": true}).to_string().into_bytes())
+                } else if let Some((m, _)) = images.iter().find(|(m, _)| path == format!("/images/{}", m["uuid"].as_str().unwrap())) {
+                    (200, "application/json", m.to_string().into_bytes())
+                } else if let Some((_, f)) = images.iter().find(|(m, _)| path == format!("/images/{}/file", m["uuid"].as_str().unwrap())) {
+                    (200, "application/octet-stream", f.clone())
+                } else {
+                    (404, "application/json", json!({"code": "ResourceNotFound", "message": path}).to_string().into_bytes())
+                };
+                let head =
+                    format!("HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(&body).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+async fn import_remote_converts_triton_streams(b: Backend) {
+    let cloud = Cloud::start(b).await.unwrap();
+    let (full, incr) = (read("full.zfs.gz"), read("incr.zfs.gz"));
+    let mut m_full = manifest(FULL, None, &full, "gzip");
+    m_full["files"][0]["dataset_guid"] = json!(guid("a"));
+    let mut m_incr = manifest(INCR, Some(FULL), &incr, "gzip");
+    m_incr["files"][0]["dataset_guid"] = json!(guid("b"));
+    let url = fake_imgapi(vec![(m_full, full), (m_incr, incr)]).await;
+    let o = nereid_async(&cloud, &["admin", "image", "sources", "add", &url]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The incremental image: its origin is imported first, both converted.
+    let o = nereid_async(&cloud, &["admin", "image", "import-remote", INCR]).await;
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    for (uuid, snap) in [(FULL, "a"), (INCR, "b")] {
+        let img = cloud.client.get(&format!("/images/{uuid}")).await.unwrap();
+        assert_eq!(img["state"], "active", "{img}");
+        let f = &img["files"][0];
+        assert_eq!((f["compression"].as_str(), f["size"].as_u64()), (Some("none"), Some(VOLSIZE)), "{img}");
+        assert_eq!(f["sha1"], disk_sha1(snap).as_str(), "{img}");
+        assert_eq!(f["dataset_guid"], guid(snap).as_str(), "the manifest's dataset_guid is the stream's snapshot");
+    }
+    assert_eq!(files_on_disk(&cloud).len(), 2, "{:?}", files_on_disk(&cloud));
 }
