@@ -171,6 +171,10 @@ async fn a_server_that_cannot_export_the_disk_fails_the_image_with_its_reason() 
     assert_eq!(img["state"], "failed");
     let why = img["error"]["message"].as_str().unwrap();
     assert!(why.starts_with("receive disk: ") && why.contains("simulated failure exporting the boot disk"), "{img}");
+    // Tenants read the image's error: it names no server (the job keeps that for operators).
+    let server = e.cloud.client.get("/servers").await.unwrap()[0]["uuid"].as_str().unwrap().to_string();
+    assert!(!why.contains(&server) && why.contains("the VM's server"), "{why}");
+    assert!(j["error"].as_str().unwrap().contains(&server), "{j}");
     e.settles(&vm, "running").await;
 }
 

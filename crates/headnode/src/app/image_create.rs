@@ -118,6 +118,35 @@ pub fn manifest_from_vm(source: &Image, input: &Map<String, Value>, owner: Uuid)
     Ok(m)
 }
 
+/// A failure's reason as the image's owner may read it (pure): tenants see the image's
+/// `error`, so a server named by UUID and agent URL (as agent errors name them) becomes
+/// "the VM's server"; the job keeps the whole reason for operators.
+pub fn tenant_message(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    let mut rest = reason;
+    while let Some(i) = rest.find("server ") {
+        let after = &rest[i + 7..];
+        let is_uuid = after.get(..36).is_some_and(|u| Uuid::parse_str(u).is_ok());
+        if !is_uuid {
+            out.push_str(&rest[..i + 7]);
+            rest = after;
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        out.push_str("the VM's server");
+        let mut tail = &after[36..];
+        // " (https://…)" after the UUID: the agent's address.
+        if let Some(t) = tail.strip_prefix(" (")
+            && let Some(end) = t.find(')')
+        {
+            tail = &t[end + 1..];
+        }
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A failed image's `error` (IMGAPI's `{message, code}`; `code` only when one is known).
 pub fn image_error(message: &str, code: Option<&str>) -> Value {
     match code {
@@ -385,6 +414,17 @@ mod tests {
             let e = split_prepare(&obj(bad.clone())).unwrap_err();
             assert_eq!(e[0].field, field, "{bad}");
         }
+    }
+
+    #[test]
+    fn tenants_read_no_server_or_agent_address() {
+        let u = Uuid::from_u128(0xabc);
+        let m = format!("stop: server {u} (https://192.0.2.7:4444) is unreachable: connection refused");
+        assert_eq!(tenant_message(&m), "stop: the VM's server is unreachable: connection refused");
+        let m = format!("receive disk: asking the server for the VM's disk: server {u} answered 500: qemu-img failed");
+        assert_eq!(tenant_message(&m), "receive disk: asking the server for the VM's disk: the VM's server answered 500: qemu-img failed");
+        assert_eq!(tenant_message("prepare: the guest could not prepare itself"), "prepare: the guest could not prepare itself");
+        assert!(!tenant_message(&format!("server {u} (https://x) a server {u}")).contains("https"));
     }
 
     #[test]

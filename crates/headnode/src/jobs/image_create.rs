@@ -42,7 +42,7 @@ use super::power::send;
 use super::push::push;
 use super::{Seen, Step, StepResultT, data, param, wait_for_server};
 use crate::app::App;
-use crate::app::image_create::{PREPARE_TIMEOUT_SECS, image_error};
+use crate::app::image_create::{PREPARE_TIMEOUT_SECS, image_error, tenant_message};
 
 /// Where the guest says how its preparation goes (`customer_metadata`, as imgadm reads it).
 pub const STATE_KEY: &str = "prepare-image:state";
@@ -119,7 +119,7 @@ impl Step for Check {
     }
     async fn undo(&self, app: &App, job: &mut Job) -> StepResultT {
         let uuid = image_uuid(job)?;
-        let why = job.error.clone().unwrap_or_else(|| "the image could not be made".into());
+        let why = tenant_message(&job.error.clone().unwrap_or_else(|| "the image could not be made".into()));
         let code = data::<String>(job, "error_code");
         match app.fail_created_image(uuid, image_error(&why, code.as_deref())).await {
             Ok(img) => Ok(format!("image {uuid} is {}", img.state)),
