@@ -50,6 +50,9 @@ const OST_ZVOL: u32 = 3;
 /// The zvol's data object and its properties ZAP.
 const ZVOL_OBJ: u64 = 1;
 const ZVOL_ZAP_OBJ: u64 = 2;
+/// The largest disk a stream may describe (16 TiB): beyond it a WRITE is refused before
+/// anything is written, so a hostile stream cannot make a file of absurd size.
+pub const MAX_DISK: u64 = 16 << 40;
 /// The largest ZAP block kept in memory.
 const MAX_ZAP: u64 = 128 << 10;
 
@@ -794,6 +797,9 @@ impl<D: Disk> Replay<'_, D> {
             self.zap[offset as usize..end as usize].copy_from_slice(data);
             self.zap_seen = true;
             return Ok(());
+        }
+        if end > MAX_DISK {
+            return Err(ZfsError::at(rec.at, format!("a WRITE at disk byte {offset} is beyond the 16 TiB a zvol image may have")));
         }
         if data.iter().all(|b| *b == 0) {
             if !self.started_empty || offset < self.written_end {

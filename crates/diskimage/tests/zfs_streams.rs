@@ -267,3 +267,28 @@ fn zstd_compressed_blocks_decode() {
     assert_eq!(info.volsize, VOLSIZE);
     assert_eq!(sha1(&disk), disk_sha1("a"));
 }
+
+#[test]
+fn a_write_at_an_absurd_offset_is_refused_before_it_is_written() {
+    // The first WRITE's offset (record body byte 16) set beyond 16 TiB, its checksum
+    // cleared as pre-0.7 streams have it; the stream is refused at that record.
+    let full = stream("full.zfs.gz");
+    let mut at = 312;
+    loop {
+        let kind = u32::from_le_bytes(full[at..at + 4].try_into().unwrap());
+        if kind == 3 {
+            break;
+        }
+        assert!(kind == 1 || kind == 4 || kind == 2, "only OBJECT/FREE/FREEOBJECTS before the first WRITE here");
+        at += 312;
+    }
+    let mut bad = full.clone();
+    bad[at + 8 + 16..at + 8 + 24].copy_from_slice(&(1u64 << 50).to_le_bytes());
+    bad[at + 280..at + 312].fill(0);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("disk.raw");
+    let err = zfs::stream_to_raw(&bad[..], None, &out).unwrap_err();
+    assert_eq!(err.offset(), Some(at as u64), "{err}");
+    assert!(err.to_string().contains("beyond the 16 TiB"), "{err}");
+    assert!(fs::metadata(&out).unwrap().len() < 1 << 30, "nothing absurd was written");
+}
