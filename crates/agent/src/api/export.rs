@@ -74,3 +74,87 @@ pub async fn boot_disk(State(s): State<ApiState>, Path((server, vm)): Path<(Stri
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use serde_json::{Value, json};
+    use uuid::Uuid;
+
+    use crate::NodeRuntime;
+    use crate::api::{ApiState, router};
+    use crate::backend::sim::{Delays, Sim, sim_disk};
+    use crate::supervisor::{Node, Upstream};
+
+    struct NoUpstream;
+
+    #[async_trait::async_trait]
+    impl Upstream for NoUpstream {
+        async fn metadata_write(&self, _: Uuid, _: &crate::metadata::MetadataWrite) -> Result<(), String> {
+            Err("no headnode in this test".into())
+        }
+    }
+
+    fn ensure(vm: Uuid, state: &str, generation: i64) -> nereid_types::agent::Ensure {
+        serde_json::from_value(json!({"state": state, "definition_generation": generation, "definition": {
+            "uuid": vm, "brand": "bhyve", "owner_uuid": Uuid::nil(), "ram": 256, "vcpus": 1, "disks": [], "nics": []}}))
+        .unwrap()
+    }
+
+    async fn settle(node: &Node, vm: Uuid, state: &str) {
+        let end = Instant::now() + Duration::from_secs(30);
+        while node.get(vm).map(|s| s.state) != Some(state.to_string()) {
+            assert!(Instant::now() < end, "VM never became {state}: {:?}", node.get(vm));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopped_vm_s_disk_streams_a_running_one_is_refused_and_an_unknown_one_is_not_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Uuid::new_v4();
+        let sim = Sim::open(dir.path().join("sim.json"), Delays { create: Duration::ZERO, ..Delays::default() });
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        std::mem::forget(rx);
+        let node = Node::open(server, Arc::new(sim), Arc::new(NoUpstream), dir.path().join("node"), tx).await.unwrap();
+        let rt = Arc::new(NodeRuntime {
+            uuid: server,
+            identity: "test".into(),
+            node: node.clone(),
+            sysinfo: Default::default(),
+            paused: Default::default(),
+            ram_mib: 1024,
+            disk_mib: 1024,
+            hwmon: Default::default(),
+        });
+        let app = router(ApiState { nodes: Arc::new(vec![rt]), hwmon: dir.path().join("no-hwmon") });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let get = |vm: Uuid| reqwest::get(format!("{url}/servers/{server}/vms/{vm}/boot-disk"));
+
+        let vm = Uuid::new_v4();
+        node.ensure(ensure(vm, "running", 1));
+        settle(&node, vm, "running").await;
+        let r = get(vm).await.unwrap();
+        assert_eq!(r.status(), 409);
+        assert_eq!(r.json::<Value>().await.unwrap()["code"], "VmNotStopped");
+
+        node.ensure(ensure(vm, "stopped", 1));
+        settle(&node, vm, "stopped").await;
+        let r = get(vm).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.content_length(), Some(sim_disk(vm).len() as u64));
+        assert_eq!(r.bytes().await.unwrap().as_ref(), sim_disk(vm).as_slice());
+        // Nothing is left behind on the server.
+        let left: Vec<_> =
+            std::fs::read_dir(dir.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("export-")).collect();
+        assert!(left.is_empty(), "{left:?}");
+
+        let r = get(Uuid::new_v4()).await.unwrap();
+        assert_eq!(r.status(), 404);
+        assert_eq!(r.json::<Value>().await.unwrap()["code"], nereid_types::agent::VM_NOT_FOUND);
+    }
+}

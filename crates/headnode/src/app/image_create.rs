@@ -27,6 +27,7 @@ use nereid_types::{ApiError, FieldError};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use super::agents::AgentError;
 use super::image_files::{ReceiveError, Received};
 use super::{App, RETRIES, encode, store_error};
 use crate::buckets::IMAGES;
@@ -263,7 +264,18 @@ impl App {
         if let Some(f) = img.files.first() {
             return Ok(format!("the disk is in already ({} bytes, sha1 {})", f.size, f.sha1));
         }
-        let stream = self.agent_boot_disk(server, vm, within).await.map_err(|e| format!("asking the server for the VM's disk: {e}"))?;
+        // Patient with a server that cannot be reached for a moment (an agent restarting
+        // re-joins within seconds), as the other agent calls of jobs are.
+        let end = std::time::Instant::now() + super::agents::PATIENCE;
+        let stream = loop {
+            match self.agent_boot_disk(server, vm, within).await {
+                Ok(s) => break s,
+                Err(AgentError::Unreachable { .. }) if std::time::Instant::now() < end => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(format!("asking the server for the VM's disk: {e}")),
+            }
+        };
         let received = self.files.receive(Box::pin(stream), image::MAX_FILE_SIZE).await.map_err(|e| match e {
             ReceiveError::TooLarge(n) => format!("the VM's disk is larger than the {n}-byte limit of an image file"),
             other => format!("receiving the VM's disk: {other}"),

@@ -397,7 +397,15 @@ impl Backend for Qemu {
             return Err(err(format!("VM {uuid} has no boot disk on this server")));
         }
         // Beside the VM's disks (one filesystem, the agent's own directory), under a name
-        // no other export of this VM uses at the same time.
+        // no other export of this VM uses at the same time. Exports of one VM come one at
+        // a time (its jobs run in order), so any other export file is one a crash left.
+        if let Ok(entries) = std::fs::read_dir(&layout.dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with("export-") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         let out = layout.dir.join(format!("export-{}.qcow2", Uuid::new_v4()));
         disks::flatten(&self.cfg.qemu_img, &disk, &out).await.map_err(|e| err(format!("flattening the boot disk: {e}")))?;
         Ok(out)
