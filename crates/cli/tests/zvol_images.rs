@@ -1,7 +1,8 @@
 //! Triton's zvol images: `zfs send` streams (made by real OpenZFS, see
 //! scripts/zfs-fixtures) imported through `nereid image import` / AdminImportImage +
-//! AddImageFile become raw disks; an incremental one applies on its origin's disk; a
-//! damaged stream is refused with the offset of the damage and leaves nothing behind.
+//! AddImageFile become disks (compact qcow2); an incremental one applies on its origin's
+//! disk; a damaged stream is refused with the offset of the damage and leaves nothing
+//! behind.
 //! `zfs send -I` (a compound stream of several incrementals) imports the same way, and so
 //! do Triton manifests + streams fetched from another IMGAPI (`image import-remote`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -100,6 +101,23 @@ fn files_on_disk(cloud: &Cloud) -> Vec<PathBuf> {
     out
 }
 
+/// The disk image `uuid` stores, expanded: its file is a qcow2 holding only the zvol's
+/// data, and files[0] describes that file.
+async fn stored_disk(cloud: &Cloud, uuid: &str) -> Vec<u8> {
+    let img = cloud.client.get(&format!("/images/{uuid}")).await.unwrap();
+    let f = &img["files"][0];
+    let file = download(cloud, uuid).await;
+    assert_eq!((f["compression"].as_str(), f["size"].as_u64()), (Some("none"), Some(file.len() as u64)), "{img}");
+    assert_eq!(f["sha1"], sha1_hex(&file).as_str());
+    assert!(file.starts_with(b"QFI\xfb"), "a qcow2 file: {img}");
+    assert!((file.len() as u64) < VOLSIZE / 2, "only the zvol's data is stored: {} bytes", file.len());
+    let dir = tempfile::tempdir().unwrap();
+    let (q, raw) = (dir.path().join("disk.qcow2"), dir.path().join("disk.raw"));
+    write(&q, &file);
+    nereid_diskimage::zfs_qcow2::qcow2_to_raw(&q, &raw).unwrap();
+    std::fs::read(&raw).unwrap()
+}
+
 async fn full_and_incremental_streams_import_as_disks(b: Backend) {
     let cloud = Cloud::start(b).await.unwrap();
     let full = read("full.zfs.gz");
@@ -107,14 +125,11 @@ async fn full_and_incremental_streams_import_as_disks(b: Backend) {
     assert!(o.status.success(), "{}", stderr(&o));
     let img = cloud.client.get(&format!("/images/{FULL}")).await.unwrap();
     assert_eq!(img["state"], "active");
-    let f = &img["files"][0];
-    assert_eq!(f["compression"], "none", "the stream became a raw disk: {img}");
-    assert_eq!(f["size"], VOLSIZE);
-    assert_eq!(f["sha1"], disk_sha1("a").as_str(), "the disk is the zvol's contents at @a");
-    assert_eq!(f["dataset_guid"], guid("a").as_str(), "dataset_guid is the snapshot's guid");
+    assert_eq!(img["files"][0]["dataset_guid"], guid("a").as_str(), "dataset_guid is the snapshot's guid");
     assert_eq!(img["image_size"], 4);
-    let disk = download(&cloud, FULL).await;
-    assert_eq!(sha1_hex(&disk), disk_sha1("a"));
+    let disk = stored_disk(&cloud, FULL).await;
+    assert_eq!(disk.len() as u64, VOLSIZE);
+    assert_eq!(sha1_hex(&disk), disk_sha1("a"), "the disk is the zvol's contents at @a");
     assert!(disk[512..].starts_with(b"nereid-zvol: snapshot a"));
 
     // The incremental (bzip2, zfs send -c -e) applies on the full image's disk.
@@ -122,21 +137,18 @@ async fn full_and_incremental_streams_import_as_disks(b: Backend) {
     let o = import(&cloud, &manifest(INCR, Some(FULL), &incr, "bzip2"), &incr).await;
     assert!(o.status.success(), "{}", stderr(&o));
     let img = cloud.client.get(&format!("/images/{INCR}")).await.unwrap();
-    let f = &img["files"][0];
-    assert_eq!((f["compression"].as_str(), f["size"].as_u64()), (Some("none"), Some(VOLSIZE)));
-    assert_eq!(f["sha1"], disk_sha1("b").as_str(), "the disk is the zvol's contents at @b: {img}");
-    assert_eq!(f["dataset_guid"], guid("b").as_str());
+    assert_eq!(img["files"][0]["dataset_guid"], guid("b").as_str());
     assert_eq!(img["origin"], FULL);
-    assert_eq!(sha1_hex(&download(&cloud, INCR).await), disk_sha1("b"));
+    assert_eq!(sha1_hex(&stored_disk(&cloud, INCR).await), disk_sha1("b"), "the disk is the zvol's contents at @b");
     // zfs send -I @a vol@c (a compound stream: a→b, b→c) on the same origin.
     let compound = read("incr-ac.zfs.gz");
     let o = import(&cloud, &manifest(INCR_AC, Some(FULL), &compound, "gzip"), &compound).await;
     assert!(o.status.success(), "{}", stderr(&o));
     let img = cloud.client.get(&format!("/images/{INCR_AC}")).await.unwrap();
-    assert_eq!(img["files"][0]["sha1"], disk_sha1("c").as_str(), "{img}");
-    assert_eq!(img["files"][0]["dataset_guid"], guid("c").as_str());
+    assert_eq!(img["files"][0]["dataset_guid"], guid("c").as_str(), "{img}");
+    assert_eq!(sha1_hex(&stored_disk(&cloud, INCR_AC).await), disk_sha1("c"));
     // The origin is untouched, and only the three disks are stored: no stream, no temporary file.
-    assert_eq!(sha1_hex(&download(&cloud, FULL).await), disk_sha1("a"));
+    assert_eq!(sha1_hex(&stored_disk(&cloud, FULL).await), disk_sha1("a"));
     let files = files_on_disk(&cloud);
     assert_eq!(files.len(), 3, "{files:?}");
 }
@@ -173,7 +185,8 @@ async fn damaged_streams_are_refused_with_their_offset(b: Backend) {
     let good = read("full.zfs.gz");
     let r =
         cloud.client.send(cloud.client.request(reqwest::Method::PUT, &format!("/images/{FULL}/file?compression=gzip")).body(good)).await;
-    assert_eq!(r.unwrap()["files"][0]["sha1"], disk_sha1("a").as_str());
+    assert_eq!(r.unwrap()["files"][0]["dataset_guid"], guid("a").as_str());
+    assert_eq!(sha1_hex(&stored_disk(&cloud, FULL).await), disk_sha1("a"));
 
     cloud.client.post(&format!("/images/{FULL}?action=activate"), &json!({})).await.unwrap();
 
@@ -252,10 +265,8 @@ async fn import_remote_converts_triton_streams(b: Backend) {
     for (uuid, snap) in [(FULL, "a"), (INCR, "b")] {
         let img = cloud.client.get(&format!("/images/{uuid}")).await.unwrap();
         assert_eq!(img["state"], "active", "{img}");
-        let f = &img["files"][0];
-        assert_eq!((f["compression"].as_str(), f["size"].as_u64()), (Some("none"), Some(VOLSIZE)), "{img}");
-        assert_eq!(f["sha1"], disk_sha1(snap).as_str(), "{img}");
-        assert_eq!(f["dataset_guid"], guid(snap).as_str(), "the manifest's dataset_guid is the stream's snapshot");
+        assert_eq!(img["files"][0]["dataset_guid"], guid(snap).as_str(), "the manifest's dataset_guid is the stream's snapshot");
+        assert_eq!(sha1_hex(&stored_disk(&cloud, uuid).await), disk_sha1(snap));
     }
     assert_eq!(files_on_disk(&cloud).len(), 2, "{:?}", files_on_disk(&cloud));
 }

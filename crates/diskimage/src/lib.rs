@@ -12,6 +12,7 @@ use std::path::Path;
 use sha1::{Digest, Sha1};
 
 pub mod zfs;
+pub mod zfs_qcow2;
 
 /// How a file is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,25 +1,27 @@
-//! Triton's zvol images: a `zfs send` stream uploaded as an image file becomes the raw
-//! disk Nereid runs.
+//! Triton's zvol images: a `zfs send` stream uploaded as an image file becomes the disk
+//! Nereid runs.
 //!
 //! Triton publishes HVM images (`type: zvol`) as ZFS send streams of a zvol snapshot,
 //! compressed with gzip, bzip2 or xz; an incremental image's stream applies on top of its
 //! origin's. Compute nodes here run raw or qcow2 disks, so AddImageFile converts such a
-//! stream once, on import, and keeps the disk instead of the stream:
+//! stream once, on import, and keeps the disk instead of the stream, as a compact qcow2
+//! (only the zvol's data: a 10 GiB zvol holding 1 GiB costs 1 GiB to store and to send to
+//! each compute node):
 //!
 //! ```text
 //!  AddImageFile of a type: zvol image ──► upload verified (size, sha1)
 //!     │ its first decompressed bytes a ZFS BEGIN record? ── no ──► attached as uploaded
 //!     ▼ yes
 //!  decompress into tmp/<id>.zfs ──► replay onto a copy of the origin's disk ──► tmp/<id>.raw
-//!     │ refused: 422 ValidationFailed "ZFS send stream, byte N: …" (both tmp files removed)
-//!     ▼
-//!  files[0] = { sha1/size/contentMD5 of the raw disk, compression: none,
+//!     │ refused: 422 ValidationFailed "ZFS send stream, byte N: …" (tmp files removed)
+//!     ▼  ──► tmp/<id>.qcow2 (the non-zero clusters)
+//!  files[0] = { sha1/size/contentMD5 of the qcow2 disk, compression: none,
 //!               dataset_guid: the snapshot's guid (decimal, as `zfs get guid` prints it) }
 //! ```
 //!
 //! `dataset_guid` is Triton's own field for the snapshot's guid: an incremental image's
-//! stream must start from its origin's (`fromguid`), and the origin's volsize is the size of
-//! its raw disk. A declared `dataset_guid` or `image_size` that the stream contradicts is
+//! stream must start from its origin's (`fromguid`), and applies on the origin's disk
+//! (expanded from its qcow2; the origin's volsize is that disk's size). A declared `dataset_guid` or `image_size` that the stream contradicts is
 //! refused. The stream's own SHA-1 is not kept (files[0] describes the stored disk).
 
 use std::fs::File;
@@ -29,6 +31,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use md5::Md5;
 use nereid_diskimage::zfs::{self, Origin, StreamInfo, ZfsError};
+use nereid_diskimage::zfs_qcow2::{qcow2_to_raw, raw_to_qcow2};
 use nereid_diskimage::{Compression, decompress};
 use nereid_types::image::{self, Image};
 use nereid_types::{ApiError, FieldError};
@@ -79,14 +82,20 @@ pub(crate) async fn convert(app: &App, uuid: Uuid, add: &AddFile, r: &Received) 
     };
     let id = Uuid::new_v4();
     let dir = app.files.tmp_dir();
-    let (stream_path, raw_path) = (dir.join(format!("{id}.zfs")), dir.join(format!("{id}.raw")));
+    let work = Work {
+        stream: dir.join(format!("{id}.zfs")),
+        base: dir.join(format!("{id}.base")),
+        raw: dir.join(format!("{id}.raw")),
+        qcow2: dir.join(format!("{id}.qcow2")),
+    };
     let upload = r.tmp.clone();
-    let raw = raw_path.clone();
     let converted = tokio::task::spawn_blocking(move || {
-        let result = to_raw(compression, &upload, &stream_path, base, &raw);
-        let _ = std::fs::remove_file(&stream_path);
+        let result = to_disk(compression, &upload, &work, base);
+        for tmp in [&work.stream, &work.base, &work.raw] {
+            let _ = std::fs::remove_file(tmp);
+        }
         if result.is_err() {
-            let _ = std::fs::remove_file(&raw);
+            let _ = std::fs::remove_file(&work.qcow2);
         }
         result
     })
@@ -134,13 +143,13 @@ fn check_manifest(img: &Image, add: &AddFile, info: &StreamInfo) -> Result<(), A
     Ok(())
 }
 
-/// The raw disk and guid of an incremental image's origin.
-async fn origin_disk(app: &App, origin: &str) -> Result<(PathBuf, Origin), ApiError> {
+/// The stored disk and snapshot guid of an incremental image's origin.
+async fn origin_disk(app: &App, origin: &str) -> Result<(PathBuf, u64), ApiError> {
     let id = Uuid::parse_str(origin).map_err(|_| ApiError::validation_422(vec![FieldError::invalid("origin", "must be a UUID")]))?;
     let (o, _) = app.get_image(id, None).await?;
     let not_zfs = || {
         refused(format!(
-            "the stream is applied on its origin image {id}, but that image was not imported from a ZFS send stream (its files[0] has no dataset_guid and no raw disk)"
+            "the stream is applied on its origin image {id}, but that image was not imported from a ZFS send stream (its files[0] has no dataset_guid or is compressed)"
         ))
     };
     let file = o.files.first().ok_or_else(not_zfs)?;
@@ -148,7 +157,7 @@ async fn origin_disk(app: &App, origin: &str) -> Result<(PathBuf, Origin), ApiEr
     if file.compression != "none" {
         return Err(not_zfs());
     }
-    Ok((app.files.path_of(&file.sha1), Origin { guid, volsize: file.size }))
+    Ok((app.files.path_of(&file.sha1), guid))
 }
 
 enum Failure {
@@ -214,27 +223,52 @@ impl Write for Head {
     }
 }
 
-/// Decompresses the upload into `stream`, replays it into `raw`, and describes `raw`.
-fn to_raw(
-    c: Compression,
-    upload: &Path,
-    stream: &Path,
-    base: Option<(PathBuf, Origin)>,
-    raw: &Path,
-) -> Result<(StreamInfo, Received), Failure> {
+/// The temporary files of one conversion (all but `qcow2` removed when it ends).
+struct Work {
+    /// The decompressed stream.
+    stream: PathBuf,
+    /// The origin's disk expanded to raw (an incremental stream on a qcow2 origin).
+    base: PathBuf,
+    /// The replayed disk.
+    raw: PathBuf,
+    /// The result: the disk as compact qcow2.
+    qcow2: PathBuf,
+}
+
+/// Decompresses the upload, replays it (on the origin's disk, `base` = its stored file and
+/// snapshot guid), and stores the disk as qcow2; describes the qcow2 file.
+fn to_disk(c: Compression, upload: &Path, work: &Work, base: Option<(PathBuf, u64)>) -> Result<(StreamInfo, Received), Failure> {
     {
-        let mut out = io::BufWriter::new(File::create(stream)?);
+        let mut out = io::BufWriter::new(File::create(&work.stream)?);
         decompress(c, File::open(upload)?, &mut out).map_err(|e| match e {
             nereid_diskimage::Error::Io(e) => Failure::Io(e),
             other => Failure::Refused(format!("the file does not decompress as {}: {other}", c.as_str())),
         })?;
         out.into_inner().map_err(|e| Failure::Io(e.into_error()))?.sync_all()?;
     }
-    let info = zfs::stream_to_raw(File::open(stream)?, base.as_ref().map(|(p, o)| (p.as_path(), *o)), raw).map_err(|e| match e {
-        ZfsError::Stream { .. } => Failure::Refused(e.to_string()),
-        ZfsError::Io(e) => Failure::Io(e),
-    })?;
-    let received = describe(raw)?;
+    let base = match base {
+        None => None,
+        Some((stored, guid)) => {
+            let mut magic = [0u8; 4];
+            let n = File::open(&stored)?.read(&mut magic)?;
+            // Origins converted before disks were kept as qcow2 are raw.
+            let raw = if n == 4 && &magic == b"QFI\xfb" {
+                qcow2_to_raw(&stored, &work.base)?;
+                work.base.clone()
+            } else {
+                stored
+            };
+            let volsize = std::fs::metadata(&raw)?.len();
+            Some((raw, Origin { guid, volsize }))
+        }
+    };
+    let info =
+        zfs::stream_to_raw(File::open(&work.stream)?, base.as_ref().map(|(p, o)| (p.as_path(), *o)), &work.raw).map_err(|e| match e {
+            ZfsError::Stream { .. } => Failure::Refused(e.to_string()),
+            ZfsError::Io(e) => Failure::Io(e),
+        })?;
+    raw_to_qcow2(&work.raw, &work.qcow2)?;
+    let received = describe(&work.qcow2)?;
     Ok((info, received))
 }
 
