@@ -322,3 +322,30 @@ async fn cloudapi_create_image_from_machine_checks_its_input_and_the_owner() {
     }
     assert_eq!(bob.get(&format!("/my/images/{id}")).await.unwrap().status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_headnode_restarted_after_the_disk_arrived_finishes_the_image_without_fetching_it_again() {
+    let mut e = env().await;
+    let vm = e.running_vm("crashy", None).await;
+    let marker = e.cloud.data_dir.join("paused-image");
+    *e.hooks().pause_at.lock().unwrap() =
+        Some(("create_image".into(), "receive disk".into(), nereid_headnode::jobs::When::After, marker.clone()));
+    let r = e.cloud.client.post(&format!("/vms/{vm}?action=create_image"), &json!({"name": "resumed", "version": "1"})).await.unwrap();
+    let job = r["job_uuid"].as_str().unwrap().to_string();
+    let end = Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(Instant::now() < end, "the job never reached receive disk");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The disk is in, the step not yet recorded as done: the headnode stops here.
+    e.cloud.restart_headnode().await.unwrap();
+    let j = e.cloud.wait_job(&job).await.unwrap();
+    assert_eq!(j["execution"], "succeeded", "{j}");
+    let received = j["chain_results"].as_array().unwrap().iter().find(|r| r["name"] == "receive disk").unwrap().clone();
+    assert!(received["result"].as_str().unwrap().contains("the disk is in already"), "run again, it fetched nothing: {j}");
+    let img = e.image(j["params"]["image_uuid"].as_str().unwrap()).await;
+    assert_eq!(img["state"], "active", "{img}");
+    assert_eq!(img["files"][0]["sha1"], sha1_hex(&sim_disk(&vm)));
+    assert!(e.stored(&sim_disk(&vm)));
+    e.settles(&vm, "running").await;
+}
