@@ -126,6 +126,8 @@ async fn full_and_incremental_streams_import_as_disks(b: Backend) {
     let img = cloud.client.get(&format!("/images/{FULL}")).await.unwrap();
     assert_eq!(img["state"], "active");
     assert_eq!(img["files"][0]["dataset_guid"], guid("a").as_str(), "dataset_guid is the snapshot's guid");
+    let uploaded = (img["files"][0]["source_sha1"].as_str(), img["files"][0]["source_size"].as_u64());
+    assert_eq!(uploaded, (Some(sha1_hex(&full).as_str()), Some(full.len() as u64)), "the stream as uploaded is remembered: {img}");
     assert_eq!(img["image_size"], 4);
     let disk = stored_disk(&cloud, FULL).await;
     assert_eq!(disk.len() as u64, VOLSIZE);

@@ -235,11 +235,12 @@ pub const FIELDS: &[Field] = &[
 fn files_schema() -> Value {
     json!({"type": "array", "items": {"type": "object", "properties": {
         "sha1": {"type": "string"}, "size": {"type": "integer"}, "compression": {"type": "string", "enum": COMPRESSIONS},
-        "dataset_guid": {"type": "string"}, "stor": {"type": "string"}}}})
+        "dataset_guid": {"type": "string"}, "stor": {"type": "string"},
+        "source_sha1": {"type": "string"}, "source_size": {"type": "integer"}}}})
 }
 
 /// The one file of an image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageFile {
     pub sha1: String,
     pub size: u64,
@@ -252,6 +253,13 @@ pub struct ImageFile {
     /// Base64 MD5 of the file, served as `Content-MD5`; never rendered in manifests.
     #[serde(default, rename = "contentMD5", skip_serializing_if = "Option::is_none")]
     pub content_md5: Option<String>,
+    /// For a file converted on import (a zvol's ZFS send stream, stored as the disk it
+    /// holds): the SHA-1 and size of the file as it was uploaded, which is what the
+    /// image's source (e.g. another IMGAPI's manifest) says. A Nereid extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_sha1: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_size: Option<u64>,
 }
 
 /// An image as IMGAPI stores it.
@@ -843,6 +851,7 @@ mod tests {
             dataset_guid: None,
             stor: Some("local".into()),
             content_md5: Some("x".into()),
+            ..Default::default()
         });
         let active = activate(&img, "2026-01-01T00:00:00.000Z").unwrap();
         assert_eq!(active.published_at(), Some("2020-01-01T00:00:00.000Z"));
@@ -863,6 +872,7 @@ mod tests {
             dataset_guid: None,
             stor: None,
             content_md5: None,
+            ..Default::default()
         });
         let active = activate(&img, "t").unwrap();
         assert_eq!(active.state, "active");
@@ -942,6 +952,7 @@ mod tests {
             dataset_guid: None,
             stor: None,
             content_md5: None,
+            ..Default::default()
         });
         activate(&img, "2026-01-01T00:00:00.000Z").unwrap()
     }

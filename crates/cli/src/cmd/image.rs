@@ -111,18 +111,16 @@ async fn upload_and_activate(
     let img = c.send(req).await.context("uploading the image file")?;
     prog.finish();
     let stored = img.pointer("/files/0").cloned().unwrap_or(Value::Null);
-    // A zvol image's ZFS send stream is stored converted into a raw disk: files[0] then
-    // describes the disk and carries the snapshot's dataset_guid (which this command never
-    // sends); the server checked the upload against sha1= before converting it.
-    let converted = stored.get("dataset_guid").is_some_and(Value::is_string);
+    // A zvol image's ZFS send stream is stored converted into the disk it holds: files[0]
+    // then describes the disk, and source_sha1/source_size the file as it was uploaded.
+    let (sha1_key, size_key) = if stored.get("source_sha1").is_some() { ("source_sha1", "source_size") } else { ("sha1", "size") };
     if let Some(s) = sha1
-        && stored.get("sha1").and_then(Value::as_str) != Some(s)
-        && !converted
+        && stored.get(sha1_key).and_then(Value::as_str) != Some(s)
     {
-        bail!("the headnode stored sha1 {} but the file has {s}", stored.get("sha1").unwrap_or(&Value::Null));
+        bail!("the headnode stored {sha1_key} {} but the file has {s}", stored.get(sha1_key).unwrap_or(&Value::Null));
     }
-    if stored.get("size").and_then(Value::as_u64) != Some(size) && !converted {
-        bail!("the headnode stored {} bytes but the file has {size}", stored.get("size").unwrap_or(&Value::Null));
+    if stored.get(size_key).and_then(Value::as_u64) != Some(size) {
+        bail!("the headnode stored {} bytes ({size_key}) but the file has {size}", stored.get(size_key).unwrap_or(&Value::Null));
     }
     c.post(&format!("/images/{}?action=activate", enc(uuid)), &json!({})).await.context("activating the image")
 }

@@ -306,6 +306,7 @@ impl App {
             dataset_guid: None,
             stor: Some("local".into()),
             content_md5: Some(r.md5.clone()),
+            ..Default::default()
         };
         let _refs = self.files.refs.lock().await;
         self.files.commit(r).await.map_err(|e| format!("storing the disk: {e}"))?;
@@ -452,6 +453,7 @@ mod tests {
             dataset_guid: None,
             stor: Some("local".into()),
             content_md5: None,
+            ..Default::default()
         };
         let with = with_file(&img, file.clone(), 10240).unwrap();
         assert_eq!((with.files.len(), with.image_size()), (1, Some(10240)));

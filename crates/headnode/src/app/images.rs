@@ -266,6 +266,7 @@ impl App {
             ));
         }
         let zvol = super::zvol_import::convert(self, uuid, add, r).await?; // a zfs send stream → its raw disk
+        let uploaded = zvol.as_ref().map(|_| (r.sha1.clone(), r.size));
         let (add, r) = zvol.as_ref().map_or((add, r), |z| (&z.add, &z.received));
         image::check_compression(&add.compression, &r.head).map_err(|e| ApiError::invalid_parameter(vec![e]))?;
         let file = ImageFile {
@@ -275,6 +276,8 @@ impl App {
             dataset_guid: add.dataset_guid.clone(),
             stor: Some("local".into()),
             content_md5: Some(r.md5.clone()),
+            source_sha1: uploaded.as_ref().map(|(sha1, _)| sha1.clone()),
+            source_size: uploaded.map(|(_, size)| size),
         };
         let _refs = self.files.refs.lock().await;
         self.files.commit(r).await.map_err(|e| ApiError::new(503, "StorageIsDown", format!("could not store the file: {e}")))?;
