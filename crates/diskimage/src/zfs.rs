@@ -55,6 +55,9 @@ const ZVOL_ZAP_OBJ: u64 = 2;
 pub const MAX_DISK: u64 = 16 << 40;
 /// The largest ZAP block kept in memory.
 const MAX_ZAP: u64 = 128 << 10;
+/// The largest bonus buffer an OBJECT record may carry (ZFS's is at most 16 KiB, with
+/// large dnodes): a larger one is refused before it is read.
+const MAX_BONUS: u64 = 64 << 10;
 
 // Record types (`drr_type`).
 const DRR_BEGIN: u32 = 0;
@@ -201,6 +204,60 @@ impl Disk for File {
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         File::set_len(self, len)
     }
+    /// Punches a hole (its cost is bounded by what is allocated in the range, not by its
+    /// length); where the filesystem cannot, rewrites only the allocated ranges.
+    fn zero(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        let end = offset.saturating_add(len).min(File::metadata(self)?.len());
+        if offset >= end {
+            return Ok(());
+        }
+        use rustix::fs::{FallocateFlags, fallocate};
+        match fallocate(&*self, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, offset, end - offset) {
+            Ok(()) => return Ok(()),
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = offset;
+        while let Some((start, stop)) = next_data(self, at, end)? {
+            let mut p = start;
+            while p < stop {
+                let n = (stop - p).min(buf.len() as u64) as usize;
+                Disk::read_at(self, p, &mut buf[..n])?;
+                if buf[..n].iter().any(|b| *b != 0) {
+                    buf[..n].fill(0);
+                    FileExt::write_all_at(self, &buf[..n], p)?;
+                }
+                p += n as u64;
+            }
+            at = stop;
+        }
+        Ok(())
+    }
+}
+
+/// The next range of `f` at or after `at` (and before `end`) that may hold data, as
+/// `(start, stop)`; `None` when only holes are left. Filesystems without SEEK_DATA
+/// report everything as data.
+pub(crate) fn next_data(f: &File, at: u64, end: u64) -> io::Result<Option<(u64, u64)>> {
+    use rustix::fs::{SeekFrom, seek};
+    if at >= end {
+        return Ok(None);
+    }
+    let start = match seek(f, SeekFrom::Data(at)) {
+        Ok(s) => s,
+        Err(rustix::io::Errno::NXIO) => return Ok(None),
+        Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Some((at, end))),
+        Err(e) => return Err(e.into()),
+    };
+    if start >= end {
+        return Ok(None);
+    }
+    let stop = match seek(f, SeekFrom::Hole(start)) {
+        Ok(s) => s.min(end),
+        Err(_) => end,
+    };
+    Ok(Some((start, stop.max(start + 1).min(end))))
 }
 
 /// A disk in memory, refusing to grow beyond `cap` bytes (for [`check_stream`]).
@@ -252,8 +309,14 @@ pub fn check_stream(stream: &[u8], origin: Option<Origin>, cap: u64) -> Result<(
 }
 
 /// Turns a full stream into a raw disk file at `out` (created), or an incremental one
-/// into the disk of its origin (`base`, the origin's raw disk, copied sparsely).
-pub fn stream_to_raw<R: Read>(stream: R, base: Option<(&std::path::Path, Origin)>, out: &std::path::Path) -> Result<StreamInfo, ZfsError> {
+/// into the disk of its origin (`base`, the origin's raw disk, copied sparsely). A stream
+/// longer than `max_stream` bytes is refused where it passes that length.
+pub fn stream_to_raw<R: Read>(
+    stream: R,
+    base: Option<(&std::path::Path, Origin)>,
+    out: &std::path::Path,
+    max_stream: u64,
+) -> Result<StreamInfo, ZfsError> {
     let mut disk = File::options().read(true).write(true).create_new(true).open(out)?;
     let origin = match base {
         Some((path, origin)) => {
@@ -262,7 +325,7 @@ pub fn stream_to_raw<R: Read>(stream: R, base: Option<(&std::path::Path, Origin)
         }
         None => None,
     };
-    let info = replay(io::BufReader::with_capacity(1 << 20, stream), origin, &mut disk)?;
+    let info = replay_capped(io::BufReader::with_capacity(1 << 20, stream), origin, &mut disk, max_stream)?;
     disk.sync_all()?;
     Ok(info)
 }
@@ -271,14 +334,18 @@ pub fn stream_to_raw<R: Read>(stream: R, base: Option<(&std::path::Path, Origin)
 fn copy_sparse(from: &mut File, to: &mut File) -> io::Result<()> {
     let len = from.metadata()?.len();
     let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0;
-    while at < len {
-        let n = (len - at).min(buf.len() as u64) as usize;
-        Disk::read_at(from, at, &mut buf[..n])?;
-        if buf[..n].iter().any(|b| *b != 0) {
-            FileExt::write_all_at(to, &buf[..n], at)?;
+    let mut next = 0;
+    while let Some((start, stop)) = next_data(from, next, len)? {
+        let mut at = start;
+        while at < stop {
+            let n = (stop - at).min(buf.len() as u64) as usize;
+            Disk::read_at(from, at, &mut buf[..n])?;
+            if buf[..n].iter().any(|b| *b != 0) {
+                FileExt::write_all_at(to, &buf[..n], at)?;
+            }
+            at += n as u64;
         }
-        at += n as u64;
+        next = stop;
     }
     File::set_len(to, len)
 }
@@ -316,6 +383,8 @@ struct Input<R> {
     offset: u64,
     cksum: Fletcher4,
     big: bool,
+    /// The longest stream accepted.
+    limit: u64,
 }
 
 impl<R: Read> Input<R> {
@@ -331,7 +400,13 @@ impl<R: Read> Input<R> {
                         format!("the stream is truncated: it ends {} bytes into {}", done, what()),
                     ));
                 }
-                Ok(n) => done += n,
+                Ok(n) => {
+                    if done == 0 {
+                        // There is more: it must fit (a clean end of stream always does).
+                        self.within(buf.len() as u64)?;
+                    }
+                    done += n;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(ZfsError::Io(e)),
             }
@@ -339,8 +414,20 @@ impl<R: Read> Input<R> {
         Ok(true)
     }
 
+    /// Refuses to read `len` more bytes if the stream would pass its limit.
+    fn within(&self, len: u64) -> Result<(), ZfsError> {
+        if self.offset.saturating_add(len) > self.limit {
+            return Err(ZfsError::at(
+                self.offset,
+                format!("the stream goes on beyond {} bytes, longer than any stream of a zvol it may hold", self.limit),
+            ));
+        }
+        Ok(())
+    }
+
     /// Reads a payload of `len` bytes (checksummed).
     fn payload(&mut self, len: u64, rec: &Rec) -> Result<Vec<u8>, ZfsError> {
+        self.within(len)?;
         // Grown as bytes arrive, so a header claiming a large payload costs nothing unless
         // the payload is really there.
         let mut buf = Vec::new();
@@ -428,7 +515,12 @@ struct Replay<'d, D: Disk> {
 
 /// Replays the stream onto `disk`, which holds the origin's disk for an incremental stream.
 pub fn replay<R: Read, D: Disk>(stream: R, origin: Option<Origin>, disk: &mut D) -> Result<StreamInfo, ZfsError> {
-    let mut input = Input { r: stream, offset: 0, cksum: Fletcher4::default(), big: false };
+    replay_capped(stream, origin, disk, u64::MAX)
+}
+
+/// [`replay`], refusing a stream longer than `max_stream` bytes where it passes that length.
+pub fn replay_capped<R: Read, D: Disk>(stream: R, origin: Option<Origin>, disk: &mut D, max_stream: u64) -> Result<StreamInfo, ZfsError> {
+    let mut input = Input { r: stream, offset: 0, cksum: Fletcher4::default(), big: false, limit: max_stream };
     let mut st = Replay {
         base_volsize: origin.map(|o| o.volsize),
         started_empty: origin.is_none(),
@@ -653,6 +745,12 @@ impl<D: Disk> Replay<'_, D> {
                 let object = rec.u64(0);
                 let blksz = rec.u32(16);
                 let bonuslen = rec.u32(20) as u64;
+                if bonuslen > MAX_BONUS {
+                    return Err(ZfsError::at(
+                        rec.field(20),
+                        format!("an OBJECT record's bonus buffer of {bonuslen} bytes is larger than ZFS allows"),
+                    ));
+                }
                 input.payload(bonuslen.div_ceil(8) * 8, rec)?;
                 if object == ZVOL_OBJ {
                     if blksz == 0 || blksz as u64 > MAX_BLOCK || !blksz.is_power_of_two() {
@@ -836,6 +934,12 @@ impl<D: Disk> Replay<'_, D> {
         if volsize == 0 {
             return Err(ZfsError::at(stream_end, "the stream holds no zvol data and no volsize"));
         }
+        if volsize > MAX_DISK {
+            return Err(ZfsError::at(
+                stream_end,
+                format!("the zvol's volsize of {volsize} bytes is beyond the 16 TiB a zvol image may have"),
+            ));
+        }
         if self.written_end > volsize {
             return Err(ZfsError::at(
                 self.furthest_write,
@@ -1014,6 +1118,57 @@ mod tests {
         let out = lzjb(&[0b1000, b'a', b'b', b'c', 0, 3], 6).unwrap();
         assert_eq!(out, b"abcabc");
         assert!(lzjb(&[0b1, 0, 9], 6).is_err());
+    }
+
+    #[test]
+    fn a_volsize_beyond_16_tib_is_refused() {
+        let mut disk = MemDisk { data: Vec::new(), cap: 1 << 20 };
+        let mut zap = vec![0u8; 128];
+        zap[..8].copy_from_slice(&ZBT_MICRO.to_le_bytes());
+        zap[64..72].copy_from_slice(&(1u64 << 63).to_le_bytes());
+        zap[78..82].copy_from_slice(b"size");
+        let mut st = Replay {
+            disk: &mut disk,
+            base_volsize: None,
+            started_empty: true,
+            written_end: 0,
+            furthest_write: 0,
+            zap,
+            zap_seen: true,
+            volblocksize: None,
+        };
+        let e = st.finish(1000).unwrap_err();
+        assert_eq!(e.offset(), Some(1000));
+        assert!(e.to_string().contains("beyond the 16 TiB"), "{e}");
+    }
+
+    #[test]
+    fn zeroing_a_file_punches_a_hole_and_costs_nothing_over_its_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = File::options().read(true).write(true).create_new(true).open(dir.path().join("d")).unwrap();
+        // 8 TiB, 4 MiB of it data: a read-and-compare of the whole range would not end.
+        if File::set_len(&f, 8 << 40).is_err() {
+            return;
+        }
+        Disk::write_at(&mut f, 1 << 30, &vec![7u8; 4 << 20]).unwrap();
+        Disk::write_at(&mut f, 8 << 30, b"keep").unwrap();
+        let before = f.metadata().unwrap().blocks();
+        // FREE records as a hostile stream sends them: to the end of the disk, many times.
+        for _ in 0..100 {
+            Disk::zero(&mut f, 1 << 30, (4 << 20) + 4096).unwrap();
+        }
+        let mut buf = vec![1u8; 4 << 20];
+        Disk::read_at(&mut f, 1 << 30, &mut buf).unwrap();
+        assert!(buf.iter().all(|b| *b == 0));
+        let mut keep = [0u8; 4];
+        Disk::read_at(&mut f, 8 << 30, &mut keep).unwrap();
+        assert_eq!(&keep, b"keep");
+        assert_eq!(f.metadata().unwrap().len(), 8 << 40, "the size is kept");
+        assert!(f.metadata().unwrap().blocks() < before, "the zeroed range was deallocated, not written with zeros");
+        Disk::zero(&mut f, 0, u64::MAX).unwrap();
+        Disk::read_at(&mut f, 8 << 30, &mut keep).unwrap();
+        assert_eq!(keep, [0; 4]);
     }
 
     #[test]

@@ -49,14 +49,21 @@ pub fn raw_to_qcow2(raw: &Path, out: &Path) -> io::Result<()> {
     let src = File::open(raw)?;
     let size = src.metadata()?.len();
     let clusters = size.div_ceil(CLUSTER);
-    // Which clusters hold data.
+    // Which clusters hold data (holes are skipped, not read).
     let mut buf = vec![0u8; CLUSTER as usize];
     let mut data: Vec<u64> = Vec::new();
-    for c in 0..clusters {
-        read_full(&src, c * CLUSTER, &mut buf)?;
-        if buf.iter().any(|b| *b != 0) {
-            data.push(c);
+    let mut next = 0;
+    while let Some((start, stop)) = crate::zfs::next_data(&src, next, size)? {
+        for c in start / CLUSTER..stop.div_ceil(CLUSTER) {
+            if data.last().is_some_and(|l| *l >= c) {
+                continue;
+            }
+            read_full(&src, c * CLUSTER, &mut buf)?;
+            if buf.iter().any(|b| *b != 0) {
+                data.push(c);
+            }
         }
+        next = stop;
     }
     let l1_size = clusters.div_ceil(L2_ENTRIES).max(1);
     let l1_clusters = (l1_size * 8).div_ceil(CLUSTER);
@@ -145,7 +152,9 @@ pub fn raw_to_qcow2(raw: &Path, out: &Path) -> io::Result<()> {
 }
 
 /// Expands a qcow2 file written by [`raw_to_qcow2`] (or any v2/v3 qcow2 without backing
-/// file, compression or encryption) into a raw disk at `out` (created), sparsely.
+/// file, compression or encryption whose data clusters are stored once each, in disk
+/// order) into a raw disk at `out` (created), sparsely. What it costs is bounded by the
+/// file's length and the 16 TiB a disk may have, whatever the header says.
 pub fn qcow2_to_raw(qcow2: &Path, out: &Path) -> io::Result<()> {
     let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {m}", qcow2.display()));
     let src = File::open(qcow2)?;
@@ -167,15 +176,26 @@ pub fn qcow2_to_raw(qcow2: &Path, out: &Path) -> io::Result<()> {
     let size = be64(24);
     let l1_size = be32(36) as u64;
     let l1_at = be64(40);
+    if size > crate::zfs::MAX_DISK {
+        return Err(bad("a disk larger than 16 TiB"));
+    }
     let l2_entries = cluster / 8;
     if l1_size > size.div_ceil(cluster * l2_entries) + 1 {
         return Err(bad("L1 table larger than the disk needs"));
+    }
+    // The L1 table must be in the file: its size cannot ask for more memory than that.
+    let file_len = src.metadata()?.len();
+    if l1_at.checked_add(l1_size * 8).is_none_or(|end| end > file_len) {
+        return Err(bad("L1 table beyond the end of the file"));
     }
     let mut dst = File::options().write(true).create_new(true).open(out)?;
     let mut l1 = vec![0u8; (l1_size * 8) as usize];
     read_full(&src, l1_at, &mut l1)?;
     let mut l2 = vec![0u8; cluster as usize];
     let mut buf = vec![0u8; cluster as usize];
+    // Data clusters must follow each other in the file: a crafted file cannot make one
+    // cluster fill the whole disk.
+    let mut last_data = 0u64;
     for (i, e) in l1.chunks_exact(8).enumerate() {
         let l2_at = u64::from_be_bytes(e.try_into().map_err(|_| bad("L1"))?) & OFFSET_MASK;
         if l2_at == 0 {
@@ -191,10 +211,16 @@ pub fn qcow2_to_raw(qcow2: &Path, out: &Path) -> io::Result<()> {
             if at == 0 {
                 continue;
             }
-            let disk_at = (i as u64 * l2_entries + j as u64) * cluster;
-            if disk_at >= size {
-                return Err(bad("a cluster beyond the disk's size"));
+            let disk_at = (i as u64)
+                .checked_mul(l2_entries)
+                .and_then(|c| c.checked_add(j as u64))
+                .and_then(|c| c.checked_mul(cluster))
+                .filter(|d| *d < size)
+                .ok_or_else(|| bad("a cluster beyond the disk's size"))?;
+            if at <= last_data || at >= file_len {
+                return Err(bad("a data cluster out of order, shared or beyond the end of the file"));
             }
+            last_data = at;
             let n = (size - disk_at).min(cluster) as usize;
             read_full(&src, at, &mut buf[..n])?;
             if buf[..n].iter().any(|b| *b != 0) {
@@ -239,5 +265,41 @@ mod tests {
             assert!(x == y, "differs at {at}");
         }
         assert!(raw_to_qcow2(&raw, &q).is_err(), "an existing file is not overwritten");
+    }
+
+    #[test]
+    fn a_huge_sparse_disk_converts_without_reading_its_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("disk.raw");
+        // 8 TiB of holes: read cluster by cluster, this would not end in any test run.
+        let size = 8u64 << 40;
+        let f = File::create(&raw).unwrap();
+        if f.set_len(size).is_err() {
+            return; // a filesystem without such sparse files
+        }
+        f.write_all_at(b"boot", 510).unwrap();
+        f.write_all_at(b"tail", size - 4).unwrap();
+        drop(f);
+        let q = dir.path().join("disk.qcow2");
+        raw_to_qcow2(&raw, &q).unwrap();
+        let qlen = std::fs::metadata(&q).unwrap().len();
+        assert!(qlen < (1 << 20) + 16 * CLUSTER, "{qlen} bytes");
+    }
+
+    #[test]
+    fn a_huge_l1_table_is_refused_before_it_is_allocated() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = dir.path().join("evil.qcow2");
+        let mut h = vec![0u8; 512];
+        h[..4].copy_from_slice(b"QFI\xfb");
+        h[4..8].copy_from_slice(&3u32.to_be_bytes());
+        h[20..24].copy_from_slice(&9u32.to_be_bytes()); // 512-byte clusters
+        h[24..32].copy_from_slice(&(16u64 << 40).to_be_bytes()); // virtual size
+        h[36..40].copy_from_slice(&(1u32 << 29).to_be_bytes()); // l1_size: a 4 GiB table
+        h[40..48].copy_from_slice(&512u64.to_be_bytes());
+        std::fs::write(&q, &h).unwrap();
+        let e = qcow2_to_raw(&q, &dir.path().join("out.raw")).unwrap_err();
+        assert!(e.to_string().contains("L1 table beyond the end of the file"), "{e}");
+        assert!(!dir.path().join("out.raw").exists());
     }
 }

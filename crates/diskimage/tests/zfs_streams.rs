@@ -130,10 +130,10 @@ fn incremental_stream_applies_on_its_origin() {
 fn streams_to_sparse_raw_files() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a.raw"), dir.path().join("b.raw"));
-    let full = zfs::stream_to_raw(&stream("full.zfs.gz")[..], None, &a).unwrap();
+    let full = zfs::stream_to_raw(&stream("full.zfs.gz")[..], None, &a, u64::MAX).unwrap();
     assert_eq!(fs::metadata(&a).unwrap().len(), VOLSIZE);
     assert_eq!(sha1(&fs::read(&a).unwrap()), disk_sha1("a"));
-    let incr = zfs::stream_to_raw(&stream("incr.zfs.gz")[..], Some((&a, origin_of(&full))), &b).unwrap();
+    let incr = zfs::stream_to_raw(&stream("incr.zfs.gz")[..], Some((&a, origin_of(&full))), &b, u64::MAX).unwrap();
     assert_eq!(incr.fromguid, full.toguid);
     assert_eq!(sha1(&fs::read(&b).unwrap()), disk_sha1("b"));
     assert_eq!(sha1(&fs::read(&a).unwrap()), disk_sha1("a"), "the origin's disk is left as it was");
@@ -141,7 +141,7 @@ fn streams_to_sparse_raw_files() {
     use std::os::unix::fs::MetadataExt;
     assert!(fs::metadata(&a).unwrap().blocks() * 512 < VOLSIZE / 2, "the disk is written sparsely");
     // An existing output is never overwritten.
-    assert!(zfs::stream_to_raw(&stream("full.zfs.gz")[..], None, &a).is_err());
+    assert!(zfs::stream_to_raw(&stream("full.zfs.gz")[..], None, &a, u64::MAX).is_err());
 }
 
 #[test]
@@ -287,7 +287,7 @@ fn a_write_at_an_absurd_offset_is_refused_before_it_is_written() {
     bad[at + 280..at + 312].fill(0);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("disk.raw");
-    let err = zfs::stream_to_raw(&bad[..], None, &out).unwrap_err();
+    let err = zfs::stream_to_raw(&bad[..], None, &out, u64::MAX).unwrap_err();
     assert_eq!(err.offset(), Some(at as u64), "{err}");
     assert!(err.to_string().contains("beyond the 16 TiB"), "{err}");
     assert!(fs::metadata(&out).unwrap().len() < 1 << 30, "nothing absurd was written");
@@ -298,7 +298,7 @@ fn converted_disks_are_stored_as_compact_qcow2_that_qemu_img_accepts() {
     use nereid_diskimage::zfs_qcow2::{qcow2_to_raw, raw_to_qcow2};
     let dir = tempfile::tempdir().unwrap();
     let (raw, q, back) = (dir.path().join("a.raw"), dir.path().join("a.qcow2"), dir.path().join("back.raw"));
-    zfs::stream_to_raw(&stream("full.zfs.gz")[..], None, &raw).unwrap();
+    zfs::stream_to_raw(&stream("full.zfs.gz")[..], None, &raw, u64::MAX).unwrap();
     raw_to_qcow2(&raw, &q).unwrap();
     // Nereid's own inspection: qcow2 of the zvol's size, and far smaller than the raw disk.
     let facts = nereid_diskimage::inspect(&q, &mut |_| {}).unwrap();
@@ -314,4 +314,35 @@ fn converted_disks_are_stored_as_compact_qcow2_that_qemu_img_accepts() {
     // And back, for an incremental image's origin.
     qcow2_to_raw(&q, &back).unwrap();
     assert_eq!(sha1(&fs::read(&back).unwrap()), disk_sha1("a"));
+}
+
+#[test]
+fn a_stream_longer_than_its_cap_is_refused_where_it_passes_it() {
+    let full = stream("full.zfs.gz");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("disk.raw");
+    let cap = full.len() as u64 / 2;
+    let err = zfs::stream_to_raw(&full[..], None, &out, cap).unwrap_err();
+    let at = err.offset().unwrap();
+    assert!(at <= cap && at + (16 << 20) + 312 > cap, "{err}");
+    assert!(err.to_string().contains(&format!("beyond {cap} bytes")), "{err}");
+    // Exactly long enough is fine.
+    let ok = dir.path().join("ok.raw");
+    zfs::stream_to_raw(&full[..], None, &ok, full.len() as u64).unwrap();
+}
+
+#[test]
+fn an_object_record_with_a_huge_bonus_buffer_is_refused_before_it_is_read() {
+    let full = stream("full.zfs.gz");
+    let mut at = 312;
+    while u32::from_le_bytes(full[at..at + 4].try_into().unwrap()) != 1 {
+        at += 312;
+    }
+    let mut bad = full[..at + 312].to_vec();
+    bad[at + 8 + 20..at + 8 + 24].copy_from_slice(&u32::MAX.to_le_bytes());
+    bad[at + 280..at + 312].fill(0);
+    // No payload follows: were it read, the error would be a truncation further on.
+    let (offset, msg) = stream_error(zfs::check_stream(&bad, None, CAP));
+    assert_eq!(offset, (at + 8 + 20) as u64, "{msg}");
+    assert!(msg.contains("bonus buffer of 4294967295 bytes"), "{msg}");
 }
