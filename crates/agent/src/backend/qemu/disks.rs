@@ -16,11 +16,15 @@ pub use crate::backend::SnapshotOp;
 
 const MIB: u64 = 1 << 20;
 
-/// Runs `qemu-img args…`; the error carries qemu-img's own message.
+/// Runs `qemu-img args…`; the error carries qemu-img's own message. Dropped before it
+/// finishes (an export whose headnode gave up), qemu-img is killed and reaped by the
+/// runtime rather than left holding the disk's lock, which would keep the VM from
+/// starting again until a long conversion ended.
 async fn qemu_img(bin: &Path, args: &[&str]) -> Result<String, String> {
     let out = tokio::process::Command::new(bin)
         .args(args)
         .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(|e| format!("could not run {}: {e}", bin.display()))?;
@@ -216,5 +220,43 @@ mod tests {
         let e = flatten(&bin, &d.path().join("missing.qcow2"), &gone).await.unwrap_err();
         assert!(e.contains("missing.qcow2"), "{e}");
         assert!(!gone.exists());
+    }
+
+    /// Whether process `pid` still runs (gone, or a zombie awaiting its reaper, is not).
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+            .unwrap_or(false)
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_flatten_kills_qemu_img() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        // A qemu-img that takes as long as a huge conversion, saying who it is.
+        let bin = d.path().join("slow-qemu-img");
+        let pidfile = d.path().join("pid");
+        std::fs::write(&bin, format!("#!/bin/sh\necho $$ > {}\nexec sleep 600\n", pidfile.display())).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (disk, out) = (d.path().join("disk0.qcow2"), d.path().join("export.qcow2"));
+        let task = tokio::spawn(async move { flatten(&bin, &disk, &out).await });
+        let pid = loop {
+            if let Some(p) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
+                break p;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert!(alive(pid));
+        // The export's handler is dropped (its headnode went away).
+        task.abort();
+        let _ = task.await;
+        for _ in 0..500 {
+            if !alive(pid) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("qemu-img (pid {pid}) still runs after its export was dropped");
     }
 }
