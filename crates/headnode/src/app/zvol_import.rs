@@ -12,7 +12,8 @@
 //!  AddImageFile of a type: zvol image ──► upload verified (size, sha1)
 //!     │ its first decompressed bytes a ZFS BEGIN record? ── no ──► attached as uploaded
 //!     ▼ yes
-//!  decompress into tmp/<id>.zfs ──► replay onto a copy of the origin's disk ──► tmp/<id>.raw
+//!  decompressed as it is replayed onto a copy of the origin's disk ──► tmp/<id>.raw
+//!     │ (no decompressed copy is kept: a stream longer than any of its zvol's is refused)
 //!     │ refused: 422 ValidationFailed "ZFS send stream, byte N: …" (tmp files removed)
 //!     ▼  ──► tmp/<id>.qcow2 (the non-zero clusters)
 //!  files[0] = { sha1/size/contentMD5 of the qcow2 disk, compression: none,
@@ -21,8 +22,11 @@
 //!
 //! `dataset_guid` is Triton's own field for the snapshot's guid: an incremental image's
 //! stream must start from its origin's (`fromguid`), and applies on the origin's disk
-//! (expanded from its qcow2; the origin's volsize is that disk's size). A declared `dataset_guid` or `image_size` that the stream contradicts is
-//! refused. The stream's own SHA-1 is not kept (files[0] describes the stored disk).
+//! (expanded from its qcow2; the origin's volsize is that disk's size). Only an origin
+//! whose files[0] really was converted here (it has `source_sha1`) counts: a declared
+//! `dataset_guid` on an uploaded file proves nothing. A declared `dataset_guid` or
+//! `image_size` that the stream contradicts is refused. files[0] describes the stored
+//! disk; the stream as uploaded is remembered by `source_sha1`/`source_size`.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -82,16 +86,12 @@ pub(crate) async fn convert(app: &App, uuid: Uuid, add: &AddFile, r: &Received) 
     };
     let id = Uuid::new_v4();
     let dir = app.files.tmp_dir();
-    let work = Work {
-        stream: dir.join(format!("{id}.zfs")),
-        base: dir.join(format!("{id}.base")),
-        raw: dir.join(format!("{id}.raw")),
-        qcow2: dir.join(format!("{id}.qcow2")),
-    };
+    let max_stream = max_stream(img.image_size());
+    let work = Work { base: dir.join(format!("{id}.base")), raw: dir.join(format!("{id}.raw")), qcow2: dir.join(format!("{id}.qcow2")) };
     let upload = r.tmp.clone();
     let converted = tokio::task::spawn_blocking(move || {
-        let result = to_disk(compression, &upload, &work, base);
-        for tmp in [&work.stream, &work.base, &work.raw] {
+        let result = to_disk(compression, &upload, &work, base, max_stream);
+        for tmp in [&work.base, &work.raw] {
             let _ = std::fs::remove_file(tmp);
         }
         if result.is_err() {
@@ -149,10 +149,10 @@ async fn origin_disk(app: &App, origin: &str) -> Result<(PathBuf, u64), ApiError
     let (o, _) = app.get_image(id, None).await?;
     let not_zfs = || {
         refused(format!(
-            "the stream is applied on its origin image {id}, but that image was not imported from a ZFS send stream (its files[0] has no dataset_guid or is compressed)"
+            "the stream is applied on its origin image {id}, but that image was not imported from a ZFS send stream (its files[0] was not converted from one here)"
         ))
     };
-    let file = o.files.first().ok_or_else(not_zfs)?;
+    let file = o.files.first().filter(|f| is_converted(f)).ok_or_else(not_zfs)?;
     let guid = file.dataset_guid.as_deref().and_then(|g| g.parse::<u64>().ok()).ok_or_else(not_zfs)?;
     if file.compression != "none" {
         return Err(not_zfs());
@@ -160,6 +160,22 @@ async fn origin_disk(app: &App, origin: &str) -> Result<(PathBuf, u64), ApiError
     Ok((app.files.path_of(&file.sha1), guid))
 }
 
+/// Whether an image file is a disk this headnode converted from a ZFS send stream (a
+/// declared `dataset_guid` alone is not: a remote manifest or an operator can set it on
+/// any upload).
+fn is_converted(f: &image::ImageFile) -> bool {
+    f.source_sha1.is_some() && f.compression == "none" && f.dataset_guid.as_deref().is_some_and(|g| g.parse::<u64>().is_ok())
+}
+
+/// The longest decompressed stream accepted for a zvol of `image_size` MiB (if the manifest
+/// says): four times the volsize (room for record headers on small blocks and for the
+/// snapshots of a `zfs send -I`) plus 64 MiB; else four times the largest disk.
+fn max_stream(image_size_mib: Option<u64>) -> u64 {
+    let volsize = image_size_mib.map_or(zfs::MAX_DISK, |m| m.saturating_mul(1 << 20).min(zfs::MAX_DISK));
+    volsize.saturating_mul(4).saturating_add(64 << 20)
+}
+
+#[derive(Debug)]
 enum Failure {
     Refused(String),
     Io(io::Error),
@@ -225,8 +241,6 @@ impl Write for Head {
 
 /// The temporary files of one conversion (all but `qcow2` removed when it ends).
 struct Work {
-    /// The decompressed stream.
-    stream: PathBuf,
     /// The origin's disk expanded to raw (an incremental stream on a qcow2 origin).
     base: PathBuf,
     /// The replayed disk.
@@ -235,17 +249,16 @@ struct Work {
     qcow2: PathBuf,
 }
 
-/// Decompresses the upload, replays it (on the origin's disk, `base` = its stored file and
-/// snapshot guid), and stores the disk as qcow2; describes the qcow2 file.
-fn to_disk(c: Compression, upload: &Path, work: &Work, base: Option<(PathBuf, u64)>) -> Result<(StreamInfo, Received), Failure> {
-    {
-        let mut out = io::BufWriter::new(File::create(&work.stream)?);
-        decompress(c, File::open(upload)?, &mut out).map_err(|e| match e {
-            nereid_diskimage::Error::Io(e) => Failure::Io(e),
-            other => Failure::Refused(format!("the file does not decompress as {}: {other}", c.as_str())),
-        })?;
-        out.into_inner().map_err(|e| Failure::Io(e.into_error()))?.sync_all()?;
-    }
+/// Decompresses the upload as it replays it (on the origin's disk, `base` = its stored file
+/// and snapshot guid; at most `max_stream` decompressed bytes), and stores the disk as
+/// qcow2; describes the qcow2 file.
+fn to_disk(
+    c: Compression,
+    upload: &Path,
+    work: &Work,
+    base: Option<(PathBuf, u64)>,
+    max_stream: u64,
+) -> Result<(StreamInfo, Received), Failure> {
     let base = match base {
         None => None,
         Some((stored, guid)) => {
@@ -262,14 +275,64 @@ fn to_disk(c: Compression, upload: &Path, work: &Work, base: Option<(PathBuf, u6
             Some((raw, Origin { guid, volsize }))
         }
     };
-    let info =
-        zfs::stream_to_raw(File::open(&work.stream)?, base.as_ref().map(|(p, o)| (p.as_path(), *o)), &work.raw).map_err(|e| match e {
-            ZfsError::Stream { .. } => Failure::Refused(e.to_string()),
-            ZfsError::Io(e) => Failure::Io(e),
-        })?;
+    let info = replay_upload(c, File::open(upload)?, |stream| {
+        zfs::stream_to_raw(stream, base.as_ref().map(|(p, o)| (p.as_path(), *o)), &work.raw, max_stream)
+    })?;
     raw_to_qcow2(&work.raw, &work.qcow2)?;
     let received = describe(&work.qcow2)?;
     Ok((info, received))
+}
+
+/// Runs `replay` on the decompressed `upload`, decompressed on another thread through a
+/// pipe (never written out). A decompression error is the reason if there is one (the
+/// replay then saw a truncated stream), unless the replay stopped reading first.
+fn replay_upload<U: Read + Send + 'static>(
+    c: Compression,
+    upload: U,
+    replay: impl FnOnce(io::PipeReader) -> Result<StreamInfo, ZfsError>,
+) -> Result<StreamInfo, Failure> {
+    let (reader, writer) = io::pipe()?;
+    let decompressing = std::thread::spawn(move || {
+        let mut out = Pipe { w: writer, broken: false };
+        let r = decompress(c, upload, &mut out).map(|_| ());
+        (r, out.broken)
+    });
+    // The reader is dropped when the replay ends, so a decompressor still writing stops.
+    let replayed = replay(reader);
+    let (decompressed, replay_stopped_first) =
+        decompressing.join().map_err(|_| Failure::Io(io::Error::other("the decompressor panicked")))?;
+    match (decompressed, replayed) {
+        (_, Err(e)) if replay_stopped_first => Err(zfs_failure(e)),
+        (Err(nereid_diskimage::Error::Io(e)), _) => Err(Failure::Io(e)),
+        (Err(other), _) => Err(Failure::Refused(format!("the file does not decompress as {}: {other}", c.as_str()))),
+        (Ok(()), r) => r.map_err(zfs_failure),
+    }
+}
+
+fn zfs_failure(e: ZfsError) -> Failure {
+    match e {
+        ZfsError::Stream { .. } => Failure::Refused(e.to_string()),
+        ZfsError::Io(e) => Failure::Io(e),
+    }
+}
+
+/// The decompressor's end of the pipe, remembering whether the reader went away.
+struct Pipe {
+    w: io::PipeWriter,
+    broken: bool,
+}
+
+impl Write for Pipe {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let r = self.w.write(buf);
+        if r.as_ref().is_err_and(|e| e.kind() != io::ErrorKind::Interrupted) {
+            self.broken = true;
+        }
+        r
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
 }
 
 /// SHA-1, MD5, size and first bytes of a file, as an upload's [`Received`].
@@ -331,6 +394,84 @@ mod tests {
         assert_eq!(starts_with_begin(Compression::None, &p).unwrap(), None, "a raw disk of zeros");
         std::fs::write(&p, b"QFI\xfb").unwrap();
         assert_eq!(starts_with_begin(Compression::None, &p).unwrap(), None);
+    }
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../diskimage/tests/fixtures/zfs").join(name)
+    }
+
+    fn refusal(r: Result<(StreamInfo, Received), Failure>) -> String {
+        match r {
+            Err(Failure::Refused(m)) => m,
+            Err(Failure::Io(e)) => panic!("not a refusal: {e}"),
+            Ok((info, _)) => panic!("accepted: {info:?}"),
+        }
+    }
+
+    fn work(dir: &Path) -> Work {
+        Work { base: dir.join("w.base"), raw: dir.join("w.raw"), qcow2: dir.join("w.qcow2") }
+    }
+
+    #[test]
+    fn the_stream_is_replayed_as_it_decompresses_and_never_written_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = work(dir.path());
+        let (info, received) = to_disk(Compression::Gzip, &fixture("full.zfs.gz"), &w, None, max_stream(Some(4))).unwrap();
+        assert_eq!(info.volsize, 4 << 20);
+        assert_eq!(received.tmp, w.qcow2);
+        let mut left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        left.sort();
+        // Only the replayed raw disk and its qcow2 (convert removes the raw one): no stream.
+        assert_eq!(left, ["w.qcow2", "w.raw"]);
+    }
+
+    #[test]
+    fn a_stream_longer_than_its_zvol_allows_is_refused_where_it_passes_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = refusal(to_disk(Compression::Gzip, &fixture("full.zfs.gz"), &work(dir.path()), None, 100_000));
+        assert!(m.contains("beyond 100000 bytes"), "{m}");
+        assert!(m.starts_with("ZFS send stream, byte "), "{m}");
+    }
+
+    #[test]
+    fn a_bomb_after_the_stream_stops_decompressing_and_damage_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stream = Vec::new();
+        decompress(Compression::Gzip, File::open(fixture("full.zfs.gz")).unwrap(), &mut stream).unwrap();
+        // The stream, then zeros without end: refused once the END record is past, and the
+        // rest is neither decompressed nor stored (else this would never return).
+        let endless = io::Cursor::new(stream).chain(io::repeat(0));
+        let raw = dir.path().join("w.raw");
+        let r = replay_upload(Compression::None, endless, |s| zfs::stream_to_raw(s, None, &raw, u64::MAX));
+        let m = refusal(r.map(|i| (i, describe(&fixture("info.txt")).unwrap())));
+        assert!(m.contains("unexpected data after the END record"), "{m}");
+        // A damaged compression is named as such, not as a truncated stream.
+        let cut = dir.path().join("cut.gz");
+        let whole = std::fs::read(fixture("full.zfs.gz")).unwrap();
+        std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+        std::fs::create_dir(dir.path().join("x")).unwrap();
+        let m = refusal(to_disk(Compression::Gzip, &cut, &work(&dir.path().join("x")), None, u64::MAX));
+        assert!(m.contains("does not decompress as gzip"), "{m}");
+    }
+
+    #[test]
+    fn stream_caps_follow_the_declared_size() {
+        assert_eq!(max_stream(Some(4)), (16 << 20) + (64 << 20));
+        assert_eq!(max_stream(None), 4 * zfs::MAX_DISK + (64 << 20));
+        assert_eq!(max_stream(Some(u64::MAX)), 4 * zfs::MAX_DISK + (64 << 20));
+    }
+
+    #[test]
+    fn only_a_file_converted_here_is_an_origin_disk() {
+        let mut f: image::ImageFile = serde_json::from_value(serde_json::json!({
+            "sha1": "0000000000000000000000000000000000000000", "size": 1, "compression": "none", "dataset_guid": "42"
+        }))
+        .unwrap();
+        assert!(!is_converted(&f), "a declared dataset_guid on an uploaded qcow2 is not enough");
+        f.source_sha1 = Some("1111111111111111111111111111111111111111".into());
+        assert!(is_converted(&f));
+        f.compression = "gzip".into();
+        assert!(!is_converted(&f));
     }
 
     #[test]
