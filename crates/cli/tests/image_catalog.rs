@@ -109,6 +109,18 @@ async fn publish_list_and_import_with_origin(b: Backend) {
     assert_eq!(uuids(&page), vec![base.clone()]);
     let (_, page) = get_json(&format!("{cat}/images?limit=1&marker={child}")).await;
     assert_eq!(uuids(&page), vec![child.clone()]);
+    // A marker outside the catalogue is answered exactly as an unknown UUID: whether a
+    // private, unactivated or disabled image exists (and when it was published) stays hidden.
+    let unknown = "00000000-0000-4000-8000-00000000abcd";
+    let (want_s, want) = get_json(&format!("{cat}/images?marker={unknown}")).await;
+    assert_eq!((want_s, want["errors"][0]["field"].as_str()), (422, Some("marker")), "{want}");
+    for hidden in [&private, &unactivated, &disabled] {
+        let (s, got) = get_json(&format!("{cat}/images?marker={hidden}")).await;
+        let got = serde_json::from_str::<Value>(&got.to_string().replace(hidden.as_str(), unknown)).unwrap();
+        assert_eq!((s, &got), (want_s, &want), "marker {hidden}");
+    }
+    let (s, _) = get_json(&format!("{cat}/images?marker={child}&channel=release")).await;
+    assert_eq!(s, want_s, "an image outside the channel is no marker in it");
     // Channels, as updates.tritondatacenter.com uses them.
     let (_, rel) = get_json(&format!("{cat}/images?channel=release")).await;
     assert_eq!(uuids(&rel), vec![base.clone()]);

@@ -262,10 +262,11 @@ async fn requirements_refuse_triton_instance_create() {
 }
 
 /// Cloning an incremental image copies its origins too, down to the operator's base
-/// (IMGAPI's CloneImage): bob's copies form their own chain, so alice stays free to
-/// delete hers.
+/// (IMGAPI's CloneImage), but never an origin the cloner may not see: bob is shared alice's
+/// `top`, not her private `mid`, so his copy stands alone (every stored file is a whole
+/// disk) and names no origin; alice stays free to delete her chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn clone_copies_an_incremental_chain_down_to_the_operator_base() {
+async fn clone_copies_no_origin_the_cloner_cannot_see() {
     let s = setup().await;
     let nil = "00000000-0000-0000-0000-000000000000";
     let base = image_of(&s.cloud, nil, "base", json!({"public": true}), true).await;
@@ -275,10 +276,20 @@ async fn clone_copies_an_incremental_chain_down_to_the_operator_base() {
 
     let clone = s.bob.json_async(&["image", "clone", "-j", &top]).await;
     let top2 = clone["id"].as_str().unwrap().to_string();
+    assert!(clone.get("origin").is_none(), "the copy names no origin bob cannot see: {clone}");
     let bobs: Vec<Value> = s.cloud.client.get(&format!("/images?owner={}&state=all", s.bob_id)).await.unwrap().as_array().unwrap().clone();
-    assert_eq!(bobs.len(), 2, "the image and its one non-operator origin are copied: {bobs:?}");
-    let top_copy = bobs.iter().find(|i| i["uuid"] == top2.as_str()).unwrap();
-    let mid_copy = bobs.iter().find(|i| i["uuid"] != top2.as_str()).unwrap();
+    assert_eq!(bobs.len(), 1, "only the shared image is copied, not alice's private origin: {bobs:?}");
+    assert_eq!((bobs[0]["uuid"].as_str(), bobs[0]["state"].as_str()), (Some(top2.as_str()), Some("active")));
+    assert!(bobs[0].get("origin").is_none(), "{bobs:?}");
+    // Shared with bob too, `mid` is copied (disabled, as an intermediate) and the chain
+    // stops at the operator's base.
+    s.alice.ok_async(&["image", "share", &mid, &s.bob_id]).await;
+    let clone = s.bob.json_async(&["image", "clone", "-j", &top]).await;
+    let top3 = clone["id"].as_str().unwrap().to_string();
+    let bobs: Vec<Value> = s.cloud.client.get(&format!("/images?owner={}&state=all", s.bob_id)).await.unwrap().as_array().unwrap().clone();
+    assert_eq!(bobs.len(), 3, "{bobs:?}");
+    let top_copy = bobs.iter().find(|i| i["uuid"] == top3.as_str()).unwrap();
+    let mid_copy = bobs.iter().find(|i| i["uuid"] != top3.as_str() && i["uuid"] != top2.as_str()).unwrap();
     assert_eq!(
         (mid_copy["name"].as_str(), mid_copy["state"].as_str()),
         (Some("mid"), Some("disabled")),
@@ -287,11 +298,49 @@ async fn clone_copies_an_incremental_chain_down_to_the_operator_base() {
     assert_eq!(mid_copy["origin"], base.as_str(), "the chain stops at the operator's base");
     assert_eq!(top_copy["origin"], mid_copy["uuid"], "the copy builds on the copy");
     assert_ne!(mid_copy["uuid"], mid.as_str());
-    // Bob's list shows his copy, not the intermediate one.
-    assert_eq!(names(&s.bob, &["name=~o"]).await, ["top", "top"], "alice's shared image and bob's copy");
     // Alice may now delete her chain: bob's copies do not depend on it.
     s.alice.ok_async(&["image", "unshare", &top, &s.bob_id]).await;
     s.alice.ok_async(&["image", "delete", "-f", &top]).await;
     s.alice.ok_async(&["image", "delete", "-f", &mid]).await;
     assert_eq!(s.bob.json_async(&["image", "get", &top2]).await["state"], "active");
+    assert_eq!(s.bob.json_async(&["image", "get", &top3]).await["state"], "active");
+}
+
+/// Alice's private `s` is shared with bob; bob makes `t` from it (origin `s`) and shares
+/// `t` with carol. Carol's clone of `t` brings no copy of `s` and names no origin, so she
+/// cannot pass alice's image on; alice's refusal to delete `s` counts bob's image without
+/// naming it; and only an image's owner sees whom it is shared with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clone_never_hands_on_an_image_across_tenants() {
+    let s = setup().await;
+    let (_tc, carol) = s.cloud.triton_user("carol", KeyType::Ed25519).await.unwrap();
+    let carol_id = carol.json_async(&["account", "get", "-j"]).await["id"].as_str().unwrap().to_string();
+    let src = image_of(&s.cloud, &s.alice_id, "secret", json!({}), true).await;
+    s.alice.ok_async(&["image", "share", &src, &s.bob_id]).await;
+    let t = image_of(&s.cloud, &s.bob_id, "derived", json!({"origin": src}), true).await;
+    s.bob.ok_async(&["image", "share", &t, &carol_id]).await;
+    // Only the owner sees the ACL: bob does not learn about carol's access or the reverse.
+    assert_eq!(s.alice.json_async(&["image", "get", &src]).await["acl"], json!([s.bob_id]));
+    assert!(s.bob.json_async(&["image", "get", &src]).await.get("acl").is_none());
+    assert_eq!(s.bob.json_async(&["image", "get", &t]).await["acl"], json!([carol_id]));
+    assert!(carol.json_async(&["image", "get", &t]).await.get("acl").is_none());
+
+    let clone = carol.json_async(&["image", "clone", "-j", &t]).await;
+    assert!(clone.get("origin").is_none(), "{clone}");
+    let carols: Vec<Value> = s.cloud.client.get(&format!("/images?owner={carol_id}&state=all")).await.unwrap().as_array().unwrap().clone();
+    assert_eq!(carols.len(), 1, "no copy of alice's image: {carols:?}");
+    assert_eq!(carols[0]["name"], "derived");
+    carol.fail_async(&["image", "get", &src]).await;
+
+    // Alice cannot delete `s` while bob's `t` builds on it, and is not told its UUID.
+    let (_, err) = s.alice.fail_async(&["image", "delete", "-f", &src]).await;
+    assert!(err.contains(&format!("image {src} is the origin of 1 image; delete those first")), "{err}");
+    assert!(!err.contains(&t), "bob's image stays hidden from alice: {err}");
+    // The operator, who sees every image, is told which.
+    let c = &s.cloud.client;
+    let resp = c.request(reqwest::Method::DELETE, &format!("/images/{src}")).send().await.unwrap();
+    assert_eq!(resp.status(), 422);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "ImageHasDependentImages", "{body}");
+    assert!(body["message"].as_str().unwrap().contains(&t), "the operator sees every dependent image: {body}");
 }

@@ -189,6 +189,43 @@ pub fn next_page(marker: Option<&str>, page: Vec<Value>, limit: usize) -> (Vec<V
     (items, next)
 }
 
+/// Most pages one source's listing may take (100 000 images at IMGAPI's page size).
+pub const MAX_PAGES: usize = 100;
+/// Most manifests one source's listing may bring.
+pub const MAX_AVAIL_ITEMS: usize = 100 * PAGE;
+
+/// A remote listing in progress: what it has brought, and the markers it has used, so a
+/// source that never ends its listing (markers that come round again, pages without end)
+/// is refused rather than followed forever.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub items: Vec<Value>,
+    pub marker: Option<String>,
+    seen: std::collections::HashSet<String>,
+    pages: usize,
+}
+
+impl Listing {
+    /// Takes one page; true when another page is to be fetched (from `self.marker`).
+    pub fn take(&mut self, page: Vec<Value>, limit: usize) -> Result<bool, String> {
+        self.pages += 1;
+        let (items, next) = next_page(self.marker.as_deref(), page, limit);
+        self.items.extend(items);
+        if self.items.len() > MAX_AVAIL_ITEMS {
+            return Err(format!("the listing goes on past {MAX_AVAIL_ITEMS} images; it is not read further"));
+        }
+        let Some(next) = next else { return Ok(false) };
+        if self.pages >= MAX_PAGES {
+            return Err(format!("the listing goes on past {MAX_PAGES} pages; it is not read further"));
+        }
+        if !self.seen.insert(next.clone()) {
+            return Err(format!("the listing came back to marker {next}: it would never end"));
+        }
+        self.marker = Some(next);
+        Ok(true)
+    }
+}
+
 /// Each image of a chain is imported by one task of this process at a time.
 static IMPORT_LOCKS: LazyLock<KeyedLocks> = LazyLock::new(KeyedLocks::default);
 
@@ -201,6 +238,9 @@ fn remote_error(src: &Source, what: &str, e: impl std::fmt::Display) -> ApiError
 fn http_client() -> Result<reqwest::Client, ApiError> {
     let mut b = reqwest::Client::builder()
         .user_agent(concat!("nereid-headnode/", env!("CARGO_PKG_VERSION")))
+        // A source's redirect is not followed: it could point at another host, or at an
+        // address inside this network (the headnode would fetch it on the source's word).
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(15))
         .read_timeout(Duration::from_secs(60));
     let bundles = [
@@ -253,13 +293,18 @@ struct Remote {
     dataset_guid: Option<String>,
 }
 
-/// Checks what a manifest says about its file before anything is downloaded.
-fn remote_image(src: &Source, v: Value) -> Result<Remote, ApiError> {
+/// Checks what a manifest says about its file before anything is downloaded. The manifest
+/// must be the image asked for (`want`): a source answering with another image's manifest
+/// would otherwise have this cloud report `want` imported, or replace another image.
+fn remote_image(src: &Source, want: Uuid, v: Value) -> Result<Remote, ApiError> {
     let Value::Object(manifest) = v else {
         return Err(remote_error(src, "GetImage", "the manifest is not a JSON object"));
     };
     let uuid = manifest.get("uuid").and_then(Value::as_str).and_then(|u| Uuid::parse_str(u).ok());
     let Some(uuid) = uuid else { return Err(remote_error(src, "GetImage", "the manifest has no valid uuid")) };
+    if uuid != want {
+        return Err(remote_error(src, "GetImage", format!("asked for image {want}, it answered with the manifest of image {uuid}")));
+    }
     let file = manifest.get("files").and_then(|f| f.get(0)).cloned().unwrap_or(Value::Null);
     let sha1 = file.get("sha1").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
     if sha1.len() != 40 || !sha1.bytes().all(|c| c.is_ascii_hexdigit()) {
@@ -353,7 +398,7 @@ impl App {
     pub async fn catalog_images(&self, q: &Query, channel: Option<&str>) -> Result<Vec<Image>, ApiError> {
         self.check_catalog_channel(channel).await?;
         let desc = super::images::sort_desc(q);
-        let marker = self.image_marker(q).await?;
+        let marker = self.image_marker(q, Some(&catalog_filter(channel))).await?;
         let filter = super::images::list_filter(q, marker.as_ref(), desc).map_err(ApiError::invalid_parameter)?;
         let lq = ListQuery::filter(Filter::and(vec![filter, catalog_filter(channel)]))
             .sort(nereid_store::Path::field("published_at"), nereid_store::Kind::Text, desc)
@@ -464,25 +509,22 @@ impl App {
         Ok(out)
     }
 
-    /// Every manifest one source lists, page by page (the marker is inclusive).
+    /// Every manifest one source lists, page by page (the marker is inclusive), within
+    /// [`Listing`]'s bounds.
     async fn source_avail(&self, http: &reqwest::Client, src: &Source) -> Result<Vec<Value>, ApiError> {
-        let mut out = Vec::new();
-        let mut marker: Option<String> = None;
+        let mut listing = Listing::default();
         loop {
             let limit = PAGE.to_string();
             let mut q = vec![("limit", limit.as_str())];
-            if let Some(m) = &marker {
+            if let Some(m) = &listing.marker {
                 q.push(("marker", m.as_str()));
             }
             let resp = http.get(src.url("/images", &q)).send().await.map_err(|e| remote_error(src, "ListImages", e))?;
             let Value::Array(page) = remote_json(src, "ListImages", resp).await? else {
                 return Err(remote_error(src, "ListImages", "the answer is not a JSON array"));
             };
-            let (items, next) = next_page(marker.as_deref(), page, PAGE);
-            out.extend(items);
-            match next {
-                Some(n) => marker = Some(n),
-                None => return Ok(out),
+            if !listing.take(page, PAGE).map_err(|e| remote_error(src, "ListImages", e))? {
+                return Ok(listing.items);
             }
         }
     }
@@ -533,7 +575,7 @@ impl App {
         let Some((src, manifest)) = found else {
             return Err(ApiError::not_found(format!("image {uuid} is not offered by {}", misses.join(", "))));
         };
-        let chain = self.remote_chain(&http, &src, manifest, &unfinished).await?;
+        let chain = self.remote_chain(&http, &src, remote_image(&src, uuid, manifest)?, &unfinished).await?;
         let now = nereid_types::time::now_iso();
         let mut rec = ImportRecord {
             uuid,
@@ -579,8 +621,14 @@ impl App {
     }
 
     /// The image and the origins this cloud lacks, newest first.
-    async fn remote_chain(&self, http: &reqwest::Client, src: &Source, first: Value, unfinished: &[Uuid]) -> Result<Vec<Remote>, ApiError> {
-        let mut chain = vec![remote_image(src, first)?];
+    async fn remote_chain(
+        &self,
+        http: &reqwest::Client,
+        src: &Source,
+        first: Remote,
+        unfinished: &[Uuid],
+    ) -> Result<Vec<Remote>, ApiError> {
+        let mut chain = vec![first];
         while let Some(last) = chain.last() {
             let Some(origin) = last.manifest.get("origin").and_then(Value::as_str) else { break };
             let child = last.uuid;
@@ -614,7 +662,7 @@ impl App {
                 ));
             }
             let m = remote_json(src, "GetImage", resp).await?;
-            chain.push(remote_image(src, m)?);
+            chain.push(remote_image(src, origin, m)?);
         }
         Ok(chain)
     }
@@ -826,5 +874,84 @@ mod tests {
         // A full page that does not move past the marker ends it too.
         let (items, next) = next_page(Some("c"), imgs(&["c", "c"]), 2);
         assert_eq!((items.len(), next), (1, None));
+    }
+
+    #[test]
+    fn a_listing_whose_markers_come_round_again_is_refused() {
+        let mut l = Listing::default();
+        assert_eq!(l.take(imgs(&["x", "a"]), 2), Ok(true));
+        assert_eq!(l.take(imgs(&["a", "b"]), 2), Ok(true));
+        let e = l.take(imgs(&["b", "a"]), 2).unwrap_err();
+        assert!(e.contains("came back to marker a"), "{e}");
+    }
+
+    #[test]
+    fn a_listing_without_end_is_refused_at_the_page_cap() {
+        let mut l = Listing::default();
+        let mut pages = 0;
+        let e = loop {
+            pages += 1;
+            let page = vec![json!({"uuid": l.marker.clone().unwrap_or_default()}), json!({"uuid": format!("m{pages}")})];
+            match l.take(page, 2) {
+                Ok(true) => {}
+                Ok(false) => panic!("the listing ended"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(pages, MAX_PAGES);
+        assert!(e.contains(&format!("past {MAX_PAGES} pages")), "{e}");
+        // Items are capped too, whatever the page size.
+        let mut l = Listing::default();
+        let big: Vec<Value> = (0..=MAX_AVAIL_ITEMS).map(|i| json!({"uuid": i.to_string()})).collect();
+        assert!(l.take(big, PAGE).unwrap_err().contains("images"));
+        // An ordinary listing ends.
+        let mut l = Listing::default();
+        assert_eq!(l.take(imgs(&["a", "b"]), 2), Ok(true));
+        assert_eq!(l.take(imgs(&["b"]), 2), Ok(false));
+        assert_eq!(l.items, imgs(&["a", "b"]));
+    }
+
+    #[test]
+    fn a_manifest_must_be_the_image_asked_for() {
+        let src = Source::parse("http://127.0.0.1:9/", "url").unwrap();
+        let (y, z) = (Uuid::from_u128(0x1111), Uuid::from_u128(0x2222));
+        let m = |u: Uuid| json!({"uuid": u, "files": [{"sha1": "a".repeat(40), "size": 5}]});
+        assert_eq!(remote_image(&src, y, m(y)).unwrap().uuid, y);
+        let e = remote_image(&src, y, m(z)).err().unwrap();
+        assert_eq!(e.code, "RemoteSourceError");
+        assert!(e.message.contains(&y.to_string()) && e.message.contains(&z.to_string()), "{}", e.message);
+    }
+
+    /// A source answering 302 to another address: the client stops at the 302, and the
+    /// other listener is never contacted.
+    #[tokio::test]
+    async fn redirects_off_a_source_are_not_followed() {
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target_addr = target.local_addr().unwrap();
+        let source = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let source_addr = source.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut c, _) = source.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = c.read(&mut buf).await.unwrap();
+            let body = r#"{"code":"Moved","message":"elsewhere"}"#;
+            let resp = format!(
+                "HTTP/1.1 302 Found\r\nLocation: http://{target_addr}/images\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            c.write_all(resp.as_bytes()).await.unwrap();
+        });
+        let resp = http_client().unwrap().get(format!("http://{source_addr}/images")).send().await.unwrap();
+        assert_eq!(resp.status(), reqwest::StatusCode::FOUND);
+        let src = Source::parse(&format!("http://{source_addr}"), "url").unwrap();
+        let e = remote_json(&src, "ListImages", resp).await.unwrap_err();
+        assert_eq!(e.code, "RemoteSourceError");
+        // The target was never connected to: a connection would be waiting in its backlog
+        // (the std listener is non-blocking, as tokio left it).
+        let waiting = target.into_std().unwrap().accept();
+        assert!(
+            matches!(&waiting, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "the redirect's target was contacted: {waiting:?}"
+        );
     }
 }

@@ -114,24 +114,43 @@ pub fn visible_to(img: &Image, account: Uuid) -> bool {
     img.owner == account || (image::activated(img) && (img.public || image::acl(img).contains(&account)))
 }
 
+/// DeleteImage's refusal while `total` images name `uuid` as their origin, naming only
+/// `visible` (those the caller may see).
+fn dependents_error(uuid: Uuid, total: i64, visible: &[Uuid]) -> ApiError {
+    let images = if total == 1 { "1 image".to_string() } else { format!("{total} images") };
+    let named = if visible.is_empty() {
+        String::new()
+    } else {
+        format!(" (among them {})", visible.iter().map(Uuid::to_string).collect::<Vec<_>>().join(", "))
+    };
+    ApiError::new(422, "ImageHasDependentImages", format!("image {uuid} is the origin of {images}{named}; delete those first"))
+}
+
 impl App {
     pub async fn list_images(&self, q: &Query) -> Result<Vec<Image>, ApiError> {
         let desc = sort_desc(q);
-        let marker = self.image_marker(q).await?;
+        let marker = self.image_marker(q, None).await?;
         let filter = list_filter(q, marker.as_ref(), desc).map_err(ApiError::invalid_parameter)?;
         let lq = ListQuery::filter(filter).sort(Path::field("published_at"), Kind::Text, desc).page(q.limit(1000), 0);
         self.list(IMAGES.name, &lq).await
     }
 
-    /// The `marker` query parameter of ListImages: an image UUID or a date.
-    pub async fn image_marker(&self, q: &Query) -> Result<Option<Marker>, ApiError> {
+    /// The `marker` query parameter of ListImages: an image UUID or a date. With `scope`,
+    /// an image outside it is answered exactly as an unknown UUID (the public catalogue
+    /// must not tell whether a private or unactivated image exists, nor when it was
+    /// published).
+    pub async fn image_marker(&self, q: &Query, scope: Option<&Filter>) -> Result<Option<Marker>, ApiError> {
         Ok(match q.str("marker") {
             None => None,
             Some(m) => Some(match Uuid::parse_str(m) {
                 Ok(u) => {
-                    let (img, _) = self.read::<Image>(IMAGES.name, &u.to_string()).await?.ok_or_else(|| {
-                        ApiError::invalid_parameter(vec![FieldError::invalid("marker", format!("image {u} does not exist"))])
-                    })?;
+                    let unknown = || ApiError::invalid_parameter(vec![FieldError::invalid("marker", format!("image {u} does not exist"))]);
+                    let img = self
+                        .read::<Image>(IMAGES.name, &u.to_string())
+                        .await?
+                        .map(|(img, _)| img)
+                        .filter(|img| scope.is_none_or(|f| f.matches(&encode(img))))
+                        .ok_or_else(unknown)?;
                     Marker::Image { published_at: img.published_at().map(str::to_string), uuid: u }
                 }
                 Err(_) => {
@@ -342,15 +361,20 @@ impl App {
 
     /// DeleteImage: refused while incremental images build on it.
     pub async fn delete_image(&self, uuid: Uuid) -> Result<(), ApiError> {
+        self.delete_image_as(uuid, None).await
+    }
+
+    /// DeleteImage on behalf of `viewer` (None: the operator, who sees every image). The
+    /// refusal while images name this one as their origin says how many there are, and
+    /// names only those the viewer may see.
+    async fn delete_image_as(&self, uuid: Uuid, viewer: Option<Uuid>) -> Result<(), ApiError> {
         let (img, generation) = self.get_image(uuid, None).await?;
-        let children = self.list::<Image>(IMAGES.name, &ListQuery::filter(Filter::eq("origin", uuid.to_string())).page(10, 0)).await?;
-        if !children.is_empty() {
-            let ids: Vec<String> = children.iter().map(|c| c.uuid.to_string()).collect();
-            return Err(ApiError::new(
-                422,
-                "ImageHasDependentImages",
-                format!("image {uuid} is the origin of {}; delete those first", ids.join(", ")),
-            ));
+        let of_it = Filter::eq("origin", uuid.to_string());
+        let total = self.store.count(IMAGES.name, &of_it).await.map_err(store_error)?;
+        if total > 0 {
+            let children = self.list::<Image>(IMAGES.name, &ListQuery::filter(of_it).page(10, 0)).await?;
+            let named: Vec<Uuid> = children.iter().filter(|c| viewer.is_none_or(|v| visible_to(c, v))).map(|c| c.uuid).collect();
+            return Err(dependents_error(uuid, total, &named));
         }
         let _refs = self.files.refs.lock().await;
         match self.store.delete(IMAGES.name, &uuid.to_string(), Cond::Generation(generation)).await {
@@ -391,13 +415,20 @@ impl App {
         if img.owner != account {
             return Err(image::not_owner(account, &img));
         }
-        self.delete_image(uuid).await
+        self.delete_image_as(uuid, Some(account)).await
     }
 
     /// CloudAPI's CloneImage: a private copy, owned by `account`, of an image shared with
     /// it. An incremental image's origins are copied too, down to the first one owned by
     /// the operator (IMGAPI's rule), the intermediate copies disabled; all copies are
     /// written in one transaction, so a failure leaves none.
+    ///
+    /// The walk never copies, nor names, an origin `account` may not see: it stops there
+    /// and the oldest copy has no origin. Every stored file is a whole disk (a qcow2 with
+    /// a backing file is refused, ZFS incrementals are converted to full disks), so the
+    /// copy is usable without it — and a shared image made from another account's private
+    /// image does not hand that image on. An origin the account owns, or the operator's,
+    /// stays the copy's origin without being copied.
     pub async fn clone_image(&self, uuid: Uuid, account: Uuid) -> Result<Image, ApiError> {
         let (img, generation) = self.get_image(uuid, Some(account)).await?;
         image::check_clone(&img, account)?;
@@ -409,8 +440,11 @@ impl App {
             if chain.len() >= MAX_ORIGIN_DEPTH {
                 return Err(ApiError::internal(format!("image {uuid}: origin chain longer than {MAX_ORIGIN_DEPTH} images")));
             }
-            let (origin, g) = self.get_image(o, None).await?;
-            if self.is_operator_owned(&origin).await? {
+            let Some((origin, g)) = self.read::<Image>(IMAGES.name, &o.to_string()).await? else { break };
+            if !visible_to(&origin, account) {
+                break;
+            }
+            if origin.owner == account || self.is_operator_owned(&origin).await? {
                 base_origin = Some(origin.uuid);
                 break;
             }
@@ -521,6 +555,17 @@ mod tests {
             assert_eq!(visible_to(&i, Uuid::from_u128(1)), want, "{v}");
             assert_eq!(f.matches(&v), want, "the store filter and visible_to agree: {v}");
         }
+    }
+
+    #[test]
+    fn dependent_images_are_counted_and_only_visible_ones_named() {
+        let (me, hidden, shown) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let e = dependents_error(me, 1, &[]);
+        assert_eq!((e.status, e.code.as_str()), (422, "ImageHasDependentImages"));
+        assert_eq!(e.message, format!("image {me} is the origin of 1 image; delete those first"));
+        assert!(!e.message.contains(&hidden.to_string()));
+        let e = dependents_error(me, 2, &[shown]);
+        assert_eq!(e.message, format!("image {me} is the origin of 2 images (among them {shown}); delete those first"));
     }
 
     #[test]

@@ -209,13 +209,13 @@ async fn list_images(State(s): State<AppState>, Scoped(acct): Scoped, RawQuery(r
     let all: Vec<Image> = s.app.list(IMAGES.name, &ListQuery::all()).await?;
     let mut out: Vec<&Image> = all.iter().filter(|i| crate::app::images::visible_to(i, acct.uuid)).filter(|i| filter.keeps(i)).collect();
     out.sort_by(|x, y| (x.published_at(), x.uuid).cmp(&(y.published_at(), y.uuid)));
-    ok(&out.into_iter().map(render::image).collect::<Vec<_>>())
+    ok(&out.into_iter().map(|i| render::image_for(i, acct.uuid)).collect::<Vec<_>>())
 }
 
 async fn get_image(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id)): Path<(String, String)>) -> CloudResult {
     let uuid = image_id(&id)?;
     let (img, _) = s.app.get_image(uuid, Some(acct.uuid)).await.map_err(|e| passed_on(&id, e))?;
-    ok(&render::image(&img))
+    ok(&render::image_for(&img, acct.uuid))
 }
 
 /// UpdateImage's actions. `action` may come in the query (the CLI's way) or the body.
@@ -252,7 +252,7 @@ async fn image_action(
         other => return Err(invalid("action", format!("{other} is not a valid argument (update or clone)"))),
     }
     .map_err(|e| passed_on(&id, e))?;
-    ok(&render::image(&img))
+    ok(&render::image_for(&img, acct.uuid))
 }
 
 async fn delete_image(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id)): Path<(String, String)>) -> CloudResult {
@@ -308,6 +308,19 @@ mod tests {
         let r = render::image(&i);
         assert_eq!(r["requirements"], json!({"min_ram": 512, "min_memory": 512, "max_ram": 4096, "max_memory": 4096, "brand": "bhyve"}));
         assert_eq!(r["id"], json!(i.uuid));
+    }
+
+    #[test]
+    fn only_the_owner_sees_the_acl() {
+        let (owner, bob, carol) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let mut i = img("a", "zvol", "active", false);
+        i.rest.insert("acl".into(), json!([bob, carol]));
+        assert_eq!(render::image_for(&i, owner)["acl"], json!([bob, carol]));
+        for viewer in [bob, carol] {
+            let r = render::image_for(&i, viewer);
+            assert!(r.get("acl").is_none(), "{viewer} must not learn who else the image is shared with: {r}");
+            assert_eq!(r["id"], json!(i.uuid));
+        }
     }
 
     #[test]

@@ -112,6 +112,19 @@ pub fn image(img: &Image) -> Value {
     Value::Object(out)
 }
 
+/// An image as `viewer` sees it through CloudAPI: [`image`], without the ACL unless the
+/// viewer owns the image (an account an image is shared with does not learn who else it
+/// is shared with).
+pub fn image_for(img: &Image, viewer: Uuid) -> Value {
+    let mut v = image(img);
+    if img.owner != viewer
+        && let Some(o) = v.as_object_mut()
+    {
+        o.remove("acl");
+    }
+    v
+}
+
 /// A package as CloudAPI lists it (MiB throughout; `vcpus` 0 when unset).
 pub fn package(p: &Package) -> Value {
     let mut v = json!({
