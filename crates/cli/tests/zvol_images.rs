@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 both_backends!(
     full_and_incremental_streams_import_as_disks,
     damaged_streams_are_refused_with_their_offset,
-    import_remote_converts_triton_streams
+    import_remote_converts_triton_streams,
+    a_declared_dataset_guid_does_not_make_an_origin
 );
 
 const FULL: &str = "7a3c0c52-3f0e-4a57-9d3e-2a4f7c1b9e01";
@@ -271,4 +272,36 @@ async fn import_remote_converts_triton_streams(b: Backend) {
         assert_eq!(sha1_hex(&stored_disk(&cloud, uuid).await), disk_sha1(snap));
     }
     assert_eq!(files_on_disk(&cloud).len(), 2, "{:?}", files_on_disk(&cloud));
+}
+
+/// An origin whose file was uploaded as a disk (not converted from a stream here) is no
+/// origin for a stream, whatever dataset_guid it declares: a crafted qcow2 or raw file is
+/// never read as a converted disk.
+async fn a_declared_dataset_guid_does_not_make_an_origin(b: Backend) {
+    let cloud = Cloud::start(b).await.unwrap();
+    let mut disk = vec![0u8; VOLSIZE as usize];
+    disk[510..512].copy_from_slice(&[0x55, 0xaa]);
+    cloud.client.post(&format!("/images/{FULL}?action=import"), &manifest(FULL, None, &disk, "none")).await.unwrap();
+    let r = cloud
+        .client
+        .send(
+            cloud
+                .client
+                .request(reqwest::Method::PUT, &format!("/images/{FULL}/file?compression=none&dataset_guid={}", guid("a")))
+                .body(disk),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["files"][0]["dataset_guid"], guid("a").as_str(), "{r}");
+    assert!(r["files"][0].get("source_sha1").is_none(), "{r}");
+    cloud.client.post(&format!("/images/{FULL}?action=activate"), &json!({})).await.unwrap();
+    let before = files_on_disk(&cloud);
+
+    let incr = read("incr.zfs.gz");
+    let o = import(&cloud, &manifest(INCR, Some(FULL), &incr, "gzip"), &incr).await;
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains(&format!("origin image {FULL}")) && err.contains("not imported from a ZFS send stream"), "{err}");
+    api_err(cloud.client.get(&format!("/images/{INCR}")).await, 404, "ResourceNotFound");
+    assert_eq!(files_on_disk(&cloud), before, "nothing left behind");
 }
