@@ -196,11 +196,17 @@ pub fn qcow2_to_raw(qcow2: &Path, out: &Path) -> io::Result<()> {
     // Data clusters must follow each other in the file: a crafted file cannot make one
     // cluster fill the whole disk.
     let mut last_data = 0u64;
+    // So must L2 tables: each is read once, at most as many as the file has clusters.
+    let mut last_l2 = 0u64;
     for (i, e) in l1.chunks_exact(8).enumerate() {
         let l2_at = u64::from_be_bytes(e.try_into().map_err(|_| bad("L1"))?) & OFFSET_MASK;
         if l2_at == 0 {
             continue;
         }
+        if l2_at <= last_l2 || l2_at >= file_len {
+            return Err(bad("an L2 table out of order, shared or beyond the end of the file"));
+        }
+        last_l2 = l2_at;
         read_full(&src, l2_at, &mut l2)?;
         for (j, e) in l2.chunks_exact(8).enumerate() {
             let entry = u64::from_be_bytes(e.try_into().map_err(|_| bad("L2"))?);
@@ -301,5 +307,37 @@ mod tests {
         let e = qcow2_to_raw(&q, &dir.path().join("out.raw")).unwrap_err();
         assert!(e.to_string().contains("L1 table beyond the end of the file"), "{e}");
         assert!(!dir.path().join("out.raw").exists());
+    }
+
+    #[test]
+    fn shared_tables_and_clusters_are_refused() {
+        // A 1 MiB disk stored with one data cluster: then its L2 entries all pointing at
+        // that cluster (one cluster would fill the disk), and two L1 entries sharing an L2.
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("disk.raw");
+        std::fs::write(&raw, [&[9u8; 100][..], &vec![0u8; (1 << 20) - 100]].concat()).unwrap();
+        let q = dir.path().join("disk.qcow2");
+        raw_to_qcow2(&raw, &q).unwrap();
+        let f = File::options().read(true).write(true).open(&q).unwrap();
+        let mut h = [0u8; 104];
+        read_full(&f, 0, &mut h).unwrap();
+        let l1_at = u64::from_be_bytes(h[40..48].try_into().unwrap());
+        let mut e = [0u8; 8];
+        read_full(&f, l1_at, &mut e).unwrap();
+        let l2_at = u64::from_be_bytes(e) & OFFSET_MASK;
+        let mut d = [0u8; 8];
+        read_full(&f, l2_at, &mut d).unwrap();
+        for j in 1..16u64 {
+            f.write_all_at(&d, l2_at + j * 8).unwrap();
+        }
+        let err = qcow2_to_raw(&q, &dir.path().join("a.raw")).unwrap_err();
+        assert!(err.to_string().contains("data cluster out of order, shared"), "{err}");
+        // Two L1 entries sharing the L2 table (the virtual size made to need two).
+        f.write_all_at(&[0u8; 15 * 8], l2_at + 8).unwrap();
+        f.write_all_at(&(2u64 << 29).to_be_bytes(), 24).unwrap();
+        f.write_all_at(&2u32.to_be_bytes(), 36).unwrap();
+        f.write_all_at(&e, l1_at + 8).unwrap();
+        let err = qcow2_to_raw(&q, &dir.path().join("b.raw")).unwrap_err();
+        assert!(err.to_string().contains("L2 table out of order, shared"), "{err}");
     }
 }
