@@ -119,33 +119,120 @@ pub fn manifest_from_vm(source: &Image, input: &Map<String, Value>, owner: Uuid)
     Ok(m)
 }
 
-/// A failure's reason as the image's owner may read it (pure): tenants see the image's
-/// `error`, so a server named by UUID and agent URL (as agent errors name them) becomes
-/// "the VM's server"; the job keeps the whole reason for operators.
-pub fn tenant_message(reason: &str) -> String {
-    let mut out = String::with_capacity(reason.len());
-    let mut rest = reason;
-    while let Some(i) = rest.find("server ") {
-        let after = &rest[i + 7..];
-        let is_uuid = after.get(..36).is_some_and(|u| Uuid::parse_str(u).is_ok());
-        if !is_uuid {
-            out.push_str(&rest[..i + 7]);
-            rest = after;
-            continue;
-        }
-        out.push_str(&rest[..i]);
-        out.push_str("the VM's server");
-        let mut tail = &after[36..];
-        // " (https://…)" after the UUID: the agent's address.
-        if let Some(t) = tail.strip_prefix(" (")
-            && let Some(end) = t.find(')')
-        {
-            tail = &t[end + 1..];
-        }
-        rest = tail;
+/// A failure's reason as the image's owner may read it (pure): words of our own for the
+/// step that failed, never the agent's, reqwest's or qemu-img's text (which name servers,
+/// addresses and host paths). `said` is what the step judged safe to show, if anything:
+/// a preparation's verdict with the guest's own `prepare-image:error`, or a receive's
+/// short cause. The job keeps the whole reason for operators.
+pub fn tenant_message(step: &str, said: Option<&str>) -> String {
+    let fixed = match step {
+        "check" => "the image is no longer being created",
+        "stop" | "wait stopped" => "the VM could not be stopped",
+        "prepare" => "the VM could not be booted to prepare its disk",
+        "receive disk" => "the VM's disk could not be exported",
+        "start again" => "the VM could not be started again",
+        "activate" => "the image could not be activated",
+        _ => "the image could not be made",
+    };
+    let why = said.filter(|s| !s.trim().is_empty() && matches!(step, "prepare" | "receive disk")).unwrap_or(fixed);
+    if step.is_empty() { why.to_string() } else { format!("{step}: {why}") }
+}
+
+/// Why a boot disk could not be received: `tenant` for the image's owner, `detail` (which
+/// may name the server, its address and paths on it) for the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskFailure {
+    pub tenant: String,
+    pub detail: String,
+}
+
+impl DiskFailure {
+    fn new(tenant: &str, detail: impl Into<String>) -> DiskFailure {
+        DiskFailure { tenant: tenant.into(), detail: detail.into() }
     }
-    out.push_str(rest);
-    out
+}
+
+/// What VMAPI `create_image` takes besides the manifest (Triton's body): the new image's
+/// UUID, and what Nereid accepts without needing it.
+pub const VMAPI_KEYS: &[&str] = &["manifest", "image_uuid", "imgapi_url", "compression", "incremental", "max_origin_depth"];
+
+/// The manifest inputs of a VMAPI `create_image` body and the UUID it chose, if any.
+pub type VmapiBody = (Map<String, Value>, Option<Uuid>);
+
+/// A VMAPI `create_image` body as the manifest inputs (with any prepare-image inputs) and
+/// the new image's UUID if the caller chose it (pure). Triton's form nests the manifest
+/// (`{manifest: {name, version, …}, image_uuid, imgapi_url, compression, incremental}`);
+/// Nereid's flat form (`{name, version, …}`) is taken too. `imgapi_url` is accepted and
+/// unused (the image is stored by this cloud's own IMGAPI), `compression` likewise (the
+/// disk is stored as the server exports it), `incremental: true` is refused: images made
+/// from VMs here are whole disks.
+pub fn vmapi_body(body: &Map<String, Value>) -> Result<VmapiBody, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut input: Map<String, Value> =
+        body.iter().filter(|(k, _)| !VMAPI_KEYS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut uuid = None;
+    let uuid_of = |field: &str, v: &Value, errors: &mut Vec<FieldError>| match v.as_str().map(Uuid::parse_str) {
+        Some(Ok(u)) => Some(u),
+        _ => {
+            errors.push(FieldError::invalid(field, "must be a UUID (a string)"));
+            None
+        }
+    };
+    match body.get("manifest") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                match k.as_str() {
+                    // The manifest format's version: Nereid writes its own.
+                    "v" => {}
+                    "uuid" => uuid = uuid_of("manifest.uuid", v, &mut errors),
+                    _ if input.contains_key(k) => {
+                        errors.push(FieldError::invalid(k, "is given both in manifest and beside it"));
+                    }
+                    _ => {
+                        input.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        Some(_) => errors.push(FieldError::invalid("manifest", "must be the new image's manifest (an object)")),
+    }
+    match body.get("image_uuid") {
+        None | Some(Value::Null) => {}
+        Some(v) => match (uuid_of("image_uuid", v, &mut errors), uuid) {
+            (Some(a), Some(b)) if a != b => errors.push(FieldError::invalid("image_uuid", "differs from manifest.uuid")),
+            (Some(a), _) => uuid = Some(a),
+            (None, _) => {}
+        },
+    }
+    if body.get("imgapi_url").is_some_and(|v| !v.is_null() && !v.is_string()) {
+        errors.push(FieldError::invalid("imgapi_url", "must be a URL (a string)"));
+    }
+    match body.get("compression") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(c)) if ["none", "gzip", "bzip2", "xz"].contains(&c.as_str()) => {}
+        Some(_) => errors.push(FieldError::invalid("compression", "must be one of none, gzip, bzip2, xz")),
+    }
+    match body.get("incremental") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+        Some(Value::String(s)) if s == "false" => {}
+        Some(Value::Bool(true)) => errors.push(FieldError::invalid(
+            "incremental",
+            "incremental images of VMs are not supported: Nereid makes an image of the VM's whole disk (omit incremental or send false)",
+        )),
+        Some(Value::String(s)) if s == "true" => errors.push(FieldError::invalid(
+            "incremental",
+            "incremental images of VMs are not supported: Nereid makes an image of the VM's whole disk (omit incremental or send false)",
+        )),
+        Some(_) => errors.push(FieldError::invalid("incremental", "must be a boolean")),
+    }
+    if body.get("max_origin_depth").is_some_and(|v| !v.is_null() && !v.is_u64()) {
+        errors.push(FieldError::invalid("max_origin_depth", "must be a whole number"));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok((input, uuid))
 }
 
 /// A failed image's `error` (IMGAPI's `{message, code}`; `code` only when one is known).
@@ -197,11 +284,13 @@ impl App {
     /// CreateImageFromVm: checks the VM and the manifest, then writes the image (state
     /// `creating`) and the `create_image` job together. With `owner`, the VM must be
     /// that account's (CloudAPI); the image always belongs to the VM's owner.
+    /// `image_uuid` is the new image's UUID when the caller chose it (VMAPI).
     pub async fn create_image_from_vm(
         &self,
         vm_uuid: Uuid,
         input: &Map<String, Value>,
         owner: Option<Uuid>,
+        image_uuid: Option<Uuid>,
     ) -> Result<(Image, Job), ApiError> {
         let (vm, _) = self.get_vm(vm_uuid, owner).await?;
         let vm_owner = vm.owner_uuid.ok_or_else(|| ApiError::conflict("InvalidState", format!("VM {vm_uuid} has no owner")))?;
@@ -226,15 +315,25 @@ impl App {
         let manifest = manifest_from_vm(&source, &input, vm_owner).map_err(ApiError::invalid_parameter)?;
         let mut img = image::check_create(&manifest, Origin::Create)?;
         img.state = "creating".into();
+        if let Some(u) = image_uuid {
+            if self.read::<Image>(IMAGES.name, &u.to_string()).await?.is_some() {
+                return Err(ApiError::validation_409(vec![FieldError::duplicate("image_uuid", format!("image {u} already exists"))]));
+            }
+            img.uuid = u;
+        }
         // The request is well-formed: now whether the VM can be imaged at all.
         let server = Self::check_actionable(&vm)?;
         let mut params = Map::new();
         params.insert("image_uuid".into(), json!(img.uuid));
+        let prepares = prepare.is_some();
         if let Some(p) = prepare {
             params.insert("prepare_image_script".into(), json!(p.script));
             params.insert("prepare_image_timeout".into(), json!(p.timeout_secs));
         }
-        let job = new_job("create_image", vm_uuid, Some(server), vm.owner_uuid, params);
+        let mut job = new_job("create_image", vm_uuid, Some(server), vm.owner_uuid, params);
+        // Its steps may take hours (a guest preparing itself, a large disk): the job's
+        // own deadline must not end it before they do.
+        job.timeout = crate::jobs::image_create::job_timeout_secs(self.cfg.step_deadline, prepares);
         let job = self.queue(job, vec![Op::put(IMAGES.name, img.uuid.to_string(), encode(&img), Cond::Absent)]).await?;
         tracing::info!(vm = %vm_uuid, image = %img.uuid, job = %job.uuid, "creating an image from a VM");
         Ok((img, job))
@@ -259,8 +358,9 @@ impl App {
 
     /// Streams the stopped VM's flattened boot disk from its server into the image store
     /// and attaches it to the `creating` image. Once attached, a repeat does nothing.
-    pub async fn receive_vm_disk(&self, image_uuid: Uuid, server: Uuid, vm: Uuid, within: Duration) -> Result<String, String> {
-        let (img, _) = self.get_image(image_uuid, None).await.map_err(|e| e.message)?;
+    pub async fn receive_vm_disk(&self, image_uuid: Uuid, server: Uuid, vm: Uuid, within: Duration) -> Result<String, DiskFailure> {
+        const EXPORT: &str = "the VM's disk could not be exported";
+        let (img, _) = self.get_image(image_uuid, None).await.map_err(|e| DiskFailure::new(EXPORT, e.message))?;
         if let Some(f) = img.files.first() {
             return Ok(format!("the disk is in already ({} bytes, sha1 {})", f.size, f.sha1));
         }
@@ -273,14 +373,23 @@ impl App {
                 Err(AgentError::Unreachable { .. }) if std::time::Instant::now() < end => {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                Err(e) => return Err(format!("asking the server for the VM's disk: {e}")),
+                Err(e @ AgentError::Unreachable { .. }) => {
+                    return Err(DiskFailure::new(
+                        "the VM's server could not be reached",
+                        format!("asking the server for the VM's disk: {e}"),
+                    ));
+                }
+                Err(e) => return Err(DiskFailure::new(EXPORT, format!("asking the server for the VM's disk: {e}"))),
             }
         };
         let received = self.files.receive(Box::pin(stream), image::MAX_FILE_SIZE).await.map_err(|e| match e {
-            ReceiveError::TooLarge(n) => format!("the VM's disk is larger than the {n}-byte limit of an image file"),
-            other => format!("receiving the VM's disk: {other}"),
+            ReceiveError::TooLarge(n) => {
+                let m = format!("the VM's disk is larger than the {n}-byte limit of an image file");
+                DiskFailure::new(&m, m.clone())
+            }
+            other => DiskFailure::new("the VM's disk could not be received from its server", format!("receiving the VM's disk: {other}")),
         })?;
-        let result = self.attach_vm_disk(image_uuid, &received).await;
+        let result = self.attach_vm_disk(image_uuid, &received).await.map_err(|e| DiskFailure::new("the VM's disk could not be stored", e));
         if result.is_err() {
             self.files.discard(&received).await;
         }
@@ -430,14 +539,64 @@ mod tests {
     }
 
     #[test]
-    fn tenants_read_no_server_or_agent_address() {
-        let u = Uuid::from_u128(0xabc);
-        let m = format!("stop: server {u} (https://192.0.2.7:4444) is unreachable: connection refused");
-        assert_eq!(tenant_message(&m), "stop: the VM's server is unreachable: connection refused");
-        let m = format!("receive disk: asking the server for the VM's disk: server {u} answered 500: qemu-img failed");
-        assert_eq!(tenant_message(&m), "receive disk: asking the server for the VM's disk: the VM's server answered 500: qemu-img failed");
-        assert_eq!(tenant_message("prepare: the guest could not prepare itself"), "prepare: the guest could not prepare itself");
-        assert!(!tenant_message(&format!("server {u} (https://x) a server {u}")).contains("https"));
+    fn tenants_read_words_of_our_own_not_the_agents_or_qemu_imgs() {
+        for step in ["check", "stop", "wait stopped", "prepare", "receive disk", "start again", "activate"] {
+            let m = tenant_message(step, None);
+            assert!(m.starts_with(&format!("{step}: ")) && m.len() > step.len() + 10, "{m}");
+        }
+        // What the agent or qemu-img said never reaches the image, whatever it names.
+        assert_eq!(tenant_message("receive disk", None), "receive disk: the VM's disk could not be exported");
+        assert_eq!(
+            tenant_message("receive disk", Some("the VM's server could not be reached")),
+            "receive disk: the VM's server could not be reached"
+        );
+        // A preparation's verdict carries the guest's own words.
+        let said = "the guest could not prepare itself: disk full";
+        assert_eq!(tenant_message("prepare", Some(said)), format!("prepare: {said}"));
+        // Only the steps that judge what is safe to show may add to the fixed words.
+        assert_eq!(
+            tenant_message("start again", Some("server x (https://10.0.0.1:4444)")),
+            "start again: the VM could not be started again"
+        );
+        assert_eq!(tenant_message("", None), "the image could not be made");
+        assert_eq!(tenant_message("prepare", Some(" ")), "prepare: the VM could not be booted to prepare its disk");
+    }
+
+    #[test]
+    fn vmapi_takes_tritons_nested_body_and_the_flat_one() {
+        let u = Uuid::from_u128(0x1234);
+        // Triton's body: the manifest nested, the image's UUID beside it.
+        let (input, uuid) = vmapi_body(&obj(json!({
+            "manifest": {"v": 2, "name": "mine", "version": "1.0", "tags": {"a": "b"}},
+            "image_uuid": u.to_string(),
+            "imgapi_url": "http://imgapi.example.com",
+            "compression": "gzip",
+            "incremental": false,
+            "max_origin_depth": 3,
+            "prepare_image_script": "true",
+        })))
+        .unwrap();
+        assert_eq!(input, obj(json!({"name": "mine", "version": "1.0", "tags": {"a": "b"}, "prepare_image_script": "true"})));
+        assert_eq!(uuid, Some(u));
+        let (_, uuid) = vmapi_body(&obj(json!({"manifest": {"uuid": u.to_string(), "name": "m", "version": "1"}}))).unwrap();
+        assert_eq!(uuid, Some(u), "manifest.uuid names the image too");
+        // Nereid's flat body.
+        let (input, uuid) = vmapi_body(&obj(json!({"name": "flat", "version": "2"}))).unwrap();
+        assert_eq!((input, uuid), (obj(json!({"name": "flat", "version": "2"})), None));
+        // What cannot be done is refused by name.
+        for (bad, field, says) in [
+            (json!({"manifest": {"name": "x"}, "incremental": true}), "incremental", "whole disk"),
+            (json!({"manifest": {"name": "x"}, "incremental": "true"}), "incremental", "whole disk"),
+            (json!({"manifest": "name=x"}), "manifest", "object"),
+            (json!({"manifest": {"name": "x"}, "image_uuid": "nope"}), "image_uuid", "UUID"),
+            (json!({"manifest": {"name": "x", "uuid": u.to_string()}, "image_uuid": Uuid::nil().to_string()}), "image_uuid", "differs"),
+            (json!({"manifest": {"name": "x"}, "name": "y"}), "name", "both"),
+            (json!({"manifest": {"name": "x"}, "compression": "lz4"}), "compression", "gzip"),
+        ] {
+            let e = vmapi_body(&obj(bad.clone())).unwrap_err();
+            assert_eq!(e[0].field, field, "{bad}");
+            assert!(e[0].message.contains(says), "{bad}: {}", e[0].message);
+        }
     }
 
     #[test]

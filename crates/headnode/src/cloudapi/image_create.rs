@@ -67,7 +67,7 @@ async fn create(State(s): State<AppState>, Scoped(acct): Scoped, BodyParams(p): 
         Some(m) => invalid(f, m),
     })?;
     let input: Map<String, Value> = p.into_iter().filter(|(k, _)| INPUTS.contains(&k.as_str())).collect();
-    let (img, _job) = s.app.create_image_from_vm(vm, &input, Some(acct.uuid)).await?;
+    let (img, _job) = s.app.create_image_from_vm(vm, &input, Some(acct.uuid), None).await?;
     Ok(reply(StatusCode::CREATED, &render::image(&img)))
 }
 

@@ -226,9 +226,13 @@ async fn action(State(s): State<AppState>, Path(uuid): Path<String>, RawQuery(ra
         "add_nics" => s.app.add_nics(uuid, &input).await?,
         "update_nics" => s.app.update_nics(uuid, &input).await?,
         "remove_nics" => s.app.remove_nics(uuid, &input).await?,
-        // An image of the VM's boot disk: the body is its manifest (name, version,
-        // description, homepage, eula, acl, tags); the job's params name the new image.
-        "create_image" => s.app.create_image_from_vm(uuid, &input, None).await?.1,
+        // An image of the VM's boot disk: Triton's body ({manifest: {name, version,
+        // description, homepage, eula, acl, tags}, image_uuid?, imgapi_url?, compression?,
+        // incremental?}) or the manifest itself; the job's params name the new image.
+        "create_image" => {
+            let (input, image_uuid) = crate::app::image_create::vmapi_body(&input).map_err(ApiError::invalid_parameter)?;
+            s.app.create_image_from_vm(uuid, &input, None, image_uuid).await?.1
+        }
         snap @ ("create_snapshot" | "rollback_snapshot" | "delete_snapshot") => {
             if !input.is_empty() {
                 return Err(ApiError::validation_409(vec![FieldError::invalid("body", format!("action={snap} takes no body"))]).into());

@@ -7,9 +7,17 @@
 //!     │       │                           │                                     │
 //!     │       │                           └ undo: operator-script removed,      └ undo: back
 //!     │       │                             VM stopped                            to creating
-//!     │       └ remembers whether the VM ran; undo: asks for that again (restarts it)
-//!     └ undo: the image failed {message: why, code?}, its file removed
+//!     │       └ undo: asks for the state the VM had again (restarts it)
+//!     └ remembers whether the VM ran and its autoboot, before anything is changed;
+//!       undo: the image failed {message: for its owner, code?}, its file removed
 //! ```
+//! `check` changes nothing, so what it remembers is saved with it before `stop` or
+//! `prepare` change the VM: a crash in the middle of either reruns it knowing the VM's
+//! state and autoboot from before the job, not the ones the job itself set.
+//!
+//! The image's owner reads its `error`: it says which step failed in words of its own
+//! (and, for a preparation, what the guest itself said), never the agent's or qemu-img's
+//! text, which name servers, addresses and paths; the job keeps the whole reason.
 //!
 //! `prepare` runs only when the request carried a `prepare_image_script` (VMAPI): the
 //! guest is booted with it as its `sdc:operator-script` (autoboot off, so its own power-off
@@ -64,7 +72,18 @@ fn image_uuid(job: &Job) -> Result<Uuid, String> {
     param::<Uuid>(job, "image_uuid").ok_or_else(|| "the job has no image_uuid".to_string())
 }
 
-/// Whether the VM ran when the job began (recorded by `stop`).
+/// What `check` remembers of the VM before the job changes it (idempotent: recorded once).
+fn remember(job: &mut Job, vm: &nereid_types::vm::Vm) {
+    if !job.data.contains_key("previous") {
+        let previous = vm.desired_state.clone().or_else(|| vm.state.clone()).unwrap_or_default();
+        job.data.insert("previous".into(), json!(previous));
+    }
+    if !job.data.contains_key("autoboot_before") {
+        job.data.insert("autoboot_before".into(), json!(vm.autoboot));
+    }
+}
+
+/// Whether the VM ran when the job began (recorded by `check`).
 fn was_running(job: &Job) -> bool {
     data::<String>(job, "previous").as_deref() == Some("running")
 }
@@ -112,14 +131,17 @@ impl Step for Check {
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
         let uuid = image_uuid(job)?;
         let (img, _) = app.get_image(uuid, None).await.map_err(|e| e.message)?;
-        match img.state.as_str() {
-            "creating" | "active" => Ok(format!("image {uuid} ({}) is {}", img.label(), img.state)),
-            other => Err(format!("image {uuid} is {other}, not creating")),
+        if !matches!(img.state.as_str(), "creating" | "active") {
+            return Err(format!("image {uuid} is {}, not creating", img.state));
         }
+        let (vm, _) = app.get_vm(job.vm_uuid, None).await.map_err(|e| e.message)?;
+        remember(job, &vm);
+        Ok(format!("image {uuid} ({}) is {}; the VM is {}", img.label(), img.state, data::<String>(job, "previous").unwrap_or_default()))
     }
     async fn undo(&self, app: &App, job: &mut Job) -> StepResultT {
         let uuid = image_uuid(job)?;
-        let why = tenant_message(&job.error.clone().unwrap_or_else(|| "the image could not be made".into()));
+        let step = failed_step(job);
+        let why = tenant_message(&step, data::<String>(job, "tenant_error").as_deref());
         let code = data::<String>(job, "error_code");
         match app.fail_created_image(uuid, image_error(&why, code.as_deref())).await {
             Ok(img) => Ok(format!("image {uuid} is {}", img.state)),
@@ -137,11 +159,9 @@ impl Step for Stop {
         "stop"
     }
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
+        // Recorded by `check` (a job queued before it was, records it here).
         let (vm, _) = app.get_vm(job.vm_uuid, None).await.map_err(|e| e.message)?;
-        if !job.data.contains_key("previous") {
-            let previous = vm.desired_state.clone().or_else(|| vm.state.clone()).unwrap_or_default();
-            job.data.insert("previous".into(), json!(previous));
-        }
+        remember(job, &vm);
         // Asked even of a stopped VM: the server exports a disk only of a VM asked to
         // stay stopped.
         ask(app, job, "stopped").await?;
@@ -171,6 +191,21 @@ impl Step for WaitStopped {
     }
 }
 
+/// The step whose failure unwinds the job: the last with an error, else the one named
+/// at the head of the job's error.
+fn failed_step(job: &Job) -> String {
+    job.chain_results
+        .iter()
+        .rev()
+        .find(|r| !r.error.is_empty())
+        .map(|r| r.name.clone())
+        .or_else(|| job.error.as_deref().and_then(|e| e.split_once(": ")).map(|(s, _)| s.to_string()))
+        .unwrap_or_default()
+}
+
+/// At most this much of what a guest says of its failed preparation reaches the image.
+const GUEST_ERROR_MAX: usize = 1024;
+
 /// Where a guest's preparation stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Prep {
@@ -186,7 +221,11 @@ pub fn judge_prepare(state: Option<&str>, error: Option<&str>, stopped: bool, el
     match (state, stopped) {
         (Some("success"), true) => Prep::Done,
         (Some("error"), true) => {
-            Prep::Failed("PrepareImageError", format!("the guest could not prepare itself: {}", error.unwrap_or("it gave no reason")))
+            let said = error.map(|e| e.chars().take(GUEST_ERROR_MAX).collect::<String>());
+            Prep::Failed(
+                "PrepareImageError",
+                format!("the guest could not prepare itself: {}", said.as_deref().unwrap_or("it gave no reason")),
+            )
         }
         (Some("running"), true) => Prep::Failed("PrepareImageError", "the guest stopped before it said its preparation succeeded".into()),
         (Some("running" | "success" | "error"), false) => Prep::Pending,
@@ -244,7 +283,7 @@ impl Step for PrepareImage {
     }
     /// The guest's timeout (at most an hour) plus its preparation and power-off.
     fn deadline(&self, app: &App) -> Duration {
-        app.cfg.step_deadline.max(Duration::from_secs(1800)) + Duration::from_secs(3600)
+        prepare_deadline(app.cfg.step_deadline)
     }
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
         let Some(script) = param::<String>(job, "prepare_image_script") else {
@@ -253,8 +292,9 @@ impl Step for PrepareImage {
         let timeout = Duration::from_secs(param::<u64>(job, "prepare_image_timeout").unwrap_or(PREPARE_TIMEOUT_SECS));
         let server = job.server_uuid.ok_or("the job has no server")?;
         if !job.data.contains_key("autoboot_before") {
+            // Recorded by `check`; only a job queued before it was gets here.
             let (vm, _) = app.get_vm(job.vm_uuid, None).await.map_err(|e| e.message)?;
-            job.data.insert("autoboot_before".into(), json!(vm.autoboot));
+            remember(job, &vm);
         }
         if !job.data.contains_key("prepare_started_ms") {
             push(
@@ -285,6 +325,8 @@ impl Step for PrepareImage {
                 Prep::Done => break,
                 Prep::Failed(code, why) => {
                     job.data.insert("error_code".into(), json!(code));
+                    // Our words and the guest's own: its owner may read them.
+                    job.data.insert("tenant_error".into(), json!(why));
                     return Err(why);
                 }
             }
@@ -301,12 +343,38 @@ impl Step for PrepareImage {
     }
 }
 
+/// `prepare`'s deadline: the guest's timeout (at most an hour) plus its preparation and
+/// power-off.
+pub fn prepare_deadline(step_deadline: Duration) -> Duration {
+    step_deadline.max(Duration::from_secs(1800)) + Duration::from_secs(3600)
+}
+
+/// `receive disk`'s deadline: a disk of many GiB takes a while to flatten and carry; an
+/// hour at least.
+pub fn receive_deadline(step_deadline: Duration) -> Duration {
+    step_deadline.max(Duration::from_secs(3600))
+}
+
+/// Time a job may spend queued behind the VM's other jobs before its first step.
+const QUEUED_MARGIN: Duration = Duration::from_secs(1800);
+
+/// The whole job's deadline in seconds (counted from its creation, queueing included):
+/// every step's own deadline, `prepare`'s only when the guest prepares itself, plus a
+/// margin. Anything less would fail an image whose steps were all within their limits.
+pub fn job_timeout_secs(step_deadline: Duration, prepares: bool) -> u64 {
+    let short = Duration::from_secs(120); // check, stop, activate: the default step deadline
+    let mut total = short * 3 + step_deadline * 2 + receive_deadline(step_deadline) + QUEUED_MARGIN;
+    if prepares {
+        total += prepare_deadline(step_deadline);
+    }
+    total.as_secs()
+}
+
 struct ReceiveDisk;
 
 impl ReceiveDisk {
-    /// A disk of many GiB takes a while to flatten and carry; an hour at least.
     fn within(app: &App) -> Duration {
-        app.cfg.step_deadline.max(Duration::from_secs(3600))
+        receive_deadline(app.cfg.step_deadline)
     }
 }
 
@@ -321,7 +389,13 @@ impl Step for ReceiveDisk {
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
         let uuid = image_uuid(job)?;
         let server = job.server_uuid.ok_or("the job has no server")?;
-        app.receive_vm_disk(uuid, server, job.vm_uuid, Self::within(app)).await
+        match app.receive_vm_disk(uuid, server, job.vm_uuid, Self::within(app)).await {
+            Ok(m) => Ok(m),
+            Err(f) => {
+                job.data.insert("tenant_error".into(), json!(f.tenant));
+                Err(f.detail)
+            }
+        }
     }
 }
 
@@ -365,6 +439,48 @@ impl Step for Activate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_jobs_deadline_covers_every_steps_own() {
+        for sd in [Duration::from_secs(10), Duration::from_secs(300), Duration::from_secs(7200)] {
+            let steps = Duration::from_secs(120) * 3 + sd * 2 + receive_deadline(sd);
+            assert!(job_timeout_secs(sd, false) > steps.as_secs(), "{sd:?}");
+            let with_prepare = steps + prepare_deadline(sd);
+            assert!(job_timeout_secs(sd, true) > with_prepare.as_secs(), "{sd:?}");
+            // The longest prepare timeout a request may ask for fits in prepare's deadline.
+            assert!(prepare_deadline(sd) > Duration::from_secs(3600));
+        }
+        // More than the hour every other job has, which a slow guest or a big disk overran.
+        assert!(job_timeout_secs(Duration::from_secs(300), true) > 3 * 3600);
+    }
+
+    #[test]
+    fn the_failed_step_is_the_one_with_an_error() {
+        use nereid_types::job::StepResult;
+        let mut job = crate::jobs::new_job("create_image", Uuid::nil(), None, None, Map::new());
+        let ok = |n: &str| StepResult { name: n.into(), result: "ok".into(), ..Default::default() };
+        job.chain_results =
+            vec![ok("check"), ok("stop"), StepResult { name: "wait stopped".into(), error: "boom".into(), ..Default::default() }];
+        assert_eq!(failed_step(&job), "wait stopped");
+        job.chain_results.clear();
+        job.error = Some("receive disk: server x (https://10.0.0.1:4444) said no".into());
+        assert_eq!(failed_step(&job), "receive disk");
+    }
+
+    #[test]
+    fn what_check_remembers_is_kept_once() {
+        let mut job = crate::jobs::new_job("create_image", Uuid::nil(), None, None, Map::new());
+        let mut vm: nereid_types::vm::Vm = serde_json::from_value(json!({"uuid": Uuid::nil()})).unwrap();
+        vm.desired_state = Some("running".into());
+        vm.autoboot = Some(true);
+        remember(&mut job, &vm);
+        // The job then stops the VM and turns autoboot off; a rerun keeps the first record.
+        vm.desired_state = Some("stopped".into());
+        vm.autoboot = Some(false);
+        remember(&mut job, &vm);
+        assert!(was_running(&job));
+        assert_eq!(data::<Option<bool>>(&job, "autoboot_before"), Some(Some(true)));
+    }
 
     #[test]
     fn the_prepare_image_protocol() {
