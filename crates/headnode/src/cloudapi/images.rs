@@ -12,7 +12,9 @@
 //! Who may do what is IMGAPI's (`sdc-imgapi`): an image the account may not see is a 404
 //! `ResourceNotFound` whatever the operation; a visible image it does not own answers
 //! 422 `NotImageOwner` to update and delete; clone needs the account on the image's ACL
-//! (else 422 `ImageNotShared`). The logic lives in `app::images` and the pure checks in
+//! (else 422 `ImageNotShared`), and copies no origin the account may not see. An image's
+//! `acl` is rendered to its owner only: an account it is shared with does not learn who
+//! else it is shared with. The logic lives in `app::images` and the pure checks in
 //! `nereid_types::image`; these handlers parse, call and render.
 
 use axum::extract::{Path, RawQuery, State};
