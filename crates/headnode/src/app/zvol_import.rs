@@ -292,11 +292,11 @@ fn replay_upload<U: Read + Send + 'static>(
     replay: impl FnOnce(io::PipeReader) -> Result<StreamInfo, ZfsError>,
 ) -> Result<StreamInfo, Failure> {
     let (reader, writer) = io::pipe()?;
-    let decompressing = std::thread::spawn(move || {
+    let decompressing = std::thread::Builder::new().name("zvol-decompress".into()).spawn(move || {
         let mut out = Pipe { w: writer, broken: false };
         let r = decompress(c, upload, &mut out).map(|_| ());
         (r, out.broken)
-    });
+    })?;
     // The reader is dropped when the replay ends, so a decompressor still writing stops.
     let replayed = replay(reader);
     let (decompressed, replay_stopped_first) =
