@@ -168,6 +168,18 @@ impl App {
     /// digest in heartbeats. Not patient: the policy push asks again next round. An
     /// agent without the endpoint answers a [`AgentError::Status`] 404.
     pub async fn agent_netpolicy(&self, server: Uuid, policy: &nereid_types::netpolicy::NetPolicy) -> Result<(), AgentError> {
+        self.agent_send(server, "netpolicy", |http, url| http.put(url).json(policy)).await.map(drop)
+    }
+
+    /// One request to the server's agent at `/servers/{server}/{path}` (over TLS, pinned
+    /// to the server's certificate), built by `build`; an answer of 400 or more is an
+    /// [`AgentError::Status`] carrying the agent's own message.
+    async fn agent_send(
+        &self,
+        server: Uuid,
+        path: &str,
+        build: impl FnOnce(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, AgentError> {
         let (s, _) = self.get_server_record(server).await.map_err(|e| AgentError::Other(e.message))?;
         let pin = self.server_pin(server).await.map_err(|e| AgentError::Other(e.message))?;
         if !s.agent_url.starts_with("https://") {
@@ -178,8 +190,8 @@ impl App {
             });
         }
         let http = self.agents.client(server, &pin).map_err(AgentError::Other)?;
-        let url = format!("{}/servers/{server}/netpolicy", s.agent_url.trim_end_matches('/'));
-        let resp = http.put(&url).json(policy).send().await.map_err(|e| AgentError::Unreachable {
+        let url = format!("{}/servers/{server}/{path}", s.agent_url.trim_end_matches('/'));
+        let resp = build(&http, &url).send().await.map_err(|e| AgentError::Unreachable {
             server,
             url: s.agent_url.clone(),
             message: e.to_string(),
@@ -193,7 +205,7 @@ impl App {
                 .unwrap_or(text);
             return Err(AgentError::Status { server, status, message });
         }
-        Ok(())
+        Ok(resp)
     }
 
     /// The server's view of a VM; `None` when it does not have it.
@@ -210,31 +222,7 @@ impl App {
         vm: Uuid,
         within: Duration,
     ) -> Result<impl futures_util::Stream<Item = Result<bytes::Bytes, reqwest::Error>> + use<>, AgentError> {
-        let (s, _) = self.get_server_record(server).await.map_err(|e| AgentError::Other(e.message))?;
-        let pin = self.server_pin(server).await.map_err(|e| AgentError::Other(e.message))?;
-        if !s.agent_url.starts_with("https://") {
-            return Err(AgentError::Unreachable {
-                server,
-                url: s.agent_url.clone(),
-                message: "agents are called over TLS only (an https:// agent URL)".into(),
-            });
-        }
-        let http = self.agents.client(server, &pin).map_err(AgentError::Other)?;
-        let url = format!("{}/servers/{server}/vms/{vm}/boot-disk", s.agent_url.trim_end_matches('/'));
-        let resp = http.get(&url).timeout(within).send().await.map_err(|e| AgentError::Unreachable {
-            server,
-            url: s.agent_url.clone(),
-            message: e.to_string(),
-        })?;
-        let status = resp.status().as_u16();
-        if status >= 400 {
-            let text = resp.text().await.unwrap_or_default();
-            let message = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
-                .unwrap_or(text);
-            return Err(AgentError::Status { server, status, message });
-        }
+        let resp = self.agent_send(server, &format!("vms/{vm}/boot-disk"), |http, url| http.get(url).timeout(within)).await?;
         Ok(resp.bytes_stream())
     }
 }
