@@ -34,6 +34,58 @@ pub struct Received {
     pub head: Vec<u8>,
 }
 
+/// What IMGAPI records of a file — SHA-1, base64 MD5, size and first bytes — gathered as
+/// its bytes go by.
+#[derive(Default)]
+pub struct Digests {
+    sha1: Sha1,
+    md5: Md5,
+    size: u64,
+    head: Vec<u8>,
+}
+
+impl Digests {
+    pub fn update(&mut self, chunk: &[u8]) {
+        if self.head.len() < 64 {
+            self.head.extend_from_slice(&chunk[..chunk.len().min(64 - self.head.len())]);
+        }
+        self.sha1.update(chunk);
+        self.md5.update(chunk);
+        self.size += chunk.len() as u64;
+    }
+
+    /// Bytes seen so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The file at `tmp`, described by what went by.
+    pub fn finish(self, tmp: PathBuf) -> Received {
+        Received {
+            tmp,
+            sha1: hex::encode(self.sha1.finalize()),
+            md5: base64::engine::general_purpose::STANDARD.encode(self.md5.finalize()),
+            size: self.size,
+            head: self.head,
+        }
+    }
+}
+
+/// A whole file read and described as an upload's [`Received`] (blocking I/O).
+pub fn describe_file(path: &Path) -> io::Result<Received> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let (mut d, mut buf) = (Digests::default(), vec![0u8; 1 << 20]);
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Ok(d.finish(path.to_path_buf())),
+            Ok(n) => d.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Why an upload stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
@@ -101,29 +153,18 @@ impl ImageFiles {
         let tmp = self.tmp.join(format!("{}", uuid::Uuid::new_v4()));
         let result = async {
             let mut file = tokio::fs::File::create(&tmp).await?;
-            let (mut sha1, mut md5, mut size, mut head) = (Sha1::new(), Md5::new(), 0u64, Vec::new());
+            let mut digests = Digests::default();
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| ReceiveError::Body(e.to_string()))?;
-                size += chunk.len() as u64;
-                if size > max {
+                if digests.size() + chunk.len() as u64 > max {
                     return Err(ReceiveError::TooLarge(max));
                 }
-                if head.len() < 64 {
-                    head.extend_from_slice(&chunk[..chunk.len().min(64 - head.len())]);
-                }
-                sha1.update(&chunk);
-                md5.update(&chunk);
+                digests.update(&chunk);
                 file.write_all(&chunk).await?;
             }
             file.flush().await?;
             file.sync_all().await?;
-            Ok(Received {
-                tmp: tmp.clone(),
-                sha1: hex::encode(sha1.finalize()),
-                md5: base64::engine::general_purpose::STANDARD.encode(md5.finalize()),
-                size,
-                head,
-            })
+            Ok(digests.finish(tmp.clone()))
         }
         .await;
         if result.is_err() {

@@ -42,8 +42,7 @@ use nereid_types::query::Query;
 use nereid_types::{ApiError, FieldError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use sha1::{Digest, Sha1};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::image_files::Received;
@@ -317,27 +316,6 @@ fn remote_image(src: &Source, want: Uuid, v: Value) -> Result<Remote, ApiError> 
     let compression = file.get("compression").and_then(Value::as_str).unwrap_or("none").to_string();
     let dataset_guid = file.get("dataset_guid").and_then(Value::as_str).map(str::to_string);
     Ok(Remote { manifest, uuid, sha1, size, compression, dataset_guid })
-}
-
-/// SHA-1, base64 MD5, size and first bytes of a file.
-async fn hash_file(path: &std::path::Path) -> std::io::Result<(String, String, u64, Vec<u8>)> {
-    use base64::Engine;
-    use md5::Md5;
-    let mut f = tokio::fs::File::open(path).await?;
-    let (mut sha1, mut md5, mut n, mut head, mut buf) = (Sha1::new(), Md5::new(), 0u64, Vec::new(), vec![0u8; 1 << 20]);
-    loop {
-        let k = f.read(&mut buf).await?;
-        if k == 0 {
-            break;
-        }
-        if head.len() < 64 {
-            head.extend_from_slice(&buf[..k.min(64 - head.len())]);
-        }
-        sha1.update(&buf[..k]);
-        md5.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((hex::encode(sha1.finalize()), base64::engine::general_purpose::STANDARD.encode(md5.finalize()), n, head))
 }
 
 /// Whether a local image is what an import stopped between recording and activating left
@@ -801,7 +779,12 @@ impl App {
                 ));
             }
         }
-        let (sha1, md5, size, head) = hash_file(&path).await.map_err(io_error)?;
+        let file = path.clone();
+        let received = tokio::task::spawn_blocking(move || super::image_files::describe_file(&file))
+            .await
+            .map_err(|e| io_error(std::io::Error::other(e)))?
+            .map_err(io_error)?;
+        let (sha1, size) = (received.sha1.clone(), received.size);
         if size != r.size || sha1 != r.sha1 {
             let _ = tokio::fs::remove_file(&path).await;
             let why = if size != r.size {
@@ -815,13 +798,14 @@ impl App {
                 format!("the file of image {} from {} is corrupt: {why}; it was deleted and nothing was imported", r.uuid, src.display()),
             ));
         }
-        Ok(Received { tmp: path, sha1, md5, size, head })
+        Ok(received)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     #[test]
     fn source_urls_split_off_the_channel() {

@@ -32,14 +32,11 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
-use md5::Md5;
 use nereid_diskimage::zfs::{self, Origin, StreamInfo, ZfsError};
 use nereid_diskimage::zfs_qcow2::{qcow2_to_raw, raw_to_qcow2};
 use nereid_diskimage::{Compression, decompress};
 use nereid_types::image::{self, Image};
 use nereid_types::{ApiError, FieldError};
-use sha1::{Digest, Sha1};
 use uuid::Uuid;
 
 use super::App;
@@ -279,7 +276,7 @@ fn to_disk(
         zfs::stream_to_raw(stream, base.as_ref().map(|(p, o)| (p.as_path(), *o)), &work.raw, max_stream)
     })?;
     raw_to_qcow2(&work.raw, &work.qcow2)?;
-    let received = describe(&work.qcow2)?;
+    let received = super::image_files::describe_file(&work.qcow2)?;
     Ok((info, received))
 }
 
@@ -333,34 +330,6 @@ impl Write for Pipe {
     fn flush(&mut self) -> io::Result<()> {
         self.w.flush()
     }
-}
-
-/// SHA-1, MD5, size and first bytes of a file, as an upload's [`Received`].
-fn describe(path: &Path) -> io::Result<Received> {
-    let mut f = File::open(path)?;
-    let (mut sha1, mut md5, mut size, mut head) = (Sha1::new(), Md5::new(), 0u64, Vec::new());
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if head.len() < 64 {
-            head.extend_from_slice(&buf[..n.min(64 - head.len())]);
-        }
-        sha1.update(&buf[..n]);
-        md5.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok(Received {
-        tmp: path.to_path_buf(),
-        sha1: hex::encode(sha1.finalize()),
-        md5: base64::engine::general_purpose::STANDARD.encode(md5.finalize()),
-        size,
-        head,
-    })
 }
 
 #[cfg(test)]
@@ -443,7 +412,7 @@ mod tests {
         let endless = io::Cursor::new(stream).chain(io::repeat(0));
         let raw = dir.path().join("w.raw");
         let r = replay_upload(Compression::None, endless, |s| zfs::stream_to_raw(s, None, &raw, u64::MAX));
-        let m = refusal(r.map(|i| (i, describe(&fixture("info.txt")).unwrap())));
+        let m = refusal(r.map(|i| (i, super::super::image_files::describe_file(&fixture("info.txt")).unwrap())));
         assert!(m.contains("unexpected data after the END record"), "{m}");
         // A damaged compression is named as such, not as a truncated stream.
         let cut = dir.path().join("cut.gz");
