@@ -17,6 +17,7 @@ pub mod image;
 pub mod ipv4;
 pub mod job;
 pub mod mac;
+pub mod migration;
 pub mod netpolicy;
 pub mod network;
 pub mod nic;

@@ -49,6 +49,60 @@ pub trait Backend: Send + Sync + 'static {
     async fn export_boot_disk(&self, _uuid: Uuid) -> Result<PathBuf, BackendError> {
         Err(BackendError(format!("the {} backend cannot export disks", self.name())))
     }
+    // ---- Migration (see `nereid_types::migration` and `crate::migration`). The agent's
+    // migration module drives these; the relay between the two agents is its, not the
+    // backend's: a backend only ever sees local UNIX sockets. A backend without live
+    // migration keeps the defaults, and its VMs move offline (stopped, files copied).
+
+    /// Whether [`Backend::migrate_incoming`] and the rest of the live path work here.
+    fn can_migrate_live(&self) -> bool {
+        false
+    }
+    /// The files that hold the VM's state (its disks and the like), for an offline copy:
+    /// `(name, path)`; the target receives each under the same name (see
+    /// [`Backend::migration_file_path`]). The VM must be stopped.
+    async fn migration_files(&self, _uuid: Uuid) -> Result<Vec<(String, PathBuf)>, BackendError> {
+        Ok(Vec::new())
+    }
+    /// Where the target writes the received file `name` of an offline copy (the VM was
+    /// created here by prepare; a name it does not expect is refused).
+    fn migration_file_path(&self, _uuid: Uuid, name: &str) -> Result<PathBuf, BackendError> {
+        Err(BackendError(format!("the {} backend takes no migration file {name:?}", self.name())))
+    }
+    /// Target: starts the (created, stopped) VM waiting for an incoming live migration —
+    /// paused, its disks exported for the source's mirror. Returns the local sockets the
+    /// agent's relay connects the source's streams to. Idempotent.
+    async fn migrate_incoming(&self, _def: &Definition) -> Result<IncomingSockets, BackendError> {
+        Err(BackendError(format!("the {} backend cannot migrate live", self.name())))
+    }
+    /// Source: starts mirroring every disk of the running VM into `nbd` (a UNIX socket the
+    /// agent's relay listens on, leading to the target's export). Idempotent.
+    async fn migrate_mirror_start(&self, _uuid: Uuid, _nbd: &std::path::Path) -> Result<(), BackendError> {
+        Err(BackendError(format!("the {} backend cannot migrate live", self.name())))
+    }
+    /// Source: how far the mirror is.
+    async fn migrate_mirror_status(&self, _uuid: Uuid) -> Result<MirrorStatus, BackendError> {
+        Err(BackendError(format!("the {} backend cannot migrate live", self.name())))
+    }
+    /// Source: stops the mirror (the target's disks are then of no use until a new sync).
+    async fn migrate_mirror_cancel(&self, _uuid: Uuid) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Source: moves the guest's RAM and device state into `ram` (a UNIX socket of the
+    /// relay), with the mirror in step; returns once the target holds everything, the
+    /// source paused and its mirror completed. A guest that does not converge within
+    /// `deadline` is left running here and answered with `converged: false`.
+    async fn migrate_ram(&self, _uuid: Uuid, _ram: &std::path::Path, _opts: &RamOptions) -> Result<RamOutcome, BackendError> {
+        Err(BackendError(format!("the {} backend cannot migrate live", self.name())))
+    }
+    /// Source: runs the paused guest again (a switch that could not be committed).
+    async fn migrate_resume_source(&self, _uuid: Uuid) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Target: runs the migrated guest (ends the export, continues the paused VM).
+    async fn migrate_resume_target(&self, _uuid: Uuid) -> Result<(), BackendError> {
+        Err(BackendError(format!("the {} backend cannot migrate live", self.name())))
+    }
     /// The UNIX socket of the VM's metadata port (com2), for backends with guests.
     fn metadata_socket(&self, _uuid: Uuid) -> Option<PathBuf> {
         None
@@ -75,4 +129,44 @@ pub trait Backend: Send + Sync + 'static {
     async fn nic_tag_addresses(&self) -> std::collections::BTreeMap<String, String> {
         Default::default()
     }
+}
+
+/// The local sockets of a VM waiting for an incoming live migration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingSockets {
+    /// Where the guest's RAM and device state are received.
+    pub ram: PathBuf,
+    /// The NBD server exporting the VM's disks (`disk0`, `disk1`, … by disk index).
+    pub nbd: PathBuf,
+}
+
+/// How far a mirror is: bytes copied of bytes to copy, and whether it is in step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MirrorStatus {
+    pub done: u64,
+    pub total: u64,
+    /// Every disk is in step with the guest (the mirror now follows its writes).
+    pub ready: bool,
+}
+
+/// How to move the RAM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RamOptions {
+    /// Bytes per second at most (`None`: as fast as it goes).
+    pub max_bandwidth: Option<u64>,
+    /// How long the guest has to converge before the source gives up and keeps it.
+    pub deadline: std::time::Duration,
+    /// The longest pause tolerated at the end (QEMU's downtime-limit).
+    pub downtime_limit_ms: u64,
+}
+
+/// What a RAM migration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RamOutcome {
+    /// `false`: the guest did not converge in time and still runs on the source.
+    pub converged: bool,
+    /// The guest's pause at the end, milliseconds.
+    pub pause_ms: u64,
+    /// RAM bytes sent.
+    pub ram_bytes: u64,
 }
