@@ -41,6 +41,15 @@ pub fn disk_mib(s: &Map<String, Value>) -> Option<u64> {
     number(s.get(ZPOOL_SIZE_GIB)).map(|g| g * 1024)
 }
 
+/// Nereid's sysinfo key: where the server's agent takes migration data (`host:port`, its
+/// `--migration-address`).
+pub const MIGRATION_ADDRESS: &str = "Nereid Migration Address";
+
+/// The server agent's migration address, when it has one.
+pub fn migration_address(s: &Map<String, Value>) -> Option<String> {
+    s.get(MIGRATION_ADDRESS).and_then(Value::as_str).filter(|a| !a.is_empty()).map(str::to_string)
+}
+
 /// Nic tags provided by NICs that are up.
 pub fn nic_tags(s: &Map<String, Value>) -> Vec<String> {
     let mut tags = Vec::new();
