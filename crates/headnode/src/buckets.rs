@@ -63,6 +63,18 @@ pub const HEARTBEATS: BucketDef = BucketDef { name: "heartbeats", indexes: &[] }
 pub const SERVER_CLAIMS: BucketDef = BucketDef { name: "server_claims", indexes: &[] };
 /// Capacity held for in-flight provisions and resizes, keyed by job UUID.
 pub const RESERVATIONS: BucketDef = BucketDef { name: "reservations", indexes: &[text(&["server_uuid"]), text(&["vm_uuid"])] };
+/// VMAPI's migration records (`vmapi_vm_migrations`), keyed by migration id.
+pub const MIGRATIONS: BucketDef = BucketDef {
+    name: "migrations",
+    indexes: &[
+        text(&["vm_uuid"]),
+        text(&["owner_uuid"]),
+        text(&["state"]),
+        text(&["source_server_uuid"]),
+        text(&["target_server_uuid"]),
+        text(&["created_timestamp"]),
+    ],
+};
 /// VMAPI VMs, keyed by UUID.
 pub const VMS: BucketDef = BucketDef {
     name: "vms",
@@ -119,6 +131,7 @@ pub const ALL: &[BucketDef] = &[
     HEARTBEATS,
     SERVER_CLAIMS,
     RESERVATIONS,
+    MIGRATIONS,
     VMS,
     JOBS,
     JOB_LEASES,

@@ -28,6 +28,11 @@ pub const TASKS: &[&str] = &[
     "remove_nics",
     "repair",
     "create_image",
+    "migrate-begin",
+    "migrate-sync",
+    "migrate-switch",
+    "migrate-automatic",
+    "migrate-abort",
 ];
 
 /// One step's outcome, as `chain_results` lists it.

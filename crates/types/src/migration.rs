@@ -8,7 +8,8 @@
 //!     └──────► abort (target removed; the VM never left the source)
 //! ```
 //! Record states: `running` (an action's job is at work), `paused` (between actions),
-//! `failed` (the last action failed: the VM runs on the source, the target is clean),
+//! `failed` (the last action failed and was unwound: the VM runs on the source, the
+//! target is clean, nothing is reserved; `begin` starts over),
 //! `successful` (switched; `finalize` removes the source's copy). `automatic` runs
 //! begin, sync and switch in one job.
 //!
@@ -138,9 +139,8 @@ fn live() -> String {
 }
 
 impl Migration {
-    /// Whether the migration still holds anything (a target, a reservation, a source copy
-    /// waiting for finalize): everything but an abort that finished. A failed migration
-    /// holds its target until it is aborted or retried.
+    /// Whether the migration is not over: neither aborted nor finalized. (A failed one is
+    /// not over, but holds nothing: a failure unwinds the target and the reservation.)
     pub fn is_open(&self) -> bool {
         !(self.phase == "abort" && self.state == "successful") && !self.is_finalized()
     }

@@ -33,6 +33,7 @@ pub const ACTIONS: &[&str] = &[
     "update_nics",
     "remove_nics",
     "create_image",
+    "migrate",
 ];
 /// The `allow_*` flags `update_nics` may set on a NIC.
 pub const NIC_FLAGS: &[&str] =

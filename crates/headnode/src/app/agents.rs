@@ -225,4 +225,49 @@ impl App {
         let resp = self.agent_send(server, &format!("vms/{vm}/boot-disk"), |http, url| http.get(url).timeout(within)).await?;
         Ok(resp.bytes_stream())
     }
+
+    /// Gives the server's agent a migration order (`PUT /servers/{server}/vms/{vm}/migration`);
+    /// its answer says how that side of the migration goes. Patient with an unreachable
+    /// server, as job steps need.
+    pub async fn agent_migration(
+        &self,
+        server: Uuid,
+        vm: Uuid,
+        order: &nereid_types::migration::Order,
+    ) -> Result<nereid_types::migration::AgentProgress, AgentError> {
+        let end = std::time::Instant::now() + PATIENCE;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.agent_send(server, &format!("vms/{vm}/migration"), |http, url| http.put(url).json(order)).await {
+                Ok(resp) => {
+                    return resp
+                        .json()
+                        .await
+                        .map_err(|e| AgentError::Other(format!("server {server} answered a migration order with something else: {e}")));
+                }
+                Err(AgentError::Unreachable { .. }) if std::time::Instant::now() + pause < end => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// How the server's side of the VM's migration goes; `None` when it knows of none.
+    pub async fn agent_migration_progress(
+        &self,
+        server: Uuid,
+        vm: Uuid,
+    ) -> Result<Option<nereid_types::migration::AgentProgress>, AgentError> {
+        match self.agent_send(server, &format!("vms/{vm}/migration"), |http, url| http.get(url)).await {
+            Ok(resp) => resp
+                .json()
+                .await
+                .map(Some)
+                .map_err(|e| AgentError::Other(format!("server {server} answered a migration query with something else: {e}"))),
+            Err(AgentError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }

@@ -27,6 +27,7 @@ pub mod image_create;
 pub mod image_files;
 pub mod image_sources;
 pub mod images;
+pub mod migrations;
 pub mod netpolicy;
 pub mod network_pools;
 pub mod networks;
@@ -67,6 +68,28 @@ pub struct AppConfig {
     pub images_dir: Option<PathBuf>,
     /// Fabrics (tenants' overlay networks).
     pub fabric: FabricConfig,
+    /// Migrations (between servers).
+    pub migration: MigrationConfig,
+}
+
+/// How VMs move between servers.
+#[derive(Debug, Clone)]
+pub struct MigrationConfig {
+    /// Whether tenants may migrate their own instances through CloudAPI (Triton's SAPI
+    /// `user_migration_allowed`, off by default); a VM's `internal_metadata`
+    /// `user_migration_allowed` overrides it either way. Operators always may.
+    pub user_migration_allowed: bool,
+    /// The data rate cap of every migration (megabits per second), unless an operator
+    /// gives one; `None`: uncapped (Triton's `migration_send_mbps_limit`).
+    pub bandwidth_mbps: Option<u64>,
+    /// How many VMs an evacuation moves at once, unless asked otherwise.
+    pub evacuate_concurrency: usize,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        MigrationConfig { user_migration_allowed: false, bandwidth_mbps: None, evacuate_concurrency: 3 }
+    }
 }
 
 /// How fabrics are carried and what new accounts get.
@@ -98,6 +121,7 @@ impl Default for AppConfig {
             reconcile_every: Duration::from_secs(60),
             images_dir: None,
             fabric: FabricConfig::default(),
+            migration: MigrationConfig::default(),
         }
     }
 }

@@ -39,7 +39,7 @@ pub struct Created {
 }
 
 /// CreateVm's `locality` (`{strict, near, far}`, each a UUID or a list of them).
-fn locality_of(loc: &Map<String, Value>) -> Locality {
+pub(crate) fn locality_of(loc: &Map<String, Value>) -> Locality {
     let ids = |k: &str| -> Vec<Uuid> {
         match loc.get(k) {
             Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().and_then(|s| Uuid::parse_str(s).ok())).collect(),
@@ -540,7 +540,7 @@ impl App {
     }
 
     /// Points the VM's NICs at the server it runs on.
-    async fn move_vm_nics(&self, vm: Uuid, server: Uuid) -> Result<(), ApiError> {
+    pub(crate) async fn move_vm_nics(&self, vm: Uuid, server: Uuid) -> Result<(), ApiError> {
         let nics: Vec<nereid_types::nic::Nic> =
             self.list(NICS.name, &ListQuery::filter(Filter::eq("belongs_to_uuid", vm.to_string()))).await?;
         for n in nics.iter().filter(|n| n.cn_uuid != Some(server)) {

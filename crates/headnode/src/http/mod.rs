@@ -38,6 +38,7 @@ pub mod images;
 pub mod ips;
 pub mod jobs;
 pub mod metrics;
+pub mod migrations;
 pub mod netpolicy;
 pub mod network_pools;
 pub mod networks;
@@ -315,6 +316,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(netpolicy::routes());
     all.extend(agent::routes());
     all.extend(vms::routes());
+    all.extend(migrations::routes());
     all.extend(consoles::routes());
     all.extend(accounts::routes());
     all.extend(jobs::routes());

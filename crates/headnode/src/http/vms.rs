@@ -59,10 +59,16 @@ const ACTION_PARAMS: &[Param] = &[
     Param::new(
         "action",
         QKind::Enum(vm::ACTIONS),
-        "start, stop, reboot, update, create_snapshot, rollback_snapshot, delete_snapshot, add_nics, update_nics, remove_nics or create_image (required).",
+        "start, stop, reboot, update, create_snapshot, rollback_snapshot, delete_snapshot, add_nics, update_nics, remove_nics, create_image or migrate (required).",
     ),
     Param::new("snapshot_name", QKind::Str { max: 64 }, "The snapshot (snapshot actions)."),
     Param::new("sync", QKind::Bool, "Wait for the job before answering."),
+    super::migrations::MIGRATE_PARAMS[0],
+    super::migrations::MIGRATE_PARAMS[1],
+    super::migrations::MIGRATE_PARAMS[2],
+    super::migrations::MIGRATE_PARAMS[3],
+    super::migrations::MIGRATE_PARAMS[4],
+    super::migrations::MIGRATE_PARAMS[5],
 ];
 const SYNC: &[Param] = &[Param::new("sync", QKind::Bool, "Wait for the job before answering.")];
 const JOBS_PARAMS: &[Param] = &[
@@ -114,7 +120,7 @@ pub fn routes() -> Vec<Route> {
             "/vms/{uuid}",
             doc(
                 "VmAction",
-                "start, stop, reboot, update (resize included), a snapshot action, or a NIC action, as a job. \
+                "start, stop, reboot, update (resize included), a snapshot action, a NIC action, or migrate (a migration action: 202 {job_uuid, migration}), as a job. \
                  The body documented is update's; add_nics takes {networks (as CreateVm's) | macs}, \
                  update_nics {nics: [{mac, primary?, allow_*?}]}, remove_nics {macs}.",
                 ACTION_PARAMS,
@@ -214,6 +220,12 @@ async fn action(State(s): State<AppState>, Path(uuid): Path<String>, RawQuery(ra
     let uuid = path_uuid(Api::Papi, "uuid", &uuid)?;
     let input = read_object(body).await?;
     let Some(action) = q.str("action") else { return Err(ApiError::validation_409(vec![FieldError::missing("action")]).into()) };
+    if action == "migrate" {
+        return super::migrations::vm_migrate(&s, uuid, &q, &input).await;
+    }
+    if let Some(p) = super::migrations::MIGRATE_PARAMS.iter().find(|p| q.str(p.name).is_some()) {
+        return Err(ApiError::validation_409(vec![FieldError::invalid(p.name, format!("action={action} takes no {}", p.name))]).into());
+    }
     if q.str("snapshot_name").is_some() && !action.ends_with("_snapshot") {
         return Err(ApiError::validation_409(vec![FieldError::invalid(
             "snapshot_name",

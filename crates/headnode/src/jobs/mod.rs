@@ -39,6 +39,7 @@ use crate::fence::{Fence, fenced};
 
 pub mod destroy;
 pub mod image_create;
+pub mod migrate;
 pub mod nics;
 pub mod power;
 pub mod provision;
@@ -74,6 +75,7 @@ pub fn chain(task: &str) -> Vec<Box<dyn Step>> {
         "update" => update::chain(),
         "snapshot" => snapshot::chain(),
         "create_image" => image_create::chain(),
+        t if t.starts_with("migrate-") => migrate::chain(t),
         "add_nics" | "update_nics" | "remove_nics" => nics::chain(),
         _ => Vec::new(),
     }

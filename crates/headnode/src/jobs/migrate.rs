@@ -1,0 +1,592 @@
+//! The migration jobs (`migrate-begin`, `-sync`, `-switch`, `-automatic`, `-abort`): the
+//! headnode's half of a migration, driving the source's and the target's agents with
+//! orders (see [`nereid_types::migration`]) and keeping the record and its progress.
+//!
+//! ```text
+//!   begin:     check ─► prepare target ─► prepare source ─► begun (paused)
+//!   sync:      check ─► sync ─► synced (paused)          (a pause asked meanwhile stops it)
+//!   switch:    check ─► switch ─► commit ─► resume target ─► release source ─► switched
+//!   automatic: all of the above in one chain
+//!   abort:     check ─► abort (target removed, source told, capacity given back)
+//!
+//!   undo of check (any failure): the source runs on (resumed if the switch paused it),
+//!   the target's VM removed, the reservation dropped, the record `failed` with the phase
+//!   and the reason.   undo of commit: the VM record and NICs back on the source.
+//! ```
+//! The commit is the one moment the VM changes servers: its record (`server_uuid`, the
+//! agent generation it expects, which the target's counter starts again) and the target's
+//! reservation change in one transaction; its NICs follow. Until the target runs the guest,
+//! the source can take it back; once it does (resume target), nothing unwinds.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nereid_store::{Cond, Op};
+use nereid_types::agent::Desired;
+use nereid_types::job::Job;
+use nereid_types::migration::{AgentProgress, Migration, Order, Role, Step as AStep};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{Step, StepResultT, data, param};
+use crate::app::migrations::entry;
+use crate::app::{App, encode, store_error};
+use crate::buckets::{RESERVATIONS, VMS};
+
+/// How long the data of a sync or switch may take to move.
+const TRANSFER_DEADLINE: Duration = Duration::from_secs(6 * 3600);
+/// How often the agents are asked how it goes.
+const POLL: Duration = Duration::from_millis(300);
+
+pub fn chain(task: &str) -> Vec<Box<dyn Step>> {
+    let begin: Vec<Box<dyn Step>> = vec![Box::new(PrepareTarget), Box::new(PrepareSource), Box::new(Begun)];
+    let sync: Vec<Box<dyn Step>> = vec![Box::new(Sync), Box::new(Synced)];
+    let switch: Vec<Box<dyn Step>> =
+        vec![Box::new(Switch), Box::new(Commit), Box::new(ResumeTarget), Box::new(ReleaseSource), Box::new(Switched)];
+    let mut out: Vec<Box<dyn Step>> = vec![Box::new(Check)];
+    match task {
+        "migrate-begin" => out.extend(begin),
+        "migrate-sync" => out.extend(sync),
+        "migrate-switch" => out.extend(switch),
+        "migrate-automatic" => {
+            out.extend(begin);
+            out.extend(sync);
+            out.extend(switch);
+        }
+        _ => out.push(Box::new(Abort)),
+    }
+    out
+}
+
+fn migration_id(job: &Job) -> Result<Uuid, String> {
+    param::<Uuid>(job, "migration").ok_or_else(|| "the job names no migration".to_string())
+}
+
+async fn record(app: &App, job: &Job) -> Result<Migration, String> {
+    Ok(app.read_migration(migration_id(job)?).await.map_err(|e| e.message)?.0)
+}
+
+fn target_of(m: &Migration) -> Result<Uuid, String> {
+    m.target_server_uuid.ok_or_else(|| "the migration has no target server".to_string())
+}
+
+/// Whether a pause stopped this job's sync (the rest of an automatic chain then waits).
+fn paused(job: &Job) -> bool {
+    data::<bool>(job, "paused") == Some(true)
+}
+
+/// The order for one side.
+async fn order(app: &App, m: &Migration, role: Role, step: AStep) -> Result<Order, String> {
+    let target = target_of(m)?;
+    let mut o = Order {
+        migration: m.id,
+        role,
+        step,
+        token: m.token.clone(),
+        live: m.mechanism != "offline",
+        ensure: None,
+        peer: None,
+        peer_server: None,
+        bandwidth_mbps: m.bandwidth_mbps,
+    };
+    match role {
+        Role::Target if step == AStep::Prepare => {
+            let (vm, _) = app.get_vm(m.vm_uuid, None).await.map_err(|e| e.message)?;
+            let mut e = vm.ensure(Desired::Stopped, None)?;
+            e.snapshots.clear();
+            e.rollback_to = None;
+            o.ensure = Some(e);
+        }
+        Role::Source => {
+            let (srv, _) = app.get_server_record(target).await.map_err(|e| e.message)?;
+            let addr = nereid_types::sysinfo::migration_address(&srv.sysinfo).ok_or_else(|| {
+                format!("the target server {} ({target}) reports no migration address: is its agent up to date?", srv.hostname)
+            })?;
+            o.peer = Some(addr);
+            o.peer_server = Some(target);
+        }
+        Role::Target => {}
+    }
+    Ok(o)
+}
+
+/// Gives `server` the order again and again (idempotent) until its side is done; each
+/// answer goes to `seen`. A failed side is an error with the agent's reason.
+async fn drive(
+    app: &App,
+    server: Uuid,
+    vm: Uuid,
+    o: &Order,
+    mut seen: impl FnMut(&AgentProgress) -> Option<Result<(), String>>,
+) -> Result<AgentProgress, String> {
+    loop {
+        let p = app.agent_migration(server, vm, o).await.map_err(|e| e.to_string())?;
+        if p.migration == o.migration && p.step == o.step {
+            if p.is_failed() {
+                return Err(p.error.clone().unwrap_or_else(|| format!("{:?} failed on server {server}", o.step)));
+            }
+            if p.is_done() {
+                return Ok(p);
+            }
+        }
+        if let Some(stop) = seen(&p) {
+            stop?;
+            return Ok(p);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Starts a phase in the record (idempotent: a phase already running stays as it is).
+async fn start_phase(app: &App, job: &Job, phase: &str, message: &str) -> Result<Migration, String> {
+    let id = migration_id(job)?;
+    app.modify_migration(id, |m| {
+        m.state = "running".into();
+        if m.phase == phase && m.progress_history.last().is_some_and(|e| e.phase == phase && e.state == "running") {
+            return;
+        }
+        m.phase = phase.into();
+        m.progress_history.push(entry(phase, message));
+    })
+    .await
+    .map_err(|e| e.message)
+}
+
+/// Ends the running phase: its entry `successful` with `message`, the record in `state`.
+async fn end_phase(app: &App, job: &Job, state: &str, message: &str, change: impl Fn(&mut Migration)) -> Result<Migration, String> {
+    let id = migration_id(job)?;
+    let now = nereid_types::time::now_iso();
+    app.modify_migration(id, |m| {
+        if let Some(e) = m.progress_history.last_mut().filter(|e| e.state == "running") {
+            e.state = "successful".into();
+            e.message = Some(message.into());
+            e.current_progress = e.total_progress;
+            e.finished_timestamp = Some(now.clone());
+            e.transfer_bytes_second = None;
+        }
+        m.state = state.into();
+        m.finished_timestamp = Some(now.clone());
+        change(m);
+    })
+    .await
+    .map_err(|e| e.message)
+}
+
+/// Writes the agent's progress into the running entry (bytes done of bytes total).
+async fn note_progress(app: &App, job: &Job, p: &AgentProgress) {
+    let Ok(id) = migration_id(job) else { return };
+    let _ = app
+        .modify_migration(id, |m| {
+            if let Some(e) = m.progress_history.last_mut().filter(|e| e.state == "running") {
+                if p.bytes_total > 0 {
+                    e.total_progress = p.bytes_total;
+                    e.current_progress = p.bytes_done.min(p.bytes_total);
+                }
+                e.transfer_bytes_second = (p.rate > 0).then_some(p.rate);
+            }
+        })
+        .await;
+}
+
+/// The reason the job unwinds: the last step's error.
+fn failure(job: &Job) -> String {
+    job.chain_results
+        .iter()
+        .rev()
+        .find(|r| !r.error.is_empty())
+        .map(|r| r.error.clone())
+        .or_else(|| job.error.clone())
+        .unwrap_or_else(|| "the job failed".into())
+}
+
+/// Removes the target's VM and tells the source to forget the migration (each side's
+/// abort is idempotent; a side that cannot be reached is an error, the job retries).
+async fn clean_up(app: &App, m: &Migration) -> Result<(), String> {
+    if let Some(target) = m.target_server_uuid {
+        let o = order(app, m, Role::Target, AStep::Abort).await?;
+        drive(app, target, m.vm_uuid, &o, |_| None).await.map_err(|e| format!("removing the VM from the target server {target}: {e}"))?;
+        let o = order(app, m, Role::Source, AStep::Abort).await.unwrap_or(Order { peer: None, peer_server: None, ..o });
+        let o = Order { role: Role::Source, ..o };
+        drive(app, m.source_server_uuid, m.vm_uuid, &o, |_| None)
+            .await
+            .map_err(|e| format!("telling the source server {} to forget the migration: {e}", m.source_server_uuid))?;
+    }
+    app.release_reservations(m.vm_uuid, Some(m.id)).await.map_err(|e| e.message)?;
+    Ok(())
+}
+
+struct Check;
+
+#[async_trait]
+impl Step for Check {
+    fn name(&self) -> &'static str {
+        "check"
+    }
+    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
+        let m = record(app, job).await?;
+        let (vm, _) = app.get_vm(m.vm_uuid, None).await.map_err(|e| e.message)?;
+        Ok(format!(
+            "migration {} of VM {} ({}) from {} to {}",
+            m.id,
+            vm.uuid,
+            vm.alias.as_deref().unwrap_or("no alias"),
+            m.source_server_uuid,
+            m.target_server_uuid.map(|t| t.to_string()).unwrap_or_else(|| "(none)".into())
+        ))
+    }
+    async fn undo(&self, app: &App, job: &mut Job) -> StepResultT {
+        let m = record(app, job).await?;
+        if job.task == "migrate-abort" {
+            // An abort that fails keeps the record as it was (paused or failed): retryable.
+            let why = failure(job);
+            app.modify_migration(m.id, |r| {
+                r.state = if r.state == "running" { "failed".into() } else { r.state.clone() };
+                r.error = Some(format!("abort failed: {why}"));
+            })
+            .await
+            .map_err(|e| e.message)?;
+            return Ok("abort failed; the record says why".into());
+        }
+        clean_up(app, &m).await?;
+        let why = failure(job);
+        let now = nereid_types::time::now_iso();
+        let phase = m.phase.clone();
+        app.modify_migration(m.id, |r| {
+            if let Some(e) = r.progress_history.last_mut().filter(|e| e.state == "running") {
+                e.state = "failed".into();
+                e.error = Some(why.clone());
+                e.finished_timestamp = Some(now.clone());
+                e.transfer_bytes_second = None;
+            }
+            r.state = "failed".into();
+            r.error = Some(format!("{phase} failed: {why}"));
+            r.finished_timestamp = Some(now.clone());
+        })
+        .await
+        .map_err(|e| e.message)?;
+        Ok(format!("{phase} failed and was unwound: the VM stays on {}, nothing is left on the target", m.source_server_uuid))
+    }
+}
+
+struct PrepareTarget;
+
+#[async_trait]
+impl Step for PrepareTarget {
+    fn name(&self) -> &'static str {
+        "prepare target"
+    }
+    fn deadline(&self, app: &App) -> Duration {
+        app.cfg.provision_deadline
+    }
+    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
+        let m = start_phase(app, job, "begin", "preparing the instance on the target server").await?;
+        let target = target_of(&m)?;
+        let o = order(app, &m, Role::Target, AStep::Prepare).await?;
+        drive(app, target, m.vm_uuid, &o, |_| None).await.map_err(|e| format!("the target server {target} could not prepare the VM: {e}"))?;
+        Ok(format!("the VM is ready on the target server {target}"))
+    }
+}
+
+struct PrepareSource;
+
+#[async_trait]
+impl Step for PrepareSource {
+    fn name(&self) -> &'static str {
+        "prepare source"
+    }
+    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
+        let m = record(app, job).await?;
+        let o = order(app, &m, Role::Source, AStep::Prepare).await?;
+        drive(app, m.source_server_uuid, m.vm_uuid, &o, |_| None)
+            .await
+            .map_err(|e| format!("the source server {} could not prepare: {e}", m.source_server_uuid))?;
+        Ok(format!("the source server {} sends to {}", m.source_server_uuid, o.peer.unwrap_or_default()))
+    }
+}
+
+struct Begun;
+
+#[async_trait]
+impl Step for Begun {
+    fn name(&self) -> &'static str {
+        "begun"
+    }
+    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
+        let automatic = job.task == "migrate-automatic";
+        end_phase(app, job, if automatic { "running" } else { "paused" }, "the instance is ready on the target server", |_| {}).await?;
+        Ok("begin done".into())
+    }
+}
+
+struct Sync;
+
+#[async_trait]
+impl Step for Sync {
+    fn name(&self) -> &'static str {
+        "sync"
+    }
+    fn deadline(&self, _app: &App) -> Duration {
+        TRANSFER_DEADLINE
+    }
+    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
+        let m = start_phase(app, job, "sync", "syncing the disks").await?;
+        let o = order(app, &m, Role::Source, AStep::Sync).await?;
+        let id = m.id;
+        let mut pause = false;
+        let mut tick = 0u32;
+        // Progress, and a pause asked through the record, are looked at between polls.
+        let p = loop {
+            let p = app.agent_migration(m.source_server_uuid, m.vm_uuid, &o).await.map_err(|e| e.to_string())?;
+            if p.migration == o.migration && p.step == o.step {
+                if p.is_failed() {
+                    return Err(p.error.clone().unwrap_or_else(|| "the sync failed".into()));
+                }
+                note_progress(app, job, &p).await;
+                if p.is_done() {
+                    break p;
+                }
+            }
+            tick += 1;
+            if tick % 2 == 0 {
+                let (cur, _) = app.read_migration(id).await.map_err(|e| e.message)?;
+                if cur.action == "pause" {
+                    pause = true;
+                    let po = Order { step: AStep::Pause, ..o.clone() };
+                    drive(app, m.source_server_uuid, m.vm_uuid, &po, |_| None).await?;
+                    break p;
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        if pause {
+            job.data.insert("paused".into(), json!(true));
+            end_phase(app, job, "paused", "sync paused", |m| m.action = "sync".into()).await?;
+            return Ok("paused on request".into());
+        }
+        Ok(format!("the disks are in sync ({} bytes)", p.bytes_total))
+    }
+}
+
+struct Synced;
+
+#[async_trait]
+impl Step for Synced {
+    fn name(&self) -> &'static str {
+        "synced"
+    }
+    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
+        if paused(job) {
+            return Ok("paused".into());
+        }
+        let automatic = job.task == "migrate-automatic";
+        end_phase(app, job, if automatic { "running" } else { "paused" }, "the disks are in sync", |m| m.num_sync_phases += 1).await?;
+        Ok("sync done".into())
+    }
+}
+
+struct Switch;
+
+#[async_trait]
+impl Step for Switch {
+    fn name(&self) -> &'static str {
+        "switch"
+    }
+    fn deadline(&self, _app: &App) -> Duration {
+        TRANSFER_DEADLINE
+    }
+    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
+        if paused(job) {
+            return Ok("paused: no switch".into());
+        }
+        let m = start_phase(app, job, "switch", "switching the instance to the target server").await?;
+        let o = order(app, &m, Role::Source, AStep::Switch).await?;
+        let p = {
+            let mut out = None;
+            loop {
+                let p = app.agent_migration(m.source_server_uuid, m.vm_uuid, &o).await.map_err(|e| e.to_string())?;
+                if p.migration == o.migration && p.step == o.step {
+                    if p.is_failed() {
+                        return Err(p.error.clone().unwrap_or_else(|| "the switch failed".into()));
+                    }
+                    note_progress(app, job, &p).await;
+                    if p.is_done() {
+                        out = Some(p);
+                    }
+                }
+                if out.is_some() {
+                    break out;
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        .ok_or("no answer")?;
+        job.data.insert("live".into(), json!(p.live));
+        if let Some(ms) = p.pause_ms {
+            job.data.insert("pause_ms".into(), json!(ms));
+        }
+        Ok(if p.live {
+            format!("the guest moved live; it paused {} ms", p.pause_ms.unwrap_or(0))
+        } else {
+            "the VM was stopped and its disks copied".into()
+        })
+    }
+    async fn undo(&self, app: &App, job: &mut Job) -> StepResultT {
+        let m = record(app, job).await?;
+        let o = Order { step: AStep::Resume, ..order(app, &m, Role::Source, AStep::Resume).await? };
+        drive(app, m.source_server_uuid, m.vm_uuid, &o, |_| None).await.map_err(|e| format!("resuming the VM on the source: {e}"))?;
+        Ok("the VM runs on the source again".into())
+    }
+}
+
+struct Commit;
+
+#[async_trait]
+impl Step for Commit {
+    fn name(&self) -> &'static str {
+        "commit"
+    }
+    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
+        if paused(job) {
+            return Ok("paused: nothing to commit".into());
+        }
+        let m = record(app, job).await?;
+        let target = target_of(&m)?;
+        move_record(app, m.vm_uuid, target, Some(m.id)).await?;
+        Ok(format!("the VM's record and NICs are on {target}"))
+    }
+    async fn undo(&self, app: &App, job: &mut Job) -> StepResultT {
+        let m = record(app, job).await?;
+        move_record(app, m.vm_uuid, m.source_server_uuid, None).await?;
+        Ok(format!("the VM's record and NICs are back on {}", m.source_server_uuid))
+    }
+}
+
+/// Moves the VM's record to `server` (the agent generation starts again: each server
+/// counts its own), dropping the migration's reservation in the same transaction (the
+/// record now counts there); then its NICs.
+async fn move_record(app: &App, vm: Uuid, server: Uuid, reservation: Option<Uuid>) -> Result<(), String> {
+    for _ in 0..16 {
+        let (mut rec, g) = app.get_vm(vm, None).await.map_err(|e| e.message)?;
+        if rec.server_uuid != Some(server) {
+            rec.server_uuid = Some(server);
+            rec.agent_generation = 0;
+            rec.last_modified = Some(nereid_types::time::now_iso());
+        }
+        let mut ops = vec![Op::put(VMS.name, vm.to_string(), encode(&rec), Cond::Generation(g))];
+        if let Some(r) = reservation {
+            ops.push(Op::delete(RESERVATIONS.name, r.to_string(), Cond::Any));
+        }
+        match app.store.batch(ops).await {
+            Ok(_) => {
+                app.move_vm_nics(vm, server).await.map_err(|e| e.message)?;
+                app.netpolicy_notify.notify_one();
+                return Ok(());
+            }
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(store_error(e).message),
+        }
+    }
+    Err("the VM's record kept changing".into())
+}
+
+struct ResumeTarget;
+
+#[async_trait]
+impl Step for ResumeTarget {
+    fn name(&self) -> &'static str {
+        "resume target"
+    }
+    fn deadline(&self, app: &App) -> Duration {
+        app.cfg.step_deadline
+    }
+    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
+        if paused(job) {
+            return Ok("paused".into());
+        }
+        let m = record(app, job).await?;
+        let target = target_of(&m)?;
+        let o = order(app, &m, Role::Target, AStep::Resume).await?;
+        drive(app, target, m.vm_uuid, &o, |_| None).await.map_err(|e| format!("the target server {target} could not run the VM: {e}"))?;
+        // From here on the VM is the target's: an ordinary ensure, as the record wants it.
+        let (vm, _) = app.get_vm(m.vm_uuid, None).await.map_err(|e| e.message)?;
+        let desired = if vm.desired_state.as_deref() == Some("stopped") { Desired::Stopped } else { Desired::Running };
+        let e = vm.ensure(desired, None)?;
+        let st = app.agent_ensure(target, &e).await.map_err(|e| e.to_string())?;
+        app.apply_vm_status(target, &st).await.map_err(|e| e.message)?;
+        Ok(format!("the VM is {} on the target server {target}", st.state))
+    }
+}
+
+struct ReleaseSource;
+
+#[async_trait]
+impl Step for ReleaseSource {
+    fn name(&self) -> &'static str {
+        "release source"
+    }
+    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
+        if paused(job) {
+            return Ok("paused".into());
+        }
+        // Past the point of no return: never fails (the copy is deleted at finalize).
+        let m = record(app, job).await?;
+        let o = match order(app, &m, Role::Source, AStep::Release).await {
+            Ok(o) => o,
+            Err(e) => return Ok(format!("the source was not told to release the VM ({e}); finalize deletes it")),
+        };
+        match drive(app, m.source_server_uuid, m.vm_uuid, &o, |_| None).await {
+            Ok(_) => Ok("the source keeps a stopped copy until finalize".into()),
+            Err(e) => {
+                tracing::warn!(vm = %m.vm_uuid, error = %e, "the source did not release the migrated VM");
+                Ok(format!("the source did not release the VM ({e}); finalize deletes it"))
+            }
+        }
+    }
+}
+
+struct Switched;
+
+#[async_trait]
+impl Step for Switched {
+    fn name(&self) -> &'static str {
+        "switched"
+    }
+    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
+        if paused(job) {
+            return Ok("paused".into());
+        }
+        let live = data::<bool>(job, "live").unwrap_or(false);
+        let pause_ms = data::<u64>(job, "pause_ms");
+        let message = if live {
+            format!("switched live; the guest paused {} ms", pause_ms.unwrap_or(0))
+        } else {
+            "switched offline: stopped, copied and started on the target".to_string()
+        };
+        end_phase(app, job, "successful", &message, |m| {
+            m.pause_ms = pause_ms;
+            if !live {
+                m.mechanism = "offline".into();
+            }
+        })
+        .await?;
+        Ok(message)
+    }
+}
+
+struct Abort;
+
+#[async_trait]
+impl Step for Abort {
+    fn name(&self) -> &'static str {
+        "abort"
+    }
+    fn deadline(&self, app: &App) -> Duration {
+        app.cfg.step_deadline
+    }
+    async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
+        let m = start_phase(app, job, "abort", "aborting the migration").await?;
+        clean_up(app, &m).await?;
+        end_phase(app, job, "successful", "the migration is aborted: nothing is left on the target", |_| {}).await?;
+        Ok("aborted".into())
+    }
+}
