@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use nereid_types::agent::Definition;
 use uuid::Uuid;
 
-use super::{Backend, BackendError, SnapshotOp};
+use super::{Backend, BackendError, IncomingSockets, MirrorStatus, RamOptions, RamOutcome, SnapshotOp};
 use crate::images::ImageCache;
 use crate::net::{self, Net};
 
@@ -40,6 +40,7 @@ pub mod cgroup;
 pub mod confine;
 pub mod disks;
 pub mod hostpath;
+pub mod migrate;
 pub mod process;
 pub mod qmp;
 
@@ -266,6 +267,74 @@ impl Qemu {
         }
     }
 
+    /// Starts QEMU for `def` (its disks, taps, cgroup, confinement), with `extra` arguments
+    /// after the definition's own (an incoming migration's `-S -incoming defer`).
+    async fn launch(&self, def: &Definition, extra: &[&str]) -> Result<(), BackendError> {
+        let layout = self.layout(def.uuid);
+        if !layout.dir.exists() {
+            return Err(err(format!("VM {} has no disks on this server (was it created here?)", def.uuid)));
+        }
+        self.preflight(def, &layout)?;
+        for s in layout.sockets() {
+            let _ = std::fs::remove_file(s);
+        }
+        let host_files = self.host_files(def)?;
+        // Disks made before guests were confined have no base linked in: link it now.
+        let linked = |i: usize| ["raw", "qcow2"].iter().any(|f| layout.base(i, f).exists());
+        for (i, _) in def.disks.iter().enumerate().filter(|(i, d)| d.image_uuid.is_some() && d.media != "cdrom" && !linked(*i)) {
+            match disks::localise_backing(&self.cfg.qemu_img, &layout.disk(i), |f| {
+                layout.base(i, f).file_name().unwrap_or_default().to_string_lossy().into_owned()
+            })
+            .await
+            {
+                Ok(true) => tracing::info!(vm = %def.uuid, disk = i, "the disk's image base is now linked into the VM's directory"),
+                Ok(false) => {}
+                Err(e) => return Err(err(format!("disks[{i}]: {e}"))),
+            }
+        }
+        let uid = self.confine_files(def, &layout)?;
+        let procs = match self.make_cgroup(def, &layout) {
+            Ok(p) => p,
+            Err(e) if !self.root => {
+                tracing::warn!(vm = %def.uuid, error = %e, "the agent is not root and cannot make the VM's cgroup: it runs without limits");
+                self.remove_cgroup(&layout).await;
+                let _ = std::fs::remove_file(layout.cgroups());
+                Vec::new()
+            }
+            Err(e) => {
+                self.remove_cgroup(&layout).await;
+                return Err(e);
+            }
+        };
+        let nets = match self.net.attach_as(def, uid).await {
+            Ok(a) => a.into_iter().map(|a| match a {
+                net::Attach::Tap(t) => argv::NetAttach::Tap(t),
+                net::Attach::Isolated => argv::NetAttach::Isolated,
+            }),
+            Err(e) => {
+                self.net.detach(def.uuid, def.nics.len()).await;
+                self.remove_cgroup(&layout).await;
+                return Err(err(format!("plugging the VM's NICs in: {e}")));
+            }
+        }
+        .collect::<Vec<_>>();
+        let mut args = argv::command(def, &self.host(), &layout, &nets).map_err(|e| err(e.0))?;
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let _ = std::fs::write(layout.running_definition(), serde_json::to_vec_pretty(def).unwrap_or_default());
+        let script = confine::script(&confine::Launch { uid, cgroup_procs: &procs, fds: &host_files, qemu: &self.cfg.qemu, args: &args });
+        match process::spawn(&script, &layout, def.uuid).await {
+            Ok(pid) => {
+                tracing::info!(vm = %def.uuid, pid, uid = ?uid, accel = self.cfg.accel.as_str(), "QEMU started");
+                Ok(())
+            }
+            Err(e) => {
+                self.net.detach(def.uuid, def.nics.len()).await;
+                self.remove_cgroup(&layout).await;
+                Err(err(e))
+            }
+        }
+    }
+
     async fn snapshot_disks(&self, uuid: Uuid, def: &Definition, op: SnapshotOp, name: &str) -> Result<(), BackendError> {
         let layout = self.layout(uuid);
         let running = self.pid(uuid).is_some();
@@ -323,68 +392,7 @@ impl Backend for Qemu {
         if self.pid(def.uuid).is_some() {
             return Ok(());
         }
-        let layout = self.layout(def.uuid);
-        if !layout.dir.exists() {
-            return Err(err(format!("VM {} has no disks on this server (was it created here?)", def.uuid)));
-        }
-        self.preflight(def, &layout)?;
-        for s in layout.sockets() {
-            let _ = std::fs::remove_file(s);
-        }
-        let host_files = self.host_files(def)?;
-        // Disks made before guests were confined have no base linked in: link it now.
-        let linked = |i: usize| ["raw", "qcow2"].iter().any(|f| layout.base(i, f).exists());
-        for (i, _) in def.disks.iter().enumerate().filter(|(i, d)| d.image_uuid.is_some() && d.media != "cdrom" && !linked(*i)) {
-            match disks::localise_backing(&self.cfg.qemu_img, &layout.disk(i), |f| {
-                layout.base(i, f).file_name().unwrap_or_default().to_string_lossy().into_owned()
-            })
-            .await
-            {
-                Ok(true) => tracing::info!(vm = %def.uuid, disk = i, "the disk's image base is now linked into the VM's directory"),
-                Ok(false) => {}
-                Err(e) => return Err(err(format!("disks[{i}]: {e}"))),
-            }
-        }
-        let uid = self.confine_files(def, &layout)?;
-        let procs = match self.make_cgroup(def, &layout) {
-            Ok(p) => p,
-            Err(e) if !self.root => {
-                tracing::warn!(vm = %def.uuid, error = %e, "the agent is not root and cannot make the VM's cgroup: it runs without limits");
-                self.remove_cgroup(&layout).await;
-                let _ = std::fs::remove_file(layout.cgroups());
-                Vec::new()
-            }
-            Err(e) => {
-                self.remove_cgroup(&layout).await;
-                return Err(e);
-            }
-        };
-        let nets = match self.net.attach_as(def, uid).await {
-            Ok(a) => a.into_iter().map(|a| match a {
-                net::Attach::Tap(t) => argv::NetAttach::Tap(t),
-                net::Attach::Isolated => argv::NetAttach::Isolated,
-            }),
-            Err(e) => {
-                self.net.detach(def.uuid, def.nics.len()).await;
-                self.remove_cgroup(&layout).await;
-                return Err(err(format!("plugging the VM's NICs in: {e}")));
-            }
-        }
-        .collect::<Vec<_>>();
-        let args = argv::command(def, &self.host(), &layout, &nets).map_err(|e| err(e.0))?;
-        let _ = std::fs::write(layout.running_definition(), serde_json::to_vec_pretty(def).unwrap_or_default());
-        let script = confine::script(&confine::Launch { uid, cgroup_procs: &procs, fds: &host_files, qemu: &self.cfg.qemu, args: &args });
-        match process::spawn(&script, &layout, def.uuid).await {
-            Ok(pid) => {
-                tracing::info!(vm = %def.uuid, pid, uid = ?uid, accel = self.cfg.accel.as_str(), "QEMU started");
-                Ok(())
-            }
-            Err(e) => {
-                self.net.detach(def.uuid, def.nics.len()).await;
-                self.remove_cgroup(&layout).await;
-                Err(err(e))
-            }
-        }
+        self.launch(def, &[]).await
     }
 
     async fn export_boot_disk(&self, uuid: Uuid) -> Result<PathBuf, BackendError> {
@@ -417,7 +425,11 @@ impl Backend for Qemu {
             self.remove_cgroup(&self.layout(uuid)).await;
             return Ok(());
         };
-        let how = process::stop(pid, &self.layout(uuid).qmp(), self.cfg.stop_timeout).await.map_err(err)?;
+        // A QEMU with no running guest (paused after a migration, or a target that never
+        // ran) would ignore the power button until the timeout: it is quit at once.
+        let qmp = self.layout(uuid).qmp();
+        let idle = qmp::execute(&qmp, "query-status", None).await.is_ok_and(|s| s["status"].as_str().is_some_and(migrate::is_idle_status));
+        let how = if idle { process::quit(pid, &qmp).await } else { process::stop(pid, &qmp, self.cfg.stop_timeout).await }.map_err(err)?;
         tracing::info!(vm = %uuid, ?how, "VM stopped");
         self.net.detach(uuid, self.running_definition(uuid).map(|d| d.nics.len()).unwrap_or(0)).await;
         self.remove_cgroup(&self.layout(uuid)).await;
@@ -487,6 +499,46 @@ impl Backend for Qemu {
 
     async fn snapshot(&self, def: &Definition, op: SnapshotOp, name: &str) -> Result<(), BackendError> {
         self.snapshot_disks(def.uuid, def, op, name).await
+    }
+
+    fn can_migrate_live(&self) -> bool {
+        true
+    }
+
+    async fn migration_files(&self, uuid: Uuid) -> Result<Vec<(String, PathBuf)>, BackendError> {
+        self.mig_files(uuid).await
+    }
+
+    fn migration_file_path(&self, uuid: Uuid, name: &str) -> Result<PathBuf, BackendError> {
+        self.mig_file_path(uuid, name)
+    }
+
+    async fn migrate_incoming(&self, def: &Definition) -> Result<IncomingSockets, BackendError> {
+        self.mig_incoming(def).await
+    }
+
+    async fn migrate_mirror_start(&self, uuid: Uuid, nbd: &std::path::Path) -> Result<(), BackendError> {
+        self.mig_mirror_start(uuid, nbd).await
+    }
+
+    async fn migrate_mirror_status(&self, uuid: Uuid) -> Result<MirrorStatus, BackendError> {
+        self.mig_mirror_status(uuid).await
+    }
+
+    async fn migrate_mirror_cancel(&self, uuid: Uuid) -> Result<(), BackendError> {
+        self.mig_mirror_cancel(uuid).await
+    }
+
+    async fn migrate_ram(&self, uuid: Uuid, ram: &std::path::Path, opts: &RamOptions) -> Result<RamOutcome, BackendError> {
+        self.mig_ram(uuid, ram, opts).await
+    }
+
+    async fn migrate_resume_source(&self, uuid: Uuid) -> Result<(), BackendError> {
+        self.mig_resume_source(uuid).await
+    }
+
+    async fn migrate_resume_target(&self, uuid: Uuid) -> Result<(), BackendError> {
+        self.mig_resume_target(uuid).await
     }
 
     fn metadata_socket(&self, uuid: Uuid) -> Option<PathBuf> {

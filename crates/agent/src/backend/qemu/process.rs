@@ -7,6 +7,7 @@
 //!          its pid and waits for QMP to answer; if QEMU exits first, qemu.log says why)
 //!   find:  P → pid → /proc/pid/cmdline has "-uuid <uuid>" and the process is not a zombie
 //!   stop:  QMP system_powerdown → wait ≤ timeout → SIGKILL → wait
+//!   quit:  QMP quit (no guest runs: paused after a migration) → wait ≤ 10 s → SIGKILL
 //! ```
 
 use std::path::Path;
@@ -122,6 +123,8 @@ pub async fn kill(pid: u32) -> Result<(), String> {
 /// How a stop went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
+    /// No guest ran (paused after a migration, or waiting for one): QEMU was quit.
+    Quit,
     /// The guest shut down after the ACPI power button.
     Clean,
     /// The guest ignored it; QEMU was killed after the timeout.
@@ -138,6 +141,18 @@ pub async fn stop(pid: u32, qmp_socket: &Path, timeout: Duration) -> Result<Stop
             tracing::warn!(pid, "the guest did not power off within {} s; stopping it hard", timeout.as_secs());
         }
         Err(e) => tracing::warn!(pid, error = %e, "could not ask the guest to power off; stopping it hard"),
+    }
+    kill(pid).await?;
+    Ok(Stopped::Forced)
+}
+
+/// QMP `quit` (a QEMU whose guest does not run: nothing to shut down), SIGKILL if it
+/// does not go within a few seconds.
+pub async fn quit(pid: u32, qmp_socket: &Path) -> Result<Stopped, String> {
+    match qmp::execute(qmp_socket, "quit", None).await {
+        Ok(_) if wait_gone(pid, Duration::from_secs(10)).await => return Ok(Stopped::Quit),
+        Ok(_) => tracing::warn!(pid, "QEMU did not quit within 10 s; stopping it hard"),
+        Err(e) => tracing::warn!(pid, error = %e, "could not ask QEMU to quit; stopping it hard"),
     }
     kill(pid).await?;
     Ok(Stopped::Forced)
