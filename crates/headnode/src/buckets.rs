@@ -75,6 +75,8 @@ pub const MIGRATIONS: BucketDef = BucketDef {
         text(&["created_timestamp"]),
     ],
 };
+/// Server evacuations (`nereid admin server evacuate`), keyed by server UUID.
+pub const EVACUATIONS: BucketDef = BucketDef { name: "evacuations", indexes: &[] };
 /// VMAPI VMs, keyed by UUID.
 pub const VMS: BucketDef = BucketDef {
     name: "vms",
@@ -132,6 +134,7 @@ pub const ALL: &[BucketDef] = &[
     SERVER_CLAIMS,
     RESERVATIONS,
     MIGRATIONS,
+    EVACUATIONS,
     VMS,
     JOBS,
     JOB_LEASES,

@@ -108,6 +108,8 @@ pub struct Snapshot {
     pub ips: Vec<(String, Stored<IpRecord>)>,
     pub reservations: Vec<(String, Stored<Reservation>)>,
     pub jobs: Vec<Stored<Job>>,
+    /// Migrations that hold something (a target VM, a reservation, a source copy).
+    pub migrations: Vec<nereid_types::migration::Migration>,
     /// Damaged records of buckets not otherwise checked.
     pub other_damaged: Vec<Damaged>,
     /// Active images whose file is missing or does not match its manifest: (image, why).
@@ -216,7 +218,12 @@ pub fn diagnose(s: &Snapshot) -> Vec<Finding> {
         for id in ids {
             let rec = records.get(id);
             let known_here = rec.is_some_and(|r| r.is_active() && r.server_uuid == Some(srv.uuid));
-            if known_here || damaged_vm_keys.contains(id) || live_job_vms.contains(id) {
+            // A migration's target (before its switch) and source (until finalize) hold
+            // the VM on purpose.
+            let migrating = s.migrations.iter().any(|m| {
+                m.vm_uuid == *id && (m.source_server_uuid == srv.uuid || m.target_server_uuid == Some(srv.uuid))
+            });
+            if known_here || damaged_vm_keys.contains(id) || live_job_vms.contains(id) || migrating {
                 continue;
             }
             let why = match rec {
@@ -316,6 +323,23 @@ pub fn diagnose(s: &Snapshot) -> Vec<Finding> {
                 continue;
             }
         };
+        if r.kind == "migration" {
+            if s.migrations.iter().any(|m| m.id == r.job_uuid) {
+                continue;
+            }
+            out.push(Finding {
+                kind: "orphan_reservation",
+                subject: format!("reservations/{key}"),
+                vm_uuid: Some(r.vm_uuid),
+                message: format!(
+                    "{} MiB RAM and {} MiB disk are held on server {} for migration {} of VM {}, which holds nothing any more",
+                    r.ram_mib, r.disk_mib, r.server_uuid, r.job_uuid, r.vm_uuid
+                ),
+                repair: "drop the reservation, giving the capacity back to placement".into(),
+                safe_repair: Some(Repair::DeleteReservation { key: key.clone() }),
+            });
+            continue;
+        }
         let why = match jobs_by_id.get(&r.job_uuid) {
             None => "does not exist".to_string(),
             Some(j) if j.is_done() => format!("{} already", j.execution),
@@ -424,6 +448,12 @@ impl App {
         let ips = self.keyed_entries(buckets::IPS.name).await?;
         let reservations = self.keyed_entries(buckets::RESERVATIONS.name).await?;
         let jobs = self.list_entries(buckets::JOBS.name, &all).await?;
+        let migrations = self
+            .list_migrations(&Default::default())
+            .await?
+            .into_iter()
+            .filter(crate::app::migrations::holds_something)
+            .collect();
         other_damaged.extend(self.damaged_in::<nereid_types::package::Package>(buckets::PACKAGES.name).await?);
         other_damaged.extend(self.damaged_in::<nereid_types::network::Network>(buckets::NETWORKS.name).await?);
         other_damaged.extend(self.damaged_in::<nereid_types::network::NetworkPool>(buckets::NETWORK_POOLS.name).await?);
@@ -457,6 +487,7 @@ impl App {
             ips,
             reservations,
             jobs,
+            migrations,
             other_damaged,
             bad_image_files,
         })

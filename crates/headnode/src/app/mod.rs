@@ -21,6 +21,7 @@ pub mod agents;
 pub mod allocation;
 pub mod consoles;
 pub mod doctor;
+pub mod evacuate;
 pub mod fabrics;
 pub mod fwrules;
 pub mod image_create;
@@ -142,6 +143,8 @@ pub struct App {
     /// Wakes the network policy push ([`netpolicy::run`]): firewall rules changed, a
     /// job (provision, destroy, tags, firewall_enabled) finished.
     pub netpolicy_notify: tokio::sync::Notify,
+    /// The servers whose evacuation a task of this process drives.
+    pub evacuations: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
     pub hooks: crate::jobs::Hooks,
     pub metrics: crate::metrics::Metrics,
 }
@@ -164,6 +167,7 @@ impl App {
             alloc_lock: tokio::sync::Mutex::new(()),
             jobs_notify: tokio::sync::Notify::new(),
             netpolicy_notify: tokio::sync::Notify::new(),
+            evacuations: Default::default(),
             hooks,
             metrics: crate::metrics::Metrics::default(),
         })

@@ -22,6 +22,11 @@ const LIST_PARAMS: &[Param] = &[
     LIMIT,
     OFFSET,
 ];
+const UPDATE_PARAMS: &[Param] = &[Param::new(
+    "action",
+    QKind::Enum(&["evacuate"]),
+    "evacuate: reserve the server and migrate every VM off it, a few at a time (body {concurrency?, offline?}); 202 with the evacuation, then GET /servers/{uuid}/evacuation.",
+)];
 const GET_PARAMS: &[Param] =
     &[Param::new("extras", QKind::Str { max: 256 }, "Comma-separated: vms, sysinfo, all (sysinfo is included by default).")];
 
@@ -51,16 +56,34 @@ pub fn routes() -> Vec<Route> {
         Route::new(
             Method::GET,
             "/servers/{uuid}",
-            doc("GetServer", "Get a compute node, with its sysinfo.", GET_PARAMS, BodyDoc::None, RespDoc::Object(200, FIELDS)),
+            doc(
+                "GetServer",
+                "Get a compute node, with its sysinfo and the migrations from or to it that hold something (`migrations`).",
+                GET_PARAMS,
+                BodyDoc::None,
+                RespDoc::Object(200, FIELDS),
+            ),
             get,
+        ),
+        Route::new(
+            Method::GET,
+            "/servers/{uuid}/evacuation",
+            doc(
+                "GetServerEvacuation",
+                "The server's latest evacuation: each VM's state (pending, migrating, migrated, failed, unplaceable), why, and counts.",
+                &[],
+                BodyDoc::None,
+                RespDoc::Schema(200, evacuation_schema),
+            ),
+            evacuation,
         ),
         Route::new(
             Method::POST,
             "/servers/{uuid}",
             doc(
                 "ServerUpdate",
-                "Change reserved, reservoir, traits, overprovision ratios (persisted), reservation ratio, notes.",
-                &[],
+                "Change reserved, reservoir, traits, overprovision ratios (persisted), reservation ratio, notes; or, with action=evacuate, empty the server.",
+                UPDATE_PARAMS,
                 BodyDoc::Fields(UPDATE_FIELDS, Usage::Update),
                 RespDoc::Empty(204),
             ),
@@ -129,6 +152,29 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
+fn evacuation_schema() -> Value {
+    json!({"type": "object", "properties": {
+        "server_uuid": {"type": "string", "format": "uuid"},
+        "state": {"type": "string", "enum": ["running", "done"]},
+        "started": {"type": "string"},
+        "finished": {"type": "string"},
+        "concurrency": {"type": "integer"},
+        "offline": {"type": "boolean"},
+        "counts": {"type": "object"},
+        "vms": {"type": "array", "items": {"type": "object", "properties": {
+            "vm_uuid": {"type": "string", "format": "uuid"},
+            "alias": {"type": "string"},
+            "state": {"type": "string", "enum": ["pending", "migrating", "migrated", "failed", "unplaceable"]},
+            "error": {"type": "string"},
+            "explanation": {"type": "array", "items": {"type": "object"}},
+            "target_server_uuid": {"type": "string", "format": "uuid"}}}}}})
+}
+
+async fn evacuation(State(s): State<AppState>, Path(uuid): Path<String>) -> HttpResult {
+    let uuid = path_uuid(Api::Napi, "uuid", &uuid)?;
+    ok(&crate::app::evacuate::render(&s.app.evacuation(uuid).await?))
+}
+
 fn trust_schema() -> Value {
     json!({"type": "object", "required": ["state"], "properties": {
         "uuid": {"type": "string", "format": "uuid"},
@@ -167,12 +213,33 @@ async fn get(State(s): State<AppState>, Path(uuid): Path<String>, RawQuery(raw):
     let mut extras: Vec<&str> = q.str("extras").map(|e| e.split(',').collect()).unwrap_or_default();
     extras.push("sysinfo");
     let (srv, hb) = s.app.get_server(uuid).await?;
-    ok(&s.app.render_server(&srv, hb.as_ref(), &extras))
+    let mut v = s.app.render_server(&srv, hb.as_ref(), &extras);
+    let migrations = s.app.open_migrations_on(uuid).await?;
+    v["migrations"] = Value::Array(migrations.iter().map(super::migrations::raw).collect());
+    ok(&v)
 }
 
-async fn update(State(s): State<AppState>, Path(uuid): Path<String>, body: Body) -> HttpResult {
+async fn update(State(s): State<AppState>, Path(uuid): Path<String>, RawQuery(raw): RawQuery, body: Body) -> HttpResult {
+    let q = parse_query(Api::Napi, UPDATE_PARAMS, raw.as_deref())?;
     let uuid = path_uuid(Api::Napi, "uuid", &uuid)?;
     let input = read_object(body).await?;
+    if q.str("action") == Some("evacuate") {
+        let concurrency = match input.get("concurrency") {
+            None => s.app.cfg.migration.evacuate_concurrency,
+            Some(c) => c.as_u64().filter(|c| (1..=64).contains(c)).map(|c| c as usize).ok_or_else(|| {
+                Api::Napi.invalid(vec![nereid_types::FieldError::invalid("concurrency", "must be a whole number from 1 to 64")])
+            })?,
+        };
+        let offline = match input.get("offline") {
+            None => false,
+            Some(o) => o.as_bool().ok_or_else(|| Api::Napi.invalid(vec![nereid_types::FieldError::invalid("offline", "must be true or false")]))?,
+        };
+        if let Some(k) = input.keys().find(|k| !matches!(k.as_str(), "concurrency" | "offline")) {
+            return Err(Api::Napi.invalid(vec![nereid_types::FieldError::unknown(k.clone())]).into());
+        }
+        let ev = s.app.start_evacuation(uuid, concurrency, offline).await?;
+        return Ok(super::json(StatusCode::ACCEPTED, &crate::app::evacuate::render(&ev)));
+    }
     s.app.update_server(uuid, &input).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
