@@ -20,6 +20,7 @@ use crate::NodeRuntime;
 
 mod consoles;
 mod export;
+mod migration;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -49,6 +50,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/servers/{server}/vms/{vm}/console", get(consoles::console))
         .route("/servers/{server}/vms/{vm}/vnc", get(consoles::vnc))
         .route("/servers/{server}/vms/{vm}/boot-disk", get(export::boot_disk))
+        .route("/servers/{server}/vms/{vm}/migration", get(migration::get).put(migration::put).delete(migration::delete))
         .route("/servers/{server}/sysinfo", get(sysinfo))
         .route("/servers/{server}/netpolicy", put(put_netpolicy))
         .route("/metrics", get(metrics))
@@ -166,6 +168,7 @@ mod tests {
     fn runtime(node: Arc<Node>) -> Arc<NodeRuntime> {
         Arc::new(NodeRuntime {
             uuid: node.uuid,
+            migrations: crate::migration::Migrations::open(node.clone()).unwrap_or_else(|e| panic!("{e}")),
             identity: "test".into(),
             node,
             sysinfo: Default::default(),

@@ -33,6 +33,7 @@ pub mod identity;
 pub mod images;
 pub mod metadata;
 pub mod metrics;
+pub mod migration;
 pub mod net;
 pub mod netpolicy;
 pub mod supervisor;
@@ -103,6 +104,9 @@ pub struct Config {
     pub heartbeat: Duration,
     /// `(nic tag, interface)` pairs this host provides.
     pub nic_tags: Vec<(String, net::Uplink)>,
+    /// Where the other agents send migrations' data (`--migration-address`; default: the
+    /// API listener's IP, a free port).
+    pub migration_listen: Option<SocketAddr>,
 }
 
 /// One server this process runs.
@@ -111,6 +115,8 @@ pub struct NodeRuntime {
     /// Where the server's UUID came from, for the operator.
     pub identity: String,
     pub node: Arc<Node>,
+    /// Its VMs' migrations.
+    pub migrations: Arc<migration::Migrations>,
     pub sysinfo: Map<String, Value>,
     paused: AtomicBool,
     ram_mib: u64,
@@ -153,6 +159,10 @@ impl NodeRuntime {
 /// A running agent.
 pub struct Agent {
     pub addr: SocketAddr,
+    /// Where this agent takes migrations' data (what its servers' sysinfo reports).
+    pub migration_addr: SocketAddr,
+    /// Kept for its listener (dropped with the agent).
+    _relay: Arc<migration::relay::Relay>,
     pub nodes: Arc<Vec<Arc<NodeRuntime>>>,
     /// The key, pinned CA and certificates (DATA/tls).
     pub credentials: Arc<tls::Credentials>,
@@ -324,6 +334,8 @@ pub async fn start(mut cfg: Config) -> Result<Agent> {
     let tcp = nereid_serve::bind(cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = tcp.local_addr()?;
     let agent_url = cfg.advertise_url.clone().unwrap_or_else(|| format!("https://{addr}"));
+    let relay_at = cfg.migration_listen.unwrap_or_else(|| SocketAddr::new(addr.ip(), 0));
+    let relay = migration::relay::Relay::bind(relay_at).await.with_context(|| format!("listening for migrations on {relay_at}"))?;
     let specs = match &cfg.backend {
         BackendKind::Sim { servers, cpus, ram_mib, disk_gib, delays } => {
             sim_specs(&cfg, addr, *servers, *cpus, *ram_mib, *disk_gib, *delays)?
@@ -368,11 +380,16 @@ pub async fn start(mut cfg: Config) -> Result<Agent> {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let node = Node::open(uuid, backend, upstream, spec.dir.clone(), tx).await?;
+        let migrations = migration::Migrations::open(node.clone())?;
+        relay.register(uuid, &migrations);
+        let mut si = sysinfo::sysinfo(&spec.facts);
+        sysinfo::set_migration_address(&mut si, relay.addr, &spec.facts);
         let rt = Arc::new(NodeRuntime {
             uuid,
             identity: spec.identity_line,
             node,
-            sysinfo: sysinfo::sysinfo(&spec.facts),
+            migrations,
+            sysinfo: si,
             paused: AtomicBool::new(false),
             ram_mib,
             disk_mib,
@@ -401,7 +418,9 @@ pub async fn start(mut cfg: Config) -> Result<Agent> {
         nereid_serve::serve(listener, router, limits, shutdown).await
     });
     tracing::info!(%agent_url, servers = nodes.len(), "agent started");
-    Ok(Agent { addr, nodes, credentials: creds, hn, stop, server, tasks })
+    let migration_addr = relay.addr;
+    tracing::info!(%migration_addr, "taking migrations");
+    Ok(Agent { addr, migration_addr, _relay: relay, nodes, credentials: creds, hn, stop, server, tasks })
 }
 
 /// Registers the server with its certificate, joining first when it has none the headnode
@@ -554,6 +573,7 @@ mod tests {
         let rt = NodeRuntime {
             uuid: node.uuid,
             identity: "test".into(),
+            migrations: migration::Migrations::open(node.clone()).unwrap(),
             node,
             sysinfo: Map::new(),
             paused: AtomicBool::new(false),

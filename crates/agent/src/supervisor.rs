@@ -118,6 +118,9 @@ struct Slot {
     /// The metadata server and console keeper (backends with real guests).
     metadata: Mutex<Option<tokio::task::JoinHandle<()>>>,
     console: Option<Arc<Console>>,
+    /// Held by a migration: the task creates and deletes, nothing else on its own (no
+    /// start, stop, restart or death check) — the migration drives the VM.
+    held: AtomicBool,
 }
 
 #[derive(Default)]
@@ -297,6 +300,7 @@ impl Node {
             crashes: Mutex::new(Crashes::default()),
             metadata: Mutex::new(None),
             console,
+            held: AtomicBool::new(false),
         });
         // In the map before the metadata server starts: it looks the VM up there, and
         // ends when the VM is not found.
@@ -399,6 +403,60 @@ impl Node {
             }
             s.wake.notify_one();
         }
+    }
+
+    /// The VM's backend (the migration drives its hooks).
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The node's state directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// A migration holds the VM (`true`) or lets it go: while held, its task only creates
+    /// and deletes it, never starts, stops or restarts it on its own. `false`: no such VM.
+    pub fn hold(&self, uuid: Uuid, held: bool) -> bool {
+        let Some(slot) = self.slot(uuid) else { return false };
+        slot.held.store(held, Ordering::SeqCst);
+        slot.wake.notify_one();
+        true
+    }
+
+    /// Sets the state the VM is to be in (as an ensure would, same definition) and wakes
+    /// its task. `false`: no such VM.
+    pub fn set_wanted(&self, uuid: Uuid, state: Desired) -> bool {
+        let Some(slot) = self.slot(uuid) else { return false };
+        {
+            let mut s = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = s.ensure.as_mut() {
+                e.state = state;
+            }
+            s.failed_definition_generation = None;
+            s.status.agent_decided = None;
+            s.status.error = None;
+        }
+        slot.wake.notify_one();
+        true
+    }
+
+    /// Records that the VM runs (or stopped) by a migration's doing, not the task's: a
+    /// migrated guest continued here, or a paused source stopped. Wanted state follows.
+    pub fn record_state(&self, uuid: Uuid, running: bool) -> bool {
+        let Some(slot) = self.slot(uuid) else { return false };
+        self.set_status(&slot, |s| {
+            if let Some(e) = s.ensure.as_mut() {
+                e.state = if running { Desired::Running } else { Desired::Stopped };
+            }
+            s.status.state = if running { "running".into() } else { "stopped".into() };
+            if running {
+                s.status.boot_timestamp = Some(now_iso());
+            }
+            s.status.error = None;
+        });
+        slot.wake.notify_one();
+        true
     }
 
     /// The VM's serial console, for backends with real guests.
@@ -507,14 +565,18 @@ impl Node {
             if self.stopping.load(Ordering::SeqCst) {
                 return;
             }
-            let action = decide(&slot.state.lock().unwrap_or_else(|p| p.into_inner()));
+            let mut action = decide(&slot.state.lock().unwrap_or_else(|p| p.into_inner()));
+            let held = slot.held.load(Ordering::SeqCst);
+            if held && !matches!(action, Action::Create(_) | Action::Delete) {
+                action = Action::Idle;
+            }
             match action {
                 Action::Idle => {
                     let running = slot.state.lock().unwrap_or_else(|p| p.into_inner()).status.state == "running";
                     tokio::select! {
                         _ = slot.wake.notified() => {}
                         _ = tokio::time::sleep(self.check_every) => {
-                            if running && !self.backend.is_running(uuid).await {
+                            if running && !held && !slot.held.load(Ordering::SeqCst) && !self.backend.is_running(uuid).await {
                                 self.died(uuid, &slot).await;
                             }
                         }

@@ -70,6 +70,26 @@ pub fn sysinfo(f: &Facts) -> Map<String, Value> {
     }
 }
 
+/// The migration address other agents reach this one at (pure): the relay's bound
+/// address, or, when it listens on every address, the server's first NIC IP there.
+pub fn migration_address(bound: std::net::SocketAddr, f: &Facts) -> String {
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    let ip = f
+        .nics
+        .iter()
+        .filter_map(|n| n.ip.as_deref()?.parse::<std::net::IpAddr>().ok())
+        .find(|ip| !ip.is_unspecified() && !ip.is_loopback())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    std::net::SocketAddr::new(ip, bound.port()).to_string()
+}
+
+/// Reports the migration address in `si` (see [`nereid_types::sysinfo::MIGRATION_ADDRESS`]).
+pub fn set_migration_address(si: &mut Map<String, Value>, bound: std::net::SocketAddr, f: &Facts) {
+    si.insert(nereid_types::sysinfo::MIGRATION_ADDRESS.into(), Value::String(migration_address(bound, f)));
+}
+
 fn read(p: &str) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
@@ -156,5 +176,11 @@ mod tests {
         assert_eq!(nereid_types::sysinfo::ram_mib(&s), Some(8192));
         assert_eq!(s["Admin IP"], "10.0.0.5");
         assert!(host_ram_mib() > 0 && host_cpus() > 0 && boot_time() > 0);
+
+        // The migration address: the relay's own, or the NIC's IP when it listens on all.
+        let mut s = s;
+        set_migration_address(&mut s, "127.0.0.1:4000".parse().unwrap(), &f);
+        assert_eq!(nereid_types::sysinfo::migration_address(&s).as_deref(), Some("127.0.0.1:4000"));
+        assert_eq!(migration_address("0.0.0.0:4001".parse().unwrap(), &f), "10.0.0.5:4001");
     }
 }

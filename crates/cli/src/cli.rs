@@ -372,6 +372,9 @@ pub struct AgentArgs {
     /// URL the headnode uses to reach this agent [default: https://<listen address>]
     #[arg(long, value_name = "URL")]
     pub advertise_url: Option<String>,
+    /// Where other agents send the data of VMs migrating here (TCP; each stream is authenticated by its migration's token) [default: the --listen IP, a free port]
+    #[arg(long, value_name = "ADDR")]
+    pub migration_address: Option<SocketAddr>,
     /// Seconds between heartbeats
     #[arg(long, default_value_t = 5)]
     pub heartbeat_secs: u64,

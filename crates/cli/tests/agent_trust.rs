@@ -39,6 +39,7 @@ fn agent_config(cloud: &Cloud, dir: &Path, o: &Options) -> nereid_agent::Config 
         advertise_url: None,
         heartbeat: Duration::from_millis(300),
         nic_tags: Vec::new(),
+        migration_listen: None,
     }
 }
 

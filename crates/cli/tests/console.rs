@@ -107,6 +107,7 @@ impl Rig {
             advertise_url: None,
             heartbeat: Duration::from_millis(500),
             nic_tags: vec![("external".into(), nereid_agent::net::Uplink::Bridge("lo".into()))],
+            migration_listen: None,
         })
         .await
         .unwrap();

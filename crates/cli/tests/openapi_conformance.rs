@@ -424,6 +424,7 @@ async fn every_documented_operation_answers_as_documented() {
         advertise_url: None,
         heartbeat: std::time::Duration::from_millis(300),
         nic_tags: Vec::new(),
+        migration_listen: None,
     })
     .await
     .unwrap();
@@ -965,6 +966,7 @@ exec sh -c 'i=0; while [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done' fake-qemu -
         advertise_url: None,
         heartbeat: std::time::Duration::from_millis(500),
         nic_tags: vec![("external".into(), nereid_agent::net::Uplink::Bridge("lo".into()))],
+        migration_listen: None,
     })
     .await
     .unwrap();

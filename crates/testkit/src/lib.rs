@@ -234,6 +234,7 @@ impl Cloud {
             advertise_url: None,
             heartbeat: o.heartbeat,
             nic_tags: Vec::new(),
+            migration_listen: Some("127.0.0.1:0".parse()?),
         };
         nereid_agent::start(cfg).await
     }

@@ -249,6 +249,7 @@ impl Cloud {
             advertise_url: None,
             heartbeat: Duration::from_secs(1),
             nic_tags: vec![("external".into(), nereid_agent::net::Uplink::Bridge("lo".into()))],
+            migration_listen: Some("127.0.0.1:0".parse()?),
         };
         nereid_agent::start(cfg).await
     }

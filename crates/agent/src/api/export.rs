@@ -122,6 +122,7 @@ mod tests {
         let rt = Arc::new(NodeRuntime {
             uuid: server,
             identity: "test".into(),
+            migrations: crate::migration::Migrations::open(node.clone()).unwrap(),
             node: node.clone(),
             sysinfo: Default::default(),
             paused: Default::default(),

@@ -103,6 +103,11 @@ pub trait Backend: Send + Sync + 'static {
     async fn migrate_resume_target(&self, _uuid: Uuid) -> Result<(), BackendError> {
         Err(BackendError(format!("the {} backend cannot migrate live", self.name())))
     }
+    /// Where the agent puts the VM's migration sockets (the relay's ends the backend's
+    /// process connects to): a directory that process can reach. `None`: the agent's own.
+    fn migration_socket_dir(&self, _uuid: Uuid) -> Option<PathBuf> {
+        None
+    }
     /// The UNIX socket of the VM's metadata port (com2), for backends with guests.
     fn metadata_socket(&self, _uuid: Uuid) -> Option<PathBuf> {
         None

@@ -7,18 +7,31 @@
 //!
 //! A simulated VM's boot disk, when exported for an image, is a small raw disk
 //! ([`SIM_DISK_SIZE`]) whose first sector names the VM, so tests can tell images apart.
+//!
+//! Migration: the sim migrates live through the agent's real relay. The target listens on
+//! two UNIX sockets (`mig-<vm>-nbd.sock`, `mig-<vm>-ram.sock` next to its state file) and
+//! counts what arrives ([`Sim::received`]); the source's mirror writes a synthetic disk
+//! ([`SIM_MIRROR_BYTES`] per disk) and its RAM migration `ram` KiB (the VM's MiB, scaled
+//! down). An offline copy moves one small file, `disk0` ([`sim_disk`]). Migration faults:
+//! `fail-migrate-prepare` (the target's live prepare fails; nothing is left there),
+//! `fail-migrate-transfer` (the source's mirror is cut halfway: every sync of that VM
+//! fails), `fail-migrate-switch` (the target's guest dies at the switch: its live resume
+//! fails and the VM is stopped there).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use async_trait::async_trait;
 use nereid_types::agent::{Definition, SIM_FAULT_KEY};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Backend, BackendError, SnapshotOp};
+use super::{Backend, BackendError, IncomingSockets, MirrorStatus, RamOptions, RamOutcome, SnapshotOp};
 
 /// How long simulated operations take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +61,45 @@ struct SimVm {
     crash_at_ms: Option<i64>,
     #[serde(default)]
     snapshots: Vec<String>,
+    /// Sizes for the synthetic migration streams.
+    #[serde(default)]
+    ram_mib: u64,
+    #[serde(default)]
+    disks: u64,
+}
+
+/// Bytes a simulated live mirror moves per disk (256 KiB).
+pub const SIM_MIRROR_BYTES: u64 = 256 << 10;
+
+/// A VM waiting for an incoming migration: what its sockets received.
+#[derive(Default)]
+struct Incoming {
+    nbd: Arc<AtomicU64>,
+    ram: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// An outgoing mirror.
+struct Mirror {
+    done: Arc<AtomicU64>,
+    total: u64,
+    ready: Arc<AtomicBool>,
+    error: Arc<Mutex<Option<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 pub struct Sim {
@@ -56,6 +108,8 @@ pub struct Sim {
     vms: Mutex<HashMap<Uuid, SimVm>>,
     /// What the simulated server reports as its address on each nic tag.
     addresses: Mutex<std::collections::BTreeMap<String, String>>,
+    incoming: Mutex<HashMap<Uuid, Incoming>>,
+    mirrors: Mutex<HashMap<Uuid, Mirror>>,
 }
 
 /// Bytes of a simulated boot disk as exported (1 MiB).
@@ -82,7 +136,7 @@ impl Sim {
     /// A simulated hypervisor whose VMs live in `file`.
     pub fn open(file: PathBuf, delays: Delays) -> Self {
         let vms = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        Sim { delays, file, vms: Mutex::new(vms), addresses: Mutex::default() }
+        Sim { delays, file, vms: Mutex::new(vms), addresses: Mutex::default(), incoming: Mutex::default(), mirrors: Mutex::default() }
     }
 
     /// Sets the addresses the server reports on its nic tags (it has no links of its own).
@@ -105,6 +159,64 @@ impl Sim {
     fn has_fault(&self, uuid: Uuid, f: &str) -> bool {
         self.with(|v| v.get(&uuid).and_then(|x| x.fault.as_deref()) == Some(f))
     }
+
+    fn dir(&self) -> PathBuf {
+        self.file.parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+
+    fn disk_file(&self, uuid: Uuid) -> PathBuf {
+        self.dir().join(format!("sim-disk-{uuid}.raw"))
+    }
+
+    /// Bytes received so far by the VM's incoming migration: `(disks, RAM)`.
+    pub fn received(&self, uuid: Uuid) -> (u64, u64) {
+        let inc = self.incoming.lock().unwrap_or_else(|p| p.into_inner());
+        inc.get(&uuid).map(|i| (i.nbd.load(Ordering::SeqCst), i.ram.load(Ordering::SeqCst))).unwrap_or_default()
+    }
+}
+
+/// Accepts connections on `listener` and counts every byte they bring into `count`.
+fn count_into(listener: tokio::net::UnixListener, count: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(n) = c.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    count.fetch_add(n as u64, Ordering::SeqCst);
+                }
+            });
+        }
+    })
+}
+
+fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, BackendError> {
+    let _ = std::fs::remove_file(path);
+    tokio::net::UnixListener::bind(path).map_err(|e| BackendError(format!("listening on {}: {e}", path.display())))
+}
+
+/// Writes `total` synthetic bytes to `to` in chunks, counting them in `done`; stops after
+/// `cut_at` bytes with an error when given.
+async fn write_synthetic(to: &Path, total: u64, done: &AtomicU64, cut_at: Option<u64>) -> Result<(), String> {
+    let mut c = tokio::net::UnixStream::connect(to).await.map_err(|e| format!("connecting to {}: {e}", to.display()))?;
+    let chunk = vec![0x5au8; 16 << 10];
+    let mut sent = 0u64;
+    while sent < total {
+        if cut_at.is_some_and(|at| sent >= at) {
+            return Err(format!(
+                "simulated: the transfer was cut after {sent} of {total} bytes (nereid:sim_fault={})",
+                nereid_types::migration::SIM_FAULT_TRANSFER
+            ));
+        }
+        let n = (total - sent).min(chunk.len() as u64) as usize;
+        c.write_all(&chunk[..n]).await.map_err(|e| format!("writing to {}: {e}", to.display()))?;
+        sent += n as u64;
+        done.store(sent, Ordering::SeqCst);
+    }
+    c.shutdown().await.map_err(|e| format!("closing {}: {e}", to.display()))
 }
 
 #[async_trait]
@@ -125,7 +237,8 @@ impl Backend for Sim {
             Some("hang-create") => std::future::pending::<()>().await,
             _ => {}
         }
-        self.with(|v| v.insert(def.uuid, SimVm { running: false, fault, crash_at_ms: None, snapshots: Vec::new() }));
+        let (ram_mib, disks) = (def.ram, def.disks.len() as u64);
+        self.with(|v| v.insert(def.uuid, SimVm { running: false, fault, crash_at_ms: None, snapshots: Vec::new(), ram_mib, disks }));
         Ok(())
     }
 
@@ -196,7 +309,125 @@ impl Backend for Sim {
             return Err(BackendError("simulated failure deleting the VM (nereid:sim_fault=fail-delete)".into()));
         }
         self.with(|v| v.remove(&uuid));
+        self.incoming.lock().unwrap_or_else(|p| p.into_inner()).remove(&uuid);
+        self.mirrors.lock().unwrap_or_else(|p| p.into_inner()).remove(&uuid);
+        let _ = std::fs::remove_file(self.disk_file(uuid));
         Ok(())
+    }
+
+    fn can_migrate_live(&self) -> bool {
+        true
+    }
+
+    async fn migration_files(&self, uuid: Uuid) -> Result<Vec<(String, PathBuf)>, BackendError> {
+        if !self.with(|v| v.contains_key(&uuid)) {
+            return Err(BackendError(format!("VM {uuid} does not exist")));
+        }
+        let path = self.disk_file(uuid);
+        if !path.exists() {
+            std::fs::write(&path, sim_disk(uuid)).map_err(|e| BackendError(format!("writing {}: {e}", path.display())))?;
+        }
+        Ok(vec![("disk0".into(), path)])
+    }
+
+    fn migration_file_path(&self, uuid: Uuid, name: &str) -> Result<PathBuf, BackendError> {
+        match name {
+            "disk0" => Ok(self.disk_file(uuid)),
+            _ => Err(BackendError(format!("the sim backend takes no migration file {name:?} (only disk0)"))),
+        }
+    }
+
+    async fn migrate_incoming(&self, def: &Definition) -> Result<IncomingSockets, BackendError> {
+        if fault(def).as_deref() == Some(nereid_types::migration::SIM_FAULT_PREPARE) {
+            return Err(BackendError(format!(
+                "simulated failure preparing the incoming migration (nereid:sim_fault={})",
+                nereid_types::migration::SIM_FAULT_PREPARE
+            )));
+        }
+        let short = &def.uuid.to_string()[..8];
+        let socks = IncomingSockets {
+            ram: self.dir().join(format!("mig-{short}-ram.sock")),
+            nbd: self.dir().join(format!("mig-{short}-nbd.sock")),
+        };
+        let mut inc = self.incoming.lock().unwrap_or_else(|p| p.into_inner());
+        if inc.contains_key(&def.uuid) {
+            return Ok(socks);
+        }
+        let mut i = Incoming::default();
+        i.tasks.push(count_into(bind_unix(&socks.nbd)?, i.nbd.clone()));
+        i.tasks.push(count_into(bind_unix(&socks.ram)?, i.ram.clone()));
+        inc.insert(def.uuid, i);
+        Ok(socks)
+    }
+
+    async fn migrate_mirror_start(&self, uuid: Uuid, nbd: &Path) -> Result<(), BackendError> {
+        let Some((disks, fault)) = self.with(|v| v.get(&uuid).map(|vm| (vm.disks, vm.fault.clone()))) else {
+            return Err(BackendError(format!("VM {uuid} does not exist")));
+        };
+        let mut mirrors = self.mirrors.lock().unwrap_or_else(|p| p.into_inner());
+        if mirrors.get(&uuid).is_some_and(|m| m.error.lock().unwrap_or_else(|p| p.into_inner()).is_none()) {
+            return Ok(());
+        }
+        let total = disks.max(1) * SIM_MIRROR_BYTES;
+        let cut = (fault.as_deref() == Some(nereid_types::migration::SIM_FAULT_TRANSFER)).then_some(total / 2);
+        let (done, ready, error) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(None)));
+        let (d, r, e, to) = (done.clone(), ready.clone(), error.clone(), nbd.to_path_buf());
+        let task = tokio::spawn(async move {
+            match write_synthetic(&to, total, &d, cut).await {
+                Ok(()) => r.store(true, Ordering::SeqCst),
+                Err(m) => *e.lock().unwrap_or_else(|p| p.into_inner()) = Some(m),
+            }
+        });
+        mirrors.insert(uuid, Mirror { done, total, ready, error, task });
+        Ok(())
+    }
+
+    async fn migrate_mirror_status(&self, uuid: Uuid) -> Result<MirrorStatus, BackendError> {
+        let mirrors = self.mirrors.lock().unwrap_or_else(|p| p.into_inner());
+        let m = mirrors.get(&uuid).ok_or_else(|| BackendError(format!("no mirror of VM {uuid} is running")))?;
+        if let Some(e) = m.error.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Err(BackendError(e));
+        }
+        Ok(MirrorStatus { done: m.done.load(Ordering::SeqCst), total: m.total, ready: m.ready.load(Ordering::SeqCst) })
+    }
+
+    async fn migrate_mirror_cancel(&self, uuid: Uuid) -> Result<(), BackendError> {
+        self.mirrors.lock().unwrap_or_else(|p| p.into_inner()).remove(&uuid);
+        Ok(())
+    }
+
+    async fn migrate_ram(&self, uuid: Uuid, ram: &Path, _opts: &RamOptions) -> Result<RamOutcome, BackendError> {
+        let Some(ram_mib) = self.with(|v| v.get(&uuid).map(|vm| vm.ram_mib)) else {
+            return Err(BackendError(format!("VM {uuid} does not exist")));
+        };
+        let total = ram_mib.max(1) * 1024;
+        let done = AtomicU64::new(0);
+        let t = std::time::Instant::now();
+        write_synthetic(ram, total, &done, None).await.map_err(BackendError)?;
+        // The last round (a tenth of the RAM) is what a paused guest would wait for.
+        let pause_ms = (t.elapsed().as_millis() as u64 / 10).max(1);
+        self.mirrors.lock().unwrap_or_else(|p| p.into_inner()).remove(&uuid);
+        Ok(RamOutcome { converged: true, pause_ms, ram_bytes: total })
+    }
+
+    async fn migrate_resume_source(&self, uuid: Uuid) -> Result<(), BackendError> {
+        self.with(|v| v.get_mut(&uuid).map(|vm| vm.running = true));
+        Ok(())
+    }
+
+    async fn migrate_resume_target(&self, uuid: Uuid) -> Result<(), BackendError> {
+        self.incoming.lock().unwrap_or_else(|p| p.into_inner()).remove(&uuid);
+        if self.has_fault(uuid, nereid_types::migration::SIM_FAULT_SWITCH) {
+            self.with(|v| v.get_mut(&uuid).map(|vm| vm.running = false));
+            return Err(BackendError(format!(
+                "simulated: the migrated guest died as it was resumed (nereid:sim_fault={})",
+                nereid_types::migration::SIM_FAULT_SWITCH
+            )));
+        }
+        match self.with(|v| v.get_mut(&uuid).map(|vm| vm.running = true)) {
+            Some(()) => Ok(()),
+            None => Err(BackendError(format!("VM {uuid} does not exist"))),
+        }
     }
 
     async fn is_running(&self, uuid: Uuid) -> bool {

@@ -47,9 +47,16 @@ pub async fn run(a: AgentArgs) -> Result<()> {
         advertise_url: a.advertise_url.clone(),
         heartbeat: Duration::from_secs(a.heartbeat_secs.max(1)),
         nic_tags: nic_tags(&a.nic_tags)?,
+        migration_listen: a.migration_address,
     };
     let agent = nereid_agent::start(cfg).await?;
-    println!("nereid agent {} is running ({} server(s), API on {})", env!("CARGO_PKG_VERSION"), agent.nodes.len(), agent.addr);
+    println!(
+        "nereid agent {} is running ({} server(s), API on {}, migrations on {})",
+        env!("CARGO_PKG_VERSION"),
+        agent.nodes.len(),
+        agent.addr,
+        agent.migration_addr
+    );
     for n in agent.nodes.iter() {
         println!("  {}", n.identity);
     }

@@ -136,6 +136,7 @@ async fn runtime(node: Arc<Node>, _secret: &str, backend: &str) -> Arc<NodeRunti
     Arc::new(NodeRuntime {
         uuid: node.uuid,
         identity: "test".into(),
+        migrations: crate::migration::Migrations::open(node.clone()).unwrap(),
         node,
         sysinfo,
         paused: Default::default(),

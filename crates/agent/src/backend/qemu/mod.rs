@@ -565,6 +565,10 @@ impl Backend for Qemu {
     async fn nic_tag_addresses(&self) -> std::collections::BTreeMap<String, String> {
         self.net.nic_tag_addresses().await
     }
+
+    fn migration_socket_dir(&self, uuid: Uuid) -> Option<PathBuf> {
+        Some(self.layout(uuid).dir)
+    }
 }
 
 impl Qemu {
