@@ -989,10 +989,26 @@ impl App {
 
     /// Queues a job on a VM (and whatever must land with it).
     pub(crate) async fn queue(&self, job: Job, mut ops: Vec<Op>) -> Result<Job, ApiError> {
+        self.refuse_while_migrating(job.vm_uuid).await?;
         ops.push(job_op(&job));
         self.store.batch(ops).await.map_err(store_error)?;
         self.jobs_notify.notify_one();
         Ok(job)
+    }
+
+    /// Refuses a change to a VM that is being migrated (begun, not yet switched or
+    /// aborted): its target is being made from the VM as it is.
+    pub(crate) async fn refuse_while_migrating(&self, vm: Uuid) -> Result<(), ApiError> {
+        match self.latest_migration(vm).await? {
+            Some((m, _)) if m.state == "running" || m.state == "paused" => Err(ApiError::conflict(
+                "VmMigrating",
+                format!(
+                    "VM {vm} is being migrated (phase {}, {}): switch and finalize, or abort, the migration first",
+                    m.phase, m.state
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn check_actionable(vm: &Vm) -> Result<Uuid, ApiError> {
@@ -1161,6 +1177,7 @@ impl App {
         if grow_ram == 0 && grow_disk == 0 && grow_cap == 0 {
             return self.queue(job, Vec::new()).await;
         }
+        self.refuse_while_migrating(uuid).await?;
         let _serial = self.alloc_lock.lock().await;
         for _ in 0..RETRIES * 4 {
             let mut view = self.placement_view().await?;
