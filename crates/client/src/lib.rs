@@ -142,6 +142,51 @@ impl Client {
     pub async fn delete(&self, path: &str) -> Result<Value, Error> {
         self.send(self.request(reqwest::Method::DELETE, path)).await
     }
+
+    /// A GET answered with a stream of lines (NDJSON, e.g. `/migrations/{vm}/watch`): an
+    /// error status is decoded as any other answer; otherwise the lines as they come.
+    pub async fn get_lines(&self, path: &str) -> Result<Lines, Error> {
+        let resp = self
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .map_err(|e| Error::Connect { url: self.target.url.clone(), source: e })?;
+        if resp.status().as_u16() >= 400 {
+            return Err(decode(resp).await.err().unwrap_or_else(|| Error::Other(format!("GET {path} failed"))));
+        }
+        Ok(Lines { resp, buf: Vec::new(), done: false })
+    }
+}
+
+/// The lines of a streamed answer ([`Client::get_lines`]).
+pub struct Lines {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+    done: bool,
+}
+
+impl Lines {
+    /// The next non-empty line (without its newline), or `None` once the answer has ended.
+    pub async fn next(&mut self) -> Result<Option<String>, Error> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                let text = String::from_utf8_lossy(&line).trim().to_string();
+                if text.is_empty() {
+                    continue;
+                }
+                return Ok(Some(text));
+            }
+            if self.done {
+                let rest = String::from_utf8_lossy(&std::mem::take(&mut self.buf)).trim().to_string();
+                return Ok((!rest.is_empty()).then_some(rest));
+            }
+            match self.resp.chunk().await.map_err(|e| Error::Other(format!("reading the stream: {e}")))? {
+                Some(chunk) => self.buf.extend_from_slice(&chunk),
+                None => self.done = true,
+            }
+        }
+    }
 }
 
 /// Turns a response into JSON or a Triton error.

@@ -40,6 +40,7 @@ pub mod image_create;
 pub mod images;
 pub mod machine_data;
 pub mod machines;
+pub mod migrations;
 pub mod network_ips;
 pub mod nics;
 pub mod ratelimit;
@@ -286,6 +287,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(image_create::routes());
     all.extend(machines::routes());
     all.extend(machine_data::routes());
+    all.extend(migrations::routes());
     all.extend(fwrules::routes());
     all.extend(nics::routes());
     all.extend(network_ips::routes());
@@ -348,9 +350,6 @@ const NOT_IMPLEMENTED: &[(&[&str], &str, &str)] = &[
     (&["GET"], "/*/machines/*/vnc", "GetMachineVnc"),
     (&["GET", "POST"], "/*/machines/*/disks", "Machine disks"),
     (&["GET", "POST", "DELETE"], "/*/machines/*/disks/*", "Machine disks"),
-    (&["GET", "POST"], "/*/machines/*/migrate", "MigrateMachine"),
-    (&["GET"], "/*/migrations", "ListMigrations"),
-    (&["GET"], "/*/migrations/*", "GetMigration"),
     (&["GET", "POST"], "/*/volumes", "Volumes"),
     (&["GET", "POST", "DELETE"], "/*/volumes/*", "Volumes"),
     (&["GET"], "/*/volumesizes", "ListVolumeSizes"),
