@@ -58,6 +58,8 @@ pub fn digest(p: &NetPolicy) -> String {
 
 /// The policies of `servers` (server → its underlay address, if it has one) from the VMs
 /// and firewall rules (pure). VMs that are destroyed, failed or not placed count for nothing.
+/// A VM may be listed twice, on two servers (a migration's source and target): each gets
+/// its firewall.
 pub fn compute(vms: &[Vm], servers: &BTreeMap<Uuid, Option<String>>, rules: &[FwRule]) -> Computed {
     let active: Vec<&Vm> = vms.iter().filter(|v| is_active(v) && v.server_uuid.is_some()).collect();
     // vni → the servers with a NIC on it.
@@ -76,7 +78,7 @@ pub fn compute(vms: &[Vm], servers: &BTreeMap<Uuid, Option<String>>, rules: &[Fw
     }
     let enabled_rules: Vec<FwRule> = rules.iter().filter(|r| r.enabled).cloned().collect();
     let fw_vms: Vec<FwVm> = active.iter().filter_map(|v| fw_vm(v)).collect();
-    let mut compiled = fwrule::compile(&enabled_rules, &fw_vms);
+    let compiled = fwrule::compile(&enabled_rules, &fw_vms);
     let mut policies = BTreeMap::new();
     for server in servers.keys() {
         let mut p = NetPolicy::default();
@@ -89,7 +91,7 @@ pub fn compute(vms: &[Vm], servers: &BTreeMap<Uuid, Option<String>>, rules: &[Fw
             p.overlays.insert(*vni, peers.into_iter().collect());
         }
         for vm in active.iter().filter(|v| v.server_uuid == Some(*server) && v.firewall_enabled == Some(true)) {
-            p.firewalls.insert(vm.uuid, compiled.remove(&vm.uuid).unwrap_or_default());
+            p.firewalls.insert(vm.uuid, compiled.get(&vm.uuid).cloned().unwrap_or_default());
         }
         p.digest = digest(&p);
         policies.insert(*server, p);
@@ -101,7 +103,19 @@ impl App {
     /// Every server's policy now (one read each of VMs, servers, heartbeats and rules),
     /// with each server's last heartbeat.
     pub async fn netpolicies(&self) -> Result<(Computed, HashMap<Uuid, super::servers::HeartbeatRecord>), ApiError> {
-        let vms = self.firewall_vms(None).await?;
+        let mut vms = self.firewall_vms(None).await?;
+        // A VM being migrated is on its target too (before the switch): its firewall and
+        // overlays are in force there before the guest runs there.
+        for state in ["running", "paused"] {
+            let q = super::migrations::MigrationQuery { state: Some(state.into()), ..Default::default() };
+            for m in self.list_migrations(&q).await? {
+                let Some(target) = m.target_server_uuid else { continue };
+                if let Some(mut shadow) = vms.iter().find(|v| v.uuid == m.vm_uuid && v.server_uuid != Some(target)).cloned() {
+                    shadow.server_uuid = Some(target);
+                    vms.push(shadow);
+                }
+            }
+        }
         let servers: Vec<Server> = self.list(SERVERS.name, &ListQuery::all()).await?;
         let hbs = self.heartbeats().await?;
         let rules: Vec<FwRule> = self.list(FWRULES.name, &ListQuery::all()).await?;

@@ -97,6 +97,12 @@ async fn order(app: &App, m: &Migration, role: Role, step: AStep) -> Result<Orde
             e.rollback_to = None;
             o.ensure = Some(e);
         }
+        Role::Target if step == AStep::Resume => {
+            // The state the VM is to be in there: a VM stopped when it left stays stopped.
+            let (vm, _) = app.get_vm(m.vm_uuid, None).await.map_err(|e| e.message)?;
+            let desired = if vm.desired_state.as_deref() == Some("stopped") { Desired::Stopped } else { Desired::Running };
+            o.ensure = Some(vm.ensure(desired, None)?);
+        }
         Role::Source => {
             let (srv, _) = app.get_server_record(target).await.map_err(|e| e.message)?;
             let addr = nereid_types::sysinfo::migration_address(&srv.sysinfo).ok_or_else(|| {
