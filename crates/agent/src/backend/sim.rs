@@ -216,7 +216,11 @@ async fn write_synthetic(to: &Path, total: u64, done: &AtomicU64, cut_at: Option
         sent += n as u64;
         done.store(sent, Ordering::SeqCst);
     }
-    c.shutdown().await.map_err(|e| format!("closing {}: {e}", to.display()))
+    c.shutdown().await.map_err(|e| format!("closing {}: {e}", to.display()))?;
+    // The far end closes once it has taken everything (end to end, through the relay).
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).await.map_err(|e| format!("waiting for {} to take everything: {e}", to.display()))?;
+    Ok(())
 }
 
 #[async_trait]

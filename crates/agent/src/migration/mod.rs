@@ -69,6 +69,13 @@ struct Record {
     /// Source: the VM was stopped for an offline switch (resume or abort starts it again).
     #[serde(default)]
     stopped_for_switch: bool,
+    /// Target: what the source sent last, `ram` (the guest moved live) or `file` (it was
+    /// stopped and copied, maybe after a RAM migration that did not converge).
+    #[serde(default)]
+    last_transfer: Option<String>,
+    /// A failed step's failure was answered: the same order again runs the step again.
+    #[serde(default)]
+    failure_reported: bool,
 }
 
 impl Record {
@@ -137,9 +144,16 @@ impl Entry {
         f(&mut self.rec.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    /// The progress now, with the wire's bytes and rate.
+    /// The progress now, with the wire's bytes and rate (a failure, once answered, may be
+    /// retried by the same order).
     fn progress(&self) -> AgentProgress {
-        let mut p = self.rec().progress;
+        let mut p = {
+            let mut r = self.rec.lock().unwrap_or_else(|p| p.into_inner());
+            if r.progress.is_failed() {
+                r.failure_reported = true;
+            }
+            r.progress.clone()
+        };
         let sent = self.wire.load(Ordering::Relaxed);
         p.bytes_sent = sent;
         let mut m = self.meter.lock().unwrap_or_else(|p| p.into_inner());
@@ -251,7 +265,9 @@ impl Migrations {
                         role_name(o.role)
                     )));
                 }
-                if same && rec.progress.step == o.step && rec.progress.state != "failed" {
+                // The same order again: how it goes (a failure is answered once before the
+                // order runs the step again).
+                if same && rec.progress.step == o.step && !(rec.progress.is_failed() && rec.failure_reported) {
                     return Ok(e.progress());
                 }
                 if same && rec.finished() {
@@ -289,6 +305,7 @@ impl Migrations {
             let role = if o.step == Step::Abort { r.progress.role } else { o.role };
             merge(&mut r.order, &o);
             r.order.role = role;
+            r.failure_reported = false;
             r.progress = AgentProgress {
                 migration: r.order.migration,
                 role,
@@ -401,7 +418,11 @@ impl Migrations {
         if self.node.get(vm).is_none() {
             return Err(format!("VM {vm} is not on server {} (its prepare did not finish)", self.node.uuid));
         }
-        if e.rec().incoming.is_some() {
+        let rec = e.rec();
+        if rec.last_transfer.is_none() {
+            return Err(format!("nothing of VM {vm} has reached server {} yet: the source has not switched", self.node.uuid));
+        }
+        if rec.incoming.is_some() && rec.last_transfer.as_deref() == Some("ram") {
             if let Err(err) = self.node.backend().migrate_resume_target(vm).await {
                 self.node.record_state(vm, false);
                 return Err(format!("running the migrated guest: {err}"));
@@ -409,6 +430,11 @@ impl Migrations {
             self.node.record_state(vm, true);
             self.node.hold(vm, false);
         } else {
+            if rec.incoming.is_some() {
+                // Copied offline: the process waiting for a live migration goes first.
+                self.node.backend().stop(vm).await.map_err(|err| format!("ending the wait for a live migration: {err}"))?;
+                e.update(|r| r.incoming = None);
+            }
             self.node.hold(vm, false);
             self.node.set_wanted(vm, Desired::Running);
             wait_state(&self.node, vm, "running", STATE_TIMEOUT).await.map_err(|err| format!("starting the copied VM: {err}"))?;
@@ -653,6 +679,11 @@ impl Migrations {
                 _ => return Err(format!("no such stream {c:?}")),
             },
         };
+        let kind = if matches!(sink, relay::Sink::File(_)) { "file" } else { hello.channel.as_str() };
+        if kind != "nbd" {
+            e.update(|r| r.last_transfer = Some(kind.to_string()));
+            self.persist(&e);
+        }
         Ok((sink, e.wire.clone()))
     }
 }
@@ -698,6 +729,8 @@ fn new_record(o: &Order) -> Record {
         incoming: None,
         paused_at_switch: false,
         stopped_for_switch: false,
+        last_transfer: None,
+        failure_reported: false,
     }
 }
 

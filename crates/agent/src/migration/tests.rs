@@ -42,11 +42,14 @@ async fn side(dir: &std::path::Path, relay: &Relay) -> Side {
     Side { node, sim, m }
 }
 
-fn ensure(vm: Uuid, state: Desired) -> Ensure {
-    let definition: Definition = serde_json::from_value(serde_json::json!({
+fn ensure_with(vm: Uuid, state: Desired, fault: Option<&str>) -> Ensure {
+    let mut definition: Definition = serde_json::from_value(serde_json::json!({
         "uuid": vm, "brand": "bhyve", "owner_uuid": Uuid::nil(), "ram": 64, "vcpus": 1, "disks": [], "nics": []
     }))
     .unwrap();
+    if let Some(f) = fault {
+        definition.internal_metadata.insert(nereid_types::agent::SIM_FAULT_KEY.into(), serde_json::json!(f));
+    }
     Ensure {
         state,
         definition,
@@ -94,12 +97,16 @@ struct Pair {
 }
 
 async fn pair(live: bool) -> Pair {
+    pair_with(live, None).await
+}
+
+async fn pair_with(live: bool, fault: Option<&str>) -> Pair {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let src = side(&dir.path().join("a"), &relay).await;
     let dst = side(&dir.path().join("b"), &relay).await;
     let vm = Uuid::new_v4();
-    src.node.ensure(ensure(vm, Desired::Running));
+    src.node.ensure(ensure_with(vm, Desired::Running, fault));
     wait_vm(&src.node, vm, "running").await;
     let migration = Uuid::new_v4();
     let target = Order {
@@ -108,7 +115,7 @@ async fn pair(live: bool) -> Pair {
         step: Step::Prepare,
         token: "s3cret".into(),
         live,
-        ensure: Some(ensure(vm, Desired::Stopped)),
+        ensure: Some(ensure_with(vm, Desired::Stopped, fault)),
         peer: None,
         peer_server: None,
         bandwidth_mbps: None,
@@ -244,4 +251,35 @@ async fn a_step_running_when_the_agent_died_reports_failed_after_a_restart() {
     let p2 = again.get(vm).unwrap();
     assert_eq!(p2.state, "failed");
     assert_eq!(p2.error.as_deref(), Some("the agent restarted during sync"));
+}
+
+#[tokio::test]
+async fn the_sim_faults_fail_prepare_transfer_and_switch_with_the_reason() {
+    use nereid_types::migration::{SIM_FAULT_PREPARE, SIM_FAULT_SWITCH, SIM_FAULT_TRANSFER};
+    // Prepare: failed, and nothing is left on the target.
+    let p = pair_with(true, Some(SIM_FAULT_PREPARE)).await;
+    let prep = step(&p.dst.m, p.vm, &p.target, Step::Prepare).await;
+    assert!(prep.is_failed() && prep.error.as_deref().unwrap_or("").contains(SIM_FAULT_PREPARE), "{prep:?}");
+    assert!(p.dst.node.get(p.vm).is_none());
+    // The failure was answered: the same order tries again (and fails again).
+    assert_eq!(p.dst.m.order(p.vm, p.target.clone()).unwrap().state, "running");
+
+    // Transfer: the sync fails saying why; the VM keeps running on the source.
+    let p = pair_with(true, Some(SIM_FAULT_TRANSFER)).await;
+    assert!(step(&p.dst.m, p.vm, &p.target, Step::Prepare).await.is_done());
+    let sync = step(&p.src.m, p.vm, &p.source, Step::Sync).await;
+    assert!(sync.is_failed() && sync.error.as_deref().unwrap_or("").contains("cut after"), "{sync:?}");
+    assert_eq!(p.src.node.get(p.vm).unwrap().state, "running");
+
+    // Switch: the target's guest dies as it is resumed; the source resumes.
+    let p = pair_with(true, Some(SIM_FAULT_SWITCH)).await;
+    assert!(step(&p.dst.m, p.vm, &p.target, Step::Prepare).await.is_done());
+    assert!(step(&p.src.m, p.vm, &p.source, Step::Switch).await.is_done());
+    let resume = step(&p.dst.m, p.vm, &p.target, Step::Resume).await;
+    assert!(resume.is_failed() && resume.error.as_deref().unwrap_or("").contains(SIM_FAULT_SWITCH), "{resume:?}");
+    assert_eq!(p.dst.node.get(p.vm).unwrap().state, "stopped");
+    assert!(step(&p.src.m, p.vm, &p.source, Step::Resume).await.is_done());
+    assert_eq!(p.src.node.get(p.vm).unwrap().state, "running");
+    assert!(step(&p.dst.m, p.vm, &p.target, Step::Abort).await.is_done());
+    assert!(p.dst.node.get(p.vm).is_none());
 }
