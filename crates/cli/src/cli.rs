@@ -640,6 +640,29 @@ pub enum ServerVerb {
     Approve(IdArg),
     /// Revoke the server's certificate at once: the headnode refuses its agent and stops calling it; its joins wait for approval
     Revoke(IdArg),
+    /// Empty a server for maintenance: reserve it and migrate every VM off it, a few at a time
+    #[command(long_about = "Empty a server for maintenance: the server is reserved at once (nothing new is placed on it, \
+and it stays reserved afterwards: `nereid admin server update SERVER reserved=false` puts it back in service), then every \
+VM on it is migrated to another server the allocator chooses, --concurrency at a time, each as `nereid admin vm migrate` \
+would (live unless --offline).\n\nA VM no other server can take is reported with the allocator's explanation of each \
+server's refusal, and stays where it is, running.\n\nWith -w: waits, prints each VM's outcome as it comes, and exits 1 if \
+any VM is still on the server at the end.")]
+    Evacuate(EvacuateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EvacuateArgs {
+    /// The server to empty (UUID)
+    pub id: String,
+    /// How many VMs move at the same time
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Move the VMs offline: stop, copy the disks, start on the target (no live migration)
+    #[arg(long)]
+    pub offline: bool,
+    /// Wait until every VM has moved or failed, printing each outcome
+    #[arg(short = 'w', long)]
+    pub wait: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -670,6 +693,36 @@ pub enum VmVerb {
     Console(VmConsoleArgs),
     /// Snapshots of every disk: create, rollback (stops the VM, starts it again if it ran) or delete
     Snapshot(VmSnapshotArgs),
+    /// Move a VM to another server (begin, sync and switch in one go; live unless --offline)
+    #[command(long_about = "Move a VM to another server: an automatic migration (Triton's begin, sync and switch in one \
+job). The target is the allocator's choice, or --to. A running VM moves live: its disks are copied while it runs, \
+then its memory, and it is paused only for the last moment (a guest that writes faster than the copy falls back to \
+stop, copy, start). --offline stops it first. The VM keeps its UUID, MACs and IPs.\n\nAfterwards the source keeps \
+a stopped copy until the migration is finalized (`triton instance migration finalize`, or VMAPI's \
+migration_action=finalize); `nereid admin vm migration UUID` shows where it stands.\n\nWith -w: shows the progress \
+and exits 0 only if the VM now runs on the target; a failed migration leaves it running on its server and says \
+which phase failed and why.")]
+    Migrate(VmMigrateArgs),
+    /// Show a VM's latest migration: phase, state, progress, error
+    Migration(IdArg),
+}
+
+#[derive(Args, Debug)]
+pub struct VmMigrateArgs {
+    /// The VM (UUID)
+    pub id: String,
+    /// The server to move it to (UUID); default: the allocator's choice
+    #[arg(long, value_name = "SERVER")]
+    pub to: Option<String>,
+    /// Stop the VM, copy its disks, start it on the target (no live migration)
+    #[arg(long)]
+    pub offline: bool,
+    /// Cap the data rate between the servers, in megabits per second
+    #[arg(long, value_name = "MBPS")]
+    pub bandwidth: Option<u64>,
+    /// Wait for the migration, showing its progress, and report how it ended
+    #[arg(short = 'w', long)]
+    pub wait: bool,
 }
 
 #[derive(Args, Debug)]

@@ -312,7 +312,8 @@ pub async fn run(a: AdminArgs) -> Result<()> {
         Noun::Image { verb: ImageVerb::ImportRemote(a) } => super::image_remote::import_remote(&c, a, json).await,
         Noun::Network { verb: NetworkVerb::Common(v) } => verb(&c, &NETWORK, v, json).await,
         Noun::Server { verb: ServerVerb::List(a) } => verb(&c, &SERVER, Verb::List(a), json).await,
-        Noun::Server { verb: ServerVerb::Get(a) } => verb(&c, &SERVER, Verb::Get(a), json).await,
+        Noun::Server { verb: ServerVerb::Get(a) } => super::migrate::server_get(&c, &a.id, json).await,
+        Noun::Server { verb: ServerVerb::Evacuate(a) } => super::migrate::server_evacuate(&c, a, json).await,
         Noun::Server { verb: ServerVerb::Update(a) } => verb(&c, &SERVER, Verb::Update(a), json).await,
         Noun::Server { verb: ServerVerb::Delete(a) } => verb(&c, &SERVER, Verb::Delete(a), json).await,
         Noun::Server { verb: ServerVerb::Trust(id) } => {
@@ -423,6 +424,8 @@ async fn vm(c: &Client, v: VmVerb, json: bool) -> Result<()> {
         VmVerb::RemoveNics(a) => nics_action(c, &a, "remove_nics", nereid_types::vm::REMOVE_NICS_FIELDS).await?,
         VmVerb::Delete(a) => (c.delete(&format!("/vms/{}", enc(&a.id))).await?, a.wait),
         VmVerb::Console(a) => return super::console::run(c, &a).await,
+        VmVerb::Migrate(a) => return super::migrate::vm_migrate(c, a, json).await,
+        VmVerb::Migration(a) => return super::migrate::vm_migration(c, &a.id, json).await,
         VmVerb::Snapshot(a) => {
             let action = match a.op {
                 SnapshotOp::Create => "create_snapshot",

@@ -9,6 +9,7 @@ pub mod fwrule;
 pub mod headnode;
 pub mod image;
 pub mod image_remote;
+pub mod migrate;
 pub mod operator;
 pub mod up;
 
