@@ -180,6 +180,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn migration_orders_answer_progress_refuse_bad_bodies_and_404_when_unknown() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let server = Uuid::new_v4();
+        let rt = runtime(sim_node(dir.path(), server).await);
+        let router = router(ApiState { nodes: Arc::new(vec![rt.clone()]), hwmon: dir.path().join("no-hwmon") });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("http://{}", listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let c = reqwest::Client::new();
+        let vm = Uuid::new_v4();
+        let path = format!("{url}/servers/{server}/vms/{vm}/migration");
+
+        let r = c.get(&path).send().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status(), 404);
+        assert_eq!(r.json::<serde_json::Value>().await.unwrap_or_default()["code"], "ResourceNotFound");
+        let r = c.put(&path).body("{\"step\": \"sync\"}").send().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status(), 400);
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        assert!(body["message"].as_str().unwrap_or("").contains("migration order does not parse"), "{body}");
+
+        // A source's prepare only remembers the peer: done at once, and GET says so.
+        let migration = Uuid::new_v4();
+        let order = json!({"migration": migration, "role": "source", "step": "prepare", "token": "t", "live": true,
+            "peer": "127.0.0.1:9", "peer_server": Uuid::new_v4()});
+        let r = c.put(&path).json(&order).send().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status(), 200);
+        let mut state = String::new();
+        for _ in 0..100 {
+            let p: serde_json::Value = c.get(&path).send().await.unwrap_or_else(|e| panic!("{e}")).json().await.unwrap_or_default();
+            state = p["state"].as_str().unwrap_or("").to_string();
+            if state != "running" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(state, "done");
+        // Another migration of the same VM meanwhile: 409, naming the open one.
+        let other = json!({"migration": Uuid::new_v4(), "role": "source", "step": "prepare", "token": "t", "live": true});
+        let r = c.put(&path).json(&other).send().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status(), 409);
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        assert!(body["message"].as_str().unwrap_or("").contains(&migration.to_string()), "{body}");
+        // DELETE aborts it.
+        let r = c.delete(&path).send().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.json::<serde_json::Value>().await.unwrap_or_default()["step"], "abort");
+    }
+
+    #[tokio::test]
     async fn a_pushed_netpolicy_is_saved_applied_and_reported_and_bad_bodies_are_refused() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let server = Uuid::new_v4();
