@@ -494,11 +494,11 @@ impl Migrations {
         {
             return Ok(path.clone());
         }
-        let path = match self.node.backend().migration_socket_dir(e.vm) {
-            Some(d) => d.join(format!("mig-{channel}.sock")),
-            None => self.dir.join(format!("{}.{channel}.sock", e.vm)),
+        let (path, mode) = match self.node.backend().migration_socket_dir(e.vm) {
+            Some(d) => (d.join(format!("mig-{channel}.sock")), 0o666),
+            None => (self.dir.join(format!("{}.{channel}.sock", e.vm)), 0o600),
         };
-        let t = src.forward(&path, channel)?;
+        let t = src.forward(&path, channel, mode)?;
         f.insert(channel, (path.clone(), t));
         Ok(path)
     }

@@ -97,7 +97,15 @@ impl Relay {
         let weak = Arc::downgrade(&relay);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((conn, peer)) = listener.accept().await else { continue };
+                let (conn, peer) = match listener.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of descriptors and the like: wait a little rather than spin.
+                        tracing::warn!(error = %e, "migration relay: accepting a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let Some(relay) = weak.upgrade() else { return };
                 tokio::spawn(async move {
                     if let Err(e) = relay.serve(conn).await {
@@ -300,13 +308,14 @@ impl Source {
         }
     }
 
-    /// Listens on `path` (a UNIX socket the backend's process connects to, mode 0666 in
-    /// its own directory) and relays each connection as a `channel` stream.
-    pub fn forward(self: &Arc<Self>, path: &Path, channel: &'static str) -> Result<tokio::task::JoinHandle<()>, String> {
+    /// Listens on `path` (a UNIX socket the backend's process connects to) and relays each
+    /// connection as a `channel` stream. `mode`: 0666 inside a directory only the VM's
+    /// process (its own uid) can reach; 0600 in the agent's own.
+    pub fn forward(self: &Arc<Self>, path: &Path, channel: &'static str, mode: u32) -> Result<tokio::task::JoinHandle<()>, String> {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::remove_file(path);
         let listener = tokio::net::UnixListener::bind(path).map_err(|e| format!("listening on {}: {e}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(|e| format!("opening {} to the VM's process: {e}", path.display()))?;
         let me = self.clone();
         Ok(tokio::spawn(async move {
