@@ -5,7 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use nereid_types::migration::Order;
+use nereid_types::migration::{AgentProgress, Order};
 
 use super::{ApiState, error, ok, vm_uuid};
 use crate::migration::OrderError;
@@ -20,7 +20,11 @@ pub async fn put(State(s): State<ApiState>, Path((server, vm)): Path<(String, St
         Ok(o) => o,
         Err(err) => return error(StatusCode::BAD_REQUEST, "InvalidArgument", format!("the migration order does not parse: {err}")),
     };
-    match n.migrations.order(vm, o) {
+    answer(n.migrations.order(vm, o))
+}
+
+fn answer(r: Result<AgentProgress, OrderError>) -> Response {
+    match r {
         Ok(p) => ok(&p),
         Err(OrderError::Conflict(m)) => error(StatusCode::CONFLICT, "Conflict", m),
         Err(OrderError::Invalid(m)) => error(StatusCode::BAD_REQUEST, "InvalidArgument", m),
@@ -46,7 +50,7 @@ pub async fn delete(State(s): State<ApiState>, Path((server, vm)): Path<(String,
         Err(r) => return *r,
     };
     match n.migrations.abort(vm) {
-        Some(p) => ok(&p),
+        Some(r) => answer(r),
         None => error(StatusCode::NOT_FOUND, "ResourceNotFound", format!("no migration of VM {vm} is known on server {server}")),
     }
 }

@@ -352,11 +352,12 @@ impl Migrations {
     }
 
     /// Aborts the VM's migration here (`DELETE`), whichever it is.
-    pub fn abort(self: &Arc<Self>, vm: Uuid) -> Option<AgentProgress> {
+    /// `None`: no migration of the VM is known here.
+    pub fn abort(self: &Arc<Self>, vm: Uuid) -> Option<Result<AgentProgress, OrderError>> {
         let rec = self.entry(vm)?.rec();
         let mut o = rec.order.clone();
         o.step = Step::Abort;
-        self.order(vm, o).ok()
+        Some(self.order(vm, o))
     }
 
     async fn run(&self, e: &Arc<Entry>, step: Step) -> Result<Done, String> {
