@@ -617,6 +617,12 @@ impl Migrations {
         if rec.paused_at_switch {
             b.migrate_resume_source(vm).await.map_err(|err| format!("running the paused guest again: {err}"))?;
             e.update(|r| r.paused_at_switch = false);
+        } else if !rec.stopped_for_switch && self.node.get(vm).is_some_and(|s| s.state == "running") && b.can_migrate_live() {
+            // A RAM migration cut short may have left the guest paused: run it (a no-op
+            // for a guest that runs).
+            if let Err(err) = b.migrate_resume_source(vm).await {
+                tracing::warn!(vm = %vm, error = %err, "making sure the guest runs on the source");
+            }
         }
         self.node.hold(vm, false);
         if rec.stopped_for_switch {
