@@ -532,6 +532,11 @@ impl Up {
 
     /// Starts a QEMU agent in `b` that joins this headnode over `ul0`.
     fn join_node_b(&self, b: Arc<NetNs>) -> NodeB {
+        self.join_node_b_with(b, &[])
+    }
+
+    /// [`join_node_b`](Self::join_node_b) with more agent flags.
+    fn join_node_b_with(&self, b: Arc<NetNs>, extra: &[&str]) -> NodeB {
         let dir = self._dir.path().join("node-b");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self._dir.path().join("node-b.log")).unwrap();
         let child = b
@@ -539,7 +544,9 @@ impl Up {
             .args(["agent", "--headnode", &format!("https://{}", self.agent_listen), "--join-token-file"])
             .arg(self.data.join("join.token"))
             .args(["--backend", "qemu", "--accel", "tcg", "--listen", "10.99.0.2:5309", "--heartbeat-secs", "1"])
-            .args(["--nic-tag", "sdc_underlay=ul0", "--stop-timeout-secs", "30", "--data-dir"])
+            .args(["--nic-tag", "sdc_underlay=ul0", "--stop-timeout-secs", "30"])
+            .args(extra)
+            .arg("--data-dir")
             .arg(&dir)
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
@@ -730,5 +737,138 @@ async fn qemu_fabric_across_two_nodes_isolated_natted_and_firewalled() {
     }
     let nics = up.api("GET", "/nics?nic_tag=sdc_overlay", &Value::Null);
     assert_eq!(nics, serde_json::json!([]), "{nics}");
+    drop(node_b);
+}
+
+/// The running guest's uptime in whole seconds, read on its console.
+async fn uptime(up: &Up, vm: &str) -> u64 {
+    let out = up.console(vm, "echo UPT-$(cut -d. -f1 /proc/uptime)-END\n").await;
+    out.split("UPT-")
+        .filter_map(|rest| rest.split("-END").next()?.trim().parse::<u64>().ok())
+        .last()
+        .unwrap_or_else(|| panic!("no uptime on {vm}'s console:\n{out}"))
+}
+
+/// Issue 15, live migration between two compute nodes, each in its own network namespace:
+/// node A (`nereid up`, its managed bridge and gateway) and node B (an agent joined over
+/// an admin link, its own bridge for the external network, wired to A's). A running guest
+/// from the test image moves from A to B while it runs: it answers ping before and after,
+/// its uptime keeps growing and it never boots again (B's console has no boot; its
+/// on-disk boot counter still says one boot), its console and metadata answer on B; after
+/// finalize, A has no QEMU, VM directory, tap or firewall rule of it left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn qemu_guest_migrates_live_between_nodes_without_rebooting() {
+    let b = Arc::new(NetNs::new("mig-b").unwrap());
+    let image = tokio::task::spawn_blocking(test_image).await.unwrap().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ns = Arc::new(NetNs::new("mig-a").unwrap());
+    ns.sh(&format!("ip link add ul0 type veth peer name ul0 netns {}; ip addr add 10.99.0.1/24 dev ul0; ip link set ul0 up", b.name)).unwrap();
+    b.sh("ip addr add 10.99.0.2/24 dev ul0; ip link set ul0 up").unwrap();
+    let mut up = Up {
+        ns,
+        _reaper: Reaper(data.join("agent")),
+        data,
+        image,
+        child: None,
+        create: String::new(),
+        extra: Vec::new(),
+        agent_listen: "10.99.0.1:8081".into(),
+        _dir: dir,
+    };
+    up.launch().await;
+    // The external network reaches node B too: a veth from A's bridge to a bridge in B.
+    up.ns
+        .sh(&format!("ip link add ext0 type veth peer name ext0 netns {}; ip link set ext0 master nereid0; ip link set ext0 up", b.name))
+        .unwrap();
+    // (Up before the agent starts: its sysinfo says which nic tags are up.)
+    b.sh(
+        "ip link add extb type bridge; ip link set ext0 master extb; ip link set ext0 up; ip link set extb up; \
+         for i in $(seq 100); do [ \"$(cat /sys/class/net/extb/operstate)\" = up ] && break; sleep 0.1; done",
+    )
+    .unwrap();
+    let srv_a = up.json(&["server", "list"])[0]["uuid"].as_str().unwrap().to_string();
+    let node_b = up.join_node_b_with(b.clone(), &["--nic-tag", "external=extb"]);
+    let end = Instant::now() + Duration::from_secs(60);
+    while up.json(&["server", "list"]).as_array().unwrap().iter().filter(|s| s["status"] == "running").count() < 2 {
+        assert!(Instant::now() < end, "node B never joined:\n{}", std::fs::read_to_string(up.node_b_dir().join("../node-b.log")).unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let srv_b = up
+        .json(&["server", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["uuid"].as_str().unwrap().to_string())
+        .find(|u| *u != srv_a)
+        .unwrap();
+
+    let (out, cmd) = up.try_create("mover", None, &format!("server_uuid={srv_a}"));
+    let printed = common::stdout(&out);
+    assert!(out.status.success() && printed.contains("(provision) succeeded"), "{cmd}\n{printed}{}", common::stderr(&out));
+    let vm = printed.split_whitespace().nth(1).unwrap().to_string();
+    let ip = up.ip(&vm);
+    let log = wait_boots(&up.agent(), &vm, 1, BOOT).await.unwrap();
+    assert_eq!(values(&log, "boots"), vec!["0".to_string()], "{log}");
+    assert!(wait_ping(&up.ns, &ip, Instant::now(), Duration::from_secs(60)).is_some(), "{ip} does not answer ping on node A");
+    let before = uptime(&up, &vm).await;
+
+    // Live: begin, sync and switch in one go, to node B.
+    let started = Instant::now();
+    up.api(
+        "POST",
+        &format!("/vms/{vm}?action=migrate"),
+        &serde_json::json!({"migration_action": "begin", "migration_automatic": true, "override_server_uuid": srv_b}),
+    );
+    let m = loop {
+        let m = up.api("GET", &format!("/migrations/{vm}?format=raw"), &Value::Null);
+        if m["state"] != "running" {
+            break m;
+        }
+        assert!(started.elapsed() < Duration::from_secs(600), "the migration is still running: {m}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(m["state"], "successful", "{m}\n{}", up.log());
+    assert_eq!(m["mechanism"], "live", "{m}");
+    println!("live migration of a running TCG guest: {:.1} s, paused {} ms", started.elapsed().as_secs_f64(), m["pause_ms"]);
+    let rec = up.json(&["vm", "get", &vm]);
+    assert_eq!(rec["server_uuid"], srv_b.as_str(), "{rec}");
+    assert_eq!(rec["state"], "running", "{rec}");
+    assert_eq!(rec["nics"][0]["ip"], ip.as_str(), "{rec}");
+    let nic = up.api("GET", &format!("/nics/{}", rec["nics"][0]["mac"].as_str().unwrap().replace(':', "")), &Value::Null);
+    assert_eq!(nic["cn_uuid"], srv_b.as_str(), "the NIC moved with the VM: {nic}");
+
+    // The same guest, still running, on node B.
+    assert!(wait_ping(&up.ns, &ip, Instant::now(), Duration::from_secs(60)).is_some(), "{ip} does not answer ping after the migration");
+    let after = uptime(&up, &vm).await;
+    assert!(after > before, "uptime went from {before} s to {after} s: the guest rebooted");
+    let on_b = console_log(&up.node_b_dir(), &vm);
+    assert!(!on_b.contains("nereid-test: boot"), "the guest booted on node B:\n{on_b}");
+    assert!(
+        up.guest_ok(&vm, "test \"$(dd if=/dev/vda bs=512 skip=2000 count=1 2>/dev/null | tr -dc 0-9)\" = 1").await,
+        "the disk's boot counter did not come along"
+    );
+    assert!(up.guest_ok(&vm, &format!("test \"$(mdata get sdc:uuid)\" = {vm}")).await, "metadata does not answer on node B");
+
+    // Finalize: nothing of the VM is left on node A.
+    up.api("POST", &format!("/vms/{vm}?action=migrate"), &serde_json::json!({"migration_action": "finalize"}));
+    let tap = format!("nt{}", &vm.replace('-', "")[..8]);
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let qemus = nereid_testkit::qemu::qemus_under(&up.agent()).len();
+        let dir_left = nereid_testkit::qemu::vm_dir(&up.agent(), &vm).exists();
+        let links = up.ns.sh("ip -br link").unwrap();
+        let rules = up.ns.sh("nft list ruleset").unwrap();
+        if qemus == 0 && !dir_left && !links.contains(&tap) && !rules.contains(&tap) {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "node A still has the VM: {qemus} QEMU(s), directory left: {dir_left}\n{links}\n{}",
+            rules.lines().filter(|l| l.contains(&tap)).collect::<Vec<_>>().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(wait_ping(&up.ns, &ip, Instant::now(), Duration::from_secs(30)).is_some(), "{ip} unreachable after finalize");
     drop(node_b);
 }
