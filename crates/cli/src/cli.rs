@@ -71,7 +71,31 @@ pub struct HeadnodeArgs {
     #[command(flatten)]
     pub fabric: FabricArgs,
     #[command(flatten)]
+    pub migration: MigrationArgs,
+    #[command(flatten)]
     pub tuning: Tuning,
+}
+
+/// Migrations: moving VMs between servers (live under QEMU).
+#[derive(Args, Debug, Clone)]
+pub struct MigrationArgs {
+    /// Let tenants migrate their own instances (`triton instance migration …`), as Triton's SAPI `user_migration_allowed` does; off by default, as in Triton. A VM's internal_metadata `user_migration_allowed` (true or false) overrides this either way; operators may always migrate
+    #[arg(long)]
+    pub allow_user_migration: bool,
+    /// Cap every migration's data rate at MBPS megabits per second unless the operator gives another (`nereid admin vm migrate --bandwidth`); uncapped by default
+    #[arg(long, value_name = "MBPS")]
+    pub migration_bandwidth: Option<u64>,
+    /// How many VMs `nereid admin server evacuate` moves at once unless told otherwise
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub evacuate_concurrency: usize,
+}
+
+impl MigrationArgs {
+    pub fn apply(&self, cfg: &mut nereid_headnode::app::AppConfig) {
+        cfg.migration.user_migration_allowed = self.allow_user_migration;
+        cfg.migration.bandwidth_mbps = self.migration_bandwidth;
+        cfg.migration.evacuate_concurrency = self.evacuate_concurrency.max(1);
+    }
 }
 
 /// Fabrics: each account's private VLANs, carried between compute nodes over VXLAN.
@@ -341,6 +365,8 @@ pub struct UpArgs {
     pub web: WebArgs,
     #[command(flatten)]
     pub fabric: FabricArgs,
+    #[command(flatten)]
+    pub migration: MigrationArgs,
     #[command(flatten)]
     pub tuning: Tuning,
 }

@@ -13,6 +13,7 @@ pub async fn run(a: HeadnodeArgs) -> Result<()> {
     }
     a.tuning.apply(&mut cfg.app);
     a.fabric.apply(&mut cfg.app);
+    a.migration.apply(&mut cfg.app);
     cfg.app.images_dir = a.images_dir;
     cfg.cloudapi = a.cloudapi.config();
     cfg.web = a.web.config(cfg.admin_listen);

@@ -158,6 +158,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
     }
     a.tuning.apply(&mut cfg.app);
     a.fabric.apply(&mut cfg.app);
+    a.migration.apply(&mut cfg.app);
     cfg.cloudapi = a.cloudapi.config();
     cfg.web = a.web.config(cfg.admin_listen);
     cfg.image_catalog = a.image_catalog_listen;
