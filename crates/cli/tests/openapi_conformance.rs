@@ -799,6 +799,31 @@ async fn every_documented_operation_answers_as_documented() {
     capi.ok(204, "DELETE", &format!("/alice/images/{made}"), None).await;
     admin.wait_vm_jobs(&id).await;
     capi.wait_state(&id, "running").await;
+    // Migrations, as alice (user migration is off in this cloud; the VM's internal_metadata
+    // allows it): the estimate, automatic, the watch stream to its end, list, get, finalize.
+    let j = admin
+        .ok(202, "POST", &format!("/vms/{id}?action=update"), Some(json!({"set_internal_metadata": {"user_migration_allowed": true}})))
+        .await;
+    admin.wait_job(&j["job_uuid"]).await;
+    capi.ok(200, "GET", &format!("{base}/migrate"), None).await;
+    capi.ok(201, "POST", &format!("{base}/migrate"), Some(json!({"action": "automatic"}))).await;
+    // The stream is NDJSON (not one JSON body) and finalize's 200 has no body: both are
+    // looked at here rather than by the checker.
+    let w = capi.client.send("POST", &format!("{base}/migrate?action=watch"), None, Signing::Good).await.unwrap();
+    let ct = w.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert_eq!((w.status, ct.as_str()), (200, "application/x-json-stream"), "{}", w.text);
+    let last: Value = serde_json::from_str(w.text.lines().last().unwrap_or_default()).unwrap();
+    assert_eq!((last["type"].as_str(), last["state"].as_str()), (Some("end"), Some("successful")), "{}", w.text);
+    capi.ok(200, "GET", "/alice/migrations", None).await;
+    capi.ok(200, "GET", &format!("/alice/migrations/{id}"), None).await;
+    let f = capi.client.send("POST", &format!("{base}/migrate"), Some(&json!({"action": "finalize"})), Signing::Good).await.unwrap();
+    assert_eq!(f.status, 200, "{}", f.text);
+    capi.wait_state(&id, "running").await;
+    // VMAPI's side of the same migration; the finalized record holds nothing and may go.
+    admin.ok(200, "GET", &format!("/migrations?owner_uuid={alice}"), None).await;
+    admin.ok(200, "GET", &format!("/migrations/{id}?format=raw"), None).await;
+    admin.ok(200, "GET", &format!("/migrations/{id}/watch"), None).await;
+    admin.ok(204, "DELETE", &format!("/migrations/{id}"), None).await;
     capi.ok(202, "POST", &base, Some(json!({"action": "stop"}))).await;
     capi.wait_state(&id, "stopped").await;
     capi.ok(204, "DELETE", &base, None).await;
@@ -832,6 +857,14 @@ async fn every_documented_operation_answers_as_documented() {
     checker.check("admin", "GET", "/metrics", status, ct.as_deref(), &resp.bytes().await.unwrap());
     let j = admin.ok(202, "DELETE", &format!("/vms/{vm}"), None).await;
     admin.wait_job(&j["job_uuid"]).await;
+    // An evacuation of the (empty) spare server, then its report; it is put back in service.
+    admin.ok(202, "POST", &format!("/servers/{spare}?action=evacuate"), Some(json!({"concurrency": 2}))).await;
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while admin.ok(200, "GET", &format!("/servers/{spare}/evacuation"), None).await["state"] != "done" {
+        assert!(std::time::Instant::now() < end, "the evacuation of an empty server never finished");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    admin.ok(204, "POST", &format!("/servers/{spare}"), Some(json!({"reserved": false}))).await;
     // Revoked, the spare server's agent asks to join again; the operator approves it.
     admin.ok(200, "POST", &format!("/servers/{spare}/revoke"), Some(json!({}))).await;
     let end = std::time::Instant::now() + std::time::Duration::from_secs(20);

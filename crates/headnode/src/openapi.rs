@@ -102,6 +102,16 @@ pub fn admin_document() -> Value {
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
         }
     }
+    // Migrations: the watch is a stream of JSON lines, not one JSON body; ServerUpdate with
+    // action=evacuate answers 202 with the evacuation.
+    if let Some(op) = paths.get_mut("/migrations/{uuid}/watch").and_then(|ops| ops.get_mut("get")) {
+        op["responses"]["200"] = json!({"description": "One JSON object per line: {type: progress, phase, state, current_progress, total_progress, …}, then {type: end, phase, state, message?}",
+            "content": {"application/x-json-stream": {}}});
+    }
+    if let Some(op) = paths.get_mut("/servers/{uuid}").and_then(|ops| ops.get_mut("post")) {
+        op["responses"]["202"] = json!({"description": "action=evacuate: the evacuation started (then GET /servers/{uuid}/evacuation)",
+            "content": {"application/json": {"schema": {"type": "object", "required": ["server_uuid", "state", "vms"]}}}});
+    }
     let mut doc = json!({
         "openapi": "3.0.3",
         "info": {"title": "Nereid operator APIs (PAPI, IMGAPI, NAPI, CNAPI, VMAPI)", "version": env!("CARGO_PKG_VERSION"),
@@ -139,6 +149,11 @@ pub fn cloudapi_document() -> Value {
             op["responses"]["410"] = json!({"description": format!("The machine was deleted ({path}): its last state"),
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Machine"}}}});
         }
+    }
+    // Migrate: action=watch streams JSON lines; finalize answers 200 without a body.
+    if let Some(op) = paths.get_mut("/{account}/machines/{id}/migrate").and_then(|ops| ops.get_mut("post")) {
+        op["responses"]["200"] = json!({"description": "action=watch: one JSON object per line, progress events then {type: end, phase, state, message?}; action=finalize: no body",
+            "content": {"application/x-json-stream": {}}});
     }
     let mut doc = json!({
         "openapi": "3.0.3",
