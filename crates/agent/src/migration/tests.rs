@@ -283,3 +283,31 @@ async fn the_sim_faults_fail_prepare_transfer_and_switch_with_the_reason() {
     assert!(step(&p.dst.m, p.vm, &p.target, Step::Abort).await.is_done());
     assert!(p.dst.node.get(p.vm).is_none());
 }
+
+#[test]
+fn orders_that_cannot_be_right_are_refused_and_later_orders_keep_what_they_leave_out() {
+    let vm = Uuid::new_v4();
+    let base = Order {
+        migration: Uuid::new_v4(),
+        role: Role::Target,
+        step: Step::Sync,
+        token: "t".into(),
+        live: true,
+        ensure: None,
+        peer: None,
+        peer_server: None,
+        bandwidth_mbps: None,
+    };
+    assert!(matches!(check(vm, &base), Err(OrderError::Invalid(m)) if m.contains("no step sync")));
+    let prep = Order { step: Step::Prepare, ..base.clone() };
+    assert!(matches!(check(vm, &prep), Err(OrderError::Invalid(m)) if m.contains("needs `ensure`")));
+    let other = Order { ensure: Some(ensure_with(Uuid::new_v4(), Desired::Stopped, None)), ..prep.clone() };
+    assert!(matches!(check(vm, &other), Err(OrderError::Invalid(m)) if m.contains("is not VM")));
+    let untokened = Order { role: Role::Source, token: String::new(), ..base.clone() };
+    assert!(matches!(check(vm, &untokened), Err(OrderError::Invalid(_))));
+
+    let mut cur = Order { role: Role::Source, step: Step::Prepare, peer: Some("10.0.0.2:7000".into()), bandwidth_mbps: Some(100), ..base };
+    let next = Order { step: Step::Switch, peer: None, bandwidth_mbps: None, ..cur.clone() };
+    merge(&mut cur, &next);
+    assert_eq!((cur.step, cur.peer.as_deref(), cur.bandwidth_mbps), (Step::Switch, Some("10.0.0.2:7000"), Some(100)));
+}
