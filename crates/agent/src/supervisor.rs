@@ -218,8 +218,11 @@ impl Node {
         }
         for mut s in loaded {
             node.generation.fetch_max(s.status.generation, Ordering::SeqCst);
+            // A VM a migration holds is the migration's to look after (a target's process
+            // waiting for the incoming guest is not a VM that started by itself).
+            let held = node.held_marker(s.status.uuid).exists();
             // Re-adopt: what runs now is what the backend says.
-            if s.created && !s.delete {
+            if s.created && !s.delete && !held {
                 let runs = node.backend.is_running(s.status.uuid).await;
                 let was = s.status.state.clone();
                 match (was.as_str(), runs) {
@@ -245,8 +248,8 @@ impl Node {
                 }
             }
             let uuid = s.status.uuid;
-            tracing::info!(vm = %uuid, state = %s.status.state, "re-adopted VM");
-            node.spawn_slot(uuid, s);
+            tracing::info!(vm = %uuid, state = %s.status.state, held, "re-adopted VM");
+            node.spawn_slot(uuid, s, held);
         }
         Ok(node)
     }
@@ -291,7 +294,7 @@ impl Node {
         g
     }
 
-    fn spawn_slot(self: &Arc<Self>, uuid: Uuid, s: SlotState) -> Arc<Slot> {
+    fn spawn_slot(self: &Arc<Self>, uuid: Uuid, s: SlotState, held: bool) -> Arc<Slot> {
         let console = self.backend.console_paths(uuid).map(|(sock, log)| Arc::new(Console::spawn(sock, log)));
         let slot = Arc::new(Slot {
             state: Mutex::new(s),
@@ -300,7 +303,7 @@ impl Node {
             crashes: Mutex::new(Crashes::default()),
             metadata: Mutex::new(None),
             console,
-            held: AtomicBool::new(false),
+            held: AtomicBool::new(held),
         });
         // In the map before the metadata server starts: it looks the VM up there, and
         // ends when the VM is not found.
@@ -361,7 +364,7 @@ impl Node {
         };
         self.persist(&s);
         let _ = self.events.send(status.clone());
-        self.spawn_slot(uuid, s);
+        self.spawn_slot(uuid, s, false);
         status
     }
 
@@ -417,11 +420,25 @@ impl Node {
 
     /// A migration holds the VM (`true`) or lets it go: while held, its task only creates
     /// and deletes it, never starts, stops or restarts it on its own. `false`: no such VM.
+    /// The hold outlives a restart of the agent (a marker in the node's directory).
     pub fn hold(&self, uuid: Uuid, held: bool) -> bool {
         let Some(slot) = self.slot(uuid) else { return false };
+        let marker = self.held_marker(uuid);
+        let result = if held {
+            std::fs::create_dir_all(self.dir.join("held")).and_then(|()| crate::durable::write_atomic(&marker, b""))
+        } else {
+            std::fs::remove_file(&marker).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+        };
+        if let Err(e) = result {
+            tracing::error!(vm = %uuid, path = %marker.display(), error = %e, "could not record the migration's hold on the VM");
+        }
         slot.held.store(held, Ordering::SeqCst);
         slot.wake.notify_one();
         true
+    }
+
+    fn held_marker(&self, uuid: Uuid) -> PathBuf {
+        self.dir.join("held").join(uuid.to_string())
     }
 
     /// Sets the state the VM is to be in (as an ensure would, same definition) and wakes
@@ -589,6 +606,7 @@ impl Node {
                         }
                         self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(&uuid);
                         let _ = std::fs::remove_file(self.dir.join("vms").join(format!("{uuid}.json")));
+                        let _ = std::fs::remove_file(self.held_marker(uuid));
                         let mut s = slot.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
                         s.status.state = "destroyed".into();
                         s.status.error = None;

@@ -311,3 +311,21 @@ fn orders_that_cannot_be_right_are_refused_and_later_orders_keep_what_they_leave
     merge(&mut cur, &next);
     assert_eq!((cur.step, cur.peer.as_deref(), cur.bandwidth_mbps), (Step::Switch, Some("10.0.0.2:7000"), Some(100)));
 }
+
+#[tokio::test]
+async fn a_restarted_agent_leaves_a_held_target_to_its_migration() {
+    let p = pair(true).await;
+    let (vm, dst) = (p.vm, &p.dst);
+    assert!(step(&dst.m, vm, &p.target, Step::Prepare).await.is_done());
+    // The process waiting for the guest runs, as far as the backend can tell.
+    dst.sim.migrate_resume_target(vm).await.unwrap();
+    dst.node.shutdown();
+    let dir = p._dir.path().join("b");
+    let sim = Arc::new(Sim::open(dir.join("sim.json"), Delays::default()));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::mem::forget(rx);
+    let node = Node::open(dst.node.uuid, sim, Arc::new(NoHeadnode), dir.join("node"), tx).await.unwrap();
+    let m = Migrations::open(node.clone()).unwrap();
+    assert_eq!(node.get(vm).unwrap().state, "stopped", "not re-adopted as a VM that started by itself");
+    assert!(m.get(vm).unwrap().is_done(), "the prepare stays done");
+}
