@@ -37,7 +37,7 @@ const HISTORY_COLUMNS: &[Column] = &[
     Column { header: "STATE", get: |v| text(v, "state") },
     Column { header: "PROGRESS", get: |v| percent(v).map(|p| format!("{p}%")).unwrap_or_else(|| "-".into()) },
     Column { header: "STARTED", get: |v| text(v, "started_timestamp") },
-    Column { header: "DURATION(ms)", get: |v| text(v, "duration_ms") },
+    Column { header: "FINISHED", get: |v| text(v, "finished_timestamp") },
     Column { header: "MESSAGE", get: |v| v["error"].as_str().or(v["message"].as_str()).unwrap_or("-").to_string() },
 ];
 
@@ -258,11 +258,17 @@ fn with_role(m: &mut Value, server: &str) -> Value {
     m.take()
 }
 
-/// The allocator's explanation as indented lines (pure): a message, or its servers' refusals.
-pub fn explanation_lines(e: &Value) -> Vec<String> {
+/// The allocator's explanation as indented lines (pure): a message, its servers' refusals
+/// (`{field: server, code, message}`, as in a placement error), or `rejected` entries. The
+/// server being emptied is left out (it is reserved, which says nothing new).
+pub fn explanation_lines(e: &Value, drained: &str) -> Vec<String> {
     match e {
         Value::Null => Vec::new(),
         Value::String(s) => s.lines().map(|l| format!("    {l}")).collect(),
+        Value::Object(o) if o.get("field").and_then(Value::as_str) == Some(drained) => Vec::new(),
+        Value::Object(o) if o.contains_key("message") && !o.contains_key("rejected") => {
+            vec![format!("    {}", text(e, "message"))]
+        }
         Value::Object(o) if o.contains_key("rejected") => {
             let mut out: Vec<String> = o.get("message").and_then(Value::as_str).map(|m| vec![format!("    {m}")]).unwrap_or_default();
             for r in o["rejected"].as_array().into_iter().flatten() {
@@ -271,7 +277,7 @@ pub fn explanation_lines(e: &Value) -> Vec<String> {
             }
             out
         }
-        Value::Array(a) => a.iter().flat_map(explanation_lines).collect(),
+        Value::Array(a) => a.iter().flat_map(|x| explanation_lines(x, drained)).collect(),
         other => vec![format!("    {other}")],
     }
 }
@@ -346,7 +352,7 @@ pub async fn server_evacuate(c: &Client, a: EvacuateArgs, json: bool) -> Result<
         println!("{} of {total} VM(s) moved off server {}", total - left.len(), a.id);
         for v in &left {
             println!("{}", vm_outcome(v));
-            for l in explanation_lines(&v["explanation"]) {
+            for l in explanation_lines(&v["explanation"], &a.id) {
                 println!("{l}");
             }
         }
@@ -400,8 +406,11 @@ mod tests {
         let left = stayed(&ev);
         assert_eq!(left.len(), 1);
         assert_eq!(vm_outcome(left[0]), "VM b (big): stays: no other server can take it");
-        assert_eq!(explanation_lines(&left[0]["explanation"]), ["    cn-2: needs 64 GiB, has 15 GiB free (ram)"]);
-        assert_eq!(explanation_lines(&json!("no server has room\nnone")), ["    no server has room", "    none"]);
+        assert_eq!(explanation_lines(&left[0]["explanation"], "s"), ["    cn-2: needs 64 GiB, has 15 GiB free (ram)"]);
+        assert_eq!(explanation_lines(&json!("no server has room\nnone"), "s"), ["    no server has room", "    none"]);
+        let fields = json!([{"field": "s", "code": "reserved", "message": "cn-1: server is reserved"},
+            {"field": "t", "code": "ram", "message": "cn-2: not enough RAM"}]);
+        assert_eq!(explanation_lines(&fields, "s"), ["    cn-2: not enough RAM"]);
     }
 
     #[test]
