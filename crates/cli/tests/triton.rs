@@ -508,7 +508,7 @@ async fn triton_unimplemented_operations_do_not_claim_resources_are_missing() {
     let s = setup(KeyType::Ed25519, false).await;
     let t = &s.triton;
     t.ok_async(&["instance", "create", "-w", "tiny", "sample", "--name", "web-1"]).await;
-    for args in [&["instance", "disks", "web-1"][..], &["instance", "migration", "list"], &["volume", "list"], &["rbac", "users"]] {
+    for args in [&["instance", "disks", "web-1"][..], &["volume", "list"], &["rbac", "users"]] {
         let out = tr_run(t, args).await;
         assert!(!out.success(), "{out}");
         assert_ne!(out.code, Some(3), "exit 3 means 'not found' to scripts: {out}");
@@ -594,7 +594,7 @@ async fn readme_not_there_yet_list_is_true() {
     let para = &readme[start..readme[start..].find("\n\n").map_or(readme.len(), |e| start + e)];
     let para = para.replace('\n', " ");
     let commands: Vec<&str> = para.split('`').skip(1).step_by(2).filter(|c| c.starts_with("triton ")).collect();
-    assert!(commands.len() >= 4, "{para}");
+    assert!(commands.len() >= 3, "{para}");
     let s = setup(KeyType::Ed25519, false).await;
     let t = &s.triton;
     t.ok_async(&["instance", "create", "-w", "tiny", "sample", "--name", "web-1"]).await;
@@ -603,7 +603,6 @@ async fn readme_not_there_yet_list_is_true() {
             "triton volume" => &["volume", "list"],
             "triton rbac" => &["rbac", "users"],
             "triton instance disks" => &["instance", "disks", "web-1"],
-            "triton instance migration" => &["instance", "migration", "list"],
             other => panic!("README lists `{other}` as not there yet: add the command that shows it here"),
         };
         let out = tr_run(t, args).await;
