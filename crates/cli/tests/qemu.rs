@@ -8,6 +8,8 @@
 mod common;
 #[path = "qemu/image_create.rs"]
 mod image_create;
+#[path = "qemu/migrate_backend.rs"]
+mod migrate_backend;
 #[path = "qemu/web_consoles.rs"]
 mod web_consoles;
 #[path = "qemu/web_iso.rs"]
