@@ -436,9 +436,14 @@ impl Migrations {
                 self.node.backend().stop(vm).await.map_err(|err| format!("ending the wait for a live migration: {err}"))?;
                 e.update(|r| r.incoming = None);
             }
+            // The resume order says how the VM is to be (a VM stopped when it left stays
+            // stopped: it is not booted just to be stopped again).
+            let want = rec.order.ensure.as_ref().map(|en| en.state).unwrap_or(Desired::Running);
             self.node.hold(vm, false);
-            self.node.set_wanted(vm, Desired::Running);
-            wait_state(&self.node, vm, "running", STATE_TIMEOUT).await.map_err(|err| format!("starting the copied VM: {err}"))?;
+            self.node.set_wanted(vm, want);
+            if want == Desired::Running {
+                wait_state(&self.node, vm, "running", STATE_TIMEOUT).await.map_err(|err| format!("starting the copied VM: {err}"))?;
+            }
         }
         Ok(Done::default())
     }
@@ -755,6 +760,13 @@ fn merge(cur: &mut Order, o: &Order) {
         cur.live = keep.live;
     }
     cur.ensure = o.ensure.clone().or(keep.ensure);
+    // A resume that does not say how the VM is to be runs it (prepare's ensure is stopped).
+    if o.step == Step::Resume
+        && o.ensure.is_none()
+        && let Some(en) = cur.ensure.as_mut()
+    {
+        en.state = Desired::Running;
+    }
     cur.peer = o.peer.clone().or(keep.peer);
     cur.peer_server = o.peer_server.or(keep.peer_server);
     cur.bandwidth_mbps = o.bandwidth_mbps.or(keep.bandwidth_mbps);

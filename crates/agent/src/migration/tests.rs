@@ -73,7 +73,9 @@ async fn wait_vm(node: &Node, vm: Uuid, state: &str) {
 
 /// Gives the order and waits for its step to end; answers the final progress.
 async fn step(m: &Arc<Migrations>, vm: Uuid, o: &Order, step: Step) -> AgentProgress {
-    let o = Order { step, ..o.clone() };
+    // As the headnode: the VM's definition goes with prepare only.
+    let ensure = if step == Step::Prepare { o.ensure.clone() } else { None };
+    let o = Order { step, ensure, ..o.clone() };
     let first = m.order(vm, o).unwrap();
     assert_eq!(first.step, step);
     for _ in 0..400 {
