@@ -241,3 +241,55 @@ async fn user_migration_is_off_unless_the_cloud_allows_it() {
     assert_eq!((v["server_uuid"].as_str(), v["state"].as_str()), (Some(source.as_str()), Some("running")), "{v}");
     assert_eq!(reservations(cloud, &other_server(cloud, &source), &id).await, 0);
 }
+
+/// Affinity rules (CloudAPI's `affinity`; triton 7.17.0's `-a` is not sent by the CLI, so
+/// they are posted here as a client that sends them would) choose the target as they choose
+/// a new instance's server; a rule no other server satisfies leaves the VM where it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn affinity_rules_choose_or_refuse_the_target() {
+    let s = setup(Backend::Sqlite, true).await;
+    let (cloud, alice) = (&s.cloud, &s.alice);
+    let a = instance(alice, "db-1").await;
+    let b = instance(alice, "web-1").await;
+    let (sa, sb) = (
+        vm(cloud, &a).await["server_uuid"].as_str().unwrap().to_string(),
+        vm(cloud, &b).await["server_uuid"].as_str().unwrap().to_string(),
+    );
+    let key = Key::from_seed(11);
+    cloud.client.post("/accounts/alice/keys", &json!({"key": key.openssh(), "name": "raw"})).await.unwrap();
+    let raw = SignedClient::new(&cloud.headnode.cloudapi.as_ref().unwrap().url, "alice", key);
+    let path = format!("/alice/machines/{b}/migrate");
+    // With db-1 on web-1's server, "==" leaves nowhere to go; apart, "!=" does.
+    let refused = if sa == sb { "instance==db-1" } else { "instance!=db-1" };
+    let r = raw.post(&path, &json!({"action": "automatic", "affinity": [refused]})).await.unwrap();
+    if r.status == 201 {
+        alice.ok_async(&["instance", "migration", "get", &b]).await;
+        let end = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let m = alice.json_async(&["instance", "migration", "get", "-j", &b]).await;
+            if m["state"] != "running" {
+                assert_eq!(m["state"], "failed", "{m}");
+                break;
+            }
+            assert!(std::time::Instant::now() < end, "{m}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    } else {
+        assert_eq!((r.status, r.body["code"].as_str()), (409, Some("InsufficientCapacity")), "{}", r.text);
+    }
+    let v = vm(cloud, &b).await;
+    assert_eq!((v["server_uuid"].as_str(), v["state"].as_str()), (Some(sb.as_str()), Some("running")), "{v}");
+    assert_eq!(reservations(cloud, &other_server(cloud, &sb), &b).await, 0, "no capacity held for a refused migration");
+    if sa != sb {
+        // Apart: "==" sends web-1 to db-1's server.
+        let r = raw.post(&path, &json!({"action": "automatic", "affinity": "instance==db-1"})).await.unwrap();
+        assert_eq!(r.status, 201, "{}", r.text);
+        let out = alice.ok_async(&["instance", "migration", "get", &b]).await;
+        assert!(out.contains("State:"), "{out}");
+        let end = std::time::Instant::now() + Duration::from_secs(60);
+        while vm(cloud, &b).await["server_uuid"].as_str() != Some(sa.as_str()) {
+            assert!(std::time::Instant::now() < end, "web-1 never joined db-1");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
