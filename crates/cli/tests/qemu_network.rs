@@ -763,7 +763,8 @@ async fn qemu_guest_migrates_live_between_nodes_without_rebooting() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let ns = Arc::new(NetNs::new("mig-a").unwrap());
-    ns.sh(&format!("ip link add ul0 type veth peer name ul0 netns {}; ip addr add 10.99.0.1/24 dev ul0; ip link set ul0 up", b.name)).unwrap();
+    ns.sh(&format!("ip link add ul0 type veth peer name ul0 netns {}; ip addr add 10.99.0.1/24 dev ul0; ip link set ul0 up", b.name))
+        .unwrap();
     b.sh("ip addr add 10.99.0.2/24 dev ul0; ip link set ul0 up").unwrap();
     let mut up = Up {
         ns,
@@ -782,16 +783,18 @@ async fn qemu_guest_migrates_live_between_nodes_without_rebooting() {
         .sh(&format!("ip link add ext0 type veth peer name ext0 netns {}; ip link set ext0 master nereid0; ip link set ext0 up", b.name))
         .unwrap();
     // (Up before the agent starts: its sysinfo says which nic tags are up.)
-    b.sh(
-        "ip link add extb type bridge; ip link set ext0 master extb; ip link set ext0 up; ip link set extb up; \
-         for i in $(seq 100); do [ \"$(cat /sys/class/net/extb/operstate)\" = up ] && break; sleep 0.1; done",
-    )
-    .unwrap();
+    b.sh("ip link add extb type bridge; ip link set ext0 master extb; ip link set ext0 up; ip link set extb up; \
+         for i in $(seq 100); do [ \"$(cat /sys/class/net/extb/operstate)\" = up ] && break; sleep 0.1; done")
+        .unwrap();
     let srv_a = up.json(&["server", "list"])[0]["uuid"].as_str().unwrap().to_string();
     let node_b = up.join_node_b_with(b.clone(), &["--nic-tag", "external=extb"]);
     let end = Instant::now() + Duration::from_secs(60);
     while up.json(&["server", "list"]).as_array().unwrap().iter().filter(|s| s["status"] == "running").count() < 2 {
-        assert!(Instant::now() < end, "node B never joined:\n{}", std::fs::read_to_string(up.node_b_dir().join("../node-b.log")).unwrap_or_default());
+        assert!(
+            Instant::now() < end,
+            "node B never joined:\n{}",
+            std::fs::read_to_string(up.node_b_dir().join("../node-b.log")).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let srv_b = up

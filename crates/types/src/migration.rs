@@ -142,7 +142,7 @@ impl Migration {
     /// Whether the migration is not over: neither aborted nor finalized. (A failed one is
     /// not over, but holds nothing: a failure unwinds the target and the reservation.)
     pub fn is_open(&self) -> bool {
-        !(self.phase == "abort" && self.state == "successful") && !self.is_finalized()
+        !(self.is_finalized() || self.phase == "abort" && self.state == "successful")
     }
 
     /// Whether `finalize` ran (the source's copy is gone).
@@ -174,10 +174,11 @@ impl Migration {
             "vm_uuid": self.vm_uuid,
             "progress_history": history,
         });
-        let o = v.as_object_mut().expect("an object");
-        for (k, val) in [("started_timestamp", &self.started_timestamp), ("finished_timestamp", &self.finished_timestamp), ("error", &self.error)] {
+        for (k, val) in
+            [("started_timestamp", &self.started_timestamp), ("finished_timestamp", &self.finished_timestamp), ("error", &self.error)]
+        {
             if let Some(s) = val {
-                o.insert(k.into(), serde_json::Value::String(s.clone()));
+                v[k] = serde_json::Value::String(s.clone());
             }
         }
         v
@@ -185,7 +186,9 @@ impl Migration {
 }
 
 fn ms_of(ts: &str) -> Option<i64> {
-    time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok().map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+    time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
 /// An entry's duration: finished − started, or now − started while it runs.

@@ -220,9 +220,10 @@ pub fn diagnose(s: &Snapshot) -> Vec<Finding> {
             let known_here = rec.is_some_and(|r| r.is_active() && r.server_uuid == Some(srv.uuid));
             // A migration's target (before its switch) and source (until finalize) hold
             // the VM on purpose.
-            let migrating = s.migrations.iter().any(|m| {
-                m.vm_uuid == *id && (m.source_server_uuid == srv.uuid || m.target_server_uuid == Some(srv.uuid))
-            });
+            let migrating = s
+                .migrations
+                .iter()
+                .any(|m| m.vm_uuid == *id && (m.source_server_uuid == srv.uuid || m.target_server_uuid == Some(srv.uuid)));
             if known_here || damaged_vm_keys.contains(id) || live_job_vms.contains(id) || migrating {
                 continue;
             }
@@ -448,12 +449,8 @@ impl App {
         let ips = self.keyed_entries(buckets::IPS.name).await?;
         let reservations = self.keyed_entries(buckets::RESERVATIONS.name).await?;
         let jobs = self.list_entries(buckets::JOBS.name, &all).await?;
-        let migrations = self
-            .list_migrations(&Default::default())
-            .await?
-            .into_iter()
-            .filter(crate::app::migrations::holds_something)
-            .collect();
+        let migrations =
+            self.list_migrations(&Default::default()).await?.into_iter().filter(crate::app::migrations::holds_something).collect();
         other_damaged.extend(self.damaged_in::<nereid_types::package::Package>(buckets::PACKAGES.name).await?);
         other_damaged.extend(self.damaged_in::<nereid_types::network::Network>(buckets::NETWORKS.name).await?);
         other_damaged.extend(self.damaged_in::<nereid_types::network::NetworkPool>(buckets::NETWORK_POOLS.name).await?);

@@ -83,7 +83,10 @@ impl App {
         if let Some((e, _)) = self.read::<Evacuation>(EVACUATIONS.name, &server.to_string()).await?
             && e.state == "running"
         {
-            return Err(ApiError::conflict("EvacuationRunning", format!("server {server} is being evacuated already; watch it with GET /servers/{server}/evacuation")));
+            return Err(ApiError::conflict(
+                "EvacuationRunning",
+                format!("server {server} is being evacuated already; watch it with GET /servers/{server}/evacuation"),
+            ));
         }
         let Value::Object(reserve) = json!({"reserved": true}) else { unreachable!("an object") };
         self.update_server(server, &reserve).await?;
@@ -203,7 +206,8 @@ impl App {
             match outcome(&m) {
                 None => {}
                 Some(Ok(())) => {
-                    let req = MigrateRequest { action: "finalize".into(), requested_by: "operator (evacuation)".into(), ..Default::default() };
+                    let req =
+                        MigrateRequest { action: "finalize".into(), requested_by: "operator (evacuation)".into(), ..Default::default() };
                     match self.migrate(v.vm_uuid, req).await {
                         Ok(_) => v.state = "migrated".into(),
                         Err(e) if e.message.contains("Finalize only works") || e.message.contains("is over") => v.state = "migrated".into(),

@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use super::allocation::{Reservation, claim_op, explain, no_fit_error, reservation_op};
 use super::{App, RETRIES, encode, store_error};
-use crate::buckets::{MIGRATIONS, NICS, NETWORKS};
+use crate::buckets::{MIGRATIONS, NETWORKS, NICS};
 use crate::jobs::{job_op, new_job};
 
 /// What a migration request asks.
@@ -135,7 +135,10 @@ pub fn check_action(action: &str, m: &Migration) -> Result<(), ApiError> {
     let (phase, state) = (m.phase.as_str(), m.state.as_str());
     let finished = m.is_finalized() || (phase == "abort" && state == "successful");
     if finished {
-        return Err(precondition(format!("The migration is over ({}); begin a new one", if m.is_finalized() { "finalized" } else { "aborted" })));
+        return Err(precondition(format!(
+            "The migration is over ({}); begin a new one",
+            if m.is_finalized() { "finalized" } else { "aborted" }
+        )));
     }
     match action {
         "abort" if state == "running" || state == "successful" => Err(precondition(format!("Abort cannot work on a {state} migration"))),
@@ -180,9 +183,8 @@ fn token() -> String {
 impl App {
     /// The VM's latest migration and its generation.
     pub async fn latest_migration(&self, vm: Uuid) -> Result<Option<(Migration, i64)>, ApiError> {
-        let q = ListQuery::filter(Filter::eq("vm_uuid", vm.to_string()))
-            .sort(Path::field("created_timestamp"), Kind::Text, true)
-            .page(1, 0);
+        let q =
+            ListQuery::filter(Filter::eq("vm_uuid", vm.to_string())).sort(Path::field("created_timestamp"), Kind::Text, true).page(1, 0);
         let Some(o) = self.store.list(MIGRATIONS.name, &q).await.map_err(store_error)?.into_iter().next() else { return Ok(None) };
         let m: Migration = serde_json::from_value(o.value)
             .map_err(|e| ApiError::internal(format!("migration record {} of VM {vm} does not decode: {e}", o.key)))?;
@@ -217,10 +219,7 @@ impl App {
             f.push(Filter::eq("state", s.clone()));
         }
         if let Some(s) = q.server {
-            f.push(Filter::Or(vec![
-                Filter::eq("source_server_uuid", s.to_string()),
-                Filter::eq("target_server_uuid", s.to_string()),
-            ]));
+            f.push(Filter::Or(vec![Filter::eq("source_server_uuid", s.to_string()), Filter::eq("target_server_uuid", s.to_string())]));
         }
         let lq = ListQuery::filter(Filter::and(f)).sort(Path::field("created_timestamp"), Kind::Text, true);
         self.list(MIGRATIONS.name, &lq).await
@@ -262,7 +261,11 @@ impl App {
                 let disk = vm.disk_mib().unwrap_or(0) << 20;
                 let ram = vm.ram_mib().unwrap_or(0) << 20;
                 let m = Migration { ..blank(&vm, "estimate") };
-                Ok(MigrateAnswer { migration: m, job_uuid: None, estimate: Some(json!({"size": disk + ram, "disk_bytes": disk, "ram_bytes": ram})) })
+                Ok(MigrateAnswer {
+                    migration: m,
+                    job_uuid: None,
+                    estimate: Some(json!({"size": disk + ram, "disk_bytes": disk, "ram_bytes": ram})),
+                })
             }
             action => {
                 let Some((m, g)) = latest else {
@@ -389,7 +392,9 @@ impl App {
         let mut out = Vec::new();
         for n in nics {
             let fabric = match n.network_uuid {
-                Some(net) => self.read::<nereid_types::network::Network>(NETWORKS.name, &net.to_string()).await?.is_some_and(|(n, _)| n.fabric),
+                Some(net) => {
+                    self.read::<nereid_types::network::Network>(NETWORKS.name, &net.to_string()).await?.is_some_and(|(n, _)| n.fabric)
+                }
                 None => false,
             };
             match (fabric, n.nic_tag) {
@@ -433,7 +438,9 @@ impl App {
     async fn migration_finalize(&self, m: Migration) -> Result<MigrateAnswer, ApiError> {
         match self.agent_delete(m.source_server_uuid, m.vm_uuid).await {
             Ok(_) => {}
-            Err(e) => return Err(ApiError::unavailable(format!("Migration finalize failed: the source server could not delete its copy: {e}"))),
+            Err(e) => {
+                return Err(ApiError::unavailable(format!("Migration finalize failed: the source server could not delete its copy: {e}")));
+            }
         }
         // The agent deletes in the background: wait (briefly) until it is gone.
         let deadline = std::time::Instant::now() + self.cfg.step_deadline;
@@ -468,10 +475,7 @@ impl App {
             return Err(precondition("Cannot delete a running migration: pause it (sync) or wait for it"));
         }
         if holds_something(&m) {
-            return Err(precondition(format!(
-                "The migration still holds resources ({} {}): abort or finalize it first",
-                m.phase, m.state
-            )));
+            return Err(precondition(format!("The migration still holds resources ({} {}): abort or finalize it first", m.phase, m.state)));
         }
         self.store.delete(MIGRATIONS.name, &m.id.to_string(), Cond::Generation(g)).await.map_err(store_error)
     }
@@ -572,7 +576,12 @@ pub async fn watch(app: Arc<App>, vm: Uuid, owner: Option<Uuid>) -> Result<tokio
             match app.latest_migration(vm).await {
                 Ok(Some((next, _))) if next.id == m.id => m = next,
                 Ok(_) => {
-                    let _ = tx.send(format!("{}\n", json!({"type": "end", "phase": m.phase, "state": "unknown", "message": "the migration record is gone"}))).await;
+                    let _ = tx
+                        .send(format!(
+                            "{}\n",
+                            json!({"type": "end", "phase": m.phase, "state": "unknown", "message": "the migration record is gone"})
+                        ))
+                        .await;
                     return;
                 }
                 Err(_) => continue,

@@ -1002,10 +1002,7 @@ impl App {
         match self.latest_migration(vm).await? {
             Some((m, _)) if m.state == "running" || m.state == "paused" => Err(ApiError::conflict(
                 "VmMigrating",
-                format!(
-                    "VM {vm} is being migrated (phase {}, {}): switch and finalize, or abort, the migration first",
-                    m.phase, m.state
-                ),
+                format!("VM {vm} is being migrated (phase {}, {}): switch and finalize, or abort, the migration first", m.phase, m.state),
             )),
             _ => Ok(()),
         }

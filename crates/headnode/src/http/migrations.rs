@@ -22,7 +22,11 @@ pub const MIGRATE_PARAMS: &[Param] = &[
     Param::new("migration_automatic", QKind::Bool, "migrate begin: also sync and switch, in one job."),
     Param::new("override_server_uuid", QKind::Uuid, "migrate begin: the target server (the allocator's checks still apply)."),
     Param::new("migration_offline", QKind::Bool, "migrate: stop, copy and start instead of moving the guest live (Nereid)."),
-    Param::new("migration_bandwidth_mbps", QKind::Int { min: 1, max: 1_000_000 }, "migrate: cap the data rate, megabits per second (Nereid)."),
+    Param::new(
+        "migration_bandwidth_mbps",
+        QKind::Int { min: 1, max: 1_000_000 },
+        "migrate: cap the data rate, megabits per second (Nereid).",
+    ),
     Param::new("owner_uuid", QKind::Uuid, "migrate: a tenant's request (CloudAPI): the VM must be theirs, and user migration allowed."),
 ];
 
@@ -61,7 +65,12 @@ fn watch_schema() -> Value {
 pub fn routes() -> Vec<Route> {
     let doc = |id, summary, query, response| Doc { id, tag: "VMAPI", summary, query, body: BodyDoc::None, response };
     vec![
-        Route::new(Method::GET, "/migrations", doc("ListMigrations", "Migrations, newest first.", LIST_PARAMS, RespDoc::Schema(200, migrations_schema)), list),
+        Route::new(
+            Method::GET,
+            "/migrations",
+            doc("ListMigrations", "Migrations, newest first.", LIST_PARAMS, RespDoc::Schema(200, migrations_schema)),
+            list,
+        ),
         Route::new(
             Method::GET,
             "/migrations/{uuid}",
@@ -82,7 +91,12 @@ pub fn routes() -> Vec<Route> {
         Route::new(
             Method::GET,
             "/migrations/{uuid}/watch",
-            doc("WatchMigration", "The VM's migration as it goes: NDJSON progress events, then an end event.", OWNER, RespDoc::Schema(200, watch_schema)),
+            doc(
+                "WatchMigration",
+                "The VM's migration as it goes: NDJSON progress events, then an end event.",
+                OWNER,
+                RespDoc::Schema(200, watch_schema),
+            ),
             watch_route,
         ),
     ]
@@ -108,7 +122,12 @@ fn form(m: &Migration, raw_form: bool) -> Value {
 
 async fn list(State(s): State<AppState>, RawQuery(q): RawQuery) -> HttpResult {
     let q = parse_query(Api::Papi, LIST_PARAMS, q.as_deref())?;
-    let mq = MigrationQuery { owner: quuid(&q, "owner_uuid"), vm: quuid(&q, "vm_uuid"), state: q.str("state").map(str::to_string), server: quuid(&q, "server_uuid") };
+    let mq = MigrationQuery {
+        owner: quuid(&q, "owner_uuid"),
+        vm: quuid(&q, "vm_uuid"),
+        state: q.str("state").map(str::to_string),
+        server: quuid(&q, "server_uuid"),
+    };
     let raw_form = q.str("format") == Some("raw");
     ok(&s.app.list_migrations(&mq).await?.iter().map(|m| form(m, raw_form)).collect::<Vec<_>>())
 }
@@ -155,11 +174,16 @@ pub async fn vm_migrate(s: &AppState, vm: Uuid, q: &Query, body: &Map<String, Va
         return Err(ApiError::validation_409(vec![FieldError::missing("migration_action")]).into());
     };
     let uuid_param = |k: &str| -> Result<Option<Uuid>, ApiError> {
-        get(k).map(|v| Uuid::parse_str(&v).map_err(|_| ApiError::validation_409(vec![FieldError::invalid(k, format!("{v} is not a UUID"))]))).transpose()
+        get(k)
+            .map(|v| Uuid::parse_str(&v).map_err(|_| ApiError::validation_409(vec![FieldError::invalid(k, format!("{v} is not a UUID"))])))
+            .transpose()
     };
     let bandwidth = match get("migration_bandwidth_mbps") {
         Some(v) => Some(v.parse::<u64>().ok().filter(|b| *b > 0).ok_or_else(|| {
-            ApiError::validation_409(vec![FieldError::invalid("migration_bandwidth_mbps", "must be a positive whole number of megabits per second")])
+            ApiError::validation_409(vec![FieldError::invalid(
+                "migration_bandwidth_mbps",
+                "must be a positive whole number of megabits per second",
+            )])
         })?),
         None => None,
     };
@@ -183,6 +207,9 @@ pub async fn vm_migrate(s: &AppState, vm: Uuid, q: &Query, body: &Map<String, Va
     match action.as_str() {
         "finalize" => ok(&json!({})),
         "estimate" => ok(&a.estimate.unwrap_or_default()),
-        _ => Ok(json_resp(StatusCode::ACCEPTED, &json!({"job_uuid": a.job_uuid, "migration": a.migration.public(nereid_types::time::now_ms())}))),
+        _ => Ok(json_resp(
+            StatusCode::ACCEPTED,
+            &json!({"job_uuid": a.job_uuid, "migration": a.migration.public(nereid_types::time::now_ms())}),
+        )),
     }
 }

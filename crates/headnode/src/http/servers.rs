@@ -232,7 +232,9 @@ async fn update(State(s): State<AppState>, Path(uuid): Path<String>, RawQuery(ra
         };
         let offline = match input.get("offline") {
             None => false,
-            Some(o) => o.as_bool().ok_or_else(|| Api::Napi.invalid(vec![nereid_types::FieldError::invalid("offline", "must be true or false")]))?,
+            Some(o) => {
+                o.as_bool().ok_or_else(|| Api::Napi.invalid(vec![nereid_types::FieldError::invalid("offline", "must be true or false")]))?
+            }
         };
         if let Some(k) = input.keys().find(|k| !matches!(k.as_str(), "concurrency" | "offline")) {
             return Err(Api::Napi.invalid(vec![nereid_types::FieldError::unknown(k.clone())]).into());

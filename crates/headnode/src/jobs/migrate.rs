@@ -288,7 +288,9 @@ impl Step for PrepareTarget {
         let m = start_phase(app, job, "begin", "preparing the instance on the target server").await?;
         let target = target_of(&m)?;
         let o = order(app, &m, Role::Target, AStep::Prepare).await?;
-        drive(app, target, m.vm_uuid, &o, |_| None).await.map_err(|e| format!("the target server {target} could not prepare the VM: {e}"))?;
+        drive(app, target, m.vm_uuid, &o, |_| None)
+            .await
+            .map_err(|e| format!("the target server {target} could not prepare the VM: {e}"))?;
         Ok(format!("the VM is ready on the target server {target}"))
     }
 }
@@ -353,7 +355,7 @@ impl Step for Sync {
                 }
             }
             tick += 1;
-            if tick % 2 == 0 {
+            if tick.is_multiple_of(2) {
                 let (cur, _) = app.read_migration(id).await.map_err(|e| e.message)?;
                 if cur.action == "pause" {
                     pause = true;
