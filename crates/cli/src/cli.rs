@@ -746,9 +746,15 @@ pub struct VmMigrateArgs {
     /// Cap the data rate between the servers, in megabits per second
     #[arg(long, value_name = "MBPS")]
     pub bandwidth: Option<u64>,
-    /// Wait for the migration, showing its progress, and report how it ended
+    /// Wait for the migration, showing its progress, and report how it ended; once the VM runs on the target, finalize it (delete the stopped copy the source keeps) unless --keep-source
     #[arg(short = 'w', long)]
     pub wait: bool,
+    /// With -w: keep the source's stopped copy after the switch (remove it later with --finalize)
+    #[arg(long, requires = "wait")]
+    pub keep_source: bool,
+    /// Finalize the VM's switched migration instead of starting one: delete the stopped copy its source server keeps
+    #[arg(long, conflicts_with_all = ["to", "offline", "bandwidth", "wait", "keep_source"])]
+    pub finalize: bool,
 }
 
 #[derive(Args, Debug)]

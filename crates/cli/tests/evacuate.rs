@@ -149,7 +149,7 @@ async fn vm_migrate_moves_a_vm_where_asked() {
     let s = servers(&cloud);
     let vm = vm_on(&cloud, &seed, "mover", &s[0], &seed.package).await;
 
-    let out = nereid_async(&cloud, &["admin", "vm", "migrate", &vm, "--to", &s[2], "-w"]).await;
+    let out = nereid_async(&cloud, &["admin", "vm", "migrate", &vm, "--to", &s[2], "-w", "--keep-source"]).await;
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
     assert!(text.lines().any(|l| l.starts_with("sync") || l.starts_with("switch")), "progress lines: {text}");
@@ -164,12 +164,18 @@ async fn vm_migrate_moves_a_vm_where_asked() {
     assert!(text.contains("successful") && text.contains("PHASE") && text.contains("switch"), "{text}");
 
     // Again, offline, to the allocator's choice (the server it came from is as good as any).
-    let fin = cloud.client.post(&format!("/vms/{vm}?action=migrate"), &json!({"migration_action": "finalize"})).await;
-    assert!(fin.is_ok(), "{fin:?}");
+    assert_eq!(on_agent(&cloud, &s[0], &vm).as_deref(), Some("stopped"), "--keep-source keeps the source's copy");
+    let out = nereid_async(&cloud, &["admin", "vm", "migrate", &vm, "--finalize"]).await;
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains(&format!("server {} no longer keeps a copy", s[0])), "{}", stdout(&out));
+    assert_eq!(on_agent(&cloud, &s[0], &vm), None, "finalized: the source's copy is gone");
     let out = nereid_async(&cloud, &["admin", "vm", "migrate", &vm, "--offline", "-w"]).await;
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
     assert!(text.contains("(offline: stopped, copied, started)"), "{text}");
+    assert!(text.contains("finalized"), "-w finalizes by itself: {text}");
+    let from = s[2].clone();
+    assert_eq!(on_agent(&cloud, &from, &vm), None, "-w finalizes: nothing left on {from}");
     let v = cloud.client.get(&format!("/vms/{vm}")).await.unwrap();
     assert_ne!(v["server_uuid"].as_str(), Some(s[2].as_str()), "{v}");
     assert_eq!(v["state"], "running", "{v}");

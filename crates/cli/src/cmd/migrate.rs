@@ -113,6 +113,9 @@ pub fn outcome(m: &Value) -> (bool, String) {
 
 /// `nereid admin vm migrate`.
 pub async fn vm_migrate(c: &Client, a: VmMigrateArgs, json: bool) -> Result<()> {
+    if a.finalize {
+        return finalize(c, &a.id, json).await;
+    }
     let mut b = Map::new();
     b.insert("migration_action".into(), json!("begin"));
     b.insert("migration_automatic".into(), json!(true));
@@ -139,16 +142,37 @@ pub async fn vm_migrate(c: &Client, a: VmMigrateArgs, json: bool) -> Result<()> 
     watch(c, &a.id, json).await?;
     let m = settled(c, &a.id).await?;
     let (ok, line) = outcome(&m);
+    if !ok {
+        if json {
+            output::object(&m, true);
+            bail!("{line}");
+        }
+        println!("{line}");
+        std::process::exit(1);
+    }
+    if a.keep_source {
+        if json {
+            output::object(&m, true);
+        } else {
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    if !json {
+        println!("{}", line.split("; finalize it").next().unwrap_or(&line));
+    }
+    finalize(c, &a.id, json).await
+}
+
+/// `nereid admin vm migrate --finalize` (and the end of `-w`): the source's stopped copy
+/// is deleted; the record stays as history.
+async fn finalize(c: &Client, vm: &str, json: bool) -> Result<()> {
+    c.post(&format!("/vms/{}?action=migrate", enc(vm)), &json!({"migration_action": "finalize"})).await?;
+    let m = c.get(&format!("/migrations/{}?format=raw", enc(vm))).await?;
     if json {
         output::object(&m, true);
     } else {
-        println!("{line}");
-    }
-    if !ok {
-        if json {
-            bail!("{line}");
-        }
-        std::process::exit(1);
+        println!("migration of VM {vm} finalized: server {} no longer keeps a copy", text(&m, "source_server_uuid"));
     }
     Ok(())
 }
