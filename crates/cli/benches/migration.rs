@@ -18,7 +18,7 @@ fn env(name: &str, default: u64) -> u64 {
 fn main() {
     let (ram, fill) = (env("NEREID_BENCH_RAM_MIB", 512), env("NEREID_BENCH_FILL_MIB", 128));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
-    let r = rt.block_on(migrate_backend::live_migration(ram, fill));
+    let r = rt.block_on(migrate_backend::live_migration(ram, fill, false));
     println!("live migration of a running guest ({ram} MiB RAM, {fill} MiB written), TCG, one machine:");
     println!("  total (mirror start → running on the target): {:.2} s", r.total.as_secs_f64());
     println!("  disk mirror in step after:                    {:.2} s", r.mirror.as_secs_f64());

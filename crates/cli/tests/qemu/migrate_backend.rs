@@ -144,6 +144,19 @@ fn relay(listen: &Path, to: PathBuf, sent: Arc<std::sync::atomic::AtomicU64>) {
     });
 }
 
+/// Waits until the source's mirror is in step.
+async fn in_step(src: &Qemu, uuid: Uuid) -> nereid_agent::backend::MirrorStatus {
+    let end = Instant::now() + Duration::from_secs(300);
+    loop {
+        let s = src.migrate_mirror_status(uuid).await.unwrap();
+        if s.ready {
+            return s;
+        }
+        assert!(Instant::now() < end, "the mirror did not get in step: {s:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn def(uuid: Uuid, image: Uuid, ram_mib: u64) -> nereid_types::agent::Definition {
     serde_json::from_value(json!({
         "uuid": uuid, "brand": "bhyve", "owner_uuid": Uuid::new_v4(), "ram": ram_mib, "vcpus": 1,
@@ -154,7 +167,7 @@ fn def(uuid: Uuid, image: Uuid, ram_mib: u64) -> nereid_types::agent::Definition
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_running_guest_moves_live_between_two_qemu_backends() {
-    let r = live_migration(256, 0).await;
+    let r = live_migration(256, 0, true).await;
     eprintln!("{r:?}");
 }
 
@@ -173,7 +186,10 @@ pub struct Report {
 
 /// Boots a guest of `ram_mib` from the test image on one backend (`fill_mib` of its RAM
 /// written after boot), moves it live to the other and checks it kept running there.
-pub async fn live_migration(ram_mib: u64, fill_mib: u64) -> Report {
+/// `give_up_first`: a first switch that cannot converge in time (no time at all) leaves
+/// the guest running on the source, and the migration starts over (a new target QEMU, a
+/// new mirror) before the real one.
+pub async fn live_migration(ram_mib: u64, fill_mib: u64, give_up_first: bool) -> Report {
     let file = tokio::task::spawn_blocking(test_image).await.unwrap().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
@@ -194,7 +210,8 @@ pub async fn live_migration(ram_mib: u64, fill_mib: u64) -> Report {
     con.type_line("(k=tick; i=0; while :; do i=$((i+1)); echo \"nereid-test: $k=$i\"; sleep 1; done) &").await;
     con.wait("ticks", Duration::from_secs(60), |t| values(t, "tick").len() >= 2).await;
     if fill_mib > 0 {
-        let filled = con.ask("filled", &format!("dd if=/dev/zero bs=1048576 count={fill_mib} 2>/dev/null | tr '\\0' x > /fill && echo yes")).await;
+        let filled =
+            con.ask("filled", &format!("dd if=/dev/zero bs=1048576 count={fill_mib} 2>/dev/null | tr '\\0' x > /fill && echo yes")).await;
         assert_eq!(filled, "yes");
     }
 
@@ -213,17 +230,25 @@ pub async fn live_migration(ram_mib: u64, fill_mib: u64) -> Report {
     src.migrate_mirror_start(uuid, &src_dir.join("mig-nbd.sock")).await.unwrap();
     src.migrate_mirror_start(uuid, &src_dir.join("mig-nbd.sock")).await.unwrap();
     con.type_line("printf '%-512s' written-during-mirror | dd of=/dev/vda bs=512 seek=2001 count=1 conv=notrunc,fsync 2>/dev/null").await;
-    let end = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        let s = src.migrate_mirror_status(uuid).await.unwrap();
-        if s.ready {
-            break s;
-        }
-        assert!(Instant::now() < end, "the mirror did not get in step: {s:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let mirror = t0.elapsed();
+    let status = in_step(&src, uuid).await;
+    let mut mirror = t0.elapsed();
     assert!(status.total > 0 && status.done == status.total, "{status:?}");
+    if give_up_first {
+        let hurry = RamOptions { max_bandwidth: Some(1 << 20), deadline: Duration::ZERO, downtime_limit_ms: 1 };
+        let out = src.migrate_ram(uuid, &src_dir.join("mig-ram.sock"), &hurry).await.unwrap();
+        assert!(!out.converged, "{out:?}");
+        let n = values(&con.text(), "tick").len();
+        con.wait("ticks on the source after the switch gave up", Duration::from_secs(60), |t| values(t, "tick").len() > n + 1).await;
+        // Starting over: the mirror ends, the target's QEMU is replaced, a new mirror.
+        src.migrate_mirror_cancel(uuid).await.unwrap();
+        assert!(src.migrate_mirror_status(uuid).await.is_err(), "no mirror after its cancel");
+        dst.stop(uuid).await.unwrap();
+        assert_eq!(dst.migrate_incoming(&def).await.unwrap(), sockets);
+        target_con = Console::connect(dst.layout(uuid).console()).await;
+        src.migrate_mirror_start(uuid, &src_dir.join("mig-nbd.sock")).await.unwrap();
+        in_step(&src, uuid).await;
+        mirror = t0.elapsed();
+    }
     let uptime_before: f64 = con.ask("uptime", "cut -d' ' -f1 /proc/uptime").await.parse().unwrap();
     let ticks_before = values(&con.text(), "tick").len();
 
