@@ -129,6 +129,10 @@ pub struct Migration {
     /// Nereid: how long the guest was paused at switch (live), in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause_ms: Option<u64>,
+    /// Nereid: a failure whose unwinding could not clean the target up (its server did
+    /// not answer): the migration still holds it, and `abort` tries again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup_error: Option<String>,
     /// Nereid: the secret both agents are given; never rendered by an API.
     #[serde(default)]
     pub token: String,
@@ -339,6 +343,7 @@ mod tests {
             placement: None,
             bandwidth_mbps: None,
             pause_ms: None,
+            cleanup_error: None,
             token: "secret".into(),
         }
     }

@@ -248,6 +248,11 @@ impl Migrations {
             Some(e) => {
                 let rec = e.rec();
                 let same = rec.order.migration == o.migration;
+                // An abort of another migration than the open one is not this one's: it
+                // has nothing here (a headnode that lost a race for the VM cleans up).
+                if !same && !rec.finished() && o.step == Step::Abort {
+                    return Ok(aborted(&o));
+                }
                 if !same && !rec.finished() && o.step != Step::Abort {
                     return Err(OrderError::Conflict(format!(
                         "VM {vm} is in migration {} here ({} at {}, {}); it must be aborted first",

@@ -225,6 +225,26 @@ impl App {
             if busy >= ev.concurrency {
                 break;
             }
+            // A migration of it already under way (begun by an earlier round whose record
+            // was not written, or by hand) is adopted, not begun again.
+            if let Ok(Some((m, _))) = self.latest_migration(v.vm_uuid).await
+                && m.source_server_uuid == server
+            {
+                if m.state == "running" && m.automatic {
+                    v.state = "migrating".into();
+                    v.target_server_uuid = m.target_server_uuid;
+                    busy += 1;
+                    continue;
+                }
+                if m.state == "running" || m.state == "paused" {
+                    v.state = "failed".into();
+                    v.error = Some(format!(
+                        "a migration of it begun by hand is {} in phase {}: finish or abort it, then evacuate again",
+                        m.state, m.phase
+                    ));
+                    continue;
+                }
+            }
             // A VM that left (destroyed meanwhile, or moved by hand) is done.
             match self.get_vm(v.vm_uuid, None).await {
                 Ok((vm, _)) if vm.server_uuid != Some(server) || !vm.is_active() => {

@@ -72,6 +72,9 @@ pub struct MigrationQuery {
     pub server: Option<Uuid>,
 }
 
+/// How long a migration job may take (its transfers have deadlines of their own).
+pub const JOB_TIMEOUT_SECS: u64 = 24 * 3600;
+
 /// Triton's 412.
 pub fn precondition(message: impl Into<String>) -> ApiError {
     ApiError::new(412, "PreconditionFailed", message)
@@ -109,6 +112,11 @@ pub fn check_begin(vm: &Vm, latest: Option<&Migration>, tenant: bool, cloud_allo
         }
         if m.state == "running" || m.state == "paused" {
             return Err(precondition("An active migration already exists for this instance"));
+        }
+        if let Some(e) = &m.cleanup_error {
+            return Err(precondition(format!(
+                "The last migration of this instance could not remove what it made on the target ({e}): abort it first"
+            )));
         }
     }
     let tags = vm.tags.as_ref();
@@ -337,7 +345,9 @@ impl App {
                 Err(nf) => return Err(no_fit_error(&nf)),
             };
             let target = placement.server;
-            let mut m = latest.clone().filter(|l| l.phase == "begin" && l.state == "failed").unwrap_or_else(|| blank(vm, "begin"));
+            // Always a new record (and id): the agents know a migration by its id, and one
+            // that failed and was unwound is over for them.
+            let mut m = blank(vm, "begin");
             m.action = "begin".into();
             m.automatic = req.automatic;
             m.phase = "begin".into();
@@ -354,7 +364,8 @@ impl App {
             m.token = token();
             let mut params = Map::new();
             params.insert("migration".into(), json!(m.id));
-            let job = new_job(task_of("begin", req.automatic), vm.uuid, Some(source), Some(owner), params);
+            let mut job = new_job(task_of("begin", req.automatic), vm.uuid, Some(source), Some(owner), params);
+            job.timeout = JOB_TIMEOUT_SECS;
             m.job_uuid = Some(job.uuid);
             let res = Reservation {
                 job_uuid: m.id,
@@ -410,7 +421,8 @@ impl App {
     async fn migration_job(&self, m: Migration, g: i64, action: &str, req: &MigrateRequest) -> Result<MigrateAnswer, ApiError> {
         let mut params = Map::new();
         params.insert("migration".into(), json!(m.id));
-        let job = new_job(task_of(action, false), m.vm_uuid, Some(m.source_server_uuid), Some(m.owner_uuid), params);
+        let mut job = new_job(task_of(action, false), m.vm_uuid, Some(m.source_server_uuid), Some(m.owner_uuid), params);
+        job.timeout = JOB_TIMEOUT_SECS;
         let mut next = m.clone();
         next.action = action.into();
         next.state = "running".into();
@@ -486,6 +498,7 @@ impl App {
 pub fn holds_something(m: &Migration) -> bool {
     match m.state.as_str() {
         "running" | "paused" => true,
+        "failed" => m.cleanup_error.is_some(),
         "successful" => m.phase == "switch" && !m.is_finalized(),
         _ => false,
     }
@@ -516,6 +529,7 @@ fn blank(vm: &Vm, action: &str) -> Migration {
         placement: None,
         bandwidth_mbps: None,
         pause_ms: None,
+        cleanup_error: None,
         token: String::new(),
     }
 }
@@ -647,6 +661,11 @@ mod tests {
 
     #[test]
     fn what_holds_resources() {
+        let mut unclean = rec("sync", "failed", 1);
+        unclean.cleanup_error = Some("server down".into());
+        assert!(holds_something(&unclean), "a target that could not be removed is still held");
+        assert!(check_begin(&vm("running"), Some(&unclean), false, true).unwrap_err().message.contains("abort it first"));
+        assert!(check_action("abort", &unclean).is_ok());
         assert!(holds_something(&rec("sync", "paused", 1)));
         assert!(holds_something(&rec("switch", "successful", 1)));
         assert!(!holds_something(&rec("sync", "failed", 1)));

@@ -989,6 +989,8 @@ impl App {
 
     /// Queues a job on a VM (and whatever must land with it).
     pub(crate) async fn queue(&self, job: Job, mut ops: Vec<Op>) -> Result<Job, ApiError> {
+        // Under the VM's migration lock: a begin and this job cannot pass each other.
+        let _no_begin_meanwhile = self.network_locks.lock(&format!("migration:{}", job.vm_uuid)).await;
         self.refuse_while_migrating(job.vm_uuid).await?;
         ops.push(job_op(&job));
         self.store.batch(ops).await.map_err(store_error)?;

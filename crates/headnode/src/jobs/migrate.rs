@@ -205,6 +205,16 @@ fn failure(job: &Job) -> String {
         .unwrap_or_else(|| "the job failed".into())
 }
 
+/// Whether the target's agent runs the guest already (its `resume` is done): from then on
+/// the migration only goes forward — nothing may take the VM back to the source.
+async fn target_runs(app: &App, m: &Migration) -> bool {
+    let Some(target) = m.target_server_uuid else { return false };
+    matches!(
+        app.agent_migration_progress(target, m.vm_uuid).await,
+        Ok(Some(p)) if p.migration == m.id && p.step == AStep::Resume && p.is_done()
+    )
+}
+
 /// Removes the target's VM and tells the source to forget the migration (each side's
 /// abort is idempotent; a side that cannot be reached is an error, the job retries).
 async fn clean_up(app: &App, m: &Migration) -> Result<(), String> {
@@ -253,9 +263,33 @@ impl Step for Check {
             .map_err(|e| e.message)?;
             return Ok("abort failed; the record says why".into());
         }
-        clean_up(app, &m).await?;
         let why = failure(job);
         let now = nereid_types::time::now_iso();
+        if target_runs(app, &m).await {
+            // Past the point of no return: the guest runs on the target. Forward only.
+            let target = target_of(&m)?;
+            move_record(app, m.vm_uuid, target, Some(m.id)).await?;
+            if let Ok(o) = order(app, &m, Role::Source, AStep::Release).await
+                && let Err(e) = drive(app, m.source_server_uuid, m.vm_uuid, &o, |_| None).await
+            {
+                tracing::warn!(vm = %m.vm_uuid, error = %e, "the source did not release the migrated VM");
+            }
+            app.modify_migration(m.id, |r| {
+                if let Some(e) = r.progress_history.last_mut().filter(|e| e.state == "running") {
+                    e.state = "successful".into();
+                    e.message = Some(format!("switched; the VM runs on the target (the job's last steps failed: {why})"));
+                    e.finished_timestamp = Some(now.clone());
+                    e.transfer_bytes_second = None;
+                }
+                r.phase = "switch".into();
+                r.state = "successful".into();
+                r.finished_timestamp = Some(now.clone());
+            })
+            .await
+            .map_err(|e| e.message)?;
+            return Ok(format!("the VM runs on the target {target}: the migration is switched, not unwound"));
+        }
+        let cleanup = clean_up(app, &m).await.err();
         let phase = m.phase.clone();
         app.modify_migration(m.id, |r| {
             if let Some(e) = r.progress_history.last_mut().filter(|e| e.state == "running") {
@@ -266,11 +300,18 @@ impl Step for Check {
             }
             r.state = "failed".into();
             r.error = Some(format!("{phase} failed: {why}"));
+            r.cleanup_error = cleanup.clone();
             r.finished_timestamp = Some(now.clone());
         })
         .await
         .map_err(|e| e.message)?;
-        Ok(format!("{phase} failed and was unwound: the VM stays on {}, nothing is left on the target", m.source_server_uuid))
+        Ok(match cleanup {
+            None => format!("{phase} failed and was unwound: the VM stays on {}, nothing is left on the target", m.source_server_uuid),
+            Some(e) => format!(
+                "{phase} failed; the VM stays on {}, but the target could not be cleaned up ({e}): abort retries it",
+                m.source_server_uuid
+            ),
+        })
     }
 }
 
@@ -386,9 +427,20 @@ impl Step for Synced {
         if paused(job) {
             return Ok("paused".into());
         }
-        let automatic = job.task == "migrate-automatic";
-        end_phase(app, job, if automatic { "running" } else { "paused" }, "the disks are in sync", |m| m.num_sync_phases += 1).await?;
-        Ok("sync done".into())
+        // A pause asked as the sync finished still stops an automatic migration here.
+        let late_pause = record(app, job).await?.action == "pause";
+        if late_pause {
+            job.data.insert("paused".into(), json!(true));
+        }
+        let automatic = job.task == "migrate-automatic" && !late_pause;
+        end_phase(app, job, if automatic { "running" } else { "paused" }, "the disks are in sync", |m| {
+            m.num_sync_phases += 1;
+            if m.action == "pause" {
+                m.action = "sync".into();
+            }
+        })
+        .await?;
+        Ok(if late_pause { "sync done; paused on request".into() } else { "sync done".into() })
     }
 }
 
@@ -440,6 +492,9 @@ impl Step for Switch {
     }
     async fn undo(&self, app: &App, job: &mut Job) -> StepResultT {
         let m = record(app, job).await?;
+        if target_runs(app, &m).await {
+            return Ok("the target runs the VM already: the source stays paused".into());
+        }
         let o = Order { step: AStep::Resume, ..order(app, &m, Role::Source, AStep::Resume).await? };
         drive(app, m.source_server_uuid, m.vm_uuid, &o, |_| None).await.map_err(|e| format!("resuming the VM on the source: {e}"))?;
         Ok("the VM runs on the source again".into())
@@ -464,6 +519,9 @@ impl Step for Commit {
     }
     async fn undo(&self, app: &App, job: &mut Job) -> StepResultT {
         let m = record(app, job).await?;
+        if target_runs(app, &m).await {
+            return Ok("the target runs the VM already: its record stays there".into());
+        }
         move_record(app, m.vm_uuid, m.source_server_uuid, None).await?;
         Ok(format!("the VM's record and NICs are back on {}", m.source_server_uuid))
     }
@@ -505,7 +563,8 @@ impl Step for ResumeTarget {
         "resume target"
     }
     fn deadline(&self, app: &App) -> Duration {
-        app.cfg.step_deadline
+        // Longer than the agent's own wait for a copied VM to boot.
+        app.cfg.step_deadline + Duration::from_secs(300)
     }
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
         if paused(job) {
@@ -518,10 +577,21 @@ impl Step for ResumeTarget {
         // From here on the VM is the target's: an ordinary ensure, as the record wants it.
         let (vm, _) = app.get_vm(m.vm_uuid, None).await.map_err(|e| e.message)?;
         let desired = if vm.desired_state.as_deref() == Some("stopped") { Desired::Stopped } else { Desired::Running };
+        // The guest runs there now: nothing below may unwind the migration (the target's
+        // agent has the VM either way; its reports reach the record).
         let e = vm.ensure(desired, None)?;
-        let st = app.agent_ensure(target, &e).await.map_err(|e| e.to_string())?;
-        app.apply_vm_status(target, &st).await.map_err(|e| e.message)?;
-        Ok(format!("the VM is {} on the target server {target}", st.state))
+        match app.agent_ensure(target, &e).await {
+            Ok(st) => {
+                if let Err(err) = app.apply_vm_status(target, &st).await {
+                    tracing::warn!(vm = %m.vm_uuid, error = %err.message, "recording the migrated VM's state");
+                }
+                Ok(format!("the VM is {} on the target server {target}", st.state))
+            }
+            Err(err) => {
+                tracing::warn!(vm = %m.vm_uuid, error = %err, "the target runs the VM; its ensure did not go through (its reports will)");
+                Ok(format!("the VM runs on the target server {target} (its ensure did not go through: {err})"))
+            }
+        }
     }
 }
 
@@ -594,7 +664,7 @@ impl Step for Abort {
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
         let m = start_phase(app, job, "abort", "aborting the migration").await?;
         clean_up(app, &m).await?;
-        end_phase(app, job, "successful", "the migration is aborted: nothing is left on the target", |_| {}).await?;
+        end_phase(app, job, "successful", "the migration is aborted: nothing is left on the target", |m| m.cleanup_error = None).await?;
         Ok("aborted".into())
     }
 }
