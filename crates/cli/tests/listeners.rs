@@ -161,10 +161,18 @@ async fn up(extra: &[&str]) -> Up {
     loop {
         let ports = listening_ports(pid);
         // Ports the extra arguments name (e.g. --image-catalog-listen) are not the agent's.
-        let named: Vec<u16> = extra.iter().filter_map(|a| a.rsplit_once(':').and_then(|(_, p)| p.parse().ok())).collect();
+        let mut named: Vec<u16> = extra.iter().filter_map(|a| a.rsplit_once(':').and_then(|(_, p)| p.parse().ok())).collect();
+        // Nor is the agent's migration relay (it logs where it listens).
+        let relay: Option<u16> = up
+            .log()
+            .lines()
+            .filter(|l| l.contains("taking migrations"))
+            .find_map(|l| l.split("\"migration_addr\":\"").nth(1)?.split('"').next()?.rsplit_once(':')?.1.parse().ok());
+        named.extend(relay);
         let others: Vec<u16> =
             ports.iter().copied().filter(|p| ![admin, cloudapi, agent_listener, web].contains(p) && !named.contains(p)).collect();
-        if ports.contains(&admin)
+        if relay.is_some()
+            && ports.contains(&admin)
             && ports.contains(&cloudapi)
             && ports.contains(&agent_listener)
             && ports.contains(&web)

@@ -168,9 +168,10 @@ async fn migrate(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id)):
         let vm = machines::machine_of(&s, &acct, &id).await?;
         return watch(&s, vm.uuid, acct.uuid).await;
     }
+    // The machine first: another account's is a 404 whatever the request says.
+    let vm = machines::machine_of(&s, &acct, &id).await?;
     let (action, automatic) = parse_action(&p)?;
     let rules = if action == "begin" { affinity(&p)? } else { Vec::new() };
-    let vm = machines::machine_of(&s, &acct, &id).await?;
     let req = MigrateRequest {
         action: action.to_string(),
         automatic,
