@@ -116,27 +116,76 @@ async fn order(app: &App, m: &Migration, role: Role, step: AStep) -> Result<Orde
     Ok(o)
 }
 
-/// Gives `server` the order again and again (idempotent) until its side is done; each
-/// answer goes to `seen`. A failed side is an error with the agent's reason.
-async fn drive(
-    app: &App,
-    server: Uuid,
-    vm: Uuid,
-    o: &Order,
-    mut seen: impl FnMut(&AgentProgress) -> Option<Result<(), String>>,
-) -> Result<AgentProgress, String> {
+/// What a driven order does between polls besides waiting (nothing, for `()`).
+#[async_trait]
+trait Watch: Send {
+    /// An answer of the order's own step, not failed (done or not).
+    async fn progress(&mut self, _p: &AgentProgress) {}
+    /// Between two polls, the side not done yet: whether to stop driving it now.
+    async fn stop(&mut self) -> Result<bool, String> {
+        Ok(false)
+    }
+}
+
+impl Watch for () {}
+
+/// A transfer's watch: the agent's progress goes into the record's running entry; a
+/// sync's also looks (every other poll) for a pause asked through the record, and then
+/// pauses the source and stops.
+struct Transfer<'a> {
+    app: &'a App,
+    job: &'a Job,
+    m: &'a Migration,
+    /// The sync order, which a pause asked through the record stops (none for a switch).
+    pausable: Option<&'a Order>,
+    tick: u32,
+    /// Whether a pause stopped it.
+    paused: bool,
+}
+
+impl<'a> Transfer<'a> {
+    fn new(app: &'a App, job: &'a Job, m: &'a Migration, pausable: Option<&'a Order>) -> Self {
+        Transfer { app, job, m, pausable, tick: 0, paused: false }
+    }
+}
+
+#[async_trait]
+impl Watch for Transfer<'_> {
+    async fn progress(&mut self, p: &AgentProgress) {
+        note_progress(self.app, self.job, p).await;
+    }
+    async fn stop(&mut self) -> Result<bool, String> {
+        let Some(o) = self.pausable else { return Ok(false) };
+        self.tick += 1;
+        if !self.tick.is_multiple_of(2) {
+            return Ok(false);
+        }
+        let (cur, _) = self.app.read_migration(self.m.id).await.map_err(|e| e.message)?;
+        if cur.action != "pause" {
+            return Ok(false);
+        }
+        let po = Order { step: AStep::Pause, ..o.clone() };
+        drive(self.app, self.m.source_server_uuid, self.m.vm_uuid, &po, &mut ()).await?;
+        self.paused = true;
+        Ok(true)
+    }
+}
+
+/// Gives `server` the order again and again (idempotent) until its side is done, or
+/// `watch` stops it; the last answer. A failed side is an error with the agent's reason.
+async fn drive(app: &App, server: Uuid, vm: Uuid, o: &Order, watch: &mut dyn Watch) -> Result<AgentProgress, String> {
     loop {
         let p = app.agent_migration(server, vm, o).await.map_err(|e| e.to_string())?;
         if p.migration == o.migration && p.step == o.step {
             if p.is_failed() {
                 return Err(p.error.clone().unwrap_or_else(|| format!("{:?} failed on server {server}", o.step)));
             }
+            watch.progress(&p).await;
             if p.is_done() {
                 return Ok(p);
             }
         }
-        if let Some(stop) = seen(&p) {
-            stop?;
+        if watch.stop().await? {
             return Ok(p);
         }
         tokio::time::sleep(POLL).await;
@@ -220,10 +269,10 @@ async fn target_runs(app: &App, m: &Migration) -> bool {
 async fn clean_up(app: &App, m: &Migration) -> Result<(), String> {
     if let Some(target) = m.target_server_uuid {
         let o = order(app, m, Role::Target, AStep::Abort).await?;
-        drive(app, target, m.vm_uuid, &o, |_| None).await.map_err(|e| format!("removing the VM from the target server {target}: {e}"))?;
+        drive(app, target, m.vm_uuid, &o, &mut ()).await.map_err(|e| format!("removing the VM from the target server {target}: {e}"))?;
         let o = order(app, m, Role::Source, AStep::Abort).await.unwrap_or(Order { peer: None, peer_server: None, ..o });
         let o = Order { role: Role::Source, ..o };
-        drive(app, m.source_server_uuid, m.vm_uuid, &o, |_| None)
+        drive(app, m.source_server_uuid, m.vm_uuid, &o, &mut ())
             .await
             .map_err(|e| format!("telling the source server {} to forget the migration: {e}", m.source_server_uuid))?;
     }
@@ -270,7 +319,7 @@ impl Step for Check {
             let target = target_of(&m)?;
             move_record(app, m.vm_uuid, target, Some(m.id)).await?;
             if let Ok(o) = order(app, &m, Role::Source, AStep::Release).await
-                && let Err(e) = drive(app, m.source_server_uuid, m.vm_uuid, &o, |_| None).await
+                && let Err(e) = drive(app, m.source_server_uuid, m.vm_uuid, &o, &mut ()).await
             {
                 tracing::warn!(vm = %m.vm_uuid, error = %e, "the source did not release the migrated VM");
             }
@@ -329,7 +378,7 @@ impl Step for PrepareTarget {
         let m = start_phase(app, job, "begin", "preparing the instance on the target server").await?;
         let target = target_of(&m)?;
         let o = order(app, &m, Role::Target, AStep::Prepare).await?;
-        drive(app, target, m.vm_uuid, &o, |_| None)
+        drive(app, target, m.vm_uuid, &o, &mut ())
             .await
             .map_err(|e| format!("the target server {target} could not prepare the VM: {e}"))?;
         Ok(format!("the VM is ready on the target server {target}"))
@@ -346,7 +395,7 @@ impl Step for PrepareSource {
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
         let m = record(app, job).await?;
         let o = order(app, &m, Role::Source, AStep::Prepare).await?;
-        drive(app, m.source_server_uuid, m.vm_uuid, &o, |_| None)
+        drive(app, m.source_server_uuid, m.vm_uuid, &o, &mut ())
             .await
             .map_err(|e| format!("the source server {} could not prepare: {e}", m.source_server_uuid))?;
         Ok(format!("the source server {} sends to {}", m.source_server_uuid, o.peer.unwrap_or_default()))
@@ -380,33 +429,10 @@ impl Step for Sync {
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
         let m = start_phase(app, job, "sync", "syncing the disks").await?;
         let o = order(app, &m, Role::Source, AStep::Sync).await?;
-        let id = m.id;
-        let mut pause = false;
-        let mut tick = 0u32;
         // Progress, and a pause asked through the record, are looked at between polls.
-        let p = loop {
-            let p = app.agent_migration(m.source_server_uuid, m.vm_uuid, &o).await.map_err(|e| e.to_string())?;
-            if p.migration == o.migration && p.step == o.step {
-                if p.is_failed() {
-                    return Err(p.error.clone().unwrap_or_else(|| "the sync failed".into()));
-                }
-                note_progress(app, job, &p).await;
-                if p.is_done() {
-                    break p;
-                }
-            }
-            tick += 1;
-            if tick.is_multiple_of(2) {
-                let (cur, _) = app.read_migration(id).await.map_err(|e| e.message)?;
-                if cur.action == "pause" {
-                    pause = true;
-                    let po = Order { step: AStep::Pause, ..o.clone() };
-                    drive(app, m.source_server_uuid, m.vm_uuid, &po, |_| None).await?;
-                    break p;
-                }
-            }
-            tokio::time::sleep(POLL).await;
-        };
+        let mut watch = Transfer::new(app, job, &m, Some(&o));
+        let p = drive(app, m.source_server_uuid, m.vm_uuid, &o, &mut watch).await?;
+        let pause = watch.paused;
         if pause {
             job.data.insert("paused".into(), json!(true));
             end_phase(app, job, "paused", "sync paused", |m| m.action = "sync".into()).await?;
@@ -460,26 +486,7 @@ impl Step for Switch {
         }
         let m = start_phase(app, job, "switch", "switching the instance to the target server").await?;
         let o = order(app, &m, Role::Source, AStep::Switch).await?;
-        let p = {
-            let mut out = None;
-            loop {
-                let p = app.agent_migration(m.source_server_uuid, m.vm_uuid, &o).await.map_err(|e| e.to_string())?;
-                if p.migration == o.migration && p.step == o.step {
-                    if p.is_failed() {
-                        return Err(p.error.clone().unwrap_or_else(|| "the switch failed".into()));
-                    }
-                    note_progress(app, job, &p).await;
-                    if p.is_done() {
-                        out = Some(p);
-                    }
-                }
-                if out.is_some() {
-                    break out;
-                }
-                tokio::time::sleep(POLL).await;
-            }
-        }
-        .ok_or("no answer")?;
+        let p = drive(app, m.source_server_uuid, m.vm_uuid, &o, &mut Transfer::new(app, job, &m, None)).await?;
         job.data.insert("live".into(), json!(p.live));
         if let Some(ms) = p.pause_ms {
             job.data.insert("pause_ms".into(), json!(ms));
@@ -496,7 +503,7 @@ impl Step for Switch {
             return Ok("the target runs the VM already: the source stays paused".into());
         }
         let o = Order { step: AStep::Resume, ..order(app, &m, Role::Source, AStep::Resume).await? };
-        drive(app, m.source_server_uuid, m.vm_uuid, &o, |_| None).await.map_err(|e| format!("resuming the VM on the source: {e}"))?;
+        drive(app, m.source_server_uuid, m.vm_uuid, &o, &mut ()).await.map_err(|e| format!("resuming the VM on the source: {e}"))?;
         Ok("the VM runs on the source again".into())
     }
 }
@@ -573,7 +580,7 @@ impl Step for ResumeTarget {
         let m = record(app, job).await?;
         let target = target_of(&m)?;
         let o = order(app, &m, Role::Target, AStep::Resume).await?;
-        drive(app, target, m.vm_uuid, &o, |_| None).await.map_err(|e| format!("the target server {target} could not run the VM: {e}"))?;
+        drive(app, target, m.vm_uuid, &o, &mut ()).await.map_err(|e| format!("the target server {target} could not run the VM: {e}"))?;
         // From here on the VM is the target's: an ordinary ensure, as the record wants it.
         let (vm, _) = app.get_vm(m.vm_uuid, None).await.map_err(|e| e.message)?;
         let desired = if vm.desired_state.as_deref() == Some("stopped") { Desired::Stopped } else { Desired::Running };
@@ -612,7 +619,7 @@ impl Step for ReleaseSource {
             Ok(o) => o,
             Err(e) => return Ok(format!("the source was not told to release the VM ({e}); finalize deletes it")),
         };
-        match drive(app, m.source_server_uuid, m.vm_uuid, &o, |_| None).await {
+        match drive(app, m.source_server_uuid, m.vm_uuid, &o, &mut ()).await {
             Ok(_) => Ok("the source keeps a stopped copy until finalize".into()),
             Err(e) => {
                 tracing::warn!(vm = %m.vm_uuid, error = %e, "the source did not release the migrated VM");
