@@ -3,12 +3,13 @@
 
 use serde_json::Value;
 
-use crate::{Cap, Config, Request, Server, Source, Status, top_users, unreserved};
+use crate::{Cap, Config, Request, Seen, Server, Status, Summary, top_users};
 
-/// A hard filter: `Err(reason)` drops the server.
-pub type Hard = fn(&Server, &Request, &Config, &[Server]) -> Result<(), String>;
+/// A hard filter: `Err(reason)` drops the server. It sees only that server (and its
+/// [`Summary`]), so a [`crate::Fleet`] can run it on one server alone.
+pub type Hard = fn(&Server, &Summary, &Request, &Config) -> Result<(), String>;
 /// A soft filter: the servers it prefers (ignored when it prefers none).
-pub type Soft = for<'a> fn(&[&'a Server], &Request, &Config) -> Vec<&'a Server>;
+pub type Soft = for<'a> fn(&[Seen<'a>], &Request, &Config) -> Vec<Seen<'a>>;
 
 pub const HARD: &[(&str, Hard)] = &[
     ("setup", setup),
@@ -29,33 +30,33 @@ pub const HARD: &[(&str, Hard)] = &[
 
 pub const SOFT: &[(&str, Soft)] = &[("reservoir", not_reservoir), ("large servers", not_largest), ("spread", soft_locality)];
 
-fn setup(s: &Server, _: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
+fn setup(s: &Server, _: &Summary, _: &Request, _: &Config) -> Result<(), String> {
     if s.setup { Ok(()) } else { Err("server is not set up".into()) }
 }
 
-fn running(s: &Server, _: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
+fn running(s: &Server, _: &Summary, _: &Request, _: &Config) -> Result<(), String> {
     match s.status {
         Status::Running => Ok(()),
         Status::Unknown { silent_secs } => Err(format!("server status is unknown: no heartbeat for {silent_secs} s")),
     }
 }
 
-fn reserved(s: &Server, _: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
+fn reserved(s: &Server, _: &Summary, _: &Request, _: &Config) -> Result<(), String> {
     if s.reserved { Err("server is reserved (set reserved=false with ServerUpdate to use it)".into()) } else { Ok(()) }
 }
 
-fn headnode(s: &Server, _: &Request, c: &Config, _: &[Server]) -> Result<(), String> {
+fn headnode(s: &Server, _: &Summary, _: &Request, c: &Config) -> Result<(), String> {
     if c.filter_headnode && s.headnode { Err("headnodes are excluded from placement".into()) } else { Ok(()) }
 }
 
-fn pinned(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
+fn pinned(s: &Server, _: &Summary, r: &Request, _: &Config) -> Result<(), String> {
     match r.server {
         Some(u) if u != s.uuid => Err(format!("the request is pinned to server {u}")),
         _ => Ok(()),
     }
 }
 
-fn nic_tags(s: &Server, r: &Request, c: &Config, _: &[Server]) -> Result<(), String> {
+fn nic_tags(s: &Server, _: &Summary, r: &Request, c: &Config) -> Result<(), String> {
     for group in &r.nic_tags {
         if !group.iter().any(|t| s.nic_tags.contains(t)) {
             let has = if s.nic_tags.is_empty() { "none".to_string() } else { s.nic_tags.join(", ") };
@@ -77,7 +78,7 @@ fn nic_tags(s: &Server, r: &Request, c: &Config, _: &[Server]) -> Result<(), Str
 
 /// §5.7: no requested traits ⇒ only traitless servers; otherwise exactly the same keys,
 /// and every value matching.
-fn traits(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
+fn traits(s: &Server, _: &Summary, r: &Request, _: &Config) -> Result<(), String> {
     let want = &r.traits;
     let has = &s.traits;
     if want.is_empty() {
@@ -112,36 +113,29 @@ fn traits(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), Strin
     Ok(())
 }
 
-fn vcpus(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
+fn vcpus(s: &Server, _: &Summary, r: &Request, _: &Config) -> Result<(), String> {
     if r.vcpus > s.cpus { Err(format!("needs {} vCPUs, server has {} CPUs", r.vcpus, s.cpus)) } else { Ok(()) }
 }
 
 /// Capped and uncapped VMs never share a server; VMs whose cap is unknown never decide it.
-fn capness(s: &Server, r: &Request, c: &Config, _: &[Server]) -> Result<(), String> {
+fn capness(_: &Server, sum: &Summary, r: &Request, c: &Config) -> Result<(), String> {
     if !c.filter_capness {
         return Ok(());
     }
-    for v in &s.vms {
-        match (r.cpu_cap.is_some(), v.cap) {
-            (true, Cap::Uncapped) => return Err(format!("VM {} has no cpu_cap, while the request is capped", v.uuid)),
-            (false, Cap::Capped(_)) => return Err(format!("VM {} has a cpu_cap, while the request is not capped", v.uuid)),
-            _ => {}
-        }
+    match (r.cpu_cap.is_some(), sum.first_uncapped, sum.first_capped) {
+        (true, Some(v), _) => Err(format!("VM {v} has no cpu_cap, while the request is capped")),
+        (false, _, Some(v)) => Err(format!("VM {v} has a cpu_cap, while the request is not capped")),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
-fn vm_count(s: &Server, _: &Request, c: &Config, _: &[Server]) -> Result<(), String> {
-    let n = s
-        .vms
-        .iter()
-        .filter(|v| v.source != Source::Reservation || !s.vms.iter().any(|o| o.uuid == v.uuid && o.source != Source::Reservation))
-        .count();
+fn vm_count(_: &Server, sum: &Summary, _: &Request, c: &Config) -> Result<(), String> {
+    let n = sum.vm_count;
     if n >= c.vm_limit { Err(format!("has {n} VMs, the limit is {}", c.vm_limit)) } else { Ok(()) }
 }
 
-fn ram(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
-    let u = unreserved(s);
+fn ram(s: &Server, sum: &Summary, r: &Request, _: &Config) -> Result<(), String> {
+    let u = sum.free;
     if u.ram_mib < r.ram_mib as f64 {
         Err(format!(
             "not enough RAM: needs {} MiB, {:.0} MiB unreserved of {} MiB{}",
@@ -155,9 +149,9 @@ fn ram(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> 
     }
 }
 
-fn cpu(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
+fn cpu(s: &Server, sum: &Summary, r: &Request, _: &Config) -> Result<(), String> {
     let Some(cap) = r.cpu_cap else { return Ok(()) };
-    let u = unreserved(s);
+    let u = sum.free;
     let need = f64::from(cap) / s.ratios.cpu;
     if u.cpu < need {
         Err(format!(
@@ -171,8 +165,8 @@ fn cpu(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> 
     }
 }
 
-fn disk(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
-    let u = unreserved(s);
+fn disk(s: &Server, sum: &Summary, r: &Request, _: &Config) -> Result<(), String> {
+    let u = sum.free;
     if u.disk_mib < r.disk_mib as f64 {
         Err(format!(
             "not enough disk: needs {} MiB, {:.0} MiB unreserved of {} MiB{}",
@@ -186,7 +180,7 @@ fn disk(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String>
     }
 }
 
-fn strict_locality(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<(), String> {
+fn strict_locality(s: &Server, _: &Summary, r: &Request, _: &Config) -> Result<(), String> {
     if !r.locality.strict {
         return Ok(());
     }
@@ -201,36 +195,39 @@ fn strict_locality(s: &Server, r: &Request, _: &Config, _: &[Server]) -> Result<
     Ok(())
 }
 
-fn not_reservoir<'a>(set: &[&'a Server], _: &Request, _: &Config) -> Vec<&'a Server> {
-    set.iter().copied().filter(|s| !s.reservoir).collect()
+fn not_reservoir<'a>(set: &[Seen<'a>], _: &Request, _: &Config) -> Vec<Seen<'a>> {
+    set.iter().copied().filter(|(s, _)| !s.reservoir).collect()
 }
 
 /// Sets aside the emptiest 15 % (by unreserved RAM) when there are at least 7 servers.
-fn not_largest<'a>(set: &[&'a Server], _: &Request, c: &Config) -> Vec<&'a Server> {
+fn not_largest<'a>(set: &[Seen<'a>], _: &Request, c: &Config) -> Vec<Seen<'a>> {
     let drop = set.len() * 15 / 100;
     if !c.filter_large_servers || set.len() < 7 || drop == 0 {
         return set.to_vec();
     }
-    let mut by_free: Vec<(f64, &'a Server)> = set.iter().map(|s| (unreserved(s).ram_mib, *s)).collect();
+    // A stable sort: equal servers keep their order, so the same ones are set aside.
+    let mut by_free: Vec<(f64, usize)> = set.iter().enumerate().map(|(i, (_, sum))| (sum.free.ram_mib, i)).collect();
     by_free.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
-    by_free.truncate(set.len() - drop);
-    let keep: std::collections::HashSet<uuid::Uuid> = by_free.iter().map(|(_, s)| s.uuid).collect();
-    set.iter().copied().filter(|s| keep.contains(&s.uuid)).collect()
+    let mut keep = vec![false; set.len()];
+    for &(_, i) in &by_free[..set.len() - drop] {
+        keep[i] = true;
+    }
+    set.iter().zip(keep).filter(|(_, k)| *k).map(|(s, _)| *s).collect()
 }
 
 /// Non-strict near/far, or (without hints) servers without this owner's VMs.
-fn soft_locality<'a>(set: &[&'a Server], r: &Request, _: &Config) -> Vec<&'a Server> {
+fn soft_locality<'a>(set: &[Seen<'a>], r: &Request, _: &Config) -> Vec<Seen<'a>> {
     let l = &r.locality;
     if l.strict {
         return set.to_vec();
     }
     set.iter()
         .copied()
-        .filter(|s| {
-            let mine: Vec<uuid::Uuid> = s.vms.iter().filter(|v| v.owner == Some(r.owner)).map(|v| v.uuid).collect();
+        .filter(|(s, sum)| {
             if l.near.is_empty() && l.far.is_empty() {
-                return mine.is_empty();
+                return !sum.hosts_owner(&r.owner);
             }
+            let mine: Vec<uuid::Uuid> = s.vms.iter().filter(|v| v.owner == Some(r.owner)).map(|v| v.uuid).collect();
             let far_ok = !l.far.iter().any(|v| mine.contains(v));
             let near_ok = l.near.is_empty() || l.near.iter().any(|v| mine.contains(v));
             far_ok && near_ok

@@ -33,8 +33,13 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 mod filters;
+mod fleet;
 mod score;
 
+pub use fleet::Fleet;
+
+#[cfg(test)]
+mod fleet_tests;
 #[cfg(test)]
 mod tests;
 
@@ -279,47 +284,92 @@ pub fn unreserved(s: &Server) -> Unreserved {
 /// Warnings for records that are damaged, incomplete or suspect (named so an operator can
 /// repair them).
 fn warnings(servers: &[Server]) -> Vec<Warning> {
+    servers.iter().flat_map(server_warnings).collect()
+}
+
+/// One server's warnings (see [`warnings`]); a [`Fleet`] keeps them per server.
+pub(crate) fn server_warnings(s: &Server) -> Vec<Warning> {
     let mut out = Vec::new();
-    for s in servers {
-        for v in s.vms.iter().filter(|v| v.source == Source::Record) {
-            // Only records that need attention cost anything here (this runs per placement).
-            if v.damaged.is_none() && !v.suspect && v.problems().is_empty() {
-                continue;
-            }
-            let counted = if v.on_server {
-                "counted as the server reports it".to_string()
-            } else if let Some(r) = v.ram_mib {
-                format!("not reported by the server, so counted as the record says ({r} MiB RAM)")
-            } else {
-                "not on the server, so counted as using nothing".to_string()
-            };
-            let message = if let Some(err) = &v.damaged {
-                format!(
-                    "VM record {} on {} is damaged ({err}); {counted}; repair it with PUT /vms/{} or remove it with DELETE /vms/{}",
-                    v.uuid, s.hostname, v.uuid, v.uuid
-                )
-            } else if !v.problems().is_empty() {
-                format!(
-                    "VM record {} on {} is incomplete ({}); {counted}; repair it with GET /vms/{}?sync=true or PUT /vms/{}",
-                    v.uuid,
-                    s.hostname,
-                    v.problems().join(", "),
-                    v.uuid,
-                    v.uuid
-                )
-            } else if v.suspect {
-                format!(
-                    "VM record {} on {} is not in the server's inventory; {counted}; check it with GET /vms/{}?sync=true",
-                    v.uuid, s.hostname, v.uuid
-                )
-            } else {
-                continue;
-            };
-            out.push(Warning { server: s.uuid, vm: v.uuid, message });
+    for v in s.vms.iter().filter(|v| v.source == Source::Record) {
+        // Only records that need attention cost anything here (this runs per placement).
+        if v.damaged.is_none() && !v.suspect && v.problems().is_empty() {
+            continue;
         }
+        let counted = if v.on_server {
+            "counted as the server reports it".to_string()
+        } else if let Some(r) = v.ram_mib {
+            format!("not reported by the server, so counted as the record says ({r} MiB RAM)")
+        } else {
+            "not on the server, so counted as using nothing".to_string()
+        };
+        let message = if let Some(err) = &v.damaged {
+            format!(
+                "VM record {} on {} is damaged ({err}); {counted}; repair it with PUT /vms/{} or remove it with DELETE /vms/{}",
+                v.uuid, s.hostname, v.uuid, v.uuid
+            )
+        } else if !v.problems().is_empty() {
+            format!(
+                "VM record {} on {} is incomplete ({}); {counted}; repair it with GET /vms/{}?sync=true or PUT /vms/{}",
+                v.uuid,
+                s.hostname,
+                v.problems().join(", "),
+                v.uuid,
+                v.uuid
+            )
+        } else if v.suspect {
+            format!(
+                "VM record {} on {} is not in the server's inventory; {counted}; check it with GET /vms/{}?sync=true",
+                v.uuid, s.hostname, v.uuid
+            )
+        } else {
+            continue;
+        };
+        out.push(Warning { server: s.uuid, vm: v.uuid, message });
     }
     out
 }
+
+/// What the filters and scorers need of one server, computed once per server (per
+/// [`allocate`] call, or per [`Fleet::upsert`]) instead of once per filter.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Summary {
+    pub free: Unreserved,
+    /// VMs counted against the `vm count` limit (a reservation for a VM that also has a
+    /// record or is reported counts once).
+    pub vm_count: usize,
+    /// The first VM (in the server's order) explicitly uncapped / capped: what the capness
+    /// rule names.
+    pub first_uncapped: Option<Uuid>,
+    pub first_capped: Option<Uuid>,
+    /// Owners with VMs on it, sorted.
+    pub owners: Vec<Uuid>,
+}
+
+impl Summary {
+    pub fn of(s: &Server) -> Summary {
+        let mut not_reservations: Vec<Uuid> = s.vms.iter().filter(|v| v.source != Source::Reservation).map(|v| v.uuid).collect();
+        not_reservations.sort_unstable();
+        let vm_count = s.vms.iter().filter(|v| v.source != Source::Reservation || not_reservations.binary_search(&v.uuid).is_err()).count();
+        let mut owners: Vec<Uuid> = s.vms.iter().filter_map(|v| v.owner).collect();
+        owners.sort_unstable();
+        owners.dedup();
+        Summary {
+            free: unreserved(s),
+            vm_count,
+            first_uncapped: s.vms.iter().find(|v| v.cap == Cap::Uncapped).map(|v| v.uuid),
+            first_capped: s.vms.iter().find(|v| matches!(v.cap, Cap::Capped(_))).map(|v| v.uuid),
+            owners,
+        }
+    }
+
+    /// Whether `owner` has VMs on the server.
+    pub fn hosts_owner(&self, owner: &Uuid) -> bool {
+        self.owners.binary_search(owner).is_ok()
+    }
+}
+
+/// A server with its summary: what filters and scorers see.
+pub(crate) type Seen<'a> = (&'a Server, &'a Summary);
 
 /// The biggest users of one resource on a server, named for an explanation: each VM's
 /// share, with whether it is a reservation, a suspect record or a damaged one.
@@ -352,12 +402,24 @@ pub fn top_users(s: &Server, resource: impl Fn(&VmUsage) -> Option<f64>, unit: &
 
 /// Chooses a server for `req`, or explains why none fits.
 pub fn allocate(servers: &[Server], req: &Request, cfg: &Config, rng: &mut impl Rng) -> Result<Placement, NoFit> {
-    let warnings = warnings(servers);
-    let mut set: Vec<&Server> = servers.iter().collect();
+    let summaries: Vec<Summary> = servers.iter().map(Summary::of).collect();
+    let all: Vec<Seen<'_>> = servers.iter().zip(&summaries).collect();
+    allocate_seen(&all, warnings(servers), req, cfg, rng)
+}
+
+/// [`allocate`] over servers whose summaries are known (a [`Fleet`] keeps them).
+pub(crate) fn allocate_seen(
+    servers: &[Seen<'_>],
+    warnings: Vec<Warning>,
+    req: &Request,
+    cfg: &Config,
+    rng: &mut impl Rng,
+) -> Result<Placement, NoFit> {
+    let mut set: Vec<Seen<'_>> = servers.to_vec();
     let mut rejected = Vec::new();
     let mut steps = vec![Step { step: "received", remaining: set.len() }];
     for (name, filter) in filters::HARD {
-        set.retain(|s| match filter(s, req, cfg, servers) {
+        set.retain(|(s, sum)| match filter(s, sum, req, cfg) {
             Ok(()) => true,
             Err(reason) => {
                 rejected.push(Rejection { server: s.uuid, hostname: s.hostname.clone(), step: name, reason });
@@ -376,7 +438,7 @@ pub fn allocate(servers: &[Server], req: &Request, cfg: &Config, rng: &mut impl 
         }
         steps.push(Step { step: name, remaining: set.len() });
     }
-    let chosen = if req.server.is_some() || set.len() == 1 { set[0].uuid } else { score::pick(&set, req, cfg, rng) };
+    let chosen = if req.server.is_some() || set.len() == 1 { set[0].0.uuid } else { score::pick(&set, req, cfg, rng) };
     steps.push(Step { step: "pick", remaining: 1 });
     Ok(Placement { server: chosen, steps, rejected, warnings })
 }
