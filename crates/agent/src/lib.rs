@@ -5,7 +5,8 @@
 //!   start: identity (pinned UUID) → sysinfo → key (made here, DATA/tls) → CA pinned
 //!          (vouched for by the join token) → join (public key → certificate) → register
 //!          → agent API on mutual TLS (headnodes' certificates only)
-//!   then:  heartbeat every few seconds (usage + VM inventory + hardware temperatures)
+//!   then:  heartbeat every few seconds (usage + hardware temperatures + the VM inventory,
+//!          whole or as a delta against what the headnode acknowledged: `inventory`)
 //!          per-VM supervisors converge what the headnode asks (`PUT/DELETE …/vms/{vm}`)
 //!          every state change is pushed, with its generation, until acknowledged
 //! ```
@@ -31,6 +32,7 @@ pub mod durable;
 pub mod headnode;
 pub mod identity;
 pub mod images;
+pub mod inventory;
 pub mod metadata;
 pub mod metrics;
 pub mod migration;
@@ -132,9 +134,26 @@ impl NodeRuntime {
         *self.hwmon.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = root;
     }
 
-    /// The heartbeat to send now: usage, the VM inventory, `problems`, temperatures.
+    /// The heartbeat to send now: usage, the full VM inventory, `problems`, temperatures.
     pub fn heartbeat(&self, problems: &[Problem]) -> Heartbeat {
         let vms = self.node.list();
+        let mut hb = self.liveness(&vms, problems);
+        hb.vms = Some(vms);
+        hb
+    }
+
+    /// The heartbeat to send now, its inventory whole or as a delta against what the
+    /// headnode acknowledged (`tracker` takes the statuses now).
+    pub fn heartbeat_tracked(&self, problems: &[Problem], tracker: &mut inventory::Tracker) -> Heartbeat {
+        let vms = self.node.list();
+        let hb = self.liveness(&vms, problems);
+        tracker.observe(vms);
+        let r = tracker.report();
+        Heartbeat { vms: r.vms, inventory_generation: Some(r.generation), delta: r.delta, ..hb }
+    }
+
+    /// A heartbeat without its inventory: usage, problems, temperatures, addresses.
+    fn liveness(&self, vms: &[nereid_types::agent::VmStatus], problems: &[Problem]) -> Heartbeat {
         let ram_used = vms.iter().filter(|v| v.state != "destroyed").filter_map(|v| v.ram).sum();
         let disk_used = vms.iter().filter_map(|v| v.disk_mib).sum();
         let load1 = std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(0.0);
@@ -147,7 +166,9 @@ impl NodeRuntime {
                 disk_used_mib: disk_used,
                 load1,
             },
-            vms,
+            vms: None,
+            inventory_generation: None,
+            delta: None,
             problems: problems.to_vec(),
             temperatures: metrics::readings(hwmon.as_deref()),
             nic_tag_addresses: self.node.nic_tag_addresses(),
@@ -505,11 +526,14 @@ async fn heartbeats(
     let mut wanted = None;
     let mut problems = Vec::new();
     let mut checked = std::time::Instant::now();
+    // The inventory as numbered here and as the headnode acknowledged it.
+    let mut tracker = inventory::Tracker::default();
     loop {
         let mut again = false;
         if !rt.paused.load(Ordering::SeqCst) {
             rt.node.refresh_nic_tag_addresses().await;
-            let hb = rt.heartbeat(&problems);
+            let hb = rt.heartbeat_tracked(&problems, &mut tracker);
+            let sent = tracker.generation();
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
             if creds.cert(rt.uuid).is_some_and(|c| c.needs_renewal(now))
                 && let Err(e) = renew(&hn, &creds, rt.uuid).await
@@ -518,11 +542,14 @@ async fn heartbeats(
             }
             match hn.heartbeat(rt.uuid, &hb).await {
                 Ok(reply) => {
+                    tracker.reply(sent, &reply);
+                    // A delta the headnode could not apply: the full inventory at once.
+                    again = reply.send_full && hb.delta.is_some();
                     // At start, when the networks change, and every few minutes: the links
                     // must carry their networks' MTU. A change is reported at once.
                     if wanted.as_ref() != Some(&reply.nic_tag_mtus) || checked.elapsed() > NETWORK_RECHECK {
                         let now = rt.node.check_network(&reply.nic_tag_mtus).await;
-                        again = now != problems;
+                        again |= now != problems;
                         problems = now;
                         wanted = Some(reply.nic_tag_mtus);
                         checked = std::time::Instant::now();
@@ -532,6 +559,7 @@ async fn heartbeats(
                     // Revoked, or another key approved for this UUID: asking again waits
                     // for the operator's approval, it never takes the server back by itself.
                     tracing::warn!(server = %rt.uuid, "the headnode refuses this server's certificate ({m}); asking to join again");
+                    tracker.forget();
                     if let Err(e) = join(&hn, &token, &creds, &rt, &agent_url).await {
                         tracing::error!(error = %e, "re-joining failed");
                     }

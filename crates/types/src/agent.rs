@@ -3,7 +3,7 @@
 //! ```text
 //!   agent ── POST /servers/join (join token) ──────────────► headnode   → {server_uuid, secret}
 //!   agent ── POST /servers/{uuid}/sysinfo ──────────────────► headnode   (at start and on change)
-//!   agent ── POST /servers/{uuid}/events/heartbeat ─────────► headnode   (every few seconds: usage + inventory)
+//!   agent ── POST /servers/{uuid}/events/heartbeat ─────────► headnode   (every few seconds: usage + inventory or its delta)
 //!   agent ── POST /servers/{uuid}/vms/{vm}/status ──────────► headnode   (each state change, retried until acknowledged)
 //!   headnode ── PUT /servers/{uuid}/vms/{vm} (Ensure) ──────► agent      ("make this VM be in this state with this definition")
 //!   headnode ── DELETE /servers/{uuid}/vms/{vm} ────────────► agent      ("make this VM not exist")
@@ -13,6 +13,31 @@
 //! secret the join issued. "Ensure" requests are idempotent: sending one twice changes
 //! nothing. The agent owns reality and numbers each VM's states with a generation only it
 //! increments; the headnode ignores a report older than the last one it accepted.
+//!
+//! Heartbeats cost nothing when nothing changed: the agent numbers its VM inventory
+//! (`inventory_generation`, bumped whenever any VM's status changes) and sends it whole
+//! only when the headnode has none acknowledged; otherwise a delta against the acknowledged
+//! generation, empty when nothing changed. The headnode writes the inventory only when it
+//! changes; a delta on another base than the one it holds is refused with `send_full`.
+//!
+//! ```text
+//!   agent                                                        headnode (inventories/{server})
+//!     ── {vms: [a, b], inventory_generation: 1} ───────────────►  {gen 1, [a, b]} written
+//!     ◄── {inventory_ack: 1} ──────────────────────────────────
+//!     ── {delta: {base_generation: 1}, inventory_generation: 1} ►  nothing written
+//!     ◄── {inventory_ack: 1} ──────────────────────────────────
+//!        (a stops)
+//!     ── {delta: {base 1, changed: [a'], removed: []}, gen 2} ──►  {gen 2, [a', b]} written, a' applied
+//!     ◄── {inventory_ack: 2} ──────────────────────────────────
+//!        (the headnode lost it, or another wrote gen 3)
+//!     ── {delta: {base 2, …}, gen 2} ───────────────────────────►  base ≠ held: nothing applied
+//!     ◄── {send_full: true} ───────────────────────────────────
+//!     ── {vms: [a', b], inventory_generation: 2} ──────────────►  written, all applied
+//! ```
+//!
+//! An agent older than deltas sends `vms` every time (no generation): taken as a full
+//! inventory. A headnode older than deltas acknowledges nothing: the agent keeps sending
+//! full inventories to it.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -320,12 +345,24 @@ pub struct Usage {
     pub load1: f64,
 }
 
-/// `POST /servers/{uuid}/events/heartbeat`.
+/// `POST /servers/{uuid}/events/heartbeat`: liveness (usage, problems, temperatures,
+/// addresses, policy digest) every time, and the VM inventory either whole (`vms`) or as
+/// a [`InventoryDelta`] against the generation the headnode acknowledged.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub usage: Usage,
-    /// Every VM the server has.
-    pub vms: Vec<VmStatus>,
+    /// Every VM the server has: a full inventory. An agent older than deltas always sends
+    /// it; a newer one only at start, when it has no acknowledgement, and when asked
+    /// ([`HeartbeatReply::send_full`]). Absent from a delta heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vms: Option<Vec<VmStatus>>,
+    /// The number of the inventory this heartbeat describes: the agent bumps it whenever
+    /// any VM's status it reports changes (absent from an agent older than deltas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory_generation: Option<i64>,
+    /// The inventory as a change to the one the headnode acknowledged (instead of `vms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<InventoryDelta>,
     /// What is wrong with the server now (empty when nothing is).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<Problem>,
@@ -340,6 +377,20 @@ pub struct Heartbeat {
     /// The digest of the network policy the server applied last (`None` before any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netpolicy_digest: Option<String>,
+}
+
+/// A heartbeat's inventory as a change: from the inventory numbered `base_generation`
+/// (the one the headnode last acknowledged) to the heartbeat's `inventory_generation`.
+/// Both empty when nothing changed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InventoryDelta {
+    pub base_generation: i64,
+    /// VMs new or whose status differs from the base's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<VmStatus>,
+    /// VMs of the base the server no longer has.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<Uuid>,
 }
 
 /// One hardware temperature reading of a server (a Linux hwmon `tempN_input`).
@@ -373,6 +424,15 @@ pub struct HeartbeatReply {
     /// The largest MTU among each nic tag's networks.
     #[serde(default)]
     pub nic_tag_mtus: std::collections::BTreeMap<String, u32>,
+    /// The inventory generation the headnode now holds for the server: the base of the
+    /// agent's next delta. Absent from a headnode older than deltas (the agent then keeps
+    /// sending full inventories).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory_ack: Option<i64>,
+    /// The headnode could not apply the delta (it holds another generation, or none):
+    /// the next heartbeat carries the full inventory.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub send_full: bool,
 }
 
 /// `POST /servers/join` and `POST /servers/{uuid}/sysinfo`.

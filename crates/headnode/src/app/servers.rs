@@ -1,4 +1,9 @@
 //! CNAPI: compute nodes joining, reporting, and being looked at and changed by operators.
+//!
+//! A heartbeat writes the server's small liveness record (`heartbeats`) every time and its
+//! VM inventory (`inventories`, see [`inventories`]) only when that changed; readers get
+//! both joined ([`App::heartbeats`], [`App::heartbeat_of`]) or liveness alone
+//! ([`App::heartbeat_times`]).
 
 use std::collections::HashMap;
 
@@ -12,13 +17,21 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::{App, RETRIES, encode, store_error};
-use crate::buckets::{HEARTBEATS, JOIN_TOKENS, SERVER_SECRETS, SERVERS};
+use crate::buckets::{HEARTBEATS, INVENTORIES, JOIN_TOKENS, SERVER_SECRETS, SERVERS};
 
-/// The last heartbeat of a server.
+#[path = "inventories.rs"]
+pub mod inventories;
+use inventories::{Inventory, MtuCache};
+
+/// The last heartbeat of a server. Stored without `vms` (bucket `heartbeats`): those are
+/// the server's inventory (bucket `inventories`), filled in when read. A record written
+/// before inventories were kept apart has them inside, and they are read from there until
+/// the server's next heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeartbeatRecord {
     pub at_ms: i64,
     pub usage: nereid_types::agent::Usage,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vms: Vec<VmStatus>,
     /// What the server last said is wrong with it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -420,28 +433,75 @@ impl App {
         Err(ApiError::conflict("ConcurrentModification", "the server record kept changing; retry"))
     }
 
-    /// Records a heartbeat and takes any VM state newer than what the records have;
-    /// answers what the server's networking must carry.
+    /// Records a heartbeat: its liveness record every time, its inventory (whole or a
+    /// delta, see [`inventories::take`]) only when it changed, conditionally on the held
+    /// one (two headnodes cannot lose an update); takes the reports of the VMs that changed
+    /// (every one of a full inventory) where newer than the records. Answers what the
+    /// server's networking must carry, the inventory generation now held, and whether the
+    /// agent must send its full inventory.
     pub async fn heartbeat(&self, uuid: Uuid, hb: &Heartbeat) -> Result<HeartbeatReply, ApiError> {
-        self.get_server_record(uuid).await?;
+        let key = uuid.to_string();
+        // Whether it exists; its record (a sysinfo) is not decoded per heartbeat.
+        if self.store.get(SERVERS.name, &key).await.map_err(store_error)?.is_none() {
+            return Err(ApiError::not_found(format!("server {uuid} does not exist")));
+        }
         let rec = HeartbeatRecord {
             at_ms: nereid_types::time::now_ms(),
             usage: hb.usage.clone(),
-            vms: hb.vms.clone(),
+            vms: Vec::new(),
             problems: hb.problems.clone(),
             temperatures: hb.temperatures.clone(),
             nic_tag_addresses: hb.nic_tag_addresses.clone(),
             netpolicy_digest: hb.netpolicy_digest.clone(),
         };
-        self.store.put(HEARTBEATS.name, &uuid.to_string(), encode(&rec), Cond::Any).await.map_err(store_error)?;
+        let mut taken = None;
+        for _ in 0..RETRIES {
+            let (held, cond) = match self.store.get(INVENTORIES.name, &key).await.map_err(store_error)? {
+                // One that does not decode is replaced by the next full inventory.
+                Some(o) => (serde_json::from_value::<Inventory>(o.value).ok(), Cond::Generation(o.generation)),
+                None => (None, Cond::Absent),
+            };
+            let t = inventories::take(held.as_ref(), hb);
+            let mut ops = vec![Op::put(HEARTBEATS.name, key.clone(), encode(&rec), Cond::Any)];
+            if let Some(w) = &t.write {
+                ops.push(Op::put(INVENTORIES.name, key.clone(), encode(w), cond));
+            }
+            match self.store.batch(ops).await {
+                Ok(_) => {
+                    taken = Some(t);
+                    break;
+                }
+                // Another headnode took a heartbeat of this server meanwhile: decide again.
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        let t =
+            taken.ok_or_else(|| ApiError::conflict("ConcurrentModification", format!("server {uuid}'s inventory kept changing; retry")))?;
+        if t.write.is_some() {
+            self.capacity_touch(uuid);
+        }
         // One VM's report failing (a damaged record, a race) never fails the server's heartbeat.
-        for st in &hb.vms {
+        for st in &t.apply {
             if let Err(e) = self.apply_vm_status(uuid, st).await {
                 tracing::warn!(server = %uuid, vm = %st.uuid, error = %e.message, "could not apply a VM's report");
             }
         }
+        if t.send_full {
+            tracing::debug!(server = %uuid, "a heartbeat's inventory delta is not on the held one; asking for the full inventory");
+        }
+        Ok(HeartbeatReply { nic_tag_mtus: self.heartbeat_mtus().await?, inventory_ack: t.ack, send_full: t.send_full })
+    }
+
+    /// The nic tags' MTUs answered to heartbeats (cached for [`inventories::MTU_TTL`]).
+    async fn heartbeat_mtus(&self) -> Result<std::collections::BTreeMap<String, u32>, ApiError> {
+        if let Some(m) = MtuCache::get(&self.store) {
+            return Ok(m);
+        }
         let nets = self.list_networks(&Query::default()).await?;
-        Ok(HeartbeatReply { nic_tag_mtus: nic_tag_mtus(&nets) })
+        let m = nic_tag_mtus(&nets);
+        MtuCache::put(&self.store, &m);
+        Ok(m)
     }
 
     /// Publishes this headnode's join token (as a SHA-256) so any headnode of the cluster
@@ -465,10 +525,55 @@ impl App {
         self.read(SERVERS.name, &uuid.to_string()).await?.ok_or_else(|| ApiError::not_found(format!("server {uuid} does not exist")))
     }
 
-    /// Every server's last heartbeat.
+    /// Every server's last heartbeat, its inventory included.
     pub async fn heartbeats(&self) -> Result<HashMap<Uuid, HeartbeatRecord>, ApiError> {
+        let mut out = self.liveness().await?;
+        let objs = self.store.list(INVENTORIES.name, &ListQuery::all()).await.map_err(store_error)?;
+        for o in objs {
+            let Ok(u) = Uuid::parse_str(&o.key) else { continue };
+            if let (Some(h), Ok(inv)) = (out.get_mut(&u), serde_json::from_value::<Inventory>(o.value)) {
+                h.vms = inv.vms;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every server's last heartbeat without its inventory (`vms` empty, unless written
+    /// before inventories were kept apart).
+    async fn liveness(&self) -> Result<HashMap<Uuid, HeartbeatRecord>, ApiError> {
         let objs = self.store.list(HEARTBEATS.name, &ListQuery::all()).await.map_err(store_error)?;
         Ok(objs.into_iter().filter_map(|o| Some((Uuid::parse_str(&o.key).ok()?, serde_json::from_value(o.value).ok()?))).collect())
+    }
+
+    /// When each server last sent a heartbeat (ms since the epoch): what liveness needs,
+    /// without the inventories.
+    pub async fn heartbeat_times(&self) -> Result<HashMap<Uuid, i64>, ApiError> {
+        #[derive(Deserialize)]
+        struct At {
+            at_ms: i64,
+        }
+        let objs = self.store.list(HEARTBEATS.name, &ListQuery::all()).await.map_err(store_error)?;
+        Ok(objs
+            .into_iter()
+            .filter_map(|o| Some((Uuid::parse_str(&o.key).ok()?, serde_json::from_value::<At>(o.value).ok()?.at_ms)))
+            .collect())
+    }
+
+    /// One server's last heartbeat, inventory included.
+    pub async fn heartbeat_of(&self, server: Uuid) -> Result<Option<HeartbeatRecord>, ApiError> {
+        let Some(o) = self.store.get(HEARTBEATS.name, &server.to_string()).await.map_err(store_error)? else { return Ok(None) };
+        let Ok(h) = serde_json::from_value::<HeartbeatRecord>(o.value) else { return Ok(None) };
+        Ok(Some(self.with_inventory(server, h).await?))
+    }
+
+    /// A liveness record with the server's inventory in it (when one is held).
+    async fn with_inventory(&self, server: Uuid, mut h: HeartbeatRecord) -> Result<HeartbeatRecord, ApiError> {
+        if let Some(inv) = self.store.get(INVENTORIES.name, &server.to_string()).await.map_err(store_error)?
+            && let Ok(inv) = serde_json::from_value::<Inventory>(inv.value)
+        {
+            h.vms = inv.vms;
+        }
+        Ok(h)
     }
 
     /// `running` or `unknown`, and seconds since the last heartbeat.
@@ -518,7 +623,10 @@ impl App {
 
     pub async fn list_servers(&self, q: &Query) -> Result<Vec<(Server, Option<HeartbeatRecord>)>, ApiError> {
         let servers: Vec<Server> = self.list(SERVERS.name, &ListQuery::all()).await?;
-        let mut hbs = self.heartbeats().await?;
+        // The inventories only when the listing shows them.
+        let extras = q.str("extras").unwrap_or_default();
+        let mut hbs =
+            if extras.split(',').any(|e| matches!(e.trim(), "vms" | "all")) { self.heartbeats().await? } else { self.liveness().await? };
         let mut out: Vec<(Server, Option<HeartbeatRecord>)> = servers
             .into_iter()
             .filter(|s| matches(s, q))
@@ -534,7 +642,10 @@ impl App {
 
     pub async fn get_server(&self, uuid: Uuid) -> Result<(Server, Option<HeartbeatRecord>), ApiError> {
         let (s, _) = self.get_server_record(uuid).await?;
-        let hb = self.read::<HeartbeatRecord>(HEARTBEATS.name, &uuid.to_string()).await?.map(|(h, _)| h);
+        let hb = match self.read::<HeartbeatRecord>(HEARTBEATS.name, &uuid.to_string()).await? {
+            Some((h, _)) => Some(self.with_inventory(uuid, h).await?),
+            None => None,
+        };
         Ok((s, hb))
     }
 
@@ -576,6 +687,7 @@ impl App {
                 Op::delete(SERVERS.name, &key, Cond::Any),
                 Op::delete(SERVER_SECRETS.name, &key, Cond::Any),
                 Op::delete(HEARTBEATS.name, &key, Cond::Any),
+                Op::delete(INVENTORIES.name, &key, Cond::Any),
             ])
             .await
             .map(|_| ())

@@ -38,14 +38,22 @@ fn ca_schema() -> Value {
         "proofs": {"type": "array", "items": {"type": "string"}}}})
 }
 fn heartbeat_schema() -> Value {
-    json!({"type": "object", "properties": {"usage": {"type": "object"}, "vms": {"type": "array", "items": {"type": "object"}},
+    json!({"type": "object", "properties": {"usage": {"type": "object"},
+        "vms": {"type": "array", "description": "The full VM inventory (absent from a delta heartbeat).", "items": {"type": "object"}},
+        "inventory_generation": {"type": "integer", "description": "The agent's number for the inventory this heartbeat describes."},
+        "delta": {"type": "object", "description": "The inventory as a change to the acknowledged one (instead of vms).",
+            "required": ["base_generation"], "properties": {"base_generation": {"type": "integer"},
+                "changed": {"type": "array", "items": {"type": "object"}},
+                "removed": {"type": "array", "items": {"type": "string", "format": "uuid"}}}},
         "problems": {"type": "array", "items": {"type": "object"}},
         "temperatures": {"type": "array", "description": "The host's hardware temperatures now; absent without sensors.", "items": {
             "type": "object", "required": ["sensor", "label", "celsius"], "properties": {
                 "sensor": {"type": "string"}, "label": {"type": "string"}, "celsius": {"type": "number"}}}}}})
 }
 fn heartbeat_reply_schema() -> Value {
-    json!({"type": "object", "properties": {"nic_tag_mtus": {"type": "object", "additionalProperties": {"type": "integer"}}}})
+    json!({"type": "object", "properties": {"nic_tag_mtus": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "inventory_ack": {"type": "integer", "description": "The inventory generation the headnode holds: the base of the next delta."},
+        "send_full": {"type": "boolean", "description": "The delta was not on the held inventory: send the full one."}}})
 }
 fn status_schema() -> Value {
     json!({"type": "object", "required": ["uuid", "state", "generation"], "properties": {"uuid": {"type": "string"}, "state": {"type": "string"}, "generation": {"type": "integer"}}})
@@ -102,7 +110,7 @@ pub fn routes() -> Vec<Route> {
             "/servers/{uuid}/events/heartbeat",
             doc(
                 "ServerHeartbeat",
-                "A compute node's heartbeat: usage, VM inventory and problems; answers the MTU each nic tag must carry.",
+                "A compute node's heartbeat: usage, problems, and its VM inventory whole or as a delta against the acknowledged one; answers the MTU each nic tag must carry and the inventory generation held.",
                 BodyDoc::Schema(heartbeat_schema),
                 RespDoc::Schema(200, heartbeat_reply_schema),
             ),
