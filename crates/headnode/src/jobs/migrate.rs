@@ -75,10 +75,9 @@ fn paused(job: &Job) -> bool {
     data::<bool>(job, "paused") == Some(true)
 }
 
-/// The order for one side.
-async fn order(app: &App, m: &Migration, role: Role, step: AStep) -> Result<Order, String> {
-    let target = target_of(m)?;
-    let mut o = Order {
+/// The order for one side, as the record alone says it (no VM, no peer).
+fn bare_order(m: &Migration, role: Role, step: AStep) -> Order {
+    Order {
         migration: m.id,
         role,
         step,
@@ -88,7 +87,14 @@ async fn order(app: &App, m: &Migration, role: Role, step: AStep) -> Result<Orde
         peer: None,
         peer_server: None,
         bandwidth_mbps: m.bandwidth_mbps,
-    };
+    }
+}
+
+/// The order for one side: the target's prepare and resume say how the VM is to be
+/// there; the source's name the target's migration address.
+async fn order(app: &App, m: &Migration, role: Role, step: AStep) -> Result<Order, String> {
+    let target = target_of(m)?;
+    let mut o = bare_order(m, role, step);
     match role {
         Role::Target if step == AStep::Prepare => {
             let (vm, _) = app.get_vm(m.vm_uuid, None).await.map_err(|e| e.message)?;
@@ -268,10 +274,9 @@ async fn target_runs(app: &App, m: &Migration) -> bool {
 /// abort is idempotent; a side that cannot be reached is an error, the job retries).
 async fn clean_up(app: &App, m: &Migration) -> Result<(), String> {
     if let Some(target) = m.target_server_uuid {
-        let o = order(app, m, Role::Target, AStep::Abort).await?;
+        let o = bare_order(m, Role::Target, AStep::Abort);
         drive(app, target, m.vm_uuid, &o, &mut ()).await.map_err(|e| format!("removing the VM from the target server {target}: {e}"))?;
-        let o = order(app, m, Role::Source, AStep::Abort).await.unwrap_or(Order { peer: None, peer_server: None, ..o });
-        let o = Order { role: Role::Source, ..o };
+        let o = bare_order(m, Role::Source, AStep::Abort);
         drive(app, m.source_server_uuid, m.vm_uuid, &o, &mut ())
             .await
             .map_err(|e| format!("telling the source server {} to forget the migration: {e}", m.source_server_uuid))?;
