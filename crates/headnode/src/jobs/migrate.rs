@@ -24,7 +24,8 @@ use async_trait::async_trait;
 use nereid_store::{Cond, Op};
 use nereid_types::agent::Desired;
 use nereid_types::job::Job;
-use nereid_types::migration::{AgentProgress, Migration, Order, Role, Step as AStep};
+use nereid_types::migration::{AgentProgress, Migration, Order, ProgressEntry, Role, Step as AStep};
+use nereid_types::vm::Vm;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -106,8 +107,7 @@ async fn order(app: &App, m: &Migration, role: Role, step: AStep) -> Result<Orde
         Role::Target if step == AStep::Resume => {
             // The state the VM is to be in there: a VM stopped when it left stays stopped.
             let (vm, _) = app.get_vm(m.vm_uuid, None).await.map_err(|e| e.message)?;
-            let desired = if vm.desired_state.as_deref() == Some("stopped") { Desired::Stopped } else { Desired::Running };
-            o.ensure = Some(vm.ensure(desired, None)?);
+            o.ensure = Some(vm.ensure(desired_there(&vm), None)?);
         }
         Role::Source => {
             let (srv, _) = app.get_server_record(target).await.map_err(|e| e.message)?;
@@ -120,6 +120,11 @@ async fn order(app: &App, m: &Migration, role: Role, step: AStep) -> Result<Orde
         Role::Target => {}
     }
     Ok(o)
+}
+
+/// How the VM is to be on the target: a VM stopped when it left stays stopped.
+fn desired_there(vm: &Vm) -> Desired {
+    if vm.desired_state.as_deref() == Some("stopped") { Desired::Stopped } else { Desired::Running }
 }
 
 /// What a driven order does between polls besides waiting (nothing, for `()`).
@@ -218,12 +223,9 @@ async fn end_phase(app: &App, job: &Job, state: &str, message: &str, change: imp
     let id = migration_id(job)?;
     let now = nereid_types::time::now_iso();
     app.modify_migration(id, |m| {
-        if let Some(e) = m.progress_history.last_mut().filter(|e| e.state == "running") {
-            e.state = "successful".into();
+        if let Some(e) = close_running(m, "successful", &now) {
             e.message = Some(message.into());
             e.current_progress = e.total_progress;
-            e.finished_timestamp = Some(now.clone());
-            e.transfer_bytes_second = None;
         }
         m.state = state.into();
         m.finished_timestamp = Some(now.clone());
@@ -231,6 +233,16 @@ async fn end_phase(app: &App, job: &Job, state: &str, message: &str, change: imp
     })
     .await
     .map_err(|e| e.message)
+}
+
+/// Ends the record's running progress entry (if any) as `state`, now; the entry, for
+/// its message or error.
+fn close_running<'m>(m: &'m mut Migration, state: &str, now: &str) -> Option<&'m mut ProgressEntry> {
+    let e = m.progress_history.last_mut().filter(|e| e.state == "running")?;
+    e.state = state.into();
+    e.finished_timestamp = Some(now.into());
+    e.transfer_bytes_second = None;
+    Some(e)
 }
 
 /// Writes the agent's progress into the running entry (bytes done of bytes total).
@@ -285,6 +297,19 @@ async fn clean_up(app: &App, m: &Migration) -> Result<(), String> {
     Ok(())
 }
 
+/// Tells the source to stop its copy of the migrated VM (kept until finalize). Past the
+/// point of no return, so only said: the error is what to tell (finalize deletes it anyway).
+async fn release_source(app: &App, m: &Migration) -> Result<(), String> {
+    let o = order(app, m, Role::Source, AStep::Release)
+        .await
+        .map_err(|e| format!("the source was not told to release the VM ({e}); finalize deletes it"))?;
+    drive(app, m.source_server_uuid, m.vm_uuid, &o, &mut ()).await.map_err(|e| {
+        tracing::warn!(vm = %m.vm_uuid, error = %e, "the source did not release the migrated VM");
+        format!("the source did not release the VM ({e}); finalize deletes it")
+    })?;
+    Ok(())
+}
+
 struct Check;
 
 #[async_trait]
@@ -323,17 +348,10 @@ impl Step for Check {
             // Past the point of no return: the guest runs on the target. Forward only.
             let target = target_of(&m)?;
             move_record(app, m.vm_uuid, target, Some(m.id)).await?;
-            if let Ok(o) = order(app, &m, Role::Source, AStep::Release).await
-                && let Err(e) = drive(app, m.source_server_uuid, m.vm_uuid, &o, &mut ()).await
-            {
-                tracing::warn!(vm = %m.vm_uuid, error = %e, "the source did not release the migrated VM");
-            }
+            let _ = release_source(app, &m).await;
             app.modify_migration(m.id, |r| {
-                if let Some(e) = r.progress_history.last_mut().filter(|e| e.state == "running") {
-                    e.state = "successful".into();
+                if let Some(e) = close_running(r, "successful", &now) {
                     e.message = Some(format!("switched; the VM runs on the target (the job's last steps failed: {why})"));
-                    e.finished_timestamp = Some(now.clone());
-                    e.transfer_bytes_second = None;
                 }
                 r.phase = "switch".into();
                 r.state = "successful".into();
@@ -346,11 +364,8 @@ impl Step for Check {
         let cleanup = clean_up(app, &m).await.err();
         let phase = m.phase.clone();
         app.modify_migration(m.id, |r| {
-            if let Some(e) = r.progress_history.last_mut().filter(|e| e.state == "running") {
-                e.state = "failed".into();
+            if let Some(e) = close_running(r, "failed", &now) {
                 e.error = Some(why.clone());
-                e.finished_timestamp = Some(now.clone());
-                e.transfer_bytes_second = None;
             }
             r.state = "failed".into();
             r.error = Some(format!("{phase} failed: {why}"));
@@ -507,7 +522,7 @@ impl Step for Switch {
         if target_runs(app, &m).await {
             return Ok("the target runs the VM already: the source stays paused".into());
         }
-        let o = Order { step: AStep::Resume, ..order(app, &m, Role::Source, AStep::Resume).await? };
+        let o = order(app, &m, Role::Source, AStep::Resume).await?;
         drive(app, m.source_server_uuid, m.vm_uuid, &o, &mut ()).await.map_err(|e| format!("resuming the VM on the source: {e}"))?;
         Ok("the VM runs on the source again".into())
     }
@@ -588,10 +603,9 @@ impl Step for ResumeTarget {
         drive(app, target, m.vm_uuid, &o, &mut ()).await.map_err(|e| format!("the target server {target} could not run the VM: {e}"))?;
         // From here on the VM is the target's: an ordinary ensure, as the record wants it.
         let (vm, _) = app.get_vm(m.vm_uuid, None).await.map_err(|e| e.message)?;
-        let desired = if vm.desired_state.as_deref() == Some("stopped") { Desired::Stopped } else { Desired::Running };
         // The guest runs there now: nothing below may unwind the migration (the target's
         // agent has the VM either way; its reports reach the record).
-        let e = vm.ensure(desired, None)?;
+        let e = vm.ensure(desired_there(&vm), None)?;
         match app.agent_ensure(target, &e).await {
             Ok(st) => {
                 if let Err(err) = app.apply_vm_status(target, &st).await {
@@ -620,17 +634,10 @@ impl Step for ReleaseSource {
         }
         // Past the point of no return: never fails (the copy is deleted at finalize).
         let m = record(app, job).await?;
-        let o = match order(app, &m, Role::Source, AStep::Release).await {
-            Ok(o) => o,
-            Err(e) => return Ok(format!("the source was not told to release the VM ({e}); finalize deletes it")),
-        };
-        match drive(app, m.source_server_uuid, m.vm_uuid, &o, &mut ()).await {
-            Ok(_) => Ok("the source keeps a stopped copy until finalize".into()),
-            Err(e) => {
-                tracing::warn!(vm = %m.vm_uuid, error = %e, "the source did not release the migrated VM");
-                Ok(format!("the source did not release the VM ({e}); finalize deletes it"))
-            }
-        }
+        Ok(match release_source(app, &m).await {
+            Ok(()) => "the source keeps a stopped copy until finalize".into(),
+            Err(why) => why,
+        })
     }
 }
 
