@@ -180,6 +180,13 @@ pub fn entry(phase: &str, message: &str) -> ProgressEntry {
     }
 }
 
+/// `estimate`'s answer: what a migration of the VM moves (its disks and its memory).
+pub fn estimate(vm: &Vm) -> Value {
+    let disk = vm.disk_mib().unwrap_or(0) << 20;
+    let ram = vm.ram_mib().unwrap_or(0) << 20;
+    json!({"size": disk + ram, "disk_bytes": disk, "ram_bytes": ram})
+}
+
 /// A fresh secret for the two agents (256 bits, hex).
 fn token() -> String {
     use rand::RngCore;
@@ -259,21 +266,14 @@ impl App {
         if !VMAPI_ACTIONS.contains(&req.action.as_str()) {
             return Err(ApiError::new(409, "InvalidArgument", "Invalid migration action"));
         }
-        let _one_at_a_time = self.network_locks.lock(&format!("migration:{vm_uuid}")).await;
+        let _one_at_a_time = self.vm_locks.lock(&vm_uuid.to_string()).await;
         let (vm, _) = self.get_vm(vm_uuid, req.owner).await?;
         let latest = self.latest_migration(vm_uuid).await?;
         match req.action.as_str() {
             "begin" => self.migration_begin(&vm, latest.map(|l| l.0), &req).await,
             "estimate" => {
                 check_begin(&vm, latest.as_ref().map(|l| &l.0), req.owner.is_some(), self.cfg.migration.user_migration_allowed)?;
-                let disk = vm.disk_mib().unwrap_or(0) << 20;
-                let ram = vm.ram_mib().unwrap_or(0) << 20;
-                let m = Migration { ..blank(&vm, "estimate") };
-                Ok(MigrateAnswer {
-                    migration: m,
-                    job_uuid: None,
-                    estimate: Some(json!({"size": disk + ram, "disk_bytes": disk, "ram_bytes": ram})),
-                })
+                Ok(MigrateAnswer { migration: blank(&vm, "estimate"), job_uuid: None, estimate: Some(estimate(&vm)) })
             }
             action => {
                 let Some((m, g)) = latest else {
