@@ -21,6 +21,7 @@ use std::time::Duration;
 use nereid_alloc::{Locality, Request};
 use nereid_store::{Cond, Filter, Kind, ListQuery, Op, Path, StoreError};
 use nereid_types::ApiError;
+use nereid_types::job::Job;
 use nereid_types::migration::{Migration, ProgressEntry, USER_MIGRATION_NOT_ALLOWED, VMAPI_ACTIONS};
 use nereid_types::vm::Vm;
 use rand::SeedableRng;
@@ -78,6 +79,11 @@ pub const JOB_TIMEOUT_SECS: u64 = 24 * 3600;
 /// Triton's 412.
 pub fn precondition(message: impl Into<String>) -> ApiError {
     ApiError::new(412, "PreconditionFailed", message)
+}
+
+/// The 404 of a VM that was never migrated.
+fn no_migration(vm: Uuid) -> ApiError {
+    ApiError::not_found(format!("VM {vm} has no migration"))
 }
 
 /// The job task of an action.
@@ -217,7 +223,7 @@ impl App {
             Some((m, _)) if owner.is_none_or(|o| o == m.owner_uuid) => Ok(m),
             Some(_) => Err(ApiError::not_found("VM not found")),
             None if owner.is_some() => Err(ApiError::not_found("VM not found")),
-            None => Err(ApiError::not_found(format!("VM {vm} has no migration"))),
+            None => Err(no_migration(vm)),
         }
     }
 
@@ -277,7 +283,7 @@ impl App {
             }
             action => {
                 let Some((m, g)) = latest else {
-                    return Err(ApiError::not_found(format!("VM {vm_uuid} has no migration")));
+                    return Err(no_migration(vm_uuid));
                 };
                 check_action(action, &m)?;
                 match action {
@@ -310,12 +316,10 @@ impl App {
         let disk = vm.disk_mib().unwrap_or(0);
         let mut locality = Locality { strict: true, near: Vec::new(), far: vec![vm.uuid] };
         if !req.affinity.is_empty() {
-            let rules = crate::cloudapi::render::affinity_rules(&json!(req.affinity))
-                .map_err(|m| ApiError::validation_409(vec![nereid_types::FieldError::invalid("affinity", m)]))?;
+            let bad = |m| ApiError::validation_409(vec![nereid_types::FieldError::invalid("affinity", m)]);
+            let rules = crate::cloudapi::render::affinity_rules(&json!(req.affinity)).map_err(bad)?;
             let mine = self.owner_active_vms(owner).await?;
-            if let Some(loc) = crate::cloudapi::render::locality(&rules, &mine)
-                .map_err(|m| ApiError::validation_409(vec![nereid_types::FieldError::invalid("affinity", m)]))?
-            {
+            if let Some(loc) = crate::cloudapi::render::locality(&rules, &mine).map_err(bad)? {
                 let extra = loc.as_object().map(super::vms::locality_of).unwrap_or_default();
                 locality.near = extra.near;
                 locality.far.extend(extra.far);
@@ -348,24 +352,15 @@ impl App {
             // Always a new record (and id): the agents know a migration by its id, and one
             // that failed and was unwound is over for them.
             let mut m = blank(vm, "begin");
-            m.action = "begin".into();
             m.automatic = req.automatic;
-            m.phase = "begin".into();
-            m.state = "running".into();
-            m.error = None;
             m.started_timestamp = Some(now.clone());
-            m.finished_timestamp = None;
             m.target_server_uuid = Some(target);
-            m.source_server_uuid = source;
             m.mechanism = if req.offline { "offline".into() } else { "live".into() };
             m.bandwidth_mbps = req.bandwidth_mbps.or(self.cfg.migration.bandwidth_mbps);
             m.requested_by = Some(req.requested_by.clone());
             m.placement = Some(explain(&placement));
             m.token = token();
-            let mut params = Map::new();
-            params.insert("migration".into(), json!(m.id));
-            let mut job = new_job(task_of("begin", req.automatic), vm.uuid, Some(source), Some(owner), params);
-            job.timeout = JOB_TIMEOUT_SECS;
+            let job = job_of(task_of("begin", req.automatic), &m);
             m.job_uuid = Some(job.uuid);
             let res = Reservation {
                 job_uuid: m.id,
@@ -419,10 +414,7 @@ impl App {
 
     /// Queues the job of sync, switch or abort, marking the record running.
     async fn migration_job(&self, m: Migration, g: i64, action: &str, req: &MigrateRequest) -> Result<MigrateAnswer, ApiError> {
-        let mut params = Map::new();
-        params.insert("migration".into(), json!(m.id));
-        let mut job = new_job(task_of(action, false), m.vm_uuid, Some(m.source_server_uuid), Some(m.owner_uuid), params);
-        job.timeout = JOB_TIMEOUT_SECS;
+        let job = job_of(task_of(action, false), &m);
         let mut next = m.clone();
         next.action = action.into();
         next.state = "running".into();
@@ -481,7 +473,7 @@ impl App {
     /// (only when no job works on it and it holds nothing anywhere).
     pub async fn delete_migration_record(&self, vm: Uuid) -> Result<(), ApiError> {
         let Some((m, g)) = self.latest_migration(vm).await? else {
-            return Err(ApiError::not_found(format!("VM {vm} has no migration")));
+            return Err(no_migration(vm));
         };
         if m.state == "running" {
             return Err(precondition("Cannot delete a running migration: pause it (sync) or wait for it"));
@@ -502,6 +494,14 @@ pub fn holds_something(m: &Migration) -> bool {
         "successful" => m.phase == "switch" && !m.is_finalized(),
         _ => false,
     }
+}
+
+/// The job of `task` for the migration (on its source, for its owner).
+fn job_of(task: &str, m: &Migration) -> Job {
+    let params = Map::from_iter([("migration".to_string(), json!(m.id))]);
+    let mut job = new_job(task, m.vm_uuid, Some(m.source_server_uuid), Some(m.owner_uuid), params);
+    job.timeout = JOB_TIMEOUT_SECS;
+    job
 }
 
 /// A new record for the VM.
@@ -559,8 +559,7 @@ pub async fn watch(app: Arc<App>, vm: Uuid, owner: Option<Uuid>) -> Result<tokio
                 }
                 let mut e = e.clone();
                 e.duration_ms = Some(nereid_types::migration::entry_duration_ms(&e, now_ms));
-                let line = format!("{}\n", serde_json::to_string(&e).unwrap_or_default());
-                if tx.send(line).await.is_err() {
+                if tx.send(line(&e)).await.is_err() {
                     return;
                 }
                 quiet_since = std::time::Instant::now();
@@ -579,7 +578,7 @@ pub async fn watch(app: Arc<App>, vm: Uuid, owner: Option<Uuid>) -> Result<tokio
             if quiet_since.elapsed() > Duration::from_secs(60) {
                 // Triton repeats the last event once a minute so proxies keep the stream.
                 if let Some(last) = m.progress_history.last() {
-                    let _ = tx.send(format!("{}\n", serde_json::to_string(last).unwrap_or_default())).await;
+                    let _ = tx.send(line(last)).await;
                 }
                 quiet_since = std::time::Instant::now();
             }
@@ -603,6 +602,11 @@ pub async fn watch(app: Arc<App>, vm: Uuid, owner: Option<Uuid>) -> Result<tokio
         }
     });
     Ok(rx)
+}
+
+/// A watch line: the entry as Triton's NDJSON.
+fn line(e: &ProgressEntry) -> String {
+    format!("{}\n", serde_json::to_string(e).unwrap_or_default())
 }
 
 #[cfg(test)]
