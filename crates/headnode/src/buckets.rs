@@ -62,6 +62,9 @@ pub const HEARTBEATS: BucketDef = BucketDef { name: "heartbeats", indexes: &[] }
 /// placements decided from the same view of it cannot both commit. Keyed by server UUID.
 pub const SERVER_CLAIMS: BucketDef = BucketDef { name: "server_claims", indexes: &[] };
 /// Capacity held for in-flight provisions and resizes, keyed by job UUID.
+/// Each server's last reported VM inventory (the `vms` of its heartbeats), written only
+/// when it changes; keyed by server UUID.
+pub const INVENTORIES: BucketDef = BucketDef { name: "inventories", indexes: &[] };
 pub const RESERVATIONS: BucketDef = BucketDef { name: "reservations", indexes: &[text(&["server_uuid"]), text(&["vm_uuid"])] };
 /// VMAPI's migration records (`vmapi_vm_migrations`), keyed by migration id.
 pub const MIGRATIONS: BucketDef = BucketDef {
@@ -133,6 +136,7 @@ pub const ALL: &[BucketDef] = &[
     HEARTBEATS,
     SERVER_CLAIMS,
     RESERVATIONS,
+    INVENTORIES,
     MIGRATIONS,
     EVACUATIONS,
     VMS,

@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 pub mod accounts;
 pub mod agents;
 pub mod allocation;
+pub mod capacity;
 pub mod consoles;
 pub mod doctor;
 pub mod evacuate;
@@ -134,10 +135,15 @@ pub struct App {
     /// Serialises IP allocation per network inside this process (the store's conditional
     /// writes keep several headnodes correct; the lock keeps one from fighting itself).
     pub network_locks: KeyedLocks,
+    /// Per-VM locks of this process: a migration's begin and any other job queued on the
+    /// VM cannot pass each other (keyed by the VM's UUID).
+    pub vm_locks: KeyedLocks,
     pub cfg: AppConfig,
     pub agents: agents::Agents,
     /// Serialises placement in this process (conditional claims keep several headnodes correct).
     pub alloc_lock: tokio::sync::Mutex<()>,
+    /// Placement's view of every server, kept between decisions.
+    pub capacity: capacity::Capacity,
     /// Wakes the job runner when a job is queued.
     pub jobs_notify: tokio::sync::Notify,
     /// Wakes the network policy push ([`netpolicy::run`]): firewall rules changed, a
@@ -162,9 +168,11 @@ impl App {
             store: Arc::new(crate::fence::FencedStore(store)),
             files,
             network_locks: KeyedLocks::default(),
+            vm_locks: KeyedLocks::default(),
             cfg,
             agents: agents::Agents::default(),
             alloc_lock: tokio::sync::Mutex::new(()),
+            capacity: capacity::Capacity::default(),
             jobs_notify: tokio::sync::Notify::new(),
             netpolicy_notify: tokio::sync::Notify::new(),
             evacuations: Default::default(),

@@ -527,7 +527,7 @@ impl App {
 
     /// Every server's last heartbeat, its inventory included.
     pub async fn heartbeats(&self) -> Result<HashMap<Uuid, HeartbeatRecord>, ApiError> {
-        let mut out = self.liveness().await?;
+        let mut out = self.heartbeats_liveness().await?;
         let objs = self.store.list(INVENTORIES.name, &ListQuery::all()).await.map_err(store_error)?;
         for o in objs {
             let Ok(u) = Uuid::parse_str(&o.key) else { continue };
@@ -539,8 +539,9 @@ impl App {
     }
 
     /// Every server's last heartbeat without its inventory (`vms` empty, unless written
-    /// before inventories were kept apart).
-    async fn liveness(&self) -> Result<HashMap<Uuid, HeartbeatRecord>, ApiError> {
+    /// before inventories were kept apart): for readers that need liveness, usage,
+    /// problems, addresses or policy digests, not VMs.
+    pub async fn heartbeats_liveness(&self) -> Result<HashMap<Uuid, HeartbeatRecord>, ApiError> {
         let objs = self.store.list(HEARTBEATS.name, &ListQuery::all()).await.map_err(store_error)?;
         Ok(objs.into_iter().filter_map(|o| Some((Uuid::parse_str(&o.key).ok()?, serde_json::from_value(o.value).ok()?))).collect())
     }
@@ -626,7 +627,7 @@ impl App {
         // The inventories only when the listing shows them.
         let extras = q.str("extras").unwrap_or_default();
         let mut hbs =
-            if extras.split(',').any(|e| matches!(e.trim(), "vms" | "all")) { self.heartbeats().await? } else { self.liveness().await? };
+            if extras.split(',').any(|e| matches!(e.trim(), "vms" | "all")) { self.heartbeats().await? } else { self.heartbeats_liveness().await? };
         let mut out: Vec<(Server, Option<HeartbeatRecord>)> = servers
             .into_iter()
             .filter(|s| matches(s, q))
@@ -655,7 +656,11 @@ impl App {
             let (cur, g) = self.get_server_record(uuid).await?;
             let next = server::check_update(&cur, input)?;
             match self.store.put(SERVERS.name, &uuid.to_string(), encode(&next), Cond::Generation(g)).await {
-                Ok(_) => return Ok(next),
+                Ok(_) => {
+                    // Reserved, traits, ratios: placement reads the server again.
+                    self.capacity_touch(uuid);
+                    return Ok(next);
+                }
                 Err(e) if e.is_conflict() => continue,
                 Err(e) => return Err(store_error(e)),
             }
@@ -690,8 +695,9 @@ impl App {
                 Op::delete(INVENTORIES.name, &key, Cond::Any),
             ])
             .await
-            .map(|_| ())
-            .map_err(store_error)
+            .map_err(store_error)?;
+        self.capacity_touch(uuid);
+        Ok(())
     }
 }
 

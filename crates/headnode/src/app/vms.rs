@@ -23,6 +23,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::allocation::{Reservation, claim_op, explain, no_fit_error, reservation_op};
+use super::capacity::Decided;
 use super::{App, RETRIES, encode, store_error};
 use crate::buckets::{IMAGES, NETWORK_NAMES, NETWORK_POOLS, NETWORKS, NICS, PACKAGES, RESERVATIONS, VMS};
 use crate::jobs::provision::NetRequest;
@@ -914,12 +915,13 @@ impl App {
                 .map(|ns| Map::from_iter([("internal_metadata_namespaces".to_string(), ns.clone())]))
                 .unwrap_or_default(),
         };
-        let _serial = self.alloc_lock.lock().await;
-
+        // Per owner when names must be unique or locality is asked: two creates of one
+        // owner cannot both take a name or both miss each other's VMs. Placement itself
+        // is not serialised (see `capacity`).
+        let _owner = if opts.unique_alias || opts.locality.is_some() { Some(self.vm_locks.lock(&format!("owner:{owner}")).await) } else { None };
         let mut rng = rand::rngs::StdRng::from_os_rng();
         let mut request = request;
         for _ in 0..RETRIES * 4 {
-            let started = Instant::now();
             if opts.unique_alias || opts.locality.is_some() {
                 let mine = self.owner_active_vms(owner).await?;
                 if opts.unique_alias
@@ -932,22 +934,8 @@ impl App {
                     request.locality = f(&mine)?.as_ref().and_then(Value::as_object).map(locality_of).unwrap_or_default();
                 }
             }
-            let view = self.placement_view().await?;
             let alloc_cfg = nereid_alloc::Config { underlay_tag: Some(self.cfg.fabric.underlay_tag.clone()), ..self.cfg.alloc.clone() };
-            let placed = nereid_alloc::allocate(&view.servers, &request, &alloc_cfg, &mut rng);
-            self.metrics.observe_allocation(started.elapsed().as_secs_f64());
-            let placement = match placed {
-                Ok(p) => p,
-                Err(nf) => {
-                    for w in &nf.warnings {
-                        tracing::warn!("{}", w.message);
-                    }
-                    return Err(no_fit_error(&nf));
-                }
-            };
-            for w in &placement.warnings {
-                tracing::warn!("{}", w.message);
-            }
+            let Decided { placement, fresh } = self.place(&request, &alloc_cfg, &mut rng).await?;
             let server = placement.server;
             let mut record = base.clone();
             record.server_uuid = Some(server);
@@ -967,17 +955,21 @@ impl App {
                 kind: "provision".into(),
             };
             let ops = vec![
-                claim_op(server, view.claims.get(&server).copied()),
+                claim_op(server, fresh.claim),
                 reservation_op(&res),
                 Op::put(VMS.name, uuid.to_string(), encode(&record), Cond::Absent),
                 job_op(&job),
             ];
             match self.store.batch(ops).await {
                 Ok(_) => {
+                    self.capacity_claimed(fresh, &res);
                     self.jobs_notify.notify_one();
                     return Ok(Created { vm: record, job, placement: explain(&placement) });
                 }
-                Err(StoreError::Conflict { op_index: 0, .. }) => continue,
+                Err(StoreError::Conflict { op_index: 0, .. }) => {
+                    self.capacity_touch(server);
+                    continue;
+                }
                 Err(StoreError::Conflict { op_index: 2, .. }) => {
                     return Err(ApiError::validation_409(vec![FieldError::duplicate("uuid", format!("VM {uuid} already exists"))]));
                 }
@@ -989,8 +981,8 @@ impl App {
 
     /// Queues a job on a VM (and whatever must land with it).
     pub(crate) async fn queue(&self, job: Job, mut ops: Vec<Op>) -> Result<Job, ApiError> {
-        // Under the VM's migration lock: a begin and this job cannot pass each other.
-        let _no_begin_meanwhile = self.network_locks.lock(&format!("migration:{}", job.vm_uuid)).await;
+        // Under the VM's lock: a migration's begin and this job cannot pass each other.
+        let _no_begin_meanwhile = self.vm_locks.lock(&job.vm_uuid.to_string()).await;
         self.refuse_while_migrating(job.vm_uuid).await?;
         ops.push(job_op(&job));
         self.store.batch(ops).await.map_err(store_error)?;
@@ -1177,12 +1169,13 @@ impl App {
             return self.queue(job, Vec::new()).await;
         }
         self.refuse_while_migrating(uuid).await?;
-        let _serial = self.alloc_lock.lock().await;
         for _ in 0..RETRIES * 4 {
-            let mut view = self.placement_view().await?;
+            // Read fresh (claim generation first) and claimed conditionally: no lock needed.
+            let fresh = self.fresh_server(server).await?;
+            let claim = fresh.as_ref().and_then(|f| f.claim);
             let mut ops = Vec::new();
             if !force {
-                let mut servers: Vec<nereid_alloc::Server> = view.servers.iter().filter(|s| s.uuid == server).cloned().collect();
+                let mut servers: Vec<nereid_alloc::Server> = fresh.map(|f| f.server).into_iter().collect();
                 for s in &mut servers {
                     // The VM itself is asked about at its new size.
                     s.vms.retain(|v| v.uuid != uuid);
@@ -1212,7 +1205,7 @@ impl App {
                     return Err(e);
                 }
             }
-            ops.push(claim_op(server, view.claims.remove(&server)));
+            ops.push(claim_op(server, claim));
             let res = Reservation {
                 job_uuid: job.uuid,
                 vm_uuid: uuid,
@@ -1227,6 +1220,7 @@ impl App {
             ops.push(job_op(&job));
             match self.store.batch(ops).await {
                 Ok(_) => {
+                    self.capacity_touch(server);
                     self.jobs_notify.notify_one();
                     return Ok(job);
                 }

@@ -264,6 +264,10 @@ impl Runner {
                 drives.spawn(async move {
                     let id = job.uuid;
                     me.drive(id, lease_gen).await;
+                    // What the job held or changed on its server counts differently now.
+                    if let Some(server) = job.server_uuid {
+                        me.app.capacity_touch(server);
+                    }
                     me.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                     me.app.jobs_notify.notify_one();
                     // A VM came, went or changed (tags, firewall_enabled, NICs).
