@@ -41,6 +41,17 @@ pub struct Object {
     pub mtime: i64,
 }
 
+/// One stored object with its value as the JSON text the store holds, for lists that
+/// decode straight into their own types (no [`Value`] tree in between).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawObject {
+    pub key: String,
+    /// The value's JSON text (compact on PostgreSQL, as written on SQLite).
+    pub json: String,
+    pub generation: i64,
+    pub mtime: i64,
+}
+
 /// The condition a write or check needs to hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cond {
@@ -201,6 +212,17 @@ pub trait Store: Send + Sync + 'static {
     async fn batch(&self, ops: Vec<Op>) -> Result<Vec<i64>>;
     async fn list(&self, bucket: &str, query: &ListQuery) -> Result<Vec<Object>>;
     async fn count(&self, bucket: &str, filter: &Filter) -> Result<i64>;
+
+    /// [`list`](Self::list), each value left as its JSON text. Both backends answer it
+    /// without building a [`Value`]; this default (for wrappers) re-serializes.
+    async fn list_raw(&self, bucket: &str, query: &ListQuery) -> Result<Vec<RawObject>> {
+        Ok(self
+            .list(bucket, query)
+            .await?
+            .into_iter()
+            .map(|o| RawObject { json: o.value.to_string(), key: o.key, generation: o.generation, mtime: o.mtime })
+            .collect())
+    }
 
     /// Closes the connections (a headnode halting in-process, so another can open the
     /// same store); the store answers errors afterwards.

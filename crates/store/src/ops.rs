@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::sql::{Dialect, Param, Sql, bucket_literal};
-use crate::{Cond, Filter, ListQuery, Object, Op, Result, StoreError};
+use crate::{Cond, Filter, ListQuery, Object, Op, RawObject, Result, StoreError};
 
 /// A raw object row: key, JSON text, generation, mtime.
 pub(crate) type Row = (String, String, i64, i64);
@@ -165,18 +165,28 @@ pub(crate) async fn batch(c: &mut dyn Exec, d: Dialect, ops: &[Op], now: i64) ->
 }
 
 pub(crate) async fn list(c: &mut dyn Exec, d: Dialect, bucket: &str, q: &ListQuery) -> Result<Vec<Object>> {
+    list_rows(c, d, bucket, q).await?.into_iter().map(|r| to_object(bucket, r)).collect()
+}
+
+/// [`list`] without parsing the values.
+pub(crate) async fn list_raw(c: &mut dyn Exec, d: Dialect, bucket: &str, q: &ListQuery) -> Result<Vec<RawObject>> {
+    let rows = list_rows(c, d, bucket, q).await?;
+    Ok(rows.into_iter().map(|(key, json, generation, mtime)| RawObject { key, json, generation, mtime }).collect())
+}
+
+async fn list_rows(c: &mut dyn Exec, d: Dialect, bucket: &str, q: &ListQuery) -> Result<Vec<Row>> {
     let mut s = Sql::new(d, select(d));
     s.push(&format!(" WHERE bucket = {}", bucket_literal(bucket)?));
-    s.filter(&q.filter)?;
+    s.where_filter(&q.filter)?;
     s.order(&q.sort)?;
     s.page(q.limit, q.offset);
-    c.rows(&s).await?.into_iter().map(|r| to_object(bucket, r)).collect()
+    Ok(c.rows(&s).await?)
 }
 
 pub(crate) async fn count(c: &mut dyn Exec, d: Dialect, bucket: &str, f: &Filter) -> Result<i64> {
     let mut s = Sql::new(d, "SELECT COUNT(*) FROM objects");
     s.push(&format!(" WHERE bucket = {}", bucket_literal(bucket)?));
-    s.filter(f)?;
+    s.where_filter(f)?;
     Ok(c.scalar(&s).await?.unwrap_or(0))
 }
 

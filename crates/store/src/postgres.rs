@@ -14,7 +14,7 @@ use sqlx::{Connection, PgPool};
 use crate::migrations::{LEDGER_POSTGRES, POSTGRES};
 use crate::ops::{self, impl_exec};
 use crate::sql::{Dialect, create_index};
-use crate::{BucketDef, Filter, ListQuery, Object, Op, Result, Store, StoreError};
+use crate::{BucketDef, Filter, ListQuery, Object, Op, RawObject, Result, Store, StoreError};
 
 impl_exec!(PgConnection);
 
@@ -129,6 +129,11 @@ impl Store for PgStore {
     async fn list(&self, bucket: &str, query: &ListQuery) -> Result<Vec<Object>> {
         let mut conn = self.pool.acquire().await?;
         ops::list(&mut *conn, Dialect::Postgres, bucket, query).await
+    }
+
+    async fn list_raw(&self, bucket: &str, query: &ListQuery) -> Result<Vec<RawObject>> {
+        let mut conn = self.pool.acquire().await?;
+        ops::list_raw(&mut *conn, Dialect::Postgres, bucket, query).await
     }
 
     async fn count(&self, bucket: &str, filter: &Filter) -> Result<i64> {

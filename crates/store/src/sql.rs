@@ -31,11 +31,14 @@ pub(crate) struct Sql {
     pub dialect: Dialect,
     pub text: String,
     pub params: Vec<Param>,
+    /// Comparisons compile bare (no `COALESCE(…, FALSE)`): set by [`Sql::where_filter`]
+    /// outside any `NOT`.
+    bare: bool,
 }
 
 impl Sql {
     pub fn new(dialect: Dialect, text: &str) -> Self {
-        Self { dialect, text: text.to_string(), params: Vec::new() }
+        Self { dialect, text: text.to_string(), params: Vec::new(), bare: false }
     }
 
     pub fn push(&mut self, s: &str) -> &mut Self {
@@ -63,10 +66,24 @@ impl Sql {
         self
     }
 
-    /// Appends ` AND (<filter>)`.
+    /// Appends ` AND (<filter>)` with every comparison falsy-safe, as [`Sql::where_filter`]
+    /// compiles them under a `NOT` (tests read that form whole).
+    #[cfg(test)]
     pub fn filter(&mut self, f: &Filter) -> Result<(), StoreError> {
         self.push(" AND ");
         self.compile(f)
+    }
+
+    /// Appends ` AND (<filter>)` to a `WHERE` clause. There a NULL comparison already
+    /// drops the row, so comparisons outside any `NOT` stay bare: the same expression as
+    /// the bucket's indexes, which the planners then use (a `COALESCE` around it hides
+    /// it from them). Under a `NOT` they keep [`Sql::filter`]'s `COALESCE`.
+    pub fn where_filter(&mut self, f: &Filter) -> Result<(), StoreError> {
+        self.push(" AND ");
+        self.bare = true;
+        let r = self.compile(f);
+        self.bare = false;
+        r
     }
 
     fn compile(&mut self, f: &Filter) -> Result<(), StoreError> {
@@ -150,7 +167,10 @@ impl Sql {
             }
             Filter::Not(inner) => {
                 self.push("(NOT ");
-                self.compile(inner)?;
+                let bare = std::mem::replace(&mut self.bare, false);
+                let r = self.compile(inner);
+                self.bare = bare;
+                r?;
                 self.push(")");
             }
         }
@@ -160,10 +180,15 @@ impl Sql {
     /// `COALESCE((…), FALSE)`: a comparison with an absent field is false, never NULL, so
     /// that `NOT` of it is true (SQL's three-valued logic would otherwise drop the row).
     fn falsy_open(&mut self) {
-        self.push("COALESCE(");
+        if !self.bare {
+            self.push("COALESCE(");
+        }
     }
 
     fn falsy_close(&mut self) {
+        if self.bare {
+            return;
+        }
         self.push(match self.dialect {
             Dialect::Sqlite => ", 0)",
             Dialect::Postgres => ", FALSE)",
@@ -351,6 +376,31 @@ mod tests {
         s.filter(&Filter::Glob(Path::field("n"), vec!["a*b".into(), String::new()])).unwrap();
         assert_eq!(s.text, " AND COALESCE((json_extract(value, '$.\"n\"') GLOB ?), 0)");
         assert_eq!(s.params[0], Param::Text("a[*]b*".into()));
+    }
+
+    #[test]
+    fn where_clauses_leave_comparisons_bare_outside_not() {
+        let f = Filter::and(vec![
+            Filter::eq("owner", "u"),
+            Filter::Not(Box::new(Filter::eq("state", "x"))),
+            Filter::Or(vec![Filter::Ge(Path::field("ram"), json!(5)), Filter::Not(Box::new(Filter::has("tags", "t")))]),
+        ]);
+        let mut s = Sql::new(Dialect::Sqlite, "");
+        s.where_filter(&f).unwrap();
+        assert_eq!(
+            s.text,
+            " AND ((json_extract(value, '$.\"owner\"') = ?) AND (NOT COALESCE((json_extract(value, '$.\"state\"') = ?), 0)) AND ((json_extract(value, '$.\"ram\"') >= ?) OR (NOT EXISTS (SELECT 1 FROM json_each(objects.value, '$.\"tags\"') AS j WHERE j.value = ?))))"
+        );
+        let mut s = Sql::new(Dialect::Postgres, "");
+        s.where_filter(&Filter::and(vec![Filter::eq("owner", "u"), Filter::Not(Box::new(Filter::has("acl", "a")))])).unwrap();
+        assert_eq!(
+            s.text,
+            " AND ((((value #>> '{\"owner\"}') COLLATE \"C\") = $1) AND (NOT COALESCE(((value #> '{\"acl\"}') @> $2::jsonb), FALSE)))"
+        );
+        // Plain filter() keeps every comparison falsy-safe.
+        let mut s = Sql::new(Dialect::Sqlite, "");
+        s.filter(&Filter::eq("owner", "u")).unwrap();
+        assert!(s.text.contains("COALESCE"));
     }
 
     #[test]

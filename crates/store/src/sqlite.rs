@@ -23,7 +23,7 @@ use tokio::sync::Mutex;
 use crate::migrations::{LEDGER_SQLITE, SQLITE};
 use crate::ops::{self, impl_exec};
 use crate::sql::{Dialect, create_index};
-use crate::{BucketDef, Filter, ListQuery, Object, Op, Result, Store, StoreError};
+use crate::{BucketDef, Filter, ListQuery, Object, Op, RawObject, Result, Store, StoreError};
 
 impl_exec!(SqliteConnection);
 
@@ -142,6 +142,11 @@ impl Store for SqliteStore {
     async fn list(&self, bucket: &str, query: &ListQuery) -> Result<Vec<Object>> {
         let mut conn = self.pool.acquire().await?;
         ops::list(&mut *conn, Dialect::Sqlite, bucket, query).await
+    }
+
+    async fn list_raw(&self, bucket: &str, query: &ListQuery) -> Result<Vec<RawObject>> {
+        let mut conn = self.pool.acquire().await?;
+        ops::list_raw(&mut *conn, Dialect::Sqlite, bucket, query).await
     }
 
     async fn count(&self, bucket: &str, filter: &Filter) -> Result<i64> {

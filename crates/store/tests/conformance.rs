@@ -38,6 +38,7 @@ conformance!(
     checks_guard_a_batch,
     filters_match_in_memory_semantics,
     sort_and_pagination,
+    raw_lists_match_lists,
     concurrent_read_modify_write_never_loses_an_update,
     concurrent_creates_have_one_winner,
     bad_filters_are_errors,
@@ -196,6 +197,22 @@ async fn filters_match_in_memory_semantics(s: Arc<dyn Store>) {
     // Sanity: the cross-check is not vacuous.
     assert_eq!(s.count(B, &Filter::eq("ram", 512)).await.unwrap(), 5);
     assert_eq!(s.count(B, &Filter::prefix("name", "gam*")).await.unwrap(), 10);
+}
+
+async fn raw_lists_match_lists(s: Arc<dyn Store>) {
+    for (i, v) in dataset().iter().enumerate() {
+        s.put(B, &format!("k{i:03}"), v.clone(), Cond::Any).await.unwrap();
+    }
+    s.put(B, "k002", json!({"name": "again", "ram": 3}), Cond::Any).await.unwrap();
+    let q = ListQuery::filter(Filter::Present(Path::field("ram"))).sort(Path::field("name"), Kind::Text, true).page(20, 3);
+    let objs = s.list(B, &q).await.unwrap();
+    let raw = s.list_raw(B, &q).await.unwrap();
+    assert!(!objs.is_empty());
+    assert_eq!(raw.len(), objs.len());
+    for (r, o) in raw.iter().zip(&objs) {
+        assert_eq!((&r.key, r.generation, r.mtime), (&o.key, o.generation, o.mtime));
+        assert_eq!(serde_json::from_str::<Value>(&r.json).unwrap(), o.value, "{}", r.key);
+    }
 }
 
 async fn sort_and_pagination(s: Arc<dyn Store>) {
