@@ -1,8 +1,11 @@
-//! Benchmark: one placement decision among 1,000 servers with 20 VMs each (p50/p99).
+//! Benchmark: one placement decision among 1,000 servers with 20 VMs each (p50/p99) by
+//! [`allocate`], then by a kept [`Fleet`] among 1,000 and 10,000 servers, updated after each
+//! decision by an upsert of the chosen server (as the headnode does), and one upsert's time.
 //! Numbers are printed, never asserted. `cargo bench -p nereid-alloc --bench allocate`
 
 use std::time::{Duration, Instant};
 
+use nereid_alloc::Fleet;
 use nereid_alloc::{Cap, Config, Locality, Ratios, Request, Server, Source, Status, VmUsage, allocate};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -44,6 +47,73 @@ fn fleet(servers: usize, vms: usize, rng: &mut StdRng) -> Vec<Server> {
         .collect()
 }
 
+fn request(i: usize, rng: &mut StdRng) -> Request {
+    Request {
+        vm_uuid: Uuid::new_v4(),
+        owner: Uuid::from_u128(rng.random_range(1..200)),
+        ram_mib: 4096,
+        disk_mib: 40_960,
+        vcpus: 2,
+        cpu_cap: None,
+        traits: Map::new(),
+        nic_tags: vec![vec!["external".into()]],
+        locality: if i.is_multiple_of(10) {
+            Locality { strict: false, near: vec![], far: vec![Uuid::from_u128(5 << 32)] }
+        } else {
+            Locality::default()
+        },
+        server: None,
+        spread: None,
+    }
+}
+
+/// p50, p99 and max in ms.
+fn percentiles(times: &mut [Duration]) -> (f64, f64, f64) {
+    times.sort();
+    let p = |q: f64| times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0;
+    (p(0.5), p(0.99), p(1.0))
+}
+
+/// Decisions by a kept fleet, each followed by an upsert of the chosen server with the new
+/// VM counted (a reservation). `with_hints`: every tenth request has a soft `far` hint (the
+/// exact path over every server), as in the `allocate` run.
+fn fleet_run(servers: usize, decisions: usize, with_hints: bool, rng: &mut StdRng) {
+    let mut fleet = Fleet::from_servers(fleet(servers, 20, rng));
+    let cfg = Config::default();
+    let (mut times, mut upserts) = (Vec::new(), Vec::new());
+    let mut placed = 0;
+    for i in 0..decisions {
+        let req = request(if with_hints { i } else { 1 }, rng);
+        let t = Instant::now();
+        let r = fleet.allocate(&req, &cfg, rng);
+        times.push(t.elapsed());
+        if let Ok(p) = r {
+            placed += 1;
+            let Some(mut s) = fleet.get(&p.server).cloned() else { continue };
+            s.vms.push(VmUsage {
+                uuid: req.vm_uuid,
+                owner: Some(req.owner),
+                ram_mib: Some(req.ram_mib),
+                disk_mib: Some(req.disk_mib),
+                cap: Cap::Uncapped,
+                source: Source::Reservation,
+                on_server: false,
+                suspect: false,
+                damaged: None,
+            });
+            let t = Instant::now();
+            fleet.upsert(s);
+            upserts.push(t.elapsed());
+        }
+    }
+    let (p50, p99, max) = percentiles(&mut times);
+    let (u50, u99, _) = percentiles(&mut upserts);
+    let what = if with_hints { "1 in 10 with a far hint (exact path)" } else { "common case" };
+    println!(
+        "Fleet::allocate among {servers} servers x 20 VMs, {what} ({decisions} decisions, {placed} placed): p50 {p50:.3} ms  p99 {p99:.3} ms  max {max:.3} ms;  upsert p50 {u50:.4} ms  p99 {u99:.4} ms"
+    );
+}
+
 fn main() {
     let mut rng = StdRng::seed_from_u64(1);
     let servers = fleet(1000, 20, &mut rng);
@@ -51,34 +121,15 @@ fn main() {
     let mut times: Vec<Duration> = Vec::new();
     let mut placed = 0;
     for i in 0..300 {
-        let req = Request {
-            vm_uuid: Uuid::new_v4(),
-            owner: Uuid::from_u128(rng.random_range(1..200)),
-            ram_mib: 4096,
-            disk_mib: 40_960,
-            vcpus: 2,
-            cpu_cap: None,
-            traits: Map::new(),
-            nic_tags: vec![vec!["external".into()]],
-            locality: if i % 10 == 0 {
-                Locality { strict: false, near: vec![], far: vec![Uuid::from_u128(5 << 32)] }
-            } else {
-                Locality::default()
-            },
-            server: None,
-            spread: None,
-        };
+        let req = request(i, &mut rng);
         let t = Instant::now();
         let r = allocate(&servers, &req, &cfg, &mut rng);
         times.push(t.elapsed());
         placed += usize::from(r.is_ok());
     }
-    times.sort();
-    let p = |q: f64| times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0;
-    println!(
-        "allocation among 1000 servers x 20 VMs (300 decisions, {placed} placed): p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-        p(0.5),
-        p(0.99),
-        p(1.0)
-    );
+    let (p50, p99, max) = percentiles(&mut times);
+    println!("allocation among 1000 servers x 20 VMs (300 decisions, {placed} placed): p50 {p50:.2} ms  p99 {p99:.2} ms  max {max:.2} ms");
+    fleet_run(1000, 3000, false, &mut rng);
+    fleet_run(10_000, 3000, false, &mut rng);
+    fleet_run(10_000, 3000, true, &mut rng);
 }

@@ -81,7 +81,7 @@ pub const BOUND: usize = 64;
 
 /// Unreserved RAM as an index key, totally ordered.
 #[derive(Debug, Clone, Copy)]
-struct FreeRam(f64);
+pub(crate) struct FreeRam(f64);
 
 impl PartialEq for FreeRam {
     fn eq(&self, other: &Self) -> bool {
@@ -103,7 +103,7 @@ impl Ord for FreeRam {
     }
 }
 
-type Key = (FreeRam, Uuid);
+pub(crate) type Key = (FreeRam, Uuid);
 
 /// One server as the fleet keeps it.
 #[derive(Debug, Clone)]
@@ -129,7 +129,7 @@ fn placeable(s: &Server) -> bool {
 pub struct Fleet {
     servers: BTreeMap<Uuid, Entry>,
     /// The placeable servers by (unreserved RAM, UUID).
-    placeable: BTreeSet<Key>,
+    pub(crate) placeable: BTreeSet<Key>,
 }
 
 /// Soft-filter class bits: a lower class is preferred (see the module doc).
