@@ -626,8 +626,11 @@ impl App {
         let servers: Vec<Server> = self.list(SERVERS.name, &ListQuery::all()).await?;
         // The inventories only when the listing shows them.
         let extras = q.str("extras").unwrap_or_default();
-        let mut hbs =
-            if extras.split(',').any(|e| matches!(e.trim(), "vms" | "all")) { self.heartbeats().await? } else { self.heartbeats_liveness().await? };
+        let mut hbs = if extras.split(',').any(|e| matches!(e.trim(), "vms" | "all")) {
+            self.heartbeats().await?
+        } else {
+            self.heartbeats_liveness().await?
+        };
         let mut out: Vec<(Server, Option<HeartbeatRecord>)> = servers
             .into_iter()
             .filter(|s| matches(s, q))

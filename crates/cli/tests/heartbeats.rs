@@ -1,0 +1,175 @@
+//! Heartbeats cost nothing when nothing changed: a simulated server's VM changes reach its
+//! reported inventory through deltas, an idle server's heartbeats write no inventory (only
+//! their small liveness record), and a headnode that lost the inventory asks for the full
+//! one and gets it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nereid_testkit::Options;
+use serde_json::Value;
+
+/// The server's inventory object: its value and store generation.
+async fn inventory(cloud: &Cloud, server: &str) -> Option<(Value, i64)> {
+    cloud.headnode.app.store.get("inventories", server).await.unwrap().map(|o| (o.value, o.generation))
+}
+
+/// The state the server reports for the VM (`GET /servers/{uuid}?extras=vms`).
+async fn reported(cloud: &Cloud, server: &str, vm: &str) -> Option<String> {
+    let s = cloud.client.get(&format!("/servers/{server}?extras=vms")).await.unwrap();
+    s["vms"][vm]["state"].as_str().map(str::to_string)
+}
+
+/// Waits until the server reports the VM as `want` (`None`: not at all, or destroyed).
+async fn wait_reported(cloud: &Cloud, server: &str, vm: &str, want: Option<&str>) {
+    let mut last = None;
+    for _ in 0..200 {
+        last = reported(cloud, server, vm).await;
+        let gone = last.is_none() || last.as_deref() == Some("destroyed");
+        if (want.is_none() && gone) || (want.is_some() && last.as_deref() == want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server {server} reports VM {vm} as {last:?}, not {want:?}");
+}
+
+async fn job_succeeds(cloud: &Cloud, r: Value) {
+    let job = r["job_uuid"].as_str().unwrap();
+    assert_eq!(cloud.wait_job(job).await.unwrap()["execution"], "succeeded");
+}
+
+async fn changes_travel_as_deltas_and_an_idle_server_writes_no_inventory(b: Backend) {
+    let o = Options { sim_servers: 1, heartbeat: Duration::from_millis(200), ..Options::new(b) };
+    let cloud = Cloud::start_with(o).await.unwrap();
+    let seed = cloud.seed().await.unwrap();
+    let server = cloud.wait_servers(1).await.unwrap()[0]["uuid"].as_str().unwrap().to_string();
+
+    let (vm, job) = cloud.create_vm(&seed.vm_body("hb-1")).await.unwrap();
+    assert_eq!(cloud.wait_job(&job).await.unwrap()["execution"], "succeeded");
+    wait_reported(&cloud, &server, &vm, Some("running")).await;
+    job_succeeds(&cloud, cloud.client.post(&format!("/vms/{vm}?action=stop"), &serde_json::json!({})).await.unwrap()).await;
+    wait_reported(&cloud, &server, &vm, Some("stopped")).await;
+
+    // The liveness record is small: the inventory is kept apart.
+    let live = cloud.headnode.app.store.get("heartbeats", &server).await.unwrap().unwrap();
+    assert!(live.value.get("vms").is_none(), "{}", live.value);
+
+    // Idle: several heartbeats land (the liveness record is rewritten), the inventory is not.
+    let (_, inv0) = inventory(&cloud, &server).await.unwrap();
+    let live0 = live.generation;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let live1 = cloud.headnode.app.store.get("heartbeats", &server).await.unwrap().unwrap().generation;
+    assert!(live1 >= live0 + 3, "heartbeats kept coming: liveness record at generation {live0}, then {live1}");
+    let (value, inv1) = inventory(&cloud, &server).await.unwrap();
+    assert_eq!(inv1, inv0, "an idle server's heartbeats rewrote its inventory: {value}");
+
+    // A headnode that lost the inventory asks for the full one, and gets it.
+    cloud.headnode.app.store.delete("inventories", &server, nereid_store::Cond::Any).await.unwrap();
+    let mut back = None;
+    for _ in 0..100 {
+        back = inventory(&cloud, &server).await;
+        if back.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (value, _) = back.expect("the inventory never came back");
+    let vms = value["vms"].as_array().unwrap();
+    assert!(vms.iter().any(|v| v["uuid"] == vm.as_str() && v["state"] == "stopped"), "{value}");
+    wait_reported(&cloud, &server, &vm, Some("stopped")).await;
+
+    // Started and destroyed: both reach the inventory.
+    job_succeeds(&cloud, cloud.client.post(&format!("/vms/{vm}?action=start"), &serde_json::json!({})).await.unwrap()).await;
+    wait_reported(&cloud, &server, &vm, Some("running")).await;
+    job_succeeds(&cloud, cloud.client.delete(&format!("/vms/{vm}")).await.unwrap()).await;
+    wait_reported(&cloud, &server, &vm, None).await;
+    // Every server's view (what placement, the doctor and migrations read) agrees.
+    let hbs = cloud.headnode.app.heartbeats().await.unwrap();
+    let h = hbs.get(&uuid::Uuid::parse_str(&server).unwrap()).unwrap();
+    assert!(h.vms.iter().all(|s| s.uuid.to_string() != vm || s.state == "destroyed"), "{:?}", h.vms);
+    let times = cloud.headnode.app.heartbeat_times().await.unwrap();
+    assert_eq!(times.len(), 1);
+}
+
+/// A heartbeat record written before inventories were kept apart (with its `vms`) is read
+/// as before, until the server's next heartbeat replaces it.
+async fn an_old_heartbeat_record_with_its_vms_still_reads(b: Backend) {
+    let cloud = Cloud::start(b).await.unwrap();
+    let server = uuid::Uuid::new_v4();
+    let vm = uuid::Uuid::new_v4();
+    let old = serde_json::json!({"at_ms": 1, "usage": {}, "vms": [{"uuid": vm, "state": "running", "generation": 3}]});
+    cloud.headnode.app.store.put("heartbeats", &server.to_string(), old, nereid_store::Cond::Any).await.unwrap();
+    let hbs = cloud.headnode.app.heartbeats().await.unwrap();
+    assert_eq!(hbs[&server].vms.iter().map(|s| s.uuid).collect::<Vec<_>>(), vec![vm]);
+    let one = cloud.headnode.app.heartbeat_of(server).await.unwrap().unwrap();
+    assert_eq!(one.vms.len(), 1);
+    assert_eq!(cloud.headnode.app.heartbeat_times().await.unwrap()[&server], 1);
+}
+
+both_backends!(changes_travel_as_deltas_and_an_idle_server_writes_no_inventory, an_old_heartbeat_record_with_its_vms_still_reads);
+
+/// This process's CPU time (user + system) so far, in clock ticks (100 a second).
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    [11, 12].iter().filter_map(|&i| f.get(i)?.parse::<u64>().ok()).sum()
+}
+
+/// A measurement, not a check (ignored; prints, asserts nothing): the idle CPU of a cloud
+/// of `NEREID_HB_SERVERS` (1000) simulated servers with `NEREID_HB_VMS` (1000) VMs,
+/// heartbeats every `NEREID_HB_SECS` (5) s, over `NEREID_HB_IDLE` (20) s.
+/// `cargo nextest run -p nereid-cli --test heartbeats idle_cpu --run-ignored only --no-capture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn idle_cpu() {
+    let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (servers, vms, every, idle) =
+        (env("NEREID_HB_SERVERS", 1000) as usize, env("NEREID_HB_VMS", 1000) as usize, env("NEREID_HB_SECS", 5), env("NEREID_HB_IDLE", 20));
+    let mut o = Options::new(Backend::Sqlite);
+    o.app = nereid_headnode::app::AppConfig::default();
+    o.heartbeat = Duration::from_secs(every);
+    o.sim_delays.create = Duration::from_millis(20);
+    o.sim_delays.start = Duration::from_millis(10);
+    let mut cloud = Cloud::start_with(o.clone()).await.unwrap();
+    let agent = cloud.start_agent(&Options { sim_servers: servers, ..o.clone() }).await.unwrap();
+    cloud.agent = Some(agent);
+    loop {
+        let list = cloud.client.get(&format!("/servers?limit={servers}")).await.unwrap();
+        if list.as_array().unwrap().iter().filter(|s| s["status"] == "running").count() >= servers {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let seed = cloud.seed_sized(256, 1024).await.unwrap();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+    let mut tasks = Vec::new();
+    for i in 0..vms {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let (c, body) = (cloud.client.clone(), seed.vm_body(&format!("idle-{i}")));
+        tasks.push(tokio::spawn(async move {
+            let r = c.post("/vms", &body).await.unwrap();
+            let job = r["job_uuid"].as_str().unwrap().to_string();
+            let _ = c.get(&format!("/jobs/{job}/wait?timeout=600")).await;
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Let every server's inventory settle, then measure.
+    tokio::time::sleep(Duration::from_secs(every * 2 + 1)).await;
+    let (t0, c0) = (std::time::Instant::now(), cpu_ticks());
+    tokio::time::sleep(Duration::from_secs(idle)).await;
+    let (wall, cpu) = (t0.elapsed().as_secs_f64(), (cpu_ticks() - c0) as f64 / 100.0);
+    println!("idle: {servers} servers, {vms} VMs, heartbeat {every} s: {:.1} % of one core over {wall:.0} s", cpu / wall * 100.0);
+    if let Ok(s) = std::env::var("NEREID_HB_HOLD") {
+        // Time to attach `perf record -p`.
+        println!("pid {}: holding {s} s", std::process::id());
+        tokio::time::sleep(Duration::from_secs(s.parse().unwrap_or(30))).await;
+    }
+}
