@@ -22,6 +22,12 @@
 //! - disk is checked by default;
 //! - when nothing fits, [`NoFit`] says, for every server, which step rejected it and why.
 //!
+//! [`allocate`] is the exact reference over a slice of servers. A [`Fleet`] kept between
+//! decisions (the headnode's) decides the common request from an index by unreserved RAM
+//! without visiting every server, and falls back to this exact pipeline for the rest and
+//! whenever nothing fits (fleet.rs says how). Filters and scorers see a server with its
+//! `Summary` (unreserved capacity, VM count, owners…), computed once per server.
+//!
 //! Capacity is *claimed* by the caller writing a reservation in the same transaction as
 //! its decision (see the headnode's `app::allocation`); this crate only decides.
 
