@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use nereid_store::{BucketDef, Cond, Filter, ListQuery, Object, Op, Result, Store, StoreError};
+use nereid_store::{BucketDef, Cond, Filter, ListQuery, Object, Op, RawObject, Result, Store, StoreError};
 use tokio::sync::Mutex as AsyncMutex;
 use uuid::Uuid;
 
@@ -56,6 +56,9 @@ impl Store for FencedStore {
     }
     async fn list(&self, bucket: &str, query: &ListQuery) -> Result<Vec<Object>> {
         self.0.list(bucket, query).await
+    }
+    async fn list_raw(&self, bucket: &str, query: &ListQuery) -> Result<Vec<RawObject>> {
+        self.0.list_raw(bucket, query).await
     }
     async fn count(&self, bucket: &str, filter: &Filter) -> Result<i64> {
         self.0.count(bucket, filter).await

@@ -386,73 +386,111 @@ pub fn render_entry(e: &crate::damaged::Stored<Vm>) -> Value {
 
 /// The VM as VMAPI renders it (translateVm).
 pub fn render(vm: &Vm) -> Value {
-    let hvm = vm.brand.as_deref().is_some_and(|b| SUPPORTED_BRANDS.contains(&b));
-    let mut out = json!({
-        "uuid": vm.uuid,
-        "alias": vm.alias,
-        "autoboot": vm.autoboot,
-        "brand": vm.brand,
-        "billing_id": vm.billing_id,
-        "cpu_cap": vm.cpu_cap,
-        "cpu_shares": vm.cpu_shares,
-        "create_timestamp": vm.create_timestamp,
-        "customer_metadata": vm.customer_metadata.clone().unwrap_or_default(),
-        "datasets": [],
-        "destroyed": vm.destroyed,
-        "firewall_enabled": vm.firewall_enabled.unwrap_or(false),
-        "image_uuid": vm.image_uuid,
-        "internal_metadata": vm.internal_metadata.clone().unwrap_or_default(),
-        "last_modified": vm.last_modified,
-        "limit_priv": null,
-        "max_locked_memory": null,
-        "max_lwps": vm.max_lwps,
-        "max_physical_memory": vm.max_physical_memory,
-        "max_swap": vm.max_swap,
-        "nics": vm.nics.clone().unwrap_or_default(),
-        "owner_uuid": vm.owner_uuid,
-        "platform_buildstamp": null,
-        "quota": vm.quota,
-        "ram": vm.ram,
-        "resolvers": vm.resolvers,
-        "server_uuid": vm.server_uuid,
-        "snapshots": vm.snapshots.clone().unwrap_or_default(),
-        "state": vm.state,
-        "tags": vm.tags.clone().unwrap_or_default(),
-        "zfs_filesystem": null,
-        "zfs_io_priority": vm.zfs_io_priority,
-        "zone_state": vm.zone_state,
-        "zonepath": null,
-        "zpool": null,
-    });
-    if hvm {
-        out["vcpus"] = json!(vm.vcpus);
-        out["cpu_type"] = json!(vm.cpu_type);
-        out["disks"] = json!(vm.disks.clone().unwrap_or_default());
-        out["bootrom"] = json!(vm.bootrom);
-    }
-    for (k, v) in [
-        ("boot_timestamp", &vm.boot_timestamp),
-        ("hostname", &vm.hostname),
-        ("package_name", &vm.package_name),
-        ("package_version", &vm.package_version),
-    ] {
-        if let Some(v) = v {
-            out[k] = json!(v);
+    serde_json::to_value(Rendered(vm)).unwrap_or(Value::Null)
+}
+
+/// [`render`]'s object, serialized straight from the record (no `Value` tree, no
+/// copies): ListVms streams these.
+pub struct Rendered<'a>(pub &'a Vm);
+
+/// [`render_entry`]'s object, serialized straight for a good record.
+pub struct RenderedEntry<'a>(pub &'a crate::damaged::Stored<Vm>);
+
+impl Serialize for RenderedEntry<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            crate::damaged::Stored::Ok(vm) => Rendered(vm).serialize(ser),
+            crate::damaged::Stored::Damaged(d) => d.render(&damaged_repair(&d.key)).serialize(ser),
         }
     }
-    if let Some(r) = &vm.routes {
-        out["routes"] = json!(r);
-    }
-    if let Some(e) = &vm.error {
-        out["error"] = json!(e);
-    }
-    // What a damaged record was before it was destroyed (see destroyed_from_damaged).
-    for k in ["damaged_record", "damaged_error"] {
-        if let Some(v) = vm.rest.get(k) {
-            out[k] = v.clone();
+}
+
+/// An absent map or list renders empty.
+struct OrEmpty<'a, T>(Option<&'a T>);
+
+impl<T: Serialize> Serialize for OrEmpty<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        match self.0 {
+            Some(t) => t.serialize(ser),
+            None => ser.serialize_seq(Some(0))?.end(),
         }
     }
-    out
+}
+
+impl Serialize for Rendered<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let vm = self.0;
+        let hvm = vm.brand.as_deref().is_some_and(|b| SUPPORTED_BRANDS.contains(&b));
+        let empty = Map::new();
+        let none: Option<()> = None;
+        let mut m = ser.serialize_map(None)?;
+        m.serialize_entry("uuid", &vm.uuid)?;
+        m.serialize_entry("alias", &vm.alias)?;
+        m.serialize_entry("autoboot", &vm.autoboot)?;
+        m.serialize_entry("brand", &vm.brand)?;
+        m.serialize_entry("billing_id", &vm.billing_id)?;
+        m.serialize_entry("cpu_cap", &vm.cpu_cap)?;
+        m.serialize_entry("cpu_shares", &vm.cpu_shares)?;
+        m.serialize_entry("create_timestamp", &vm.create_timestamp)?;
+        m.serialize_entry("customer_metadata", vm.customer_metadata.as_ref().unwrap_or(&empty))?;
+        m.serialize_entry("datasets", &[(); 0])?;
+        m.serialize_entry("destroyed", &vm.destroyed)?;
+        m.serialize_entry("firewall_enabled", &vm.firewall_enabled.unwrap_or(false))?;
+        m.serialize_entry("image_uuid", &vm.image_uuid)?;
+        m.serialize_entry("internal_metadata", vm.internal_metadata.as_ref().unwrap_or(&empty))?;
+        m.serialize_entry("last_modified", &vm.last_modified)?;
+        m.serialize_entry("limit_priv", &none)?;
+        m.serialize_entry("max_locked_memory", &none)?;
+        m.serialize_entry("max_lwps", &vm.max_lwps)?;
+        m.serialize_entry("max_physical_memory", &vm.max_physical_memory)?;
+        m.serialize_entry("max_swap", &vm.max_swap)?;
+        m.serialize_entry("nics", &OrEmpty(vm.nics.as_ref()))?;
+        m.serialize_entry("owner_uuid", &vm.owner_uuid)?;
+        m.serialize_entry("platform_buildstamp", &none)?;
+        m.serialize_entry("quota", &vm.quota)?;
+        m.serialize_entry("ram", &vm.ram)?;
+        m.serialize_entry("resolvers", &vm.resolvers)?;
+        m.serialize_entry("server_uuid", &vm.server_uuid)?;
+        m.serialize_entry("snapshots", &OrEmpty(vm.snapshots.as_ref()))?;
+        m.serialize_entry("state", &vm.state)?;
+        m.serialize_entry("tags", vm.tags.as_ref().unwrap_or(&empty))?;
+        m.serialize_entry("zfs_filesystem", &none)?;
+        m.serialize_entry("zfs_io_priority", &vm.zfs_io_priority)?;
+        m.serialize_entry("zone_state", &vm.zone_state)?;
+        m.serialize_entry("zonepath", &none)?;
+        m.serialize_entry("zpool", &none)?;
+        if hvm {
+            m.serialize_entry("vcpus", &vm.vcpus)?;
+            m.serialize_entry("cpu_type", &vm.cpu_type)?;
+            m.serialize_entry("disks", &OrEmpty(vm.disks.as_ref()))?;
+            m.serialize_entry("bootrom", &vm.bootrom)?;
+        }
+        for (k, v) in [
+            ("boot_timestamp", &vm.boot_timestamp),
+            ("hostname", &vm.hostname),
+            ("package_name", &vm.package_name),
+            ("package_version", &vm.package_version),
+        ] {
+            if let Some(v) = v {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        if let Some(r) = &vm.routes {
+            m.serialize_entry("routes", r)?;
+        }
+        if let Some(e) = &vm.error {
+            m.serialize_entry("error", e)?;
+        }
+        // What a damaged record was before it was destroyed (see destroyed_from_damaged).
+        for k in ["damaged_record", "damaged_error"] {
+            if let Some(v) = vm.rest.get(k) {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.end()
+    }
 }
 
 pub fn check_alias(s: &str) -> Result<(), String> {
@@ -864,6 +902,99 @@ pub const REMOVE_NICS_FIELDS: &[Field] = &[Field::new(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `render` as it was written first (through `json!`): the streamed one must equal it.
+    fn render_reference(vm: &Vm) -> Value {
+        let hvm = vm.brand.as_deref().is_some_and(|b| SUPPORTED_BRANDS.contains(&b));
+        let mut out = json!({
+            "uuid": vm.uuid,
+            "alias": vm.alias,
+            "autoboot": vm.autoboot,
+            "brand": vm.brand,
+            "billing_id": vm.billing_id,
+            "cpu_cap": vm.cpu_cap,
+            "cpu_shares": vm.cpu_shares,
+            "create_timestamp": vm.create_timestamp,
+            "customer_metadata": vm.customer_metadata.clone().unwrap_or_default(),
+            "datasets": [],
+            "destroyed": vm.destroyed,
+            "firewall_enabled": vm.firewall_enabled.unwrap_or(false),
+            "image_uuid": vm.image_uuid,
+            "internal_metadata": vm.internal_metadata.clone().unwrap_or_default(),
+            "last_modified": vm.last_modified,
+            "limit_priv": null,
+            "max_locked_memory": null,
+            "max_lwps": vm.max_lwps,
+            "max_physical_memory": vm.max_physical_memory,
+            "max_swap": vm.max_swap,
+            "nics": vm.nics.clone().unwrap_or_default(),
+            "owner_uuid": vm.owner_uuid,
+            "platform_buildstamp": null,
+            "quota": vm.quota,
+            "ram": vm.ram,
+            "resolvers": vm.resolvers,
+            "server_uuid": vm.server_uuid,
+            "snapshots": vm.snapshots.clone().unwrap_or_default(),
+            "state": vm.state,
+            "tags": vm.tags.clone().unwrap_or_default(),
+            "zfs_filesystem": null,
+            "zfs_io_priority": vm.zfs_io_priority,
+            "zone_state": vm.zone_state,
+            "zonepath": null,
+            "zpool": null,
+        });
+        if hvm {
+            out["vcpus"] = json!(vm.vcpus);
+            out["cpu_type"] = json!(vm.cpu_type);
+            out["disks"] = json!(vm.disks.clone().unwrap_or_default());
+            out["bootrom"] = json!(vm.bootrom);
+        }
+        for (k, v) in [
+            ("boot_timestamp", &vm.boot_timestamp),
+            ("hostname", &vm.hostname),
+            ("package_name", &vm.package_name),
+            ("package_version", &vm.package_version),
+        ] {
+            if let Some(v) = v {
+                out[k] = json!(v);
+            }
+        }
+        if let Some(r) = &vm.routes {
+            out["routes"] = json!(r);
+        }
+        if let Some(e) = &vm.error {
+            out["error"] = json!(e);
+        }
+        // What a damaged record was before it was destroyed (see destroyed_from_damaged).
+        for k in ["damaged_record", "damaged_error"] {
+            if let Some(v) = vm.rest.get(k) {
+                out[k] = v.clone();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn streamed_render_equals_the_json_one() {
+        let u = "3c9c1b5f-8e37-4c2d-9a6f-1b2c3d4e5f60";
+        let vms: Vec<Vm> = [
+            json!({"uuid": u}),
+            json!({"uuid": u, "brand": "bhyve", "alias": "a", "vcpus": 2, "disks": [{"size": 10240, "boot": true, "model": "virtio"}],
+                   "customer_metadata": {"a": null, "b": [1]}, "tags": {"t": 1}, "nics": [], "snapshots": [{"name": "s"}],
+                   "hostname": "h", "package_name": "p", "routes": {"10.0.0.0/8": "10.0.0.1"}, "error": "e",
+                   "damaged_record": {"x": 1}, "damaged_error": "bad", "other": 5, "resolvers": ["8.8.8.8"]}),
+            json!({"uuid": u, "brand": "joyent", "state": "running", "ram": 1024, "quota": 10, "bootrom": "uefi", "boot_timestamp": "t",
+                   "package_version": "1", "owner_uuid": u, "server_uuid": u, "image_uuid": u, "billing_id": u}),
+        ]
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
+        for vm in &vms {
+            let want = serde_json::to_string(&render_reference(vm)).unwrap();
+            assert_eq!(serde_json::to_string(&Rendered(vm)).unwrap(), want);
+            assert_eq!(serde_json::to_string(&render(vm)).unwrap(), want);
+        }
+    }
 
     #[test]
     fn ghost_records_decode_and_render_with_gaps_filled() {

@@ -132,7 +132,7 @@ impl App {
         let marker = self.image_marker(q, None).await?;
         let filter = list_filter(q, marker.as_ref(), desc).map_err(ApiError::invalid_parameter)?;
         let lq = ListQuery::filter(filter).sort(Path::field("published_at"), Kind::Text, desc).page(q.limit(1000), 0);
-        self.list(IMAGES.name, &lq).await
+        self.list_fast(IMAGES.name, &lq).await
     }
 
     /// The `marker` query parameter of ListImages: an image UUID or a date. With `scope`,
@@ -493,10 +493,37 @@ impl App {
     }
 }
 
+/// An image as ListImages streams it: [`Image::render`]'s object, the file fields clients
+/// never see taken off the owned image instead of copying it into a `Value` tree.
+pub fn for_listing(mut img: Image, incl_admin_fields: bool) -> Image {
+    for f in &mut img.files {
+        f.content_md5 = None;
+        if !incl_admin_fields {
+            f.stor = None;
+        }
+    }
+    img
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use nereid_types::query::{Param, QKind, parse};
+
+    #[test]
+    fn listed_images_are_rendered_images() {
+        let img: Image = serde_json::from_value(json!({
+            "v": 2, "uuid": "3c9c1b5f-8e37-4c2d-9a6f-1b2c3d4e5f60", "owner": "3c9c1b5f-8e37-4c2d-9a6f-1b2c3d4e5f61",
+            "name": "n", "version": "1", "state": "active", "disabled": false, "public": true, "type": "zvol", "os": "linux",
+            "files": [{"sha1": "a", "size": 1, "compression": "none", "stor": "local", "contentMD5": "m"}],
+            "published_at": "2026-01-01T00:00:00.000Z", "tags": {"a": 1}, "requirements": {"min_ram": 512},
+        }))
+        .unwrap();
+        for admin in [false, true] {
+            let want = serde_json::to_string(&img.render(admin)).unwrap();
+            assert_eq!(serde_json::to_string(&for_listing(img.clone(), admin)).unwrap(), want);
+        }
+    }
 
     fn q(pairs: &[(&str, &str)]) -> Query {
         let params = [

@@ -29,6 +29,7 @@ pub mod image_create;
 pub mod image_files;
 pub mod image_sources;
 pub mod images;
+pub mod lists;
 pub mod migrations;
 pub mod netpolicy;
 pub mod network_pools;

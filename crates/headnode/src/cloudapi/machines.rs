@@ -219,21 +219,25 @@ async fn list(State(s): State<AppState>, Scoped(acct): Scoped, RawQuery(raw): Ra
     let post: Vec<&str> = ["state", "image", "brand", "memory", "type", "docker"].into_iter().filter(|k| q.contains_key(*k)).collect();
     let credentials = super::flag(&q, "credentials");
     let sorted = ListQuery::filter(Filter::and(parts)).sort(nereid_store::Path::field("create_timestamp"), Kind::Text, false);
-    let page: Vec<Value> = if post.is_empty() {
-        let vms: Vec<Vm> = s.app.list(VMS.name, &sorted.page(limit, offset)).await?;
-        vms.iter().map(|v| render::machine(v, credentials)).collect()
+    let (mut resp, count) = if post.is_empty() {
+        // The common case, streamed: each record decoded straight from the store's text
+        // and serialized straight into the body.
+        let vms: Vec<Vm> = s.app.list_fast(VMS.name, &sorted.page(limit, offset)).await?;
+        let page: Vec<render::MachineView> = vms.iter().map(|vm| render::MachineView { vm, credentials }).collect();
+        (crate::http::json(StatusCode::OK, &page), page.len())
     } else {
-        let vms: Vec<Vm> = s.app.list(VMS.name, &sorted).await?;
-        vms.iter()
+        let vms: Vec<Vm> = s.app.list_fast(VMS.name, &sorted).await?;
+        let page: Vec<Value> = vms
+            .iter()
             .map(|v| render::machine(v, credentials))
             .filter(|m| catalog::matches(m, &q, &post))
             .skip(usize::try_from(offset).unwrap_or(usize::MAX))
             .take(usize::try_from(limit).unwrap_or(1000))
-            .collect()
+            .collect();
+        (super::reply(StatusCode::OK, &page), page.len())
     };
-    let mut resp = super::reply(StatusCode::OK, &page);
     // Items in *this* page: the CLI pages until a page is shorter than its limit.
-    resp.headers_mut().insert("x-resource-count", HeaderValue::from(page.len()));
+    resp.headers_mut().insert("x-resource-count", HeaderValue::from(count));
     resp.headers_mut().insert("x-query-limit", HeaderValue::from(limit));
     Ok(resp)
 }

@@ -2,13 +2,16 @@
 //! sdc-cloudapi's `translate()`), images, packages, networks; and CreateMachine's input
 //! (flattened `metadata.*`/`tag.*`, `networks` in both forms, `affinity` rules).
 //!
-//! ListMachines and GetMachine both render through [`machine`], so the two are equal, as
-//! the CLI assumes.
+//! ListMachines and GetMachine both render [`machine`]'s object, so the two are equal,
+//! as the CLI assumes: GetMachine through the `Value`, ListMachines streamed straight to
+//! its body from a [`MachineView`] (the same members in the same order, without the
+//! nulls CloudAPI leaves out; a test holds the two equal).
 
 use nereid_types::image::Image;
 use nereid_types::network::{Network, NetworkPool};
 use nereid_types::package::Package;
 use nereid_types::vm::Vm;
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -79,6 +82,159 @@ pub fn machine(vm: &Vm, credentials: bool) -> Value {
         "compute_node": vm.server_uuid,
         "package": vm.package_name.clone().unwrap_or_default(),
     })
+}
+
+/// [`machine`]'s object after [`omit_nulls`], serialized straight from the record (no
+/// `Value` tree, no copies): what ListMachines streams for each machine.
+pub struct MachineView<'a> {
+    pub vm: &'a Vm,
+    pub credentials: bool,
+}
+
+impl Serialize for MachineView<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let vm = self.vm;
+        let nics = vm.nics.as_deref().unwrap_or_default();
+        let brand = vm.brand.as_deref().unwrap_or_default();
+        let mut m = ser.serialize_map(None)?;
+        m.serialize_entry("id", &vm.uuid)?;
+        m.serialize_entry("name", vm.alias.as_deref().unwrap_or_default())?;
+        m.serialize_entry("type", if brand == "bhyve" || brand == "kvm" { "virtualmachine" } else { "smartmachine" })?;
+        m.serialize_entry("brand", brand)?;
+        m.serialize_entry("state", machine_state(vm.state.as_deref().unwrap_or("")))?;
+        if let Some(image) = &vm.image_uuid {
+            m.serialize_entry("image", image)?;
+        }
+        m.serialize_entry("ips", &Each(|| nics.iter().filter_map(|n| n.ip.as_deref())))?;
+        m.serialize_entry("memory", &vm.ram.unwrap_or(0))?;
+        m.serialize_entry("disk", &(vm.quota.unwrap_or(0) * 1024))?;
+        m.serialize_entry("metadata", &Metadata { map: vm.customer_metadata.as_ref(), credentials: self.credentials })?;
+        m.serialize_entry("tags", &Metadata { map: vm.tags.as_ref(), credentials: true })?;
+        if let Some(created) = &vm.create_timestamp {
+            m.serialize_entry("created", created)?;
+        }
+        if let Some(updated) = vm.last_modified.as_ref().or(vm.create_timestamp.as_ref()) {
+            m.serialize_entry("updated", updated)?;
+        }
+        m.serialize_entry("docker", &false)?;
+        let mut networks: Vec<Uuid> = Vec::new();
+        for n in nics.iter().filter_map(|n| n.network_uuid) {
+            if !networks.contains(&n) {
+                networks.push(n);
+            }
+        }
+        m.serialize_entry("networks", &networks)?;
+        m.serialize_entry("nics", &Each(|| nics.iter().map(MachineNic)))?;
+        let primary_ip =
+            nics.iter().find(|n| n.primary).and_then(|n| n.ip.as_deref()).or_else(|| nics.iter().find_map(|n| n.ip.as_deref()));
+        if let Some(ip) = primary_ip {
+            m.serialize_entry("primaryIp", ip)?;
+        }
+        m.serialize_entry("firewall_enabled", &vm.firewall_enabled.unwrap_or(false))?;
+        m.serialize_entry("deletion_protection", &vm.deletion_protection.unwrap_or(false))?;
+        if let Some(cn) = &vm.server_uuid {
+            m.serialize_entry("compute_node", cn)?;
+        }
+        m.serialize_entry("package", vm.package_name.as_deref().unwrap_or_default())?;
+        m.end()
+    }
+}
+
+/// A sequence serialized from an iterator made on demand.
+struct Each<F>(F);
+
+impl<F, I> Serialize for Each<F>
+where
+    F: Fn() -> I,
+    I: Iterator,
+    I::Item: Serialize,
+{
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut seq = ser.serialize_seq(None)?;
+        for item in (self.0)() {
+            seq.serialize_element(&item)?;
+        }
+        seq.end()
+    }
+}
+
+/// A machine's NIC as CloudAPI shows it.
+struct MachineNic<'a>(&'a nereid_types::agent::NicDef);
+
+impl Serialize for MachineNic<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let n = self.0;
+        let mut m = ser.serialize_map(None)?;
+        m.serialize_entry("mac", &n.mac)?;
+        if let Some(ip) = &n.ip {
+            m.serialize_entry("ip", ip)?;
+        }
+        m.serialize_entry("primary", &n.primary)?;
+        if let Some(gw) = &n.gateway {
+            m.serialize_entry("gateway", gw)?;
+        }
+        if let Some(mask) = &n.netmask {
+            m.serialize_entry("netmask", mask)?;
+        }
+        m.serialize_entry("state", "running")?;
+        if let Some(net) = &n.network_uuid {
+            m.serialize_entry("network", net)?;
+        }
+        m.end()
+    }
+}
+
+/// Metadata or tags without null members (at any depth), `credentials` left out unless asked.
+struct Metadata<'a> {
+    map: Option<&'a Map<String, Value>>,
+    credentials: bool,
+}
+
+impl Serialize for Metadata<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut m = ser.serialize_map(None)?;
+        let Some(map) = self.map else { return m.end() };
+        let entries: Vec<(&String, &Value)> = map.iter().collect();
+        // [`machine`] takes `credentials` out with `Map::remove`, which (order preserved)
+        // moves the last member into its place: the same order here.
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        if !self.credentials
+            && let Some(i) = entries.iter().position(|(k, _)| *k == "credentials")
+        {
+            order.swap_remove(i);
+        }
+        for (k, v) in order.into_iter().map(|i| entries[i]) {
+            if !v.is_null() {
+                m.serialize_entry(k, &NoNulls(v))?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// A value as [`omit_nulls`] leaves it, serialized without copying it.
+struct NoNulls<'a>(&'a Value);
+
+impl Serialize for NoNulls<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Object(o) => {
+                let mut m = ser.serialize_map(None)?;
+                for (k, v) in o.iter().filter(|(_, v)| !v.is_null()) {
+                    m.serialize_entry(k, &NoNulls(v))?;
+                }
+                m.end()
+            }
+            Value::Array(a) => {
+                let mut seq = ser.serialize_seq(Some(a.len()))?;
+                for v in a {
+                    seq.serialize_element(&NoNulls(v))?;
+                }
+                seq.end()
+            }
+            other => other.serialize(ser),
+        }
+    }
 }
 
 /// An image as CloudAPI lists it (`id`, files reduced to `{compression, sha1, size}`).
@@ -461,5 +617,39 @@ mod tests {
         assert_eq!(m["networks"], json!(["2b8b0a4e-7d26-4b1c-8f5e-0a1b2c3d4e5f"]));
         assert_eq!(m["metadata"], json!({"a": "b"}), "credentials only when asked");
         assert_eq!(machine(&vm, true)["metadata"]["credentials"], "secret");
+    }
+
+    /// ListMachines streams [`MachineView`]; GetMachine answers [`machine`] without its
+    /// nulls: the two must stay equal, member order included.
+    #[test]
+    fn machine_view_is_the_machine_object_without_nulls() {
+        let full: Vm = serde_json::from_value(json!({
+            "uuid": "3c9c1b5f-8e37-4c2d-9a6f-1b2c3d4e5f60", "alias": "web-1", "brand": "bhyve", "state": "stopped",
+            "image_uuid": "4c9c1b5f-8e37-4c2d-9a6f-1b2c3d4e5f60", "server_uuid": "5c9c1b5f-8e37-4c2d-9a6f-1b2c3d4e5f60",
+            "ram": 1024, "quota": 10, "package_name": "g1.small", "firewall_enabled": true, "deletion_protection": true,
+            "create_timestamp": "2026-01-01T00:00:00.000Z", "last_modified": "2026-01-02T00:00:00.000Z",
+            "customer_metadata": {"credentials": {"root": "x"}, "a": "b", "n": null, "deep": {"x": null, "y": [1, null, {"z": null}]}},
+            "tags": {"role": "web", "tier": 1, "none": null},
+            "nics": [
+                {"mac": "90:b8:d0:00:00:01", "interface": "net0", "ip": "10.0.0.5", "netmask": "255.255.255.0",
+                 "gateway": "10.0.0.1", "vlan_id": 0, "nic_tag": "external", "mtu": 1500, "primary": false, "model": "virtio",
+                 "network_uuid": "2b8b0a4e-7d26-4b1c-8f5e-0a1b2c3d4e5f"},
+                {"mac": "90:b8:d0:00:00:02", "interface": "net1", "vlan_id": 0, "nic_tag": "internal", "mtu": 1500,
+                 "primary": true, "model": "virtio"},
+                {"mac": "90:b8:d0:00:00:03", "interface": "net2", "ip": "10.0.0.6", "vlan_id": 0, "nic_tag": "external",
+                 "mtu": 1500, "primary": false, "model": "virtio", "network_uuid": "2b8b0a4e-7d26-4b1c-8f5e-0a1b2c3d4e5f"}],
+        }))
+        .unwrap();
+        let bare: Vm = serde_json::from_value(json!({"uuid": "3c9c1b5f-8e37-4c2d-9a6f-1b2c3d4e5f61"})).unwrap();
+        let made: Vm = serde_json::from_value(json!({"uuid": "3c9c1b5f-8e37-4c2d-9a6f-1b2c3d4e5f62", "brand": "kvm",
+            "create_timestamp": "2026-01-01T00:00:00.000Z", "nics": [], "customer_metadata": {}, "tags": {}}))
+        .unwrap();
+        for vm in [&full, &bare, &made] {
+            for credentials in [false, true] {
+                let want = serde_json::to_string(&omit_nulls(machine(vm, credentials))).unwrap();
+                let got = serde_json::to_string(&MachineView { vm, credentials }).unwrap();
+                assert_eq!(got, want);
+            }
+        }
     }
 }

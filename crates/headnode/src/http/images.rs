@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use nereid_types::image::{COMPRESSIONS, FIELDS};
+use nereid_types::image::{COMPRESSIONS, FIELDS, Image};
 use nereid_types::query::{Param, QKind, Query};
 use nereid_types::spec::Usage;
 use nereid_types::{ApiError, FieldError};
@@ -159,7 +159,7 @@ async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> HttpResult 
     let q = parse_query(Api::Imgapi, LIST_PARAMS, raw.as_deref())?;
     let imgs = s.app.list_images(&q).await?;
     let admin = q.flag("inclAdminFields");
-    let body: Vec<Value> = imgs.iter().map(|i| i.render(admin)).collect();
+    let body: Vec<Image> = imgs.into_iter().map(|i| crate::app::images::for_listing(i, admin)).collect();
     ok(&body)
 }
 

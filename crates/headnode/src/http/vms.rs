@@ -182,8 +182,8 @@ async fn finish(s: &AppState, vm: Uuid, job: Uuid, sync: bool, extra: Option<Val
 
 async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> HttpResult {
     let q = parse_query(Api::Papi, LIST_PARAMS, raw.as_deref())?;
-    let (vms, total) = s.app.list_vms(&q).await?;
-    let mut resp = json_resp(StatusCode::OK, &vms.iter().map(vm::render_entry).collect::<Vec<_>>());
+    let (vms, total) = s.app.list_vms_fast(&q).await?;
+    let mut resp = json_resp(StatusCode::OK, &vms.iter().map(vm::RenderedEntry).collect::<Vec<_>>());
     if let Ok(v) = HeaderValue::from_str(&total.to_string()) {
         resp.headers_mut().insert("x-joyent-resource-count", v);
     }
