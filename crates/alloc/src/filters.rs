@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::{Cap, Config, Request, Seen, Server, Status, Summary, top_users};
+use crate::{Cap, Config, Request, Seen, Server, Status, Summary, hosts_owner, top_users};
 
 /// A hard filter: `Err(reason)` drops the server. It sees only that server (and its
 /// [`Summary`]), so a [`crate::Fleet`] can run it on one server alone.
@@ -223,9 +223,9 @@ fn soft_locality<'a>(set: &[Seen<'a>], r: &Request, _: &Config) -> Vec<Seen<'a>>
     }
     set.iter()
         .copied()
-        .filter(|(s, sum)| {
+        .filter(|(s, _)| {
             if l.near.is_empty() && l.far.is_empty() {
-                return !sum.hosts_owner(&r.owner);
+                return !hosts_owner(s, &r.owner);
             }
             let mine: Vec<uuid::Uuid> = s.vms.iter().filter(|v| v.owner == Some(r.owner)).map(|v| v.uuid).collect();
             let far_ok = !l.far.iter().any(|v| mine.contains(v));

@@ -13,7 +13,7 @@
 //! # What is kept
 //!
 //! Per server, computed once per [`Fleet::upsert`]: its [`Summary`] (unreserved RAM, disk
-//! and CPU, VM count, owners, capness) and its warnings (damaged, incomplete or suspect
+//! and CPU, VM count, capness) and its warnings (damaged, incomplete or suspect
 //! records). An index orders the *placeable* servers (set up, running, not reserved) by
 //! (unreserved RAM, UUID); upsert, remove and set_status keep it current in O(log n).
 //!
@@ -71,8 +71,8 @@ use rand::Rng;
 use uuid::Uuid;
 
 use crate::{
-    Config, NoFit, Placement, Rejection, Request, Seen, Server, Spread, Status, Step, Summary, Warning, allocate_seen, filters, score,
-    server_warnings,
+    Config, NoFit, Placement, Rejection, Request, Seen, Server, Spread, Status, Step, Summary, Warning, allocate_seen, filters,
+    hosts_owner, score, server_warnings,
 };
 
 /// How many candidates of the best class the walk gathers before it stops (see the
@@ -282,7 +282,7 @@ impl Fleet {
             }
             let class = if e.server.reservoir { RESERVOIR } else { 0 }
                 | if large { LARGE } else { 0 }
-                | if spread_owner && e.summary.hosts_owner(&req.owner) { OWNER } else { 0 };
+                | if spread_owner && hosts_owner(&e.server, &req.owner) { OWNER } else { 0 };
             match class.cmp(&best) {
                 Ordering::Less => (best, best_count) = (class, 1),
                 Ordering::Equal => best_count += 1,

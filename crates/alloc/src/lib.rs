@@ -26,7 +26,7 @@
 //! decisions (the headnode's) decides the common request from an index by unreserved RAM
 //! without visiting every server, and falls back to this exact pipeline for the rest and
 //! whenever nothing fits (fleet.rs says how). Filters and scorers see a server with its
-//! `Summary` (unreserved capacity, VM count, owners…), computed once per server.
+//! `Summary` (unreserved capacity, VM count, capness), computed once per server.
 //!
 //! Capacity is *claimed* by the caller writing a reservation in the same transaction as
 //! its decision (see the headnode's `app::allocation`); this crate only decides.
@@ -336,7 +336,8 @@ pub(crate) fn server_warnings(s: &Server) -> Vec<Warning> {
 }
 
 /// What the filters and scorers need of one server, computed once per server (per
-/// [`allocate`] call, or per [`Fleet::upsert`]) instead of once per filter.
+/// [`allocate`] call, or per [`Fleet::upsert`]) instead of once per filter. Owners are
+/// not kept: [`hosts_owner`] scans the VMs, which costs no more than a lookup at 20 VMs.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Summary {
     pub free: Unreserved,
@@ -347,31 +348,30 @@ pub(crate) struct Summary {
     /// rule names.
     pub first_uncapped: Option<Uuid>,
     pub first_capped: Option<Uuid>,
-    /// Owners with VMs on it, sorted.
-    pub owners: Vec<Uuid>,
 }
 
 impl Summary {
+    /// One pass over the server's VMs, allocating nothing (this runs for every server on
+    /// every [`allocate`]).
     pub fn of(s: &Server) -> Summary {
-        let mut not_reservations: Vec<Uuid> = s.vms.iter().filter(|v| v.source != Source::Reservation).map(|v| v.uuid).collect();
-        not_reservations.sort_unstable();
-        let vm_count = s.vms.iter().filter(|v| v.source != Source::Reservation || not_reservations.binary_search(&v.uuid).is_err()).count();
-        let mut owners: Vec<Uuid> = s.vms.iter().filter_map(|v| v.owner).collect();
-        owners.sort_unstable();
-        owners.dedup();
+        // A reservation for a VM that also has a record or is reported counts once.
+        let vm_count = s
+            .vms
+            .iter()
+            .filter(|v| v.source != Source::Reservation || !s.vms.iter().any(|o| o.uuid == v.uuid && o.source != Source::Reservation))
+            .count();
         Summary {
             free: unreserved(s),
             vm_count,
             first_uncapped: s.vms.iter().find(|v| v.cap == Cap::Uncapped).map(|v| v.uuid),
             first_capped: s.vms.iter().find(|v| matches!(v.cap, Cap::Capped(_))).map(|v| v.uuid),
-            owners,
         }
     }
+}
 
-    /// Whether `owner` has VMs on the server.
-    pub fn hosts_owner(&self, owner: &Uuid) -> bool {
-        self.owners.binary_search(owner).is_ok()
-    }
+/// Whether `owner` has VMs on the server.
+pub(crate) fn hosts_owner(s: &Server, owner: &Uuid) -> bool {
+    s.vms.iter().any(|v| v.owner == Some(*owner))
 }
 
 /// A server with its summary: what filters and scorers see.
