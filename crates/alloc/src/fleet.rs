@@ -45,7 +45,8 @@
 //! `examined` (servers walked), then each hard filter with how many *examined* servers
 //! are left after it, each soft filter with how many candidates are left, `scored` (how
 //! many were scored) and `pick`. `rejected` lists the examined servers a hard filter
-//! dropped (servers below the request's RAM, and unplaceable ones, are not examined);
+//! dropped (servers below the request's RAM are not examined), and every unplaceable one
+//! with why (they are few, and an operator who reserved a server expects it named);
 //! `warnings` are those of the examined servers (the chosen one among them;
 //! [`Fleet::warnings`] has every server's).
 //!
@@ -130,6 +131,9 @@ pub struct Fleet {
     servers: BTreeMap<Uuid, Entry>,
     /// The placeable servers by (unreserved RAM, UUID).
     pub(crate) placeable: BTreeSet<Key>,
+    /// The others (not set up, not running, reserved): few, and always named in an
+    /// explanation, as the operator who reserved one expects to see.
+    unplaceable: BTreeSet<Uuid>,
 }
 
 /// Soft-filter class bits: a lower class is preferred (see the module doc).
@@ -158,6 +162,8 @@ impl Fleet {
         let entry = Entry { summary: Summary::of(&s), warnings: server_warnings(&s), server: s };
         if placeable(&entry.server) {
             self.placeable.insert(entry.key());
+        } else {
+            self.unplaceable.insert(entry.server.uuid);
         }
         self.servers.insert(entry.server.uuid, entry);
     }
@@ -172,6 +178,7 @@ impl Fleet {
         if let Some(e) = self.servers.get(uuid) {
             self.placeable.remove(&e.key());
         }
+        self.unplaceable.remove(uuid);
     }
 
     /// One server.
@@ -186,8 +193,10 @@ impl Fleet {
             let key = e.key();
             if placeable(&e.server) {
                 self.placeable.insert(key);
+                self.unplaceable.remove(uuid);
             } else {
                 self.placeable.remove(&key);
+                self.unplaceable.insert(*uuid);
             }
         }
     }
@@ -292,6 +301,15 @@ impl Fleet {
         }
         if candidates.is_empty() {
             return None;
+        }
+        // Servers that cannot take VMs now are named with why (not set up, silent,
+        // reserved), as the full pipeline names them.
+        for e in self.unplaceable.iter().filter_map(|u| self.servers.get(u)) {
+            if let Some((step, reason)) =
+                filters::HARD.iter().find_map(|(name, filter)| filter(&e.server, &e.summary, req, cfg).err().map(|r| (*name, r)))
+            {
+                rejected.push(Rejection { server: e.server.uuid, hostname: e.server.hostname.clone(), step, reason });
+            }
         }
 
         let mut steps = vec![Step { step: "received", remaining: self.len() }, Step { step: "examined", remaining: examined }];
