@@ -12,10 +12,18 @@ const fn num(path: &'static [&'static str]) -> Index {
 /// PAPI packages, keyed by UUID.
 pub const PACKAGES: BucketDef =
     BucketDef { name: "packages", indexes: &[text(&["name"]), text(&["version"]), num(&["active"]), num(&["max_physical_memory"])] };
-/// IMGAPI images, keyed by UUID.
+/// IMGAPI images, keyed by UUID; indexed on the fields ListImages filters and sorts by.
 pub const IMAGES: BucketDef = BucketDef {
     name: "images",
-    indexes: &[text(&["owner"]), text(&["state"]), text(&["name"]), text(&["published_at"]), text(&["origin"])],
+    indexes: &[
+        text(&["owner"]),
+        text(&["state"]),
+        text(&["name"]),
+        text(&["published_at"]),
+        text(&["origin"]),
+        text(&["os"]),
+        text(&["type"]),
+    ],
 };
 /// Image sources (other IMGAPIs to import from), keyed by their URL (with `?channel=`).
 pub const IMAGE_SOURCES: BucketDef = BucketDef { name: "image_sources", indexes: &[] };
@@ -80,10 +88,20 @@ pub const MIGRATIONS: BucketDef = BucketDef {
 };
 /// Server evacuations (`nereid admin server evacuate`), keyed by server UUID.
 pub const EVACUATIONS: BucketDef = BucketDef { name: "evacuations", indexes: &[] };
-/// VMAPI VMs, keyed by UUID.
+/// VMAPI VMs, keyed by UUID; indexed on the fields ListVms and ListMachines filter and
+/// sort by (tags are not: a tag filter narrows an owner's VMs).
 pub const VMS: BucketDef = BucketDef {
     name: "vms",
-    indexes: &[text(&["owner_uuid"]), text(&["server_uuid"]), text(&["state"]), text(&["alias"]), text(&["create_timestamp"])],
+    indexes: &[
+        text(&["owner_uuid"]),
+        text(&["server_uuid"]),
+        text(&["state"]),
+        text(&["alias"]),
+        text(&["create_timestamp"]),
+        text(&["image_uuid"]),
+        text(&["brand"]),
+        text(&["billing_id"]),
+    ],
 };
 /// Jobs, keyed by UUID.
 pub const JOBS: BucketDef = BucketDef { name: "jobs", indexes: &[text(&["vm_uuid"]), text(&["execution"]), num(&["created_ms"])] };
