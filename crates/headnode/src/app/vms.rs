@@ -321,7 +321,13 @@ impl App {
             let (mut vm, g) = self.get_vm(uuid, None).await?;
             f(&mut vm).map_err(|m| invalid("vm", m))?;
             match self.store.put(VMS.name, &uuid.to_string(), encode(&vm), Cond::Generation(g)).await {
-                Ok(_) => return Ok(vm),
+                Ok(_) => {
+                    // Its state or sizes may count differently on its server now.
+                    if let Some(server) = vm.server_uuid {
+                        self.capacity_touch(server);
+                    }
+                    return Ok(vm);
+                }
                 Err(e) if e.is_conflict() => continue,
                 Err(e) => return Err(store_error(e)),
             }
@@ -574,7 +580,12 @@ impl App {
                 Stored::Damaged(d) => vm::destroyed_from_damaged(uuid, &d, &now),
             };
             match self.store.put(VMS.name, &uuid.to_string(), encode(&next), Cond::Generation(g)).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    if let Some(server) = next.server_uuid {
+                        self.capacity_touch(server);
+                    }
+                    return Ok(());
+                }
                 Err(e) if e.is_conflict() => continue,
                 Err(e) => return Err(store_error(e)),
             }
@@ -918,7 +929,8 @@ impl App {
         // Per owner when names must be unique or locality is asked: two creates of one
         // owner cannot both take a name or both miss each other's VMs. Placement itself
         // is not serialised (see `capacity`).
-        let _owner = if opts.unique_alias || opts.locality.is_some() { Some(self.vm_locks.lock(&format!("owner:{owner}")).await) } else { None };
+        let _owner =
+            if opts.unique_alias || opts.locality.is_some() { Some(self.vm_locks.lock(&format!("owner:{owner}")).await) } else { None };
         let mut rng = rand::rngs::StdRng::from_os_rng();
         let mut request = request;
         for _ in 0..RETRIES * 4 {
@@ -1306,6 +1318,7 @@ impl App {
         if !errors.is_empty() {
             return Err(ApiError::validation_409(errors));
         }
+        let prev_server = super::allocation::record_server(&entry);
         let (mut obj, prev_state) = match &entry {
             Stored::Ok(vm) => (encode(vm), vm.state.clone()),
             Stored::Damaged(d) => (d.raw.clone(), d.str_field("state").map(str::to_string)),
@@ -1335,6 +1348,9 @@ impl App {
                 store_error(e)
             }
         })?;
+        for server in [prev_server, next.server_uuid].into_iter().flatten() {
+            self.capacity_touch(server);
+        }
         if destroying {
             self.free_vm_nics(uuid).await?;
             self.release_reservations(uuid, None).await?;

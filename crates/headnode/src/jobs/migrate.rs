@@ -524,6 +524,13 @@ impl Step for Switch {
         }
         let o = order(app, &m, Role::Source, AStep::Resume).await?;
         drive(app, m.source_server_uuid, m.vm_uuid, &o, &mut ()).await.map_err(|e| format!("resuming the VM on the source: {e}"))?;
+        // The record says so now, not at the source's next report: whoever reads it after
+        // the failed switch sees the VM as it runs.
+        if let Ok(Some(st)) = app.agent_get(m.source_server_uuid, m.vm_uuid).await
+            && let Err(e) = app.apply_vm_status(m.source_server_uuid, &st).await
+        {
+            tracing::warn!(vm = %m.vm_uuid, error = %e.message, "recording the resumed VM's state");
+        }
         Ok("the VM runs on the source again".into())
     }
 }
