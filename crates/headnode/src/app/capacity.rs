@@ -149,8 +149,12 @@ impl App {
     /// refreshed, a few touched servers read again.
     async fn capacity_refresh(&self) -> Result<(), ApiError> {
         let now = Instant::now();
-        let (missing, stale_status) =
-            self.capacity.with(|s| (s.built_at.is_none_or(|t| now.duration_since(t) >= REBUILD_EVERY), s.statuses_at.is_none_or(|t| now.duration_since(t) >= STATUS_EVERY)));
+        let (missing, stale_status) = self.capacity.with(|s| {
+            (
+                s.built_at.is_none_or(|t| now.duration_since(t) >= REBUILD_EVERY),
+                s.statuses_at.is_none_or(|t| now.duration_since(t) >= STATUS_EVERY),
+            )
+        });
         if missing {
             return self.capacity_rebuild(REBUILD_EVERY).await;
         }
