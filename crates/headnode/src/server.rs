@@ -124,6 +124,8 @@ pub struct Running {
     reconciler: Option<JoinHandle<()>>,
     /// The network policy push (see [`crate::app::netpolicy`]).
     netpolicy: JoinHandle<()>,
+    /// The capacity view's background rebuild (see [`crate::app::capacity`]).
+    capacity: JoinHandle<()>,
     stop: broadcast::Sender<()>,
     /// The data directory's lock (released by [`Running::halt`]).
     lock: Option<std::fs::File>,
@@ -215,6 +217,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let reconciler =
         (!app.cfg.reconcile_every.is_zero()).then(|| tokio::spawn(crate::reconcile::run(app.clone(), app.cfg.reconcile_every)));
     let netpolicy = tokio::spawn(crate::app::netpolicy::run(app.clone()));
+    let capacity = tokio::spawn(crate::app::capacity::run(app.clone()));
     let (stop, _) = broadcast::channel::<()>(1);
     let mut stopped = stop.subscribe();
     let server = tokio::spawn(async move {
@@ -305,6 +308,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         runner,
         reconciler,
         netpolicy,
+        capacity,
         stop,
         lock: Some(lock),
     })
@@ -325,6 +329,7 @@ impl Running {
             r.abort();
         }
         self.netpolicy.abort();
+        self.capacity.abort();
         let _ = (&mut self.runner).await;
         let _ = self.stop.send(());
         (&mut self.server).await??;

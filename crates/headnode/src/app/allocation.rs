@@ -133,17 +133,7 @@ pub fn server_view(
     }
     for r in reservations {
         seen.insert(r.vm_uuid);
-        vms.push(VmUsage {
-            uuid: r.vm_uuid,
-            owner: Some(r.owner_uuid),
-            ram_mib: Some(r.ram_mib),
-            disk_mib: Some(r.disk_mib),
-            cap: r.cpu_cap.map(Cap::Capped).unwrap_or(Cap::Uncapped),
-            source: Source::Reservation,
-            on_server: reported.contains_key(&r.vm_uuid),
-            suspect: false,
-            damaged: None,
-        });
+        vms.push(reservation_usage(r, reported.contains_key(&r.vm_uuid)));
     }
     for (id, rep) in &reported {
         if !seen.contains(id) {
@@ -239,6 +229,21 @@ pub fn claim_op(server: Uuid, seen: Option<i64>) -> Op {
         None => Cond::Absent,
     };
     Op::put(SERVER_CLAIMS.name, server.to_string(), json!({"server_uuid": server}), cond)
+}
+
+/// What a reservation counts on its server (`on_server`: the server already reports the VM).
+pub fn reservation_usage(r: &Reservation, on_server: bool) -> VmUsage {
+    VmUsage {
+        uuid: r.vm_uuid,
+        owner: Some(r.owner_uuid),
+        ram_mib: Some(r.ram_mib),
+        disk_mib: Some(r.disk_mib),
+        cap: r.cpu_cap.map(Cap::Capped).unwrap_or(Cap::Uncapped),
+        source: Source::Reservation,
+        on_server,
+        suspect: false,
+        damaged: None,
+    }
 }
 
 /// The op that records a reservation.

@@ -10,9 +10,12 @@
 //!   again before the next decision (a few per decision, so a burst never stalls one);
 //! - liveness (each server's last heartbeat) is refreshed at most every
 //!   [`STATUS_EVERY`];
-//! - the whole view is rebuilt every [`REBUILD_EVERY`] (that is how other headnodes'
-//!   writes reach it), and before any refusal unless it was rebuilt moments ago, so a
-//!   refusal is explained from fresh data.
+//! - the whole view is rebuilt every [`REBUILD_EVERY`] in the background by [`run`]
+//!   while placement uses it (that is how other headnodes' writes reach it): decisions
+//!   go on from the old view meanwhile, and servers this process claims during a rebuild
+//!   are read again after it. An idle headnode does not rebuild; a decision after a long
+//!   idle time (the view older than [`STALE_AFTER`]) rebuilds first. A refusal rebuilds
+//!   first unless the view is moments old, so a refusal is explained from fresh data.
 //!
 //! The view may be stale; a claim may not. [`App::place`] decides from the view, then
 //! reads the chosen server fresh from the store — its claim generation *first*, then its
@@ -28,7 +31,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nereid_alloc::{Cap, Fleet, Placement, Request, Server as AServer, Source, Status, VmUsage};
+use nereid_alloc::{Fleet, Placement, Request, Server as AServer, Status};
 use nereid_types::ApiError;
 use nereid_types::server::Server;
 use rand::Rng;
@@ -39,8 +42,10 @@ use super::{App, store_error};
 use crate::buckets::{RESERVATIONS, SERVER_CLAIMS, SERVERS};
 use nereid_store::{Filter, ListQuery};
 
-/// How often the whole view is rebuilt from the store.
+/// How often the whole view is rebuilt from the store while it is in use.
 pub const REBUILD_EVERY: Duration = Duration::from_secs(30);
+/// A view this old (nobody placed for a while) is rebuilt before a decision.
+pub const STALE_AFTER: Duration = Duration::from_secs(90);
 /// How often servers' liveness is refreshed.
 pub const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// A refusal rebuilds the view first unless it is younger than this.
@@ -55,6 +60,10 @@ struct State {
     fleet: Option<Fleet>,
     built_at: Option<Instant>,
     statuses_at: Option<Instant>,
+    /// When placement last used the view (the background rebuild runs only while in use).
+    used_at: Option<Instant>,
+    /// A full rebuild is reading the store: claims meanwhile are read again after it.
+    rebuild_running: bool,
     touched: HashSet<Uuid>,
 }
 
@@ -87,17 +96,7 @@ pub struct Decided {
 
 /// `server` with a reservation added (what a claim of this process makes of it).
 pub fn with_reservation(mut server: AServer, r: &Reservation) -> AServer {
-    server.vms.push(VmUsage {
-        uuid: r.vm_uuid,
-        owner: Some(r.owner_uuid),
-        ram_mib: Some(r.ram_mib),
-        disk_mib: Some(r.disk_mib),
-        cap: r.cpu_cap.map(Cap::Capped).unwrap_or(Cap::Uncapped),
-        source: Source::Reservation,
-        on_server: false,
-        suspect: false,
-        damaged: None,
-    });
+    server.vms.push(super::allocation::reservation_usage(r, false));
     server
 }
 
@@ -134,9 +133,13 @@ impl App {
         }
         let started = Instant::now();
         // Touches from here on are of changes the rebuild may not see: keep them.
-        self.capacity.with(|s| s.touched.clear());
-        let view = self.placement_view().await?;
-        let fleet = Fleet::from_servers(view.servers);
+        self.capacity.with(|s| {
+            s.touched.clear();
+            s.rebuild_running = true;
+        });
+        let view = self.placement_view().await;
+        self.capacity.with(|s| s.rebuild_running = false);
+        let fleet = Fleet::from_servers(view?.servers);
         self.capacity.with(|s| {
             s.fleet = Some(fleet);
             s.built_at = Some(started);
@@ -150,13 +153,14 @@ impl App {
     async fn capacity_refresh(&self) -> Result<(), ApiError> {
         let now = Instant::now();
         let (missing, stale_status) = self.capacity.with(|s| {
+            s.used_at = Some(now);
             (
-                s.built_at.is_none_or(|t| now.duration_since(t) >= REBUILD_EVERY),
+                s.fleet.is_none() || s.built_at.is_none_or(|t| now.duration_since(t) >= STALE_AFTER),
                 s.statuses_at.is_none_or(|t| now.duration_since(t) >= STATUS_EVERY),
             )
         });
         if missing {
-            return self.capacity_rebuild(REBUILD_EVERY).await;
+            return self.capacity_rebuild(STALE_AFTER).await;
         }
         if stale_status {
             self.capacity.with(|s| s.statuses_at = Some(now));
@@ -259,5 +263,33 @@ impl App {
     pub fn capacity_claimed(&self, fresh: Fresh, r: &Reservation) {
         let id = fresh.server.uuid;
         self.capacity_put(id, Some(Fresh { server: with_reservation(fresh.server, r), claim: fresh.claim.map(|g| g + 1).or(Some(1)) }));
+        // A rebuild in progress may have read the server before this claim.
+        self.capacity.with(|s| {
+            if s.rebuild_running {
+                s.touched.insert(id);
+            }
+        });
+    }
+
+    /// Whether the background rebuild is due: the view exists, placement used it since it
+    /// was built, and it is [`REBUILD_EVERY`] old.
+    fn capacity_rebuild_due(&self, now: Instant) -> bool {
+        self.capacity.with(|s| match (s.built_at, s.used_at) {
+            (Some(built), Some(used)) => s.fleet.is_some() && used > built && now.duration_since(built) >= REBUILD_EVERY,
+            _ => false,
+        })
+    }
+}
+
+/// The background rebuild: while placement uses the view, rebuilds it every
+/// [`REBUILD_EVERY`] off the request path.
+pub async fn run(app: std::sync::Arc<App>) {
+    loop {
+        tokio::time::sleep(STATUS_EVERY).await;
+        if app.capacity_rebuild_due(Instant::now()) {
+            if let Err(e) = app.capacity_rebuild(REBUILD_EVERY).await {
+                tracing::warn!(error = %e.message, "could not rebuild the capacity view; placement goes on with the old one");
+            }
+        }
     }
 }

@@ -12,7 +12,9 @@
 //! Theory of operation:
 //! - The job record (types::job::Job) is rewritten after every step, in the same
 //!   transaction as a check that this headnode still holds the lease; a headnode that lost
-//!   its lease stops at once. A crash leaves the record at the last finished step.
+//!   its lease stops at once. A crash leaves the record at the last finished step. One
+//!   write records a step's end together with the next step's start (or the job's end),
+//!   so a chain of N steps costs N + 1 writes.
 //! - A lease (`job_leases`) names the headnode and an expiry; the holder renews it. Another
 //!   headnode takes over an expired lease; a restarted headnode takes back its own at once.
 //! - The step under the cursor is simply run again after a takeover, so every step must be
@@ -379,7 +381,12 @@ impl Runner {
         }
         if job.execution == "queued" {
             job.execution = "running".into();
-            job.started = Some(nereid_types::time::now_iso());
+            let now = nereid_types::time::now_iso();
+            job.started = Some(now.clone());
+            // The first step's start goes in the same write.
+            if let Some(first) = steps.first().filter(|_| job.chain_results.is_empty() && job.cursor == 0) {
+                job.chain_results.push(StepResult { name: first.name().into(), started_at: Some(now), ..Default::default() });
+            }
             self.persist(&job, &mut job_gen, lease).await?;
             app.metrics.job_event(&job.task, "running");
         }
@@ -422,10 +429,26 @@ impl Runner {
                     hooks.maybe_pause(&job.task, name, When::After).await;
                     let r = &mut job.chain_results[job.cursor];
                     r.finished_at = Some(nereid_types::time::now_iso());
+                    let mut succeeded = false;
                     match outcome {
                         Ok(msg) => {
                             r.result = msg;
                             job.cursor += 1;
+                            // One write records this step's end and the next one's start
+                            // (or the job's end).
+                            let now = nereid_types::time::now_iso();
+                            match steps.get(job.cursor) {
+                                Some(next) => job.chain_results.push(StepResult {
+                                    name: next.name().into(),
+                                    started_at: Some(now),
+                                    ..Default::default()
+                                }),
+                                None => {
+                                    job.execution = "succeeded".into();
+                                    job.finished = Some(now);
+                                    succeeded = true;
+                                }
+                            }
                         }
                         Err(e) => {
                             r.error = e.clone();
@@ -436,6 +459,11 @@ impl Runner {
                         }
                     }
                     self.persist(&job, &mut job_gen, lease).await?;
+                    if succeeded {
+                        app.metrics.job_event(&job.task, "succeeded");
+                        tracing::info!(job = %id, task = %job.task, vm = %job.vm_uuid, "job succeeded");
+                        return Ok(());
+                    }
                 }
                 Phase::Unwinding => {
                     if job.cursor == 0 {
@@ -528,7 +556,7 @@ pub async fn wait_for_server(
     let server = job.server_uuid.ok_or("the job has no server")?;
     let vm = job.vm_uuid;
     let judge = &judge;
-    let st = poll(Duration::from_millis(200), || async move {
+    let st = poll(WAIT_FIRST, || async move {
         match app.agent_get(server, vm).await {
             Ok(Some(st)) => match judge(&st) {
                 Seen::Pending => None,
@@ -547,17 +575,27 @@ pub async fn wait_for_server(
     Ok(st)
 }
 
-/// Polls `f` until it answers `Some`, every `every`.
-pub async fn poll<T, F, Fut>(every: Duration, mut f: F) -> T
+/// The first pause between asks in [`wait_for_server`]; each pause doubles up to
+/// [`WAIT_EVERY`], so a fast server is seen at once and a slow one is asked five times a
+/// second.
+pub const WAIT_FIRST: Duration = Duration::from_millis(5);
+/// The longest pause between asks in [`wait_for_server`].
+pub const WAIT_EVERY: Duration = Duration::from_millis(200);
+
+/// Polls `f` until it answers `Some`: first after `first`, then doubling the pause up to
+/// [`WAIT_EVERY`].
+pub async fn poll<T, F, Fut>(first: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
+    let mut pause = first;
     loop {
         if let Some(v) = f().await {
             return v;
         }
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(WAIT_EVERY.max(first));
     }
 }
 
