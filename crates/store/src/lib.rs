@@ -10,7 +10,8 @@
 //! Two backends implement [`Store`], chosen by URL in [`open`]:
 //! - `sqlite:PATH`: the embedded default, one file in WAL mode with `synchronous=FULL`
 //!   (an acknowledged write survives a crash of the process or the machine). Writes are
-//!   serialised in-process; one headnode process owns the file.
+//!   serialised in-process, concurrent batches committed together (one fsync per group,
+//!   each batch still atomic on its own); one headnode process owns the file.
 //! - `postgres://…[?schema=NAME]`: for several headnodes and the engine's own HA.
 //!
 //! Schema changes are versioned migrations ([`migrations`]) applied at open. Buckets
@@ -21,6 +22,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 pub mod filter;
+mod group_commit;
 pub mod migrations;
 mod ops;
 mod postgres;

@@ -1,8 +1,10 @@
 //! The SQLite backend: one database file in WAL mode, `synchronous=FULL`.
 //!
-//! Writers take an in-process mutex and then `BEGIN IMMEDIATE`, so concurrent batches
-//! queue fairly instead of spinning on SQLITE_BUSY; readers run concurrently on the
-//! other pooled connections.
+//! Write batches go through [`GroupCommit`]: batches that arrive while a transaction is
+//! being written are committed together in the next one (each under its own savepoint,
+//! so each stays atomic and fails alone), one fsync for the group. Writers take an
+//! in-process mutex and then `BEGIN IMMEDIATE`, so they queue fairly instead of spinning
+//! on SQLITE_BUSY; readers run concurrently on the other pooled connections.
 //!
 //! The store holds secrets (every server's agent secret), so its file is created mode
 //! 0600 before SQLite opens it, and SQLite gives the `-wal` and `-shm` files it creates
@@ -13,6 +15,7 @@ use std::fs;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,6 +23,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, Sq
 use sqlx::{Connection, SqlitePool};
 use tokio::sync::Mutex;
 
+use crate::group_commit::GroupCommit;
 use crate::migrations::{LEDGER_SQLITE, SQLITE};
 use crate::ops::{self, impl_exec};
 use crate::sql::{Dialect, create_index};
@@ -29,7 +33,9 @@ impl_exec!(SqliteConnection);
 
 pub(crate) struct SqliteStore {
     pool: SqlitePool,
-    writer: Mutex<()>,
+    /// Held while writing: by each group of batches, and by DDL.
+    writer: Arc<Mutex<()>>,
+    pub(crate) group: GroupCommit,
 }
 
 impl SqliteStore {
@@ -47,7 +53,8 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new().max_connections(4).min_connections(1).connect_with(opts).await?;
-        let store = Self { pool, writer: Mutex::new(()) };
+        let writer = Arc::new(Mutex::new(()));
+        let store = Self { group: GroupCommit::new(pool.clone(), writer.clone()), pool, writer };
         store.migrate().await?;
         Ok(store)
     }
@@ -132,11 +139,7 @@ impl Store for SqliteStore {
     }
 
     async fn batch(&self, ops: Vec<Op>) -> Result<Vec<i64>> {
-        let _w = self.writer.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let gens = ops::batch(&mut *tx, Dialect::Sqlite, &ops, crate::now_ms()).await?;
-        tx.commit().await?;
-        Ok(gens)
+        self.group.batch(ops).await
     }
 
     async fn list(&self, bucket: &str, query: &ListQuery) -> Result<Vec<Object>> {
