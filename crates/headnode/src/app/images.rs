@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::image_files::{ReceiveError, Received};
-use super::{App, RETRIES, encode, store_error};
+use super::{App, RETRIES, encode, lists, store_error};
 use crate::buckets::{ACCOUNTS, IMAGES};
 
 /// The longest origin chain CloneImage follows (a bound against a corrupt, cyclic chain).
@@ -128,11 +128,30 @@ fn dependents_error(uuid: Uuid, total: i64, visible: &[Uuid]) -> ApiError {
 
 impl App {
     pub async fn list_images(&self, q: &Query) -> Result<Vec<Image>, ApiError> {
+        let lq = self.list_images_query(q).await?;
+        self.list_fast(IMAGES.name, &lq).await
+    }
+
+    /// IMGAPI ListImages' body: [`list_images`](Self::list_images)' images as
+    /// [`for_listing`] renders them, each rendered once per version of its record (see
+    /// [`super::lists`]).
+    pub async fn list_images_rendered(&self, q: &Query, incl_admin_fields: bool) -> Result<Vec<u8>, ApiError> {
+        let lq = self.list_images_query(q).await?;
+        let variant = lists::Variant::Image { admin: incl_admin_fields };
+        let page = self
+            .list_rendered(variant, &lq, |row| match lists::decode_or_log::<Image>(IMAGES.name, row) {
+                Some(img) => lists::Made::Keep(lists::Cached::one(lists::to_bytes(&for_listing(img, incl_admin_fields)))),
+                None => lists::Made::Skip,
+            })
+            .await?;
+        Ok(lists::json_array(page.iter().map(lists::Cached::bytes)))
+    }
+
+    async fn list_images_query(&self, q: &Query) -> Result<ListQuery, ApiError> {
         let desc = sort_desc(q);
         let marker = self.image_marker(q, None).await?;
         let filter = list_filter(q, marker.as_ref(), desc).map_err(ApiError::invalid_parameter)?;
-        let lq = ListQuery::filter(filter).sort(Path::field("published_at"), Kind::Text, desc).page(q.limit(1000), 0);
-        self.list_fast(IMAGES.name, &lq).await
+        Ok(ListQuery::filter(filter).sort(Path::field("published_at"), Kind::Text, desc).page(q.limit(1000), 0))
     }
 
     /// The `marker` query parameter of ListImages: an image UUID or a date. With `scope`,

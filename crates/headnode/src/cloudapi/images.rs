@@ -18,9 +18,9 @@
 //! `nereid_types::image`; these handlers parse, call and render.
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{Method, StatusCode, header};
 use axum::response::IntoResponse;
-use nereid_store::ListQuery;
+use nereid_store::{Filter, Kind, ListQuery};
 use nereid_types::ApiError;
 use nereid_types::image::{self, Image};
 use nereid_types::query::{Param, QKind};
@@ -28,7 +28,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::{BodyParams, CloudError, CloudResult, Scoped, invalid, missing, ok, render};
-use crate::buckets::IMAGES;
+use crate::app::lists::{Variant, json_array};
 use crate::http::{AppState, Auth, BodyDoc, Doc, RespDoc, Route};
 
 fn image_schema() -> Value {
@@ -178,7 +178,48 @@ fn text_matches(want: &str, have: &str) -> bool {
     }
 }
 
+/// A name or version filter for the store, as [`text_matches`] matches.
+fn text_filter(field: &str, want: &str) -> Filter {
+    match want.strip_prefix('~') {
+        Some(sub) => Filter::contains(field, sub),
+        None if want.contains('*') => Filter::Glob(nereid_store::Path::field(field), want.split('*').map(str::to_string).collect()),
+        None => Filter::eq(field, want),
+    }
+}
+
 impl ListFilter {
+    /// The store filter selecting what `viewer` may see ([`crate::app::images::visible_to`])
+    /// and [`keeps`](Self::keeps).
+    pub fn store_filter(&self, viewer: Uuid) -> Filter {
+        let activated = Filter::Or(vec![Filter::eq("state", "active"), Filter::eq("state", "disabled")]);
+        let shared = Filter::Or(vec![Filter::eq("public", true), Filter::has("acl", viewer.to_string())]);
+        let mut parts = vec![Filter::Or(vec![Filter::eq("owner", viewer.to_string()), Filter::And(vec![activated, shared])])];
+        if let Some(s) = &self.state {
+            parts.push(Filter::eq("state", s.as_str()));
+        }
+        if let Some(n) = &self.name {
+            parts.push(text_filter("name", n));
+        }
+        if let Some(v) = &self.version {
+            parts.push(text_filter("version", v));
+        }
+        if let Some(o) = &self.os {
+            parts.push(Filter::eq("os", o.as_str()));
+        }
+        match &self.kind {
+            Some((t, true)) => parts.push(Filter::Ne(nereid_store::Path::field("type"), json!(t))),
+            Some((t, false)) => parts.push(Filter::eq("type", t.as_str())),
+            None => {}
+        }
+        if let Some(p) = self.public {
+            parts.push(Filter::eq("public", p));
+        }
+        if let Some(o) = self.owner {
+            parts.push(Filter::eq("owner", o.to_string()));
+        }
+        Filter::and(parts)
+    }
+
     /// Whether an image the account may see is listed.
     pub fn keeps(&self, img: &Image) -> bool {
         self.state.as_ref().is_none_or(|s| *s == img.state)
@@ -208,10 +249,11 @@ fn passed_on(id: &str, e: ApiError) -> CloudError {
 
 async fn list_images(State(s): State<AppState>, Scoped(acct): Scoped, RawQuery(raw): RawQuery) -> CloudResult {
     let filter = list_filter(&super::query_map(raw.as_deref()))?;
-    let all: Vec<Image> = s.app.list_fast(IMAGES.name, &ListQuery::all()).await?;
-    let mut out: Vec<&Image> = all.iter().filter(|i| crate::app::images::visible_to(i, acct.uuid)).filter(|i| filter.keeps(i)).collect();
-    out.sort_by(|x, y| (x.published_at(), x.uuid).cmp(&(y.published_at(), y.uuid)));
-    ok(&out.into_iter().map(|i| render::image_for(i, acct.uuid)).collect::<Vec<_>>())
+    // Oldest first, unpublished ones before the rest, ties by UUID (the store's key).
+    let q = ListQuery::filter(filter.store_filter(acct.uuid)).sort(nereid_store::Path::field("published_at"), Kind::Text, false);
+    let page = s.app.list_rendered(Variant::CloudImage, &q, render::image_row).await?;
+    let body = json_array(page.iter().map(|c| c.for_viewer(acct.uuid)));
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn get_image(State(s): State<AppState>, Scoped(acct): Scoped, Path((_, id)): Path<(String, String)>) -> CloudResult {
@@ -331,6 +373,58 @@ mod tests {
             let e = list_filter(&q(&[(k, v)])).unwrap_err().0;
             assert_eq!((e.status, e.code.as_str()), (409, "InvalidArgument"), "{k}");
             assert_eq!(e.errors[0].field, k);
+        }
+    }
+
+    /// The store filter ListImages sends selects exactly what the account may see and
+    /// [`ListFilter::keeps`] keeps.
+    #[test]
+    fn the_store_filter_is_visibility_and_keeps() {
+        let (me, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let mut imgs = Vec::new();
+        for (name, kind, state, public) in [
+            ("ubuntu-24", "zvol", "active", true),
+            ("debian-12", "zvol", "disabled", false),
+            ("deb*x", "zone-dataset", "unactivated", false),
+            ("alpine", "docker", "active", true),
+            ("centos", "zvol", "failed", true),
+        ] {
+            for owner in [me, other] {
+                for acl in [None, Some(json!([me])), Some(json!([Uuid::from_u128(3)]))] {
+                    let mut i = img(name, kind, state, public);
+                    i.owner = owner;
+                    if let Some(a) = &acl {
+                        i.rest.insert("acl".into(), a.clone());
+                    }
+                    imgs.push(i);
+                }
+            }
+        }
+        let queries: &[&[(&str, &str)]] = &[
+            &[],
+            &[("state", "all")],
+            &[("state", "disabled"), ("public", "false")],
+            &[("name", "deb*"), ("type", "!zvol"), ("state", "all")],
+            &[("name", "~bunt"), ("version", "1.2*")],
+            &[("name", "deb*x"), ("state", "all")],
+            &[("version", "~.2."), ("os", "linux"), ("type", "docker")],
+            &[("owner", "00000000-0000-0000-0000-000000000002"), ("state", "all")],
+        ];
+        for pairs in queries {
+            let f = list_filter(&q(pairs)).unwrap();
+            let sf = f.store_filter(me);
+            for i in &imgs {
+                let want = crate::app::images::visible_to(i, me) && f.keeps(i);
+                assert_eq!(
+                    sf.matches(&crate::app::encode(i)),
+                    want,
+                    "{pairs:?} {} {} {} {:?}",
+                    i.name,
+                    i.state,
+                    i.owner,
+                    i.rest.get("acl")
+                );
+            }
         }
     }
 }

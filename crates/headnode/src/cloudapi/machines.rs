@@ -220,11 +220,12 @@ async fn list(State(s): State<AppState>, Scoped(acct): Scoped, RawQuery(raw): Ra
     let credentials = super::flag(&q, "credentials");
     let sorted = ListQuery::filter(Filter::and(parts)).sort(nereid_store::Path::field("create_timestamp"), Kind::Text, false);
     let (mut resp, count) = if post.is_empty() {
-        // The common case, streamed: each record decoded straight from the store's text
-        // and serialized straight into the body.
-        let vms: Vec<Vm> = s.app.list_fast(VMS.name, &sorted.page(limit, offset)).await?;
-        let page: Vec<render::MachineView> = vms.iter().map(|vm| render::MachineView { vm, credentials }).collect();
-        (crate::http::json(StatusCode::OK, &page), page.len())
+        // The common case: each machine's JSON from the rendering cache, or decoded
+        // straight from the store's text and serialized straight (then cached).
+        let variant = crate::app::lists::Variant::Machine { credentials };
+        let page = s.app.list_rendered(variant, &sorted.page(limit, offset), |row| render::machine_row(row, credentials)).await?;
+        let body = crate::app::lists::json_array(page.iter().map(crate::app::lists::Cached::bytes));
+        ((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response(), page.len())
     } else {
         let vms: Vec<Vm> = s.app.list_fast(VMS.name, &sorted).await?;
         let page: Vec<Value> = vms

@@ -7,6 +7,8 @@
 //! its body from a [`MachineView`] (the same members in the same order, without the
 //! nulls CloudAPI leaves out; a test holds the two equal).
 
+use crate::app::lists::{Cached, Made, decode_or_log, to_bytes};
+use crate::buckets::{IMAGES, VMS};
 use nereid_types::image::Image;
 use nereid_types::network::{Network, NetworkPool};
 use nereid_types::package::Package;
@@ -138,6 +140,29 @@ impl Serialize for MachineView<'_> {
         m.serialize_entry("package", vm.package_name.as_deref().unwrap_or_default())?;
         m.end()
     }
+}
+
+/// A VM row as ListMachines lists it: its [`MachineView`] bytes (cached), or left out
+/// (logged) when the record is damaged, as `App::list` does.
+pub fn machine_row(row: nereid_store::RawObject, credentials: bool) -> Made {
+    match decode_or_log::<Vm>(VMS.name, row) {
+        Some(vm) => Made::Keep(Cached::one(to_bytes(&MachineView { vm: &vm, credentials }))),
+        None => Made::Skip,
+    }
+}
+
+/// An image row as CloudAPI's ListImages lists it: [`image`]'s object without nulls, for
+/// the owner and (without the ACL, see [`image_for`]) for everyone else; a damaged record
+/// is left out (logged), as `App::list` does.
+pub fn image_row(row: nereid_store::RawObject) -> Made {
+    let Some(img) = decode_or_log::<Image>(IMAGES.name, row) else { return Made::Skip };
+    let full = image(&img);
+    let others = without_acl(full.clone());
+    Made::Keep(Cached::ByOwner {
+        owner: img.owner,
+        owner_view: to_bytes(&omit_nulls(full)).into(),
+        others: to_bytes(&omit_nulls(others)).into(),
+    })
 }
 
 /// A sequence serialized from an iterator made on demand.
@@ -272,10 +297,13 @@ pub fn image(img: &Image) -> Value {
 /// viewer owns the image (an account an image is shared with does not learn who else it
 /// is shared with).
 pub fn image_for(img: &Image, viewer: Uuid) -> Value {
-    let mut v = image(img);
-    if img.owner != viewer
-        && let Some(o) = v.as_object_mut()
-    {
+    let v = image(img);
+    if img.owner != viewer { without_acl(v) } else { v }
+}
+
+/// [`image`]'s object as an account other than the owner sees it.
+fn without_acl(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
         o.remove("acl");
     }
     v

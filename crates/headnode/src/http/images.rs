@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use nereid_types::image::{COMPRESSIONS, FIELDS, Image};
+use nereid_types::image::{COMPRESSIONS, FIELDS};
 use nereid_types::query::{Param, QKind, Query};
 use nereid_types::spec::Usage;
 use nereid_types::{ApiError, FieldError};
@@ -157,10 +157,8 @@ fn account(q: &Query) -> Option<Uuid> {
 
 async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> HttpResult {
     let q = parse_query(Api::Imgapi, LIST_PARAMS, raw.as_deref())?;
-    let imgs = s.app.list_images(&q).await?;
-    let admin = q.flag("inclAdminFields");
-    let body: Vec<Image> = imgs.into_iter().map(|i| crate::app::images::for_listing(i, admin)).collect();
-    ok(&body)
+    let body = s.app.list_images_rendered(&q, q.flag("inclAdminFields")).await?;
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn get(State(s): State<AppState>, Path(uuid): Path<String>, RawQuery(raw): RawQuery) -> HttpResult {

@@ -5,6 +5,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::IntoResponse;
 use nereid_types::query::{LIMIT, OFFSET, Param, QKind};
 use nereid_types::spec::{Field, Kind, Usage};
 use nereid_types::vm::{self, CREATE_FIELDS, UPDATE_FIELDS};
@@ -182,8 +183,8 @@ async fn finish(s: &AppState, vm: Uuid, job: Uuid, sync: bool, extra: Option<Val
 
 async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> HttpResult {
     let q = parse_query(Api::Papi, LIST_PARAMS, raw.as_deref())?;
-    let (vms, total) = s.app.list_vms_fast(&q).await?;
-    let mut resp = json_resp(StatusCode::OK, &vms.iter().map(vm::RenderedEntry).collect::<Vec<_>>());
+    let (body, total) = s.app.list_vms_rendered(&q).await?;
+    let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     if let Ok(v) = HeaderValue::from_str(&total.to_string()) {
         resp.headers_mut().insert("x-joyent-resource-count", v);
     }
