@@ -229,11 +229,29 @@ impl Sql {
         self.push(" ORDER BY ");
         for s in sort {
             s.path.validate()?;
-            let dir = if s.desc { "DESC NULLS LAST" } else { "ASC NULLS FIRST" };
-            self.push(&format!("{} {dir}, ", expr(self.dialect, &s.path, s.kind)));
+            self.push(&format!("{} {}, ", expr(self.dialect, &s.path, s.kind), direction(s)));
         }
         self.push("key ASC");
         Ok(())
+    }
+
+    /// Appends `, <sort expression> AS s0, …`: the sort keys as columns of a key-only page.
+    pub fn sort_columns(&mut self, sort: &[Sort]) -> Result<(), StoreError> {
+        for (i, s) in sort.iter().enumerate() {
+            s.path.validate()?;
+            self.push(&format!(", {} AS s{i}", expr(self.dialect, &s.path, s.kind)));
+        }
+        Ok(())
+    }
+
+    /// Appends ` ORDER BY {page}.s0 …, {page}.k`: [`Sql::order`] over the columns of a
+    /// key-only page ([`Sql::sort_columns`], the key as `k`), the same order.
+    pub fn order_page(&mut self, page: &str, sort: &[Sort]) {
+        self.push(" ORDER BY ");
+        for (i, s) in sort.iter().enumerate() {
+            self.push(&format!("{page}.s{i} {}, ", direction(s)));
+        }
+        self.push(&format!("{page}.k ASC"));
     }
 
     /// Appends ` LIMIT … OFFSET …`.
@@ -253,6 +271,10 @@ impl Sql {
             self.bind(Param::Int(offset));
         }
     }
+}
+
+fn direction(s: &Sort) -> &'static str {
+    if s.desc { "DESC NULLS LAST" } else { "ASC NULLS FIRST" }
 }
 
 /// A JSON scalar as a parameter (booleans as 0/1, as SQLite's json_extract returns them).
