@@ -29,6 +29,7 @@ pub mod image_create;
 pub mod image_files;
 pub mod image_sources;
 pub mod images;
+pub mod ip_cache;
 pub mod lists;
 pub mod migrations;
 pub mod netpolicy;
@@ -136,6 +137,8 @@ pub struct App {
     /// Serialises IP allocation per network inside this process (the store's conditional
     /// writes keep several headnodes correct; the lock keeps one from fighting itself).
     pub network_locks: KeyedLocks,
+    /// Which addresses of each network have records ([`ip_cache`]): claims read them once.
+    pub ip_cache: ip_cache::IpCache,
     /// Per-VM locks of this process: a migration's begin and any other job queued on the
     /// VM cannot pass each other (keyed by the VM's UUID).
     pub vm_locks: KeyedLocks,
@@ -171,6 +174,7 @@ impl App {
             store: Arc::new(crate::fence::FencedStore(store)),
             files,
             network_locks: KeyedLocks::default(),
+            ip_cache: ip_cache::IpCache::default(),
             vm_locks: KeyedLocks::default(),
             cfg,
             agents: agents::Agents::default(),

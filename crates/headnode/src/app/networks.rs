@@ -197,7 +197,12 @@ impl App {
                 }
             }
             match self.store.batch(ops).await {
-                Ok(_) => return Ok(next),
+                Ok(_) => {
+                    if next.gateway != cur.gateway {
+                        self.ip_cache.forget(uuid);
+                    }
+                    return Ok(next);
+                }
                 Err(StoreError::Conflict { op_index: 0, .. }) => continue,
                 Err(StoreError::Conflict { .. }) => return Err(name_taken(&next.name)),
                 Err(e) => return Err(store_error(e)),
@@ -234,6 +239,7 @@ impl App {
                 store_error(e)
             }
         })?;
+        self.ip_cache.forget(uuid);
         Ok(())
     }
 }

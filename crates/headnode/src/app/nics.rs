@@ -418,26 +418,31 @@ impl App {
                         }
                     }
                 }
-                None => {
-                    let records = self
-                        .store
-                        .list(IPS.name, &ListQuery::filter(Filter::eq("network_uuid", net.uuid.to_string())))
-                        .await
-                        .map_err(store_error)?;
-                    let mut used = BTreeMap::new();
-                    let mut recs = HashMap::new();
-                    for o in records {
-                        let Ok(rec) = serde_json::from_value::<IpRecord>(o.value) else { continue };
-                        let Ok(addr) = rec.ip.parse::<Ipv4Addr>() else { continue };
-                        used.insert(u32::from(addr), Used { generation: o.generation, free: rec.is_free(), mtime: o.mtime });
-                        recs.insert(u32::from(addr), rec);
+                None => match self.ip_cache.pick_fresh(net.uuid, net.range(), &skip) {
+                    Some(n) => (Ipv4Addr::from(n), Cond::Absent, None),
+                    None => {
+                        let records = self
+                            .store
+                            .list(IPS.name, &ListQuery::filter(Filter::eq("network_uuid", net.uuid.to_string())))
+                            .await
+                            .map_err(store_error)?;
+                        let mut used = BTreeMap::new();
+                        let mut recs = HashMap::new();
+                        for o in records {
+                            let Ok(rec) = serde_json::from_value::<IpRecord>(o.value) else { continue };
+                            let Ok(addr) = rec.ip.parse::<Ipv4Addr>() else { continue };
+                            used.insert(u32::from(addr), Used { generation: o.generation, free: rec.is_free(), mtime: o.mtime });
+                            recs.insert(u32::from(addr), rec);
+                        }
+                        let pick = pick_ip(net.range(), &used, &skip);
+                        self.ip_cache.put(net.uuid, used);
+                        match pick {
+                            None => return Err(subnet_full(net)),
+                            Some(Pick::Fresh(n)) => (Ipv4Addr::from(n), Cond::Absent, None),
+                            Some(Pick::Reuse(n, g)) => (Ipv4Addr::from(n), Cond::Generation(g), recs.remove(&n)),
+                        }
                     }
-                    match pick_ip(net.range(), &used, &skip) {
-                        None => return Err(subnet_full(net)),
-                        Some(Pick::Fresh(n)) => (Ipv4Addr::from(n), Cond::Absent, None),
-                        Some(Pick::Reuse(n, g)) => (Ipv4Addr::from(n), Cond::Generation(g), recs.remove(&n)),
-                    }
-                }
+                },
             };
             let reserved = plan.reserved.or(existing.as_ref().map(|r| r.reserved)).unwrap_or(false);
             let mut nic = plan.nic.clone();
@@ -454,9 +459,14 @@ impl App {
             let saved = plan.nic.clone();
             plan.nic = nic;
             match self.write_nic(plan, ops).await {
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    // (An old address released here keeps its record: nothing to forget.)
+                    self.ip_cache.note_used(net.uuid, u32::from(ip));
+                    return Ok(n);
+                }
                 Err(e) if e.code == "IpTaken" => {
                     plan.nic = saved;
+                    self.ip_cache.note_used(net.uuid, u32::from(ip));
                     if explicit.is_some() {
                         continue;
                     }
@@ -647,7 +657,10 @@ impl App {
             let addr: Ipv4Addr = rec.ip.parse().map_err(|_| ApiError::internal("stored IP does not parse"))?;
             let cond = if generation == 0 { Cond::Absent } else { Cond::Generation(generation) };
             match self.store.put(IPS.name, &ip_key(network, addr), encode(&rec), cond).await {
-                Ok(_) => return Ok(rec),
+                Ok(_) => {
+                    self.ip_cache.forget(network);
+                    return Ok(rec);
+                }
                 Err(e) if e.is_conflict() => continue,
                 Err(e) => return Err(store_error(e)),
             }
