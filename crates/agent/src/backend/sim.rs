@@ -144,6 +144,13 @@ impl Sim {
         *self.addresses.lock().unwrap_or_else(|p| p.into_inner()) = addresses;
     }
 
+    /// Reads the VMs (nothing written: the simulated hypervisor is asked whether a VM runs
+    /// every second per VM).
+    fn read<R>(&self, f: impl FnOnce(&HashMap<Uuid, SimVm>) -> R) -> R {
+        f(&self.vms.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Changes the VMs and writes them to the file.
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<Uuid, SimVm>) -> R) -> R {
         let mut vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
         let r = f(&mut vms);
@@ -157,7 +164,7 @@ impl Sim {
     }
 
     fn has_fault(&self, uuid: Uuid, f: &str) -> bool {
-        self.with(|v| v.get(&uuid).and_then(|x| x.fault.as_deref()) == Some(f))
+        self.read(|v| v.get(&uuid).and_then(|x| x.fault.as_deref()) == Some(f))
     }
 
     fn dir(&self) -> PathBuf {
@@ -279,7 +286,7 @@ impl Backend for Sim {
     }
 
     async fn export_boot_disk(&self, uuid: Uuid) -> Result<PathBuf, BackendError> {
-        let state = self.with(|v| v.get(&uuid).map(|vm| (vm.running, vm.fault.clone())));
+        let state = self.read(|v| v.get(&uuid).map(|vm| (vm.running, vm.fault.clone())));
         match state {
             None => Err(BackendError(format!("VM {uuid} does not exist"))),
             Some((true, _)) => Err(BackendError(format!("VM {uuid} is running: its disk is exported only while it is stopped"))),
@@ -324,7 +331,7 @@ impl Backend for Sim {
     }
 
     async fn migration_files(&self, uuid: Uuid) -> Result<Vec<(String, PathBuf)>, BackendError> {
-        if !self.with(|v| v.contains_key(&uuid)) {
+        if !self.read(|v| v.contains_key(&uuid)) {
             return Err(BackendError(format!("VM {uuid} does not exist")));
         }
         let path = self.disk_file(uuid);
@@ -365,7 +372,7 @@ impl Backend for Sim {
     }
 
     async fn migrate_mirror_start(&self, uuid: Uuid, nbd: &Path) -> Result<(), BackendError> {
-        let Some((disks, fault)) = self.with(|v| v.get(&uuid).map(|vm| (vm.disks, vm.fault.clone()))) else {
+        let Some((disks, fault)) = self.read(|v| v.get(&uuid).map(|vm| (vm.disks, vm.fault.clone()))) else {
             return Err(BackendError(format!("VM {uuid} does not exist")));
         };
         let mut mirrors = self.mirrors.lock().unwrap_or_else(|p| p.into_inner());
@@ -401,7 +408,7 @@ impl Backend for Sim {
     }
 
     async fn migrate_ram(&self, uuid: Uuid, ram: &Path, _opts: &RamOptions) -> Result<RamOutcome, BackendError> {
-        let Some(ram_mib) = self.with(|v| v.get(&uuid).map(|vm| vm.ram_mib)) else {
+        let Some(ram_mib) = self.read(|v| v.get(&uuid).map(|vm| vm.ram_mib)) else {
             return Err(BackendError(format!("VM {uuid} does not exist")));
         };
         let total = ram_mib.max(1) * 1024;
@@ -435,6 +442,11 @@ impl Backend for Sim {
     }
 
     async fn is_running(&self, uuid: Uuid) -> bool {
+        let crashes = |vm: &SimVm| vm.crash_at_ms.is_some_and(|t| now_ms() >= t);
+        // Written only when a simulated crash happens now.
+        if let Some(running) = self.read(|v| v.get(&uuid).map(|vm| (!crashes(vm)).then_some(vm.running))).unwrap_or(Some(false)) {
+            return running;
+        }
         self.with(|v| match v.get_mut(&uuid) {
             Some(vm) if vm.crash_at_ms.is_some_and(|t| now_ms() >= t) => {
                 vm.running = false;
@@ -447,7 +459,7 @@ impl Backend for Sim {
     }
 
     async fn exists(&self, uuid: Uuid) -> bool {
-        self.with(|v| v.contains_key(&uuid))
+        self.read(|v| v.contains_key(&uuid))
     }
 
     async fn snapshot(&self, def: &Definition, op: SnapshotOp, name: &str) -> Result<(), BackendError> {

@@ -157,6 +157,8 @@ pub struct App {
     pub evacuations: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
     pub hooks: crate::jobs::Hooks,
     pub metrics: crate::metrics::Metrics,
+    /// Servers' inventories as last read or written here (heartbeats; see [`servers::HeldInventories`]).
+    pub held_inventories: servers::HeldInventories,
     /// Rendered JSON of listed objects, by version ([`lists`]).
     pub renders: lists::RenderCache,
 }
@@ -185,6 +187,7 @@ impl App {
             evacuations: Default::default(),
             hooks,
             metrics: crate::metrics::Metrics::default(),
+            held_inventories: servers::HeldInventories::default(),
             renders: lists::RenderCache::default(),
         })
     }

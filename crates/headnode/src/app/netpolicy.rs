@@ -2,13 +2,21 @@
 //! from the records, pushed to the nodes whose heartbeats report another digest.
 //!
 //! ```text
-//!   one pass (every second, at once when netpolicy_notify wakes it):
-//!     VMs (active) + servers' last heartbeats + firewall rules   — each read once
-//!       ──compute (pure)──► server → NetPolicy {digest, overlays, firewalls}
-//!       for each running server whose heartbeat's netpolicy_digest differs:
-//!         PUT /servers/{server}/netpolicy   (not again for the same digest for a while;
-//!                                            an agent without the endpoint: 404, quiet)
+//!   recompute (when netpolicy_notify wakes it — at most once per EVERY, wake-ups
+//!   in between coalesce —, when a server's underlay address or a new server shows in
+//!   the heartbeats, on taking the singleton over, and every SAFETY_PERIOD):
+//!     VMs (active) + running migrations + servers + heartbeats + firewall rules
+//!       ──compute (pure)──► server → NetPolicy {digest, overlays, firewalls}   (cached)
+//!   every EVERY (a tick; reads only the servers' liveness records):
+//!     for each running server whose heartbeat's netpolicy_digest differs from the cached:
+//!       PUT /servers/{server}/netpolicy   (not again for the same digest for a while;
+//!                                          an agent without the endpoint: 404, quiet)
 //! ```
+//!
+//! The cached policies go stale only through writes that do not wake the push (another
+//! headnode's, a VM's state taken from its server's report): the safety period bounds
+//! that. An agent that lost its policy (restarted) reports another digest and gets it back
+//! at the next tick.
 //!
 //! `overlays`: for each VXLAN segment (vni) a server has a NIC on, the underlay addresses
 //! (the heartbeat's `nic_tag_addresses[fabric.underlay_tag]`) of the other servers with
@@ -26,18 +34,22 @@ use nereid_store::ListQuery;
 use nereid_types::ApiError;
 use nereid_types::fwrule::{self, FwRule, FwVm};
 use nereid_types::netpolicy::NetPolicy;
-use nereid_types::server::Server;
 use nereid_types::vm::Vm;
+use serde::Deserialize;
 use uuid::Uuid;
 
 use super::App;
 use super::fwrules::{fw_vm, is_active};
-use crate::buckets::{FWRULES, SERVERS};
+use crate::buckets::{FWRULES, HEARTBEATS, SERVERS, VMS};
 
-/// How often a pass runs without being woken.
+/// How often the servers' reported digests are compared with the cached policies, and the
+/// least time between two recomputes (wake-ups in between coalesce).
 pub const EVERY: Duration = Duration::from_secs(1);
 /// How long a digest sent to a server is not sent again (its heartbeat reports it by then).
 pub const RESEND_AFTER: Duration = Duration::from_secs(10);
+/// How often the policies are recomputed without being woken: catches the writes that do
+/// not wake the push (another headnode's, VM states from servers' reports).
+pub const SAFETY_PERIOD: Duration = Duration::from_secs(30);
 
 /// What [`compute`] found.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -99,11 +111,35 @@ pub fn compute(vms: &[Vm], servers: &BTreeMap<Uuid, Option<String>>, rules: &[Fw
     Computed { policies, warnings }
 }
 
+/// What the push needs of a server's last heartbeat, decoded alone from its liveness record.
+#[derive(Debug, Clone, Default, Deserialize)]
+struct Seen {
+    at_ms: i64,
+    #[serde(default)]
+    nic_tag_addresses: BTreeMap<String, String>,
+    #[serde(default)]
+    netpolicy_digest: Option<String>,
+}
+
 impl App {
-    /// Every server's policy now (one read each of VMs, servers, heartbeats and rules),
-    /// with each server's last heartbeat.
-    pub async fn netpolicies(&self) -> Result<(Computed, HashMap<Uuid, super::servers::HeartbeatRecord>), ApiError> {
-        let mut vms = self.firewall_vms(None).await?;
+    /// Every server's policy now (one read each of VMs, migrations, servers, heartbeats
+    /// and rules).
+    pub async fn netpolicies(&self) -> Result<Computed, ApiError> {
+        let seen = self.netpolicy_seen().await?;
+        self.compute_netpolicies(&seen).await
+    }
+
+    /// Every server's last heartbeat as the push reads it.
+    async fn netpolicy_seen(&self) -> Result<HashMap<Uuid, Seen>, ApiError> {
+        let rows = self.store.list_raw(HEARTBEATS.name, &ListQuery::all()).await.map_err(super::store_error)?;
+        Ok(rows.into_iter().filter_map(|r| Some((Uuid::parse_str(&r.key).ok()?, serde_json::from_str(&r.json).ok()?))).collect())
+    }
+
+    /// The policies from the records, with the underlay addresses of the heartbeats `seen`.
+    async fn compute_netpolicies(&self, seen: &HashMap<Uuid, Seen>) -> Result<Computed, ApiError> {
+        let active = ListQuery::filter(nereid_store::Filter::Ne(nereid_store::Path::field("state"), "destroyed".into()));
+        let mut vms: Vec<Vm> = self.list_fast(VMS.name, &active).await?;
+        vms.retain(is_active);
         // A VM being migrated is on its target too (before the switch): its firewall and
         // overlays are in force there before the guest runs there.
         for state in ["running", "paused"] {
@@ -116,51 +152,76 @@ impl App {
                 }
             }
         }
-        let servers: Vec<Server> = self.list(SERVERS.name, &ListQuery::all()).await?;
-        let hbs = self.heartbeats().await?;
-        let rules: Vec<FwRule> = self.list(FWRULES.name, &ListQuery::all()).await?;
+        // The servers' UUIDs are their keys: their records (sysinfo) are not decoded.
+        let servers = self.store.list_raw(SERVERS.name, &ListQuery::all()).await.map_err(super::store_error)?;
+        let rules: Vec<FwRule> = self.list_fast(FWRULES.name, &ListQuery::all()).await?;
         let tag = &self.cfg.fabric.underlay_tag;
-        let underlay: BTreeMap<Uuid, Option<String>> =
-            servers.iter().map(|s| (s.uuid, hbs.get(&s.uuid).and_then(|h| h.nic_tag_addresses.get(tag).cloned()))).collect();
-        Ok((compute(&vms, &underlay, &rules), hbs))
+        let underlay: BTreeMap<Uuid, Option<String>> = servers
+            .iter()
+            .filter_map(|s| Uuid::parse_str(&s.key).ok())
+            .map(|u| (u, seen.get(&u).and_then(|h| h.nic_tag_addresses.get(tag).cloned())))
+            .collect();
+        Ok(compute(&vms, &underlay, &rules))
     }
 
     /// One server's policy now (for operators: `GET /servers/{uuid}/netpolicy`).
     pub async fn server_netpolicy(&self, server: Uuid) -> Result<NetPolicy, ApiError> {
         self.get_server_record(server).await?;
-        let (mut c, _) = self.netpolicies().await?;
+        let mut c = self.netpolicies().await?;
         c.policies.remove(&server).ok_or_else(|| ApiError::not_found(format!("server {server} does not exist")))
     }
 }
 
-/// What the push remembers between passes.
+/// The policies last computed.
+struct Cached {
+    policies: BTreeMap<Uuid, NetPolicy>,
+    /// Each heartbeat's underlay address then: another one (or another server) recomputes.
+    underlay: HashMap<Uuid, Option<String>>,
+    at: Instant,
+}
+
+/// What the push remembers between ticks.
 #[derive(Default)]
 struct PushState {
+    cached: Option<Cached>,
     /// Per server: the digest last sent (or tried) and when.
     sent: HashMap<Uuid, (String, Instant)>,
     warnings: Vec<String>,
 }
 
-/// One pass: computes every policy, sends those the servers do not report.
-async fn pass(app: &Arc<App>, st: &mut PushState) -> Result<(), ApiError> {
-    let (computed, hbs) = app.netpolicies().await?;
-    if computed.warnings != st.warnings {
-        for w in &computed.warnings {
-            tracing::warn!("{w}");
+/// One tick: recomputes the policies when `woken`, when the heartbeats' underlay addresses
+/// changed or when the cached ones are older than [`SAFETY_PERIOD`]; sends those the
+/// running servers do not report.
+async fn tick(app: &Arc<App>, st: &mut PushState, woken: bool) -> Result<(), ApiError> {
+    let seen = app.netpolicy_seen().await?;
+    let tag = &app.cfg.fabric.underlay_tag;
+    let underlay: HashMap<Uuid, Option<String>> = seen.iter().map(|(u, h)| (*u, h.nic_tag_addresses.get(tag).cloned())).collect();
+    let stale = st.cached.as_ref().is_none_or(|c| woken || c.at.elapsed() >= SAFETY_PERIOD || c.underlay != underlay);
+    if stale {
+        let computed = app.compute_netpolicies(&seen).await?;
+        if computed.warnings != st.warnings {
+            for w in &computed.warnings {
+                tracing::warn!("{w}");
+            }
+            st.warnings = computed.warnings;
         }
-        st.warnings = computed.warnings.clone();
+        st.cached = Some(Cached { policies: computed.policies, underlay, at: Instant::now() });
     }
+    let Some(cached) = &st.cached else { return Ok(()) };
+    let (now, timeout) = (nereid_types::time::now_ms(), app.cfg.server_timeout.as_millis() as i64);
     let mut sends = tokio::task::JoinSet::new();
-    for (server, policy) in computed.policies {
-        let hb = hbs.get(&server);
-        if app.server_status(hb).0 != "running" || hb.and_then(|h| h.netpolicy_digest.as_deref()) == Some(policy.digest.as_str()) {
+    for (server, policy) in &cached.policies {
+        let hb = seen.get(server);
+        if nereid_types::server::status(hb.map(|h| h.at_ms), now, timeout).0 != "running"
+            || hb.and_then(|h| h.netpolicy_digest.as_deref()) == Some(policy.digest.as_str())
+        {
             continue;
         }
-        if st.sent.get(&server).is_some_and(|(d, at)| *d == policy.digest && at.elapsed() < RESEND_AFTER) {
+        if st.sent.get(server).is_some_and(|(d, at)| *d == policy.digest && at.elapsed() < RESEND_AFTER) {
             continue;
         }
-        st.sent.insert(server, (policy.digest.clone(), Instant::now()));
-        let app = app.clone();
+        st.sent.insert(*server, (policy.digest.clone(), Instant::now()));
+        let (app, server, policy) = (app.clone(), *server, policy.clone());
         sends.spawn(async move {
             match app.agent_netpolicy(server, &policy).await {
                 Ok(()) => tracing::debug!(%server, digest = %policy.digest, "network policy sent"),
@@ -176,20 +237,32 @@ async fn pass(app: &Arc<App>, st: &mut PushState) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The push loop: a pass every [`EVERY`], and at once when woken.
+/// The push loop: a tick every [`EVERY`]; woken, a tick that recomputes at once — or at
+/// the next tick when the last recompute is less than [`EVERY`] old (a provisioning storm
+/// wakes it at every job's end: those coalesce).
 pub async fn run(app: Arc<App>) {
     let singleton = crate::reconcile::Singleton::new("netpolicy", EVERY * 5);
     let mut st = PushState::default();
+    let mut woken = true;
+    let mut next = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = app.netpolicy_notify.notified() => {}
-            _ = tokio::time::sleep(EVERY) => {}
+            _ = app.netpolicy_notify.notified() => woken = true,
+            _ = tokio::time::sleep_until(next) => {}
         }
-        if !singleton.hold(&app).await {
+        let at_once = woken && st.cached.as_ref().is_none_or(|c| c.at.elapsed() >= EVERY);
+        if tokio::time::Instant::now() < next && !at_once {
             continue;
         }
-        if let Err(e) = pass(&app, &mut st).await {
-            tracing::warn!(error = %e.message, "network policy pass failed");
+        next = tokio::time::Instant::now() + EVERY;
+        if !singleton.hold(&app).await {
+            // Another headnode pushes: whatever is cached here goes stale meanwhile.
+            st.cached = None;
+            continue;
+        }
+        match tick(&app, &mut st, woken).await {
+            Ok(()) => woken = false,
+            Err(e) => tracing::warn!(error = %e.message, "network policy tick failed"),
         }
     }
 }

@@ -1,13 +1,15 @@
 //! CNAPI: compute nodes joining, reporting, and being looked at and changed by operators.
 //!
 //! A heartbeat writes the server's small liveness record (`heartbeats`) every time and its
-//! VM inventory (`inventories`, see [`inventories`]) only when that changed; readers get
-//! both joined ([`App::heartbeats`], [`App::heartbeat_of`]) or liveness alone
-//! ([`App::heartbeat_times`]).
+//! VM inventory (`inventories`, see [`inventories`]) only when that changed, in one batch
+//! that also checks the server exists; the inventory it applies a delta to is the one this
+//! headnode last read or wrote ([`HeldInventories`]), checked by generation in that batch,
+//! so an idle server's heartbeat reads nothing. Readers get both joined
+//! ([`App::heartbeats`], [`App::heartbeat_of`]) or liveness alone ([`App::heartbeat_times`]).
 
 use std::collections::HashMap;
 
-use nereid_store::{Cond, ListQuery, Op};
+use nereid_store::{Cond, ListQuery, Op, StoreError};
 use nereid_types::agent::{CaInfo, Heartbeat, HeartbeatReply, JoinRequest, Joined, Problem, Register, RenewRequest, Temperature, VmStatus};
 use nereid_types::query::Query;
 use nereid_types::server::{self, Server};
@@ -45,6 +47,28 @@ pub struct HeartbeatRecord {
     /// The digest of the network policy it applied last (see `netpolicy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netpolicy_digest: Option<String>,
+}
+
+/// The inventories this headnode last read or wrote, with their store generations: an idle
+/// server's heartbeat (an empty delta on the held inventory) reads nothing, and the write
+/// that records it checks the generation (another headnode's write since is a conflict,
+/// after which the inventory is read again).
+#[derive(Default)]
+pub struct HeldInventories(std::sync::Mutex<HashMap<Uuid, (Inventory, i64)>>);
+
+impl HeldInventories {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (Inventory, i64)>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    fn get(&self, server: Uuid) -> Option<(Inventory, i64)> {
+        self.lock().get(&server).cloned()
+    }
+    fn put(&self, server: Uuid, inv: Inventory, generation: i64) {
+        self.lock().insert(server, (inv, generation));
+    }
+    fn forget(&self, server: Uuid) {
+        self.lock().remove(&server);
+    }
 }
 
 fn token_hash(token: &str) -> String {
@@ -441,10 +465,6 @@ impl App {
     /// agent must send its full inventory.
     pub async fn heartbeat(&self, uuid: Uuid, hb: &Heartbeat) -> Result<HeartbeatReply, ApiError> {
         let key = uuid.to_string();
-        // Whether it exists; its record (a sysinfo) is not decoded per heartbeat.
-        if self.store.get(SERVERS.name, &key).await.map_err(store_error)?.is_none() {
-            return Err(ApiError::not_found(format!("server {uuid} does not exist")));
-        }
         let rec = HeartbeatRecord {
             at_ms: nereid_types::time::now_ms(),
             usage: hb.usage.clone(),
@@ -455,25 +475,52 @@ impl App {
             netpolicy_digest: hb.netpolicy_digest.clone(),
         };
         let mut taken = None;
-        for _ in 0..RETRIES {
-            let (held, cond) = match self.store.get(INVENTORIES.name, &key).await.map_err(store_error)? {
-                // One that does not decode is replaced by the next full inventory.
-                Some(o) => (serde_json::from_value::<Inventory>(o.value).ok(), Cond::Generation(o.generation)),
-                None => (None, Cond::Absent),
+        for attempt in 0..RETRIES {
+            // The inventory this headnode last read or wrote, checked in the write below (a
+            // stale one, another headnode's write since, costs a conflict and a read).
+            let cached = if attempt == 0 { self.held_inventories.get(uuid) } else { None };
+            let (held, cond) = match cached {
+                Some((inv, g)) => (Some(inv), Cond::Generation(g)),
+                None => match self.store.get(INVENTORIES.name, &key).await.map_err(store_error)? {
+                    // One that does not decode is replaced by the next full inventory.
+                    Some(o) => (serde_json::from_value::<Inventory>(o.value).ok(), Cond::Generation(o.generation)),
+                    None => (None, Cond::Absent),
+                },
             };
             let t = inventories::take(held.as_ref(), hb);
-            let mut ops = vec![Op::put(HEARTBEATS.name, key.clone(), encode(&rec), Cond::Any)];
-            if let Some(w) = &t.write {
-                ops.push(Op::put(INVENTORIES.name, key.clone(), encode(w), cond));
-            }
+            // The server must exist: checked in the write (its record, a sysinfo, is not
+            // read per heartbeat). The inventory is written when it changed, else checked.
+            let ops = vec![
+                Op::check(SERVERS.name, key.clone(), Cond::Exists),
+                Op::put(HEARTBEATS.name, key.clone(), encode(&rec), Cond::Any),
+                match &t.write {
+                    Some(w) => Op::put(INVENTORIES.name, key.clone(), encode(w), cond),
+                    None => Op::check(INVENTORIES.name, key.clone(), cond),
+                },
+            ];
             match self.store.batch(ops).await {
-                Ok(_) => {
+                Ok(gens) => {
+                    match (&t.write, held, cond) {
+                        (Some(w), ..) => self.held_inventories.put(uuid, w.clone(), gens.get(2).copied().unwrap_or(0)),
+                        (None, Some(h), Cond::Generation(g)) => self.held_inventories.put(uuid, h, g),
+                        _ => self.held_inventories.forget(uuid),
+                    }
                     taken = Some(t);
                     break;
                 }
+                Err(StoreError::Conflict { op_index: 0, .. }) => {
+                    self.held_inventories.forget(uuid);
+                    return Err(ApiError::not_found(format!("server {uuid} does not exist")));
+                }
                 // Another headnode took a heartbeat of this server meanwhile: decide again.
-                Err(e) if e.is_conflict() => continue,
-                Err(e) => return Err(store_error(e)),
+                Err(e) if e.is_conflict() => {
+                    self.held_inventories.forget(uuid);
+                    continue;
+                }
+                Err(e) => {
+                    self.held_inventories.forget(uuid);
+                    return Err(store_error(e));
+                }
             }
         }
         let t =
@@ -528,10 +575,10 @@ impl App {
     /// Every server's last heartbeat, its inventory included.
     pub async fn heartbeats(&self) -> Result<HashMap<Uuid, HeartbeatRecord>, ApiError> {
         let mut out = self.heartbeats_liveness().await?;
-        let objs = self.store.list(INVENTORIES.name, &ListQuery::all()).await.map_err(store_error)?;
-        for o in objs {
+        let rows = self.store.list_raw(INVENTORIES.name, &ListQuery::all()).await.map_err(store_error)?;
+        for o in rows {
             let Ok(u) = Uuid::parse_str(&o.key) else { continue };
-            if let (Some(h), Ok(inv)) = (out.get_mut(&u), serde_json::from_value::<Inventory>(o.value)) {
+            if let (Some(h), Ok(inv)) = (out.get_mut(&u), serde_json::from_str::<Inventory>(&o.json)) {
                 h.vms = inv.vms;
             }
         }
@@ -542,8 +589,8 @@ impl App {
     /// before inventories were kept apart): for readers that need liveness, usage,
     /// problems, addresses or policy digests, not VMs.
     pub async fn heartbeats_liveness(&self) -> Result<HashMap<Uuid, HeartbeatRecord>, ApiError> {
-        let objs = self.store.list(HEARTBEATS.name, &ListQuery::all()).await.map_err(store_error)?;
-        Ok(objs.into_iter().filter_map(|o| Some((Uuid::parse_str(&o.key).ok()?, serde_json::from_value(o.value).ok()?))).collect())
+        let rows = self.store.list_raw(HEARTBEATS.name, &ListQuery::all()).await.map_err(store_error)?;
+        Ok(rows.into_iter().filter_map(|o| Some((Uuid::parse_str(&o.key).ok()?, serde_json::from_str(&o.json).ok()?))).collect())
     }
 
     /// When each server last sent a heartbeat (ms since the epoch): what liveness needs,
@@ -553,10 +600,10 @@ impl App {
         struct At {
             at_ms: i64,
         }
-        let objs = self.store.list(HEARTBEATS.name, &ListQuery::all()).await.map_err(store_error)?;
-        Ok(objs
+        let rows = self.store.list_raw(HEARTBEATS.name, &ListQuery::all()).await.map_err(store_error)?;
+        Ok(rows
             .into_iter()
-            .filter_map(|o| Some((Uuid::parse_str(&o.key).ok()?, serde_json::from_value::<At>(o.value).ok()?.at_ms)))
+            .filter_map(|o| Some((Uuid::parse_str(&o.key).ok()?, serde_json::from_str::<At>(&o.json).ok()?.at_ms)))
             .collect())
     }
 
@@ -699,6 +746,7 @@ impl App {
             ])
             .await
             .map_err(store_error)?;
+        self.held_inventories.forget(uuid);
         self.capacity_touch(uuid);
         Ok(())
     }

@@ -36,11 +36,14 @@ async fn metrics(State(s): State<AppState>) -> HttpResult {
         let n = app.store.count(crate::buckets::JOBS.name, &Filter::eq("execution", *e)).await.map_err(store_error)?;
         jobs.push((format!("execution=\"{e}\""), n as f64));
     }
-    let servers: Vec<nereid_types::server::Server> = app.list(crate::buckets::SERVERS.name, &ListQuery::all()).await?;
-    let hbs = app.heartbeats().await?;
+    // The servers' UUIDs (their keys) and heartbeat times: no record or inventory decoded.
+    let servers = app.store.list_raw(crate::buckets::SERVERS.name, &ListQuery::all()).await.map_err(store_error)?;
+    let times = app.heartbeat_times().await?;
+    let (now, timeout) = (nereid_types::time::now_ms(), app.cfg.server_timeout.as_millis() as i64);
     let (mut running, mut unknown) = (0.0, 0.0);
     for srv in &servers {
-        if app.server_status(hbs.get(&srv.uuid)).0 == "running" {
+        let at = uuid::Uuid::parse_str(&srv.key).ok().and_then(|u| times.get(&u).copied());
+        if nereid_types::server::status(at, now, timeout).0 == "running" {
             running += 1.0;
         } else {
             unknown += 1.0;
