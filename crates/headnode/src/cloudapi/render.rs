@@ -3,9 +3,11 @@
 //! (flattened `metadata.*`/`tag.*`, `networks` in both forms, `affinity` rules).
 //!
 //! ListMachines and GetMachine both render [`machine`]'s object, so the two are equal,
-//! as the CLI assumes: GetMachine through the `Value`, ListMachines streamed straight to
-//! its body from a [`MachineView`] (the same members in the same order, without the
-//! nulls CloudAPI leaves out; a test holds the two equal).
+//! as the CLI assumes: GetMachine through the `Value`, ListMachines serialized straight
+//! from a [`MachineView`] (the same members in the same order, without the nulls CloudAPI
+//! leaves out; a test holds the two equal). [`machine_row`] and [`image_row`] are the
+//! ListMachines and ListImages renderings the lists' cache keeps per record version
+//! (`app::lists`).
 
 use crate::app::lists::{Cached, Made, decode_or_log, to_bytes};
 use crate::buckets::{IMAGES, VMS};
