@@ -286,10 +286,10 @@ impl App {
 pub async fn run(app: std::sync::Arc<App>) {
     loop {
         tokio::time::sleep(STATUS_EVERY).await;
-        if app.capacity_rebuild_due(Instant::now()) {
-            if let Err(e) = app.capacity_rebuild(REBUILD_EVERY).await {
-                tracing::warn!(error = %e.message, "could not rebuild the capacity view; placement goes on with the old one");
-            }
+        if app.capacity_rebuild_due(Instant::now())
+            && let Err(e) = app.capacity_rebuild(REBUILD_EVERY).await
+        {
+            tracing::warn!(error = %e.message, "could not rebuild the capacity view; placement goes on with the old one");
         }
     }
 }

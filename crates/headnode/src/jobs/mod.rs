@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nereid_store::{Cond, Filter, Kind, ListQuery, Op, Path};
+use nereid_store::{Cond, Filter, ListQuery, Op};
 use nereid_types::job::{Job, Phase, StepResult};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -240,17 +240,14 @@ impl Runner {
     }
 
     async fn tick(self: &Arc<Self>, drives: &mut tokio::task::JoinSet<()>) -> Result<(), nereid_types::ApiError> {
-        let open: Vec<Job> = self
-            .app
-            .list(
-                JOBS.name,
-                &ListQuery::filter(Filter::any_of("execution", vec!["queued".into(), "running".into()])).sort(
-                    Path::field("created_ms"),
-                    Kind::Number,
-                    false,
-                ),
-            )
-            .await?;
+        // One indexed lookup per state: SQLite's planner answers `execution IN (…)` (or an
+        // OR of the two) by scanning every job, which grows with the job history.
+        let mut open: Vec<Job> = Vec::new();
+        for state in ["queued", "running"] {
+            open.extend(self.app.list::<Job>(JOBS.name, &ListQuery::filter(Filter::eq("execution", state))).await?);
+        }
+        // Oldest first, ties by key, as the store sorts.
+        open.sort_by_cached_key(|j| (j.created_ms, j.uuid.to_string()));
         let mut first_per_vm = std::collections::HashSet::new();
         for job in open {
             // Jobs of one VM run in order: only the oldest open one may go.
