@@ -175,3 +175,49 @@ async fn two_headnodes_survive_a_sigkill_in_the_middle_of_50_provisions() {
     ips.dedup();
     assert_eq!(ips.len(), n, "an address on two NICs");
 }
+
+/// Each headnode remembers which addresses of a network have records, so a claim does not
+/// read the whole network. When the other headnode has claimed many addresses since (more
+/// than one claim's attempts), the first conflict makes it read the network again: its
+/// next claim succeeds at once instead of walking the other's addresses one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_headnode_whose_address_cache_is_far_behind_still_claims_at_once() {
+    let store = nereid_store::testing::fresh_pg_url().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("shared-images");
+    let (a_data, b_data) = (dir.path().join("a"), dir.path().join("b"));
+    let (a_port, b_port) = (free_port(), free_port());
+    let _procs = Kill(vec![headnode(&a_data, a_port, &store, &images), headnode(&b_data, b_port, &store, &images)]);
+    let (a, b) = (client(&a_data).await, client(&b_data).await);
+    a.post("/nic_tags", &json!({"name": "external"})).await.unwrap();
+    let net = a
+        .post("/networks", &json!({"name": "external", "nic_tag": "external", "vlan_id": 0, "subnet": "10.67.0.0/22", "provision_start_ip": "10.67.0.10", "provision_end_ip": "10.67.3.250"}))
+        .await
+        .unwrap()["uuid"]
+        .clone();
+    let owner = "930896af-bf8c-48d4-885c-6573a94b1853";
+    let nic = |c: &Client| {
+        let c = c.clone();
+        let body = json!({"network_uuid": net, "owner_uuid": owner, "belongs_to_uuid": owner, "belongs_to_type": "zone"});
+        async move { c.post("/nics", &body).await.map(|n| n["ip"].as_str().unwrap().to_string()) }
+    };
+    // A reads the network (and remembers it); then B claims 250 addresses, more than the
+    // attempts one claim makes.
+    let first = nic(&a).await.unwrap();
+    let mut taken = vec![first];
+    for chunk in 0..25 {
+        let batch: Vec<_> = (0..10).map(|_| nic(&b)).collect();
+        for r in futures_util::future::join_all(batch).await {
+            taken.push(r.unwrap_or_else(|e| panic!("B's claim {chunk}: {e}")));
+        }
+    }
+    // A, well within its cache's 10 s, claims again: it gets a fresh address.
+    let ip = nic(&a).await.expect("A claims an address although its cache is 250 claims behind");
+    assert!(!taken.contains(&ip), "{ip} was already B's");
+    let all = b.get(&format!("/nics?network_uuid={}", net.as_str().unwrap())).await.unwrap();
+    let mut ips: Vec<&str> = all.as_array().unwrap().iter().filter_map(|n| n["ip"].as_str()).collect();
+    assert_eq!(ips.len(), 252);
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 252, "an address on two NICs");
+}

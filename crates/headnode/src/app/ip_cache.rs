@@ -4,15 +4,18 @@
 //! ```text
 //!   claim on network N (under N's lock, nics.rs):
 //!     cache of N fresh (younger than FRESH_FOR)?  ── pick_ip on it ── Fresh(ip) ──► claim ip (create, Cond::Absent)
-//!                    │ no, or the pick is a reuse / none                              │ ok or IpTaken: ip noted as used
+//!                    │ no, or the pick is a reuse / none                              │ ok: ip noted as used
+//!                    ▼                                                                │ IpTaken: N forgotten, next attempt
 //!                    ▼                                                                ▼
 //!     read every record of N, pick_ip, remember what was read (exactly as without a cache)
 //! ```
 //!
 //! The cache only ever proposes a *never-used* address, which is claimed by creating its
 //! record conditionally on it being absent: if another headnode took it meanwhile the
-//! claim fails (`IpTaken`), the address is noted as used and the next one is tried. So a
-//! stale cache costs a retry, never a double allocation. Reusing a freed address, and
+//! claim fails (`IpTaken`), the network is forgotten and the next attempt reads its
+//! records afresh (another writer may have claimed many addresses since the cache was
+//! read; walking them one conflict at a time could exhaust the attempts). So a stale
+//! cache costs a retry and a read, never a double allocation. Reusing a freed address, and
 //! refusing because the network is full, are decided only from a fresh read. Writes of
 //! this process that delete or rewrite IP records other than by a claim (a network's
 //! gateway changed, an operator edited an address) [`IpCache::forget`] the network; other

@@ -466,7 +466,10 @@ impl App {
                 }
                 Err(e) if e.code == "IpTaken" => {
                     plan.nic = saved;
-                    self.ip_cache.note_used(net.uuid, u32::from(ip));
+                    // Another writer (another headnode) claimed it: the cache is behind by
+                    // as many claims as that writer made since it was read, so read again
+                    // rather than bump into them one by one.
+                    self.ip_cache.forget(net.uuid);
                     if explicit.is_some() {
                         continue;
                     }
