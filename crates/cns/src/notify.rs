@@ -97,3 +97,22 @@ async fn acked(sock: &UdpSocket, peer: SocketAddr, id: u16) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::RData;
+    use uuid::Uuid;
+
+    #[test]
+    fn notify_message_names_the_zone_and_carries_the_serial() {
+        let cfg = Config::new("dc1", "example.com", Uuid::nil());
+        let m = message(&cfg, "dc1.example.com", 42).unwrap();
+        let m = Message::from_vec(&m.to_vec().unwrap()).unwrap();
+        assert_eq!(m.metadata.op_code, OpCode::Notify);
+        assert!(m.metadata.authoritative);
+        assert_eq!(m.queries[0].name.to_ascii(), "dc1.example.com.");
+        assert_eq!(m.queries[0].query_type, RecordType::SOA);
+        assert!(matches!(&m.answers[0].data, RData::SOA(soa) if soa.serial == 42));
+    }
+}
