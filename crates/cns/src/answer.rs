@@ -107,7 +107,7 @@ fn answer(cfg: &Config, zones: &ZoneSet, req: &Message, transport: Transport, pe
     }
     if transfer {
         if !cfg.may_transfer(peer) {
-            tracing::info!(%peer, zone = zname, "cns: zone transfer refused");
+            tracing::debug!(%peer, zone = zname, "cns: zone transfer refused");
             return fail(resp, ResponseCode::Refused);
         }
         if qname != zname {

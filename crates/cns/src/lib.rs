@@ -3,7 +3,7 @@
 //! The headnode fills a [`Config`], the [`Account`]s and the [`Instance`]s, builds the zones
 //! with [`build`] (pure), publishes them with [`publish`] (serials and IXFR diffs kept by
 //! [`ZoneSet`]) and runs [`serve`] on its DNS sockets; [`dns_names`] gives CloudAPI's
-//! `dns_names` of one instance.
+//! `dns_names` of one instance, [`suffixes`] the resolver search suffixes of its networks.
 //!
 //! * [`model`]: the input and output types.
 //! * [`names`]: the naming and inclusion rules, pure.
@@ -22,6 +22,6 @@ pub mod wire;
 pub mod zone;
 
 pub use model::{Account, Config, Data, Instance, Nic, Record, Zones};
-pub use names::{build, dns_names};
+pub use names::{build, dns_names, suffixes};
 pub use server::{channel, publish, serve};
 pub use zone::ZoneSet;

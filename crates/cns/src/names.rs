@@ -245,6 +245,26 @@ pub fn dns_names(cfg: &Config, account: &Account, inst: &Instance) -> Vec<String
     names.into_iter().collect()
 }
 
+/// The resolver search suffixes of an instance with these NICs (Triton's
+/// `POST /suffixes-for-vm`, CloudAPI networks' `suffixes[]`): `svc.<owner>.<zone>` and
+/// `inst.<owner>.<zone>` for each zone the NICs publish in (and the login forms with
+/// `use_login`), in NIC order without repeats.
+pub fn suffixes(cfg: &Config, account: &Account, nics: &[crate::model::Nic]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for nic in nics {
+        let zone = if nic.public { &cfg.public_zone } else { &cfg.private_zone };
+        for owner in owner_labels(cfg, account) {
+            for kind in ["svc", "inst"] {
+                let s = format!("{kind}.{owner}.{zone}");
+                if !out.contains(&s) {
+                    out.push(s);
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,5 +537,31 @@ mod tests {
         let web = at(&z1, PUB, &format!("web.svc.{OWNER}.{PUB}"));
         assert_eq!(web.iter().filter(|d| matches!(d, Data::A(_))).count(), 2);
         assert_eq!(web.iter().filter(|d| matches!(d, Data::Srv { .. })).count(), 2);
+    }
+
+    #[test]
+    fn suffixes_per_zone_of_the_nics() {
+        let a = account();
+        assert_eq!(
+            suffixes(&cfg(), &a, &vm().nics),
+            vec![
+                format!("svc.{OWNER}.{PUB}"),
+                format!("inst.{OWNER}.{PUB}"),
+                format!("svc.{OWNER}.{PRIV}"),
+                format!("inst.{OWNER}.{PRIV}"),
+            ]
+        );
+        let mut c = cfg();
+        c.use_login = true;
+        let private_only = [nic("10.0.0.9", false)];
+        assert_eq!(
+            suffixes(&c, &a, &private_only),
+            vec![
+                format!("svc.{OWNER}.{PRIV}"),
+                format!("inst.{OWNER}.{PRIV}"),
+                format!("svc.jo-smith.{PRIV}"),
+                format!("inst.jo-smith.{PRIV}"),
+            ]
+        );
     }
 }
