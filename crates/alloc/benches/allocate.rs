@@ -70,7 +70,7 @@ fn request(i: usize, rng: &mut StdRng) -> Request {
 /// p50, p99 and max in ms.
 fn percentiles(times: &mut [Duration]) -> (f64, f64, f64) {
     times.sort();
-    let p = |q: f64| times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0;
+    let p = |q| nereid_types::bench::percentile_ms(times, q);
     (p(0.5), p(0.99), p(1.0))
 }
 

@@ -26,9 +26,14 @@ fn headnode(data: &Path, port: u16, store: &str, images: &Path) -> Child {
         .env_remove("NEREID_TEST_PAUSE_AT")
         .env_remove("NEREID_TEST_FAIL_AT")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // Kept beside the data directory: a headnode that does not come up says why.
+        .stderr(std::fs::File::create(log_of(data)).unwrap())
         .spawn()
         .unwrap()
+}
+
+fn log_of(data: &Path) -> std::path::PathBuf {
+    data.with_extension("log")
 }
 
 async fn until<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
@@ -47,15 +52,25 @@ where
 }
 
 async fn client(data: &Path) -> Client {
-    let data = data.to_path_buf();
-    until("a headnode", 60, || {
-        let data = data.clone();
-        async move {
-            let c = Client::new(Target::from_data_dir(&data).ok()?);
-            c.get("/ping").await.ok().map(|_| c)
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(t) = Target::from_data_dir(data) {
+            let c = Client::new(t);
+            if c.get("/ping").await.is_ok() {
+                return c;
+            }
         }
-    })
-    .await
+        if Instant::now() > end {
+            let log = std::fs::read_to_string(log_of(data)).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "the headnode in {} did not answer within 60 s; its last log lines:\n{}",
+                data.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 struct Kill(Vec<Child>);
@@ -187,8 +202,11 @@ async fn a_headnode_whose_address_cache_is_far_behind_still_claims_at_once() {
     let images = dir.path().join("shared-images");
     let (a_data, b_data) = (dir.path().join("a"), dir.path().join("b"));
     let (a_port, b_port) = (free_port(), free_port());
-    let _procs = Kill(vec![headnode(&a_data, a_port, &store, &images), headnode(&b_data, b_port, &store, &images)]);
-    let (a, b) = (client(&a_data).await, client(&b_data).await);
+    // One after the other: the first sets the store up.
+    let mut procs = Kill(vec![headnode(&a_data, a_port, &store, &images)]);
+    let a = client(&a_data).await;
+    procs.0.push(headnode(&b_data, b_port, &store, &images));
+    let b = client(&b_data).await;
     a.post("/nic_tags", &json!({"name": "external"})).await.unwrap();
     let net = a
         .post("/networks", &json!({"name": "external", "nic_tag": "external", "vlan_id": 0, "subnet": "10.67.0.0/22", "provision_start_ip": "10.67.0.10", "provision_end_ip": "10.67.3.250"}))

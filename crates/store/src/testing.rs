@@ -43,3 +43,27 @@ fn rand_u32() -> u32 {
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
     h.finish() as u32
 }
+
+/// `n` single-put batches into bucket `bench` by `tasks` concurrent writers (what the
+/// store benchmarks time); writes per second.
+pub async fn concurrent_puts(store: std::sync::Arc<dyn crate::Store>, n: usize, tasks: usize) -> f64 {
+    let start = std::time::Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let s = store.clone();
+        handles.push(tokio::spawn(async move {
+            for i in (t..n).step_by(tasks) {
+                let v = serde_json::json!({"i": i, "name": format!("object {i}"), "tags": {"a": "b"}});
+                if let Err(e) = s.put("bench", &format!("w{tasks}-{i}"), v, crate::Cond::Absent).await {
+                    panic!("a benchmark write failed: {e}");
+                }
+            }
+        }));
+    }
+    for h in handles {
+        if let Err(e) = h.await {
+            panic!("a benchmark writer died: {e}");
+        }
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}

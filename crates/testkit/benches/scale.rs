@@ -25,18 +25,8 @@ use std::time::{Duration, Instant};
 use nereid_store::{Cond, Op};
 use nereid_testkit::cloudapi::{Client, Key};
 use nereid_testkit::{Backend, Cloud, Options, Seed};
+use nereid_types::bench::{env_usize, percentile_ms};
 use serde_json::{Value, json};
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0
-}
 
 /// This process's CPU time (user + system) so far.
 fn cpu_time() -> Duration {
@@ -188,7 +178,7 @@ where
         lat.push(t.elapsed());
     }
     lat.sort();
-    (percentile(&lat, 0.5), percentile(&lat, 0.99))
+    (percentile_ms(&lat, 0.5), percentile_ms(&lat, 0.99))
 }
 
 fn image(i: usize) -> Value {
@@ -224,7 +214,7 @@ async fn big(b: Backend, servers: usize, vms: usize, concurrency: usize, idle: D
         p.wall.as_secs_f64(),
         last / first.max(1e-9)
     );
-    println!("  {name} CreateVm p50 {:.1} ms p99 {:.1} ms", percentile(&p.create, 0.5), percentile(&p.create, 0.99));
+    println!("  {name} CreateVm p50 {:.1} ms p99 {:.1} ms", percentile_ms(&p.create, 0.5), percentile_ms(&p.create, 0.99));
     println!("  {name} process CPU while provisioning: {:.0}% of one core", cpu_pct(p.cpu, p.wall));
     let (c0, t0) = (cpu_time(), Instant::now());
     tokio::time::sleep(idle).await;
@@ -302,8 +292,8 @@ async fn small(n: usize, concurrency: usize, heartbeat: Duration) {
         "  sqlite 100 servers, {n} provisions: {:.1} provisions/s ({} succeeded); CreateVm p50 {:.1} ms p99 {:.1} ms; CPU {:.0}% of one core",
         n as f64 / p.wall.as_secs_f64(),
         p.ok,
-        percentile(&p.create, 0.5),
-        percentile(&p.create, 0.99),
+        percentile_ms(&p.create, 0.5),
+        percentile_ms(&p.create, 0.99),
         cpu_pct(p.cpu, p.wall)
     );
 }

@@ -5,43 +5,13 @@
 //! (`NEREID_BENCH_IMAGES` and `NEREID_BENCH_WRITES` change the sizes.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use nereid_store::{Cond, Op, Store};
+use nereid_store::testing::concurrent_puts;
+use nereid_store::{Cond, Op};
 use nereid_testkit::{Backend, Cloud};
+use nereid_types::bench::{env_usize, percentile_ms};
 use serde_json::json;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-async fn writes(store: Arc<dyn Store>, n: usize, tasks: usize) -> f64 {
-    let start = Instant::now();
-    let mut handles = Vec::new();
-    for t in 0..tasks {
-        let s = store.clone();
-        handles.push(tokio::spawn(async move {
-            for i in (t..n).step_by(tasks) {
-                s.put("bench", &format!("w{tasks}-{i}"), json!({"i": i, "name": format!("object {i}"), "tags": {"a": "b"}}), Cond::Absent)
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
-    for h in handles {
-        h.await.unwrap();
-    }
-    n as f64 / start.elapsed().as_secs_f64()
-}
 
 fn image(i: usize) -> serde_json::Value {
     json!({"v": 2, "uuid": uuid::Uuid::new_v4(), "owner": "00000000-0000-0000-0000-000000000000", "name": format!("image-{}", i % 50), "version": format!("{i}"),
@@ -51,7 +21,7 @@ fn image(i: usize) -> serde_json::Value {
         "tags": {"role": "os"}, "files": [{"sha1": format!("{i:040x}"), "size": 1 << 30, "compression": "gzip", "stor": "local"}]})
 }
 
-async fn get_latency(cloud: &Cloud, path: &str, n: usize) -> (Duration, Duration, usize) {
+async fn get_latency(cloud: &Cloud, path: &str, n: usize) -> (f64, f64, usize) {
     let mut times = Vec::new();
     let mut items = 0;
     for _ in 0..n {
@@ -61,7 +31,7 @@ async fn get_latency(cloud: &Cloud, path: &str, n: usize) -> (Duration, Duration
         items = v.as_array().map(Vec::len).unwrap_or(0);
     }
     times.sort();
-    (percentile(&times, 0.5), percentile(&times, 0.99), items)
+    (percentile_ms(&times, 0.5), percentile_ms(&times, 0.99), items)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -73,8 +43,8 @@ async fn main() {
         let name = format!("{b:?}").to_lowercase();
         let cloud = Cloud::start(b).await.unwrap();
         let store = cloud.headnode.app.store.clone();
-        let seq = writes(store.clone(), n_writes, 1).await;
-        let conc = writes(store.clone(), n_writes, 16).await;
+        let seq = concurrent_puts(store.clone(), n_writes, 1).await;
+        let conc = concurrent_puts(store.clone(), n_writes, 16).await;
         println!("{name:<10} store writes/s, 1 writer (fsync'd commits)          {seq:>8.0}");
         println!("{name:<10} store writes/s, 16 concurrent writers               {conc:>8.0}");
         let t = Instant::now();
@@ -99,7 +69,7 @@ async fn main() {
             ("GET /images?sort=published_at.desc", "/images?sort=published_at.desc".to_string()),
         ] {
             let (p50, p99, items) = get_latency(&cloud, &path, 30).await;
-            println!("{name:<10} {label:<44} p50 {:>7.1} ms  p99 {:>7.1} ms  ({items} items)", ms(p50), ms(p99));
+            println!("{name:<10} {label:<44} p50 {p50:>7.1} ms  p99 {p99:>7.1} ms  ({items} items)");
         }
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod account;
 pub mod agent;
+pub mod bench;
 pub mod damaged;
 pub mod error;
 pub mod fabric;

@@ -265,7 +265,7 @@ impl App {
         if let Some(o) = owner {
             parts.push(Filter::eq("owner_uuid", o.to_string()));
         }
-        let mut vms: Vec<Vm> = self.list(VMS.name, &ListQuery::filter(Filter::and(parts))).await?;
+        let mut vms: Vec<Vm> = self.list_fast(VMS.name, &ListQuery::filter(Filter::and(parts))).await?;
         vms.retain(is_active);
         Ok(vms)
     }

@@ -13,10 +13,9 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nereid_store::Store;
 use nereid_types::agent::{Heartbeat, VmStatus};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -91,37 +90,20 @@ pub const MTU_TTL: Duration = Duration::from_secs(3);
 type Mtus = BTreeMap<String, u32>;
 
 /// The nic tags' MTUs every heartbeat is answered with, computed at most every
-/// [`MTU_TTL`] per headnode (the store its `App` owns) instead of listing the networks
-/// per heartbeat.
-pub struct MtuCache;
-
-struct Entry {
-    store: Weak<dyn Store>,
-    at: Instant,
-    mtus: Mtus,
-}
-
-fn entries() -> &'static Mutex<Vec<Entry>> {
-    static ENTRIES: std::sync::OnceLock<Mutex<Vec<Entry>>> = std::sync::OnceLock::new();
-    ENTRIES.get_or_init(Mutex::default)
-}
+/// [`MTU_TTL`] (an [`App`](super::App) field) instead of listing the networks per heartbeat.
+#[derive(Default)]
+pub struct MtuCache(Mutex<Option<(Instant, Mtus)>>);
 
 impl MtuCache {
-    /// The cached answer for the headnode owning `store`, when fresh.
-    pub fn get(store: &Arc<dyn Store>) -> Option<Mtus> {
-        let mut e = entries().lock().unwrap_or_else(|p| p.into_inner());
-        // Headnodes gone (tests start many in one process) leave nothing behind.
-        e.retain(|x| x.store.strong_count() > 0);
-        let w = Arc::downgrade(store);
-        e.iter().find(|x| Weak::ptr_eq(&x.store, &w) && x.at.elapsed() < MTU_TTL).map(|x| x.mtus.clone())
+    /// The cached answer, when fresh.
+    pub fn get(&self) -> Option<Mtus> {
+        let e = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        e.as_ref().filter(|(at, _)| at.elapsed() < MTU_TTL).map(|(_, m)| m.clone())
     }
 
-    /// Remembers the answer for the headnode owning `store`.
-    pub fn put(store: &Arc<dyn Store>, mtus: &Mtus) {
-        let mut e = entries().lock().unwrap_or_else(|p| p.into_inner());
-        let w = Arc::downgrade(store);
-        e.retain(|x| x.store.strong_count() > 0 && !Weak::ptr_eq(&x.store, &w));
-        e.push(Entry { store: w, at: Instant::now(), mtus: mtus.clone() });
+    /// Remembers the answer.
+    pub fn put(&self, mtus: &Mtus) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), mtus.clone()));
     }
 }
 

@@ -44,6 +44,7 @@ use nereid_types::damaged::{self, Stored};
 use nereid_types::query::Query;
 use nereid_types::vm::{self, Vm};
 use serde::de::DeserializeOwned;
+use uuid::Uuid;
 
 use super::{App, store_error};
 use crate::buckets::{IMAGES, VMS};
@@ -348,6 +349,14 @@ impl App {
     pub async fn list_fast<T: DeserializeOwned>(&self, bucket: &str, q: &ListQuery) -> Result<Vec<T>, ApiError> {
         let rows = self.store.list_raw(bucket, q).await.map_err(store_error)?;
         Ok(rows.into_iter().filter_map(|r| decode_or_log::<T>(bucket, r)).collect())
+    }
+
+    /// The rows `q` selects in `bucket` by their keys (UUIDs), each decoded straight from
+    /// its text as `T` (which may be a few fields of the record); rows whose key is not a
+    /// UUID or whose text does not decode are left out.
+    pub async fn list_keyed<T: DeserializeOwned>(&self, bucket: &str, q: &ListQuery) -> Result<HashMap<Uuid, T>, ApiError> {
+        let rows = self.store.list_raw(bucket, q).await.map_err(store_error)?;
+        Ok(rows.into_iter().filter_map(|r| Some((Uuid::parse_str(&r.key).ok()?, serde_json::from_str(&r.json).ok()?))).collect())
     }
 
     /// The rows `q` selects in `variant`'s bucket, each rendered by `render` once per

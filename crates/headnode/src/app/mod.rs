@@ -159,6 +159,8 @@ pub struct App {
     pub metrics: crate::metrics::Metrics,
     /// Servers' inventories as last read or written here (heartbeats; see [`servers::HeldInventories`]).
     pub held_inventories: servers::HeldInventories,
+    /// The nic tags' MTUs answered to heartbeats, recomputed every few seconds.
+    pub mtus: servers::inventories::MtuCache,
     /// Rendered JSON of listed objects, by version ([`lists`]).
     pub renders: lists::RenderCache,
 }
@@ -188,6 +190,7 @@ impl App {
             hooks,
             metrics: crate::metrics::Metrics::default(),
             held_inventories: servers::HeldInventories::default(),
+            mtus: servers::inventories::MtuCache::default(),
             renders: lists::RenderCache::default(),
         })
     }

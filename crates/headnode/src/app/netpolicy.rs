@@ -40,7 +40,7 @@ use uuid::Uuid;
 
 use super::App;
 use super::fwrules::{fw_vm, is_active};
-use crate::buckets::{FWRULES, HEARTBEATS, SERVERS, VMS};
+use crate::buckets::{FWRULES, HEARTBEATS, SERVERS};
 
 /// How often the servers' reported digests are compared with the cached policies, and the
 /// least time between two recomputes (wake-ups in between coalesce).
@@ -131,15 +131,12 @@ impl App {
 
     /// Every server's last heartbeat as the push reads it.
     async fn netpolicy_seen(&self) -> Result<HashMap<Uuid, Seen>, ApiError> {
-        let rows = self.store.list_raw(HEARTBEATS.name, &ListQuery::all()).await.map_err(super::store_error)?;
-        Ok(rows.into_iter().filter_map(|r| Some((Uuid::parse_str(&r.key).ok()?, serde_json::from_str(&r.json).ok()?))).collect())
+        self.list_keyed(HEARTBEATS.name, &ListQuery::all()).await
     }
 
     /// The policies from the records, with the underlay addresses of the heartbeats `seen`.
     async fn compute_netpolicies(&self, seen: &HashMap<Uuid, Seen>) -> Result<Computed, ApiError> {
-        let active = ListQuery::filter(nereid_store::Filter::Ne(nereid_store::Path::field("state"), "destroyed".into()));
-        let mut vms: Vec<Vm> = self.list_fast(VMS.name, &active).await?;
-        vms.retain(is_active);
+        let mut vms = self.firewall_vms(None).await?;
         // A VM being migrated is on its target too (before the switch): its firewall and
         // overlays are in force there before the guest runs there.
         for state in ["running", "paused"] {

@@ -23,7 +23,7 @@ use crate::buckets::{HEARTBEATS, INVENTORIES, JOIN_TOKENS, SERVER_SECRETS, SERVE
 
 #[path = "inventories.rs"]
 pub mod inventories;
-use inventories::{Inventory, MtuCache};
+use inventories::Inventory;
 
 /// The last heartbeat of a server. Stored without `vms` (bucket `heartbeats`): those are
 /// the server's inventory (bucket `inventories`), filled in when read. A record written
@@ -542,12 +542,12 @@ impl App {
 
     /// The nic tags' MTUs answered to heartbeats (cached for [`inventories::MTU_TTL`]).
     async fn heartbeat_mtus(&self) -> Result<std::collections::BTreeMap<String, u32>, ApiError> {
-        if let Some(m) = MtuCache::get(&self.store) {
+        if let Some(m) = self.mtus.get() {
             return Ok(m);
         }
         let nets = self.list_networks(&Query::default()).await?;
         let m = nic_tag_mtus(&nets);
-        MtuCache::put(&self.store, &m);
+        self.mtus.put(&m);
         Ok(m)
     }
 
@@ -589,8 +589,7 @@ impl App {
     /// before inventories were kept apart): for readers that need liveness, usage,
     /// problems, addresses or policy digests, not VMs.
     pub async fn heartbeats_liveness(&self) -> Result<HashMap<Uuid, HeartbeatRecord>, ApiError> {
-        let rows = self.store.list_raw(HEARTBEATS.name, &ListQuery::all()).await.map_err(store_error)?;
-        Ok(rows.into_iter().filter_map(|o| Some((Uuid::parse_str(&o.key).ok()?, serde_json::from_str(&o.json).ok()?))).collect())
+        self.list_keyed(HEARTBEATS.name, &ListQuery::all()).await
     }
 
     /// When each server last sent a heartbeat (ms since the epoch): what liveness needs,
@@ -600,11 +599,8 @@ impl App {
         struct At {
             at_ms: i64,
         }
-        let rows = self.store.list_raw(HEARTBEATS.name, &ListQuery::all()).await.map_err(store_error)?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|o| Some((Uuid::parse_str(&o.key).ok()?, serde_json::from_str::<At>(&o.json).ok()?.at_ms)))
-            .collect())
+        let at: HashMap<Uuid, At> = self.list_keyed(HEARTBEATS.name, &ListQuery::all()).await?;
+        Ok(at.into_iter().map(|(u, a)| (u, a.at_ms)).collect())
     }
 
     /// One server's last heartbeat, inventory included.

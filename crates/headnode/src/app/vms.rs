@@ -457,6 +457,8 @@ impl App {
         if gone {
             self.free_vm_nics(st.uuid).await?;
             self.release_reservations(st.uuid, None).await?;
+            // A VM gone on its own leaves its server's firewall and overlays.
+            self.netpolicy_notify.notify_one();
         }
         Ok(())
     }

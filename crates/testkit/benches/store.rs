@@ -3,16 +3,18 @@
 //! 5,000 rows of ~1.5 KB, by the indexed `create_timestamp`), on SQLite and, when it
 //! answers, PostgreSQL. Numbers are printed, never asserted (these machines are noisy).
 //!
-//! `cargo bench -p nereid-store --bench store`
+//! `cargo bench -p nereid-testkit --bench store`
 //! (`NEREID_BENCH_WRITES`, `NEREID_BENCH_ROWS`, `NEREID_BENCH_LIMIT`, `NEREID_BENCH_LISTS`
 //! change the sizes; `NEREID_BENCH_PART=writes` or `lists` runs one part; `NEREID_BENCH_PG=0`
 //! skips PostgreSQL; `NEREID_TEST_PG_URL` names it.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use nereid_store::testing::concurrent_puts;
 use nereid_store::{BucketDef, Cond, Filter, Index, Kind, ListQuery, Op, Path, Store};
+use nereid_types::bench::{env_usize, percentile_ms};
 use serde_json::json;
 
 const VMS: BucketDef = BucketDef {
@@ -23,37 +25,6 @@ const VMS: BucketDef = BucketDef {
         Index { path: &["create_timestamp"], kind: Kind::Text },
     ],
 };
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// `n` single-put batches by `tasks` concurrent writers; writes/s.
-async fn writes(store: Arc<dyn Store>, n: usize, tasks: usize) -> f64 {
-    let start = Instant::now();
-    let mut handles = Vec::new();
-    for t in 0..tasks {
-        let s = store.clone();
-        handles.push(tokio::spawn(async move {
-            for i in (t..n).step_by(tasks) {
-                let v = json!({"i": i, "name": format!("object {i}"), "tags": {"a": "b"}});
-                s.put("bench", &format!("w{tasks}-{i}"), v, Cond::Absent).await.unwrap();
-            }
-        }));
-    }
-    for h in handles {
-        h.await.unwrap();
-    }
-    n as f64 / start.elapsed().as_secs_f64()
-}
 
 /// A VM-like record of about 1.5 KB.
 fn vm(i: usize) -> serde_json::Value {
@@ -93,7 +64,7 @@ async fn seed(store: &Arc<dyn Store>, rows: usize) {
 }
 
 /// p50/p99 of `n` `list_raw` calls of `q`, after a few untimed ones; and the row count.
-async fn list_latency(store: &Arc<dyn Store>, q: &ListQuery, n: usize) -> (Duration, Duration, usize) {
+async fn list_latency(store: &Arc<dyn Store>, q: &ListQuery, n: usize) -> (f64, f64, usize) {
     let mut rows = 0;
     for _ in 0..3 {
         rows = store.list_raw(VMS.name, q).await.unwrap().len();
@@ -106,14 +77,14 @@ async fn list_latency(store: &Arc<dyn Store>, q: &ListQuery, n: usize) -> (Durat
         assert_eq!(got.len(), rows);
     }
     times.sort();
-    (percentile(&times, 0.5), percentile(&times, 0.99), rows)
+    (percentile_ms(&times, 0.5), percentile_ms(&times, 0.99), rows)
 }
 
 async fn run(label: &str, store: Arc<dyn Store>) {
     let part = std::env::var("NEREID_BENCH_PART").unwrap_or_default();
     let n = if part == "lists" { 0 } else { env_usize("NEREID_BENCH_WRITES", 2000) };
     for tasks in [1, 16, 64].into_iter().filter(|_| n > 0) {
-        let rate = writes(store.clone(), n, tasks).await;
+        let rate = concurrent_puts(store.clone(), n, tasks).await;
         println!("{label:8} writes   {n} single-put batches, {tasks:2} writers: {rate:8.0} writes/s");
     }
     if part == "writes" {
@@ -138,7 +109,7 @@ async fn run(label: &str, store: Arc<dyn Store>) {
     ];
     for (name, q) in &cases {
         let (p50, p99, got) = list_latency(&store, q, lists).await;
-        println!("{label:8} list     {name:40} {got:5} of {rows} rows: p50 {:7.2} ms  p99 {:7.2} ms", ms(p50), ms(p99));
+        println!("{label:8} list     {name:40} {got:5} of {rows} rows: p50 {p50:7.2} ms  p99 {p99:7.2} ms");
     }
     store.close().await;
 }
