@@ -180,6 +180,11 @@ pub(crate) async fn list_raw(c: &mut dyn Exec, d: Dialect, bucket: &str, q: &Lis
 /// copy every matching value through its sorter. Lists without a sort walk the key index
 /// in order, and lists without a limit read every row anyway: those stay one plain query.
 async fn list_rows(c: &mut dyn Exec, d: Dialect, bucket: &str, q: &ListQuery) -> Result<Vec<Row>> {
+    Ok(c.rows(&list_sql(d, bucket, q)?).await?)
+}
+
+/// The statement [`list_rows`] runs (see there).
+pub(crate) fn list_sql(d: Dialect, bucket: &str, q: &ListQuery) -> Result<Sql> {
     let lit = bucket_literal(bucket)?;
     if q.sort.is_empty() || q.limit.is_none() {
         let mut s = Sql::new(d, select(d));
@@ -187,7 +192,7 @@ async fn list_rows(c: &mut dyn Exec, d: Dialect, bucket: &str, q: &ListQuery) ->
         s.where_filter(&q.filter)?;
         s.order(&q.sort)?;
         s.page(q.limit, q.offset);
-        return Ok(c.rows(&s).await?);
+        return Ok(s);
     }
     let value = match d {
         Dialect::Sqlite => "o.value",
@@ -201,7 +206,7 @@ async fn list_rows(c: &mut dyn Exec, d: Dialect, bucket: &str, q: &ListQuery) ->
     s.page(q.limit, q.offset);
     s.push(&format!(") AS p JOIN objects AS o ON o.bucket = {lit} AND o.key = p.k"));
     s.order_page("p", &q.sort);
-    Ok(c.rows(&s).await?)
+    Ok(s)
 }
 
 pub(crate) async fn count(c: &mut dyn Exec, d: Dialect, bucket: &str, f: &Filter) -> Result<i64> {

@@ -325,8 +325,14 @@ pub(crate) fn expr(d: Dialect, p: &Path, kind: Kind) -> String {
     }
 }
 
-/// `CREATE INDEX IF NOT EXISTS` for one declared field of a bucket.
-pub(crate) fn create_index(d: Dialect, bucket: &str, index: &Index) -> Result<String, StoreError> {
+/// One declared field's index: its name and its `CREATE INDEX IF NOT EXISTS`.
+///
+/// The index holds the field and then the key, the order of every sorted list (sorts
+/// break ties by key): a page sorted by an indexed field walks the index and stops at the
+/// page's end instead of reading and sorting every row of the bucket. The name carries a
+/// hash of the indexed expressions, so an index of an older shape has another name and is
+/// dropped ([`stale_indexes`]) when the bucket is ensured.
+pub(crate) fn create_index(d: Dialect, bucket: &str, index: &Index) -> Result<(String, String), StoreError> {
     let path = Path::keys(index.path);
     path.validate()?;
     let lit = bucket_literal(bucket)?;
@@ -336,8 +342,34 @@ pub(crate) fn create_index(d: Dialect, bucket: &str, index: &Index) -> Result<St
         .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
         .collect();
     name.truncate(48);
-    let name = format!("{name}_{:08x}", fnv(&format!("{bucket}|{e}")));
-    Ok(format!("CREATE INDEX IF NOT EXISTS {name} ON objects ({e}) WHERE bucket = {lit}"))
+    let name = format!("{name}_{:08x}", fnv(&format!("{bucket}|{e}, key")));
+    let ddl = format!("CREATE INDEX IF NOT EXISTS {name} ON objects ({e}, key) WHERE bucket = {lit}");
+    Ok((name, ddl))
+}
+
+/// The query listing the names and definitions of the store's field indexes (what
+/// [`stale_indexes`] reads).
+pub(crate) fn field_indexes_query(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Sqlite => {
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'objects' AND name LIKE 'ix\\_%' ESCAPE '\\'"
+        }
+        Dialect::Postgres => {
+            "SELECT indexname::text, indexdef::text FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'objects' AND indexname LIKE 'ix\\_%' ESCAPE '\\'"
+        }
+    }
+}
+
+/// Of the field indexes found (name, definition), those of `bucket` that its declared
+/// indexes (`wanted` names) no longer include: an older shape, or a field no longer
+/// declared. An index belongs to the bucket by its `WHERE bucket = '…'` clause, never by
+/// its name (bucket names may prefix one another).
+pub(crate) fn stale_indexes(d: Dialect, bucket: &str, found: &[(String, String)], wanted: &[String]) -> Vec<String> {
+    let clause = match d {
+        Dialect::Sqlite => format!("WHERE bucket = '{bucket}'"),
+        Dialect::Postgres => format!("WHERE (bucket = '{bucket}'::text)"),
+    };
+    found.iter().filter(|(name, def)| def.ends_with(&clause) && !wanted.contains(name)).map(|(name, _)| name.clone()).collect()
 }
 
 /// A bucket name as a SQL literal. Buckets are inlined (not bound) so that the planners
@@ -434,8 +466,25 @@ mod tests {
     #[test]
     fn index_matches_query_expression() {
         let idx = Index { path: &["owner"], kind: Kind::Text };
-        let ddl = create_index(Dialect::Postgres, "images", &idx).unwrap();
-        assert!(ddl.contains(&expr(Dialect::Postgres, &Path::field("owner"), Kind::Text)), "{ddl}");
+        let (name, ddl) = create_index(Dialect::Postgres, "images", &idx).unwrap();
+        assert!(ddl.contains(&format!("({}, key)", expr(Dialect::Postgres, &Path::field("owner"), Kind::Text))), "{ddl}");
+        assert!(ddl.contains(&name));
         assert!(create_index(Dialect::Sqlite, "Bad-Name", &idx).is_err());
+    }
+
+    #[test]
+    fn stale_indexes_are_the_buckets_own_undeclared_ones() {
+        let found = |d: &str| {
+            vec![
+                ("ix_vm_a_old".to_string(), format!("CREATE INDEX ix_vm_a_old ON objects (x) {d}'vm'")),
+                ("ix_vm_a_new".to_string(), format!("CREATE INDEX ix_vm_a_new ON objects (x, key) {d}'vm'")),
+                ("ix_vms_b".to_string(), format!("CREATE INDEX ix_vms_b ON objects (y) {d}'vms'")),
+            ]
+        };
+        let wanted = vec!["ix_vm_a_new".to_string()];
+        assert_eq!(stale_indexes(Dialect::Sqlite, "vm", &found("WHERE bucket = "), &wanted), vec!["ix_vm_a_old"]);
+        let pg: Vec<(String, String)> = found("WHERE (bucket = ").into_iter().map(|(n, d)| (n, format!("{d}::text)"))).collect();
+        assert_eq!(stale_indexes(Dialect::Postgres, "vm", &pg, &wanted), vec!["ix_vm_a_old"]);
+        assert_eq!(stale_indexes(Dialect::Postgres, "vms", &pg, &[]), vec!["ix_vms_b"]);
     }
 }

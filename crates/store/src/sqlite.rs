@@ -27,7 +27,7 @@ use tokio::sync::Mutex;
 use crate::group_commit::GroupCommit;
 use crate::migrations::{LEDGER_SQLITE, SQLITE};
 use crate::ops::{self, impl_exec};
-use crate::sql::{Dialect, create_index};
+use crate::sql::{Dialect, create_index, field_indexes_query, stale_indexes};
 use crate::{BucketDef, Filter, ListQuery, Object, Op, RawObject, Result, Store, StoreError};
 
 impl_exec!(SqliteConnection);
@@ -75,6 +75,23 @@ impl SqliteStore {
         }
         Ok(())
     }
+}
+
+/// The statistics SQLite's planner reads for the objects table and its indexes: fixed
+/// numbers, never measured. Measured ones (ANALYZE) mislead it here: they are gathered
+/// once, while buckets are still empty or small, and they are averages, so the index of a
+/// field with two values (a job's `execution`: thousands `succeeded`, a few `running`)
+/// looks useless for finding the few. Without any, SQLite guesses that `bucket = ?`
+/// selects ten rows, so it sorts a whole bucket rather than walk a sort index for one
+/// page. These say: the bucket asked for is large (as large as the table: a bucket's
+/// partial index then costs no more to walk than the bucket does to read) and a field's
+/// value picks few of its rows (10), so filters use their field's index and a sorted page
+/// walks its sort field's index. (Smaller buckets in these numbers make SQLite 3.46
+/// prefer reading and sorting the bucket again.) `None` is the table's own row.
+fn planner_stats(indexes: &[String]) -> Vec<(Option<String>, &'static str)> {
+    let mut out = vec![(None, "100000"), (Some("sqlite_autoindex_objects_1".to_string()), "100000 100000 1")];
+    out.extend(indexes.iter().map(|i| (Some(i.clone()), "100000 10 1")));
+    out
 }
 
 /// The database file and the files SQLite keeps beside it.
@@ -130,10 +147,33 @@ impl Store for SqliteStore {
 
     async fn ensure_bucket(&self, def: &BucketDef) -> Result<()> {
         let _w = self.writer.lock().await;
+        let mut conn = self.pool.acquire().await?;
+        // Creates sqlite_stat1 if this database has none yet.
+        sqlx::query("ANALYZE sqlite_schema").execute(&mut *conn).await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let mut wanted = Vec::new();
         for idx in def.indexes {
-            let ddl = create_index(Dialect::Sqlite, def.name, idx)?;
-            sqlx::query(&ddl).execute(&self.pool).await?;
+            let (name, ddl) = create_index(Dialect::Sqlite, def.name, idx)?;
+            sqlx::query(&ddl).execute(&mut *tx).await?;
+            wanted.push(name);
         }
+        let found: Vec<(String, String)> = sqlx::query_as(field_indexes_query(Dialect::Sqlite)).fetch_all(&mut *tx).await?;
+        for name in stale_indexes(Dialect::Sqlite, def.name, &found, &wanted) {
+            tracing::info!(bucket = def.name, index = name, "dropping an index of an older shape");
+            sqlx::query(&format!("DROP INDEX IF EXISTS {name}")).execute(&mut *tx).await?;
+        }
+        for (idx, stat) in planner_stats(&wanted) {
+            sqlx::query("DELETE FROM sqlite_stat1 WHERE tbl = 'objects' AND idx IS ?").bind(idx.clone()).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES ('objects', ?, ?)")
+                .bind(idx)
+                .bind(stat)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        // This connection reads them now; the others when they next load the schema (at
+        // open, or after the index changes above).
+        sqlx::query("ANALYZE sqlite_schema").execute(&mut *conn).await?;
         Ok(())
     }
 
@@ -212,6 +252,64 @@ mod tests {
         for f in &files[..3] {
             assert_eq!(mode(f), 0o600, "{}", f.display());
         }
+        store.close().await;
+    }
+
+    /// The plans SQLite chooses with the statistics [`planner_stats`] gives it: a sorted
+    /// page walks its sort field's index (no sort of the whole bucket), a filter on a few
+    /// values of a field uses that field's index, and an index of an older shape is gone.
+    #[tokio::test]
+    async fn sorted_pages_walk_their_index_and_filters_use_theirs() {
+        use crate::{Filter, Index, Kind, ListQuery, Path};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nereid.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        const OLD: BucketDef = BucketDef { name: "jobs", indexes: &[Index { path: &["gone"], kind: Kind::Text }] };
+        store.ensure_bucket(&OLD).await.unwrap();
+        const JOBS: BucketDef = BucketDef {
+            name: "jobs",
+            indexes: &[Index { path: &["execution"], kind: Kind::Text }, Index { path: &["created_at"], kind: Kind::Text }],
+        };
+        store.ensure_bucket(&JOBS).await.unwrap();
+        let ops: Vec<Op> = (0..3000)
+            .map(|i| {
+                let state = if i < 3 { "running" } else { "succeeded" };
+                Op::put(
+                    "jobs",
+                    format!("j{i:05}"),
+                    serde_json::json!({"execution": state, "created_at": format!("t{:05}", (i * 7919) % 3000)}),
+                    crate::Cond::Absent,
+                )
+            })
+            .collect();
+        store.batch(ops).await.unwrap();
+        let plan = |q: ListQuery| {
+            let pool = store.pool.clone();
+            async move {
+                let s = crate::ops::list_sql(Dialect::Sqlite, "jobs", &q).unwrap();
+                let text = format!("EXPLAIN QUERY PLAN {}", s.text);
+                let explain = crate::ops::bind_all!(sqlx::query_as::<_, (i64, i64, i64, String)>(&text), s);
+                let rows = explain.fetch_all(&pool).await.unwrap();
+                rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
+            }
+        };
+        let created = || Path::field("created_at");
+        let page = plan(ListQuery::all().sort(created(), Kind::Text, false).page(100, 0)).await;
+        assert!(page.contains("SCAN objects USING INDEX ix_jobs_created_at"), "{page}");
+        let filtered =
+            ListQuery::filter(Filter::Ne(Path::field("execution"), "queued".into())).sort(created(), Kind::Text, true).page(100, 0);
+        let page = plan(filtered).await;
+        assert!(page.contains("USING INDEX ix_jobs_created_at"), "{page}");
+        let few = plan(ListQuery::filter(Filter::Or(vec![Filter::eq("execution", "queued"), Filter::eq("execution", "running")]))).await;
+        assert!(few.contains("USING INDEX ix_jobs_execution"), "{few}");
+        let names: Vec<(String,)> = sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'ix_jobs_%'")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(names.len(), 2, "the index of the older definition is dropped: {names:?}");
+        // The answers are those of the plans.
+        let got = store.list_raw("jobs", &ListQuery::all().sort(created(), Kind::Text, false).page(3, 0)).await.unwrap();
+        assert_eq!(got.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["j00000", "j01679", "j00358"]);
         store.close().await;
     }
 }

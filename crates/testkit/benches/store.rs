@@ -6,7 +6,8 @@
 //! `cargo bench -p nereid-testkit --bench store`
 //! (`NEREID_BENCH_WRITES`, `NEREID_BENCH_ROWS`, `NEREID_BENCH_LIMIT`, `NEREID_BENCH_LISTS`
 //! change the sizes; `NEREID_BENCH_PART=writes` or `lists` runs one part; `NEREID_BENCH_PG=0`
-//! skips PostgreSQL; `NEREID_TEST_PG_URL` names it.)
+//! skips PostgreSQL; `NEREID_TEST_PG_URL` names it; `NEREID_BENCH_SQLITE` names the SQLite
+//! file, kept afterwards.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -117,7 +118,8 @@ async fn run(label: &str, store: Arc<dyn Store>) {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bench.db");
+    // NEREID_BENCH_SQLITE names the file to use (and keep), e.g. for `EXPLAIN QUERY PLAN`.
+    let path = std::env::var("NEREID_BENCH_SQLITE").map(std::path::PathBuf::from).unwrap_or_else(|_| dir.path().join("bench.db"));
     let store = nereid_store::open(&format!("sqlite:{}", path.display())).await.unwrap();
     run("sqlite", store).await;
     if std::env::var("NEREID_BENCH_PG").as_deref() == Ok("0") {
