@@ -73,10 +73,61 @@ pub struct HeadnodeArgs {
     #[command(flatten)]
     pub migration: MigrationArgs,
     #[command(flatten)]
+    pub dns: DnsArgs,
+    #[command(flatten)]
     pub tuning: Tuning,
 }
 
-/// Migrations: moving VMs between servers (live under QEMU).
+/// Instance DNS (Triton's CNS): names for every instance of the accounts that switch it on.
+#[derive(Args, Debug, Clone)]
+pub struct DnsArgs {
+    /// Serve instance DNS (Triton CNS) on ADDR, UDP and TCP (e.g. 0.0.0.0:53; port 0 picks a free port); off when absent. Zones: <datacenter>.<suffix> holds public addresses, <datacenter>.cns.<suffix> private ones (RFC 1918, 100.64/10, link-local, ULA); names are <alias|uuid>.inst.<account uuid>.<zone> and <service>.svc.<account uuid>.<zone> (tag triton.cns.services), for accounts with triton_cns_enabled (`nereid admin account update LOGIN --cns-enabled true`)
+    #[arg(long, value_name = "ADDR")]
+    pub dns_listen: Option<SocketAddr>,
+    /// The DNS suffix under which the datacenter's zones are (--datacenter-name names the datacenter); delegate <datacenter>.<suffix> and <datacenter>.cns.<suffix> to --dns-listen
+    #[arg(long, value_name = "SUFFIX", default_value = nereid_headnode::app::cns::DEFAULT_SUFFIX, value_parser = dns_suffix)]
+    pub dns_suffix: String,
+    /// Who may transfer the zones (AXFR, IXFR): addresses or CIDR blocks, comma-separated, e.g. a secondary BIND's [default: loopback only]
+    #[arg(long, value_name = "CIDR[,CIDR…]", value_parser = checked(nereid_headnode::app::cns::parse_cidrs))]
+    pub dns_allow_transfer: Option<String>,
+    /// Secondaries told with a NOTIFY when a zone's serial changes: IP or IP:PORT (port 53 by default), comma-separated [default: none]
+    #[arg(long, value_name = "ADDR[,ADDR…]", value_parser = checked(nereid_headnode::app::cns::parse_peers))]
+    pub dns_notify: Option<String>,
+}
+
+/// A value parser that checks a list with `parse` and keeps the text.
+fn checked<T>(parse: fn(&str) -> Result<Vec<T>, String>) -> impl Fn(&str) -> Result<String, String> + Clone + Send + Sync + 'static
+where
+    T: 'static,
+{
+    move |s: &str| parse(s).map(|_| s.to_string())
+}
+
+/// A DNS suffix: dot-separated labels of letters, digits and hyphens.
+fn dns_suffix(s: &str) -> Result<String, String> {
+    let t = s.trim_end_matches('.');
+    let ok = !t.is_empty()
+        && t.len() <= 200
+        && t.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if ok { Ok(t.to_ascii_lowercase()) } else { Err(format!("{s:?} is not a DNS suffix (e.g. example.com)")) }
+}
+
+impl DnsArgs {
+    /// The headnode's CNS settings (`None` without --dns-listen); `datacenter` names the zones.
+    pub fn config(&self, datacenter: &str) -> Result<Option<nereid_headnode::app::cns::CnsConfig>, String> {
+        use nereid_headnode::app::cns;
+        let Some(listen) = self.dns_listen else { return Ok(None) };
+        let mut c = cns::CnsConfig::new(listen, datacenter, &self.dns_suffix);
+        if let Some(a) = &self.dns_allow_transfer {
+            c.dns.allow_transfer = cns::parse_cidrs(a)?;
+        }
+        if let Some(n) = &self.dns_notify {
+            c.dns.notify_peers = cns::parse_peers(n)?;
+        }
+        Ok(Some(c))
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct MigrationArgs {
     /// Let tenants migrate their own instances (`triton instance migration …`), as Triton's SAPI `user_migration_allowed` does; off by default, as in Triton. A VM's internal_metadata `user_migration_allowed` (true or false) overrides this either way; operators may always migrate
@@ -520,7 +571,7 @@ pub enum AccountVerb {
     /// Show one account (UUID or login) with its keys
     Get(IdArg),
     /// Change an account: email=… first_name=… last_name=… company_name=… phone=… operator=true (null clears)
-    Update(UpdateArgs),
+    Update(AccountUpdateArgs),
     /// Disable an account: its keys stop working at once; its instances keep running
     Disable(IdArg),
     /// Enable a disabled account
@@ -532,6 +583,15 @@ pub enum AccountVerb {
         #[command(subcommand)]
         verb: KeyVerb,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct AccountUpdateArgs {
+    #[command(flatten)]
+    pub update: UpdateArgs,
+    /// Publish DNS names for the account's instances (Triton CNS's triton_cns_enabled; served with `nereid headnode --dns-listen`)
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub cns_enabled: Option<bool>,
 }
 
 #[derive(Args, Debug)]

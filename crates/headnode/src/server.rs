@@ -115,6 +115,8 @@ pub struct Running {
     pub web: Option<CloudApiRunning>,
     /// The public image catalogue's address (`http://` it), if one is served.
     pub image_catalog: Option<SocketAddr>,
+    /// The DNS server's address (UDP and TCP), if CNS is on (see [`crate::app::cns`]).
+    pub dns: Option<SocketAddr>,
     server: JoinHandle<std::io::Result<()>>,
     cloud_server: Option<JoinHandle<std::io::Result<()>>>,
     web_server: Option<JoinHandle<std::io::Result<()>>>,
@@ -126,6 +128,8 @@ pub struct Running {
     netpolicy: JoinHandle<()>,
     /// The capacity view's background rebuild (see [`crate::app::capacity`]).
     capacity: JoinHandle<()>,
+    /// The CNS zone builder and DNS server.
+    cns: Vec<JoinHandle<()>>,
     stop: broadcast::Sender<()>,
     /// The data directory's lock (released by [`Running::halt`]).
     lock: Option<std::fs::File>,
@@ -206,6 +210,13 @@ pub async fn start(cfg: Config) -> Result<Running> {
         }
     };
     let image_catalog = catalog_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let dns_sockets = match &app.cfg.cns {
+        None => None,
+        Some(c) => {
+            Some(crate::app::cns::bind(c.listen).await.with_context(|| format!("instance DNS: listening on {} (UDP and TCP)", c.listen))?)
+        }
+    };
+    let dns = dns_sockets.as_ref().map(|(udp, _)| udp.local_addr()).transpose()?;
     let state = AppState {
         app: app.clone(),
         token: Arc::from(token.as_str()),
@@ -218,6 +229,10 @@ pub async fn start(cfg: Config) -> Result<Running> {
         (!app.cfg.reconcile_every.is_zero()).then(|| tokio::spawn(crate::reconcile::run(app.clone(), app.cfg.reconcile_every)));
     let netpolicy = tokio::spawn(crate::app::netpolicy::run(app.clone()));
     let capacity = tokio::spawn(crate::app::capacity::run(app.clone()));
+    let cns = match (&app.cfg.cns, dns_sockets) {
+        (Some(c), Some((udp, tcp))) => crate::app::cns::spawn(&app, c, udp, tcp).into(),
+        _ => Vec::new(),
+    };
     let (stop, _) = broadcast::channel::<()>(1);
     let mut stopped = stop.subscribe();
     let server = tokio::spawn(async move {
@@ -300,6 +315,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         cloudapi,
         web,
         image_catalog,
+        dns,
         server,
         cloud_server,
         web_server,
@@ -309,6 +325,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         reconciler,
         netpolicy,
         capacity,
+        cns,
         stop,
         lock: Some(lock),
     })
@@ -330,6 +347,11 @@ impl Running {
         }
         self.netpolicy.abort();
         self.capacity.abort();
+        for t in &mut self.cns {
+            t.abort();
+            // Its sockets are closed once it is dropped: a restart may bind them again.
+            let _ = t.await;
+        }
         let _ = (&mut self.runner).await;
         let _ = self.stop.send(());
         (&mut self.server).await??;

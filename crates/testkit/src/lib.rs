@@ -123,6 +123,14 @@ impl Options {
         self
     }
 
+    /// Instance DNS (`--dns-listen`, CNS) on a free loopback port (UDP and TCP,
+    /// `Running::dns`): zones `nereid-1.<suffix>` and `nereid-1.cns.<suffix>`, transfers
+    /// from loopback.
+    pub fn dns(mut self, suffix: &str) -> Self {
+        self.app.cns = Some(nereid_headnode::app::cns::CnsConfig::new(([127, 0, 0, 1], 0).into(), "nereid-1", suffix));
+        self
+    }
+
     /// CloudAPI over plain HTTP on a free loopback port.
     pub fn cloudapi_http(mut self) -> Self {
         let mut c = nereid_headnode::server::CloudApiConfig::new(([127, 0, 0, 1], 0).into());
@@ -212,6 +220,9 @@ impl Cloud {
         }
         if cfg.image_catalog.is_some() {
             cfg.image_catalog = self.headnode.image_catalog;
+        }
+        if let (Some(c), Some(addr)) = (cfg.app.cns.as_mut(), self.headnode.dns) {
+            c.listen = addr;
         }
         self.headnode = nereid_headnode::start(cfg).await?;
         Ok(())

@@ -126,8 +126,11 @@ pub async fn run(c: &Client, v: AccountVerb, json: bool) -> Result<()> {
             output::object(&out, json);
         }
         AccountVerb::Update(a) => {
-            let b = body(nereid_types::account::FIELDS, a.file.as_deref(), &a.fields)?;
-            output::object(&c.put(&format!("/accounts/{}", enc(&a.id)), &Value::Object(b)).await?, json);
+            let mut b = body(nereid_types::account::FIELDS, a.update.file.as_deref(), &a.update.fields)?;
+            if let Some(on) = a.cns_enabled {
+                b.insert("triton_cns_enabled".into(), json!(on));
+            }
+            output::object(&c.put(&format!("/accounts/{}", enc(&a.update.id)), &Value::Object(b)).await?, json);
         }
         AccountVerb::Disable(id) => {
             let out = c.put(&format!("/accounts/{}", enc(&id.id)), &json!({"disabled": true})).await?;

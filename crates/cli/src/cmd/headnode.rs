@@ -15,6 +15,7 @@ pub async fn run(a: HeadnodeArgs) -> Result<()> {
     a.fabric.apply(&mut cfg.app);
     a.migration.apply(&mut cfg.app);
     cfg.app.images_dir = a.images_dir;
+    cfg.app.cns = a.dns.config(&a.cloudapi.datacenter_name).map_err(anyhow::Error::msg)?;
     cfg.cloudapi = a.cloudapi.config();
     cfg.web = a.web.config(cfg.admin_listen);
     cfg.image_catalog = a.image_catalog_listen;
@@ -34,6 +35,10 @@ pub async fn run(a: HeadnodeArgs) -> Result<()> {
     if let Some(w) = &running.web {
         println!("  web console     {}{}", w.url, super::up::cert_note(w));
         println!("    sign in with an account's password: nereid admin --data-dir {} account passwd LOGIN", abs.display());
+    }
+    if let (Some(addr), Some(c)) = (running.dns, &running.app.cfg.cns) {
+        let [public, private] = c.dns.zones();
+        println!("  instance DNS    {addr} (UDP and TCP)  zones {public} (public), {private} (private)");
     }
     if let Some(addr) = running.image_catalog {
         println!("  image catalogue http://{addr}  (public images, read-only, no authentication)");

@@ -202,6 +202,9 @@ impl App {
         let (current, generation) = self.find_account(id).await?;
         let next = account::check_update(&current, input, &nereid_types::time::now_iso())?;
         self.write(ACCOUNTS.name, &next.uuid.to_string(), &next, Cond::Generation(generation)).await.map_err(store_error)?;
+        if next.triton_cns_enabled != current.triton_cns_enabled || next.login != current.login {
+            self.cns_notify.notify_one();
+        }
         Ok(next)
     }
 

@@ -20,6 +20,7 @@ pub mod accounts;
 pub mod agents;
 pub mod allocation;
 pub mod capacity;
+pub mod cns;
 pub mod consoles;
 pub mod doctor;
 pub mod evacuate;
@@ -74,6 +75,8 @@ pub struct AppConfig {
     pub fabric: FabricConfig,
     /// Migrations (between servers).
     pub migration: MigrationConfig,
+    /// Instance DNS (`--dns-listen`); `None`: no DNS served, no `dns_names`.
+    pub cns: Option<cns::CnsConfig>,
 }
 
 /// How VMs move between servers.
@@ -126,6 +129,7 @@ impl Default for AppConfig {
             images_dir: None,
             fabric: FabricConfig::default(),
             migration: MigrationConfig::default(),
+            cns: None,
         }
     }
 }
@@ -153,6 +157,9 @@ pub struct App {
     /// Wakes the network policy push ([`netpolicy::run`]): firewall rules changed, a
     /// job (provision, destroy, tags, firewall_enabled) finished.
     pub netpolicy_notify: tokio::sync::Notify,
+    /// Wakes the CNS zone builder ([`cns::run`]): a job finished, a VM record or an
+    /// account changed.
+    pub cns_notify: tokio::sync::Notify,
     /// The servers whose evacuation a task of this process drives.
     pub evacuations: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
     pub hooks: crate::jobs::Hooks,
@@ -186,6 +193,7 @@ impl App {
             capacity: capacity::Capacity::default(),
             jobs_notify: tokio::sync::Notify::new(),
             netpolicy_notify: tokio::sync::Notify::new(),
+            cns_notify: tokio::sync::Notify::new(),
             evacuations: Default::default(),
             hooks,
             metrics: crate::metrics::Metrics::default(),

@@ -326,6 +326,8 @@ impl App {
                     if let Some(server) = vm.server_uuid {
                         self.capacity_touch(server);
                     }
+                    // Its state, tags, metadata or alias may change its DNS names.
+                    self.cns_notify.notify_one();
                     return Ok(vm);
                 }
                 Err(e) if e.is_conflict() => continue,
@@ -586,6 +588,7 @@ impl App {
                     if let Some(server) = next.server_uuid {
                         self.capacity_touch(server);
                     }
+                    self.cns_notify.notify_one();
                     return Ok(());
                 }
                 Err(e) if e.is_conflict() => continue,
@@ -1353,6 +1356,7 @@ impl App {
         for server in [prev_server, next.server_uuid].into_iter().flatten() {
             self.capacity_touch(server);
         }
+        self.cns_notify.notify_one();
         if destroying {
             self.free_vm_nics(uuid).await?;
             self.release_reservations(uuid, None).await?;

@@ -51,7 +51,8 @@ pub fn machine_schema() -> Value {
         "updated": {"type": "string"}, "docker": {"type": "boolean"}, "ips": {"type": "array", "items": {"type": "string"}},
         "networks": {"type": "array", "items": {"type": "string"}}, "nics": {"type": "array", "items": {"type": "object"}},
         "primaryIp": {"type": "string"}, "firewall_enabled": {"type": "boolean"}, "deletion_protection": {"type": "boolean"},
-        "compute_node": {"type": "string"}, "package": {"type": "string", "description": "The package's name."}}})
+        "compute_node": {"type": "string"}, "package": {"type": "string", "description": "The package's name."},
+        "dns_names": {"type": "array", "items": {"type": "string"}, "description": "The machine's CNS names: GetMachine only, when the headnode serves DNS (--dns-listen)."}}})
 }
 
 fn machine_list_schema() -> Value {
@@ -399,7 +400,14 @@ async fn get(
 ) -> CloudResult {
     let credentials = super::flag(&super::query_map(raw.as_deref()), "credentials");
     match live_machine_of(&s, &acct, &id).await {
-        Ok(vm) => ok(&render::machine(&vm, credentials)),
+        Ok(vm) => {
+            let mut m = render::machine(&vm, credentials);
+            // GetMachine only (not ListMachines), when CNS is on: compat §5.
+            if let Some(names) = s.app.vm_dns_names(&vm, Some(&acct)).await? {
+                m["dns_names"] = json!(names);
+            }
+            ok(&m)
+        }
         Err(resp) => Ok(resp),
     }
 }

@@ -209,7 +209,13 @@ async fn get(State(s): State<AppState>, Path(uuid): Path<String>, RawQuery(raw):
         s.app.sync_vm(uuid).await?;
     }
     let (v, generation) = s.app.get_vm_entry(uuid, owner).await?;
-    let mut resp = json_resp(StatusCode::OK, &vm::render_entry(&v));
+    let mut body = vm::render_entry(&v);
+    if let nereid_types::damaged::Stored::Ok(record) = &v
+        && let Some(names) = s.app.vm_dns_names(record, None).await?
+    {
+        body["dns_names"] = serde_json::json!(names);
+    }
+    let mut resp = json_resp(StatusCode::OK, &body);
     if let Ok(e) = HeaderValue::from_str(&format!("\"{generation}\"")) {
         resp.headers_mut().insert(header::ETAG, e);
     }

@@ -580,6 +580,7 @@ async fn move_record(app: &App, vm: Uuid, server: Uuid, reservation: Option<Uuid
             Ok(_) => {
                 app.move_vm_nics(vm, server).await.map_err(|e| e.message)?;
                 app.netpolicy_notify.notify_one();
+                app.cns_notify.notify_one();
                 return Ok(());
             }
             Err(e) if e.is_conflict() => continue,

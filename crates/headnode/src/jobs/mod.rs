@@ -271,6 +271,8 @@ impl Runner {
                     me.app.jobs_notify.notify_one();
                     // A VM came, went or changed (tags, firewall_enabled, NICs).
                     me.app.netpolicy_notify.notify_one();
+                    // ... and its DNS names with it.
+                    me.app.cns_notify.notify_one();
                 });
             }
         }
