@@ -91,19 +91,7 @@ async fn dig_resolves_instances_and_services_and_follows_changes(backend: Backen
         .as_str()
         .unwrap()
         .to_string();
-    let mut owners = Vec::new();
-    for (login, k) in [("alice", 1u8), ("bob", 2)] {
-        let a = cloud
-            .client
-            .post(
-                "/accounts",
-                &json!({"login": login, "email": format!("{login}@example.com"), "keys": [{"key": Key::from_seed(k).openssh()}]}),
-            )
-            .await
-            .unwrap();
-        owners.push(a["uuid"].as_str().unwrap().to_string());
-    }
-    let (alice, bob) = (owners[0].clone(), owners[1].clone());
+    let (alice, bob) = common::alice_and_bob(&cloud).await;
     // The admin API's switch, through `nereid admin account update`.
     let o = nereid_async(&cloud, &["admin", "--json", "account", "update", "alice", "--cns-enabled", "true"]).await;
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));

@@ -20,20 +20,7 @@ const WEB80: &str = r#"FROM any TO tag "role" = "web" ALLOW tcp PORT 80"#;
 async fn cloud(backend: Backend) -> (Cloud, nereid_testkit::Seed, String, String) {
     let cloud = Cloud::start_with(Options { sim_servers: 1, ..Options::new(backend) }.cloudapi_http()).await.unwrap();
     let seed = cloud.seed().await.unwrap();
-    let mut ids = Vec::new();
-    for (login, k) in [("alice", 1u8), ("bob", 2)] {
-        let a = cloud
-            .client
-            .post(
-                "/accounts",
-                &json!({"login": login, "email": format!("{login}@example.com"), "keys": [{"key": Key::from_seed(k).openssh()}]}),
-            )
-            .await
-            .unwrap();
-        ids.push(a["uuid"].as_str().unwrap().to_string());
-    }
-    let bob = ids.pop().unwrap();
-    let alice = ids.pop().unwrap();
+    let (alice, bob) = common::alice_and_bob(&cloud).await;
     (cloud, seed, alice, bob)
 }
 

@@ -127,3 +127,15 @@ pub fn free_port() -> u16 {
 pub fn agent_port(port: u16) -> u16 {
     port + 1
 }
+
+/// Creates the tenants `alice` and `bob` through the admin API, with CloudAPI signing
+/// keys from seeds 1 and 2; their UUIDs.
+pub async fn alice_and_bob(cloud: &Cloud) -> (String, String) {
+    let mut ids = Vec::new();
+    for (login, k) in [("alice", 1u8), ("bob", 2)] {
+        let body = serde_json::json!({"login": login, "email": format!("{login}@example.com"), "keys": [{"key": nereid_testkit::cloudapi::Key::from_seed(k).openssh()}]});
+        let a = cloud.client.post("/accounts", &body).await.unwrap();
+        ids.push(a["uuid"].as_str().unwrap().to_string());
+    }
+    (ids[0].clone(), ids[1].clone())
+}
