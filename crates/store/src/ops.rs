@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::sql::{Dialect, Param, Sql, bucket_literal};
+use crate::sql::{Dialect, Param, Sql, bucket_literal, create_index, field_indexes_query, stale_indexes};
 use crate::{Cond, Filter, ListQuery, Object, Op, RawObject, Result, StoreError};
 
 /// A raw object row: key, JSON text, generation, mtime.
@@ -25,6 +25,8 @@ pub(crate) trait Exec: Send {
     async fn exec(&mut self, sql: &Sql) -> Result<u64, sqlx::Error>;
     /// Runs `;`-separated statements without parameters (migrations).
     async fn script(&mut self, sql: &str) -> Result<(), sqlx::Error>;
+    /// Rows of two text columns of a statement without parameters (catalog lookups).
+    async fn pairs(&mut self, sql: &str) -> Result<Vec<(String, String)>, sqlx::Error>;
 }
 
 /// Applies one migration inside the caller's (locked) transaction unless the ledger has it;
@@ -216,6 +218,24 @@ pub(crate) async fn count(c: &mut dyn Exec, d: Dialect, bucket: &str, f: &Filter
     Ok(c.scalar(&s).await?.unwrap_or(0))
 }
 
+/// Gives a bucket its declared field indexes and drops those of its indexes it no longer
+/// declares (an older shape, or a field no longer indexed), inside the caller's locked
+/// transaction; returns the declared indexes' names. The caller commits.
+pub(crate) async fn ensure_indexes(c: &mut dyn Exec, d: Dialect, def: &crate::BucketDef) -> Result<Vec<String>> {
+    let mut wanted = Vec::new();
+    for idx in def.indexes {
+        let (name, ddl) = create_index(d, def.name, idx)?;
+        c.script(&ddl).await?;
+        wanted.push(name);
+    }
+    let found = c.pairs(field_indexes_query(d)).await?;
+    for name in stale_indexes(d, def.name, &found, &wanted) {
+        tracing::info!(bucket = def.name, index = name, "dropping an index of an older shape");
+        c.script(&format!("DROP INDEX IF EXISTS {name}")).await?;
+    }
+    Ok(wanted)
+}
+
 /// Binds a statement's parameters on any sqlx query.
 macro_rules! bind_all {
     ($q:expr, $sql:expr) => {{
@@ -252,6 +272,9 @@ macro_rules! impl_exec {
                     sqlx::query(stmt.trim_end_matches(';')).execute(&mut *self).await?;
                 }
                 Ok(())
+            }
+            async fn pairs(&mut self, sql: &str) -> Result<Vec<(String, String)>, sqlx::Error> {
+                sqlx::query_as::<_, (String, String)>(sql).fetch_all(&mut *self).await
             }
         }
     };

@@ -13,7 +13,7 @@ use sqlx::{Connection, PgPool};
 
 use crate::migrations::{LEDGER_POSTGRES, POSTGRES};
 use crate::ops::{self, impl_exec};
-use crate::sql::{Dialect, create_index, field_indexes_query, stale_indexes};
+use crate::sql::Dialect;
 use crate::{BucketDef, Filter, ListQuery, Object, Op, RawObject, Result, Store, StoreError};
 
 impl_exec!(PgConnection);
@@ -106,17 +106,7 @@ impl Store for PgStore {
     async fn ensure_bucket(&self, def: &BucketDef) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DDL_LOCK).execute(&mut *tx).await?;
-        let mut wanted = Vec::new();
-        for idx in def.indexes {
-            let (name, ddl) = create_index(Dialect::Postgres, def.name, idx)?;
-            sqlx::query(&ddl).execute(&mut *tx).await?;
-            wanted.push(name);
-        }
-        let found: Vec<(String, String)> = sqlx::query_as(field_indexes_query(Dialect::Postgres)).fetch_all(&mut *tx).await?;
-        for name in stale_indexes(Dialect::Postgres, def.name, &found, &wanted) {
-            tracing::info!(bucket = def.name, index = name, "dropping an index of an older shape");
-            sqlx::query(&format!("DROP INDEX IF EXISTS {name}")).execute(&mut *tx).await?;
-        }
+        ops::ensure_indexes(&mut *tx, Dialect::Postgres, def).await?;
         tx.commit().await?;
         Ok(())
     }

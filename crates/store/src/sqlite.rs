@@ -27,7 +27,7 @@ use tokio::sync::Mutex;
 use crate::group_commit::GroupCommit;
 use crate::migrations::{LEDGER_SQLITE, SQLITE};
 use crate::ops::{self, impl_exec};
-use crate::sql::{Dialect, create_index, field_indexes_query, stale_indexes};
+use crate::sql::Dialect;
 use crate::{BucketDef, Filter, ListQuery, Object, Op, RawObject, Result, Store, StoreError};
 
 impl_exec!(SqliteConnection);
@@ -73,6 +73,14 @@ impl SqliteStore {
                 tx.commit().await?;
             }
         }
+        // Creates sqlite_stat1 if this database has none yet, then the table's own rows
+        // of the planner statistics (each field index gets its row with the index).
+        sqlx::query("ANALYZE sqlite_schema").execute(&mut *conn).await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        for (idx, stat) in TABLE_STATS {
+            set_planner_stat(&mut tx, idx, stat).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 }
@@ -88,10 +96,16 @@ impl SqliteStore {
 /// value picks few of its rows (10), so filters use their field's index and a sorted page
 /// walks its sort field's index. (Smaller buckets in these numbers make SQLite 3.46
 /// prefer reading and sorting the bucket again.) `None` is the table's own row.
-fn planner_stats(indexes: &[String]) -> Vec<(Option<String>, &'static str)> {
-    let mut out = vec![(None, "100000"), (Some("sqlite_autoindex_objects_1".to_string()), "100000 100000 1")];
-    out.extend(indexes.iter().map(|i| (Some(i.clone()), "100000 10 1")));
-    out
+const TABLE_STATS: [(Option<&str>, &str); 2] = [(None, "100000"), (Some("sqlite_autoindex_objects_1"), "100000 100000 1")];
+
+/// A field index's row of the planner statistics (see [`TABLE_STATS`]).
+const INDEX_STAT: &str = "100000 10 1";
+
+/// Writes one row of the planner statistics: `idx` is `None` for the table's own row.
+async fn set_planner_stat(c: &mut SqliteConnection, idx: Option<&str>, stat: &str) -> Result<()> {
+    sqlx::query("DELETE FROM sqlite_stat1 WHERE tbl = 'objects' AND idx IS ?").bind(idx).execute(&mut *c).await?;
+    sqlx::query("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES ('objects', ?, ?)").bind(idx).bind(stat).execute(&mut *c).await?;
+    Ok(())
 }
 
 /// The database file and the files SQLite keeps beside it.
@@ -148,27 +162,10 @@ impl Store for SqliteStore {
     async fn ensure_bucket(&self, def: &BucketDef) -> Result<()> {
         let _w = self.writer.lock().await;
         let mut conn = self.pool.acquire().await?;
-        // Creates sqlite_stat1 if this database has none yet.
-        sqlx::query("ANALYZE sqlite_schema").execute(&mut *conn).await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let mut wanted = Vec::new();
-        for idx in def.indexes {
-            let (name, ddl) = create_index(Dialect::Sqlite, def.name, idx)?;
-            sqlx::query(&ddl).execute(&mut *tx).await?;
-            wanted.push(name);
-        }
-        let found: Vec<(String, String)> = sqlx::query_as(field_indexes_query(Dialect::Sqlite)).fetch_all(&mut *tx).await?;
-        for name in stale_indexes(Dialect::Sqlite, def.name, &found, &wanted) {
-            tracing::info!(bucket = def.name, index = name, "dropping an index of an older shape");
-            sqlx::query(&format!("DROP INDEX IF EXISTS {name}")).execute(&mut *tx).await?;
-        }
-        for (idx, stat) in planner_stats(&wanted) {
-            sqlx::query("DELETE FROM sqlite_stat1 WHERE tbl = 'objects' AND idx IS ?").bind(idx.clone()).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES ('objects', ?, ?)")
-                .bind(idx)
-                .bind(stat)
-                .execute(&mut *tx)
-                .await?;
+        let wanted = ops::ensure_indexes(&mut *tx, Dialect::Sqlite, def).await?;
+        for idx in &wanted {
+            set_planner_stat(&mut tx, Some(idx), INDEX_STAT).await?;
         }
         tx.commit().await?;
         // This connection reads them now; the others when they next load the schema (at

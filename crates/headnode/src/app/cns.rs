@@ -36,8 +36,8 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::App;
-use crate::buckets::{ACCOUNTS, NETWORKS, VMS};
+use super::{App, store_error};
+use crate::buckets::{ACCOUNTS, HEARTBEATS, NETWORKS, VMS};
 
 /// Least time between two builds (wake-ups in between coalesce).
 pub const EVERY: Duration = Duration::from_secs(1);
@@ -248,15 +248,42 @@ impl App {
         self.list_keyed(NETWORKS.name, &ListQuery::all()).await
     }
 
+    /// One VM's networks by UUID, as CNS reads them.
+    async fn cns_networks_of(&self, vm: &CnsVm) -> Result<HashMap<Uuid, NetInfo>, ApiError> {
+        let mut out = HashMap::new();
+        for net in vm.nics.iter().flatten().filter_map(|n| n.network_uuid) {
+            if out.contains_key(&net) {
+                continue;
+            }
+            let found = self.store.get(NETWORKS.name, &net.to_string()).await.map_err(store_error)?;
+            if let Some(info) = found.and_then(|o| serde_json::from_value::<NetInfo>(o.value).ok()) {
+                out.insert(net, info);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `server` alone if its heartbeat is recent (what [`App::cns_servers_up`] answers of it).
+    async fn cns_server_up(&self, server: Option<Uuid>) -> Result<HashSet<Uuid>, ApiError> {
+        let Some(server) = server else { return Ok(HashSet::new()) };
+        #[derive(Deserialize)]
+        struct At {
+            at_ms: i64,
+        }
+        let found = self.store.get(HEARTBEATS.name, &server.to_string()).await.map_err(store_error)?;
+        let at = found.and_then(|o| serde_json::from_value::<At>(o.value).ok()).map(|a| a.at_ms);
+        Ok(if self.server_is_up(at) { HashSet::from([server]) } else { HashSet::new() })
+    }
+
+    fn server_is_up(&self, at_ms: Option<i64>) -> bool {
+        let (now, timeout) = (nereid_types::time::now_ms(), self.cfg.server_timeout.as_millis() as i64);
+        nereid_types::server::status(at_ms, now, timeout).0 == "running"
+    }
+
     /// The servers whose heartbeats are recent.
     async fn cns_servers_up(&self) -> Result<HashSet<Uuid>, ApiError> {
-        let (now, timeout) = (nereid_types::time::now_ms(), self.cfg.server_timeout.as_millis() as i64);
         let times = self.heartbeat_times().await?;
-        Ok(times
-            .into_iter()
-            .filter(|(_, at)| nereid_types::server::status(Some(*at), now, timeout).0 == "running")
-            .map(|(u, _)| u)
-            .collect())
+        Ok(times.into_iter().filter(|(_, at)| self.server_is_up(Some(*at))).map(|(u, _)| u).collect())
     }
 
     /// Every zone from the records now (`None` when CNS is off). Reads only the accounts
@@ -303,8 +330,9 @@ impl App {
         if !owner.triton_cns_enabled {
             return Ok(Some(Vec::new()));
         }
-        let (networks, up) = (self.cns_networks().await?, self.cns_servers_up().await?);
-        let Some(inst) = instance(&CnsVm::of(vm), &networks, &up) else { return Ok(Some(Vec::new())) };
+        let vm = CnsVm::of(vm);
+        let (networks, up) = (self.cns_networks_of(&vm).await?, self.cns_server_up(vm.server_uuid).await?);
+        let Some(inst) = instance(&vm, &networks, &up) else { return Ok(Some(Vec::new())) };
         let admin = if owner.login == ADMIN_LOGIN { Some(owner.uuid) } else { self.cns_admin().await? };
         let Some(dns) = self.cns_dns(admin) else { return Ok(None) };
         let account = CnsAccount { uuid: owner.uuid, login: owner.login.clone(), cns_enabled: true };

@@ -240,12 +240,10 @@ impl Runner {
     }
 
     async fn tick(self: &Arc<Self>, drives: &mut tokio::task::JoinSet<()>) -> Result<(), nereid_types::ApiError> {
-        // One indexed lookup per state: SQLite's planner answers `execution IN (…)` (or an
-        // OR of the two) by scanning every job, which grows with the job history.
-        let mut open: Vec<Job> = Vec::new();
-        for state in ["queued", "running"] {
-            open.extend(self.app.list::<Job>(JOBS.name, &ListQuery::filter(Filter::eq("execution", state))).await?);
-        }
+        // The open jobs: one lookup on the `execution` index (both stores answer the OR of
+        // its values from the index, so it does not grow with the job history).
+        let states = vec![Value::from("queued"), Value::from("running")];
+        let mut open: Vec<Job> = self.app.list::<Job>(JOBS.name, &ListQuery::filter(Filter::any_of("execution", states))).await?;
         // Oldest first, ties by key, as the store sorts.
         open.sort_by_cached_key(|j| (j.created_ms, j.uuid.to_string()));
         let mut first_per_vm = std::collections::HashSet::new();
