@@ -274,6 +274,9 @@ pub struct Tuning {
     /// Seconds between reconciliation passes (one headnode of the cluster compares the records with what servers run and repairs what is provable; 0 turns it off)
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub reconcile_every_secs: u64,
+    /// Days audit records are kept (older ones are pruned hourly; 0 keeps them forever)
+    #[arg(long, default_value_t = nereid_headnode::app::audit::DEFAULT_RETENTION_DAYS, value_name = "DAYS")]
+    pub audit_retention_days: u64,
 }
 
 impl Tuning {
@@ -282,6 +285,7 @@ impl Tuning {
         cfg.server_timeout = std::time::Duration::from_secs(self.server_timeout_secs.max(1));
         cfg.job_lease = std::time::Duration::from_secs(self.job_lease_secs.max(3));
         cfg.reconcile_every = std::time::Duration::from_secs(self.reconcile_every_secs);
+        cfg.audit_retention = (self.audit_retention_days > 0).then(|| std::time::Duration::from_secs(self.audit_retention_days * 86400));
     }
 }
 
@@ -546,6 +550,11 @@ pub enum Noun {
     Fwrule {
         #[command(subcommand)]
         verb: FwruleVerb,
+    },
+    /// The audit log: every change through the operator API, CloudAPI and the web console, and every failed sign-in (read-only)
+    Audit {
+        #[command(subcommand)]
+        verb: crate::cmd::audit::AuditVerb,
     },
     /// Find every way the records drift from reality, each with its repair; exits 1 while problems remain
     #[command(long_about = "Find every way the records drift from reality: damaged or half-empty VM records, VMs their \

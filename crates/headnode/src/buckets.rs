@@ -127,6 +127,9 @@ pub const FWRULES: BucketDef = BucketDef { name: "fwrules", indexes: &[text(&["o
 /// never stored): account, CSRF token, times.
 pub const WEB_SESSIONS: BucketDef = BucketDef { name: "web_sessions", indexes: &[] };
 
+/// The audit log (see `app::audit`), keyed by record id (time-ordered); append-only.
+pub const AUDIT: BucketDef = BucketDef { name: "audit", indexes: &[text(&["id"]), text(&["account"])] };
+
 pub const ALL: &[BucketDef] = &[
     ACCOUNTS,
     ACCOUNT_LOGINS,
@@ -161,4 +164,5 @@ pub const ALL: &[BucketDef] = &[
     JOBS,
     JOB_LEASES,
     FWRULES,
+    AUDIT,
 ];

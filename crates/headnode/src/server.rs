@@ -130,6 +130,8 @@ pub struct Running {
     capacity: JoinHandle<()>,
     /// The CNS zone builder and DNS server.
     cns: Vec<JoinHandle<()>>,
+    /// The audit log's retention pruner (see [`crate::app::audit`]).
+    audit_pruner: Option<JoinHandle<()>>,
     stop: broadcast::Sender<()>,
     /// The data directory's lock (released by [`Running::halt`]).
     lock: Option<std::fs::File>,
@@ -233,6 +235,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         (Some(c), Some((udp, tcp))) => crate::app::cns::spawn(&app, c, udp, tcp).into(),
         _ => Vec::new(),
     };
+    let audit_pruner = app.cfg.audit_retention.map(|r| tokio::spawn(crate::app::audit::run_pruner(app.clone(), r)));
     let (stop, _) = broadcast::channel::<()>(1);
     let mut stopped = stop.subscribe();
     let server = tokio::spawn(async move {
@@ -326,6 +329,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         netpolicy,
         capacity,
         cns,
+        audit_pruner,
         stop,
         lock: Some(lock),
     })
@@ -347,6 +351,9 @@ impl Running {
         }
         self.netpolicy.abort();
         self.capacity.abort();
+        if let Some(p) = &self.audit_pruner {
+            p.abort();
+        }
         for t in &mut self.cns {
             t.abort();
             // Its sockets are closed once it is dropped: a restart may bind them again.

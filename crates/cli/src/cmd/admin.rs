@@ -332,6 +332,7 @@ pub async fn run(a: AdminArgs) -> Result<()> {
         Noun::Account { verb: v } => super::account::run(&c, v, json).await,
         Noun::Fabric { verb: v } => super::fabric::run(&c, v, json).await,
         Noun::Fwrule { verb: v } => super::fwrule::run(&c, v, json).await,
+        Noun::Audit { verb: v } => super::audit::run(&c, v, json).await,
         Noun::Doctor { repair } => doctor(&c, repair, json).await,
         Noun::Job { verb: JobVerb::List(a) } => {
             let out = c.get(&format!("/jobs{}", query(&a.filters)?)).await?;

@@ -3,6 +3,7 @@
 pub mod account;
 pub mod admin;
 pub mod agent;
+pub mod audit;
 pub mod console;
 pub mod fabric;
 pub mod fwrule;

@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 pub mod accounts;
 pub mod agents;
 pub mod allocation;
+pub mod audit;
 pub mod capacity;
 pub mod cns;
 pub mod consoles;
@@ -77,6 +78,8 @@ pub struct AppConfig {
     pub migration: MigrationConfig,
     /// Instance DNS (`--dns-listen`); `None`: no DNS served, no `dns_names`.
     pub cns: Option<cns::CnsConfig>,
+    /// How long audit records are kept (`--audit-retention-days`); `None`: forever.
+    pub audit_retention: Option<Duration>,
 }
 
 /// How VMs move between servers.
@@ -130,6 +133,7 @@ impl Default for AppConfig {
             fabric: FabricConfig::default(),
             migration: MigrationConfig::default(),
             cns: None,
+            audit_retention: Some(Duration::from_secs(audit::DEFAULT_RETENTION_DAYS * 86400)),
         }
     }
 }
@@ -170,6 +174,8 @@ pub struct App {
     pub mtus: servers::inventories::MtuCache,
     /// Rendered JSON of listed objects, by version ([`lists`]).
     pub renders: lists::RenderCache,
+    /// The audit log's write-failure count ([`audit`]).
+    pub audit: audit::AuditState,
 }
 
 impl App {
@@ -200,6 +206,7 @@ impl App {
             held_inventories: servers::HeldInventories::default(),
             mtus: servers::inventories::MtuCache::default(),
             renders: lists::RenderCache::default(),
+            audit: audit::AuditState::default(),
         })
     }
 

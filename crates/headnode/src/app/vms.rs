@@ -981,6 +981,7 @@ impl App {
                 Ok(_) => {
                     self.capacity_claimed(fresh, &res);
                     self.jobs_notify.notify_one();
+                    super::audit::note_job(job.uuid);
                     return Ok(Created { vm: record, job, placement: explain(&placement) });
                 }
                 Err(StoreError::Conflict { op_index: 0, .. }) => {
@@ -1004,6 +1005,7 @@ impl App {
         ops.push(job_op(&job));
         self.store.batch(ops).await.map_err(store_error)?;
         self.jobs_notify.notify_one();
+        super::audit::note_job(job.uuid);
         Ok(job)
     }
 
@@ -1239,6 +1241,7 @@ impl App {
                 Ok(_) => {
                     self.capacity_touch(server);
                     self.jobs_notify.notify_one();
+                    super::audit::note_job(job.uuid);
                     return Ok(job);
                 }
                 Err(StoreError::Conflict { op_index: 0, .. }) => continue,

@@ -301,6 +301,7 @@ pub fn routes() -> Vec<Route> {
 /// Triton operation this cloud does not implement yet is a 501 `NotImplemented` naming
 /// it, a known path with another method a 405, anything else restify's 404.
 pub fn router(state: AppState) -> Router {
+    let audited = axum::middleware::from_fn_with_state(state.clone(), crate::http::audit_layer::cloudapi);
     let auth = || axum::middleware::from_fn_with_state(state.clone(), auth::authenticate);
     // One method router per path, so a path's unknown methods reach the same fallback.
     let mut by_path: Vec<(&'static str, axum::routing::MethodRouter<AppState>)> = Vec::new();
@@ -326,6 +327,7 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
+        .layer(audited)
 }
 
 /// No CloudAPI request body may exceed [`crate::http::JSON_BODY_LIMIT`]: one that says

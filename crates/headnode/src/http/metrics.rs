@@ -58,6 +58,11 @@ async fn metrics(State(s): State<AppState>) -> HttpResult {
             vec![("status=\"running\"".into(), running), ("status=\"unknown\"".into(), unknown)],
         ),
         ("nereid_vms", "VM records by state.", vms),
+        (
+            "nereid_audit_write_failures",
+            "Audit records this headnode could not write since it started.",
+            vec![(String::new(), app.audit.write_failures.load(std::sync::atomic::Ordering::Relaxed) as f64)],
+        ),
     ]);
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

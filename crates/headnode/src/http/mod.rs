@@ -28,6 +28,8 @@ use crate::app::App;
 
 pub mod accounts;
 pub mod agent;
+pub mod audit;
+pub mod audit_layer;
 pub mod consoles;
 pub mod doctor;
 pub mod fabrics;
@@ -323,6 +325,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(doctor::routes());
     all.extend(fwrules::routes());
     all.extend(metrics::routes());
+    all.extend(audit::routes());
     all
 }
 
@@ -334,7 +337,8 @@ pub fn is_agent_route(r: &Route) -> bool {
 /// The operator API router: routes, authentication, JSON 404/405, panic safety net.
 pub fn router(state: AppState) -> Router {
     let routes = routes().into_iter().filter(|r| !is_agent_route(r)).collect();
-    build(state, routes).fallback(not_found).method_not_allowed_fallback(bad_method).pipe_layers()
+    let audited = axum::middleware::from_fn_with_state(state.clone(), audit_layer::admin);
+    build(state, routes).fallback(not_found).method_not_allowed_fallback(bad_method).pipe_layers().layer(audited)
 }
 
 /// The agent listener's router (mutual TLS, see [`crate::agent_listener`]): join, the CA,

@@ -156,6 +156,7 @@ pub fn router(web: Web) -> Router {
         .merge(consoles::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(page::security_headers))
+        .layer(axum::middleware::from_fn_with_state(web.clone(), crate::http::audit_layer::web))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(web)
 }
