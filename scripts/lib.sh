@@ -47,6 +47,8 @@ BUILD_NEEDS=(cc=gcc pkg-config=pkg-config)
 ensure_qemu() {
     # iproute2 and nftables: the agent's bridges, taps and anti-spoofing filters.
     apt_install qemu-system-x86 ovmf iproute2 nftables
+    # smartctl: the agent reads the host's disks' SMART / NVMe health with it.
+    need smartctl=smartmontools
     # Installing qemu-system-x86 may replace a newer qemu-utils: check qemu-img after it.
     need qemu-img=qemu-utils
 }

@@ -138,7 +138,8 @@ async fn put_netpolicy(State(s): State<ApiState>, Path(server): Path<String>, bo
 
 async fn metrics(State(s): State<ApiState>) -> Response {
     let nodes: Vec<(Uuid, Vec<nereid_types::agent::VmStatus>)> = s.nodes.iter().map(|n| (n.uuid, n.node.list())).collect();
-    let text = crate::metrics::render(&nodes, &s.hwmon);
+    let mut text = crate::metrics::render(&nodes, &s.hwmon);
+    text.push_str(&crate::metrics::render_disks(&s.nodes.iter().map(|n| n.disk_metrics()).collect::<Vec<_>>()));
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -176,6 +177,7 @@ mod tests {
             ram_mib: 1024,
             disk_mib: 1024,
             hwmon: Default::default(),
+            smart: Default::default(),
         })
     }
 

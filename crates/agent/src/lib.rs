@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod migration;
 pub mod net;
 pub mod netpolicy;
+pub mod smart;
 pub mod supervisor;
 pub mod sysinfo;
 pub mod tls;
@@ -74,6 +75,10 @@ pub struct QemuOptions {
     /// The nic tag whose link carries fabric (VXLAN) traffic (`--fabric-underlay-tag`, as
     /// the headnode's flag of that name).
     pub fabric_underlay_tag: String,
+    /// The smartctl that reads the host's disks' health (`--smartctl`).
+    pub smartctl: PathBuf,
+    /// How often the disks are read (`--smart-interval-secs`); zero: never.
+    pub smart_interval: Duration,
 }
 
 impl Default for QemuOptions {
@@ -88,6 +93,8 @@ impl Default for QemuOptions {
             iso_dirs: Vec::new(),
             guest_uid_base: backend::qemu::confine::DEFAULT_UID_BASE,
             fabric_underlay_tag: nereid_types::fabric::DEFAULT_UNDERLAY_TAG.into(),
+            smartctl: "smartctl".into(),
+            smart_interval: smart::DEFAULT_INTERVAL,
         }
     }
 }
@@ -126,12 +133,26 @@ pub struct NodeRuntime {
     /// Where its hardware temperatures are read ([`metrics::HWMON`] on a real host; none
     /// on a simulated one unless a test gives it a fixture directory).
     hwmon: std::sync::Mutex<Option<PathBuf>>,
+    /// Its disks' health, read by a task of its own ([`smart::Monitor`]; nothing on a
+    /// simulated server unless a test gives it a smartctl).
+    pub smart: Arc<smart::Monitor>,
 }
 
 impl NodeRuntime {
     /// Reads this server's temperatures from `root` from now on (`None`: reports none).
     pub fn set_hwmon(&self, root: Option<PathBuf>) {
         *self.hwmon.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = root;
+    }
+
+    /// Reads this server's disks with `smartctl` from now on, at once (`None`: reads none).
+    pub fn set_smartctl(&self, smartctl: Option<PathBuf>) {
+        self.smart.set(smartctl.map(smart::Settings::new));
+    }
+
+    /// Its disks as `/metrics` shows them.
+    pub fn disk_metrics(&self) -> metrics::ServerDisks {
+        let last = self.smart.last();
+        metrics::ServerDisks { server: self.uuid, enabled: self.smart.enabled(), scan_ok: last.error.is_none(), disks: last.disks }
     }
 
     /// The heartbeat to send now: usage, the full VM inventory, `problems`, temperatures.
@@ -158,6 +179,11 @@ impl NodeRuntime {
         let disk_used = vms.iter().filter_map(|v| v.disk_mib).sum();
         let load1 = std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(0.0);
         let hwmon = self.hwmon.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        // The disks as last read (never read here: that takes seconds), and a problem for
+        // each failing one beside the network's.
+        let disks = self.smart.disks();
+        let mut problems = problems.to_vec();
+        problems.extend(smart::problems(&disks));
         Heartbeat {
             usage: Usage {
                 ram_total_mib: self.ram_mib,
@@ -169,8 +195,9 @@ impl NodeRuntime {
             vms: None,
             inventory_generation: None,
             delta: None,
-            problems: problems.to_vec(),
+            problems,
             temperatures: metrics::readings(hwmon.as_deref()),
+            disks,
             nic_tag_addresses: self.node.nic_tag_addresses(),
             netpolicy_digest: self.node.netpolicy_digest(),
         }
@@ -374,6 +401,13 @@ pub async fn start(mut cfg: Config) -> Result<Agent> {
             BackendPlan::Sim(_) => None,
             BackendPlan::Qemu(_) => Some(PathBuf::from(metrics::HWMON)),
         };
+        // Nor disks: only a real host's are read.
+        let smart = smart::Monitor::new(match (&spec.backend, &cfg.backend) {
+            (BackendPlan::Qemu(_), BackendKind::Qemu(o)) if !o.smart_interval.is_zero() => {
+                Some(smart::Settings { every: o.smart_interval, ..smart::Settings::new(o.smartctl.clone()) })
+            }
+            _ => None,
+        });
         let (backend, ram_mib, disk_mib): (Arc<dyn backend::Backend>, u64, u64) = match spec.backend {
             BackendPlan::Sim(delays) => {
                 let sim = backend::sim::Sim::open(spec.dir.join("sim-vms.json"), delays);
@@ -415,7 +449,9 @@ pub async fn start(mut cfg: Config) -> Result<Agent> {
             ram_mib,
             disk_mib,
             hwmon: std::sync::Mutex::new(hwmon),
+            smart: smart.clone(),
         });
+        tasks.push(tokio::spawn(smart.run(uuid)));
         join(&hn, &token, &creds, &rt, &agent_url).await?;
         tasks.push(tokio::spawn(headnode::pusher(hn.clone(), rt.uuid, rx)));
         let (hn3, rt3, every, token3, creds3, url3) =
@@ -608,6 +644,7 @@ mod tests {
             ram_mib: 2048,
             disk_mib: 4096,
             hwmon: std::sync::Mutex::new(None),
+            smart: smart::Monitor::new(None),
         };
         // A simulated server has no sensors: nothing is sent, not even an empty list.
         let hb = rt.heartbeat(&[]);

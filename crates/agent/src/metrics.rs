@@ -1,11 +1,12 @@
-//! The agent's `/metrics` (Prometheus text): host CPU and memory, VMs by state, and
-//! hardware temperatures from `/sys/class/hwmon` where the host has sensors. The same
-//! readings go to the headnode with each heartbeat ([`readings`]).
+//! The agent's `/metrics` (Prometheus text): host CPU and memory, VMs by state,
+//! hardware temperatures from `/sys/class/hwmon` where the host has sensors, and the
+//! disks' SMART / NVMe health as last read ([`render_disks`], see [`crate::smart`]). The
+//! same readings go to the headnode with each heartbeat ([`readings`]).
 
 use std::fmt::Write;
 use std::path::Path;
 
-use nereid_types::agent::{Temperature, VmStatus};
+use nereid_types::agent::{DiskHealth, Temperature, VmStatus};
 
 /// Where Linux puts its hardware monitors.
 pub const HWMON: &str = "/sys/class/hwmon";
@@ -92,6 +93,78 @@ pub fn render(nodes: &[(uuid::Uuid, Vec<VmStatus>)], hwmon: &Path) -> String {
     out
 }
 
+/// One server's disk readings for [`render_disks`]: its UUID, whether it reads disks at
+/// all, whether the last scan worked, and the disks.
+pub struct ServerDisks {
+    pub server: uuid::Uuid,
+    pub enabled: bool,
+    pub scan_ok: bool,
+    pub disks: Vec<DiskHealth>,
+}
+
+/// The disks' health metrics (Prometheus text, one family after another); a counter a
+/// disk does not report has no sample. Servers that read no disks (simulated ones) give
+/// nothing.
+pub fn render_disks(servers: &[ServerDisks]) -> String {
+    type Get = fn(&DiskHealth) -> Option<f64>;
+    let families: [(&str, &str, Get); 9] = [
+        ("nereid_disk_health_ok", "1 while smartctl says the disk passed and nothing else says it is failing, 0 when failing.", |d| {
+            d.passed.map(|p| if p && d.failing.is_empty() { 1.0 } else { 0.0 }).or_else(|| (!d.failing.is_empty()).then_some(0.0))
+        }),
+        ("nereid_disk_read_ok", "1 when the last reading of the disk worked, 0 when smartctl could not read it.", |d| {
+            Some(if d.error.is_none() { 1.0 } else { 0.0 })
+        }),
+        ("nereid_disk_temperature_celsius", "Disk temperature (SMART / NVMe).", |d| d.temperature_celsius.map(|t| t as f64)),
+        ("nereid_disk_reallocated_sectors", "ATA attribute 5: sectors remapped to spares.", |d| d.reallocated_sectors.map(|n| n as f64)),
+        ("nereid_disk_pending_sectors", "ATA attribute 197: unreadable sectors waiting to be remapped.", |d| {
+            d.pending_sectors.map(|n| n as f64)
+        }),
+        ("nereid_disk_offline_uncorrectable_sectors", "ATA attribute 198: sectors the offline scan could not read.", |d| {
+            d.offline_uncorrectable.map(|n| n as f64)
+        }),
+        ("nereid_disk_percentage_used", "Wear: NVMe percentage_used or ATA's endurance indicator (may pass 100).", |d| {
+            d.percentage_used.map(|n| n as f64)
+        }),
+        ("nereid_disk_media_errors", "NVMe media and data integrity errors.", |d| d.media_errors.map(|n| n as f64)),
+        ("nereid_disk_power_on_hours", "Hours the disk has been powered on.", |d| d.power_on_hours.map(|n| n as f64)),
+    ];
+    let mut out = String::new();
+    let servers: Vec<&ServerDisks> = servers.iter().filter(|s| s.enabled).collect();
+    if servers.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP nereid_disk_scan_ok 1 when the last smartctl scan of the server's disks worked, 0 when it did not (smartctl missing, …).\n# TYPE nereid_disk_scan_ok gauge"
+    );
+    for s in &servers {
+        let _ = writeln!(out, "nereid_disk_scan_ok{{server=\"{}\"}} {}", s.server, u8::from(s.scan_ok));
+    }
+    let errors: fn(&DiskHealth) -> Option<f64> = |d| d.error_count.map(|n| n as f64);
+    for (name, help, get) in families.iter().chain(std::iter::once(&(
+        "nereid_disk_logged_errors",
+        "Errors the disk logged (NVMe error log entries, ATA SMART error log).",
+        errors,
+    ))) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for s in &servers {
+            for d in &s.disks {
+                if let Some(x) = get(d) {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{server=\"{}\",device=\"{}\",model=\"{}\",serial=\"{}\"}} {x}",
+                        s.server,
+                        label(&d.device),
+                        label(&d.model),
+                        label(&d.serial)
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +185,66 @@ mod tests {
         let text = render(&[], d.path());
         assert!(text.contains("nereid_hardware_temperature_celsius{chip=\"coretemp\",sensor=\"Package id 0\"} 45.5"), "{text}");
         assert!(text.contains("nereid_host_memory_bytes{kind=\"total\"}"));
+    }
+
+    #[test]
+    fn disk_metrics_are_one_family_each_with_a_sample_per_reported_counter() {
+        let data = format!("{}/tests/data/smart", env!("CARGO_MANIFEST_DIR"));
+        let read = |dev: &str, f: &str| crate::smart::parse(dev, &std::fs::read_to_string(format!("{data}/{f}")).unwrap());
+        let server = uuid::Uuid::nil();
+        let text = render_disks(&[
+            ServerDisks {
+                server,
+                enabled: true,
+                scan_ok: true,
+                disks: vec![
+                    read("/dev/sda", "ata-qemu-failing-edited.json"),
+                    read("/dev/nvme0", "nvme-qemu-x.json"),
+                    read("/dev/sdz", "open-failed.json"),
+                ],
+            },
+            ServerDisks { server: uuid::Uuid::max(), enabled: false, scan_ok: false, disks: vec![] },
+        ]);
+        let l = |dev: &str, model: &str, serial: &str| {
+            format!("{{server=\"{server}\",device=\"{dev}\",model=\"{model}\",serial=\"{serial}\"}}")
+        };
+        let ata = l("/dev/sda", "QEMU HARDDISK", "QM00005");
+        let nvme = l("/dev/nvme0", "QEMU NVMe Ctrl", "NEREIDNVME0");
+        for want in [
+            format!("nereid_disk_scan_ok{{server=\"{server}\"}} 1"),
+            format!("nereid_disk_health_ok{ata} 0"),
+            format!("nereid_disk_health_ok{nvme} 1"),
+            format!("nereid_disk_temperature_celsius{ata} 31"),
+            format!("nereid_disk_temperature_celsius{nvme} 50"),
+            format!("nereid_disk_reallocated_sectors{ata} 1234"),
+            format!("nereid_disk_pending_sectors{ata} 8"),
+            format!("nereid_disk_offline_uncorrectable_sectors{ata} 2"),
+            format!("nereid_disk_percentage_used{nvme} 0"),
+            format!("nereid_disk_media_errors{nvme} 0"),
+            format!("nereid_disk_power_on_hours{ata} 41234"),
+            format!("nereid_disk_logged_errors{ata} 3"),
+            format!("nereid_disk_read_ok{} 0", l("/dev/sdz", "", "")),
+        ] {
+            assert!(text.contains(&format!("{want}\n")), "{want} missing from\n{text}");
+        }
+        assert!(!text.contains("nereid_disk_reallocated_sectors{server=\"{server}\",device=\"/dev/nvme0\""), "NVMe has no such attribute");
+        assert!(!text.contains(&uuid::Uuid::max().to_string()), "a server that reads no disks has no samples");
+        // Valid exposition: every family declared once, before its samples, which are
+        // contiguous; every sample line is `name{labels} number`.
+        let mut declared = std::collections::HashSet::new();
+        let mut current = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap().to_string();
+                assert!(declared.insert(name.clone()), "{name} declared twice");
+                assert!(rest.ends_with(" gauge"));
+                current = name;
+            } else if !line.starts_with("# HELP ") {
+                let (name, value) = line.split_once('{').map(|(n, r)| (n, r.rsplit_once("} ").unwrap().1)).unwrap();
+                assert_eq!(name, current, "{line}: a sample outside its family");
+                value.parse::<f64>().unwrap();
+            }
+        }
+        assert_eq!(render_disks(&[]), "", "no disks read: no families");
     }
 }

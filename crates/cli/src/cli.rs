@@ -345,6 +345,12 @@ pub struct QemuArgs {
     /// The uid of the first VM's QEMU; each VM runs as its own unprivileged uid from here (no /etc/passwd entry needed)
     #[arg(long, value_name = "UID", default_value_t = nereid_agent::backend::qemu::confine::DEFAULT_UID_BASE, value_parser = clap::value_parser!(u32).range(1..))]
     pub guest_uid_base: u32,
+    /// smartctl (smartmontools), which reads the host's disks' SMART / NVMe health for the heartbeats, /metrics and server problems
+    #[arg(long, value_name = "PATH", default_value = "smartctl")]
+    pub smartctl: PathBuf,
+    /// Seconds between two readings of the disks' health (0: never read them)
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub smart_interval_secs: u64,
 }
 
 impl QemuArgs {
@@ -358,6 +364,8 @@ impl QemuArgs {
             stop_timeout: std::time::Duration::from_secs(self.stop_timeout_secs.max(1)),
             iso_dirs: self.iso_dirs.clone(),
             guest_uid_base: self.guest_uid_base,
+            smartctl: self.smartctl.clone(),
+            smart_interval: std::time::Duration::from_secs(self.smart_interval_secs),
             ..Default::default()
         }
     }

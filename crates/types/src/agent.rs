@@ -370,6 +370,10 @@ pub struct Heartbeat {
     /// absent from an agent older than this field.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub temperatures: Vec<Temperature>,
+    /// Its disks' SMART / NVMe health as last read (`smartctl`, every few minutes); empty
+    /// when it has none it can read (a simulated server), absent from an older agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskHealth>,
     /// The IPv4 address this server has on each of its nic tags' links (the fabric
     /// underlay's is where other servers send its VXLAN traffic).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -403,13 +407,68 @@ pub struct Temperature {
     pub celsius: f64,
 }
 
-/// Something wrong with a server that keeps some VMs off it, e.g. a nic tag whose link
-/// refuses the MTU its networks need. CNAPI shows it on the server; placement names it.
+/// One disk's SMART / NVMe health, from `smartctl --json` (see the agent's `smart`
+/// module). A counter the disk does not report is `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskHealth {
+    /// The device smartctl read, e.g. `/dev/sda`, `/dev/nvme0`.
+    pub device: String,
+    /// `ATA`, `NVMe` or `SCSI` (smartctl's `device.protocol`).
+    #[serde(default)]
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub model: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub serial: String,
+    /// smartctl's overall verdict: passed (true) or FAILED (false); `None` when it could
+    /// not tell (the disk could not be read, or has no SMART).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature_celsius: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_on_hours: Option<u64>,
+    /// ATA attribute 5 (raw): sectors remapped to spares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reallocated_sectors: Option<u64>,
+    /// ATA attribute 197 (raw): unreadable sectors waiting to be remapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_sectors: Option<u64>,
+    /// ATA attribute 198 (raw): sectors the offline scan could not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_uncorrectable: Option<u64>,
+    /// Wear: NVMe `percentage_used`, or ATA's "Percentage Used Endurance Indicator" (may pass 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage_used: Option<u64>,
+    /// NVMe `media_errors`: unrecovered data integrity errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_errors: Option<u64>,
+    /// Errors the disk logged: NVMe `num_err_log_entries`, ATA's SMART error log count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_count: Option<u64>,
+    /// NVMe critical warning bits (0 when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical_warning: Option<u64>,
+    /// Why the disk is failing; empty while it is not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing: Vec<String>,
+    /// Why it could not be read (smartctl missing, the device refused, a timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Something wrong with a server, e.g. a nic tag whose link refuses the MTU its networks
+/// need (which keeps some VMs off it) or a failing disk. CNAPI shows it on the server;
+/// placement names the nic tag ones.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
-    /// `nic_tag_mtu`, `nic_tag_link`.
+    /// `nic_tag_mtu`, `nic_tag_link`, `disk_failing`.
     pub kind: String,
+    /// The nic tag of a network problem (empty for others; always sent, as a headnode
+    /// older than disk problems requires it).
+    #[serde(default)]
     pub nic_tag: String,
+    #[serde(default)]
     pub link: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wanted_mtu: Option<u32>,
@@ -502,5 +561,31 @@ mod tests {
         let v = serde_json::to_value(&hb).unwrap();
         assert_eq!(v["temperatures"], serde_json::json!([{"sensor": "coretemp", "label": "Package id 0", "celsius": 45.0}]));
         assert_eq!(serde_json::from_value::<Heartbeat>(v).unwrap(), hb);
+    }
+
+    #[test]
+    fn disks_are_sent_only_when_read_and_a_disk_problem_still_decodes_on_an_older_headnode() {
+        let old: Heartbeat = serde_json::from_str(r#"{"usage": {}}"#).unwrap();
+        assert!(old.disks.is_empty());
+        assert!(serde_json::to_value(&old).unwrap().get("disks").is_none());
+        let disk = DiskHealth { device: "/dev/sda".into(), protocol: "ATA".into(), passed: Some(false), ..Default::default() };
+        let problem = Problem {
+            kind: "disk_failing".into(),
+            nic_tag: String::new(),
+            link: String::new(),
+            wanted_mtu: None,
+            actual_mtu: None,
+            message: "disk /dev/sda is failing".into(),
+        };
+        let hb = Heartbeat { disks: vec![disk], problems: vec![problem.clone()], ..old };
+        let v = serde_json::to_value(&hb).unwrap();
+        assert_eq!(v["disks"], serde_json::json!([{"device": "/dev/sda", "protocol": "ATA", "passed": false}]));
+        assert_eq!(serde_json::from_value::<Heartbeat>(v.clone()).unwrap(), hb);
+        // A headnode older than disk problems requires nic_tag and link: they are sent.
+        assert_eq!(v["problems"][0]["nic_tag"], "");
+        assert_eq!(v["problems"][0]["link"], "");
+        // And one without them decodes.
+        let bare: Problem = serde_json::from_str(r#"{"kind": "disk_failing", "message": "m"}"#).unwrap();
+        assert_eq!(bare.nic_tag, "");
     }
 }

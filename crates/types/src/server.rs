@@ -150,6 +150,41 @@ fn temperatures_schema() -> Value {
     })
 }
 
+fn check_disks(v: &Value) -> Result<(), String> {
+    v.as_array().map(|_| ()).ok_or_else(|| "must be an array of disks".into())
+}
+
+/// One disk's health as a heartbeat carries it and CNAPI shows it ([`crate::agent::DiskHealth`]).
+pub fn disk_schema() -> Value {
+    let count = |d: &str| json!({"type": "integer", "minimum": 0, "description": d});
+    json!({
+        "type": "object",
+        "required": ["device", "protocol"],
+        "properties": {
+            "device": {"type": "string", "description": "The device smartctl read, e.g. /dev/sda, /dev/nvme0."},
+            "protocol": {"type": "string", "description": "ATA, NVMe or SCSI."},
+            "model": {"type": "string"},
+            "serial": {"type": "string"},
+            "passed": {"type": "boolean", "description": "smartctl's overall verdict; absent when it could not tell."},
+            "temperature_celsius": {"type": "integer"},
+            "power_on_hours": count("Hours powered on."),
+            "reallocated_sectors": count("ATA attribute 5 (raw)."),
+            "pending_sectors": count("ATA attribute 197 (raw): unreadable sectors waiting to be remapped."),
+            "offline_uncorrectable": count("ATA attribute 198 (raw)."),
+            "percentage_used": count("Wear: NVMe percentage_used or ATA's endurance indicator."),
+            "media_errors": count("NVMe media and data integrity errors."),
+            "error_count": count("Errors the disk logged."),
+            "critical_warning": count("NVMe critical warning bits."),
+            "failing": {"type": "array", "items": {"type": "string"}, "description": "Why the disk is failing; absent while it is not."},
+            "error": {"type": "string", "description": "Why it could not be read."}
+        }
+    })
+}
+
+fn disks_schema() -> Value {
+    json!({"type": "array", "items": disk_schema()})
+}
+
 /// Fields a rendered server has (for the API document).
 pub const FIELDS: &[Field] = &[
     Field::new("uuid", Kind::Uuid, "Server UUID (SMBIOS system UUID, pinned by the agent).").read_only(),
@@ -169,6 +204,12 @@ pub const FIELDS: &[Field] = &[
         "temperatures",
         Kind::Custom { check: check_temperatures, schema: temperatures_schema },
         "Hardware temperatures from the last heartbeat (hwmon sensors); empty when the server reports none.",
+    )
+    .read_only(),
+    Field::new(
+        "disks",
+        Kind::Custom { check: check_disks, schema: disks_schema },
+        "Its disks' SMART / NVMe health from the last heartbeat (read by the agent with smartctl every few minutes); a failing one is also a problem (disk_failing).",
     )
     .read_only(),
     Field::new("vms", Kind::Object, "The VMs the server reports (extras=vms).").read_only(),

@@ -129,6 +129,7 @@ mod tests {
             ram_mib: 1024,
             disk_mib: 1024,
             hwmon: Default::default(),
+            smart: Default::default(),
         });
         let app = router(ApiState { nodes: Arc::new(vec![rt]), hwmon: dir.path().join("no-hwmon") });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -253,7 +253,8 @@ pub async fn vm_migration(c: &Client, id: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `nereid admin server get`: the server, then the migrations in flight touching it.
+/// `nereid admin server get`: the server, its disks' health, then the migrations in
+/// flight touching it.
 pub async fn server_get(c: &Client, id: &str, json: bool) -> Result<()> {
     let s = c.get(&format!("/servers/{}", enc(id))).await?;
     if json {
@@ -262,7 +263,12 @@ pub async fn server_get(c: &Client, id: &str, json: bool) -> Result<()> {
     }
     let mut head = s.clone();
     let migrations = head.as_object_mut().and_then(|o| o.remove("migrations")).and_then(|m| m.as_array().cloned()).unwrap_or_default();
+    let disks = head.as_object_mut().and_then(|o| o.remove("disks")).and_then(|m| m.as_array().cloned()).unwrap_or_default();
     output::object(&head, false);
+    println!();
+    for line in disk_lines(&disks) {
+        println!("{line}");
+    }
     println!();
     if migrations.is_empty() {
         println!("no migrations in flight");
@@ -273,6 +279,76 @@ pub async fn server_get(c: &Client, id: &str, json: bool) -> Result<()> {
     let rows: Vec<Value> = migrations.into_iter().map(|mut m| with_role(&mut m, uuid)).collect();
     output::table(MIGRATION_COLUMNS, &rows);
     Ok(())
+}
+
+/// The server's disks as `server get` shows them (pure): a table (health, temperature,
+/// the counters that matter), then why each failing disk fails and why an unread one was
+/// not read.
+pub fn disk_lines(disks: &[Value]) -> Vec<String> {
+    if disks.is_empty() {
+        return vec!["disks: none read (the agent reads them with smartctl every few minutes; a simulated server has none)".into()];
+    }
+    let n = |d: &Value, k: &str| d.get(k).and_then(Value::as_u64).map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+    // An empty field (a disk that said nothing of itself) shows as absent.
+    let t = |d: &Value, k: &str| Some(text(d, k)).filter(|x| !x.is_empty()).unwrap_or_else(|| "-".into());
+    let health = |d: &Value| {
+        let failing = d.get("failing").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        match (d.get("passed").and_then(Value::as_bool), failing, d.get("error").is_some_and(|e| !e.is_null())) {
+            (_, true, _) => "FAILING",
+            (Some(true), false, _) => "ok",
+            (Some(false), false, _) => "FAILED",
+            (None, false, true) => "unread",
+            (None, false, false) => "unknown",
+        }
+    };
+    let header = [
+        "DEVICE",
+        "PROTOCOL",
+        "MODEL",
+        "SERIAL",
+        "HEALTH",
+        "TEMP",
+        "REALLOC",
+        "PENDING",
+        "UNCORR",
+        "USED%",
+        "MEDIA_ERR",
+        "ERRORS",
+        "HOURS",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for d in disks {
+        rows.push(vec![
+            t(d, "device"),
+            t(d, "protocol"),
+            t(d, "model"),
+            t(d, "serial"),
+            health(d).to_string(),
+            d.get("temperature_celsius").and_then(Value::as_i64).map(|t| format!("{t}°C")).unwrap_or_else(|| "-".into()),
+            n(d, "reallocated_sectors"),
+            n(d, "pending_sectors"),
+            n(d, "offline_uncorrectable"),
+            n(d, "percentage_used"),
+            n(d, "media_errors"),
+            n(d, "error_count"),
+            n(d, "power_on_hours"),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = vec!["disks:".to_string()];
+    for r in &rows {
+        let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push(format!("  {}", cells.join("  ").trim_end()));
+    }
+    for d in disks {
+        for why in d.get("failing").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+            out.push(format!("  {} failing: {why}", text(d, "device")));
+        }
+        if let Some(e) = d.get("error").and_then(Value::as_str) {
+            out.push(format!("  {} not read: {e}", text(d, "device")));
+        }
+    }
+    out
 }
 
 /// A migration with `role`: whether the server is its source or its target (pure).
@@ -397,6 +473,33 @@ pub async fn server_evacuate(c: &Client, a: EvacuateArgs, json: bool) -> Result<
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn disks_show_as_a_table_with_why_each_fails() {
+        let disks = vec![
+            json!({"device": "/dev/sda", "protocol": "ATA", "model": "QEMU HARDDISK", "serial": "QM00005", "passed": false,
+                "temperature_celsius": 31, "reallocated_sectors": 1234, "pending_sectors": 8, "power_on_hours": 41234,
+                "failing": ["SMART overall-health self-assessment: FAILED", "8 sector(s) pending reallocation (unreadable)"]}),
+            json!({"device": "/dev/nvme0", "protocol": "NVMe", "model": "QEMU NVMe Ctrl", "serial": "N0", "passed": true,
+                "temperature_celsius": 50, "percentage_used": 3, "media_errors": 0}),
+            json!({"device": "/dev/sdz", "protocol": "", "error": "Smartctl open device: /dev/sdz [SAT] failed: No such device"}),
+        ];
+        let lines = disk_lines(&disks);
+        assert_eq!(lines[0], "disks:");
+        assert!(lines[1].starts_with("  DEVICE      PROTOCOL  MODEL"), "{lines:#?}");
+        let cells = |i: usize| lines[i].split_whitespace().collect::<Vec<_>>();
+        assert_eq!(
+            cells(2),
+            vec!["/dev/sda", "ATA", "QEMU", "HARDDISK", "QM00005", "FAILING", "31°C", "1234", "8", "-", "-", "-", "-", "41234"]
+        );
+        assert_eq!(cells(3), vec!["/dev/nvme0", "NVMe", "QEMU", "NVMe", "Ctrl", "N0", "ok", "50°C", "-", "-", "-", "3", "0", "-", "-"]);
+        assert_eq!(cells(4), vec!["/dev/sdz", "-", "-", "-", "unread", "-", "-", "-", "-", "-", "-", "-", "-"]);
+        assert_eq!(lines[5], "  /dev/sda failing: SMART overall-health self-assessment: FAILED");
+        assert_eq!(lines[6], "  /dev/sda failing: 8 sector(s) pending reallocation (unreadable)");
+        assert_eq!(lines[7], "  /dev/sdz not read: Smartctl open device: /dev/sdz [SAT] failed: No such device");
+        assert_eq!(lines.len(), 8);
+        assert!(disk_lines(&[])[0].starts_with("disks: none read"));
+    }
 
     #[test]
     fn progress_lines_say_phase_state_and_amount() {

@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 
 use nereid_store::{Cond, ListQuery, Op, StoreError};
-use nereid_types::agent::{CaInfo, Heartbeat, HeartbeatReply, JoinRequest, Joined, Problem, Register, RenewRequest, Temperature, VmStatus};
+use nereid_types::agent::{
+    CaInfo, DiskHealth, Heartbeat, HeartbeatReply, JoinRequest, Joined, Problem, Register, RenewRequest, Temperature, VmStatus,
+};
 use nereid_types::query::Query;
 use nereid_types::server::{self, Server};
 use nereid_types::{ApiError, FieldError};
@@ -41,6 +43,10 @@ pub struct HeartbeatRecord {
     /// Its hardware temperatures then (read at `at_ms`); none without sensors.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub temperatures: Vec<Temperature>,
+    /// Its disks' SMART / NVMe health as the agent last read it; none from a server that
+    /// reads none (or an older agent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskHealth>,
     /// Its IPv4 address on each nic tag's link (the underlay's carries fabrics).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub nic_tag_addresses: std::collections::BTreeMap<String, String>,
@@ -471,6 +477,7 @@ impl App {
             vms: Vec::new(),
             problems: hb.problems.clone(),
             temperatures: hb.temperatures.clone(),
+            disks: hb.disks.clone(),
             nic_tag_addresses: hb.nic_tag_addresses.clone(),
             netpolicy_digest: hb.netpolicy_digest.clone(),
         };
@@ -654,6 +661,8 @@ impl App {
             .map(|h| h.temperatures.iter().map(|t| json!({"sensor": t.sensor, "label": t.label, "celsius": t.celsius, "at": at})).collect())
             .unwrap_or_default();
         v["temperatures"] = Value::Array(temps);
+        // As the heartbeat that carried them had them (the agent reads them every few minutes).
+        v["disks"] = json!(hb.map(|h| h.disks.clone()).unwrap_or_default());
         v["nic_tag_addresses"] = json!(hb.map(|h| h.nic_tag_addresses.clone()).unwrap_or_default());
         if let Some(d) = hb.and_then(|h| h.netpolicy_digest.as_deref()) {
             v["netpolicy_digest"] = json!(d);

@@ -48,7 +48,9 @@ fn heartbeat_schema() -> Value {
         "problems": {"type": "array", "items": {"type": "object"}},
         "temperatures": {"type": "array", "description": "The host's hardware temperatures now; absent without sensors.", "items": {
             "type": "object", "required": ["sensor", "label", "celsius"], "properties": {
-                "sensor": {"type": "string"}, "label": {"type": "string"}, "celsius": {"type": "number"}}}}}})
+                "sensor": {"type": "string"}, "label": {"type": "string"}, "celsius": {"type": "number"}}}},
+        "disks": {"type": "array", "description": "The host's disks' SMART / NVMe health as last read; absent when it reads none.",
+            "items": nereid_types::server::disk_schema()}}})
 }
 fn heartbeat_reply_schema() -> Value {
     json!({"type": "object", "properties": {"nic_tag_mtus": {"type": "object", "additionalProperties": {"type": "integer"}},

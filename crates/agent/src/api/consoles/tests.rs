@@ -143,6 +143,7 @@ async fn runtime(node: Arc<Node>, _secret: &str, backend: &str) -> Arc<NodeRunti
         ram_mib: 1024,
         disk_mib: 1024,
         hwmon: Default::default(),
+        smart: Default::default(),
     })
 }
 
