@@ -875,6 +875,9 @@ async fn every_documented_operation_answers_as_documented() {
     admin.ok(200, "POST", &format!("/servers/{spare}/approve"), Some(json!({}))).await;
     agent.shutdown().await;
     admin.ok(204, "DELETE", &format!("/servers/{spare}"), None).await;
+    // The audit log holds every change above.
+    let audit = admin.ok(200, "GET", "/audit?limit=5", None).await;
+    admin.ok(200, "GET", &format!("/audit/{}", audit[0]["id"].as_str().unwrap()), None).await;
 
     let problems = checker.problems.lock().unwrap().clone();
     assert!(problems.is_empty(), "{} answers disagree with the documents:\n{}", problems.len(), problems.join("\n"));
