@@ -5,7 +5,8 @@
 //!   start: identity (pinned UUID) → sysinfo → key (made here, DATA/tls) → CA pinned
 //!          (vouched for by the join token) → join (public key → certificate) → register
 //!          → agent API on mutual TLS (headnodes' certificates only)
-//!   then:  heartbeat every few seconds (usage + hardware temperatures + the VM inventory,
+//!   then:  heartbeat every few seconds (usage + hardware temperatures + disks' health as
+//!          last read by `smart`, every few minutes + the VM inventory,
 //!          whole or as a delta against what the headnode acknowledged: `inventory`)
 //!          per-VM supervisors converge what the headnode asks (`PUT/DELETE …/vms/{vm}`)
 //!          every state change is pushed, with its generation, until acknowledged
