@@ -227,6 +227,16 @@ async fn audit_log_records_changes_and_failed_logins_and_cannot_be_edited(backen
     assert_eq!(listed.as_array().unwrap().len(), 1);
     assert_eq!(listed[0]["account"], "alice", "{listed}");
 
+    // Retention: the pruner deletes the records made before its cutoff, and only those.
+    let before = all(&cloud).await;
+    let ms = |r: &Value| r["id"].as_str().unwrap()[..13].parse::<i64>().unwrap();
+    let cut = ms(deleted);
+    let kept: Vec<Value> = before.iter().filter(|r| ms(r) >= cut).cloned().collect();
+    assert!(kept.len() < before.len() && kept.iter().any(|r| r["id"] == deleted["id"]));
+    let gone = cloud.headnode.app.prune_audit(cut).await.unwrap();
+    assert_eq!(gone, before.len() - kept.len());
+    assert_eq!(all(&cloud).await, kept);
+
     // Nothing failed to write.
     let metrics = raw
         .get(format!("{}/metrics", cloud.headnode.admin_url))
@@ -238,4 +248,19 @@ async fn audit_log_records_changes_and_failed_logins_and_cannot_be_edited(backen
         .await
         .unwrap();
     assert!(metrics.lines().any(|l| l == "nereid_audit_write_failures 0"), "{metrics}");
+}
+
+/// The retention is a headnode flag, 90 days unless told.
+#[test]
+fn retention_is_a_headnode_flag() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_nereid")).args(["headnode", "--help"]).output().unwrap();
+    let help = stdout(&o);
+    let line = help
+        .lines()
+        .skip_while(|l| !l.contains("--audit-retention-days <DAYS>"))
+        .take(3)
+        .flat_map(str::split_whitespace)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(line.contains("0 keeps them forever") && line.contains("[default: 90]"), "{help}");
 }
