@@ -43,6 +43,7 @@ pub mod smart;
 pub mod supervisor;
 pub mod sysinfo;
 pub mod tls;
+pub mod vm_stats;
 
 use headnode::{CallError, Headnode};
 use nereid_trust::token::JoinToken;

@@ -389,6 +389,18 @@ impl Node {
         self.slot(uuid).map(|s| s.state.lock().unwrap_or_else(|p| p.into_inner()).status.clone())
     }
 
+    /// Each VM's status with the definition it was last asked to have (`/metrics` labels).
+    pub fn list_defined(&self) -> Vec<(VmStatus, Option<Definition>)> {
+        let slots: Vec<Arc<Slot>> = self.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        slots
+            .iter()
+            .map(|s| {
+                let st = s.state.lock().unwrap_or_else(|p| p.into_inner());
+                (st.status.clone(), st.ensure.as_ref().map(|e| e.definition.clone()))
+            })
+            .collect()
+    }
+
     pub fn list(&self) -> Vec<VmStatus> {
         let slots: Vec<Arc<Slot>> = self.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         let mut out: Vec<VmStatus> = slots.iter().map(|s| s.state.lock().unwrap_or_else(|p| p.into_inner()).status.clone()).collect();

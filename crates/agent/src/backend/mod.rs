@@ -130,6 +130,11 @@ pub trait Backend: Send + Sync + 'static {
     async fn apply_netpolicy(&self, _policy: &nereid_types::netpolicy::NetPolicy) -> Result<(), String> {
         Ok(())
     }
+    /// The running VM's resource counters for `/metrics` (see [`crate::vm_stats`]); `None`:
+    /// this backend has none.
+    async fn vm_counters(&self, _def: &Definition) -> Result<Option<crate::vm_stats::Counters>, BackendError> {
+        Ok(None)
+    }
     /// Per nic tag: this server's IPv4 address on the tag's link (the first global one).
     async fn nic_tag_addresses(&self) -> std::collections::BTreeMap<String, String> {
         Default::default()

@@ -441,6 +441,14 @@ impl Backend for Sim {
         }
     }
 
+    /// Synthetic: no CPU time or I/O (zero, one series per disk and NIC), the configured RAM resident.
+    async fn vm_counters(&self, def: &Definition) -> Result<Option<crate::vm_stats::Counters>, BackendError> {
+        use crate::vm_stats::{Counters, DiskIo, NicIo};
+        let disks = (0..def.disks.len()).map(|i| DiskIo { device: format!("disk{i}"), ..Default::default() }).collect();
+        let nics = (0..def.nics.len()).map(|i| NicIo { nic: format!("net{i}"), ..Default::default() }).collect();
+        Ok(self.is_running(def.uuid).await.then(|| Counters { cpu_seconds: 0.0, rss_bytes: def.ram << 20, disks, nics }))
+    }
+
     async fn is_running(&self, uuid: Uuid) -> bool {
         let crashes = |vm: &SimVm| vm.crash_at_ms.is_some_and(|t| now_ms() >= t);
         // Written only when a simulated crash happens now.

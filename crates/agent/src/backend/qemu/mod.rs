@@ -43,6 +43,7 @@ pub mod hostpath;
 pub mod migrate;
 pub mod process;
 pub mod qmp;
+pub mod stats;
 
 pub use argv::{Accel, Layout};
 
@@ -564,6 +565,10 @@ impl Backend for Qemu {
 
     async fn nic_tag_addresses(&self) -> std::collections::BTreeMap<String, String> {
         self.net.nic_tag_addresses().await
+    }
+
+    async fn vm_counters(&self, def: &Definition) -> Result<Option<crate::vm_stats::Counters>, BackendError> {
+        self.counters(def).await
     }
 
     fn migration_socket_dir(&self, uuid: Uuid) -> Option<PathBuf> {
