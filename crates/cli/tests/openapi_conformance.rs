@@ -855,6 +855,7 @@ async fn every_documented_operation_answers_as_documented() {
     let resp = admin.http.get(format!("{}/metrics", admin.url)).bearer_auth(&admin.token).send().await.unwrap();
     let (status, ct) = (resp.status().as_u16(), resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string));
     checker.check("admin", "GET", "/metrics", status, ct.as_deref(), &resp.bytes().await.unwrap());
+    admin.ok(200, "GET", "/metrics/targets", None).await;
     let j = admin.ok(202, "DELETE", &format!("/vms/{vm}"), None).await;
     admin.wait_job(&j["job_uuid"]).await;
     // An evacuation of the (empty) spare server, then its report; it is put back in service.

@@ -50,6 +50,7 @@ pub mod packages;
 pub mod ping;
 pub mod servers;
 pub mod vms;
+pub mod prom_sd;
 
 /// Largest JSON body accepted (manifests with big tag sets stay well below it).
 pub const JSON_BODY_LIMIT: usize = 1 << 20;
@@ -328,6 +329,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(audit::routes());
     all
 }
+    all.extend(prom_sd::routes());
 
 /// Whether a route is served on the agent listener rather than the operator's.
 pub fn is_agent_route(r: &Route) -> bool {
