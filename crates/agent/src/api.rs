@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::NodeRuntime;
 
 mod consoles;
+pub mod exec;
 mod export;
 mod migration;
 

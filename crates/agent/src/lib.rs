@@ -462,7 +462,8 @@ pub async fn start(mut cfg: Config) -> Result<Agent> {
         nodes.push(rt);
     }
     let nodes = Arc::new(nodes);
-    let router = api::router(api::ApiState { nodes: nodes.clone(), hwmon: PathBuf::from(metrics::HWMON) });
+    let router = api::router(api::ApiState { nodes: nodes.clone(), hwmon: PathBuf::from(metrics::HWMON) })
+        .merge(api::exec::router(nodes.clone(), api::exec::enabled()));
     // Timeouts and a connection limit on the agent API too (see nereid_serve); the TLS
     // handshake gets the header read timeout.
     let _ = nereid_serve::raise_fd_limit();

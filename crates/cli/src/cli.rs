@@ -464,6 +464,9 @@ pub struct AgentArgs {
     /// Where other agents send the data of VMs migrating here (TCP; each stream is authenticated by its migration's token) [default: the --listen IP, a free port]
     #[arg(long, value_name = "ADDR")]
     pub migration_address: Option<SocketAddr>,
+    /// Run no commands and move no files for the operator (`nereid admin oneachnode` is refused here)
+    #[arg(long)]
+    pub no_exec: bool,
     /// Seconds between heartbeats
     #[arg(long, default_value_t = 5)]
     pub heartbeat_secs: u64,
@@ -564,6 +567,8 @@ pub enum Noun {
         #[command(subcommand)]
         verb: crate::cmd::audit::AuditVerb,
     },
+    /// Run a command, or put or get a file, on every running server or those named (Triton's sdc-oneachnode); exits 1 unless every server exited 0
+    Oneachnode(crate::cmd::oneachnode::OnEachNodeArgs),
     /// Find every way the records drift from reality, each with its repair; exits 1 while problems remain
     #[command(long_about = "Find every way the records drift from reality: damaged or half-empty VM records, VMs their \
 server does not run and VMs running without a record, NICs, addresses and reservations that belong to nothing, \

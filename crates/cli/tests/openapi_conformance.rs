@@ -876,6 +876,8 @@ async fn every_documented_operation_answers_as_documented() {
     admin.ok(200, "POST", &format!("/servers/{spare}/approve"), Some(json!({}))).await;
     agent.shutdown().await;
     admin.ok(204, "DELETE", &format!("/servers/{spare}"), None).await;
+    // A command on every running server: one NDJSON line per server (sdc-oneachnode).
+    admin.ok(200, "POST", "/oneachnode", Some(json!({"command": "true", "timeout_secs": 5}))).await;
     // The audit log holds every change above.
     let audit = admin.ok(200, "GET", "/audit?limit=5", None).await;
     admin.ok(200, "GET", &format!("/audit/{}", audit[0]["id"].as_str().unwrap()), None).await;

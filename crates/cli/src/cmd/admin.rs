@@ -333,6 +333,7 @@ pub async fn run(a: AdminArgs) -> Result<()> {
         Noun::Fabric { verb: v } => super::fabric::run(&c, v, json).await,
         Noun::Fwrule { verb: v } => super::fwrule::run(&c, v, json).await,
         Noun::Audit { verb: v } => super::audit::run(&c, v, json).await,
+        Noun::Oneachnode(o) => super::oneachnode::run(&c, o, json).await,
         Noun::Doctor { repair } => doctor(&c, repair, json).await,
         Noun::Job { verb: JobVerb::List(a) } => {
             let out = c.get(&format!("/jobs{}", query(&a.filters)?)).await?;

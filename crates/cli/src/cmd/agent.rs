@@ -49,6 +49,9 @@ pub async fn run(a: AgentArgs) -> Result<()> {
         nic_tags: nic_tags(&a.nic_tags)?,
         migration_listen: a.migration_address,
     };
+    if a.no_exec {
+        nereid_agent::api::exec::disable();
+    }
     let agent = nereid_agent::start(cfg).await?;
     println!(
         "nereid agent {} is running ({} server(s), API on {}, migrations on {})",

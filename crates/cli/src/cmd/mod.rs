@@ -11,6 +11,7 @@ pub mod headnode;
 pub mod image;
 pub mod image_remote;
 pub mod migrate;
+pub mod oneachnode;
 pub mod operator;
 pub mod up;
 

@@ -39,6 +39,7 @@ pub mod network_pools;
 pub mod networks;
 pub mod nic_tags;
 pub mod nics;
+pub mod oneachnode;
 pub mod packages;
 pub mod passwords;
 pub mod servers;

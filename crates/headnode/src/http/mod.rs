@@ -46,6 +46,7 @@ pub mod network_pools;
 pub mod networks;
 pub mod nic_tags;
 pub mod nics;
+pub mod oneachnode;
 pub mod packages;
 pub mod ping;
 pub mod servers;
@@ -327,6 +328,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(fwrules::routes());
     all.extend(metrics::routes());
     all.extend(audit::routes());
+    all.extend(oneachnode::routes());
     all
 }
     all.extend(prom_sd::routes());

@@ -1,0 +1,339 @@
+//! Running a command on the server and putting or getting a file, for the operator's
+//! `nereid admin oneachnode` (Triton's `sdc-oneachnode` through `ur`).
+//!
+//! Only the headnode reaches these endpoints: the agent API admits only headnodes'
+//! client certificates (see [`super`]), and the headnode forwards only operator-token
+//! requests. An operator who wants none of it starts the agent with `--no-exec`
+//! ([`disable`]): every endpoint here then answers 403.
+//!
+//! ```text
+//!   POST /servers/{server}/exec       {command, timeout_secs}  → /bin/sh -c, own process group,
+//!                                      SERVER_UUID and HOSTNAME set; killed whole at the timeout
+//!   POST /servers/{server}/files/put  {path, content_base64, mode?}  → written atomically
+//!   POST /servers/{server}/files/get  {path}  → {content_base64, size, mode}
+//! ```
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::post;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use uuid::Uuid;
+
+use super::{error, ok};
+use crate::NodeRuntime;
+
+/// Most of each stream (stdout, stderr) kept; the rest is read and dropped.
+pub const OUTPUT_CAP: usize = 1 << 20;
+/// Largest file put or got (base64 in JSON on the way).
+pub const FILE_CAP: u64 = 16 << 20;
+/// Longest a command may run.
+pub const MAX_TIMEOUT_SECS: u64 = 3600;
+
+static DISABLED: AtomicBool = AtomicBool::new(false);
+
+/// Refuses every command and file request from now on (`nereid agent --no-exec`).
+pub fn disable() {
+    DISABLED.store(true, Ordering::SeqCst);
+}
+
+/// Whether this process runs commands for the operator.
+pub fn enabled() -> bool {
+    !DISABLED.load(Ordering::SeqCst)
+}
+
+#[derive(Clone)]
+struct ExecState {
+    nodes: Arc<Vec<Arc<NodeRuntime>>>,
+    enabled: bool,
+}
+
+/// The endpoints, for the servers in `nodes`; `enabled: false` answers 403 to all.
+pub fn router(nodes: Arc<Vec<Arc<NodeRuntime>>>, enabled: bool) -> Router {
+    Router::new()
+        .route("/servers/{server}/exec", post(exec))
+        .route("/servers/{server}/files/put", post(put_file))
+        .route("/servers/{server}/files/get", post(get_file))
+        .with_state(ExecState { nodes, enabled })
+}
+
+/// A command to run.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    pub command: String,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_timeout() -> u64 {
+    60
+}
+
+/// How it went.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct ExecResult {
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    /// The exit status; none when a signal ended it (or the timeout did).
+    pub exit_status: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutFile {
+    path: String,
+    content_base64: String,
+    #[serde(default)]
+    mode: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetFile {
+    path: String,
+}
+
+fn lookup(s: &ExecState, server: &str) -> Result<Arc<NodeRuntime>, Box<Response>> {
+    if !s.enabled {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "NotAuthorized",
+            "this agent was started with --no-exec: it runs no commands and moves no files for the operator",
+        )));
+    }
+    let id = Uuid::parse_str(server).ok();
+    s.nodes
+        .iter()
+        .find(|n| Some(n.uuid) == id)
+        .cloned()
+        .ok_or_else(|| Box::new(error(StatusCode::NOT_FOUND, "ResourceNotFound", format!("this agent does not run server {server}"))))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body)
+        .map_err(|e| Box::new(error(StatusCode::UNPROCESSABLE_ENTITY, "InvalidParameters", format!("the {what} does not parse: {e}"))))
+}
+
+async fn exec(State(s): State<ExecState>, Path(server): Path<String>, body: Bytes) -> Response {
+    let n = match lookup(&s, &server) {
+        Ok(n) => n,
+        Err(r) => return *r,
+    };
+    let req: ExecRequest = match parse(&body, "command request") {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    if req.command.trim().is_empty() || req.command.contains('\0') {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "InvalidParameters", "command: must be a non-empty string without NUL");
+    }
+    if req.timeout_secs == 0 || req.timeout_secs > MAX_TIMEOUT_SECS {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "InvalidParameters", format!("timeout_secs: must be 1 to {MAX_TIMEOUT_SECS}"));
+    }
+    let hostname = n.sysinfo.get("Hostname").and_then(|h| h.as_str()).unwrap_or_default().to_string();
+    tracing::info!(server = %n.uuid, command = %req.command, timeout_secs = req.timeout_secs, "running an operator's command");
+    match run(&req.command, &[("SERVER_UUID", n.uuid.to_string()), ("HOSTNAME", hostname)], Duration::from_secs(req.timeout_secs)).await {
+        Ok(r) => ok(&r),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("starting /bin/sh: {e}")),
+    }
+}
+
+/// Runs `/bin/sh -c command` in its own process group with `env` added, capturing at
+/// most [`OUTPUT_CAP`] of each stream; at `timeout` the whole group is killed.
+pub async fn run(command: &str, env: &[(&str, String)], timeout: Duration) -> std::io::Result<ExecResult> {
+    let started = Instant::now();
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c").arg(command).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn()?;
+    let pgid = child.id();
+    let out = tokio::spawn(capture(child.stdout.take()));
+    let err = tokio::spawn(capture(child.stderr.take()));
+    let (status, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(st) => (Some(st?), false),
+        Err(_) => {
+            kill_group(pgid);
+            let _ = child.wait().await;
+            (None, true)
+        }
+    };
+    // Whatever the command left running in its group holds the pipes open: end it too.
+    kill_group(pgid);
+    let (stdout, stdout_truncated) = out.await.unwrap_or_default();
+    let (stderr, stderr_truncated) = err.await.unwrap_or_default();
+    use std::os::unix::process::ExitStatusExt;
+    Ok(ExecResult {
+        stdout,
+        stderr,
+        stdout_truncated,
+        stderr_truncated,
+        exit_status: status.and_then(|s| s.code()),
+        signal: if timed_out { Some(rustix::process::Signal::KILL.as_raw()) } else { status.and_then(|s| s.signal()) },
+        timed_out,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+fn kill_group(pgid: Option<u32>) {
+    // process_group(0) made the command's pid its group's id.
+    if let Some(id) = pgid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+        let _ = rustix::process::kill_process_group(id, rustix::process::Signal::KILL);
+    }
+}
+
+/// Reads a stream to its end, keeping the first [`OUTPUT_CAP`] bytes (lossy UTF-8).
+async fn capture(r: Option<impl AsyncRead + Unpin>) -> (String, bool) {
+    let Some(mut r) = r else { return (String::new(), false) };
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut truncated = false;
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = OUTPUT_CAP.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                truncated |= n > room;
+            }
+        }
+    }
+    (String::from_utf8_lossy(&kept).into_owned(), truncated)
+}
+
+fn absolute(path: &str) -> Result<std::path::PathBuf, Box<Response>> {
+    let p = std::path::PathBuf::from(path);
+    if !p.is_absolute() || path.contains('\0') || p.file_name().is_none() {
+        return Err(Box::new(error(StatusCode::UNPROCESSABLE_ENTITY, "InvalidParameters", "path: must be an absolute path to a file")));
+    }
+    Ok(p)
+}
+
+async fn put_file(State(s): State<ExecState>, Path(server): Path<String>, body: Bytes) -> Response {
+    let n = match lookup(&s, &server) {
+        Ok(n) => n,
+        Err(r) => return *r,
+    };
+    let req: PutFile = match parse(&body, "file") {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let path = match absolute(&req.path) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(req.content_base64.as_bytes()) else {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "InvalidParameters", "content_base64: is not base64");
+    };
+    if bytes.len() as u64 > FILE_CAP {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLarge", format!("files are at most {FILE_CAP} bytes"));
+    }
+    let mode = req.mode.unwrap_or(0o644) & 0o7777;
+    match write_atomically(&path, &bytes, mode) {
+        Ok(()) => {
+            tracing::info!(server = %n.uuid, path = %path.display(), bytes = bytes.len(), "an operator's file was put");
+            ok(&serde_json::json!({"path": req.path, "size": bytes.len(), "mode": mode}))
+        }
+        Err(e) => error(StatusCode::CONFLICT, "WriteFailed", format!("writing {}: {e}", path.display())),
+    }
+}
+
+/// Writes a sibling temporary file, syncs it and renames it over `path`.
+fn write_atomically(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", Uuid::new_v4().simple()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+async fn get_file(State(s): State<ExecState>, Path(server): Path<String>, body: Bytes) -> Response {
+    if let Err(r) = lookup(&s, &server) {
+        return *r;
+    }
+    let req: GetFile = match parse(&body, "file request") {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let path = match absolute(&req.path) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => m,
+        Ok(_) => return error(StatusCode::UNPROCESSABLE_ENTITY, "InvalidParameters", format!("{} is not a regular file", path.display())),
+        Err(e) => return error(StatusCode::NOT_FOUND, "ResourceNotFound", format!("{}: {e}", path.display())),
+    };
+    if meta.len() > FILE_CAP {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLarge", format!("{} is larger than {FILE_CAP} bytes", path.display()));
+    }
+    match std::fs::read(&path) {
+        Ok(bytes) => ok(&serde_json::json!({
+            "path": req.path,
+            "size": bytes.len(),
+            "mode": meta.permissions().mode() & 0o7777,
+            "content_base64": base64::engine::general_purpose::STANDARD.encode(&bytes),
+        })),
+        Err(e) => error(StatusCode::CONFLICT, "ReadFailed", format!("reading {}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_command_answers_its_output_and_status_and_a_hung_one_is_killed_at_the_timeout() {
+        let r = run("echo out; echo err >&2; echo $SERVER_UUID; exit 3", &[("SERVER_UUID", "u-1".into())], Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((r.stdout.as_str(), r.stderr.as_str(), r.exit_status, r.timed_out), ("out\nu-1\n", "err\n", Some(3), false));
+        // A child that outlives the shell in the background is ended with it (no hang on the pipe).
+        let r = run("echo before; sleep 300 & sleep 300", &[], Duration::from_secs(1)).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(r.timed_out, "{r:?}");
+        assert_eq!((r.stdout.as_str(), r.exit_status, r.signal), ("before\n", None, Some(9)));
+    }
+
+    #[tokio::test]
+    async fn output_past_the_cap_is_dropped_and_said_so() {
+        let r = run("head -c 3000000 /dev/zero", &[], Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((r.stdout.len(), r.stdout_truncated, r.stderr_truncated, r.exit_status), (OUTPUT_CAP, true, false, Some(0)));
+    }
+
+    #[test]
+    fn files_are_written_whole_with_their_mode() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("f");
+        write_atomically(&p, b"one", 0o600).unwrap_or_else(|e| panic!("{e}"));
+        write_atomically(&p, b"two", 0o640).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(std::fs::read(&p).unwrap_or_default(), b"two");
+        assert_eq!(std::fs::metadata(&p).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0), 0o640);
+        assert_eq!(std::fs::read_dir(dir.path()).map(|d| d.count()).unwrap_or(0), 1, "no temporary file is left");
+    }
+}
