@@ -107,3 +107,73 @@ async fn the_cloud_is_listed_for_prometheus_and_its_metrics_pass_promtool(b: ner
 }
 
 both_backends!(the_cloud_is_listed_for_prometheus_and_its_metrics_pass_promtool);
+
+/// The metric names a PromQL expression uses (`nereid_…` words).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("nereid_") {
+        let word: String = rest[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        rest = &rest[i + word.len()..];
+        out.push(word);
+    }
+    out
+}
+
+/// docs/grafana/nereid.json parses, every panel queries through the `datasource`
+/// variable, and every metric its queries name is one the agent or headnode defines (their
+/// metric definitions, test code left out; histograms' _bucket/_sum/_count included).
+#[test]
+fn the_grafana_dashboard_uses_only_metrics_nereid_exports() {
+    let root = format!("{}/../..", env!("CARGO_MANIFEST_DIR"));
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(format!("{root}/docs/grafana/nereid.json")).unwrap()).unwrap();
+    let vars = dash["templating"]["list"].as_array().unwrap();
+    assert!(vars.iter().any(|v| v["name"] == "datasource" && v["type"] == "datasource" && v["query"] == "prometheus"), "{vars:?}");
+    let mut defined = std::collections::BTreeSet::new();
+    for f in [
+        "crates/agent/src/metrics.rs",
+        "crates/agent/src/vm_stats.rs",
+        "crates/headnode/src/metrics.rs",
+        "crates/headnode/src/http/metrics.rs",
+    ] {
+        let src = std::fs::read_to_string(format!("{root}/{f}")).unwrap();
+        let code = src.split("#[cfg(test)]").next().unwrap();
+        for n in metric_names(code) {
+            for suffix in ["", "_bucket", "_sum", "_count"] {
+                defined.insert(format!("{}{suffix}", n.trim_end_matches('_')));
+            }
+        }
+    }
+    assert!(defined.contains("nereid_vm_cpu_seconds_total") && defined.contains("nereid_http_requests_total"), "{defined:?}");
+    let (mut used, mut panels) = (std::collections::BTreeSet::new(), 0);
+    for p in dash["panels"].as_array().unwrap().iter().filter(|p| p["type"] != "row") {
+        panels += 1;
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "panel {} has its own data source", p["title"]);
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "panel {} queries nothing", p["title"]);
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap();
+            let names = metric_names(expr);
+            assert!(!names.is_empty(), "{expr}: no Nereid metric");
+            for n in names {
+                assert!(defined.contains(&n), "panel {}: {n} is not a metric Nereid exports ({expr})", p["title"]);
+                used.insert(n);
+            }
+        }
+    }
+    // Servers and VMs both: the families the issue names are on it.
+    for want in [
+        "nereid_host_load1",
+        "nereid_host_memory_bytes",
+        "nereid_hardware_temperature_celsius",
+        "nereid_disk_health_ok",
+        "nereid_vm_cpu_seconds_total",
+        "nereid_vm_memory_rss_bytes",
+        "nereid_vm_disk_read_bytes_total",
+        "nereid_vm_network_receive_bytes_total",
+    ] {
+        assert!(used.contains(want), "the dashboard shows no {want}");
+    }
+    assert!(panels >= 10, "{panels} panels");
+    assert!(!defined.contains("nereid_no_such_metric"), "the check can fail");
+}
