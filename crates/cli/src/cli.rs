@@ -605,6 +605,11 @@ pub enum AccountVerb {
         #[command(subcommand)]
         verb: KeyVerb,
     },
+    /// An account's provisioning limits (Triton's `triton account limits`): instances, RAM or disk, optionally per image, os or brand
+    Limit {
+        #[command(subcommand)]
+        verb: crate::cmd::limit::LimitVerb,
+    },
 }
 
 #[derive(Args, Debug)]

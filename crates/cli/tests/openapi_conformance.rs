@@ -551,6 +551,12 @@ async fn every_documented_operation_answers_as_documented() {
     admin.ok(200, "GET", "/accounts/alice/keys", None).await;
     admin.ok(200, "GET", "/accounts/alice/keys/second", None).await;
     admin.ok(204, "DELETE", "/accounts/alice/keys/second", None).await;
+    // Provisioning limits: one stays (far above what this test provisions), so CloudAPI's ListLimits lists it.
+    let limit = admin.ok(201, "POST", "/accounts/alice/limits", Some(json!({"value": 1000, "os": "linux"}))).await;
+    admin.ok(200, "PUT", &format!("/accounts/alice/limits/{}", limit["id"].as_str().unwrap()), Some(json!({"value": 500}))).await;
+    let gone = admin.ok(201, "POST", "/accounts/alice/limits", Some(json!({"by": "ram", "value": 1048576}))).await;
+    admin.ok(204, "DELETE", &format!("/accounts/alice/limits/{}", gone["id"].as_str().unwrap()), None).await;
+    admin.ok(200, "GET", "/accounts/alice/limits", None).await;
     admin.ok(200, "GET", "/servers", None).await;
     admin.ok(200, "GET", &format!("/servers/{server}"), None).await;
     admin.ok(204, "POST", &format!("/servers/{server}"), Some(json!({"reservation_ratio": 0.1}))).await;

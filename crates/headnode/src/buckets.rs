@@ -130,6 +130,10 @@ pub const WEB_SESSIONS: BucketDef = BucketDef { name: "web_sessions", indexes: &
 /// The audit log (see `app::audit`), keyed by record id (time-ordered); append-only.
 pub const AUDIT: BucketDef = BucketDef { name: "audit", indexes: &[text(&["id"]), text(&["account"])] };
 
+/// Provisioning limits (see `app::limits`), keyed by `<account uuid>/<limit id>`; and each account's usage stamp, keyed by account UUID, rewritten with every limited provision.
+pub const ACCOUNT_LIMITS: BucketDef = BucketDef { name: "account_limits", indexes: &[text(&["account_uuid"])] };
+pub const ACCOUNT_USAGE: BucketDef = BucketDef { name: "account_usage", indexes: &[] };
+
 pub const ALL: &[BucketDef] = &[
     ACCOUNTS,
     ACCOUNT_LOGINS,
@@ -165,4 +169,6 @@ pub const ALL: &[BucketDef] = &[
     JOB_LEASES,
     FWRULES,
     AUDIT,
+    ACCOUNT_LIMITS,
+    ACCOUNT_USAGE,
 ];

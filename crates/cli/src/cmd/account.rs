@@ -167,6 +167,7 @@ pub async fn run(c: &Client, v: AccountVerb, json: bool) -> Result<()> {
                 println!("key {} {} ({})", text(&out, "name"), text(&out, "fingerprint"), text(&out, "sha256"));
             }
         }
+        AccountVerb::Limit { verb } => super::limit::run(c, verb, json).await?,
         AccountVerb::Key { verb: KeyVerb::List { account } } => {
             let out = c.get(&format!("/accounts/{}/keys", enc(&account))).await?;
             if json {

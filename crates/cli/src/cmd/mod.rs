@@ -10,6 +10,7 @@ pub mod fwrule;
 pub mod headnode;
 pub mod image;
 pub mod image_remote;
+pub mod limit;
 pub mod migrate;
 pub mod oneachnode;
 pub mod operator;

@@ -32,6 +32,7 @@ pub mod image_files;
 pub mod image_sources;
 pub mod images;
 pub mod ip_cache;
+pub mod limits;
 pub mod lists;
 pub mod migrations;
 pub mod netpolicy;

@@ -971,12 +971,13 @@ impl App {
                 cpu_cap,
                 kind: "provision".into(),
             };
-            let ops = vec![
+            let mut ops = vec![
                 claim_op(server, fresh.claim),
                 reservation_op(&res),
                 Op::put(VMS.name, uuid.to_string(), encode(&record), Cond::Absent),
                 job_op(&job),
             ];
+            ops.extend(self.limit_guard(&record, None).await?); // provisioning limits: op 4
             match self.store.batch(ops).await {
                 Ok(_) => {
                     self.capacity_claimed(fresh, &res);
@@ -991,6 +992,7 @@ impl App {
                 Err(StoreError::Conflict { op_index: 2, .. }) => {
                     return Err(ApiError::validation_409(vec![FieldError::duplicate("uuid", format!("VM {uuid} already exists"))]));
                 }
+                Err(StoreError::Conflict { op_index: 4, .. }) => continue,
                 Err(e) => return Err(store_error(e)),
             }
         }
@@ -1237,6 +1239,7 @@ impl App {
             };
             ops.push(reservation_op(&res));
             ops.push(job_op(&job));
+            ops.extend(self.limit_guard(&super::limits::resized(&vm, new_ram, new_disk), Some(&vm)).await?); // op 3
             match self.store.batch(ops).await {
                 Ok(_) => {
                     self.capacity_touch(server);
@@ -1244,7 +1247,7 @@ impl App {
                     super::audit::note_job(job.uuid);
                     return Ok(job);
                 }
-                Err(StoreError::Conflict { op_index: 0, .. }) => continue,
+                Err(StoreError::Conflict { op_index: 0 | 3, .. }) => continue,
                 Err(e) => return Err(store_error(e)),
             }
         }

@@ -40,8 +40,12 @@ const CONFIG: &[Field] = &[Field::new("default_network", Kind::Uuid, "Network ne
 
 const LIMIT: &[Field] = &[
     Field::new("by", Kind::Str { max: 16, check: None }, "ram, quota or machines."),
-    Field::new("value", Kind::Int { min: 0, max: i64::MAX, multiple_of: None, unit: None }, "The limit."),
+    Field::new("value", Kind::Int { min: -1, max: i64::MAX, multiple_of: None, unit: None }, "The limit (0: unlimited, -1: none allowed)."),
     Field::new("used", Kind::Int { min: 0, max: i64::MAX, multiple_of: None, unit: None }, "What is used."),
+    Field::new("check", Kind::Str { max: 16, check: None }, "image, os or brand: the limit counts only those instances."),
+    Field::new("image", Kind::Str { max: 256, check: None }, "The image name (or UUID) counted."),
+    Field::new("os", Kind::Str { max: 256, check: None }, "The image os counted."),
+    Field::new("brand", Kind::Str { max: 256, check: None }, "The brand counted."),
 ];
 
 fn ping_schema() -> Value {
@@ -154,7 +158,7 @@ pub fn routes() -> Vec<Route> {
             "/{account}/limits",
             doc(
                 "ListLimits",
-                "Provisioning limits (none are configured in Nereid yet: an empty list).",
+                "Provisioning limits set by operators, with what the account's instances use of each (see `app::limits`).",
                 BodyDoc::None,
                 RespDoc::List(LIMIT),
             ),
@@ -258,6 +262,6 @@ async fn update_config(State(s): State<AppState>, Scoped(acct): Scoped, Params(p
     ok(&render_config(&updated))
 }
 
-async fn limits(_: Scoped) -> CloudResult {
-    ok(&Vec::<Value>::new())
+async fn limits(State(s): State<AppState>, Scoped(acct): Scoped) -> CloudResult {
+    ok(&s.app.limits_used(acct.uuid).await?)
 }

@@ -39,6 +39,7 @@ pub mod image_sources;
 pub mod images;
 pub mod ips;
 pub mod jobs;
+pub mod limits;
 pub mod metrics;
 pub mod migrations;
 pub mod netpolicy;
@@ -323,6 +324,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(migrations::routes());
     all.extend(consoles::routes());
     all.extend(accounts::routes());
+    all.extend(limits::routes());
     all.extend(jobs::routes());
     all.extend(doctor::routes());
     all.extend(fwrules::routes());
