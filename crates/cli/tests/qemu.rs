@@ -12,6 +12,8 @@ mod image_create;
 mod migrate_backend;
 #[path = "qemu/web_consoles.rs"]
 mod web_consoles;
+#[path = "qemu/vm_metrics.rs"]
+mod vm_metrics;
 #[path = "qemu/web_iso.rs"]
 mod web_iso;
 #[path = "qemu/zvol_boot.rs"]
@@ -269,6 +271,7 @@ async fn a_vm_lives_its_whole_life_under_qemu() {
     assert_eq!(v["customer_metadata"]["test-reply"], "seen: hello nereid", "the guest's write is in VMAPI");
     assert_eq!(v["state"], "running");
     let mem1: u64 = last(&log, "mem_kib").parse().unwrap();
+    vm_metrics::assert_running_guest_metrics(&env.cloud, &v).await;
     // The operator's view of the console: its log, and a shell on it.
     let out = common::nereid_async(&env.cloud, &["admin", "vm", "console", &vm, "--log"]).await;
     assert!(common::stdout(&out).contains(&format!("nereid-test: uuid={vm}")), "{}", common::stderr(&out));

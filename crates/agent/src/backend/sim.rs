@@ -446,7 +446,7 @@ impl Backend for Sim {
         use crate::vm_stats::{Counters, DiskIo, NicIo};
         let disks = (0..def.disks.len()).map(|i| DiskIo { device: format!("disk{i}"), ..Default::default() }).collect();
         let nics = (0..def.nics.len()).map(|i| NicIo { nic: format!("net{i}"), ..Default::default() }).collect();
-        Ok(self.is_running(def.uuid).await.then(|| Counters { cpu_seconds: 0.0, rss_bytes: def.ram << 20, disks, nics }))
+        Ok(self.is_running(def.uuid).await.then_some(Counters { cpu_seconds: 0.0, rss_bytes: def.ram << 20, disks, nics }))
     }
 
     async fn is_running(&self, uuid: Uuid) -> bool {
