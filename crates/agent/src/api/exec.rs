@@ -326,6 +326,26 @@ mod tests {
         assert_eq!((r.stdout.len(), r.stdout_truncated, r.stderr_truncated, r.exit_status), (OUTPUT_CAP, true, false, Some(0)));
     }
 
+    #[tokio::test]
+    async fn an_agent_started_with_no_exec_refuses_commands_and_files() {
+        let app = router(Arc::new(Vec::new()), false);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("http://{}", listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let c = reqwest::Client::new();
+        for path in ["exec", "files/put", "files/get"] {
+            let r = c
+                .post(format!("{url}/servers/{}/{path}", Uuid::new_v4()))
+                .body(r#"{"command": "touch /nonexistent-marker"}"#)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(r.status(), 403, "{path}");
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            assert!(body["message"].as_str().unwrap_or("").contains("--no-exec"), "{body}");
+        }
+    }
+
     #[test]
     fn files_are_written_whole_with_their_mode() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

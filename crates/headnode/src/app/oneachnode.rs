@@ -323,7 +323,7 @@ mod tests {
         let named = pick(&all, &["cn-b".into(), c.to_string().to_uppercase(), b.to_string()]).unwrap_or_default();
         assert_eq!(named.iter().map(|t| t.0).collect::<Vec<_>>(), vec![b, c]);
         assert!(named[0].2.is_none() && named[1].2.as_deref().unwrap_or("").contains("not running"));
-        let e = pick(&all, &["cn-z".into()]).err().map(|e| e.message).unwrap_or_default();
-        assert!(e.contains("cn-z") || !e.is_empty(), "{e}");
+        let e = pick(&all, &["cn-z".into(), "cn-a".into()]).err().map(|e| e.errors).unwrap_or_default();
+        assert_eq!((e.len(), e[0].field.as_str(), e[0].message.as_str()), (1, "servers", "no such server: cn-z"));
     }
 }
