@@ -141,8 +141,8 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     let nodes: Vec<(Uuid, Vec<nereid_types::agent::VmStatus>)> = s.nodes.iter().map(|n| (n.uuid, n.node.list())).collect();
     let mut text = crate::metrics::render(&nodes, &s.hwmon);
     text.push_str(&crate::metrics::render_disks(&s.nodes.iter().map(|n| n.disk_metrics()).collect::<Vec<_>>()));
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
     text.push_str(&crate::vm_stats::exposition(&s.nodes).await);
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 #[cfg(test)]

@@ -50,9 +50,9 @@ pub mod nics;
 pub mod oneachnode;
 pub mod packages;
 pub mod ping;
+pub mod prom_sd;
 pub mod servers;
 pub mod vms;
-pub mod prom_sd;
 
 /// Largest JSON body accepted (manifests with big tag sets stay well below it).
 pub const JSON_BODY_LIMIT: usize = 1 << 20;
@@ -329,11 +329,11 @@ pub fn routes() -> Vec<Route> {
     all.extend(doctor::routes());
     all.extend(fwrules::routes());
     all.extend(metrics::routes());
+    all.extend(prom_sd::routes());
     all.extend(audit::routes());
     all.extend(oneachnode::routes());
     all
 }
-    all.extend(prom_sd::routes());
 
 /// Whether a route is served on the agent listener rather than the operator's.
 pub fn is_agent_route(r: &Route) -> bool {
