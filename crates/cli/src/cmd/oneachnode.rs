@@ -70,7 +70,7 @@ pub fn render(r: &Value) -> (String, bool) {
         if !s(k).is_empty() && !s(k).ends_with('\n') {
             out.push('\n');
         }
-        if r.get(&format!("{k}_truncated")).and_then(Value::as_bool) == Some(true) {
+        if r.get(format!("{k}_truncated")).and_then(Value::as_bool) == Some(true) {
             out.push_str(&format!("=== ({k} truncated at 1 MiB)\n"));
         }
     }
