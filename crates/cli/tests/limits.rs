@@ -53,7 +53,12 @@ async fn owned(cloud: &Cloud, owner: &str) -> Vec<Value> {
     cloud.client.get(&format!("/vms?owner_uuid={owner}")).await.unwrap().as_array().unwrap().clone()
 }
 
-both_backends!(a_limit_of_two_refuses_the_third_even_when_ten_race, ram_image_and_resize_limits, operator_api_and_cli_name_bad_input);
+both_backends!(
+    a_limit_of_two_refuses_the_third_even_when_ten_race,
+    two_headnodes_on_one_store_admit_exactly_two,
+    ram_image_and_resize_limits,
+    operator_api_and_cli_name_bad_input
+);
 
 async fn a_limit_of_two_refuses_the_third_even_when_ten_race(backend: Backend) {
     let cloud = Cloud::start_with(Options { sim_servers: 1, ..Options::new(backend) }.cloudapi_http()).await.unwrap();
@@ -113,6 +118,39 @@ async fn a_limit_of_two_refuses_the_third_even_when_ten_race(backend: Backend) {
     cloud.client.delete(&format!("/accounts/alice/limits/{id}")).await.unwrap();
     let a = alice.send("POST", "/my/machines", Some(&body), Signing::Good).await.unwrap();
     assert_eq!(a.status, 201, "{}", a.text);
+}
+
+/// Ten creates for an account limited to 2, half through each of two headnodes sharing the
+/// store, each pinned to its own server so no capacity claim serializes them: only the
+/// limit's own serialization can hold the line.
+async fn two_headnodes_on_one_store_admit_exactly_two(backend: Backend) {
+    let cloud = Cloud::start_with(Options { sim_servers: 10, ..Options::new(backend) }.cloudapi_http()).await.unwrap();
+    let second = Cloud::start_with(Options { store_url: Some(cloud.store_url.clone()), ..Options::new(backend) }).await.unwrap();
+    let seed = cloud.seed_sized(256, 2048).await.unwrap();
+    let (alice_uuid, _) = common::alice_and_bob(&cloud).await;
+    second.client.post("/accounts/alice/limits", &json!({"value": 2})).await.unwrap();
+    let servers = cloud.client.get("/servers").await.unwrap();
+    let servers: Vec<&str> = servers.as_array().unwrap().iter().map(|s| s["uuid"].as_str().unwrap()).collect();
+    assert_eq!(servers.len(), 10);
+    let bodies: Vec<Value> = servers
+        .iter()
+        .map(|s| {
+            let mut b = seed.vm_body("racer");
+            b["owner_uuid"] = json!(alice_uuid);
+            b["server_uuid"] = json!(s);
+            b
+        })
+        .collect();
+    let answers = join_all(bodies.iter().enumerate().map(|(i, b)| if i % 2 == 0 { &cloud } else { &second }.client.post("/vms", b))).await;
+    let accepted = answers.iter().filter(|a| a.is_ok()).count();
+    let outcomes: Vec<String> =
+        answers.iter().map(|a| a.as_ref().map(|v| v["vm_uuid"].to_string()).unwrap_or_else(|e| e.to_string())).collect();
+    assert_eq!(accepted, 2, "{outcomes:?}");
+    for a in answers.into_iter().filter(|a| a.is_err()) {
+        let e = common::api_err(a, 403, "NotAuthorized");
+        assert_eq!(e["message"], MESSAGE);
+    }
+    assert_eq!(owned(&second, &alice_uuid).await.len(), 2);
 }
 
 async fn ram_image_and_resize_limits(backend: Backend) {
