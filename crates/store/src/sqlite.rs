@@ -56,7 +56,10 @@ impl SqliteStore {
             .pragma("cache_size", "-32768")
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(4).min_connections(1).connect_with(opts).await?;
+        // No ping before each acquire (sqlx's default): a connection to a local file does
+        // not go stale, and the ping is a round trip to the connection's worker thread on
+        // every store call.
+        let pool = SqlitePoolOptions::new().max_connections(4).min_connections(1).test_before_acquire(false).connect_with(opts).await?;
         let writer = Arc::new(Mutex::new(()));
         let store = Self { group: GroupCommit::new(pool.clone(), writer.clone()), pool, writer };
         store.migrate().await?;
