@@ -10,10 +10,10 @@ mod common;
 mod image_create;
 #[path = "qemu/migrate_backend.rs"]
 mod migrate_backend;
-#[path = "qemu/web_consoles.rs"]
-mod web_consoles;
 #[path = "qemu/vm_metrics.rs"]
 mod vm_metrics;
+#[path = "qemu/web_consoles.rs"]
+mod web_consoles;
 #[path = "qemu/web_iso.rs"]
 mod web_iso;
 #[path = "qemu/zvol_boot.rs"]
