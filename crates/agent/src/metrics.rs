@@ -167,6 +167,33 @@ pub fn render_disks(servers: &[ServerDisks]) -> String {
     out
 }
 
+/// Debian's `promtool check metrics` (from the `prometheus` package, which `scripts/test`
+/// installs) on `text`: its complaints, lint included, or empty when it has none. For the
+/// tests of every `/metrics` (the agent's and the headnode's), so they all hold to one bar.
+pub fn promtool_problems(text: &str) -> String {
+    use std::io::Write;
+    let spawned = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => return format!("could not run promtool (Debian's prometheus package; scripts/test installs it): {e}"),
+    };
+    if let Some(Err(e)) = child.stdin.take().map(|mut stdin| stdin.write_all(text.as_bytes())) {
+        return format!("could not write to promtool: {e}");
+    }
+    match child.wait_with_output() {
+        Ok(out) => {
+            let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            if out.status.success() && said.trim().is_empty() { String::new() } else { format!("exit {}: {said}", out.status) }
+        }
+        Err(e) => format!("promtool failed: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,7 +282,6 @@ mod tests {
     /// and on live agents (crates/cli/tests/monitoring.rs).
     #[test]
     fn promtool_finds_no_problem() {
-        use std::io::Write;
         let d = tempfile::tempdir().unwrap();
         let chip = d.path().join("hwmon0");
         std::fs::create_dir_all(&chip).unwrap();
@@ -271,16 +297,6 @@ mod tests {
             scan_ok: true,
             disks: vec![read("/dev/sda", "ata-qemu-failing-edited.json"), read("/dev/nvme0", "nvme-qemu-x.json")],
         }]));
-        let mut child = std::process::Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("promtool (Debian's prometheus package; scripts/test installs it)");
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}\n{text}");
+        assert_eq!(promtool_problems(&text), "", "{text}");
     }
 }

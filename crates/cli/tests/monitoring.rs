@@ -8,27 +8,12 @@
 
 mod common;
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::*;
+use nereid_agent::metrics::promtool_problems;
 use nereid_testkit::{Cloud, Options};
 use serde_json::Value;
-
-/// `promtool check metrics` on `text`: its complaints (empty when it has none).
-pub fn promtool_problems(text: &str) -> String {
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package; scripts/test installs it)");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if out.status.success() && said.trim().is_empty() { String::new() } else { format!("exit {}: {said}", out.status) }
-}
 
 async fn agent_metrics(cloud: &Cloud) -> String {
     let agent = cloud.agent.as_ref().unwrap();

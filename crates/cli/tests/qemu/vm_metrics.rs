@@ -3,27 +3,10 @@
 //! agents, mutual TLS) has the running VM's CPU, memory, disk and — when it has a tap —
 //! network series, its CPU seconds above zero, and promtool finds no problem in it.
 
-use std::io::Write;
-
+use nereid_agent::metrics::promtool_problems;
 use nereid_testkit::Cloud;
 use serde_json::Value;
 use uuid::Uuid;
-
-/// `promtool check metrics` on `text`: its complaints (empty when it has none). The same
-/// as crates/cli/tests/monitoring.rs's (a test binary of its own).
-fn promtool_problems(text: &str) -> String {
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package; scripts/test installs it)");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if out.status.success() && said.trim().is_empty() { String::new() } else { format!("exit {}: {said}", out.status) }
-}
 
 /// The value of the one sample of `family` for `vm` (with `extra` in its labels).
 fn value(text: &str, family: &str, vm: &str, extra: &str) -> f64 {
