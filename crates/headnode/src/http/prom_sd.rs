@@ -12,7 +12,8 @@
 //! them comma-separated). The headnode's target is the address the request came to
 //! (`Host`), the operator API's scheme.
 //!
-//! How Prometheus scrapes what it finds (nothing is weakened for it):
+//! How Prometheus scrapes what it finds (nothing is weakened for it; both credentials are
+//! full access today — see `docs/grafana/README.md` before handing them out):
 //! - the endpoint itself and the headnode's `/metrics` need the operator token:
 //!   `authorization: {credentials_file: admin.token}` (Bearer) in the scrape config;
 //! - an agent's `/metrics` is on its API, which takes only CA-issued headnode client
