@@ -248,6 +248,25 @@ async fn audit_log_records_changes_and_failed_logins_and_cannot_be_edited(backen
         .await
         .unwrap();
     assert!(metrics.lines().any(|l| l == "nereid_audit_write_failures 0"), "{metrics}");
+
+    // A flood of bad credentials from one address: ten records a minute, then one summary
+    // (the last attempt, with how many went unrecorded); every attempt is accounted for.
+    let flood_start = nereid_types::time::now_ms();
+    let started = std::time::Instant::now();
+    for _ in 0..50 {
+        let r = raw.get(format!("{}/packages", cloud.headnode.admin_url)).bearer_auth("flood").send().await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let minutes = started.elapsed().as_secs() / 60 + 1;
+    let log = all(&cloud).await;
+    let flood: Vec<&Value> =
+        log.iter().filter(|r| r["id"].as_str().unwrap()[..13].parse::<i64>().unwrap() >= flood_start && r["auth_failed"] == true).collect();
+    assert!(flood.iter().all(|r| r["result"] == "Unauthorized" && r["remote"] == "127.0.0.1"), "{flood:?}");
+    assert!(flood.len() as u64 <= 11 * minutes, "{} records for 50 attempts in {minutes} minute(s): {flood:?}", flood.len());
+    let summaries: Vec<u64> = flood.iter().filter_map(|r| r["suppressed"].as_u64()).collect();
+    assert!(!summaries.is_empty(), "the count is present: {flood:?}");
+    let accounted = (flood.len() - summaries.len()) as u64 + summaries.iter().sum::<u64>();
+    assert_eq!(accounted, 50, "recorded + suppressed: {flood:?}");
 }
 
 /// The retention is a headnode flag, 90 days unless told.

@@ -372,6 +372,8 @@ impl Running {
         if let Some(c) = &mut self.catalog_server {
             c.await??;
         }
+        // The audit records of the last requests are queued: written before the store goes.
+        self.app.audit_flush().await;
         self.app.store.close().await;
         self.lock = None;
         Ok(())

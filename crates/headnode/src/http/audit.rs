@@ -74,6 +74,8 @@ fn record_schema() -> Value {
             "auth_failed": {"type": "boolean"},
             "job_uuid": {"type": "string", "format": "uuid"},
             "duration_ms": {"type": "integer"},
+            "detail": {"type": "object", "description": "What the request did where its path does not say it (oneachnode: the command's SHA-256, the file, the servers)."},
+            "suppressed": {"type": "integer", "description": "A flood summary: how many failed authentications from this address in the minute went unrecorded (this record is the last of them)."},
         },
     })
 }
@@ -97,9 +99,12 @@ async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> HttpResult 
         marker: q.str("marker").map(str::to_string),
         limit: q.int("limit").unwrap_or(DEFAULT_LIMIT),
     };
+    // What this headnode queued is written first: a reader sees the changes made here.
+    s.app.audit_flush().await;
     ok(&s.app.list_audit(&query).await?)
 }
 
 async fn get(State(s): State<AppState>, Path(id): Path<String>) -> HttpResult {
+    s.app.audit_flush().await;
     ok(&s.app.get_audit(&id).await?)
 }

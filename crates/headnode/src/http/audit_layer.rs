@@ -1,8 +1,8 @@
 //! The audit log's middleware, one per router (see [`crate::app::audit`]): the operator
 //! API's, CloudAPI's and the web console's outermost layer. Each names the caller from
 //! what the request carries (the bearer token, the signature's keyId, the session cookie or
-//! the sign-in form's login), runs the request with a slot for the jobs it queues, and
-//! appends a record when the request changed something or failed authentication.
+//! the sign-in form's login), runs the request with a slot for the jobs it queues (and a
+//! detail it notes), and queues a record when the request changed something or failed authentication.
 //!
 //! The web console's pages call the operator API and CloudAPI in process; those calls run
 //! inside the page's record (its jobs become the page's) and are not recorded twice.
@@ -65,8 +65,8 @@ pub async fn admin(State(s): State<AppState>, req: Request, next: Next) -> Respo
         return next.run(req).await;
     }
     let seen = Seen::of(Api::Admin, audit::admin_actor(authorization(&req)), &req);
-    let (resp, jobs) = audit::scope(next.run(req)).await;
-    finish(&s.app, seen, resp, jobs).await
+    let (resp, noted) = audit::scope(next.run(req)).await;
+    finish(&s.app, seen, resp, noted).await
 }
 
 /// CloudAPI's layer.
@@ -75,8 +75,8 @@ pub async fn cloudapi(State(s): State<AppState>, req: Request, next: Next) -> Re
         return next.run(req).await;
     }
     let seen = Seen::of(Api::Cloudapi, audit::cloud_actor(authorization(&req)), &req);
-    let (resp, jobs) = audit::scope(next.run(req)).await;
-    finish(&s.app, seen, resp, jobs).await
+    let (resp, noted) = audit::scope(next.run(req)).await;
+    finish(&s.app, seen, resp, noted).await
 }
 
 /// The web console's layer: its mutating requests (every form), with the session's
@@ -113,12 +113,13 @@ pub async fn web(State(web): State<Web>, req: Request, next: Next) -> Response {
         (Request::from_parts(parts, body), actor)
     };
     let seen = Seen::of(Api::Web, actor, &req);
-    let (resp, jobs) = audit::scope(next.run(req)).await;
-    finish(web.app(), seen, resp, jobs).await
+    let (resp, noted) = audit::scope(next.run(req)).await;
+    finish(web.app(), seen, resp, noted).await
 }
 
-/// Records the request if it is to be recorded; the answer goes on unchanged.
-async fn finish(app: &App, seen: Seen, resp: Response, jobs: Vec<Uuid>) -> Response {
+/// Records the request if it is to be recorded (queued: the answer does not wait for the
+/// store); the answer goes on unchanged.
+async fn finish(app: &App, seen: Seen, resp: Response, noted: audit::Noted) -> Response {
     let status = resp.status().as_u16();
     if !audit::should_record(&seen.method, status) {
         return resp;
@@ -138,10 +139,12 @@ async fn finish(app: &App, seen: Seen, resp: Response, jobs: Vec<Uuid>) -> Respo
         status,
         result: audit::result_of(status, code.as_deref()),
         auth_failed: status == 401,
-        job_uuid: if status < 400 { jobs.first().copied().or(body_job) } else { None },
+        job_uuid: if status < 400 { noted.jobs.first().copied().or(body_job) } else { None },
         duration_ms: seen.started.elapsed().as_millis() as u64,
+        detail: noted.detail,
+        suppressed: None,
     };
-    app.record_audit(&rec).await;
+    app.record_audit(rec);
     resp
 }
 
