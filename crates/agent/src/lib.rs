@@ -118,6 +118,9 @@ pub struct Config {
     /// Where the other agents send migrations' data (`--migration-address`; default: the
     /// API listener's IP, a free port).
     pub migration_listen: Option<SocketAddr>,
+    /// `--no-exec`: this agent runs no commands and moves no files for the operator
+    /// (oneachnode; see [`api::exec`]).
+    pub no_exec: bool,
 }
 
 /// One server this process runs.
@@ -463,7 +466,7 @@ pub async fn start(mut cfg: Config) -> Result<Agent> {
     }
     let nodes = Arc::new(nodes);
     let router = api::router(api::ApiState { nodes: nodes.clone(), hwmon: PathBuf::from(metrics::HWMON) })
-        .merge(api::exec::router(nodes.clone(), api::exec::enabled()));
+        .merge(api::exec::router(nodes.clone(), !cfg.no_exec));
     // Timeouts and a connection limit on the agent API too (see nereid_serve); the TLS
     // handshake gets the header read timeout.
     let _ = nereid_serve::raise_fd_limit();

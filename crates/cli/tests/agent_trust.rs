@@ -40,6 +40,7 @@ fn agent_config(cloud: &Cloud, dir: &Path, o: &Options) -> nereid_agent::Config 
         heartbeat: Duration::from_millis(300),
         nic_tags: Vec::new(),
         migration_listen: None,
+        no_exec: false,
     }
 }
 

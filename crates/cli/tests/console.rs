@@ -108,6 +108,7 @@ impl Rig {
             heartbeat: Duration::from_millis(500),
             nic_tags: vec![("external".into(), nereid_agent::net::Uplink::Bridge("lo".into()))],
             migration_listen: None,
+            no_exec: false,
         })
         .await
         .unwrap();

@@ -125,8 +125,8 @@ async fn oneachnode_runs_on_each_server_times_out_alone_moves_files_and_is_audit
     }
     assert!(!marker.exists(), "a command ran for someone who is not the operator");
     // Bad requests are refused naming the field, before any server is called.
-    common::api_err(cloud.client.post("/oneachnode", &json!({"command": "true", "timeout_secs": 0})).await, 422, "InvalidParameters");
-    common::api_err(cloud.client.post("/oneachnode", &json!({})).await, 422, "InvalidParameters");
+    common::api_err(cloud.client.post("/oneachnode", &json!({"command": "true", "timeout_secs": 0})).await, 422, "InvalidParameter");
+    common::api_err(cloud.client.post("/oneachnode", &json!({})).await, 422, "InvalidParameter");
 
     // The audit log: every operator run (200) and the refused attempt (401).
     let log = cloud.client.get("/audit?limit=1000").await.unwrap();
@@ -136,4 +136,22 @@ async fn oneachnode_runs_on_each_server_times_out_alone_moves_files_and_is_audit
     let ok = runs.iter().filter(|r| r["status"] == 200 && r["actor"] == json!({"kind": "operator", "name": operator})).count();
     assert_eq!(ok, 7, "the seven accepted runs above: {runs:?}");
     assert_eq!(runs.iter().filter(|r| r["status"] == 401 && r["auth_failed"] == true).count(), 2, "{runs:?}");
+    // Each run's record says what ran (a command by its SHA-256, never its text), which
+    // file, and on which servers.
+    let detail = |r: &&Value| r["detail"].clone();
+    use nereid_headnode::app::oneachnode::{Action, audit_detail};
+    let sha = |c: &str| audit_detail(&Action::Command(c.into()), None)["command_sha256"].clone();
+    assert_eq!(sha("x").as_str().map(str::len), Some(64));
+    let hello = runs.iter().find(|r| r["detail"]["command_sha256"] == sha("echo hello; echo oops >&2; exit 3")).map(detail);
+    assert_eq!(hello.as_ref().map(|d| d["servers"].clone()), Some(json!("all")), "{runs:?}");
+    let picked = runs.iter().find(|r| r["detail"]["command_sha256"] == sha("echo picked")).map(detail).unwrap_or_default();
+    let mut named: Vec<&str> = picked["servers"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    named.sort_unstable();
+    let mut want = vec![servers[0].0.as_str(), servers[2].0.as_str()];
+    want.sort_unstable();
+    assert_eq!(named, want, "{picked}");
+    assert!(runs.iter().any(|r| r["detail"]["put"] == remote.join("payload.txt").to_str().unwrap()), "{runs:?}");
+    assert!(runs.iter().any(|r| r["detail"]["get"] == "/nonexistent/file"), "{runs:?}");
+    let text = serde_json::to_string(&runs).unwrap();
+    assert!(!text.contains("echo picked") && !text.contains("exit 3"), "a command's text reached the audit log");
 }

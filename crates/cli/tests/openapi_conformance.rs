@@ -425,6 +425,7 @@ async fn every_documented_operation_answers_as_documented() {
         heartbeat: std::time::Duration::from_millis(300),
         nic_tags: Vec::new(),
         migration_listen: None,
+        no_exec: false,
     })
     .await
     .unwrap();
@@ -1012,6 +1013,7 @@ exec sh -c 'i=0; while [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done' fake-qemu -
         heartbeat: std::time::Duration::from_millis(500),
         nic_tags: vec![("external".into(), nereid_agent::net::Uplink::Bridge("lo".into()))],
         migration_listen: None,
+        no_exec: false,
     })
     .await
     .unwrap();

@@ -246,6 +246,7 @@ impl Cloud {
             heartbeat: o.heartbeat,
             nic_tags: Vec::new(),
             migration_listen: Some("127.0.0.1:0".parse()?),
+            no_exec: false,
         };
         nereid_agent::start(cfg).await
     }

@@ -250,6 +250,7 @@ impl Cloud {
             heartbeat: Duration::from_secs(1),
             nic_tags: vec![("external".into(), nereid_agent::net::Uplink::Bridge("lo".into()))],
             migration_listen: Some("127.0.0.1:0".parse()?),
+            no_exec: false,
         };
         nereid_agent::start(cfg).await
     }

@@ -23,6 +23,7 @@ pub mod netpolicy;
 pub mod network;
 pub mod nic;
 pub mod nic_tag;
+pub mod oneachnode;
 pub mod package;
 pub mod query;
 pub mod server;

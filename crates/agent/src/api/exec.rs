@@ -4,7 +4,7 @@
 //! Only the headnode reaches these endpoints: the agent API admits only headnodes'
 //! client certificates (see [`super`]), and the headnode forwards only operator-token
 //! requests. An operator who wants none of it starts the agent with `--no-exec`
-//! ([`disable`]): every endpoint here then answers 403.
+//! ([`crate::Config::no_exec`], per agent): every endpoint here then answers 403.
 //!
 //! ```text
 //!   POST /servers/{server}/exec       {command, timeout_secs}  → /bin/sh -c, own process group,
@@ -16,7 +16,6 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -33,24 +32,10 @@ use uuid::Uuid;
 use super::{error, ok};
 use crate::NodeRuntime;
 
-/// Most of each stream (stdout, stderr) kept; the rest is read and dropped.
-pub const OUTPUT_CAP: usize = 1 << 20;
-/// Largest file put or got (base64 in JSON on the way).
-pub const FILE_CAP: u64 = 16 << 20;
-/// Longest a command may run.
-pub const MAX_TIMEOUT_SECS: u64 = 3600;
-
-static DISABLED: AtomicBool = AtomicBool::new(false);
-
-/// Refuses every command and file request from now on (`nereid agent --no-exec`).
-pub fn disable() {
-    DISABLED.store(true, Ordering::SeqCst);
-}
-
-/// Whether this process runs commands for the operator.
-pub fn enabled() -> bool {
-    !DISABLED.load(Ordering::SeqCst)
-}
+/// The sizes, shared with the headnode and the CLI: most of each stream (stdout, stderr)
+/// kept (the rest is read and dropped); the largest file put or got; the longest a command
+/// may run; the largest request body (a put's file in base64 in JSON).
+pub use nereid_types::oneachnode::{FILE_CAP, MAX_TIMEOUT_SECS, OUTPUT_CAP, REQUEST_CAP};
 
 #[derive(Clone)]
 struct ExecState {
@@ -64,6 +49,8 @@ pub fn router(nodes: Arc<Vec<Arc<NodeRuntime>>>, enabled: bool) -> Router {
         .route("/servers/{server}/exec", post(exec))
         .route("/servers/{server}/files/put", post(put_file))
         .route("/servers/{server}/files/get", post(get_file))
+        // A put of the largest file fits; nothing larger is read.
+        .layer(axum::extract::DefaultBodyLimit::max(REQUEST_CAP as usize))
         .with_state(ExecState { nodes, enabled })
 }
 

@@ -48,10 +48,8 @@ pub async fn run(a: AgentArgs) -> Result<()> {
         heartbeat: Duration::from_secs(a.heartbeat_secs.max(1)),
         nic_tags: nic_tags(&a.nic_tags)?,
         migration_listen: a.migration_address,
+        no_exec: a.no_exec,
     };
-    if a.no_exec {
-        nereid_agent::api::exec::disable();
-    }
     let agent = nereid_agent::start(cfg).await?;
     println!(
         "nereid agent {} is running ({} server(s), API on {}, migrations on {})",

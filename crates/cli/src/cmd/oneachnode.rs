@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use base64::Engine;
 use clap::Args;
 use nereid_client::Client;
+use nereid_types::oneachnode::{FILE_CAP, OUTPUT_CAP};
 use serde_json::{Value, json};
 
 #[derive(Args, Debug)]
@@ -49,6 +50,10 @@ pub fn request(a: &OnEachNodeArgs) -> Result<Value> {
     let dir = a.dir.as_deref().unwrap_or_default().trim_end_matches('/');
     match (&a.put, &a.get) {
         (Some(local), _) => {
+            let size = std::fs::metadata(local).with_context(|| format!("reading {}", local.display()))?.len();
+            if size > FILE_CAP {
+                bail!("{} is {size} bytes: a file put is at most {FILE_CAP} bytes", local.display());
+            }
             let bytes = std::fs::read(local).with_context(|| format!("reading {}", local.display()))?;
             let name = local.file_name().map(|n| n.to_string_lossy().into_owned()).context("-p needs a file name")?;
             let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(local)?.permissions()) & 0o7777;
@@ -71,7 +76,7 @@ pub fn render(r: &Value) -> (String, bool) {
             out.push('\n');
         }
         if r.get(format!("{k}_truncated")).and_then(Value::as_bool) == Some(true) {
-            out.push_str(&format!("=== ({k} truncated at 1 MiB)\n"));
+            out.push_str(&format!("=== ({k} truncated at {} MiB)\n", OUTPUT_CAP >> 20));
         }
     }
     let status = r.get("exit_status").and_then(Value::as_i64);

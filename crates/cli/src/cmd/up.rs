@@ -207,6 +207,7 @@ pub async fn run(a: UpArgs) -> Result<()> {
         heartbeat: Duration::from_secs(2),
         nic_tags: nic_tags.clone(),
         migration_listen: None,
+        no_exec: false,
     };
     let agent = nereid_agent::start(agent_cfg).await?;
     let end = Instant::now() + Duration::from_secs(30);

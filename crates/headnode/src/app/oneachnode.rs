@@ -27,8 +27,9 @@ use super::App;
 pub const CONCURRENCY: usize = 32;
 /// The default per-server timeout, seconds.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
-/// The longest per-server timeout, seconds (the agent's own limit).
-pub const MAX_TIMEOUT_SECS: u64 = 3600;
+/// The longest per-server timeout, seconds, and the sizes (the agent's own limits: one
+/// definition for the CLI, the headnode and the agent).
+pub use nereid_types::oneachnode::{ANSWER_CAP, FILE_CAP, MAX_TIMEOUT_SECS, REQUEST_CAP};
 /// What the headnode waits past the command's timeout for the agent's answer (the agent
 /// kills the command at the timeout and answers then).
 const GRACE: Duration = Duration::from_secs(10);
@@ -75,6 +76,13 @@ pub struct NodeResult {
     /// Why the server gave no answer (unreachable, not running, refused).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// Bad input, answered as the operator API's other `Operations` endpoints answer it
+/// (`GET /audit`'s `since`, any unknown query parameter: `http::Api::of("Operations")`):
+/// IMGAPI's 422 `InvalidParameter`, one error per field.
+fn invalid(errors: Vec<FieldError>) -> ApiError {
+    ApiError::invalid_parameter(errors)
 }
 
 /// The body `POST /oneachnode` takes, checked: exactly one of `command`, `put`, `get`.
@@ -130,6 +138,10 @@ pub fn parse(body: &Map<String, Value>) -> Result<Request, ApiError> {
             Some(Value::Object(o)) => {
                 let path = absolute(text(o, "path", "put.path", &mut errors), "put.path", &mut errors);
                 let content = match o.get("content_base64").and_then(Value::as_str) {
+                    Some(c) if c.len() as u64 > nereid_types::oneachnode::base64_len(FILE_CAP) => {
+                        errors.push(FieldError::invalid("put.content_base64", format!("a file put is at most {FILE_CAP} bytes")));
+                        None
+                    }
                     Some(c) => Some(c.to_string()),
                     None => {
                         errors.push(FieldError::missing("put.content_base64"));
@@ -175,8 +187,30 @@ pub fn parse(body: &Map<String, Value>) -> Result<Request, ApiError> {
         Some(action) if errors.is_empty() => {
             Ok(Request { action, servers, timeout: Duration::from_secs(timeout), connect_timeout: Duration::from_secs(connect) })
         }
-        _ => Err(ApiError::invalid_parameters(errors)),
+        _ => Err(invalid(errors)),
     }
+}
+
+/// What the audit record of a request says it did: the command's SHA-256 (never its
+/// text: it may hold a secret), or the file put or got; and the servers it named (their
+/// UUIDs), or `all` (every running server).
+pub fn audit_detail(action: &Action, servers: Option<&[Uuid]>) -> Value {
+    use sha2::Digest;
+    let mut d = match action {
+        Action::Command(c) => serde_json::json!({"command_sha256": hex::encode(sha2::Sha256::digest(c.as_bytes()))}),
+        Action::Put { path, content_base64, mode } => {
+            use base64::Engine;
+            // The content's SHA-256 (what `sha256sum` says of the file), never the content.
+            let content = base64::engine::general_purpose::STANDARD.decode(content_base64).unwrap_or_default();
+            serde_json::json!({"put": path, "content_sha256": hex::encode(sha2::Sha256::digest(&content)), "mode": mode})
+        }
+        Action::Get { path } => serde_json::json!({"get": path}),
+    };
+    d["servers"] = match servers {
+        None => Value::from("all"),
+        Some(u) => u.iter().map(|u| Value::from(u.to_string())).collect(),
+    };
+    d
 }
 
 /// A server to call: its UUID and hostname, and why it cannot be called, if it cannot.
@@ -202,7 +236,7 @@ pub fn pick(servers: &[(Uuid, String, bool)], wanted: &[String]) -> Result<Vec<T
         }
     }
     if !unknown.is_empty() {
-        return Err(ApiError::invalid_parameters(vec![FieldError::invalid("servers", format!("no such server: {}", unknown.join(", ")))]));
+        return Err(invalid(vec![FieldError::invalid("servers", format!("no such server: {}", unknown.join(", ")))]));
     }
     Ok(out)
 }
@@ -214,6 +248,8 @@ impl App {
         let servers: Vec<(Uuid, String, bool)> =
             all.iter().map(|(s, hb)| (s.uuid, s.hostname.clone(), self.server_status(hb.as_ref()).0 == "running")).collect();
         let targets = pick(&servers, &req.servers)?;
+        let uuids: Vec<Uuid> = targets.iter().map(|t| t.0).collect();
+        super::audit::note_detail(audit_detail(&req.action, (!req.servers.is_empty()).then_some(&uuids[..])));
         let app = self.clone();
         let req = Arc::new(req);
         Ok(futures_util::stream::iter(targets)
@@ -253,8 +289,8 @@ impl App {
         let call = async {
             let resp = http.post(&url).timeout(req.timeout + GRACE).json(&body).send().await.map_err(|e| format!("calling {url}: {e}"))?;
             let status = resp.status().as_u16();
-            let text = resp.text().await.map_err(|e| format!("reading the answer of {url}: {e}"))?;
-            let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            let bytes = read_capped(resp, ANSWER_CAP).await.map_err(|e| format!("server {server}'s agent: {e}"))?;
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
             if status >= 400 {
                 let m = v.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| v.to_string());
                 return Err(format!("the agent answered {status}: {m}"));
@@ -266,6 +302,22 @@ impl App {
             Err(_) => Err(format!("no answer from the agent within {} s", (req.timeout + GRACE + req.connect_timeout).as_secs())),
         }
     }
+}
+
+/// An answer's body, read only up to `cap` bytes: past it, an error (an agent answers
+/// at most a file or two output streams; more is not read into memory).
+async fn read_capped(mut resp: reqwest::Response, cap: u64) -> Result<Vec<u8>, String> {
+    if resp.content_length().is_some_and(|n| n > cap) {
+        return Err(format!("its answer is larger than {cap} bytes"));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("reading its answer: {e}"))? {
+        if out.len() as u64 + chunk.len() as u64 > cap {
+            return Err(format!("its answer is larger than {cap} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 /// The agent's answer over the server's identity.
@@ -304,14 +356,33 @@ mod tests {
         assert_eq!((r.servers, r.timeout), (vec!["cn1".to_string()], Duration::from_secs(5)));
         let field = |v: Value| parse(&obj(v)).err().map(|e| e.errors.first().map(|f| f.field.clone()).unwrap_or_default());
         assert_eq!(field(json!({})), Some("command".into()));
+        let e = parse(&obj(json!({"command": ""}))).err().unwrap_or_else(|| ApiError::internal("parsed"));
+        let shape = (e.status, e.code.as_str(), e.errors.first().map(|f| (f.field.as_str(), f.code.as_str())));
+        assert_eq!(shape, (422, "InvalidParameter", Some(("command", "Invalid"))), "as GET /audit answers a bad since");
         assert_eq!(field(json!({"command": "x", "get": {"path": "/etc/hostname"}})), Some("get".into()));
         assert_eq!(field(json!({"command": "x", "timeout_secs": 0})), Some("timeout_secs".into()));
         assert_eq!(field(json!({"command": "x", "servers": "cn1"})), Some("servers".into()));
         assert_eq!(field(json!({"put": {"path": "relative", "content_base64": ""}})), Some("put.path".into()));
         assert_eq!(field(json!({"get": {"path": "/tmp/"}})), Some("get.path".into()));
         assert_eq!(field(json!({"command": "x", "bogus": 1})), Some("bogus".into()));
+        let big = "A".repeat(nereid_types::oneachnode::base64_len(FILE_CAP) as usize + 4);
+        assert_eq!(field(json!({"put": {"path": "/tmp/f", "content_base64": big}})), Some("put.content_base64".into()));
         let r = parse(&obj(json!({"put": {"path": "/tmp/f", "content_base64": "aGk=", "mode": 420}}))).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(r.action, Action::Put { path: "/tmp/f".into(), content_base64: "aGk=".into(), mode: Some(0o644) });
+    }
+
+    #[test]
+    fn the_audit_detail_names_what_ran_but_never_the_command() {
+        let d = audit_detail(&Action::Command("mysql -psecret".into()), None);
+        assert_eq!(d["servers"], "all");
+        let sum = d["command_sha256"].as_str().unwrap_or_default();
+        assert_eq!(sum.len(), 64);
+        assert!(!d.to_string().contains("secret"), "{d}");
+        let u = Uuid::new_v4();
+        let d = audit_detail(&Action::Put { path: "/etc/motd".into(), content_base64: "aGk=".into(), mode: Some(0o644) }, Some(&[u]));
+        assert_eq!((d["put"].as_str(), d["mode"].as_u64(), d["servers"].clone()), (Some("/etc/motd"), Some(0o644), json!([u.to_string()])));
+        assert!(!d.to_string().contains("aGk="), "the content is never recorded: {d}");
+        assert_eq!(audit_detail(&Action::Get { path: "/etc/hostname".into() }, None)["get"], "/etc/hostname");
     }
 
     #[test]

@@ -10,7 +10,9 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use super::{AppState, BodyDoc, Doc, HttpResult, RespDoc, Route, read_object};
+use nereid_types::ApiError;
+
+use super::{AppState, BodyDoc, Doc, HttpError, HttpResult, RespDoc, Route, parse_object};
 use crate::app::oneachnode;
 
 pub fn routes() -> Vec<Route> {
@@ -40,7 +42,7 @@ fn body_schema() -> Value {
             "command": {"type": "string", "description": "The command, for /bin/sh -c. Exactly one of command, put and get."},
             "put": {"type": "object", "required": ["path", "content_base64"], "properties": {
                 "path": {"type": "string", "description": "Absolute path of the file on each server (written atomically)."},
-                "content_base64": {"type": "string"},
+                "content_base64": {"type": "string", "description": format!("The file, base64; at most {} bytes once decoded.", oneachnode::FILE_CAP)},
                 "mode": {"type": "integer", "minimum": 0, "maximum": 4095}
             }},
             "get": {"type": "object", "required": ["path"], "properties": {"path": {"type": "string"}}},
@@ -56,7 +58,15 @@ fn text_schema() -> Value {
 }
 
 async fn run(State(s): State<AppState>, body: Body) -> HttpResult {
-    let req = oneachnode::parse(&read_object(body).await?)?;
+    // A put carries a file of up to the shared cap (base64): more than other JSON bodies.
+    let bytes = axum::body::to_bytes(body, oneachnode::REQUEST_CAP as usize).await.map_err(|e| {
+        if super::error_chain(&e).contains("length limit exceeded") {
+            HttpError(ApiError::too_large(oneachnode::REQUEST_CAP as usize))
+        } else {
+            HttpError(ApiError::bad_request(format!("could not read the request body: {e}")))
+        }
+    })?;
+    let req = oneachnode::parse(&parse_object(&bytes)?)?;
     let results = s.app.oneachnode(req).await?;
     let lines = results.map(|r| {
         let mut line = serde_json::to_vec(&r).unwrap_or_default();
