@@ -43,6 +43,7 @@ pub mod nics;
 pub mod oneachnode;
 pub mod packages;
 pub mod passwords;
+pub mod prom_sd;
 pub mod servers;
 pub mod snapshots;
 pub mod tenant_ips;
