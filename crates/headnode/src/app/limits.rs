@@ -12,6 +12,13 @@
 //! generation in the same store batch as the new VM record. Two creates that counted the
 //! same VMs cannot both commit; the loser re-counts. An account without limits costs one
 //! indexed read and no write.
+//!
+//! A resize changes the VM record only when its job runs, so until then the growth it was
+//! granted is in its `resize` reservation: the account's open resize reservations are
+//! counted too (RAM and disk, never as machines), and a second resize racing the first
+//! cannot pass a limit the two together exceed. A loser of the race backs off a random
+//! few milliseconds ([`limit_conflict_backoff`]) before re-counting, so racing creates do
+//! not retry in lockstep.
 
 use std::collections::HashMap;
 
@@ -23,8 +30,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use super::allocation::Reservation;
 use super::{App, encode, store_error};
-use crate::buckets::{ACCOUNT_LIMITS, ACCOUNT_USAGE, IMAGES};
+use crate::buckets::{ACCOUNT_LIMITS, ACCOUNT_USAGE, IMAGES, RESERVATIONS};
 
 /// CloudAPI's refusal (sdc-cloudapi `plugins/provision_limits.js`, `NotAuthorizedError`).
 pub const QUOTA_CODE: &str = "NotAuthorized";
@@ -78,13 +86,13 @@ impl Limit {
         }
     }
 
-    /// How much of it the given VMs use.
+    /// How much of it the given VMs (and resizes' growth) use.
     pub fn used(&self, vms: &[Usage]) -> u64 {
         let m = vms.iter().filter(|u| self.matches(u));
         match self.by.as_str() {
             "ram" => m.map(|u| u.ram).sum(),
             "quota" => m.map(|u| u.quota).sum(),
-            _ => m.count() as u64,
+            _ => m.filter(|u| !u.growth).count() as u64,
         }
     }
 
@@ -109,6 +117,8 @@ pub struct Usage {
     pub image_uuid: Option<Uuid>,
     pub image_name: Option<String>,
     pub os: Option<String>,
+    /// The growth of a resize in flight (RAM and disk only: not a machine).
+    pub growth: bool,
 }
 
 impl Usage {
@@ -122,8 +132,29 @@ impl Usage {
             image_uuid: vm.image_uuid,
             image_name: img.map(|i| i.0.clone()),
             os: img.map(|i| i.1.clone()),
+            growth: false,
         }
     }
+}
+
+/// The growth of the account's resizes in flight (`resize` reservations of VMs in `vms`),
+/// as weights like their VMs' (so narrowed limits match them) but counting no machine;
+/// `resizing`'s own is left out (its new size replaces it).
+pub fn pending_growth(vms: &[Usage], uuids: &[Uuid], reservations: &[Reservation], resizing: Option<Uuid>) -> Vec<Usage> {
+    reservations
+        .iter()
+        .filter(|r| r.kind == "resize" && Some(r.vm_uuid) != resizing)
+        .filter_map(|r| {
+            let vm = uuids.iter().position(|u| *u == r.vm_uuid).and_then(|i| vms.get(i))?;
+            Some(Usage { ram: r.ram_mib, quota: r.disk_mib.div_ceil(1024), growth: true, ..vm.clone() })
+        })
+        .collect()
+}
+
+/// A random 5–50 ms pause before a provision or resize that lost the usage stamp's race
+/// checks the limits again, so racing ones do not retry in lockstep.
+pub async fn limit_conflict_backoff() {
+    tokio::time::sleep(std::time::Duration::from_millis(rand::random_range(5..=50))).await;
 }
 
 /// A refusal: the limit that would be exceeded.
@@ -344,7 +375,16 @@ impl App {
         all.push(vm);
         all.extend(resizing);
         let images = self.limit_images(&limits, &all).await?;
-        let existing: Vec<Usage> = mine.iter().map(|v| Usage::of(v, &images)).collect();
+        let mut existing: Vec<Usage> = mine.iter().map(|v| Usage::of(v, &images)).collect();
+        // Resizes granted but not yet applied to their VM records.
+        let open: Vec<Reservation> = self
+            .list(
+                RESERVATIONS.name,
+                &ListQuery::filter(Filter::And(vec![Filter::eq("owner_uuid", owner.to_string()), Filter::eq("kind", "resize")])),
+            )
+            .await?;
+        let uuids: Vec<Uuid> = mine.iter().map(|v| v.uuid).collect();
+        existing.extend(pending_growth(&existing, &uuids, &open, resizing.map(|r| r.uuid)));
         let before = resizing.map(|r| Usage::of(r, &images));
         check(&limits, &existing, &Usage::of(vm, &images), before.as_ref())?;
         let value = encode(&json!({"account_uuid": owner, "stamp": n}));
@@ -413,6 +453,36 @@ mod tests {
         let others = [vm(1024, 1, "a"), vm(1024, 1, "a")];
         assert!(check(&l, &others, &vm(2048, 1, "a"), Some(&vm(1024, 1, "a"))).is_ok());
         assert!(check(&l, &others, &vm(4096, 1, "a"), Some(&vm(1024, 1, "a"))).is_err());
+    }
+
+    #[test]
+    fn open_resizes_count_their_growth_but_no_machine() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let res = |vm: Uuid, ram: u64, kind: &str| Reservation {
+            job_uuid: Uuid::new_v4(),
+            vm_uuid: vm,
+            server_uuid: Uuid::nil(),
+            owner_uuid: Uuid::nil(),
+            ram_mib: ram,
+            disk_mib: 1536,
+            cpu_cap: None,
+            kind: kind.into(),
+        };
+        let mine = [vm(1024, 1, "a"), vm(1024, 1, "b")];
+        let open = [res(a, 1024, "resize"), res(b, 512, "resize"), res(a, 4096, "provision"), res(Uuid::from_u128(9), 1, "resize")];
+        let g = pending_growth(&mine, &[a, b], &open, Some(b));
+        assert_eq!(g.len(), 1, "the other VM's resize only: {g:?}");
+        assert_eq!((g[0].ram, g[0].quota, g[0].growth, g[0].image_name.as_deref()), (1024, 2, true, Some("a")));
+        // B grows by 1024 while A's resize of +1024 is in flight: 2048 + 1024 + 1024 > 3072.
+        let l = [limit("ram", 3072, None), limit("machines", 2, None)];
+        let mut existing = mine.to_vec();
+        assert!(check(&l, &existing, &vm(2048, 1, "b"), Some(&vm(1024, 1, "b"))).is_ok(), "alone it fits");
+        existing.extend(g);
+        let r = check(&l, &existing, &vm(2048, 1, "b"), Some(&vm(1024, 1, "b"))).unwrap_err();
+        assert_eq!((r.limit.by.as_str(), r.used), ("ram", 3072));
+        assert_eq!(limit("machines", 2, None).used(&existing), 2, "growth is not a machine");
+        // Narrowed limits match the growth by its VM's image.
+        assert_eq!(limit("ram", 1, Some(("image", "b"))).used(&existing), 1024);
     }
 
     #[test]
