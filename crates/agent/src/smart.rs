@@ -9,6 +9,8 @@
 //!       smartctl --json=c -x -d TYPE [-n standby] DEV → parse() → DiskHealth   (each with a timeout)
 //!     smartctl missing, a scan or a device that fails: named (the scan's error, the disk's
 //!     `error`), never fatal; the next round tries again.
+//!     a disk asleep (ATA, `-n standby`: exit status 2, "Device is in STANDBY mode") is not
+//!     woken: it keeps its last reading, `read_at` unchanged, marked `standby`.
 //! ```
 //!
 //! [`parse`] is pure and tested against real smartctl output captured from QEMU-emulated
@@ -204,10 +206,16 @@ pub fn parse(device: &str, text: &str) -> DiskHealth {
         critical_warning: nvme.get("critical_warning").and_then(u),
         failing: Vec::new(),
         error: None,
+        standby: false,
+        read_at: None,
     };
     // Exit status bits 0 and 1: bad command line, or the device could not be opened (or
     // is asleep, with -n standby). Bit 2 (some command failed) still leaves usable data.
     let exit = v.pointer("/smartctl/exit_status").and_then(u).unwrap_or(0);
+    if exit & 0b10 != 0 && asleep(&v) {
+        // Not read, so as not to wake it: no values, no error (see [`carry_standby`]).
+        return DiskHealth { device: d.device, protocol: d.protocol, standby: true, ..Default::default() };
+    }
     if exit & 0b11 != 0 {
         let said = messages(&v, true);
         let said = if said.is_empty() { messages(&v, false) } else { said };
@@ -217,6 +225,24 @@ pub fn parse(device: &str, text: &str) -> DiskHealth {
     }
     d.failing = failing_reasons(&v, &d);
     d
+}
+
+/// Whether smartctl left the disk alone because it is asleep (`-n standby`): its message
+/// `Device is in STANDBY mode, exit(2)` (or SLEEP, or `STANDBY (OS)`).
+fn asleep(v: &Value) -> bool {
+    messages(v, false).iter().any(|m| m.contains("Device is in ") && m.contains(" mode"))
+}
+
+/// A round's result with each disk that was asleep given its reading of the round
+/// `before` (its values and `read_at` unchanged) marked `standby`; a disk never read awake
+/// stays a bare `standby` record (pure).
+pub fn carry_standby(mut now: Scan, before: &Scan) -> Scan {
+    for d in now.disks.iter_mut().filter(|d| d.standby) {
+        if let Some(b) = before.disks.iter().find(|b| b.device == d.device && b.error.is_none() && b.read_at.is_some()) {
+            *d = DiskHealth { standby: true, ..b.clone() };
+        }
+    }
+    now
 }
 
 /// The devices of `smartctl --scan-open --json` output (pure).
@@ -302,7 +328,13 @@ pub async fn scan(settings: &Settings) -> Scan {
         }
         args.push(dev.name.as_str());
         let d = match smartctl(settings, &args).await {
-            Ok(text) => parse(&dev.name, &text),
+            Ok(text) => {
+                let mut d = parse(&dev.name, &text);
+                if d.error.is_none() && !d.standby {
+                    d.read_at = Some(nereid_types::time::now_iso());
+                }
+                d
+            }
             Err(e) => DiskHealth { device: dev.name.clone(), protocol: dev.protocol.clone(), error: Some(e), ..Default::default() },
         };
         disks.push(d);
@@ -351,7 +383,7 @@ impl Monitor {
             let settings = self.settings.lock().unwrap_or_else(PoisonError::into_inner).clone();
             let every = settings.as_ref().map(|s| s.every);
             let now = match &settings {
-                Some(s) => scan(s).await,
+                Some(s) => carry_standby(scan(s).await, &self.last()),
                 None => Scan::default(),
             };
             let before = std::mem::replace(&mut *self.last.lock().unwrap_or_else(PoisonError::into_inner), now.clone());
@@ -565,6 +597,46 @@ esac"#,
         let missing = scan(&Settings::new(dir.path().join("no-smartctl"))).await;
         assert!(missing.disks.is_empty());
         assert!(missing.error.unwrap().contains("not found: install smartmontools"));
+    }
+
+    #[test]
+    fn a_sleeping_disk_is_standby_not_an_error() {
+        let d = parse("/dev/sda", &fixture("ata-standby.json"));
+        assert_eq!((d.device.as_str(), d.protocol.as_str(), d.standby, d.error.as_deref()), ("/dev/sda", "ATA", true, None));
+        assert_eq!((d.passed, d.read_at.as_deref()), (None, None), "nothing was read");
+        // A device that cannot be opened (the same exit status 2) is still an error.
+        assert!(!parse("/dev/sdz", &fixture("open-failed.json")).standby);
+    }
+
+    #[tokio::test]
+    async fn a_disk_that_falls_asleep_keeps_its_last_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = format!("{}/tests/data/smart", env!("CARGO_MANIFEST_DIR"));
+        // /dev/sda is awake for the first round, asleep after; /dev/nvme1 has never been awake.
+        let body = format!(
+            r#"case "$*" in
+  *--scan-open*) cat {data}/scan-open.json ;;
+  */dev/sda) if [ -e {woke} ]; then cat {data}/ata-standby.json; exit 2; fi; touch {woke}; cat {data}/ata-qemu-x.json; exit 4 ;;
+  */dev/nvme0) cat {data}/nvme-qemu-x.json ;;
+  */dev/nvme1) sed 's|/dev/sda|/dev/nvme1|' {data}/ata-standby.json; exit 2 ;;
+esac"#,
+            woke = dir.path().join("woke").display()
+        );
+        let s = Settings::new(fake_smartctl(dir.path(), &body));
+        let first = carry_standby(scan(&s).await, &Scan::default());
+        let awake = first.disks[0].clone();
+        assert_eq!((awake.standby, awake.passed, awake.error.as_deref()), (false, Some(true), None));
+        assert!(awake.read_at.is_some(), "{awake:?}");
+        let second = carry_standby(scan(&s).await, &first);
+        let devs: Vec<&str> = second.disks.iter().map(|d| d.device.as_str()).collect();
+        assert_eq!(devs, vec!["/dev/sda", "/dev/nvme0", "/dev/nvme1"], "no disk is dropped");
+        assert_eq!(second.disks[0], DiskHealth { standby: true, ..awake }, "the last reading, its read_at unchanged");
+        let never = &second.disks[2];
+        assert_eq!((never.standby, never.error.as_deref(), never.read_at.as_deref()), (true, None, None));
+        // Awake again: a fresh reading, no longer standby.
+        std::fs::remove_file(dir.path().join("woke")).unwrap();
+        let third = carry_standby(scan(&s).await, &second);
+        assert!(!third.disks[0].standby && third.disks[0].read_at.is_some());
     }
 
     #[tokio::test]

@@ -455,6 +455,13 @@ pub struct DiskHealth {
     /// Why it could not be read (smartctl missing, the device refused, a timeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The disk was asleep (spun down) at the last round and was not woken to be read: the
+    /// values are its last reading (of `read_at`), none if it was never read awake.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
+    /// When the values were read (RFC 3339); none when they never were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_at: Option<String>,
 }
 
 /// Something wrong with a server, e.g. a nic tag whose link refuses the MTU its networks
