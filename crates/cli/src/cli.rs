@@ -74,8 +74,73 @@ pub struct HeadnodeArgs {
     pub migration: MigrationArgs,
     #[command(flatten)]
     pub dns: DnsArgs,
+    // Boxed: `Cmd`'s variants stay of a like size.
+    #[command(flatten)]
+    pub acme: Box<AcmeArgs>,
     #[command(flatten)]
     pub tuning: Tuning,
+}
+
+/// A certificate for CloudAPI and the web console from an ACME CA (Let's Encrypt).
+#[derive(Args, Debug, Clone)]
+pub struct AcmeArgs {
+    /// Get CloudAPI's and the web console's certificate for NAME from an ACME CA, and renew it before it expires (repeat for more names; the first is the common name). Until it is issued the self-signed one is served; renewed ones are served from the next connection on, without a restart. Kept in DIR/acme (mode 0600) and reused across restarts
+    #[arg(long, value_name = "NAME", value_parser = acme_domain, conflicts_with_all = ["cloudapi_cert", "cloudapi_key", "cloudapi_http", "no_cloudapi"])]
+    pub acme_domain: Vec<String>,
+    /// The ACME CA's directory URL
+    #[arg(long, value_name = "URL", default_value = nereid_headnode::acme::LETS_ENCRYPT, requires = "acme_domain")]
+    pub acme_directory: String,
+    /// A contact address for the ACME account (the CA writes about expiring certificates and problems) [default: none]
+    #[arg(long, value_name = "ADDR", requires = "acme_domain")]
+    pub acme_email: Option<String>,
+    /// How the CA checks that this headnode answers for the names: http-01 (a token served on --acme-http-listen; the CA connects to port 80 of each name) or dns-01 (a TXT record _acme-challenge.NAME served by this headnode's DNS server, --dns-listen: only for names inside its zones <datacenter>.<suffix> or <datacenter>.cns.<suffix>, delegated to it)
+    #[arg(long, value_name = "http-01|dns-01", default_value = "http-01", value_parser = ["http-01", "dns-01"], requires = "acme_domain")]
+    pub acme_challenge: String,
+    /// Where HTTP-01 challenges are answered (plain HTTP, only /.well-known/acme-challenge/TOKEN; 404 otherwise); port 80 of every --acme-domain must reach it [default: 0.0.0.0:80]
+    #[arg(long, value_name = "ADDR", requires = "acme_domain")]
+    pub acme_http_listen: Option<SocketAddr>,
+    /// CA certificates (PEM) trusted for the ACME directory's own HTTPS, besides the system's: a private CA, or pebble's in tests
+    #[arg(long, value_name = "FILE", requires = "acme_domain")]
+    pub acme_ca_cert: Option<PathBuf>,
+    /// Renew when less than SECS of validity is left [default: a third of the certificate's lifetime; at most half of it]
+    #[arg(long, value_name = "SECS", requires = "acme_domain")]
+    pub acme_renew_before: Option<u64>,
+}
+
+fn acme_domain(s: &str) -> Result<String, String> {
+    nereid_headnode::acme::domain(s)
+}
+
+impl AcmeArgs {
+    /// The headnode's ACME settings (`None` without --acme-domain).
+    pub fn config(&self) -> Result<Option<nereid_headnode::acme::AcmeConfig>, String> {
+        use nereid_headnode::acme::{AcmeConfig, Challenge, DEFAULT_HTTP_LISTEN};
+        if self.acme_domain.is_empty() {
+            return Ok(None);
+        }
+        let challenge = match self.acme_challenge.as_str() {
+            "dns-01" if self.acme_http_listen.is_some() => return Err("--acme-http-listen is for --acme-challenge http-01".into()),
+            "dns-01" => Challenge::Dns01,
+            _ => Challenge::Http01 {
+                listen: self
+                    .acme_http_listen
+                    .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 80)))),
+            },
+        };
+        if !self.acme_directory.starts_with("https://") || self.acme_directory.len() <= "https://".len() {
+            return Err(format!("--acme-directory {:?}: an ACME directory is an https:// URL", self.acme_directory));
+        }
+        if let Some(e) = &self.acme_email
+            && (!e.contains('@') || e.contains(char::is_whitespace))
+        {
+            return Err(format!("--acme-email {e:?} is not an email address"));
+        }
+        let mut c = AcmeConfig::new(self.acme_domain.clone(), &self.acme_directory, challenge);
+        c.email = self.acme_email.clone();
+        c.ca_cert = self.acme_ca_cert.clone();
+        c.renew_before = self.acme_renew_before.map(std::time::Duration::from_secs);
+        Ok(Some(c))
+    }
 }
 
 /// Instance DNS (Triton's CNS): names for every instance of the accounts that switch it on.

@@ -17,6 +17,7 @@
 //! in the matching `app/` file. The web console ([`web`]) is a browser's view of both APIs:
 //! its pages call them in process.
 
+pub mod acme;
 pub mod agent_listener;
 pub mod app;
 pub mod buckets;

@@ -32,6 +32,8 @@ pub struct Config {
     /// The public image catalogue (plain HTTP, no authentication, read-only; see
     /// [`crate::http::image_catalog`]); `None` serves none.
     pub image_catalog: Option<SocketAddr>,
+    /// CloudAPI's and the web console's certificate from an ACME CA (see [`crate::acme`]).
+    pub acme: Option<crate::acme::AcmeConfig>,
 }
 
 /// How CloudAPI is served.
@@ -81,6 +83,7 @@ impl Config {
             cloudapi: None,
             web: None,
             image_catalog: None,
+            acme: None,
         }
     }
 }
@@ -117,6 +120,8 @@ pub struct Running {
     pub image_catalog: Option<SocketAddr>,
     /// The DNS server's address (UDP and TCP), if CNS is on (see [`crate::app::cns`]).
     pub dns: Option<SocketAddr>,
+    /// The ACME HTTP-01 responder's address, if it runs (see [`crate::acme`]).
+    pub acme_http: Option<SocketAddr>,
     server: JoinHandle<std::io::Result<()>>,
     cloud_server: Option<JoinHandle<std::io::Result<()>>>,
     web_server: Option<JoinHandle<std::io::Result<()>>>,
@@ -132,6 +137,8 @@ pub struct Running {
     cns: Vec<JoinHandle<()>>,
     /// The audit log's retention pruner (see [`crate::app::audit`]).
     audit_pruner: Option<JoinHandle<()>>,
+    /// The ACME renewer and HTTP-01 responder.
+    acme: Vec<JoinHandle<()>>,
     stop: broadcast::Sender<()>,
     /// The data directory's lock (released by [`Running::halt`]).
     lock: Option<std::fs::File>,
@@ -168,11 +175,24 @@ pub async fn start(cfg: Config) -> Result<Running> {
     }
     let admin_url = format!("http://{admin_addr}");
     datadir::write_endpoints(&cfg.data_dir, &Endpoints { admin: admin_url.clone(), pid: std::process::id() })?;
+    // ACME's certificate (or the self-signed stand-in) goes to both HTTPS listeners.
+    let acme = match (&cfg.acme, &cfg.cloudapi) {
+        (None, _) => None,
+        (Some(a), Some(c)) if !c.http && c.cert.is_none() && c.key.is_none() => {
+            let zones = app.cfg.cns.as_ref().map(|c| c.dns.zones());
+            Some(crate::acme::prepare(&cfg.data_dir, a, zones, &[c.listen.ip().to_string()])?)
+        }
+        (Some(_), _) => anyhow::bail!(
+            "--acme-domain is a certificate for CloudAPI over HTTPS: it cannot go with --no-cloudapi, --cloudapi-http or --cloudapi-cert/--cloudapi-key"
+        ),
+    };
+    let slot = acme.as_ref().map(|p| p.slot.clone());
+    let acme_http = acme.as_ref().and_then(crate::acme::http01_addr);
     // CloudAPI first: its URL is part of what tenants are told.
     let (cloud_listener, cloud_info, cloudapi) = match &cfg.cloudapi {
         None => (None, crate::cloudapi::CloudInfo::default(), None),
         Some(c) => {
-            let (listener, running) = bind_cloudapi(&cfg.data_dir, c, limits.header_read_timeout).await?;
+            let (listener, running) = bind_cloudapi(&cfg.data_dir, c, slot.clone(), limits.header_read_timeout).await?;
             let info = crate::cloudapi::CloudInfo { datacenter: c.datacenter.clone(), url: running.url.clone() };
             (Some(listener), info, Some(running))
         }
@@ -186,12 +206,15 @@ pub async fn start(cfg: Config) -> Result<Running> {
                 (_, _, Some(c)) => (c.cert.clone(), c.key.clone()),
                 _ => (None, None),
             };
+            // ACME's certificate unless the console has files of its own.
+            let slot = if cert.is_none() { slot.clone() } else { None };
             let (l, r) = bind_tls_or_http(
                 &cfg.data_dir,
                 w.listen,
                 w.http,
                 cert.as_deref(),
                 key.as_deref(),
+                slot,
                 None,
                 "web console",
                 limits.header_read_timeout,
@@ -236,6 +259,10 @@ pub async fn start(cfg: Config) -> Result<Running> {
         _ => Vec::new(),
     };
     let audit_pruner = app.cfg.audit_retention.map(|r| tokio::spawn(crate::app::audit::run_pruner(app.clone(), r)));
+    let acme = match (acme, &cfg.acme) {
+        (Some(p), Some(a)) => crate::acme::spawn(app.clone(), cfg.data_dir.clone(), a.clone(), p),
+        _ => Vec::new(),
+    };
     let (stop, _) = broadcast::channel::<()>(1);
     let mut stopped = stop.subscribe();
     let server = tokio::spawn(async move {
@@ -319,6 +346,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         web,
         image_catalog,
         dns,
+        acme_http,
         server,
         cloud_server,
         web_server,
@@ -330,6 +358,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         capacity,
         cns,
         audit_pruner,
+        acme,
         stop,
         lock: Some(lock),
     })
@@ -353,6 +382,11 @@ impl Running {
         self.capacity.abort();
         if let Some(p) = &self.audit_pruner {
             p.abort();
+        }
+        for t in &mut self.acme {
+            t.abort();
+            // The HTTP-01 listener closes once its task is dropped: a restart may bind it again.
+            let _ = t.await;
         }
         for t in &mut self.cns {
             t.abort();
@@ -395,14 +429,26 @@ enum CloudListener {
 async fn bind_cloudapi(
     data_dir: &std::path::Path,
     c: &CloudApiConfig,
+    slot: Option<Arc<crate::cloudapi::tls::CertSlot>>,
     handshake_timeout: std::time::Duration,
 ) -> Result<(CloudListener, CloudApiRunning)> {
-    bind_tls_or_http(data_dir, c.listen, c.http, c.cert.as_deref(), c.key.as_deref(), c.public_url.clone(), "CloudAPI", handshake_timeout)
-        .await
+    bind_tls_or_http(
+        data_dir,
+        c.listen,
+        c.http,
+        c.cert.as_deref(),
+        c.key.as_deref(),
+        slot,
+        c.public_url.clone(),
+        "CloudAPI",
+        handshake_timeout,
+    )
+    .await
 }
 
 /// Binds a listener that serves HTTPS (the operator's certificate, or the self-signed one
-/// in the data directory) or, with `http`, plain HTTP: CloudAPI's and the web console's.
+/// in the data directory, or ACME's from `slot`) or, with `http`, plain HTTP: CloudAPI's and
+/// the web console's.
 ///
 /// A TLS handshake gets the header read timeout: it is the first part of reading a request.
 #[allow(clippy::too_many_arguments)]
@@ -412,6 +458,7 @@ async fn bind_tls_or_http(
     http: bool,
     cert: Option<&std::path::Path>,
     key: Option<&std::path::Path>,
+    slot: Option<Arc<crate::cloudapi::tls::CertSlot>>,
     public_url: Option<String>,
     what: &str,
     handshake_timeout: std::time::Duration,
@@ -430,14 +477,25 @@ async fn bind_tls_or_http(
         let url = public_url.unwrap_or_else(|| format!("http://{host}:{}", addr.port()));
         return Ok((CloudListener::Http(tcp), CloudApiRunning { addr, url, cert_fingerprint: None, cert_path: None }));
     }
-    let names = vec![addr.ip().to_string()];
-    let files = crate::cloudapi::tls::ensure_certificate(data_dir, cert, key, &names)?;
-    let config = crate::cloudapi::tls::server_config(&files)?;
-    let fingerprint = crate::cloudapi::tls::fingerprint(&files)?;
+    let (config, fingerprint, cert_path) = match slot {
+        Some(slot) => {
+            let fingerprint = slot.fingerprint().unwrap_or_default();
+            (
+                crate::cloudapi::tls::server_config_resolving(slot)?,
+                fingerprint,
+                data_dir.join(crate::acme::DIR).join(crate::acme::CERT_FILE),
+            )
+        }
+        None => {
+            let names = vec![addr.ip().to_string()];
+            let files = crate::cloudapi::tls::ensure_certificate(data_dir, cert, key, &names)?;
+            (crate::cloudapi::tls::server_config(&files)?, crate::cloudapi::tls::fingerprint(&files)?, files.cert)
+        }
+    };
     let url = public_url.unwrap_or_else(|| format!("https://{host}:{}", addr.port()));
     Ok((
         CloudListener::Https(crate::cloudapi::tls::TlsListener::with_handshake_timeout(tcp, config, handshake_timeout)),
-        CloudApiRunning { addr, url, cert_fingerprint: Some(fingerprint), cert_path: Some(files.cert.clone()) },
+        CloudApiRunning { addr, url, cert_fingerprint: Some(fingerprint), cert_path: Some(cert_path) },
     ))
 }
 

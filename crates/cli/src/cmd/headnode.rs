@@ -19,7 +19,9 @@ pub async fn run(a: HeadnodeArgs) -> Result<()> {
     cfg.cloudapi = a.cloudapi.config();
     cfg.web = a.web.config(cfg.admin_listen);
     cfg.image_catalog = a.image_catalog_listen;
+    cfg.acme = a.acme.config().map_err(anyhow::Error::msg)?;
     let store = nereid_headnode::server::redact(&nereid_headnode::server::store_url(&cfg));
+    let cfg_acme = cfg.acme.clone();
     let running = start(cfg).await?;
     let abs = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
     println!("nereid headnode {} is running", env!("CARGO_PKG_VERSION"));
@@ -39,6 +41,10 @@ pub async fn run(a: HeadnodeArgs) -> Result<()> {
     if let (Some(addr), Some(c)) = (running.dns, &running.app.cfg.cns) {
         let [public, private] = c.dns.zones();
         println!("  instance DNS    {addr} (UDP and TCP)  zones {public} (public), {private} (private)");
+    }
+    if let Some(acme) = &cfg_acme {
+        let how = running.acme_http.map_or("DNS-01 through the instance DNS".to_string(), |a| format!("HTTP-01 on {a}"));
+        println!("  ACME            {} from {} ({how})", acme.domains.join(", "), acme.directory);
     }
     if let Some(addr) = running.image_catalog {
         println!("  image catalogue http://{addr}  (public images, read-only, no authentication)");

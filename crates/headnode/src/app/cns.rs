@@ -19,6 +19,10 @@
 //! ([`is_private`]: RFC 1918, 100.64/10, link-local, loopback, ULA); private addresses go
 //! to `<dc>.cns.<suffix>`. `dns_names` of GetMachine and GET /vms/:uuid come from the same
 //! inputs through [`App::vm_dns_names`].
+//!
+//! ACME's DNS-01 challenges (`crate::acme`) put `_acme-challenge.<domain>` TXT records in
+//! [`AcmeTxt`]; each build adds them to the zone holding the name, and tells the ACME
+//! client once they are published.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -58,6 +62,73 @@ pub struct CnsConfig {
     pub listen: SocketAddr,
     /// Zones, transfers and peers; its `admin_uuid` is filled in at each build.
     pub dns: nereid_cns::Config,
+    /// ACME DNS-01 challenge records, published beside the instances' names.
+    pub acme_txt: Arc<AcmeTxt>,
+}
+
+/// TXT records an ACME order wants published (name → values), with a generation counter so
+/// the order can wait until the DNS server answers with what it set.
+#[derive(Debug)]
+pub struct AcmeTxt {
+    records: std::sync::Mutex<(u64, std::collections::BTreeMap<String, std::collections::BTreeSet<String>>)>,
+    published: watch::Sender<u64>,
+}
+
+impl Default for AcmeTxt {
+    fn default() -> Self {
+        AcmeTxt { records: Default::default(), published: watch::Sender::new(0) }
+    }
+}
+
+impl AcmeTxt {
+    /// Publishes `value` at `name` (beside any value already there); the generation to wait for.
+    pub fn add(&self, name: &str, value: &str) -> u64 {
+        let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        r.0 += 1;
+        r.1.entry(name.to_ascii_lowercase()).or_default().insert(value.to_string());
+        r.0
+    }
+
+    /// Withdraws every value at `name`.
+    pub fn remove(&self, name: &str) {
+        let mut r = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        r.0 += 1;
+        r.1.remove(&name.to_ascii_lowercase());
+    }
+
+    /// The current generation and records.
+    pub fn snapshot(&self) -> (u64, std::collections::BTreeMap<String, std::collections::BTreeSet<String>>) {
+        self.records.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The generation the DNS server now answers with.
+    fn mark_published(&self, generation: u64) {
+        self.published.send_if_modified(|g| {
+            let newer = generation > *g;
+            if newer {
+                *g = generation;
+            }
+            newer
+        });
+    }
+
+    /// Waits until the records of `generation` (or later) are published.
+    pub async fn published(&self, generation: u64) {
+        let mut rx = self.published.subscribe();
+        let _ = rx.wait_for(|g| *g >= generation).await;
+    }
+}
+
+/// Adds the ACME TXT records to the zones holding their names (names outside every zone are
+/// left out: `crate::acme` refuses such domains at start).
+pub fn add_acme_txt(zones: &mut Zones, txt: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>, ttl: u32) {
+    for (name, values) in txt {
+        let zone = zones.keys().find(|z| name == *z || name.ends_with(&format!(".{z}"))).cloned();
+        let Some(records) = zone.and_then(|z| zones.get_mut(&z)) else { continue };
+        for v in values {
+            records.insert(nereid_cns::Record { name: name.clone(), ttl, data: nereid_cns::Data::Txt(v.clone()) });
+        }
+    }
 }
 
 impl CnsConfig {
@@ -65,7 +136,7 @@ impl CnsConfig {
     pub fn new(listen: SocketAddr, datacenter: &str, suffix: &str) -> Self {
         let mut dns = nereid_cns::Config::new(datacenter, suffix, Uuid::nil());
         dns.allow_transfer = loopback();
-        CnsConfig { listen, dns }
+        CnsConfig { listen, dns, acme_txt: Arc::default() }
     }
 }
 
@@ -309,7 +380,11 @@ impl App {
             let (networks, up) = (self.cns_networks().await?, self.cns_servers_up().await?);
             instances = vms.iter().filter_map(|v| instance(v, &networks, &up)).collect();
         }
-        Ok(Some(nereid_cns::build(&dns, &accounts, &instances)))
+        let mut zones = nereid_cns::build(&dns, &accounts, &instances);
+        if let Some(c) = &self.cfg.cns {
+            add_acme_txt(&mut zones, &c.acme_txt.snapshot().1, dns.ttl);
+        }
+        Ok(Some(zones))
     }
 
     /// A VM's `dns_names` (CloudAPI GetMachine, VMAPI GET /vms/:uuid): `None` when CNS is
@@ -364,15 +439,22 @@ pub async fn run(app: Arc<App>, tx: watch::Sender<Arc<ZoneSet>>) {
             tokio::time::sleep_until(at + EVERY).await;
         }
         built_at = Some(tokio::time::Instant::now());
+        // The build reads the ACME records after this: it holds at least this generation.
+        let acme_generation = app.cfg.cns.as_ref().map(|c| c.acme_txt.snapshot().0);
         match app.cns_zones().await {
-            Ok(Some(zones)) if last.as_ref() != Some(&zones) => {
-                let changed = nereid_cns::publish(&tx, zones.clone());
-                if !changed.is_empty() {
-                    tracing::debug!(?changed, "cns: zones published");
+            Ok(Some(zones)) => {
+                if last.as_ref() != Some(&zones) {
+                    let changed = nereid_cns::publish(&tx, zones.clone());
+                    if !changed.is_empty() {
+                        tracing::debug!(?changed, "cns: zones published");
+                    }
+                    last = Some(zones);
                 }
-                last = Some(zones);
+                if let (Some(c), Some(g)) = (&app.cfg.cns, acme_generation) {
+                    c.acme_txt.mark_published(g);
+                }
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => tracing::warn!(error = %e.message, "cns: building the zones failed; trying again when woken or in 30 s"),
         }
     }

@@ -8,6 +8,9 @@
 //!   TcpListener ─► accept loop ─► one task per handshake (10 s timeout) ─► channel ─► axum::serve
 //! ```
 //!
+//! With ACME (`crate::acme`) both listeners serve from a [`CertSlot`] instead: the
+//! self-signed (or last issued) certificate until a new one is swapped in.
+//!
 //! Handshakes run in their own tasks so a slow or silent client cannot hold up
 //! the others; failed handshakes are logged at debug level and dropped.
 
@@ -91,6 +94,59 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .with_context(|| format!("using the certificate {} with the key {}", files.cert.display(), files.key.display()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A certificate that can be replaced while serving (ACME renewals): every new handshake
+/// takes the current one; connections already open keep the one they were made with.
+#[derive(Debug)]
+pub struct CertSlot(std::sync::RwLock<Arc<CertifiedKey>>);
+
+impl CertSlot {
+    pub fn new(key: Arc<CertifiedKey>) -> Arc<Self> {
+        Arc::new(CertSlot(std::sync::RwLock::new(key)))
+    }
+
+    /// What new handshakes get.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Serves `key` from the next handshake on.
+    pub fn set(&self, key: Arc<CertifiedKey>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = key;
+    }
+
+    /// The SHA-256 fingerprint of the current certificate (as [`fingerprint`]).
+    pub fn fingerprint(&self) -> Option<String> {
+        self.current().cert.first().map(|c| colon_hex(&Sha256::digest(c.as_ref())))
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertSlot {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// The files' chain and key, checked (as [`server_config`] does), ready to serve.
+pub fn certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>> {
+    let (certs, key) = load(files)?;
+    let signing_key = ring::default_provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| anyhow::anyhow!("the private key in {} is not usable: {e}", files.key.display()))?;
+    Ok(Arc::new(CertifiedKey::new(certs, signing_key)))
+}
+
+/// A rustls server config as [`server_config`]'s, serving whatever `slot` holds.
+pub fn server_config_resolving(slot: Arc<CertSlot>) -> Result<Arc<rustls::ServerConfig>> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .context("choosing TLS protocol versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(slot);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
