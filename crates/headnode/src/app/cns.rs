@@ -496,6 +496,29 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn acme_txt_records_go_to_their_zone_and_are_waited_for() {
+        let txt = AcmeTxt::default();
+        let g1 = txt.add("_acme-challenge.API.dc1.example.com", "v1");
+        let g2 = txt.add("_acme-challenge.api.dc1.example.com", "v2");
+        txt.add("_acme-challenge.other.example", "lost");
+        assert!(g2 > g1);
+        let mut zones: Zones = ["dc1.example.com", "dc1.cns.example.com"].iter().map(|z| (z.to_string(), Default::default())).collect();
+        let (generation, records) = txt.snapshot();
+        add_acme_txt(&mut zones, &records, 30);
+        let names: Vec<_> = zones["dc1.example.com"].iter().map(|r| (r.name.as_str(), r.data.clone())).collect();
+        let name = "_acme-challenge.api.dc1.example.com";
+        assert_eq!(names, [(name, nereid_cns::Data::Txt("v1".into())), (name, nereid_cns::Data::Txt("v2".into()))]);
+        assert!(zones["dc1.cns.example.com"].is_empty(), "a name outside every zone is left out");
+        // Waiting ends once a build at that generation (or a later one) is published.
+        let waiter = tokio::time::timeout(Duration::from_millis(50), txt.published(g2)).await;
+        assert!(waiter.is_err(), "nothing published yet");
+        txt.mark_published(generation);
+        tokio::time::timeout(Duration::from_secs(5), txt.published(g2)).await.unwrap();
+        txt.remove(name);
+        assert!(!txt.snapshot().1.contains_key(name));
+    }
+
     #[test]
     fn flags_parse_lists_of_blocks_and_peers() {
         let nets = parse_cidrs("10.0.0.0/8, 192.0.2.7,2001:db8::/32").unwrap();
