@@ -73,7 +73,8 @@ pub const SERVER_CLAIMS: BucketDef = BucketDef { name: "server_claims", indexes:
 /// Each server's last reported VM inventory (the `vms` of its heartbeats), written only
 /// when it changes; keyed by server UUID.
 pub const INVENTORIES: BucketDef = BucketDef { name: "inventories", indexes: &[] };
-pub const RESERVATIONS: BucketDef = BucketDef { name: "reservations", indexes: &[text(&["server_uuid"]), text(&["vm_uuid"])] };
+pub const RESERVATIONS: BucketDef =
+    BucketDef { name: "reservations", indexes: &[text(&["server_uuid"]), text(&["vm_uuid"]), text(&["owner_uuid"])] };
 /// VMAPI's migration records (`vmapi_vm_migrations`), keyed by migration id.
 pub const MIGRATIONS: BucketDef = BucketDef {
     name: "migrations",

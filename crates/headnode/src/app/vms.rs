@@ -992,7 +992,9 @@ impl App {
                 Err(StoreError::Conflict { op_index: 2, .. }) => {
                     return Err(ApiError::validation_409(vec![FieldError::duplicate("uuid", format!("VM {uuid} already exists"))]));
                 }
-                Err(StoreError::Conflict { op_index: 4, .. }) => continue,
+                // Another create of this account counted first (the usage stamp): count again,
+                // after a random pause so racing creates do not retry in lockstep.
+                Err(StoreError::Conflict { op_index: 4, .. }) => super::limits::limit_conflict_backoff().await,
                 Err(e) => return Err(store_error(e)),
             }
         }
@@ -1247,7 +1249,8 @@ impl App {
                     super::audit::note_job(job.uuid);
                     return Ok(job);
                 }
-                Err(StoreError::Conflict { op_index: 0 | 3, .. }) => continue,
+                Err(StoreError::Conflict { op_index: 0, .. }) => continue,
+                Err(StoreError::Conflict { op_index: 3, .. }) => super::limits::limit_conflict_backoff().await,
                 Err(e) => return Err(store_error(e)),
             }
         }
