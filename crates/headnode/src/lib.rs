@@ -31,6 +31,7 @@ pub mod openapi;
 pub mod pki;
 pub mod reconcile;
 pub mod server;
+pub mod system_roots;
 pub mod web;
 
 pub use server::{Config, Running, start};

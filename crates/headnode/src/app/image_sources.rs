@@ -242,17 +242,7 @@ fn http_client() -> Result<reqwest::Client, ApiError> {
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(15))
         .read_timeout(Duration::from_secs(60));
-    let bundles = [
-        std::env::var("SSL_CERT_FILE").unwrap_or_default(),
-        "/etc/ssl/certs/ca-certificates.crt".into(),
-        "/etc/pki/tls/certs/ca-bundle.crt".into(),
-        "/etc/ssl/cert.pem".into(),
-    ];
-    if let Some(pem) = bundles.iter().filter(|p| !p.is_empty()).find_map(|p| std::fs::read(p).ok()) {
-        for cert in reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default() {
-            b = b.add_root_certificate(cert);
-        }
-    }
+    b = crate::system_roots::with_system_roots(b);
     b.build().map_err(|e| ApiError::internal(format!("building the HTTP client for image sources: {e}")))
 }
 
