@@ -135,7 +135,14 @@ impl AcmeArgs {
         {
             return Err(format!("--acme-email {e:?} is not an email address"));
         }
-        let mut c = AcmeConfig::new(self.acme_domain.clone(), &self.acme_directory, challenge);
+        // A name given twice is one identifier (a CA may refuse an order naming it twice).
+        let mut domains: Vec<String> = Vec::new();
+        for d in &self.acme_domain {
+            if !domains.iter().any(|k| k.eq_ignore_ascii_case(d)) {
+                domains.push(d.clone());
+            }
+        }
+        let mut c = AcmeConfig::new(domains, &self.acme_directory, challenge);
         c.email = self.acme_email.clone();
         c.ca_cert = self.acme_ca_cert.clone();
         c.renew_before = self.acme_renew_before.map(std::time::Duration::from_secs);

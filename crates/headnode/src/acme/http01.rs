@@ -10,6 +10,9 @@ use axum::routing::get;
 
 use super::Tokens;
 
+/// Connections the responder serves at once (beyond it the longest-idle one is closed).
+const MAX_CONNECTIONS: usize = 64;
+
 /// The responder's routes.
 pub fn router(tokens: Tokens) -> Router {
     Router::new().route("/.well-known/acme-challenge/{token}", get(answer)).with_state(tokens)
@@ -23,9 +26,13 @@ async fn answer(State(tokens): State<Tokens>, Path(token): Path<String>) -> Resp
     }
 }
 
-/// Serves the responder until the task is dropped.
+/// Serves the responder until the task is dropped, with the same timeouts as every other
+/// listener (a client that opens connections and sends nothing cannot hold them) and few
+/// connections: a CA's validators need a handful, and this port is open to the world.
 pub async fn serve(listener: tokio::net::TcpListener, tokens: Tokens) {
-    if let Err(e) = axum::serve(listener, router(tokens)).await {
+    let limits = nereid_serve::Limits { max_connections: MAX_CONNECTIONS, ..nereid_serve::Limits::default() };
+    let tcp = nereid_serve::Tcp::new(listener, "ACME HTTP-01");
+    if let Err(e) = nereid_serve::serve(tcp, router(tokens), limits, std::future::pending()).await {
         tracing::error!(error = %e, "ACME: the HTTP-01 responder stopped");
     }
 }

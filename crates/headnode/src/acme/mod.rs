@@ -158,7 +158,7 @@ fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 /// A UTCTime (tag 0x17, `YYMMDDHHMMSSZ`) or GeneralizedTime (0x18, `YYYYMMDDHHMMSSZ`) as
 /// unix seconds.
 fn der_time(tag: u8, v: &[u8]) -> Option<i64> {
-    let s = std::str::from_utf8(v).ok()?.strip_suffix('Z')?;
+    let s = std::str::from_utf8(v).ok().filter(|s| s.is_ascii())?.strip_suffix('Z')?;
     let (year, rest) = match tag {
         0x17 if s.len() == 12 => {
             let yy: i32 = s[..2].parse().ok()?;
@@ -370,8 +370,19 @@ impl Renewer {
                         "ACME: certificate issued; serving it from the next connection on"
                     );
                     self.slot.set(key);
+                    // A certificate due at once (a clock ahead, a lifetime shorter than the
+                    // renewal margin) must not become an order loop: back off as after a failure.
+                    if wait_before_check(&new, self.cfg.renew_before, now()).is_zero() {
+                        tracing::warn!(
+                            retry_in_secs = retry.as_secs(),
+                            "ACME: the new certificate is already due for renewal; check the clock and --acme-renew-before"
+                        );
+                        tokio::time::sleep(retry).await;
+                        retry = (retry * 2).min(RETRY_MAX);
+                    } else {
+                        retry = RETRY_FIRST;
+                    }
                     facts = Some(new);
-                    retry = RETRY_FIRST;
                 }
                 Err(e) => {
                     tracing::error!(
@@ -390,15 +401,22 @@ impl Renewer {
     /// One order, start to end; the new certificate is written to the data directory.
     async fn order(&self) -> Result<(Arc<CertifiedKey>, CertFacts)> {
         let (cert_pem, key_pem) = client::order(self).await?;
+        // Checked as staged files first: an issuance that is unreadable or names the wrong
+        // hosts never replaces the pair being served. The key goes in before the
+        // certificate; a crash between the two renames leaves a pair that does not match,
+        // which the next start refuses (it orders again).
         let f = files(&self.data_dir);
-        crate::datadir::write_private(&f.key, key_pem.as_bytes())?;
-        crate::datadir::write_private(&f.cert, cert_pem.as_bytes())?;
-        let key = certified_key(&f).context("the issued certificate")?;
+        let staged = TlsFiles { cert: f.cert.with_extension("pem.new"), key: f.key.with_extension("pem.new"), generated: false };
+        crate::datadir::write_private(&staged.key, key_pem.as_bytes())?;
+        crate::datadir::write_private(&staged.cert, cert_pem.as_bytes())?;
+        let key = certified_key(&staged).context("the issued certificate")?;
         let leaf = key.cert.first().context("the CA sent no certificate")?;
         let facts = cert_facts(leaf.as_ref()).context("the issued certificate's validity cannot be read")?;
         if !names_all(leaf, &self.cfg.domains) {
             bail!("the issued certificate does not name every --acme-domain");
         }
+        std::fs::rename(&staged.key, &f.key).with_context(|| format!("renaming {} into place", staged.key.display()))?;
+        std::fs::rename(&staged.cert, &f.cert).with_context(|| format!("renaming {} into place", staged.cert.display()))?;
         Ok((key, facts))
     }
 }
