@@ -151,6 +151,14 @@ pub fn pending_growth(vms: &[Usage], uuids: &[Uuid], reservations: &[Reservation
         .collect()
 }
 
+/// Whether a resize (update) job has written its new size into the VM record: its apply
+/// step is done, or the job is over. A job in its apply step still counts (the record may
+/// or may not have the size yet: counting it twice for that moment only errs on the safe side).
+pub fn resize_applied(job: &nereid_types::job::Job) -> bool {
+    let done = job.chain_results.iter().any(|r| r.name == crate::jobs::update::APPLY_STEP && r.error.is_empty());
+    done || job.is_done()
+}
+
 /// A random 5–50 ms pause before a provision or resize that lost the usage stamp's race
 /// checks the limits again, so racing ones do not retry in lockstep.
 pub async fn limit_conflict_backoff() {
@@ -383,8 +391,17 @@ impl App {
                 &ListQuery::filter(Filter::And(vec![Filter::eq("owner_uuid", owner.to_string()), Filter::eq("kind", "resize")])),
             )
             .await?;
+        // Only growth not yet in its VM record: once a resize job is past its apply step the
+        // record holds the new size, though the reservation stays until the VM has started.
+        let mut unapplied = Vec::with_capacity(open.len());
+        for r in open {
+            let job = self.read::<nereid_types::job::Job>(crate::buckets::JOBS.name, &r.job_uuid.to_string()).await?;
+            if job.is_some_and(|(j, _)| !resize_applied(&j)) {
+                unapplied.push(r);
+            }
+        }
         let uuids: Vec<Uuid> = mine.iter().map(|v| v.uuid).collect();
-        existing.extend(pending_growth(&existing, &uuids, &open, resizing.map(|r| r.uuid)));
+        existing.extend(pending_growth(&existing, &uuids, &unapplied, resizing.map(|r| r.uuid)));
         let before = resizing.map(|r| Usage::of(r, &images));
         check(&limits, &existing, &Usage::of(vm, &images), before.as_ref())?;
         let value = encode(&json!({"account_uuid": owner, "stamp": n}));
@@ -395,6 +412,24 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resize_counts_as_growth_only_until_its_record_holds_the_new_size() {
+        use nereid_types::job::StepResult;
+        let step =
+            |name: &str, error: &str| StepResult { name: name.into(), result: "ok".into(), error: error.into(), ..Default::default() };
+        let mut j = crate::jobs::new_job("update", Uuid::nil(), None, None, Map::new());
+        j.execution = "running".into();
+        j.chain_results = vec![step("reserve", ""), step("stop", "")];
+        assert!(!resize_applied(&j), "before apply the record has the old size");
+        j.chain_results.push(step(crate::jobs::update::APPLY_STEP, "the server did not answer"));
+        assert!(!resize_applied(&j), "a failed apply changed nothing");
+        j.chain_results.push(step(crate::jobs::update::APPLY_STEP, ""));
+        assert!(resize_applied(&j), "after apply (the VM starting again) the record holds it");
+        j.chain_results.truncate(2);
+        j.execution = "failed".into();
+        assert!(resize_applied(&j), "a finished job's reservation is no growth to come");
+    }
 
     fn limit(by: &str, value: i64, check: Option<(&str, &str)>) -> Limit {
         let mut l = Limit {

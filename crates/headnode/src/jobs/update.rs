@@ -81,10 +81,13 @@ async fn apply(app: &App, job: &mut Job, fields: &Map<String, Value>, gen_key: &
 
 struct Apply;
 
+/// The apply step's name (after it, the VM record holds the new size: see `app::limits`).
+pub const APPLY_STEP: &str = "apply";
+
 #[async_trait]
 impl Step for Apply {
     fn name(&self) -> &'static str {
-        "apply"
+        APPLY_STEP
     }
     fn deadline(&self, app: &App) -> Duration {
         app.cfg.step_deadline
