@@ -133,6 +133,8 @@ pub struct Running {
     netpolicy: JoinHandle<()>,
     /// The capacity view's background rebuild (see [`crate::app::capacity`]).
     capacity: JoinHandle<()>,
+    /// Writes servers' pending liveness (see [`crate::app::liveness`]).
+    liveness: JoinHandle<()>,
     /// The CNS zone builder and DNS server.
     cns: Vec<JoinHandle<()>>,
     /// The audit log's retention pruner (see [`crate::app::audit`]).
@@ -254,6 +256,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         (!app.cfg.reconcile_every.is_zero()).then(|| tokio::spawn(crate::reconcile::run(app.clone(), app.cfg.reconcile_every)));
     let netpolicy = tokio::spawn(crate::app::netpolicy::run(app.clone()));
     let capacity = tokio::spawn(crate::app::capacity::run(app.clone()));
+    let liveness = tokio::spawn(crate::app::liveness::run(app.clone()));
     let cns = match (&app.cfg.cns, dns_sockets) {
         (Some(c), Some((udp, tcp))) => crate::app::cns::spawn(&app, c, udp, tcp).into(),
         _ => Vec::new(),
@@ -356,6 +359,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         reconciler,
         netpolicy,
         capacity,
+        liveness,
         cns,
         audit_pruner,
         acme,
@@ -406,8 +410,11 @@ impl Running {
         if let Some(c) = &mut self.catalog_server {
             c.await??;
         }
-        // The audit records of the last requests are queued: written before the store goes.
+        // The audit records of the last requests are queued, and servers' liveness:
+        // written before the store goes.
+        self.liveness.abort();
         self.app.audit_flush().await;
+        self.app.flush_liveness().await;
         self.app.store.close().await;
         self.lock = None;
         Ok(())

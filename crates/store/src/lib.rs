@@ -98,6 +98,15 @@ pub enum Op {
         key: String,
         cond: Cond,
     },
+    /// Overwrites the object if it exists, whatever its generation; an absent one stays
+    /// absent and the op answers generation 0 instead of failing the batch. For soft
+    /// state written often by many writers (servers' liveness): consecutive refreshes of
+    /// one bucket are written by one statement.
+    Refresh {
+        bucket: String,
+        key: String,
+        value: Value,
+    },
 }
 
 impl Op {
@@ -110,9 +119,13 @@ impl Op {
     pub fn check(bucket: &str, key: impl Into<String>, cond: Cond) -> Self {
         Op::Check { bucket: bucket.into(), key: key.into(), cond }
     }
+    pub fn refresh(bucket: &str, key: impl Into<String>, value: Value) -> Self {
+        Op::Refresh { bucket: bucket.into(), key: key.into(), value }
+    }
     fn target(&self) -> (&str, &str, Cond) {
         match self {
             Op::Put { bucket, key, cond, .. } | Op::Delete { bucket, key, cond } | Op::Check { bucket, key, cond } => (bucket, key, *cond),
+            Op::Refresh { bucket, key, .. } => (bucket, key, Cond::Exists),
         }
     }
 }

@@ -94,7 +94,15 @@ fn bind_value(s: &mut Sql, v: &Value) {
 /// Applies ops in order inside the caller's transaction; the caller commits on `Ok`.
 pub(crate) async fn batch(c: &mut dyn Exec, d: Dialect, ops: &[Op], now: i64) -> Result<Vec<i64>> {
     let mut out = Vec::with_capacity(ops.len());
-    for (i, op) in ops.iter().enumerate() {
+    let mut i = 0;
+    while i < ops.len() {
+        if matches!(ops[i], Op::Refresh { .. }) {
+            let run = refresh_run(&ops[i..]);
+            out.extend(refresh(c, d, run, now).await?);
+            i += run.len();
+            continue;
+        }
+        let op = &ops[i];
         let (bucket, key, cond) = op.target();
         let lit = bucket_literal(bucket)?;
         let done: Option<i64> = match op {
@@ -144,6 +152,8 @@ pub(crate) async fn batch(c: &mut dyn Exec, d: Dialect, ops: &[Op], now: i64) ->
                     _ => (n > 0).then_some(0),
                 }
             }
+            // (Runs are written above; this is never reached with one.)
+            Op::Refresh { .. } => refresh(c, d, std::slice::from_ref(op), now).await?.first().copied(),
             Op::Check { .. } => {
                 let found = generation_of(c, d, bucket, key, true).await?;
                 let holds = match cond {
@@ -162,8 +172,57 @@ pub(crate) async fn batch(c: &mut dyn Exec, d: Dialect, ops: &[Op], now: i64) ->
                 return Err(StoreError::Conflict { bucket: bucket.to_string(), key: key.to_string(), expected: cond, found, op_index: i });
             }
         }
+        i += 1;
     }
     Ok(out)
+}
+
+/// Refreshes written by one statement, at most.
+const REFRESH_CHUNK: usize = 256;
+
+/// The refreshes at the head of `ops` one statement writes: consecutive, of one bucket,
+/// no key twice (a statement updates a row once), at most [`REFRESH_CHUNK`].
+fn refresh_run(ops: &[Op]) -> &[Op] {
+    let mut keys = std::collections::HashSet::new();
+    let mut bucket0 = None;
+    let n = ops
+        .iter()
+        .take(REFRESH_CHUNK)
+        .take_while(|op| match op {
+            Op::Refresh { bucket, key, .. } => *bucket0.get_or_insert(bucket.as_str()) == bucket.as_str() && keys.insert(key.as_str()),
+            _ => false,
+        })
+        .count();
+    &ops[..n.max(1)]
+}
+
+/// Writes a run of refreshes (see [`refresh_run`]) with one `UPDATE … FROM (VALUES …)`;
+/// answers each op's new generation, 0 where the object is absent.
+async fn refresh(c: &mut dyn Exec, d: Dialect, run: &[Op], now: i64) -> Result<Vec<i64>> {
+    let Some(Op::Refresh { bucket, .. }) = run.first() else { return Ok(Vec::new()) };
+    let lit = bucket_literal(bucket)?;
+    let mut s = Sql::new(d, "WITH v(k, val) AS (VALUES ");
+    for (n, op) in run.iter().enumerate() {
+        let Op::Refresh { key, value, .. } = op else { continue };
+        s.push(if n == 0 { "(" } else { ", (" });
+        s.bind(Param::Text(key.clone())).push(", ");
+        bind_value(&mut s, value);
+        s.push(")");
+    }
+    s.push(") UPDATE objects SET value = v.val, generation = objects.generation + 1, mtime = ").bind(Param::Int(now));
+    s.push(&format!(" FROM v WHERE objects.bucket = {lit} AND objects.key = v.k RETURNING key, "));
+    s.push(match d {
+        Dialect::Sqlite => "'', generation, mtime",
+        Dialect::Postgres => "''::text, generation, mtime",
+    });
+    let written: std::collections::HashMap<String, i64> = c.rows(&s).await?.into_iter().map(|(k, _, g, _)| (k, g)).collect();
+    Ok(run
+        .iter()
+        .map(|op| match op {
+            Op::Refresh { key, .. } => written.get(key).copied().unwrap_or(0),
+            _ => 0,
+        })
+        .collect())
 }
 
 pub(crate) async fn list(c: &mut dyn Exec, d: Dialect, bucket: &str, q: &ListQuery) -> Result<Vec<Object>> {

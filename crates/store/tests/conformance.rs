@@ -44,6 +44,7 @@ conformance!(
     concurrent_creates_have_one_winner,
     bad_filters_are_errors,
     buckets_are_separate_and_indexes_idempotent,
+    refreshes_overwrite_what_exists_and_skip_what_does_not,
 );
 
 const B: &str = "things";
@@ -341,6 +342,35 @@ async fn concurrent_creates_have_one_winner(s: Arc<dyn Store>) {
         winners += usize::from(t.await.unwrap());
     }
     assert_eq!(winners, 1);
+}
+
+async fn refreshes_overwrite_what_exists_and_skip_what_does_not(s: Arc<dyn Store>) {
+    // 600 servers' liveness in one batch (more than one statement's run), every other one
+    // absent, between ordinary ops that must still count and guard as usual.
+    for i in (0..600).step_by(2) {
+        s.put(B, &format!("r{i:03}"), json!({"at": 0}), Cond::Any).await.unwrap();
+    }
+    s.put(B, "r000", json!({"at": 0}), Cond::Any).await.unwrap();
+    let mut ops = vec![Op::put(B, "first", json!(1), Cond::Absent)];
+    ops.extend((0..600).map(|i| Op::refresh(B, format!("r{i:03}"), json!({"at": i}))));
+    // The same key twice: the second is written after the first.
+    ops.push(Op::refresh(B, "r002", json!({"at": "again"})));
+    ops.push(Op::check(B, "first", Cond::Generation(1)));
+    let gens = s.batch(ops).await.unwrap();
+    assert_eq!(gens.len(), 603);
+    assert_eq!(gens[0], 1);
+    assert_eq!(gens[1], 3, "r000 was at generation 2");
+    for i in 1..600 {
+        assert_eq!(gens[1 + i], if i % 2 == 0 { 2 } else { 0 }, "r{i:03}");
+    }
+    assert_eq!(gens[601], 3, "r002 refreshed twice in one batch");
+    assert_eq!(s.get(B, "r002").await.unwrap().unwrap().value, json!({"at": "again"}));
+    assert_eq!(s.get(B, "r598").await.unwrap().unwrap().value, json!({"at": 598}));
+    assert!(s.get(B, "r001").await.unwrap().is_none(), "an absent object stays absent");
+    // A batch failing elsewhere writes none of its refreshes.
+    let e = s.batch(vec![Op::refresh(B, "r004", json!({"at": "lost"})), Op::check(B, "first", Cond::Absent)]).await.unwrap_err();
+    assert!(e.is_conflict(), "{e}");
+    assert_eq!(s.get(B, "r004").await.unwrap().unwrap().value, json!({"at": 4}));
 }
 
 async fn bad_filters_are_errors(s: Arc<dyn Store>) {

@@ -88,6 +88,9 @@ impl Options {
             heartbeat: Duration::from_millis(500),
             app: AppConfig {
                 server_timeout: Duration::from_secs(11),
+                // Tests' heartbeats come every few hundred ms: written and checked as often.
+                liveness_flush: Duration::from_millis(100),
+                liveness_recheck: Duration::from_secs(1),
                 job_lease: Duration::from_secs(5),
                 step_deadline: Duration::from_secs(30),
                 provision_deadline: Duration::from_secs(30),

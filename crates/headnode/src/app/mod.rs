@@ -34,6 +34,7 @@ pub mod images;
 pub mod ip_cache;
 pub mod limits;
 pub mod lists;
+pub mod liveness;
 pub mod migrations;
 pub mod netpolicy;
 pub mod network_pools;
@@ -62,6 +63,11 @@ pub struct AppConfig {
     pub headnode_id: String,
     /// Silence after which a server's status is `unknown` (Triton: 11 s).
     pub server_timeout: Duration,
+    /// How often servers' deferred liveness is written (see [`liveness`]).
+    pub liveness_flush: Duration,
+    /// A server's heartbeat is written whole, its inventory checked against the store, at
+    /// least this often (the others may be deferred, see [`liveness`]).
+    pub liveness_recheck: Duration,
     /// How long a job lease lasts without renewal.
     pub job_lease: Duration,
     /// Deadline of waits for a VM to start, stop or be deleted.
@@ -127,6 +133,8 @@ impl Default for AppConfig {
         AppConfig {
             headnode_id: "headnode".into(),
             server_timeout: Duration::from_secs(11),
+            liveness_flush: liveness::FLUSH_EVERY,
+            liveness_recheck: liveness::RECHECK_EVERY,
             job_lease: Duration::from_secs(30),
             step_deadline: Duration::from_secs(300),
             provision_deadline: Duration::from_secs(1800),
@@ -173,6 +181,8 @@ pub struct App {
     pub metrics: crate::metrics::Metrics,
     /// Servers' inventories as last read or written here (heartbeats; see [`servers::HeldInventories`]).
     pub held_inventories: servers::HeldInventories,
+    /// Servers' liveness waiting to be written, and their verified keys (see [`liveness`]).
+    pub liveness: liveness::Liveness,
     /// The nic tags' MTUs answered to heartbeats, recomputed every few seconds.
     pub mtus: servers::inventories::MtuCache,
     /// Rendered JSON of listed objects, by version ([`lists`]).
@@ -207,6 +217,7 @@ impl App {
             hooks,
             metrics: crate::metrics::Metrics::default(),
             held_inventories: servers::HeldInventories::default(),
+            liveness: liveness::Liveness::default(),
             mtus: servers::inventories::MtuCache::default(),
             renders: lists::RenderCache::default(),
             audit: audit::AuditState::default(),

@@ -77,6 +77,9 @@ impl HeldInventories {
     }
 }
 
+/// Why an agent's client certificate is refused for a server.
+pub const SERVER_KEY_REFUSED: &str = "this client certificate does not speak for that server (another key, or the server is revoked)";
+
 fn token_hash(token: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -383,6 +386,7 @@ impl App {
             ];
             match self.store.batch(ops).await {
                 Ok(_) => {
+                    self.liveness.forget(uuid);
                     tracing::info!(server = %uuid, key = %p.pin, agent = %p.agent_url, "operator approved a join");
                     return Ok(json!({"uuid": uuid, "state": "active", "key_sha256": p.pin, "agent_url": p.agent_url}));
                 }
@@ -403,8 +407,18 @@ impl App {
                 None => (Trust::default(), Cond::Absent),
             };
             let next = Trust { revoked: true, pending: None, ..t };
-            match self.store.put(SERVER_SECRETS.name, &uuid.to_string(), encode(&next), cond).await {
+            // Its liveness record goes with its trust: a heartbeat another headnode still
+            // lets in from its cache of verified keys finds nothing to refresh (see
+            // [`super::liveness`]), and the server reads as down at once.
+            let ops = vec![
+                Op::put(SERVER_SECRETS.name, uuid.to_string(), encode(&next), cond),
+                Op::delete(HEARTBEATS.name, uuid.to_string(), Cond::Any),
+            ];
+            let _exclusive = self.liveness.writes.write().await;
+            self.liveness.forget(uuid);
+            match self.store.batch(ops).await {
                 Ok(_) => {
+                    self.liveness.forget(uuid);
                     tracing::warn!(server = %uuid, "operator revoked the server");
                     return Ok(json!({"uuid": uuid, "state": "revoked", "key_sha256": next.pin}));
                 }
@@ -469,7 +483,12 @@ impl App {
     /// (every one of a full inventory) where newer than the records. Answers what the
     /// server's networking must carry, the inventory generation now held, and whether the
     /// agent must send its full inventory.
-    pub async fn heartbeat(&self, uuid: Uuid, hb: &Heartbeat) -> Result<HeartbeatReply, ApiError> {
+    ///
+    /// A heartbeat that changes only the time and telemetry of a server whose records this
+    /// headnode holds is written later with others (see [`super::liveness`]); `cached_pin`
+    /// is the key the caller was let in with from [`super::liveness::Liveness::trusted`],
+    /// checked against the store before anything is written now.
+    pub async fn heartbeat(&self, uuid: Uuid, hb: &Heartbeat, cached_pin: Option<&str>) -> Result<HeartbeatReply, ApiError> {
         let key = uuid.to_string();
         let rec = HeartbeatRecord {
             at_ms: nereid_types::time::now_ms(),
@@ -482,7 +501,27 @@ impl App {
             netpolicy_digest: hb.netpolicy_digest.clone(),
         };
         let mut taken = None;
+        // Nothing but time and telemetry changed: written later, with other servers'.
+        if let Some((inv, g)) = self.held_inventories.get(uuid) {
+            let t = inventories::take(Some(&inv), hb);
+            if t.write.is_none() && !t.send_full && self.liveness.defer(uuid, &rec, self.cfg.liveness_recheck) {
+                self.held_inventories.put(uuid, inv, g);
+                taken = Some(t);
+            }
+        }
+        // Written now: the key the caller came in with is checked first.
+        if taken.is_none()
+            && let Some(pin) = cached_pin
+            && !self.server_pin_matches(uuid, pin).await
+        {
+            self.liveness.forget(uuid);
+            return Err(ApiError::new(403, "NotAuthorized", SERVER_KEY_REFUSED));
+        }
+        let shared = if taken.is_none() { Some(self.liveness.writes.read().await) } else { None };
         for attempt in 0..RETRIES {
+            if taken.is_some() {
+                break;
+            }
             // The inventory this headnode last read or wrote, checked in the write below (a
             // stale one, another headnode's write since, costs a conflict and a read).
             let cached = if attempt == 0 { self.held_inventories.get(uuid) } else { None };
@@ -507,6 +546,7 @@ impl App {
             ];
             match self.store.batch(ops).await {
                 Ok(gens) => {
+                    self.liveness.written(uuid, &rec);
                     match (&t.write, held, cond) {
                         (Some(w), ..) => self.held_inventories.put(uuid, w.clone(), gens.get(2).copied().unwrap_or(0)),
                         (None, Some(h), Cond::Generation(g)) => self.held_inventories.put(uuid, h, g),
@@ -517,6 +557,7 @@ impl App {
                 }
                 Err(StoreError::Conflict { op_index: 0, .. }) => {
                     self.held_inventories.forget(uuid);
+                    self.liveness.forget(uuid);
                     return Err(ApiError::not_found(format!("server {uuid} does not exist")));
                 }
                 // Another headnode took a heartbeat of this server meanwhile: decide again.
@@ -526,10 +567,12 @@ impl App {
                 }
                 Err(e) => {
                     self.held_inventories.forget(uuid);
+                    self.liveness.forget(uuid);
                     return Err(store_error(e));
                 }
             }
         }
+        drop(shared);
         let t =
             taken.ok_or_else(|| ApiError::conflict("ConcurrentModification", format!("server {uuid}'s inventory kept changing; retry")))?;
         if t.write.is_some() {
@@ -596,7 +639,9 @@ impl App {
     /// before inventories were kept apart): for readers that need liveness, usage,
     /// problems, addresses or policy digests, not VMs.
     pub async fn heartbeats_liveness(&self) -> Result<HashMap<Uuid, HeartbeatRecord>, ApiError> {
-        self.list_keyed(HEARTBEATS.name, &ListQuery::all()).await
+        let mut out = self.list_keyed(HEARTBEATS.name, &ListQuery::all()).await?;
+        self.liveness.overlay(&mut out);
+        Ok(out)
     }
 
     /// When each server last sent a heartbeat (ms since the epoch): what liveness needs,
@@ -607,13 +652,14 @@ impl App {
             at_ms: i64,
         }
         let at: HashMap<Uuid, At> = self.list_keyed(HEARTBEATS.name, &ListQuery::all()).await?;
-        Ok(at.into_iter().map(|(u, a)| (u, a.at_ms)).collect())
+        Ok(at.into_iter().map(|(u, a)| (u, self.liveness.pending_of(u).map_or(a.at_ms, |p| p.at_ms))).collect())
     }
 
     /// One server's last heartbeat, inventory included.
     pub async fn heartbeat_of(&self, server: Uuid) -> Result<Option<HeartbeatRecord>, ApiError> {
         let Some(o) = self.store.get(HEARTBEATS.name, &server.to_string()).await.map_err(store_error)? else { return Ok(None) };
         let Ok(h) = serde_json::from_value::<HeartbeatRecord>(o.value) else { return Ok(None) };
+        let h = self.liveness.pending_of(server).unwrap_or(h);
         Ok(Some(self.with_inventory(server, h).await?))
     }
 
@@ -699,7 +745,7 @@ impl App {
     pub async fn get_server(&self, uuid: Uuid) -> Result<(Server, Option<HeartbeatRecord>), ApiError> {
         let (s, _) = self.get_server_record(uuid).await?;
         let hb = match self.read::<HeartbeatRecord>(HEARTBEATS.name, &uuid.to_string()).await? {
-            Some((h, _)) => Some(self.with_inventory(uuid, h).await?),
+            Some((h, _)) => Some(self.with_inventory(uuid, self.liveness.pending_of(uuid).unwrap_or(h)).await?),
             None => None,
         };
         Ok((s, hb))
@@ -752,6 +798,7 @@ impl App {
             .await
             .map_err(store_error)?;
         self.held_inventories.forget(uuid);
+        self.liveness.forget(uuid);
         self.capacity_touch(uuid);
         Ok(())
     }

@@ -224,10 +224,15 @@ async fn sysinfo(State(s): State<AppState>, Path(uuid): Path<String>, body: Body
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn heartbeat(State(s): State<AppState>, Path(uuid): Path<String>, body: Body) -> HttpResult {
+async fn heartbeat(
+    State(s): State<AppState>,
+    Path(uuid): Path<String>,
+    cached: Option<axum::Extension<super::CachedTrust>>,
+    body: Body,
+) -> HttpResult {
     let uuid = path_uuid(Api::Napi, "uuid", &uuid)?;
     let hb: Heartbeat = parse(body).await?;
-    ok(&s.app.heartbeat(uuid, &hb).await?)
+    ok(&s.app.heartbeat(uuid, &hb, cached.as_ref().map(|c| c.0.0.as_str())).await?)
 }
 
 async fn status(State(s): State<AppState>, Path((uuid, vm)): Path<(String, String)>, body: Body) -> HttpResult {
