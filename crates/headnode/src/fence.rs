@@ -60,6 +60,12 @@ impl Store for FencedStore {
     async fn list_raw(&self, bucket: &str, query: &ListQuery) -> Result<Vec<RawObject>> {
         self.0.list_raw(bucket, query).await
     }
+    async fn list_versions(&self, bucket: &str, query: &ListQuery) -> Result<Vec<nereid_store::RowVersion>> {
+        self.0.list_versions(bucket, query).await
+    }
+    async fn get_raw_many(&self, bucket: &str, keys: &[String]) -> Result<Vec<RawObject>> {
+        self.0.get_raw_many(bucket, keys).await
+    }
     async fn count(&self, bucket: &str, filter: &Filter) -> Result<i64> {
         self.0.count(bucket, filter).await
     }

@@ -54,6 +54,18 @@ pub struct RawObject {
     pub mtime: i64,
 }
 
+/// Which write of an object a listed row is, without its value: what a cache of
+/// renderings compares ([`Store::list_versions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowVersion {
+    pub key: String,
+    pub generation: i64,
+    pub mtime: i64,
+    /// The stored value's size in bytes as the backend keeps it (its text on SQLite, its
+    /// `jsonb` datum on PostgreSQL): comparable only with the same backend's.
+    pub size: i64,
+}
+
 /// The condition a write or check needs to hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cond {
@@ -237,6 +249,29 @@ pub trait Store: Send + Sync + 'static {
             .into_iter()
             .map(|o| RawObject { json: o.value.to_string(), key: o.key, generation: o.generation, mtime: o.mtime })
             .collect())
+    }
+
+    /// What [`list_raw`](Self::list_raw) would answer, in the same order, as versions
+    /// only: no value is read. This default (for wrappers) reads them.
+    async fn list_versions(&self, bucket: &str, query: &ListQuery) -> Result<Vec<RowVersion>> {
+        Ok(self
+            .list_raw(bucket, query)
+            .await?
+            .into_iter()
+            .map(|o| RowVersion { size: o.json.len() as i64, key: o.key, generation: o.generation, mtime: o.mtime })
+            .collect())
+    }
+
+    /// The objects of `bucket` with these keys, as text, in no particular order (absent
+    /// keys are left out). This default (for wrappers) reads them one by one.
+    async fn get_raw_many(&self, bucket: &str, keys: &[String]) -> Result<Vec<RawObject>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(o) = self.get(bucket, k).await? {
+                out.push(RawObject { json: o.value.to_string(), key: o.key, generation: o.generation, mtime: o.mtime });
+            }
+        }
+        Ok(out)
     }
 
     /// Closes the connections (a headnode halting in-process, so another can open the

@@ -235,6 +235,47 @@ pub(crate) async fn list_raw(c: &mut dyn Exec, d: Dialect, bucket: &str, q: &Lis
     Ok(rows.into_iter().map(|(key, json, generation, mtime)| RawObject { key, json, generation, mtime }).collect())
 }
 
+/// [`list_raw`] as versions: the value's size in the second column instead of its text
+/// (SQLite's `octet_length` and PostgreSQL's `pg_column_size` read only the row's header).
+pub(crate) async fn list_versions(c: &mut dyn Exec, d: Dialect, bucket: &str, q: &ListQuery) -> Result<Vec<crate::RowVersion>> {
+    let rows = c.rows(&list_sql_cols(d, bucket, q, Cols::Version)?).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(key, size, generation, mtime)| crate::RowVersion { key, generation, mtime, size: size.parse().unwrap_or(-1) })
+        .collect())
+}
+
+/// Keys looked up by one statement, at most.
+const KEYS_CHUNK: usize = 500;
+
+/// The objects with these keys (absent ones left out), in no particular order.
+pub(crate) async fn get_raw_many(c: &mut dyn Exec, d: Dialect, bucket: &str, keys: &[String]) -> Result<Vec<RawObject>> {
+    let lit = bucket_literal(bucket)?;
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(KEYS_CHUNK) {
+        let mut s = Sql::new(d, select(d));
+        s.push(&format!(" WHERE bucket = {lit} AND key IN ("));
+        for (i, k) in chunk.iter().enumerate() {
+            if i > 0 {
+                s.push(", ");
+            }
+            s.bind(Param::Text(k.clone()));
+        }
+        s.push(")");
+        out.extend(c.rows(&s).await?.into_iter().map(|(key, json, generation, mtime)| RawObject { key, json, generation, mtime }));
+    }
+    Ok(out)
+}
+
+/// What a listing selects of each row.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cols {
+    /// key, value text, generation, mtime.
+    Whole,
+    /// key, the value's size (as text), generation, mtime.
+    Version,
+}
+
 /// A sorted page is chosen by keys only: the subquery sorts the matching rows' keys and
 /// sort fields and cuts the page, then only the page's rows are read whole, by key, and
 /// put back in the same order. Sorting whole rows (values of kilobytes) made the database
@@ -246,18 +287,31 @@ async fn list_rows(c: &mut dyn Exec, d: Dialect, bucket: &str, q: &ListQuery) ->
 
 /// The statement [`list_rows`] runs (see there).
 pub(crate) fn list_sql(d: Dialect, bucket: &str, q: &ListQuery) -> Result<Sql> {
+    list_sql_cols(d, bucket, q, Cols::Whole)
+}
+
+fn list_sql_cols(d: Dialect, bucket: &str, q: &ListQuery, cols: Cols) -> Result<Sql> {
     let lit = bucket_literal(bucket)?;
+    let size = |t: &str| match d {
+        Dialect::Sqlite => format!("CAST(octet_length({t}value) AS TEXT)"),
+        Dialect::Postgres => format!("pg_column_size({t}value)::text"),
+    };
     if q.sort.is_empty() || q.limit.is_none() {
-        let mut s = Sql::new(d, select(d));
+        let head = match cols {
+            Cols::Whole => select(d).to_string(),
+            Cols::Version => format!("SELECT key, {}, generation, mtime FROM objects", size("")),
+        };
+        let mut s = Sql::new(d, &head);
         s.push(&format!(" WHERE bucket = {lit}"));
         s.where_filter(&q.filter)?;
         s.order(&q.sort)?;
         s.page(q.limit, q.offset);
         return Ok(s);
     }
-    let value = match d {
-        Dialect::Sqlite => "o.value",
-        Dialect::Postgres => "o.value::text",
+    let value = match (cols, d) {
+        (Cols::Version, _) => size("o."),
+        (Cols::Whole, Dialect::Sqlite) => "o.value".to_string(),
+        (Cols::Whole, Dialect::Postgres) => "o.value::text".to_string(),
     };
     let mut s = Sql::new(d, &format!("SELECT o.key, {value}, o.generation, o.mtime FROM (SELECT key AS k"));
     s.sort_columns(&q.sort)?;

@@ -133,6 +133,16 @@ impl Store for PgStore {
         ops::list_raw(&mut *conn, Dialect::Postgres, bucket, query).await
     }
 
+    async fn list_versions(&self, bucket: &str, query: &ListQuery) -> Result<Vec<crate::RowVersion>> {
+        let mut conn = self.pool.acquire().await?;
+        ops::list_versions(&mut *conn, Dialect::Postgres, bucket, query).await
+    }
+
+    async fn get_raw_many(&self, bucket: &str, keys: &[String]) -> Result<Vec<RawObject>> {
+        let mut conn = self.pool.acquire().await?;
+        ops::get_raw_many(&mut *conn, Dialect::Postgres, bucket, keys).await
+    }
+
     async fn count(&self, bucket: &str, filter: &Filter) -> Result<i64> {
         let mut conn = self.pool.acquire().await?;
         ops::count(&mut *conn, Dialect::Postgres, bucket, filter).await

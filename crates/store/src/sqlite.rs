@@ -196,6 +196,16 @@ impl Store for SqliteStore {
         ops::list_raw(&mut *conn, Dialect::Sqlite, bucket, query).await
     }
 
+    async fn list_versions(&self, bucket: &str, query: &ListQuery) -> Result<Vec<crate::RowVersion>> {
+        let mut conn = self.pool.acquire().await?;
+        ops::list_versions(&mut *conn, Dialect::Sqlite, bucket, query).await
+    }
+
+    async fn get_raw_many(&self, bucket: &str, keys: &[String]) -> Result<Vec<RawObject>> {
+        let mut conn = self.pool.acquire().await?;
+        ops::get_raw_many(&mut *conn, Dialect::Sqlite, bucket, keys).await
+    }
+
     async fn count(&self, bucket: &str, filter: &Filter) -> Result<i64> {
         let mut conn = self.pool.acquire().await?;
         ops::count(&mut *conn, Dialect::Sqlite, bucket, filter).await

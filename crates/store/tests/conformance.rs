@@ -45,6 +45,7 @@ conformance!(
     bad_filters_are_errors,
     buckets_are_separate_and_indexes_idempotent,
     refreshes_overwrite_what_exists_and_skip_what_does_not,
+    versions_list_what_raw_lists_list_and_keys_fetch_them,
 );
 
 const B: &str = "things";
@@ -215,6 +216,45 @@ async fn raw_lists_match_lists(s: Arc<dyn Store>) {
         assert_eq!((&r.key, r.generation, r.mtime), (&o.key, o.generation, o.mtime));
         assert_eq!(serde_json::from_str::<Value>(&r.json).unwrap(), o.value, "{}", r.key);
     }
+}
+
+async fn versions_list_what_raw_lists_list_and_keys_fetch_them(s: Arc<dyn Store>) {
+    for (i, v) in dataset().iter().enumerate() {
+        s.put(B, &format!("k{i:03}"), v.clone(), Cond::Any).await.unwrap();
+    }
+    s.put(B, "k002", json!({"name": "again", "ram": 3}), Cond::Any).await.unwrap();
+    let queries = [
+        ListQuery::filter(Filter::Present(Path::field("ram"))).sort(Path::field("name"), Kind::Text, true).page(20, 3),
+        ListQuery::all(),
+        ListQuery::all().sort(Path::field("ram"), Kind::Number, false),
+        ListQuery::filter(Filter::eq("name", "nobody")),
+    ];
+    for q in queries {
+        let raw = s.list_raw(B, &q).await.unwrap();
+        let versions = s.list_versions(B, &q).await.unwrap();
+        let listed: Vec<_> = versions.iter().map(|v| (v.key.clone(), v.generation, v.mtime)).collect();
+        assert_eq!(listed, raw.iter().map(|r| (r.key.clone(), r.generation, r.mtime)).collect::<Vec<_>>(), "{q:?}");
+        assert!(versions.iter().all(|v| v.size > 0), "{versions:?}");
+    }
+    // A value of another size is another version, at the same generation and time too.
+    let before = s.list_versions(B, &ListQuery::all()).await.unwrap();
+    let k002 = before.iter().find(|v| v.key == "k002").unwrap();
+    s.put(B, "k002", json!({"name": "again, and longer than before", "ram": 3}), Cond::Any).await.unwrap();
+    let after = s.list_versions(B, &ListQuery::all()).await.unwrap();
+    let k002_after = after.iter().find(|v| v.key == "k002").unwrap();
+    assert!(k002_after.size > k002.size && k002_after.generation == k002.generation + 1);
+
+    // Fetched by keys: present ones whole, absent ones left out; more keys than one statement takes.
+    let mut keys: Vec<String> = (0..1200).map(|i| format!("absent-{i}")).collect();
+    keys.insert(600, "k002".into());
+    keys.push("k000".into());
+    let mut got = s.get_raw_many(B, &keys).await.unwrap();
+    got.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(got.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["k000", "k002"]);
+    let whole = s.get(B, "k002").await.unwrap().unwrap();
+    assert_eq!((got[1].generation, got[1].mtime), (whole.generation, whole.mtime));
+    assert_eq!(serde_json::from_str::<Value>(&got[1].json).unwrap(), whole.value);
+    assert!(s.get_raw_many(B, &[]).await.unwrap().is_empty());
 }
 
 async fn sort_and_pagination(s: Arc<dyn Store>) {

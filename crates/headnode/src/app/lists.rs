@@ -13,22 +13,28 @@
 //! ## The rendering cache ([`RenderCache`])
 //!
 //! ```text
-//!   store row (key, generation, mtime, JSON text)
-//!        │ version = (generation, mtime, length, fingerprint of the text)
+//!   list the page's versions (key, generation, mtime, size of the value) ── no value read
+//!        │
 //!        ▼
 //!   cache[(variant, key)] ── same version ──▶ the bytes rendered before
 //!        │ absent or another version
 //!        ▼
-//!   decode + render once ──▶ cached (a damaged record: rendered, or left out, every time)
+//!   fetch those rows by key (one query) ── decode + render once ──▶ cached
+//!   (a damaged record: rendered, or left out, every time; a row gone by then: left out)
 //! ```
+//!
+//! Reading only versions matters: copying each row's kilobytes of text out of the
+//! database, through the driver and into a string was most of a list's time.
 //!
 //! A rendering is a pure function of the row and of its [`Variant`] (which API renders
 //! it, and what else the renderer reads: CloudAPI's `credentials` flag, IMGAPI's
 //! `inclAdminFields`, whether the CloudAPI viewer owns the image). None of these
 //! renderings reads anything else (no server liveness, no packages, no clock), so a row
 //! whose version is unchanged renders to the same bytes. The generation grows on every
-//! write; the text's length and fingerprint (and the write's time) also tell apart a
-//! record deleted and written again under the same key, whose generation restarts at 1.
+//! write; the write's time and the value's size also tell apart a record deleted and
+//! written again under the same key, whose generation restarts at 1 (only one deleted and
+//! written again within the same millisecond, at the same size, would not be told apart:
+//! records listed here are keyed by UUIDs, which are not reused so).
 //!
 //! Memory is bounded by bytes: entries live in a young and an old generation; a hit in
 //! the old one moves the entry to the young one; when the young one holds half the
@@ -38,7 +44,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use nereid_store::{Kind, ListQuery, Path, RawObject};
+use nereid_store::{Kind, ListQuery, Path, RawObject, RowVersion};
 use nereid_types::ApiError;
 use nereid_types::damaged::{self, Stored};
 use nereid_types::query::Query;
@@ -126,31 +132,13 @@ pub enum Made {
 struct Version {
     generation: i64,
     mtime: i64,
-    len: usize,
-    fingerprint: u64,
+    size: i64,
 }
 
 impl Version {
-    fn of(row: &RawObject) -> Self {
-        Version { generation: row.generation, mtime: row.mtime, len: row.json.len(), fingerprint: fingerprint(row.json.as_bytes()) }
+    fn of(v: &RowVersion) -> Self {
+        Version { generation: v.generation, mtime: v.mtime, size: v.size }
     }
-}
-
-/// A fast 64-bit fingerprint of a row's text (not cryptographic: it only tells apart two
-/// texts already at the same key, generation, write time and length).
-fn fingerprint(b: &[u8]) -> u64 {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut words = b.chunks_exact(8);
-    for w in &mut words {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(w);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(a)).wrapping_mul(K);
-    }
-    for &x in words.remainder() {
-        h = (h.rotate_left(5) ^ u64::from(x)).wrapping_mul(K);
-    }
-    h ^ (h >> 29)
 }
 
 struct Entry {
@@ -193,20 +181,21 @@ impl RenderCache {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The cached renderings of `rows` (`None`: not cached at that version).
-    fn lookup(&self, variant: Variant, rows: &[(RawObject, Version)]) -> Vec<Option<Cached>> {
+    /// The cached renderings of the listed rows (`None`: not cached at that version).
+    pub fn lookup(&self, variant: Variant, listed: &[RowVersion]) -> Vec<Option<Cached>> {
         let mut g = self.lock();
         let g = &mut *g;
-        let mut out = Vec::with_capacity(rows.len());
-        for (row, version) in rows {
+        let mut out = Vec::with_capacity(listed.len());
+        for row in listed {
+            let version = Version::of(row);
             let young = g.young.get(&variant).and_then(|m| m.get(row.key.as_str()));
             if let Some(e) = young {
-                out.push((e.version == *version).then(|| e.value.clone()));
+                out.push((e.version == version).then(|| e.value.clone()));
                 continue;
             }
             // An old entry still current moves to the young generation.
             match g.old.get_mut(&variant).and_then(|m| m.remove(row.key.as_str())) {
-                Some(e) if e.version == *version => {
+                Some(e) if e.version == version => {
                     out.push(Some(e.value.clone()));
                     Self::put(g, self.budget, variant, row.key.clone(), e);
                 }
@@ -254,28 +243,32 @@ impl RenderCache {
         self.len() == 0
     }
 
-    /// Each row's rendering, in order: from the cache when it holds this version of the
-    /// row, else made by `render` (and cached when it says so).
-    pub fn render_rows(&self, variant: Variant, rows: Vec<RawObject>, mut render: impl FnMut(RawObject) -> Made) -> Vec<Cached> {
-        let rows: Vec<(RawObject, Version)> = rows
-            .into_iter()
-            .map(|r| {
-                let v = Version::of(&r);
-                (r, v)
-            })
-            .collect();
-        let hits = self.lookup(variant, &rows);
-        let mut out = Vec::with_capacity(rows.len());
+    /// Each listed row's rendering, in order: `hits` (what [`RenderCache::lookup`]
+    /// answered), else made by `render` from the row in `fetched` (and cached when it says
+    /// so and the fetched row is still the listed write). A row not fetched (deleted since
+    /// it was listed) is left out.
+    pub fn complete(
+        &self,
+        variant: Variant,
+        listed: Vec<RowVersion>,
+        hits: Vec<Option<Cached>>,
+        mut fetched: HashMap<String, RawObject>,
+        mut render: impl FnMut(RawObject) -> Made,
+    ) -> Vec<Cached> {
+        let mut out = Vec::with_capacity(listed.len());
         let mut made = Vec::new();
-        for ((row, version), hit) in rows.into_iter().zip(hits) {
+        for (v, hit) in listed.into_iter().zip(hits) {
             if let Some(c) = hit {
                 out.push(c);
                 continue;
             }
-            let key = row.key.clone();
+            let Some(row) = fetched.remove(&v.key) else { continue };
+            let same = row.generation == v.generation && row.mtime == v.mtime;
             match render(row) {
                 Made::Keep(c) => {
-                    made.push((key, version, c.clone()));
+                    if same {
+                        made.push((v.key.clone(), Version::of(&v), c.clone()));
+                    }
                     out.push(c);
                 }
                 Made::Once(c) => out.push(c),
@@ -284,6 +277,17 @@ impl RenderCache {
         }
         self.insert(variant, made);
         out
+    }
+
+    /// [`RenderCache::complete`] of rows at hand (their text's length as their size).
+    pub fn render_rows(&self, variant: Variant, rows: Vec<RawObject>, render: impl FnMut(RawObject) -> Made) -> Vec<Cached> {
+        let listed: Vec<RowVersion> = rows
+            .iter()
+            .map(|r| RowVersion { key: r.key.clone(), generation: r.generation, mtime: r.mtime, size: r.json.len() as i64 })
+            .collect();
+        let hits = self.lookup(variant, &listed);
+        let fetched = rows.into_iter().map(|r| (r.key.clone(), r)).collect();
+        self.complete(variant, listed, hits, fetched, render)
     }
 }
 
@@ -367,8 +371,16 @@ impl App {
         q: &ListQuery,
         render: impl FnMut(RawObject) -> Made,
     ) -> Result<Vec<Cached>, ApiError> {
-        let rows = self.store.list_raw(variant.bucket(), q).await.map_err(store_error)?;
-        Ok(self.renders.render_rows(variant, rows, render))
+        let bucket = variant.bucket();
+        let listed = self.store.list_versions(bucket, q).await.map_err(store_error)?;
+        let hits = self.renders.lookup(variant, &listed);
+        let missing: Vec<String> = listed.iter().zip(&hits).filter(|(_, h)| h.is_none()).map(|(v, _)| v.key.clone()).collect();
+        let fetched = if missing.is_empty() {
+            HashMap::new()
+        } else {
+            self.store.get_raw_many(bucket, &missing).await.map_err(store_error)?.into_iter().map(|r| (r.key.clone(), r)).collect()
+        };
+        Ok(self.renders.complete(variant, listed, hits, fetched, render))
     }
 
     /// VMAPI ListVms (as [`App::list_vms`]: a page and the total count), as the body's
@@ -461,11 +473,30 @@ mod tests {
         let changed = cache.render_rows(Variant::Vm, vec![raw("a", r#"{"x":3}"#, 2)], echo(&n));
         assert_eq!((changed[0].bytes(), n.get()), (&br#"{"x":3}"#[..], 5));
         assert_eq!(cache.len(), 4);
-        // Deleted and written again: the generation restarts at 1, the text tells.
-        let reborn = cache.render_rows(Variant::Vm, vec![raw("b", r#"{"x":9}"#, 1)], echo(&n));
-        assert_eq!(reborn[0].bytes(), br#"{"x":9}"#);
-        let same_len = cache.render_rows(Variant::Vm, vec![raw("b", r#"{"x":8}"#, 1)], echo(&n));
-        assert_eq!(same_len[0].bytes(), br#"{"x":8}"#);
+        // Deleted and written again: the generation restarts at 1, the size or the write
+        // time tells.
+        let reborn = cache.render_rows(Variant::Vm, vec![raw("b", r#"{"x":19}"#, 1)], echo(&n));
+        assert_eq!(reborn[0].bytes(), br#"{"x":19}"#);
+        let later = RawObject { mtime: 8, ..raw("b", r#"{"x":18}"#, 1) };
+        let same_len = cache.render_rows(Variant::Vm, vec![later], echo(&n));
+        assert_eq!(same_len[0].bytes(), br#"{"x":18}"#);
+    }
+
+    #[test]
+    fn a_row_changed_or_gone_after_it_was_listed_is_not_cached_as_listed() {
+        let cache = RenderCache::default();
+        let n = std::cell::Cell::new(0);
+        let listed = vec![
+            RowVersion { key: "a".into(), generation: 1, mtime: 7, size: 7 },
+            RowVersion { key: "gone".into(), generation: 1, mtime: 7, size: 7 },
+        ];
+        // "a" was written again between the list and the fetch: its newer text is answered
+        // but not cached under the listed version; "gone" was deleted: left out.
+        let fetched = HashMap::from([("a".to_string(), raw("a", r#"{"x":2}"#, 2))]);
+        let hits = cache.lookup(Variant::Vm, &listed);
+        let out = cache.complete(Variant::Vm, listed.clone(), hits, fetched, echo(&n));
+        assert_eq!(json_array(out.iter().map(Cached::bytes)), br#"[{"x":2}]"#);
+        assert!(cache.lookup(Variant::Vm, &listed).iter().all(Option::is_none));
     }
 
     #[test]
