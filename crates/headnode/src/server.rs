@@ -384,6 +384,12 @@ impl Running {
         }
         self.netpolicy.abort();
         self.capacity.abort();
+        {
+            // Not in the middle of a flush (it holds this while it writes): what it took
+            // stays taken by nobody otherwise. The last flush is below.
+            let _between_flushes = self.app.liveness.writes.write().await;
+            self.liveness.abort();
+        }
         if let Some(p) = &self.audit_pruner {
             p.abort();
         }
@@ -412,7 +418,6 @@ impl Running {
         }
         // The audit records of the last requests are queued, and servers' liveness:
         // written before the store goes.
-        self.liveness.abort();
         self.app.audit_flush().await;
         self.app.flush_liveness().await;
         self.app.store.close().await;

@@ -342,7 +342,7 @@ impl App {
             at_ms: i64,
         }
         let found = self.store.get(HEARTBEATS.name, &server.to_string()).await.map_err(store_error)?;
-        let at = found.and_then(|o| serde_json::from_value::<At>(o.value).ok()).map(|a| a.at_ms);
+        let at = found.and_then(|o| serde_json::from_value::<At>(o.value).ok()).map(|a| self.liveness.newest_ms(server, a.at_ms));
         Ok(if self.server_is_up(at) { HashSet::from([server]) } else { HashSet::new() })
     }
 

@@ -24,12 +24,14 @@
 //! brings back. What placement, policies and DNS depend on (inventories, problems, nic
 //! tag addresses, policy digests, disks, memory and disk use) is never deferred.
 //!
-//! The same bookkeeping caches which key each server's heartbeats were verified with
-//! ([`Liveness::trusted`]), for [`TRUST_TTL`]: a deferred heartbeat then reads nothing at
-//! all. Revoking or deleting a server drops its entry here, and deletes its liveness
-//! record (see `revoke_server`), so a heartbeat another headnode still trusts from its
-//! cache writes nothing (the refresh finds no record), and that headnode drops its
-//! entry at its next flush and checks the key again.
+//! The same bookkeeping caches which key each server's heartbeats were verified with, at
+//! which generation of its trust record ([`Liveness::trusted`]), for [`TRUST_TTL`]: a
+//! deferred heartbeat then reads nothing at all. A heartbeat written at once checks that
+//! generation in its own write, so it never lands after the server was revoked or given
+//! another key. Revoking, approving another key or deleting a server also deletes its
+//! liveness record (and drops its entry here), so a deferred heartbeat another headnode
+//! still trusts from its cache writes nothing (the refresh finds no record), and that
+//! headnode drops its entry at its next flush and checks the key again.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -58,8 +60,9 @@ struct State {
     /// The record last taken or written per server whose record is in the store, and
     /// when a heartbeat of it was last written whole.
     known: HashMap<Uuid, (HeartbeatRecord, Instant)>,
-    /// The key each server's heartbeats were verified with, and when.
-    trusted: HashMap<Uuid, (String, Instant)>,
+    /// The key each server's heartbeats were verified with, the trust record's generation
+    /// then, and when.
+    trusted: HashMap<Uuid, (String, i64, Instant)>,
 }
 
 /// See the module doc.
@@ -106,10 +109,12 @@ impl Liveness {
         }
     }
 
-    /// `rec` was written (it is in the store, newer than anything pending).
+    /// `rec` was written (it is in the store; a pending record not newer is dropped).
     pub fn written(&self, server: Uuid, rec: &HeartbeatRecord) {
         let mut s = self.lock();
-        s.pending.remove(&server);
+        if s.pending.get(&server).is_some_and(|p| p.at_ms <= rec.at_ms) {
+            s.pending.remove(&server);
+        }
         s.known.insert(server, (rec.clone(), Instant::now()));
     }
 
@@ -121,34 +126,54 @@ impl Liveness {
         s.trusted.remove(&server);
     }
 
-    /// Whether the server's heartbeats were verified with key `pin` lately.
-    pub fn trusted(&self, server: Uuid, pin: &str) -> bool {
-        self.lock().trusted.get(&server).is_some_and(|(p, at)| p == pin && at.elapsed() < TRUST_TTL)
+    /// The trust record's generation the server's heartbeats were verified at with key
+    /// `pin` lately, if they were.
+    pub fn trusted(&self, server: Uuid, pin: &str) -> Option<i64> {
+        self.lock().trusted.get(&server).filter(|(p, _, at)| p == pin && at.elapsed() < TRUST_TTL).map(|(_, g, _)| *g)
     }
 
-    /// The server's heartbeats were just verified with key `pin`.
-    pub fn trust(&self, server: Uuid, pin: &str) {
+    /// The server's heartbeats were just verified with key `pin`, its trust record at
+    /// `generation`.
+    pub fn trust(&self, server: Uuid, pin: &str, generation: i64) {
         let mut s = self.lock();
         if s.trusted.len() > 100_000 {
-            s.trusted.retain(|_, (_, at)| at.elapsed() < TRUST_TTL);
+            s.trusted.retain(|_, (_, _, at)| at.elapsed() < TRUST_TTL);
         }
-        s.trusted.insert(server, (pin.to_string(), Instant::now()));
+        s.trusted.insert(server, (pin.to_string(), generation, Instant::now()));
     }
 
-    /// The server's pending record, if any.
-    pub fn pending_of(&self, server: Uuid) -> Option<HeartbeatRecord> {
-        self.lock().pending.get(&server).cloned()
+    /// The server's pending record when newer than `stored` (what a reader read), else
+    /// `stored`.
+    pub fn newest(&self, server: Uuid, stored: HeartbeatRecord) -> HeartbeatRecord {
+        match self.lock().pending.get(&server) {
+            Some(p) if p.at_ms > stored.at_ms => HeartbeatRecord { vms: stored.vms, ..p.clone() },
+            _ => stored,
+        }
     }
 
-    /// Lays the pending records over `records` read from the store (their `vms`, when a
-    /// reader filled them in, are kept).
+    /// The server's pending record's time when newer than `stored_ms`, else `stored_ms`.
+    pub fn newest_ms(&self, server: Uuid, stored_ms: i64) -> i64 {
+        self.lock().pending.get(&server).map_or(stored_ms, |p| p.at_ms.max(stored_ms))
+    }
+
+    /// Lays the pending records over `records` read from the store where newer (another
+    /// headnode may have written a newer one meanwhile); their `vms`, when a reader filled
+    /// them in, are kept.
     pub fn overlay(&self, records: &mut HashMap<Uuid, HeartbeatRecord>) {
         let s = self.lock();
         for (u, p) in &s.pending {
-            if let Some(r) = records.get_mut(u) {
+            if let Some(r) = records.get_mut(u).filter(|r| p.at_ms > r.at_ms) {
                 let vms = std::mem::take(&mut r.vms);
                 *r = HeartbeatRecord { vms, ..p.clone() };
             }
+        }
+    }
+
+    /// Puts back records a failed flush took, unless newer ones came meanwhile.
+    fn restore(&self, taken: Vec<(Uuid, HeartbeatRecord)>) {
+        let mut s = self.lock();
+        for (u, r) in taken {
+            s.pending.entry(u).or_insert(r);
         }
     }
 
@@ -178,10 +203,8 @@ impl App {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, servers = pending.len(), "could not write servers' liveness; their next heartbeats are written whole");
-                for (u, _) in &pending {
-                    self.liveness.forget(*u);
-                }
+                tracing::warn!(error = %e, servers = pending.len(), "could not write servers' liveness; retrying with the next flush");
+                self.liveness.restore(pending);
             }
         }
     }
@@ -231,12 +254,18 @@ mod tests {
         l.written(u, &rec(1, 0.0));
         assert!(l.defer(u, &rec(2, 1.0), recheck));
         assert!(!l.defer(u, &rec(2, 1.0), Duration::ZERO), "written whole again once the recheck is due");
-        assert_eq!(l.pending_of(u).map(|r| r.at_ms), Some(2));
+        assert_eq!(l.newest(u, rec(1, 0.0)).at_ms, 2);
         let mut read = HashMap::from([(u, rec(1, 0.0))]);
         l.overlay(&mut read);
         assert_eq!(read[&u].at_ms, 2, "readers here see the pending record");
+        let mut newer = HashMap::from([(u, rec(5, 0.0))]);
+        l.overlay(&mut newer);
+        assert_eq!(newer[&u].at_ms, 5, "not over a newer one another headnode wrote");
+        assert_eq!(l.newest_ms(u, 1), 2);
+        l.written(u, &rec(1, 1.0));
+        assert_eq!(l.newest(u, rec(0, 0.0)).at_ms, 2, "an older write leaves a newer pending record");
         l.written(u, &rec(3, 1.0));
-        assert!(l.pending_of(u).is_none(), "a write supersedes what was pending");
+        assert_eq!(l.newest(u, rec(0, 0.0)).at_ms, 0, "a newer write supersedes what was pending");
         l.forget(u);
         assert!(!l.defer(u, &rec(4, 1.0), recheck));
     }
@@ -245,11 +274,11 @@ mod tests {
     fn trust_is_per_key_and_dropped_with_the_server() {
         let l = Liveness::default();
         let u = Uuid::new_v4();
-        assert!(!l.trusted(u, "k"));
-        l.trust(u, "k");
-        assert!(l.trusted(u, "k"));
-        assert!(!l.trusted(u, "other"));
+        assert_eq!(l.trusted(u, "k"), None);
+        l.trust(u, "k", 4);
+        assert_eq!(l.trusted(u, "k"), Some(4));
+        assert_eq!(l.trusted(u, "other"), None);
         l.forget(u);
-        assert!(!l.trusted(u, "k"));
+        assert_eq!(l.trusted(u, "k"), None);
     }
 }

@@ -131,7 +131,12 @@ impl App {
 
     /// Every server's last heartbeat as the push reads it.
     async fn netpolicy_seen(&self) -> Result<HashMap<Uuid, Seen>, ApiError> {
-        self.list_keyed(HEARTBEATS.name, &ListQuery::all()).await
+        let mut seen: HashMap<Uuid, Seen> = self.list_keyed(HEARTBEATS.name, &ListQuery::all()).await?;
+        // Liveness this headnode has not written yet (addresses and digests never wait).
+        for (u, s) in &mut seen {
+            s.at_ms = self.liveness.newest_ms(*u, s.at_ms);
+        }
+        Ok(seen)
     }
 
     /// The policies from the records, with the underlay addresses of the heartbeats `seen`.

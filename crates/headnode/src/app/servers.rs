@@ -338,9 +338,14 @@ impl App {
     /// Whether a client certificate with key `pin` speaks for the server: its approved key,
     /// not revoked.
     pub async fn server_pin_matches(&self, uuid: Uuid, pin: &str) -> bool {
+        self.server_pin_generation(uuid, pin).await.is_some()
+    }
+
+    /// The generation of the server's trust record when key `pin` speaks for it.
+    pub async fn server_pin_generation(&self, uuid: Uuid, pin: &str) -> Option<i64> {
         match self.read_trust(uuid).await {
-            Ok(Some((t, _))) => !t.revoked && t.pin.as_deref() == Some(pin),
-            _ => false,
+            Ok(Some((t, g))) if !t.revoked && t.pin.as_deref() == Some(pin) => Some(g),
+            _ => None,
         }
     }
 
@@ -380,9 +385,12 @@ impl App {
             };
             let server = from_sysinfo(existing, &reg, &now)?;
             let next = Trust { pin: Some(p.pin.clone()), revoked: false, pending: None };
+            // The liveness record goes, as at a revocation: another key may have spoken
+            // for the server until now (see [`super::liveness`]).
             let ops = vec![
                 Op::put(SERVERS.name, uuid.to_string(), encode(&server), scond),
                 Op::put(SERVER_SECRETS.name, uuid.to_string(), encode(&next), tcond),
+                Op::delete(HEARTBEATS.name, uuid.to_string(), Cond::Any),
             ];
             match self.store.batch(ops).await {
                 Ok(_) => {
@@ -485,10 +493,11 @@ impl App {
     /// agent must send its full inventory.
     ///
     /// A heartbeat that changes only the time and telemetry of a server whose records this
-    /// headnode holds is written later with others (see [`super::liveness`]); `cached_pin`
-    /// is the key the caller was let in with from [`super::liveness::Liveness::trusted`],
-    /// checked against the store before anything is written now.
-    pub async fn heartbeat(&self, uuid: Uuid, hb: &Heartbeat, cached_pin: Option<&str>) -> Result<HeartbeatReply, ApiError> {
+    /// headnode holds is written later with others (see [`super::liveness`]). `trust` is
+    /// the generation of the server's trust record its key was verified at: a heartbeat
+    /// written now checks it in its write (revoked or re-keyed since: refused, nothing
+    /// written).
+    pub async fn heartbeat(&self, uuid: Uuid, hb: &Heartbeat, trust: Option<i64>) -> Result<HeartbeatReply, ApiError> {
         let key = uuid.to_string();
         let rec = HeartbeatRecord {
             at_ms: nereid_types::time::now_ms(),
@@ -502,20 +511,11 @@ impl App {
         };
         let mut taken = None;
         // Nothing but time and telemetry changed: written later, with other servers'.
-        if let Some((inv, g)) = self.held_inventories.get(uuid) {
+        if let Some((inv, _)) = self.held_inventories.get(uuid) {
             let t = inventories::take(Some(&inv), hb);
             if t.write.is_none() && !t.send_full && self.liveness.defer(uuid, &rec, self.cfg.liveness_recheck) {
-                self.held_inventories.put(uuid, inv, g);
                 taken = Some(t);
             }
-        }
-        // Written now: the key the caller came in with is checked first.
-        if taken.is_none()
-            && let Some(pin) = cached_pin
-            && !self.server_pin_matches(uuid, pin).await
-        {
-            self.liveness.forget(uuid);
-            return Err(ApiError::new(403, "NotAuthorized", SERVER_KEY_REFUSED));
         }
         let shared = if taken.is_none() { Some(self.liveness.writes.read().await) } else { None };
         for attempt in 0..RETRIES {
@@ -536,7 +536,7 @@ impl App {
             let t = inventories::take(held.as_ref(), hb);
             // The server must exist: checked in the write (its record, a sysinfo, is not
             // read per heartbeat). The inventory is written when it changed, else checked.
-            let ops = vec![
+            let mut ops = vec![
                 Op::check(SERVERS.name, key.clone(), Cond::Exists),
                 Op::put(HEARTBEATS.name, key.clone(), encode(&rec), Cond::Any),
                 match &t.write {
@@ -544,6 +544,9 @@ impl App {
                     None => Op::check(INVENTORIES.name, key.clone(), cond),
                 },
             ];
+            if let Some(g) = trust {
+                ops.push(Op::check(SERVER_SECRETS.name, key.clone(), Cond::Generation(g)));
+            }
             match self.store.batch(ops).await {
                 Ok(gens) => {
                     self.liveness.written(uuid, &rec);
@@ -559,6 +562,11 @@ impl App {
                     self.held_inventories.forget(uuid);
                     self.liveness.forget(uuid);
                     return Err(ApiError::not_found(format!("server {uuid} does not exist")));
+                }
+                // Revoked or given another key since the key was verified.
+                Err(StoreError::Conflict { op_index: 3, .. }) => {
+                    self.liveness.forget(uuid);
+                    return Err(ApiError::new(403, "NotAuthorized", SERVER_KEY_REFUSED));
                 }
                 // Another headnode took a heartbeat of this server meanwhile: decide again.
                 Err(e) if e.is_conflict() => {
@@ -652,14 +660,14 @@ impl App {
             at_ms: i64,
         }
         let at: HashMap<Uuid, At> = self.list_keyed(HEARTBEATS.name, &ListQuery::all()).await?;
-        Ok(at.into_iter().map(|(u, a)| (u, self.liveness.pending_of(u).map_or(a.at_ms, |p| p.at_ms))).collect())
+        Ok(at.into_iter().map(|(u, a)| (u, self.liveness.newest_ms(u, a.at_ms))).collect())
     }
 
     /// One server's last heartbeat, inventory included.
     pub async fn heartbeat_of(&self, server: Uuid) -> Result<Option<HeartbeatRecord>, ApiError> {
         let Some(o) = self.store.get(HEARTBEATS.name, &server.to_string()).await.map_err(store_error)? else { return Ok(None) };
         let Ok(h) = serde_json::from_value::<HeartbeatRecord>(o.value) else { return Ok(None) };
-        let h = self.liveness.pending_of(server).unwrap_or(h);
+        let h = self.liveness.newest(server, h);
         Ok(Some(self.with_inventory(server, h).await?))
     }
 
@@ -745,7 +753,7 @@ impl App {
     pub async fn get_server(&self, uuid: Uuid) -> Result<(Server, Option<HeartbeatRecord>), ApiError> {
         let (s, _) = self.get_server_record(uuid).await?;
         let hb = match self.read::<HeartbeatRecord>(HEARTBEATS.name, &uuid.to_string()).await? {
-            Some((h, _)) => Some(self.with_inventory(uuid, self.liveness.pending_of(uuid).unwrap_or(h)).await?),
+            Some((h, _)) => Some(self.with_inventory(uuid, self.liveness.newest(uuid, h)).await?),
             None => None,
         };
         Ok((s, hb))

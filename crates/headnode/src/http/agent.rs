@@ -227,12 +227,12 @@ async fn sysinfo(State(s): State<AppState>, Path(uuid): Path<String>, body: Body
 async fn heartbeat(
     State(s): State<AppState>,
     Path(uuid): Path<String>,
-    cached: Option<axum::Extension<super::CachedTrust>>,
+    trust: Option<axum::Extension<super::VerifiedTrust>>,
     body: Body,
 ) -> HttpResult {
     let uuid = path_uuid(Api::Napi, "uuid", &uuid)?;
     let hb: Heartbeat = parse(body).await?;
-    ok(&s.app.heartbeat(uuid, &hb, cached.as_ref().map(|c| c.0.0.as_str())).await?)
+    ok(&s.app.heartbeat(uuid, &hb, trust.map(|t| t.0.0)).await?)
 }
 
 async fn status(State(s): State<AppState>, Path((uuid, vm)): Path<(String, String)>, body: Body) -> HttpResult {

@@ -470,9 +470,10 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     HttpError(ApiError::internal("internal error (logged on the headnode)")).into_response()
 }
 
-/// On a heartbeat let in by its server's key as verified lately (not read again): the key.
-#[derive(Debug, Clone)]
-pub struct CachedTrust(pub String);
+/// On a heartbeat: the generation of its server's trust record its key was verified at
+/// (read now, or lately: see `app::liveness`).
+#[derive(Debug, Clone, Copy)]
+pub struct VerifiedTrust(pub i64);
 
 /// Checks the credentials an endpoint needs: the operator's bearer token, the join token,
 /// or (agent listener) the client certificate of the server in the path.
@@ -491,21 +492,18 @@ async fn authenticate(auth: Auth, State(state): State<AppState>, req: Request, n
                 .into_response();
             };
             // A heartbeat may be let in by the key verified for its server lately: what it
-            // writes at once checks the key again first (see `app::liveness`).
+            // writes at once checks that the trust record is unchanged (see `app::liveness`).
             let heartbeat = req.uri().path().ends_with("/events/heartbeat");
             let mut req = req;
             let ok = match server {
-                Some(u) if heartbeat && state.app.liveness.trusted(u, &pin) => {
-                    req.extensions_mut().insert(CachedTrust(pin));
-                    true
+                Some(u) if heartbeat => {
+                    let g = match state.app.liveness.trusted(u, &pin) {
+                        Some(g) => Some(g),
+                        None => state.app.server_pin_generation(u, &pin).await.inspect(|g| state.app.liveness.trust(u, &pin, *g)),
+                    };
+                    g.map(|g| req.extensions_mut().insert(VerifiedTrust(g))).is_some()
                 }
-                Some(u) => {
-                    let ok = state.app.server_pin_matches(u, &pin).await;
-                    if ok && heartbeat {
-                        state.app.liveness.trust(u, &pin);
-                    }
-                    ok
-                }
+                Some(u) => state.app.server_pin_matches(u, &pin).await,
                 None => false,
             };
             return if ok {

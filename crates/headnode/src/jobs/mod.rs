@@ -285,6 +285,16 @@ impl Runner {
     async fn claim(&self, job: Uuid) -> Option<i64> {
         let now = nereid_types::time::now_ms();
         let lease = Lease { owner: self.app.cfg.headnode_id.clone(), until_ms: now + self.app.cfg.job_lease.as_millis() as i64 };
+        // The common case, a new job nobody holds, takes one write (the runner claims its
+        // open jobs one after another, so every round trip here delays the next job).
+        match self.app.store.put(JOB_LEASES.name, &job.to_string(), encode(&lease), Cond::Absent).await {
+            Ok(g) => {
+                self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&job);
+                return Some(g);
+            }
+            Err(e) if e.is_conflict() => {}
+            Err(_) => return None,
+        }
         let cond = match self.app.store.get(JOB_LEASES.name, &job.to_string()).await.ok()? {
             None => Cond::Absent,
             Some(o) => {
