@@ -83,6 +83,8 @@ async fn a_stolen_server_uuid_waits_for_approval_and_a_revoked_server_gets_nothi
     assert!(tls.join("agent-key.pem").exists() && tls.join("ca.pem").exists());
 
     // An impostor: a fresh data directory with a copy of the real server's identity.
+    let server_generation = || async { cloud.headnode.app.store.get("servers", &uuid).await.unwrap().unwrap().generation };
+    let registered = server_generation().await;
     let stolen = tempfile::tempdir().unwrap();
     let sim0 = stolen.path().join("sim/0");
     std::fs::create_dir_all(&sim0).unwrap();
@@ -106,6 +108,9 @@ async fn a_stolen_server_uuid_waits_for_approval_and_a_revoked_server_gets_nothi
     assert_eq!(cloud.client.get(&format!("/servers/{uuid}")).await.unwrap()["status"], "running");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!impostor.is_finished(), "the impostor got nothing by itself");
+    // Its heartbeats were never refused meanwhile (the waiting join changed its trust
+    // record, not its key): it never had to join and register again.
+    assert_eq!(server_generation().await, registered, "the real server registered again");
     assert_eq!(trust(&cloud, &uuid).await["key_sha256"], real_pin.as_str());
 
     // The operator sees the waiting join and approves it (the CLI): the waiting agent gets

@@ -494,10 +494,13 @@ impl App {
     ///
     /// A heartbeat that changes only the time and telemetry of a server whose records this
     /// headnode holds is written later with others (see [`super::liveness`]). `trust` is
-    /// the generation of the server's trust record its key was verified at: a heartbeat
-    /// written now checks it in its write (revoked or re-keyed since: refused, nothing
-    /// written).
-    pub async fn heartbeat(&self, uuid: Uuid, hb: &Heartbeat, trust: Option<i64>) -> Result<HeartbeatReply, ApiError> {
+    /// the key the agent came with and the generation of the server's trust record it was
+    /// verified at: a heartbeat written now checks that generation in its write. When the
+    /// record changed since, the key is checked again: still the server's (the record
+    /// changed otherwise, say a join with another key waits for approval), the write is
+    /// tried again; revoked or re-keyed, the heartbeat is refused and nothing is written.
+    pub async fn heartbeat(&self, uuid: Uuid, hb: &Heartbeat, trust: Option<(&str, i64)>) -> Result<HeartbeatReply, ApiError> {
+        let mut trust = trust;
         let key = uuid.to_string();
         let rec = HeartbeatRecord {
             at_ms: nereid_types::time::now_ms(),
@@ -544,7 +547,7 @@ impl App {
                     None => Op::check(INVENTORIES.name, key.clone(), cond),
                 },
             ];
-            if let Some(g) = trust {
+            if let Some((_, g)) = trust {
                 ops.push(Op::check(SERVER_SECRETS.name, key.clone(), Cond::Generation(g)));
             }
             match self.store.batch(ops).await {
@@ -563,10 +566,20 @@ impl App {
                     self.liveness.forget(uuid);
                     return Err(ApiError::not_found(format!("server {uuid} does not exist")));
                 }
-                // Revoked or given another key since the key was verified.
+                // The trust record changed since the key was verified.
                 Err(StoreError::Conflict { op_index: 3, .. }) => {
-                    self.liveness.forget(uuid);
-                    return Err(ApiError::new(403, "NotAuthorized", SERVER_KEY_REFUSED));
+                    let pin = trust.map(|(p, _)| p).unwrap_or_default();
+                    match self.server_pin_generation(uuid, pin).await {
+                        Some(g) => {
+                            self.liveness.trust(uuid, pin, g);
+                            trust = Some((pin, g));
+                            continue;
+                        }
+                        None => {
+                            self.liveness.forget(uuid);
+                            return Err(ApiError::new(403, "NotAuthorized", SERVER_KEY_REFUSED));
+                        }
+                    }
                 }
                 // Another headnode took a heartbeat of this server meanwhile: decide again.
                 Err(e) if e.is_conflict() => {

@@ -232,7 +232,7 @@ async fn heartbeat(
 ) -> HttpResult {
     let uuid = path_uuid(Api::Napi, "uuid", &uuid)?;
     let hb: Heartbeat = parse(body).await?;
-    ok(&s.app.heartbeat(uuid, &hb, trust.map(|t| t.0.0)).await?)
+    ok(&s.app.heartbeat(uuid, &hb, trust.as_ref().map(|t| (t.0.0.as_str(), t.0.1))).await?)
 }
 
 async fn status(State(s): State<AppState>, Path((uuid, vm)): Path<(String, String)>, body: Body) -> HttpResult {

@@ -470,10 +470,10 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     HttpError(ApiError::internal("internal error (logged on the headnode)")).into_response()
 }
 
-/// On a heartbeat: the generation of its server's trust record its key was verified at
-/// (read now, or lately: see `app::liveness`).
-#[derive(Debug, Clone, Copy)]
-pub struct VerifiedTrust(pub i64);
+/// On a heartbeat: the key it came with and the generation of its server's trust record
+/// that key was verified at (read now, or lately: see `app::liveness`).
+#[derive(Debug, Clone)]
+pub struct VerifiedTrust(pub String, pub i64);
 
 /// Checks the credentials an endpoint needs: the operator's bearer token, the join token,
 /// or (agent listener) the client certificate of the server in the path.
@@ -501,7 +501,7 @@ async fn authenticate(auth: Auth, State(state): State<AppState>, req: Request, n
                         Some(g) => Some(g),
                         None => state.app.server_pin_generation(u, &pin).await.inspect(|g| state.app.liveness.trust(u, &pin, *g)),
                     };
-                    g.map(|g| req.extensions_mut().insert(VerifiedTrust(g))).is_some()
+                    g.map(|g| req.extensions_mut().insert(VerifiedTrust(pin, g))).is_some()
                 }
                 Some(u) => state.app.server_pin_matches(u, &pin).await,
                 None => false,
