@@ -228,3 +228,31 @@ async fn a_headnode_killed_while_unwinding_finishes_the_unwind_after_restart() {
         assert_eq!(rig.reservations().await, 0, "{point}");
     }
 }
+
+/// A NIC's MAC is derived from its VM in 24 bits, so in a cloud of a few thousand NICs
+/// some VM's first MAC is already another VM's NIC. The provision then takes the next
+/// derived MAC, and the step re-run after a crash finds that NIC instead of making
+/// another (it used to draw a random MAC, which a re-run could not find: two NICs and
+/// two addresses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_vm_whose_derived_mac_is_taken_gets_one_nic_across_a_crash() {
+    let mut rig = rig(&[("NEREID_TEST_PAUSE_AT", "provision:nics:after")]).await;
+    let vm = uuid::Uuid::new_v4();
+    let first = nereid_headnode::jobs::provision::nic_mac(vm, 0);
+    let other = uuid::Uuid::new_v4();
+    let owner = rig.body["owner_uuid"].clone();
+    let squatter =
+        json!({"mac": first, "owner_uuid": owner, "belongs_to_uuid": other, "belongs_to_type": "zone", "network_uuid": rig.network});
+    assert_eq!(rig.client.post("/nics", &squatter).await.unwrap()["mac"], first.as_str());
+    rig.body["uuid"] = json!(vm);
+    let (created, job) = rig.provision_and_crash().await;
+    assert_eq!(created, vm.to_string());
+    let j = rig.finished(&job).await;
+    assert_eq!(j["execution"], "succeeded", "{j}");
+    assert_eq!(rig.leaks(&created).await, (1, 1), "exactly one NIC and one address after the re-run");
+    let v = rig.client.get(&format!("/vms/{vm}")).await.unwrap();
+    let mac = v["nics"][0]["mac"].as_str().unwrap().to_string();
+    assert!(mac.starts_with("90:b8:d0:") && mac != first, "{v}");
+    let theirs = rig.client.get(&format!("/nics/{}", first.replace(':', ""))).await.unwrap();
+    assert_eq!(theirs["belongs_to_uuid"], other.to_string(), "the other VM's NIC is untouched: {theirs}");
+}

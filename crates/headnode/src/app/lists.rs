@@ -279,7 +279,9 @@ impl RenderCache {
         out
     }
 
-    /// [`RenderCache::complete`] of rows at hand (their text's length as their size).
+    /// [`RenderCache::complete`] of rows at hand (their text's length as their size): the
+    /// unit tests' way in, without a store.
+    #[cfg(test)]
     pub fn render_rows(&self, variant: Variant, rows: Vec<RawObject>, render: impl FnMut(RawObject) -> Made) -> Vec<Cached> {
         let listed: Vec<RowVersion> = rows
             .iter()

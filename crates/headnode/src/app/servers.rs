@@ -423,7 +423,6 @@ impl App {
                 Op::delete(HEARTBEATS.name, uuid.to_string(), Cond::Any),
             ];
             let _exclusive = self.liveness.writes.write().await;
-            self.liveness.forget(uuid);
             match self.store.batch(ops).await {
                 Ok(_) => {
                     self.liveness.forget(uuid);
@@ -513,22 +512,21 @@ impl App {
             netpolicy_digest: hb.netpolicy_digest.clone(),
         };
         let mut taken = None;
+        // The inventory this headnode last read or wrote: checked in the write below (a
+        // stale one, another headnode's write since, costs a conflict and a read).
+        let mut cached = self.held_inventories.get(uuid);
         // Nothing but time and telemetry changed: written later, with other servers'.
-        if let Some((inv, _)) = self.held_inventories.get(uuid) {
-            let t = inventories::take(Some(&inv), hb);
+        if let Some((inv, _)) = &cached {
+            let t = inventories::take(Some(inv), hb);
             if t.write.is_none() && !t.send_full && self.liveness.defer(uuid, &rec, self.cfg.liveness_recheck) {
                 taken = Some(t);
             }
         }
         let shared = if taken.is_none() { Some(self.liveness.writes.read().await) } else { None };
-        for attempt in 0..RETRIES {
-            if taken.is_some() {
-                break;
-            }
-            // The inventory this headnode last read or wrote, checked in the write below (a
-            // stale one, another headnode's write since, costs a conflict and a read).
-            let cached = if attempt == 0 { self.held_inventories.get(uuid) } else { None };
-            let (held, cond) = match cached {
+        // A deferred heartbeat writes nothing now.
+        let attempts = if taken.is_none() { RETRIES } else { 0 };
+        for _ in 0..attempts {
+            let (held, cond) = match cached.take() {
                 Some((inv, g)) => (Some(inv), Cond::Generation(g)),
                 None => match self.store.get(INVENTORIES.name, &key).await.map_err(store_error)? {
                     // One that does not decode is replaced by the next full inventory.

@@ -29,7 +29,7 @@ use nereid_types::nic::Nic;
 use nereid_types::vm::NIC_FLAGS;
 use serde_json::{Map, Value, json};
 
-use super::provision::{NetRequest, make_nic, nic_def, nic_mac};
+use super::provision::{NetRequest, derived_nic, nic_def};
 use super::{Step, StepResultT, data, param, push};
 use crate::app::App;
 use crate::app::vm_nics::same_mac;
@@ -113,14 +113,8 @@ impl Step for Napi {
                 for (i, req) in nets.iter().enumerate() {
                     if made.len() <= i {
                         // Derived from the job: a re-run after a crash finds the NIC it made.
-                        let mac = nic_mac(job.uuid, i);
-                        let nic = match app.get_nic(&mac).await {
-                            Ok((n, _)) if n.belongs_to_uuid == job.vm_uuid => n,
-                            _ => {
-                                let fields = [("mac", json!(mac)), ("primary", json!(false)), ("model", json!(model))];
-                                make_nic(app, job, owner, cn, req, fields).await?
-                            }
-                        };
+                        let fields = [("primary", json!(false)), ("model", json!(model))];
+                        let nic = derived_nic(app, job, (owner, cn), req, (job.uuid, i), &fields).await?;
                         made.push(nic.mac.clone());
                         job.data.insert("made".into(), json!(made));
                     }

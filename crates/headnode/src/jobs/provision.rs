@@ -49,13 +49,62 @@ fn server(job: &Job) -> Result<Uuid, String> {
 /// library's hasher, whose output may change with any Rust release (and with it the MAC
 /// a job re-run after an upgrade looks for).
 pub fn nic_mac(vm: Uuid, i: usize) -> String {
+    nic_mac_candidate(vm, i, 0)
+}
+
+/// Candidate `k` for NIC `i` of `seed`: 24 bits of hash under NAPI's `90:b8:d0` prefix,
+/// so two VMs' first candidates collide once in 16.7 million pairs — certain somewhere
+/// in a cloud of a few thousand NICs (one in fifteen runs of 1,500 provisions). The next
+/// candidates are the way around a MAC another VM holds, still derived, so a re-run
+/// walks the same sequence and finds what it made. Candidate 0 is [`nic_mac`]'s, pinned.
+fn nic_mac_candidate(seed: Uuid, i: usize, k: u32) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(b"nereid-nic\0");
-    h.update(vm.as_bytes());
+    h.update(seed.as_bytes());
     h.update((i as u64).to_le_bytes());
+    if k > 0 {
+        h.update(k.to_le_bytes());
+    }
     let x = h.finalize();
     nereid_types::mac::Mac([0x90, 0xb8, 0xd0, x[0], x[1], x[2]]).to_string()
+}
+
+/// How many derived MACs a NIC tries before giving up: eight collisions in a row need a
+/// cloud of millions of NICs.
+const MAC_CANDIDATES: u32 = 8;
+
+/// NIC `i` of the job's VM on `req`'s network, with a MAC derived from `seed` (the VM for
+/// a provision, the job for `add_nics`): the NIC this VM already has under a candidate
+/// MAC (made before a crash), else a new one under the first candidate no other VM's NIC
+/// holds. A store error fails the step (the job retries it) rather than being taken for
+/// "no such NIC".
+pub async fn derived_nic(
+    app: &App,
+    job: &Job,
+    (owner, cn): (Uuid, Uuid),
+    req: &NetRequest,
+    (seed, i): (Uuid, usize),
+    fields: &[(&'static str, Value)],
+) -> Result<Nic, String> {
+    for k in 0..MAC_CANDIDATES {
+        let mac = nic_mac_candidate(seed, i, k);
+        match app.get_nic(&mac).await {
+            Ok((n, _)) if n.belongs_to_uuid == job.vm_uuid => return Ok(n),
+            Ok(_) => continue,
+            Err(e) if e.status == 404 => {}
+            Err(e) => return Err(format!("NIC {mac}: {}", e.message)),
+        }
+        let mut with_mac = fields.to_vec();
+        with_mac.push(("mac", json!(mac)));
+        match make_nic(app, job, owner, cn, req, with_mac).await {
+            Ok(n) => return Ok(n),
+            // Taken since the look-up (another VM's provision drew the same MAC).
+            Err(e) if e.errors.iter().any(|f| f.field == "mac" && f.code == "Duplicate") => continue,
+            Err(e) => return Err(format!("network {}: {}", req.target, e.message)),
+        }
+    }
+    Err(format!("NIC {i}: all {MAC_CANDIDATES} MACs derived for it belong to other VMs' NICs"))
 }
 
 /// The vmadm NIC a VM gets from a NAPI NIC.
@@ -87,14 +136,15 @@ pub fn nic_def(n: &Nic, net: Option<&Network>, index: usize, model: &str) -> Nic
 /// Asks NAPI for a `provisioning` NIC of the job's VM on `req`'s network (with its IP
 /// and flags), owned by `owner`, on server `cn`; `fields` adds the rest (`primary`, and
 /// `mac` or `model` when the caller sets them; NAPI picks a MAC otherwise).
-pub async fn make_nic(
+/// Asks NAPI for a NIC of the job's VM on `req`'s network, with `fields` on top.
+async fn make_nic(
     app: &App,
     job: &Job,
     owner: Uuid,
     cn: Uuid,
     req: &NetRequest,
     fields: impl IntoIterator<Item = (&'static str, Value)>,
-) -> Result<Nic, String> {
+) -> Result<Nic, nereid_types::error::ApiError> {
     let mut body = json!({"owner_uuid": owner, "belongs_to_uuid": job.vm_uuid, "belongs_to_type": "zone", "cn_uuid": cn,
         "state": "provisioning", "network_uuid": req.target});
     for (k, v) in fields {
@@ -106,8 +156,10 @@ pub async fn make_nic(
     for (k, v) in &req.flags {
         body[k] = v.clone();
     }
-    let Value::Object(m) = body else { return Err("bad NIC body".into()) };
-    app.create_nic(&m).await.map_err(|e| format!("network {}: {}", req.target, e.message))
+    let Value::Object(m) = body else {
+        return Err(nereid_types::error::ApiError::internal("bad NIC body"));
+    };
+    app.create_nic(&m).await
 }
 
 /// The capacity claimed at CreateVm; undone by releasing it and marking the VM failed.
@@ -157,19 +209,7 @@ impl Step for Nics {
             if macs.len() > i {
                 continue;
             }
-            let mac = nic_mac(job.vm_uuid, i);
-            // Made before a crash? Then it is ours already.
-            let existing = app.get_nic(&mac).await.ok().map(|(n, _)| n);
-            let nic = match existing {
-                Some(n) if n.belongs_to_uuid == job.vm_uuid => n,
-                other => {
-                    let mut fields = vec![("primary", json!(req.primary))];
-                    if other.is_none() {
-                        fields.push(("mac", json!(mac)));
-                    }
-                    make_nic(app, job, owner, cn, req, fields).await?
-                }
-            };
+            let nic = derived_nic(app, job, (owner, cn), req, (job.vm_uuid, i), &[("primary", json!(req.primary))]).await?;
             macs.push(nic.mac.clone());
             job.data.insert("macs".into(), json!(macs));
         }
@@ -321,6 +361,16 @@ mod tests {
         assert_eq!(nic_mac(Uuid::nil(), 0), PINNED_NIL_0);
         assert_ne!(nic_mac(vm, 0), nic_mac(vm, 1));
         assert!(nic_mac(vm, 3).starts_with("90:b8:d0:"));
+    }
+
+    #[test]
+    fn a_nics_later_candidates_are_derived_distinct_and_start_with_the_pinned_one() {
+        let vm = Uuid::parse_str("6a7e59f5-4ddc-4b39-9b1c-2d5d3e0d9a01").unwrap_or_default();
+        assert_eq!(nic_mac_candidate(vm, 0, 0), nic_mac(vm, 0));
+        let all: std::collections::BTreeSet<String> =
+            (0..2).flat_map(|i| (0..MAC_CANDIDATES).map(move |k| nic_mac_candidate(vm, i, k))).collect();
+        assert_eq!(all.len(), 2 * MAC_CANDIDATES as usize, "{all:?}");
+        assert_eq!(nic_mac_candidate(vm, 1, 5), nic_mac_candidate(vm, 1, 5));
     }
 
     /// SHA-256("nereid-nic\0" ‖ 16 zero bytes ‖ 0u64 LE) starts f5 9e 5e (checked with Python's hashlib).
