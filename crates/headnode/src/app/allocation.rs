@@ -183,10 +183,12 @@ impl App {
         let claims: HashMap<Uuid, i64> = claims.into_iter().filter_map(|o| Some((Uuid::parse_str(&o.key).ok()?, o.generation))).collect();
         let servers: Vec<Server> = self.list(SERVERS.name, &ListQuery::all()).await?;
         let hbs = self.heartbeats().await?;
-        let records = self.placed_vm_entries().await?;
+        let records = self.vm_entries_cached(&super::vms::placed_query()).await?;
+        // Records no longer placed leave the cache of decoded ones.
+        self.vm_cache.retain(&records);
         let reservations: Vec<Reservation> = self.list(RESERVATIONS.name, &ListQuery::all()).await?;
         let mut by_server: HashMap<Uuid, Vec<&Stored<Vm>>> = HashMap::new();
-        for r in &records {
+        for r in records.iter().map(|r| &**r) {
             if let Some(sv) = record_server(r) {
                 by_server.entry(sv).or_default().push(r);
             }
@@ -209,9 +211,18 @@ impl App {
 
     /// VM records counted on a server, damaged ones included.
     pub async fn vms_on(&self, server: Uuid) -> Result<Vec<Stored<Vm>>, ApiError> {
-        let q = ListQuery::filter(Filter::and(vec![active_filter(), Filter::eq("server_uuid", server.to_string())]));
-        self.vm_entries(&q).await
+        self.vm_entries(&on_server_query(server)).await
     }
+
+    /// [`App::vms_on`] through the cache of decoded records (placement's fresh reads).
+    pub async fn vms_on_cached(&self, server: Uuid) -> Result<Vec<std::sync::Arc<Stored<Vm>>>, ApiError> {
+        self.vm_entries_cached(&on_server_query(server)).await
+    }
+}
+
+/// The active VM records on `server`.
+fn on_server_query(server: Uuid) -> ListQuery {
+    ListQuery::filter(Filter::and(vec![active_filter(), Filter::eq("server_uuid", server.to_string())]))
 }
 
 /// The server a record (damaged or not) names.

@@ -114,12 +114,12 @@ impl App {
         let claim = self.store.get(SERVER_CLAIMS.name, &server.to_string()).await.map_err(store_error)?.map(|o| o.generation);
         let Some((record, _)) = self.read::<Server>(SERVERS.name, &server.to_string()).await? else { return Ok(None) };
         let hb = self.heartbeat_of(server).await?;
-        let records = self.vms_on(server).await?;
+        let records = self.vms_on_cached(server).await?;
         let reservations: Vec<Reservation> =
             self.list(RESERVATIONS.name, &ListQuery::filter(Filter::eq("server_uuid", server.to_string()))).await?;
         let (st, silent) = self.server_status(hb.as_ref());
         let status = if st == "running" { Status::Running } else { Status::Unknown { silent_secs: silent } };
-        let recs: Vec<_> = records.iter().collect();
+        let recs: Vec<_> = records.iter().map(|r| &**r).collect();
         let res: Vec<_> = reservations.iter().collect();
         Ok(Some(Fresh { server: server_view(&record, hb.as_ref(), status, &recs, &res), claim }))
     }

@@ -48,6 +48,7 @@ pub mod prom_sd;
 pub mod servers;
 pub mod snapshots;
 pub mod tenant_ips;
+pub mod vm_cache;
 pub mod vm_metadata;
 pub mod vm_nics;
 pub mod vms;
@@ -187,6 +188,8 @@ pub struct App {
     pub mtus: servers::inventories::MtuCache,
     /// Rendered JSON of listed objects, by version ([`lists`]).
     pub renders: lists::RenderCache,
+    /// Decoded VM records, by version, for placement ([`vm_cache`]).
+    pub vm_cache: vm_cache::VmCache,
     /// The audit log's write-failure count ([`audit`]).
     pub audit: audit::AuditState,
 }
@@ -220,6 +223,7 @@ impl App {
             liveness: liveness::Liveness::default(),
             mtus: servers::inventories::MtuCache::default(),
             renders: lists::RenderCache::default(),
+            vm_cache: vm_cache::VmCache::default(),
             audit: audit::AuditState::default(),
         })
     }

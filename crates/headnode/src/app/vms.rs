@@ -292,8 +292,7 @@ impl App {
 
     /// Active VM records with a server, decoded one at a time (placement, doctor).
     pub async fn placed_vm_entries(&self) -> Result<Vec<Stored<Vm>>, ApiError> {
-        let q = ListQuery::filter(Filter::and(vec![super::allocation::active_filter(), Filter::Present(Path::field("server_uuid"))]));
-        self.vm_entries(&q).await
+        self.vm_entries(&placed_query()).await
     }
 
     /// The VM records a query selects, each decoded on its own (a damaged one stays in
@@ -1428,6 +1427,11 @@ impl App {
         }
         Ok(out)
     }
+}
+
+/// Active VM records with a server: what placement counts.
+pub fn placed_query() -> ListQuery {
+    ListQuery::filter(Filter::and(vec![super::allocation::active_filter(), Filter::Present(Path::field("server_uuid"))]))
 }
 
 #[cfg(test)]

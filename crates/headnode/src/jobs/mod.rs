@@ -206,10 +206,21 @@ struct Lease {
     until_ms: i64,
 }
 
+/// What the runner needs of an open job to order and claim it (the rest of the record,
+/// its parameters and results, is read by the drive that runs it).
+#[derive(Debug, Clone)]
+struct Head {
+    uuid: Uuid,
+    vm_uuid: Uuid,
+    server_uuid: Option<Uuid>,
+    created_ms: i64,
+}
+
 /// Runs queued jobs and takes over abandoned ones.
 pub struct Runner {
     app: Arc<App>,
-    running: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+    /// The jobs this headnode drives, by UUID.
+    running: std::sync::Mutex<std::collections::HashMap<Uuid, Head>>,
     /// Leases this headnode held before it restarted may be taken back at once.
     started_ms: i64,
     /// Leases held by others: the generation last seen and when it was first seen (this
@@ -239,11 +250,41 @@ impl Runner {
         }
     }
 
-    async fn tick(self: &Arc<Self>, drives: &mut tokio::task::JoinSet<()>) -> Result<(), nereid_types::ApiError> {
-        // The open jobs: one lookup on the `execution` index (both stores answer the OR of
-        // its values from the index, so it does not grow with the job history).
+    /// The open jobs: one lookup on the `execution` index (both stores answer the OR of
+    /// its values from the index, so it does not grow with the job history), as versions
+    /// only; the heads of jobs this headnode drives are known, the others are fetched (a
+    /// job record, with its parameters and results, is the largest thing a tick would
+    /// otherwise read and parse, every time a job starts or ends).
+    async fn open_jobs(&self) -> Result<Vec<Head>, nereid_types::ApiError> {
         let states = vec![Value::from("queued"), Value::from("running")];
-        let mut open: Vec<Job> = self.app.list::<Job>(JOBS.name, &ListQuery::filter(Filter::any_of("execution", states))).await?;
+        let q = ListQuery::filter(Filter::any_of("execution", states));
+        let listed = self.app.store.list_versions(JOBS.name, &q).await.map_err(crate::app::store_error)?;
+        let mut open = Vec::with_capacity(listed.len());
+        let mut missing = Vec::new();
+        {
+            let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            for v in listed {
+                match Uuid::parse_str(&v.key).ok().and_then(|u| running.get(&u)) {
+                    Some(h) => open.push(h.clone()),
+                    None => missing.push(v.key),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            for row in self.app.store.get_raw_many(JOBS.name, &missing).await.map_err(crate::app::store_error)? {
+                // Decoded whole: a record the drive could not read is never claimed.
+                match serde_json::from_str::<Job>(&row.json) {
+                    Ok(j) => open.push(Head { uuid: j.uuid, vm_uuid: j.vm_uuid, server_uuid: j.server_uuid, created_ms: j.created_ms }),
+                    // One damaged job record never stops the others.
+                    Err(e) => tracing::warn!(job = %row.key, error = %e, "a job record does not decode; skipped"),
+                }
+            }
+        }
+        Ok(open)
+    }
+
+    async fn tick(self: &Arc<Self>, drives: &mut tokio::task::JoinSet<()>) -> Result<(), nereid_types::ApiError> {
+        let mut open = self.open_jobs().await?;
         // Oldest first, ties by key, as the store sorts.
         open.sort_by_cached_key(|j| (j.created_ms, j.uuid.to_string()));
         let mut first_per_vm = std::collections::HashSet::new();
@@ -252,11 +293,11 @@ impl Runner {
             if !first_per_vm.insert(job.vm_uuid) {
                 continue;
             }
-            if self.running.lock().unwrap_or_else(|p| p.into_inner()).contains(&job.uuid) {
+            if self.running.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&job.uuid) {
                 continue;
             }
             if let Some(lease_gen) = self.claim(job.uuid).await {
-                self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(job.uuid);
+                self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(job.uuid, job.clone());
                 let me = self.clone();
                 drives.spawn(async move {
                     let id = job.uuid;
