@@ -151,6 +151,13 @@ impl Rig {
     /// Creates a VM, waits for the pause marker, kills the headnode with SIGKILL and
     /// restarts it without hooks; returns (vm, job).
     async fn provision_and_crash(&mut self) -> (String, String) {
+        let ids = self.provision_until_paused().await;
+        self.crash_and_restart().await;
+        ids
+    }
+
+    /// Creates a VM and waits for the pause marker; returns (vm, job).
+    async fn provision_until_paused(&mut self) -> (String, String) {
         let r = self.client.post("/vms", &self.body).await.unwrap();
         let (vm, job) = (r["vm_uuid"].as_str().unwrap().to_string(), r["job_uuid"].as_str().unwrap().to_string());
         let marker = self.data.join("paused-at");
@@ -159,12 +166,17 @@ impl Rig {
             async move { m.exists().then_some(()) }
         })
         .await;
+        (vm, job)
+    }
+
+    /// Kills the headnode with SIGKILL and restarts it without hooks.
+    async fn crash_and_restart(&mut self) {
+        let marker = self.data.join("paused-at");
         self.headnode.kill().unwrap(); // SIGKILL
         self.headnode.wait().unwrap();
         std::fs::remove_file(&marker).unwrap();
         self.headnode = headnode(&self.data, self.port, &[]);
         self.client = client(&self.data, &self.headnode).await;
-        (vm, job)
     }
 
     async fn finished(&self, job: &str) -> Value {
@@ -233,26 +245,36 @@ async fn a_headnode_killed_while_unwinding_finishes_the_unwind_after_restart() {
 /// some VM's first MAC is already another VM's NIC. The provision then takes the next
 /// derived MAC, and the step re-run after a crash finds that NIC instead of making
 /// another (it used to draw a random MAC, which a re-run could not find: two NICs and
-/// two addresses).
+/// two addresses) — also when the other VM's NIC is gone by then (`freed`), which frees
+/// the first MAC for the re-run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_vm_whose_derived_mac_is_taken_gets_one_nic_across_a_crash() {
-    let mut rig = rig(&[("NEREID_TEST_PAUSE_AT", "provision:nics:after")]).await;
-    let vm = uuid::Uuid::new_v4();
-    let first = nereid_headnode::jobs::provision::nic_mac(vm, 0);
-    let other = uuid::Uuid::new_v4();
-    let owner = rig.body["owner_uuid"].clone();
-    let squatter =
-        json!({"mac": first, "owner_uuid": owner, "belongs_to_uuid": other, "belongs_to_type": "zone", "network_uuid": rig.network});
-    assert_eq!(rig.client.post("/nics", &squatter).await.unwrap()["mac"], first.as_str());
-    rig.body["uuid"] = json!(vm);
-    let (created, job) = rig.provision_and_crash().await;
-    assert_eq!(created, vm.to_string());
-    let j = rig.finished(&job).await;
-    assert_eq!(j["execution"], "succeeded", "{j}");
-    assert_eq!(rig.leaks(&created).await, (1, 1), "exactly one NIC and one address after the re-run");
-    let v = rig.client.get(&format!("/vms/{vm}")).await.unwrap();
-    let mac = v["nics"][0]["mac"].as_str().unwrap().to_string();
-    assert!(mac.starts_with("90:b8:d0:") && mac != first, "{v}");
-    let theirs = rig.client.get(&format!("/nics/{}", first.replace(':', ""))).await.unwrap();
-    assert_eq!(theirs["belongs_to_uuid"], other.to_string(), "the other VM's NIC is untouched: {theirs}");
+    for freed in [false, true] {
+        let mut rig = rig(&[("NEREID_TEST_PAUSE_AT", "provision:nics:after")]).await;
+        let vm = uuid::Uuid::new_v4();
+        let first = nereid_headnode::jobs::provision::nic_mac(vm, 0);
+        let other = uuid::Uuid::new_v4();
+        let owner = rig.body["owner_uuid"].clone();
+        let squatter =
+            json!({"mac": first, "owner_uuid": owner, "belongs_to_uuid": other, "belongs_to_type": "zone", "network_uuid": rig.network});
+        assert_eq!(rig.client.post("/nics", &squatter).await.unwrap()["mac"], first.as_str());
+        rig.body["uuid"] = json!(vm);
+        let (created, job) = rig.provision_until_paused().await;
+        assert_eq!(created, vm.to_string());
+        let squatter_path = format!("/nics/{}", first.replace(':', ""));
+        if freed {
+            rig.client.delete(&squatter_path).await.unwrap();
+        }
+        rig.crash_and_restart().await;
+        let j = rig.finished(&job).await;
+        assert_eq!(j["execution"], "succeeded", "freed {freed}: {j}");
+        assert_eq!(rig.leaks(&created).await, (1, 1), "freed {freed}: exactly one NIC and one address after the re-run");
+        let v = rig.client.get(&format!("/vms/{vm}")).await.unwrap();
+        let mac = v["nics"][0]["mac"].as_str().unwrap().to_string();
+        assert!(mac.starts_with("90:b8:d0:") && mac != first, "freed {freed}: {v}");
+        if !freed {
+            let theirs = rig.client.get(&squatter_path).await.unwrap();
+            assert_eq!(theirs["belongs_to_uuid"], other.to_string(), "the other VM's NIC is untouched: {theirs}");
+        }
+    }
 }

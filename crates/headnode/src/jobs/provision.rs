@@ -75,10 +75,12 @@ fn nic_mac_candidate(seed: Uuid, i: usize, k: u32) -> String {
 const MAC_CANDIDATES: u32 = 8;
 
 /// NIC `i` of the job's VM on `req`'s network, with a MAC derived from `seed` (the VM for
-/// a provision, the job for `add_nics`): the NIC this VM already has under a candidate
-/// MAC (made before a crash), else a new one under the first candidate no other VM's NIC
-/// holds. A store error fails the step (the job retries it) rather than being taken for
-/// "no such NIC".
+/// a provision, the job for `add_nics`): the NIC this VM already has under any of the
+/// candidate MACs (made before a crash, or by an earlier drive of the job), else a new
+/// one under the first candidate no other VM's NIC holds. The VM's own NICs are looked
+/// at first, all candidates at once: which candidates are free may change between runs
+/// (another VM's NIC deleted meanwhile), which NIC is this VM's does not. A store error
+/// fails the step (the job retries it) rather than being taken for "no such NIC".
 pub async fn derived_nic(
     app: &App,
     job: &Job,
@@ -87,10 +89,12 @@ pub async fn derived_nic(
     (seed, i): (Uuid, usize),
     fields: &[(&'static str, Value)],
 ) -> Result<Nic, String> {
-    for k in 0..MAC_CANDIDATES {
-        let mac = nic_mac_candidate(seed, i, k);
-        match app.get_nic(&mac).await {
-            Ok((n, _)) if n.belongs_to_uuid == job.vm_uuid => return Ok(n),
+    let candidates: Vec<String> = (0..MAC_CANDIDATES).map(|k| nic_mac_candidate(seed, i, k)).collect();
+    if let Some(n) = own_nic(app, job, &candidates).await? {
+        return Ok(n);
+    }
+    for mac in &candidates {
+        match app.get_nic(mac).await {
             Ok(_) => continue,
             Err(e) if e.status == 404 => {}
             Err(e) => return Err(format!("NIC {mac}: {}", e.message)),
@@ -99,12 +103,25 @@ pub async fn derived_nic(
         with_mac.push(("mac", json!(mac)));
         match make_nic(app, job, owner, cn, req, with_mac).await {
             Ok(n) => return Ok(n),
-            // Taken since the look-up (another VM's provision drew the same MAC).
-            Err(e) if e.errors.iter().any(|f| f.field == "mac" && f.code == "Duplicate") => continue,
+            // Taken since the look-up: by another VM's provision that drew the same MAC
+            // (next candidate), or by another drive of this job (that NIC is ours).
+            Err(e) if e.errors.iter().any(|f| f.field == "mac" && f.code == "Duplicate") => {
+                if let Some(n) = own_nic(app, job, std::slice::from_ref(mac)).await? {
+                    return Ok(n);
+                }
+            }
             Err(e) => return Err(format!("network {}: {}", req.target, e.message)),
         }
     }
     Err(format!("NIC {i}: all {MAC_CANDIDATES} MACs derived for it belong to other VMs' NICs"))
+}
+
+/// The job's VM's NIC under one of these MACs, if it has one.
+async fn own_nic(app: &App, job: &Job, macs: &[String]) -> Result<Option<Nic>, String> {
+    use nereid_store::{Filter, ListQuery};
+    let q = ListQuery::filter(Filter::eq("belongs_to_uuid", job.vm_uuid.to_string()));
+    let mine: Vec<Nic> = app.list(crate::buckets::NICS.name, &q).await.map_err(|e| format!("the VM's NICs: {}", e.message))?;
+    Ok(mine.into_iter().find(|n| macs.iter().any(|m| crate::app::vm_nics::same_mac(m, &n.mac))))
 }
 
 /// The vmadm NIC a VM gets from a NAPI NIC.
