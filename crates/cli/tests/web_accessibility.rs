@@ -6,10 +6,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use nereid_testkit::webdriver::Browser;
 use nereid_testkit::{Backend, Cloud, Options, web::PASSWORD};
 use serde_json::{Value, json};
+
+/// How long a sign-in may take to land on the console (a loaded CI machine is slow).
+const SIGNED_IN: Duration = Duration::from_secs(60);
 
 /// What the page check finds wrong (empty: nothing).
 const CHECK: &str = r##"
@@ -119,10 +123,14 @@ async fn every_page_has_a_title_labelled_fields_and_fits_400_px() {
     let mut problems: Vec<String> =
         b.execute(CHECK, vec![]).await.unwrap().as_array().unwrap().iter().map(|p| format!("/login: {p}")).collect();
     b.sign_in(&base, "opal", PASSWORD).await.unwrap();
+    // Signed in once the console answers (the crawl's first page would otherwise cancel
+    // the sign-in's POST on a slow machine and land on the sign-in page).
+    b.wait_text("Sign out", SIGNED_IN).await.unwrap();
     problems.extend(crawl(&b, &base, "operator").await);
     drop(b);
     let b = Browser::start("web_accessibility", 400).await.unwrap();
     b.sign_in(&base, "tina", PASSWORD).await.unwrap();
+    b.wait_text("Sign out", SIGNED_IN).await.unwrap();
     problems.extend(crawl(&b, &base, "tenant").await);
     assert!(problems.is_empty(), "accessibility problems:\n{}", problems.join("\n"));
 }
