@@ -118,25 +118,59 @@ impl Cached {
 
 /// What a renderer made of a row the cache did not have.
 #[derive(Debug)]
-pub enum Made {
+pub enum Made<T = Cached> {
     /// Listed, and cached for this version of the row.
-    Keep(Cached),
+    Keep(T),
     /// Listed, not cached (a damaged record: rendered the slow way, and logged, each time).
-    Once(Cached),
+    Once(T),
     /// Left out of the list (a damaged record where the list leaves those out).
     Skip,
 }
 
+/// Joins listed versions, cache hits and fetched rows (by key) into the answer, in
+/// listing order: a hit as it is, else what `render` made of the fetched row. Also answers
+/// what to cache: a row `render` said to keep, when the fetched row is still the listed
+/// write. A row not fetched (deleted since it was listed) is left out. Shared by the
+/// render cache and [`super::vm_cache`].
+pub(super) fn join_versions<T: Clone>(
+    listed: Vec<RowVersion>,
+    hits: Vec<Option<T>>,
+    mut fetched: HashMap<String, RawObject>,
+    mut render: impl FnMut(RawObject) -> Made<T>,
+) -> (Vec<T>, Vec<(String, Version, T)>) {
+    let mut out = Vec::with_capacity(listed.len());
+    let mut made = Vec::new();
+    for (v, hit) in listed.into_iter().zip(hits) {
+        if let Some(c) = hit {
+            out.push(c);
+            continue;
+        }
+        let Some(row) = fetched.remove(&v.key) else { continue };
+        let same = row.generation == v.generation && row.mtime == v.mtime;
+        match render(row) {
+            Made::Keep(c) => {
+                if same {
+                    made.push((v.key.clone(), Version::of(&v), c.clone()));
+                }
+                out.push(c);
+            }
+            Made::Once(c) => out.push(c),
+            Made::Skip => {}
+        }
+    }
+    (out, made)
+}
+
 /// Which write of a record a row is (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Version {
+pub(super) struct Version {
     generation: i64,
     mtime: i64,
     size: i64,
 }
 
 impl Version {
-    fn of(v: &RowVersion) -> Self {
+    pub(super) fn of(v: &RowVersion) -> Self {
         Version { generation: v.generation, mtime: v.mtime, size: v.size }
     }
 }
@@ -252,29 +286,10 @@ impl RenderCache {
         variant: Variant,
         listed: Vec<RowVersion>,
         hits: Vec<Option<Cached>>,
-        mut fetched: HashMap<String, RawObject>,
-        mut render: impl FnMut(RawObject) -> Made,
+        fetched: HashMap<String, RawObject>,
+        render: impl FnMut(RawObject) -> Made,
     ) -> Vec<Cached> {
-        let mut out = Vec::with_capacity(listed.len());
-        let mut made = Vec::new();
-        for (v, hit) in listed.into_iter().zip(hits) {
-            if let Some(c) = hit {
-                out.push(c);
-                continue;
-            }
-            let Some(row) = fetched.remove(&v.key) else { continue };
-            let same = row.generation == v.generation && row.mtime == v.mtime;
-            match render(row) {
-                Made::Keep(c) => {
-                    if same {
-                        made.push((v.key.clone(), Version::of(&v), c.clone()));
-                    }
-                    out.push(c);
-                }
-                Made::Once(c) => out.push(c),
-                Made::Skip => {}
-            }
-        }
+        let (out, made) = join_versions(listed, hits, fetched, render);
         self.insert(variant, made);
         out
     }

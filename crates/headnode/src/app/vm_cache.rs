@@ -18,11 +18,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use nereid_store::{ListQuery, RowVersion};
+use nereid_store::{ListQuery, RawObject, RowVersion};
 use nereid_types::damaged::Stored;
 use nereid_types::vm::Vm;
 
-use super::lists::decode_vm_row;
+use super::lists::{Made, Version, decode_vm_row, join_versions};
 use super::{App, store_error};
 use crate::buckets::VMS;
 use nereid_types::ApiError;
@@ -30,14 +30,9 @@ use nereid_types::ApiError;
 /// Entries past which the cache is emptied (a few hundred bytes to a few KiB each).
 pub const MAX_ENTRIES: usize = 200_000;
 
-type Version = (i64, i64, i64);
 /// A decoded record, shared by the cache and the answers it gave.
 type Entry = Arc<Stored<Vm>>;
 type Map = HashMap<String, (Version, Entry)>;
-
-fn version(v: &RowVersion) -> Version {
-    (v.generation, v.mtime, v.size)
-}
 
 /// See the module doc.
 #[derive(Default)]
@@ -53,7 +48,7 @@ impl VmCache {
     /// The cached record of each listed row at its listed version.
     fn lookup(&self, listed: &[RowVersion]) -> Vec<Option<Arc<Stored<Vm>>>> {
         let map = self.lock();
-        listed.iter().map(|v| map.get(&v.key).filter(|(at, _)| *at == version(v)).map(|(_, e)| e.clone())).collect()
+        listed.iter().map(|v| map.get(&v.key).filter(|(at, _)| *at == Version::of(v)).map(|(_, e)| e.clone())).collect()
     }
 
     fn insert(&self, made: Vec<(String, Version, Arc<Stored<Vm>>)>) {
@@ -87,30 +82,13 @@ impl VmCache {
     }
 }
 
-/// Joins listed versions, cache hits and fetched rows (by key) into the answer, in
-/// listing order, and what to keep: a fetched row is kept when it is the listed version.
+/// [`join_versions`] with each fetched row decoded (a damaged one kept as damaged).
 fn complete(
     listed: Vec<RowVersion>,
     hits: Vec<Option<Entry>>,
-    mut fetched: HashMap<String, nereid_store::RawObject>,
+    fetched: HashMap<String, RawObject>,
 ) -> (Vec<Entry>, Vec<(String, Version, Entry)>) {
-    let mut out = Vec::with_capacity(listed.len());
-    let mut made = Vec::new();
-    for (v, hit) in listed.into_iter().zip(hits) {
-        if let Some(e) = hit {
-            out.push(e);
-            continue;
-        }
-        // Deleted since it was listed: left out.
-        let Some(row) = fetched.remove(&v.key) else { continue };
-        let same = row.generation == v.generation && row.mtime == v.mtime;
-        let e = Arc::new(decode_vm_row(row));
-        if same {
-            made.push((v.key.clone(), version(&v), e.clone()));
-        }
-        out.push(e);
-    }
-    (out, made)
+    join_versions(listed, hits, fetched, |row| Made::Keep(Arc::new(decode_vm_row(row))))
 }
 
 impl App {
@@ -133,7 +111,6 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nereid_store::RawObject;
 
     fn vm_json(uuid: &str, ram: u64) -> String {
         serde_json::json!({"uuid": uuid, "ram": ram, "state": "running"}).to_string()
