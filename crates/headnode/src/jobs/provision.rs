@@ -153,7 +153,6 @@ pub fn nic_def(n: &Nic, net: Option<&Network>, index: usize, model: &str) -> Nic
 /// Asks NAPI for a `provisioning` NIC of the job's VM on `req`'s network (with its IP
 /// and flags), owned by `owner`, on server `cn`; `fields` adds the rest (`primary`, and
 /// `mac` or `model` when the caller sets them; NAPI picks a MAC otherwise).
-/// Asks NAPI for a NIC of the job's VM on `req`'s network, with `fields` on top.
 async fn make_nic(
     app: &App,
     job: &Job,
@@ -350,18 +349,16 @@ impl Step for Finish {
         let cn = server(job)?;
         let st = app.agent_get_patient(cn, job.vm_uuid).await.map_err(|e| e.to_string())?.ok_or("the server no longer has the VM")?;
         let state = if st.state == "running" { "running" } else { "stopped" };
-        app.modify_vm(job.vm_uuid, |vm| {
+        let boot = st.boot_timestamp.clone();
+        app.settle_provision(job.vm_uuid, job.uuid, state, |vm| {
             vm.state = Some(state.into());
             vm.zone_state = Some(state.into());
-            vm.boot_timestamp = st.boot_timestamp.clone().or(vm.boot_timestamp.clone());
+            vm.boot_timestamp = boot.clone().or(vm.boot_timestamp.clone());
             vm.error = None;
             vm.last_modified = Some(nereid_types::time::now_iso());
-            Ok(())
         })
         .await
         .map_err(|e| e.message)?;
-        app.set_vm_nics_state(job.vm_uuid, state).await.map_err(|e| e.message)?;
-        app.release_reservations(job.vm_uuid, Some(job.uuid)).await.map_err(|e| e.message)?;
         Ok(format!("VM {state}; reservation released"))
     }
 }
