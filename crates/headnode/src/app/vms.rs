@@ -986,7 +986,10 @@ impl App {
             let mut params = Map::new();
             params.insert("networks".into(), json!(nets));
             params.insert("nic_model".into(), json!(nic_model));
-            params.insert("placement".into(), explain(&placement));
+            let mut explained = explain(&placement);
+            // The reserve step's message names the server without reading its record.
+            explained["hostname"] = json!(fresh.server.hostname);
+            params.insert("placement".into(), explained);
             let job = new_job("provision", uuid, Some(server), Some(owner), params);
             let res = Reservation {
                 job_uuid: job.uuid,

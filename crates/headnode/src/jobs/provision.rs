@@ -189,7 +189,11 @@ impl Step for Reserve {
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
         let explanation = job.params.get("placement").cloned().unwrap_or(Value::Null);
         let warnings = explanation.get("warnings").and_then(Value::as_array).map(|w| w.len()).unwrap_or(0);
-        let host = app.get_server_record(server(job)?).await.map(|(s, _)| s.hostname).unwrap_or_default();
+        // Named at CreateVm; a job from before that reads the server's record.
+        let host = match explanation.get("hostname").and_then(Value::as_str) {
+            Some(h) => h.to_string(),
+            None => app.get_server_record(server(job)?).await.map(|(s, _)| s.hostname).unwrap_or_default(),
+        };
         Ok(format!("placed on {host} ({}); {warnings} warning(s) about other records", server(job)?))
     }
     async fn undo(&self, app: &App, job: &mut Job) -> StepResultT {
@@ -292,6 +296,8 @@ impl Step for Create {
         let state = if vm.autoboot == Some(false) { Desired::Stopped } else { Desired::Running };
         let e = vm.ensure(state, None)?;
 
+        // What the wait step waits for, so it need not read the record again.
+        job.data.insert("want".into(), json!(if state == Desired::Stopped { "stopped" } else { "running" }));
         let st = app.agent_ensure(server(job)?, &e).await.map_err(|e| e.to_string())?;
         Ok(format!("server accepted the VM ({})", st.state))
     }
@@ -323,8 +329,15 @@ impl Step for Wait {
         app.cfg.provision_deadline
     }
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
-        let (vm, _) = app.get_vm(job.vm_uuid, None).await.map_err(|e| e.message)?;
-        let want = if vm.autoboot == Some(false) { "stopped" } else { "running" };
+        let want: String = match data(job, "want") {
+            Some(w) => w,
+            // A job the create step of an older version ran.
+            None => {
+                let (vm, _) = app.get_vm(job.vm_uuid, None).await.map_err(|e| e.message)?;
+                if vm.autoboot == Some(false) { "stopped" } else { "running" }.to_string()
+            }
+        };
+        let want = want.as_str();
         wait_for_server(app, job, |st| match st.state.as_str() {
             s if s == want => Seen::Done,
             "failed" => {
