@@ -987,7 +987,8 @@ impl App {
             params.insert("networks".into(), json!(nets));
             params.insert("nic_model".into(), json!(nic_model));
             let mut explained = explain(&placement);
-            // The reserve step's message names the server without reading its record.
+            // Named for the operator, and so the reserve step's message names the server
+            // without reading its record.
             explained["hostname"] = json!(fresh.server.hostname);
             params.insert("placement".into(), explained);
             let job = new_job("provision", uuid, Some(server), Some(owner), params);
@@ -1013,7 +1014,9 @@ impl App {
                     self.capacity_claimed(fresh, &res);
                     self.jobs_notify.notify_one();
                     super::audit::note_job(job.uuid);
-                    return Ok(Created { vm: record, job, placement: explain(&placement) });
+                    // The explanation the job records, hostname included.
+                    let placement = job.params.get("placement").cloned().unwrap_or_default();
+                    return Ok(Created { vm: record, job, placement });
                 }
                 Err(StoreError::Conflict { op_index: 0, .. }) => {
                     self.capacity_touch(server);
