@@ -52,6 +52,7 @@ pub mod vm_cache;
 pub mod vm_metadata;
 pub mod vm_nics;
 pub mod vms;
+pub mod wakeups;
 pub mod zvol_import;
 
 /// How many times a read-modify-write is retried after losing a race.
@@ -192,6 +193,10 @@ pub struct App {
     pub vm_cache: vm_cache::VmCache,
     /// The audit log's write-failure count ([`audit`]).
     pub audit: audit::AuditState,
+    /// Waiters for a job's end ([`wakeups`]; woken by the job runner).
+    pub job_waits: wakeups::Wakeups,
+    /// Waiters for a VM's state on its server ([`wakeups`]; woken by the server's reports).
+    pub vm_reports: wakeups::Wakeups,
 }
 
 impl App {
@@ -225,6 +230,8 @@ impl App {
             renders: lists::RenderCache::default(),
             vm_cache: vm_cache::VmCache::default(),
             audit: audit::AuditState::default(),
+            job_waits: wakeups::Wakeups::default(),
+            vm_reports: wakeups::Wakeups::default(),
         })
     }
 

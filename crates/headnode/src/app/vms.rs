@@ -431,6 +431,8 @@ impl App {
 
     /// A state a server reports; ignored when older than what the record has.
     pub async fn apply_vm_status(&self, server: Uuid, st: &VmStatus) -> Result<(), ApiError> {
+        // A job step waiting for this VM asks its server again now.
+        self.vm_reports.wake(st.uuid);
         let current = match self.read_vm(st.uuid).await? {
             None => return Ok(()),
             Some((Stored::Ok(vm), _)) => vm,
@@ -1444,12 +1446,19 @@ impl App {
     /// Waits (at most `timeout`) for a job to finish; returns it as it is then.
     pub async fn wait_job(&self, uuid: Uuid, timeout: Duration) -> Result<Job, ApiError> {
         let end = Instant::now() + timeout;
+        let wake = self.job_waits.watch(uuid);
         loop {
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             let j = self.get_job(uuid).await?;
-            if j.is_done() || Instant::now() >= end {
+            let now = Instant::now();
+            if j.is_done() || now >= end {
                 return Ok(j);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Woken as soon as this headnode's runner ends the job; a job another headnode
+            // runs is seen at the next look.
+            let _ = tokio::time::timeout(JOB_WAIT_POLL.min(end - now), notified).await;
         }
     }
 
@@ -1462,6 +1471,9 @@ impl App {
         Ok(out)
     }
 }
+
+/// How often [`App::wait_job`] looks at the job record when nothing woke it.
+const JOB_WAIT_POLL: Duration = Duration::from_millis(100);
 
 /// Active VM records with a server: what placement counts.
 pub fn placed_query() -> ListQuery {

@@ -424,6 +424,8 @@ impl Runner {
                 if done {
                     // Nothing left to renew or to delete.
                     *g = None;
+                    // Whoever waits for the job's end is answered now.
+                    self.app.job_waits.wake(job.uuid);
                 }
                 Ok(())
             }
@@ -615,7 +617,9 @@ pub async fn wait_for_server(
     let server = job.server_uuid.ok_or("the job has no server")?;
     let vm = job.vm_uuid;
     let judge = &judge;
-    let st = poll(WAIT_FIRST, || async move {
+    // The server's reports of the VM (pushed to this headnode) wake the wait at once.
+    let wake = app.vm_reports.watch(vm);
+    let st = poll(WAIT_FIRST, Some(&wake), || async move {
         match app.agent_get(server, vm).await {
             Ok(Some(st)) => match judge(&st) {
                 Seen::Pending => None,
@@ -634,26 +638,36 @@ pub async fn wait_for_server(
     Ok(st)
 }
 
-/// The first pause between asks in [`wait_for_server`]; each pause doubles up to
-/// [`WAIT_EVERY`], so a fast server is seen at once and a slow one is asked five times a
-/// second.
-pub const WAIT_FIRST: Duration = Duration::from_millis(5);
+/// The first pause between asks in [`wait_for_server`] when no report woke it; each pause
+/// doubles up to [`WAIT_EVERY`]. The server's report of a change wakes the wait at once,
+/// so these only set the pace for a server whose reports go to another headnode.
+pub const WAIT_FIRST: Duration = Duration::from_millis(25);
 /// The longest pause between asks in [`wait_for_server`].
 pub const WAIT_EVERY: Duration = Duration::from_millis(200);
 
-/// Polls `f` until it answers `Some`: first after `first`, then doubling the pause up to
-/// [`WAIT_EVERY`].
-pub async fn poll<T, F, Fut>(first: Duration, mut f: F) -> T
+/// Polls `f` until it answers `Some`: at once, then after `first`, doubling the pause up
+/// to [`WAIT_EVERY`]; a wake-up of `wake` cuts a pause short.
+pub async fn poll<T, F, Fut>(first: Duration, wake: Option<&tokio::sync::Notify>, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
     let mut pause = first;
     loop {
+        // Enabled before asking: a wake-up while `f` runs is not lost.
+        let mut woken = wake.map(|w| Box::pin(w.notified()));
+        if let Some(n) = woken.as_mut() {
+            n.as_mut().enable();
+        }
         if let Some(v) = f().await {
             return v;
         }
-        tokio::time::sleep(pause).await;
+        match woken {
+            Some(n) => {
+                let _ = tokio::time::timeout(pause, n).await;
+            }
+            None => tokio::time::sleep(pause).await,
+        }
         pause = (pause * 2).min(WAIT_EVERY.max(first));
     }
 }
