@@ -43,12 +43,12 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 
-use sqlx::pool::PoolConnection;
-use sqlx::{Connection, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{Mutex, oneshot};
 
 use crate::ops::{self, Exec};
 use crate::sql::{Dialect, Sql};
+use crate::sqlite_conns::Conns;
 use crate::{Op, Result, StoreError};
 
 /// At most this many batches share a transaction…
@@ -66,7 +66,7 @@ type Queue = Arc<StdMutex<VecDeque<Pending>>>;
 
 /// The SQLite writer: queues batches and commits them in groups.
 pub(crate) struct GroupCommit {
-    pool: SqlitePool,
+    conns: Arc<Conns>,
     /// Held by the group being run, and by DDL (migrations, indexes).
     writer: Arc<Mutex<()>>,
     queue: Queue,
@@ -75,8 +75,8 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub(crate) fn new(pool: SqlitePool, writer: Arc<Mutex<()>>) -> Self {
-        Self { pool, writer, queue: Arc::default(), commits: Arc::default() }
+    pub(crate) fn new(conns: Arc<Conns>, writer: Arc<Mutex<()>>) -> Self {
+        Self { conns, writer, queue: Arc::default(), commits: Arc::default() }
     }
 
     /// Runs `ops` atomically in the next group; returns each put's new generation (0 for
@@ -98,9 +98,9 @@ impl GroupCommit {
                         // Our batch is in a group that another leader already ran.
                         continue;
                     }
-                    let (pool, queue, commits) = (self.pool.clone(), self.queue.clone(), self.commits.clone());
+                    let (conns, queue, commits) = (self.conns.clone(), self.queue.clone(), self.commits.clone());
                     tokio::spawn(async move {
-                        run_group(pool, group, &queue, &commits).await;
+                        run_group(conns, group, &queue, &commits).await;
                         drop(guard);
                     });
                 }
@@ -153,10 +153,10 @@ enum Step {
     Broken(StoreError),
 }
 
-async fn run_group(pool: SqlitePool, group: Vec<Pending>, queue: &Queue, commits: &AtomicU64) {
-    let mut conn = match pool.acquire().await {
+async fn run_group(conns: Arc<Conns>, group: Vec<Pending>, queue: &Queue, commits: &AtomicU64) {
+    let mut conn = match conns.acquire().await {
         Ok(c) => c,
-        Err(e) => return fail_all(group, StoreError::from(e)),
+        Err(e) => return fail_all(group, e),
     };
     let result = {
         let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
@@ -207,25 +207,22 @@ async fn run_group(pool: SqlitePool, group: Vec<Pending>, queue: &Queue, commits
     };
     match result {
         Ok((answers, healthy)) => {
-            if !healthy {
-                close(conn);
+            // An unhealthy connection is dropped unreleased: closed, never lent again.
+            if healthy {
+                conn.release();
             }
             for (p, r) in answers {
                 let _ = p.reply.send(r);
             }
         }
         Err((answers, e)) => {
-            // The connection's transaction state is unknown: do not hand it out again.
-            close(conn);
+            // The connection's transaction state is unknown: dropped unreleased, closed.
+            drop(conn);
             for (p, r) in answers {
                 let _ = p.reply.send(if r.is_ok() { Err(shared(&e)) } else { r });
             }
         }
     }
-}
-
-fn close(mut conn: PoolConnection<Sqlite>) {
-    conn.close_on_drop();
 }
 
 fn fail_all(group: Vec<Pending>, e: StoreError) {

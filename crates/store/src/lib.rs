@@ -28,6 +28,7 @@ mod ops;
 mod postgres;
 mod sql;
 mod sqlite;
+mod sqlite_conns;
 pub mod testing;
 
 pub use filter::{Filter, Path};

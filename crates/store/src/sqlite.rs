@@ -20,20 +20,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, SqlitePool};
+use sqlx::Connection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use tokio::sync::Mutex;
 
 use crate::group_commit::GroupCommit;
 use crate::migrations::{LEDGER_SQLITE, SQLITE};
 use crate::ops::{self, impl_exec};
 use crate::sql::Dialect;
+use crate::sqlite_conns::Conns;
 use crate::{BucketDef, Filter, ListQuery, Object, Op, RawObject, Result, Store, StoreError};
 
 impl_exec!(SqliteConnection);
 
 pub(crate) struct SqliteStore {
-    pool: SqlitePool,
+    conns: Arc<Conns>,
     /// Held while writing: by each group of batches, and by DDL.
     writer: Arc<Mutex<()>>,
     pub(crate) group: GroupCommit,
@@ -56,19 +57,18 @@ impl SqliteStore {
             .pragma("cache_size", "-32768")
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
-        // No ping before each acquire (sqlx's default): a connection to a local file does
-        // not go stale, and the ping is a round trip to the connection's worker thread on
-        // every store call.
-        let pool = SqlitePoolOptions::new().max_connections(4).min_connections(1).test_before_acquire(false).connect_with(opts).await?;
+        // Four connections, without sqlx's pool and its ping on every return (see
+        // `sqlite_conns`).
+        let conns = Conns::new(opts, 4);
         let writer = Arc::new(Mutex::new(()));
-        let store = Self { group: GroupCommit::new(pool.clone(), writer.clone()), pool, writer };
+        let store = Self { group: GroupCommit::new(conns.clone(), writer.clone()), conns, writer };
         store.migrate().await?;
         Ok(store)
     }
 
     async fn migrate(&self) -> Result<()> {
         let _w = self.writer.lock().await;
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conns.acquire().await?;
         sqlx::raw_sql(LEDGER_SQLITE).execute(&mut *conn).await?;
         for m in SQLITE {
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
@@ -84,6 +84,7 @@ impl SqliteStore {
             set_planner_stat(&mut tx, idx, stat).await?;
         }
         tx.commit().await?;
+        conn.release();
         Ok(())
     }
 }
@@ -159,12 +160,12 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        self.pool.close().await;
+        self.conns.close().await;
     }
 
     async fn ensure_bucket(&self, def: &BucketDef) -> Result<()> {
         let _w = self.writer.lock().await;
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.conns.acquire().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let wanted = ops::ensure_indexes(&mut *tx, Dialect::Sqlite, def).await?;
         for idx in &wanted {
@@ -174,12 +175,15 @@ impl Store for SqliteStore {
         // This connection reads them now; the others when they next load the schema (at
         // open, or after the index changes above).
         sqlx::query("ANALYZE sqlite_schema").execute(&mut *conn).await?;
+        conn.release();
         Ok(())
     }
 
     async fn get(&self, bucket: &str, key: &str) -> Result<Option<Object>> {
-        let mut conn = self.pool.acquire().await?;
-        ops::get(&mut *conn, Dialect::Sqlite, bucket, key).await
+        let mut conn = self.conns.acquire().await?;
+        let r = ops::get(&mut *conn, Dialect::Sqlite, bucket, key).await;
+        conn.release();
+        r
     }
 
     async fn batch(&self, ops: Vec<Op>) -> Result<Vec<i64>> {
@@ -187,28 +191,38 @@ impl Store for SqliteStore {
     }
 
     async fn list(&self, bucket: &str, query: &ListQuery) -> Result<Vec<Object>> {
-        let mut conn = self.pool.acquire().await?;
-        ops::list(&mut *conn, Dialect::Sqlite, bucket, query).await
+        let mut conn = self.conns.acquire().await?;
+        let r = ops::list(&mut *conn, Dialect::Sqlite, bucket, query).await;
+        conn.release();
+        r
     }
 
     async fn list_raw(&self, bucket: &str, query: &ListQuery) -> Result<Vec<RawObject>> {
-        let mut conn = self.pool.acquire().await?;
-        ops::list_raw(&mut *conn, Dialect::Sqlite, bucket, query).await
+        let mut conn = self.conns.acquire().await?;
+        let r = ops::list_raw(&mut *conn, Dialect::Sqlite, bucket, query).await;
+        conn.release();
+        r
     }
 
     async fn list_versions(&self, bucket: &str, query: &ListQuery) -> Result<Vec<crate::RowVersion>> {
-        let mut conn = self.pool.acquire().await?;
-        ops::list_versions(&mut *conn, Dialect::Sqlite, bucket, query).await
+        let mut conn = self.conns.acquire().await?;
+        let r = ops::list_versions(&mut *conn, Dialect::Sqlite, bucket, query).await;
+        conn.release();
+        r
     }
 
     async fn get_raw_many(&self, bucket: &str, keys: &[String]) -> Result<Vec<RawObject>> {
-        let mut conn = self.pool.acquire().await?;
-        ops::get_raw_many(&mut *conn, Dialect::Sqlite, bucket, keys).await
+        let mut conn = self.conns.acquire().await?;
+        let r = ops::get_raw_many(&mut *conn, Dialect::Sqlite, bucket, keys).await;
+        conn.release();
+        r
     }
 
     async fn count(&self, bucket: &str, filter: &Filter) -> Result<i64> {
-        let mut conn = self.pool.acquire().await?;
-        ops::count(&mut *conn, Dialect::Sqlite, bucket, filter).await
+        let mut conn = self.conns.acquire().await?;
+        let r = ops::count(&mut *conn, Dialect::Sqlite, bucket, filter).await;
+        conn.release();
+        r
     }
 }
 
@@ -222,7 +236,9 @@ mod tests {
     }
 
     async fn write_some(store: &SqliteStore) {
-        sqlx::raw_sql("CREATE TABLE IF NOT EXISTS t (x TEXT); INSERT INTO t VALUES ('a secret');").execute(&store.pool).await.unwrap();
+        let mut c = store.conns.acquire().await.unwrap();
+        sqlx::raw_sql("CREATE TABLE IF NOT EXISTS t (x TEXT); INSERT INTO t VALUES ('a secret');").execute(&mut *c).await.unwrap();
+        c.release();
     }
 
     #[tokio::test]
@@ -294,12 +310,14 @@ mod tests {
             .collect();
         store.batch(ops).await.unwrap();
         let plan = |q: ListQuery| {
-            let pool = store.pool.clone();
+            let conns = store.conns.clone();
             async move {
+                let mut c = conns.acquire().await.unwrap();
                 let s = crate::ops::list_sql(Dialect::Sqlite, "jobs", &q).unwrap();
                 let text = format!("EXPLAIN QUERY PLAN {}", s.text);
                 let explain = crate::ops::bind_all!(sqlx::query_as::<_, (i64, i64, i64, String)>(&text), s);
-                let rows = explain.fetch_all(&pool).await.unwrap();
+                let rows = explain.fetch_all(&mut *c).await.unwrap();
+                c.release();
                 rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
             }
         };
@@ -312,10 +330,12 @@ mod tests {
         assert!(page.contains("USING INDEX ix_jobs_created_at"), "{page}");
         let few = plan(ListQuery::filter(Filter::Or(vec![Filter::eq("execution", "queued"), Filter::eq("execution", "running")]))).await;
         assert!(few.contains("USING INDEX ix_jobs_execution"), "{few}");
+        let mut c = store.conns.acquire().await.unwrap();
         let names: Vec<(String,)> = sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'ix_jobs_%'")
-            .fetch_all(&store.pool)
+            .fetch_all(&mut *c)
             .await
             .unwrap();
+        c.release();
         assert_eq!(names.len(), 2, "the index of the older definition is dropped: {names:?}");
         // The answers are those of the plans.
         let got = store.list_raw("jobs", &ListQuery::all().sort(created(), Kind::Text, false).page(3, 0)).await.unwrap();
