@@ -182,7 +182,7 @@ impl Store for SqliteStore {
     async fn get(&self, bucket: &str, key: &str) -> Result<Option<Object>> {
         let mut conn = self.conns.acquire().await?;
         let r = ops::get(&mut *conn, Dialect::Sqlite, bucket, key).await;
-        conn.release();
+        conn.release_after(&r);
         r
     }
 
@@ -193,35 +193,35 @@ impl Store for SqliteStore {
     async fn list(&self, bucket: &str, query: &ListQuery) -> Result<Vec<Object>> {
         let mut conn = self.conns.acquire().await?;
         let r = ops::list(&mut *conn, Dialect::Sqlite, bucket, query).await;
-        conn.release();
+        conn.release_after(&r);
         r
     }
 
     async fn list_raw(&self, bucket: &str, query: &ListQuery) -> Result<Vec<RawObject>> {
         let mut conn = self.conns.acquire().await?;
         let r = ops::list_raw(&mut *conn, Dialect::Sqlite, bucket, query).await;
-        conn.release();
+        conn.release_after(&r);
         r
     }
 
     async fn list_versions(&self, bucket: &str, query: &ListQuery) -> Result<Vec<crate::RowVersion>> {
         let mut conn = self.conns.acquire().await?;
         let r = ops::list_versions(&mut *conn, Dialect::Sqlite, bucket, query).await;
-        conn.release();
+        conn.release_after(&r);
         r
     }
 
     async fn get_raw_many(&self, bucket: &str, keys: &[String]) -> Result<Vec<RawObject>> {
         let mut conn = self.conns.acquire().await?;
         let r = ops::get_raw_many(&mut *conn, Dialect::Sqlite, bucket, keys).await;
-        conn.release();
+        conn.release_after(&r);
         r
     }
 
     async fn count(&self, bucket: &str, filter: &Filter) -> Result<i64> {
         let mut conn = self.conns.acquire().await?;
         let r = ops::count(&mut *conn, Dialect::Sqlite, bucket, filter).await;
-        conn.release();
+        conn.release_after(&r);
         r
     }
 }

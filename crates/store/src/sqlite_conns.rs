@@ -11,6 +11,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
@@ -23,7 +24,12 @@ pub(crate) struct Conns {
     opts: SqliteConnectOptions,
     idle: Mutex<Vec<SqliteConnection>>,
     permits: Arc<Semaphore>,
+    max: u32,
 }
+
+/// How long [`Conns::acquire`] waits for a connection (sqlx's pool's default), and
+/// [`Conns::close`] for the lent ones to come back.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// A connection lent out by [`Conns::acquire`]; closed when dropped unless released.
 pub(crate) struct Conn {
@@ -35,7 +41,7 @@ pub(crate) struct Conn {
 
 impl Conns {
     pub(crate) fn new(opts: SqliteConnectOptions, max: usize) -> Arc<Self> {
-        Arc::new(Self { opts, idle: Mutex::new(Vec::new()), permits: Arc::new(Semaphore::new(max)) })
+        Arc::new(Self { opts, idle: Mutex::new(Vec::new()), permits: Arc::new(Semaphore::new(max)), max: max as u32 })
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<SqliteConnection>> {
@@ -45,7 +51,11 @@ impl Conns {
     /// An idle connection, or a new one while fewer than the limit are open; waits for
     /// one otherwise.
     pub(crate) async fn acquire(self: &Arc<Self>) -> Result<Conn> {
-        let permit = self.permits.clone().acquire_owned().await.map_err(|_| StoreError::Backend(sqlx::Error::PoolClosed))?;
+        let permit = match tokio::time::timeout(WAIT, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(StoreError::Backend(sqlx::Error::PoolClosed)),
+            Err(_) => return Err(StoreError::Backend(sqlx::Error::PoolTimedOut)),
+        };
         let idle = self.idle().pop();
         let conn = match idle {
             Some(c) => c,
@@ -54,10 +64,15 @@ impl Conns {
         Ok(Conn { conn: Some(conn), home: self.clone(), released: false, _permit: permit })
     }
 
-    /// No more connections are lent; the idle ones are closed now, the lent ones when
-    /// they come back.
+    /// No more connections are lent; once the lent ones are back (a group commit under
+    /// way finishes first, as with sqlx's pool; at most [`WAIT`]), all are closed.
     pub(crate) async fn close(&self) {
+        let back = tokio::time::timeout(WAIT, self.permits.acquire_many(self.max)).await;
+        if back.is_err() {
+            tracing::warn!("closing the SQLite store with connections still in use");
+        }
         self.permits.close();
+        drop(back);
         let idle = std::mem::take(&mut *self.idle());
         for c in idle {
             let _ = c.close().await;
@@ -71,15 +86,27 @@ impl Conn {
     pub(crate) fn release(mut self) {
         self.released = true;
     }
+
+    /// Releases the connection after work that answered `r`, unless the error says the
+    /// connection itself broke (its worker thread gone, or I/O): that one is closed.
+    pub(crate) fn release_after<T>(self, r: &Result<T>) {
+        if !matches!(r, Err(StoreError::Backend(sqlx::Error::WorkerCrashed | sqlx::Error::Io(_)))) {
+            self.release();
+        }
+    }
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
         if let Some(c) = self.conn.take()
             && self.released
-            && !self.home.permits.is_closed()
         {
-            self.home.idle().push(c);
+            // Checked under the idle list's lock: `close` closes the permits first, then
+            // empties the list under it, so no connection is put back after that.
+            let mut idle = self.home.idle();
+            if !self.home.permits.is_closed() {
+                idle.push(c);
+            }
         }
         // Otherwise the connection is dropped: its worker thread closes it.
     }
@@ -143,9 +170,16 @@ mod tests {
         a.release();
         let c = tokio::time::timeout(std::time::Duration::from_secs(5), pool.acquire()).await.unwrap().unwrap();
         c.release();
-        pool.close().await;
-        assert!(pool.acquire().await.is_err());
+        // Close waits for the lent one to come back, then closes them all.
+        let closing = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.close().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!closing.is_finished(), "close waits while a connection is lent");
         b.release();
-        assert!(pool.idle().is_empty(), "a connection coming back after close is closed");
+        tokio::time::timeout(std::time::Duration::from_secs(5), closing).await.unwrap().unwrap();
+        assert!(pool.idle().is_empty());
+        assert!(pool.acquire().await.is_err(), "nothing is lent after close");
     }
 }
