@@ -321,12 +321,7 @@ impl App {
             f(&mut vm).map_err(|m| invalid("vm", m))?;
             match self.store.put(VMS.name, &uuid.to_string(), encode(&vm), Cond::Generation(g)).await {
                 Ok(_) => {
-                    // Its state or sizes may count differently on its server now.
-                    if let Some(server) = vm.server_uuid {
-                        self.capacity_touch(server);
-                    }
-                    // Its state, tags, metadata or alias may change its DNS names.
-                    self.cns_notify.notify_one();
+                    self.vm_written(&vm);
                     return Ok(vm);
                 }
                 Err(e) if e.is_conflict() => continue,
@@ -334,6 +329,15 @@ impl App {
             }
         }
         Err(ApiError::conflict("ConcurrentModification", format!("VM {uuid} kept changing; retry")))
+    }
+
+    /// What follows every write of a VM record: its state or sizes may count differently
+    /// on its server now, and its state, tags, metadata or alias may change its DNS names.
+    fn vm_written(&self, vm: &Vm) {
+        if let Some(server) = vm.server_uuid {
+            self.capacity_touch(server);
+        }
+        self.cns_notify.notify_one();
     }
 
     /// Releases a job's reservation, or every reservation of the VM.
@@ -394,10 +398,7 @@ impl App {
             ops.push(Op::delete(RESERVATIONS.name, job.to_string(), Cond::Any));
             match self.store.batch(ops).await {
                 Ok(_) => {
-                    if let Some(server) = vm.server_uuid {
-                        self.capacity_touch(server);
-                    }
-                    self.cns_notify.notify_one();
+                    self.vm_written(&vm);
                     return Ok(vm);
                 }
                 Err(e) if e.is_conflict() => continue,
@@ -614,10 +615,7 @@ impl App {
             };
             match self.store.put(VMS.name, &uuid.to_string(), encode(&next), Cond::Generation(g)).await {
                 Ok(_) => {
-                    if let Some(server) = next.server_uuid {
-                        self.capacity_touch(server);
-                    }
-                    self.cns_notify.notify_one();
+                    self.vm_written(&next);
                     return Ok(());
                 }
                 Err(e) if e.is_conflict() => continue,
@@ -1397,10 +1395,10 @@ impl App {
                 store_error(e)
             }
         })?;
-        for server in [prev_server, next.server_uuid].into_iter().flatten() {
+        if let Some(server) = prev_server.filter(|p| Some(*p) != next.server_uuid) {
             self.capacity_touch(server);
         }
-        self.cns_notify.notify_one();
+        self.vm_written(&next);
         if destroying {
             self.free_vm_nics(uuid).await?;
             self.release_reservations(uuid, None).await?;
@@ -1446,20 +1444,17 @@ impl App {
     /// Waits (at most `timeout`) for a job to finish; returns it as it is then.
     pub async fn wait_job(&self, uuid: Uuid, timeout: Duration) -> Result<Job, ApiError> {
         let end = Instant::now() + timeout;
+        // Woken as soon as this headnode's runner ends the job; a job another headnode
+        // runs is seen at the next look.
         let wake = self.job_waits.watch(uuid);
-        loop {
-            let notified = wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let j = self.get_job(uuid).await?;
-            let now = Instant::now();
-            if j.is_done() || now >= end {
-                return Ok(j);
+        let pace = || JOB_WAIT_POLL.min(end.saturating_duration_since(Instant::now()));
+        super::wakeups::poll(&wake, pace, || async {
+            match self.get_job(uuid).await {
+                Ok(j) if !j.is_done() && Instant::now() < end => None,
+                r => Some(r),
             }
-            // Woken as soon as this headnode's runner ends the job; a job another headnode
-            // runs is seen at the next look.
-            let _ = tokio::time::timeout(JOB_WAIT_POLL.min(end - now), notified).await;
-        }
+        })
+        .await
     }
 
     /// Counts for `/metrics`: VMs by state.

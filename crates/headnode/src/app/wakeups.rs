@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -61,10 +62,28 @@ impl Wakeups {
     }
 }
 
+/// Asks `look` at once and again after each pause `pace` gives, until it answers `Some`;
+/// a wake-up of `wake` cuts a pause short. The wake-up is enabled before each look, so one
+/// that lands while `look` runs is not lost.
+pub async fn poll<T, F, Fut>(wake: &Notify, mut pace: impl FnMut() -> Duration, mut look: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    loop {
+        let woken = wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if let Some(v) = look().await {
+            return v;
+        }
+        let _ = tokio::time::timeout(pace(), woken).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[tokio::test]
     async fn a_change_between_the_look_and_the_wait_still_wakes_the_waiter() {

@@ -619,7 +619,7 @@ pub async fn wait_for_server(
     let judge = &judge;
     // The server's reports of the VM (pushed to this headnode) wake the wait at once.
     let wake = app.vm_reports.watch(vm);
-    let st = poll(WAIT_FIRST, Some(&wake), || async move {
+    let st = crate::app::wakeups::poll(&wake, doubling(WAIT_FIRST), || async move {
         match app.agent_get(server, vm).await {
             Ok(Some(st)) => match judge(&st) {
                 Seen::Pending => None,
@@ -645,30 +645,13 @@ pub const WAIT_FIRST: Duration = Duration::from_millis(25);
 /// The longest pause between asks in [`wait_for_server`].
 pub const WAIT_EVERY: Duration = Duration::from_millis(200);
 
-/// Polls `f` until it answers `Some`: at once, then after `first`, doubling the pause up
-/// to [`WAIT_EVERY`]; a wake-up of `wake` cuts a pause short.
-pub async fn poll<T, F, Fut>(first: Duration, wake: Option<&tokio::sync::Notify>, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
+/// The pauses of [`wait_for_server`]: `first`, then doubling up to [`WAIT_EVERY`].
+fn doubling(first: Duration) -> impl FnMut() -> Duration {
     let mut pause = first;
-    loop {
-        // Enabled before asking: a wake-up while `f` runs is not lost.
-        let mut woken = wake.map(|w| Box::pin(w.notified()));
-        if let Some(n) = woken.as_mut() {
-            n.as_mut().enable();
-        }
-        if let Some(v) = f().await {
-            return v;
-        }
-        match woken {
-            Some(n) => {
-                let _ = tokio::time::timeout(pause, n).await;
-            }
-            None => tokio::time::sleep(pause).await,
-        }
+    move || {
+        let p = pause;
         pause = (pause * 2).min(WAIT_EVERY.max(first));
+        p
     }
 }
 
