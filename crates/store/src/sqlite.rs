@@ -153,6 +153,17 @@ fn private_files(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Runs the read `$op` on a pooled connection, which goes back to the pool unless the
+/// read broke it (see [`Conn::release_after`](crate::sqlite_conns::Conn::release_after)).
+macro_rules! read {
+    ($self:ident, $op:path, $($arg:expr),+) => {{
+        let mut conn = $self.conns.acquire().await?;
+        let r = $op(&mut *conn, Dialect::Sqlite, $($arg),+).await;
+        conn.release_after(&r);
+        r
+    }};
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -180,10 +191,7 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, bucket: &str, key: &str) -> Result<Option<Object>> {
-        let mut conn = self.conns.acquire().await?;
-        let r = ops::get(&mut *conn, Dialect::Sqlite, bucket, key).await;
-        conn.release_after(&r);
-        r
+        read!(self, ops::get, bucket, key)
     }
 
     async fn batch(&self, ops: Vec<Op>) -> Result<Vec<i64>> {
@@ -191,38 +199,23 @@ impl Store for SqliteStore {
     }
 
     async fn list(&self, bucket: &str, query: &ListQuery) -> Result<Vec<Object>> {
-        let mut conn = self.conns.acquire().await?;
-        let r = ops::list(&mut *conn, Dialect::Sqlite, bucket, query).await;
-        conn.release_after(&r);
-        r
+        read!(self, ops::list, bucket, query)
     }
 
     async fn list_raw(&self, bucket: &str, query: &ListQuery) -> Result<Vec<RawObject>> {
-        let mut conn = self.conns.acquire().await?;
-        let r = ops::list_raw(&mut *conn, Dialect::Sqlite, bucket, query).await;
-        conn.release_after(&r);
-        r
+        read!(self, ops::list_raw, bucket, query)
     }
 
     async fn list_versions(&self, bucket: &str, query: &ListQuery) -> Result<Vec<crate::RowVersion>> {
-        let mut conn = self.conns.acquire().await?;
-        let r = ops::list_versions(&mut *conn, Dialect::Sqlite, bucket, query).await;
-        conn.release_after(&r);
-        r
+        read!(self, ops::list_versions, bucket, query)
     }
 
     async fn get_raw_many(&self, bucket: &str, keys: &[String]) -> Result<Vec<RawObject>> {
-        let mut conn = self.conns.acquire().await?;
-        let r = ops::get_raw_many(&mut *conn, Dialect::Sqlite, bucket, keys).await;
-        conn.release_after(&r);
-        r
+        read!(self, ops::get_raw_many, bucket, keys)
     }
 
     async fn count(&self, bucket: &str, filter: &Filter) -> Result<i64> {
-        let mut conn = self.conns.acquire().await?;
-        let r = ops::count(&mut *conn, Dialect::Sqlite, bucket, filter).await;
-        conn.release_after(&r);
-        r
+        read!(self, ops::count, bucket, filter)
     }
 }
 
