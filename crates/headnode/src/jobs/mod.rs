@@ -219,7 +219,7 @@ struct Head {
 /// Runs queued jobs and takes over abandoned ones.
 pub struct Runner {
     app: Arc<App>,
-    /// The jobs this headnode drives, by UUID.
+    /// The jobs this headnode drives or is claiming, by UUID.
     running: std::sync::Mutex<std::collections::HashMap<Uuid, Head>>,
     /// Leases this headnode held before it restarted may be taken back at once.
     started_ms: i64,
@@ -293,27 +293,36 @@ impl Runner {
             if !first_per_vm.insert(job.vm_uuid) {
                 continue;
             }
-            if self.running.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&job.uuid) {
-                continue;
+            // Taken here (so the next tick leaves it alone) and claimed in its own task: the
+            // claims of a tick's new jobs go to the store together, in one commit, instead
+            // of each waiting for the one before.
+            match self.running.lock().unwrap_or_else(|p| p.into_inner()).entry(job.uuid) {
+                std::collections::hash_map::Entry::Occupied(_) => continue,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(job.clone());
+                }
             }
-            if let Some(lease_gen) = self.claim(job.uuid).await {
-                self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(job.uuid, job.clone());
-                let me = self.clone();
-                drives.spawn(async move {
-                    let id = job.uuid;
-                    me.drive(id, lease_gen).await;
-                    // What the job held or changed on its server counts differently now.
-                    if let Some(server) = job.server_uuid {
-                        me.app.capacity_touch(server);
-                    }
+            let me = self.clone();
+            drives.spawn(async move {
+                let id = job.uuid;
+                let Some(lease_gen) = me.claim(id).await else {
+                    // Held by another headnode (or the store did not answer): a later tick
+                    // looks again.
                     me.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                    me.app.jobs_notify.notify_one();
-                    // A VM came, went or changed (tags, firewall_enabled, NICs).
-                    me.app.netpolicy_notify.notify_one();
-                    // ... and its DNS names with it.
-                    me.app.cns_notify.notify_one();
-                });
-            }
+                    return;
+                };
+                me.drive(id, lease_gen).await;
+                // What the job held or changed on its server counts differently now.
+                if let Some(server) = job.server_uuid {
+                    me.app.capacity_touch(server);
+                }
+                me.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                me.app.jobs_notify.notify_one();
+                // A VM came, went or changed (tags, firewall_enabled, NICs).
+                me.app.netpolicy_notify.notify_one();
+                // ... and its DNS names with it.
+                me.app.cns_notify.notify_one();
+            });
         }
         Ok(())
     }
@@ -326,8 +335,7 @@ impl Runner {
     async fn claim(&self, job: Uuid) -> Option<i64> {
         let now = nereid_types::time::now_ms();
         let lease = Lease { owner: self.app.cfg.headnode_id.clone(), until_ms: now + self.app.cfg.job_lease.as_millis() as i64 };
-        // The common case, a new job nobody holds, takes one write (the runner claims its
-        // open jobs one after another, so every round trip here delays the next job).
+        // The common case, a new job nobody holds, takes one write.
         match self.app.store.put(JOB_LEASES.name, &job.to_string(), encode(&lease), Cond::Absent).await {
             Ok(g) => {
                 self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&job);
