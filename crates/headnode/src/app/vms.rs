@@ -315,9 +315,23 @@ impl App {
     }
 
     /// Changes a record, retrying on concurrent change.
-    pub async fn modify_vm(&self, uuid: Uuid, mut f: impl FnMut(&mut Vm) -> Result<(), String>) -> Result<Vm, ApiError> {
+    pub async fn modify_vm(&self, uuid: Uuid, f: impl FnMut(&mut Vm) -> Result<(), String>) -> Result<Vm, ApiError> {
+        self.modify_read_vm(uuid, None, f).await
+    }
+
+    /// [`Self::modify_vm`] starting from the record (and its generation) the caller has
+    /// just read, if any: one read fewer when nothing changed it since.
+    async fn modify_read_vm(
+        &self,
+        uuid: Uuid,
+        mut read: Option<(Vm, i64)>,
+        mut f: impl FnMut(&mut Vm) -> Result<(), String>,
+    ) -> Result<Vm, ApiError> {
         for _ in 0..RETRIES * 2 {
-            let (mut vm, g) = self.get_vm(uuid, None).await?;
+            let (mut vm, g) = match read.take() {
+                Some(r) => r,
+                None => self.get_vm(uuid, None).await?,
+            };
             f(&mut vm).map_err(|m| invalid("vm", m))?;
             match self.store.put(VMS.name, &uuid.to_string(), encode(&vm), Cond::Generation(g)).await {
                 Ok(_) => {
@@ -434,9 +448,9 @@ impl App {
     pub async fn apply_vm_status(&self, server: Uuid, st: &VmStatus) -> Result<(), ApiError> {
         // A job step waiting for this VM asks its server again now.
         self.vm_reports.wake(st.uuid);
-        let current = match self.read_vm(st.uuid).await? {
+        let (current, g) = match self.read_vm(st.uuid).await? {
             None => return Ok(()),
-            Some((Stored::Ok(vm), _)) => vm,
+            Some((Stored::Ok(vm), g)) => (vm, g),
             Some((Stored::Damaged(d), _)) => {
                 tracing::debug!(vm = %st.uuid, error = %d.error, "not applying a report to a damaged record");
                 return Ok(());
@@ -451,7 +465,7 @@ impl App {
         }
         let now = nereid_types::time::now_iso();
         let mut gone = false;
-        self.modify_vm(st.uuid, |vm| {
+        self.modify_read_vm(st.uuid, Some((current, g)), |vm| {
             if st.generation <= vm.agent_generation {
                 return Ok(());
             }
