@@ -72,11 +72,48 @@ pub(crate) struct GroupCommit {
     queue: Queue,
     /// Transactions committed (for tests).
     commits: Arc<AtomicU64>,
+    /// Where groups run (see [`WriterThread`]).
+    thread: WriterThread,
+}
+
+/// A thread of its own that runs the groups. A group is a chain of statements, each a
+/// round trip to the connection's worker thread; run as a task of the caller's runtime,
+/// every step of that chain waited behind whatever else was ready there (request
+/// handlers, rendering), and the one writer everybody waits for went at the pace of the
+/// busiest runtime. Here it waits only for its own statements.
+struct WriterThread {
+    handle: tokio::runtime::Handle,
+    /// Dropped with the store: the thread's runtime ends (a group under way is dropped
+    /// with it, as in a crash; its callers get no answer and fail).
+    _stop: oneshot::Sender<()>,
+}
+
+impl WriterThread {
+    fn start() -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        // Without a thread of its own (the system refuses one), groups run on the
+        // caller's runtime, as they did before.
+        let started = rt.ok().and_then(|rt| {
+            let handle = rt.handle().clone();
+            std::thread::Builder::new()
+                .name("sqlite-writer".into())
+                .spawn(move || {
+                    rt.block_on(async {
+                        let _ = stopped.await;
+                    })
+                })
+                .ok()
+                .map(|_| handle)
+        });
+        let handle = started.unwrap_or_else(tokio::runtime::Handle::current);
+        Self { handle, _stop: stop }
+    }
 }
 
 impl GroupCommit {
     pub(crate) fn new(conns: Arc<Conns>, writer: Arc<Mutex<()>>) -> Self {
-        Self { conns, writer, queue: Arc::default(), commits: Arc::default() }
+        Self { conns, writer, queue: Arc::default(), commits: Arc::default(), thread: WriterThread::start() }
     }
 
     /// Runs `ops` atomically in the next group; returns each put's new generation (0 for
@@ -99,7 +136,7 @@ impl GroupCommit {
                         continue;
                     }
                     let (conns, queue, commits) = (self.conns.clone(), self.queue.clone(), self.commits.clone());
-                    tokio::spawn(async move {
+                    self.thread.handle.spawn(async move {
                         run_group(conns, group, &queue, &commits).await;
                         drop(guard);
                     });
@@ -231,13 +268,36 @@ fn fail_all(group: Vec<Pending>, e: StoreError) {
     }
 }
 
-/// Runs one batch inside the group's transaction, under a savepoint unless it is alone.
+/// Whether a failure of `batch` may leave something of it written, and so needs a
+/// savepoint to undo: only when an op that writes comes before the last, or the last op
+/// writes even as it fails (a delete conditioned on absence deletes, then finds the row
+/// was there). A put or delete that fails its condition matches no row and writes
+/// nothing; a check never writes.
+fn needs_savepoint(batch: &[Op]) -> bool {
+    let Some((last, before)) = batch.split_last() else { return false };
+    before.iter().any(|op| !matches!(op, Op::Check { .. })) || matches!(last, Op::Delete { cond: crate::Cond::Absent, .. })
+}
+
+/// Runs one batch inside the group's transaction: under a savepoint unless it is alone
+/// or its failure cannot have written anything (most batches: a single put, or a check
+/// and a put). Without a savepoint, a failed condition leaves the transaction as it was;
+/// an error of the database may have taken the transaction with it, so the group is
+/// given up (as when a savepoint cannot be rolled back to).
 async fn run_one(tx: &mut SqliteConnection, batch: &[Op], alone: bool) -> Step {
     let now = crate::now_ms();
     if alone {
         return match ops::batch(&mut *tx, Dialect::Sqlite, batch, now).await {
             Ok(gens) => Step::Done(gens),
             // The group rolls back: nothing of this batch lands.
+            Err(e) => Step::Failed(e),
+        };
+    }
+    if !needs_savepoint(batch) {
+        return match ops::batch(&mut *tx, Dialect::Sqlite, batch, now).await {
+            Ok(gens) => Step::Done(gens),
+            // The database's own error may have rolled the transaction back.
+            Err(e @ StoreError::Backend(_)) => Step::Broken(e),
+            // A failed condition (or a request refused before any SQL ran) wrote nothing.
             Err(e) => Step::Failed(e),
         };
     }
@@ -365,6 +425,40 @@ mod tests {
         assert!(store.get("b", "partial").await.unwrap().is_none());
         assert_eq!(store.get("b", "taken").await.unwrap().unwrap().value, json!("old"));
         assert_eq!(store.get("b", "a").await.unwrap().unwrap().value, json!(3));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn batches_run_without_a_savepoint_fail_alone_and_write_nothing() {
+        let (_dir, store) = store().await;
+        store.put("b", "x", json!("old"), Cond::Any).await.unwrap();
+        store.put("b", "lease", json!("held"), Cond::Any).await.unwrap();
+        let batches = vec![
+            // A stale put: no savepoint, fails its condition.
+            vec![Op::put("b", "x", json!("stale"), Cond::Generation(7))],
+            // A check that fails before the put it guards.
+            vec![Op::check("b", "lease", Cond::Generation(9)), Op::put("b", "job", json!("run"), Cond::Any)],
+            // A delete conditioned on absence deletes before it fails: this one has one.
+            vec![Op::delete("b", "lease", Cond::Absent)],
+            vec![Op::put("b", "y", json!("new"), Cond::Absent)],
+        ];
+        assert!(!needs_savepoint(&batches[0]) && !needs_savepoint(&batches[1]) && !needs_savepoint(&batches[3]));
+        assert!(needs_savepoint(&batches[2]));
+        assert!(needs_savepoint(&[Op::put("b", "p", json!(1), Cond::Any), Op::check("b", "q", Cond::Absent)]));
+        let before = store.group.commits.load(Ordering::Relaxed);
+        let handles = one_group(&store, batches).await;
+        let mut results = Vec::new();
+        for h in handles {
+            results.push(h.await.unwrap());
+        }
+        assert!(matches!(&results[0], Err(StoreError::Conflict { op_index: 0, found: Some(1), .. })), "{:?}", results[0]);
+        assert!(matches!(&results[1], Err(StoreError::Conflict { op_index: 0, found: Some(1), .. })), "{:?}", results[1]);
+        assert!(matches!(&results[2], Err(StoreError::Conflict { op_index: 0, .. })), "{:?}", results[2]);
+        assert_eq!(results[3].as_ref().unwrap(), &vec![1]);
+        assert_eq!(store.group.commits.load(Ordering::Relaxed) - before, 1);
+        assert_eq!(store.get("b", "x").await.unwrap().unwrap().value, json!("old"));
+        assert!(store.get("b", "job").await.unwrap().is_none());
+        assert_eq!(store.get("b", "lease").await.unwrap().unwrap().value, json!("held"));
+        assert_eq!(store.get("b", "y").await.unwrap().unwrap().value, json!("new"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
