@@ -367,10 +367,15 @@ async fn qemu_guests_reach_each_other_only_as_networks_and_filters_allow() {
     assert!(!up.guest_pings(&d, &ia).await, "D reaches A without its gateway");
 
     // A guest that takes another IP is cut off until allow_ip_spoofing.
-    up.console(&a, "ip addr add 10.88.0.200/24 dev eth0\n").await;
+    let added = up.console(&a, "ip addr add 10.88.0.200/24 dev eth0 && echo ADDED-$((2+2))\n").await;
+    assert!(added.contains("ADDED-4"), "A did not take the second IP: {added}");
     assert!(!up.ns.pings("10.88.0.200", 3), "a spoofed IP answered");
     up.update_nic(&a, &up.mac(&a), serde_json::json!({"allow_ip_spoofing": true}));
-    assert!(up.ns.pings("10.88.0.200", 10), "allow_ip_spoofing did not let the second IP through");
+    if !up.ns.pings("10.88.0.200", 10) {
+        let guest = up.console(&a, "ip addr show eth0; ip neigh\n").await;
+        let host = up.ns.sh("ip neigh; ip addr show nereid0").unwrap_or_default();
+        panic!("allow_ip_spoofing did not let the second IP through\nrules:\n{}\nguest:\n{guest}\nhost:\n{host}", up.rules());
+    }
     // A guest's DHCP server reaches no other guest's client: B keeps getting its NAPI lease.
     up.console(&a, "mkdir -p /var/lib/misc; touch /var/lib/misc/udhcpd.leases; printf 'start 10.88.0.210\\nend 10.88.0.220\\ninterface eth0\\nopt router 10.88.0.1\\n' >/tmp/u.conf; udhcpd /tmp/u.conf\n").await;
     let before = values(&console_log(&up.agent(), &b), "dhcp eth0 ip").len();
