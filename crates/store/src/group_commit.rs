@@ -18,6 +18,8 @@
 //!                     for each batch (in queue order; one whose caller is gone is skipped):
 //!                         SAVEPOINT; its ops (`now` taken as it starts); RELEASE
 //!                         ── it fails: ROLLBACK TO the savepoint; that batch's answer is its error
+//!                         (no savepoint for a batch whose failure cannot have written anything,
+//!                         see `needs_savepoint`)
 //!                     COMMIT (one fsync) ── or ROLLBACK when no batch succeeded
 //!                     answer every batch, then release the writer lock
 //! ```
@@ -30,14 +32,18 @@
 //! batch that had already failed keeps its own). If the transaction itself breaks midway
 //! (SQLite rolls it back on I/O errors or a full disk, so its savepoint is gone), the
 //! batches run so far get the error and those not yet run go back to the head of the
-//! queue for the next group. A group of one batch runs without a savepoint: it is its own
-//! transaction, as before.
+//! queue for the next group. A batch run without a savepoint that fails with an error of
+//! the database gets that error alone: nothing of the transaction lands, and every other
+//! batch of the group goes back to the head of the queue. A group of one batch runs
+//! without a savepoint: it is its own transaction, as before.
 //!
-//! The group runs in its own task, so a caller that is cancelled (its future dropped)
-//! cannot cut a group short: a batch whose caller left before the group started is
-//! skipped (as a caller cancelled while waiting for the writer never wrote), one already
-//! running completes. Every caller with a batch still queued keeps waiting for the
-//! writer lock, so a queued batch is always taken by some leader.
+//! The group runs in its own task, on the store's writer thread (its statements wait for
+//! nothing but each other), so a caller that is cancelled (its future dropped) cannot cut
+//! a group short: a batch whose caller left before the group started is skipped (as a
+//! caller cancelled while waiting for the writer never wrote), one already running
+//! completes unless the store itself is dropped meanwhile (then it is rolled back, as in a
+//! crash). Every caller with a batch still queued keeps waiting for the writer lock, so a
+//! queued batch is always taken by some leader.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,22 +97,20 @@ struct WriterThread {
 impl WriterThread {
     fn start() -> Self {
         let (stop, stopped) = oneshot::channel::<()>();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-        // Without a thread of its own (the system refuses one), groups run on the
-        // caller's runtime, as they did before.
-        let started = rt.ok().and_then(|rt| {
-            let handle = rt.handle().clone();
-            std::thread::Builder::new()
-                .name("sqlite-writer".into())
-                .spawn(move || {
-                    rt.block_on(async {
-                        let _ = stopped.await;
-                    })
-                })
-                .ok()
-                .map(|_| handle)
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The runtime is made, run and dropped on the thread (a runtime dropped where the
+        // store is opened, inside another runtime, would panic).
+        let spawned = std::thread::Builder::new().name("sqlite-writer".into()).spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            if tx.send(rt.handle().clone()).is_ok() {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+            }
         });
-        let handle = started.unwrap_or_else(tokio::runtime::Handle::current);
+        // Without a thread of its own (the system refuses one, or its runtime), groups run
+        // on the caller's runtime.
+        let handle = spawned.ok().and_then(|_| rx.recv().ok()).unwrap_or_else(tokio::runtime::Handle::current);
         Self { handle, _stop: stop }
     }
 }
@@ -188,6 +192,9 @@ enum Step {
     Failed(StoreError),
     /// The batch failed and took the transaction with it.
     Broken(StoreError),
+    /// The batch, run without a savepoint, failed with an error of the database: it is
+    /// answered alone, and the others of the group run again in the next one.
+    Alone(StoreError),
 }
 
 async fn run_group(conns: Arc<Conns>, group: Vec<Pending>, queue: &Queue, commits: &AtomicU64) {
@@ -204,6 +211,7 @@ async fn run_group(conns: Arc<Conns>, group: Vec<Pending>, queue: &Queue, commit
         let mut answers: Vec<(Pending, Result<Vec<i64>>)> = Vec::with_capacity(group.len());
         let mut rest = group.into_iter();
         let mut broken = None;
+        let mut lone = None;
         for p in rest.by_ref() {
             if p.reply.is_closed() {
                 continue;
@@ -216,9 +224,25 @@ async fn run_group(conns: Arc<Conns>, group: Vec<Pending>, queue: &Queue, commit
                     answers.push((p, Err(e)));
                     break;
                 }
+                Step::Alone(e) => {
+                    lone = Some((p, e));
+                    break;
+                }
             }
         }
-        if let Some(e) = broken {
+        if let Some((bad, e)) = lone {
+            // Nothing of this transaction lands. Every other batch of it, run or not (its
+            // outcome may have depended on what now does not land), goes back to the queue
+            // in the same order; only the failing one is answered. The connection's
+            // transaction state is unknown: it is closed.
+            let mut q = lock(queue);
+            for p in rest.rev().chain(answers.into_iter().rev().map(|(p, _)| p)) {
+                q.push_front(p);
+            }
+            drop(q);
+            drop(tx);
+            Ok((vec![(bad, Err(e))], false))
+        } else if let Some(e) = broken {
             // Nothing of this transaction lands: the batches that had succeeded get the
             // error, those not run yet go first in the next group.
             let mut q = lock(queue);
@@ -281,8 +305,8 @@ fn needs_savepoint(batch: &[Op]) -> bool {
 /// Runs one batch inside the group's transaction: under a savepoint unless it is alone
 /// or its failure cannot have written anything (most batches: a single put, or a check
 /// and a put). Without a savepoint, a failed condition leaves the transaction as it was;
-/// an error of the database may have taken the transaction with it, so the group is
-/// given up (as when a savepoint cannot be rolled back to).
+/// an error of the database may have taken the transaction with it, so that batch is
+/// answered with it and the rest of the group runs again.
 async fn run_one(tx: &mut SqliteConnection, batch: &[Op], alone: bool) -> Step {
     let now = crate::now_ms();
     if alone {
@@ -296,7 +320,7 @@ async fn run_one(tx: &mut SqliteConnection, batch: &[Op], alone: bool) -> Step {
         return match ops::batch(&mut *tx, Dialect::Sqlite, batch, now).await {
             Ok(gens) => Step::Done(gens),
             // The database's own error may have rolled the transaction back.
-            Err(e @ StoreError::Backend(_)) => Step::Broken(e),
+            Err(e @ StoreError::Backend(_)) => Step::Alone(e),
             // A failed condition (or a request refused before any SQL ran) wrote nothing.
             Err(e) => Step::Failed(e),
         };
