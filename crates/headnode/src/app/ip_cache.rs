@@ -2,13 +2,17 @@
 //! claiming an address does not read every IP record of the network.
 //!
 //! ```text
-//!   claim on network N (under N's lock, nics.rs):
+//!   claim on network N (choosing under N's lock, nics.rs):
 //!     cache of N fresh (younger than FRESH_FOR)?  ── pick_ip on it ── Fresh(ip) ──► claim ip (create, Cond::Absent)
-//!                    │ no, or the pick is a reuse / none                              │ ok: ip noted as used
-//!                    ▼                                                                │ IpTaken: N forgotten, next attempt
+//!                    │ no, or the pick is a reuse / none      ip pending: the lock    │ ok: ip noted as used
+//!                    ▼                                        is let go for the write │ IpTaken: N forgotten, next attempt
 //!                    ▼                                                                ▼
 //!     read every record of N, pick_ip, remember what was read (exactly as without a cache)
 //! ```
+//!
+//! A never-used address handed to a claim is *pending* until the claim settles: no other
+//! claim of this process is offered it, even after a re-read that does not show its
+//! record yet, so claims on one network write concurrently without colliding here.
 //!
 //! The cache only ever proposes a *never-used* address, which is claimed by creating its
 //! record conditionally on it being absent: if another headnode took it meanwhile the
@@ -36,38 +40,69 @@ struct Entry {
     used: BTreeMap<u32, Used>,
 }
 
+#[derive(Default)]
+struct Nets {
+    read: HashMap<Uuid, Entry>,
+    /// Addresses proposed to claims of this process that have not finished: never
+    /// proposed twice, and kept across a re-read (their records may not exist yet).
+    pending: HashMap<Uuid, Vec<u32>>,
+}
+
 /// Per network: the addresses that have records, as last read plus this process's claims.
 #[derive(Default)]
 pub struct IpCache {
-    nets: Mutex<HashMap<Uuid, Entry>>,
+    nets: Mutex<Nets>,
 }
 
 impl IpCache {
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<Uuid, Entry>) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut Nets) -> T) -> T {
         f(&mut self.nets.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// A never-used address of `range` on `net` from a fresh-enough cache, passing over
-    /// `skip`; `None` means: read the records (no cache, too old, or no never-used address).
-    pub fn pick_fresh(&self, net: Uuid, range: (u32, u32), skip: &[u32]) -> Option<u32> {
+    /// `skip` and the addresses other claims are writing; it is theirs until [`Self::settle`]d.
+    /// `None` means: read the records (no cache, too old, or no never-used address).
+    pub fn take_fresh(&self, net: Uuid, range: (u32, u32), skip: &[u32]) -> Option<u32> {
         self.with(|nets| {
-            let e = nets.get(&net).filter(|e| e.read_at.elapsed() < FRESH_FOR)?;
-            match pick_ip(range, &e.used, skip)? {
-                Pick::Fresh(n) => Some(n),
+            let e = nets.read.get(&net).filter(|e| e.read_at.elapsed() < FRESH_FOR)?;
+            let pending = nets.pending.entry(net).or_default();
+            let passed: Vec<u32> = skip.iter().chain(pending.iter()).copied().collect();
+            match pick_ip(range, &e.used, &passed)? {
+                Pick::Fresh(n) => {
+                    pending.push(n);
+                    Some(n)
+                }
                 Pick::Reuse(..) => None,
             }
         })
     }
 
-    /// Remembers `net`'s records as just read.
-    pub fn put(&self, net: Uuid, used: BTreeMap<u32, Used>) {
-        self.with(|nets| nets.insert(net, Entry { read_at: Instant::now(), used }));
+    /// Remembers `net`'s records as just read and picks from them (as [`pick_ip`], passing
+    /// over the addresses other claims are writing). A never-used pick is the caller's
+    /// until settled, as with [`Self::take_fresh`].
+    pub fn put_and_pick(&self, net: Uuid, range: (u32, u32), used: BTreeMap<u32, Used>, skip: &[u32]) -> Option<Pick> {
+        self.with(|nets| {
+            let pending = nets.pending.entry(net).or_default();
+            let passed: Vec<u32> = skip.iter().chain(pending.iter()).copied().collect();
+            let pick = pick_ip(range, &used, &passed);
+            if let Some(Pick::Fresh(n)) = pick {
+                pending.push(n);
+            }
+            nets.read.insert(net, Entry { read_at: Instant::now(), used });
+            pick
+        })
     }
 
-    /// `addr` on `net` has a record now (claimed here, or found taken).
-    pub fn note_used(&self, net: Uuid, addr: u32) {
+    /// A claim of `addr` on `net` ended: with its record written (`claimed`), or not.
+    pub fn settle(&self, net: Uuid, addr: u32, claimed: bool) {
         self.with(|nets| {
-            if let Some(e) = nets.get_mut(&net) {
+            if let Some(p) = nets.pending.get_mut(&net) {
+                p.retain(|a| *a != addr);
+                if p.is_empty() {
+                    nets.pending.remove(&net);
+                }
+            }
+            if claimed && let Some(e) = nets.read.get_mut(&net) {
                 e.used.insert(addr, Used { generation: 0, free: false, mtime: nereid_types::time::now_ms() });
             }
         })
@@ -75,7 +110,7 @@ impl IpCache {
 
     /// `net`'s records changed in a way a claim does not describe: read them next time.
     pub fn forget(&self, net: Uuid) {
-        self.with(|nets| nets.remove(&net));
+        self.with(|nets| nets.read.remove(&net));
     }
 }
 
@@ -91,15 +126,32 @@ mod tests {
     fn proposes_the_lowest_never_used_address_and_learns_claims() {
         let c = IpCache::default();
         let net = Uuid::from_u128(7);
-        assert_eq!(c.pick_fresh(net, (10, 20), &[]), None, "nothing read yet");
-        c.put(net, used(&[10, 11, 13]));
-        assert_eq!(c.pick_fresh(net, (10, 20), &[]), Some(12));
-        c.note_used(net, 12);
-        assert_eq!(c.pick_fresh(net, (10, 20), &[]), Some(14));
-        assert_eq!(c.pick_fresh(net, (10, 20), &[14]), Some(15), "skipped addresses are passed over");
-        assert_eq!(c.pick_fresh(Uuid::from_u128(8), (10, 20), &[]), None, "other networks are not known");
+        assert_eq!(c.take_fresh(net, (10, 20), &[]), None, "nothing read yet");
+        assert_eq!(c.put_and_pick(net, (10, 20), used(&[10, 11, 13]), &[]), Some(Pick::Fresh(12)));
+        c.settle(net, 12, true);
+        assert_eq!(c.take_fresh(net, (10, 20), &[]), Some(14));
+        c.settle(net, 14, true);
+        assert_eq!(c.take_fresh(net, (10, 20), &[15]), Some(16), "skipped addresses are passed over");
+        c.settle(net, 16, true);
+        assert_eq!(c.take_fresh(Uuid::from_u128(8), (10, 20), &[]), None, "other networks are not known");
         c.forget(net);
-        assert_eq!(c.pick_fresh(net, (10, 20), &[]), None, "forgotten: read again");
+        assert_eq!(c.take_fresh(net, (10, 20), &[]), None, "forgotten: read again");
+    }
+
+    #[test]
+    fn an_address_being_claimed_is_proposed_once_even_across_a_re_read() {
+        let c = IpCache::default();
+        let net = Uuid::from_u128(7);
+        assert_eq!(c.put_and_pick(net, (10, 20), used(&[10]), &[]), Some(Pick::Fresh(11)));
+        // Claims under way: each gets its own address.
+        assert_eq!(c.take_fresh(net, (10, 20), &[]), Some(12));
+        assert_eq!(c.take_fresh(net, (10, 20), &[]), Some(13));
+        // The network is read again before those records exist: they are still taken.
+        assert_eq!(c.put_and_pick(net, (10, 20), used(&[10]), &[]), Some(Pick::Fresh(14)));
+        // A claim that failed gives its address back; one that landed keeps it.
+        c.settle(net, 12, false);
+        c.settle(net, 13, true);
+        assert_eq!(c.take_fresh(net, (10, 20), &[]), Some(12));
     }
 
     #[test]
@@ -110,9 +162,9 @@ mod tests {
         if let Some(x) = u.get_mut(&11) {
             x.free = true;
         }
-        c.put(net, u);
-        assert_eq!(c.pick_fresh(net, (10, 12), &[]), None, "only a freed address is left: decided from a fresh read");
-        c.put(net, used(&[10, 11, 12]));
-        assert_eq!(c.pick_fresh(net, (10, 12), &[]), None, "full: decided from a fresh read");
+        assert_eq!(c.put_and_pick(net, (10, 12), u, &[]), Some(Pick::Reuse(11, 1)));
+        assert_eq!(c.take_fresh(net, (10, 12), &[]), None, "only a freed address is left: decided from a fresh read");
+        assert_eq!(c.put_and_pick(net, (10, 12), used(&[10, 11, 12]), &[]), None);
+        assert_eq!(c.take_fresh(net, (10, 12), &[]), None, "full: decided from a fresh read");
     }
 }

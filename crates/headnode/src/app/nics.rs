@@ -25,7 +25,7 @@ use std::net::Ipv4Addr;
 use nereid_store::{Cond, Filter, ListQuery, Op, Path, StoreError};
 use nereid_types::mac::Mac;
 use nereid_types::network::{Network, NetworkPool, parse_ip_in};
-use nereid_types::nic::{self, IpRecord, Nic, Pick, Used, pick_ip};
+use nereid_types::nic::{self, IpRecord, Nic, Pick, Used};
 use nereid_types::query::Query;
 use nereid_types::spec::{self, Mode};
 use nereid_types::{ApiError, FieldError};
@@ -391,10 +391,14 @@ impl App {
             Some(ip) => Some(parse_ip_in(net, "ip", &ip.to_string()).map_err(|e| ApiError::invalid_parameters(vec![e]))?),
             None => None,
         };
-        let _lock = self.network_locks.lock(&net.uuid.to_string()).await;
         let mut skip: Vec<u32> = Vec::new();
         let my_key = Mac::parse(&plan.nic.mac).map(|m| m.key()).unwrap_or_default();
         for _ in 0..CLAIM_ATTEMPTS {
+            // Held while the address is chosen. A never-used address the cache hands out
+            // is this claim's alone until settled, so its write goes on without the lock
+            // (claims on one network overlap instead of queueing behind each other's
+            // commits); an explicit address or a reuse is written under it.
+            let mut lock = Some(self.network_locks.lock(&net.uuid.to_string()).await);
             let (ip, cond, existing) = match explicit {
                 Some(ip) => {
                     let key = ip_key(net.uuid, ip);
@@ -418,8 +422,11 @@ impl App {
                         }
                     }
                 }
-                None => match self.ip_cache.pick_fresh(net.uuid, net.range(), &skip) {
-                    Some(n) => (Ipv4Addr::from(n), Cond::Absent, None),
+                None => match self.ip_cache.take_fresh(net.uuid, net.range(), &skip) {
+                    Some(n) => {
+                        lock = None;
+                        (Ipv4Addr::from(n), Cond::Absent, None)
+                    }
                     None => {
                         let records = self
                             .store
@@ -434,11 +441,12 @@ impl App {
                             used.insert(u32::from(addr), Used { generation: o.generation, free: rec.is_free(), mtime: o.mtime });
                             recs.insert(u32::from(addr), rec);
                         }
-                        let pick = pick_ip(net.range(), &used, &skip);
-                        self.ip_cache.put(net.uuid, used);
-                        match pick {
+                        match self.ip_cache.put_and_pick(net.uuid, net.range(), used, &skip) {
                             None => return Err(subnet_full(net)),
-                            Some(Pick::Fresh(n)) => (Ipv4Addr::from(n), Cond::Absent, None),
+                            Some(Pick::Fresh(n)) => {
+                                lock = None;
+                                (Ipv4Addr::from(n), Cond::Absent, None)
+                            }
                             Some(Pick::Reuse(n, g)) => (Ipv4Addr::from(n), Cond::Generation(g), recs.remove(&n)),
                         }
                     }
@@ -458,12 +466,12 @@ impl App {
             }
             let saved = plan.nic.clone();
             plan.nic = nic;
-            match self.write_nic(plan, ops).await {
-                Ok(n) => {
-                    // (An old address released here keeps its record: nothing to forget.)
-                    self.ip_cache.note_used(net.uuid, u32::from(ip));
-                    return Ok(n);
-                }
+            let written = self.write_nic(plan, ops).await;
+            // (An old address released here keeps its record: nothing to forget.)
+            self.ip_cache.settle(net.uuid, u32::from(ip), written.is_ok());
+            drop(lock);
+            match written {
+                Ok(n) => return Ok(n),
                 Err(e) if e.code == "IpTaken" => {
                     plan.nic = saved;
                     // Another writer (another headnode) claimed it: the cache is behind by
