@@ -43,7 +43,8 @@ use super::fwrules::{fw_vm, is_active};
 use crate::buckets::{FWRULES, HEARTBEATS, SERVERS};
 
 /// How often the servers' reported digests are compared with the cached policies, and the
-/// least time between two recomputes (wake-ups in between coalesce).
+/// least time between two recomputes (wake-ups in between coalesce; see `PushState::gap`
+/// for big clouds).
 pub const EVERY: Duration = Duration::from_secs(1);
 /// How long a digest sent to a server is not sent again (its heartbeat reports it by then).
 pub const RESEND_AFTER: Duration = Duration::from_secs(10);
@@ -189,6 +190,17 @@ struct PushState {
     /// Per server: the digest last sent (or tried) and when.
     sent: HashMap<Uuid, (String, Instant)>,
     warnings: Vec<String>,
+    /// How long the last recompute took (it reads and weighs every VM).
+    cost: Duration,
+}
+
+impl PushState {
+    /// The least time between two recomputes: [`EVERY`], or ten times what one costs
+    /// when that is more (a big cloud whose VMs keep changing spends at most a tenth of
+    /// a core on its policies; they follow a change that much later).
+    fn gap(&self) -> Duration {
+        EVERY.max(self.cost * 10)
+    }
 }
 
 /// One tick: recomputes the policies when `woken`, when the heartbeats' underlay addresses
@@ -200,7 +212,9 @@ async fn tick(app: &Arc<App>, st: &mut PushState, woken: bool) -> Result<(), Api
     let underlay: HashMap<Uuid, Option<String>> = seen.iter().map(|(u, h)| (*u, h.nic_tag_addresses.get(tag).cloned())).collect();
     let stale = st.cached.as_ref().is_none_or(|c| woken || c.at.elapsed() >= SAFETY_PERIOD || c.underlay != underlay);
     if stale {
+        let started = Instant::now();
         let computed = app.compute_netpolicies(&seen).await?;
+        st.cost = started.elapsed();
         if computed.warnings != st.warnings {
             for w in &computed.warnings {
                 tracing::warn!("{w}");
@@ -252,11 +266,11 @@ pub async fn run(app: Arc<App>) {
             _ = app.netpolicy_notify.notified() => woken = true,
             _ = tokio::time::sleep_until(next) => {}
         }
-        let at_once = woken && st.cached.as_ref().is_none_or(|c| c.at.elapsed() >= EVERY);
+        let at_once = woken && st.cached.as_ref().is_none_or(|c| c.at.elapsed() >= st.gap());
         if tokio::time::Instant::now() < next && !at_once {
             continue;
         }
-        next = tokio::time::Instant::now() + EVERY;
+        next = tokio::time::Instant::now() + st.gap();
         if !singleton.hold(&app).await {
             // Another headnode pushes: whatever is cached here goes stale meanwhile.
             st.cached = None;
