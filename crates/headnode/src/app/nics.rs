@@ -466,9 +466,13 @@ impl App {
             }
             let saved = plan.nic.clone();
             plan.nic = nic;
+            // Settled however the write ends, also if this future is dropped mid-write (a
+            // step past its deadline): a pending address never stays pending.
+            let mut settle = Settle { cache: &self.ip_cache, net: net.uuid, addr: u32::from(ip), claimed: false };
             let written = self.write_nic(plan, ops).await;
             // (An old address released here keeps its record: nothing to forget.)
-            self.ip_cache.settle(net.uuid, u32::from(ip), written.is_ok());
+            settle.claimed = written.is_ok();
+            drop(settle);
             drop(lock);
             match written {
                 Ok(n) => return Ok(n),
@@ -677,5 +681,19 @@ impl App {
             }
         }
         Err(ApiError::conflict("ConcurrentModification", format!("IP {ip} kept changing; retry")))
+    }
+}
+
+/// Settles a claim's address in the cache when dropped (see [`IpCache::settle`]).
+struct Settle<'a> {
+    cache: &'a super::ip_cache::IpCache,
+    net: Uuid,
+    addr: u32,
+    claimed: bool,
+}
+
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        self.cache.settle(self.net, self.addr, self.claimed);
     }
 }
