@@ -38,6 +38,40 @@ pub const FRESH_FOR: Duration = Duration::from_secs(10);
 struct Entry {
     read_at: Instant,
     used: BTreeMap<u32, Used>,
+    /// Every address from the range's start below this has a record: a never-used
+    /// address is looked for from here on, not by walking every record of a full
+    /// network's start (a big network's claims would otherwise cost O(records) each).
+    floor: u32,
+    /// The range start the floor was raised from.
+    start: u32,
+}
+
+impl Entry {
+    fn new(used: BTreeMap<u32, Used>, start: u32) -> Entry {
+        let mut e = Entry { read_at: Instant::now(), used, floor: start, start };
+        e.raise_floor();
+        e
+    }
+
+    fn raise_floor(&mut self) {
+        while self.floor < u32::MAX && self.used.contains_key(&self.floor) {
+            self.floor += 1;
+        }
+    }
+
+    /// [`pick_ip`] on these records from the floor up; the whole range when nothing
+    /// never-used is found there (only then can a reuse, or "full", be the answer).
+    fn pick(&self, range: (u32, u32), skip: &[u32]) -> Option<Pick> {
+        // (A range that now starts lower than it did has unknown ground below the floor.)
+        let from = if range.0 >= self.start { self.floor.max(range.0) } else { range.0 };
+        if from > range.0
+            && from <= range.1
+            && let Some(p @ Pick::Fresh(_)) = pick_ip((from, range.1), &self.used, skip)
+        {
+            return Some(p);
+        }
+        pick_ip(range, &self.used, skip)
+    }
 }
 
 #[derive(Default)]
@@ -46,6 +80,21 @@ struct Nets {
     /// Addresses proposed to claims of this process that have not finished: never
     /// proposed twice, and kept across a re-read (their records may not exist yet).
     pending: HashMap<Uuid, Vec<u32>>,
+}
+
+impl Nets {
+    /// Picks from `net`'s remembered records, passing over `skip` and the addresses other
+    /// claims are writing; a never-used pick becomes pending for this claim.
+    fn pick_pending(&mut self, net: Uuid, range: (u32, u32), skip: &[u32]) -> Option<Pick> {
+        let e = self.read.get(&net)?;
+        let pending = self.pending.entry(net).or_default();
+        let passed: Vec<u32> = skip.iter().chain(pending.iter()).copied().collect();
+        let pick = e.pick(range, &passed);
+        if let Some(Pick::Fresh(n)) = pick {
+            pending.push(n);
+        }
+        pick
+    }
 }
 
 /// Per network: the addresses that have records, as last read plus this process's claims.
@@ -64,14 +113,9 @@ impl IpCache {
     /// `None` means: read the records (no cache, too old, or no never-used address).
     pub fn take_fresh(&self, net: Uuid, range: (u32, u32), skip: &[u32]) -> Option<u32> {
         self.with(|nets| {
-            let e = nets.read.get(&net).filter(|e| e.read_at.elapsed() < FRESH_FOR)?;
-            let pending = nets.pending.entry(net).or_default();
-            let passed: Vec<u32> = skip.iter().chain(pending.iter()).copied().collect();
-            match pick_ip(range, &e.used, &passed)? {
-                Pick::Fresh(n) => {
-                    pending.push(n);
-                    Some(n)
-                }
+            nets.read.get(&net).filter(|e| e.read_at.elapsed() < FRESH_FOR)?;
+            match nets.pick_pending(net, range, skip)? {
+                Pick::Fresh(n) => Some(n),
                 Pick::Reuse(..) => None,
             }
         })
@@ -82,14 +126,8 @@ impl IpCache {
     /// until settled, as with [`Self::take_fresh`].
     pub fn put_and_pick(&self, net: Uuid, range: (u32, u32), used: BTreeMap<u32, Used>, skip: &[u32]) -> Option<Pick> {
         self.with(|nets| {
-            let pending = nets.pending.entry(net).or_default();
-            let passed: Vec<u32> = skip.iter().chain(pending.iter()).copied().collect();
-            let pick = pick_ip(range, &used, &passed);
-            if let Some(Pick::Fresh(n)) = pick {
-                pending.push(n);
-            }
-            nets.read.insert(net, Entry { read_at: Instant::now(), used });
-            pick
+            nets.read.insert(net, Entry::new(used, range.0));
+            nets.pick_pending(net, range, skip)
         })
     }
 
@@ -104,6 +142,7 @@ impl IpCache {
             }
             if claimed && let Some(e) = nets.read.get_mut(&net) {
                 e.used.insert(addr, Used { generation: 0, free: false, mtime: nereid_types::time::now_ms() });
+                e.raise_floor();
             }
         })
     }
@@ -166,5 +205,24 @@ mod tests {
         assert_eq!(c.take_fresh(net, (10, 12), &[]), None, "only a freed address is left: decided from a fresh read");
         assert_eq!(c.put_and_pick(net, (10, 12), used(&[10, 11, 12]), &[]), None);
         assert_eq!(c.take_fresh(net, (10, 12), &[]), None, "full: decided from a fresh read");
+    }
+
+    #[test]
+    fn a_full_start_of_the_range_is_passed_over_and_still_reused_once_the_rest_is_taken() {
+        let c = IpCache::default();
+        let net = Uuid::from_u128(7);
+        let mut u = used(&(10..=15).collect::<Vec<_>>());
+        if let Some(x) = u.get_mut(&11) {
+            x.free = true;
+        }
+        assert_eq!(c.put_and_pick(net, (10, 17), u.clone(), &[]), Some(Pick::Fresh(16)));
+        assert_eq!(c.take_fresh(net, (10, 17), &[]), Some(17));
+        assert_eq!(c.take_fresh(net, (10, 17), &[]), None, "nothing never-used is left");
+        c.settle(net, 16, true);
+        c.settle(net, 17, true);
+        u.extend(used(&[16, 17]));
+        assert_eq!(c.put_and_pick(net, (10, 17), u, &[]), Some(Pick::Reuse(11, 1)), "the freed address below the floor");
+        // A range starting above the floor is unaffected by it.
+        assert_eq!(c.put_and_pick(net, (20, 30), used(&[20]), &[]), Some(Pick::Fresh(21)));
     }
 }
