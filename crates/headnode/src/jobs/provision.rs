@@ -338,7 +338,7 @@ impl Step for Wait {
             }
         };
         let want = want.as_str();
-        wait_for_server(app, job, |st| match st.state.as_str() {
+        let st = wait_for_server(app, job, |st| match st.state.as_str() {
             s if s == want => Seen::Done,
             "failed" => {
                 Seen::Failed(format!("the server could not run the VM: {}", st.error.clone().unwrap_or_else(|| "no reason given".into())))
@@ -346,9 +346,25 @@ impl Step for Wait {
             _ => Seen::Pending,
         })
         .await?;
+        // What the finish step records, so it need not ask the server again straight away.
+        job.data
+            .insert("seen".into(), json!({ "state": st.state, "boot_timestamp": st.boot_timestamp, "at": nereid_types::time::now_ms() }));
         Ok(format!("VM is {want}"))
     }
 }
+
+/// What the wait step saw the server report, for the finish step.
+#[derive(Deserialize)]
+struct Sighting {
+    state: String,
+    boot_timestamp: Option<String>,
+    /// When (ms since the epoch).
+    at: i64,
+}
+
+/// How old the wait step's sighting may be for the finish step to record it without
+/// asking the server again (a job resumed after a restart asks).
+const SEEN_FOR_MS: i64 = 5_000;
 
 /// The record says what the server runs; the reservation is released.
 struct Finish;
@@ -360,9 +376,16 @@ impl Step for Finish {
     }
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
         let cn = server(job)?;
-        let st = app.agent_get_patient(cn, job.vm_uuid).await.map_err(|e| e.to_string())?.ok_or("the server no longer has the VM")?;
-        let state = if st.state == "running" { "running" } else { "stopped" };
-        let boot = st.boot_timestamp.clone();
+        let (state, boot) = match data::<Sighting>(job, "seen").filter(|s| nereid_types::time::now_ms() - s.at < SEEN_FOR_MS) {
+            Some(seen) => (seen.state, seen.boot_timestamp),
+            // An older job, or one resumed long after its wait (a restart): ask again.
+            None => {
+                let st =
+                    app.agent_get_patient(cn, job.vm_uuid).await.map_err(|e| e.to_string())?.ok_or("the server no longer has the VM")?;
+                (st.state, st.boot_timestamp)
+            }
+        };
+        let state = if state == "running" { "running" } else { "stopped" };
         app.settle_provision(job.vm_uuid, job.uuid, state, |vm| {
             vm.state = Some(state.into());
             vm.zone_state = Some(state.into());
