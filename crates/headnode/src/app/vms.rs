@@ -321,7 +321,7 @@ impl App {
 
     /// [`Self::modify_vm`] starting from the record (and its generation) the caller has
     /// just read, if any: one read fewer when nothing changed it since.
-    async fn modify_read_vm(
+    pub(crate) async fn modify_read_vm(
         &self,
         uuid: Uuid,
         mut read: Option<(Vm, i64)>,

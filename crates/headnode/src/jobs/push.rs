@@ -46,18 +46,18 @@ pub async fn push(
     mut change: impl FnMut(&mut Vm) -> Result<(), String>,
     held: bool,
 ) -> Result<i64, String> {
-    let (vm, _) = app.get_vm(job.vm_uuid, None).await.map_err(|e| e.message)?;
-    let target: i64 = data(job, gen_key).unwrap_or(vm.definition_generation + 1);
+    let read = app.get_vm(job.vm_uuid, None).await.map_err(|e| e.message)?;
+    let target: i64 = data(job, gen_key).unwrap_or(read.0.definition_generation + 1);
     job.data.insert(gen_key.into(), json!(target));
-    app.modify_vm(job.vm_uuid, |v| {
-        change(v)?;
-        v.definition_generation = v.definition_generation.max(target);
-        v.last_modified = Some(nereid_types::time::now_iso());
-        Ok(())
-    })
-    .await
-    .map_err(|e| e.message)?;
-    let (vm, _) = app.get_vm(job.vm_uuid, None).await.map_err(|e| e.message)?;
+    let vm = app
+        .modify_read_vm(job.vm_uuid, Some(read), |v| {
+            change(v)?;
+            v.definition_generation = v.definition_generation.max(target);
+            v.last_modified = Some(nereid_types::time::now_iso());
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.message)?;
     let desired = if !held && vm.desired_state.as_deref() == Some("running") { Desired::Running } else { Desired::Stopped };
     send(app, job, desired, None).await?;
     wait_for_server(app, job, move |s| match &s.error {
