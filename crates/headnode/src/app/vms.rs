@@ -466,7 +466,8 @@ impl App {
         let now = nereid_types::time::now_iso();
         let mut gone = false;
         self.modify_read_vm(st.uuid, Some((current, g)), |vm| {
-            if st.generation <= vm.agent_generation {
+            // (Checked again: on a retry the record is a newer one, maybe of a VM moved since.)
+            if vm.server_uuid != Some(server) || st.generation <= vm.agent_generation {
                 return Ok(());
             }
             vm.agent_generation = st.generation;
