@@ -228,6 +228,18 @@ pub struct Runner {
     seen: std::sync::Mutex<std::collections::HashMap<Uuid, (i64, std::time::Instant)>>,
 }
 
+/// Takes a job off [`Runner::running`] when dropped.
+struct Unmark<'a> {
+    runner: &'a Runner,
+    job: Uuid,
+}
+
+impl Drop for Unmark<'_> {
+    fn drop(&mut self) {
+        self.runner.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.job);
+    }
+}
+
 impl Runner {
     pub fn new(app: Arc<App>) -> Arc<Runner> {
         Arc::new(Runner { app, running: Default::default(), started_ms: nereid_types::time::now_ms(), seen: Default::default() })
@@ -305,10 +317,10 @@ impl Runner {
             let me = self.clone();
             drives.spawn(async move {
                 let id = job.uuid;
+                // However the task ends (a claim the store refused, a drive that panicked),
+                // the job is no longer this headnode's: a later tick looks at it again.
+                let unmark = Unmark { runner: &me, job: id };
                 let Some(lease_gen) = me.claim(id).await else {
-                    // Held by another headnode (or the store did not answer): a later tick
-                    // looks again.
-                    me.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                     return;
                 };
                 me.drive(id, lease_gen).await;
@@ -316,7 +328,7 @@ impl Runner {
                 if let Some(server) = job.server_uuid {
                     me.app.capacity_touch(server);
                 }
-                me.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                drop(unmark);
                 me.app.jobs_notify.notify_one();
                 // A VM came, went or changed (tags, firewall_enabled, NICs).
                 me.app.netpolicy_notify.notify_one();
