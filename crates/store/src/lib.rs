@@ -25,6 +25,7 @@ pub mod filter;
 mod group_commit;
 pub mod migrations;
 mod ops;
+mod pg_vacuum;
 mod postgres;
 mod sql;
 mod sqlite;

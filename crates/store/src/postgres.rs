@@ -22,7 +22,15 @@ impl_exec!(PgConnection);
 const DDL_LOCK: i64 = 0x6e65_7265_6964; // "nereid"
 
 pub(crate) struct PgStore {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
+    /// Vacuums the table when PostgreSQL's autovacuum does not ([`crate::pg_vacuum`]).
+    vacuum: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.vacuum.abort();
+    }
 }
 
 /// Splits `?schema=NAME` off a URL; checks the name.
@@ -72,7 +80,8 @@ impl PgStore {
             .test_before_acquire(true)
             .connect_with(opts)
             .await?;
-        let store = Self { pool };
+        let vacuum = tokio::spawn(crate::pg_vacuum::run(pool.clone()));
+        let store = Self { pool, vacuum };
         store.migrate().await?;
         Ok(store)
     }
@@ -100,6 +109,7 @@ impl Store for PgStore {
     }
 
     async fn close(&self) {
+        self.vacuum.abort();
         self.pool.close().await;
     }
 
