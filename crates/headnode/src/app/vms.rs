@@ -466,6 +466,8 @@ impl App {
         let now = nereid_types::time::now_iso();
         let mut gone = false;
         self.modify_read_vm(st.uuid, Some((current, g)), |vm| {
+            // Decided afresh on every attempt (a retry's record may say otherwise).
+            gone = false;
             // (Checked again: on a retry the record is a newer one, maybe of a VM moved since.)
             if vm.server_uuid != Some(server) || st.generation <= vm.agent_generation {
                 return Ok(());
