@@ -135,9 +135,9 @@ impl App {
             }
         };
         let claims = rows(SERVER_CLAIMS.name).await?;
-        let mut records = rows(SERVERS.name).await?;
-        let mut beats = rows(HEARTBEATS.name).await?;
-        let mut inventories = rows(INVENTORIES.name).await?;
+        let records = rows(SERVERS.name).await?;
+        let beats = rows(HEARTBEATS.name).await?;
+        let inventories = rows(INVENTORIES.name).await?;
         let on = match keys.as_slice() {
             [one] => Filter::eq("server_uuid", one.clone()),
             many => Filter::any_of("server_uuid", many.iter().map(|k| serde_json::json!(k)).collect()),
@@ -147,21 +147,21 @@ impl App {
         let mut out = Vec::with_capacity(ids.len());
         for (id, key) in ids.iter().zip(&keys) {
             let claim = claims.get(key).map(|o| o.generation);
-            let Some(row) = records.remove(key) else {
+            let Some(row) = records.get(key) else {
                 out.push((*id, Ok(None)));
                 continue;
             };
-            let record: Server = match serde_json::from_str(&row.json) {
+            let record: Server = match super::decode_str(SERVERS.name, key, &row.json) {
                 Ok(r) => r,
                 Err(e) => {
-                    out.push((*id, Err(ApiError::internal(format!("server {id}'s record does not decode: {e}")))));
+                    out.push((*id, Err(e)));
                     continue;
                 }
             };
             // As `heartbeat_of`: one that does not decode counts as none.
-            let hb = beats.remove(key).and_then(|o| serde_json::from_str::<HeartbeatRecord>(&o.json).ok()).map(|h| {
+            let hb = beats.get(key).and_then(|o| serde_json::from_str::<HeartbeatRecord>(&o.json).ok()).map(|h| {
                 let mut h = self.liveness.newest(*id, h);
-                if let Some(inv) = inventories.remove(key).and_then(|o| serde_json::from_str::<Inventory>(&o.json).ok()) {
+                if let Some(inv) = inventories.get(key).and_then(|o| serde_json::from_str::<Inventory>(&o.json).ok()) {
                     h.vms = inv.vms;
                 }
                 h
@@ -240,10 +240,10 @@ impl App {
             some
         });
         for (id, fresh) in self.fresh_servers(&touched).await? {
-            match fresh {
-                Ok(f) => self.capacity_put(id, f),
-                // One bad record never stops placement: the server stays as the view had it.
-                Err(e) => tracing::warn!(server = %id, error = %e.message, "could not read a server again for placement"),
+            // One damaged record (logged as it was read) never stops placement: the
+            // server stays as the view had it.
+            if let Ok(f) = fresh {
+                self.capacity_put(id, f);
             }
         }
         Ok(())

@@ -290,10 +290,18 @@ pub fn encode<T: Serialize>(value: &T) -> serde_json::Value {
 }
 
 fn decode<T: DeserializeOwned>(bucket: &str, key: &str, v: serde_json::Value) -> Result<T, ApiError> {
-    serde_json::from_value(v).map_err(|e| {
-        tracing::error!(bucket, key, error = %e, "stored object does not decode");
-        ApiError::conflict("DamagedRecord", format!("stored {bucket} record {key} is damaged ({e}); an operator must repair or remove it"))
-    })
+    serde_json::from_value(v).map_err(|e| damaged(bucket, key, e))
+}
+
+/// [`decode`] of a record's JSON text.
+fn decode_str<T: DeserializeOwned>(bucket: &str, key: &str, json: &str) -> Result<T, ApiError> {
+    serde_json::from_str(json).map_err(|e| damaged(bucket, key, e))
+}
+
+/// A stored record that does not decode: logged, and refused as `DamagedRecord`.
+fn damaged(bucket: &str, key: &str, e: serde_json::Error) -> ApiError {
+    tracing::error!(bucket, key, error = %e, "stored object does not decode");
+    ApiError::conflict("DamagedRecord", format!("stored {bucket} record {key} is damaged ({e}); an operator must repair or remove it"))
 }
 
 /// Maps a store failure that the caller did not handle itself.
