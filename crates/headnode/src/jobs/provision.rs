@@ -358,13 +358,26 @@ impl Step for Wait {
 struct Sighting {
     state: String,
     boot_timestamp: Option<String>,
-    /// When (ms since the epoch).
+    /// When (ms since the epoch, by this process's clock).
     at: i64,
+    /// Which process saw it ([`PROCESS`]).
+    by: u64,
 }
 
-/// How old the wait step's sighting may be for the finish step to record it without
-/// asking the server again (a job resumed after a restart asks).
+impl Sighting {
+    /// Whether the finish step may record it without asking the server again: seen by
+    /// this very process (another headnode's clock, or this one's before a restart, is
+    /// never compared with ours) and under [`SEEN_FOR_MS`] ago by its clock.
+    fn recent(&self, now_ms: i64) -> bool {
+        self.by == *PROCESS && (0..SEEN_FOR_MS).contains(&(now_ms - self.at))
+    }
+}
+
+/// How old the wait step's sighting may be for the finish step to record it.
 const SEEN_FOR_MS: i64 = 5_000;
+
+/// This process, among every headnode process that may drive a job (random at start).
+static PROCESS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(rand::random);
 
 /// The record says what the server runs; the reservation is released.
 struct Finish;
@@ -376,9 +389,9 @@ impl Step for Finish {
     }
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
         let cn = server(job)?;
-        let (state, boot) = match data::<Sighting>(job, "seen").filter(|s| nereid_types::time::now_ms() - s.at < SEEN_FOR_MS) {
+        let (state, boot) = match data::<Sighting>(job, "seen").filter(|s| s.recent(nereid_types::time::now_ms())) {
             Some(seen) => (seen.state, seen.boot_timestamp),
-            // An older job, or one resumed long after its wait (a restart): ask again.
+            // An older job, or one resumed elsewhere or after a restart: ask again.
             None => {
                 let st =
                     app.agent_get_patient(cn, job.vm_uuid).await.map_err(|e| e.to_string())?.ok_or("the server no longer has the VM")?;
@@ -425,4 +438,14 @@ mod tests {
 
     /// SHA-256("nereid-nic\0" ‖ 16 zero bytes ‖ 0u64 LE) starts f5 9e 5e (checked with Python's hashlib).
     const PINNED_NIL_0: &str = "90:b8:d0:f5:9e:5e";
+
+    #[test]
+    fn only_this_processs_recent_sightings_are_recorded_without_asking() {
+        let at = 1_000_000;
+        let seen = |at, by| Sighting { state: "running".into(), boot_timestamp: None, at, by };
+        assert!(seen(at, *PROCESS).recent(at + 10));
+        assert!(!seen(at, *PROCESS).recent(at + SEEN_FOR_MS), "too old");
+        assert!(!seen(at, *PROCESS).recent(at - 10), "a clock that went back proves nothing");
+        assert!(!seen(at, PROCESS.wrapping_add(1)).recent(at + 10), "another process (headnode, or before a restart)");
+    }
 }
