@@ -80,26 +80,26 @@ impl PgStore {
             .test_before_acquire(true)
             .connect_with(opts)
             .await?;
+        migrate(&pool).await?;
         let vacuum = tokio::spawn(crate::pg_vacuum::run(pool.clone()));
-        let store = Self { pool, vacuum };
-        store.migrate().await?;
-        Ok(store)
+        Ok(Self { pool, vacuum })
     }
+}
 
-    async fn migrate(&self) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+/// Applies the migrations not yet applied, one transaction each.
+async fn migrate(pool: &PgPool) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DDL_LOCK).execute(&mut *tx).await?;
+    sqlx::raw_sql(LEDGER_POSTGRES).execute(&mut *tx).await?;
+    tx.commit().await?;
+    for m in POSTGRES {
+        let mut tx = pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DDL_LOCK).execute(&mut *tx).await?;
-        sqlx::raw_sql(LEDGER_POSTGRES).execute(&mut *tx).await?;
-        tx.commit().await?;
-        for m in POSTGRES {
-            let mut tx = self.pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DDL_LOCK).execute(&mut *tx).await?;
-            if ops::migrate_one(&mut *tx, Dialect::Postgres, m).await? {
-                tx.commit().await?;
-            }
+        if ops::migrate_one(&mut *tx, Dialect::Postgres, m).await? {
+            tx.commit().await?;
         }
-        Ok(())
     }
+    Ok(())
 }
 
 #[async_trait]
