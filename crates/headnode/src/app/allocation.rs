@@ -213,11 +213,6 @@ impl App {
     pub async fn vms_on(&self, server: Uuid) -> Result<Vec<Stored<Vm>>, ApiError> {
         self.vm_entries(&on_server_query(server)).await
     }
-
-    /// [`App::vms_on`] through the cache of decoded records (placement's fresh reads).
-    pub async fn vms_on_cached(&self, server: Uuid) -> Result<Vec<std::sync::Arc<Stored<Vm>>>, ApiError> {
-        self.vm_entries_cached(&on_server_query(server)).await
-    }
 }
 
 /// The active VM records on `server`.

@@ -87,11 +87,11 @@ impl Nets {
     /// claims are writing; a never-used pick becomes pending for this claim.
     fn pick_pending(&mut self, net: Uuid, range: (u32, u32), skip: &[u32]) -> Option<Pick> {
         let e = self.read.get(&net)?;
-        let pending = self.pending.entry(net).or_default();
-        let passed: Vec<u32> = skip.iter().chain(pending.iter()).copied().collect();
+        let passed: Vec<u32> = skip.iter().chain(self.pending.get(&net).into_iter().flatten()).copied().collect();
         let pick = e.pick(range, &passed);
         if let Some(Pick::Fresh(n)) = pick {
-            pending.push(n);
+            // Only a claim's own list: `settle` removes the lists it empties.
+            self.pending.entry(net).or_default().push(n);
         }
         pick
     }
