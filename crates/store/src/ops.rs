@@ -319,7 +319,17 @@ fn list_sql_cols(d: Dialect, bucket: &str, q: &ListQuery, cols: Cols) -> Result<
     s.where_filter(&q.filter)?;
     s.order(&q.sort)?;
     s.page(q.limit, q.offset);
-    s.push(&format!(") AS p JOIN objects AS o ON o.bucket = {lit} AND o.key = p.k"));
+    match d {
+        Dialect::Sqlite => s.push(&format!(") AS p JOIN objects AS o ON o.bucket = {lit} AND o.key = p.k")),
+        // One lookup by primary key per page row, whatever the statistics say: as a plain
+        // join, statistics gathered while the bucket was nearly empty made PostgreSQL
+        // plan a nested loop over the whole bucket per row (`LIMIT 1` keeps the planner
+        // from folding the subquery back into that join; a key is unique in its bucket).
+        Dialect::Postgres => s.push(&format!(
+            ") AS p CROSS JOIN LATERAL (SELECT key, value, generation, mtime FROM objects \
+             WHERE bucket = {lit} AND key = p.k LIMIT 1) AS o"
+        )),
+    };
     s.order_page("p", &q.sort);
     Ok(s)
 }
