@@ -9,6 +9,7 @@ use nereid_types::agent::{Ensure, VmStatus};
 use uuid::Uuid;
 
 use super::App;
+use super::agent_targets::Target;
 
 /// How long a job step keeps asking a server it cannot reach before it gives up.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -31,6 +32,8 @@ pub enum AgentError {
 pub struct Agents {
     identity: RwLock<Option<Arc<crate::pki::Identity>>>,
     clients: Mutex<HashMap<(Uuid, String), reqwest::Client>>,
+    /// Each server's agent URL and key, remembered for a moment.
+    pub targets: super::agent_targets::Targets,
 }
 
 impl Agents {
@@ -77,6 +80,40 @@ impl Agents {
 }
 
 impl App {
+    /// Where the server's agent is called and its key: remembered (see
+    /// [`super::agent_targets`]) or read from its records.
+    async fn agent_target(&self, server: Uuid) -> Result<Target, AgentError> {
+        if let Some(t) = self.agents.targets.get(server) {
+            return Ok(t);
+        }
+        let epoch = self.agents.targets.epoch();
+        let (record, pin) = tokio::join!(self.get_server_record(server), self.server_pin(server));
+        let (s, _) = record.map_err(|e| AgentError::Other(e.message))?;
+        let pin = pin.map_err(|e| AgentError::Other(e.message))?;
+        let t = Target { url: s.agent_url, pin };
+        self.agents.targets.remember(server, t.clone(), epoch);
+        Ok(t)
+    }
+
+    /// The server's target and the HTTP client pinned to its key. Agents are called over
+    /// TLS only: an agent restarted with TLS re-registers its https:// URL, so a plain one
+    /// is "unreachable" (and patient callers ask again).
+    async fn agent_http(&self, server: Uuid) -> Result<(Target, reqwest::Client), AgentError> {
+        let t = self.agent_target(server).await?;
+        if !t.url.starts_with("https://") {
+            return Err(self.unreachable(server, &t, "agents are called over TLS only (an https:// agent URL)".into()));
+        }
+        let http = self.agents.client(server, &t.pin).map_err(AgentError::Other)?;
+        Ok((t, http))
+    }
+
+    /// An agent that could not be reached: its records are read again next time (it may
+    /// have moved, or changed its key).
+    fn unreachable(&self, server: Uuid, t: &Target, message: String) -> AgentError {
+        self.agents.targets.forget(server);
+        AgentError::Unreachable { server, url: t.url.clone(), message }
+    }
+
     async fn agent_request(
         &self,
         server: Uuid,
@@ -84,23 +121,13 @@ impl App {
         path: &str,
         body: Option<&Ensure>,
     ) -> Result<Option<VmStatus>, AgentError> {
-        let (s, _) = self.get_server_record(server).await.map_err(|e| AgentError::Other(e.message))?;
-        let pin = self.server_pin(server).await.map_err(|e| AgentError::Other(e.message))?;
-        if !s.agent_url.starts_with("https://") {
-            // Patience applies: an agent restarted with TLS re-registers its https:// URL.
-            return Err(AgentError::Unreachable {
-                server,
-                url: s.agent_url.clone(),
-                message: "agents are called over TLS only (an https:// agent URL)".into(),
-            });
-        }
-        let http = self.agents.client(server, &pin).map_err(AgentError::Other)?;
-        let url = format!("{}/servers/{server}{path}", s.agent_url.trim_end_matches('/'));
+        let (t, http) = self.agent_http(server).await?;
+        let url = format!("{}/servers/{server}{path}", t.url.trim_end_matches('/'));
         let mut req = http.request(method, &url);
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| AgentError::Unreachable { server, url: s.agent_url.clone(), message: e.to_string() })?;
+        let resp = req.send().await.map_err(|e| self.unreachable(server, &t, e.to_string()))?;
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         if status >= 400 {
@@ -180,22 +207,9 @@ impl App {
         path: &str,
         build: impl FnOnce(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, AgentError> {
-        let (s, _) = self.get_server_record(server).await.map_err(|e| AgentError::Other(e.message))?;
-        let pin = self.server_pin(server).await.map_err(|e| AgentError::Other(e.message))?;
-        if !s.agent_url.starts_with("https://") {
-            return Err(AgentError::Unreachable {
-                server,
-                url: s.agent_url.clone(),
-                message: "agents are called over TLS only (an https:// agent URL)".into(),
-            });
-        }
-        let http = self.agents.client(server, &pin).map_err(AgentError::Other)?;
-        let url = format!("{}/servers/{server}/{path}", s.agent_url.trim_end_matches('/'));
-        let resp = build(&http, &url).send().await.map_err(|e| AgentError::Unreachable {
-            server,
-            url: s.agent_url.clone(),
-            message: e.to_string(),
-        })?;
+        let (t, http) = self.agent_http(server).await?;
+        let url = format!("{}/servers/{server}/{path}", t.url.trim_end_matches('/'));
+        let resp = build(&http, &url).send().await.map_err(|e| self.unreachable(server, &t, e.to_string()))?;
         let status = resp.status().as_u16();
         if status >= 400 {
             let text = resp.text().await.unwrap_or_default();

@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub mod accounts;
+pub mod agent_targets;
 pub mod agents;
 pub mod allocation;
 pub mod audit;

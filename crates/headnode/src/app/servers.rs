@@ -224,6 +224,7 @@ impl App {
         // Checks the sysinfo and URL before anything is written.
         let probe = from_sysinfo(None, &reg, &now)?;
         let uuid = probe.uuid;
+        let _forget = self.agents.targets.forget_after(uuid);
         for _ in 0..RETRIES {
             let current = self.read::<Server>(SERVERS.name, &uuid.to_string()).await?;
             let trust = self.read_trust(uuid).await?;
@@ -283,6 +284,7 @@ impl App {
     /// `POST /servers/{uuid}/certificate`: an active server renews its certificate over its
     /// authenticated channel, for the same key or a new one (which becomes the pinned one).
     pub async fn renew_certificate(&self, uuid: Uuid, req: &RenewRequest) -> Result<Joined, ApiError> {
+        let _forget = self.agents.targets.forget_after(uuid);
         let (spki, pin) = decode_key(&req.public_key)?;
         for _ in 0..RETRIES {
             let (mut t, g) = self.read_trust(uuid).await?.ok_or_else(|| ApiError::not_found(format!("server {uuid} has no key")))?;
@@ -314,6 +316,7 @@ impl App {
         for o in objs {
             let Some(mut m) = o.value.as_object().filter(|m| m.contains_key("secret")).cloned() else { continue };
             m.remove("secret");
+            let _forget = Uuid::parse_str(&o.key).ok().map(|u| self.agents.targets.forget_after(u));
             match self.store.put(SERVER_SECRETS.name, &o.key, Value::Object(m), Cond::Generation(o.generation)).await {
                 Ok(_) => n += 1,
                 // Rewritten meanwhile, by a join or another headnode's scrub.
@@ -365,6 +368,7 @@ impl App {
     /// becomes the pinned one, its agent URL and sysinfo are taken); the agent, asking
     /// again, gets its certificate.
     pub async fn approve_server(&self, uuid: Uuid) -> Result<Value, ApiError> {
+        let _forget = self.agents.targets.forget_after(uuid);
         let now = nereid_types::time::now_iso();
         for _ in 0..RETRIES {
             let (t, tcond) = match self.read_trust(uuid).await? {
@@ -408,6 +412,7 @@ impl App {
     /// `nereid admin server revoke`: the server's certificate stops working at once, both
     /// ways; a join for it (any key) waits for approval.
     pub async fn revoke_server(&self, uuid: Uuid) -> Result<Value, ApiError> {
+        let _forget = self.agents.targets.forget_after(uuid);
         self.get_server_record(uuid).await?;
         for _ in 0..RETRIES {
             let (t, cond) = match self.read_trust(uuid).await? {
@@ -468,6 +473,7 @@ impl App {
 
     /// `POST /servers/{uuid}/sysinfo`: refreshes the record.
     pub async fn register_server(&self, uuid: Uuid, reg: &Register) -> Result<(), ApiError> {
+        let _forget = self.agents.targets.forget_after(uuid);
         let now = nereid_types::time::now_iso();
         for _ in 0..RETRIES {
             let (cur, g) = self.get_server_record(uuid).await?;
@@ -772,6 +778,7 @@ impl App {
 
     /// ServerUpdate.
     pub async fn update_server(&self, uuid: Uuid, input: &Map<String, Value>) -> Result<Server, ApiError> {
+        let _forget = self.agents.targets.forget_after(uuid);
         for _ in 0..RETRIES {
             let (cur, g) = self.get_server_record(uuid).await?;
             let next = server::check_update(&cur, input)?;
@@ -790,6 +797,7 @@ impl App {
 
     /// Drops a server record; refused while VMs are counted on it.
     pub async fn delete_server(&self, uuid: Uuid) -> Result<(), ApiError> {
+        let _forget = self.agents.targets.forget_after(uuid);
         self.get_server_record(uuid).await?;
         let vms = self.vms_on(uuid).await?;
         if !vms.is_empty() {
