@@ -60,6 +60,8 @@ async fn a_404_that_is_not_the_agents_vm_not_found_never_frees_a_vm() {
     let mut skewed = o.value.clone();
     skewed["agent_url"] = json!(format!("{}/v0", o.value["agent_url"].as_str().unwrap().trim_end_matches('/')));
     cloud.headnode.app.store.put("servers", &server, skewed, Cond::Generation(o.generation)).await.unwrap();
+    // (Written behind the headnode's back: it forgets what it remembered, as its own writes do.)
+    cloud.headnode.app.agents.targets.forget(server.parse().unwrap());
     let e = api_err(cloud.client.get(&format!("/vms/{uuid}?sync=true")).await, 503, "ServiceUnavailable");
     assert!(e["message"].as_str().unwrap().contains("404"), "{e}");
     let v = cloud.client.get(&format!("/vms/{uuid}")).await.unwrap();
@@ -348,6 +350,9 @@ async fn a_job_learns_an_agents_new_address_instead_of_failing() {
     let mut stale = o.value.clone();
     stale["agent_url"] = json!("http://127.0.0.1:9");
     cloud.headnode.app.store.put("servers", &server, stale, Cond::Generation(o.generation)).await.unwrap();
+    // (Written behind the headnode's back: it forgets what it remembered, as its own writes
+    // do; the fixed address below is then learnt from the failed calls alone.)
+    cloud.headnode.app.agents.targets.forget(server.parse().unwrap());
     let r = cloud.client.post(&format!("/vms/{vm}?action=stop"), &json!({})).await.unwrap();
     // …until the agent re-joins a moment later with its new one.
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -38,6 +38,13 @@ struct State {
     known: HashMap<Uuid, (Target, Instant)>,
 }
 
+/// See [`Targets::epoch`].
+#[derive(Debug, Clone, Copy)]
+pub struct Epoch {
+    n: u64,
+    at: Instant,
+}
+
 /// The remembered targets.
 #[derive(Default)]
 pub struct Targets {
@@ -54,22 +61,23 @@ impl Targets {
         self.lock().known.get(&server).filter(|(_, at)| at.elapsed() < TTL).map(|(t, _)| t.clone())
     }
 
-    /// The epoch to hand back to [`Targets::remember`] with what is read next.
-    pub fn epoch(&self) -> u64 {
-        self.lock().epoch
+    /// What to hand back to [`Targets::remember`] with what is read next: the epoch, and
+    /// when the read began (the age of what it reads is counted from then).
+    pub fn epoch(&self) -> Epoch {
+        Epoch { n: self.lock().epoch, at: Instant::now() }
     }
 
     /// Remembers a target read since `epoch`, unless something was forgotten meanwhile
     /// (the read may predate that write).
-    pub fn remember(&self, server: Uuid, target: Target, epoch: u64) {
+    pub fn remember(&self, server: Uuid, target: Target, epoch: Epoch) {
         let mut s = self.lock();
-        if s.epoch != epoch {
+        if s.epoch != epoch.n {
             return;
         }
         if s.known.len() > 10_000 {
             s.known.retain(|_, (_, at)| at.elapsed() < TTL);
         }
-        s.known.insert(server, (target, Instant::now()));
+        s.known.insert(server, (target, epoch.at));
     }
 
     /// Forgets the server's target: its records changed, or its agent could not be reached.
