@@ -21,38 +21,12 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-use ed25519_dalek::{Signer as _, SigningKey};
 use nereid_store::{Cond, ListQuery, Op};
 use nereid_testkit::cloudapi::{Client, Key};
 use nereid_testkit::{Backend, Cloud, Options};
 use serde_json::{Value, json};
 
 const KEY_SEED: u8 = 1;
-
-/// A signed CloudAPI GET whose body is read as bytes (as [`Client::send`] signs, without
-/// its JSON decoding).
-async fn signed_get(http: &reqwest::Client, url: &str, login: &str, fingerprint: &str, path: &str) -> (u16, usize) {
-    let date = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc2822).unwrap().replace("+0000", "GMT");
-    let data = format!("(request-target): get {path}\ndate: {date}");
-    let sig = SigningKey::from_bytes(&[KEY_SEED; 32]).sign(data.as_bytes()).to_bytes();
-    let auth = format!(
-        "Signature keyId=\"/{login}/keys/{fingerprint}\",algorithm=\"ed25519-sha512\",headers=\"(request-target) date\",signature=\"{}\"",
-        B64.encode(sig)
-    );
-    let resp = http
-        .get(format!("{url}{path}"))
-        .header("date", &date)
-        .header("accept", "application/json")
-        .header("accept-version", "~9||~8")
-        .header("authorization", auth)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.bytes().await.unwrap().len())
-}
 
 /// Runs `requests` sequential requests and prints requests/s, p50, p99 and max.
 async fn measure<F, Fut>(store: &str, what: &str, requests: usize, mut one: F)
@@ -101,13 +75,6 @@ async fn copies(cloud: &Cloud, bucket: &str, record: &Value, name_field: &str, p
     cloud.headnode.app.store.batch(ops).await.unwrap();
 }
 
-/// An admin GET read as bytes.
-async fn admin_get(cloud: &Cloud, path: &str) -> (u16, usize) {
-    let resp = cloud.client.request(reqwest::Method::GET, path).send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.bytes().await.unwrap().len())
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let requests: usize = std::env::var("NEREID_BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
@@ -120,7 +87,6 @@ async fn main() {
         let cloud = Cloud::start_with(Options { sim_servers: 1, ..Options::new(b) }.cloudapi_http()).await.unwrap();
         let seed = cloud.seed().await.unwrap();
         let key = Key::from_seed(KEY_SEED);
-        let fingerprint = key.md5();
         let acct = cloud
             .client
             .post("/accounts", &json!({"login": "bench", "email": "bench@example.com", "keys": [{"key": key.openssh()}]}))
@@ -147,12 +113,13 @@ async fn main() {
         assert_eq!(cloud.client.get("/images").await.unwrap().as_array().unwrap().len(), 1000);
         assert_eq!(cloud.client.get("/vms?limit=1000").await.unwrap().as_array().unwrap().len(), 1000);
 
-        let http = reqwest::Client::new();
-        measure(&name, "signed GET /my/machines, 1000 machines", requests, || {
-            signed_get(&http, &url, "bench", &fingerprint, "/my/machines?limit=1000&offset=0")
+        let tenant = &tenant;
+        measure(&name, "signed GET /my/machines, 1000 machines", requests, || async {
+            tenant.get_bytes("/my/machines?limit=1000&offset=0").await.unwrap()
         })
         .await;
-        measure(&name, "admin GET /images, 1000 images", requests, || admin_get(&cloud, "/images")).await;
-        measure(&name, "GET /vms?limit=1000, 1000 VMs", requests, || admin_get(&cloud, "/vms?limit=1000")).await;
+        let cloud = &cloud;
+        measure(&name, "admin GET /images, 1000 images", requests, || async { cloud.get_bytes("/images").await.unwrap() }).await;
+        measure(&name, "GET /vms?limit=1000, 1000 VMs", requests, || async { cloud.get_bytes("/vms?limit=1000").await.unwrap() }).await;
     }
 }

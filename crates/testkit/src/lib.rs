@@ -334,6 +334,14 @@ impl Cloud {
         Ok((r["vm_uuid"].as_str().unwrap_or_default().to_string(), r["job_uuid"].as_str().unwrap_or_default().to_string()))
     }
 
+    /// An operator-API `GET path` whose answer is read as bytes, not decoded: the status
+    /// and the body's length (for benchmarks: decoding a 1 MB list is the client's time).
+    pub async fn get_bytes(&self, path: &str) -> Result<(u16, usize)> {
+        let resp = self.client.request(reqwest::Method::GET, path).send().await.with_context(|| format!("GET {path}"))?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.bytes().await?.len()))
+    }
+
     /// Waits for a job and returns it.
     pub async fn wait_job(&self, job: &str) -> Result<Value> {
         let j = self.client.get(&format!("/jobs/{job}/wait?timeout=120")).await?;
