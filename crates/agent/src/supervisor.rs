@@ -439,7 +439,7 @@ impl Node {
         let result = if held {
             std::fs::create_dir_all(self.dir.join("held")).and_then(|()| crate::durable::write_atomic(&marker, b""))
         } else {
-            std::fs::remove_file(&marker).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+            crate::durable::remove(&marker)
         };
         if let Err(e) = result {
             tracing::error!(vm = %uuid, path = %marker.display(), error = %e, "could not record the migration's hold on the VM");
@@ -617,8 +617,8 @@ impl Node {
                             t.abort();
                         }
                         self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(&uuid);
-                        let _ = std::fs::remove_file(self.dir.join("vms").join(format!("{uuid}.json")));
-                        let _ = std::fs::remove_file(self.held_marker(uuid));
+                        let _ = crate::durable::remove(&self.dir.join("vms").join(format!("{uuid}.json")));
+                        let _ = crate::durable::remove(&self.held_marker(uuid));
                         let mut s = slot.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
                         s.status.state = "destroyed".into();
                         s.status.error = None;

@@ -154,11 +154,9 @@ impl Sim {
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<Uuid, SimVm>) -> R) -> R {
         let mut vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
         let r = f(&mut vms);
+        // Whole or not at all, but not flushed: a simulator need not survive a power cut.
         if let Ok(bytes) = serde_json::to_vec(&*vms) {
-            let tmp = self.file.with_extension("tmp");
-            if std::fs::write(&tmp, bytes).is_ok() {
-                let _ = std::fs::rename(&tmp, &self.file);
-            }
+            let _ = crate::durable::write_swapped(&self.file, &bytes);
         }
         r
     }

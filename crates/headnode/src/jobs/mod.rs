@@ -14,7 +14,8 @@
 //!   transaction as a check that this headnode still holds the lease; a headnode that lost
 //!   its lease stops at once. A crash leaves the record at the last finished step. One
 //!   write records a step's end together with the next step's start (or the job's end),
-//!   so a chain of N steps costs N + 1 writes; the last one also gives the lease up.
+//!   so a chain of N steps costs N + 1 writes, fewer by one for each step that only reads
+//!   ([`Step::reads_only`]); the last one also gives the lease up.
 //! - A lease (`job_leases`) names the headnode and an expiry; the holder renews it. Another
 //!   headnode takes over an expired lease; a restarted headnode takes back its own at once.
 //! - The step under the cursor is simply run again after a takeover, so every step must be
@@ -59,6 +60,12 @@ pub trait Step: Send + Sync {
     /// How long the step may take before the job gives up on it and unwinds.
     fn deadline(&self, _app: &App) -> Duration {
         Duration::from_secs(120)
+    }
+    /// Whether the step only reads (nothing it does needs recording before the next step
+    /// starts): its end is then written with the next step's, one write fewer per job. A
+    /// crash in between runs it again, which a step that only reads may always do.
+    fn reads_only(&self) -> bool {
+        false
     }
     /// Does the step. Must be idempotent: it may run again after a crash.
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT;
@@ -214,6 +221,9 @@ struct Head {
     vm_uuid: Uuid,
     server_uuid: Option<Uuid>,
     created_ms: i64,
+    /// A queued job's whole record and its generation, as this tick read it: claimed and
+    /// started in one write ([`Runner::claim_and_start`]).
+    queued: Option<Arc<(Job, i64)>>,
 }
 
 /// Runs queued jobs and takes over abandoned ones.
@@ -286,7 +296,13 @@ impl Runner {
             for row in self.app.store.get_raw_many(JOBS.name, &missing).await.map_err(crate::app::store_error)? {
                 // Decoded whole: a record the drive could not read is never claimed.
                 match serde_json::from_str::<Job>(&row.json) {
-                    Ok(j) => open.push(Head { uuid: j.uuid, vm_uuid: j.vm_uuid, server_uuid: j.server_uuid, created_ms: j.created_ms }),
+                    Ok(j) => open.push(Head {
+                        uuid: j.uuid,
+                        vm_uuid: j.vm_uuid,
+                        server_uuid: j.server_uuid,
+                        created_ms: j.created_ms,
+                        queued: (j.execution == "queued").then(|| Arc::new((j, row.generation))),
+                    }),
                     // One damaged job record never stops the others.
                     Err(e) => tracing::warn!(job = %row.key, error = %e, "a job record does not decode; skipped"),
                 }
@@ -311,7 +327,8 @@ impl Runner {
             match self.running.lock().unwrap_or_else(|p| p.into_inner()).entry(job.uuid) {
                 std::collections::hash_map::Entry::Occupied(_) => continue,
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(job.clone());
+                    // (Kept without the record: its drive has its own copy.)
+                    v.insert(Head { queued: None, ..job.clone() });
                 }
             }
             let me = self.clone();
@@ -320,10 +337,19 @@ impl Runner {
                 // However the task ends (a claim the store refused, a drive that panicked),
                 // the job is no longer this headnode's: a later tick looks at it again.
                 let unmark = Unmark { runner: &me, job: id };
-                let Some(lease_gen) = me.claim(id).await else {
-                    return;
+                let started = match &job.queued {
+                    Some(q) => me.claim_and_start(q).await,
+                    None => None,
                 };
-                me.drive(id, lease_gen).await;
+                match started {
+                    Some((lease_gen, run)) => me.drive(id, lease_gen, Some(run)).await,
+                    None => {
+                        let Some(lease_gen) = me.claim(id).await else {
+                            return;
+                        };
+                        me.drive(id, lease_gen, None).await;
+                    }
+                }
                 // What the job held or changed on its server counts differently now.
                 if let Some(server) = job.server_uuid {
                     me.app.capacity_touch(server);
@@ -337,6 +363,28 @@ impl Runner {
             });
         }
         Ok(())
+    }
+
+    /// A queued job nobody holds, as this tick read it: its lease taken and the job marked
+    /// running, in one write (instead of a claim, a read and a write). `None` when the
+    /// lease is held or the record changed since it was read: the usual claim decides.
+    async fn claim_and_start(&self, queued: &(Job, i64)) -> Option<(i64, (Job, i64))> {
+        let (job, generation) = queued;
+        let mut job = job.clone();
+        let id = job.uuid;
+        if !start(&mut job) {
+            return None;
+        }
+        let now = nereid_types::time::now_ms();
+        let lease = Lease { owner: self.app.cfg.headnode_id.clone(), until_ms: now + self.app.cfg.job_lease.as_millis() as i64 };
+        let ops = vec![
+            Op::put(JOB_LEASES.name, id.to_string(), encode(&lease), Cond::Absent),
+            Op::put(JOBS.name, id.to_string(), encode(&job), Cond::Generation(*generation)),
+        ];
+        let gens = self.app.store.batch(ops).await.ok()?;
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.app.metrics.job_event(&job.task, "running");
+        Some((gens[0], (job, gens[1])))
     }
 
     /// Takes the job's lease if it is free, expired, or ours from before a restart.
@@ -388,7 +436,9 @@ impl Runner {
         }
     }
 
-    async fn drive(self: &Arc<Self>, id: Uuid, lease_gen: i64) {
+    /// Runs the job under the lease at `lease_gen`; `started` is the record when
+    /// [`Self::claim_and_start`] has marked it running already.
+    async fn drive(self: &Arc<Self>, id: Uuid, lease_gen: i64, started: Option<(Job, i64)>) {
         let lease = Arc::new(AsyncMutex::new(Some(lease_gen)));
         // Aborted with the drive, however it ends (a halted headnode renews nothing).
         let keeper = AbortOnDrop({
@@ -413,7 +463,7 @@ impl Runner {
                 }
             })
         });
-        if let Err(e) = self.steps(id, &lease).await {
+        if let Err(e) = self.steps(id, &lease, started).await {
             tracing::warn!(job = %id, error = %e, "job driver stopped");
         }
         drop(keeper);
@@ -453,21 +503,20 @@ impl Runner {
         }
     }
 
-    async fn steps(&self, id: Uuid, lease: &Arc<AsyncMutex<Option<i64>>>) -> Result<(), String> {
+    async fn steps(&self, id: Uuid, lease: &Arc<AsyncMutex<Option<i64>>>, started: Option<(Job, i64)>) -> Result<(), String> {
         let app = &self.app;
-        let Some((mut job, mut job_gen)) = app.read::<Job>(JOBS.name, &id.to_string()).await.map_err(|e| e.message)? else { return Ok(()) };
+        let (mut job, mut job_gen) = match started {
+            Some(s) => s,
+            None => {
+                let Some(read) = app.read::<Job>(JOBS.name, &id.to_string()).await.map_err(|e| e.message)? else { return Ok(()) };
+                read
+            }
+        };
         let steps = chain(&job.task);
         if job.is_done() {
             return Ok(());
         }
-        if job.execution == "queued" {
-            job.execution = "running".into();
-            let now = nereid_types::time::now_iso();
-            job.started = Some(now.clone());
-            // The first step's start goes in the same write.
-            if let Some(first) = steps.first().filter(|_| job.chain_results.is_empty() && job.cursor == 0) {
-                job.chain_results.push(StepResult { name: first.name().into(), started_at: Some(now), ..Default::default() });
-            }
+        if start(&mut job) {
             self.persist(&job, &mut job_gen, lease).await?;
             app.metrics.job_event(&job.task, "running");
         }
@@ -511,6 +560,8 @@ impl Runner {
                     let r = &mut job.chain_results[job.cursor];
                     r.finished_at = Some(nereid_types::time::now_iso());
                     let mut succeeded = false;
+                    // A step that only read, with another after it, is recorded with that one.
+                    let mut record = true;
                     match outcome {
                         Ok(msg) => {
                             r.result = msg;
@@ -519,11 +570,14 @@ impl Runner {
                             // (or the job's end).
                             let now = nereid_types::time::now_iso();
                             match steps.get(job.cursor) {
-                                Some(next) => job.chain_results.push(StepResult {
-                                    name: next.name().into(),
-                                    started_at: Some(now),
-                                    ..Default::default()
-                                }),
+                                Some(next) => {
+                                    job.chain_results.push(StepResult {
+                                        name: next.name().into(),
+                                        started_at: Some(now),
+                                        ..Default::default()
+                                    });
+                                    record = !step.reads_only();
+                                }
                                 None => {
                                     job.execution = "succeeded".into();
                                     job.finished = Some(now);
@@ -539,7 +593,9 @@ impl Runner {
                             tracing::warn!(job = %id, task = %job.task, step = name, error = %e, "job step failed; unwinding");
                         }
                     }
-                    self.persist(&job, &mut job_gen, lease).await?;
+                    if record {
+                        self.persist(&job, &mut job_gen, lease).await?;
+                    }
                     if succeeded {
                         app.metrics.job_event(&job.task, "succeeded");
                         tracing::info!(job = %id, task = %job.task, vm = %job.vm_uuid, "job succeeded");
@@ -584,6 +640,21 @@ impl Runner {
             }
         }
     }
+}
+
+/// Marks a queued job running, with its first step's start in the same write; false (and
+/// nothing changed) for a job that is not queued.
+fn start(job: &mut Job) -> bool {
+    if job.execution != "queued" {
+        return false;
+    }
+    job.execution = "running".into();
+    let now = nereid_types::time::now_iso();
+    job.started = Some(now.clone());
+    if let Some(first) = chain(&job.task).first().filter(|_| job.chain_results.is_empty() && job.cursor == 0) {
+        job.chain_results.push(StepResult { name: first.name().into(), started_at: Some(now), ..Default::default() });
+    }
+    true
 }
 
 async fn run_with_deadline(step: &dyn Step, app: &App, job: &mut Job, deadline: Duration) -> StepResultT {

@@ -93,18 +93,15 @@ pub async fn derived_nic(
     if let Some(n) = own_nic(app, job, &candidates).await? {
         return Ok(n);
     }
+    // Each candidate is simply asked for: NAPI refuses a MAC another NIC holds (one read
+    // fewer per NIC than looking first, in the common case of no collision).
     for mac in &candidates {
-        match app.get_nic(mac).await {
-            Ok(_) => continue,
-            Err(e) if e.status == 404 => {}
-            Err(e) => return Err(format!("NIC {mac}: {}", e.message)),
-        }
         let mut with_mac = fields.to_vec();
         with_mac.push(("mac", json!(mac)));
         match make_nic(app, job, owner, cn, req, with_mac).await {
             Ok(n) => return Ok(n),
-            // Taken since the look-up: by another VM's provision that drew the same MAC
-            // (next candidate), or by another drive of this job (that NIC is ours).
+            // Taken: by another VM's NIC (next candidate), or by another drive of this
+            // job since the look at the VM's own NICs (that NIC is ours).
             Err(e) if e.errors.iter().any(|f| f.field == "mac" && f.code == "Duplicate") => {
                 if let Some(n) = own_nic(app, job, std::slice::from_ref(mac)).await? {
                     return Ok(n);
@@ -185,6 +182,9 @@ struct Reserve;
 impl Step for Reserve {
     fn name(&self) -> &'static str {
         "reserve"
+    }
+    fn reads_only(&self) -> bool {
+        true
     }
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
         let explanation = job.params.get("placement").cloned().unwrap_or(Value::Null);
