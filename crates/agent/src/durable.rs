@@ -28,9 +28,9 @@ pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     replace(path, bytes, 0o600, true)
 }
 
-/// Replaces `path` with `bytes` atomically but without flushing anything to disk: for
-/// files that may lose their last writes in a power cut but must never be half written
-/// (the simulated hypervisor's state).
+/// Replaces `path` with `bytes` without flushing anything to disk: whole after a crash of
+/// the process, but a power cut may leave it old, new or damaged (the simulated
+/// hypervisor's state, which need not survive one).
 pub fn write_swapped(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     replace(path, bytes, 0o666, false)
 }
@@ -95,11 +95,11 @@ fn replace(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std::io::Resu
 /// spare), or renamed over it when there is none or the filesystem cannot swap.
 fn swap_in(tmp: &Path, path: &Path) -> std::io::Result<()> {
     use rustix::fs::{CWD, RenameFlags, renameat_with};
+    use rustix::io::Errno;
     match renameat_with(CWD, tmp, CWD, path, RenameFlags::EXCHANGE) {
         Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::NOENT || e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
-            std::fs::rename(tmp, path)
-        }
+        // No file yet, or a filesystem or sandbox that cannot swap.
+        Err(e) if [Errno::NOENT, Errno::INVAL, Errno::NOSYS, Errno::OPNOTSUPP, Errno::PERM].contains(&e) => std::fs::rename(tmp, path),
         Err(e) => Err(e.into()),
     }
 }

@@ -1,7 +1,7 @@
 //! Benchmark: end-to-end provisions per second with 100 simulated servers (CreateVm →
 //! placement and claim → NICs → the agent creates and starts the VM → job succeeded), on
 //! SQLite and PostgreSQL. Numbers are printed, never asserted; so is where a provision's
-//! time goes (each job step's p50, from the job's own `chain_results`).
+//! time goes (each phase's median, from the jobs' own records).
 //!
 //! `cargo bench -p nereid-testkit --bench provision` (`NEREID_BENCH_PROVISIONS` changes the count).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -36,24 +36,17 @@ async fn main() {
                 let job = r["job_uuid"].as_str().unwrap().to_string();
                 let j = c.get(&format!("/jobs/{job}/wait?timeout=300")).await.unwrap();
                 drop(permit);
-                (placed, t.elapsed(), j["execution"] == "succeeded", step_times(&j))
+                (placed, t.elapsed(), j["execution"] == "succeeded")
             }));
         }
         let mut placed = Vec::new();
         let mut total = Vec::new();
         let mut ok = 0;
-        let mut steps: Vec<(String, Vec<f64>)> = Vec::new();
         for t in tasks {
-            let (p, d, s, times) = t.await.unwrap();
+            let (p, d, s) = t.await.unwrap();
             placed.push(p);
             total.push(d);
             ok += usize::from(s);
-            for (name, ms) in times {
-                match steps.iter_mut().find(|(n, _)| *n == name) {
-                    Some((_, v)) => v.push(ms),
-                    None => steps.push((name, vec![ms])),
-                }
-            }
         }
         let secs = start.elapsed().as_secs_f64();
         placed.sort();
@@ -68,32 +61,6 @@ async fn main() {
             p(&total, 0.5),
             p(&total, 0.99)
         );
-        let line: Vec<String> = steps
-            .iter_mut()
-            .map(|(name, v)| {
-                v.sort_by(f64::total_cmp);
-                format!("{name} {:.0}", v[v.len() / 2])
-            })
-            .collect();
-        println!("{name:<9} where the time goes, p50 ms: {}", line.join(", "));
+        println!("{name:<9} provision job, median ms: {}", nereid_testkit::job_times::provision_medians(&cloud).await);
     }
-}
-
-/// How long the job waited to start (`queued`, from its creation) and each step took, in
-/// milliseconds, from a finished job's record.
-fn step_times(job: &serde_json::Value) -> Vec<(String, f64)> {
-    let at = |v: &serde_json::Value| {
-        v.as_str().and_then(|s| nereid_types::time::parse_iso(s).ok()).map(|t| (t.unix_timestamp_nanos() / 1_000_000) as f64)
-    };
-    let mut out = Vec::new();
-    let results = job["chain_results"].as_array().cloned().unwrap_or_default();
-    if let (Some(created), Some(first)) = (at(&job["created_at"]), results.first().and_then(|r| at(&r["started_at"]))) {
-        out.push(("queued".to_string(), first - created));
-    }
-    for r in &results {
-        if let (Some(a), Some(b)) = (at(&r["started_at"]), at(&r["finished_at"])) {
-            out.push((r["name"].as_str().unwrap_or("?").to_string(), b - a));
-        }
-    }
-    out
 }

@@ -167,44 +167,6 @@ async fn provision(cloud: &Cloud, seed: &Seed, n: usize, concurrency: usize, own
     Provisioned { wall: start.elapsed(), cpu: cpu_time() - cpu0, ok, create, windows }
 }
 
-/// Where a provision's time went, from the job records the run left: the wait from the
-/// job's creation to its first step, each step's median, and from the last step to the
-/// job's end (medians in ms; one line).
-async fn job_times(cloud: &Cloud) -> String {
-    use nereid_types::time::parse_iso;
-    let jobs = cloud.headnode.app.store.list("jobs", &nereid_store::ListQuery::all()).await.unwrap();
-    let ms = |a: &Option<String>, b: &Option<String>| -> Option<f64> {
-        let (a, b) = (parse_iso(a.as_deref()?).ok()?, parse_iso(b.as_deref()?).ok()?);
-        Some((b - a).as_seconds_f64() * 1000.0)
-    };
-    let mut parts: Vec<(String, Vec<f64>)> = Vec::new();
-    let mut add = |name: &str, v: Option<f64>| {
-        let Some(v) = v else { return };
-        match parts.iter_mut().find(|(n, _)| n == name) {
-            Some((_, l)) => l.push(v),
-            None => parts.push((name.to_string(), vec![v])),
-        }
-    };
-    for o in jobs {
-        let Ok(j) = serde_json::from_value::<nereid_types::job::Job>(o.value) else { continue };
-        if j.task != "provision" || j.execution != "succeeded" {
-            continue;
-        }
-        let first = j.chain_results.first().and_then(|r| r.started_at.clone());
-        add("queued", ms(&Some(j.created_at.clone()), &first));
-        for r in &j.chain_results {
-            add(&r.name, ms(&r.started_at, &r.finished_at));
-        }
-        add("end", ms(&j.chain_results.last().and_then(|r| r.finished_at.clone()), &j.finished));
-        add("total", ms(&Some(j.created_at.clone()), &j.finished));
-    }
-    let median = |l: &mut Vec<f64>| {
-        l.sort_by(f64::total_cmp);
-        l[l.len() / 2]
-    };
-    parts.iter_mut().map(|(n, l)| format!("{n} {:.1}", median(l))).collect::<Vec<_>>().join(", ")
-}
-
 /// p50 and p99 (ms) of `n` sequential calls of `f`.
 async fn latency<F, Fut>(n: usize, mut f: F) -> (f64, f64)
 where
@@ -256,7 +218,7 @@ async fn big(b: Backend, servers: usize, vms: usize, concurrency: usize, idle: D
     );
     println!("  {name} CreateVm p50 {:.1} ms p99 {:.1} ms", percentile_ms(&p.create, 0.5), percentile_ms(&p.create, 0.99));
     println!("  {name} process CPU while provisioning: {:.0}% of one core", cpu_pct(p.cpu, p.wall));
-    println!("  {name} provision job, median ms: {}", job_times(&cloud).await);
+    println!("  {name} provision job, median ms: {}", nereid_testkit::job_times::provision_medians(&cloud).await);
     let (c0, t0) = (cpu_time(), Instant::now());
     tokio::time::sleep(idle).await;
     println!(
@@ -337,7 +299,7 @@ async fn small(n: usize, concurrency: usize, heartbeat: Duration) {
         percentile_ms(&p.create, 0.99),
         cpu_pct(p.cpu, p.wall)
     );
-    println!("  sqlite provision job, median ms: {}", job_times(&cloud).await);
+    println!("  sqlite provision job, median ms: {}", nereid_testkit::job_times::provision_medians(&cloud).await);
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

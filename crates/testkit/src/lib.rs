@@ -23,6 +23,7 @@ use nereid_headnode::{Config, Running};
 use serde_json::{Value, json};
 
 pub mod cloudapi;
+pub mod job_times;
 pub mod netns;
 pub mod qemu;
 pub mod triton;

@@ -14,8 +14,8 @@
 //!   transaction as a check that this headnode still holds the lease; a headnode that lost
 //!   its lease stops at once. A crash leaves the record at the last finished step. One
 //!   write records a step's end together with the next step's start (or the job's end),
-//!   so a chain of N steps costs N + 1 writes, fewer by one for each step that only reads
-//!   ([`Step::reads_only`]); the last one also gives the lease up.
+//!   so a chain of N steps costs N + 1 writes; the last one also gives the lease up. A
+//!   queued job's first write also takes its lease ([`Runner::claim_and_start`]).
 //! - A lease (`job_leases`) names the headnode and an expiry; the holder renews it. Another
 //!   headnode takes over an expired lease; a restarted headnode takes back its own at once.
 //! - The step under the cursor is simply run again after a takeover, so every step must be
@@ -60,12 +60,6 @@ pub trait Step: Send + Sync {
     /// How long the step may take before the job gives up on it and unwinds.
     fn deadline(&self, _app: &App) -> Duration {
         Duration::from_secs(120)
-    }
-    /// Whether the step only reads (nothing it does needs recording before the next step
-    /// starts): its end is then written with the next step's, one write fewer per job. A
-    /// crash in between runs it again, which a step that only reads may always do.
-    fn reads_only(&self) -> bool {
-        false
     }
     /// Does the step. Must be idempotent: it may run again after a crash.
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT;
@@ -332,13 +326,15 @@ impl Runner {
                 }
             }
             let me = self.clone();
+            let mut job = job;
             drives.spawn(async move {
                 let id = job.uuid;
                 // However the task ends (a claim the store refused, a drive that panicked),
                 // the job is no longer this headnode's: a later tick looks at it again.
                 let unmark = Unmark { runner: &me, job: id };
-                let started = match &job.queued {
-                    Some(q) => me.claim_and_start(q).await,
+                // (The record read by the tick goes once the claim is made: the drive has its own.)
+                let started = match job.queued.take() {
+                    Some(q) => me.claim_and_start(&q).await,
                     None => None,
                 };
                 match started {
@@ -381,7 +377,15 @@ impl Runner {
             Op::put(JOB_LEASES.name, id.to_string(), encode(&lease), Cond::Absent),
             Op::put(JOBS.name, id.to_string(), encode(&job), Cond::Generation(*generation)),
         ];
-        let gens = self.app.store.batch(ops).await.ok()?;
+        let gens = match self.app.store.batch(ops).await {
+            Ok(g) => g,
+            Err(e) => {
+                if !e.is_conflict() {
+                    tracing::debug!(job = %id, error = %e, "could not claim and start a queued job in one write; claiming it alone");
+                }
+                return None;
+            }
+        };
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         self.app.metrics.job_event(&job.task, "running");
         Some((gens[0], (job, gens[1])))
@@ -560,8 +564,6 @@ impl Runner {
                     let r = &mut job.chain_results[job.cursor];
                     r.finished_at = Some(nereid_types::time::now_iso());
                     let mut succeeded = false;
-                    // A step that only read, with another after it, is recorded with that one.
-                    let mut record = true;
                     match outcome {
                         Ok(msg) => {
                             r.result = msg;
@@ -570,14 +572,11 @@ impl Runner {
                             // (or the job's end).
                             let now = nereid_types::time::now_iso();
                             match steps.get(job.cursor) {
-                                Some(next) => {
-                                    job.chain_results.push(StepResult {
-                                        name: next.name().into(),
-                                        started_at: Some(now),
-                                        ..Default::default()
-                                    });
-                                    record = !step.reads_only();
-                                }
+                                Some(next) => job.chain_results.push(StepResult {
+                                    name: next.name().into(),
+                                    started_at: Some(now),
+                                    ..Default::default()
+                                }),
                                 None => {
                                     job.execution = "succeeded".into();
                                     job.finished = Some(now);
@@ -593,9 +592,7 @@ impl Runner {
                             tracing::warn!(job = %id, task = %job.task, step = name, error = %e, "job step failed; unwinding");
                         }
                     }
-                    if record {
-                        self.persist(&job, &mut job_gen, lease).await?;
-                    }
+                    self.persist(&job, &mut job_gen, lease).await?;
                     if succeeded {
                         app.metrics.job_event(&job.task, "succeeded");
                         tracing::info!(job = %id, task = %job.task, vm = %job.vm_uuid, "job succeeded");

@@ -183,9 +183,6 @@ impl Step for Reserve {
     fn name(&self) -> &'static str {
         "reserve"
     }
-    fn reads_only(&self) -> bool {
-        true
-    }
     async fn run(&self, app: &App, job: &mut Job) -> StepResultT {
         let explanation = job.params.get("placement").cloned().unwrap_or(Value::Null);
         let warnings = explanation.get("warnings").and_then(Value::as_array).map(|w| w.len()).unwrap_or(0);
