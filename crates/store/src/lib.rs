@@ -25,6 +25,7 @@ pub mod filter;
 mod group_commit;
 pub mod migrations;
 mod ops;
+mod pg_batch;
 mod pg_vacuum;
 mod postgres;
 mod sql;
@@ -136,7 +137,7 @@ impl Op {
     pub fn refresh(bucket: &str, key: impl Into<String>, value: Value) -> Self {
         Op::Refresh { bucket: bucket.into(), key: key.into(), value }
     }
-    fn target(&self) -> (&str, &str, Cond) {
+    pub(crate) fn target(&self) -> (&str, &str, Cond) {
         match self {
             Op::Put { bucket, key, cond, .. } | Op::Delete { bucket, key, cond } | Op::Check { bucket, key, cond } => (bucket, key, *cond),
             Op::Refresh { bucket, key, .. } => (bucket, key, Cond::Exists),

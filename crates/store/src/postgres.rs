@@ -3,7 +3,7 @@
 //! Batches run in READ COMMITTED transactions; every conditional write is a single
 //! statement whose `WHERE generation = …` is re-checked on the latest row version, and
 //! checks lock their row (`FOR UPDATE`) until commit, so a batch's conditions all hold
-//! at its commit. `?schema=NAME` in the URL keeps Nereid's tables in their own schema.
+//! at its commit. A batch is one statement, one round trip ([`crate::pg_batch`]). `?schema=NAME` in the URL keeps Nereid's tables in their own schema.
 
 use std::str::FromStr;
 
@@ -13,6 +13,7 @@ use sqlx::{Connection, PgPool};
 
 use crate::migrations::{LEDGER_POSTGRES, POSTGRES};
 use crate::ops::{self, impl_exec};
+use crate::pg_batch;
 use crate::sql::Dialect;
 use crate::{BucketDef, Filter, ListQuery, Object, Op, RawObject, Result, Store, StoreError};
 
@@ -99,6 +100,19 @@ async fn migrate(pool: &PgPool) -> Result<()> {
             tx.commit().await?;
         }
     }
+    // The batch function, where the search path creates things (this store's schema).
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DDL_LOCK).execute(&mut *tx).await?;
+    let here: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM pg_proc WHERE proname = $1 AND pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())",
+    )
+    .bind(pg_batch::FUNCTION)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if here.is_none() {
+        sqlx::raw_sql(pg_batch::CREATE).execute(&mut *tx).await?;
+        tx.commit().await?;
+    }
     Ok(())
 }
 
@@ -127,6 +141,16 @@ impl Store for PgStore {
     }
 
     async fn batch(&self, ops: Vec<Op>) -> Result<Vec<i64>> {
+        if pg_batch::applies(&ops) {
+            let doc = pg_batch::document(&ops)?;
+            let mut conn = self.pool.acquire().await?;
+            return sqlx::query_scalar::<_, Vec<i64>>("SELECT nereid_batch_v1($1::jsonb, $2)")
+                .bind(doc)
+                .bind(crate::now_ms())
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| pg_batch::conflict(&ops, e));
+        }
         let mut tx = self.pool.begin().await?;
         let gens = ops::batch(&mut *tx, Dialect::Postgres, &ops, crate::now_ms()).await?;
         tx.commit().await?;

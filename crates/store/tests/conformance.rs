@@ -87,6 +87,14 @@ async fn conditional_deletes(s: Arc<dyn Store>) {
     assert!(s.delete(B, "d", Cond::Exists).await.unwrap_err().is_conflict());
     // A re-created object starts again at generation 1.
     assert_eq!(s.put(B, "d", json!({}), Cond::Absent).await.unwrap(), 1);
+    // A delete that requires absence passes where nothing is, and deletes nothing where
+    // something is.
+    s.delete(B, "never", Cond::Absent).await.unwrap();
+    let e = s.delete(B, "d", Cond::Absent).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict { expected: Cond::Absent, .. }), "{e}");
+    assert!(s.get(B, "d").await.unwrap().is_some());
+    s.delete(B, "d", Cond::Exists).await.unwrap();
+    assert!(s.get(B, "d").await.unwrap().is_none());
 }
 
 async fn batch_is_all_or_nothing(s: Arc<dyn Store>) {
@@ -122,6 +130,19 @@ async fn checks_guard_a_batch(s: Arc<dyn Store>) {
     assert_eq!(s.get(B, "w").await.unwrap().unwrap().generation, 1);
     assert!(s.batch(vec![Op::check(B, "missing", Cond::Absent)]).await.is_ok());
     assert!(s.batch(vec![Op::check(B, "guard", Cond::Absent)]).await.is_err());
+    assert!(s.batch(vec![Op::check(B, "guard", Cond::Exists), Op::check(B, "guard", Cond::Any)]).await.is_ok());
+    let e = s.batch(vec![Op::check(B, "guard", Cond::Exists), Op::check(B, "missing", Cond::Exists)]).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict { op_index: 1, found: None, expected: Cond::Exists, .. }), "{e}");
+    // A batch of many ops answers each its generation, in order, keys of any text.
+    let odd = "a key with 'quotes', \\ \"and\" ünïcode";
+    let mut ops: Vec<Op> = (0..50).map(|i| Op::put(B, format!("many{i}"), json!({"i": i, "s": "it's"}), Cond::Absent)).collect();
+    ops.push(Op::put(B, odd, json!({"k": odd}), Cond::Any));
+    ops.push(Op::delete(B, "many0", Cond::Generation(1)));
+    let gens = s.batch(ops).await.unwrap();
+    assert_eq!(gens.len(), 52);
+    assert!(gens[..51].iter().all(|g| *g == 1) && gens[51] == 0, "{gens:?}");
+    assert_eq!(s.get(B, odd).await.unwrap().unwrap().value, json!({"k": odd}));
+    assert!(s.get(B, "many0").await.unwrap().is_none());
 }
 
 fn dataset() -> Vec<Value> {

@@ -92,6 +92,10 @@ pub struct Fresh {
 pub struct Decided {
     pub placement: Placement,
     pub fresh: Fresh,
+    /// This process's claims of the server wait for each other while this is held (drop it
+    /// once the claim is written or refused): a claim read under it is not refused for
+    /// a concurrent claim of this headnode.
+    pub claiming: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// `server` with a reservation added (what a claim of this process makes of it).
@@ -264,7 +268,8 @@ impl App {
     }
 
     /// Chooses a server for `req` and checks it against fresh data; the caller claims it
-    /// conditionally on `fresh.claim` and, on success, calls [`App::capacity_claimed`].
+    /// conditionally on `fresh.claim` and, on success, calls [`App::capacity_claimed`]
+    /// (while it holds [`Decided::claiming`]).
     /// A refusal is Triton's `NoAllocatableServersError` with every server's reason,
     /// decided from a view at most a second old.
     pub async fn place(&self, req: &Request, cfg: &nereid_alloc::Config, rng: &mut impl Rng) -> Result<Decided, ApiError> {
@@ -293,6 +298,10 @@ impl App {
                 }
             };
             let chosen = placement.server;
+            // Concurrent decisions from one view choose the same server: the second waits
+            // for the first's claim and reads the server after it, instead of claiming
+            // against the same generation, being refused and deciding all over again.
+            let claiming = self.vm_locks.lock(&format!("claim:{chosen}")).await;
             let Some(fresh) = self.fresh_server(chosen).await? else {
                 self.capacity_put(chosen, None);
                 continue;
@@ -303,7 +312,7 @@ impl App {
                     for w in &placement.warnings {
                         tracing::warn!("{}", w.message);
                     }
-                    return Ok(Decided { placement, fresh });
+                    return Ok(Decided { placement, fresh, claiming });
                 }
                 _ => {
                     // The view was wrong about it: correct it and decide again.

@@ -196,8 +196,9 @@ pub struct App {
     pub audit: audit::AuditState,
     /// Waiters for a job's end ([`wakeups`]; woken by the job runner).
     pub job_waits: wakeups::Wakeups,
-    /// Waiters for a VM's state on its server ([`wakeups`]; woken by the server's reports).
-    pub vm_reports: wakeups::Wakeups,
+    /// Waiters for a VM's state on its server ([`wakeups`]; woken by the server's reports,
+    /// each carrying the report and its server once this headnode applied it).
+    pub vm_reports: wakeups::Wakeups<(uuid::Uuid, nereid_types::agent::VmStatus)>,
 }
 
 impl App {

@@ -444,34 +444,43 @@ impl App {
         }
     }
 
-    /// A state a server reports; ignored when older than what the record has.
+    /// A state a server reports; ignored when older than what the record has. A job step
+    /// waiting for the VM is woken either way: with the report when the record took it
+    /// (the step need not ask the server, nor apply it again), else to go and ask.
     pub async fn apply_vm_status(&self, server: Uuid, st: &VmStatus) -> Result<(), ApiError> {
-        // A job step waiting for this VM asks its server again now.
-        self.vm_reports.wake(st.uuid);
+        let r = self.apply_vm_status_once(server, st).await;
+        let applied = matches!(r, Ok(true)).then(|| (server, st.clone()));
+        self.vm_reports.wake(st.uuid, applied);
+        r.map(|_| ())
+    }
+
+    /// [`App::apply_vm_status`]: whether the record took the report.
+    async fn apply_vm_status_once(&self, server: Uuid, st: &VmStatus) -> Result<bool, ApiError> {
         let (current, g) = match self.read_vm(st.uuid).await? {
-            None => return Ok(()),
+            None => return Ok(false),
             Some((Stored::Ok(vm), g)) => (vm, g),
             Some((Stored::Damaged(d), _)) => {
                 tracing::debug!(vm = %st.uuid, error = %d.error, "not applying a report to a damaged record");
-                return Ok(());
+                return Ok(false);
             }
         };
         if current.server_uuid != Some(server) {
             tracing::debug!(vm = %st.uuid, %server, "ignoring a report from a server the VM is not on");
-            return Ok(());
+            return Ok(false);
         }
         if st.generation <= current.agent_generation {
-            return Ok(());
+            return Ok(false);
         }
         let now = nereid_types::time::now_iso();
-        let mut gone = false;
+        let (mut gone, mut took) = (false, false);
         self.modify_read_vm(st.uuid, Some((current, g)), |vm| {
             // Decided afresh on every attempt (a retry's record may say otherwise).
-            gone = false;
+            (gone, took) = (false, false);
             // (Checked again: on a retry the record is a newer one, maybe of a VM moved since.)
             if vm.server_uuid != Some(server) || st.generation <= vm.agent_generation {
                 return Ok(());
             }
+            took = true;
             vm.agent_generation = st.generation;
             vm.zone_state = Some(st.state.clone());
             vm.last_modified = Some(now.clone());
@@ -509,7 +518,7 @@ impl App {
             // A VM gone on its own leaves its server's firewall and overlays.
             self.netpolicy_notify.notify_one();
         }
-        Ok(())
+        Ok(took)
     }
 
     /// `GET /vms/{uuid}?sync=true`: the server says what is true. A VM its server does
@@ -996,7 +1005,8 @@ impl App {
                 }
             }
             let alloc_cfg = nereid_alloc::Config { underlay_tag: Some(self.cfg.fabric.underlay_tag.clone()), ..self.cfg.alloc.clone() };
-            let Decided { placement, fresh } = self.place(&request, &alloc_cfg, &mut rng).await?;
+            // (The claim lock is held until this attempt's write is answered.)
+            let Decided { placement, fresh, claiming: _claiming } = self.place(&request, &alloc_cfg, &mut rng).await?;
             let server = placement.server;
             let mut record = base.clone();
             record.server_uuid = Some(server);
@@ -1465,7 +1475,7 @@ impl App {
         // runs is seen at the next look.
         let wake = self.job_waits.watch(uuid);
         let pace = || JOB_WAIT_POLL.min(end.saturating_duration_since(Instant::now()));
-        super::wakeups::poll(&wake, pace, || async {
+        super::wakeups::poll(&wake, pace, |_| async {
             match self.get_job(uuid).await {
                 Ok(j) if !j.is_done() && Instant::now() < end => None,
                 r => Some(r),

@@ -499,7 +499,7 @@ impl Runner {
                     // Nothing left to renew or to delete.
                     *g = None;
                     // Whoever waits for the job's end is answered now.
-                    self.app.job_waits.wake(job.uuid);
+                    self.app.job_waits.wake(job.uuid, None);
                 }
                 Ok(())
             }
@@ -694,8 +694,9 @@ pub enum Seen {
     Failed(String),
 }
 
-/// Asks the VM's server every 200 ms until `judge` says done (or failed), then records
-/// the report on the VM. The step's deadline bounds the wait; an unreachable server is
+/// Waits until `judge` says done (or failed) of what the VM's server reports: a report
+/// it pushed here (already recorded on the VM), else what the server answers when asked
+/// (at most every 200 ms, recorded on the VM when done). The step's deadline bounds the wait; an unreachable server is
 /// asked again; a server that does not have the VM fails the wait.
 pub async fn wait_for_server(
     app: &App,
@@ -704,16 +705,21 @@ pub async fn wait_for_server(
 ) -> Result<nereid_types::agent::VmStatus, String> {
     let server = job.server_uuid.ok_or("the job has no server")?;
     let vm = job.vm_uuid;
+    let judge = |st: &nereid_types::agent::VmStatus| match judge(st) {
+        Seen::Pending => None,
+        Seen::Done => Some(Ok(st.clone())),
+        Seen::Failed(e) => Some(Err(e)),
+    };
     let judge = &judge;
-    // The server's reports of the VM (pushed to this headnode) wake the wait at once.
+    // The server's reports of the VM (pushed to this headnode) wake the wait at once, and
+    // carry the report once it is applied to the record: then nothing need be asked.
     let wake = app.vm_reports.watch(vm);
-    let st = crate::app::wakeups::poll(&wake, doubling(WAIT_FIRST), || async move {
+    let (st, applied) = crate::app::wakeups::poll(&wake, doubling(WAIT_FIRST), |pushed| async move {
+        if let Some((_, st)) = pushed.filter(|(from, _)| *from == server) {
+            return judge(&st).map(|r| r.map(|st| (st, true)));
+        }
         match app.agent_get(server, vm).await {
-            Ok(Some(st)) => match judge(&st) {
-                Seen::Pending => None,
-                Seen::Done => Some(Ok(st)),
-                Seen::Failed(e) => Some(Err(e)),
-            },
+            Ok(Some(st)) => judge(&st).map(|r| r.map(|st| (st, false))),
             Ok(None) => Some(Err("the server does not have the VM".to_string())),
             Err(e) => {
                 tracing::debug!(job = %job.uuid, error = %e, "server not answering; asking again");
@@ -722,7 +728,9 @@ pub async fn wait_for_server(
         }
     })
     .await?;
-    app.apply_vm_status(server, &st).await.map_err(|e| e.message)?;
+    if !applied {
+        app.apply_vm_status(server, &st).await.map_err(|e| e.message)?;
+    }
     Ok(st)
 }
 

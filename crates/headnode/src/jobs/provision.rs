@@ -344,14 +344,13 @@ impl Step for Wait {
         })
         .await?;
         // What the finish step records, so it need not ask the server again straight away.
-        job.data
-            .insert("seen".into(), json!({ "state": st.state, "boot_timestamp": st.boot_timestamp, "at": nereid_types::time::now_ms() }));
+        job.data.insert("seen".into(), json!(Sighting::now(st)));
         Ok(format!("VM is {want}"))
     }
 }
 
 /// What the wait step saw the server report, for the finish step.
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct Sighting {
     state: String,
     boot_timestamp: Option<String>,
@@ -362,6 +361,11 @@ struct Sighting {
 }
 
 impl Sighting {
+    /// What this process sees the server report now.
+    fn now(st: nereid_types::agent::VmStatus) -> Sighting {
+        Sighting { state: st.state, boot_timestamp: st.boot_timestamp, at: nereid_types::time::now_ms(), by: *PROCESS }
+    }
+
     /// Whether the finish step may record it without asking the server again: seen by
     /// this very process (another headnode's clock, or this one's before a restart, is
     /// never compared with ours) and under [`SEEN_FOR_MS`] ago by its clock.
@@ -444,5 +448,10 @@ mod tests {
         assert!(!seen(at, *PROCESS).recent(at + SEEN_FOR_MS), "too old");
         assert!(!seen(at, *PROCESS).recent(at - 10), "a clock that went back proves nothing");
         assert!(!seen(at, PROCESS.wrapping_add(1)).recent(at + 10), "another process (headnode, or before a restart)");
+        // What the wait step records is what the finish step reads back.
+        let st: nereid_types::agent::VmStatus =
+            serde_json::from_value(json!({"uuid": Uuid::nil(), "state": "running", "generation": 2})).unwrap();
+        let back: Sighting = serde_json::from_value(json!(Sighting::now(st))).expect("the recorded sighting reads back");
+        assert!(back.recent(nereid_types::time::now_ms()) && back.state == "running");
     }
 }
