@@ -449,8 +449,8 @@ impl App {
     /// (the step need not ask the server, nor apply it again), else to go and ask.
     pub async fn apply_vm_status(&self, server: Uuid, st: &VmStatus) -> Result<(), ApiError> {
         let r = self.apply_vm_status_once(server, st).await;
-        let applied = matches!(r, Ok(true)).then(|| (server, st.clone()));
-        self.vm_reports.wake(st.uuid, applied);
+        // (The report is copied only for a waiter.)
+        self.vm_reports.wake(st.uuid, || matches!(r, Ok(true)).then(|| (server, st.clone())));
         r.map(|_| ())
     }
 

@@ -64,12 +64,13 @@ impl<T> Wakeups<T> {
         n
     }
 
-    /// `key` changed: wakes everyone watching it now, leaving them `value` (`None`: go
-    /// and look; it also clears a value an earlier wake-up left).
-    pub fn wake(&self, key: Uuid, value: Option<T>) {
+    /// `key` changed: wakes everyone watching it now, leaving them what `value` makes
+    /// (made only when someone watches; `None`: go and look, and it also clears a value
+    /// an earlier wake-up left).
+    pub fn wake(&self, key: Uuid, value: impl FnOnce() -> Option<T>) {
         let n = self.map.lock().unwrap_or_else(|p| p.into_inner()).watched.get(&key).and_then(Weak::upgrade);
         if let Some(n) = n {
-            *n.last.lock().unwrap_or_else(|p| p.into_inner()) = value;
+            *n.last.lock().unwrap_or_else(|p| p.into_inner()) = value();
             n.notify.notify_waiters();
         }
     }
@@ -117,13 +118,13 @@ mod tests {
         tokio::pin!(notified);
         notified.as_mut().enable();
         // The change lands after the waiter looked, before it waits.
-        w.wake(key, None);
+        w.wake(key, || None);
         tokio::time::timeout(Duration::from_secs(5), notified).await.expect("woken");
         // Another key's change wakes nobody here.
         let again = n.notify.notified();
         tokio::pin!(again);
         again.as_mut().enable();
-        w.wake(Uuid::new_v4(), None);
+        w.wake(Uuid::new_v4(), || None);
         assert!(tokio::time::timeout(Duration::from_millis(50), again).await.is_err());
     }
 
@@ -162,15 +163,15 @@ mod tests {
         while seen.lock().unwrap().is_empty() {
             tokio::task::yield_now().await;
         }
-        w2.wake(key, Some(3));
+        w2.wake(key, || Some(3));
         while seen.lock().unwrap().len() < 2 {
             tokio::task::yield_now().await;
         }
-        w2.wake(key, Some(7));
+        w2.wake(key, || Some(7));
         tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").unwrap();
         assert_eq!(*seen.lock().unwrap(), vec![None, Some(3), Some(7)], "each value once, in order; the first look finds none");
         // A value nobody watches for is dropped with no watch.
-        w.wake(Uuid::new_v4(), Some(1));
+        w.wake(Uuid::new_v4(), || Some(1));
         assert!(w.watch(Uuid::new_v4()).take().is_none());
     }
 }

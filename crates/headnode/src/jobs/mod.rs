@@ -499,7 +499,7 @@ impl Runner {
                     // Nothing left to renew or to delete.
                     *g = None;
                     // Whoever waits for the job's end is answered now.
-                    self.app.job_waits.wake(job.uuid, None);
+                    self.app.job_waits.wake(job.uuid, || None);
                 }
                 Ok(())
             }
@@ -696,8 +696,9 @@ pub enum Seen {
 
 /// Waits until `judge` says done (or failed) of what the VM's server reports: a report
 /// it pushed here (already recorded on the VM), else what the server answers when asked
-/// (at most every 200 ms, recorded on the VM when done). The step's deadline bounds the wait; an unreachable server is
-/// asked again; a server that does not have the VM fails the wait.
+/// (at most every 200 ms; recorded on the VM when done). The step's deadline bounds the
+/// wait; an unreachable server is asked again; a server that does not have the VM fails
+/// the wait.
 pub async fn wait_for_server(
     app: &App,
     job: &Job,
@@ -705,9 +706,10 @@ pub async fn wait_for_server(
 ) -> Result<nereid_types::agent::VmStatus, String> {
     let server = job.server_uuid.ok_or("the job has no server")?;
     let vm = job.vm_uuid;
-    let judge = |st: &nereid_types::agent::VmStatus| match judge(st) {
+    // The report and whether it is on the record already, once judged done.
+    let judge = |st: nereid_types::agent::VmStatus, applied: bool| match judge(&st) {
         Seen::Pending => None,
-        Seen::Done => Some(Ok(st.clone())),
+        Seen::Done => Some(Ok((st, applied))),
         Seen::Failed(e) => Some(Err(e)),
     };
     let judge = &judge;
@@ -716,10 +718,10 @@ pub async fn wait_for_server(
     let wake = app.vm_reports.watch(vm);
     let (st, applied) = crate::app::wakeups::poll(&wake, doubling(WAIT_FIRST), |pushed| async move {
         if let Some((_, st)) = pushed.filter(|(from, _)| *from == server) {
-            return judge(&st).map(|r| r.map(|st| (st, true)));
+            return judge(st, true);
         }
         match app.agent_get(server, vm).await {
-            Ok(Some(st)) => judge(&st).map(|r| r.map(|st| (st, false))),
+            Ok(Some(st)) => judge(st, false),
             Ok(None) => Some(Err("the server does not have the VM".to_string())),
             Err(e) => {
                 tracing::debug!(job = %job.uuid, error = %e, "server not answering; asking again");
